@@ -1,0 +1,37 @@
+# Resolves the build options into targets and variables used by cpp/ and python/.
+
+if(JUANJI_OPENMP)
+  find_package(OpenMP REQUIRED COMPONENTS CXX)
+endif()
+
+set(JUANJI_WITH_CUDA OFF)
+if(JUANJI_CUDA STREQUAL "ON" OR JUANJI_CUDA STREQUAL "AUTO")
+  include(CheckLanguage)
+  check_language(CUDA)
+  if(CMAKE_CUDA_COMPILER)
+    if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES)
+      # No GPU is needed to build: name the architectures instead of probing ("native").
+      set(CMAKE_CUDA_ARCHITECTURES 80 90)
+    endif()
+    enable_language(CUDA)
+    find_package(CUDAToolkit REQUIRED)
+    set(JUANJI_WITH_CUDA ON)
+  elseif(JUANJI_CUDA STREQUAL "ON")
+    message(FATAL_ERROR "JUANJI_CUDA=ON but no CUDA compiler was found")
+  endif()
+endif()
+message(STATUS "juanji: OpenMP=${JUANJI_OPENMP} CUDA=${JUANJI_WITH_CUDA} sanitize='${JUANJI_SANITIZE}'")
+
+set(JUANJI_X86 OFF)
+if(CMAKE_SYSTEM_PROCESSOR MATCHES "^(x86_64|AMD64|amd64|i.86)$")
+  set(JUANJI_X86 ON)
+endif()
+
+if(JUANJI_SANITIZE)
+  add_compile_options(-fsanitize=${JUANJI_SANITIZE} -fno-omit-frame-pointer -fno-sanitize-recover=all)
+  add_link_options(-fsanitize=${JUANJI_SANITIZE})
+endif()
+
+if(CMAKE_CXX_COMPILER_ID MATCHES "GNU|Clang")
+  set(JUANJI_WARNINGS -Wall -Wextra -Wno-unknown-pragmas)
+endif()

@@ -1,0 +1,67 @@
+// CNN convolution (cross-correlation, no kernel flip): conv1d on (N,C,L), conv2d on (N,C,H,W),
+// weights (K, C/groups, [R,] S), bias (K). conv1d is conv2d with H = R = 1.
+// Output size per spatial dim: floor((n + pad_before + pad_after - d(f-1) - 1) / s) + 1.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "juanji/tensor.hpp"
+
+namespace juanji {
+
+struct PaddingSpec {
+  enum class Kind { explicit_sizes, same, valid };
+  Kind kind = Kind::explicit_sizes;
+  std::vector<std::int64_t> sizes;  // symmetric, one per spatial dim (or one for all)
+  static PaddingSpec same() { return {Kind::same, {}}; }
+  static PaddingSpec valid() { return {Kind::valid, {}}; }
+  static PaddingSpec of(std::vector<std::int64_t> sizes) { return {Kind::explicit_sizes, std::move(sizes)}; }
+};
+
+// Each vector holds one value for all spatial dims or one per spatial dim.
+struct ConvOptions {
+  std::vector<std::int64_t> stride{1};
+  PaddingSpec padding = PaddingSpec::of({0});
+  std::vector<std::int64_t> dilation{1};
+  std::int64_t groups = 1;
+};
+
+// A convolution problem fully resolved and validated; kernels take only this.
+struct ConvGeometry {
+  std::int64_t N, C, H, W;     // input
+  std::int64_t K, R, S;        // weight: K filters of (C/groups, R, S)
+  std::int64_t P, Q;           // output height, width
+  std::int64_t stride_h, stride_w;
+  std::int64_t pad_top, pad_left;  // bottom/right padding is implied by P, Q
+  std::int64_t dil_h, dil_w;
+  std::int64_t groups;
+  std::int64_t spatial_dims;   // 1 for conv1d, 2 for conv2d
+
+  // Validates shapes and options (ValueError naming the argument) and resolves "same"/"valid".
+  static ConvGeometry make(const Shape& x, const Shape& w, const ConvOptions& options,
+                           int spatial_dims);
+  Shape output_shape() const;
+  double flops() const;  // 2 multiply-adds per weight tap per output
+};
+
+// Functional API: allocates the results. grad_b is always computed.
+Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, const ConvOptions& options);
+Tensor conv1d(const Tensor& x, const Tensor& w, const Tensor& bias, const ConvOptions& options);
+struct ConvGrads {
+  Tensor grad_x, grad_w, grad_b;
+};
+ConvGrads conv2d_backward(const Tensor& grad_out, const Tensor& x, const Tensor& w,
+                          const ConvOptions& options);
+ConvGrads conv1d_backward(const Tensor& grad_out, const Tensor& x, const Tensor& w,
+                          const ConvOptions& options);
+
+// Kernel API for layers: contiguous tensors of one dtype, outputs preallocated and overwritten.
+// bias may be undefined (no bias); grad_b may be undefined (not wanted).
+void conv_forward(const ConvGeometry& g, const Tensor& x, const Tensor& w, const Tensor& bias,
+                  Tensor& y);
+void conv_backward_data(const ConvGeometry& g, const Tensor& grad_y, const Tensor& w, Tensor& grad_x);
+void conv_backward_weight(const ConvGeometry& g, const Tensor& grad_y, const Tensor& x,
+                          Tensor& grad_w, Tensor& grad_b);
+
+}  // namespace juanji

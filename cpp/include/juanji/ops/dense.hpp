@@ -1,0 +1,53 @@
+// The dense part: linear layers, activations, softmax, dropout, batch normalization.
+// Backward functions take grad_out first, then the forward's arguments.
+#pragma once
+
+#include <cstdint>
+
+#include "juanji/tensor.hpp"
+
+namespace juanji {
+
+// x (N, in), w (out, in), b (out) or undefined: y = x w^T + b.
+Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b);
+struct LinearGrads {
+  Tensor grad_x, grad_w, grad_b;
+};
+LinearGrads linear_backward(const Tensor& grad_out, const Tensor& x, const Tensor& w);
+// Kernel API: contiguous, preallocated outputs overwritten; undefined outputs are skipped.
+void linear_forward(const Tensor& x, const Tensor& w, const Tensor& b, Tensor& y);
+void linear_backward_into(const Tensor& grad_y, const Tensor& x, const Tensor& w, Tensor& grad_x,
+                          Tensor& grad_w, Tensor& grad_b);
+
+enum class Activation { relu, leaky_relu, sigmoid, tanh };
+Tensor activation(Activation kind, const Tensor& x, double negative_slope = 0.01);
+Tensor activation_backward(Activation kind, const Tensor& grad_out, const Tensor& x,
+                           double negative_slope = 0.01);
+// Kernel API: y = f(x); grad_x = f'(x) * grad_y, where `y` is the forward output (cheaper for
+// sigmoid/tanh). Contiguous, same shapes; grad_x may alias grad_y.
+void activation_forward_into(Activation kind, double negative_slope, const Tensor& x, Tensor& y);
+void activation_backward_into(Activation kind, double negative_slope, const Tensor& grad_y,
+                              const Tensor& x, const Tensor& y, Tensor& grad_x);
+
+Tensor softmax(const Tensor& x, std::int64_t dim);
+Tensor log_softmax(const Tensor& x, std::int64_t dim);
+Tensor softmax_backward(const Tensor& grad_out, const Tensor& x, std::int64_t dim);
+Tensor log_softmax_backward(const Tensor& grad_out, const Tensor& x, std::int64_t dim);
+
+// Inverted dropout: keeps each element with probability 1-p and scales it by 1/(1-p); mask
+// (same shape, same dtype) holds 0 or 1/(1-p). Random draws come from the seeded generator.
+void dropout_forward(const Tensor& x, double p, Tensor& mask, Tensor& y);
+void dropout_backward(const Tensor& grad_y, const Tensor& mask, Tensor& grad_x);
+
+// Batch normalization over (N, H, W) per channel of (N, C, H, W). Training uses batch statistics
+// and updates running_mean/running_var (unbiased variance) with `momentum`; eval uses the
+// running ones. save_mean/save_invstd (C) keep what backward needs.
+void batch_norm2d_forward(const Tensor& x, const Tensor& gamma, const Tensor& beta,
+                          Tensor& running_mean, Tensor& running_var, bool training,
+                          double momentum, double eps, Tensor& y, Tensor& save_mean,
+                          Tensor& save_invstd);
+void batch_norm2d_backward(const Tensor& grad_y, const Tensor& x, const Tensor& gamma,
+                           const Tensor& save_mean, const Tensor& save_invstd, Tensor& grad_x,
+                           Tensor& grad_gamma, Tensor& grad_beta);
+
+}  // namespace juanji

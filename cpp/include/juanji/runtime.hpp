@@ -1,0 +1,26 @@
+// Build and run-time configuration: version, threads, SIMD level, CUDA availability.
+#pragma once
+
+#include <string>
+
+namespace juanji {
+
+std::string version();
+
+enum class SimdLevel { portable = 0, avx2 = 1, avx512 = 2 };
+const char* simd_name(SimdLevel level);
+SimdLevel simd_detected();  // best level this CPU supports
+SimdLevel simd_level();     // level in use: detected, capped by JUANJI_SIMD or set_simd_level
+// Caps the level (never above the detected one); returns the level now in use.
+SimdLevel set_simd_level(SimdLevel level);
+
+void set_num_threads(int n);
+int get_num_threads();
+
+bool cuda_compiled();
+int cuda_device_count();  // 0 when not compiled or no GPU is visible
+
+// Multi-line human-readable summary: version, compiler, threads, SIMD, CUDA.
+std::string config_string();
+
+}  // namespace juanji

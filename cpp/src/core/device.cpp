@@ -1,0 +1,149 @@
+#include "core/device.hpp"
+
+#include <cstdlib>
+#include <cstring>
+#include <new>
+
+#include "juanji/build_config.hpp"
+#if JUANJI_WITH_CUDA
+#include "cuda/cuda_backend.hpp"
+#endif
+
+namespace juanji::device {
+
+void check_available(Device device) {
+  if (device.is_cpu()) return;
+#if JUANJI_WITH_CUDA
+  const int count = cuda::device_count();
+  check(device.index >= 0 && device.index < count, "device: ", device.str(), " is not available (",
+        count, " CUDA device(s) visible)");
+#else
+  throw std::invalid_argument("device: " + device.str() +
+                              " requested but juanji was built without CUDA (JUANJI_CUDA=OFF)");
+#endif
+}
+
+std::shared_ptr<void> allocate(std::size_t nbytes, Device device) {
+  check_available(device);
+  const std::size_t rounded = (nbytes + kAlignment - 1) / kAlignment * kAlignment;
+  const std::size_t size = rounded == 0 ? kAlignment : rounded;
+  if (device.is_cpu()) {
+    void* ptr = std::aligned_alloc(kAlignment, size);
+    if (!ptr) throw std::bad_alloc();
+    return std::shared_ptr<void>(ptr, [](void* p) { std::free(p); });
+  }
+#if JUANJI_WITH_CUDA
+  const int index = device.index;
+  void* ptr = cuda::allocate(size, index);
+  return std::shared_ptr<void>(ptr, [index](void* p) { cuda::release(p, index); });
+#else
+  return nullptr;
+#endif
+}
+
+void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device, std::size_t n) {
+  if (n == 0) return;
+  if (dst_device.is_cpu() && src_device.is_cpu()) {
+    std::memcpy(dst, src, n);
+    return;
+  }
+#if JUANJI_WITH_CUDA
+  if (dst_device.is_cpu()) {
+    cuda::copy_to_host(dst, src, n, src_device.index);
+  } else if (src_device.is_cpu()) {
+    cuda::copy_to_device(dst, src, n, dst_device.index);
+  } else {
+    check(dst_device == src_device, "copy between ", src_device.str(), " and ", dst_device.str(),
+          " is not supported; go through the CPU");
+    cuda::copy_device_to_device(dst, src, n, dst_device.index);
+  }
+#else
+  check_available(dst_device.is_cpu() ? src_device : dst_device);
+#endif
+}
+
+namespace {
+
+template <class Dst, class Src>
+void strided_copy_cpu(const Tensor& dst, const Tensor& src) {
+  Dst* out = static_cast<Dst*>(dst.data_ptr());
+  const Src* in = static_cast<const Src*>(src.data_ptr());
+  const std::int64_t n = dst.numel();
+  if (n == 0) return;
+  if (dst.is_contiguous() && src.is_contiguous()) {
+    for (std::int64_t i = 0; i < n; ++i) out[i] = static_cast<Dst>(in[i]);
+    return;
+  }
+  // Odometer over all but the last dimension; the innermost loop runs with plain strides.
+  const std::size_t nd = dst.shape().size();
+  const auto& shape = dst.shape();
+  const std::int64_t inner = shape[nd - 1];
+  const std::int64_t dst_inner = dst.strides()[nd - 1], src_inner = src.strides()[nd - 1];
+  std::vector<std::int64_t> index(nd, 0);
+  std::int64_t dst_off = 0, src_off = 0;
+  for (std::int64_t done = 0; done < n; done += inner) {
+    for (std::int64_t i = 0; i < inner; ++i)
+      out[dst_off + i * dst_inner] = static_cast<Dst>(in[src_off + i * src_inner]);
+    for (std::size_t d = nd - 1; d-- > 0;) {
+      dst_off += dst.strides()[d];
+      src_off += src.strides()[d];
+      if (++index[d] < shape[d]) break;
+      dst_off -= dst.strides()[d] * shape[d];
+      src_off -= src.strides()[d] * shape[d];
+      index[d] = 0;
+    }
+  }
+}
+
+template <class Dst>
+void strided_copy_from(const Tensor& dst, const Tensor& src) {
+  switch (src.dtype()) {
+    case DType::float32: return strided_copy_cpu<Dst, float>(dst, src);
+    case DType::float64: return strided_copy_cpu<Dst, double>(dst, src);
+    case DType::int64: return strided_copy_cpu<Dst, std::int64_t>(dst, src);
+  }
+}
+
+template <class T>
+void fill_cpu(const Tensor& dst, double value) {
+  if (dst.is_contiguous()) {
+    T* out = static_cast<T*>(dst.data_ptr());
+    const T v = static_cast<T>(value);
+    for (std::int64_t i = 0, n = dst.numel(); i < n; ++i) out[i] = v;
+    return;
+  }
+  Tensor scalar = Tensor::full(dst.shape(), value, dst.dtype());
+  strided_copy(dst, scalar);
+}
+
+}  // namespace
+
+void strided_copy(const Tensor& dst, const Tensor& src) {
+  if (dst.device().is_cuda()) {
+#if JUANJI_WITH_CUDA
+    cuda::strided_copy(dst, src);
+#endif
+    return;
+  }
+  switch (dst.dtype()) {
+    case DType::float32: return strided_copy_from<float>(dst, src);
+    case DType::float64: return strided_copy_from<double>(dst, src);
+    case DType::int64: return strided_copy_from<std::int64_t>(dst, src);
+  }
+}
+
+void fill(const Tensor& dst, double value) {
+  if (dst.device().is_cuda()) {
+#if JUANJI_WITH_CUDA
+    cuda::fill(dst, value);
+#endif
+    return;
+  }
+  switch (dst.dtype()) {
+    case DType::float32: return fill_cpu<float>(dst, value);
+    case DType::float64: return fill_cpu<double>(dst, value);
+    case DType::int64: return fill_cpu<std::int64_t>(dst, value);
+  }
+}
+
+}  // namespace juanji::device

@@ -1,0 +1,21 @@
+// The one place that knows which backend owns memory: allocation, copies and fills by device.
+#pragma once
+
+#include <cstddef>
+#include <memory>
+
+#include "juanji/tensor.hpp"
+
+namespace juanji::device {
+
+constexpr std::size_t kAlignment = 64;
+
+std::shared_ptr<void> allocate(std::size_t nbytes, Device device);
+void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device, std::size_t n);
+void check_available(Device device);
+
+// Element-wise strided copy dst[i] = (dst dtype) src[i]; both tensors on the same device, same shape.
+void strided_copy(const Tensor& dst, const Tensor& src);
+void fill(const Tensor& dst, double value);
+
+}  // namespace juanji::device

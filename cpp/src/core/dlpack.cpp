@@ -1,0 +1,106 @@
+#include "juanji/dlpack.hpp"
+
+#include <memory>
+#include <vector>
+
+namespace juanji {
+namespace {
+
+// Owns what a DLTensor points at: a reference to the tensor plus its shape and strides arrays.
+struct ExportContext {
+  Tensor tensor;
+  std::vector<std::int64_t> shape;
+  std::vector<std::int64_t> strides;
+};
+
+DLTensor describe(ExportContext& ctx) {
+  const Tensor& t = ctx.tensor;
+  DLTensor dl{};
+  dl.data = t.storage()->data;
+  dl.byte_offset = static_cast<std::uint64_t>(t.offset()) * dtype_size(t.dtype());
+  dl.device = {t.device().is_cpu() ? kDLCPU : kDLCUDA, t.device().is_cpu() ? 0 : t.device().index};
+  dl.ndim = static_cast<std::int32_t>(t.dim());
+  dl.dtype = {t.dtype() == DType::int64 ? std::uint8_t{kDLInt} : std::uint8_t{kDLFloat},
+              static_cast<std::uint8_t>(8 * dtype_size(t.dtype())), 1};
+  dl.shape = ctx.shape.data();
+  dl.strides = ctx.strides.data();
+  return dl;
+}
+
+DType dtype_from(const DLDataType& dt) {
+  check_type(dt.lanes == 1, "from_dlpack: vector dtypes (lanes=", int(dt.lanes), ") are not supported");
+  if (dt.code == kDLFloat && dt.bits == 32) return DType::float32;
+  if (dt.code == kDLFloat && dt.bits == 64) return DType::float64;
+  if (dt.code == kDLInt && dt.bits == 64) return DType::int64;
+  throw TypeError(detail::concat("from_dlpack: unsupported dtype (code ", int(dt.code), ", ",
+                                 int(dt.bits), " bits); juanji holds float32, float64 and int64"));
+}
+
+Device device_from(const DLDevice& dev) {
+  if (dev.device_type == kDLCPU || dev.device_type == kDLCUDAHost) return {DeviceType::cpu, 0};
+  if (dev.device_type == kDLCUDA || dev.device_type == kDLCUDAManaged)
+    return {DeviceType::cuda, dev.device_id};
+  throw std::invalid_argument(detail::concat("from_dlpack: unsupported device type ",
+                                             int(dev.device_type)));
+}
+
+Tensor wrap(const DLTensor& dl, std::shared_ptr<void> owner) {
+  check(dl.ndim >= 0, "from_dlpack: negative ndim ", dl.ndim);
+  const DType dtype = dtype_from(dl.dtype);
+  Shape shape(dl.shape, dl.shape + dl.ndim);
+  Shape strides = dl.strides ? Shape(dl.strides, dl.strides + dl.ndim) : contiguous_strides(shape);
+  check(dl.byte_offset % dtype_size(dtype) == 0, "from_dlpack: byte_offset ", dl.byte_offset,
+        " is not a multiple of the element size");
+  void* data = static_cast<char*>(dl.data) + dl.byte_offset;
+  return Tensor::from_blob(data, shape, strides, dtype, device_from(dl.device), std::move(owner));
+}
+
+template <class Managed>
+Managed* export_tensor(const Tensor& tensor) {
+  check_defined(tensor, "to_dlpack");
+  auto ctx = std::make_unique<ExportContext>();
+  ctx->tensor = tensor;
+  ctx->shape = tensor.shape();
+  ctx->strides = tensor.strides();
+  auto managed = std::make_unique<Managed>();
+  managed->dl_tensor = describe(*ctx);
+  managed->manager_ctx = ctx.release();
+  managed->deleter = [](Managed* self) {
+    delete static_cast<ExportContext*>(self->manager_ctx);
+    delete self;
+  };
+  return managed.release();
+}
+
+}  // namespace
+
+DLManagedTensor* to_dlpack(const Tensor& tensor) { return export_tensor<DLManagedTensor>(tensor); }
+
+DLManagedTensorVersioned* to_dlpack_versioned(const Tensor& tensor) {
+  auto* managed = export_tensor<DLManagedTensorVersioned>(tensor);
+  managed->version = {1, 0};
+  managed->flags = 0;
+  return managed;
+}
+
+Tensor from_dlpack(DLManagedTensor* managed) {
+  check(managed != nullptr, "from_dlpack: null DLManagedTensor");
+  std::shared_ptr<void> owner(managed, [](void* p) {
+    auto* m = static_cast<DLManagedTensor*>(p);
+    if (m->deleter) m->deleter(m);
+  });
+  return wrap(managed->dl_tensor, std::move(owner));
+}
+
+Tensor from_dlpack(DLManagedTensorVersioned* managed) {
+  check(managed != nullptr, "from_dlpack: null DLManagedTensorVersioned");
+  std::shared_ptr<void> owner(managed, [](void* p) {
+    auto* m = static_cast<DLManagedTensorVersioned*>(p);
+    if (m->deleter) m->deleter(m);
+  });
+  check(managed->version.major == 1, "from_dlpack: DLPack major version ", managed->version.major,
+        " is not supported (expected 1)");
+  return wrap(managed->dl_tensor, std::move(owner));
+}
+
+}  // namespace juanji

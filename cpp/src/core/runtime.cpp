@@ -1,0 +1,117 @@
+#include "juanji/runtime.hpp"
+
+#include <atomic>
+#include <cstdlib>
+#include <sstream>
+#include <string>
+
+#include "juanji/build_config.hpp"
+#include "juanji/error.hpp"
+#if JUANJI_OPENMP
+#include <omp.h>
+#endif
+#if JUANJI_WITH_CUDA
+#include "cuda/cuda_backend.hpp"
+#endif
+
+namespace juanji {
+
+std::string version() { return JUANJI_VERSION_STRING; }
+
+const char* simd_name(SimdLevel level) {
+  switch (level) {
+    case SimdLevel::portable: return "portable";
+    case SimdLevel::avx2: return "avx2";
+    case SimdLevel::avx512: return "avx512";
+  }
+  return "?";
+}
+
+SimdLevel simd_detected() {
+#if defined(JUANJI_HAVE_X86_KERNELS) && (defined(__GNUC__) || defined(__clang__))
+  static const SimdLevel detected = [] {
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw"))
+      return SimdLevel::avx512;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return SimdLevel::avx2;
+    return SimdLevel::portable;
+  }();
+  return detected;
+#else
+  return SimdLevel::portable;
+#endif
+}
+
+namespace {
+
+SimdLevel parse_simd(const std::string& text) {
+  if (text == "portable") return SimdLevel::portable;
+  if (text == "avx2") return SimdLevel::avx2;
+  if (text == "avx512") return SimdLevel::avx512;
+  throw std::invalid_argument("JUANJI_SIMD: expected portable, avx2 or avx512, got '" + text + "'");
+}
+
+SimdLevel initial_level() {
+  SimdLevel level = simd_detected();
+  if (const char* env = std::getenv("JUANJI_SIMD"); env && *env) {
+    const SimdLevel asked = parse_simd(env);
+    if (asked < level) level = asked;
+  }
+  return level;
+}
+
+std::atomic<int>& level_in_use() {
+  static std::atomic<int> level{static_cast<int>(initial_level())};
+  return level;
+}
+
+}  // namespace
+
+SimdLevel simd_level() { return static_cast<SimdLevel>(level_in_use().load()); }
+
+SimdLevel set_simd_level(SimdLevel level) {
+  const SimdLevel capped = level < simd_detected() ? level : simd_detected();
+  level_in_use().store(static_cast<int>(capped));
+  return capped;
+}
+
+void set_num_threads(int n) {
+  check(n >= 1, "set_num_threads: n must be at least 1, got ", n);
+#if JUANJI_OPENMP
+  omp_set_num_threads(n);
+#endif
+}
+
+int get_num_threads() {
+#if JUANJI_OPENMP
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+bool cuda_compiled() { return JUANJI_WITH_CUDA != 0; }
+
+int cuda_device_count() {
+#if JUANJI_WITH_CUDA
+  return cuda::device_count();
+#else
+  return 0;
+#endif
+}
+
+std::string config_string() {
+  std::ostringstream out;
+  out << "juanji " << version() << "\n"
+      << "  compiler:     " << JUANJI_CXX_COMPILER << "\n"
+      << "  openmp:       " << (JUANJI_OPENMP ? "yes" : "no") << ", threads " << get_num_threads()
+      << "\n"
+      << "  simd:         detected " << simd_name(simd_detected()) << ", in use "
+      << simd_name(simd_level()) << "\n"
+      << "  cuda:         compiled " << (cuda_compiled() ? "yes" : "no") << ", devices visible "
+      << cuda_device_count() << "\n";
+  return out.str();
+}
+
+}  // namespace juanji

@@ -1,0 +1,28 @@
+"""juanji (卷积): a CNN library with a C++ core (OpenMP, SIMD, optional CUDA).
+
+Every numeric routine lives in the C++ extension ``juanji._core``; this package re-exports it
+and adds the pieces that are naturally Python (layer objects, data loading, the CLI).
+"""
+
+from . import _core
+from ._core import *  # noqa: F401,F403  (the functional API is the core's)
+from ._core import Tensor, config_string, get_num_threads, set_num_threads
+
+__version__ = _core.version()
+
+
+def show_config() -> None:
+    """Prints the version, compiler, OpenMP threads, SIMD level (detected and in use) and CUDA."""
+    print(config_string(), end="")
+
+
+def __getattr__(name):
+    # Submodules that pull in more (layers, optimisers, data) load on first use.
+    import importlib
+
+    if name in {"nn", "optim", "data", "kernels"}:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["Tensor", "show_config", "get_num_threads", "set_num_threads", "__version__"]

@@ -1,0 +1,176 @@
+#include "bind_util.hpp"
+
+#include <string>
+
+namespace juanji::bind {
+
+py::dtype numpy_dtype(DType dtype) { return py::dtype(dtype_name(dtype)); }
+
+DType dtype_arg(py::handle obj, const char* name) {
+  py::dtype dt;
+  try {
+    dt = py::dtype::from_args(py::reinterpret_borrow<py::object>(obj));
+  } catch (const py::error_already_set&) {
+    throw TypeError(std::string(name) + ": not a dtype: " + py::str(obj).cast<std::string>());
+  }
+  if (dt.is(py::dtype::of<float>()) || dt.equal(py::dtype::of<float>())) return DType::float32;
+  if (dt.equal(py::dtype::of<double>())) return DType::float64;
+  if (dt.equal(py::dtype::of<std::int64_t>())) return DType::int64;
+  throw TypeError(std::string(name) + ": unsupported dtype " + py::str(dt).cast<std::string>() +
+                  "; juanji holds float32, float64 and int64");
+}
+
+namespace {
+
+std::string describe(py::handle obj) {
+  return py::str(py::type::handle_of(obj).attr("__name__")).cast<std::string>();
+}
+
+std::string array_desc(const py::array& a) {
+  Shape shape(a.shape(), a.shape() + a.ndim());
+  return std::string("array of dtype ") + py::str(a.dtype()).cast<std::string>() + " and shape " +
+         shape_str(shape);
+}
+
+bool is_native_float(const py::array& a) {
+  return a.dtype().equal(py::dtype::of<float>()) || a.dtype().equal(py::dtype::of<double>());
+}
+
+}  // namespace
+
+Tensor from_numpy(py::array array, const char* name) {
+  const char kind = array.dtype().kind();
+  if (kind != 'f' && kind != 'i' && kind != 'u')
+    throw TypeError(std::string(name) + ": expected a float32 or float64 array, got " +
+                    array_desc(array));
+  DType dtype;
+  if (kind == 'f') {
+    if (array.dtype().itemsize() == 8)
+      dtype = DType::float64;
+    else if (array.dtype().itemsize() == 4)
+      dtype = DType::float32;
+    else
+      throw TypeError(std::string(name) + ": expected a float32 or float64 array, got " +
+                      array_desc(array));
+  } else {
+    dtype = DType::int64;
+  }
+  const Shape shape(array.shape(), array.shape() + array.ndim());
+  checked_numel(shape, name);
+  const int flags = py::array::c_style;
+  const bool zero_copy = kind == 'f' && is_native_float(array) && (array.flags() & flags) &&
+                         array.writeable() &&
+                         reinterpret_cast<std::uintptr_t>(array.data()) % dtype_size(dtype) == 0;
+  if (zero_copy) {
+    auto* keep = new py::object(array);
+    std::shared_ptr<void> owner(keep, [](void* p) {
+      py::gil_scoped_acquire gil;
+      delete static_cast<py::object*>(p);
+    });
+    return Tensor::from_blob(array.mutable_data(), shape, contiguous_strides(shape), dtype,
+                             Device{}, std::move(owner));
+  }
+  // Copy through NumPy into fresh aligned storage: handles any strides, byte order and the
+  // integer-to-int64 conversion of label arrays.
+  Tensor t = Tensor::empty(shape, dtype);
+  py::array target = to_numpy(t, py::none());
+  py::module_::import("numpy").attr("copyto")(target, array, py::arg("casting") = "unsafe");
+  return t;
+}
+
+py::array to_numpy(const Tensor& t, py::handle owner) {
+  check(t.device().is_cpu(), "numpy: tensor is on ", t.device().str(),
+        "; copy it to the CPU first with .to('cpu')");
+  std::vector<py::ssize_t> shape(t.shape().begin(), t.shape().end());
+  std::vector<py::ssize_t> strides;
+  for (auto s : t.strides()) strides.push_back(static_cast<py::ssize_t>(s * dtype_size(t.dtype())));
+  if (owner.is_none()) {
+    // No Python owner: keep the storage alive through a capsule.
+    auto* keep = new Tensor(t);
+    py::capsule base(keep, [](void* p) { delete static_cast<Tensor*>(p); });
+    return py::array(numpy_dtype(t.dtype()), shape, strides, t.data_ptr(), base);
+  }
+  return py::array(numpy_dtype(t.dtype()), shape, strides, t.data_ptr(), owner);
+}
+
+Tensor tensor_arg(py::handle obj, const char* name) {
+  if (py::isinstance<Tensor>(obj)) {
+    Tensor t = obj.cast<Tensor>();
+    check_float(t, name);
+    return t;
+  }
+  if (obj.is_none()) throw TypeError(std::string(name) + ": expected a tensor or array, got None");
+  if (py::isinstance<py::array>(obj)) {
+    py::array a = py::reinterpret_borrow<py::array>(obj);
+    if (a.dtype().kind() != 'f')
+      throw TypeError(std::string(name) + ": expected a float32 or float64 array, got " +
+                      array_desc(a));
+    return from_numpy(a, name);
+  }
+  if (py::hasattr(obj, "__dlpack__") && !py::isinstance<py::sequence>(obj)) {
+    Tensor t = py::module_::import("juanji._core").attr("from_dlpack")(obj).cast<Tensor>();
+    check_float(t, name);
+    return t;
+  }
+  if (py::isinstance<py::sequence>(obj) && !py::isinstance<py::str>(obj) &&
+      !py::isinstance<py::bytes>(obj)) {
+    py::array a = py::module_::import("numpy").attr("asarray")(obj);
+    const char kind = a.dtype().kind();
+    if (kind == 'i' || kind == 'u' || kind == 'b')
+      a = py::module_::import("numpy").attr("asarray")(obj, py::dtype::of<float>());
+    else if (kind != 'f')
+      throw TypeError(std::string(name) + ": expected numbers, got " + array_desc(a));
+    return from_numpy(a, name);
+  }
+  throw TypeError(std::string(name) + ": expected a juanji.Tensor or a NumPy array, got " +
+                  describe(obj));
+}
+
+Tensor optional_tensor_arg(py::handle obj, const char* name) {
+  return obj.is_none() ? Tensor() : tensor_arg(obj, name);
+}
+
+Tensor labels_arg(py::handle obj, const char* name) {
+  if (py::isinstance<Tensor>(obj)) {
+    Tensor t = obj.cast<Tensor>();
+    check_type(t.dtype() == DType::int64, name, ": expected integer labels, got a ",
+               dtype_name(t.dtype()), " tensor of shape ", shape_str(t.shape()));
+    return t;
+  }
+  py::array a = py::module_::import("numpy").attr("asarray")(obj);
+  const char kind = a.dtype().kind();
+  if (kind != 'i' && kind != 'u')
+    throw TypeError(std::string(name) + ": expected integer labels, got " + array_desc(a));
+  return from_numpy(a, name);
+}
+
+std::vector<std::int64_t> ints_arg(py::handle obj, const char* name) {
+  if (py::isinstance<py::bool_>(obj))
+    throw TypeError(std::string(name) + ": expected an int or a tuple of ints, got bool");
+  if (py::isinstance<py::int_>(obj)) return {obj.cast<std::int64_t>()};
+  if (py::isinstance<py::sequence>(obj) && !py::isinstance<py::str>(obj)) {
+    std::vector<std::int64_t> values;
+    for (auto item : py::reinterpret_borrow<py::sequence>(obj)) {
+      if (!py::isinstance<py::int_>(item) || py::isinstance<py::bool_>(item))
+        throw TypeError(std::string(name) + ": expected ints, got " +
+                        py::repr(obj).cast<std::string>());
+      values.push_back(item.cast<std::int64_t>());
+    }
+    check(!values.empty(), name, ": empty sequence");
+    return values;
+  }
+  throw TypeError(std::string(name) + ": expected an int or a tuple of ints, got " + describe(obj));
+}
+
+PaddingSpec padding_arg(py::handle obj) {
+  if (py::isinstance<py::str>(obj)) {
+    const auto text = obj.cast<std::string>();
+    if (text == "same") return PaddingSpec::same();
+    if (text == "valid") return PaddingSpec::valid();
+    throw std::invalid_argument("padding: expected an int, a pair, 'same' or 'valid', got '" +
+                                text + "'");
+  }
+  return PaddingSpec::of(ints_arg(obj, "padding"));
+}
+
+}  // namespace juanji::bind

@@ -1,0 +1,38 @@
+// Conversions shared by the register_*.cpp files: Python objects to juanji arguments.
+#pragma once
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "juanji/ops/conv.hpp"
+#include "juanji/tensor.hpp"
+
+namespace juanji::bind {
+
+namespace py = pybind11;
+
+// A juanji Tensor as is, or a NumPy array / nested sequence as a float tensor: C-contiguous
+// float32/float64 arrays are wrapped without copying, other layouts copied. Integer, bool,
+// complex, object and string arrays raise TypeError naming `name`; Python sequences of ints
+// become float32.
+Tensor tensor_arg(py::handle obj, const char* name);
+// Like tensor_arg, but None gives an undefined Tensor (an absent optional argument).
+Tensor optional_tensor_arg(py::handle obj, const char* name);
+// Integer class labels as an int64 tensor: a juanji int64 Tensor or any integer array/sequence.
+Tensor labels_arg(py::handle obj, const char* name);
+// An int or a sequence of ints, as given (length checked by the op).
+std::vector<std::int64_t> ints_arg(py::handle obj, const char* name);
+// An int, a sequence of ints, "same" or "valid".
+PaddingSpec padding_arg(py::handle obj);
+
+DType dtype_arg(py::handle obj, const char* name);  // None not accepted; "float32", np.float64, ...
+py::dtype numpy_dtype(DType dtype);
+// NumPy view of a CPU tensor that keeps `owner` (the Python Tensor) alive: no copy.
+py::array to_numpy(const Tensor& t, py::handle owner);
+// Wraps a NumPy array: zero-copy when C-contiguous, aligned, native and writeable, else a copy.
+Tensor from_numpy(py::array array, const char* name);
+
+}  // namespace juanji::bind

@@ -1,0 +1,32 @@
+// juanji._core: only creates the module and calls each area's register function.
+#include <pybind11/pybind11.h>
+
+#include "juanji/error.hpp"
+
+namespace py = pybind11;
+
+namespace juanji::bind {
+void register_tensor(py::module_& m);
+void register_conv(py::module_& m);
+void register_pool(py::module_& m);
+void register_signal(py::module_& m);
+void register_dense(py::module_& m);
+void register_nn(py::module_& m);
+}  // namespace juanji::bind
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "juanji C++ core";
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const juanji::TypeError& e) {
+      PyErr_SetString(PyExc_TypeError, e.what());
+    }
+  });
+  juanji::bind::register_tensor(m);
+  juanji::bind::register_conv(m);
+  juanji::bind::register_pool(m);
+  juanji::bind::register_signal(m);
+  juanji::bind::register_dense(m);
+  juanji::bind::register_nn(m);
+}
