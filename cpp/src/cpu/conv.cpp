@@ -1,1 +1,375 @@
-// placeholder
+// CNN convolution on the CPU by lowering to GEMM:
+//   forward      y[n,g] (Kg x PQ)   = W[g] (Kg x CRSg) * col[n,g] (CRSg x PQ) + b
+//   data grad    dcol[n,g]          = W[g]^T * dy[n,g], scattered back (col2im) into dx: the
+//                                     seeds' full convolution of the error with the rotated kernel
+//   weight grad  dW[g]              = sum_n dy[n,g] * col[n,g]^T
+// col is the im2col matrix of one image and group; a 1x1 stride-1 unpadded convolution uses the
+// input itself. Work is split so that every output element is summed by one thread in a fixed
+// order: results do not depend on the thread count.
+#include <algorithm>
+#include <cstring>
+
+#include "cpu/gemm.hpp"
+#include "cpu/workspace.hpp"
+#include "juanji/ops/conv.hpp"
+#include "juanji/runtime.hpp"
+
+namespace juanji {
+namespace {
+
+std::vector<std::int64_t> per_dim(const std::vector<std::int64_t>& values, int dims, const char* name) {
+  check(values.size() == 1 || static_cast<int>(values.size()) == dims, name, ": expected 1 or ",
+        dims, " values, got ", values.size());
+  return values.size() == 1 ? std::vector<std::int64_t>(dims, values[0]) : values;
+}
+
+// Before/after padding of one spatial dim and its output size.
+struct Resolved {
+  std::int64_t pad_before, pad_after, out;
+};
+
+Resolved resolve_dim(std::int64_t n, std::int64_t f, std::int64_t s, std::int64_t d,
+                     const PaddingSpec& padding, std::int64_t explicit_pad) {
+  const std::int64_t span = d * (f - 1) + 1;
+  switch (padding.kind) {
+    case PaddingSpec::Kind::same: {
+      // TensorFlow's rule: out = ceil(n / s), the extra padding going after when odd.
+      const std::int64_t out = (n + s - 1) / s;
+      const std::int64_t total = std::max<std::int64_t>((out - 1) * s + span - n, 0);
+      return {total / 2, total - total / 2, out};
+    }
+    case PaddingSpec::Kind::valid: return {0, 0, n >= span ? (n - span) / s + 1 : 0};
+    case PaddingSpec::Kind::explicit_sizes: break;
+  }
+  const std::int64_t padded = n + 2 * explicit_pad;
+  return {explicit_pad, explicit_pad, padded >= span ? (padded - span) / s + 1 : 0};
+}
+
+void check_conv_operands(const Tensor& x, const Tensor& w, const Tensor& bias, int dims) {
+  check_float(x, "x");
+  check_float(w, "weight");
+  check_same_dtype(x, "x", w, "weight");
+  check_same_device(x, "x", w, "weight");
+  if (bias.defined()) {
+    check_float(bias, "bias");
+    check_same_dtype(x, "x", bias, "bias");
+    check_same_device(x, "x", bias, "bias");
+    check(bias.dim() == 1 && bias.size(0) == w.size(0), "bias: expected shape (", w.size(0),
+          ",) to match weight ", shape_str(w.shape()), ", got ", shape_str(bias.shape()));
+  }
+  check(x.device().is_cpu(), "conv", dims, "d: ", x.device().str(),
+        " tensors are not supported yet; use the CPU");
+}
+
+Tensor as_2d_input(const Tensor& t, int dims) {
+  // conv1d is conv2d with a height of 1: (N, C, L) -> (N, C, 1, L), a view.
+  return dims == 1 ? t.reshape({t.size(0), t.size(1), 1, t.size(2)}) : t;
+}
+
+template <class T>
+void im2col(const ConvGeometry& g, const T* x, T* col) {
+  // x: one image's channels of one group (Cg, H, W); col: (Cg*R*S, P*Q)
+  const std::int64_t Cg = g.C / g.groups, PQ = g.P * g.Q;
+  for (std::int64_t c = 0; c < Cg; ++c)
+    for (std::int64_t r = 0; r < g.R; ++r)
+      for (std::int64_t s = 0; s < g.S; ++s) {
+        T* row = col + ((c * g.R + r) * g.S + s) * PQ;
+        const std::int64_t w_shift = s * g.dil_w - g.pad_left;
+        // Output columns q whose input column q*stride_w + w_shift lies inside [0, W).
+        std::int64_t q_begin = w_shift >= 0 ? 0 : (-w_shift + g.stride_w - 1) / g.stride_w;
+        std::int64_t q_end = g.W - w_shift > 0 ? (g.W - w_shift + g.stride_w - 1) / g.stride_w : 0;
+        q_begin = std::min(q_begin, g.Q);
+        q_end = std::clamp(q_end, q_begin, g.Q);
+        for (std::int64_t p = 0; p < g.P; ++p) {
+          T* out = row + p * g.Q;
+          const std::int64_t ih = p * g.stride_h - g.pad_top + r * g.dil_h;
+          if (ih < 0 || ih >= g.H) {
+            std::fill(out, out + g.Q, T(0));
+            continue;
+          }
+          const T* in = x + (c * g.H + ih) * g.W + w_shift;
+          std::fill(out, out + q_begin, T(0));
+          if (g.stride_w == 1) {
+            std::copy(in + q_begin, in + q_end, out + q_begin);
+          } else {
+            for (std::int64_t q = q_begin; q < q_end; ++q) out[q] = in[q * g.stride_w];
+          }
+          std::fill(out + q_end, out + g.Q, T(0));
+        }
+      }
+}
+
+template <class T>
+void col2im(const ConvGeometry& g, const T* col, T* x) {
+  // Adds col (Cg*R*S, P*Q) back into one image's group channels x (Cg, H, W), which it zeroes first.
+  const std::int64_t Cg = g.C / g.groups, PQ = g.P * g.Q;
+  std::fill(x, x + Cg * g.H * g.W, T(0));
+  for (std::int64_t c = 0; c < Cg; ++c)
+    for (std::int64_t r = 0; r < g.R; ++r)
+      for (std::int64_t s = 0; s < g.S; ++s) {
+        const T* row = col + ((c * g.R + r) * g.S + s) * PQ;
+        const std::int64_t w_shift = s * g.dil_w - g.pad_left;
+        std::int64_t q_begin = w_shift >= 0 ? 0 : (-w_shift + g.stride_w - 1) / g.stride_w;
+        std::int64_t q_end = g.W - w_shift > 0 ? (g.W - w_shift + g.stride_w - 1) / g.stride_w : 0;
+        q_begin = std::min(q_begin, g.Q);
+        q_end = std::clamp(q_end, q_begin, g.Q);
+        for (std::int64_t p = 0; p < g.P; ++p) {
+          const std::int64_t ih = p * g.stride_h - g.pad_top + r * g.dil_h;
+          if (ih < 0 || ih >= g.H) continue;
+          const T* in = row + p * g.Q;
+          T* out = x + (c * g.H + ih) * g.W + w_shift;
+          for (std::int64_t q = q_begin; q < q_end; ++q) out[q * g.stride_w] += in[q];
+        }
+      }
+}
+
+bool is_pointwise(const ConvGeometry& g) {
+  return g.R == 1 && g.S == 1 && g.stride_h == 1 && g.stride_w == 1 && g.pad_top == 0 &&
+         g.pad_left == 0 && g.P == g.H && g.Q == g.W;
+}
+
+// Runs body(n, threaded_gemm) for every image: images in parallel when there are enough of
+// them, otherwise one after another with threaded GEMMs. Either way each output has one writer.
+template <class Body>
+void for_each_image(std::int64_t N, Body body) {
+  const int threads = get_num_threads();
+  if (N >= threads && threads > 1) {
+#pragma omp parallel for schedule(static)
+    for (std::int64_t n = 0; n < N; ++n) body(n, false);
+  } else {
+    for (std::int64_t n = 0; n < N; ++n) body(n, true);
+  }
+}
+
+template <class T>
+void forward_impl(const ConvGeometry& g, const T* x, const T* w, const T* bias, T* y) {
+  const std::int64_t Cg = g.C / g.groups, Kg = g.K / g.groups;
+  const std::int64_t HW = g.H * g.W, PQ = g.P * g.Q, CRSg = Cg * g.R * g.S;
+  const bool pointwise = is_pointwise(g);
+  for_each_image(g.N, [&](std::int64_t n, bool threaded) {
+    T* col = pointwise ? nullptr : cpu::workspace<T>(cpu::WorkspaceSlot::columns, CRSg * PQ);
+    for (std::int64_t grp = 0; grp < g.groups; ++grp) {
+      const T* xg = x + (n * g.C + grp * Cg) * HW;
+      T* yg = y + (n * g.K + grp * Kg) * PQ;
+      if (!pointwise) im2col(g, xg, col);
+      const T* columns = pointwise ? xg : col;
+      if (bias)
+        for (std::int64_t k = 0; k < Kg; ++k) std::fill(yg + k * PQ, yg + (k + 1) * PQ, bias[grp * Kg + k]);
+      cpu::gemm<T>(Kg, PQ, CRSg, {w + grp * Kg * CRSg, CRSg, 1}, {columns, PQ, 1}, yg, PQ,
+                   bias != nullptr, threaded);
+    }
+  });
+}
+
+template <class T>
+void backward_data_impl(const ConvGeometry& g, const T* dy, const T* w, T* dx) {
+  const std::int64_t Cg = g.C / g.groups, Kg = g.K / g.groups;
+  const std::int64_t HW = g.H * g.W, PQ = g.P * g.Q, CRSg = Cg * g.R * g.S;
+  const bool pointwise = is_pointwise(g);
+  for_each_image(g.N, [&](std::int64_t n, bool threaded) {
+    T* col = pointwise ? nullptr : cpu::workspace<T>(cpu::WorkspaceSlot::columns, CRSg * PQ);
+    for (std::int64_t grp = 0; grp < g.groups; ++grp) {
+      T* dxg = dx + (n * g.C + grp * Cg) * HW;
+      const T* dyg = dy + (n * g.K + grp * Kg) * PQ;
+      cpu::gemm<T>(CRSg, PQ, Kg, {w + grp * Kg * CRSg, 1, CRSg}, {dyg, PQ, 1},
+                   pointwise ? dxg : col, PQ, false, threaded);
+      if (!pointwise) col2im(g, col, dxg);
+    }
+  });
+}
+
+template <class T>
+void backward_weight_impl(const ConvGeometry& g, const T* dy, const T* x, T* dw, T* db) {
+  const std::int64_t Cg = g.C / g.groups, Kg = g.K / g.groups;
+  const std::int64_t HW = g.H * g.W, PQ = g.P * g.Q, CRSg = Cg * g.R * g.S;
+  const std::int64_t weights = g.K * CRSg;
+  const bool pointwise = is_pointwise(g);
+  // A fixed number of image chunks (independent of the thread count) each sum their images'
+  // contributions; the chunk partials are then added in chunk order.
+  const std::int64_t chunks = std::min<std::int64_t>(g.N, 8);
+  T* partials = chunks > 1 ? cpu::workspace<T>(cpu::WorkspaceSlot::partials, chunks * weights) : dw;
+  auto run_chunk = [&](std::int64_t chunk, bool threaded) {
+    T* out = chunks > 1 ? partials + chunk * weights : dw;
+    T* col = pointwise ? nullptr : cpu::workspace<T>(cpu::WorkspaceSlot::columns, CRSg * PQ);
+    const std::int64_t n_begin = g.N * chunk / chunks, n_end = g.N * (chunk + 1) / chunks;
+    for (std::int64_t n = n_begin; n < n_end; ++n)
+      for (std::int64_t grp = 0; grp < g.groups; ++grp) {
+        const T* xg = x + (n * g.C + grp * Cg) * HW;
+        if (!pointwise) im2col(g, xg, col);
+        const T* columns = pointwise ? xg : col;
+        cpu::gemm<T>(Kg, CRSg, PQ, {dy + (n * g.K + grp * Kg) * PQ, PQ, 1}, {columns, 1, PQ},
+                     out + grp * Kg * CRSg, CRSg, n > n_begin, threaded);
+      }
+  };
+  if (chunks > 1) {
+#pragma omp parallel for schedule(static)
+    for (std::int64_t c = 0; c < chunks; ++c) run_chunk(c, false);
+#pragma omp parallel for schedule(static)
+    for (std::int64_t i = 0; i < weights; ++i) {
+      T sum = partials[i];
+      for (std::int64_t c = 1; c < chunks; ++c) sum += partials[c * weights + i];
+      dw[i] = sum;
+    }
+  } else {
+    run_chunk(0, true);
+  }
+  if (db) {
+#pragma omp parallel for schedule(static)
+    for (std::int64_t k = 0; k < g.K; ++k) {
+      double sum = 0;
+      for (std::int64_t n = 0; n < g.N; ++n) {
+        const T* row = dy + (n * g.K + k) * PQ;
+        for (std::int64_t i = 0; i < PQ; ++i) sum += row[i];
+      }
+      db[k] = static_cast<T>(sum);
+    }
+  }
+}
+
+template <class T>
+const T* optional_data(const Tensor& t) {
+  return t.defined() ? t.data<T>() : nullptr;
+}
+template <class T>
+T* optional_data(Tensor& t) {
+  return t.defined() ? t.data<T>() : nullptr;
+}
+
+}  // namespace
+
+ConvGeometry ConvGeometry::make(const Shape& x, const Shape& w, const ConvOptions& options,
+                                int spatial_dims) {
+  const char* layout = spatial_dims == 1 ? "(N, C, L)" : "(N, C, H, W)";
+  const char* wlayout = spatial_dims == 1 ? "(K, C/groups, kL)" : "(K, C/groups, R, S)";
+  const std::size_t rank = static_cast<std::size_t>(spatial_dims) + 2;
+  check(x.size() == rank, "x: expected a ", rank, "-d tensor ", layout, ", got shape ", shape_str(x));
+  check(w.size() == rank, "weight: expected a ", rank, "-d tensor ", wlayout, ", got shape ",
+        shape_str(w));
+  check(options.groups >= 1, "groups: must be positive, got ", options.groups);
+  const auto stride = per_dim(options.stride, spatial_dims, "stride");
+  const auto dilation = per_dim(options.dilation, spatial_dims, "dilation");
+  std::vector<std::int64_t> pads(spatial_dims, 0);
+  if (options.padding.kind == PaddingSpec::Kind::explicit_sizes)
+    pads = per_dim(options.padding.sizes, spatial_dims, "padding");
+  for (int d = 0; d < spatial_dims; ++d) {
+    check(stride[d] > 0, "stride: must be positive, got ", shape_str(stride));
+    check(dilation[d] > 0, "dilation: must be positive, got ", shape_str(dilation));
+    check(pads[d] >= 0, "padding: must be non-negative, got ", shape_str(pads));
+  }
+  ConvGeometry g{};
+  g.spatial_dims = spatial_dims;
+  g.groups = options.groups;
+  g.N = x[0];
+  g.C = x[1];
+  g.K = w[0];
+  check(g.N > 0 && g.C > 0, "x: empty tensor of shape ", shape_str(x));
+  check(g.K > 0 && w[1] > 0, "weight: empty tensor of shape ", shape_str(w));
+  check(g.K % g.groups == 0, "weight: K=", g.K, " filters in ", shape_str(w),
+        " are not divisible by groups=", g.groups);
+  check(g.C == w[1] * g.groups, "weight: ", shape_str(w), " expects C = ", w[1], " x groups ",
+        g.groups, " = ", w[1] * g.groups, " input channels, but x ", shape_str(x), " has C = ", g.C);
+  g.H = spatial_dims == 2 ? x[2] : 1;
+  g.W = x[rank - 1];
+  g.R = spatial_dims == 2 ? w[2] : 1;
+  g.S = w[rank - 1];
+  check(g.H > 0 && g.W > 0, "x: empty spatial size in shape ", shape_str(x));
+  check(g.R > 0 && g.S > 0, "weight: empty kernel in shape ", shape_str(w));
+  const int hd = spatial_dims == 2 ? 0 : -1, wd = spatial_dims - 1;
+  g.stride_h = hd >= 0 ? stride[hd] : 1;
+  g.dil_h = hd >= 0 ? dilation[hd] : 1;
+  g.stride_w = stride[wd];
+  g.dil_w = dilation[wd];
+  const Resolved rh = hd >= 0 ? resolve_dim(g.H, g.R, g.stride_h, g.dil_h, options.padding, pads[hd])
+                              : Resolved{0, 0, 1};
+  const Resolved rw = resolve_dim(g.W, g.S, g.stride_w, g.dil_w, options.padding, pads[wd]);
+  const std::int64_t span_h = g.dil_h * (g.R - 1) + 1, span_w = g.dil_w * (g.S - 1) + 1;
+  check(span_h <= g.H + rh.pad_before + rh.pad_after && span_w <= g.W + rw.pad_before + rw.pad_after,
+        "weight: kernel ", shape_str(w), " with dilation ", shape_str(dilation),
+        " spans more than the padded input ", shape_str(x), " (padding ", rh.pad_before, "+",
+        rh.pad_after, ", ", rw.pad_before, "+", rw.pad_after, ")");
+  g.pad_top = rh.pad_before;
+  g.pad_left = rw.pad_before;
+  g.P = rh.out;
+  g.Q = rw.out;
+  return g;
+}
+
+Shape ConvGeometry::output_shape() const {
+  if (spatial_dims == 1) return {N, K, Q};
+  return {N, K, P, Q};
+}
+
+double ConvGeometry::flops() const {
+  return 2.0 * N * K * P * Q * (C / groups) * R * S;
+}
+
+void conv_forward(const ConvGeometry& g, const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& y) {
+  if (x.dtype() == DType::float32)
+    forward_impl<float>(g, x.data<float>(), w.data<float>(), optional_data<float>(bias), y.data<float>());
+  else
+    forward_impl<double>(g, x.data<double>(), w.data<double>(), optional_data<double>(bias), y.data<double>());
+}
+
+void conv_backward_data(const ConvGeometry& g, const Tensor& grad_y, const Tensor& w, Tensor& grad_x) {
+  if (w.dtype() == DType::float32)
+    backward_data_impl<float>(g, grad_y.data<float>(), w.data<float>(), grad_x.data<float>());
+  else
+    backward_data_impl<double>(g, grad_y.data<double>(), w.data<double>(), grad_x.data<double>());
+}
+
+void conv_backward_weight(const ConvGeometry& g, const Tensor& grad_y, const Tensor& x,
+                          Tensor& grad_w, Tensor& grad_b) {
+  if (x.dtype() == DType::float32)
+    backward_weight_impl<float>(g, grad_y.data<float>(), x.data<float>(), grad_w.data<float>(),
+                                optional_data<float>(grad_b));
+  else
+    backward_weight_impl<double>(g, grad_y.data<double>(), x.data<double>(), grad_w.data<double>(),
+                                 optional_data<double>(grad_b));
+}
+
+namespace {
+
+Tensor conv_nd(const Tensor& x, const Tensor& w, const Tensor& bias, const ConvOptions& options, int dims) {
+  check_conv_operands(x, w, bias, dims);
+  const ConvGeometry g = ConvGeometry::make(x.shape(), w.shape(), options, dims);
+  const Tensor xc = as_2d_input(x.contiguous(), dims), wc = w.contiguous();
+  const Tensor bc = bias.defined() ? bias.contiguous() : Tensor();
+  Tensor y = Tensor::empty(g.output_shape(), x.dtype());
+  conv_forward(g, xc, wc, bc, y);
+  return y;
+}
+
+ConvGrads conv_nd_backward(const Tensor& grad_out, const Tensor& x, const Tensor& w,
+                           const ConvOptions& options, int dims) {
+  check_conv_operands(x, w, Tensor(), dims);
+  check_float(grad_out, "grad_out");
+  check_same_dtype(grad_out, "grad_out", x, "x");
+  check_same_device(grad_out, "grad_out", x, "x");
+  const ConvGeometry g = ConvGeometry::make(x.shape(), w.shape(), options, dims);
+  check(grad_out.shape() == g.output_shape(), "grad_out: expected shape ", shape_str(g.output_shape()),
+        " (the output of x ", shape_str(x.shape()), " and weight ", shape_str(w.shape()), "), got ",
+        shape_str(grad_out.shape()));
+  const Tensor dy = grad_out.contiguous(), xc = as_2d_input(x.contiguous(), dims), wc = w.contiguous();
+  ConvGrads grads{Tensor::empty(x.shape(), x.dtype()), Tensor::empty(w.shape(), w.dtype()),
+                  Tensor::empty({g.K}, x.dtype())};
+  conv_backward_data(g, dy, wc, grads.grad_x);
+  conv_backward_weight(g, dy, xc, grads.grad_w, grads.grad_b);
+  return grads;
+}
+
+}  // namespace
+
+Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, const ConvOptions& options) {
+  return conv_nd(x, w, bias, options, 2);
+}
+Tensor conv1d(const Tensor& x, const Tensor& w, const Tensor& bias, const ConvOptions& options) {
+  return conv_nd(x, w, bias, options, 1);
+}
+ConvGrads conv2d_backward(const Tensor& grad_out, const Tensor& x, const Tensor& w, const ConvOptions& options) {
+  return conv_nd_backward(grad_out, x, w, options, 2);
+}
+ConvGrads conv1d_backward(const Tensor& grad_out, const Tensor& x, const Tensor& w, const ConvOptions& options) {
+  return conv_nd_backward(grad_out, x, w, options, 1);
+}
+
+}  // namespace juanji

@@ -1,0 +1,21 @@
+// Grow-only scratch buffers, one set per thread: kernels reuse them, so a training step
+// allocates nothing once the first step has sized them.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace juanji::cpu {
+
+enum class WorkspaceSlot { gemm_a, gemm_b, columns, partials, count };
+
+// At least `count` elements of T, 64-byte aligned, valid until the same slot is asked for again
+// on this thread. Contents are not preserved.
+void* workspace_bytes(WorkspaceSlot slot, std::size_t bytes);
+
+template <class T>
+T* workspace(WorkspaceSlot slot, std::int64_t count) {
+  return static_cast<T*>(workspace_bytes(slot, static_cast<std::size_t>(count) * sizeof(T)));
+}
+
+}  // namespace juanji::cpu

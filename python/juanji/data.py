@@ -1,0 +1,244 @@
+"""Image data sets in the IDX format of MNIST and Fashion-MNIST.
+
+``load_mnist_like(directory)`` reads the four standard files (raw or gzipped) and returns
+float32 images normalised with the training set's mean and standard deviation. Those two
+numbers are returned with the data (``MnistLike.mean`` / ``.std``) because a model trained
+on normalised images must see new images normalised the same way: the CLI stores them in the
+checkpoint's metadata and ``juanji predict`` applies them with :func:`normalize`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+import zlib
+from typing import Iterator, NamedTuple, Optional
+
+import numpy as np
+
+DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
+
+CLASS_NAMES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+
+# IDX type byte -> big-endian NumPy dtype (http://yann.lecun.com/exdb/mnist/, "THE IDX FILE FORMAT").
+IDX_DTYPES = {
+    0x08: np.dtype(">u1"),
+    0x09: np.dtype(">i1"),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
+
+STANDARD_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+
+MISSING_DATA_HINT = (
+    "install Fashion-MNIST with `sudo apt-get install dataset-fashion-mnist` "
+    "(it goes to {default}) or pass `--data DIR` naming a directory with MNIST-format idx files "
+    "({names}, optionally .gz)"
+)
+
+
+def _read_bytes(path: str) -> bytes:
+    if not path.endswith(".gz"):
+        with open(path, "rb") as f:
+            return f.read()
+    try:
+        with gzip.open(path, "rb") as f:
+            return f.read()
+    except (OSError, EOFError, zlib.error) as e:
+        # gzip reports a cut-off or damaged stream as EOFError / BadGzipFile / zlib.error.
+        raise ValueError(f"{path}: corrupt or truncated gzip stream ({e})") from e
+
+
+def read_idx(path: str) -> np.ndarray:
+    """Reads an IDX file (raw, or gzipped if the name ends in .gz) into a native-endian array.
+
+    Raises ValueError if the magic number, type code or size does not match the header.
+    """
+    raw = _read_bytes(path)
+    if len(raw) < 4:
+        raise ValueError(f"{path}: not an IDX file: {len(raw)} bytes, the header alone needs 4")
+    zero, type_code, ndim = struct.unpack(">HBB", raw[:4])
+    if zero != 0 or type_code not in IDX_DTYPES or ndim == 0:
+        raise ValueError(
+            f"{path}: bad IDX magic number 0x{raw[:4].hex()}: expected 0x0000, a type code in "
+            f"{{{', '.join(f'0x{c:02x}' for c in IDX_DTYPES)}}} and at least 1 dimension"
+        )
+    header_size = 4 + 4 * ndim
+    if len(raw) < header_size:
+        raise ValueError(
+            f"{path}: truncated IDX header: expected {header_size} bytes for {ndim} dimensions, "
+            f"got {len(raw)}"
+        )
+    shape = struct.unpack(f">{ndim}I", raw[4:header_size])
+    dtype = IDX_DTYPES[type_code]
+    expected = header_size + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if len(raw) != expected:
+        problem = "truncated" if len(raw) < expected else "corrupt (trailing bytes)"
+        raise ValueError(
+            f"{path}: {problem} IDX file: header says shape {tuple(shape)} of {dtype.name}, "
+            f"expected {expected} bytes, got {len(raw)}"
+        )
+    data = np.frombuffer(raw, dtype=dtype, offset=header_size).reshape(shape)
+    return data.astype(dtype.newbyteorder("="))
+
+
+def write_idx(path: str, array: np.ndarray) -> None:
+    """Writes ``array`` as an IDX file, gzipped if ``path`` ends in .gz."""
+    array = np.asarray(array)
+    codes = {dtype.newbyteorder("="): code for code, dtype in IDX_DTYPES.items()}
+    native = array.dtype.newbyteorder("=")
+    if native not in codes:
+        raise TypeError(f"write_idx: dtype {array.dtype} has no IDX type code")
+    if array.ndim == 0 or array.ndim > 255:
+        raise ValueError(f"write_idx: array of shape {array.shape} needs 1 to 255 dimensions")
+    header = struct.pack(f">HBB{array.ndim}I", 0, codes[native], array.ndim, *array.shape)
+    payload = header + np.ascontiguousarray(array, dtype=IDX_DTYPES[codes[native]]).tobytes()
+    if path.endswith(".gz"):
+        # mtime=0 keeps the output byte-identical from run to run.
+        with open(path, "wb") as raw_file, gzip.GzipFile(
+            filename="", mode="wb", fileobj=raw_file, mtime=0, compresslevel=9
+        ) as f:
+            f.write(payload)
+    else:
+        with open(path, "wb") as f:
+            f.write(payload)
+
+
+def find_idx_file(directory: str, name: str) -> str:
+    """The path of ``name`` or ``name.gz`` in ``directory``; FileNotFoundError with the
+    install hint if neither exists."""
+    for candidate in (name, name + ".gz"):
+        path = os.path.join(directory, candidate)
+        if os.path.isfile(path):
+            return path
+    hint = MISSING_DATA_HINT.format(default=DEFAULT_DIR, names=", ".join(STANDARD_FILES.values()))
+    raise FileNotFoundError(f"no {name}[.gz] in {directory!r}: {hint}")
+
+
+def to_float_images(images: np.ndarray) -> np.ndarray:
+    """(N, H, W) uint8 -> (N, 1, H, W) float32 in [0, 1]."""
+    if images.ndim != 3:
+        raise ValueError(f"images must have shape (N, H, W), got {images.shape}")
+    return (images.astype(np.float32) / np.float32(255.0))[:, None, :, :]
+
+
+def normalize(x: np.ndarray, mean: float, std: float) -> np.ndarray:
+    """(x - mean) / std in float32, the normalisation the models are trained with."""
+    return ((x - np.float32(mean)) / np.float32(std)).astype(np.float32, copy=False)
+
+
+class MnistLike(NamedTuple):
+    """A normalised train/test split; ``mean``/``std`` are what normalised it (on [0, 1] pixels)."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    mean: float
+    std: float
+
+
+def _check_split(images_path: str, images: np.ndarray, labels_path: str, labels: np.ndarray) -> None:
+    if images.ndim != 3:
+        raise ValueError(f"{images_path}: expected images of shape (N, H, W), got {images.shape}")
+    if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
+        raise ValueError(
+            f"{labels_path}: expected {images.shape[0]} labels (one per image in {images_path}), "
+            f"got shape {labels.shape}"
+        )
+    if labels.size and (labels.min() < 0 or labels.max() >= len(CLASS_NAMES)):
+        raise ValueError(
+            f"{labels_path}: labels must lie in [0, {len(CLASS_NAMES) - 1}], "
+            f"got [{labels.min()}, {labels.max()}]"
+        )
+
+
+def load_mnist_like(directory: str = DEFAULT_DIR, limit: Optional[int] = None) -> MnistLike:
+    """Loads the four standard IDX files from ``directory``.
+
+    Images come back as float32 (N, 1, H, W): pixels scaled to [0, 1], then normalised with
+    the mean and standard deviation of the (first ``limit``) training images. Labels are int64.
+    """
+    if not os.path.isdir(directory):
+        hint = MISSING_DATA_HINT.format(default=DEFAULT_DIR, names=", ".join(STANDARD_FILES.values()))
+        raise FileNotFoundError(f"data directory {directory!r} does not exist: {hint}")
+    paths = {key: find_idx_file(directory, name) for key, name in STANDARD_FILES.items()}
+    arrays = {key: read_idx(path) for key, path in paths.items()}
+    for split in ("train", "test"):
+        _check_split(
+            paths[f"{split}_images"], arrays[f"{split}_images"],
+            paths[f"{split}_labels"], arrays[f"{split}_labels"],
+        )
+    if arrays["train_images"].shape[1:] != arrays["test_images"].shape[1:]:
+        raise ValueError(
+            f"{directory}: training images are {arrays['train_images'].shape[1:]} but test images "
+            f"are {arrays['test_images'].shape[1:]}"
+        )
+    if limit is not None:
+        if limit <= 0:
+            raise ValueError(f"limit must be positive, got {limit}")
+        arrays["train_images"] = arrays["train_images"][:limit]
+        arrays["train_labels"] = arrays["train_labels"][:limit]
+
+    x_train = to_float_images(arrays["train_images"])
+    x_test = to_float_images(arrays["test_images"])
+    # Statistics in float64: a float32 sum over 47M pixels would lose digits.
+    mean = float(x_train.mean(dtype=np.float64))
+    std = float(x_train.std(dtype=np.float64))
+    if not std > 0.0:
+        raise ValueError(f"{paths['train_images']}: all training pixels are equal, cannot normalise")
+    return MnistLike(
+        x_train=normalize(x_train, mean, std),
+        y_train=arrays["train_labels"].astype(np.int64),
+        x_test=normalize(x_test, mean, std),
+        y_test=arrays["test_labels"].astype(np.int64),
+        mean=mean,
+        std=std,
+    )
+
+
+def batches(
+    x: np.ndarray,
+    y: np.ndarray,
+    batch_size: int,
+    shuffle: bool = False,
+    rng: Optional[np.random.Generator] = None,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yields contiguous (x, y) mini-batches; the last one may be smaller.
+
+    With ``shuffle`` the order is a fresh permutation drawn from ``rng``.
+    """
+    if len(x) != len(y):
+        raise ValueError(f"x and y must have the same length, got {len(x)} and {len(y)}")
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if shuffle:
+        order = (rng if rng is not None else np.random.default_rng()).permutation(len(x))
+        for start in range(0, len(x), batch_size):
+            index = order[start : start + batch_size]
+            yield x[index], y[index]
+    else:
+        for start in range(0, len(x), batch_size):
+            yield (
+                np.ascontiguousarray(x[start : start + batch_size]),
+                np.ascontiguousarray(y[start : start + batch_size]),
+            )

@@ -1,0 +1,349 @@
+"""conv1d / conv2d (cross-correlation, seed 000) forward and backward against the
+NumPy reference: named shape grids, seeded random shapes, memory layouts,
+integer-exact float32, and finite differences."""
+
+import numpy as np
+import pytest
+
+import juanji
+import reference as ref
+from helpers import (
+    DTYPES,
+    LAYOUTS,
+    as_np,
+    assert_bitwise,
+    assert_close,
+    ceil_div,
+    check_fd,
+    conv_kwargs,
+    conv_out_spatial,
+    layout,
+    randint_data,
+    randn,
+    random_conv_cases,
+)
+
+OPS = {
+    1: (juanji.conv1d, juanji.conv1d_backward, ref.conv1d, ref.conv1d_backward),
+    2: (juanji.conv2d, juanji.conv2d_backward, ref.conv2d, ref.conv2d_backward),
+}
+
+
+def case(N=2, C=3, K=4, spatial=(7, 8), kernel=(3, 3), stride=1, padding=0, dilation=1,
+         groups=1, bias=True):
+    return dict(N=N, C=C, K=K, spatial=tuple(spatial), kernel=tuple(kernel), stride=stride,
+                padding=padding, dilation=dilation, groups=groups, bias=bias)
+
+
+GRID_2D = {
+    "basic_3x3": case(),
+    "no_bias": case(bias=False),
+    "batch1": case(N=1),
+    "kernel_1x1": case(kernel=(1, 1)),
+    "stride2": case(stride=2),
+    "stride_gt_kernel": case(spatial=(11, 10), kernel=(2, 2), stride=3),
+    "stride_pair": case(stride=(2, 1)),
+    "pad1": case(padding=1),
+    "pad_half_kernel_5x5": case(spatial=(6, 7), kernel=(5, 5), padding=2),
+    "pad_pair": case(kernel=(3, 2), padding=(1, 0)),
+    "pad_pair_stride_pair": case(spatial=(9, 6), kernel=(4, 3), padding=(2, 1), stride=(3, 2)),
+    "dilation2": case(spatial=(9, 9), dilation=2),
+    "dilation3_pad": case(spatial=(8, 9), dilation=3, padding=1),
+    "dilation_pair": case(spatial=(9, 7), dilation=(3, 1), kernel=(2, 3)),
+    "groups2": case(C=4, K=6, groups=2),
+    "groups3_stride2": case(C=6, K=3, groups=3, stride=2, padding=1),
+    "depthwise": case(C=3, K=3, groups=3, padding=1),
+    "depthwise_mult2": case(C=3, K=6, groups=3, padding=1),
+    "depthwise_dil2_stride2": case(C=4, K=4, groups=4, dilation=2, stride=2, spatial=(10, 9)),
+    "out_1x1": case(spatial=(3, 3), kernel=(3, 3)),
+    "out_1x1_by_stride": case(spatial=(5, 4), kernel=(2, 2), stride=5),
+    "kernel_eq_padded_input": case(spatial=(3, 2), kernel=(5, 4), padding=(1, 1)),
+    "nonsquare_kernel": case(kernel=(2, 5), spatial=(6, 9)),
+    "odd_sizes": case(N=3, C=5, K=7, spatial=(9, 11), kernel=(3, 5)),
+    "input_1x1": case(spatial=(1, 1), kernel=(1, 1)),
+    "input_row": case(spatial=(1, 9), kernel=(1, 3)),
+    "valid": case(padding="valid"),
+    "same_3x3": case(padding="same"),
+    "same_even_2x4": case(padding="same", kernel=(2, 4)),
+    "same_even_4x4": case(padding="same", kernel=(4, 4), spatial=(6, 5)),
+    "same_nonsquare_3x2": case(padding="same", kernel=(3, 2)),
+    "same_stride2": case(padding="same", stride=2, spatial=(7, 8)),
+    "same_stride3_even": case(padding="same", stride=3, kernel=(2, 4), spatial=(10, 11)),
+    "same_stride_pair_dil2": case(padding="same", stride=(2, 3), dilation=2, spatial=(9, 10)),
+    "same_kernel_gt_input": case(padding="same", kernel=(5, 4), spatial=(3, 2)),
+    "same_groups_depthwise": case(padding="same", C=4, K=8, groups=4, kernel=(2, 3), stride=2),
+    "everything": case(N=2, C=6, K=4, groups=2, spatial=(12, 9), kernel=(3, 2), stride=(2, 3),
+                       padding=(1, 1), dilation=(2, 1)),
+}
+
+GRID_1D = {
+    "basic_k3": case(spatial=(10,), kernel=(3,)),
+    "no_bias": case(spatial=(10,), kernel=(3,), bias=False),
+    "batch1_k1": case(N=1, spatial=(7,), kernel=(1,)),
+    "stride2": case(spatial=(11,), kernel=(3,), stride=2),
+    "stride_tuple": case(spatial=(11,), kernel=(3,), stride=(2,)),
+    "stride_gt_kernel": case(spatial=(13,), kernel=(2,), stride=4),
+    "pad_half_kernel": case(spatial=(8,), kernel=(5,), padding=2),
+    "pad_tuple": case(spatial=(8,), kernel=(4,), padding=(2,)),
+    "dilation2": case(spatial=(12,), kernel=(3,), dilation=2),
+    "dilation3_tuple": case(spatial=(12,), kernel=(3,), dilation=(3,), padding=1),
+    "groups2": case(C=4, K=6, groups=2, spatial=(9,), kernel=(3,)),
+    "depthwise": case(C=5, K=5, groups=5, spatial=(9,), kernel=(3,), padding=1),
+    "depthwise_mult2": case(C=3, K=6, groups=3, spatial=(9,), kernel=(4,)),
+    "out_len1": case(spatial=(4,), kernel=(4,)),
+    "input_len1": case(spatial=(1,), kernel=(1,)),
+    "kernel_gt_input_padded": case(spatial=(3,), kernel=(5,), padding=1),
+    "valid": case(spatial=(9,), kernel=(4,), padding="valid"),
+    "same_odd": case(spatial=(9,), kernel=(3,), padding="same"),
+    "same_even": case(spatial=(9,), kernel=(4,), padding="same"),
+    "same_stride2": case(spatial=(9,), kernel=(3,), padding="same", stride=2),
+    "same_stride3_even_dil2": case(spatial=(11,), kernel=(2,), padding="same", stride=3, dilation=2),
+    "same_kernel_gt_input": case(spatial=(2,), kernel=(5,), padding="same"),
+    "odd_sizes": case(N=3, C=5, K=7, spatial=(13,), kernel=(5,), stride=2, padding=1),
+}
+
+GRIDS = {1: GRID_1D, 2: GRID_2D}
+
+
+def grid_params():
+    return [pytest.param(nd, c, id=f"{nd}d-{name}") for nd in (1, 2) for name, c in GRIDS[nd].items()]
+
+
+RANDOM = [pytest.param(1, p.values[0], id=f"1d-{p.id}") for p in random_conv_cases(1, 20, seed=101)]
+RANDOM += [pytest.param(2, p.values[0], id=f"2d-{p.id}") for p in random_conv_cases(2, 40, seed=202)]
+
+
+def make_inputs(rng, c, dtype, gen=randn):
+    x = gen(rng, (c["N"], c["C"]) + c["spatial"], dtype)
+    w = gen(rng, (c["K"], c["C"] // c["groups"]) + c["kernel"], dtype)
+    b = gen(rng, (c["K"],), dtype) if c.get("bias", True) else None
+    return x, w, b
+
+
+def out_shape(c):
+    return (c["N"], c["K"]) + conv_out_spatial(c)
+
+
+def run_forward_and_backward(nd, c, dtype, seed):
+    rng = np.random.default_rng(seed)
+    fwd, bwd, rfwd, rbwd = OPS[nd]
+    x, w, b = make_inputs(rng, c, dtype)
+    kw = conv_kwargs(c)
+
+    y = fwd(x, w, b, **kw)
+    y_ref = rfwd(x, w, b, **kw)
+    assert y_ref.shape == out_shape(c)
+    assert_close(y, y_ref, dtype, what="y")
+
+    gy = randn(rng, y_ref.shape, dtype)
+    grads = bwd(gy, x, w, **kw)
+    assert isinstance(grads, tuple) and len(grads) == 3
+    for name, g, g_ref in zip(("grad_x", "grad_w", "grad_b"), grads, rbwd(gy, x, w, **kw)):
+        assert_close(g, g_ref, dtype, what=name)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("nd,c", grid_params())
+def test_conv_grid(nd, c, dtype):
+    run_forward_and_backward(nd, c, dtype, seed=1)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("nd,c", RANDOM)
+def test_conv_random(nd, c, dtype):
+    run_forward_and_backward(nd, c, dtype, seed=2)
+
+
+LARGER = {
+    "resnet_like_3x3": (2, case(N=2, C=8, K=16, spatial=(16, 16), kernel=(3, 3), padding=1)),
+    "stem_7x7_s2": (2, case(N=1, C=3, K=8, spatial=(24, 20), kernel=(7, 7), stride=2, padding=3)),
+    "depthwise_s2": (2, case(N=2, C=16, K=16, groups=16, spatial=(15, 17), kernel=(3, 3), stride=2,
+                             padding="same")),
+    "grouped_dilated": (2, case(N=2, C=8, K=12, groups=4, spatial=(14, 13), kernel=(3, 3),
+                                dilation=2, padding=2)),
+    "conv1d_long": (1, case(N=3, C=6, K=10, spatial=(97,), kernel=(7,), stride=3, padding="same")),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("nd,c", [pytest.param(nd, c, id=k) for k, (nd, c) in LARGER.items()])
+def test_conv_larger_shapes(nd, c, dtype):
+    run_forward_and_backward(nd, c, dtype, seed=3)
+
+
+# ------------------------------------------------------------------- output shapes
+
+@pytest.mark.parametrize("n,f,s,d", [(7, 3, 1, 1), (7, 4, 1, 1), (7, 3, 2, 1), (8, 3, 2, 1),
+                                      (10, 2, 3, 2), (3, 5, 1, 1), (9, 4, 3, 3), (1, 3, 2, 1)])
+def test_conv2d_same_output_is_ceil_n_over_s(n, f, s, d):
+    x = np.zeros((1, 1, n, n + 1))
+    w = np.zeros((1, 1, f, f))
+    y = juanji.conv2d(x, w, stride=s, padding="same", dilation=d)
+    assert as_np(y).shape == (1, 1, ceil_div(n, s), ceil_div(n + 1, s))
+
+
+def test_conv2d_same_pads_extra_after():
+    # kernel 2: total pad 1, all of it after (TensorFlow convention): the first output
+    # sees x[0:2] and the last one sees x[-1] and a zero
+    x = np.arange(1.0, 6.0).reshape(1, 1, 1, 5)
+    w = np.array([[[[1.0, 10.0]]]])
+    y = as_np(juanji.conv2d(x, w, padding="same"))
+    np.testing.assert_array_equal(y.ravel(), [21.0, 32.0, 43.0, 54.0, 5.0])
+
+
+def test_conv1d_same_asymmetric_stride2():
+    # n=7, f=4, s=2: out = ceil(7/2) = 4, total = max(3*2 + 3 + 1 - 7, 0) = 3 -> (1 before,
+    # 2 after); windows of 4 over [0, 1..7, 0, 0] starting at 0, 2, 4, 6
+    x = np.arange(1.0, 8.0).reshape(1, 1, 7)
+    w = np.ones((1, 1, 4))
+    y = as_np(juanji.conv1d(x, w, stride=2, padding="same"))
+    np.testing.assert_array_equal(y.ravel(), [6.0, 14.0, 22.0, 13.0])
+
+
+def test_conv_is_cross_correlation_not_flipped():
+    # seed 000: CNN convolution does no 180-degree flip
+    x = np.arange(9.0).reshape(1, 1, 3, 3)
+    w = np.zeros((1, 1, 2, 2))
+    w[0, 0, 0, 0] = 1.0  # picks the top-left of every window
+    y = as_np(juanji.conv2d(x, w))
+    np.testing.assert_array_equal(y[0, 0], [[0.0, 1.0], [3.0, 4.0]])
+
+
+def test_seed_example_two_filters_stride2_zero_padding():
+    # seed 001 figure: 3 input channels 5x5, two 3x3x3 filters, stride 2, zero padding 1
+    # -> a 3x3x2 output, each value the sum over the 3 channels plus the bias
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 3, size=(1, 3, 5, 5)).astype(np.float64)
+    w = rng.integers(-1, 2, size=(2, 3, 3, 3)).astype(np.float64)
+    b = np.array([1.0, 0.0])
+    y = as_np(juanji.conv2d(x, w, b, stride=2, padding=1))
+    assert y.shape == (1, 2, 3, 3)
+    xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    for k in range(2):
+        for i in range(3):
+            for j in range(3):
+                assert y[0, k, i, j] == np.sum(xp[0, :, 2 * i:2 * i + 3, 2 * j:2 * j + 3] * w[k]) + b[k]
+
+
+# ------------------------------------------------------ argument forms and inputs
+
+def test_conv2d_int_and_pair_arguments_agree():
+    rng = np.random.default_rng(4)
+    x, w, b = randn(rng, (2, 3, 9, 9)), randn(rng, (4, 3, 3, 3)), randn(rng, (4,))
+    a = as_np(juanji.conv2d(x, w, b, stride=2, padding=1, dilation=2))
+    p = as_np(juanji.conv2d(x, w, b, stride=(2, 2), padding=(1, 1), dilation=(2, 2)))
+    np.testing.assert_array_equal(a, p)
+
+
+def test_conv1d_int_and_1tuple_arguments_agree():
+    rng = np.random.default_rng(5)
+    x, w = randn(rng, (2, 3, 12)), randn(rng, (4, 3, 3))
+    a = as_np(juanji.conv1d(x, w, stride=2, padding=1, dilation=2))
+    p = as_np(juanji.conv1d(x, w, stride=(2,), padding=(1,), dilation=(2,)))
+    np.testing.assert_array_equal(a, p)
+
+
+def test_conv_valid_equals_zero_padding():
+    rng = np.random.default_rng(6)
+    x, w = randn(rng, (1, 2, 6, 7)), randn(rng, (3, 2, 2, 3))
+    np.testing.assert_array_equal(as_np(juanji.conv2d(x, w, padding="valid")),
+                                  as_np(juanji.conv2d(x, w, padding=0)))
+
+
+def test_conv_bias_none_equals_zero_bias():
+    rng = np.random.default_rng(7)
+    x, w = randn(rng, (2, 2, 5, 5)), randn(rng, (3, 2, 3, 3))
+    np.testing.assert_array_equal(as_np(juanji.conv2d(x, w)),
+                                  as_np(juanji.conv2d(x, w, np.zeros(3))))
+
+
+def test_conv1d_matches_conv2d_with_unit_height():
+    rng = np.random.default_rng(8)
+    x, w, b = randn(rng, (2, 4, 11)), randn(rng, (6, 2, 3)), randn(rng, (6,))
+    y1 = as_np(juanji.conv1d(x, w, b, stride=2, padding=1, dilation=2, groups=2))
+    y2 = as_np(juanji.conv2d(x[:, :, None, :], w[:, :, None, :], b, stride=(1, 2), padding=(0, 1),
+                             dilation=(1, 2), groups=2))
+    assert_close(y1, y2[:, :, 0, :], np.float64)
+
+
+@pytest.mark.parametrize("kind", LAYOUTS)
+@pytest.mark.parametrize("nd", [1, 2])
+def test_conv_noncontiguous_and_tensor_inputs(nd, kind):
+    c = case(N=2, C=4, K=6, groups=2, spatial=(9, 8) if nd == 2 else (11,),
+             kernel=(3, 2) if nd == 2 else (3,), stride=2, padding=1)
+    rng = np.random.default_rng(9)
+    fwd, bwd, rfwd, rbwd = OPS[nd]
+    x, w, b = make_inputs(rng, c, np.float64)
+    kw = conv_kwargs(c)
+    y = fwd(layout(x, kind), layout(w, kind), layout(b, kind), **kw)
+    assert_close(y, rfwd(x, w, b, **kw), np.float64, what=f"y ({kind})")
+    gy = randn(rng, as_np(y).shape)
+    grads = bwd(layout(gy, kind), layout(x, kind), layout(w, kind), **kw)
+    for name, g, g_ref in zip(("grad_x", "grad_w", "grad_b"), grads, rbwd(gy, x, w, **kw)):
+        assert_close(g, g_ref, np.float64, what=f"{name} ({kind})")
+
+
+def test_conv_tensor_inputs_via_juanji_tensor():
+    rng = np.random.default_rng(10)
+    x, w = randn(rng, (1, 2, 5, 5), np.float32), randn(rng, (2, 2, 3, 3), np.float32)
+    y = juanji.conv2d(juanji.tensor(x), juanji.tensor(w), padding=1)
+    assert y.shape == (1, 2, 5, 5)
+    assert y.dtype == np.dtype(np.float32)
+    assert_close(y.numpy(), ref.conv2d(x, w, padding=1), np.float32)
+
+
+# ------------------------------------------------------- integer-exact float32
+
+EXACT = {
+    "2d_basic": (2, case(N=2, C=4, K=6, spatial=(9, 9), kernel=(3, 3), padding=1)),
+    "2d_stride_dil_groups": (2, case(N=2, C=6, K=4, groups=2, spatial=(11, 10), kernel=(3, 2),
+                                     stride=(2, 3), dilation=(2, 1), padding=(2, 1))),
+    "2d_depthwise_same_s2": (2, case(N=1, C=5, K=10, groups=5, spatial=(8, 9), kernel=(4, 3),
+                                     stride=2, padding="same")),
+    "1d_basic": (1, case(N=3, C=4, K=5, spatial=(17,), kernel=(5,), stride=2, padding=2)),
+}
+
+
+@pytest.mark.parametrize("nd,c", [pytest.param(nd, c, id=k) for k, (nd, c) in EXACT.items()])
+def test_conv_integer_valued_float32_is_exact(nd, c):
+    rng = np.random.default_rng(11)
+    fwd, bwd, rfwd, rbwd = OPS[nd]
+    x, w, b = make_inputs(rng, c, np.float32, gen=randint_data)
+    kw = conv_kwargs(c)
+    y_ref = rfwd(x, w, b, **kw)
+    assert_bitwise(fwd(x, w, b, **kw), y_ref, what="y")
+    gy = randint_data(rng, y_ref.shape)
+    for name, g, g_ref in zip(("grad_x", "grad_w", "grad_b"), bwd(gy, x, w, **kw), rbwd(gy, x, w, **kw)):
+        assert np.max(np.abs(g_ref)) < 2**24
+        assert_bitwise(g, g_ref, what=name)
+
+
+# ------------------------------------------------------- finite differences (f64)
+
+FD_CASES = {
+    "2d_pad1": (2, case(N=2, C=2, K=2, spatial=(4, 5), kernel=(2, 3), padding=1)),
+    "2d_stride2_dil2_groups2": (2, case(N=1, C=2, K=4, groups=2, spatial=(6, 5), kernel=(2, 2),
+                                        stride=2, dilation=2, padding=(1, 0))),
+    "2d_stride_gt_kernel": (2, case(N=1, C=2, K=2, spatial=(7, 5), kernel=(2, 1), stride=3)),
+    "2d_same_even_stride2": (2, case(N=1, C=2, K=3, spatial=(5, 6), kernel=(2, 3), stride=2,
+                                     padding="same")),
+    "2d_depthwise_mult2": (2, case(N=1, C=2, K=4, groups=2, spatial=(4, 4), kernel=(3, 3), padding=1)),
+    "1d_basic": (1, case(N=2, C=2, K=3, spatial=(7,), kernel=(3,), padding=1)),
+    "1d_stride3_dil2_same": (1, case(N=1, C=3, K=3, groups=3, spatial=(10,), kernel=(2,), stride=3,
+                                     dilation=2, padding="same")),
+}
+
+
+@pytest.mark.parametrize("nd,c", [pytest.param(nd, c, id=k) for k, (nd, c) in FD_CASES.items()])
+def test_conv_backward_matches_finite_differences(nd, c):
+    rng = np.random.default_rng(12)
+    fwd, bwd, _, _ = OPS[nd]
+    x, w, b = make_inputs(rng, c, np.float64)
+    kw = conv_kwargs(c)
+    R = randn(rng, out_shape(c))
+    gx, gw, gb = bwd(R, x, w, **kw)
+
+    def forward(x, w, b):
+        return fwd(x, w, b, **kw)
+
+    check_fd(forward, dict(x=x, w=w, b=b), dict(x=gx, w=gw, b=gb), R)
