@@ -1,7 +1,281 @@
+// juanji._core.nn (layers, Sequential, losses) and juanji._core.optim (SGD, schedules).
+#include <pybind11/stl.h>
+
 #include "bind_util.hpp"
+#include "juanji/nn/sequential.hpp"
 
 namespace juanji::bind {
+namespace {
 
-void register_nn(py::module_& m) { (void)m; }
+using nn::Layer;
+using nn::Parameter;
+
+nn::Init init_arg(const std::string& init) {
+  if (init == "he") return nn::Init::he;
+  if (init == "xavier") return nn::Init::xavier;
+  throw std::invalid_argument("init: expected 'he' or 'xavier', got '" + init + "'");
+}
+
+ConvOptions conv_options(py::handle stride, py::handle padding, py::handle dilation, std::int64_t groups) {
+  ConvOptions options;
+  options.stride = ints_arg(stride, "stride");
+  options.padding = padding_arg(padding);
+  options.dilation = ints_arg(dilation, "dilation");
+  options.groups = groups;
+  return options;
+}
+
+PoolOptions pool_options(py::handle kernel, py::handle stride, py::handle padding, bool ceil_mode,
+                         bool count_include_pad) {
+  PoolOptions options;
+  options.kernel = ints_arg(kernel, "kernel_size");
+  if (!stride.is_none()) options.stride = ints_arg(stride, "stride");
+  options.padding = ints_arg(padding, "padding");
+  options.ceil_mode = ceil_mode;
+  options.count_include_pad = count_include_pad;
+  return options;
+}
+
+// Python callers get their own copy: the layer reuses its output buffer on the next call.
+Tensor layer_forward(Layer& layer, py::handle x, bool training) {
+  return layer.forward(tensor_arg(x, "x"), training).clone();
+}
+
+py::list parameter_list(const std::vector<std::shared_ptr<Parameter>>& params) {
+  py::list out;
+  for (const auto& p : params) out.append(py::cast(p));
+  return out;
+}
+
+py::object parameter_view(py::handle layer, const char* name) {
+  for (const auto& p : layer.cast<Layer&>().parameters()) {
+    const auto dot = p->name.rfind('.');
+    if ((dot == std::string::npos ? p->name : p->name.substr(dot + 1)) == name)
+      return to_numpy(p->value, py::cast(p));
+  }
+  return py::none();
+}
+
+}  // namespace
+
+void register_nn(py::module_& m) {
+  auto nn_module = m.def_submodule("nn", "Layers, Sequential and losses");
+  auto optim_module = m.def_submodule("optim", "SGD and learning-rate schedules");
+
+  py::class_<Parameter, std::shared_ptr<Parameter>>(nn_module, "Parameter",
+                                                    "A named tensor of a layer; data and grad are NumPy views (no copy).")
+      .def_readonly("name", &Parameter::name)
+      .def_property_readonly("data", [](py::object self) {
+        return to_numpy(self.cast<Parameter&>().value, self);
+      })
+      .def_property_readonly("grad", [](py::object self) -> py::object {
+        const Parameter& p = self.cast<Parameter&>();
+        if (!p.grad.defined()) return py::none();
+        return to_numpy(p.grad, self);
+      })
+      .def_property_readonly("shape", [](const Parameter& p) { return py::tuple(py::cast(p.value.shape())); })
+      .def_property_readonly("trainable", &Parameter::trainable)
+      .def("__repr__", [](const Parameter& p) {
+        return "Parameter(" + p.name + ", shape=" + shape_str(p.value.shape()) + ")";
+      });
+
+  py::class_<Layer, std::shared_ptr<Layer>>(nn_module, "Layer")
+      .def_property_readonly("type", &Layer::type)
+      .def("config_json", &Layer::config_json)
+      .def("forward", &layer_forward, py::arg("x"), py::arg("training") = false)
+      .def("__call__", [](Layer& l, py::handle x) { return layer_forward(l, x, false); })
+      .def("backward",
+           [](Layer& l, py::handle grad_y) { return l.backward(tensor_arg(grad_y, "grad_out"), true).clone(); },
+           py::arg("grad_out"), "Gradient of the last training-mode forward's input.")
+      .def("output_shape", [](const Layer& l, const Shape& s) { return py::tuple(py::cast(l.output_shape(s))); })
+      .def("parameters", [](Layer& l) { return parameter_list(l.parameters()); })
+      .def_property_readonly("weight", [](py::object self) { return parameter_view(self, "weight"); })
+      .def_property_readonly("bias", [](py::object self) { return parameter_view(self, "bias"); })
+      .def("to", [](Layer& l, py::object dtype) { l.to(dtype_arg(dtype, "dtype")); }, py::arg("dtype"))
+      .def("__repr__", [](const Layer& l) { return l.type() + "(" + l.config_json() + ")"; });
+
+  py::class_<nn::Conv, Layer, std::shared_ptr<nn::Conv>>(nn_module, "Conv2d")
+      .def(py::init([](std::int64_t in, std::int64_t out, py::handle kernel, py::handle stride,
+                       py::handle padding, py::handle dilation, std::int64_t groups, bool bias,
+                       const std::string& init) {
+             return std::make_shared<nn::Conv>(2, in, out, ints_arg(kernel, "kernel_size"),
+                                               conv_options(stride, padding, dilation, groups), bias,
+                                               init_arg(init));
+           }),
+           py::arg("in_channels"), py::arg("out_channels"), py::arg("kernel_size"), py::arg("stride") = 1,
+           py::arg("padding") = 0, py::arg("dilation") = 1, py::arg("groups") = 1, py::arg("bias") = true,
+           py::arg("init") = "he");
+  nn_module.attr("Conv1d") = py::cpp_function(
+      [](std::int64_t in, std::int64_t out, py::handle kernel, py::handle stride, py::handle padding,
+         py::handle dilation, std::int64_t groups, bool bias, const std::string& init) {
+        return std::static_pointer_cast<Layer>(std::make_shared<nn::Conv>(
+            1, in, out, ints_arg(kernel, "kernel_size"), conv_options(stride, padding, dilation, groups),
+            bias, init_arg(init)));
+      },
+      py::arg("in_channels"), py::arg("out_channels"), py::arg("kernel_size"), py::arg("stride") = 1,
+      py::arg("padding") = 0, py::arg("dilation") = 1, py::arg("groups") = 1, py::arg("bias") = true,
+      py::arg("init") = "he");
+
+  py::class_<nn::Linear, Layer, std::shared_ptr<nn::Linear>>(nn_module, "Linear")
+      .def(py::init([](std::int64_t in, std::int64_t out, bool bias, const std::string& init) {
+             return std::make_shared<nn::Linear>(in, out, bias, init_arg(init));
+           }),
+           py::arg("in_features"), py::arg("out_features"), py::arg("bias") = true, py::arg("init") = "he");
+
+  py::class_<nn::Pool, Layer, std::shared_ptr<nn::Pool>> pool(nn_module, "Pool");
+  const struct {
+    const char* name;
+    nn::Pool::Kind kind;
+    int dims;
+  } pools[] = {{"MaxPool2d", nn::Pool::Kind::max, 2}, {"MaxPool1d", nn::Pool::Kind::max, 1},
+               {"AvgPool2d", nn::Pool::Kind::average, 2}, {"AvgPool1d", nn::Pool::Kind::average, 1}};
+  for (const auto& spec : pools) {
+    const auto kind = spec.kind;
+    const int dims = spec.dims;
+    if (kind == nn::Pool::Kind::max) {
+      nn_module.attr(spec.name) = py::cpp_function(
+          [kind, dims](py::handle kernel, py::handle stride, py::handle padding, bool ceil_mode) {
+            return std::make_shared<nn::Pool>(kind, dims, pool_options(kernel, stride, padding, ceil_mode, true));
+          },
+          py::arg("kernel_size"), py::arg("stride") = py::none(), py::arg("padding") = 0,
+          py::arg("ceil_mode") = false);
+    } else {
+      nn_module.attr(spec.name) = py::cpp_function(
+          [kind, dims](py::handle kernel, py::handle stride, py::handle padding, bool ceil_mode,
+                       bool count_include_pad) {
+            return std::make_shared<nn::Pool>(
+                kind, dims, pool_options(kernel, stride, padding, ceil_mode, count_include_pad));
+          },
+          py::arg("kernel_size"), py::arg("stride") = py::none(), py::arg("padding") = 0,
+          py::arg("ceil_mode") = false, py::arg("count_include_pad") = true);
+    }
+  }
+
+  py::class_<nn::GlobalAvgPool2d, Layer, std::shared_ptr<nn::GlobalAvgPool2d>>(nn_module, "GlobalAvgPool2d")
+      .def(py::init<>());
+  py::class_<nn::ActivationLayer, Layer, std::shared_ptr<nn::ActivationLayer>>(nn_module, "Activation");
+  nn_module.attr("ReLU") = py::cpp_function([] { return std::make_shared<nn::ActivationLayer>(Activation::relu); });
+  nn_module.attr("Sigmoid") = py::cpp_function([] { return std::make_shared<nn::ActivationLayer>(Activation::sigmoid); });
+  nn_module.attr("Tanh") = py::cpp_function([] { return std::make_shared<nn::ActivationLayer>(Activation::tanh); });
+  nn_module.attr("LeakyReLU") = py::cpp_function(
+      [](double slope) { return std::make_shared<nn::ActivationLayer>(Activation::leaky_relu, slope); },
+      py::arg("negative_slope") = 0.01);
+  py::class_<nn::Softmax, Layer, std::shared_ptr<nn::Softmax>>(nn_module, "Softmax").def(py::init<>());
+  py::class_<nn::Dropout, Layer, std::shared_ptr<nn::Dropout>>(nn_module, "Dropout")
+      .def(py::init<double>(), py::arg("p") = 0.5);
+  py::class_<nn::Flatten, Layer, std::shared_ptr<nn::Flatten>>(nn_module, "Flatten").def(py::init<>());
+  py::class_<nn::BatchNorm2d, Layer, std::shared_ptr<nn::BatchNorm2d>>(nn_module, "BatchNorm2d")
+      .def(py::init<std::int64_t, double, double>(), py::arg("num_features"), py::arg("eps") = 1e-5,
+           py::arg("momentum") = 0.1);
+
+  py::class_<nn::Loss, std::shared_ptr<nn::Loss>>(nn_module, "Loss")
+      .def_property_readonly("type", &nn::Loss::type)
+      .def("__call__",
+           [](nn::Loss& loss, py::handle output, py::handle target) {
+             const Tensor out = tensor_arg(output, "output").contiguous();
+             const Tensor tgt = loss.type() == "CrossEntropyLoss" ? labels_arg(target, "target")
+                                                                  : tensor_arg(target, "target");
+             Tensor grad = Tensor::empty(out.shape(), out.dtype());
+             return loss.forward_backward(out, tgt, grad, nullptr);
+           },
+           py::arg("output"), py::arg("target"), "The mean loss as a float.");
+  py::class_<nn::CrossEntropyLoss, nn::Loss, std::shared_ptr<nn::CrossEntropyLoss>>(nn_module, "CrossEntropyLoss")
+      .def(py::init<>());
+  py::class_<nn::MSELoss, nn::Loss, std::shared_ptr<nn::MSELoss>>(nn_module, "MSELoss").def(py::init<>());
+
+  auto target_arg = [](const nn::Loss& loss, py::handle target) {
+    return loss.type() == "CrossEntropyLoss" ? labels_arg(target, "labels") : tensor_arg(target, "target");
+  };
+
+  py::class_<nn::Sequential, std::shared_ptr<nn::Sequential>>(nn_module, "Sequential")
+      .def(py::init([](py::args layers) {
+        std::vector<std::shared_ptr<Layer>> list;
+        for (auto l : layers) {
+          if (!py::isinstance<Layer>(l))
+            throw TypeError("Sequential: expected layers, got " +
+                            py::str(py::type::handle_of(l).attr("__name__")).cast<std::string>());
+          list.push_back(l.cast<std::shared_ptr<Layer>>());
+        }
+        return std::make_shared<nn::Sequential>(std::move(list));
+      }))
+      .def("__call__", [](nn::Sequential& s, py::handle x) { return s.forward(tensor_arg(x, "x"), false).clone(); },
+           py::arg("x"), "Inference (eval mode, whatever train()/eval() say): the output as a new tensor.")
+      .def("forward",
+           [](nn::Sequential& s, py::handle x, py::object training) {
+             return s.forward(tensor_arg(x, "x"), training.is_none() ? s.training() : training.cast<bool>()).clone();
+           },
+           py::arg("x"), py::arg("training") = py::none())
+      .def("train", [](nn::Sequential& s) { s.train(); })
+      .def("eval", [](nn::Sequential& s) { s.eval(); })
+      .def_property_readonly("training", &nn::Sequential::training)
+      .def("parameters", [](const nn::Sequential& s) { return parameter_list(s.trainable_parameters()); },
+           "Trainable parameters, named '<layer>.<name>'.")
+      .def("buffers", [](const nn::Sequential& s) {
+        std::vector<std::shared_ptr<Parameter>> buffers;
+        for (auto& p : s.parameters())
+          if (!p->trainable()) buffers.push_back(p);
+        return parameter_list(buffers);
+      }, "Tensors saved with the model but not trained (batch-norm running statistics).")
+      .def("train_step",
+           [target_arg](nn::Sequential& s, py::handle x, py::handle target, nn::Loss& loss, optim::SGD& opt) {
+             const Tensor xt = tensor_arg(x, "x");
+             const Tensor tt = target_arg(loss, target);
+             py::gil_scoped_release release;
+             return s.train_step(xt, tt, loss, opt);
+           },
+           py::arg("x"), py::arg("target"), py::arg("loss"), py::arg("optimizer"),
+           "Forward, loss, backward and SGD update in C++; returns the batch's mean loss.")
+      .def("evaluate",
+           [target_arg](nn::Sequential& s, py::handle x, py::handle target, std::shared_ptr<nn::Loss> loss,
+                        std::int64_t batch_size) {
+             if (!loss) loss = std::make_shared<nn::CrossEntropyLoss>();
+             const Tensor xt = tensor_arg(x, "x");
+             const Tensor tt = target_arg(*loss, target);
+             nn::Evaluation e;
+             {
+               py::gil_scoped_release release;
+               e = s.evaluate(xt, tt, *loss, batch_size);
+             }
+             return py::make_tuple(e.loss, e.accuracy);
+           },
+           py::arg("x"), py::arg("target"), py::arg("loss") = nullptr, py::arg("batch_size") = 256,
+           "(mean loss, accuracy) in eval mode.")
+      .def("activations",
+           [](nn::Sequential& s, py::handle x) { return s.activations(tensor_arg(x, "x")); }, py::arg("x"))
+      .def("summary", [](const nn::Sequential& s, const Shape& shape) { return s.summary(shape); },
+           py::arg("input_shape"))
+      .def("architecture_json", &nn::Sequential::architecture_json)
+      .def_property_readonly("layers", [](const nn::Sequential& s) { return s.layers(); })
+      .def("__len__", [](const nn::Sequential& s) { return s.layers().size(); })
+      .def("__getitem__", [](const nn::Sequential& s, std::int64_t i) {
+        const auto n = static_cast<std::int64_t>(s.layers().size());
+        if (i < -n || i >= n) throw py::index_error("layer index out of range");
+        return s.layers()[static_cast<std::size_t>(i < 0 ? i + n : i)];
+      });
+
+  py::class_<optim::SGD, std::shared_ptr<optim::SGD>>(optim_module, "SGD")
+      .def(py::init([](py::iterable params, double lr, double momentum, bool nesterov, double weight_decay) {
+             std::vector<std::shared_ptr<Parameter>> list;
+             for (auto p : params) list.push_back(p.cast<std::shared_ptr<Parameter>>());
+             return std::make_shared<optim::SGD>(std::move(list), lr, momentum, nesterov, weight_decay);
+           }),
+           py::arg("params"), py::arg("lr"), py::arg("momentum") = 0.0, py::arg("nesterov") = false,
+           py::arg("weight_decay") = 0.0)
+      .def_readwrite("lr", &optim::SGD::lr)
+      .def_property_readonly("momentum", &optim::SGD::momentum)
+      .def_property_readonly("nesterov", &optim::SGD::nesterov)
+      .def_property_readonly("weight_decay", &optim::SGD::weight_decay)
+      .def("step", &optim::SGD::step);
+  py::class_<optim::StepLR>(optim_module, "StepLR")
+      .def(py::init<optim::SGD&, std::int64_t, double>(), py::arg("optimizer"), py::arg("step_size"),
+           py::arg("gamma") = 0.1, py::keep_alive<1, 2>())
+      .def("step", &optim::StepLR::step)
+      .def_property_readonly("epoch", &optim::StepLR::epoch);
+  py::class_<optim::CosineLR>(optim_module, "CosineLR")
+      .def(py::init<optim::SGD&, std::int64_t, double>(), py::arg("optimizer"), py::arg("t_max"),
+           py::arg("eta_min") = 0.0, py::keep_alive<1, 2>())
+      .def("step", &optim::CosineLR::step)
+      .def_property_readonly("epoch", &optim::CosineLR::epoch);
+}
 
 }  // namespace juanji::bind

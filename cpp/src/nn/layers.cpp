@@ -1,1 +1,430 @@
-// placeholder
+#include "juanji/nn/layers.hpp"
+
+#include <cmath>
+#include <sstream>
+
+namespace juanji::nn {
+namespace {
+
+std::string ints_json(const std::vector<std::int64_t>& values) {
+  std::ostringstream out;
+  out << '[';
+  for (std::size_t i = 0; i < values.size(); ++i) out << (i ? ", " : "") << values[i];
+  out << ']';
+  return out.str();
+}
+
+std::string number_json(double value) {
+  std::ostringstream out;
+  out.precision(17);
+  out << value;
+  return out.str();
+}
+
+std::string padding_json(const PaddingSpec& padding) {
+  switch (padding.kind) {
+    case PaddingSpec::Kind::same: return "\"same\"";
+    case PaddingSpec::Kind::valid: return "\"valid\"";
+    case PaddingSpec::Kind::explicit_sizes: break;
+  }
+  return ints_json(padding.sizes);
+}
+
+Tensor initial_weight(const Shape& shape, double fan_in, double fan_out, Init init) {
+  if (init == Init::he) {
+    Tensor w = randn(shape, DType::float32);
+    const float scale = static_cast<float>(std::sqrt(2.0 / fan_in));
+    float* data = w.data<float>();
+    for (std::int64_t i = 0, n = w.numel(); i < n; ++i) data[i] *= scale;
+    return w;
+  }
+  const double bound = std::sqrt(6.0 / (fan_in + fan_out));
+  return uniform(shape, -bound, bound, DType::float32);
+}
+
+void check_input_dtype(const Tensor& x, const Parameter& p, const std::string& layer) {
+  check_float(x, "x");
+  check_type(x.dtype() == p.value.dtype(), layer, ": input is ", dtype_name(x.dtype()),
+             " but the layer's parameters are ", dtype_name(p.value.dtype()));
+}
+
+}  // namespace
+
+void Layer::to(DType dtype) {
+  for (auto& p : parameters_) {
+    p->value = p->value.to(dtype);
+    if (p->grad.defined()) p->grad = Tensor::zeros(p->value.shape(), dtype);
+  }
+}
+
+std::shared_ptr<Parameter> Layer::add_parameter(const std::string& name, Tensor value, bool trainable) {
+  auto p = std::make_shared<Parameter>();
+  p->name = name;
+  p->grad = trainable ? Tensor::zeros(value.shape(), value.dtype()) : Tensor();
+  p->value = std::move(value);
+  parameters_.push_back(p);
+  return p;
+}
+
+Tensor& Layer::ensure(Tensor& buffer, const Shape& shape, DType dtype) {
+  if (!buffer.defined() || buffer.shape() != shape || buffer.dtype() != dtype)
+    buffer = Tensor::empty(shape, dtype);
+  return buffer;
+}
+
+// ---- Conv ----
+
+Conv::Conv(int spatial_dims, std::int64_t in_channels, std::int64_t out_channels,
+           std::vector<std::int64_t> kernel_size, ConvOptions options, bool bias, Init init)
+    : spatial_dims_(spatial_dims), in_channels_(in_channels), out_channels_(out_channels),
+      kernel_size_(std::move(kernel_size)), options_(std::move(options)) {
+  const char* name = spatial_dims == 1 ? "Conv1d" : "Conv2d";
+  check(in_channels > 0 && out_channels > 0, name, ": in_channels ", in_channels,
+        " and out_channels ", out_channels, " must be positive");
+  check(options_.groups >= 1 && in_channels % options_.groups == 0 && out_channels % options_.groups == 0,
+        name, ": groups=", options_.groups, " must divide in_channels ", in_channels,
+        " and out_channels ", out_channels);
+  check(kernel_size_.size() == 1 || static_cast<int>(kernel_size_.size()) == spatial_dims, name,
+        ": kernel_size needs 1 or ", spatial_dims, " values, got ", shape_str(kernel_size_));
+  if (kernel_size_.size() == 1) kernel_size_.assign(spatial_dims, kernel_size_[0]);
+  for (auto k : kernel_size_) check(k > 0, name, ": kernel_size must be positive, got ", shape_str(kernel_size_));
+  Shape wshape{out_channels, in_channels / options_.groups};
+  wshape.insert(wshape.end(), kernel_size_.begin(), kernel_size_.end());
+  double receptive = 1;
+  for (auto k : kernel_size_) receptive *= static_cast<double>(k);
+  const double fan_in = static_cast<double>(in_channels / options_.groups) * receptive;
+  const double fan_out = static_cast<double>(out_channels) * receptive;
+  weight_ = add_parameter("weight", initial_weight(wshape, fan_in, fan_out, init), true);
+  if (bias) bias_ = add_parameter("bias", Tensor::zeros({out_channels}), true);
+  // Validates stride/padding/dilation now rather than at the first batch.
+  Shape probe{1, in_channels};
+  for (int d = 0; d < spatial_dims; ++d) probe.push_back(1 << 20);
+  ConvGeometry::make(probe, wshape, options_, spatial_dims);
+}
+
+std::string Conv::config_json() const {
+  std::ostringstream out;
+  out << "{\"in_channels\": " << in_channels_ << ", \"out_channels\": " << out_channels_
+      << ", \"kernel_size\": " << ints_json(kernel_size_) << ", \"stride\": " << ints_json(options_.stride)
+      << ", \"padding\": " << padding_json(options_.padding) << ", \"dilation\": "
+      << ints_json(options_.dilation) << ", \"groups\": " << options_.groups
+      << ", \"bias\": " << (bias_ ? "true" : "false") << "}";
+  return out.str();
+}
+
+ConvGeometry Conv::geometry(const Shape& input) const {
+  return ConvGeometry::make(input, weight_->value.shape(), options_, spatial_dims_);
+}
+
+Shape Conv::output_shape(const Shape& input) const { return geometry(input).output_shape(); }
+double Conv::flops(const Shape& input) const { return geometry(input).flops(); }
+
+const Tensor& Conv::forward(const Tensor& x, bool) {
+  check_input_dtype(x, *weight_, type());
+  geometry_ = geometry(x.shape());
+  input_ = x.contiguous();
+  ensure(output_, geometry_.output_shape(), x.dtype());
+  conv_forward(geometry_, input_, weight_->value, bias_ ? bias_->value : Tensor(), output_);
+  return output_;
+}
+
+const Tensor& Conv::backward(const Tensor& grad_y, bool need_grad_x) {
+  const Tensor dy = grad_y.contiguous();
+  Tensor no_bias;
+  conv_backward_weight(geometry_, dy, input_, weight_->grad, bias_ ? bias_->grad : no_bias);
+  if (!need_grad_x) {
+    grad_input_ = Tensor();
+    return grad_input_;
+  }
+  ensure(grad_input_, input_.shape(), input_.dtype());
+  conv_backward_data(geometry_, dy, weight_->value, grad_input_);
+  return grad_input_;
+}
+
+// ---- Linear ----
+
+Linear::Linear(std::int64_t in_features, std::int64_t out_features, bool bias, Init init)
+    : in_features_(in_features), out_features_(out_features) {
+  check(in_features > 0 && out_features > 0, "Linear: in_features ", in_features,
+        " and out_features ", out_features, " must be positive");
+  weight_ = add_parameter("weight",
+                          initial_weight({out_features, in_features}, static_cast<double>(in_features),
+                                         static_cast<double>(out_features), init),
+                          true);
+  if (bias) bias_ = add_parameter("bias", Tensor::zeros({out_features}), true);
+}
+
+std::string Linear::config_json() const {
+  std::ostringstream out;
+  out << "{\"in_features\": " << in_features_ << ", \"out_features\": " << out_features_
+      << ", \"bias\": " << (bias_ ? "true" : "false") << "}";
+  return out.str();
+}
+
+Shape Linear::output_shape(const Shape& input) const {
+  check(input.size() == 2 && input[1] == in_features_, "Linear(", in_features_, ", ", out_features_,
+        "): expected input (N, ", in_features_, "), got ", shape_str(input));
+  return {input[0], out_features_};
+}
+
+double Linear::flops(const Shape& input) const {
+  return 2.0 * static_cast<double>(output_shape(input)[0]) * in_features_ * out_features_;
+}
+
+const Tensor& Linear::forward(const Tensor& x, bool) {
+  check_input_dtype(x, *weight_, type());
+  const Shape out = output_shape(x.shape());
+  input_ = x.contiguous();
+  ensure(output_, out, x.dtype());
+  linear_forward(input_, weight_->value, bias_ ? bias_->value : Tensor(), output_);
+  return output_;
+}
+
+const Tensor& Linear::backward(const Tensor& grad_y, bool need_grad_x) {
+  if (need_grad_x) ensure(grad_input_, input_.shape(), input_.dtype());
+  else grad_input_ = Tensor();
+  Tensor no_bias;
+  linear_backward_into(grad_y.contiguous(), input_, weight_->value, grad_input_, weight_->grad,
+                       bias_ ? bias_->grad : no_bias);
+  return grad_input_;
+}
+
+// ---- Pooling ----
+
+Pool::Pool(Kind kind, int spatial_dims, PoolOptions options)
+    : kind_(kind), spatial_dims_(spatial_dims), options_(std::move(options)) {
+  Shape probe{1, 1};
+  for (int d = 0; d < spatial_dims; ++d) probe.push_back(1 << 20);
+  PoolGeometry::make(probe, options_, spatial_dims, type().c_str());
+}
+
+std::string Pool::type() const {
+  return std::string(kind_ == Kind::max ? "MaxPool" : "AvgPool") + (spatial_dims_ == 1 ? "1d" : "2d");
+}
+
+std::string Pool::config_json() const {
+  std::ostringstream out;
+  out << "{\"kernel_size\": " << ints_json(options_.kernel) << ", \"stride\": "
+      << (options_.stride.empty() ? std::string("null") : ints_json(options_.stride))
+      << ", \"padding\": " << ints_json(options_.padding)
+      << ", \"ceil_mode\": " << (options_.ceil_mode ? "true" : "false");
+  if (kind_ == Kind::average)
+    out << ", \"count_include_pad\": " << (options_.count_include_pad ? "true" : "false");
+  out << "}";
+  return out.str();
+}
+
+Shape Pool::output_shape(const Shape& input) const {
+  return PoolGeometry::make(input, options_, spatial_dims_, type().c_str()).output_shape();
+}
+
+double Pool::flops(const Shape& input) const {
+  const PoolGeometry g = PoolGeometry::make(input, options_, spatial_dims_, type().c_str());
+  return static_cast<double>(g.N) * g.C * g.P * g.Q * g.kernel_h * g.kernel_w;
+}
+
+const Tensor& Pool::forward(const Tensor& x, bool training) {
+  check_float(x, "x");
+  geometry_ = PoolGeometry::make(x.shape(), options_, spatial_dims_, type().c_str());
+  input_ = x.contiguous();
+  ensure(output_, geometry_.output_shape(), x.dtype());
+  if (kind_ == Kind::max) {
+    Tensor none;
+    max_pool_forward(geometry_, input_, output_,
+                     training ? ensure(argmax_, geometry_.output_shape(), DType::int64) : none);
+  } else {
+    avg_pool_forward(geometry_, input_, output_);
+  }
+  return output_;
+}
+
+const Tensor& Pool::backward(const Tensor& grad_y, bool need_grad_x) {
+  if (!need_grad_x) {
+    grad_input_ = Tensor();
+    return grad_input_;
+  }
+  check(kind_ == Kind::average || argmax_.defined(), type(), ": backward needs a training-mode forward");
+  ensure(grad_input_, input_.shape(), input_.dtype());
+  if (kind_ == Kind::max)
+    max_pool_backward(geometry_, grad_y.contiguous(), argmax_, grad_input_);
+  else
+    avg_pool_backward(geometry_, grad_y.contiguous(), grad_input_);
+  return grad_input_;
+}
+
+// ---- GlobalAvgPool2d ----
+
+Shape GlobalAvgPool2d::output_shape(const Shape& input) const {
+  check(input.size() == 4, "GlobalAvgPool2d: expected input (N, C, H, W), got ", shape_str(input));
+  return {input[0], input[1], 1, 1};
+}
+
+double GlobalAvgPool2d::flops(const Shape& input) const {
+  return static_cast<double>(checked_numel(input));
+}
+
+const Tensor& GlobalAvgPool2d::forward(const Tensor& x, bool) {
+  output_shape(x.shape());
+  input_ = x;
+  output_ = global_avg_pool2d(x);
+  return output_;
+}
+
+const Tensor& GlobalAvgPool2d::backward(const Tensor& grad_y, bool need_grad_x) {
+  grad_input_ = need_grad_x ? global_avg_pool2d_backward(grad_y, input_) : Tensor();
+  return grad_input_;
+}
+
+// ---- Activations ----
+
+ActivationLayer::ActivationLayer(Activation kind, double negative_slope)
+    : kind_(kind), negative_slope_(negative_slope) {}
+
+std::string ActivationLayer::type() const {
+  switch (kind_) {
+    case Activation::relu: return "ReLU";
+    case Activation::leaky_relu: return "LeakyReLU";
+    case Activation::sigmoid: return "Sigmoid";
+    case Activation::tanh: return "Tanh";
+  }
+  return "?";
+}
+
+std::string ActivationLayer::config_json() const {
+  if (kind_ != Activation::leaky_relu) return "{}";
+  return "{\"negative_slope\": " + number_json(negative_slope_) + "}";
+}
+
+double ActivationLayer::flops(const Shape& input) const { return static_cast<double>(checked_numel(input)); }
+
+const Tensor& ActivationLayer::forward(const Tensor& x, bool) {
+  check_float(x, "x");
+  input_ = x.contiguous();
+  ensure(output_, x.shape(), x.dtype());
+  activation_forward_into(kind_, negative_slope_, input_, output_);
+  return output_;
+}
+
+const Tensor& ActivationLayer::backward(const Tensor& grad_y, bool need_grad_x) {
+  if (!need_grad_x) {
+    grad_input_ = Tensor();
+    return grad_input_;
+  }
+  ensure(grad_input_, input_.shape(), input_.dtype());
+  activation_backward_into(kind_, negative_slope_, grad_y.contiguous(), input_, output_, grad_input_);
+  return grad_input_;
+}
+
+// ---- Softmax ----
+
+const Tensor& Softmax::forward(const Tensor& x, bool) {
+  input_ = x;
+  output_ = softmax(x, -1);
+  return output_;
+}
+
+const Tensor& Softmax::backward(const Tensor& grad_y, bool need_grad_x) {
+  grad_input_ = need_grad_x ? softmax_backward(grad_y, input_, -1) : Tensor();
+  return grad_input_;
+}
+
+// ---- Dropout ----
+
+Dropout::Dropout(double p) : p_(p) {
+  check(p >= 0.0 && p < 1.0, "Dropout: p must be in [0, 1), got ", p);
+}
+
+std::string Dropout::config_json() const { return "{\"p\": " + number_json(p_) + "}"; }
+
+const Tensor& Dropout::forward(const Tensor& x, bool training) {
+  last_training_ = training && p_ > 0.0;
+  if (!last_training_) {
+    output_ = x;
+    return output_;
+  }
+  const Tensor xc = x.contiguous();
+  ensure(mask_, x.shape(), x.dtype());
+  ensure(output_, x.shape(), x.dtype());
+  dropout_forward(xc, p_, mask_, output_);
+  return output_;
+}
+
+const Tensor& Dropout::backward(const Tensor& grad_y, bool need_grad_x) {
+  if (!need_grad_x) {
+    grad_input_ = Tensor();
+  } else if (!last_training_) {
+    grad_input_ = grad_y;
+  } else {
+    ensure(grad_input_, grad_y.shape(), grad_y.dtype());
+    dropout_backward(grad_y.contiguous(), mask_, grad_input_);
+  }
+  return grad_input_;
+}
+
+// ---- Flatten ----
+
+Shape Flatten::output_shape(const Shape& input) const {
+  check(input.size() >= 1, "Flatten: expected a batched input, got ", shape_str(input));
+  std::int64_t features = 1;
+  for (std::size_t i = 1; i < input.size(); ++i) features *= input[i];
+  return {input[0], features};
+}
+
+const Tensor& Flatten::forward(const Tensor& x, bool) {
+  input_shape_ = x.shape();
+  output_ = x.reshape(output_shape(x.shape()));
+  return output_;
+}
+
+const Tensor& Flatten::backward(const Tensor& grad_y, bool need_grad_x) {
+  grad_input_ = need_grad_x ? grad_y.reshape(input_shape_) : Tensor();
+  return grad_input_;
+}
+
+// ---- BatchNorm2d ----
+
+BatchNorm2d::BatchNorm2d(std::int64_t channels, double eps, double momentum)
+    : channels_(channels), eps_(eps), momentum_(momentum) {
+  check(channels > 0, "BatchNorm2d: channels must be positive, got ", channels);
+  check(eps > 0, "BatchNorm2d: eps must be positive, got ", eps);
+  check(momentum >= 0 && momentum <= 1, "BatchNorm2d: momentum must be in [0, 1], got ", momentum);
+  gamma_ = add_parameter("weight", Tensor::full({channels}, 1.0), true);
+  beta_ = add_parameter("bias", Tensor::zeros({channels}), true);
+  running_mean_ = add_parameter("running_mean", Tensor::zeros({channels}), false);
+  running_var_ = add_parameter("running_var", Tensor::full({channels}, 1.0), false);
+}
+
+std::string BatchNorm2d::config_json() const {
+  return "{\"channels\": " + std::to_string(channels_) + ", \"eps\": " + number_json(eps_) +
+         ", \"momentum\": " + number_json(momentum_) + "}";
+}
+
+Shape BatchNorm2d::output_shape(const Shape& input) const {
+  check(input.size() == 4 && input[1] == channels_, "BatchNorm2d(", channels_,
+        "): expected input (N, ", channels_, ", H, W), got ", shape_str(input));
+  return input;
+}
+
+double BatchNorm2d::flops(const Shape& input) const { return 2.0 * static_cast<double>(checked_numel(input)); }
+
+const Tensor& BatchNorm2d::forward(const Tensor& x, bool training) {
+  check_input_dtype(x, *gamma_, type());
+  output_shape(x.shape());
+  input_ = x.contiguous();
+  ensure(output_, x.shape(), x.dtype());
+  ensure(save_mean_, {channels_}, x.dtype());
+  ensure(save_invstd_, {channels_}, x.dtype());
+  batch_norm2d_forward(input_, gamma_->value, beta_->value, running_mean_->value, running_var_->value,
+                       training, momentum_, eps_, output_, save_mean_, save_invstd_);
+  return output_;
+}
+
+const Tensor& BatchNorm2d::backward(const Tensor& grad_y, bool need_grad_x) {
+  ensure(grad_input_, input_.shape(), input_.dtype());
+  batch_norm2d_backward(grad_y.contiguous(), input_, gamma_->value, save_mean_, save_invstd_,
+                        grad_input_, gamma_->grad, beta_->grad);
+  if (!need_grad_x) grad_input_ = Tensor();
+  return grad_input_;
+}
+
+}  // namespace juanji::nn

@@ -1,1 +1,163 @@
-// placeholder
+#include "juanji/nn/sequential.hpp"
+
+#include <cmath>
+#include <iomanip>
+#include <limits>
+#include <sstream>
+
+#include "juanji/ops/loss.hpp"
+
+namespace juanji::nn {
+
+double CrossEntropyLoss::forward_backward(const Tensor& output, const Tensor& target, Tensor& grad,
+                                          std::int64_t* correct) {
+  return cross_entropy_mean_into(output, target, grad, correct);
+}
+
+double MSELoss::forward_backward(const Tensor& output, const Tensor& target, Tensor& grad,
+                                 std::int64_t* correct) {
+  check_float(target, "target");
+  check_same_dtype(output, "output", target, "target");
+  check(target.shape() == output.shape(), "target: expected the output's shape ",
+        shape_str(output.shape()), ", got ", shape_str(target.shape()));
+  grad.copy_(mse_loss_backward(output, target, Reduction::mean));
+  if (correct && output.dim() == 2) {
+    const Tensor z = output.contiguous().to(DType::float64), y = target.contiguous().to(DType::float64);
+    const std::int64_t N = z.size(0), C = z.size(1);
+    const double* zd = z.data<double>();
+    const double* yd = y.data<double>();
+    *correct = 0;
+    for (std::int64_t n = 0; n < N; ++n) {
+      std::int64_t best_z = 0, best_y = 0;
+      for (std::int64_t c = 1; c < C; ++c) {
+        if (zd[n * C + c] > zd[n * C + best_z]) best_z = c;
+        if (yd[n * C + c] > yd[n * C + best_y]) best_y = c;
+      }
+      *correct += best_z == best_y;
+    }
+  }
+  return mse_loss(output, target, Reduction::mean).item();
+}
+
+Sequential::Sequential(std::vector<std::shared_ptr<Layer>> layers) {
+  for (auto& layer : layers) add(std::move(layer));
+}
+
+void Sequential::add(std::shared_ptr<Layer> layer) {
+  check(layer != nullptr, "Sequential: layer ", layers_.size(), " is None");
+  // A parameter's full name is its layer's index and its own name, as in a checkpoint.
+  for (auto& p : layer->parameters()) p->name = std::to_string(layers_.size()) + "." + p->name;
+  layers_.push_back(std::move(layer));
+}
+
+void Sequential::check_input(const Tensor& x) const {
+  check(!layers_.empty(), "Sequential: the model has no layers");
+  check_float(x, "x");
+  check(x.dim() >= 2 && x.size(0) > 0, "x: expected a non-empty batch (N, ...), got shape ",
+        shape_str(x.shape()));
+}
+
+const Tensor& Sequential::forward(const Tensor& x, bool training) {
+  check_input(x);
+  const Tensor* current = &x;
+  for (auto& layer : layers_) current = &layer->forward(*current, training);
+  return *current;
+}
+
+std::vector<Tensor> Sequential::activations(const Tensor& x) {
+  check_input(x);
+  std::vector<Tensor> outputs;
+  const Tensor* current = &x;
+  for (auto& layer : layers_) {
+    current = &layer->forward(*current, false);
+    outputs.push_back(current->clone());
+  }
+  return outputs;
+}
+
+double Sequential::train_step(const Tensor& x, const Tensor& target, Loss& loss, optim::SGD& optimizer) {
+  const Tensor& output = forward(x, true);
+  if (!grad_output_.defined() || grad_output_.shape() != output.shape() ||
+      grad_output_.dtype() != output.dtype())
+    grad_output_ = Tensor::empty(output.shape(), output.dtype());
+  const double value = loss.forward_backward(output, target, grad_output_, nullptr);
+  const Tensor* grad = &grad_output_;
+  for (std::size_t i = layers_.size(); i-- > 0;) grad = &layers_[i]->backward(*grad, i > 0);
+  optimizer.step();
+  return value;
+}
+
+Evaluation Sequential::evaluate(const Tensor& x, const Tensor& target, Loss& loss, std::int64_t batch_size) {
+  check_input(x);
+  check(batch_size > 0, "batch_size: must be positive, got ", batch_size);
+  check(target.dim() >= 1 && target.size(0) == x.size(0), "target: expected ", x.size(0),
+        " rows to match x ", shape_str(x.shape()), ", got ", shape_str(target.shape()));
+  const std::int64_t N = x.size(0);
+  double loss_sum = 0;
+  std::int64_t correct = 0;
+  Tensor grad;
+  for (std::int64_t begin = 0; begin < N; begin += batch_size) {
+    const std::int64_t end = std::min(N, begin + batch_size);
+    const Tensor& output = forward(x.slice(0, begin, end), false);
+    if (!grad.defined() || grad.shape() != output.shape()) grad = Tensor::empty(output.shape(), output.dtype());
+    std::int64_t batch_correct = 0;
+    loss_sum += loss.forward_backward(output, target.slice(0, begin, end), grad, &batch_correct) *
+                static_cast<double>(end - begin);
+    correct += batch_correct;
+  }
+  return {loss_sum / static_cast<double>(N), static_cast<double>(correct) / static_cast<double>(N)};
+}
+
+std::vector<std::shared_ptr<Parameter>> Sequential::parameters() const {
+  std::vector<std::shared_ptr<Parameter>> all;
+  for (const auto& layer : layers_)
+    for (const auto& p : layer->parameters()) all.push_back(p);
+  return all;
+}
+
+std::vector<std::shared_ptr<Parameter>> Sequential::trainable_parameters() const {
+  std::vector<std::shared_ptr<Parameter>> trainable;
+  for (auto& p : parameters())
+    if (p->trainable()) trainable.push_back(p);
+  return trainable;
+}
+
+std::string Sequential::summary(const Shape& input_shape) const {
+  Shape shape{1};
+  shape.insert(shape.end(), input_shape.begin(), input_shape.end());
+  std::ostringstream out;
+  out << std::left << std::setw(4) << "#" << std::setw(16) << "layer" << std::setw(22) << "output shape"
+      << std::right << std::setw(12) << "params" << std::setw(14) << "FLOPs" << "\n";
+  std::int64_t total_params = 0;
+  double total_flops = 0;
+  out << std::left << std::setw(4) << "" << std::setw(16) << "input" << std::setw(22) << shape_str(input_shape) << "\n";
+  for (std::size_t i = 0; i < layers_.size(); ++i) {
+    const Layer& layer = *layers_[i];
+    const double flops = layer.flops(shape);
+    shape = layer.output_shape(shape);
+    std::int64_t params = 0;
+    for (const auto& p : layer.parameters())
+      if (p->trainable()) params += p->value.numel();
+    total_params += params;
+    total_flops += flops;
+    const Shape per_sample(shape.begin() + 1, shape.end());
+    out << std::left << std::setw(4) << i << std::setw(16) << layer.type() << std::setw(22)
+        << shape_str(per_sample) << std::right << std::setw(12) << params << std::setw(14)
+        << static_cast<std::int64_t>(flops) << "\n";
+  }
+  out << "total: " << total_params << " parameters, " << std::fixed << std::setprecision(2)
+      << total_flops / 1e6 << " MFLOPs per sample (forward)\n";
+  return out.str();
+}
+
+std::string Sequential::architecture_json() const {
+  std::ostringstream out;
+  out << '[';
+  for (std::size_t i = 0; i < layers_.size(); ++i)
+    out << (i ? ", " : "") << "{\"type\": \"" << layers_[i]->type() << "\", \"config\": "
+        << layers_[i]->config_json() << "}";
+  out << ']';
+  return out.str();
+}
+
+}  // namespace juanji::nn

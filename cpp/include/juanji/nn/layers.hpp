@@ -1,0 +1,198 @@
+// Layers: each owns its parameters, its output and input-gradient buffers (reused while the batch
+// shape stays the same, so training allocates nothing after the first step) and a pair of
+// forward/backward functions. Rule, as in the functional kernels: backward overwrites parameter
+// gradients and the returned input gradient; nothing accumulates across calls.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "juanji/ops/conv.hpp"
+#include "juanji/ops/dense.hpp"
+#include "juanji/ops/pool.hpp"
+#include "juanji/tensor.hpp"
+
+namespace juanji::nn {
+
+struct Parameter {
+  std::string name;  // "weight", "bias", "running_mean"...; Sequential prefixes the layer index
+  Tensor value;
+  Tensor grad;       // undefined for buffers that are not trained (running statistics)
+  bool trainable() const { return grad.defined(); }
+};
+
+enum class Init { he, xavier };
+
+class Layer {
+ public:
+  virtual ~Layer() = default;
+  virtual std::string type() const = 0;
+  // Constructor arguments as a JSON object (what a checkpoint needs to rebuild the layer).
+  virtual std::string config_json() const = 0;
+  // Output shape for an input shape; throws std::invalid_argument naming the layer if it does not fit.
+  virtual Shape output_shape(const Shape& input) const = 0;
+  virtual double flops(const Shape& input) const { (void)input; return 0.0; }
+  // The returned tensor is owned by the layer and valid until its next forward.
+  virtual const Tensor& forward(const Tensor& x, bool training) = 0;
+  // grad_y has the shape of the last forward's output. Returns grad_x (layer-owned) unless
+  // need_grad_x is false (first layer), in which case the result is undefined.
+  virtual const Tensor& backward(const Tensor& grad_y, bool need_grad_x) = 0;
+  std::vector<std::shared_ptr<Parameter>>& parameters() { return parameters_; }
+  const std::vector<std::shared_ptr<Parameter>>& parameters() const { return parameters_; }
+  // Casts parameters to dtype (float32/float64); buffers follow on the next forward.
+  void to(DType dtype);
+
+ protected:
+  std::shared_ptr<Parameter> add_parameter(const std::string& name, Tensor value, bool trainable);
+  // Reuses `buffer` when it already has this shape and dtype.
+  static Tensor& ensure(Tensor& buffer, const Shape& shape, DType dtype);
+  std::vector<std::shared_ptr<Parameter>> parameters_;
+};
+
+class Conv : public Layer {
+ public:
+  // spatial_dims 1 (Conv1d) or 2 (Conv2d)
+  Conv(int spatial_dims, std::int64_t in_channels, std::int64_t out_channels,
+       std::vector<std::int64_t> kernel_size, ConvOptions options, bool bias, Init init = Init::he);
+  std::string type() const override { return spatial_dims_ == 1 ? "Conv1d" : "Conv2d"; }
+  std::string config_json() const override;
+  Shape output_shape(const Shape& input) const override;
+  double flops(const Shape& input) const override;
+  const Tensor& forward(const Tensor& x, bool training) override;
+  const Tensor& backward(const Tensor& grad_y, bool need_grad_x) override;
+  const Parameter& weight() const { return *weight_; }
+
+ private:
+  ConvGeometry geometry(const Shape& input) const;
+  int spatial_dims_;
+  std::int64_t in_channels_, out_channels_;
+  std::vector<std::int64_t> kernel_size_;
+  ConvOptions options_;
+  std::shared_ptr<Parameter> weight_, bias_;
+  ConvGeometry geometry_{};
+  Tensor input_, output_, grad_input_;
+};
+
+class Linear : public Layer {
+ public:
+  Linear(std::int64_t in_features, std::int64_t out_features, bool bias, Init init = Init::he);
+  std::string type() const override { return "Linear"; }
+  std::string config_json() const override;
+  Shape output_shape(const Shape& input) const override;
+  double flops(const Shape& input) const override;
+  const Tensor& forward(const Tensor& x, bool training) override;
+  const Tensor& backward(const Tensor& grad_y, bool need_grad_x) override;
+
+ private:
+  std::int64_t in_features_, out_features_;
+  std::shared_ptr<Parameter> weight_, bias_;
+  Tensor input_, output_, grad_input_;
+};
+
+class Pool : public Layer {
+ public:
+  enum class Kind { max, average };
+  Pool(Kind kind, int spatial_dims, PoolOptions options);
+  std::string type() const override;
+  std::string config_json() const override;
+  Shape output_shape(const Shape& input) const override;
+  double flops(const Shape& input) const override;
+  const Tensor& forward(const Tensor& x, bool training) override;
+  const Tensor& backward(const Tensor& grad_y, bool need_grad_x) override;
+
+ private:
+  Kind kind_;
+  int spatial_dims_;
+  PoolOptions options_;
+  PoolGeometry geometry_{};
+  Tensor input_, output_, argmax_, grad_input_;
+};
+
+class GlobalAvgPool2d : public Layer {
+ public:
+  std::string type() const override { return "GlobalAvgPool2d"; }
+  std::string config_json() const override { return "{}"; }
+  Shape output_shape(const Shape& input) const override;
+  double flops(const Shape& input) const override;
+  const Tensor& forward(const Tensor& x, bool training) override;
+  const Tensor& backward(const Tensor& grad_y, bool need_grad_x) override;
+
+ private:
+  Tensor input_, output_, grad_input_;
+};
+
+class ActivationLayer : public Layer {
+ public:
+  explicit ActivationLayer(Activation kind, double negative_slope = 0.01);
+  std::string type() const override;
+  std::string config_json() const override;
+  Shape output_shape(const Shape& input) const override { return input; }
+  double flops(const Shape& input) const override;
+  const Tensor& forward(const Tensor& x, bool training) override;
+  const Tensor& backward(const Tensor& grad_y, bool need_grad_x) override;
+
+ private:
+  Activation kind_;
+  double negative_slope_;
+  Tensor input_, output_, grad_input_;
+};
+
+class Softmax : public Layer {
+ public:
+  std::string type() const override { return "Softmax"; }
+  std::string config_json() const override { return "{}"; }
+  Shape output_shape(const Shape& input) const override { return input; }
+  const Tensor& forward(const Tensor& x, bool training) override;
+  const Tensor& backward(const Tensor& grad_y, bool need_grad_x) override;
+
+ private:
+  Tensor input_, output_, grad_input_;
+};
+
+class Dropout : public Layer {
+ public:
+  explicit Dropout(double p);
+  std::string type() const override { return "Dropout"; }
+  std::string config_json() const override;
+  Shape output_shape(const Shape& input) const override { return input; }
+  const Tensor& forward(const Tensor& x, bool training) override;
+  const Tensor& backward(const Tensor& grad_y, bool need_grad_x) override;
+
+ private:
+  double p_;
+  bool last_training_ = false;
+  Tensor output_, mask_, grad_input_;
+};
+
+class Flatten : public Layer {
+ public:
+  std::string type() const override { return "Flatten"; }
+  std::string config_json() const override { return "{}"; }
+  Shape output_shape(const Shape& input) const override;
+  const Tensor& forward(const Tensor& x, bool training) override;
+  const Tensor& backward(const Tensor& grad_y, bool need_grad_x) override;
+
+ private:
+  Shape input_shape_;
+  Tensor output_, grad_input_;
+};
+
+class BatchNorm2d : public Layer {
+ public:
+  BatchNorm2d(std::int64_t channels, double eps = 1e-5, double momentum = 0.1);
+  std::string type() const override { return "BatchNorm2d"; }
+  std::string config_json() const override;
+  Shape output_shape(const Shape& input) const override;
+  double flops(const Shape& input) const override;
+  const Tensor& forward(const Tensor& x, bool training) override;
+  const Tensor& backward(const Tensor& grad_y, bool need_grad_x) override;
+
+ private:
+  std::int64_t channels_;
+  double eps_, momentum_;
+  std::shared_ptr<Parameter> gamma_, beta_, running_mean_, running_var_;
+  Tensor input_, output_, save_mean_, save_invstd_, grad_input_;
+};
+
+}  // namespace juanji::nn

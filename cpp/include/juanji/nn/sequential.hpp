@@ -1,0 +1,80 @@
+// Sequential model: layers applied in order, with the whole training step (forward, loss,
+// backward, SGD update) in C++.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "juanji/nn/layers.hpp"
+#include "juanji/optim/sgd.hpp"
+
+namespace juanji::nn {
+
+class Loss {
+ public:
+  virtual ~Loss() = default;
+  virtual std::string type() const = 0;
+  // Mean loss over the batch; writes d loss / d output into grad (same shape as output) and,
+  // when correct is not null, the number of correct predictions.
+  virtual double forward_backward(const Tensor& output, const Tensor& target, Tensor& grad,
+                                  std::int64_t* correct) = 0;
+};
+
+// Softmax cross-entropy on int64 labels (N,), fused and stable.
+class CrossEntropyLoss : public Loss {
+ public:
+  std::string type() const override { return "CrossEntropyLoss"; }
+  double forward_backward(const Tensor& output, const Tensor& target, Tensor& grad,
+                          std::int64_t* correct) override;
+};
+
+// Mean squared error against a float target of the output's shape; correct counts argmax matches.
+class MSELoss : public Loss {
+ public:
+  std::string type() const override { return "MSELoss"; }
+  double forward_backward(const Tensor& output, const Tensor& target, Tensor& grad,
+                          std::int64_t* correct) override;
+};
+
+struct Evaluation {
+  double loss;
+  double accuracy;
+};
+
+class Sequential {
+ public:
+  Sequential() = default;
+  explicit Sequential(std::vector<std::shared_ptr<Layer>> layers);
+  void add(std::shared_ptr<Layer> layer);
+  const std::vector<std::shared_ptr<Layer>>& layers() const { return layers_; }
+
+  void train() { training_ = true; }
+  void eval() { training_ = false; }
+  bool training() const { return training_; }
+
+  // Output of the last layer, owned by it: valid until the next forward.
+  const Tensor& forward(const Tensor& x, bool training);
+  // Every layer's output for x in eval mode (copies), for feature-map pictures.
+  std::vector<Tensor> activations(const Tensor& x);
+  double train_step(const Tensor& x, const Tensor& target, Loss& loss, optim::SGD& optimizer);
+  Evaluation evaluate(const Tensor& x, const Tensor& target, Loss& loss, std::int64_t batch_size);
+
+  // Parameters named "<layer index>.<name>", trainable ones and buffers.
+  std::vector<std::shared_ptr<Parameter>> parameters() const;
+  std::vector<std::shared_ptr<Parameter>> trainable_parameters() const;
+  // Table of each layer's output shape, parameter count and FLOPs for one input of this shape
+  // (without the batch dimension).
+  std::string summary(const Shape& input_shape) const;
+  // JSON array of {"type": ..., "config": {...}}: what a checkpoint stores to rebuild the model.
+  std::string architecture_json() const;
+
+ private:
+  void check_input(const Tensor& x) const;
+  std::vector<std::shared_ptr<Layer>> layers_;
+  bool training_ = true;
+  Tensor grad_output_;
+};
+
+}  // namespace juanji::nn

@@ -1,0 +1,1 @@
+// model save/load: added after the checkpoint I/O lands

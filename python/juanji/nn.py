@@ -1,0 +1,8 @@
+"""Layers, Sequential and losses; all implemented in the C++ core."""
+
+from ._core.nn import *  # noqa: F401,F403
+from ._core.nn import (  # noqa: F401
+    AvgPool1d, AvgPool2d, BatchNorm2d, Conv1d, Conv2d, CrossEntropyLoss, Dropout, Flatten,
+    GlobalAvgPool2d, LeakyReLU, Linear, MaxPool1d, MaxPool2d, MSELoss, Parameter, ReLU,
+    Sequential, Sigmoid, Softmax, Tanh,
+)
