@@ -1,1 +1,488 @@
-// placeholder
+// CPU activations, softmax / log-softmax, dropout and batch normalization (linear layers live
+// with the GEMM). Element-wise ops pick the activation once, outside the loop, so each loop body is
+// a straight inline expression the compiler can vectorise. Reductions (softmax rows, batch-norm
+// channels) are owned by one thread each and summed in double in a fixed order, so results do not
+// depend on the thread count.
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "cpu/op_support.hpp"
+#include "juanji/ops/dense.hpp"
+
+namespace juanji {
+namespace {
+
+using cpu::check_float_cpu;
+using cpu::check_kernel_tensor;
+using cpu::dispatch_float;
+
+// out[i] = f(i) for i in [0, n).
+template <class T, class F>
+void for_each_index(std::int64_t n, T* out, F f) {
+#pragma omp parallel for schedule(static) if (n >= cpu::kParallelGrain)
+  for (std::int64_t i = 0; i < n; ++i) out[i] = f(i);
+}
+
+template <class T>
+inline T sigmoid_of(T v) {  // never overflows: exp of a non-positive number only
+  const T e = std::exp(-std::abs(v));
+  return v >= 0 ? T(1) / (T(1) + e) : e / (T(1) + e);
+}
+
+// y = f(x), elementwise; x, y (n). NaN inputs give NaN outputs.
+template <class T>
+void activation_kernel(Activation kind, T slope, const T* x, T* y, std::int64_t n) {
+  switch (kind) {
+    case Activation::relu:
+      for_each_index(n, y, [x](std::int64_t i) { return x[i] < T(0) ? T(0) : x[i]; });
+      break;
+    case Activation::leaky_relu:
+      for_each_index(n, y, [x, slope](std::int64_t i) { return x[i] > T(0) ? x[i] : x[i] * slope; });
+      break;
+    case Activation::sigmoid:
+      for_each_index(n, y, [x](std::int64_t i) { return sigmoid_of(x[i]); });
+      break;
+    case Activation::tanh:
+      for_each_index(n, y, [x](std::int64_t i) { return std::tanh(x[i]); });
+      break;
+  }
+}
+
+// grad_x = f'(x) * grad_y; relu/leaky read x, sigmoid/tanh read the forward output y (or
+// recompute it from x when y is null). All (n); grad_x may alias grad_y.
+template <class T>
+void activation_backward_kernel(Activation kind, T slope, const T* gy, const T* x, const T* y,
+                                T* gx, std::int64_t n) {
+  switch (kind) {
+    case Activation::relu:
+      for_each_index(n, gx, [gy, x](std::int64_t i) { return x[i] > T(0) ? gy[i] : T(0); });
+      break;
+    case Activation::leaky_relu:
+      for_each_index(n, gx,
+                     [gy, x, slope](std::int64_t i) { return x[i] > T(0) ? gy[i] : gy[i] * slope; });
+      break;
+    case Activation::sigmoid:
+      if (y)
+        for_each_index(n, gx, [gy, y](std::int64_t i) { return gy[i] * y[i] * (T(1) - y[i]); });
+      else
+        for_each_index(n, gx, [gy, x](std::int64_t i) {
+          const T s = sigmoid_of(x[i]);
+          return gy[i] * s * (T(1) - s);
+        });
+      break;
+    case Activation::tanh:
+      if (y)
+        for_each_index(n, gx, [gy, y](std::int64_t i) { return gy[i] * (T(1) - y[i] * y[i]); });
+      else
+        for_each_index(n, gx, [gy, x](std::int64_t i) {
+          const T t = std::tanh(x[i]);
+          return gy[i] * (T(1) - t * t);
+        });
+      break;
+  }
+}
+
+const char* activation_name(Activation kind) {
+  switch (kind) {
+    case Activation::relu: return "relu";
+    case Activation::leaky_relu: return "leaky_relu";
+    case Activation::sigmoid: return "sigmoid";
+    case Activation::tanh: return "tanh";
+  }
+  return "activation";
+}
+
+// A softmax problem: x viewed as (outer, D, inner), reduced over D.
+struct Lines {
+  std::int64_t outer, D, inner;
+};
+
+Lines lines_of(const Shape& shape, std::int64_t dim) {
+  Lines l{1, 1, 1};
+  for (std::int64_t i = 0; i < static_cast<std::int64_t>(shape.size()); ++i) {
+    if (i < dim) l.outer *= shape[i];
+    else if (i == dim) l.D = shape[i];
+    else l.inner *= shape[i];
+  }
+  return l;
+}
+
+constexpr std::int64_t kLaneBlock = 64;  // columns handled together when the reduced dim is strided
+
+// The four softmax-family computations, applied to one block of `lanes` columns whose D values
+// sit `stride` apart (stride 1, lanes 1 for a contiguous row). x, g, out point at element d = 0.
+enum class SoftmaxOp { softmax, log_softmax, softmax_backward, log_softmax_backward };
+
+template <class T, SoftmaxOp Op>
+void softmax_block(const T* x, const T* g, T* out, std::int64_t D, std::int64_t stride,
+                   std::int64_t lanes) {
+  double max_buf[kLaneBlock], sum_buf[kLaneBlock], dot_buf[kLaneBlock];
+  for (std::int64_t j = 0; j < lanes; ++j) {
+    max_buf[j] = x[j];
+    sum_buf[j] = 0;
+    dot_buf[j] = 0;
+  }
+  for (std::int64_t d = 1; d < D; ++d) {
+    const T* xd = x + d * stride;
+    for (std::int64_t j = 0; j < lanes; ++j) max_buf[j] = xd[j] > max_buf[j] ? xd[j] : max_buf[j];
+  }
+  // out holds exp(x - max) after this pass; the backward ops also need sum(g) or sum(g * e).
+  for (std::int64_t d = 0; d < D; ++d) {
+    const T* xd = x + d * stride;
+    T* od = out + d * stride;
+    for (std::int64_t j = 0; j < lanes; ++j) {
+      const T e = std::exp(xd[j] - static_cast<T>(max_buf[j]));
+      sum_buf[j] += e;
+      od[j] = e;
+      if constexpr (Op == SoftmaxOp::softmax_backward)
+        dot_buf[j] += static_cast<double>(g[d * stride + j]) * e;
+      else if constexpr (Op == SoftmaxOp::log_softmax_backward)
+        dot_buf[j] += g[d * stride + j];
+    }
+  }
+  for (std::int64_t d = 0; d < D; ++d) {
+    const T* xd = x + d * stride;
+    T* od = out + d * stride;
+    for (std::int64_t j = 0; j < lanes; ++j) {
+      const double sum = sum_buf[j];
+      if constexpr (Op == SoftmaxOp::softmax) {
+        od[j] = static_cast<T>(od[j] / sum);
+      } else if constexpr (Op == SoftmaxOp::log_softmax) {
+        od[j] = static_cast<T>(xd[j] - max_buf[j] - std::log(sum));
+      } else if constexpr (Op == SoftmaxOp::softmax_backward) {
+        // s * (g - sum(g * s)) with s = e / sum
+        const double s = od[j] / sum;
+        od[j] = static_cast<T>(s * (g[d * stride + j] - dot_buf[j] / sum));
+      } else {
+        // g - s * sum(g)
+        od[j] = static_cast<T>(g[d * stride + j] - od[j] / sum * dot_buf[j]);
+      }
+    }
+  }
+}
+
+// x, g, out (outer, D, inner); g may be null for the forward ops.
+template <class T, SoftmaxOp Op>
+void softmax_kernel(const T* x, const T* g, T* out, const Lines& l) {
+  if (l.D == 0) return;
+  const std::int64_t blocks = (l.inner + kLaneBlock - 1) / kLaneBlock;
+  const std::int64_t tasks = l.outer * blocks;
+#pragma omp parallel for schedule(static) if (l.outer * l.D * l.inner >= cpu::kParallelGrain)
+  for (std::int64_t t = 0; t < tasks; ++t) {
+    const std::int64_t o = t / blocks;
+    const std::int64_t j0 = (t % blocks) * kLaneBlock;
+    const std::int64_t lanes = std::min(kLaneBlock, l.inner - j0);
+    const std::int64_t base = o * l.D * l.inner + j0;
+    softmax_block<T, Op>(x + base, g ? g + base : nullptr, out + base, l.D, l.inner, lanes);
+  }
+}
+
+template <SoftmaxOp Op>
+Tensor softmax_family(const Tensor& grad_out_in, const Tensor& x_in, std::int64_t dim,
+                      const char* op) {
+  check_float_cpu(x_in, op, "x");
+  const std::int64_t d = cpu::wrap_dim(dim, x_in.dim(), op, x_in.shape());
+  Tensor grad_out;
+  if constexpr (Op == SoftmaxOp::softmax_backward || Op == SoftmaxOp::log_softmax_backward) {
+    check_float_cpu(grad_out_in, op, "grad_out");
+    check_same_dtype(grad_out_in, "grad_out", x_in, "x");
+    check(grad_out_in.shape() == x_in.shape(), op, ": grad_out has shape ",
+          shape_str(grad_out_in.shape()), " but x has shape ", shape_str(x_in.shape()));
+    grad_out = grad_out_in.contiguous();
+  }
+  const Tensor x = x_in.contiguous();
+  Tensor out = Tensor::empty(x.shape(), x.dtype());
+  const Lines l = lines_of(x.shape(), d);
+  dispatch_float(x.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    softmax_kernel<T, Op>(x.data<T>(), grad_out.defined() ? grad_out.data<T>() : nullptr,
+                          out.data<T>(), l);
+  });
+  return out;
+}
+
+// Counter-based uniform draw in [0, 1): the value for element i depends only on (seed, i), so
+// dropout masks do not depend on the thread count.
+inline double uniform_at(std::uint64_t seed, std::uint64_t i) {
+  std::uint64_t z = seed + (i + 1) * 0x9e3779b97f4a7c15ULL;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  z ^= z >> 31;
+  return static_cast<double>(z >> 11) * 0x1.0p-53;
+}
+
+void check_channel_param(const Tensor& t, const char* name, std::int64_t C, DType dtype,
+                         const char* op) {
+  if (!t.defined()) return;
+  check_kernel_tensor(t, op, name, dtype, C);
+}
+
+}  // namespace
+
+Tensor activation(Activation kind, const Tensor& x_in, double negative_slope) {
+  const char* op = activation_name(kind);
+  check_float_cpu(x_in, op, "x");
+  const Tensor x = x_in.contiguous();
+  Tensor y = Tensor::empty(x.shape(), x.dtype());
+  dispatch_float(x.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    activation_kernel<T>(kind, static_cast<T>(negative_slope), x.data<T>(), y.data<T>(),
+                         x.numel());
+  });
+  return y;
+}
+
+Tensor activation_backward(Activation kind, const Tensor& grad_out_in, const Tensor& x_in,
+                           double negative_slope) {
+  const char* op = activation_name(kind);
+  check_float_cpu(x_in, op, "x");
+  check_float_cpu(grad_out_in, op, "grad_out");
+  check_same_dtype(grad_out_in, "grad_out", x_in, "x");
+  check(grad_out_in.shape() == x_in.shape(), op, "_backward: grad_out has shape ",
+        shape_str(grad_out_in.shape()), " but x has shape ", shape_str(x_in.shape()));
+  const Tensor x = x_in.contiguous();
+  const Tensor grad_out = grad_out_in.contiguous();
+  Tensor grad_x = Tensor::empty(x.shape(), x.dtype());
+  dispatch_float(x.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    activation_backward_kernel<T>(kind, static_cast<T>(negative_slope), grad_out.data<T>(),
+                                  x.data<T>(), nullptr, grad_x.data<T>(), x.numel());
+  });
+  return grad_x;
+}
+
+// x, y: same shape, contiguous.
+void activation_forward_into(Activation kind, double negative_slope, const Tensor& x, Tensor& y) {
+  const char* op = "activation_forward_into";
+  check_float(x, "x");
+  check_kernel_tensor(x, op, "x", x.dtype(), x.numel());
+  check_kernel_tensor(y, op, "y", x.dtype(), x.numel());
+  dispatch_float(x.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    activation_kernel<T>(kind, static_cast<T>(negative_slope), x.data<T>(), y.data<T>(),
+                         x.numel());
+  });
+}
+
+// grad_y, x, y, grad_x: same shape, contiguous; relu/leaky need x, sigmoid/tanh need y.
+void activation_backward_into(Activation kind, double negative_slope, const Tensor& grad_y,
+                              const Tensor& x, const Tensor& y, Tensor& grad_x) {
+  const char* op = "activation_backward_into";
+  check_float(grad_y, "grad_y");
+  const DType dtype = grad_y.dtype();
+  const std::int64_t n = grad_y.numel();
+  check_kernel_tensor(grad_y, op, "grad_y", dtype, n);
+  check_kernel_tensor(grad_x, op, "grad_x", dtype, n);
+  const bool needs_x = kind == Activation::relu || kind == Activation::leaky_relu;
+  const Tensor& input = needs_x ? x : y;
+  check_kernel_tensor(input, op, needs_x ? "x" : "y", dtype, n);
+  dispatch_float(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    const T* in = input.data<T>();
+    activation_backward_kernel<T>(kind, static_cast<T>(negative_slope), grad_y.data<T>(), in,
+                                  needs_x ? nullptr : in, grad_x.data<T>(), n);
+  });
+}
+
+Tensor softmax(const Tensor& x, std::int64_t dim) {
+  return softmax_family<SoftmaxOp::softmax>(Tensor(), x, dim, "softmax");
+}
+
+Tensor log_softmax(const Tensor& x, std::int64_t dim) {
+  return softmax_family<SoftmaxOp::log_softmax>(Tensor(), x, dim, "log_softmax");
+}
+
+Tensor softmax_backward(const Tensor& grad_out, const Tensor& x, std::int64_t dim) {
+  return softmax_family<SoftmaxOp::softmax_backward>(grad_out, x, dim, "softmax_backward");
+}
+
+Tensor log_softmax_backward(const Tensor& grad_out, const Tensor& x, std::int64_t dim) {
+  return softmax_family<SoftmaxOp::log_softmax_backward>(grad_out, x, dim,
+                                                         "log_softmax_backward");
+}
+
+// x, mask, y: same shape, contiguous. p = 1 drops everything (mask 0).
+void dropout_forward(const Tensor& x, double p, Tensor& mask, Tensor& y) {
+  const char* op = "dropout";
+  check_float(x, "x");
+  check(p >= 0 && p <= 1, op, ": p must lie in [0, 1], got ", p);
+  const std::int64_t n = x.numel();
+  check_kernel_tensor(x, op, "x", x.dtype(), n);
+  check_kernel_tensor(mask, op, "mask", x.dtype(), n);
+  check_kernel_tensor(y, op, "y", x.dtype(), n);
+  const std::uint64_t seed = random_u64();
+  const double scale = p < 1 ? 1.0 / (1.0 - p) : 0.0;
+  dispatch_float(x.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    const T* xd = x.data<T>();
+    T* md = mask.data<T>();
+    T* yd = y.data<T>();
+    const T keep = static_cast<T>(scale);
+#pragma omp parallel for schedule(static) if (n >= cpu::kParallelGrain)
+    for (std::int64_t i = 0; i < n; ++i) {
+      md[i] = uniform_at(seed, static_cast<std::uint64_t>(i)) >= p ? keep : T(0);
+      yd[i] = xd[i] * md[i];
+    }
+  });
+}
+
+// grad_y, mask, grad_x: same shape, contiguous; grad_x may alias grad_y.
+void dropout_backward(const Tensor& grad_y, const Tensor& mask, Tensor& grad_x) {
+  const char* op = "dropout_backward";
+  check_float(grad_y, "grad_y");
+  const std::int64_t n = grad_y.numel();
+  check_kernel_tensor(grad_y, op, "grad_y", grad_y.dtype(), n);
+  check_kernel_tensor(mask, op, "mask", grad_y.dtype(), n);
+  check_kernel_tensor(grad_x, op, "grad_x", grad_y.dtype(), n);
+  dispatch_float(grad_y.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    const T* gy = grad_y.data<T>();
+    const T* md = mask.data<T>();
+    for_each_index(n, grad_x.data<T>(), [gy, md](std::int64_t i) { return gy[i] * md[i]; });
+  });
+}
+
+// x, y (N,C,H,W); gamma, beta, running_mean, running_var, save_mean, save_invstd (C). gamma/beta
+// may be undefined (scale 1, shift 0), as may the running statistics in training mode.
+void batch_norm2d_forward(const Tensor& x, const Tensor& gamma, const Tensor& beta,
+                          Tensor& running_mean, Tensor& running_var, bool training,
+                          double momentum, double eps, Tensor& y, Tensor& save_mean,
+                          Tensor& save_invstd) {
+  const char* op = "batch_norm2d";
+  check_float(x, "x");
+  check_dim(x, "x", 4, "(N, C, H, W)");
+  const DType dtype = x.dtype();
+  const std::int64_t N = x.size(0), C = x.size(1), area = x.size(2) * x.size(3);
+  const std::int64_t count = N * area;
+  check_kernel_tensor(x, op, "x", dtype, x.numel());
+  check_kernel_tensor(y, op, "y", dtype, x.numel());
+  check_channel_param(gamma, "gamma", C, dtype, op);
+  check_channel_param(beta, "beta", C, dtype, op);
+  check_channel_param(running_mean, "running_mean", C, dtype, op);
+  check_channel_param(running_var, "running_var", C, dtype, op);
+  check_channel_param(save_mean, "save_mean", C, dtype, op);
+  check_channel_param(save_invstd, "save_invstd", C, dtype, op);
+  check(eps > 0, op, ": eps must be positive, got ", eps);
+  if (training)
+    check(count > 1, op, ": training needs more than one value per channel, got x of shape ",
+          shape_str(x.shape()));
+  else
+    check(running_mean.defined() && running_var.defined(), op,
+          ": evaluation needs running_mean and running_var");
+  dispatch_float(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    const T* xd = x.data<T>();
+    T* yd = y.data<T>();
+    const T* gd = gamma.defined() ? gamma.data<T>() : nullptr;
+    const T* bd = beta.defined() ? beta.data<T>() : nullptr;
+    T* rm = running_mean.defined() ? running_mean.data<T>() : nullptr;
+    T* rv = running_var.defined() ? running_var.data<T>() : nullptr;
+    T* sm = save_mean.defined() ? save_mean.data<T>() : nullptr;
+    T* si = save_invstd.defined() ? save_invstd.data<T>() : nullptr;
+#pragma omp parallel for schedule(static) if (x.numel() >= cpu::kParallelGrain)
+    for (std::int64_t c = 0; c < C; ++c) {
+      double mean, invstd;
+      if (training) {
+        double sum = 0;
+        for (std::int64_t n = 0; n < N; ++n) {
+          const T* plane = xd + (n * C + c) * area;
+          for (std::int64_t i = 0; i < area; ++i) sum += plane[i];
+        }
+        mean = sum / static_cast<double>(count);
+        double sq = 0;  // second pass about the mean: no cancellation
+        for (std::int64_t n = 0; n < N; ++n) {
+          const T* plane = xd + (n * C + c) * area;
+          for (std::int64_t i = 0; i < area; ++i) {
+            const double dev = plane[i] - mean;
+            sq += dev * dev;
+          }
+        }
+        const double var = sq / static_cast<double>(count);
+        invstd = 1.0 / std::sqrt(var + eps);
+        if (rm) rm[c] = static_cast<T>((1 - momentum) * rm[c] + momentum * mean);
+        if (rv)
+          rv[c] = static_cast<T>((1 - momentum) * rv[c] +
+                                 momentum * var * static_cast<double>(count) / (count - 1));
+      } else {
+        mean = rm[c];
+        invstd = 1.0 / std::sqrt(static_cast<double>(rv[c]) + eps);
+      }
+      if (sm) sm[c] = static_cast<T>(mean);
+      if (si) si[c] = static_cast<T>(invstd);
+      // y = x * scale + shift, folded per channel
+      const double scale = (gd ? gd[c] : 1.0) * invstd;
+      const T s = static_cast<T>(scale);
+      const T shift = static_cast<T>((bd ? bd[c] : 0.0) - mean * scale);
+      for (std::int64_t n = 0; n < N; ++n) {
+        const T* xp = xd + (n * C + c) * area;
+        T* yp = yd + (n * C + c) * area;
+        for (std::int64_t i = 0; i < area; ++i) yp[i] = xp[i] * s + shift;
+      }
+    }
+  });
+}
+
+// grad_y, x, grad_x (N,C,H,W); gamma, save_mean, save_invstd, grad_gamma, grad_beta (C). Uses the
+// batch statistics saved by a training-mode forward; undefined outputs are skipped.
+void batch_norm2d_backward(const Tensor& grad_y, const Tensor& x, const Tensor& gamma,
+                           const Tensor& save_mean, const Tensor& save_invstd, Tensor& grad_x,
+                           Tensor& grad_gamma, Tensor& grad_beta) {
+  const char* op = "batch_norm2d_backward";
+  check_float(x, "x");
+  check_dim(x, "x", 4, "(N, C, H, W)");
+  const DType dtype = x.dtype();
+  const std::int64_t N = x.size(0), C = x.size(1), area = x.size(2) * x.size(3);
+  const std::int64_t count = N * area;
+  check_kernel_tensor(x, op, "x", dtype, x.numel());
+  check_kernel_tensor(grad_y, op, "grad_y", dtype, x.numel());
+  if (grad_x.defined()) check_kernel_tensor(grad_x, op, "grad_x", dtype, x.numel());
+  check_channel_param(gamma, "gamma", C, dtype, op);
+  check_kernel_tensor(save_mean, op, "save_mean", dtype, C);
+  check_kernel_tensor(save_invstd, op, "save_invstd", dtype, C);
+  check_channel_param(grad_gamma, "grad_gamma", C, dtype, op);
+  check_channel_param(grad_beta, "grad_beta", C, dtype, op);
+  dispatch_float(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    const T* xd = x.data<T>();
+    const T* gy = grad_y.data<T>();
+    const T* gd = gamma.defined() ? gamma.data<T>() : nullptr;
+    const T* sm = save_mean.data<T>();
+    const T* si = save_invstd.data<T>();
+    T* gx = grad_x.defined() ? grad_x.data<T>() : nullptr;
+    T* gg = grad_gamma.defined() ? grad_gamma.data<T>() : nullptr;
+    T* gb = grad_beta.defined() ? grad_beta.data<T>() : nullptr;
+#pragma omp parallel for schedule(static) if (x.numel() >= cpu::kParallelGrain)
+    for (std::int64_t c = 0; c < C; ++c) {
+      const double mean = sm[c];
+      const double invstd = si[c];
+      double sum_g = 0, sum_g_xhat = 0;
+      for (std::int64_t n = 0; n < N; ++n) {
+        const T* xp = xd + (n * C + c) * area;
+        const T* gp = gy + (n * C + c) * area;
+        for (std::int64_t i = 0; i < area; ++i) {
+          sum_g += gp[i];
+          sum_g_xhat += gp[i] * ((xp[i] - mean) * invstd);
+        }
+      }
+      if (gb) gb[c] = static_cast<T>(sum_g);
+      if (gg) gg[c] = static_cast<T>(sum_g_xhat);
+      if (!gx) continue;
+      // grad_x = gamma * invstd * (g - mean(g) - xhat * mean(g * xhat))
+      const double k = (gd ? gd[c] : 1.0) * invstd;
+      const double mean_g = sum_g / static_cast<double>(count);
+      const double mean_gx = sum_g_xhat / static_cast<double>(count);
+      for (std::int64_t n = 0; n < N; ++n) {
+        const T* xp = xd + (n * C + c) * area;
+        const T* gp = gy + (n * C + c) * area;
+        T* gxp = gx + (n * C + c) * area;
+        for (std::int64_t i = 0; i < area; ++i) {
+          const double xhat = (xp[i] - mean) * invstd;
+          gxp[i] = static_cast<T>(k * (gp[i] - mean_g - xhat * mean_gx));
+        }
+      }
+    }
+  });
+}
+
+}  // namespace juanji

@@ -1,1 +1,388 @@
-// placeholder
+// CPU pooling. 1-D pooling is 2-D pooling with H = kernel_h = 1, so one set of kernels serves
+// both. Forward kernels split the work over (plane, output row), backward kernels over planes:
+// every output and every plane of grad_x is written by exactly one thread in a fixed order, so
+// results are bit-identical for any thread count.
+#include "juanji/ops/pool.hpp"
+
+#include <algorithm>
+#include <sstream>
+
+#include "cpu/op_support.hpp"
+
+namespace juanji {
+namespace {
+
+using cpu::check_float_cpu;
+using cpu::check_kernel_tensor;
+using cpu::dispatch_float;
+
+std::string ints_str(const std::vector<std::int64_t>& v) {
+  std::ostringstream out;
+  out << "(";
+  for (std::size_t i = 0; i < v.size(); ++i) out << (i ? ", " : "") << v[i];
+  out << ")";
+  return out.str();
+}
+
+std::vector<std::int64_t> per_dim(const std::vector<std::int64_t>& v, int dims, const char* op,
+                                  const char* what) {
+  check(v.size() == 1 || static_cast<int>(v.size()) == dims, op, ": ", what, " must be an int or ",
+        dims, " ints, got ", ints_str(v));
+  return v.size() == 1 ? std::vector<std::int64_t>(dims, v[0]) : v;
+}
+
+std::int64_t floor_div(std::int64_t a, std::int64_t b) {
+  return a >= 0 ? a / b : -((-a + b - 1) / b);
+}
+
+// PyTorch's pooling_output_shape: with ceil_mode a last window starting in the right padding is
+// dropped.
+std::int64_t pooled_size(std::int64_t n, std::int64_t k, std::int64_t s, std::int64_t p,
+                         bool ceil_mode) {
+  std::int64_t out = floor_div(n + 2 * p - k + (ceil_mode ? s - 1 : 0), s) + 1;
+  if (ceil_mode && out > 0 && (out - 1) * s >= n + p) --out;
+  return out;
+}
+
+// Clipped window [lo, hi) of output index o along one dim, and its average-pool divisor extent.
+struct Span {
+  std::int64_t lo, hi, extent;
+};
+
+inline Span span(std::int64_t o, std::int64_t n, std::int64_t k, std::int64_t s, std::int64_t p,
+                 bool include_pad) {
+  const std::int64_t start = o * s - p;
+  const std::int64_t end = std::min(start + k, n + p);
+  const std::int64_t lo = std::max<std::int64_t>(start, 0);
+  const std::int64_t hi = std::min(end, n);
+  return {lo, hi, include_pad ? end - start : hi - lo};
+}
+
+std::int64_t plane_count(const PoolGeometry& g) { return g.N * g.C; }
+
+// x plane (H,W), y plane (P,Q) row p; arg (P,Q) row p or null. First maximum in row-major
+// window order wins; a NaN wins over any number and the first NaN is kept.
+template <class T>
+void max_pool_row(const PoolGeometry& g, const T* x, T* y, std::int64_t* arg, std::int64_t p) {
+  const Span sh = span(p, g.H, g.kernel_h, g.stride_h, g.pad_h, true);
+  for (std::int64_t q = 0; q < g.Q; ++q) {
+    const Span sw = span(q, g.W, g.kernel_w, g.stride_w, g.pad_w, true);
+    std::int64_t best_i = sh.lo * g.W + sw.lo;
+    T best = x[best_i];
+    for (std::int64_t h = sh.lo; h < sh.hi; ++h) {
+      const T* row = x + h * g.W;
+      for (std::int64_t w = sw.lo; w < sw.hi; ++w) {
+        const T v = row[w];
+        if (!(v <= best) && best == best) {
+          best = v;
+          best_i = h * g.W + w;
+        }
+      }
+    }
+    y[p * g.Q + q] = best;
+    if (arg) arg[p * g.Q + q] = best_i;
+  }
+}
+
+template <class T>
+void avg_pool_row(const PoolGeometry& g, const T* x, T* y, std::int64_t p) {
+  const Span sh = span(p, g.H, g.kernel_h, g.stride_h, g.pad_h, g.count_include_pad);
+  for (std::int64_t q = 0; q < g.Q; ++q) {
+    const Span sw = span(q, g.W, g.kernel_w, g.stride_w, g.pad_w, g.count_include_pad);
+    T sum = 0;
+    for (std::int64_t h = sh.lo; h < sh.hi; ++h) {
+      const T* row = x + h * g.W;
+      for (std::int64_t w = sw.lo; w < sw.hi; ++w) sum += row[w];
+    }
+    y[p * g.Q + q] = sum / static_cast<T>(sh.extent * sw.extent);
+  }
+}
+
+// gy plane (P,Q) -> gx plane (H,W), overwritten.
+template <class T>
+void avg_pool_backward_plane(const PoolGeometry& g, const T* gy, T* gx) {
+  std::fill(gx, gx + g.H * g.W, T(0));
+  for (std::int64_t p = 0; p < g.P; ++p) {
+    const Span sh = span(p, g.H, g.kernel_h, g.stride_h, g.pad_h, g.count_include_pad);
+    for (std::int64_t q = 0; q < g.Q; ++q) {
+      const Span sw = span(q, g.W, g.kernel_w, g.stride_w, g.pad_w, g.count_include_pad);
+      const T share = gy[p * g.Q + q] / static_cast<T>(sh.extent * sw.extent);
+      for (std::int64_t h = sh.lo; h < sh.hi; ++h) {
+        T* row = gx + h * g.W;
+        for (std::int64_t w = sw.lo; w < sw.hi; ++w) row[w] += share;
+      }
+    }
+  }
+}
+
+void check_pool_kernel_args(const PoolGeometry& g, const Tensor& x, const char* x_name,
+                            const Tensor& y, const char* y_name, const char* op) {
+  check_float(x, x_name);
+  check_kernel_tensor(x, op, x_name, x.dtype(), plane_count(g) * g.H * g.W);
+  check_kernel_tensor(y, op, y_name, x.dtype(), plane_count(g) * g.P * g.Q);
+}
+
+void check_grad_out(const Tensor& grad_out, const Tensor& x, const PoolGeometry& g,
+                    const char* op) {
+  check_float_cpu(grad_out, op, "grad_out");
+  check_same_dtype(grad_out, "grad_out", x, "x");
+  check(grad_out.shape() == g.output_shape(), op, ": grad_out has shape ",
+        shape_str(grad_out.shape()), " but the output for x ", shape_str(x.shape()), " has shape ",
+        shape_str(g.output_shape()));
+}
+
+Tensor max_pool_nd(const Tensor& x_in, const PoolOptions& options, int dims, const char* op) {
+  check_float_cpu(x_in, op, "x");
+  const PoolGeometry g = PoolGeometry::make(x_in.shape(), options, dims, op);
+  const Tensor x = x_in.contiguous();
+  Tensor y = Tensor::empty(g.output_shape(), x.dtype());
+  Tensor no_argmax;
+  max_pool_forward(g, x, y, no_argmax);
+  return y;
+}
+
+Tensor avg_pool_nd(const Tensor& x_in, const PoolOptions& options, int dims, const char* op) {
+  check_float_cpu(x_in, op, "x");
+  const PoolGeometry g = PoolGeometry::make(x_in.shape(), options, dims, op);
+  const Tensor x = x_in.contiguous();
+  Tensor y = Tensor::empty(g.output_shape(), x.dtype());
+  avg_pool_forward(g, x, y);
+  return y;
+}
+
+Tensor max_pool_backward_nd(const Tensor& grad_out, const Tensor& x_in,
+                            const PoolOptions& options, int dims, const char* op) {
+  check_float_cpu(x_in, op, "x");
+  const PoolGeometry g = PoolGeometry::make(x_in.shape(), options, dims, op);
+  check_grad_out(grad_out, x_in, g, op);
+  const Tensor x = x_in.contiguous();
+  Tensor y = Tensor::empty(g.output_shape(), x.dtype());
+  Tensor argmax = Tensor::empty(g.output_shape(), DType::int64);
+  max_pool_forward(g, x, y, argmax);
+  Tensor grad_x = Tensor::empty(x.shape(), x.dtype());
+  max_pool_backward(g, grad_out.contiguous(), argmax, grad_x);
+  return grad_x;
+}
+
+Tensor avg_pool_backward_nd(const Tensor& grad_out, const Tensor& x, const PoolOptions& options,
+                            int dims, const char* op) {
+  check_float_cpu(x, op, "x");
+  const PoolGeometry g = PoolGeometry::make(x.shape(), options, dims, op);
+  check_grad_out(grad_out, x, g, op);
+  Tensor grad_x = Tensor::empty(x.shape(), x.dtype());
+  avg_pool_backward(g, grad_out.contiguous(), grad_x);
+  return grad_x;
+}
+
+}  // namespace
+
+PoolGeometry PoolGeometry::make(const Shape& x, const PoolOptions& options, int spatial_dims,
+                                const char* op) {
+  check(spatial_dims == 1 || spatial_dims == 2, op, ": pooling is 1-d or 2-d, got ", spatial_dims,
+        " spatial dims");
+  const bool two_d = spatial_dims == 2;
+  check(static_cast<int>(x.size()) == spatial_dims + 2, op, ": x: expected a ", spatial_dims + 2,
+        "-d tensor ", two_d ? "(N, C, H, W)" : "(N, C, L)", ", got shape ", shape_str(x));
+  check(!options.kernel.empty(), op, ": kernel_size is missing");
+  const auto k = per_dim(options.kernel, spatial_dims, op, "kernel_size");
+  const auto s = options.stride.empty() ? k : per_dim(options.stride, spatial_dims, op, "stride");
+  const auto p = per_dim(options.padding, spatial_dims, op, "padding");
+  for (int d = 0; d < spatial_dims; ++d) {
+    check(k[d] >= 1, op, ": kernel_size must be positive, got ", ints_str(k));
+    check(s[d] >= 1, op, ": stride must be positive, got ", ints_str(s));
+    check(p[d] >= 0, op, ": padding must be non-negative, got ", ints_str(p));
+    check(2 * p[d] <= k[d], op, ": padding ", ints_str(p),
+          " must be at most half of kernel_size ", ints_str(k));
+  }
+  PoolGeometry g;
+  g.N = x[0];
+  g.C = x[1];
+  g.H = two_d ? x[2] : 1;
+  g.W = x.back();
+  g.kernel_h = two_d ? k[0] : 1;
+  g.kernel_w = k.back();
+  g.stride_h = two_d ? s[0] : 1;
+  g.stride_w = s.back();
+  g.pad_h = two_d ? p[0] : 0;
+  g.pad_w = p.back();
+  g.count_include_pad = options.count_include_pad;
+  g.spatial_dims = spatial_dims;
+  g.P = pooled_size(g.H, g.kernel_h, g.stride_h, g.pad_h, options.ceil_mode);
+  g.Q = pooled_size(g.W, g.kernel_w, g.stride_w, g.pad_w, options.ceil_mode);
+  check(g.P >= 1 && g.Q >= 1, op, ": kernel_size ", ints_str(k),
+        " is larger than the padded input: x has shape ", shape_str(x), ", padding ", ints_str(p));
+  return g;
+}
+
+Shape PoolGeometry::output_shape() const {
+  if (spatial_dims == 1) return {N, C, Q};
+  return {N, C, P, Q};
+}
+
+// x (N,C,H,W), y (N,C,P,Q), argmax (N,C,P,Q) int64 or undefined.
+void max_pool_forward(const PoolGeometry& g, const Tensor& x, Tensor& y, Tensor& argmax) {
+  check_pool_kernel_args(g, x, "x", y, "y", "max_pool_forward");
+  if (argmax.defined())
+    check_kernel_tensor(argmax, "max_pool_forward", "argmax", DType::int64,
+                        plane_count(g) * g.P * g.Q);
+  dispatch_float(x.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    const T* xd = x.data<T>();
+    T* yd = y.data<T>();
+    std::int64_t* ad = argmax.defined() ? argmax.data<std::int64_t>() : nullptr;
+    const std::int64_t planes = plane_count(g);
+    const std::int64_t rows = planes * g.P;
+    const bool parallel = rows * g.Q * g.kernel_h * g.kernel_w >= cpu::kParallelGrain;
+#pragma omp parallel for schedule(static) if (parallel)
+    for (std::int64_t r = 0; r < rows; ++r) {
+      const std::int64_t plane = r / g.P;
+      max_pool_row(g, xd + plane * g.H * g.W, yd + plane * g.P * g.Q,
+                   ad ? ad + plane * g.P * g.Q : nullptr, r % g.P);
+    }
+  });
+}
+
+// grad_y (N,C,P,Q), argmax (N,C,P,Q) int64 -> grad_x (N,C,H,W).
+void max_pool_backward(const PoolGeometry& g, const Tensor& grad_y, const Tensor& argmax,
+                       Tensor& grad_x) {
+  const char* op = "max_pool_backward";
+  check_pool_kernel_args(g, grad_x, "grad_x", grad_y, "grad_y", op);
+  check_kernel_tensor(argmax, op, "argmax", DType::int64, plane_count(g) * g.P * g.Q);
+  dispatch_float(grad_x.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    const T* gy = grad_y.data<T>();
+    const std::int64_t* ad = argmax.data<std::int64_t>();
+    T* gx = grad_x.data<T>();
+    const std::int64_t planes = plane_count(g);
+    const std::int64_t in_plane = g.H * g.W;
+    const std::int64_t out_plane = g.P * g.Q;
+    const bool parallel = planes * (in_plane + out_plane) >= cpu::kParallelGrain;
+#pragma omp parallel for schedule(static) if (parallel)
+    for (std::int64_t plane = 0; plane < planes; ++plane) {
+      T* gxp = gx + plane * in_plane;
+      const T* gyp = gy + plane * out_plane;
+      const std::int64_t* ap = ad + plane * out_plane;
+      std::fill(gxp, gxp + in_plane, T(0));
+      for (std::int64_t i = 0; i < out_plane; ++i) {
+        const std::int64_t at = ap[i];
+        if (at >= 0 && at < in_plane) gxp[at] += gyp[i];
+      }
+    }
+  });
+}
+
+// x (N,C,H,W), y (N,C,P,Q).
+void avg_pool_forward(const PoolGeometry& g, const Tensor& x, Tensor& y) {
+  check_pool_kernel_args(g, x, "x", y, "y", "avg_pool_forward");
+  dispatch_float(x.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    const T* xd = x.data<T>();
+    T* yd = y.data<T>();
+    const std::int64_t rows = plane_count(g) * g.P;
+    const bool parallel = rows * g.Q * g.kernel_h * g.kernel_w >= cpu::kParallelGrain;
+#pragma omp parallel for schedule(static) if (parallel)
+    for (std::int64_t r = 0; r < rows; ++r) {
+      const std::int64_t plane = r / g.P;
+      avg_pool_row(g, xd + plane * g.H * g.W, yd + plane * g.P * g.Q, r % g.P);
+    }
+  });
+}
+
+// grad_y (N,C,P,Q) -> grad_x (N,C,H,W).
+void avg_pool_backward(const PoolGeometry& g, const Tensor& grad_y, Tensor& grad_x) {
+  check_pool_kernel_args(g, grad_x, "grad_x", grad_y, "grad_y", "avg_pool_backward");
+  dispatch_float(grad_x.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    const T* gy = grad_y.data<T>();
+    T* gx = grad_x.data<T>();
+    const std::int64_t planes = plane_count(g);
+    const bool parallel =
+        planes * g.P * g.Q * g.kernel_h * g.kernel_w >= cpu::kParallelGrain;
+#pragma omp parallel for schedule(static) if (parallel)
+    for (std::int64_t plane = 0; plane < planes; ++plane)
+      avg_pool_backward_plane(g, gy + plane * g.P * g.Q, gx + plane * g.H * g.W);
+  });
+}
+
+Tensor max_pool2d(const Tensor& x, const PoolOptions& options) {
+  return max_pool_nd(x, options, 2, "max_pool2d");
+}
+Tensor max_pool1d(const Tensor& x, const PoolOptions& options) {
+  return max_pool_nd(x, options, 1, "max_pool1d");
+}
+Tensor avg_pool2d(const Tensor& x, const PoolOptions& options) {
+  return avg_pool_nd(x, options, 2, "avg_pool2d");
+}
+Tensor avg_pool1d(const Tensor& x, const PoolOptions& options) {
+  return avg_pool_nd(x, options, 1, "avg_pool1d");
+}
+Tensor max_pool2d_backward(const Tensor& grad_out, const Tensor& x, const PoolOptions& options) {
+  return max_pool_backward_nd(grad_out, x, options, 2, "max_pool2d_backward");
+}
+Tensor max_pool1d_backward(const Tensor& grad_out, const Tensor& x, const PoolOptions& options) {
+  return max_pool_backward_nd(grad_out, x, options, 1, "max_pool1d_backward");
+}
+Tensor avg_pool2d_backward(const Tensor& grad_out, const Tensor& x, const PoolOptions& options) {
+  return avg_pool_backward_nd(grad_out, x, options, 2, "avg_pool2d_backward");
+}
+Tensor avg_pool1d_backward(const Tensor& grad_out, const Tensor& x, const PoolOptions& options) {
+  return avg_pool_backward_nd(grad_out, x, options, 1, "avg_pool1d_backward");
+}
+
+// x (N,C,H,W) -> (N,C,1,1); each plane's mean is summed in double, in order.
+Tensor global_avg_pool2d(const Tensor& x_in) {
+  const char* op = "global_avg_pool2d";
+  check_float_cpu(x_in, op, "x");
+  check_dim(x_in, "x", 4, "(N, C, H, W)");
+  const Shape& s = x_in.shape();
+  check(s[2] > 0 && s[3] > 0, op, ": x has an empty plane, shape ", shape_str(s));
+  const Tensor x = x_in.contiguous();
+  Tensor y = Tensor::empty({s[0], s[1], 1, 1}, x.dtype());
+  dispatch_float(x.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    const T* xd = x.data<T>();
+    T* yd = y.data<T>();
+    const std::int64_t planes = s[0] * s[1];
+    const std::int64_t area = s[2] * s[3];
+#pragma omp parallel for schedule(static) if (planes * area >= cpu::kParallelGrain)
+    for (std::int64_t plane = 0; plane < planes; ++plane) {
+      const T* xp = xd + plane * area;
+      double sum = 0;
+      for (std::int64_t i = 0; i < area; ++i) sum += xp[i];
+      yd[plane] = static_cast<T>(sum / static_cast<double>(area));
+    }
+  });
+  return y;
+}
+
+// grad_out (N,C,1,1), x (N,C,H,W) -> grad_x (N,C,H,W).
+Tensor global_avg_pool2d_backward(const Tensor& grad_out_in, const Tensor& x) {
+  const char* op = "global_avg_pool2d_backward";
+  check_float_cpu(x, op, "x");
+  check_dim(x, "x", 4, "(N, C, H, W)");
+  check_float_cpu(grad_out_in, op, "grad_out");
+  check_same_dtype(grad_out_in, "grad_out", x, "x");
+  const Shape& s = x.shape();
+  const Shape expected{s[0], s[1], 1, 1};
+  check(grad_out_in.shape() == expected, op, ": grad_out has shape ",
+        shape_str(grad_out_in.shape()), " but the output for x ", shape_str(s), " has shape ",
+        shape_str(expected));
+  check(s[2] > 0 && s[3] > 0, op, ": x has an empty plane, shape ", shape_str(s));
+  const Tensor grad_out = grad_out_in.contiguous();
+  Tensor grad_x = Tensor::empty(s, x.dtype());
+  dispatch_float(x.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    const T* gy = grad_out.data<T>();
+    T* gx = grad_x.data<T>();
+    const std::int64_t planes = s[0] * s[1];
+    const std::int64_t area = s[2] * s[3];
+#pragma omp parallel for schedule(static) if (planes * area >= cpu::kParallelGrain)
+    for (std::int64_t plane = 0; plane < planes; ++plane) {
+      const T share = gy[plane] / static_cast<T>(area);
+      std::fill(gx + plane * area, gx + (plane + 1) * area, share);
+    }
+  });
+  return grad_x;
+}
+
+}  // namespace juanji
