@@ -207,7 +207,8 @@ with PyTorch, JAX or CuPy without copies.)doc")
           } else {
             py::array a = py::module_::import("numpy").attr("asarray")(data);
             const char kind = a.dtype().kind();
-            if (dtype.is_none() && !py::isinstance<py::array>(data) && (kind == 'i' || kind == 'u' || kind == 'b'))
+            if (dtype.is_none() && !py::isinstance<py::array>(data) &&
+                (kind == 'i' || kind == 'u' || kind == 'b' || kind == 'f'))
               a = py::module_::import("numpy").attr("asarray")(data, py::dtype::of<float>());
             else if (!dtype.is_none() && (kind == 'i' || kind == 'u' || kind == 'b' || kind == 'f'))
               a = a.attr("astype")(numpy_dtype(dtype_arg(dtype, "dtype")));
