@@ -1,0 +1,179 @@
+"""Side-by-side CPU timings of juanji and PyTorch in one run (medians, same thread count).
+
+    python bench/compare_torch.py [--threads 2] [--repeat 15] [--markdown out.md] [--only conv,pool,train]
+
+PyTorch is a benchmark peer only: install it with `pip install torch==2.13.0`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+
+import numpy as np
+
+import juanji
+from juanji import nn, optim
+
+# (name, N, C, H, W, K, R, stride, padding) — the cases of the CPU-speed issue.
+CONV_CASES = [
+    ("lenet_c1", 64, 1, 28, 28, 6, 5, 1, 2),
+    ("lenet_c2", 64, 6, 14, 14, 16, 5, 1, 0),
+    ("cifar_c1", 64, 3, 32, 32, 32, 3, 1, 1),
+    ("cifar_c2", 64, 32, 16, 16, 64, 3, 1, 1),
+    ("res_64", 8, 64, 56, 56, 64, 3, 1, 1),
+    ("res_128", 8, 128, 28, 28, 128, 3, 1, 1),
+    ("res_256", 8, 256, 14, 14, 256, 3, 1, 1),
+    ("pw", 8, 256, 56, 56, 64, 1, 1, 0),
+    ("stem", 4, 3, 224, 224, 64, 7, 2, 3),
+]
+
+
+def median_seconds(fn, repeat: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def conv_rows(torch, repeat):
+    F = torch.nn.functional
+    rng = np.random.default_rng(0)
+    rows = []
+    for name, N, C, H, W, K, R, s, p in CONV_CASES:
+        x = rng.standard_normal((N, C, H, W), dtype=np.float32)
+        w = rng.standard_normal((K, C, R, R), dtype=np.float32) * 0.1
+        b = rng.standard_normal(K, dtype=np.float32)
+        P = (H + 2 * p - R) // s + 1
+        Q = (W + 2 * p - R) // s + 1
+        dy = rng.standard_normal((N, K, P, Q), dtype=np.float32)
+        flops = 2.0 * N * K * P * Q * C * R * R
+        xt, wt, bt, dyt = (torch.from_numpy(a) for a in (x, w, b, dy))
+        xj, wj, bj, dyj = (juanji.from_numpy(a) for a in (x, w, b, dy))
+        jf = median_seconds(lambda: juanji.conv2d(xj, wj, bj, stride=s, padding=p), repeat)
+        tf = median_seconds(lambda: F.conv2d(xt, wt, bt, stride=s, padding=p), repeat)
+        jb = median_seconds(lambda: juanji.conv2d_backward(dyj, xj, wj, stride=s, padding=p), repeat)
+        tb = median_seconds(
+            lambda: torch.ops.aten.convolution_backward(
+                dyt, xt, wt, [K], [s, s], [p, p], [1, 1], False, [0, 0], 1, [True, True, True]
+            ),
+            repeat,
+        )
+        rows.append((f"conv {name} fwd", jf, tf, f"{flops / jf / 1e9:.0f} GF/s", f"{flops / tf / 1e9:.0f} GF/s"))
+        rows.append((f"conv {name} bwd", jb, tb, f"{2 * flops / jb / 1e9:.0f} GF/s", f"{2 * flops / tb / 1e9:.0f} GF/s"))
+    return rows
+
+
+def pool_rows(torch, repeat):
+    F = torch.nn.functional
+    x = np.random.default_rng(1).standard_normal((8, 64, 56, 56), dtype=np.float32)
+    dy = np.ones((8, 64, 28, 28), np.float32)
+    xt, dyt = torch.from_numpy(x), torch.from_numpy(dy)
+    nbytes = x.nbytes + dy.nbytes
+    rows = []
+    for kind in ("max", "avg"):
+        jfwd = getattr(juanji, f"{kind}_pool2d")
+        jbwd = getattr(juanji, f"{kind}_pool2d_backward")
+        tfwd = getattr(F, f"{kind}_pool2d")
+
+        def torch_fwd_bwd():
+            xg = xt.detach().requires_grad_()
+            tfwd(xg, 2, 2).backward(dyt)
+
+        jt = median_seconds(lambda: jfwd(x, 2, 2), repeat)
+        tt = median_seconds(lambda: tfwd(xt, 2, 2), repeat)
+        jtb = median_seconds(lambda: (jfwd(x, 2, 2), jbwd(dy, x, 2, 2)), repeat)
+        ttb = median_seconds(torch_fwd_bwd, repeat)
+        rows.append((f"{kind}_pool2d 2x2/2 fwd", jt, tt, f"{nbytes / 2 / jt / 1e9:.1f} GB/s", f"{nbytes / 2 / tt / 1e9:.1f} GB/s"))
+        rows.append((f"{kind}_pool2d fwd+bwd", jtb, ttb, f"{2 * nbytes / jtb / 1e9:.1f} GB/s", f"{2 * nbytes / ttb / 1e9:.1f} GB/s"))
+    return rows
+
+
+def lenet_juanji():
+    return nn.Sequential(
+        nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+        nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, 10),
+    )
+
+
+def lenet_torch(torch):
+    t = torch.nn
+    return t.Sequential(
+        t.Conv2d(1, 6, 5, padding=2), t.ReLU(), t.MaxPool2d(2),
+        t.Conv2d(6, 16, 5), t.ReLU(), t.MaxPool2d(2), t.Flatten(),
+        t.Linear(400, 120), t.ReLU(), t.Linear(120, 84), t.ReLU(), t.Linear(84, 10),
+    )
+
+
+def train_rows(torch, repeat):
+    rows = []
+    rng = np.random.default_rng(2)
+    for batch in (64, 256):
+        x = rng.standard_normal((batch, 1, 28, 28), dtype=np.float32)
+        y = rng.integers(0, 10, batch)
+        model = lenet_juanji()
+        opt = optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        loss = nn.CrossEntropyLoss()
+        tmodel = lenet_torch(torch)
+        topt = torch.optim.SGD(tmodel.parameters(), lr=0.01, momentum=0.9)
+        xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+
+        def torch_step():
+            topt.zero_grad()
+            torch.nn.functional.cross_entropy(tmodel(xt), yt).backward()
+            topt.step()
+
+        jt = median_seconds(lambda: model.train_step(x, y, loss, opt), repeat, warmup=5)
+        tt = median_seconds(torch_step, repeat, warmup=5)
+        rows.append((f"LeNet train step b{batch}", jt, tt, f"{batch / jt:.0f} img/s", f"{batch / tt:.0f} img/s"))
+    x = rng.standard_normal((256, 1, 28, 28), dtype=np.float32)
+    model, tmodel = lenet_juanji(), lenet_torch(torch).eval()
+    jt = median_seconds(lambda: model(x), repeat, warmup=5)
+    with torch.no_grad():
+        xt = torch.from_numpy(x)
+        tt = median_seconds(lambda: tmodel(xt), repeat, warmup=5)
+    rows.append(("LeNet inference b256", jt, tt, f"{256 / jt:.0f} img/s", f"{256 / tt:.0f} img/s"))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=15)
+    parser.add_argument("--only", default="conv,pool,train", help="comma-separated: conv, pool, train")
+    parser.add_argument("--markdown", help="also write the table to this file")
+    args = parser.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    juanji.set_num_threads(args.threads)
+    groups = {"conv": conv_rows, "pool": pool_rows, "train": train_rows}
+    rows = []
+    for name in args.only.split(","):
+        rows += groups[name](torch, args.repeat)
+
+    header = (
+        f"{platform.processor() or platform.machine()}, {args.threads} threads, juanji {juanji.__version__} "
+        f"(SIMD {juanji.simd_level()}), torch {torch.__version__}, median of {args.repeat}"
+    )
+    lines = [header, "", "| case | juanji ms | torch ms | juanji/torch speed | juanji rate | torch rate |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for case, jt, tt, jr, tr in rows:
+        lines.append(f"| {case} | {jt * 1e3:.3f} | {tt * 1e3:.3f} | {tt / jt:.2f}x | {jr} | {tr} |")
+    text = "\n".join(lines)
+    print(text)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
