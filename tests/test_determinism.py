@@ -1,0 +1,108 @@
+"""Results must not depend on the thread count, and integer-valued inputs (exact in float32) must
+give bit-identical results on every SIMD path: the exactness trick of oneDNN's benchdnn."""
+
+import numpy as np
+import pytest
+
+import juanji
+
+LEVELS = [lvl for lvl in ("portable", "avx2", "avx512")
+          if ["portable", "avx2", "avx512"].index(lvl) <= ["portable", "avx2", "avx512"].index(juanji.simd_detected())]
+
+
+@pytest.fixture(autouse=True)
+def restore_runtime():
+    threads, level = juanji.get_num_threads(), juanji.simd_level()
+    yield
+    juanji.set_num_threads(threads)
+    juanji.set_simd_level(level)
+
+
+def conv_case(rng, values):
+    # Big enough for the threaded paths (images in parallel, threaded GEMM, weight-grad chunks)
+    # and odd enough for the vector tails.
+    x = values(rng, (5, 6, 13, 11))
+    w = values(rng, (10, 3, 3, 3))
+    b = values(rng, (10,))
+    dy = values(rng, (5, 10, 7, 6))
+    return x, w, b, dy
+
+
+def all_ops(x, w, b, dy):
+    outs = [juanji.conv2d(x, w, b, stride=2, padding=1, groups=2)]
+    outs += list(juanji.conv2d_backward(dy, x, w, stride=2, padding=1, groups=2))
+    flat = x.reshape(5, -1)
+    lw = np.resize(w, (10, flat.shape[1]))
+    outs.append(juanji.linear(flat, lw, b))
+    outs += list(juanji.linear_backward(np.resize(dy, (5, 10)), flat, lw))
+    outs.append(juanji.max_pool2d(x, 3, 2, 1))
+    outs.append(juanji.avg_pool2d(x, 2))
+    return [np.asarray(o).copy() for o in outs]
+
+
+def floats(rng, shape):
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+def small_ints(rng, shape):
+    return rng.integers(-3, 4, shape).astype(np.float32)
+
+
+def test_thread_count_does_not_change_results():
+    rng = np.random.default_rng(0)
+    case = conv_case(rng, floats)
+    results = {}
+    for threads in (1, 2, 3):
+        juanji.set_num_threads(threads)
+        results[threads] = all_ops(*case)
+    for threads in (2, 3):
+        for a, b in zip(results[1], results[threads]):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_large_conv_is_thread_independent():
+    rng = np.random.default_rng(1)
+    x, w = floats(rng, (3, 32, 20, 20)), floats(rng, (48, 32, 3, 3))
+    dy = floats(rng, (3, 48, 20, 20))
+    outs = {}
+    for threads in (1, 2):
+        juanji.set_num_threads(threads)
+        outs[threads] = [np.asarray(juanji.conv2d(x, w, padding=1))] + [
+            np.asarray(t) for t in juanji.conv2d_backward(dy, x, w, padding=1)]
+    for a, b in zip(outs[1], outs[2]):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_integer_inputs_are_bit_identical_on_every_simd_level(threads):
+    juanji.set_num_threads(threads)
+    case = conv_case(np.random.default_rng(2), small_ints)
+    per_level = {}
+    for level in LEVELS:
+        assert juanji.set_simd_level(level) == level
+        per_level[level] = all_ops(*case)
+    first = per_level[LEVELS[0]]
+    for level in LEVELS[1:]:
+        for a, b in zip(first, per_level[level]):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_set_simd_level_never_exceeds_detected():
+    assert juanji.set_simd_level("avx512") == juanji.simd_detected()
+    with pytest.raises(ValueError, match="level"):
+        juanji.set_simd_level("sse9")
+
+
+@pytest.mark.parametrize("position", [0, 5, 16, 17, 31, 40])
+def test_nan_propagates_in_vector_bodies_and_tails(position):
+    x = np.arange(41, dtype=np.float32).reshape(1, 1, 1, 41)
+    x[0, 0, 0, position] = np.nan
+    for level in LEVELS:
+        juanji.set_simd_level(level)
+        r = np.asarray(juanji.relu(x))
+        assert np.isnan(r[0, 0, 0, position]) and np.isnan(r).sum() == 1
+        p = np.asarray(juanji.max_pool1d(x.reshape(1, 1, 41), 2))
+        assert np.isnan(p[0, 0, position // 2]) if position < 40 else not np.isnan(p).any()
+        y = np.asarray(juanji.conv1d(x.reshape(1, 1, 41), np.ones((1, 1, 3), np.float32)))
+        assert np.isnan(y[0, 0, max(0, position - 2): position + 1]).all()
+        assert np.isnan(y).sum() == min(position, 38) - max(0, position - 2) + 1
