@@ -18,6 +18,18 @@ constexpr std::int64_t kBlockNPanels = 64;
 template <class T>
 void pack_a(Matrix<T> A, std::int64_t i0, std::int64_t rows, std::int64_t k0, std::int64_t kc,
             int mr, T* out) {
+  if (A.col_stride == 1) {
+    // Rows contiguous along k: read each row once.
+    for (int i = 0; i < mr; ++i) {
+      if (i >= rows) {
+        for (std::int64_t k = 0; k < kc; ++k) out[k * mr + i] = T(0);
+        continue;
+      }
+      const T* src = A.data + (i0 + i) * A.row_stride + k0;
+      for (std::int64_t k = 0; k < kc; ++k) out[k * mr + i] = src[k];
+    }
+    return;
+  }
   for (std::int64_t k = 0; k < kc; ++k)
     for (int i = 0; i < mr; ++i) out[k * mr + i] = i < rows ? A.at(i0 + i, k0 + k) : T(0);
 }
@@ -25,6 +37,18 @@ void pack_a(Matrix<T> A, std::int64_t i0, std::int64_t rows, std::int64_t k0, st
 template <class T>
 void pack_b(Matrix<T> B, std::int64_t k0, std::int64_t kc, std::int64_t j0, std::int64_t cols,
             int nr, T* out) {
+  if (B.row_stride == 1 && B.col_stride != 1) {
+    // A transposed operand: read each column along k, where it is contiguous.
+    for (int j = 0; j < nr; ++j) {
+      if (j >= cols) {
+        for (std::int64_t k = 0; k < kc; ++k) out[k * nr + j] = T(0);
+        continue;
+      }
+      const T* src = B.data + (j0 + j) * B.col_stride + k0;
+      for (std::int64_t k = 0; k < kc; ++k) out[k * nr + j] = src[k];
+    }
+    return;
+  }
   for (std::int64_t k = 0; k < kc; ++k) {
     T* row = out + k * nr;
     if (B.col_stride == 1 && cols == nr) {
