@@ -12,6 +12,7 @@ void register_pool(py::module_& m);
 void register_signal(py::module_& m);
 void register_dense(py::module_& m);
 void register_nn(py::module_& m);
+void register_io(py::module_& m);
 }  // namespace juanji::bind
 
 PYBIND11_MODULE(_core, m) {
@@ -29,4 +30,5 @@ PYBIND11_MODULE(_core, m) {
   juanji::bind::register_signal(m);
   juanji::bind::register_dense(m);
   juanji::bind::register_nn(m);
+  juanji::bind::register_io(m);
 }
