@@ -6,7 +6,10 @@ and adds the pieces that are naturally Python (layer objects, data loading, the 
 
 from . import _core
 from ._core import *  # noqa: F401,F403  (the functional API is the core's)
-from ._core import Tensor, config_string, get_num_threads, set_num_threads
+from ._core import Tensor, config_string, get_num_threads, load, load_metadata, set_num_threads
+
+# The core's submodules are re-exported by the Python modules of the same names.
+del nn, optim, kernels  # noqa: F821
 
 __version__ = _core.version()
 
@@ -20,9 +23,9 @@ def __getattr__(name):
     # Submodules that pull in more (layers, optimisers, data) load on first use.
     import importlib
 
-    if name in {"nn", "optim", "data", "kernels"}:
+    if name in {"nn", "optim", "data", "kernels", "models"}:
         return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["Tensor", "show_config", "get_num_threads", "set_num_threads", "__version__"]
+__all__ = ["Tensor", "show_config", "get_num_threads", "set_num_threads", "load", "load_metadata", "__version__"]

@@ -10,6 +10,10 @@ namespace {
 using nn::Layer;
 using nn::Parameter;
 
+std::string fspath(py::handle path) {
+  return py::str(py::module_::import("os").attr("fspath")(path)).cast<std::string>();
+}
+
 nn::Init init_arg(const std::string& init) {
   if (init == "he") return nn::Init::he;
   if (init == "xavier") return nn::Init::xavier;
@@ -245,6 +249,16 @@ void register_nn(py::module_& m) {
       .def("summary", [](const nn::Sequential& s, const Shape& shape) { return s.summary(shape); },
            py::arg("input_shape"))
       .def("architecture_json", &nn::Sequential::architecture_json)
+      .def("save",
+           [](const nn::Sequential& s, py::object path, py::object metadata) {
+             Metadata meta;
+             if (!metadata.is_none())
+               for (auto item : metadata.cast<py::dict>())
+                 meta.emplace_back(py::str(item.first).cast<std::string>(), py::str(item.second).cast<std::string>());
+             s.save(fspath(path), meta);
+           },
+           py::arg("path"), py::arg("metadata") = py::none(),
+           "Writes a safetensors checkpoint; metadata (str -> str) goes into __metadata__.")
       .def_property_readonly("layers", [](const nn::Sequential& s) { return s.layers(); })
       .def("__len__", [](const nn::Sequential& s) { return s.layers().size(); })
       .def("__getitem__", [](const nn::Sequential& s, std::int64_t i) {
@@ -252,6 +266,18 @@ void register_nn(py::module_& m) {
         if (i < -n || i >= n) throw py::index_error("layer index out of range");
         return s.layers()[static_cast<std::size_t>(i < 0 ? i + n : i)];
       });
+
+  m.def("load", [](py::object path) { return nn::Sequential::load(fspath(path)); }, py::arg("path"),
+        "Rebuilds a model saved with Sequential.save; corrupt or mismatched files raise ValueError.");
+  m.def("load_metadata",
+        [](py::object path) {
+          Metadata meta;
+          nn::Sequential::load(fspath(path), &meta);
+          py::dict out;
+          for (const auto& [key, value] : meta) out[py::str(key)] = value;
+          return out;
+        },
+        py::arg("path"), "The user metadata a model checkpoint was saved with.");
 
   py::class_<optim::SGD, std::shared_ptr<optim::SGD>>(optim_module, "SGD")
       .def(py::init([](py::iterable params, double lr, double momentum, bool nesterov, double weight_decay) {

@@ -7,6 +7,8 @@
 #include <utility>
 #include <vector>
 
+#include "juanji/checkpoint.hpp"
+#include "juanji/json.hpp"
 #include "juanji/nn/layers.hpp"
 #include "juanji/optim/sgd.hpp"
 
@@ -70,11 +72,21 @@ class Sequential {
   // JSON array of {"type": ..., "config": {...}}: what a checkpoint stores to rebuild the model.
   std::string architecture_json() const;
 
+  // Checkpoints in the safetensors layout: every parameter and buffer by name, the architecture
+  // and `metadata` in __metadata__ (keys "format", "juanji_version", "architecture" are ours).
+  void save(const std::string& path, const Metadata& metadata = {}) const;
+  // Rebuilds the model from the architecture and checks every tensor against it: a missing,
+  // extra, mis-shaped or mistyped tensor is a std::invalid_argument naming the file.
+  static std::shared_ptr<Sequential> load(const std::string& path, Metadata* metadata = nullptr);
+
  private:
   void check_input(const Tensor& x) const;
   std::vector<std::shared_ptr<Layer>> layers_;
   bool training_ = true;
   Tensor grad_output_;
 };
+
+// A layer from its type name and constructor arguments (as written by Layer::config_json).
+std::shared_ptr<Layer> make_layer(const std::string& type, const Json& config);
 
 }  // namespace juanji::nn
