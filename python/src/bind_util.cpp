@@ -173,4 +173,24 @@ PaddingSpec padding_arg(py::handle obj) {
   return PaddingSpec::of(ints_arg(obj, "padding"));
 }
 
+ConvOptions conv_options(py::handle stride, py::handle padding, py::handle dilation, std::int64_t groups) {
+  ConvOptions options;
+  options.stride = ints_arg(stride, "stride");
+  options.padding = padding_arg(padding);
+  options.dilation = ints_arg(dilation, "dilation");
+  options.groups = groups;
+  return options;
+}
+
+PoolOptions pool_options(py::handle kernel_size, py::handle stride, py::handle padding, bool ceil_mode,
+                         bool count_include_pad) {
+  PoolOptions options;
+  options.kernel = ints_arg(kernel_size, "kernel_size");
+  if (!stride.is_none()) options.stride = ints_arg(stride, "stride");
+  options.padding = ints_arg(padding, "padding");
+  options.ceil_mode = ceil_mode;
+  options.count_include_pad = count_include_pad;
+  return options;
+}
+
 }  // namespace juanji::bind

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "juanji/ops/conv.hpp"
+#include "juanji/ops/pool.hpp"
 #include "juanji/tensor.hpp"
 
 namespace juanji::bind {
@@ -27,6 +28,10 @@ Tensor labels_arg(py::handle obj, const char* name);
 std::vector<std::int64_t> ints_arg(py::handle obj, const char* name);
 // An int, a sequence of ints, "same" or "valid".
 PaddingSpec padding_arg(py::handle obj);
+ConvOptions conv_options(py::handle stride, py::handle padding, py::handle dilation, std::int64_t groups);
+// stride None means "equal to the kernel".
+PoolOptions pool_options(py::handle kernel_size, py::handle stride, py::handle padding, bool ceil_mode,
+                         bool count_include_pad);
 
 DType dtype_arg(py::handle obj, const char* name);  // None not accepted; "float32", np.float64, ...
 py::dtype numpy_dtype(DType dtype);

@@ -6,15 +6,6 @@
 namespace juanji::bind {
 namespace {
 
-ConvOptions conv_options(py::handle stride, py::handle padding, py::handle dilation, std::int64_t groups) {
-  ConvOptions options;
-  options.stride = ints_arg(stride, "stride");
-  options.padding = padding_arg(padding);
-  options.dilation = ints_arg(dilation, "dilation");
-  options.groups = groups;
-  return options;
-}
-
 py::tuple grads_tuple(ConvGrads grads) {
   return py::make_tuple(grads.grad_x, grads.grad_w, grads.grad_b);
 }

@@ -20,26 +20,6 @@ nn::Init init_arg(const std::string& init) {
   throw std::invalid_argument("init: expected 'he' or 'xavier', got '" + init + "'");
 }
 
-ConvOptions conv_options(py::handle stride, py::handle padding, py::handle dilation, std::int64_t groups) {
-  ConvOptions options;
-  options.stride = ints_arg(stride, "stride");
-  options.padding = padding_arg(padding);
-  options.dilation = ints_arg(dilation, "dilation");
-  options.groups = groups;
-  return options;
-}
-
-PoolOptions pool_options(py::handle kernel, py::handle stride, py::handle padding, bool ceil_mode,
-                         bool count_include_pad) {
-  PoolOptions options;
-  options.kernel = ints_arg(kernel, "kernel_size");
-  if (!stride.is_none()) options.stride = ints_arg(stride, "stride");
-  options.padding = ints_arg(padding, "padding");
-  options.ceil_mode = ceil_mode;
-  options.count_include_pad = count_include_pad;
-  return options;
-}
-
 // Python callers get their own copy: the layer reuses its output buffer on the next call.
 Tensor layer_forward(Layer& layer, py::handle x, bool training) {
   return layer.forward(tensor_arg(x, "x"), training).clone();

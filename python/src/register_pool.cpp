@@ -6,17 +6,6 @@ namespace juanji::bind {
 
 namespace {
 
-PoolOptions pool_options(py::handle kernel_size, py::handle stride, py::handle padding,
-                         bool ceil_mode, bool count_include_pad) {
-  PoolOptions options;
-  options.kernel = ints_arg(kernel_size, "kernel_size");
-  if (!stride.is_none()) options.stride = ints_arg(stride, "stride");
-  options.padding = ints_arg(padding, "padding");
-  options.ceil_mode = ceil_mode;
-  options.count_include_pad = count_include_pad;
-  return options;
-}
-
 using Forward = Tensor (*)(const Tensor&, const PoolOptions&);
 using Backward = Tensor (*)(const Tensor&, const Tensor&, const PoolOptions&);
 

@@ -8,6 +8,7 @@
 // order: results do not depend on the thread count.
 #include <algorithm>
 #include <cstring>
+#include <utility>
 
 #include "cpu/gemm.hpp"
 #include "cpu/workspace.hpp"
@@ -66,6 +67,14 @@ Tensor as_2d_input(const Tensor& t, int dims) {
   return dims == 1 ? t.reshape({t.size(0), t.size(1), 1, t.size(2)}) : t;
 }
 
+// Output columns [begin, end) whose input column q*stride_w + w_shift lies inside [0, W).
+std::pair<std::int64_t, std::int64_t> inside_columns(const ConvGeometry& g, std::int64_t w_shift) {
+  std::int64_t begin = w_shift >= 0 ? 0 : (-w_shift + g.stride_w - 1) / g.stride_w;
+  std::int64_t end = g.W - w_shift > 0 ? (g.W - w_shift + g.stride_w - 1) / g.stride_w : 0;
+  begin = std::min(begin, g.Q);
+  return {begin, std::clamp(end, begin, g.Q)};
+}
+
 template <class T>
 void im2col(const ConvGeometry& g, const T* x, T* col) {
   // x: one image's channels of one group (Cg, H, W); col: (Cg*R*S, P*Q)
@@ -75,11 +84,7 @@ void im2col(const ConvGeometry& g, const T* x, T* col) {
       for (std::int64_t s = 0; s < g.S; ++s) {
         T* row = col + ((c * g.R + r) * g.S + s) * PQ;
         const std::int64_t w_shift = s * g.dil_w - g.pad_left;
-        // Output columns q whose input column q*stride_w + w_shift lies inside [0, W).
-        std::int64_t q_begin = w_shift >= 0 ? 0 : (-w_shift + g.stride_w - 1) / g.stride_w;
-        std::int64_t q_end = g.W - w_shift > 0 ? (g.W - w_shift + g.stride_w - 1) / g.stride_w : 0;
-        q_begin = std::min(q_begin, g.Q);
-        q_end = std::clamp(q_end, q_begin, g.Q);
+        const auto [q_begin, q_end] = inside_columns(g, w_shift);
         for (std::int64_t p = 0; p < g.P; ++p) {
           T* out = row + p * g.Q;
           const std::int64_t ih = p * g.stride_h - g.pad_top + r * g.dil_h;
@@ -109,10 +114,7 @@ void col2im(const ConvGeometry& g, const T* col, T* x) {
       for (std::int64_t s = 0; s < g.S; ++s) {
         const T* row = col + ((c * g.R + r) * g.S + s) * PQ;
         const std::int64_t w_shift = s * g.dil_w - g.pad_left;
-        std::int64_t q_begin = w_shift >= 0 ? 0 : (-w_shift + g.stride_w - 1) / g.stride_w;
-        std::int64_t q_end = g.W - w_shift > 0 ? (g.W - w_shift + g.stride_w - 1) / g.stride_w : 0;
-        q_begin = std::min(q_begin, g.Q);
-        q_end = std::clamp(q_end, q_begin, g.Q);
+        const auto [q_begin, q_end] = inside_columns(g, w_shift);
         for (std::int64_t p = 0; p < g.P; ++p) {
           const std::int64_t ih = p * g.stride_h - g.pad_top + r * g.dil_h;
           if (ih < 0 || ih >= g.H) continue;
