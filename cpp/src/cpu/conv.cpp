@@ -76,13 +76,13 @@ std::pair<std::int64_t, std::int64_t> inside_columns(const ConvGeometry& g, std:
 }
 
 template <class T>
-void im2col(const ConvGeometry& g, const T* x, T* col) {
-  // x: one image's channels of one group (Cg, H, W); col: (Cg*R*S, P*Q)
-  const std::int64_t Cg = g.C / g.groups, PQ = g.P * g.Q;
+void im2col(const ConvGeometry& g, const T* x, T* col, std::int64_t ld) {
+  // x: one image's channels of one group (Cg, H, W); col: (Cg*R*S, P*Q) with row stride ld
+  const std::int64_t Cg = g.C / g.groups;
   for (std::int64_t c = 0; c < Cg; ++c)
     for (std::int64_t r = 0; r < g.R; ++r)
       for (std::int64_t s = 0; s < g.S; ++s) {
-        T* row = col + ((c * g.R + r) * g.S + s) * PQ;
+        T* row = col + ((c * g.R + r) * g.S + s) * ld;
         const std::int64_t w_shift = s * g.dil_w - g.pad_left;
         const auto [q_begin, q_end] = inside_columns(g, w_shift);
         for (std::int64_t p = 0; p < g.P; ++p) {
@@ -105,14 +105,15 @@ void im2col(const ConvGeometry& g, const T* x, T* col) {
 }
 
 template <class T>
-void col2im(const ConvGeometry& g, const T* col, T* x) {
-  // Adds col (Cg*R*S, P*Q) back into one image's group channels x (Cg, H, W), which it zeroes first.
-  const std::int64_t Cg = g.C / g.groups, PQ = g.P * g.Q;
+void col2im(const ConvGeometry& g, const T* col, std::int64_t ld, T* x) {
+  // Adds col (Cg*R*S, P*Q; row stride ld) back into one image's group channels x (Cg, H, W),
+  // which it zeroes first.
+  const std::int64_t Cg = g.C / g.groups;
   std::fill(x, x + Cg * g.H * g.W, T(0));
   for (std::int64_t c = 0; c < Cg; ++c)
     for (std::int64_t r = 0; r < g.R; ++r)
       for (std::int64_t s = 0; s < g.S; ++s) {
-        const T* row = col + ((c * g.R + r) * g.S + s) * PQ;
+        const T* row = col + ((c * g.R + r) * g.S + s) * ld;
         const std::int64_t w_shift = s * g.dil_w - g.pad_left;
         const auto [q_begin, q_end] = inside_columns(g, w_shift);
         for (std::int64_t p = 0; p < g.P; ++p) {
@@ -130,35 +131,88 @@ bool is_pointwise(const ConvGeometry& g) {
          g.pad_left == 0 && g.P == g.H && g.Q == g.W;
 }
 
-// Runs body(n, threaded_gemm) for every image: images in parallel when there are enough of
-// them, otherwise one after another with threaded GEMMs. Either way each output has one writer.
+// Images per GEMM: small images are batched side by side along the GEMM's N dimension
+// (columns n*PQ + pq) so that packing and tile edges are paid once per batch, not per image.
+// A function of the shapes only: summation orders never depend on the thread count.
+std::int64_t images_per_gemm(const ConvGeometry& g) {
+  constexpr std::int64_t kTargetColumns = 2048;
+  const std::int64_t PQ = g.P * g.Q;
+  return std::clamp<std::int64_t>((kTargetColumns + PQ - 1) / PQ, 1, g.N);
+}
+
+// Runs body(first_image, images, threaded_gemm) over batches of `per_batch` images: batches in
+// parallel when there are enough of them, otherwise one after another with threaded GEMMs.
+// Either way each output has one writer.
 template <class Body>
-void for_each_image(std::int64_t N, Body body) {
+void for_each_batch(std::int64_t N, std::int64_t per_batch, Body body) {
+  const std::int64_t batches = (N + per_batch - 1) / per_batch;
   const int threads = get_num_threads();
-  if (N >= threads && threads > 1) {
+  auto run = [&](std::int64_t b, bool threaded) {
+    const std::int64_t first = b * per_batch;
+    body(first, std::min(per_batch, N - first), threaded);
+  };
+  if (batches >= threads && threads > 1) {
 #pragma omp parallel for schedule(static)
-    for (std::int64_t n = 0; n < N; ++n) body(n, false);
+    for (std::int64_t b = 0; b < batches; ++b) run(b, false);
   } else {
-    for (std::int64_t n = 0; n < N; ++n) body(n, true);
+    for (std::int64_t b = 0; b < batches; ++b) run(b, true);
   }
+}
+
+// Copies a batch of images' (rows, PQ) blocks into one (rows, images*PQ) matrix and back.
+template <class T>
+void gather_images(const T* src, std::int64_t image_stride, std::int64_t images, std::int64_t rows,
+                   std::int64_t PQ, T* dst) {
+  for (std::int64_t i = 0; i < images; ++i)
+    for (std::int64_t r = 0; r < rows; ++r)
+      std::copy(src + i * image_stride + r * PQ, src + i * image_stride + (r + 1) * PQ,
+                dst + r * images * PQ + i * PQ);
+}
+
+template <class T>
+void scatter_images(const T* src, std::int64_t images, std::int64_t rows, std::int64_t PQ, T* dst,
+                    std::int64_t image_stride) {
+  for (std::int64_t i = 0; i < images; ++i)
+    for (std::int64_t r = 0; r < rows; ++r)
+      std::copy(src + r * images * PQ + i * PQ, src + r * images * PQ + (i + 1) * PQ,
+                dst + i * image_stride + r * PQ);
+}
+
+// The im2col matrix of a batch of images (one group): (Cg*R*S, images*PQ), or the input itself
+// for a single image of a pointwise convolution.
+template <class T>
+const T* batch_columns(const ConvGeometry& g, const T* x, std::int64_t first, std::int64_t images,
+                       std::int64_t grp, bool pointwise, T* col) {
+  const std::int64_t Cg = g.C / g.groups, HW = g.H * g.W, PQ = g.P * g.Q;
+  const T* xg = x + (first * g.C + grp * Cg) * HW;
+  if (pointwise && images == 1) return xg;
+  if (pointwise) {
+    gather_images(xg, g.C * HW, images, Cg, PQ, col);
+  } else {
+    for (std::int64_t i = 0; i < images; ++i) im2col(g, xg + i * g.C * HW, col + i * PQ, images * PQ);
+  }
+  return col;
 }
 
 template <class T>
 void forward_impl(const ConvGeometry& g, const T* x, const T* w, const T* bias, T* y) {
   const std::int64_t Cg = g.C / g.groups, Kg = g.K / g.groups;
-  const std::int64_t HW = g.H * g.W, PQ = g.P * g.Q, CRSg = Cg * g.R * g.S;
+  const std::int64_t PQ = g.P * g.Q, CRSg = Cg * g.R * g.S;
   const bool pointwise = is_pointwise(g);
-  for_each_image(g.N, [&](std::int64_t n, bool threaded) {
-    T* col = pointwise ? nullptr : cpu::workspace<T>(cpu::WorkspaceSlot::columns, CRSg * PQ);
+  const std::int64_t per_batch = images_per_gemm(g);
+  for_each_batch(g.N, per_batch, [&](std::int64_t first, std::int64_t images, bool threaded) {
+    const std::int64_t cols = images * PQ;
+    T* col = cpu::workspace<T>(cpu::WorkspaceSlot::columns, CRSg * cols);
+    T* out = images > 1 ? cpu::workspace<T>(cpu::WorkspaceSlot::batch_out, Kg * cols) : nullptr;
     for (std::int64_t grp = 0; grp < g.groups; ++grp) {
-      const T* xg = x + (n * g.C + grp * Cg) * HW;
-      T* yg = y + (n * g.K + grp * Kg) * PQ;
-      if (!pointwise) im2col(g, xg, col);
-      const T* columns = pointwise ? xg : col;
+      const T* columns = batch_columns(g, x, first, images, grp, pointwise, col);
+      T* yg = y + (first * g.K + grp * Kg) * PQ;
+      T* c = images > 1 ? out : yg;
       if (bias)
-        for (std::int64_t k = 0; k < Kg; ++k) std::fill(yg + k * PQ, yg + (k + 1) * PQ, bias[grp * Kg + k]);
-      cpu::gemm<T>(Kg, PQ, CRSg, {w + grp * Kg * CRSg, CRSg, 1}, {columns, PQ, 1}, yg, PQ,
+        for (std::int64_t k = 0; k < Kg; ++k) std::fill(c + k * cols, c + (k + 1) * cols, bias[grp * Kg + k]);
+      cpu::gemm<T>(Kg, cols, CRSg, {w + grp * Kg * CRSg, CRSg, 1}, {columns, cols, 1}, c, cols,
                    bias != nullptr, threaded);
+      if (images > 1) scatter_images(out, images, Kg, PQ, yg, g.K * PQ);
     }
   });
 }
@@ -168,14 +222,24 @@ void backward_data_impl(const ConvGeometry& g, const T* dy, const T* w, T* dx) {
   const std::int64_t Cg = g.C / g.groups, Kg = g.K / g.groups;
   const std::int64_t HW = g.H * g.W, PQ = g.P * g.Q, CRSg = Cg * g.R * g.S;
   const bool pointwise = is_pointwise(g);
-  for_each_image(g.N, [&](std::int64_t n, bool threaded) {
-    T* col = pointwise ? nullptr : cpu::workspace<T>(cpu::WorkspaceSlot::columns, CRSg * PQ);
+  const std::int64_t per_batch = images_per_gemm(g);
+  for_each_batch(g.N, per_batch, [&](std::int64_t first, std::int64_t images, bool threaded) {
+    const std::int64_t cols = images * PQ;
+    T* col = cpu::workspace<T>(cpu::WorkspaceSlot::columns, CRSg * cols);
+    T* grads = images > 1 ? cpu::workspace<T>(cpu::WorkspaceSlot::batch_out, Kg * cols) : nullptr;
     for (std::int64_t grp = 0; grp < g.groups; ++grp) {
-      T* dxg = dx + (n * g.C + grp * Cg) * HW;
-      const T* dyg = dy + (n * g.K + grp * Kg) * PQ;
-      cpu::gemm<T>(CRSg, PQ, Kg, {w + grp * Kg * CRSg, 1, CRSg}, {dyg, PQ, 1},
-                   pointwise ? dxg : col, PQ, false, threaded);
-      if (!pointwise) col2im(g, col, dxg);
+      const T* dyg = dy + (first * g.K + grp * Kg) * PQ;
+      T* dxg = dx + (first * g.C + grp * Cg) * HW;
+      if (images > 1) gather_images(dyg, g.K * PQ, images, Kg, PQ, grads);
+      const bool direct = pointwise && images == 1;
+      cpu::gemm<T>(CRSg, cols, Kg, {w + grp * Kg * CRSg, 1, CRSg}, {images > 1 ? grads : dyg, cols, 1},
+                   direct ? dxg : col, cols, false, threaded);
+      if (direct) continue;
+      if (pointwise) {
+        scatter_images(col, images, Cg, PQ, dxg, g.C * HW);
+      } else {
+        for (std::int64_t i = 0; i < images; ++i) col2im(g, col + i * PQ, cols, dxg + i * g.C * HW);
+      }
     }
   });
 }
@@ -183,25 +247,29 @@ void backward_data_impl(const ConvGeometry& g, const T* dy, const T* w, T* dx) {
 template <class T>
 void backward_weight_impl(const ConvGeometry& g, const T* dy, const T* x, T* dw, T* db) {
   const std::int64_t Cg = g.C / g.groups, Kg = g.K / g.groups;
-  const std::int64_t HW = g.H * g.W, PQ = g.P * g.Q, CRSg = Cg * g.R * g.S;
+  const std::int64_t PQ = g.P * g.Q, CRSg = Cg * g.R * g.S;
   const std::int64_t weights = g.K * CRSg;
   const bool pointwise = is_pointwise(g);
+  const std::int64_t per_batch = images_per_gemm(g);
   // A fixed number of image chunks (independent of the thread count) each sum their images'
-  // contributions; the chunk partials are then added in chunk order.
+  // contributions, batch by batch; the chunk partials are then added in chunk order.
   const std::int64_t chunks = std::min<std::int64_t>(g.N, 8);
   T* partials = chunks > 1 ? cpu::workspace<T>(cpu::WorkspaceSlot::partials, chunks * weights) : dw;
   auto run_chunk = [&](std::int64_t chunk, bool threaded) {
     T* out = chunks > 1 ? partials + chunk * weights : dw;
-    T* col = pointwise ? nullptr : cpu::workspace<T>(cpu::WorkspaceSlot::columns, CRSg * PQ);
     const std::int64_t n_begin = g.N * chunk / chunks, n_end = g.N * (chunk + 1) / chunks;
-    for (std::int64_t n = n_begin; n < n_end; ++n)
+    for (std::int64_t first = n_begin; first < n_end; first += per_batch) {
+      const std::int64_t images = std::min(per_batch, n_end - first), cols = images * PQ;
+      T* col = cpu::workspace<T>(cpu::WorkspaceSlot::columns, CRSg * cols);
+      T* grads = images > 1 ? cpu::workspace<T>(cpu::WorkspaceSlot::batch_out, Kg * cols) : nullptr;
       for (std::int64_t grp = 0; grp < g.groups; ++grp) {
-        const T* xg = x + (n * g.C + grp * Cg) * HW;
-        if (!pointwise) im2col(g, xg, col);
-        const T* columns = pointwise ? xg : col;
-        cpu::gemm<T>(Kg, CRSg, PQ, {dy + (n * g.K + grp * Kg) * PQ, PQ, 1}, {columns, 1, PQ},
-                     out + grp * Kg * CRSg, CRSg, n > n_begin, threaded);
+        const T* columns = batch_columns(g, x, first, images, grp, pointwise, col);
+        const T* dyg = dy + (first * g.K + grp * Kg) * PQ;
+        if (images > 1) gather_images(dyg, g.K * PQ, images, Kg, PQ, grads);
+        cpu::gemm<T>(Kg, CRSg, cols, {images > 1 ? grads : dyg, cols, 1}, {columns, 1, cols},
+                     out + grp * Kg * CRSg, CRSg, first > n_begin, threaded);
       }
+    }
   };
   if (chunks > 1) {
 #pragma omp parallel for schedule(static)
