@@ -32,6 +32,9 @@ CONV_CASES = [
 
 
 def median_seconds(fn, repeat: int, warmup: int = 2) -> float:
+    # juanji and torch each keep an OpenMP pool whose idle threads spin for a while after a
+    # parallel region; let the other library's threads go to sleep before timing.
+    time.sleep(0.3)
     for _ in range(warmup):
         fn()
     times = []
