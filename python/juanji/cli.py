@@ -21,7 +21,8 @@ from typing import Any, Dict, List, NamedTuple, Optional, Sequence
 
 import numpy as np
 
-from .data import CLASS_NAMES, DEFAULT_DIR, batches, load_mnist_like, normalize, read_idx, to_float_images
+from .data import (CLASS_NAMES, DEFAULT_DIR, batches, load_mnist_like, normalize, read_idx,
+                   to_float_images)
 from .models import MODELS
 
 
@@ -38,11 +39,14 @@ class TrainDefaults(NamedTuple):
 # lenet5 >= 89% test accuracy); cosine decay ends each run at a small learning rate, which
 # is what lifts the last epochs' accuracy.
 TRAIN_DEFAULTS: Dict[str, TrainDefaults] = {
-    "convnet": TrainDefaults(epochs=5, batch_size=64, lr=0.05, momentum=0.9, weight_decay=0.0, schedule="cosine"),
-    "lenet5": TrainDefaults(epochs=10, batch_size=64, lr=0.05, momentum=0.9, weight_decay=0.0, schedule="cosine"),
+    "convnet": TrainDefaults(epochs=5, batch_size=64, lr=0.05, momentum=0.9, weight_decay=0.0,
+                             schedule="cosine"),
+    "lenet5": TrainDefaults(epochs=10, batch_size=32, lr=0.02, momentum=0.9, weight_decay=0.0,
+                            schedule="cosine"),
 }
 STEP_SCHEDULE_EPOCHS = 2  # StepLR halves the learning rate every this many epochs
 EVAL_BATCH_SIZE = 256
+FEATURE_MAP_LAYERS = ("Conv2d", "MaxPool2d", "AvgPool2d")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
 
 
@@ -50,9 +54,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
 # Progress reporting
 # --------------------------------------------------------------------------------------------
 class _TqdmProgress:
-    def __init__(self, total: int, desc: str) -> None:
-        from tqdm import tqdm
-
+    def __init__(self, tqdm, total: int, desc: str) -> None:
         self.bar = tqdm(total=total, desc=desc, unit="img", unit_scale=True, dynamic_ncols=True)
 
     def update(self, images: int, loss: float) -> None:
@@ -77,22 +79,26 @@ class _PlainProgress:
         if tenths > self.tenths_printed:
             self.tenths_printed = tenths
             rate = self.done / max(time.perf_counter() - self.start, 1e-9)
-            print(f"{self.desc}: {self.done}/{self.total} images, loss {loss:.4f}, {rate:.0f} img/s", flush=True)
+            print(f"{self.desc}: {self.done}/{self.total} images, loss {loss:.4f}, "
+                  f"{rate:.0f} img/s", flush=True)
 
     def close(self) -> None:
         pass
 
 
 def _progress(total: int, desc: str):
-    if importlib.util.find_spec("tqdm") is not None:
-        return _TqdmProgress(total, desc)
-    return _PlainProgress(total, desc)
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return _PlainProgress(total, desc)
+    return _TqdmProgress(tqdm, total, desc)
 
 
 # --------------------------------------------------------------------------------------------
 # train
 # --------------------------------------------------------------------------------------------
-def _resolve_train_defaults(args: argparse.Namespace) -> None:
+def resolve_train_defaults(args: argparse.Namespace) -> None:
+    """Fills the options left unset with the model's defaults; ValueError on impossible values."""
     defaults = TRAIN_DEFAULTS[args.model]
     for field in TrainDefaults._fields:
         if getattr(args, field) is None:
@@ -118,23 +124,19 @@ def _make_scheduler(optimizer, args: argparse.Namespace):
 
 
 def _first_conv_weights(model) -> Optional[np.ndarray]:
-    from . import nn
-
     for layer in model.layers:
-        if isinstance(layer, nn.Conv2d):
+        if layer.type == "Conv2d":
             return np.array(layer.weight)
     return None
 
 
 def _feature_maps(model, image: np.ndarray) -> List[tuple]:
     """(name, (C, H, W) map) for every convolution and pooling layer, for one image (1, 1, H, W)."""
-    from . import nn
-
     maps = []
     for index, (layer, output) in enumerate(zip(model.layers, model.activations(image))):
         output = np.asarray(output)
-        if isinstance(layer, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)) and output.ndim == 4:
-            maps.append((f"{index}:{type(layer).__name__}", output[0]))
+        if layer.type in FEATURE_MAP_LAYERS and output.ndim == 4:
+            maps.append((f"{index}:{layer.type}", output[0]))
     return maps
 
 
@@ -148,8 +150,9 @@ def _save_figures(model, log: Dict[str, Any], dataset, out: str) -> None:
     plots.plot_curves(log, os.path.join(out, "curves.png"))
     weights = _first_conv_weights(model)
     if weights is not None:
+        k, _, r, s = weights.shape
         plots.plot_filters(weights, os.path.join(out, "filters.png"),
-                           title=f"first conv layer: {weights.shape[0]} learned {weights.shape[2]}x{weights.shape[3]} filters")
+                           title=f"first conv layer: {k} learned {r}x{s} filters")
     model.eval()
     image = dataset.x_test[:1]
     maps = _feature_maps(model, image)
@@ -166,7 +169,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     import juanji
     from . import nn, optim
 
-    _resolve_train_defaults(args)
+    resolve_train_defaults(args)
     if args.device == "cuda" and juanji.cuda_device_count() == 0:
         raise ValueError("--device cuda: no CUDA device is visible "
                          f"(juanji built with CUDA: {juanji.cuda_compiled()})")
@@ -176,6 +179,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     shuffle_rng = np.random.default_rng(args.seed)
 
     dataset = load_mnist_like(args.data, limit=args.limit)
+    os.makedirs(args.out, exist_ok=True)  # fail before training, not after, if it cannot be made
     input_shape = dataset.x_train.shape[1:]
     print(f"data: {args.data}: {len(dataset.x_train)} training, {len(dataset.x_test)} test images "
           f"of {input_shape}, normalised with mean {dataset.mean:.4f}, std {dataset.std:.4f}")
@@ -208,27 +212,29 @@ def cmd_train(args: argparse.Namespace) -> int:
         for x_batch, y_batch in batches(dataset.x_train, dataset.y_train, args.batch_size,
                                         shuffle=True, rng=shuffle_rng):
             loss = float(model.train_step(x_batch, y_batch, loss_fn, optimizer))
+            if not math.isfinite(loss):
+                raise ValueError(f"training diverged in epoch {epoch} (loss {loss}): "
+                                 f"lower --lr (now {lr})")
             log["step_losses"].append(loss)
             loss_sum += loss * len(x_batch)
             seen += len(x_batch)
             progress.update(len(x_batch), loss_sum / seen)
         seconds = time.perf_counter() - start
         progress.close()
-        if not math.isfinite(loss_sum):
-            raise ValueError(f"training diverged in epoch {epoch} (loss {loss_sum / seen}): lower --lr (now {lr})")
 
         model.eval()
-        test_loss, test_accuracy = model.evaluate(dataset.x_test, dataset.y_test, batch_size=EVAL_BATCH_SIZE)
-        record = {"epoch": epoch, "lr": lr, "train_loss": loss_sum / seen, "test_loss": float(test_loss),
-                  "test_accuracy": float(test_accuracy), "seconds": seconds, "images_per_second": seen / seconds}
+        test_loss, test_accuracy = model.evaluate(dataset.x_test, dataset.y_test,
+                                                  batch_size=EVAL_BATCH_SIZE)
+        record = {"epoch": epoch, "lr": lr, "train_loss": loss_sum / seen,
+                  "test_loss": float(test_loss), "test_accuracy": float(test_accuracy),
+                  "seconds": seconds, "images_per_second": seen / seconds}
         log["epochs"].append(record)
-        print(f"epoch {epoch}/{args.epochs}: train loss {record['train_loss']:.4f}, test loss {test_loss:.4f}, "
-              f"test accuracy {100 * test_accuracy:.2f}%, {seconds:.1f} s ({record['images_per_second']:.0f} img/s)",
-              flush=True)
+        print(f"epoch {epoch}/{args.epochs}: train loss {record['train_loss']:.4f}, "
+              f"test loss {test_loss:.4f}, test accuracy {100 * test_accuracy:.2f}%, "
+              f"{seconds:.1f} s ({record['images_per_second']:.0f} img/s)", flush=True)
         if scheduler is not None:
             scheduler.step()
 
-    os.makedirs(args.out, exist_ok=True)
     checkpoint = os.path.join(args.out, "model.safetensors")
     model.save(checkpoint, metadata={
         "model": args.model,
@@ -247,12 +253,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------
 # predict
 # --------------------------------------------------------------------------------------------
-def _read_picture(path: str) -> np.ndarray:
+def read_picture(path: str) -> np.ndarray:
     """A picture file as a 2-D float32 grayscale image in [0, 1]."""
     try:
         import matplotlib.image
     except ImportError as e:
-        raise ValueError(f"{path}: reading pictures needs matplotlib (pip install matplotlib)") from e
+        raise ValueError(f"{path}: reading pictures needs matplotlib "
+                         "(pip install matplotlib)") from e
     image = matplotlib.image.imread(path)
     if np.issubdtype(image.dtype, np.integer):
         image = image / np.iinfo(image.dtype).max
@@ -260,11 +267,12 @@ def _read_picture(path: str) -> np.ndarray:
         # ITU-R 601 luma of the RGB channels; an alpha channel is ignored.
         image = image[..., :3] @ np.array([0.299, 0.587, 0.114])
     if image.ndim != 2:
-        raise ValueError(f"{path}: expected a grayscale or RGB(A) picture, got an array of shape {image.shape}")
+        raise ValueError(f"{path}: expected a grayscale or RGB(A) picture, "
+                         f"got an array of shape {image.shape}")
     return image.astype(np.float32)
 
 
-def _resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
+def resize_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
     """Averages blocks by the integer part of the shrink factor (against aliasing), then
     interpolates bilinearly to exactly (height, width)."""
     fy, fx = max(1, image.shape[0] // height), max(1, image.shape[1] // width)
@@ -274,25 +282,28 @@ def _resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
     xs = np.linspace(0, image.shape[1] - 1, width)
     ys = np.linspace(0, image.shape[0] - 1, height)
     rows = np.stack([np.interp(xs, np.arange(image.shape[1]), row) for row in image])
-    return np.stack([np.interp(ys, np.arange(image.shape[0]), col) for col in rows.T], axis=1).astype(np.float32)
+    columns = [np.interp(ys, np.arange(image.shape[0]), column) for column in rows.T]
+    return np.stack(columns, axis=1).astype(np.float32)
 
 
-def _read_images(path: str, height: int, width: int, invert: bool) -> np.ndarray:
+def read_images(path: str, height: int, width: int, invert: bool) -> np.ndarray:
     """(N, 1, height, width) float32 in [0, 1] from a picture or an IDX images file."""
     name = path[:-3] if path.endswith(".gz") else path
     if name.lower().endswith(IMAGE_SUFFIXES):
-        picture = _read_picture(path)
+        picture = read_picture(path)
         if picture.shape != (height, width):
-            picture = _resize(picture, height, width)
+            picture = resize_image(picture, height, width)
         images = picture[None, None]
     else:
         array = read_idx(path)
         if array.ndim == 2:
             array = array[None]
         if array.ndim != 3 or array.dtype != np.uint8:
-            raise ValueError(f"{path}: expected uint8 images of shape (N, H, W), got {array.dtype} {array.shape}")
+            raise ValueError(f"{path}: expected uint8 images of shape (N, H, W), "
+                             f"got {array.dtype} {array.shape}")
         if array.shape[1:] != (height, width):
-            raise ValueError(f"{path}: images are {array.shape[1:]}, the model takes {(height, width)}")
+            raise ValueError(f"{path}: images are {array.shape[1:]}, "
+                             f"the model takes {(height, width)}")
         images = to_float_images(array)
     # Fashion-MNIST shows light objects on black; a photo of a dark object on white needs inverting.
     return 1.0 - images if invert else images
@@ -308,12 +319,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     mean = args.mean if args.mean is not None else metadata.get("mean")
     std = args.std if args.std is not None else metadata.get("std")
     if mean is None or std is None:
-        raise ValueError(f"{args.checkpoint} stores no normalisation statistics: pass --mean and --std "
-                         "(the training set's pixel mean and std on the [0, 1] scale)")
-    class_names = json.loads(metadata["class_names"]) if "class_names" in metadata else list(CLASS_NAMES)
+        raise ValueError(f"{args.checkpoint} stores no normalisation statistics: pass --mean and "
+                         "--std (the training set's pixel mean and std on the [0, 1] scale)")
+    class_names = json.loads(metadata.get("class_names", "null")) or list(CLASS_NAMES)
     _, height, width = json.loads(metadata.get("input_shape", "[1, 28, 28]"))
 
-    images = _read_images(args.file, height, width, args.invert)[: args.limit]
+    images = read_images(args.file, height, width, args.invert)[: args.limit]
     x = normalize(images, float(mean), float(std))
     model.eval()
     logits = np.concatenate([np.asarray(model(x[i : i + EVAL_BATCH_SIZE]))
@@ -322,11 +333,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
     probabilities = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
     predicted = probabilities.argmax(axis=1)
 
-    labels = read_idx(args.labels)[: len(predicted)] if args.labels else None
+    labels = None
+    if args.labels:
+        labels = read_idx(args.labels)
+        if labels.ndim != 1 or len(labels) < len(predicted):
+            raise ValueError(f"{args.labels}: expected at least {len(predicted)} labels, "
+                             f"got shape {labels.shape}")
+        labels = labels[: len(predicted)]
     for i, cls in enumerate(predicted):
         line = f"{i}: {cls} {class_names[cls]} ({100 * probabilities[i, cls]:.1f}%)"
         if labels is not None:
-            line += f"  true {labels[i]} {class_names[labels[i]]}" + ("" if labels[i] == cls else "  WRONG")
+            line += f"  true {labels[i]} {class_names[labels[i]]}"
+            line += "" if labels[i] == cls else "  WRONG"
         print(line)
     if labels is not None:
         print(f"accuracy {100 * np.mean(predicted == labels):.2f}% on {len(predicted)} images")
@@ -357,11 +375,12 @@ def cmd_filters(args: argparse.Namespace) -> int:
     from . import kernels, plots
 
     if not plots.available():
-        raise ValueError("the filters command writes PNGs and needs matplotlib (pip install matplotlib)")
+        raise ValueError("the filters command writes PNGs and needs matplotlib "
+                         "(pip install matplotlib)")
     import matplotlib.image
 
     path = args.image or default_photo()
-    image = _read_picture(path)
+    image = read_picture(path)
     named_kernels = {
         "box": kernels.box(5),
         "gaussian": kernels.gaussian(5, 1.0),
@@ -377,10 +396,13 @@ def cmd_filters(args: argparse.Namespace) -> int:
     os.makedirs(args.out, exist_ok=True)
     for name, result in results.items():
         matplotlib.image.imsave(os.path.join(args.out, f"{name}.png"), result, cmap="gray")
-    plots.save_image_grid(list(results.values()), os.path.join(args.out, "overview.png"),
-                          titles=list(results), ncols=4, tile_inches=3.0,
-                          suptitle=f"juanji.convolve2d(image, kernel, mode='same') on {os.path.basename(path)}")
-    print(f"filtered {path} {image.shape}: wrote {', '.join(results)} and overview .png to {args.out}")
+    plots.save_image_grid(
+        list(results.values()), os.path.join(args.out, "overview.png"), titles=list(results),
+        ncols=4, tile_inches=3.0,
+        suptitle=f"juanji.convolve2d(image, kernel, mode='same') on {os.path.basename(path)}",
+    )
+    print(f"filtered {path} {image.shape}: wrote {', '.join(results)} and overview .png "
+          f"to {args.out}")
     return 0
 
 
@@ -389,47 +411,63 @@ def cmd_filters(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``juanji`` command."""
-    parser = argparse.ArgumentParser(prog="juanji", description="juanji (卷积): train and use CNNs.")
+    parser = argparse.ArgumentParser(prog="juanji",
+                                     description="juanji (卷积): train and use CNNs.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    per_model = "; ".join(f"{name}: {d.epochs} epochs, batch {d.batch_size}, lr {d.lr}, momentum {d.momentum}, "
-                          f"weight decay {d.weight_decay}, {d.schedule} schedule" for name, d in TRAIN_DEFAULTS.items())
+    per_model = "; ".join(
+        f"{name}: {d.epochs} epochs, batch {d.batch_size}, lr {d.lr}, momentum {d.momentum}, "
+        f"weight decay {d.weight_decay}, {d.schedule} schedule"
+        for name, d in TRAIN_DEFAULTS.items()
+    )
     train = commands.add_parser(
         "train", help="train a CNN on Fashion-MNIST (or any MNIST-format data)",
-        description=f"Train a CNN and write model.safetensors, log.json and PNG plots. Defaults per model: {per_model}.")
-    train.add_argument("--model", choices=sorted(MODELS), default="convnet", help="architecture (default convnet)")
+        description="Train a CNN and write model.safetensors, log.json and PNG plots. "
+                    f"Defaults per model: {per_model}.")
+    train.add_argument("--model", choices=sorted(MODELS), default="convnet",
+                       help="architecture (default convnet)")
     train.add_argument("--epochs", type=int, help="passes over the training set")
     train.add_argument("--batch-size", type=int, help="images per SGD step")
     train.add_argument("--lr", type=float, help="initial learning rate")
     train.add_argument("--momentum", type=float, help="SGD momentum")
     train.add_argument("--weight-decay", type=float, help="L2 weight decay")
     train.add_argument("--schedule", choices=["cosine", "step", "none"],
-                       help=f"learning-rate schedule per epoch (step: halve every {STEP_SCHEDULE_EPOCHS} epochs)")
+                       help="learning-rate schedule per epoch "
+                            f"(step: halve every {STEP_SCHEDULE_EPOCHS} epochs)")
     train.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
-    train.add_argument("--seed", type=int, default=0, help="seed of weight init, dropout and shuffling (default 0)")
+    train.add_argument("--seed", type=int, default=0,
+                       help="seed of weight init, dropout and shuffling (default 0)")
     train.add_argument("--data", default=DEFAULT_DIR, metavar="DIR",
                        help=f"directory with MNIST-format idx files (default {DEFAULT_DIR})")
     train.add_argument("--out", metavar="DIR", help="output directory (default runs/<model>)")
-    train.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where to train (default cpu)")
-    train.add_argument("--limit", type=int, metavar="N", help="use only the first N training images")
+    train.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                       help="where to train (default cpu)")
+    train.add_argument("--limit", type=int, metavar="N",
+                       help="use only the first N training images")
     train.set_defaults(handler=cmd_train)
 
     predict = commands.add_parser("predict", help="classify images with a saved model",
                                   description="Print the predicted class of each image in FILE.")
     predict.add_argument("checkpoint", help="model.safetensors written by `juanji train`")
-    predict.add_argument("file", help="a picture (PNG, JPEG; resized to the model's input) or an IDX images file")
-    predict.add_argument("--limit", type=int, default=20, metavar="N", help="classify at most N images (default 20)")
+    predict.add_argument("file", help="a picture (PNG, JPEG; resized to the model's input) "
+                                      "or an IDX images file")
+    predict.add_argument("--limit", type=int, default=20, metavar="N",
+                         help="classify at most N images (default 20)")
     predict.add_argument("--labels", metavar="IDX", help="IDX labels file: also print the accuracy")
-    predict.add_argument("--invert", action="store_true", help="invert a picture (dark object on light ground)")
-    predict.add_argument("--mean", type=float, help="normalisation mean (default: from the checkpoint)")
-    predict.add_argument("--std", type=float, help="normalisation std (default: from the checkpoint)")
+    predict.add_argument("--invert", action="store_true",
+                         help="invert a picture (dark object on light ground)")
+    predict.add_argument("--mean", type=float,
+                         help="normalisation mean (default: from the checkpoint)")
+    predict.add_argument("--std", type=float,
+                         help="normalisation std (default: from the checkpoint)")
     predict.set_defaults(handler=cmd_predict)
 
     filters = commands.add_parser(
         "filters", help="edge-detection demo: classic kernels through juanji.convolve2d",
-        description="Convolve a grayscale image with box, Gaussian, Laplacian and Sobel kernels and write PNGs.")
-    filters.add_argument("image", nargs="?", help="picture to filter (default: a sample photograph from "
-                                                   "scikit-image or matplotlib)")
+        description="Convolve a grayscale image with box, Gaussian, Laplacian and Sobel kernels "
+                    "and write PNGs.")
+    filters.add_argument("image", nargs="?", help="picture to filter (default: a sample "
+                                                   "photograph from scikit-image or matplotlib)")
     filters.add_argument("--out", default=os.path.join("runs", "filters"), metavar="DIR",
                          help="output directory (default runs/filters)")
     filters.set_defaults(handler=cmd_filters)
@@ -445,7 +483,3 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"juanji {args.command}: error: {e}", file=sys.stderr)
         return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -32,7 +32,7 @@ CLASS_NAMES = (
     "Ankle boot",
 )
 
-# IDX type byte -> big-endian NumPy dtype (http://yann.lecun.com/exdb/mnist/, "THE IDX FILE FORMAT").
+# IDX type byte -> big-endian NumPy dtype ("the IDX file format", yann.lecun.com/exdb/mnist).
 IDX_DTYPES = {
     0x08: np.dtype(">u1"),
     0x09: np.dtype(">i1"),
@@ -49,11 +49,13 @@ STANDARD_FILES = {
     "test_labels": "t10k-labels-idx1-ubyte",
 }
 
-MISSING_DATA_HINT = (
-    "install Fashion-MNIST with `sudo apt-get install dataset-fashion-mnist` "
-    "(it goes to {default}) or pass `--data DIR` naming a directory with MNIST-format idx files "
-    "({names}, optionally .gz)"
-)
+
+def _missing_data_hint() -> str:
+    return (
+        "install Fashion-MNIST with `sudo apt-get install dataset-fashion-mnist` "
+        f"(it goes to {DEFAULT_DIR}) or pass `--data DIR` naming a directory with MNIST-format "
+        f"idx files ({', '.join(STANDARD_FILES.values())}, optionally .gz)"
+    )
 
 
 def _read_bytes(path: str) -> bytes:
@@ -130,8 +132,7 @@ def find_idx_file(directory: str, name: str) -> str:
         path = os.path.join(directory, candidate)
         if os.path.isfile(path):
             return path
-    hint = MISSING_DATA_HINT.format(default=DEFAULT_DIR, names=", ".join(STANDARD_FILES.values()))
-    raise FileNotFoundError(f"no {name}[.gz] in {directory!r}: {hint}")
+    raise FileNotFoundError(f"no {name}[.gz] in {directory!r}: {_missing_data_hint()}")
 
 
 def to_float_images(images: np.ndarray) -> np.ndarray:
@@ -157,7 +158,8 @@ class MnistLike(NamedTuple):
     std: float
 
 
-def _check_split(images_path: str, images: np.ndarray, labels_path: str, labels: np.ndarray) -> None:
+def _check_split(images_path: str, images: np.ndarray,
+                 labels_path: str, labels: np.ndarray) -> None:
     if images.ndim != 3:
         raise ValueError(f"{images_path}: expected images of shape (N, H, W), got {images.shape}")
     if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
@@ -179,8 +181,8 @@ def load_mnist_like(directory: str = DEFAULT_DIR, limit: Optional[int] = None) -
     the mean and standard deviation of the (first ``limit``) training images. Labels are int64.
     """
     if not os.path.isdir(directory):
-        hint = MISSING_DATA_HINT.format(default=DEFAULT_DIR, names=", ".join(STANDARD_FILES.values()))
-        raise FileNotFoundError(f"data directory {directory!r} does not exist: {hint}")
+        raise FileNotFoundError(
+            f"data directory {directory!r} does not exist: {_missing_data_hint()}")
     paths = {key: find_idx_file(directory, name) for key, name in STANDARD_FILES.items()}
     arrays = {key: read_idx(path) for key, path in paths.items()}
     for split in ("train", "test"):
@@ -205,7 +207,8 @@ def load_mnist_like(directory: str = DEFAULT_DIR, limit: Optional[int] = None) -
     mean = float(x_train.mean(dtype=np.float64))
     std = float(x_train.std(dtype=np.float64))
     if not std > 0.0:
-        raise ValueError(f"{paths['train_images']}: all training pixels are equal, cannot normalise")
+        raise ValueError(f"{paths['train_images']}: all training pixels are equal, "
+                         "cannot normalise")
     return MnistLike(
         x_train=normalize(x_train, mean, std),
         y_train=arrays["train_labels"].astype(np.int64),

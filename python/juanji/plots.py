@@ -7,7 +7,6 @@ canvas, so pyplot's global state (backend, open figures) is never touched.
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from typing import Any, Mapping, Optional, Sequence, Tuple
 
@@ -16,7 +15,11 @@ import numpy as np
 
 def available() -> bool:
     """Whether matplotlib can be imported, i.e. whether the functions here can draw."""
-    return importlib.util.find_spec("matplotlib") is not None
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _new_figure(width: float, height: float):
@@ -58,7 +61,8 @@ def save_image_grid(images: Sequence[np.ndarray], path: str, titles: Optional[Se
         raise ValueError("save_image_grid: no images given")
     for i, image in enumerate(images):
         if np.ndim(image) != 2:
-            raise ValueError(f"save_image_grid: image {i} must be 2-D (H, W), got shape {np.shape(image)}")
+            raise ValueError(f"save_image_grid: image {i} must be 2-D (H, W), "
+                             f"got shape {np.shape(image)}")
     titles = list(titles) if titles is not None else [""] * len(images)
     if len(titles) != len(images):
         raise ValueError(f"save_image_grid: {len(images)} images but {len(titles)} titles")
@@ -87,7 +91,8 @@ def plot_feature_maps(image: np.ndarray, maps: Sequence[Tuple[str, np.ndarray]],
         raise ValueError(f"plot_feature_maps: image must be 2-D (H, W), got shape {image.shape}")
     for name, fmap in maps:
         if np.ndim(fmap) != 3:
-            raise ValueError(f"plot_feature_maps: map {name!r} must be (C, H, W), got shape {np.shape(fmap)}")
+            raise ValueError(f"plot_feature_maps: map {name!r} must be (C, H, W), "
+                             f"got shape {np.shape(fmap)}")
     cols = max([1] + [min(max_channels, np.shape(fmap)[0]) for _, fmap in maps])
     rows = 1 + len(maps)
     fig = _new_figure(1.3 * cols + 1.0, 1.4 * rows)
@@ -123,10 +128,12 @@ def plot_curves(log: Mapping[str, Any], path: str) -> None:
     loss_ax, acc_ax = fig.subplots(1, 2)
     # Step i ends at epoch (i + 1) / steps_per_epoch, so both curves share the epoch axis.
     step_x = np.arange(1, len(step_losses) + 1) / steps_per_epoch
-    loss_ax.plot(step_x, step_losses, color="tab:blue", alpha=0.3, linewidth=0.8, label="train (step)")
+    loss_ax.plot(step_x, step_losses, color="tab:blue", alpha=0.3, linewidth=0.8,
+                 label="train (step)")
     loss_ax.plot(epoch_numbers, [e["train_loss"] for e in epochs], "o-", color="tab:blue",
                  label="train (epoch mean)")
-    loss_ax.plot(epoch_numbers, [e["test_loss"] for e in epochs], "s-", color="tab:orange", label="test")
+    loss_ax.plot(epoch_numbers, [e["test_loss"] for e in epochs], "s-", color="tab:orange",
+                 label="test")
     loss_ax.set_xlabel("epoch")
     loss_ax.set_ylabel("cross-entropy loss")
     loss_ax.set_title("loss")

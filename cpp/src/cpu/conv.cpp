@@ -11,6 +11,7 @@
 #include <utility>
 
 #include "cpu/gemm.hpp"
+#include "cpu/op_support.hpp"
 #include "cpu/workspace.hpp"
 #include "juanji/ops/conv.hpp"
 #include "juanji/runtime.hpp"
@@ -287,10 +288,7 @@ void backward_weight_impl(const ConvGeometry& g, const T* dy, const T* x, T* dw,
 #pragma omp parallel for schedule(static)
     for (std::int64_t k = 0; k < g.K; ++k) {
       double sum = 0;
-      for (std::int64_t n = 0; n < g.N; ++n) {
-        const T* row = dy + (n * g.K + k) * PQ;
-        for (std::int64_t i = 0; i < PQ; ++i) sum += row[i];
-      }
+      for (std::int64_t n = 0; n < g.N; ++n) sum += cpu::fixed_order_sum(dy + (n * g.K + k) * PQ, PQ);
       db[k] = static_cast<T>(sum);
     }
   }

@@ -385,18 +385,15 @@ void batch_norm2d_forward(const Tensor& x, const Tensor& gamma, const Tensor& be
       double mean, invstd;
       if (training) {
         double sum = 0;
-        for (std::int64_t n = 0; n < N; ++n) {
-          const T* plane = xd + (n * C + c) * area;
-          for (std::int64_t i = 0; i < area; ++i) sum += plane[i];
-        }
+        for (std::int64_t n = 0; n < N; ++n) sum += cpu::fixed_order_sum(xd + (n * C + c) * area, area);
         mean = sum / static_cast<double>(count);
         double sq = 0;  // second pass about the mean: no cancellation
         for (std::int64_t n = 0; n < N; ++n) {
           const T* plane = xd + (n * C + c) * area;
-          for (std::int64_t i = 0; i < area; ++i) {
+          sq += cpu::fixed_order_sum_of(area, [plane, mean](std::int64_t i) {
             const double dev = plane[i] - mean;
-            sq += dev * dev;
-          }
+            return dev * dev;
+          });
         }
         const double var = sq / static_cast<double>(count);
         invstd = 1.0 / std::sqrt(var + eps);
@@ -460,10 +457,10 @@ void batch_norm2d_backward(const Tensor& grad_y, const Tensor& x, const Tensor& 
       for (std::int64_t n = 0; n < N; ++n) {
         const T* xp = xd + (n * C + c) * area;
         const T* gp = gy + (n * C + c) * area;
-        for (std::int64_t i = 0; i < area; ++i) {
-          sum_g += gp[i];
-          sum_g_xhat += gp[i] * ((xp[i] - mean) * invstd);
-        }
+        sum_g += cpu::fixed_order_sum(gp, area);
+        sum_g_xhat += cpu::fixed_order_sum_of(area, [xp, gp, mean, invstd](std::int64_t i) {
+          return gp[i] * ((xp[i] - mean) * invstd);
+        });
       }
       if (gb) gb[c] = static_cast<T>(sum_g);
       if (gg) gg[c] = static_cast<T>(sum_g_xhat);

@@ -347,9 +347,7 @@ Tensor global_avg_pool2d(const Tensor& x_in) {
 #pragma omp parallel for schedule(static) if (planes * area >= cpu::kParallelGrain)
     for (std::int64_t plane = 0; plane < planes; ++plane) {
       const T* xp = xd + plane * area;
-      double sum = 0;
-      for (std::int64_t i = 0; i < area; ++i) sum += xp[i];
-      yd[plane] = static_cast<T>(sum / static_cast<double>(area));
+      yd[plane] = static_cast<T>(cpu::fixed_order_sum(xp, area) / static_cast<double>(area));
     }
   });
   return y;
