@@ -20,9 +20,26 @@ struct MicroKernelInfo {
   MicroKernel<T> run;
 };
 
+// Direct stride-1 convolution of zero-padded planes, for layers with few channels where im2col
+// traffic would cost more than the arithmetic:
+//   out[k][p][q] = bias[k] + sum_{c,r,s} weights[k][c][r][s] * src[c][p + r*dil_h][q + s*dil_w]
+// src rows are readable up to column round_up(out_w, 2 * lanes) + dil_w*(S-1) (zero slack).
+struct DirectConvArgs {
+  const float* src;  // (in_channels, src_h, src_w)
+  std::int64_t in_channels, src_h, src_w;
+  const float* weights;  // (out_channels, in_channels, R, S)
+  std::int64_t R, S, dil_h, dil_w;
+  const float* bias;  // (out_channels) or null
+  float* out;         // (out_channels, out_h, out_w)
+  std::int64_t out_channels, out_h, out_w;
+};
+using DirectConv = void (*)(const DirectConvArgs& args);
+
 struct KernelSet {
   MicroKernelInfo<float> gemm_f32;
   MicroKernelInfo<double> gemm_f64;
+  DirectConv direct_conv_f32;
+  int direct_conv_lanes;  // columns per vector: the padded width is a multiple of twice this
 };
 
 const KernelSet& kernels_portable();
