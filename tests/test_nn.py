@@ -242,6 +242,22 @@ def test_training_step_matches_manual_layer_calls():
         np.testing.assert_allclose(p.data, w - 0.1 * g, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("make", [small_cnn, lambda: nn.Sequential(
+    nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 16, 5), nn.ReLU(),
+    nn.MaxPool2d(2), nn.Flatten(), nn.Linear(16, 10))], ids=["small_cnn", "lenet_like"])
+def test_training_step_allocates_nothing_after_the_first(make):
+    model = make()
+    opt = optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    loss = nn.CrossEntropyLoss()
+    x = RNG.standard_normal((8, 1, 14, 14)).astype(np.float32)
+    y = RNG.integers(0, 4, 8)
+    model.train_step(x, y, loss, opt)
+    before = juanji.storage_allocations()
+    for _ in range(3):
+        model.train_step(x, y, loss, opt)
+    assert juanji.storage_allocations() == before
+
+
 def test_mse_training_and_loss_objects():
     juanji.manual_seed(0)
     model = nn.Sequential(nn.Linear(3, 2))

@@ -58,7 +58,8 @@ Tensor from_numpy(py::array array, const char* name) {
   const Shape shape(array.shape(), array.shape() + array.ndim());
   checked_numel(shape, name);
   const int flags = py::array::c_style;
-  const bool zero_copy = kind == 'f' && is_native_float(array) && (array.flags() & flags) &&
+  const bool native = kind == 'f' ? is_native_float(array) : array.dtype().equal(py::dtype::of<std::int64_t>());
+  const bool zero_copy = native && (array.flags() & flags) &&
                          array.writeable() &&
                          reinterpret_cast<std::uintptr_t>(array.data()) % dtype_size(dtype) == 0;
   if (zero_copy) {

@@ -291,6 +291,8 @@ with PyTorch, JAX or CuPy without copies.)doc")
           return std::string(simd_name(set_simd_level(wanted)));
         },
         py::arg("level"), "Caps the SIMD level (never above the detected one); returns the one in use.");
+  m.def("storage_allocations", &storage_allocations,
+        "Tensor storages allocated so far; a training step after the first adds none.");
   m.def("cuda_compiled", &cuda_compiled);
   m.def("cuda_device_count", &cuda_device_count);
 }

@@ -17,6 +17,9 @@ SimdLevel set_simd_level(SimdLevel level);
 void set_num_threads(int n);
 int get_num_threads();
 
+// Tensor storages allocated since the library loaded (a training step after the first adds none).
+std::uint64_t storage_allocations();
+
 bool cuda_compiled();
 int cuda_device_count();  // 0 when not compiled or no GPU is visible
 

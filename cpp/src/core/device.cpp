@@ -1,5 +1,6 @@
 #include "core/device.hpp"
 
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <new>
@@ -23,8 +24,15 @@ void check_available(Device device) {
 #endif
 }
 
+namespace {
+std::atomic<std::uint64_t> allocations{0};
+}  // namespace
+
+std::uint64_t allocation_count() { return allocations.load(); }
+
 std::shared_ptr<void> allocate(std::size_t nbytes, Device device) {
   check_available(device);
+  ++allocations;
   const std::size_t rounded = (nbytes + kAlignment - 1) / kAlignment * kAlignment;
   const std::size_t size = rounded == 0 ? kAlignment : rounded;
   if (device.is_cpu()) {

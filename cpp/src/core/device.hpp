@@ -11,6 +11,9 @@ namespace juanji::device {
 constexpr std::size_t kAlignment = 64;
 
 std::shared_ptr<void> allocate(std::size_t nbytes, Device device);
+// How many tensor storages have been allocated so far (all devices): lets tests prove that a
+// training step reuses its buffers.
+std::uint64_t allocation_count();
 void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device, std::size_t n);
 void check_available(Device device);
 

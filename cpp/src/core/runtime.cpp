@@ -6,6 +6,7 @@
 #include <string>
 
 #include "juanji/build_config.hpp"
+#include "core/device.hpp"
 #include "juanji/error.hpp"
 #if JUANJI_OPENMP
 #include <omp.h>
@@ -90,6 +91,8 @@ int get_num_threads() {
   return 1;
 #endif
 }
+
+std::uint64_t storage_allocations() { return device::allocation_count(); }
 
 bool cuda_compiled() { return JUANJI_WITH_CUDA != 0; }
 
