@@ -180,6 +180,8 @@ def load_mnist_like(directory: str = DEFAULT_DIR, limit: Optional[int] = None) -
     Images come back as float32 (N, 1, H, W): pixels scaled to [0, 1], then normalised with
     the mean and standard deviation of the (first ``limit``) training images. Labels are int64.
     """
+    if limit is not None and limit <= 0:
+        raise ValueError(f"limit must be positive, got {limit}")
     if not os.path.isdir(directory):
         raise FileNotFoundError(
             f"data directory {directory!r} does not exist: {_missing_data_hint()}")
@@ -196,14 +198,12 @@ def load_mnist_like(directory: str = DEFAULT_DIR, limit: Optional[int] = None) -
             f"are {arrays['test_images'].shape[1:]}"
         )
     if limit is not None:
-        if limit <= 0:
-            raise ValueError(f"limit must be positive, got {limit}")
         arrays["train_images"] = arrays["train_images"][:limit]
         arrays["train_labels"] = arrays["train_labels"][:limit]
 
     x_train = to_float_images(arrays["train_images"])
     x_test = to_float_images(arrays["test_images"])
-    # Statistics in float64: a float32 sum over 47M pixels would lose digits.
+    # Accumulated in float64: a float32 sum over 47M pixels keeps only ~6 digits.
     mean = float(x_train.mean(dtype=np.float64))
     std = float(x_train.std(dtype=np.float64))
     if not std > 0.0:

@@ -60,24 +60,55 @@ inline Span span(std::int64_t o, std::int64_t n, std::int64_t k, std::int64_t s,
 
 std::int64_t plane_count(const PoolGeometry& g) { return g.N * g.C; }
 
+// Folds v (at flat index i) into the running maximum: strictly greater wins, so the first
+// maximum stays; a NaN wins over any number and the first NaN is kept. Branch-free selects.
+template <class T>
+inline void take_max(T v, std::int64_t i, T& best, std::int64_t& best_i) {
+  const bool wins = !(v <= best) && best == best;
+  best = wins ? v : best;
+  best_i = wins ? i : best_i;
+}
+
+// The common 2x2 stride-2 unpadded window, on the columns whose window lies inside the row;
+// returns how many columns it did (the rest go through the general loop).
+template <class T>
+std::int64_t max_pool_2x2_row(const PoolGeometry& g, const T* x, T* y, std::int64_t* arg, std::int64_t p) {
+  if (g.kernel_h != 2 || g.kernel_w != 2 || g.stride_h != 2 || g.stride_w != 2 || g.pad_h != 0 ||
+      g.pad_w != 0 || 2 * p + 1 >= g.H)
+    return 0;
+  const std::int64_t full = std::min(g.Q, g.W / 2);
+  const T* r0 = x + 2 * p * g.W;
+  const T* r1 = r0 + g.W;
+  for (std::int64_t q = 0; q < full; ++q) {
+    // Random data makes compare-and-branch code mispredict half the time; this picks the
+    // winner with selects and integer arithmetic only. The largest value m (any NaN, if there
+    // is one) is matched by the first element equal to it, or by the first NaN.
+    const T a = r0[2 * q], b = r0[2 * q + 1], c = r1[2 * q], d = r1[2 * q + 1];
+    const T ab = a > b ? a : b, cd = c > d ? c : d;
+    const T m = ab > cd ? ab : cd;
+    const bool any_nan = (a != a) | (b != b) | (c != c) | (d != d);
+    const std::int64_t pick_a = any_nan ? (a != a) : (a == m);
+    const std::int64_t pick_b = any_nan ? (b != b) : (b == m);
+    const std::int64_t pick_c = any_nan ? (c != c) : (c == m);
+    const std::int64_t offset = (1 - pick_a) * (pick_b + (1 - pick_b) * (g.W + 1 - pick_c));
+    y[p * g.Q + q] = r0[2 * q + offset];
+    if (arg) arg[p * g.Q + q] = 2 * p * g.W + 2 * q + offset;
+  }
+  return full;
+}
+
 // x plane (H,W), y plane (P,Q) row p; arg (P,Q) row p or null. First maximum in row-major
 // window order wins; a NaN wins over any number and the first NaN is kept.
 template <class T>
 void max_pool_row(const PoolGeometry& g, const T* x, T* y, std::int64_t* arg, std::int64_t p) {
   const Span sh = span(p, g.H, g.kernel_h, g.stride_h, g.pad_h, true);
-  for (std::int64_t q = 0; q < g.Q; ++q) {
+  for (std::int64_t q = max_pool_2x2_row(g, x, y, arg, p); q < g.Q; ++q) {
     const Span sw = span(q, g.W, g.kernel_w, g.stride_w, g.pad_w, true);
     std::int64_t best_i = sh.lo * g.W + sw.lo;
     T best = x[best_i];
     for (std::int64_t h = sh.lo; h < sh.hi; ++h) {
       const T* row = x + h * g.W;
-      for (std::int64_t w = sw.lo; w < sw.hi; ++w) {
-        const T v = row[w];
-        if (!(v <= best) && best == best) {
-          best = v;
-          best_i = h * g.W + w;
-        }
-      }
+      for (std::int64_t w = sw.lo; w < sw.hi; ++w) take_max(row[w], h * g.W + w, best, best_i);
     }
     y[p * g.Q + q] = best;
     if (arg) arg[p * g.Q + q] = best_i;
