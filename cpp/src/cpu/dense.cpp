@@ -19,9 +19,15 @@ using cpu::dispatch_float;
 
 // out[i] = f(i) for i in [0, n).
 template <class T, class F>
-void for_each_index(std::int64_t n, T* out, F f) {
-#pragma omp parallel for schedule(static) if (n >= cpu::kParallelGrain)
-  for (std::int64_t i = 0; i < n; ++i) out[i] = f(i);
+void for_each_index(std::int64_t n, T* out, const F& f) {
+#pragma omp parallel if (n >= cpu::kParallelGrain)
+  {
+    // A per-thread copy: the shared functor's captures could alias `out` as far as the compiler
+    // knows, which stops it from vectorising (leaky ReLU ran 25x slower).
+    const F local = f;
+#pragma omp for schedule(static)
+    for (std::int64_t i = 0; i < n; ++i) out[i] = local(i);
+  }
 }
 
 template <class T>
@@ -56,11 +62,17 @@ void activation_backward_kernel(Activation kind, T slope, const T* gy, const T* 
                                 T* gx, std::int64_t n) {
   switch (kind) {
     case Activation::relu:
-      for_each_index(n, gx, [gy, x](std::int64_t i) { return x[i] > T(0) ? gy[i] : T(0); });
+      // Load gy unconditionally: a load under the condition cannot be vectorised, and the
+      // branches it leaves mispredict on half of random data (25x slower).
+      for_each_index(n, gx, [gy, x](std::int64_t i) {
+        const T g = gy[i];
+        return x[i] > T(0) ? g : T(0);
+      });
       break;
     case Activation::leaky_relu:
-      for_each_index(n, gx,
-                     [gy, x, slope](std::int64_t i) { return x[i] > T(0) ? gy[i] : gy[i] * slope; });
+      for_each_index(n, gx, [gy, x, slope](std::int64_t i) {
+        return gy[i] * (x[i] > T(0) ? T(1) : slope);
+      });
       break;
     case Activation::sigmoid:
       if (y)
