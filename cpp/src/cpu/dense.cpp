@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "cpu/op_support.hpp"
+#include "cpu/vec_math.hpp"
 #include "juanji/ops/dense.hpp"
 
 namespace juanji {
@@ -24,10 +25,15 @@ void for_each_index(std::int64_t n, T* out, F f) {
   for (std::int64_t i = 0; i < n; ++i) out[i] = f(i);
 }
 
-template <class T>
-inline T sigmoid_of(T v) {  // never overflows: exp of a non-positive number only
-  const T e = std::exp(-std::abs(v));
-  return v >= 0 ? T(1) / (T(1) + e) : e / (T(1) + e);
+// float32 uses the vectorisable versions; float64 keeps libm's accuracy.
+inline float exp_of(float v) { return cpu::exp_f32(v); }
+inline double exp_of(double v) { return std::exp(v); }
+inline float tanh_of(float v) { return cpu::tanh_f32(v); }
+inline double tanh_of(double v) { return std::tanh(v); }
+inline float sigmoid_of(float v) { return cpu::sigmoid_f32(v); }
+inline double sigmoid_of(double v) {  // never overflows: exp of a non-positive number only
+  const double e = std::exp(-std::abs(v));
+  return v >= 0 ? 1.0 / (1.0 + e) : e / (1.0 + e);
 }
 
 // y = f(x), elementwise; x, y (n). NaN inputs give NaN outputs.
@@ -44,7 +50,7 @@ void activation_kernel(Activation kind, T slope, const T* x, T* y, std::int64_t 
       for_each_index(n, y, [x](std::int64_t i) { return sigmoid_of(x[i]); });
       break;
     case Activation::tanh:
-      for_each_index(n, y, [x](std::int64_t i) { return std::tanh(x[i]); });
+      for_each_index(n, y, [x](std::int64_t i) { return tanh_of(x[i]); });
       break;
   }
 }
@@ -76,7 +82,7 @@ void activation_backward_kernel(Activation kind, T slope, const T* gy, const T* 
         for_each_index(n, gx, [gy, y](std::int64_t i) { return gy[i] * (T(1) - y[i] * y[i]); });
       else
         for_each_index(n, gx, [gy, x](std::int64_t i) {
-          const T t = std::tanh(x[i]);
+          const T t = tanh_of(x[i]);
           return gy[i] * (T(1) - t * t);
         });
       break;
@@ -132,7 +138,7 @@ void softmax_block(const T* x, const T* g, T* out, std::int64_t D, std::int64_t 
     const T* xd = x + d * stride;
     T* od = out + d * stride;
     for (std::int64_t j = 0; j < lanes; ++j) {
-      const T e = std::exp(xd[j] - static_cast<T>(max_buf[j]));
+      const T e = exp_of(static_cast<T>(xd[j] - static_cast<T>(max_buf[j])));
       sum_buf[j] += e;
       od[j] = e;
       if constexpr (Op == SoftmaxOp::softmax_backward)
@@ -162,10 +168,45 @@ void softmax_block(const T* x, const T* g, T* out, std::int64_t D, std::int64_t 
   }
 }
 
+// The same computations on one contiguous row x, g, out (D): elementwise loops and lane-split
+// reductions that vectorise.
+template <class T, SoftmaxOp Op>
+void softmax_row(const T* x, const T* g, T* out, std::int64_t D) {
+  const T m = cpu::max_lanes(x, D);
+  for (std::int64_t d = 0; d < D; ++d) out[d] = exp_of(static_cast<T>(x[d] - m));
+  const double sum = cpu::sum_lanes(D, [out](std::int64_t d) { return double(out[d]); });
+  double dot = 0;
+  if constexpr (Op == SoftmaxOp::softmax_backward)
+    dot = cpu::sum_lanes(D, [g, out](std::int64_t d) { return double(g[d]) * double(out[d]); });
+  if constexpr (Op == SoftmaxOp::log_softmax_backward)
+    dot = cpu::sum_lanes(D, [g](std::int64_t d) { return double(g[d]); });
+  if constexpr (Op == SoftmaxOp::softmax) {
+    const T inv = static_cast<T>(1.0 / sum);
+    for (std::int64_t d = 0; d < D; ++d) out[d] *= inv;
+  } else if constexpr (Op == SoftmaxOp::log_softmax) {
+    const T lse = static_cast<T>(std::log(sum));  // x - m is exact near the maximum
+    for (std::int64_t d = 0; d < D; ++d) out[d] = (x[d] - m) - lse;
+  } else if constexpr (Op == SoftmaxOp::softmax_backward) {
+    const T inv = static_cast<T>(1.0 / sum);
+    const T mean = static_cast<T>(dot / sum);
+    for (std::int64_t d = 0; d < D; ++d) out[d] = out[d] * inv * (g[d] - mean);
+  } else {
+    const T inv = static_cast<T>(1.0 / sum);
+    const T total = static_cast<T>(dot);
+    for (std::int64_t d = 0; d < D; ++d) out[d] = g[d] - out[d] * inv * total;
+  }
+}
+
 // x, g, out (outer, D, inner); g may be null for the forward ops.
 template <class T, SoftmaxOp Op>
 void softmax_kernel(const T* x, const T* g, T* out, const Lines& l) {
   if (l.D == 0) return;
+  if (l.inner == 1) {
+#pragma omp parallel for schedule(static) if (l.outer * l.D >= cpu::kParallelGrain)
+    for (std::int64_t o = 0; o < l.outer; ++o)
+      softmax_row<T, Op>(x + o * l.D, g ? g + o * l.D : nullptr, out + o * l.D, l.D);
+    return;
+  }
   const std::int64_t blocks = (l.inner + kLaneBlock - 1) / kLaneBlock;
   const std::int64_t tasks = l.outer * blocks;
 #pragma omp parallel for schedule(static) if (l.outer * l.D * l.inner >= cpu::kParallelGrain)
@@ -387,16 +428,16 @@ void batch_norm2d_forward(const Tensor& x, const Tensor& gamma, const Tensor& be
         double sum = 0;
         for (std::int64_t n = 0; n < N; ++n) {
           const T* plane = xd + (n * C + c) * area;
-          for (std::int64_t i = 0; i < area; ++i) sum += plane[i];
+          sum += cpu::sum_lanes(area, [plane](std::int64_t i) { return double(plane[i]); });
         }
         mean = sum / static_cast<double>(count);
         double sq = 0;  // second pass about the mean: no cancellation
         for (std::int64_t n = 0; n < N; ++n) {
           const T* plane = xd + (n * C + c) * area;
-          for (std::int64_t i = 0; i < area; ++i) {
+          sq += cpu::sum_lanes(area, [plane, mean](std::int64_t i) {
             const double dev = plane[i] - mean;
-            sq += dev * dev;
-          }
+            return dev * dev;
+          });
         }
         const double var = sq / static_cast<double>(count);
         invstd = 1.0 / std::sqrt(var + eps);
@@ -460,11 +501,11 @@ void batch_norm2d_backward(const Tensor& grad_y, const Tensor& x, const Tensor& 
       for (std::int64_t n = 0; n < N; ++n) {
         const T* xp = xd + (n * C + c) * area;
         const T* gp = gy + (n * C + c) * area;
-        for (std::int64_t i = 0; i < area; ++i) {
-          sum_g += gp[i];
-          sum_g_xhat += gp[i] * ((xp[i] - mean) * invstd);
-        }
+        sum_g += cpu::sum_lanes(area, [gp](std::int64_t i) { return double(gp[i]); });
+        sum_g_xhat += cpu::sum_lanes(
+            area, [gp, xp, mean](std::int64_t i) { return double(gp[i]) * (xp[i] - mean); });
       }
+      sum_g_xhat *= invstd;
       if (gb) gb[c] = static_cast<T>(sum_g);
       if (gg) gg[c] = static_cast<T>(sum_g_xhat);
       if (!gx) continue;
