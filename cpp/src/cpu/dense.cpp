@@ -41,10 +41,16 @@ template <class T>
 void activation_kernel(Activation kind, T slope, const T* x, T* y, std::int64_t n) {
   switch (kind) {
     case Activation::relu:
-      for_each_index(n, y, [x](std::int64_t i) { return x[i] < T(0) ? T(0) : x[i]; });
+      for_each_index(n, y, [x](std::int64_t i) {
+        const T v = x[i];
+        return v < T(0) ? T(0) : v;
+      });
       break;
     case Activation::leaky_relu:
-      for_each_index(n, y, [x, slope](std::int64_t i) { return x[i] > T(0) ? x[i] : x[i] * slope; });
+      for_each_index(n, y, [x, slope](std::int64_t i) {
+        const T v = x[i];
+        return v > T(0) ? v : v * slope;
+      });
       break;
     case Activation::sigmoid:
       for_each_index(n, y, [x](std::int64_t i) { return sigmoid_of(x[i]); });
@@ -62,11 +68,16 @@ void activation_backward_kernel(Activation kind, T slope, const T* gy, const T* 
                                 T* gx, std::int64_t n) {
   switch (kind) {
     case Activation::relu:
-      for_each_index(n, gx, [gy, x](std::int64_t i) { return x[i] > T(0) ? gy[i] : T(0); });
+      for_each_index(n, gx, [gy, x](std::int64_t i) {
+        const T g = gy[i];
+        return x[i] > T(0) ? g : T(0);
+      });
       break;
     case Activation::leaky_relu:
-      for_each_index(n, gx,
-                     [gy, x, slope](std::int64_t i) { return x[i] > T(0) ? gy[i] : gy[i] * slope; });
+      for_each_index(n, gx, [gy, x, slope](std::int64_t i) {
+        const T g = gy[i];
+        return x[i] > T(0) ? g : g * slope;
+      });
       break;
     case Activation::sigmoid:
       if (y)
