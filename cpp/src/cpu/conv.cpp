@@ -13,7 +13,7 @@
 
 #include "cpu/gemm.hpp"
 #include "cpu/microkernels.hpp"
-#include "cpu/op_support.hpp"
+#include "cpu/vec_math.hpp"
 #include "cpu/workspace.hpp"
 #include "juanji/ops/conv.hpp"
 #include "juanji/runtime.hpp"
@@ -369,7 +369,10 @@ void backward_weight_impl(const ConvGeometry& g, const T* dy, const T* x, T* dw,
 #pragma omp parallel for schedule(static)
     for (std::int64_t k = 0; k < g.K; ++k) {
       double sum = 0;
-      for (std::int64_t n = 0; n < g.N; ++n) sum += cpu::fixed_order_sum(dy + (n * g.K + k) * PQ, PQ);
+      for (std::int64_t n = 0; n < g.N; ++n) {
+        const T* row = dy + (n * g.K + k) * PQ;
+        sum += cpu::sum_lanes(PQ, [row](std::int64_t i) { return double(row[i]); });
+      }
       db[k] = static_cast<T>(sum);
     }
   }

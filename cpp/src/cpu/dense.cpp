@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "cpu/op_support.hpp"
+#include "cpu/vec_math.hpp"
 #include "juanji/ops/dense.hpp"
 
 namespace juanji {
@@ -30,10 +31,15 @@ void for_each_index(std::int64_t n, T* out, const F& f) {
   }
 }
 
-template <class T>
-inline T sigmoid_of(T v) {  // never overflows: exp of a non-positive number only
-  const T e = std::exp(-std::abs(v));
-  return v >= 0 ? T(1) / (T(1) + e) : e / (T(1) + e);
+// float32 uses the vectorisable versions; float64 keeps libm's accuracy.
+inline float exp_of(float v) { return cpu::exp_f32(v); }
+inline double exp_of(double v) { return std::exp(v); }
+inline float tanh_of(float v) { return cpu::tanh_f32(v); }
+inline double tanh_of(double v) { return std::tanh(v); }
+inline float sigmoid_of(float v) { return cpu::sigmoid_f32(v); }
+inline double sigmoid_of(double v) {  // never overflows: exp of a non-positive number only
+  const double e = std::exp(-std::abs(v));
+  return v >= 0 ? 1.0 / (1.0 + e) : e / (1.0 + e);
 }
 
 // y = f(x), elementwise; x, y (n). NaN inputs give NaN outputs.
@@ -41,16 +47,22 @@ template <class T>
 void activation_kernel(Activation kind, T slope, const T* x, T* y, std::int64_t n) {
   switch (kind) {
     case Activation::relu:
-      for_each_index(n, y, [x](std::int64_t i) { return x[i] < T(0) ? T(0) : x[i]; });
+      for_each_index(n, y, [x](std::int64_t i) {
+        const T v = x[i];
+        return v < T(0) ? T(0) : v;
+      });
       break;
     case Activation::leaky_relu:
-      for_each_index(n, y, [x, slope](std::int64_t i) { return x[i] > T(0) ? x[i] : x[i] * slope; });
+      for_each_index(n, y, [x, slope](std::int64_t i) {
+        const T v = x[i];
+        return v > T(0) ? v : v * slope;
+      });
       break;
     case Activation::sigmoid:
       for_each_index(n, y, [x](std::int64_t i) { return sigmoid_of(x[i]); });
       break;
     case Activation::tanh:
-      for_each_index(n, y, [x](std::int64_t i) { return std::tanh(x[i]); });
+      for_each_index(n, y, [x](std::int64_t i) { return tanh_of(x[i]); });
       break;
   }
 }
@@ -71,7 +83,8 @@ void activation_backward_kernel(Activation kind, T slope, const T* gy, const T* 
       break;
     case Activation::leaky_relu:
       for_each_index(n, gx, [gy, x, slope](std::int64_t i) {
-        return gy[i] * (x[i] > T(0) ? T(1) : slope);
+        const T g = gy[i];
+        return x[i] > T(0) ? g : g * slope;
       });
       break;
     case Activation::sigmoid:
@@ -88,7 +101,7 @@ void activation_backward_kernel(Activation kind, T slope, const T* gy, const T* 
         for_each_index(n, gx, [gy, y](std::int64_t i) { return gy[i] * (T(1) - y[i] * y[i]); });
       else
         for_each_index(n, gx, [gy, x](std::int64_t i) {
-          const T t = std::tanh(x[i]);
+          const T t = tanh_of(x[i]);
           return gy[i] * (T(1) - t * t);
         });
       break;
@@ -144,7 +157,7 @@ void softmax_block(const T* x, const T* g, T* out, std::int64_t D, std::int64_t 
     const T* xd = x + d * stride;
     T* od = out + d * stride;
     for (std::int64_t j = 0; j < lanes; ++j) {
-      const T e = std::exp(xd[j] - static_cast<T>(max_buf[j]));
+      const T e = exp_of(static_cast<T>(xd[j] - static_cast<T>(max_buf[j])));
       sum_buf[j] += e;
       od[j] = e;
       if constexpr (Op == SoftmaxOp::softmax_backward)
@@ -174,10 +187,45 @@ void softmax_block(const T* x, const T* g, T* out, std::int64_t D, std::int64_t 
   }
 }
 
+// The same computations on one contiguous row x, g, out (D): elementwise loops and lane-split
+// reductions that vectorise.
+template <class T, SoftmaxOp Op>
+void softmax_row(const T* x, const T* g, T* out, std::int64_t D) {
+  const T m = cpu::max_lanes(x, D);
+  for (std::int64_t d = 0; d < D; ++d) out[d] = exp_of(static_cast<T>(x[d] - m));
+  const double sum = cpu::sum_lanes(D, [out](std::int64_t d) { return double(out[d]); });
+  double dot = 0;
+  if constexpr (Op == SoftmaxOp::softmax_backward)
+    dot = cpu::sum_lanes(D, [g, out](std::int64_t d) { return double(g[d]) * double(out[d]); });
+  if constexpr (Op == SoftmaxOp::log_softmax_backward)
+    dot = cpu::sum_lanes(D, [g](std::int64_t d) { return double(g[d]); });
+  if constexpr (Op == SoftmaxOp::softmax) {
+    const T inv = static_cast<T>(1.0 / sum);
+    for (std::int64_t d = 0; d < D; ++d) out[d] *= inv;
+  } else if constexpr (Op == SoftmaxOp::log_softmax) {
+    const T lse = static_cast<T>(std::log(sum));  // x - m is exact near the maximum
+    for (std::int64_t d = 0; d < D; ++d) out[d] = (x[d] - m) - lse;
+  } else if constexpr (Op == SoftmaxOp::softmax_backward) {
+    const T inv = static_cast<T>(1.0 / sum);
+    const T mean = static_cast<T>(dot / sum);
+    for (std::int64_t d = 0; d < D; ++d) out[d] = out[d] * inv * (g[d] - mean);
+  } else {
+    const T inv = static_cast<T>(1.0 / sum);
+    const T total = static_cast<T>(dot);
+    for (std::int64_t d = 0; d < D; ++d) out[d] = g[d] - out[d] * inv * total;
+  }
+}
+
 // x, g, out (outer, D, inner); g may be null for the forward ops.
 template <class T, SoftmaxOp Op>
 void softmax_kernel(const T* x, const T* g, T* out, const Lines& l) {
   if (l.D == 0) return;
+  if (l.inner == 1) {
+#pragma omp parallel for schedule(static) if (l.outer * l.D >= cpu::kParallelGrain)
+    for (std::int64_t o = 0; o < l.outer; ++o)
+      softmax_row<T, Op>(x + o * l.D, g ? g + o * l.D : nullptr, out + o * l.D, l.D);
+    return;
+  }
   const std::int64_t blocks = (l.inner + kLaneBlock - 1) / kLaneBlock;
   const std::int64_t tasks = l.outer * blocks;
 #pragma omp parallel for schedule(static) if (l.outer * l.D * l.inner >= cpu::kParallelGrain)
@@ -397,12 +445,15 @@ void batch_norm2d_forward(const Tensor& x, const Tensor& gamma, const Tensor& be
       double mean, invstd;
       if (training) {
         double sum = 0;
-        for (std::int64_t n = 0; n < N; ++n) sum += cpu::fixed_order_sum(xd + (n * C + c) * area, area);
+        for (std::int64_t n = 0; n < N; ++n) {
+          const T* plane = xd + (n * C + c) * area;
+          sum += cpu::sum_lanes(area, [plane](std::int64_t i) { return double(plane[i]); });
+        }
         mean = sum / static_cast<double>(count);
         double sq = 0;  // second pass about the mean: no cancellation
         for (std::int64_t n = 0; n < N; ++n) {
           const T* plane = xd + (n * C + c) * area;
-          sq += cpu::fixed_order_sum_of(area, [plane, mean](std::int64_t i) {
+          sq += cpu::sum_lanes(area, [plane, mean](std::int64_t i) {
             const double dev = plane[i] - mean;
             return dev * dev;
           });
@@ -469,11 +520,11 @@ void batch_norm2d_backward(const Tensor& grad_y, const Tensor& x, const Tensor& 
       for (std::int64_t n = 0; n < N; ++n) {
         const T* xp = xd + (n * C + c) * area;
         const T* gp = gy + (n * C + c) * area;
-        sum_g += cpu::fixed_order_sum(gp, area);
-        sum_g_xhat += cpu::fixed_order_sum_of(area, [xp, gp, mean, invstd](std::int64_t i) {
-          return gp[i] * ((xp[i] - mean) * invstd);
-        });
+        sum_g += cpu::sum_lanes(area, [gp](std::int64_t i) { return double(gp[i]); });
+        sum_g_xhat += cpu::sum_lanes(
+            area, [gp, xp, mean](std::int64_t i) { return double(gp[i]) * (xp[i] - mean); });
       }
+      sum_g_xhat *= invstd;
       if (gb) gb[c] = static_cast<T>(sum_g);
       if (gg) gg[c] = static_cast<T>(sum_g_xhat);
       if (!gx) continue;

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "cpu/op_support.hpp"
+#include "cpu/vec_math.hpp"
 #include "juanji/ops/loss.hpp"
 
 namespace juanji {
@@ -23,10 +24,9 @@ double blocked_sum(std::int64_t n, F term) {
   std::vector<double> partial(blocks, 0.0);
 #pragma omp parallel for schedule(static) if (n >= cpu::kParallelGrain)
   for (std::int64_t b = 0; b < blocks; ++b) {
-    double s = 0;
-    const std::int64_t end = std::min(n, (b + 1) * block);
-    for (std::int64_t i = b * block; i < end; ++i) s += term(i);
-    partial[b] = s;
+    const std::int64_t begin = b * block;
+    partial[b] = cpu::sum_lanes(std::min(n, begin + block) - begin,
+                                [&term, begin](std::int64_t i) { return term(begin + i); });
   }
   double total = 0;
   for (double s : partial) total += s;
@@ -58,22 +58,25 @@ void check_ce_reduction(Reduction reduction, const char* op) {
         ": reduction must be 'mean', 'sum' or 'none', got 'half_sum'");
 }
 
-// One row of logits x (C): returns logsumexp(x) - x[label]; when grad is not null writes
-// (softmax(x) - onehot(label)) * scale into it; when argmax is not null stores the first maximum.
+inline float exp_of(float v) { return cpu::exp_f32(v); }
+inline double exp_of(double v) { return std::exp(v); }
+
+// One row of logits x (C): returns logsumexp(x) - x[label]. scratch (C) receives
+// (softmax(x) - onehot(label)) * scale; argmax, when not null, the first maximum.
 template <class T>
-double ce_row(const T* x, std::int64_t C, std::int64_t label, T* grad, double scale,
+double ce_row(const T* x, std::int64_t C, std::int64_t label, T* scratch, double scale,
               std::int64_t* argmax) {
-  std::int64_t best = 0;
-  for (std::int64_t i = 1; i < C; ++i)
-    if (x[i] > x[best]) best = i;
-  const T m = x[best];
-  double sum = 0;
-  for (std::int64_t i = 0; i < C; ++i) sum += std::exp(x[i] - m);
-  if (grad) {
-    for (std::int64_t i = 0; i < C; ++i)
-      grad[i] = static_cast<T>((std::exp(x[i] - m) / sum - (i == label ? 1.0 : 0.0)) * scale);
+  const T m = cpu::max_lanes(x, C);
+  for (std::int64_t i = 0; i < C; ++i) scratch[i] = exp_of(static_cast<T>(x[i] - m));
+  const double sum = cpu::sum_lanes(C, [scratch](std::int64_t i) { return double(scratch[i]); });
+  const T factor = static_cast<T>(scale / sum);
+  for (std::int64_t i = 0; i < C; ++i) scratch[i] *= factor;
+  scratch[label] -= static_cast<T>(scale);
+  if (argmax) {
+    std::int64_t best = 0;
+    while (best < C && !(x[best] == m)) ++best;
+    *argmax = best < C ? best : 0;
   }
-  if (argmax) *argmax = best;
   return (static_cast<double>(m) - static_cast<double>(x[label])) + std::log(sum);
 }
 
@@ -157,9 +160,13 @@ Tensor cross_entropy(const Tensor& logits_in, const Tensor& labels_in, Reduction
   dispatch_float(logits.dtype(), [&](auto tag) {
     using T = decltype(tag);
     const T* x = logits.data<T>();
-#pragma omp parallel for schedule(static) if (N * C >= cpu::kParallelGrain)
-    for (std::int64_t n = 0; n < N; ++n)
-      losses[n] = ce_row<T>(x + n * C, C, lab[n], nullptr, 0.0, nullptr);
+#pragma omp parallel if (N * C >= cpu::kParallelGrain)
+    {
+      std::vector<T> scratch(C);
+#pragma omp for schedule(static)
+      for (std::int64_t n = 0; n < N; ++n)
+        losses[n] = ce_row<T>(x + n * C, C, lab[n], scratch.data(), 0.0, nullptr);
+    }
   });
   if (reduction == Reduction::none) {
     Tensor out = Tensor::empty({N}, logits.dtype());

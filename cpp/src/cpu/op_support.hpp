@@ -38,23 +38,6 @@ inline void check_kernel_tensor(const Tensor& t, const char* op, const char* nam
         " elements), expected ", numel, " elements");
 }
 
-// Sum of term(0..n) in double with eight interleaved accumulators combined in a fixed order: the
-// compiler can vectorise it (one long dependency chain cannot), and the result depends only on n.
-template <class Term>
-double fixed_order_sum_of(std::int64_t n, Term term) {
-  double lanes[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  std::int64_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    for (int l = 0; l < 8; ++l) lanes[l] += term(i + l);
-  for (int l = 0; i < n; ++i, ++l) lanes[l] += term(i);
-  return ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
-}
-
-template <class T>
-double fixed_order_sum(const T* x, std::int64_t n) {
-  return fixed_order_sum_of(n, [x](std::int64_t i) { return static_cast<double>(x[i]); });
-}
-
 // Calls f(T{}) with T = float or double according to dtype (the caller has checked it is float).
 template <class F>
 decltype(auto) dispatch_float(DType dtype, F&& f) {

@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "cpu/op_support.hpp"
+#include "cpu/vec_math.hpp"
 
 namespace juanji {
 namespace {
@@ -360,7 +361,7 @@ Tensor avg_pool1d_backward(const Tensor& grad_out, const Tensor& x, const PoolOp
   return avg_pool_backward_nd(grad_out, x, options, 1, "avg_pool1d_backward");
 }
 
-// x (N,C,H,W) -> (N,C,1,1); each plane's mean is summed in double, in order.
+// x (N,C,H,W) -> (N,C,1,1); each plane is summed in double by one thread, in a fixed order.
 Tensor global_avg_pool2d(const Tensor& x_in) {
   const char* op = "global_avg_pool2d";
   check_float_cpu(x_in, op, "x");
@@ -378,7 +379,8 @@ Tensor global_avg_pool2d(const Tensor& x_in) {
 #pragma omp parallel for schedule(static) if (planes * area >= cpu::kParallelGrain)
     for (std::int64_t plane = 0; plane < planes; ++plane) {
       const T* xp = xd + plane * area;
-      yd[plane] = static_cast<T>(cpu::fixed_order_sum(xp, area) / static_cast<double>(area));
+      const double sum = cpu::sum_lanes(area, [xp](std::int64_t i) { return double(xp[i]); });
+      yd[plane] = static_cast<T>(sum / static_cast<double>(area));
     }
   });
   return y;
