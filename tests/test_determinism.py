@@ -106,3 +106,17 @@ def test_nan_propagates_in_vector_bodies_and_tails(position):
         y = np.asarray(juanji.conv1d(x.reshape(1, 1, 41), np.ones((1, 1, 3), np.float32)))
         assert np.isnan(y[0, 0, max(0, position - 2): position + 1]).all()
         assert np.isnan(y).sum() == min(position, 38) - max(0, position - 2) + 1
+
+
+@pytest.mark.parametrize("position", [0, 1, 20, 39, 40])
+def test_nan_reaches_exactly_the_weight_taps_that_see_it(position):
+    x = np.ones((2, 1, 41), np.float32)
+    x[1, 0, position] = np.nan
+    dy = np.ones((2, 2, 39), np.float32)
+    w = np.ones((2, 1, 3), np.float32)
+    expected = [position - s in range(39) for s in range(3)]
+    for level in LEVELS:
+        juanji.set_simd_level(level)
+        gw = np.asarray(juanji.conv1d_backward(dy, x, w)[1])
+        for k in range(2):
+            assert list(np.isnan(gw[k, 0])) == expected

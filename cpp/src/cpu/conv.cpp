@@ -270,6 +270,41 @@ void direct_backward_data(const ConvGeometry& g, const float* dy, const float* w
                   rotated, nullptr, dx, g.C, g.H, g.W);
 }
 
+// Weight gradient for few input channels: every (filter, channel) pair sums its images in order
+// with the direct kernel over zero-padded copies of x and of the error.
+void direct_backward_weight(const ConvGeometry& g, const float* dy, const float* x, float* dw) {
+  const cpu::KernelSet& kernels = cpu::active_kernels();
+  const std::int64_t lanes = kernels.direct_conv_lanes;
+  const std::int64_t Cg = g.C / g.groups, Kg = g.K / g.groups, taps = g.R * g.S;
+  const std::int64_t out_stride = (g.Q + lanes - 1) / lanes * lanes;
+  const std::int64_t padded_h = g.P + g.dil_h * (g.R - 1), padded_w = out_stride + g.dil_w * (g.S - 1);
+  const std::int64_t x_plane = padded_h * padded_w, dy_plane = g.P * out_stride;
+  float* padded_x = cpu::workspace<float>(cpu::WorkspaceSlot::columns, g.N * g.C * x_plane);
+  float* padded_dy = cpu::workspace<float>(cpu::WorkspaceSlot::batch_out, g.N * g.K * dy_plane);
+#pragma omp parallel
+  {
+#pragma omp for schedule(static) nowait
+    for (std::int64_t plane = 0; plane < g.N * g.C; ++plane)
+      pad_planes(x + plane * g.H * g.W, 1, g.H, g.W, g.pad_top, g.pad_left, padded_x + plane * x_plane,
+                 padded_h, padded_w);
+#pragma omp for schedule(static)
+    for (std::int64_t plane = 0; plane < g.N * g.K; ++plane)
+      pad_planes(dy + plane * g.P * g.Q, 1, g.P, g.Q, 0, 0, padded_dy + plane * dy_plane, g.P, out_stride);
+#pragma omp for schedule(static)
+    for (std::int64_t job = 0; job < g.K * Cg; ++job) {
+      const std::int64_t k = job / Cg, c = (k / Kg) * Cg + job % Cg;
+      float* out = dw + job * taps;
+      std::fill(out, out + taps, 0.0f);
+      for (std::int64_t n = 0; n < g.N; ++n) {
+        const cpu::DirectWeightGradArgs args{padded_x + (n * g.C + c) * x_plane, padded_w,
+                                             padded_dy + (n * g.K + k) * dy_plane, g.P, g.Q, out_stride,
+                                             g.R, g.S, g.dil_h, g.dil_w, out};
+        kernels.direct_weight_grad_f32(args);
+      }
+    }
+  }
+}
+
 template <class T>
 void forward_impl(const ConvGeometry& g, const T* x, const T* w, const T* bias, T* y) {
   if constexpr (std::is_same_v<T, float>) {
@@ -327,7 +362,25 @@ void backward_data_impl(const ConvGeometry& g, const T* dy, const T* w, T* dx) {
 }
 
 template <class T>
+void bias_grad(const ConvGeometry& g, const T* dy, T* db) {
+  const std::int64_t PQ = g.P * g.Q;
+#pragma omp parallel for schedule(static)
+  for (std::int64_t k = 0; k < g.K; ++k) {
+    double sum = 0;
+    for (std::int64_t n = 0; n < g.N; ++n) {
+      const T* row = dy + (n * g.K + k) * PQ;
+      sum += cpu::sum_lanes(PQ, [row](std::int64_t i) { return double(row[i]); });
+    }
+    db[k] = static_cast<T>(sum);
+  }
+}
+
+template <class T>
 void backward_weight_impl(const ConvGeometry& g, const T* dy, const T* x, T* dw, T* db) {
+  if (db) bias_grad(g, dy, db);
+  if constexpr (std::is_same_v<T, float>) {
+    if (use_direct(g, g.C / g.groups)) return direct_backward_weight(g, dy, x, dw);
+  }
   const std::int64_t Cg = g.C / g.groups, Kg = g.K / g.groups;
   const std::int64_t PQ = g.P * g.Q, CRSg = Cg * g.R * g.S;
   const std::int64_t weights = g.K * CRSg;
@@ -364,17 +417,6 @@ void backward_weight_impl(const ConvGeometry& g, const T* dy, const T* x, T* dw,
     }
   } else {
     run_chunk(0, true);
-  }
-  if (db) {
-#pragma omp parallel for schedule(static)
-    for (std::int64_t k = 0; k < g.K; ++k) {
-      double sum = 0;
-      for (std::int64_t n = 0; n < g.N; ++n) {
-        const T* row = dy + (n * g.K + k) * PQ;
-        sum += cpu::sum_lanes(PQ, [row](std::int64_t i) { return double(row[i]); });
-      }
-      db[k] = static_cast<T>(sum);
-    }
   }
 }
 

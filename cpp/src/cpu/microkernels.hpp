@@ -35,10 +35,26 @@ struct DirectConvArgs {
 };
 using DirectConv = void (*)(const DirectConvArgs& args);
 
+// Weight gradient of the direct convolution, for one filter, one input channel and one image:
+//   grad_weights[r][s] += sum_{p,q} grad_out[p][q] * src[p + r*dil_h][q + s*dil_w]
+// grad_out rows are padded to a multiple of `lanes` columns with zeros (out_stride); src as for
+// DirectConv. Lanes past out_w are masked out of the products, so a NaN in src reaches exactly
+// the taps the definition says it does.
+struct DirectWeightGradArgs {
+  const float* src;  // (src_h, src_w) of one input channel
+  std::int64_t src_w;
+  const float* grad_out;  // (out_h, out_stride)
+  std::int64_t out_h, out_w, out_stride;
+  std::int64_t R, S, dil_h, dil_w;
+  float* grad_weights;  // (R, S), accumulated
+};
+using DirectWeightGrad = void (*)(const DirectWeightGradArgs& args);
+
 struct KernelSet {
   MicroKernelInfo<float> gemm_f32;
   MicroKernelInfo<double> gemm_f64;
   DirectConv direct_conv_f32;
+  DirectWeightGrad direct_weight_grad_f32;
   int direct_conv_lanes;  // columns per vector: the padded width is a multiple of twice this
 };
 
