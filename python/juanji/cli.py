@@ -41,7 +41,7 @@ class TrainDefaults(NamedTuple):
 TRAIN_DEFAULTS: Dict[str, TrainDefaults] = {
     "convnet": TrainDefaults(epochs=5, batch_size=64, lr=0.05, momentum=0.9, weight_decay=0.0,
                              schedule="cosine"),
-    "lenet5": TrainDefaults(epochs=10, batch_size=32, lr=0.02, momentum=0.9, weight_decay=0.0,
+    "lenet5": TrainDefaults(epochs=15, batch_size=32, lr=0.02, momentum=0.9, weight_decay=5e-4,
                             schedule="cosine"),
 }
 STEP_SCHEDULE_EPOCHS = 2  # StepLR halves the learning rate every this many epochs
