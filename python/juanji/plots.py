@@ -136,6 +136,7 @@ def plot_curves(log: Mapping[str, Any], path: str) -> None:
                  label="test")
     loss_ax.set_xlabel("epoch")
     loss_ax.set_ylabel("cross-entropy loss")
+    loss_ax.set_yscale("log")  # early losses are ~10x the late ones; linear would flatten those
     loss_ax.set_title("loss")
     loss_ax.grid(True, alpha=0.3)
     loss_ax.legend()
