@@ -74,6 +74,12 @@ def test_non_positive_sizes_are_errors(flag, capsys):
     assert f"{flag} must be positive, got 0" in capsys.readouterr().err
 
 
+def test_cuda_training_is_a_clear_error_until_the_backend_has_kernels(tmp_path, capsys):
+    status = cli.main(["train", "--device", "cuda", "--data", SUBSET_DIR, "--out", str(tmp_path)])
+    assert status == 1
+    assert "--device cuda" in capsys.readouterr().err
+
+
 def test_missing_data_is_a_clear_error(tmp_path, capsys):
     status = cli.main(["train", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "out")])
     assert status == 1

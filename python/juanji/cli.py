@@ -171,9 +171,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     from . import nn, optim
 
     resolve_train_defaults(args)
-    if args.device == "cuda" and juanji.cuda_device_count() == 0:
-        raise ValueError("--device cuda: no CUDA device is visible "
-                         f"(juanji built with CUDA: {juanji.cuda_compiled()})")
+    if args.device == "cuda":
+        # The CUDA backend has its device layer (memory, copies) but no layer kernels yet.
+        raise ValueError("--device cuda: training on CUDA is not available yet "
+                         f"(juanji built with CUDA: {juanji.cuda_compiled()}, "
+                         f"GPUs visible: {juanji.cuda_device_count()}); use --device cpu")
     if args.threads is not None:
         juanji.set_num_threads(args.threads)
     juanji.manual_seed(args.seed)
@@ -185,8 +187,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"data: {args.data}: {len(dataset.x_train)} training, {len(dataset.x_test)} test images "
           f"of {input_shape}, normalised with mean {dataset.mean:.4f}, std {dataset.std:.4f}")
     model = MODELS[args.model]()
-    if args.device != "cpu":
-        model = model.to(args.device)
     print(model.summary(input_shape))
     print(f"training {args.model} for {args.epochs} epochs: batch {args.batch_size}, lr {args.lr}, "
           f"momentum {args.momentum}, weight decay {args.weight_decay}, schedule {args.schedule}, "
