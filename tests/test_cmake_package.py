@@ -1,4 +1,5 @@
-"""The C++ library installs as a CMake package that an outside program can find and link."""
+"""The C++ library passes its ctest checks and installs as a CMake package that an outside
+program can find and link."""
 
 import os
 import shutil
@@ -20,8 +21,10 @@ def test_find_package_builds_and_runs_outside_program(tmp_path):
     build, prefix, app = tmp_path / "build", tmp_path / "prefix", tmp_path / "app"
     jobs = str(os.cpu_count() or 2)
     try:
-        run(["cmake", "-S", str(ROOT), "-B", str(build), "-DJUANJI_CUDA=OFF", f"-DCMAKE_INSTALL_PREFIX={prefix}"])
+        run(["cmake", "-S", str(ROOT), "-B", str(build), "-DJUANJI_CUDA=OFF", "-DJUANJI_BUILD_TESTS=ON",
+             f"-DCMAKE_INSTALL_PREFIX={prefix}"])
         run(["cmake", "--build", str(build), "-j", jobs])
+        run(["ctest", "--test-dir", str(build), "--output-on-failure"])
         run(["cmake", "--install", str(build)])
         run(["cmake", "-S", str(ROOT / "examples" / "cpp"), "-B", str(app), f"-DCMAKE_PREFIX_PATH={prefix}"])
         run(["cmake", "--build", str(app)])

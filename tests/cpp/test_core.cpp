@@ -1,0 +1,123 @@
+// C++-side checks of the public API: views, a convolution against a plain-loop oracle at every
+// SIMD level, the C++ exception for bad arguments, a training step and a checkpoint round trip.
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+
+#include <juanji/checkpoint.hpp>
+#include <juanji/juanji.hpp>
+
+namespace {
+
+int failures = 0;
+
+void expect(bool ok, const std::string& what) {
+  if (!ok) {
+    std::printf("FAIL: %s\n", what.c_str());
+    ++failures;
+  }
+}
+
+using namespace juanji;
+
+// y[n][k][p][q] = b[k] + sum_{c,r,s} w[k][c][r][s] * x[n][c][p*st + r - pad][q*st + s - pad]
+double oracle(const Tensor& x, const Tensor& w, const Tensor& b, std::int64_t st, std::int64_t pad,
+              std::int64_t n, std::int64_t k, std::int64_t p, std::int64_t q) {
+  const auto& xs = x.shape();
+  const auto& ws = w.shape();
+  double sum = b.data<double>()[k];
+  for (std::int64_t c = 0; c < ws[1]; ++c)
+    for (std::int64_t r = 0; r < ws[2]; ++r)
+      for (std::int64_t s = 0; s < ws[3]; ++s) {
+        const std::int64_t h = p * st + r - pad, v = q * st + s - pad;
+        if (h < 0 || h >= xs[2] || v < 0 || v >= xs[3]) continue;
+        sum += w.data<double>()[((k * ws[1] + c) * ws[2] + r) * ws[3] + s] *
+               x.data<double>()[((n * xs[1] + c) * xs[2] + h) * xs[3] + v];
+      }
+  return sum;
+}
+
+void test_views() {
+  Tensor t = Tensor::arange(0, 24, 1, DType::float64).reshape({2, 3, 4});
+  Tensor tr = t.transpose(0, 2);
+  expect(tr.shape() == Shape({4, 3, 2}) && !tr.is_contiguous(), "transpose is a view");
+  expect(tr.contiguous().data<double>()[1] == 12.0, "contiguous copy of a transpose");
+  expect(t.slice(2, 1, 4, 2).select(0, 1).contiguous().data<double>()[2] == 17.0, "slice and select");
+}
+
+void test_conv_against_oracle() {
+  manual_seed(7);
+  const Tensor x = randn({2, 3, 9, 8}, DType::float64), w = randn({4, 3, 3, 3}, DType::float64);
+  const Tensor b = randn({4}, DType::float64);
+  ConvOptions options;
+  options.stride = {2};
+  options.padding = PaddingSpec::of({1});
+  for (SimdLevel level : {SimdLevel::portable, SimdLevel::avx2, SimdLevel::avx512}) {
+    set_simd_level(level);
+    const Tensor y = conv2d(x, w, b, options);
+    double worst = 0;
+    for (std::int64_t n = 0; n < 2; ++n)
+      for (std::int64_t k = 0; k < 4; ++k)
+        for (std::int64_t p = 0; p < y.size(2); ++p)
+          for (std::int64_t q = 0; q < y.size(3); ++q) {
+            const double got = y.data<double>()[((n * 4 + k) * y.size(2) + p) * y.size(3) + q];
+            worst = std::max(worst, std::fabs(got - oracle(x, w, b, 2, 1, n, k, p, q)));
+          }
+    expect(worst < 1e-12, std::string("conv2d matches the oracle at ") + simd_name(simd_level()));
+  }
+  set_simd_level(simd_detected());
+}
+
+void test_bad_arguments_throw() {
+  bool thrown = false;
+  try {
+    conv2d(Tensor::zeros({1, 3, 5, 5}), Tensor::zeros({2, 4, 3, 3}), Tensor(), ConvOptions{});
+  } catch (const std::invalid_argument& e) {
+    thrown = std::string(e.what()).find("weight") != std::string::npos;
+  }
+  expect(thrown, "channel mismatch throws std::invalid_argument naming the weight");
+}
+
+void test_training_and_checkpoint() {
+  manual_seed(1);
+  ConvOptions same;
+  same.padding = PaddingSpec::same();
+  PoolOptions pool;
+  pool.kernel = {2};
+  auto model = std::make_shared<nn::Sequential>(std::vector<std::shared_ptr<nn::Layer>>{
+      std::make_shared<nn::Conv>(2, 1, 4, std::vector<std::int64_t>{3}, same, true),
+      std::make_shared<nn::ActivationLayer>(Activation::relu),
+      std::make_shared<nn::Pool>(nn::Pool::Kind::max, 2, pool), std::make_shared<nn::Flatten>(),
+      std::make_shared<nn::Linear>(4 * 4 * 4, 3, true)});
+  const Tensor x = randn({6, 1, 8, 8});
+  Tensor labels = Tensor::empty({6}, DType::int64);
+  for (int i = 0; i < 6; ++i) labels.data<std::int64_t>()[i] = i % 3;
+  optim::SGD sgd(model->trainable_parameters(), 0.05, 0.9);
+  nn::CrossEntropyLoss loss;
+  const double first = model->train_step(x, labels, loss, sgd);
+  double last = first;
+  for (int i = 0; i < 30; ++i) last = model->train_step(x, labels, loss, sgd);
+  expect(last < 0.5 * first, "training lowers the loss");
+
+  const std::string path = "juanji_core_test.safetensors";
+  model->save(path, {{"note", "ctest"}});
+  Metadata meta;
+  auto loaded = nn::Sequential::load(path, &meta);
+  const Tensor a = model->forward(x, false).clone(), b = loaded->forward(x, false);
+  bool same_output = true;
+  for (std::int64_t i = 0; i < a.numel(); ++i) same_output &= a.data<float>()[i] == b.data<float>()[i];
+  expect(same_output && meta.size() == 1 && meta[0].second == "ctest", "checkpoint round trip");
+  std::remove(path.c_str());
+}
+
+}  // namespace
+
+int main() {
+  test_views();
+  test_conv_against_oracle();
+  test_bad_arguments_throw();
+  test_training_and_checkpoint();
+  std::printf("%s (%d failure%s)\n", failures ? "FAILED" : "ok", failures, failures == 1 ? "" : "s");
+  return failures ? EXIT_FAILURE : EXIT_SUCCESS;
+}
