@@ -347,3 +347,21 @@ def test_conv_backward_matches_finite_differences(nd, c):
         return fwd(x, w, b, **kw)
 
     check_fd(forward, dict(x=x, w=w, b=b), dict(x=gx, w=gw, b=gb), R)
+
+
+# Layers whose im2col matrix would outgrow the caches take the implicit-GEMM path (B packed
+# straight from x); small test shapes never reach it, so these do.
+LARGE_CASES = [
+    ((2, 64, 40, 40), (8, 64, 3, 3), dict(padding=1)),
+    ((2, 64, 125, 119), (6, 32, 3, 3), dict(stride=2, padding=(2, 1), dilation=2, groups=2)),
+    ((1, 3, 230, 228), (5, 3, 7, 7), dict(stride=2, padding=3)),
+]
+
+
+@pytest.mark.parametrize("xs,ws,kw", LARGE_CASES, ids=["res_like", "strided_dilated_groups", "stem_like"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_large_layers_take_the_implicit_path_correctly(xs, ws, kw, dtype):
+    rng = np.random.default_rng(11)
+    x, w, b = randn(rng, xs, dtype), randn(rng, ws, dtype), randn(rng, (ws[0],), dtype)
+    expected = ref.conv2d(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64), **kw)
+    assert_close(juanji.conv2d(x, w, b, **kw), expected, dtype)

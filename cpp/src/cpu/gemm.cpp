@@ -1,38 +1,7 @@
 #include "cpu/gemm.hpp"
 
-#include <algorithm>
-#include <vector>
-
-#include "cpu/microkernels.hpp"
-#include "cpu/workspace.hpp"
-#include "juanji/build_config.hpp"
-
 namespace juanji::cpu {
 namespace {
-
-// Cache blocking: an MC x KC block of A stays in L2 while KC x NR panels of B stream from L1.
-constexpr std::int64_t kBlockK = 256;
-constexpr std::int64_t kBlockMPanels = 24;
-constexpr std::int64_t kBlockNPanels = 64;
-
-template <class T>
-void pack_a(Matrix<T> A, std::int64_t i0, std::int64_t rows, std::int64_t k0, std::int64_t kc,
-            int mr, T* out) {
-  if (A.col_stride == 1) {
-    // Rows contiguous along k: read each row once.
-    for (int i = 0; i < mr; ++i) {
-      if (i >= rows) {
-        for (std::int64_t k = 0; k < kc; ++k) out[k * mr + i] = T(0);
-        continue;
-      }
-      const T* src = A.data + (i0 + i) * A.row_stride + k0;
-      for (std::int64_t k = 0; k < kc; ++k) out[k * mr + i] = src[k];
-    }
-    return;
-  }
-  for (std::int64_t k = 0; k < kc; ++k)
-    for (int i = 0; i < mr; ++i) out[k * mr + i] = i < rows ? A.at(i0 + i, k0 + k) : T(0);
-}
 
 template <class T>
 void pack_b(Matrix<T> B, std::int64_t k0, std::int64_t kc, std::int64_t j0, std::int64_t cols,
@@ -60,59 +29,16 @@ void pack_b(Matrix<T> B, std::int64_t k0, std::int64_t kc, std::int64_t j0, std:
   }
 }
 
-const MicroKernelInfo<float>& kernel_for(const KernelSet& set, float*) { return set.gemm_f32; }
-const MicroKernelInfo<double>& kernel_for(const KernelSet& set, double*) { return set.gemm_f64; }
-
 }  // namespace
 
 template <class T>
 void gemm(std::int64_t M, std::int64_t N, std::int64_t K, Matrix<T> A, Matrix<T> B, T* C,
           std::int64_t ldc, bool accumulate, bool threaded) {
-  if (M <= 0 || N <= 0) return;
-  if (K <= 0) {
-    if (!accumulate)
-      for (std::int64_t i = 0; i < M; ++i) std::fill(C + i * ldc, C + i * ldc + N, T(0));
-    return;
-  }
-  const auto& kernel = kernel_for(active_kernels(), static_cast<T*>(nullptr));
-  const int mr = kernel.mr, nr = kernel.nr;
-  const std::int64_t block_m = kBlockMPanels * mr, block_n = kBlockNPanels * nr;
-  const std::int64_t kc_max = std::min(K, kBlockK);
-  const std::int64_t mc_max = std::min(M, block_m), nc_max = std::min(N, block_n);
-  const std::int64_t a_panels_max = (mc_max + mr - 1) / mr, b_panels_max = (nc_max + nr - 1) / nr;
-  T* a_pack = workspace<T>(WorkspaceSlot::gemm_a, a_panels_max * mr * kc_max);
-  T* b_pack = workspace<T>(WorkspaceSlot::gemm_b, b_panels_max * nr * kc_max);
-  // Threads only pay off when there is enough work per fork.
-  const bool parallel = threaded && static_cast<double>(M) * N * K > 2e5;
-
-#pragma omp parallel if (parallel)
-  for (std::int64_t jc = 0; jc < N; jc += block_n) {
-    const std::int64_t nc = std::min(block_n, N - jc);
-    const std::int64_t b_panels = (nc + nr - 1) / nr;
-    for (std::int64_t pc = 0; pc < K; pc += kBlockK) {
-      const std::int64_t kc = std::min(kBlockK, K - pc);
-      const bool add = accumulate || pc > 0;
-#pragma omp for schedule(static)
-      for (std::int64_t p = 0; p < b_panels; ++p)
-        pack_b(B, pc, kc, jc + p * nr, std::min<std::int64_t>(nr, nc - p * nr), nr,
-               b_pack + p * nr * kc);
-      for (std::int64_t ic = 0; ic < M; ic += block_m) {
-        const std::int64_t mc = std::min(block_m, M - ic);
-        const std::int64_t a_panels = (mc + mr - 1) / mr;
-#pragma omp for schedule(static)
-        for (std::int64_t p = 0; p < a_panels; ++p)
-          pack_a(A, ic + p * mr, std::min<std::int64_t>(mr, mc - p * mr), pc, kc, mr,
-                 a_pack + p * mr * kc);
-#pragma omp for schedule(static) collapse(2)
-        for (std::int64_t jp = 0; jp < b_panels; ++jp)
-          for (std::int64_t ip = 0; ip < a_panels; ++ip) {
-            const std::int64_t i = ic + ip * mr, j = jc + jp * nr;
-            kernel.run(kc, a_pack + ip * mr * kc, b_pack + jp * nr * kc, C + i * ldc + j, ldc,
-                       std::min<std::int64_t>(mr, M - i), std::min<std::int64_t>(nr, N - j), add);
-          }
-      }
-    }
-  }
+  gemm_with_packer(M, N, K, A,
+                   [B](std::int64_t k0, std::int64_t kc, std::int64_t j0, std::int64_t cols, int nr, T* out) {
+                     pack_b(B, k0, kc, j0, cols, nr, out);
+                   },
+                   C, ldc, accumulate, threaded);
 }
 
 template void gemm<float>(std::int64_t, std::int64_t, std::int64_t, Matrix<float>, Matrix<float>,
