@@ -146,16 +146,31 @@ Tensor mse_loss_backward(const Tensor& z_in, const Tensor& y_in, Reduction reduc
   return grad;
 }
 
+namespace {
+
+// The checked, contiguous operands shared by cross_entropy and its backward.
+struct CrossEntropyOperands {
+  CrossEntropyOperands(const Tensor& logits_in, const Tensor& labels_in, Reduction reduction, const char* op) {
+    check_logits(logits_in, op);
+    check_ce_reduction(reduction, op);
+    N = logits_in.size(0);
+    C = logits_in.size(1);
+    check_labels(labels_in, N, C);
+    logits = logits_in.contiguous();
+    labels = labels_in.contiguous();
+  }
+  Tensor logits, labels;
+  std::int64_t N, C;
+};
+
+}  // namespace
+
 // logits (N,C), labels (N) -> 0-d, or per-sample losses (N) for none.
 Tensor cross_entropy(const Tensor& logits_in, const Tensor& labels_in, Reduction reduction) {
-  const char* op = "cross_entropy";
-  check_logits(logits_in, op);
-  check_ce_reduction(reduction, op);
-  const std::int64_t N = logits_in.size(0), C = logits_in.size(1);
-  check_labels(labels_in, N, C);
-  const Tensor logits = logits_in.contiguous();
-  const Tensor labels = labels_in.contiguous();
-  const std::int64_t* lab = labels.data<std::int64_t>();
+  const CrossEntropyOperands ops(logits_in, labels_in, reduction, "cross_entropy");
+  const Tensor& logits = ops.logits;
+  const std::int64_t N = ops.N, C = ops.C;
+  const std::int64_t* lab = ops.labels.data<std::int64_t>();
   std::vector<double> losses(N);
   dispatch_float(logits.dtype(), [&](auto tag) {
     using T = decltype(tag);
@@ -186,14 +201,10 @@ Tensor cross_entropy(const Tensor& logits_in, const Tensor& labels_in, Reduction
 // logits (N,C), labels (N) -> (N,C): softmax - onehot, divided by N for mean.
 Tensor cross_entropy_backward(const Tensor& logits_in, const Tensor& labels_in,
                               Reduction reduction) {
-  const char* op = "cross_entropy_backward";
-  check_logits(logits_in, op);
-  check_ce_reduction(reduction, op);
-  const std::int64_t N = logits_in.size(0), C = logits_in.size(1);
-  check_labels(labels_in, N, C);
-  const Tensor logits = logits_in.contiguous();
-  const Tensor labels = labels_in.contiguous();
-  const std::int64_t* lab = labels.data<std::int64_t>();
+  const CrossEntropyOperands ops(logits_in, labels_in, reduction, "cross_entropy_backward");
+  const Tensor& logits = ops.logits;
+  const std::int64_t N = ops.N, C = ops.C;
+  const std::int64_t* lab = ops.labels.data<std::int64_t>();
   const double scale = reduction == Reduction::mean ? 1.0 / static_cast<double>(N) : 1.0;
   Tensor grad = Tensor::empty(logits.shape(), logits.dtype());
   dispatch_float(logits.dtype(), [&](auto tag) {
