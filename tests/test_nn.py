@@ -362,6 +362,19 @@ def test_truncated_model_checkpoint_raises_value_error(tmp_path):
             juanji.load(path)
 
 
+def test_every_layer_has_its_own_type_also_after_loading(tmp_path):
+    layers = [nn.Conv2d(1, 2, 3), nn.ReLU(), nn.MaxPool2d(2), nn.AvgPool2d(1), nn.LeakyReLU(0.1),
+              nn.Sigmoid(), nn.Tanh(), nn.Flatten(), nn.Linear(2 * 3 * 3, 3), nn.Softmax()]
+    model = nn.Sequential(*layers)
+    path = tmp_path / "m.safetensors"
+    model.save(path)
+    for original, loaded in zip(model.layers, juanji.load(path).layers):
+        assert type(original) is type(loaded) and isinstance(loaded, nn.Layer)
+        assert loaded.type == type(loaded).__name__
+    assert isinstance(nn.Conv1d(1, 1, 2), nn.Conv) and isinstance(nn.MaxPool1d(2), nn.Pool)
+    assert isinstance(nn.ReLU(), nn.Activation)
+
+
 def test_reserved_metadata_keys_are_refused(tmp_path):
     with pytest.raises(ValueError, match="reserved"):
         nn.Sequential(nn.ReLU()).save(tmp_path / "x.safetensors", metadata={"architecture": "[]"})

@@ -40,6 +40,40 @@ py::object parameter_view(py::handle layer, const char* name) {
   return py::none();
 }
 
+template <class ConvLayer>
+void def_conv(py::module_& m, const char* name) {
+  py::class_<ConvLayer, nn::Conv, std::shared_ptr<ConvLayer>>(m, name)
+      .def(py::init([](std::int64_t in, std::int64_t out, py::handle kernel, py::handle stride, py::handle padding,
+                       py::handle dilation, std::int64_t groups, bool bias, const std::string& init) {
+             return std::make_shared<ConvLayer>(in, out, ints_arg(kernel, "kernel_size"),
+                                                conv_options(stride, padding, dilation, groups), bias, init_arg(init));
+           }),
+           py::arg("in_channels"), py::arg("out_channels"), py::arg("kernel_size"), py::arg("stride") = 1,
+           py::arg("padding") = 0, py::arg("dilation") = 1, py::arg("groups") = 1, py::arg("bias") = true,
+           py::arg("init") = "he");
+}
+
+template <class PoolLayer>
+void def_max_pool(py::module_& m, const char* name) {
+  py::class_<PoolLayer, nn::Pool, std::shared_ptr<PoolLayer>>(m, name)
+      .def(py::init([](py::handle kernel, py::handle stride, py::handle padding, bool ceil_mode) {
+             return std::make_shared<PoolLayer>(pool_options(kernel, stride, padding, ceil_mode, true));
+           }),
+           py::arg("kernel_size"), py::arg("stride") = py::none(), py::arg("padding") = 0,
+           py::arg("ceil_mode") = false);
+}
+
+template <class PoolLayer>
+void def_avg_pool(py::module_& m, const char* name) {
+  py::class_<PoolLayer, nn::Pool, std::shared_ptr<PoolLayer>>(m, name)
+      .def(py::init([](py::handle kernel, py::handle stride, py::handle padding, bool ceil_mode,
+                       bool count_include_pad) {
+             return std::make_shared<PoolLayer>(pool_options(kernel, stride, padding, ceil_mode, count_include_pad));
+           }),
+           py::arg("kernel_size"), py::arg("stride") = py::none(), py::arg("padding") = 0,
+           py::arg("ceil_mode") = false, py::arg("count_include_pad") = true);
+}
+
 }  // namespace
 
 void register_nn(py::module_& m) {
@@ -78,27 +112,9 @@ void register_nn(py::module_& m) {
       .def("to", [](Layer& l, py::object dtype) { l.to(dtype_arg(dtype, "dtype")); }, py::arg("dtype"))
       .def("__repr__", [](const Layer& l) { return l.type() + "(" + l.config_json() + ")"; });
 
-  py::class_<nn::Conv, Layer, std::shared_ptr<nn::Conv>>(nn_module, "Conv2d")
-      .def(py::init([](std::int64_t in, std::int64_t out, py::handle kernel, py::handle stride,
-                       py::handle padding, py::handle dilation, std::int64_t groups, bool bias,
-                       const std::string& init) {
-             return std::make_shared<nn::Conv>(2, in, out, ints_arg(kernel, "kernel_size"),
-                                               conv_options(stride, padding, dilation, groups), bias,
-                                               init_arg(init));
-           }),
-           py::arg("in_channels"), py::arg("out_channels"), py::arg("kernel_size"), py::arg("stride") = 1,
-           py::arg("padding") = 0, py::arg("dilation") = 1, py::arg("groups") = 1, py::arg("bias") = true,
-           py::arg("init") = "he");
-  nn_module.attr("Conv1d") = py::cpp_function(
-      [](std::int64_t in, std::int64_t out, py::handle kernel, py::handle stride, py::handle padding,
-         py::handle dilation, std::int64_t groups, bool bias, const std::string& init) {
-        return std::static_pointer_cast<Layer>(std::make_shared<nn::Conv>(
-            1, in, out, ints_arg(kernel, "kernel_size"), conv_options(stride, padding, dilation, groups),
-            bias, init_arg(init)));
-      },
-      py::arg("in_channels"), py::arg("out_channels"), py::arg("kernel_size"), py::arg("stride") = 1,
-      py::arg("padding") = 0, py::arg("dilation") = 1, py::arg("groups") = 1, py::arg("bias") = true,
-      py::arg("init") = "he");
+  py::class_<nn::Conv, Layer, std::shared_ptr<nn::Conv>>(nn_module, "Conv", "Convolution layers' common base.");
+  def_conv<nn::Conv2d>(nn_module, "Conv2d");
+  def_conv<nn::Conv1d>(nn_module, "Conv1d");
 
   py::class_<nn::Linear, Layer, std::shared_ptr<nn::Linear>>(nn_module, "Linear")
       .def(py::init([](std::int64_t in, std::int64_t out, bool bias, const std::string& init) {
@@ -106,44 +122,21 @@ void register_nn(py::module_& m) {
            }),
            py::arg("in_features"), py::arg("out_features"), py::arg("bias") = true, py::arg("init") = "he");
 
-  py::class_<nn::Pool, Layer, std::shared_ptr<nn::Pool>> pool(nn_module, "Pool");
-  const struct {
-    const char* name;
-    nn::Pool::Kind kind;
-    int dims;
-  } pools[] = {{"MaxPool2d", nn::Pool::Kind::max, 2}, {"MaxPool1d", nn::Pool::Kind::max, 1},
-               {"AvgPool2d", nn::Pool::Kind::average, 2}, {"AvgPool1d", nn::Pool::Kind::average, 1}};
-  for (const auto& spec : pools) {
-    const auto kind = spec.kind;
-    const int dims = spec.dims;
-    if (kind == nn::Pool::Kind::max) {
-      nn_module.attr(spec.name) = py::cpp_function(
-          [kind, dims](py::handle kernel, py::handle stride, py::handle padding, bool ceil_mode) {
-            return std::make_shared<nn::Pool>(kind, dims, pool_options(kernel, stride, padding, ceil_mode, true));
-          },
-          py::arg("kernel_size"), py::arg("stride") = py::none(), py::arg("padding") = 0,
-          py::arg("ceil_mode") = false);
-    } else {
-      nn_module.attr(spec.name) = py::cpp_function(
-          [kind, dims](py::handle kernel, py::handle stride, py::handle padding, bool ceil_mode,
-                       bool count_include_pad) {
-            return std::make_shared<nn::Pool>(
-                kind, dims, pool_options(kernel, stride, padding, ceil_mode, count_include_pad));
-          },
-          py::arg("kernel_size"), py::arg("stride") = py::none(), py::arg("padding") = 0,
-          py::arg("ceil_mode") = false, py::arg("count_include_pad") = true);
-    }
-  }
+  py::class_<nn::Pool, Layer, std::shared_ptr<nn::Pool>>(nn_module, "Pool", "Pooling layers' common base.");
+  def_max_pool<nn::MaxPool2d>(nn_module, "MaxPool2d");
+  def_max_pool<nn::MaxPool1d>(nn_module, "MaxPool1d");
+  def_avg_pool<nn::AvgPool2d>(nn_module, "AvgPool2d");
+  def_avg_pool<nn::AvgPool1d>(nn_module, "AvgPool1d");
 
   py::class_<nn::GlobalAvgPool2d, Layer, std::shared_ptr<nn::GlobalAvgPool2d>>(nn_module, "GlobalAvgPool2d")
       .def(py::init<>());
-  py::class_<nn::ActivationLayer, Layer, std::shared_ptr<nn::ActivationLayer>>(nn_module, "Activation");
-  nn_module.attr("ReLU") = py::cpp_function([] { return std::make_shared<nn::ActivationLayer>(Activation::relu); });
-  nn_module.attr("Sigmoid") = py::cpp_function([] { return std::make_shared<nn::ActivationLayer>(Activation::sigmoid); });
-  nn_module.attr("Tanh") = py::cpp_function([] { return std::make_shared<nn::ActivationLayer>(Activation::tanh); });
-  nn_module.attr("LeakyReLU") = py::cpp_function(
-      [](double slope) { return std::make_shared<nn::ActivationLayer>(Activation::leaky_relu, slope); },
-      py::arg("negative_slope") = 0.01);
+  py::class_<nn::ActivationLayer, Layer, std::shared_ptr<nn::ActivationLayer>>(nn_module, "Activation",
+                                                                              "Activation layers' common base.");
+  py::class_<nn::ReLU, nn::ActivationLayer, std::shared_ptr<nn::ReLU>>(nn_module, "ReLU").def(py::init<>());
+  py::class_<nn::Sigmoid, nn::ActivationLayer, std::shared_ptr<nn::Sigmoid>>(nn_module, "Sigmoid").def(py::init<>());
+  py::class_<nn::Tanh, nn::ActivationLayer, std::shared_ptr<nn::Tanh>>(nn_module, "Tanh").def(py::init<>());
+  py::class_<nn::LeakyReLU, nn::ActivationLayer, std::shared_ptr<nn::LeakyReLU>>(nn_module, "LeakyReLU")
+      .def(py::init<double>(), py::arg("negative_slope") = 0.01);
   py::class_<nn::Softmax, Layer, std::shared_ptr<nn::Softmax>>(nn_module, "Softmax").def(py::init<>());
   py::class_<nn::Dropout, Layer, std::shared_ptr<nn::Dropout>>(nn_module, "Dropout")
       .def(py::init<double>(), py::arg("p") = 0.5);

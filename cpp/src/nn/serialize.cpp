@@ -54,23 +54,23 @@ std::shared_ptr<Layer> make_layer(const std::string& type, const Json& config) {
     options.padding = padding_of(config.at("padding"));
     options.dilation = ints(config, "dilation");
     options.groups = config.at("groups").as_int();
-    return std::make_shared<Conv>(type == "Conv2d" ? 2 : 1, config.at("in_channels").as_int(),
-                                  config.at("out_channels").as_int(), ints(config, "kernel_size"),
-                                  options, config.at("bias").as_bool());
+    const std::int64_t in = config.at("in_channels").as_int(), out = config.at("out_channels").as_int();
+    const bool bias = config.at("bias").as_bool();
+    if (type == "Conv2d") return std::make_shared<Conv2d>(in, out, ints(config, "kernel_size"), options, bias);
+    return std::make_shared<Conv1d>(in, out, ints(config, "kernel_size"), options, bias);
   }
   if (type == "Linear")
     return std::make_shared<Linear>(config.at("in_features").as_int(), config.at("out_features").as_int(),
                                     config.at("bias").as_bool());
-  if (type == "MaxPool2d" || type == "MaxPool1d" || type == "AvgPool2d" || type == "AvgPool1d")
-    return std::make_shared<Pool>(type[0] == 'M' ? Pool::Kind::max : Pool::Kind::average,
-                                  type.back() == 'd' && type[type.size() - 2] == '2' ? 2 : 1,
-                                  pool_options(config));
+  if (type == "MaxPool2d") return std::make_shared<MaxPool2d>(pool_options(config));
+  if (type == "MaxPool1d") return std::make_shared<MaxPool1d>(pool_options(config));
+  if (type == "AvgPool2d") return std::make_shared<AvgPool2d>(pool_options(config));
+  if (type == "AvgPool1d") return std::make_shared<AvgPool1d>(pool_options(config));
   if (type == "GlobalAvgPool2d") return std::make_shared<GlobalAvgPool2d>();
-  if (type == "ReLU") return std::make_shared<ActivationLayer>(Activation::relu);
-  if (type == "Sigmoid") return std::make_shared<ActivationLayer>(Activation::sigmoid);
-  if (type == "Tanh") return std::make_shared<ActivationLayer>(Activation::tanh);
-  if (type == "LeakyReLU")
-    return std::make_shared<ActivationLayer>(Activation::leaky_relu, config.at("negative_slope").as_double());
+  if (type == "ReLU") return std::make_shared<ReLU>();
+  if (type == "Sigmoid") return std::make_shared<Sigmoid>();
+  if (type == "Tanh") return std::make_shared<Tanh>();
+  if (type == "LeakyReLU") return std::make_shared<LeakyReLU>(config.at("negative_slope").as_double());
   if (type == "Softmax") return std::make_shared<Softmax>();
   if (type == "Dropout") return std::make_shared<Dropout>(config.at("p").as_double());
   if (type == "Flatten") return std::make_shared<Flatten>();

@@ -195,4 +195,51 @@ class BatchNorm2d : public Layer {
   Tensor input_, output_, save_mean_, save_invstd_, grad_input_;
 };
 
+// Named layers: the general classes above with their kind fixed, so that each layer has a type
+// of its own (in Python too: isinstance(layer, nn.ReLU)).
+class Conv1d : public Conv {
+ public:
+  Conv1d(std::int64_t in_channels, std::int64_t out_channels, std::vector<std::int64_t> kernel_size,
+         ConvOptions options, bool bias = true, Init init = Init::he)
+      : Conv(1, in_channels, out_channels, std::move(kernel_size), std::move(options), bias, init) {}
+};
+class Conv2d : public Conv {
+ public:
+  Conv2d(std::int64_t in_channels, std::int64_t out_channels, std::vector<std::int64_t> kernel_size,
+         ConvOptions options, bool bias = true, Init init = Init::he)
+      : Conv(2, in_channels, out_channels, std::move(kernel_size), std::move(options), bias, init) {}
+};
+class MaxPool1d : public Pool {
+ public:
+  explicit MaxPool1d(PoolOptions options) : Pool(Kind::max, 1, std::move(options)) {}
+};
+class MaxPool2d : public Pool {
+ public:
+  explicit MaxPool2d(PoolOptions options) : Pool(Kind::max, 2, std::move(options)) {}
+};
+class AvgPool1d : public Pool {
+ public:
+  explicit AvgPool1d(PoolOptions options) : Pool(Kind::average, 1, std::move(options)) {}
+};
+class AvgPool2d : public Pool {
+ public:
+  explicit AvgPool2d(PoolOptions options) : Pool(Kind::average, 2, std::move(options)) {}
+};
+class ReLU : public ActivationLayer {
+ public:
+  ReLU() : ActivationLayer(Activation::relu) {}
+};
+class LeakyReLU : public ActivationLayer {
+ public:
+  explicit LeakyReLU(double negative_slope = 0.01) : ActivationLayer(Activation::leaky_relu, negative_slope) {}
+};
+class Sigmoid : public ActivationLayer {
+ public:
+  Sigmoid() : ActivationLayer(Activation::sigmoid) {}
+};
+class Tanh : public ActivationLayer {
+ public:
+  Tanh() : ActivationLayer(Activation::tanh) {}
+};
+
 }  // namespace juanji::nn
