@@ -365,3 +365,14 @@ def test_large_layers_take_the_implicit_path_correctly(xs, ws, kw, dtype):
     x, w, b = randn(rng, xs, dtype), randn(rng, ws, dtype), randn(rng, (ws[0],), dtype)
     expected = ref.conv2d(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64), **kw)
     assert_close(juanji.conv2d(x, w, b, **kw), expected, dtype)
+
+
+@pytest.mark.parametrize("xs,ws,kw", LARGE_CASES, ids=["res_like", "strided_dilated_groups", "stem_like"])
+def test_large_layers_weight_gradient_on_the_implicit_path(xs, ws, kw):
+    rng = np.random.default_rng(12)
+    x, w = randn(rng, xs), randn(rng, ws)
+    dy = randn(rng, np.asarray(ref.conv2d(x, w, None, **kw)).shape)
+    _, gw_ref, gb_ref = ref.conv2d_backward(dy, x, w, **kw)
+    gx, gw, gb = juanji.conv2d_backward(dy, x, w, **kw)
+    assert_close(gw, gw_ref, np.float64)
+    assert_close(gb, gb_ref, np.float64)
