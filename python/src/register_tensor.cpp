@@ -95,7 +95,7 @@ Tensor index_tensor(const Tensor& t, py::handle key) {
   Tensor out = t;
   std::int64_t dim = 0;
   for (auto k : keys) {
-    check(dim < out.dim() || k.is_none(), "index: too many indices for a tensor of shape ",
+    check(dim < out.dim(), "index: too many indices for a tensor of shape ",
           shape_str(t.shape()));
     if (py::isinstance<py::slice>(k)) {
       py::ssize_t start, stop, step, length;
