@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 
+import juanji
 from juanji import cli, data, plots
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -74,10 +75,12 @@ def test_non_positive_sizes_are_errors(flag, capsys):
     assert f"{flag} must be positive, got 0" in capsys.readouterr().err
 
 
-def test_cuda_training_is_a_clear_error_until_the_backend_has_kernels(tmp_path, capsys):
+@pytest.mark.skipif(juanji.cuda_device_count() > 0, reason="a GPU is visible: test_cuda.py trains on it")
+def test_cuda_training_without_a_gpu_is_a_clear_error(tmp_path, capsys):
     status = cli.main(["train", "--device", "cuda", "--data", SUBSET_DIR, "--out", str(tmp_path)])
     assert status == 1
-    assert "--device cuda" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--device cuda: no CUDA GPU" in err and "use --device cpu" in err
 
 
 def test_missing_data_is_a_clear_error(tmp_path, capsys):

@@ -171,9 +171,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from . import nn, optim
 
     resolve_train_defaults(args)
-    if args.device == "cuda":
-        # The CUDA backend has its device layer (memory, copies) but no layer kernels yet.
-        raise ValueError("--device cuda: training on CUDA is not available yet "
+    if args.device == "cuda" and juanji.cuda_device_count() == 0:
+        raise ValueError("--device cuda: no CUDA GPU to train on "
                          f"(juanji built with CUDA: {juanji.cuda_compiled()}, "
                          f"GPUs visible: {juanji.cuda_device_count()}); use --device cpu")
     if args.threads is not None:
@@ -187,6 +186,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"data: {args.data}: {len(dataset.x_train)} training, {len(dataset.x_test)} test images "
           f"of {input_shape}, normalised with mean {dataset.mean:.4f}, std {dataset.std:.4f}")
     model = MODELS[args.model]()
+    model.to(args.device)  # batches go over once per step; the whole step runs there
     print(model.summary(input_shape))
     print(f"training {args.model} for {args.epochs} epochs: batch {args.batch_size}, lr {args.lr}, "
           f"momentum {args.momentum}, weight decay {args.weight_decay}, schedule {args.schedule}, "
@@ -236,6 +236,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if scheduler is not None:
             scheduler.step()
 
+    model.to("cpu")  # the checkpoint, pictures and NumPy views want host memory
     checkpoint = os.path.join(args.out, "model.safetensors")
     model.save(checkpoint, metadata={
         "model": args.model,

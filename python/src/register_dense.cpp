@@ -95,11 +95,9 @@ void register_dense(py::module_& m) {
       "dropout",
       [](py::object x_obj, double p, bool training) -> py::tuple {
         const Tensor x = tensor_arg(x_obj, "x").contiguous();
-        check(x.device().is_cpu(), "dropout: x is on ", x.device().str(),
-              "; dropout is not available on CUDA yet");
-        if (!training) return py::make_tuple(x.clone(), Tensor::full(x.shape(), 1.0, x.dtype()));
-        Tensor mask = Tensor::empty(x.shape(), x.dtype());
-        Tensor y = Tensor::empty(x.shape(), x.dtype());
+        if (!training) return py::make_tuple(x.clone(), Tensor::full(x.shape(), 1.0, x.dtype(), x.device()));
+        Tensor mask = Tensor::empty(x.shape(), x.dtype(), x.device());
+        Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
         dropout_forward(x, p, mask, y);
         return py::make_tuple(y, mask);
       },

@@ -31,13 +31,25 @@ py::list parameter_list(const std::vector<std::shared_ptr<Parameter>>& params) {
   return out;
 }
 
+// NumPy views keep the viewed storage itself alive (not the Parameter, whose tensor to() may
+// replace), so a view taken before a move stays valid, holding the values it had.
 py::object parameter_view(py::handle layer, const char* name) {
   for (const auto& p : layer.cast<Layer&>().parameters()) {
     const auto dot = p->name.rfind('.');
     if ((dot == std::string::npos ? p->name : p->name.substr(dot + 1)) == name)
-      return to_numpy(p->value, py::cast(p));
+      return to_numpy(p->value, py::none());
   }
   return py::none();
+}
+
+// "cpu", "cuda", "cuda:N" move; anything else is a dtype ("float64", np.float32, ...).
+template <class Target>
+void move_or_cast(Target& target, py::handle where) {
+  if (py::isinstance<py::str>(where)) {
+    const std::string text = where.cast<std::string>();
+    if (text == "cpu" || text.rfind("cuda", 0) == 0) return target.to(Device::parse(text));
+  }
+  target.to(dtype_arg(where, "to"));
 }
 
 template <class ConvLayer>
@@ -83,14 +95,14 @@ void register_nn(py::module_& m) {
   py::class_<Parameter, std::shared_ptr<Parameter>>(nn_module, "Parameter",
                                                     "A named tensor of a layer; data and grad are NumPy views (no copy).")
       .def_readonly("name", &Parameter::name)
-      .def_property_readonly("data", [](py::object self) {
-        return to_numpy(self.cast<Parameter&>().value, self);
-      })
-      .def_property_readonly("grad", [](py::object self) -> py::object {
-        const Parameter& p = self.cast<Parameter&>();
+      .def_property_readonly("data", [](const Parameter& p) { return to_numpy(p.value, py::none()); })
+      .def_property_readonly("grad", [](const Parameter& p) -> py::object {
         if (!p.grad.defined()) return py::none();
-        return to_numpy(p.grad, self);
+        return to_numpy(p.grad, py::none());
       })
+      .def_property_readonly("tensor", [](const Parameter& p) { return p.value; },
+                             "The value as a juanji.Tensor (shares storage; on the model's device).")
+      .def_property_readonly("device", [](const Parameter& p) { return p.value.device().str(); })
       .def_property_readonly("shape", [](const Parameter& p) { return py::tuple(py::cast(p.value.shape())); })
       .def_property_readonly("trainable", &Parameter::trainable)
       .def("__repr__", [](const Parameter& p) {
@@ -109,7 +121,14 @@ void register_nn(py::module_& m) {
       .def("parameters", [](Layer& l) { return parameter_list(l.parameters()); })
       .def_property_readonly("weight", [](py::object self) { return parameter_view(self, "weight"); })
       .def_property_readonly("bias", [](py::object self) { return parameter_view(self, "bias"); })
-      .def("to", [](Layer& l, py::object dtype) { l.to(dtype_arg(dtype, "dtype")); }, py::arg("dtype"))
+      .def("to",
+           [](py::object self, py::object target) {
+             move_or_cast(self.cast<Layer&>(), target);
+             return self;
+           },
+           py::arg("target"),
+           "to('cpu'|'cuda'|'cuda:N') moves the parameters and gradients; to('float64') casts them. "
+           "Returns the layer.")
       .def("__repr__", [](const Layer& l) { return l.type() + "(" + l.config_json() + ")"; });
 
   py::class_<nn::Conv, Layer, std::shared_ptr<nn::Conv>>(nn_module, "Conv", "Convolution layers' common base.");
@@ -152,7 +171,7 @@ void register_nn(py::module_& m) {
              const Tensor out = tensor_arg(output, "output").contiguous();
              const Tensor tgt = loss.type() == "CrossEntropyLoss" ? labels_arg(target, "target")
                                                                   : tensor_arg(target, "target");
-             Tensor grad = Tensor::empty(out.shape(), out.dtype());
+             Tensor grad = Tensor::empty(out.shape(), out.dtype(), out.device());
              return loss.forward_backward(out, tgt, grad, nullptr);
            },
            py::arg("output"), py::arg("target"), "The mean loss as a float.");
@@ -182,6 +201,15 @@ void register_nn(py::module_& m) {
              return s.forward(tensor_arg(x, "x"), training.is_none() ? s.training() : training.cast<bool>()).clone();
            },
            py::arg("x"), py::arg("training") = py::none())
+      .def("to",
+           [](py::object self, py::object target) {
+             move_or_cast(self.cast<nn::Sequential&>(), target);
+             return self;
+           },
+           py::arg("target"),
+           "to('cpu'|'cuda'|'cuda:N') moves every parameter and gradient (the optimizer's momentum "
+           "follows on its next step); to('float64') casts them. Returns the model.")
+      .def_property_readonly("device", [](const nn::Sequential& s) { return s.device().str(); })
       .def("train", [](nn::Sequential& s) { s.train(); })
       .def("eval", [](nn::Sequential& s) { s.eval(); })
       .def_property_readonly("training", &nn::Sequential::training)

@@ -295,6 +295,13 @@ with PyTorch, JAX or CuPy without copies.)doc")
         "Tensor storages allocated so far; a training step after the first adds none.");
   m.def("cuda_compiled", &cuda_compiled);
   m.def("cuda_device_count", &cuda_device_count);
+  m.def("cuda_synchronize",
+        [](int device) {
+          py::gil_scoped_release release;
+          cuda_synchronize(device);
+        },
+        py::arg("device") = 0,
+        "Waits for the GPU's queued work (for timing); ValueError without CUDA or a visible GPU.");
 }
 
 }  // namespace juanji::bind

@@ -22,6 +22,9 @@ std::uint64_t storage_allocations();
 
 bool cuda_compiled();
 int cuda_device_count();  // 0 when not compiled or no GPU is visible
+// Waits until the GPU has finished all queued work (CUDA kernels run asynchronously); raises
+// std::invalid_argument when the device is not available, std::runtime_error on a CUDA error.
+void cuda_synchronize(int device_index = 0);
 
 // Multi-line human-readable summary: version, compiler, threads, SIMD, CUDA.
 std::string config_string();

@@ -13,6 +13,7 @@
 #endif
 #if JUANJI_WITH_CUDA
 #include "cuda/cuda_backend.hpp"
+#include "cuda/ops.hpp"
 #endif
 
 namespace juanji {
@@ -101,6 +102,13 @@ int cuda_device_count() {
   return cuda::device_count();
 #else
   return 0;
+#endif
+}
+
+void cuda_synchronize(int device_index) {
+  device::check_available({DeviceType::cuda, device_index});
+#if JUANJI_WITH_CUDA
+  cuda::synchronize(device_index);
 #endif
 }
 

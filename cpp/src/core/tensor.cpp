@@ -297,7 +297,13 @@ void Tensor::copy_(const Tensor& src) {
     device::strided_copy(*this, src);
     return;
   }
-  // Across devices: bring the source over as a packed block, then copy on the destination.
+  // Across devices: packed blocks of one dtype go straight over (no temporary, so a reused
+  // destination makes the copy allocation-free); others are staged as a packed block first.
+  if (src.dtype() == dtype_ && is_contiguous() && src.is_contiguous()) {
+    device::copy_bytes(data_ptr(), device(), src.data_ptr(), src.device(),
+                       static_cast<std::size_t>(numel()) * dtype_size(dtype_));
+    return;
+  }
   const Tensor staged = src.contiguous().to(device());
   device::strided_copy(*this, staged);
 }

@@ -13,10 +13,14 @@
 
 #include "cpu/gemm.hpp"
 #include "cpu/microkernels.hpp"
+#include "cpu/op_support.hpp"
 #include "cpu/vec_math.hpp"
 #include "cpu/workspace.hpp"
 #include "juanji/ops/conv.hpp"
 #include "juanji/runtime.hpp"
+#if JUANJI_WITH_CUDA
+#include "cuda/ops.hpp"
+#endif
 
 namespace juanji {
 namespace {
@@ -61,8 +65,7 @@ void check_conv_operands(const Tensor& x, const Tensor& w, const Tensor& bias, i
     check(bias.dim() == 1 && bias.size(0) == w.size(0), "bias: expected shape (", w.size(0),
           ",) to match weight ", shape_str(w.shape()), ", got ", shape_str(bias.shape()));
   }
-  check(x.device().is_cpu(), "conv", dims, "d: ", x.device().str(),
-        " tensors are not supported yet; use the CPU");
+  cpu::require_supported_device(x, dims == 1 ? "conv1d" : "conv2d", "x");
 }
 
 Tensor as_2d_input(const Tensor& t, int dims) {
@@ -578,6 +581,9 @@ double ConvGeometry::flops() const {
 }
 
 void conv_forward(const ConvGeometry& g, const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& y) {
+#if JUANJI_WITH_CUDA
+  if (x.device().is_cuda()) return cuda::conv_forward(g, x, w, bias, y);
+#endif
   if (x.dtype() == DType::float32)
     forward_impl<float>(g, x.data<float>(), w.data<float>(), optional_data<float>(bias), y.data<float>());
   else
@@ -585,6 +591,9 @@ void conv_forward(const ConvGeometry& g, const Tensor& x, const Tensor& w, const
 }
 
 void conv_backward_data(const ConvGeometry& g, const Tensor& grad_y, const Tensor& w, Tensor& grad_x) {
+#if JUANJI_WITH_CUDA
+  if (grad_y.device().is_cuda()) return cuda::conv_backward_data(g, grad_y, w, grad_x);
+#endif
   if (w.dtype() == DType::float32)
     backward_data_impl<float>(g, grad_y.data<float>(), w.data<float>(), grad_x.data<float>());
   else
@@ -593,6 +602,9 @@ void conv_backward_data(const ConvGeometry& g, const Tensor& grad_y, const Tenso
 
 void conv_backward_weight(const ConvGeometry& g, const Tensor& grad_y, const Tensor& x,
                           Tensor& grad_w, Tensor& grad_b) {
+#if JUANJI_WITH_CUDA
+  if (x.device().is_cuda()) return cuda::conv_backward_weight(g, grad_y, x, grad_w, grad_b);
+#endif
   if (x.dtype() == DType::float32)
     backward_weight_impl<float>(g, grad_y.data<float>(), x.data<float>(), grad_w.data<float>(),
                                 optional_data<float>(grad_b));
@@ -608,7 +620,7 @@ Tensor conv_nd(const Tensor& x, const Tensor& w, const Tensor& bias, const ConvO
   const ConvGeometry g = ConvGeometry::make(x.shape(), w.shape(), options, dims);
   const Tensor xc = as_2d_input(x.contiguous(), dims), wc = w.contiguous();
   const Tensor bc = bias.defined() ? bias.contiguous() : Tensor();
-  Tensor y = Tensor::empty(g.output_shape(), x.dtype());
+  Tensor y = Tensor::empty(g.output_shape(), x.dtype(), x.device());
   conv_forward(g, xc, wc, bc, y);
   return y;
 }
@@ -624,8 +636,8 @@ ConvGrads conv_nd_backward(const Tensor& grad_out, const Tensor& x, const Tensor
         " (the output of x ", shape_str(x.shape()), " and weight ", shape_str(w.shape()), "), got ",
         shape_str(grad_out.shape()));
   const Tensor dy = grad_out.contiguous(), xc = as_2d_input(x.contiguous(), dims), wc = w.contiguous();
-  ConvGrads grads{Tensor::empty(x.shape(), x.dtype()), Tensor::empty(w.shape(), w.dtype()),
-                  Tensor::empty({g.K}, x.dtype())};
+  ConvGrads grads{Tensor::empty(x.shape(), x.dtype(), x.device()),
+                  Tensor::empty(w.shape(), w.dtype(), x.device()), Tensor::empty({g.K}, x.dtype(), x.device())};
   conv_backward_data(g, dy, wc, grads.grad_x);
   conv_backward_weight(g, dy, xc, grads.grad_w, grads.grad_b);
   return grads;

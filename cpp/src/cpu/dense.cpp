@@ -10,11 +10,14 @@
 #include "cpu/op_support.hpp"
 #include "cpu/vec_math.hpp"
 #include "juanji/ops/dense.hpp"
+#if JUANJI_WITH_CUDA
+#include "cuda/ops.hpp"
+#endif
 
 namespace juanji {
 namespace {
 
-using cpu::check_float_cpu;
+using cpu::check_float_operand;
 using cpu::check_kernel_tensor;
 using cpu::dispatch_float;
 
@@ -241,19 +244,27 @@ void softmax_kernel(const T* x, const T* g, T* out, const Lines& l) {
 template <SoftmaxOp Op>
 Tensor softmax_family(const Tensor& grad_out_in, const Tensor& x_in, std::int64_t dim,
                       const char* op) {
-  check_float_cpu(x_in, op, "x");
+  check_float_operand(x_in, op, "x");
   const std::int64_t d = cpu::wrap_dim(dim, x_in.dim(), op, x_in.shape());
   Tensor grad_out;
   if constexpr (Op == SoftmaxOp::softmax_backward || Op == SoftmaxOp::log_softmax_backward) {
-    check_float_cpu(grad_out_in, op, "grad_out");
+    check_float_operand(grad_out_in, op, "grad_out");
     check_same_dtype(grad_out_in, "grad_out", x_in, "x");
+    check_same_device(grad_out_in, "grad_out", x_in, "x");
     check(grad_out_in.shape() == x_in.shape(), op, ": grad_out has shape ",
           shape_str(grad_out_in.shape()), " but x has shape ", shape_str(x_in.shape()));
     grad_out = grad_out_in.contiguous();
   }
   const Tensor x = x_in.contiguous();
-  Tensor out = Tensor::empty(x.shape(), x.dtype());
+  Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
   const Lines l = lines_of(x.shape(), d);
+#if JUANJI_WITH_CUDA
+  if (x.device().is_cuda()) {
+    const bool log = Op == SoftmaxOp::log_softmax || Op == SoftmaxOp::log_softmax_backward;
+    cuda::softmax_lines(x, grad_out, out, l.outer, l.D, l.inner, log);
+    return out;
+  }
+#endif
   dispatch_float(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
     softmax_kernel<T, Op>(x.data<T>(), grad_out.defined() ? grad_out.data<T>() : nullptr,
@@ -282,9 +293,15 @@ void check_channel_param(const Tensor& t, const char* name, std::int64_t C, DTyp
 
 Tensor activation(Activation kind, const Tensor& x_in, double negative_slope) {
   const char* op = activation_name(kind);
-  check_float_cpu(x_in, op, "x");
+  check_float_operand(x_in, op, "x");
   const Tensor x = x_in.contiguous();
-  Tensor y = Tensor::empty(x.shape(), x.dtype());
+  Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
+#if JUANJI_WITH_CUDA
+  if (x.device().is_cuda()) {
+    cuda::activation_forward(kind, negative_slope, x, y);
+    return y;
+  }
+#endif
   dispatch_float(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
     activation_kernel<T>(kind, static_cast<T>(negative_slope), x.data<T>(), y.data<T>(),
@@ -296,14 +313,21 @@ Tensor activation(Activation kind, const Tensor& x_in, double negative_slope) {
 Tensor activation_backward(Activation kind, const Tensor& grad_out_in, const Tensor& x_in,
                            double negative_slope) {
   const char* op = activation_name(kind);
-  check_float_cpu(x_in, op, "x");
-  check_float_cpu(grad_out_in, op, "grad_out");
+  check_float_operand(x_in, op, "x");
+  check_float_operand(grad_out_in, op, "grad_out");
   check_same_dtype(grad_out_in, "grad_out", x_in, "x");
+  check_same_device(grad_out_in, "grad_out", x_in, "x");
   check(grad_out_in.shape() == x_in.shape(), op, "_backward: grad_out has shape ",
         shape_str(grad_out_in.shape()), " but x has shape ", shape_str(x_in.shape()));
   const Tensor x = x_in.contiguous();
   const Tensor grad_out = grad_out_in.contiguous();
-  Tensor grad_x = Tensor::empty(x.shape(), x.dtype());
+  Tensor grad_x = Tensor::empty(x.shape(), x.dtype(), x.device());
+#if JUANJI_WITH_CUDA
+  if (x.device().is_cuda()) {
+    cuda::activation_backward(kind, negative_slope, grad_out, x, false, grad_x);
+    return grad_x;
+  }
+#endif
   dispatch_float(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
     activation_backward_kernel<T>(kind, static_cast<T>(negative_slope), grad_out.data<T>(),
@@ -314,6 +338,9 @@ Tensor activation_backward(Activation kind, const Tensor& grad_out_in, const Ten
 
 // x, y: same shape, contiguous.
 void activation_forward_into(Activation kind, double negative_slope, const Tensor& x, Tensor& y) {
+#if JUANJI_WITH_CUDA
+  if (x.device().is_cuda()) return cuda::activation_forward(kind, negative_slope, x, y);
+#endif
   const char* op = "activation_forward_into";
   check_float(x, "x");
   check_kernel_tensor(x, op, "x", x.dtype(), x.numel());
@@ -328,6 +355,12 @@ void activation_forward_into(Activation kind, double negative_slope, const Tenso
 // grad_y, x, y, grad_x: same shape, contiguous; relu/leaky need x, sigmoid/tanh need y.
 void activation_backward_into(Activation kind, double negative_slope, const Tensor& grad_y,
                               const Tensor& x, const Tensor& y, Tensor& grad_x) {
+#if JUANJI_WITH_CUDA
+  if (grad_y.device().is_cuda()) {
+    const bool uses_x = kind == Activation::relu || kind == Activation::leaky_relu;
+    return cuda::activation_backward(kind, negative_slope, grad_y, uses_x ? x : y, !uses_x, grad_x);
+  }
+#endif
   const char* op = "activation_backward_into";
   check_float(grad_y, "grad_y");
   const DType dtype = grad_y.dtype();
@@ -367,6 +400,9 @@ void dropout_forward(const Tensor& x, double p, Tensor& mask, Tensor& y) {
   const char* op = "dropout";
   check_float(x, "x");
   check(p >= 0 && p <= 1, op, ": p must lie in [0, 1], got ", p);
+#if JUANJI_WITH_CUDA
+  if (x.device().is_cuda()) return cuda::dropout_forward(x, p, random_u64(), mask, y);
+#endif
   const std::int64_t n = x.numel();
   check_kernel_tensor(x, op, "x", x.dtype(), n);
   check_kernel_tensor(mask, op, "mask", x.dtype(), n);
@@ -389,6 +425,9 @@ void dropout_forward(const Tensor& x, double p, Tensor& mask, Tensor& y) {
 
 // grad_y, mask, grad_x: same shape, contiguous; grad_x may alias grad_y.
 void dropout_backward(const Tensor& grad_y, const Tensor& mask, Tensor& grad_x) {
+#if JUANJI_WITH_CUDA
+  if (grad_y.device().is_cuda()) return cuda::dropout_backward(grad_y, mask, grad_x);
+#endif
   const char* op = "dropout_backward";
   check_float(grad_y, "grad_y");
   const std::int64_t n = grad_y.numel();
@@ -409,6 +448,11 @@ void batch_norm2d_forward(const Tensor& x, const Tensor& gamma, const Tensor& be
                           Tensor& running_mean, Tensor& running_var, bool training,
                           double momentum, double eps, Tensor& y, Tensor& save_mean,
                           Tensor& save_invstd) {
+#if JUANJI_WITH_CUDA
+  if (x.device().is_cuda())
+    return cuda::batch_norm2d_forward(x, gamma, beta, running_mean, running_var, training, momentum,
+                                      eps, y, save_mean, save_invstd);
+#endif
   const char* op = "batch_norm2d";
   check_float(x, "x");
   check_dim(x, "x", 4, "(N, C, H, W)");
@@ -488,6 +532,11 @@ void batch_norm2d_forward(const Tensor& x, const Tensor& gamma, const Tensor& be
 void batch_norm2d_backward(const Tensor& grad_y, const Tensor& x, const Tensor& gamma,
                            const Tensor& save_mean, const Tensor& save_invstd, Tensor& grad_x,
                            Tensor& grad_gamma, Tensor& grad_beta) {
+#if JUANJI_WITH_CUDA
+  if (x.device().is_cuda())
+    return cuda::batch_norm2d_backward(grad_y, x, gamma, save_mean, save_invstd, grad_x, grad_gamma,
+                                       grad_beta);
+#endif
   const char* op = "batch_norm2d_backward";
   check_float(x, "x");
   check_dim(x, "x", 4, "(N, C, H, W)");

@@ -1,7 +1,11 @@
 // Fully connected layer (the seeds' BP network) through the packed GEMM:
 //   y = x w^T + b,  dx = dy w,  dw = dy^T x,  db = column sums of dy.
 #include "cpu/gemm.hpp"
+#include "cpu/op_support.hpp"
 #include "juanji/ops/dense.hpp"
+#if JUANJI_WITH_CUDA
+#include "cuda/ops.hpp"
+#endif
 
 namespace juanji {
 namespace {
@@ -41,7 +45,7 @@ void check_linear(const Tensor& x, const Tensor& w) {
   check_float(w, "weight");
   check_same_dtype(x, "x", w, "weight");
   check_same_device(x, "x", w, "weight");
-  check(x.device().is_cpu(), "linear: ", x.device().str(), " tensors are not supported yet");
+  cpu::require_supported_device(x, "linear", "x");
   check_dim(x, "x", 2, "(N, in_features)");
   check_dim(w, "weight", 2, "(out_features, in_features)");
   check(x.size(1) == w.size(1), "weight: ", shape_str(w.shape()), " expects in_features = ",
@@ -53,6 +57,9 @@ void check_linear(const Tensor& x, const Tensor& w) {
 }  // namespace
 
 void linear_forward(const Tensor& x, const Tensor& w, const Tensor& b, Tensor& y) {
+#if JUANJI_WITH_CUDA
+  if (x.device().is_cuda()) return cuda::linear_forward(x, w, b, y);
+#endif
   const std::int64_t N = x.size(0), in = x.size(1), out = w.size(0);
   if (x.dtype() == DType::float32)
     forward_impl<float>(N, in, out, x.data<float>(), w.data<float>(), data_or_null<float>(b), y.data<float>());
@@ -63,6 +70,9 @@ void linear_forward(const Tensor& x, const Tensor& w, const Tensor& b, Tensor& y
 
 void linear_backward_into(const Tensor& grad_y, const Tensor& x, const Tensor& w, Tensor& grad_x,
                           Tensor& grad_w, Tensor& grad_b) {
+#if JUANJI_WITH_CUDA
+  if (x.device().is_cuda()) return cuda::linear_backward(grad_y, x, w, grad_x, grad_w, grad_b);
+#endif
   const std::int64_t N = x.size(0), in = x.size(1), out = w.size(0);
   if (x.dtype() == DType::float32)
     backward_impl<float>(N, in, out, grad_y.data<float>(), x.data<float>(), w.data<float>(),
@@ -78,10 +88,11 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) {
   if (b.defined()) {
     check_float(b, "bias");
     check_same_dtype(x, "x", b, "bias");
+    check_same_device(x, "x", b, "bias");
     check(b.dim() == 1 && b.size(0) == w.size(0), "bias: expected shape (", w.size(0),
           ",) to match weight ", shape_str(w.shape()), ", got ", shape_str(b.shape()));
   }
-  Tensor y = Tensor::empty({x.size(0), w.size(0)}, x.dtype());
+  Tensor y = Tensor::empty({x.size(0), w.size(0)}, x.dtype(), x.device());
   linear_forward(x.contiguous(), w.contiguous(), b.defined() ? b.contiguous() : Tensor(), y);
   return y;
 }
@@ -90,11 +101,13 @@ LinearGrads linear_backward(const Tensor& grad_out, const Tensor& x, const Tenso
   check_linear(x, w);
   check_float(grad_out, "grad_out");
   check_same_dtype(grad_out, "grad_out", x, "x");
+  check_same_device(grad_out, "grad_out", x, "x");
   const Shape expected{x.size(0), w.size(0)};
   check(grad_out.shape() == expected, "grad_out: expected shape ", shape_str(expected), " for x ",
         shape_str(x.shape()), " and weight ", shape_str(w.shape()), ", got ", shape_str(grad_out.shape()));
-  LinearGrads grads{Tensor::empty(x.shape(), x.dtype()), Tensor::empty(w.shape(), w.dtype()),
-                    Tensor::empty({w.size(0)}, x.dtype())};
+  LinearGrads grads{Tensor::empty(x.shape(), x.dtype(), x.device()),
+                    Tensor::empty(w.shape(), w.dtype(), x.device()),
+                    Tensor::empty({w.size(0)}, x.dtype(), x.device())};
   linear_backward_into(grad_out.contiguous(), x.contiguous(), w.contiguous(), grads.grad_x,
                        grads.grad_w, grads.grad_b);
   return grads;

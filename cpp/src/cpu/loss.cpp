@@ -9,11 +9,14 @@
 #include "cpu/op_support.hpp"
 #include "cpu/vec_math.hpp"
 #include "juanji/ops/loss.hpp"
+#if JUANJI_WITH_CUDA
+#include "cuda/ops.hpp"
+#endif
 
 namespace juanji {
 namespace {
 
-using cpu::check_float_cpu;
+using cpu::check_float_operand;
 using cpu::dispatch_float;
 
 // sum of term(i) for i in [0, n), in double; blocks are fixed, so the order is too.
@@ -40,15 +43,16 @@ Tensor scalar(double value, DType dtype) {
 }
 
 void check_mse_args(const Tensor& z, const Tensor& y, const char* op) {
-  check_float_cpu(z, op, "z");
-  check_float_cpu(y, op, "y");
+  check_float_operand(z, op, "z");
+  check_float_operand(y, op, "y");
   check_same_dtype(z, "z", y, "y");
+  check_same_device(z, "z", y, "y");
   check(z.shape() == y.shape(), op, ": z has shape ", shape_str(z.shape()), " but y has shape ",
         shape_str(y.shape()));
 }
 
 void check_logits(const Tensor& logits, const char* op) {
-  check_float_cpu(logits, op, "logits");
+  check_float_operand(logits, op, "logits");
   check_dim(logits, "logits", 2, "(N, C)");
   check(logits.size(1) > 0, op, ": logits has no classes, shape ", shape_str(logits.shape()));
 }
@@ -98,6 +102,13 @@ Tensor mse_loss(const Tensor& z_in, const Tensor& y_in, Reduction reduction) {
   const Tensor z = z_in.contiguous();
   const Tensor y = y_in.contiguous();
   const std::int64_t n = z.numel();
+#if JUANJI_WITH_CUDA
+  if (z.device().is_cuda()) {
+    Tensor out = Tensor::empty(reduction == Reduction::none ? z.shape() : Shape{}, z.dtype(), z.device());
+    cuda::mse_loss(z, y, reduction, out);
+    return out;
+  }
+#endif
   return dispatch_float(z.dtype(), [&](auto tag) {
     using T = decltype(tag);
     const T* zd = z.data<T>();
@@ -133,7 +144,13 @@ Tensor mse_loss_backward(const Tensor& z_in, const Tensor& y_in, Reduction reduc
   double factor = 2.0;
   if (reduction == Reduction::half_sum) factor = 1.0;
   if (reduction == Reduction::mean) factor = 2.0 / static_cast<double>(n);
-  Tensor grad = Tensor::empty(z.shape(), z.dtype());
+  Tensor grad = Tensor::empty(z.shape(), z.dtype(), z.device());
+#if JUANJI_WITH_CUDA
+  if (z.device().is_cuda()) {
+    cuda::mse_loss_backward(z, y, factor, grad);
+    return grad;
+  }
+#endif
   dispatch_float(z.dtype(), [&](auto tag) {
     using T = decltype(tag);
     const T* zd = z.data<T>();
@@ -156,6 +173,7 @@ struct CrossEntropyOperands {
     N = logits_in.size(0);
     C = logits_in.size(1);
     check_labels(labels_in, N, C);
+    check_same_device(logits_in, "logits", labels_in, "labels");
     logits = logits_in.contiguous();
     labels = labels_in.contiguous();
   }
@@ -170,6 +188,13 @@ Tensor cross_entropy(const Tensor& logits_in, const Tensor& labels_in, Reduction
   const CrossEntropyOperands ops(logits_in, labels_in, reduction, "cross_entropy");
   const Tensor& logits = ops.logits;
   const std::int64_t N = ops.N, C = ops.C;
+#if JUANJI_WITH_CUDA
+  if (logits.device().is_cuda()) {
+    Tensor out = Tensor::empty(reduction == Reduction::none ? Shape{N} : Shape{}, logits.dtype(), logits.device());
+    cuda::cross_entropy(logits, ops.labels, reduction, out);
+    return out;
+  }
+#endif
   const std::int64_t* lab = ops.labels.data<std::int64_t>();
   std::vector<double> losses(N);
   dispatch_float(logits.dtype(), [&](auto tag) {
@@ -204,9 +229,15 @@ Tensor cross_entropy_backward(const Tensor& logits_in, const Tensor& labels_in,
   const CrossEntropyOperands ops(logits_in, labels_in, reduction, "cross_entropy_backward");
   const Tensor& logits = ops.logits;
   const std::int64_t N = ops.N, C = ops.C;
-  const std::int64_t* lab = ops.labels.data<std::int64_t>();
   const double scale = reduction == Reduction::mean ? 1.0 / static_cast<double>(N) : 1.0;
-  Tensor grad = Tensor::empty(logits.shape(), logits.dtype());
+  Tensor grad = Tensor::empty(logits.shape(), logits.dtype(), logits.device());
+#if JUANJI_WITH_CUDA
+  if (logits.device().is_cuda()) {
+    cuda::cross_entropy_backward(logits, ops.labels, scale, grad);
+    return grad;
+  }
+#endif
+  const std::int64_t* lab = ops.labels.data<std::int64_t>();
   dispatch_float(logits.dtype(), [&](auto tag) {
     using T = decltype(tag);
     const T* x = logits.data<T>();
@@ -224,6 +255,9 @@ double cross_entropy_mean_into(const Tensor& logits, const Tensor& labels_in, Te
   check_logits(logits, op);
   const std::int64_t N = logits.size(0), C = logits.size(1);
   check(N > 0, op, ": logits has no rows, shape ", shape_str(logits.shape()));
+#if JUANJI_WITH_CUDA
+  if (logits.device().is_cuda()) return cuda::cross_entropy_mean_into(logits, labels_in, grad_logits, correct);
+#endif
   check_labels(labels_in, N, C);
   cpu::check_kernel_tensor(logits, op, "logits", logits.dtype(), N * C);
   cpu::check_kernel_tensor(grad_logits, op, "grad_logits", logits.dtype(), N * C);
@@ -254,10 +288,10 @@ void check_labels(const Tensor& labels_in, std::int64_t n, std::int64_t classes)
   check_defined(labels_in, "labels");
   check_type(labels_in.dtype() == DType::int64, "labels: expected int64 class labels, got a ",
              dtype_name(labels_in.dtype()), " tensor of shape ", shape_str(labels_in.shape()));
-  cpu::require_cpu(labels_in, "cross_entropy", "labels");
+  cpu::require_supported_device(labels_in, "cross_entropy", "labels");
   check(labels_in.dim() == 1 && labels_in.size(0) == n, "labels: expected shape (", n,
         ",), one label per row of logits, got shape ", shape_str(labels_in.shape()));
-  const Tensor labels = labels_in.contiguous();
+  const Tensor labels = labels_in.to(Device{}).contiguous();
   const std::int64_t* lab = labels.data<std::int64_t>();
   for (std::int64_t i = 0; i < n; ++i)
     check(lab[i] >= 0 && lab[i] < classes, "labels: label ", lab[i], " at index ", i,

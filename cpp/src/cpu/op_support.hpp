@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <utility>
 
+#include "juanji/build_config.hpp"
 #include "juanji/tensor.hpp"
 
 namespace juanji::cpu {
@@ -22,6 +23,22 @@ inline void require_cpu(const Tensor& t, const char* op, const char* name) {
 inline void check_float_cpu(const Tensor& t, const char* op, const char* name) {
   check_float(t, name);
   require_cpu(t, op, name);
+}
+
+// The ops with a CUDA backend take CUDA tensors when juanji is built with CUDA (they route to
+// cuda/ops.hpp); otherwise a CUDA tensor is a clear error, not a crash.
+inline void require_supported_device(const Tensor& t, const char* op, const char* name) {
+#if JUANJI_WITH_CUDA
+  if (t.device().is_cuda()) return;
+#endif
+  check(t.device().is_cpu(), op, ": ", name, " ", shape_str(t.shape()), " is on ",
+        t.device().str(), " but juanji was built without CUDA (JUANJI_CUDA=OFF)");
+}
+
+// Checks a float input of a functional op that has a CUDA backend.
+inline void check_float_operand(const Tensor& t, const char* op, const char* name) {
+  check_float(t, name);
+  require_supported_device(t, op, name);
 }
 
 // Checks a tensor handed to a kernel-API function: contiguous CPU storage of the expected dtype

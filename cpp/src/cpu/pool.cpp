@@ -9,11 +9,14 @@
 
 #include "cpu/op_support.hpp"
 #include "cpu/vec_math.hpp"
+#if JUANJI_WITH_CUDA
+#include "cuda/ops.hpp"
+#endif
 
 namespace juanji {
 namespace {
 
-using cpu::check_float_cpu;
+using cpu::check_float_operand;
 using cpu::check_kernel_tensor;
 using cpu::dispatch_float;
 
@@ -156,52 +159,53 @@ void check_pool_kernel_args(const PoolGeometry& g, const Tensor& x, const char* 
 
 void check_grad_out(const Tensor& grad_out, const Tensor& x, const PoolGeometry& g,
                     const char* op) {
-  check_float_cpu(grad_out, op, "grad_out");
+  check_float_operand(grad_out, op, "grad_out");
   check_same_dtype(grad_out, "grad_out", x, "x");
+  check_same_device(grad_out, "grad_out", x, "x");
   check(grad_out.shape() == g.output_shape(), op, ": grad_out has shape ",
         shape_str(grad_out.shape()), " but the output for x ", shape_str(x.shape()), " has shape ",
         shape_str(g.output_shape()));
 }
 
 Tensor max_pool_nd(const Tensor& x_in, const PoolOptions& options, int dims, const char* op) {
-  check_float_cpu(x_in, op, "x");
+  check_float_operand(x_in, op, "x");
   const PoolGeometry g = PoolGeometry::make(x_in.shape(), options, dims, op);
   const Tensor x = x_in.contiguous();
-  Tensor y = Tensor::empty(g.output_shape(), x.dtype());
+  Tensor y = Tensor::empty(g.output_shape(), x.dtype(), x.device());
   Tensor no_argmax;
   max_pool_forward(g, x, y, no_argmax);
   return y;
 }
 
 Tensor avg_pool_nd(const Tensor& x_in, const PoolOptions& options, int dims, const char* op) {
-  check_float_cpu(x_in, op, "x");
+  check_float_operand(x_in, op, "x");
   const PoolGeometry g = PoolGeometry::make(x_in.shape(), options, dims, op);
   const Tensor x = x_in.contiguous();
-  Tensor y = Tensor::empty(g.output_shape(), x.dtype());
+  Tensor y = Tensor::empty(g.output_shape(), x.dtype(), x.device());
   avg_pool_forward(g, x, y);
   return y;
 }
 
 Tensor max_pool_backward_nd(const Tensor& grad_out, const Tensor& x_in,
                             const PoolOptions& options, int dims, const char* op) {
-  check_float_cpu(x_in, op, "x");
+  check_float_operand(x_in, op, "x");
   const PoolGeometry g = PoolGeometry::make(x_in.shape(), options, dims, op);
   check_grad_out(grad_out, x_in, g, op);
   const Tensor x = x_in.contiguous();
-  Tensor y = Tensor::empty(g.output_shape(), x.dtype());
-  Tensor argmax = Tensor::empty(g.output_shape(), DType::int64);
+  Tensor y = Tensor::empty(g.output_shape(), x.dtype(), x.device());
+  Tensor argmax = Tensor::empty(g.output_shape(), DType::int64, x.device());
   max_pool_forward(g, x, y, argmax);
-  Tensor grad_x = Tensor::empty(x.shape(), x.dtype());
+  Tensor grad_x = Tensor::empty(x.shape(), x.dtype(), x.device());
   max_pool_backward(g, grad_out.contiguous(), argmax, grad_x);
   return grad_x;
 }
 
 Tensor avg_pool_backward_nd(const Tensor& grad_out, const Tensor& x, const PoolOptions& options,
                             int dims, const char* op) {
-  check_float_cpu(x, op, "x");
+  check_float_operand(x, op, "x");
   const PoolGeometry g = PoolGeometry::make(x.shape(), options, dims, op);
   check_grad_out(grad_out, x, g, op);
-  Tensor grad_x = Tensor::empty(x.shape(), x.dtype());
+  Tensor grad_x = Tensor::empty(x.shape(), x.dtype(), x.device());
   avg_pool_backward(g, grad_out.contiguous(), grad_x);
   return grad_x;
 }
@@ -253,6 +257,9 @@ Shape PoolGeometry::output_shape() const {
 
 // x (N,C,H,W), y (N,C,P,Q), argmax (N,C,P,Q) int64 or undefined.
 void max_pool_forward(const PoolGeometry& g, const Tensor& x, Tensor& y, Tensor& argmax) {
+#if JUANJI_WITH_CUDA
+  if (x.device().is_cuda()) return cuda::max_pool_forward(g, x, y, argmax);
+#endif
   check_pool_kernel_args(g, x, "x", y, "y", "max_pool_forward");
   if (argmax.defined())
     check_kernel_tensor(argmax, "max_pool_forward", "argmax", DType::int64,
@@ -277,6 +284,9 @@ void max_pool_forward(const PoolGeometry& g, const Tensor& x, Tensor& y, Tensor&
 // grad_y (N,C,P,Q), argmax (N,C,P,Q) int64 -> grad_x (N,C,H,W).
 void max_pool_backward(const PoolGeometry& g, const Tensor& grad_y, const Tensor& argmax,
                        Tensor& grad_x) {
+#if JUANJI_WITH_CUDA
+  if (grad_y.device().is_cuda()) return cuda::max_pool_backward(g, grad_y, argmax, grad_x);
+#endif
   const char* op = "max_pool_backward";
   check_pool_kernel_args(g, grad_x, "grad_x", grad_y, "grad_y", op);
   check_kernel_tensor(argmax, op, "argmax", DType::int64, plane_count(g) * g.P * g.Q);
@@ -305,6 +315,9 @@ void max_pool_backward(const PoolGeometry& g, const Tensor& grad_y, const Tensor
 
 // x (N,C,H,W), y (N,C,P,Q).
 void avg_pool_forward(const PoolGeometry& g, const Tensor& x, Tensor& y) {
+#if JUANJI_WITH_CUDA
+  if (x.device().is_cuda()) return cuda::avg_pool_forward(g, x, y);
+#endif
   check_pool_kernel_args(g, x, "x", y, "y", "avg_pool_forward");
   dispatch_float(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
@@ -322,6 +335,9 @@ void avg_pool_forward(const PoolGeometry& g, const Tensor& x, Tensor& y) {
 
 // grad_y (N,C,P,Q) -> grad_x (N,C,H,W).
 void avg_pool_backward(const PoolGeometry& g, const Tensor& grad_y, Tensor& grad_x) {
+#if JUANJI_WITH_CUDA
+  if (grad_y.device().is_cuda()) return cuda::avg_pool_backward(g, grad_y, grad_x);
+#endif
   check_pool_kernel_args(g, grad_x, "grad_x", grad_y, "grad_y", "avg_pool_backward");
   dispatch_float(grad_x.dtype(), [&](auto tag) {
     using T = decltype(tag);
@@ -364,12 +380,18 @@ Tensor avg_pool1d_backward(const Tensor& grad_out, const Tensor& x, const PoolOp
 // x (N,C,H,W) -> (N,C,1,1); each plane is summed in double by one thread, in a fixed order.
 Tensor global_avg_pool2d(const Tensor& x_in) {
   const char* op = "global_avg_pool2d";
-  check_float_cpu(x_in, op, "x");
+  check_float_operand(x_in, op, "x");
   check_dim(x_in, "x", 4, "(N, C, H, W)");
   const Shape& s = x_in.shape();
   check(s[2] > 0 && s[3] > 0, op, ": x has an empty plane, shape ", shape_str(s));
   const Tensor x = x_in.contiguous();
-  Tensor y = Tensor::empty({s[0], s[1], 1, 1}, x.dtype());
+  Tensor y = Tensor::empty({s[0], s[1], 1, 1}, x.dtype(), x.device());
+#if JUANJI_WITH_CUDA
+  if (x.device().is_cuda()) {
+    cuda::global_avg_pool2d(x, y);
+    return y;
+  }
+#endif
   dispatch_float(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
     const T* xd = x.data<T>();
@@ -389,10 +411,11 @@ Tensor global_avg_pool2d(const Tensor& x_in) {
 // grad_out (N,C,1,1), x (N,C,H,W) -> grad_x (N,C,H,W).
 Tensor global_avg_pool2d_backward(const Tensor& grad_out_in, const Tensor& x) {
   const char* op = "global_avg_pool2d_backward";
-  check_float_cpu(x, op, "x");
+  check_float_operand(x, op, "x");
   check_dim(x, "x", 4, "(N, C, H, W)");
-  check_float_cpu(grad_out_in, op, "grad_out");
+  check_float_operand(grad_out_in, op, "grad_out");
   check_same_dtype(grad_out_in, "grad_out", x, "x");
+  check_same_device(grad_out_in, "grad_out", x, "x");
   const Shape& s = x.shape();
   const Shape expected{s[0], s[1], 1, 1};
   check(grad_out_in.shape() == expected, op, ": grad_out has shape ",
@@ -400,7 +423,13 @@ Tensor global_avg_pool2d_backward(const Tensor& grad_out_in, const Tensor& x) {
         shape_str(expected));
   check(s[2] > 0 && s[3] > 0, op, ": x has an empty plane, shape ", shape_str(s));
   const Tensor grad_out = grad_out_in.contiguous();
-  Tensor grad_x = Tensor::empty(s, x.dtype());
+  Tensor grad_x = Tensor::empty(s, x.dtype(), x.device());
+#if JUANJI_WITH_CUDA
+  if (x.device().is_cuda()) {
+    cuda::global_avg_pool2d_backward(grad_out, grad_x);
+    return grad_x;
+  }
+#endif
   dispatch_float(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
     const T* gy = grad_out.data<T>();

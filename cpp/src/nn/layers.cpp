@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <sstream>
+#include <utility>
 
 namespace juanji::nn {
 namespace {
@@ -42,10 +43,13 @@ Tensor initial_weight(const Shape& shape, double fan_in, double fan_out, Init in
   return uniform(shape, -bound, bound, DType::float32);
 }
 
-void check_input_dtype(const Tensor& x, const Parameter& p, const std::string& layer) {
+void check_input(const Tensor& x, const Parameter& p, const std::string& layer) {
   check_float(x, "x");
   check_type(x.dtype() == p.value.dtype(), layer, ": input is ", dtype_name(x.dtype()),
              " but the layer's parameters are ", dtype_name(p.value.dtype()));
+  check(x.device() == p.value.device(), layer, ": input ", shape_str(x.shape()), " is on ",
+        x.device().str(), " but the layer's parameters are on ", p.value.device().str(),
+        "; move one of them with .to()");
 }
 
 }  // namespace
@@ -53,7 +57,21 @@ void check_input_dtype(const Tensor& x, const Parameter& p, const std::string& l
 void Layer::to(DType dtype) {
   for (auto& p : parameters_) {
     p->value = p->value.to(dtype);
-    if (p->grad.defined()) p->grad = Tensor::zeros(p->value.shape(), dtype);
+    if (p->grad.defined()) p->grad = Tensor::zeros(p->value.shape(), dtype, p->value.device());
+  }
+}
+
+void Layer::to(Device device) { move_parameters(parameters_, device); }
+
+void move_parameters(const std::vector<std::shared_ptr<Parameter>>& parameters, Device device) {
+  // Copies everything before replacing anything: a failed copy (no such device, out of memory)
+  // leaves every parameter where it was.
+  std::vector<std::pair<Tensor, Tensor>> moved;
+  for (const auto& p : parameters)
+    moved.emplace_back(p->value.to(device), p->grad.defined() ? p->grad.to(device) : Tensor());
+  for (std::size_t i = 0; i < parameters.size(); ++i) {
+    parameters[i]->value = std::move(moved[i].first);
+    parameters[i]->grad = std::move(moved[i].second);
   }
 }
 
@@ -66,9 +84,9 @@ std::shared_ptr<Parameter> Layer::add_parameter(const std::string& name, Tensor 
   return p;
 }
 
-Tensor& Layer::ensure(Tensor& buffer, const Shape& shape, DType dtype) {
-  if (!buffer.defined() || buffer.shape() != shape || buffer.dtype() != dtype)
-    buffer = Tensor::empty(shape, dtype);
+Tensor& Layer::ensure(Tensor& buffer, const Shape& shape, DType dtype, Device device) {
+  if (!buffer.defined() || buffer.shape() != shape || buffer.dtype() != dtype || buffer.device() != device)
+    buffer = Tensor::empty(shape, dtype, device);
   return buffer;
 }
 
@@ -120,10 +138,10 @@ Shape Conv::output_shape(const Shape& input) const { return geometry(input).outp
 double Conv::flops(const Shape& input) const { return geometry(input).flops(); }
 
 const Tensor& Conv::forward(const Tensor& x, bool) {
-  check_input_dtype(x, *weight_, type());
+  check_input(x, *weight_, type());
   geometry_ = geometry(x.shape());
   input_ = x.contiguous();
-  ensure(output_, geometry_.output_shape(), x.dtype());
+  ensure(output_, geometry_.output_shape(), x.dtype(), x.device());
   conv_forward(geometry_, input_, weight_->value, bias_ ? bias_->value : Tensor(), output_);
   return output_;
 }
@@ -136,7 +154,7 @@ const Tensor& Conv::backward(const Tensor& grad_y, bool need_grad_x) {
     grad_input_ = Tensor();
     return grad_input_;
   }
-  ensure(grad_input_, input_.shape(), input_.dtype());
+  ensure(grad_input_, input_.shape(), input_.dtype(), input_.device());
   conv_backward_data(geometry_, dy, weight_->value, grad_input_);
   return grad_input_;
 }
@@ -172,16 +190,16 @@ double Linear::flops(const Shape& input) const {
 }
 
 const Tensor& Linear::forward(const Tensor& x, bool) {
-  check_input_dtype(x, *weight_, type());
+  check_input(x, *weight_, type());
   const Shape out = output_shape(x.shape());
   input_ = x.contiguous();
-  ensure(output_, out, x.dtype());
+  ensure(output_, out, x.dtype(), x.device());
   linear_forward(input_, weight_->value, bias_ ? bias_->value : Tensor(), output_);
   return output_;
 }
 
 const Tensor& Linear::backward(const Tensor& grad_y, bool need_grad_x) {
-  if (need_grad_x) ensure(grad_input_, input_.shape(), input_.dtype());
+  if (need_grad_x) ensure(grad_input_, input_.shape(), input_.dtype(), input_.device());
   else grad_input_ = Tensor();
   Tensor no_bias;
   linear_backward_into(grad_y.contiguous(), input_, weight_->value, grad_input_, weight_->grad,
@@ -227,11 +245,11 @@ const Tensor& Pool::forward(const Tensor& x, bool training) {
   check_float(x, "x");
   geometry_ = PoolGeometry::make(x.shape(), options_, spatial_dims_, type().c_str());
   input_ = x.contiguous();
-  ensure(output_, geometry_.output_shape(), x.dtype());
+  ensure(output_, geometry_.output_shape(), x.dtype(), x.device());
   if (kind_ == Kind::max) {
     Tensor none;
     max_pool_forward(geometry_, input_, output_,
-                     training ? ensure(argmax_, geometry_.output_shape(), DType::int64) : none);
+                     training ? ensure(argmax_, geometry_.output_shape(), DType::int64, x.device()) : none);
   } else {
     avg_pool_forward(geometry_, input_, output_);
   }
@@ -244,7 +262,7 @@ const Tensor& Pool::backward(const Tensor& grad_y, bool need_grad_x) {
     return grad_input_;
   }
   check(kind_ == Kind::average || argmax_.defined(), type(), ": backward needs a training-mode forward");
-  ensure(grad_input_, input_.shape(), input_.dtype());
+  ensure(grad_input_, input_.shape(), input_.dtype(), input_.device());
   if (kind_ == Kind::max)
     max_pool_backward(geometry_, grad_y.contiguous(), argmax_, grad_input_);
   else
@@ -300,7 +318,7 @@ double ActivationLayer::flops(const Shape& input) const { return static_cast<dou
 const Tensor& ActivationLayer::forward(const Tensor& x, bool) {
   check_float(x, "x");
   input_ = x.contiguous();
-  ensure(output_, x.shape(), x.dtype());
+  ensure(output_, x.shape(), x.dtype(), x.device());
   activation_forward_into(kind_, negative_slope_, input_, output_);
   return output_;
 }
@@ -310,7 +328,7 @@ const Tensor& ActivationLayer::backward(const Tensor& grad_y, bool need_grad_x) 
     grad_input_ = Tensor();
     return grad_input_;
   }
-  ensure(grad_input_, input_.shape(), input_.dtype());
+  ensure(grad_input_, input_.shape(), input_.dtype(), input_.device());
   activation_backward_into(kind_, negative_slope_, grad_y.contiguous(), input_, output_, grad_input_);
   return grad_input_;
 }
@@ -343,8 +361,8 @@ const Tensor& Dropout::forward(const Tensor& x, bool training) {
     return output_;
   }
   const Tensor xc = x.contiguous();
-  ensure(mask_, x.shape(), x.dtype());
-  ensure(output_, x.shape(), x.dtype());
+  ensure(mask_, x.shape(), x.dtype(), x.device());
+  ensure(output_, x.shape(), x.dtype(), x.device());
   dropout_forward(xc, p_, mask_, output_);
   return output_;
 }
@@ -355,7 +373,7 @@ const Tensor& Dropout::backward(const Tensor& grad_y, bool need_grad_x) {
   } else if (!last_training_) {
     grad_input_ = grad_y;
   } else {
-    ensure(grad_input_, grad_y.shape(), grad_y.dtype());
+    ensure(grad_input_, grad_y.shape(), grad_y.dtype(), grad_y.device());
     dropout_backward(grad_y.contiguous(), mask_, grad_input_);
   }
   return grad_input_;
@@ -408,19 +426,19 @@ Shape BatchNorm2d::output_shape(const Shape& input) const {
 double BatchNorm2d::flops(const Shape& input) const { return 2.0 * static_cast<double>(checked_numel(input)); }
 
 const Tensor& BatchNorm2d::forward(const Tensor& x, bool training) {
-  check_input_dtype(x, *gamma_, type());
+  check_input(x, *gamma_, type());
   output_shape(x.shape());
   input_ = x.contiguous();
-  ensure(output_, x.shape(), x.dtype());
-  ensure(save_mean_, {channels_}, x.dtype());
-  ensure(save_invstd_, {channels_}, x.dtype());
+  ensure(output_, x.shape(), x.dtype(), x.device());
+  ensure(save_mean_, {channels_}, x.dtype(), x.device());
+  ensure(save_invstd_, {channels_}, x.dtype(), x.device());
   batch_norm2d_forward(input_, gamma_->value, beta_->value, running_mean_->value, running_var_->value,
                        training, momentum_, eps_, output_, save_mean_, save_invstd_);
   return output_;
 }
 
 const Tensor& BatchNorm2d::backward(const Tensor& grad_y, bool need_grad_x) {
-  ensure(grad_input_, input_.shape(), input_.dtype());
+  ensure(grad_input_, input_.shape(), input_.dtype(), input_.device());
   batch_norm2d_backward(grad_y.contiguous(), input_, gamma_->value, save_mean_, save_invstd_,
                         grad_input_, gamma_->grad, beta_->grad);
   if (!need_grad_x) grad_input_ = Tensor();

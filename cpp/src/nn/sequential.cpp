@@ -22,7 +22,8 @@ double MSELoss::forward_backward(const Tensor& output, const Tensor& target, Ten
         shape_str(output.shape()), ", got ", shape_str(target.shape()));
   grad.copy_(mse_loss_backward(output, target, Reduction::mean));
   if (correct && output.dim() == 2) {
-    const Tensor z = output.contiguous().to(DType::float64), y = target.contiguous().to(DType::float64);
+    const Tensor z = output.to(Device{}).contiguous().to(DType::float64);
+    const Tensor y = target.to(Device{}).contiguous().to(DType::float64);
     const std::int64_t N = z.size(0), C = z.size(1);
     const double* zd = z.data<double>();
     const double* yd = y.data<double>();
@@ -50,6 +51,24 @@ void Sequential::add(std::shared_ptr<Layer> layer) {
   layers_.push_back(std::move(layer));
 }
 
+void Sequential::to(Device device) {
+  move_parameters(parameters(), device);
+  device_ = device;
+}
+
+void Sequential::to(DType dtype) {
+  for (auto& layer : layers_) layer->to(dtype);
+}
+
+const Tensor& Sequential::on_model_device(const Tensor& t, Tensor& staging) const {
+  if (t.device() == device_) return t;
+  if (!staging.defined() || staging.shape() != t.shape() || staging.dtype() != t.dtype() ||
+      staging.device() != device_)
+    staging = Tensor::empty(t.shape(), t.dtype(), device_);
+  staging.copy_(t);
+  return staging;
+}
+
 void Sequential::check_input(const Tensor& x) const {
   check(!layers_.empty(), "Sequential: the model has no layers");
   check_float(x, "x");
@@ -59,7 +78,7 @@ void Sequential::check_input(const Tensor& x) const {
 
 const Tensor& Sequential::forward(const Tensor& x, bool training) {
   check_input(x);
-  const Tensor* current = &x;
+  const Tensor* current = &on_model_device(x, input_staging_);
   for (auto& layer : layers_) current = &layer->forward(*current, training);
   return *current;
 }
@@ -67,7 +86,7 @@ const Tensor& Sequential::forward(const Tensor& x, bool training) {
 std::vector<Tensor> Sequential::activations(const Tensor& x) {
   check_input(x);
   std::vector<Tensor> outputs;
-  const Tensor* current = &x;
+  const Tensor* current = &on_model_device(x, input_staging_);
   for (auto& layer : layers_) {
     current = &layer->forward(*current, false);
     outputs.push_back(current->clone());
@@ -76,11 +95,13 @@ std::vector<Tensor> Sequential::activations(const Tensor& x) {
 }
 
 double Sequential::train_step(const Tensor& x, const Tensor& target, Loss& loss, optim::SGD& optimizer) {
+  check_defined(target, "target");
   const Tensor& output = forward(x, true);
   if (!grad_output_.defined() || grad_output_.shape() != output.shape() ||
-      grad_output_.dtype() != output.dtype())
-    grad_output_ = Tensor::empty(output.shape(), output.dtype());
-  const double value = loss.forward_backward(output, target, grad_output_, nullptr);
+      grad_output_.dtype() != output.dtype() || grad_output_.device() != output.device())
+    grad_output_ = Tensor::empty(output.shape(), output.dtype(), output.device());
+  const Tensor& device_target = on_model_device(target, target_staging_);
+  const double value = loss.forward_backward(output, device_target, grad_output_, nullptr);
   const Tensor* grad = &grad_output_;
   for (std::size_t i = layers_.size(); i-- > 0;) grad = &layers_[i]->backward(*grad, i > 0);
   optimizer.step();
@@ -99,9 +120,12 @@ Evaluation Sequential::evaluate(const Tensor& x, const Tensor& target, Loss& los
   for (std::int64_t begin = 0; begin < N; begin += batch_size) {
     const std::int64_t end = std::min(N, begin + batch_size);
     const Tensor& output = forward(x.slice(0, begin, end), false);
-    if (!grad.defined() || grad.shape() != output.shape()) grad = Tensor::empty(output.shape(), output.dtype());
+    if (!grad.defined() || grad.shape() != output.shape())
+      grad = Tensor::empty(output.shape(), output.dtype(), output.device());
     std::int64_t batch_correct = 0;
-    loss_sum += loss.forward_backward(output, target.slice(0, begin, end), grad, &batch_correct) *
+    const Tensor target_rows = target.slice(0, begin, end);
+    const Tensor& batch_target = on_model_device(target_rows, target_staging_);
+    loss_sum += loss.forward_backward(output, batch_target, grad, &batch_correct) *
                 static_cast<double>(end - begin);
     correct += batch_correct;
   }

@@ -1,7 +1,11 @@
 #include <cmath>
 
+#include "juanji/build_config.hpp"
 #include "juanji/nn/layers.hpp"
 #include "juanji/optim/sgd.hpp"
+#if JUANJI_WITH_CUDA
+#include "cuda/ops.hpp"
+#endif
 
 namespace juanji::optim {
 namespace {
@@ -33,7 +37,8 @@ SGD::SGD(std::vector<std::shared_ptr<nn::Parameter>> parameters, double lr_, dou
   check(!nesterov || momentum > 0, "nesterov: needs momentum > 0");
   for (const auto& p : parameters_) {
     check(p && p->trainable(), "params: every parameter must be trainable (have a gradient)");
-    velocity_.push_back(momentum > 0 ? Tensor::zeros(p->value.shape(), p->value.dtype()) : Tensor());
+    velocity_.push_back(momentum > 0 ? Tensor::zeros(p->value.shape(), p->value.dtype(), p->value.device())
+                                     : Tensor());
   }
 }
 
@@ -41,7 +46,16 @@ void SGD::step() {
   for (std::size_t i = 0; i < parameters_.size(); ++i) {
     nn::Parameter& p = *parameters_[i];
     Tensor& v = velocity_[i];
-    if (v.defined() && v.dtype() != p.value.dtype()) v = Tensor::zeros(p.value.shape(), p.value.dtype());
+    // The model may have changed dtype (fresh state) or device (the state moves along).
+    if (v.defined() && v.dtype() != p.value.dtype())
+      v = Tensor::zeros(p.value.shape(), p.value.dtype(), p.value.device());
+    if (v.defined() && v.device() != p.value.device()) v = v.to(p.value.device());
+#if JUANJI_WITH_CUDA
+    if (p.value.device().is_cuda()) {
+      cuda::sgd_update(p.value, p.grad, v, lr, momentum_, nesterov_, weight_decay_);
+      continue;
+    }
+#endif
     if (p.value.dtype() == DType::float32)
       update<float>(p.value.data<float>(), p.grad.data<float>(), v.defined() ? v.data<float>() : nullptr,
                     p.value.numel(), lr, momentum_, nesterov_, weight_decay_);

@@ -1,7 +1,9 @@
 // Layers: each owns its parameters, its output and input-gradient buffers (reused while the batch
 // shape stays the same, so training allocates nothing after the first step) and a pair of
 // forward/backward functions. Rule, as in the functional kernels: backward overwrites parameter
-// gradients and the returned input gradient; nothing accumulates across calls.
+// gradients and the returned input gradient; nothing accumulates across calls. Layers run on the
+// device of their input (the CPU or a CUDA GPU), which must be their parameters' device; their
+// buffers are allocated there.
 #pragma once
 
 #include <memory>
@@ -24,6 +26,9 @@ struct Parameter {
 
 enum class Init { he, xavier };
 
+// Moves parameters and their gradients to device, all or (on an error) none of them.
+void move_parameters(const std::vector<std::shared_ptr<Parameter>>& parameters, Device device);
+
 class Layer {
  public:
   virtual ~Layer() = default;
@@ -42,11 +47,13 @@ class Layer {
   const std::vector<std::shared_ptr<Parameter>>& parameters() const { return parameters_; }
   // Casts parameters to dtype (float32/float64); buffers follow on the next forward.
   void to(DType dtype);
+  // Moves parameters and their gradients to device; buffers follow on the next forward.
+  void to(Device device);
 
  protected:
   std::shared_ptr<Parameter> add_parameter(const std::string& name, Tensor value, bool trainable);
-  // Reuses `buffer` when it already has this shape and dtype.
-  static Tensor& ensure(Tensor& buffer, const Shape& shape, DType dtype);
+  // Reuses `buffer` when it already has this shape, dtype and device.
+  static Tensor& ensure(Tensor& buffer, const Shape& shape, DType dtype, Device device);
   std::vector<std::shared_ptr<Parameter>> parameters_;
 };
 

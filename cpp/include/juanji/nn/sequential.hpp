@@ -1,5 +1,7 @@
 // Sequential model: layers applied in order, with the whole training step (forward, loss,
-// backward, SGD update) in C++.
+// backward, SGD update) in C++. The model lives on one device (to() moves it); inputs and targets
+// on another device are copied there once per call into reused staging buffers, and outputs stay
+// on the model's device. On a GPU a training step reads back only the loss.
 #pragma once
 
 #include <memory>
@@ -52,6 +54,11 @@ class Sequential {
   void add(std::shared_ptr<Layer> layer);
   const std::vector<std::shared_ptr<Layer>>& layers() const { return layers_; }
 
+  // Moves every layer's parameters and gradients (optimizer state follows on its next step).
+  void to(Device device);
+  void to(DType dtype);
+  Device device() const { return device_; }
+
   void train() { training_ = true; }
   void eval() { training_ = false; }
   bool training() const { return training_; }
@@ -81,9 +88,12 @@ class Sequential {
 
  private:
   void check_input(const Tensor& x) const;
+  // t itself when it is on the model's device, else a copy of it in `staging` there.
+  const Tensor& on_model_device(const Tensor& t, Tensor& staging) const;
   std::vector<std::shared_ptr<Layer>> layers_;
   bool training_ = true;
-  Tensor grad_output_;
+  Device device_;
+  Tensor grad_output_, input_staging_, target_staging_;
 };
 
 // A layer from its type name and constructor arguments (as written by Layer::config_json).
