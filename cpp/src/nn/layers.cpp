@@ -4,6 +4,11 @@
 #include <sstream>
 #include <utility>
 
+#include "juanji/build_config.hpp"
+#if JUANJI_WITH_CUDA
+#include "cuda/ops.hpp"
+#endif
+
 namespace juanji::nn {
 namespace {
 
@@ -137,13 +142,30 @@ ConvGeometry Conv::geometry(const Shape& input) const {
 Shape Conv::output_shape(const Shape& input) const { return geometry(input).output_shape(); }
 double Conv::flops(const Shape& input) const { return geometry(input).flops(); }
 
-const Tensor& Conv::forward(const Tensor& x, bool) {
+void Conv::prepare_forward(const Tensor& x) {
   check_input(x, *weight_, type());
   geometry_ = geometry(x.shape());
   input_ = x.contiguous();
   ensure(output_, geometry_.output_shape(), x.dtype(), x.device());
+}
+
+const Tensor& Conv::forward(const Tensor& x, bool) {
+  prepare_forward(x);
   conv_forward(geometry_, input_, weight_->value, bias_ ? bias_->value : Tensor(), output_);
   return output_;
+}
+
+const Tensor* Conv::forward_fused(const Tensor& x, bool, const ActivationLayer& activation) {
+#if JUANJI_WITH_CUDA
+  if (x.device().is_cuda() && activation.fusable()) {
+    prepare_forward(x);
+    cuda::conv_forward(geometry_, input_, weight_->value, bias_ ? bias_->value : Tensor(), output_,
+                       {true, activation.kind(), activation.negative_slope()});
+    return &output_;
+  }
+#endif
+  (void)x, (void)activation;
+  return nullptr;
 }
 
 const Tensor& Conv::backward(const Tensor& grad_y, bool need_grad_x) {
@@ -189,13 +211,30 @@ double Linear::flops(const Shape& input) const {
   return 2.0 * static_cast<double>(output_shape(input)[0]) * in_features_ * out_features_;
 }
 
-const Tensor& Linear::forward(const Tensor& x, bool) {
+void Linear::prepare_forward(const Tensor& x) {
   check_input(x, *weight_, type());
   const Shape out = output_shape(x.shape());
   input_ = x.contiguous();
   ensure(output_, out, x.dtype(), x.device());
+}
+
+const Tensor& Linear::forward(const Tensor& x, bool) {
+  prepare_forward(x);
   linear_forward(input_, weight_->value, bias_ ? bias_->value : Tensor(), output_);
   return output_;
+}
+
+const Tensor* Linear::forward_fused(const Tensor& x, bool, const ActivationLayer& activation) {
+#if JUANJI_WITH_CUDA
+  if (x.device().is_cuda() && activation.fusable()) {
+    prepare_forward(x);
+    cuda::linear_forward(input_, weight_->value, bias_ ? bias_->value : Tensor(), output_,
+                         {true, activation.kind(), activation.negative_slope()});
+    return &output_;
+  }
+#endif
+  (void)x, (void)activation;
+  return nullptr;
 }
 
 const Tensor& Linear::backward(const Tensor& grad_y, bool need_grad_x) {
@@ -315,8 +354,22 @@ std::string ActivationLayer::config_json() const {
 
 double ActivationLayer::flops(const Shape& input) const { return static_cast<double>(checked_numel(input)); }
 
+bool ActivationLayer::fusable() const {
+  return kind_ == Activation::relu || kind_ == Activation::sigmoid || kind_ == Activation::tanh ||
+         negative_slope_ >= 0;
+}
+
+const Tensor& ActivationLayer::adopt_output(const Tensor& y) {
+  adopted_ = true;
+  input_ = Tensor();
+  output_ = y;
+  return output_;
+}
+
 const Tensor& ActivationLayer::forward(const Tensor& x, bool) {
   check_float(x, "x");
+  if (adopted_) output_ = Tensor();  // that buffer belongs to the previous layer
+  adopted_ = false;
   input_ = x.contiguous();
   ensure(output_, x.shape(), x.dtype(), x.device());
   activation_forward_into(kind_, negative_slope_, input_, output_);
@@ -328,8 +381,10 @@ const Tensor& ActivationLayer::backward(const Tensor& grad_y, bool need_grad_x) 
     grad_input_ = Tensor();
     return grad_input_;
   }
-  ensure(grad_input_, input_.shape(), input_.dtype(), input_.device());
-  activation_backward_into(kind_, negative_slope_, grad_y.contiguous(), input_, output_, grad_input_);
+  ensure(grad_input_, output_.shape(), output_.dtype(), output_.device());
+  // An adopted output stands in for the input: it has the input's sign (see fusable()).
+  activation_backward_into(kind_, negative_slope_, grad_y.contiguous(), adopted_ ? output_ : input_,
+                           output_, grad_input_);
   return grad_input_;
 }
 

@@ -25,6 +25,7 @@ struct Parameter {
 };
 
 enum class Init { he, xavier };
+class ActivationLayer;
 
 // Moves parameters and their gradients to device, all or (on an error) none of them.
 void move_parameters(const std::vector<std::shared_ptr<Parameter>>& parameters, Device device);
@@ -43,6 +44,13 @@ class Layer {
   // grad_y has the shape of the last forward's output. Returns grad_x (layer-owned) unless
   // need_grad_x is false (first layer), in which case the result is undefined.
   virtual const Tensor& backward(const Tensor& grad_y, bool need_grad_x) = 0;
+  // forward followed by `activation`'s forward in one pass, where this layer's kernels can apply
+  // it in their epilogue (convolution and linear layers on CUDA): returns the activated output
+  // (then handed to activation.adopt_output), or null when this layer cannot fuse here.
+  virtual const Tensor* forward_fused(const Tensor& x, bool training, const ActivationLayer& activation) {
+    (void)x, (void)training, (void)activation;
+    return nullptr;
+  }
   std::vector<std::shared_ptr<Parameter>>& parameters() { return parameters_; }
   const std::vector<std::shared_ptr<Parameter>>& parameters() const { return parameters_; }
   // Casts parameters to dtype (float32/float64); buffers follow on the next forward.
@@ -68,10 +76,13 @@ class Conv : public Layer {
   double flops(const Shape& input) const override;
   const Tensor& forward(const Tensor& x, bool training) override;
   const Tensor& backward(const Tensor& grad_y, bool need_grad_x) override;
+  const Tensor* forward_fused(const Tensor& x, bool training, const ActivationLayer& activation) override;
   const Parameter& weight() const { return *weight_; }
 
  private:
   ConvGeometry geometry(const Shape& input) const;
+  // Checks x and readies geometry_, input_ and output_ for a forward.
+  void prepare_forward(const Tensor& x);
   int spatial_dims_;
   std::int64_t in_channels_, out_channels_;
   std::vector<std::int64_t> kernel_size_;
@@ -90,8 +101,11 @@ class Linear : public Layer {
   double flops(const Shape& input) const override;
   const Tensor& forward(const Tensor& x, bool training) override;
   const Tensor& backward(const Tensor& grad_y, bool need_grad_x) override;
+  const Tensor* forward_fused(const Tensor& x, bool training, const ActivationLayer& activation) override;
 
  private:
+  // Checks x and readies input_ and output_ for a forward.
+  void prepare_forward(const Tensor& x);
   std::int64_t in_features_, out_features_;
   std::shared_ptr<Parameter> weight_, bias_;
   Tensor input_, output_, grad_input_;
@@ -138,10 +152,19 @@ class ActivationLayer : public Layer {
   double flops(const Shape& input) const override;
   const Tensor& forward(const Tensor& x, bool training) override;
   const Tensor& backward(const Tensor& grad_y, bool need_grad_x) override;
+  Activation kind() const { return kind_; }
+  double negative_slope() const { return negative_slope_; }
+  // Whether backward can work from the output alone, so the previous layer may compute this
+  // activation for it: sigmoid, tanh, and ReLU / leaky ReLU with a slope >= 0 (their output
+  // is positive exactly where their input is).
+  bool fusable() const;
+  // Takes y = f(x), computed by the previous layer's forward_fused, as this forward's output.
+  const Tensor& adopt_output(const Tensor& y);
 
  private:
   Activation kind_;
   double negative_slope_;
+  bool adopted_ = false;
   Tensor input_, output_, grad_input_;
 };
 
