@@ -84,15 +84,21 @@ def translate_launches(source: str, path: str) -> str:
 def translate(dest: str) -> None:
     src_dir = os.path.join(REPO, "cpp", "src", "cuda")
     out_dir = os.path.join(dest, "cuda")
-    shutil.rmtree(out_dir, ignore_errors=True)
-    os.makedirs(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    wanted = set()
     for name in sorted(os.listdir(src_dir)):
         with open(os.path.join(src_dir, name)) as f:
-            text = translate_launches(f.read(), name)
+            text = f'#line 1 "{os.path.join(src_dir, name)}"\n' + translate_launches(f.read(), name)
         # .cu files become C++ sources; headers keep their names (they are included by them).
-        target = name + ".cpp" if name.endswith(".cu") else name
-        with open(os.path.join(out_dir, target), "w") as f:
-            f.write(f'#line 1 "{os.path.join(src_dir, name)}"\n' + text)
+        target = os.path.join(out_dir, name + ".cpp" if name.endswith(".cu") else name)
+        wanted.add(target)
+        if os.path.exists(target) and open(target).read() == text:
+            continue  # unchanged: keep the timestamp, so the build stays incremental
+        with open(target, "w") as f:
+            f.write(text)
+    for name in os.listdir(out_dir):
+        if os.path.join(out_dir, name) not in wanted:
+            os.remove(os.path.join(out_dir, name))
 
 
 def main() -> int:
@@ -125,9 +131,12 @@ def main() -> int:
 
     env = dict(os.environ, PYTHONPATH=os.path.dirname(package))
     if args.sanitize:
+        # The sanitizer runtime first, and libstdc++ at start-up too: the interceptors of C++
+        # exceptions need it loaded before Python loads the extension.
         runtime = {"address": "libasan.so", "thread": "libtsan.so"}[args.sanitize]
-        lib = subprocess.run(["g++", f"-print-file-name={runtime}"], capture_output=True, text=True).stdout.strip()
-        env["LD_PRELOAD"] = lib
+        libs = [subprocess.run(["g++", f"-print-file-name={name}"], capture_output=True, text=True).stdout.strip()
+                for name in (runtime, "libstdc++.so")]
+        env["LD_PRELOAD"] = " ".join(libs)
         env.setdefault("ASAN_OPTIONS", "detect_leaks=0")
         env.setdefault("TSAN_OPTIONS", "halt_on_error=1")
     pytest_args = args.pytest_args or [os.path.join(REPO, "tests", "test_cuda.py"), "-q"]
