@@ -1,8 +1,14 @@
-"""Side-by-side CPU timings of juanji and PyTorch in one run (medians, same thread count).
+"""Side-by-side timings of juanji and PyTorch in one run (medians): on the CPU with the same thread
+count, or with --device cuda on the GPU against torch's CUDA path (cuDNN).
 
-    python bench/compare_torch.py [--threads 2] [--repeat 15] [--markdown out.md] [--only conv,pool,train]
+    python bench/compare_torch.py [--device cpu|cuda] [--threads 2] [--repeat 15] [--markdown out.md]
+                                  [--only conv,pool,train] [--tf32]
 
-PyTorch is a benchmark peer only: install it with `pip install torch==2.13.0`.
+PyTorch is a benchmark peer only: install it with `pip install torch==2.13.0` (a CUDA build of it
+for --device cuda). On the GPU both sides keep their data on the device, each timed sample runs
+several calls and then waits for the device (juanji.cuda_synchronize, torch.cuda.synchronize),
+and cuDNN runs in full float32 unless --tf32 lets it use TF32 tensor cores (juanji computes in
+float32). A juanji training step reads its loss back to the host; the torch step does not.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import time
 import numpy as np
 
 import juanji
-from juanji import nn, optim
+from juanji import models, nn, optim
 
 # (name, N, C, H, W, K, R, stride, padding) — the cases of the CPU-speed issue.
 CONV_CASES = [
@@ -31,21 +37,53 @@ CONV_CASES = [
 ]
 
 
-def median_seconds(fn, repeat: int, warmup: int = 2) -> float:
+def median_seconds(fn, repeat: int, warmup: int = 2, sync=None, calls: int = 1) -> float:
+    """Median seconds per call of fn; each sample makes `calls` calls, then sync() if given (a
+    GPU's queue must drain before the clock stops)."""
     # juanji and torch each keep an OpenMP pool whose idle threads spin for a while after a
     # parallel region; let the other library's threads go to sleep before timing.
     time.sleep(0.3)
     for _ in range(warmup):
         fn()
+    if sync:
+        sync()
     times = []
     for _ in range(repeat):
         start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
+        for _ in range(calls):
+            fn()
+        if sync:
+            sync()
+        times.append((time.perf_counter() - start) / calls)
     return statistics.median(times)
 
 
-def conv_rows(torch, repeat):
+class Device:
+    """Where the comparison runs: how arrays become each library's tensors and how calls are
+    timed there."""
+
+    def __init__(self, name: str, torch, repeat: int):
+        self.name, self.torch, self.repeat = name, torch, repeat
+        self.cuda = name == "cuda"
+
+    def juanji(self, a: np.ndarray, dtype=None):
+        return juanji.tensor(a, dtype=dtype, device="cuda") if self.cuda else juanji.from_numpy(a)
+
+    def torch_tensor(self, a: np.ndarray):
+        t = self.torch.from_numpy(a)
+        return t.cuda() if self.cuda else t
+
+    def time_juanji(self, fn, warmup: int = 2) -> float:
+        sync = juanji.cuda_synchronize if self.cuda else None
+        return median_seconds(fn, self.repeat, warmup, sync, 10 if self.cuda else 1)
+
+    def time_torch(self, fn, warmup: int = 2) -> float:
+        sync = self.torch.cuda.synchronize if self.cuda else None
+        return median_seconds(fn, self.repeat, warmup, sync, 10 if self.cuda else 1)
+
+
+def conv_rows(dev: Device):
+    torch = dev.torch
     F = torch.nn.functional
     rng = np.random.default_rng(0)
     rows = []
@@ -57,28 +95,28 @@ def conv_rows(torch, repeat):
         Q = (W + 2 * p - R) // s + 1
         dy = rng.standard_normal((N, K, P, Q), dtype=np.float32)
         flops = 2.0 * N * K * P * Q * C * R * R
-        xt, wt, bt, dyt = (torch.from_numpy(a) for a in (x, w, b, dy))
-        xj, wj, bj, dyj = (juanji.from_numpy(a) for a in (x, w, b, dy))
-        jf = median_seconds(lambda: juanji.conv2d(xj, wj, bj, stride=s, padding=p), repeat)
-        tf = median_seconds(lambda: F.conv2d(xt, wt, bt, stride=s, padding=p), repeat)
-        jb = median_seconds(lambda: juanji.conv2d_backward(dyj, xj, wj, stride=s, padding=p), repeat)
-        tb = median_seconds(
+        xt, wt, bt, dyt = (dev.torch_tensor(a) for a in (x, w, b, dy))
+        xj, wj, bj, dyj = (dev.juanji(a) for a in (x, w, b, dy))
+        jf = dev.time_juanji(lambda: juanji.conv2d(xj, wj, bj, stride=s, padding=p))
+        tf = dev.time_torch(lambda: F.conv2d(xt, wt, bt, stride=s, padding=p))
+        jb = dev.time_juanji(lambda: juanji.conv2d_backward(dyj, xj, wj, stride=s, padding=p))
+        tb = dev.time_torch(
             lambda: torch.ops.aten.convolution_backward(
                 dyt, xt, wt, [K], [s, s], [p, p], [1, 1], False, [0, 0], 1, [True, True, True]
-            ),
-            repeat,
+            )
         )
         rows.append((f"conv {name} fwd", jf, tf, f"{flops / jf / 1e9:.0f} GF/s", f"{flops / tf / 1e9:.0f} GF/s"))
         rows.append((f"conv {name} bwd", jb, tb, f"{2 * flops / jb / 1e9:.0f} GF/s", f"{2 * flops / tb / 1e9:.0f} GF/s"))
     return rows
 
 
-def pool_rows(torch, repeat):
-    F = torch.nn.functional
-    x = np.random.default_rng(1).standard_normal((8, 64, 56, 56), dtype=np.float32)
-    dy = np.ones((8, 64, 28, 28), np.float32)
-    xt, dyt = torch.from_numpy(x), torch.from_numpy(dy)
-    nbytes = x.nbytes + dy.nbytes
+def pool_rows(dev: Device):
+    F = dev.torch.nn.functional
+    x_host = np.random.default_rng(1).standard_normal((8, 64, 56, 56), dtype=np.float32)
+    dy_host = np.ones((8, 64, 28, 28), np.float32)
+    xt, dyt = dev.torch_tensor(x_host), dev.torch_tensor(dy_host)
+    x, dy = dev.juanji(x_host), dev.juanji(dy_host)
+    nbytes = x_host.nbytes + dy_host.nbytes
     rows = []
     for kind in ("max", "avg"):
         jfwd = getattr(juanji, f"{kind}_pool2d")
@@ -89,10 +127,10 @@ def pool_rows(torch, repeat):
             xg = xt.detach().requires_grad_()
             tfwd(xg, 2, 2).backward(dyt)
 
-        jt = median_seconds(lambda: jfwd(x, 2, 2), repeat)
-        tt = median_seconds(lambda: tfwd(xt, 2, 2), repeat)
-        jtb = median_seconds(lambda: (jfwd(x, 2, 2), jbwd(dy, x, 2, 2)), repeat)
-        ttb = median_seconds(torch_fwd_bwd, repeat)
+        jt = dev.time_juanji(lambda: jfwd(x, 2, 2))
+        tt = dev.time_torch(lambda: tfwd(xt, 2, 2))
+        jtb = dev.time_juanji(lambda: (jfwd(x, 2, 2), jbwd(dy, x, 2, 2)))
+        ttb = dev.time_torch(torch_fwd_bwd)
         rows.append((f"{kind}_pool2d 2x2/2 fwd", jt, tt, f"{nbytes / 2 / jt / 1e9:.1f} GB/s", f"{nbytes / 2 / tt / 1e9:.1f} GB/s"))
         rows.append((f"{kind}_pool2d fwd+bwd", jtb, ttb, f"{2 * nbytes / jtb / 1e9:.1f} GB/s", f"{2 * nbytes / ttb / 1e9:.1f} GB/s"))
     return rows
@@ -115,64 +153,93 @@ def lenet_torch(torch):
     )
 
 
-def train_rows(torch, repeat):
+def convnet_torch(torch):
+    t = torch.nn
+    return t.Sequential(
+        t.Conv2d(1, 32, 3, padding=1), t.BatchNorm2d(32), t.ReLU(), t.MaxPool2d(2),
+        t.Conv2d(32, 64, 3, padding=1), t.BatchNorm2d(64), t.ReLU(), t.MaxPool2d(2), t.Flatten(),
+        t.Dropout(0.25), t.Linear(64 * 7 * 7, 128), t.ReLU(), t.Linear(128, 10),
+    )
+
+
+def train_rows(dev: Device):
+    torch = dev.torch
     rows = []
     rng = np.random.default_rng(2)
-    for batch in (64, 256):
-        x = rng.standard_normal((batch, 1, 28, 28), dtype=np.float32)
-        y = rng.integers(0, 10, batch)
-        model = lenet_juanji()
-        opt = optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-        loss = nn.CrossEntropyLoss()
-        tmodel = lenet_torch(torch)
-        topt = torch.optim.SGD(tmodel.parameters(), lr=0.01, momentum=0.9)
-        xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    for model_name, make_juanji, make_torch in (("LeNet", lenet_juanji, lenet_torch),
+                                                ("convnet", models.convnet, convnet_torch)):
+        for batch in (64, 256):
+            x = rng.standard_normal((batch, 1, 28, 28), dtype=np.float32)
+            y = rng.integers(0, 10, batch)
+            model = make_juanji().to(dev.name)
+            opt = optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+            loss = nn.CrossEntropyLoss()
+            tmodel = make_torch(torch).to(dev.name)
+            topt = torch.optim.SGD(tmodel.parameters(), lr=0.01, momentum=0.9)
+            xt, yt = dev.torch_tensor(x), dev.torch_tensor(y)
+            xj, yj = dev.juanji(x), (dev.juanji(y, dtype="int64") if dev.cuda else y)
 
-        def torch_step():
-            topt.zero_grad()
-            torch.nn.functional.cross_entropy(tmodel(xt), yt).backward()
-            topt.step()
+            def torch_step():
+                topt.zero_grad()
+                torch.nn.functional.cross_entropy(tmodel(xt), yt).backward()
+                topt.step()
 
-        jt = median_seconds(lambda: model.train_step(x, y, loss, opt), repeat, warmup=5)
-        tt = median_seconds(torch_step, repeat, warmup=5)
-        rows.append((f"LeNet train step b{batch}", jt, tt, f"{batch / jt:.0f} img/s", f"{batch / tt:.0f} img/s"))
+            jt = dev.time_juanji(lambda: model.train_step(xj, yj, loss, opt), warmup=5)
+            tt = dev.time_torch(torch_step, warmup=5)
+            rows.append((f"{model_name} train step b{batch}", jt, tt, f"{batch / jt:.0f} img/s",
+                         f"{batch / tt:.0f} img/s"))
     x = rng.standard_normal((256, 1, 28, 28), dtype=np.float32)
-    model, tmodel = lenet_juanji(), lenet_torch(torch).eval()
-    jt = median_seconds(lambda: model(x), repeat, warmup=5)
+    model, tmodel = lenet_juanji().to(dev.name), lenet_torch(torch).to(dev.name).eval()
+    xj = dev.juanji(x)
+    jt = dev.time_juanji(lambda: model(xj), warmup=5)
     with torch.no_grad():
-        xt = torch.from_numpy(x)
-        tt = median_seconds(lambda: tmodel(xt), repeat, warmup=5)
+        xt = dev.torch_tensor(x)
+        tt = dev.time_torch(lambda: tmodel(xt), warmup=5)
     rows.append(("LeNet inference b256", jt, tt, f"{256 / jt:.0f} img/s", f"{256 / tt:.0f} img/s"))
     return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=15)
     parser.add_argument("--only", default="conv,pool,train", help="comma-separated: conv, pool, train")
     parser.add_argument("--markdown", help="also write the table to this file")
+    parser.add_argument("--tf32", action="store_true", help="let cuDNN use TF32 tensor cores (cuda only)")
     args = parser.parse_args()
 
     import torch
 
+    if args.device == "cuda" and not (torch.cuda.is_available() and juanji.cuda_device_count() > 0):
+        parser.error(f"--device cuda needs a GPU visible to both torch ({torch.cuda.is_available()}) "
+                     f"and juanji ({juanji.cuda_device_count()} devices, CUDA compiled: {juanji.cuda_compiled()})")
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = args.tf32
     torch.set_num_threads(args.threads)
     juanji.set_num_threads(args.threads)
-    # Bring both libraries' thread pools and the CPU clock up before the first timed case.
-    warm = np.random.default_rng(3).standard_normal((512, 512), dtype=np.float32)
+    dev = Device(args.device, torch, args.repeat)
+    # Bring both libraries' thread pools (or the GPU) and the clocks up before the first timed case.
+    warm_host = np.random.default_rng(3).standard_normal((512, 512), dtype=np.float32)
+    warm_j, warm_t = dev.juanji(warm_host), dev.torch_tensor(warm_host)
     deadline = time.perf_counter() + 1.0
     while time.perf_counter() < deadline:
-        juanji.linear(warm, warm)
-        torch.from_numpy(warm) @ torch.from_numpy(warm)
+        juanji.linear(warm_j, warm_j)
+        warm_t @ warm_t
     groups = {"conv": conv_rows, "pool": pool_rows, "train": train_rows}
     rows = []
     for name in args.only.split(","):
-        rows += groups[name](torch, args.repeat)
+        rows += groups[name](dev)
 
-    header = (
-        f"{platform.processor() or platform.machine()}, {args.threads} threads, juanji {juanji.__version__} "
-        f"(SIMD {juanji.simd_level()}), torch {torch.__version__}, median of {args.repeat}"
-    )
+    if dev.cuda:
+        header = (
+            f"{torch.cuda.get_device_name()}, juanji {juanji.__version__} (CUDA), torch {torch.__version__} "
+            f"(cuDNN {torch.backends.cudnn.version()}, TF32 {'on' if args.tf32 else 'off'}), median of {args.repeat}"
+        )
+    else:
+        header = (
+            f"{platform.processor() or platform.machine()}, {args.threads} threads, juanji {juanji.__version__} "
+            f"(SIMD {juanji.simd_level()}), torch {torch.__version__}, median of {args.repeat}"
+        )
     lines = [header, "", "| case | juanji ms | torch ms | juanji/torch speed | juanji rate | torch rate |",
              "|---|---:|---:|---:|---:|---:|"]
     for case, jt, tt, jr, tr in rows:

@@ -138,6 +138,8 @@ def main() -> int:
                 for name in (runtime, "libstdc++.so")]
         env["LD_PRELOAD"] = " ".join(libs)
         env.setdefault("ASAN_OPTIONS", "detect_leaks=0")
+        if args.sanitize == "address":
+            env.setdefault("JUANJI_CUDA_CACHING", "0")  # freed blocks really go: use-after-free shows
         env.setdefault("TSAN_OPTIONS", "halt_on_error=1")
     pytest_args = args.pytest_args or [os.path.join(REPO, "tests", "test_cuda.py"), "-q"]
     return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *pytest_args],
