@@ -50,11 +50,44 @@ struct DirectWeightGradArgs {
 };
 using DirectWeightGrad = void (*)(const DirectWeightGradArgs& args);
 
+// Direct convolution vectorised over filters, 16 per block, for small images whose layers have
+// enough filters to fill vectors (LeNet's 6 -> 16 channels on 14x14): no im2col, no packing of
+// the input, one broadcast multiply-add per tap and output pixel. With src zero-padded:
+//   out[k][p][q] = bias[k] + sum_t weights[k/16][t][k%16] * src[tap_offsets[t] + p*row_step + q*col_step]
+// Lanes hold filters, so every output is summed in tap order at every vector width.
+constexpr int kFilterBlock = 16;
+struct FilterBlockConvArgs {
+  const float* src;                 // one image (and group), zero-padded
+  const std::int64_t* tap_offsets;  // (taps): where tap t = (c, r, s) reads relative to an output pixel
+  std::int64_t taps;
+  std::int64_t row_step, col_step;  // src elements between output rows, between output columns
+  const float* weights;             // (taps, 16) for this block of filters, zero past out_channels
+  const float* bias;                // (out_channels) or null
+  float* out;                       // (out_channels, out_h, out_w): this block's first filter
+  std::int64_t out_channels, out_h, out_w;  // out_channels <= 16: the filters of this block
+};
+using FilterBlockConv = void (*)(const FilterBlockConvArgs& args);
+
+// Its weight gradient for one image, accumulated tap by tap in pixel order:
+//   grad_weights[t][k] += sum_{p,q} grad_out[p*out_w + q][k] * src[tap_offsets[t] + p*row_step + q*col_step]
+struct FilterBlockWeightGradArgs {
+  const float* src;
+  const std::int64_t* tap_offsets;
+  std::int64_t taps;
+  std::int64_t row_step, col_step;
+  const float* grad_out;  // (out_h * out_w, 16): the block's output gradient, pixel-major
+  std::int64_t out_h, out_w;
+  float* grad_weights;    // (taps, 16), accumulated
+};
+using FilterBlockWeightGrad = void (*)(const FilterBlockWeightGradArgs& args);
+
 struct KernelSet {
   MicroKernelInfo<float> gemm_f32;
   MicroKernelInfo<double> gemm_f64;
   DirectConv direct_conv_f32;
   DirectWeightGrad direct_weight_grad_f32;
+  FilterBlockConv filter_block_conv_f32;
+  FilterBlockWeightGrad filter_block_weight_grad_f32;
   int direct_conv_lanes;  // columns per vector: the padded width is a multiple of twice this
 };
 
