@@ -81,6 +81,20 @@ struct FilterBlockWeightGradArgs {
 };
 using FilterBlockWeightGrad = void (*)(const FilterBlockWeightGradArgs& args);
 
+// 2x2 stride-2 max pooling of one output row from input rows row0 and row1 (row1 = row0 + width):
+// out[q] = the first maximum of row0[2q], row0[2q+1], row1[2q], row1[2q+1] (a NaN wins, the first
+// NaN is kept) and argmax[q] its flat index arg_base + 2q + {0, 1, width, width + 1}. Handles
+// whole vectors of outputs only and returns how many it did; the caller finishes the row.
+struct MaxPool2x2Args {
+  const float* row0;
+  std::int64_t width;
+  std::int64_t count;
+  float* out;
+  std::int64_t* argmax;  // or null
+  std::int64_t arg_base;
+};
+using MaxPool2x2 = std::int64_t (*)(const MaxPool2x2Args& args);
+
 struct KernelSet {
   MicroKernelInfo<float> gemm_f32;
   MicroKernelInfo<double> gemm_f64;
@@ -88,6 +102,7 @@ struct KernelSet {
   DirectWeightGrad direct_weight_grad_f32;
   FilterBlockConv filter_block_conv_f32;
   FilterBlockWeightGrad filter_block_weight_grad_f32;
+  MaxPool2x2 max_pool_2x2_f32;
   int direct_conv_lanes;  // columns per vector: the padded width is a multiple of twice this
 };
 
