@@ -382,26 +382,41 @@ const float* pack_filter_blocks(const Correlation& c, Weight weight) {
   return packed;
 }
 
-// out = correlation of src with packed weights (+ bias); one job per (image, group, block), each
-// output written by one job.
+// Jobs of a filter-block pass: every (image or image chunk, group) with its blocks of filters
+// split into as few ranges as keep the threads busy, since each job pads its images anew.
+struct FilterBlockJobs {
+  std::int64_t outer, blocks, splits;
+  FilterBlockJobs(std::int64_t outer_jobs, std::int64_t filter_blocks) : outer(outer_jobs), blocks(filter_blocks) {
+    const std::int64_t wanted = 4 * get_num_threads();
+    splits = std::clamp<std::int64_t>((wanted + outer - 1) / outer, 1, blocks);
+  }
+  std::int64_t count() const { return outer * splits; }
+  std::int64_t outer_of(std::int64_t job) const { return job / splits; }
+  std::int64_t first_block(std::int64_t job) const { return blocks * (job % splits) / splits; }
+  std::int64_t end_block(std::int64_t job) const { return blocks * (job % splits + 1) / splits; }
+};
+
+// out = correlation of src with packed weights (+ bias); each output is written by one job.
 void filter_block_correlate(const Correlation& c, const float* src, const float* packed, const float* bias,
                             float* out) {
   const cpu::KernelSet& kernels = cpu::active_kernels();
   const std::int64_t blocks = c.blocks(), taps = c.taps(), per_group = c.out_per_group();
   const std::int64_t out_plane = c.out_h * c.out_w;
   const TapSource source(c, cpu::workspace<std::int64_t>(cpu::WorkspaceSlot::gemm_b, taps));
-  const std::int64_t jobs = c.N * c.groups * blocks;
-#pragma omp parallel for schedule(static) if (jobs > 1)
-  for (std::int64_t job = 0; job < jobs; ++job) {
-    const std::int64_t n = job / (c.groups * blocks), grp = job / blocks % c.groups, kb = job % blocks;
-    const std::int64_t first = grp * per_group + kb * cpu::kFilterBlock;
-    const cpu::FilterBlockConvArgs args{source.planes(c, src, n, grp), source.tap_offsets, taps,
-                                        c.stride_h * source.width, c.stride_w,
-                                        packed + (grp * blocks + kb) * taps * cpu::kFilterBlock,
-                                        bias ? bias + first : nullptr, out + (n * c.out_channels + first) * out_plane,
-                                        std::min<std::int64_t>(cpu::kFilterBlock, per_group - kb * cpu::kFilterBlock),
-                                        c.out_h, c.out_w};
-    kernels.filter_block_conv_f32(args);
+  const FilterBlockJobs jobs(c.N * c.groups, blocks);
+#pragma omp parallel for schedule(static) if (jobs.count() > 1)
+  for (std::int64_t job = 0; job < jobs.count(); ++job) {
+    const std::int64_t n = jobs.outer_of(job) / c.groups, grp = jobs.outer_of(job) % c.groups;
+    const float* planes = source.planes(c, src, n, grp);
+    for (std::int64_t kb = jobs.first_block(job); kb < jobs.end_block(job); ++kb) {
+      const std::int64_t first = grp * per_group + kb * cpu::kFilterBlock;
+      const cpu::FilterBlockConvArgs args{planes, source.tap_offsets, taps, c.stride_h * source.width, c.stride_w,
+                                          packed + (grp * blocks + kb) * taps * cpu::kFilterBlock,
+                                          bias ? bias + first : nullptr, out + (n * c.out_channels + first) * out_plane,
+                                          std::min<std::int64_t>(cpu::kFilterBlock, per_group - kb * cpu::kFilterBlock),
+                                          c.out_h, c.out_w};
+      kernels.filter_block_conv_f32(args);
+    }
   }
 }
 
@@ -426,7 +441,7 @@ void filter_block_backward_data(const ConvGeometry& g, const float* dy, const fl
 }
 
 // Fixed image chunks (independent of the thread count) accumulate their images in order into
-// partial gradients, one job per (chunk, group, block); the partials are added in chunk order.
+// partial gradients; the partials are then added in chunk order.
 void filter_block_backward_weight(const ConvGeometry& g, const float* dy, const float* x, float* dw) {
   const cpu::KernelSet& kernels = cpu::active_kernels();
   const Correlation c = forward_correlation(g);
@@ -435,27 +450,31 @@ void filter_block_backward_weight(const ConvGeometry& g, const float* dy, const 
   const std::int64_t chunks = std::min<std::int64_t>(g.N, 8);
   const TapSource source(c, cpu::workspace<std::int64_t>(cpu::WorkspaceSlot::gemm_b, taps));
   float* partials = cpu::workspace<float>(cpu::WorkspaceSlot::partials, chunks * chunk_size);
-  const std::int64_t jobs = chunks * g.groups * blocks;
-#pragma omp parallel for schedule(static) if (jobs > 1)
-  for (std::int64_t job = 0; job < jobs; ++job) {
-    const std::int64_t chunk = job / (g.groups * blocks), grp = job / blocks % g.groups, kb = job % blocks;
-    float* partial = partials + chunk * chunk_size + (grp * blocks + kb) * block_size;
-    std::fill(partial, partial + block_size, 0.0f);
+  const FilterBlockJobs jobs(chunks * g.groups, blocks);
+#pragma omp parallel for schedule(static) if (jobs.count() > 1)
+  for (std::int64_t job = 0; job < jobs.count(); ++job) {
+    const std::int64_t chunk = jobs.outer_of(job) / g.groups, grp = jobs.outer_of(job) % g.groups;
+    const std::int64_t kb_begin = jobs.first_block(job), kb_end = jobs.end_block(job);
+    float* partial = partials + chunk * chunk_size + grp * blocks * block_size;
+    std::fill(partial + kb_begin * block_size, partial + kb_end * block_size, 0.0f);
     float* errors = cpu::workspace<float>(cpu::WorkspaceSlot::batch_out, PQ * cpu::kFilterBlock);
     for (std::int64_t n = g.N * chunk / chunks; n < g.N * (chunk + 1) / chunks; ++n) {
-      // The block's errors, pixel-major, zero past the group's last filter.
-      for (std::int64_t k = 0; k < cpu::kFilterBlock; ++k) {
-        const std::int64_t filter = kb * cpu::kFilterBlock + k;
-        if (filter >= Kg) {
-          for (std::int64_t i = 0; i < PQ; ++i) errors[i * cpu::kFilterBlock + k] = 0.0f;
-          continue;
+      const float* planes = source.planes(c, x, n, grp);
+      for (std::int64_t kb = kb_begin; kb < kb_end; ++kb) {
+        // The block's errors, pixel-major, zero past the group's last filter.
+        for (std::int64_t k = 0; k < cpu::kFilterBlock; ++k) {
+          const std::int64_t filter = kb * cpu::kFilterBlock + k;
+          if (filter >= Kg) {
+            for (std::int64_t i = 0; i < PQ; ++i) errors[i * cpu::kFilterBlock + k] = 0.0f;
+            continue;
+          }
+          const float* row = dy + (n * g.K + grp * Kg + filter) * PQ;
+          for (std::int64_t i = 0; i < PQ; ++i) errors[i * cpu::kFilterBlock + k] = row[i];
         }
-        const float* row = dy + (n * g.K + grp * Kg + filter) * PQ;
-        for (std::int64_t i = 0; i < PQ; ++i) errors[i * cpu::kFilterBlock + k] = row[i];
+        const cpu::FilterBlockWeightGradArgs args{planes, source.tap_offsets, taps, g.stride_h * source.width,
+                                                  g.stride_w, errors, g.P, g.Q, partial + kb * block_size};
+        kernels.filter_block_weight_grad_f32(args);
       }
-      const cpu::FilterBlockWeightGradArgs args{source.planes(c, x, n, grp), source.tap_offsets, taps,
-                                                g.stride_h * source.width, g.stride_w, errors, g.P, g.Q, partial};
-      kernels.filter_block_weight_grad_f32(args);
     }
   }
 #pragma omp parallel for schedule(static)
