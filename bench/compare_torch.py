@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 import juanji
-from juanji import nn, optim
+from juanji import models, nn, optim
 
 # (name, N, C, H, W, K, R, stride, padding) — the cases of the CPU-speed issue.
 CONV_CASES = [
@@ -115,27 +115,41 @@ def lenet_torch(torch):
     )
 
 
+def convnet_torch(torch):
+    """The same network as juanji.models.convnet() (the CLI's main job)."""
+    t = torch.nn
+    return t.Sequential(
+        t.Conv2d(1, 32, 3, padding=1), t.BatchNorm2d(32), t.ReLU(), t.MaxPool2d(2),
+        t.Conv2d(32, 64, 3, padding=1), t.BatchNorm2d(64), t.ReLU(), t.MaxPool2d(2), t.Flatten(),
+        t.Dropout(0.25), t.Linear(64 * 7 * 7, 128), t.ReLU(), t.Linear(128, 10),
+    )
+
+
+def train_step_row(torch, repeat, name, model, tmodel, batch, rng):
+    x = rng.standard_normal((batch, 1, 28, 28), dtype=np.float32)
+    y = rng.integers(0, 10, batch)
+    opt = optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    loss = nn.CrossEntropyLoss()
+    topt = torch.optim.SGD(tmodel.parameters(), lr=0.01, momentum=0.9)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+
+    def torch_step():
+        topt.zero_grad()
+        torch.nn.functional.cross_entropy(tmodel(xt), yt).backward()
+        topt.step()
+
+    jt = median_seconds(lambda: model.train_step(x, y, loss, opt), repeat, warmup=5)
+    tt = median_seconds(torch_step, repeat, warmup=5)
+    return (f"{name} train step b{batch}", jt, tt, f"{batch / jt:.0f} img/s", f"{batch / tt:.0f} img/s")
+
+
 def train_rows(torch, repeat):
     rows = []
     rng = np.random.default_rng(2)
     for batch in (64, 256):
-        x = rng.standard_normal((batch, 1, 28, 28), dtype=np.float32)
-        y = rng.integers(0, 10, batch)
-        model = lenet_juanji()
-        opt = optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-        loss = nn.CrossEntropyLoss()
-        tmodel = lenet_torch(torch)
-        topt = torch.optim.SGD(tmodel.parameters(), lr=0.01, momentum=0.9)
-        xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-
-        def torch_step():
-            topt.zero_grad()
-            torch.nn.functional.cross_entropy(tmodel(xt), yt).backward()
-            topt.step()
-
-        jt = median_seconds(lambda: model.train_step(x, y, loss, opt), repeat, warmup=5)
-        tt = median_seconds(torch_step, repeat, warmup=5)
-        rows.append((f"LeNet train step b{batch}", jt, tt, f"{batch / jt:.0f} img/s", f"{batch / tt:.0f} img/s"))
+        rows.append(train_step_row(torch, repeat, "LeNet", lenet_juanji(), lenet_torch(torch), batch, rng))
+    # The CLI's main job trains this at batch 64.
+    rows.append(train_step_row(torch, repeat, "convnet", models.convnet(), convnet_torch(torch), 64, rng))
     x = rng.standard_normal((256, 1, 28, 28), dtype=np.float32)
     model, tmodel = lenet_juanji(), lenet_torch(torch).eval()
     jt = median_seconds(lambda: model(x), repeat, warmup=5)
