@@ -295,12 +295,10 @@ void direct_backward_weight(const ConvGeometry& g, const float* dy, const float*
       const std::int64_t k = job / Cg, c = (k / Kg) * Cg + job % Cg;
       float* out = dw + job * taps;
       std::fill(out, out + taps, 0.0f);
-      for (std::int64_t n = 0; n < g.N; ++n) {
-        const cpu::DirectWeightGradArgs args{padded_x + (n * g.C + c) * x_plane, padded_w,
-                                             padded_dy + (n * g.K + k) * dy_plane, g.P, g.Q, out_stride,
-                                             g.R, g.S, g.dil_h, g.dil_w, out};
-        kernels.direct_weight_grad_f32(args);
-      }
+      const cpu::DirectWeightGradArgs args{padded_x + c * x_plane, padded_w, padded_dy + k * dy_plane,
+                                           g.P, g.Q, out_stride, g.R, g.S, g.dil_h, g.dil_w,
+                                           g.N, g.C * x_plane, g.K * dy_plane, out};
+      kernels.direct_weight_grad_f32(args);
     }
   }
 }
@@ -627,7 +625,7 @@ void bias_grad(const ConvGeometry& g, const T* dy, T* db) {
     double sum = 0;
     for (std::int64_t n = 0; n < g.N; ++n) {
       const T* row = dy + (n * g.K + k) * PQ;
-      sum += cpu::sum_lanes(PQ, [row](std::int64_t i) { return double(row[i]); });
+      sum += cpu::sum_elements(row, PQ);
     }
     db[k] = static_cast<T>(sum);
   }

@@ -447,7 +447,7 @@ void batch_norm2d_forward(const Tensor& x, const Tensor& gamma, const Tensor& be
         double sum = 0;
         for (std::int64_t n = 0; n < N; ++n) {
           const T* plane = xd + (n * C + c) * area;
-          sum += cpu::sum_lanes(area, [plane](std::int64_t i) { return double(plane[i]); });
+          sum += cpu::sum_elements(plane, area);
         }
         mean = sum / static_cast<double>(count);
         double sq = 0;  // second pass about the mean: no cancellation
@@ -520,7 +520,7 @@ void batch_norm2d_backward(const Tensor& grad_y, const Tensor& x, const Tensor& 
       for (std::int64_t n = 0; n < N; ++n) {
         const T* xp = xd + (n * C + c) * area;
         const T* gp = gy + (n * C + c) * area;
-        sum_g += cpu::sum_lanes(area, [gp](std::int64_t i) { return double(gp[i]); });
+        sum_g += cpu::sum_elements(gp, area);
         sum_g_xhat += cpu::sum_lanes(
             area, [gp, xp, mean](std::int64_t i) { return double(gp[i]) * (xp[i] - mean); });
       }

@@ -35,8 +35,9 @@ struct DirectConvArgs {
 };
 using DirectConv = void (*)(const DirectConvArgs& args);
 
-// Weight gradient of the direct convolution, for one filter, one input channel and one image:
-//   grad_weights[r][s] += sum_{p,q} grad_out[p][q] * src[p + r*dil_h][q + s*dil_w]
+// Weight gradient of the direct convolution, for one filter and one input channel over a run of
+// images (lane partial sums carried across them, one horizontal sum at the end):
+//   grad_weights[r][s] += sum_{image,p,q} grad_out[image][p][q] * src[image][p + r*dil_h][q + s*dil_w]
 // grad_out rows are padded to a multiple of `lanes` columns with zeros (out_stride); src as for
 // DirectConv. Lanes past out_w are masked out of the products, so a NaN in src reaches exactly
 // the taps the definition says it does.
@@ -46,6 +47,7 @@ struct DirectWeightGradArgs {
   const float* grad_out;  // (out_h, out_stride)
   std::int64_t out_h, out_w, out_stride;
   std::int64_t R, S, dil_h, dil_w;
+  std::int64_t images, src_image_stride, grad_out_image_stride;
   float* grad_weights;  // (R, S), accumulated
 };
 using DirectWeightGrad = void (*)(const DirectWeightGradArgs& args);
@@ -95,6 +97,10 @@ struct MaxPool2x2Args {
 };
 using MaxPool2x2 = std::int64_t (*)(const MaxPool2x2Args& args);
 
+// Sum of v[0, n) in double over 8 interleaved lanes combined in order: the bits of vec_math's
+// sum_lanes at every SIMD level, at vector speed.
+using SumAsDouble = double (*)(const float* v, std::int64_t n);
+
 struct KernelSet {
   MicroKernelInfo<float> gemm_f32;
   MicroKernelInfo<double> gemm_f64;
@@ -103,6 +109,7 @@ struct KernelSet {
   FilterBlockConv filter_block_conv_f32;
   FilterBlockWeightGrad filter_block_weight_grad_f32;
   MaxPool2x2 max_pool_2x2_f32;
+  SumAsDouble sum_f32;
   int direct_conv_lanes;  // columns per vector: the padded width is a multiple of twice this
 };
 

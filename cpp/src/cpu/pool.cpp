@@ -384,7 +384,7 @@ Tensor global_avg_pool2d(const Tensor& x_in) {
 #pragma omp parallel for schedule(static) if (planes * area >= cpu::kParallelGrain)
     for (std::int64_t plane = 0; plane < planes; ++plane) {
       const T* xp = xd + plane * area;
-      const double sum = cpu::sum_lanes(area, [xp](std::int64_t i) { return double(xp[i]); });
+      const double sum = cpu::sum_elements(xp, area);
       yd[plane] = static_cast<T>(sum / static_cast<double>(area));
     }
   });

@@ -9,6 +9,9 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
+
+#include "cpu/microkernels.hpp"
 
 namespace juanji::cpu {
 
@@ -84,6 +87,16 @@ double sum_lanes(std::int64_t n, F term) {
   double total = 0;
   for (std::int64_t j = 0; j < kLanes; ++j) total += acc[j];
   return total;
+}
+
+// sum_lanes of v[0, n) as doubles; float32 through the active SIMD kernel (same bits).
+template <class T>
+double sum_elements(const T* v, std::int64_t n) {
+  if constexpr (std::is_same_v<T, float>) {
+    return active_kernels().sum_f32(v, n);
+  } else {
+    return sum_lanes(n, [v](std::int64_t i) { return double(v[i]); });
+  }
 }
 
 // Largest of v[0, n), n >= 1, ignoring NaN (callers let NaN propagate through exp instead).
