@@ -453,10 +453,7 @@ void batch_norm2d_forward(const Tensor& x, const Tensor& gamma, const Tensor& be
         double sq = 0;  // second pass about the mean: no cancellation
         for (std::int64_t n = 0; n < N; ++n) {
           const T* plane = xd + (n * C + c) * area;
-          sq += cpu::sum_lanes(area, [plane, mean](std::int64_t i) {
-            const double dev = plane[i] - mean;
-            return dev * dev;
-          });
+          sq += cpu::sum_squared_deviation(plane, area, mean);
         }
         const double var = sq / static_cast<double>(count);
         invstd = 1.0 / std::sqrt(var + eps);
@@ -521,25 +518,24 @@ void batch_norm2d_backward(const Tensor& grad_y, const Tensor& x, const Tensor& 
         const T* xp = xd + (n * C + c) * area;
         const T* gp = gy + (n * C + c) * area;
         sum_g += cpu::sum_elements(gp, area);
-        sum_g_xhat += cpu::sum_lanes(
-            area, [gp, xp, mean](std::int64_t i) { return double(gp[i]) * (xp[i] - mean); });
+        sum_g_xhat += cpu::sum_product_deviation(gp, xp, area, mean);
       }
       sum_g_xhat *= invstd;
       if (gb) gb[c] = static_cast<T>(sum_g);
       if (gg) gg[c] = static_cast<T>(sum_g_xhat);
       if (!gx) continue;
-      // grad_x = gamma * invstd * (g - mean(g) - xhat * mean(g * xhat))
+      // grad_x = gamma * invstd * (g - mean(g) - xhat * mean(g * xhat)), with xhat = (x - mean) *
+      // invstd folded per channel into grad_x = a * g + b * x + c (in T: a vector loop).
       const double k = (gd ? gd[c] : 1.0) * invstd;
       const double mean_g = sum_g / static_cast<double>(count);
       const double mean_gx = sum_g_xhat / static_cast<double>(count);
+      const T a = static_cast<T>(k), b = static_cast<T>(-k * invstd * mean_gx);
+      const T shift = static_cast<T>(k * (mean * invstd * mean_gx - mean_g));
       for (std::int64_t n = 0; n < N; ++n) {
         const T* xp = xd + (n * C + c) * area;
         const T* gp = gy + (n * C + c) * area;
         T* gxp = gx + (n * C + c) * area;
-        for (std::int64_t i = 0; i < area; ++i) {
-          const double xhat = (xp[i] - mean) * invstd;
-          gxp[i] = static_cast<T>(k * (gp[i] - mean_g - xhat * mean_gx));
-        }
+        for (std::int64_t i = 0; i < area; ++i) gxp[i] = a * gp[i] + b * xp[i] + shift;
       }
     }
   });

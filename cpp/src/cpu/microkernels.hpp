@@ -97,9 +97,11 @@ struct MaxPool2x2Args {
 };
 using MaxPool2x2 = std::int64_t (*)(const MaxPool2x2Args& args);
 
-// Sum of v[0, n) in double over 8 interleaved lanes combined in order: the bits of vec_math's
-// sum_lanes at every SIMD level, at vector speed.
+// Sums in double over 8 interleaved lanes combined in order (vec_math's sum_lanes), at vector
+// speed: of v[0, n); of (v[i] - center)^2; of g[i] * (v[i] - center).
 using SumAsDouble = double (*)(const float* v, std::int64_t n);
+using SumSquaredDeviation = double (*)(const float* v, std::int64_t n, double center);
+using SumProductDeviation = double (*)(const float* g, const float* v, std::int64_t n, double center);
 
 struct KernelSet {
   MicroKernelInfo<float> gemm_f32;
@@ -110,6 +112,8 @@ struct KernelSet {
   FilterBlockWeightGrad filter_block_weight_grad_f32;
   MaxPool2x2 max_pool_2x2_f32;
   SumAsDouble sum_f32;
+  SumSquaredDeviation sum_squared_deviation_f32;
+  SumProductDeviation sum_product_deviation_f32;
   int direct_conv_lanes;  // columns per vector: the padded width is a multiple of twice this
 };
 

@@ -99,6 +99,27 @@ double sum_elements(const T* v, std::int64_t n) {
   }
 }
 
+template <class T>
+double sum_squared_deviation(const T* v, std::int64_t n, double center) {
+  if constexpr (std::is_same_v<T, float>) {
+    return active_kernels().sum_squared_deviation_f32(v, n, center);
+  } else {
+    return sum_lanes(n, [v, center](std::int64_t i) {
+      const double d = v[i] - center;
+      return d * d;
+    });
+  }
+}
+
+template <class T>
+double sum_product_deviation(const T* g, const T* v, std::int64_t n, double center) {
+  if constexpr (std::is_same_v<T, float>) {
+    return active_kernels().sum_product_deviation_f32(g, v, n, center);
+  } else {
+    return sum_lanes(n, [g, v, center](std::int64_t i) { return double(g[i]) * (v[i] - center); });
+  }
+}
+
 // Largest of v[0, n), n >= 1, ignoring NaN (callers let NaN propagate through exp instead).
 template <class T>
 T max_lanes(const T* v, std::int64_t n) {
