@@ -274,6 +274,32 @@ def test_max_pool2d_2x2_vector_path_ties_and_nans(level, restore_simd_level):
     assert np.isnan(y).sum() == 5
 
 
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("shape", [(2, 3, 6, 70), (1, 2, 7, 71), (3, 1, 4, 10)])
+def test_avg_pool2d_2x2_vector_path_is_exact(level, shape, restore_simd_level):
+    # Integer data: every window mean is exact, so the vector path must match the reference
+    # bit for bit, odd trailing rows and columns included (they get no gradient).
+    juanji.set_simd_level(level)
+    rng = np.random.default_rng(8)
+    x = randint_data(rng, shape, np.float32)
+    y_ref = ref.avg_pool2d(x, 2)
+    gy = randint_data(rng, y_ref.shape, np.float32)
+    assert_bitwise(juanji.avg_pool2d(x, 2), y_ref, np.float32)
+    assert_bitwise(juanji.avg_pool2d_backward(gy, x, 2), ref.avg_pool2d_backward(gy, x, 2), np.float32)
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_avg_pool2d_2x2_signed_zeros_match_the_general_loop(level, restore_simd_level):
+    # The general loop starts its sums at +0, so a window of -0s averages to +0, and so does a
+    # -0 gradient share; the vector path must agree.
+    juanji.set_simd_level(level)
+    x = np.full((1, 1, 2, 40), -0.0, np.float32)
+    y = as_np(juanji.avg_pool2d(x, 2))
+    assert not np.signbit(y).any()
+    gx = as_np(juanji.avg_pool2d_backward(np.full((1, 1, 1, 20), -0.0, np.float32), x, 2))
+    assert not np.signbit(gx).any()
+
+
 def test_max_pool1d_ties_go_to_first_max():
     x = np.array([[[2.0, 2.0, 1.0, 5.0, 5.0, 5.0]]])
     gx = as_np(juanji.max_pool1d_backward(np.array([[[1.0, 10.0]]]), x, 3))

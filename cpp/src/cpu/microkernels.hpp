@@ -97,6 +97,12 @@ struct MaxPool2x2Args {
 };
 using MaxPool2x2 = std::int64_t (*)(const MaxPool2x2Args& args);
 
+// 2x2 stride-2 average pooling of one output row, as the general loop computes it: out[q] =
+// ((((0 + row0[2q]) + row0[2q+1]) + row1[2q]) + row1[2q+1]) / 4 for q < count (row1 = row0 + width).
+using AvgPool2x2 = void (*)(const float* row0, std::int64_t width, std::int64_t count, float* out);
+// Its gradient: the four inputs of window q get 0 + grad[q] / 4 (windows do not overlap).
+using AvgPool2x2Backward = void (*)(const float* grad, std::int64_t count, float* row0, std::int64_t width);
+
 // Sums in double over 8 interleaved lanes combined in order (vec_math's sum_lanes), at vector
 // speed: of v[0, n); of (v[i] - center)^2; of g[i] * (v[i] - center).
 using SumAsDouble = double (*)(const float* v, std::int64_t n);
@@ -111,6 +117,8 @@ struct KernelSet {
   FilterBlockConv filter_block_conv_f32;
   FilterBlockWeightGrad filter_block_weight_grad_f32;
   MaxPool2x2 max_pool_2x2_f32;
+  AvgPool2x2 avg_pool_2x2_f32;
+  AvgPool2x2Backward avg_pool_2x2_backward_f32;
   SumAsDouble sum_f32;
   SumSquaredDeviation sum_squared_deviation_f32;
   SumProductDeviation sum_product_deviation_f32;

@@ -121,8 +121,17 @@ void max_pool_row(const PoolGeometry& g, const T* x, T* y, std::int64_t* arg, st
   }
 }
 
+// The common 2x2 stride-2 unpadded window with every window inside the plane (floor mode).
+bool is_plain_2x2(const PoolGeometry& g) {
+  return g.kernel_h == 2 && g.kernel_w == 2 && g.stride_h == 2 && g.stride_w == 2 && g.pad_h == 0 &&
+         g.pad_w == 0 && g.P == g.H / 2 && g.Q == g.W / 2;
+}
+
 template <class T>
 void avg_pool_row(const PoolGeometry& g, const T* x, T* y, std::int64_t p) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (is_plain_2x2(g)) return cpu::active_kernels().avg_pool_2x2_f32(x + 2 * p * g.W, g.W, g.Q, y + p * g.Q);
+  }
   const Span sh = span(p, g.H, g.kernel_h, g.stride_h, g.pad_h, g.count_include_pad);
   for (std::int64_t q = 0; q < g.Q; ++q) {
     const Span sw = span(q, g.W, g.kernel_w, g.stride_w, g.pad_w, g.count_include_pad);
@@ -139,6 +148,13 @@ void avg_pool_row(const PoolGeometry& g, const T* x, T* y, std::int64_t p) {
 template <class T>
 void avg_pool_backward_plane(const PoolGeometry& g, const T* gy, T* gx) {
   std::fill(gx, gx + g.H * g.W, T(0));
+  if constexpr (std::is_same_v<T, float>) {
+    if (is_plain_2x2(g)) {
+      for (std::int64_t p = 0; p < g.P; ++p)
+        cpu::active_kernels().avg_pool_2x2_backward_f32(gy + p * g.Q, g.Q, gx + 2 * p * g.W, g.W);
+      return;
+    }
+  }
   for (std::int64_t p = 0; p < g.P; ++p) {
     const Span sh = span(p, g.H, g.kernel_h, g.stride_h, g.pad_h, g.count_include_pad);
     for (std::int64_t q = 0; q < g.Q; ++q) {
