@@ -513,14 +513,10 @@ void batch_norm2d_backward(const Tensor& grad_y, const Tensor& x, const Tensor& 
     for (std::int64_t c = 0; c < C; ++c) {
       const double mean = sm[c];
       const double invstd = si[c];
-      double sum_g = 0, sum_g_xhat = 0;
-      for (std::int64_t n = 0; n < N; ++n) {
-        const T* xp = xd + (n * C + c) * area;
-        const T* gp = gy + (n * C + c) * area;
-        sum_g += cpu::sum_elements(gp, area);
-        sum_g_xhat += cpu::sum_product_deviation(gp, xp, area, mean);
-      }
-      sum_g_xhat *= invstd;
+      double sums[2] = {0, 0};  // of g, of g * (x - mean)
+      for (std::int64_t n = 0; n < N; ++n)
+        cpu::sum_grad_and_product(gy + (n * C + c) * area, xd + (n * C + c) * area, area, mean, sums);
+      const double sum_g = sums[0], sum_g_xhat = sums[1] * invstd;
       if (gb) gb[c] = static_cast<T>(sum_g);
       if (gg) gg[c] = static_cast<T>(sum_g_xhat);
       if (!gx) continue;

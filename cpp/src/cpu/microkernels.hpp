@@ -104,10 +104,12 @@ using AvgPool2x2 = void (*)(const float* row0, std::int64_t width, std::int64_t 
 using AvgPool2x2Backward = void (*)(const float* grad, std::int64_t count, float* row0, std::int64_t width);
 
 // Sums in double over 8 interleaved lanes combined in order (vec_math's sum_lanes), at vector
-// speed: of v[0, n); of (v[i] - center)^2; of g[i] * (v[i] - center).
+// speed: of v[0, n); of (v[i] - center)^2.
 using SumAsDouble = double (*)(const float* v, std::int64_t n);
 using SumSquaredDeviation = double (*)(const float* v, std::int64_t n, double center);
-using SumProductDeviation = double (*)(const float* g, const float* v, std::int64_t n, double center);
+// Both of batch norm's backward sums in one read: sums[0] += sum of g, sums[1] += sum of
+// g * (v - center), each over the 8 lanes in order.
+using SumGradAndProduct = void (*)(const float* g, const float* v, std::int64_t n, double center, double* sums);
 
 struct KernelSet {
   MicroKernelInfo<float> gemm_f32;
@@ -121,7 +123,7 @@ struct KernelSet {
   AvgPool2x2Backward avg_pool_2x2_backward_f32;
   SumAsDouble sum_f32;
   SumSquaredDeviation sum_squared_deviation_f32;
-  SumProductDeviation sum_product_deviation_f32;
+  SumGradAndProduct sum_grad_and_product_f32;
   int direct_conv_lanes;  // columns per vector: the padded width is a multiple of twice this
 };
 

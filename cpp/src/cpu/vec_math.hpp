@@ -111,12 +111,14 @@ double sum_squared_deviation(const T* v, std::int64_t n, double center) {
   }
 }
 
+// sums[0] += sum of g, sums[1] += sum of g * (v - center), in one read of g.
 template <class T>
-double sum_product_deviation(const T* g, const T* v, std::int64_t n, double center) {
+void sum_grad_and_product(const T* g, const T* v, std::int64_t n, double center, double* sums) {
   if constexpr (std::is_same_v<T, float>) {
-    return active_kernels().sum_product_deviation_f32(g, v, n, center);
+    active_kernels().sum_grad_and_product_f32(g, v, n, center, sums);
   } else {
-    return sum_lanes(n, [g, v, center](std::int64_t i) { return double(g[i]) * (v[i] - center); });
+    sums[0] += sum_lanes(n, [g](std::int64_t i) { return double(g[i]); });
+    sums[1] += sum_lanes(n, [g, v, center](std::int64_t i) { return double(g[i]) * (v[i] - center); });
   }
 }
 
