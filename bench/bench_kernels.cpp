@@ -9,6 +9,10 @@
 #include "cpu/gemm.hpp"
 #include "juanji/juanji.hpp"
 
+#if JUANJI_BENCH_PEAK
+void register_peak_benchmark();  // peak_fma.cpp
+#endif
+
 namespace {
 
 using namespace juanji;
@@ -110,6 +114,9 @@ void bench_relu(benchmark::State& state) {
 }
 
 void register_all() {
+#if JUANJI_BENCH_PEAK
+  register_peak_benchmark();
+#endif
   for (SimdLevel level : kLevels) {
     if (level > simd_detected()) continue;
     const std::string isa = simd_name(level);
