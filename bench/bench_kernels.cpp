@@ -9,6 +9,10 @@
 #include "cpu/gemm.hpp"
 #include "juanji/juanji.hpp"
 
+#if JUANJI_BENCH_PEAK
+void register_peak_benchmark();  // peak_fma.cpp
+#endif
+
 namespace {
 
 using namespace juanji;
@@ -23,7 +27,8 @@ const ConvCase kConvCases[] = {
     {"cifar_c1", 64, 3, 32, 32, 32, 3, 1, 1},   {"cifar_c2", 64, 32, 16, 16, 64, 3, 1, 1},
     {"res_64", 8, 64, 56, 56, 64, 3, 1, 1},     {"res_128", 8, 128, 28, 28, 128, 3, 1, 1},
     {"res_256", 8, 256, 14, 14, 256, 3, 1, 1},  {"pw", 8, 256, 56, 56, 64, 1, 1, 0},
-    {"stem", 4, 3, 224, 224, 64, 7, 2, 3},
+    {"stem", 4, 3, 224, 224, 64, 7, 2, 3},      {"convnet_c1", 64, 1, 28, 28, 32, 3, 1, 1},
+    {"convnet_c2", 64, 32, 14, 14, 64, 3, 1, 1},
 };
 
 const SimdLevel kLevels[] = {SimdLevel::portable, SimdLevel::avx2, SimdLevel::avx512};
@@ -109,6 +114,9 @@ void bench_relu(benchmark::State& state) {
 }
 
 void register_all() {
+#if JUANJI_BENCH_PEAK
+  register_peak_benchmark();
+#endif
   for (SimdLevel level : kLevels) {
     if (level > simd_detected()) continue;
     const std::string isa = simd_name(level);

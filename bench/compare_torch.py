@@ -154,6 +154,7 @@ def lenet_torch(torch):
 
 
 def convnet_torch(torch):
+    """The same network as juanji.models.convnet() (the CLI's main job)."""
     t = torch.nn
     return t.Sequential(
         t.Conv2d(1, 32, 3, padding=1), t.BatchNorm2d(32), t.ReLU(), t.MaxPool2d(2),
@@ -162,32 +163,36 @@ def convnet_torch(torch):
     )
 
 
+def train_step_row(dev: Device, name, model, tmodel, batch, rng):
+    torch = dev.torch
+    x = rng.standard_normal((batch, 1, 28, 28), dtype=np.float32)
+    y = rng.integers(0, 10, batch)
+    model.to(dev.name)
+    tmodel.to(dev.name)
+    opt = optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    loss = nn.CrossEntropyLoss()
+    topt = torch.optim.SGD(tmodel.parameters(), lr=0.01, momentum=0.9)
+    xt, yt = dev.torch_tensor(x), dev.torch_tensor(y)
+    xj, yj = dev.juanji(x), (dev.juanji(y, dtype="int64") if dev.cuda else y)
+
+    def torch_step():
+        topt.zero_grad()
+        torch.nn.functional.cross_entropy(tmodel(xt), yt).backward()
+        topt.step()
+
+    jt = dev.time_juanji(lambda: model.train_step(xj, yj, loss, opt), warmup=5)
+    tt = dev.time_torch(torch_step, warmup=5)
+    return (f"{name} train step b{batch}", jt, tt, f"{batch / jt:.0f} img/s", f"{batch / tt:.0f} img/s")
+
+
 def train_rows(dev: Device):
     torch = dev.torch
     rows = []
     rng = np.random.default_rng(2)
-    for model_name, make_juanji, make_torch in (("LeNet", lenet_juanji, lenet_torch),
-                                                ("convnet", models.convnet, convnet_torch)):
-        for batch in (64, 256):
-            x = rng.standard_normal((batch, 1, 28, 28), dtype=np.float32)
-            y = rng.integers(0, 10, batch)
-            model = make_juanji().to(dev.name)
-            opt = optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-            loss = nn.CrossEntropyLoss()
-            tmodel = make_torch(torch).to(dev.name)
-            topt = torch.optim.SGD(tmodel.parameters(), lr=0.01, momentum=0.9)
-            xt, yt = dev.torch_tensor(x), dev.torch_tensor(y)
-            xj, yj = dev.juanji(x), (dev.juanji(y, dtype="int64") if dev.cuda else y)
-
-            def torch_step():
-                topt.zero_grad()
-                torch.nn.functional.cross_entropy(tmodel(xt), yt).backward()
-                topt.step()
-
-            jt = dev.time_juanji(lambda: model.train_step(xj, yj, loss, opt), warmup=5)
-            tt = dev.time_torch(torch_step, warmup=5)
-            rows.append((f"{model_name} train step b{batch}", jt, tt, f"{batch / jt:.0f} img/s",
-                         f"{batch / tt:.0f} img/s"))
+    for batch in (64, 256):
+        rows.append(train_step_row(dev, "LeNet", lenet_juanji(), lenet_torch(torch), batch, rng))
+    # The CLI's main job trains this at batch 64.
+    rows.append(train_step_row(dev, "convnet", models.convnet(), convnet_torch(torch), 64, rng))
     x = rng.standard_normal((256, 1, 28, 28), dtype=np.float32)
     model, tmodel = lenet_juanji().to(dev.name), lenet_torch(torch).to(dev.name).eval()
     xj = dev.juanji(x)

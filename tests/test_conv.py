@@ -171,6 +171,33 @@ def test_conv_larger_shapes(nd, c, dtype):
     run_forward_and_backward(nd, c, dtype, seed=3)
 
 
+# Layers with 8+ output channels per group take the filter-vectorised direct kernels (16 filters
+# per vector block) for float32: block tails, several pixel blocks per row, every padding/cropping
+# case of the data gradient's correlation, strides (weight gradient only), groups.
+FILTER_BLOCKS = {
+    "basic": (2, case(C=8, K=16, spatial=(10, 9), padding=1)),
+    "filters_past_block": (2, case(C=9, K=20, spatial=(7, 13))),
+    "wide_rows": (2, case(C=8, K=9, spatial=(5, 29), kernel=(3, 5), padding=(1, 2))),
+    "stride2": (2, case(C=8, K=17, spatial=(11, 12), stride=2, padding=1)),
+    "stride_gt_kernel": (2, case(C=8, K=16, spatial=(11, 10), kernel=(2, 2), stride=3)),
+    "dilation2": (2, case(C=10, K=12, spatial=(12, 11), dilation=2, padding=2)),
+    "groups2": (2, case(C=16, K=32, groups=2, padding=1)),
+    "groups_wide_in": (2, case(C=24, K=16, groups=2, spatial=(6, 15))),
+    "pointwise_pad1": (2, case(C=8, K=8, kernel=(1, 1), padding=1)),
+    "pad_beyond_kernel": (2, case(C=8, K=8, spatial=(5, 6), padding=3)),
+    "same_even_kernel": (2, case(C=8, K=8, spatial=(9, 8), kernel=(4, 4), padding="same")),
+    "batch1_1x7": (2, case(N=1, C=8, K=16, spatial=(6, 20), kernel=(1, 7), padding=(0, 3))),
+    "conv1d": (1, case(C=8, K=16, spatial=(40,), kernel=(5,), padding=2)),
+    "conv1d_stride2_dil2": (1, case(C=12, K=10, spatial=(41,), kernel=(3,), stride=2, dilation=2)),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("nd,c", [pytest.param(nd, c, id=k) for k, (nd, c) in FILTER_BLOCKS.items()])
+def test_conv_filter_block_shapes(nd, c, dtype):
+    run_forward_and_backward(nd, c, dtype, seed=4)
+
+
 # ------------------------------------------------------------------- output shapes
 
 @pytest.mark.parametrize("n,f,s,d", [(7, 3, 1, 1), (7, 4, 1, 1), (7, 3, 2, 1), (8, 3, 2, 1),
@@ -301,6 +328,9 @@ EXACT = {
     "2d_depthwise_same_s2": (2, case(N=1, C=5, K=10, groups=5, spatial=(8, 9), kernel=(4, 3),
                                      stride=2, padding="same")),
     "1d_basic": (1, case(N=3, C=4, K=5, spatial=(17,), kernel=(5,), stride=2, padding=2)),
+    "2d_filter_blocks": (2, case(N=3, C=8, K=20, spatial=(9, 14), padding=1)),
+    "2d_filter_blocks_s2_groups": (2, case(N=2, C=16, K=18, groups=2, spatial=(9, 8), stride=2, padding=1)),
+    "1d_filter_blocks": (1, case(N=2, C=9, K=16, spatial=(30,), kernel=(5,), padding=2)),
 }
 
 

@@ -35,6 +35,10 @@ def all_ops(x, w, b, dy):
     lw = np.resize(w, (10, flat.shape[1]))
     outs.append(juanji.linear(flat, lw, b))
     outs += list(juanji.linear_backward(np.resize(dy, (5, 10)), flat, lw))
+    # 8+ filters per group: the filter-vectorised direct kernels (data gradient at stride 1).
+    fb_x, fb_w = np.resize(x, (5, 9, 13, 11)), np.resize(w, (20, 9, 3, 3))
+    outs.append(juanji.conv2d(fb_x, fb_w, np.resize(b, 20), padding=1))
+    outs += list(juanji.conv2d_backward(np.resize(dy, (5, 20, 13, 11)), fb_x, fb_w, padding=1))
     outs.append(juanji.max_pool2d(x, 3, 2, 1))
     outs.append(juanji.avg_pool2d(x, 2))
     return [np.asarray(o).copy() for o in outs]

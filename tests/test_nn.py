@@ -133,6 +133,34 @@ def test_batchnorm_backward_against_finite_differences():
     np.testing.assert_allclose(gx, num, rtol=1e-6, atol=1e-8)
 
 
+@pytest.mark.parametrize("shape", [(4, 3, 5, 7), (2, 16, 9, 9), (1, 2, 3, 40)])
+def test_batchnorm_float32_matches_float64_reference(shape):
+    # float32 runs through the SIMD sums and the folded grad_x = a*g + b*x + c; it must agree with
+    # the textbook formulas in float64 to float32 precision, on planes with vector tails.
+    rng = np.random.default_rng(7)
+    x = (rng.standard_normal(shape) * 2 + 3).astype(np.float32)
+    g = rng.standard_normal(shape).astype(np.float32)
+    C = shape[1]
+    gamma, beta = rng.standard_normal(C), rng.standard_normal(C)
+    bn = nn.BatchNorm2d(C)
+    bn.weight[...] = gamma
+    bn.bias[...] = beta
+    y = np.asarray(bn.forward(x, training=True))
+    gx = np.asarray(bn.backward(g))
+    x64, g64 = x.astype(np.float64), g.astype(np.float64)
+    mean = x64.mean(axis=(0, 2, 3), keepdims=True)
+    invstd = 1 / np.sqrt(x64.var(axis=(0, 2, 3), keepdims=True) + 1e-5)
+    xhat = (x64 - mean) * invstd
+    c = (slice(None), None, None)
+    np.testing.assert_allclose(y, gamma[c] * xhat + beta[c], rtol=1e-5, atol=1e-5)
+    expected_gx = gamma[c] * invstd * (g64 - g64.mean(axis=(0, 2, 3), keepdims=True)
+                                        - xhat * (g64 * xhat).mean(axis=(0, 2, 3), keepdims=True))
+    np.testing.assert_allclose(gx, expected_gx, rtol=1e-4, atol=1e-5)
+    weight, bias = [p for p in bn.parameters() if p.trainable]
+    np.testing.assert_allclose(weight.grad, (g64 * xhat).sum(axis=(0, 2, 3)), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(bias.grad, g64.sum(axis=(0, 2, 3)), rtol=1e-4, atol=1e-4)
+
+
 def sgd_reference(w, grads, lr, momentum, nesterov, wd):
     v = np.zeros_like(w)
     for g in grads:

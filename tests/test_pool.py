@@ -236,6 +236,70 @@ def test_max_pool_ties_overlapping_windows():
                    ref.max_pool1d_backward(gy1, x1, 3, stride=2, padding=1), np.float64)
 
 
+LEVELS = [lvl for lvl in ("portable", "avx2", "avx512")
+          if ("portable", "avx2", "avx512").index(lvl) <= ("portable", "avx2", "avx512").index(juanji.simd_detected())]
+
+
+@pytest.fixture
+def restore_simd_level():
+    level = juanji.simd_level()
+    yield
+    juanji.set_simd_level(level)
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_max_pool2d_2x2_vector_path_ties_and_nans(level, restore_simd_level):
+    # Rows long enough for whole vectors of outputs plus a scalar tail, integer data full of ties,
+    # and NaNs at every position of a window: the first maximum (or first NaN) in row-major order
+    # wins, in values and in where the gradient goes.
+    juanji.set_simd_level(level)
+    rng = np.random.default_rng(6)
+    x = randint_data(rng, (2, 3, 6, 71), np.float32, lo=0, hi=3)
+    for i, (r, c) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)]):
+        x[0, 0, 2 + r, 4 * i + c] = np.nan
+    x[1, 2, 0, 10] = x[1, 2, 1, 11] = np.nan  # two NaNs in one window: the first is kept
+    gy = randint_data(rng, (2, 3, 3, 35), np.float32)
+    y = as_np(juanji.max_pool2d(x, 2))
+    gx = as_np(juanji.max_pool2d_backward(gy, x, 2))
+    expected_y = np.empty_like(y)
+    expected_gx = np.zeros_like(x)
+    for n, c, p, q in np.ndindex(y.shape):
+        window = x[n, c, 2 * p:2 * p + 2, 2 * q:2 * q + 2].ravel()
+        nans = np.flatnonzero(np.isnan(window))
+        pick = nans[0] if nans.size else int(np.argmax(window))
+        expected_y[n, c, p, q] = window[pick]
+        expected_gx[n, c, 2 * p + pick // 2, 2 * q + pick % 2] += gy[n, c, p, q]
+    np.testing.assert_array_equal(y, expected_y)
+    np.testing.assert_array_equal(gx, expected_gx)
+    assert np.isnan(y).sum() == 5
+
+
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("shape", [(2, 3, 6, 70), (1, 2, 7, 71), (3, 1, 4, 10)])
+def test_avg_pool2d_2x2_vector_path_is_exact(level, shape, restore_simd_level):
+    # Integer data: every window mean is exact, so the vector path must match the reference
+    # bit for bit, odd trailing rows and columns included (they get no gradient).
+    juanji.set_simd_level(level)
+    rng = np.random.default_rng(8)
+    x = randint_data(rng, shape, np.float32)
+    y_ref = ref.avg_pool2d(x, 2)
+    gy = randint_data(rng, y_ref.shape, np.float32)
+    assert_bitwise(juanji.avg_pool2d(x, 2), y_ref, np.float32)
+    assert_bitwise(juanji.avg_pool2d_backward(gy, x, 2), ref.avg_pool2d_backward(gy, x, 2), np.float32)
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_avg_pool2d_2x2_signed_zeros_match_the_general_loop(level, restore_simd_level):
+    # The general loop starts its sums at +0, so a window of -0s averages to +0, and so does a
+    # -0 gradient share; the vector path must agree.
+    juanji.set_simd_level(level)
+    x = np.full((1, 1, 2, 40), -0.0, np.float32)
+    y = as_np(juanji.avg_pool2d(x, 2))
+    assert not np.signbit(y).any()
+    gx = as_np(juanji.avg_pool2d_backward(np.full((1, 1, 1, 20), -0.0, np.float32), x, 2))
+    assert not np.signbit(gx).any()
+
+
 def test_max_pool1d_ties_go_to_first_max():
     x = np.array([[[2.0, 2.0, 1.0, 5.0, 5.0, 5.0]]])
     gx = as_np(juanji.max_pool1d_backward(np.array([[[1.0, 10.0]]]), x, 3))

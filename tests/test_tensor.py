@@ -88,6 +88,20 @@ def test_views_share_storage():
     np.testing.assert_array_equal(np.asarray(tr.reshape(-1)), base.transpose(2, 1, 0).ravel())
 
 
+def test_reused_host_blocks_are_never_shared_by_live_tensors():
+    # Freed blocks of 64 KiB and more are kept for reuse: a released block may come back, but
+    # never to two live tensors, and factories still initialise what they hand out.
+    shape = (64, 1024)  # 256 KiB
+    first = juanji.full(shape, 7.0)
+    del first
+    live = [juanji.zeros(shape) for _ in range(3)]
+    assert len({np.asarray(t).ctypes.data for t in live}) == 3
+    for t in live:
+        np.testing.assert_array_equal(np.asarray(t), 0.0)
+    ones = juanji.ones(shape)
+    np.testing.assert_array_equal(np.asarray(ones), 1.0)
+
+
 def test_factories():
     assert np.all(np.asarray(juanji.zeros(2, 3)) == 0)
     assert np.all(np.asarray(juanji.ones((2, 3), dtype="float64")) == 1)

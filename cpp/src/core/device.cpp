@@ -3,7 +3,9 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <new>
+#include <unordered_map>
 
 #include "juanji/build_config.hpp"
 #if JUANJI_WITH_CUDA
@@ -26,6 +28,61 @@ void check_available(Device device) {
 
 namespace {
 std::atomic<std::uint64_t> allocations{0};
+
+// Freed host blocks of 64 KiB and more wait here for a request of the same size: glibc hands such
+// sizes back to the kernel on free, and the next call paid a page fault per 4 KiB touched
+// (measured: max_pool2d_backward on 8x64x56x56 took 1.3 ms, 0.45 ms of it in its kernels). Bounded,
+// so that memory a program stops using goes back. Off under AddressSanitizer, which must see
+// every free.
+class HostBlockCache {
+ public:
+  static constexpr std::size_t kMinBlock = std::size_t{64} << 10;
+  static constexpr std::size_t kMaxCached = std::size_t{256} << 20;
+
+  void* take(std::size_t size) {
+    if (!enabled(size)) return nullptr;
+    std::lock_guard<std::mutex> lock(mutex_);
+    const auto it = blocks_.find(size);
+    if (it == blocks_.end()) return nullptr;
+    void* ptr = it->second;
+    blocks_.erase(it);
+    cached_ -= size;
+    return ptr;
+  }
+
+  // Keeps ptr for reuse, or frees it when the cache is full.
+  void give(void* ptr, std::size_t size) {
+    if (enabled(size)) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (cached_ + size <= kMaxCached) {
+        blocks_.emplace(size, ptr);
+        cached_ += size;
+        return;
+      }
+    }
+    std::free(ptr);
+  }
+
+ private:
+  static bool enabled(std::size_t size) {
+#if defined(__SANITIZE_ADDRESS__)
+    (void)size;
+    return false;
+#else
+    return size >= kMinBlock;
+#endif
+  }
+
+  std::mutex mutex_;
+  std::unordered_multimap<std::size_t, void*> blocks_;
+  std::size_t cached_ = 0;
+};
+
+HostBlockCache& host_cache() {
+  static auto* cache = new HostBlockCache();  // never destroyed: tensors may outlive static teardown
+  return *cache;
+}
+
 }  // namespace
 
 std::uint64_t allocation_count() { return allocations.load(); }
@@ -36,9 +93,10 @@ std::shared_ptr<void> allocate(std::size_t nbytes, Device device) {
   const std::size_t rounded = (nbytes + kAlignment - 1) / kAlignment * kAlignment;
   const std::size_t size = rounded == 0 ? kAlignment : rounded;
   if (device.is_cpu()) {
-    void* ptr = std::aligned_alloc(kAlignment, size);
+    void* ptr = host_cache().take(size);
+    if (!ptr) ptr = std::aligned_alloc(kAlignment, size);
     if (!ptr) throw std::bad_alloc();
-    return std::shared_ptr<void>(ptr, [](void* p) { std::free(p); });
+    return std::shared_ptr<void>(ptr, [size](void* p) { host_cache().give(p, size); });
   }
 #if JUANJI_WITH_CUDA
   const int index = device.index;

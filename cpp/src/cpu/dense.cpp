@@ -491,16 +491,13 @@ void batch_norm2d_forward(const Tensor& x, const Tensor& gamma, const Tensor& be
         double sum = 0;
         for (std::int64_t n = 0; n < N; ++n) {
           const T* plane = xd + (n * C + c) * area;
-          sum += cpu::sum_lanes(area, [plane](std::int64_t i) { return double(plane[i]); });
+          sum += cpu::sum_elements(plane, area);
         }
         mean = sum / static_cast<double>(count);
         double sq = 0;  // second pass about the mean: no cancellation
         for (std::int64_t n = 0; n < N; ++n) {
           const T* plane = xd + (n * C + c) * area;
-          sq += cpu::sum_lanes(area, [plane, mean](std::int64_t i) {
-            const double dev = plane[i] - mean;
-            return dev * dev;
-          });
+          sq += cpu::sum_squared_deviation(plane, area, mean);
         }
         const double var = sq / static_cast<double>(count);
         invstd = 1.0 / std::sqrt(var + eps);
@@ -565,30 +562,25 @@ void batch_norm2d_backward(const Tensor& grad_y, const Tensor& x, const Tensor& 
     for (std::int64_t c = 0; c < C; ++c) {
       const double mean = sm[c];
       const double invstd = si[c];
-      double sum_g = 0, sum_g_xhat = 0;
-      for (std::int64_t n = 0; n < N; ++n) {
-        const T* xp = xd + (n * C + c) * area;
-        const T* gp = gy + (n * C + c) * area;
-        sum_g += cpu::sum_lanes(area, [gp](std::int64_t i) { return double(gp[i]); });
-        sum_g_xhat += cpu::sum_lanes(
-            area, [gp, xp, mean](std::int64_t i) { return double(gp[i]) * (xp[i] - mean); });
-      }
-      sum_g_xhat *= invstd;
+      double sums[2] = {0, 0};  // of g, of g * (x - mean)
+      for (std::int64_t n = 0; n < N; ++n)
+        cpu::sum_grad_and_product(gy + (n * C + c) * area, xd + (n * C + c) * area, area, mean, sums);
+      const double sum_g = sums[0], sum_g_xhat = sums[1] * invstd;
       if (gb) gb[c] = static_cast<T>(sum_g);
       if (gg) gg[c] = static_cast<T>(sum_g_xhat);
       if (!gx) continue;
-      // grad_x = gamma * invstd * (g - mean(g) - xhat * mean(g * xhat))
+      // grad_x = gamma * invstd * (g - mean(g) - xhat * mean(g * xhat)), with xhat = (x - mean) *
+      // invstd folded per channel into grad_x = a * g + b * x + c (in T: a vector loop).
       const double k = (gd ? gd[c] : 1.0) * invstd;
       const double mean_g = sum_g / static_cast<double>(count);
       const double mean_gx = sum_g_xhat / static_cast<double>(count);
+      const T a = static_cast<T>(k), b = static_cast<T>(-k * invstd * mean_gx);
+      const T shift = static_cast<T>(k * (mean * invstd * mean_gx - mean_g));
       for (std::int64_t n = 0; n < N; ++n) {
         const T* xp = xd + (n * C + c) * area;
         const T* gp = gy + (n * C + c) * area;
         T* gxp = gx + (n * C + c) * area;
-        for (std::int64_t i = 0; i < area; ++i) {
-          const double xhat = (xp[i] - mean) * invstd;
-          gxp[i] = static_cast<T>(k * (gp[i] - mean_g - xhat * mean_gx));
-        }
+        for (std::int64_t i = 0; i < area; ++i) gxp[i] = a * gp[i] + b * xp[i] + shift;
       }
     }
   });

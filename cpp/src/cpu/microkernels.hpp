@@ -35,8 +35,9 @@ struct DirectConvArgs {
 };
 using DirectConv = void (*)(const DirectConvArgs& args);
 
-// Weight gradient of the direct convolution, for one filter, one input channel and one image:
-//   grad_weights[r][s] += sum_{p,q} grad_out[p][q] * src[p + r*dil_h][q + s*dil_w]
+// Weight gradient of the direct convolution, for one filter and one input channel over a run of
+// images (lane partial sums carried across them, one horizontal sum at the end):
+//   grad_weights[r][s] += sum_{image,p,q} grad_out[image][p][q] * src[image][p + r*dil_h][q + s*dil_w]
 // grad_out rows are padded to a multiple of `lanes` columns with zeros (out_stride); src as for
 // DirectConv. Lanes past out_w are masked out of the products, so a NaN in src reaches exactly
 // the taps the definition says it does.
@@ -46,15 +47,83 @@ struct DirectWeightGradArgs {
   const float* grad_out;  // (out_h, out_stride)
   std::int64_t out_h, out_w, out_stride;
   std::int64_t R, S, dil_h, dil_w;
+  std::int64_t images, src_image_stride, grad_out_image_stride;
   float* grad_weights;  // (R, S), accumulated
 };
 using DirectWeightGrad = void (*)(const DirectWeightGradArgs& args);
+
+// Direct convolution vectorised over filters, 16 per block, for small images whose layers have
+// enough filters to fill vectors (LeNet's 6 -> 16 channels on 14x14): no im2col, no packing of
+// the input, one broadcast multiply-add per tap and output pixel. With src zero-padded:
+//   out[k][p][q] = bias[k] + sum_t weights[k/16][t][k%16] * src[tap_offsets[t] + p*row_step + q*col_step]
+// Lanes hold filters, so every output is summed in tap order at every vector width.
+constexpr int kFilterBlock = 16;
+struct FilterBlockConvArgs {
+  const float* src;                 // one image (and group), zero-padded
+  const std::int64_t* tap_offsets;  // (taps): where tap t = (c, r, s) reads relative to an output pixel
+  std::int64_t taps;
+  std::int64_t row_step, col_step;  // src elements between output rows, between output columns
+  const float* weights;             // (taps, 16) for this block of filters, zero past out_channels
+  const float* bias;                // (out_channels) or null
+  float* out;                       // (out_channels, out_h, out_w): this block's first filter
+  std::int64_t out_channels, out_h, out_w;  // out_channels <= 16: the filters of this block
+};
+using FilterBlockConv = void (*)(const FilterBlockConvArgs& args);
+
+// Its weight gradient for one image, accumulated tap by tap in pixel order:
+//   grad_weights[t][k] += sum_{p,q} grad_out[p*out_w + q][k] * src[tap_offsets[t] + p*row_step + q*col_step]
+struct FilterBlockWeightGradArgs {
+  const float* src;
+  const std::int64_t* tap_offsets;
+  std::int64_t taps;
+  std::int64_t row_step, col_step;
+  const float* grad_out;  // (out_h * out_w, 16): the block's output gradient, pixel-major
+  std::int64_t out_h, out_w;
+  float* grad_weights;    // (taps, 16), accumulated
+};
+using FilterBlockWeightGrad = void (*)(const FilterBlockWeightGradArgs& args);
+
+// 2x2 stride-2 max pooling of one output row from input rows row0 and row1 (row1 = row0 + width):
+// out[q] = the first maximum of row0[2q], row0[2q+1], row1[2q], row1[2q+1] (a NaN wins, the first
+// NaN is kept) and argmax[q] its flat index arg_base + 2q + {0, 1, width, width + 1}. Handles
+// whole vectors of outputs only and returns how many it did; the caller finishes the row.
+struct MaxPool2x2Args {
+  const float* row0;
+  std::int64_t width;
+  std::int64_t count;
+  float* out;
+  std::int64_t* argmax;  // or null
+  std::int64_t arg_base;
+};
+using MaxPool2x2 = std::int64_t (*)(const MaxPool2x2Args& args);
+
+// 2x2 stride-2 average pooling of one output row, as the general loop computes it: out[q] =
+// ((((0 + row0[2q]) + row0[2q+1]) + row1[2q]) + row1[2q+1]) / 4 for q < count (row1 = row0 + width).
+using AvgPool2x2 = void (*)(const float* row0, std::int64_t width, std::int64_t count, float* out);
+// Its gradient: the four inputs of window q get 0 + grad[q] / 4 (windows do not overlap).
+using AvgPool2x2Backward = void (*)(const float* grad, std::int64_t count, float* row0, std::int64_t width);
+
+// Sums in double over 8 interleaved lanes combined in order (vec_math's sum_lanes), at vector
+// speed: of v[0, n); of (v[i] - center)^2.
+using SumAsDouble = double (*)(const float* v, std::int64_t n);
+using SumSquaredDeviation = double (*)(const float* v, std::int64_t n, double center);
+// Both of batch norm's backward sums in one read: sums[0] += sum of g, sums[1] += sum of
+// g * (v - center), each over the 8 lanes in order.
+using SumGradAndProduct = void (*)(const float* g, const float* v, std::int64_t n, double center, double* sums);
 
 struct KernelSet {
   MicroKernelInfo<float> gemm_f32;
   MicroKernelInfo<double> gemm_f64;
   DirectConv direct_conv_f32;
   DirectWeightGrad direct_weight_grad_f32;
+  FilterBlockConv filter_block_conv_f32;
+  FilterBlockWeightGrad filter_block_weight_grad_f32;
+  MaxPool2x2 max_pool_2x2_f32;
+  AvgPool2x2 avg_pool_2x2_f32;
+  AvgPool2x2Backward avg_pool_2x2_backward_f32;
+  SumAsDouble sum_f32;
+  SumSquaredDeviation sum_squared_deviation_f32;
+  SumGradAndProduct sum_grad_and_product_f32;
   int direct_conv_lanes;  // columns per vector: the padded width is a multiple of twice this
 };
 

@@ -6,7 +6,9 @@
 
 #include <algorithm>
 #include <sstream>
+#include <type_traits>
 
+#include "cpu/microkernels.hpp"
 #include "cpu/op_support.hpp"
 #include "cpu/vec_math.hpp"
 #if JUANJI_WITH_CUDA
@@ -83,7 +85,10 @@ std::int64_t max_pool_2x2_row(const PoolGeometry& g, const T* x, T* y, std::int6
   const std::int64_t full = std::min(g.Q, g.W / 2);
   const T* r0 = x + 2 * p * g.W;
   const T* r1 = r0 + g.W;
-  for (std::int64_t q = 0; q < full; ++q) {
+  std::int64_t vectorised = 0;
+  if constexpr (std::is_same_v<T, float>)
+    vectorised = cpu::active_kernels().max_pool_2x2_f32({r0, g.W, full, y + p * g.Q, arg ? arg + p * g.Q : nullptr, 2 * p * g.W});
+  for (std::int64_t q = vectorised; q < full; ++q) {
     // Random data makes compare-and-branch code mispredict half the time; this picks the
     // winner with selects and integer arithmetic only. The largest value m (any NaN, if there
     // is one) is matched by the first element equal to it, or by the first NaN.
@@ -119,8 +124,17 @@ void max_pool_row(const PoolGeometry& g, const T* x, T* y, std::int64_t* arg, st
   }
 }
 
+// The common 2x2 stride-2 unpadded window with every window inside the plane (floor mode).
+bool is_plain_2x2(const PoolGeometry& g) {
+  return g.kernel_h == 2 && g.kernel_w == 2 && g.stride_h == 2 && g.stride_w == 2 && g.pad_h == 0 &&
+         g.pad_w == 0 && g.P == g.H / 2 && g.Q == g.W / 2;
+}
+
 template <class T>
 void avg_pool_row(const PoolGeometry& g, const T* x, T* y, std::int64_t p) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (is_plain_2x2(g)) return cpu::active_kernels().avg_pool_2x2_f32(x + 2 * p * g.W, g.W, g.Q, y + p * g.Q);
+  }
   const Span sh = span(p, g.H, g.kernel_h, g.stride_h, g.pad_h, g.count_include_pad);
   for (std::int64_t q = 0; q < g.Q; ++q) {
     const Span sw = span(q, g.W, g.kernel_w, g.stride_w, g.pad_w, g.count_include_pad);
@@ -137,6 +151,13 @@ void avg_pool_row(const PoolGeometry& g, const T* x, T* y, std::int64_t p) {
 template <class T>
 void avg_pool_backward_plane(const PoolGeometry& g, const T* gy, T* gx) {
   std::fill(gx, gx + g.H * g.W, T(0));
+  if constexpr (std::is_same_v<T, float>) {
+    if (is_plain_2x2(g)) {
+      for (std::int64_t p = 0; p < g.P; ++p)
+        cpu::active_kernels().avg_pool_2x2_backward_f32(gy + p * g.Q, g.Q, gx + 2 * p * g.W, g.W);
+      return;
+    }
+  }
   for (std::int64_t p = 0; p < g.P; ++p) {
     const Span sh = span(p, g.H, g.kernel_h, g.stride_h, g.pad_h, g.count_include_pad);
     for (std::int64_t q = 0; q < g.Q; ++q) {
@@ -401,7 +422,7 @@ Tensor global_avg_pool2d(const Tensor& x_in) {
 #pragma omp parallel for schedule(static) if (planes * area >= cpu::kParallelGrain)
     for (std::int64_t plane = 0; plane < planes; ++plane) {
       const T* xp = xd + plane * area;
-      const double sum = cpu::sum_lanes(area, [xp](std::int64_t i) { return double(xp[i]); });
+      const double sum = cpu::sum_elements(xp, area);
       yd[plane] = static_cast<T>(sum / static_cast<double>(area));
     }
   });

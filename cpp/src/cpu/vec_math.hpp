@@ -9,6 +9,9 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
+
+#include "cpu/microkernels.hpp"
 
 namespace juanji::cpu {
 
@@ -84,6 +87,39 @@ double sum_lanes(std::int64_t n, F term) {
   double total = 0;
   for (std::int64_t j = 0; j < kLanes; ++j) total += acc[j];
   return total;
+}
+
+// sum_lanes of v[0, n) as doubles; float32 through the active SIMD kernel (same bits).
+template <class T>
+double sum_elements(const T* v, std::int64_t n) {
+  if constexpr (std::is_same_v<T, float>) {
+    return active_kernels().sum_f32(v, n);
+  } else {
+    return sum_lanes(n, [v](std::int64_t i) { return double(v[i]); });
+  }
+}
+
+template <class T>
+double sum_squared_deviation(const T* v, std::int64_t n, double center) {
+  if constexpr (std::is_same_v<T, float>) {
+    return active_kernels().sum_squared_deviation_f32(v, n, center);
+  } else {
+    return sum_lanes(n, [v, center](std::int64_t i) {
+      const double d = v[i] - center;
+      return d * d;
+    });
+  }
+}
+
+// sums[0] += sum of g, sums[1] += sum of g * (v - center), in one read of g.
+template <class T>
+void sum_grad_and_product(const T* g, const T* v, std::int64_t n, double center, double* sums) {
+  if constexpr (std::is_same_v<T, float>) {
+    active_kernels().sum_grad_and_product_f32(g, v, n, center, sums);
+  } else {
+    sums[0] += sum_lanes(n, [g](std::int64_t i) { return double(g[i]); });
+    sums[1] += sum_lanes(n, [g, v, center](std::int64_t i) { return double(g[i]) * (v[i] - center); });
+  }
 }
 
 // Largest of v[0, n), n >= 1, ignoring NaN (callers let NaN propagate through exp instead).
