@@ -325,6 +325,17 @@ def test_batchnorm_matches_cpu(training):
 
 
 @gpu
+def test_empty_batch_through_a_linear_layer():
+    cpu_layer, gpu_layer = twin_layers(lambda: nn.Linear(3, 2))
+    x, g = np.zeros((0, 3)), np.zeros((0, 2))
+    assert_matches(gpu_layer.forward(on_gpu(x), training=True), cpu_layer.forward(x, training=True), np.float64)
+    assert_matches(gpu_layer.backward(on_gpu(g)), cpu_layer.backward(g), np.float64)
+    gpu_layer.to("cpu")  # gradients come along
+    for p_cpu, p_gpu in zip(cpu_layer.parameters(), gpu_layer.parameters()):
+        np.testing.assert_array_equal(p_gpu.grad, p_cpu.grad)
+
+
+@gpu
 def test_layer_rejects_input_on_another_device():
     conv = nn.Conv2d(1, 2, 3).to("cuda")
     with pytest.raises(ValueError, match=r"Conv2d: input .* is on cpu but the layer's parameters are on cuda:0"):

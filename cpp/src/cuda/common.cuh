@@ -36,9 +36,10 @@ unsigned blocks_for(index_t items);
 
 __host__ __device__ inline index_t ceil_div(index_t a, index_t b) { return (a + b - 1) / b; }
 
-// Scratch device memory, one growing buffer per (host thread, device, slot): kernels of one op
-// use different slots; ops run in order on the default stream, so a later op may reuse a slot.
-enum class Scratch { split_partials, block_partials, results, count };
+// Scratch device memory, one growing buffer per (host thread, device, slot): the buffers one op
+// needs at once take different slots; ops run in order on the default stream, so the next op may
+// reuse them.
+enum class Scratch { first, second, third, count };
 void* scratch(const Tensor& like, Scratch slot, std::size_t nbytes);
 
 template <class T>

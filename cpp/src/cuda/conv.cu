@@ -253,7 +253,7 @@ void backward_weight(const ConvDims& d, const T* dy, const T* x, T* dw, const Te
     using Cfg = decltype(cfg);
     shape.splits = pick_splits<Cfg>(shape);
     T* out = shape.splits > 1
-                 ? static_cast<T*>(scratch(like, Scratch::split_partials,
+                 ? static_cast<T*>(scratch(like, Scratch::first,
                                            sizeof(T) * static_cast<std::size_t>(shape.splits * weights)))
                  : dw;
     launch_gemm<T, Cfg>(shape, ErrorRows<T, Cfg>{dy, d}, InputRows<T, Cfg>{x, d},

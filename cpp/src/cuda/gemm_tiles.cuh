@@ -149,6 +149,7 @@ __global__ void __launch_bounds__(256)
 // Launches tiled_gemm<Cfg> over the whole problem.
 template <class T, class Cfg, class LoadA, class LoadB, class Epilogue>
 void launch_gemm(const GemmShape& shape, const LoadA& a, const LoadB& b, const Epilogue& epilogue) {
+  if (shape.M == 0 || shape.N == 0 || shape.batches == 0) return;  // no output (a grid of 0 is an error)
   constexpr index_t kMaxGridYZ = 65535;
   const index_t row_tiles = ceil_div(shape.M, Cfg::BM), col_tiles = ceil_div(shape.N, Cfg::BN);
   const index_t z = shape.batches * shape.splits;

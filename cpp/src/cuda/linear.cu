@@ -57,7 +57,7 @@ void backward_weight(index_t N, index_t in, index_t out, const T* dy, const T* x
     shape.splits = pick_splits<Cfg>(shape);
     const index_t weights = out * in;
     T* dst = shape.splits > 1
-                 ? static_cast<T*>(scratch(like, Scratch::split_partials,
+                 ? static_cast<T*>(scratch(like, Scratch::first,
                                            sizeof(T) * static_cast<std::size_t>(shape.splits * weights)))
                  : dw;
     launch_gemm<T, Cfg>(shape, RowsAcrossK<T, Cfg, Cfg::BM>{dy, out, out, 0},

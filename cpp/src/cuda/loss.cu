@@ -160,7 +160,7 @@ void mse_loss(const Tensor& z, const Tensor& y, Reduction reduction, Tensor& out
       return;
     }
     const unsigned blocks = reduction_blocks(n);
-    auto* partials = static_cast<double*>(scratch(z, Scratch::block_partials, sizeof(double) * blocks));
+    auto* partials = static_cast<double*>(scratch(z, Scratch::first, sizeof(double) * blocks));
     squared_error_partials<T><<<blocks, kBlockThreads>>>(data_of<T>(z), data_of<T>(y), n, partials);
     JUANJI_CUDA_CHECK_LAUNCH();
     double scale = 1.0;
@@ -201,7 +201,7 @@ void cross_entropy(const Tensor& logits, const Tensor& labels, Reduction reducti
     if (reduction == Reduction::none)
       rows.loss = data_of<T>(out);
     else
-      rows.loss_double = static_cast<double*>(scratch(logits, Scratch::block_partials, sizeof(double) * N));
+      rows.loss_double = static_cast<double*>(scratch(logits, Scratch::first, sizeof(double) * N));
     cross_entropy_rows<T><<<row_blocks(N), kBlockThreads>>>(data_of<T>(logits), data_of<index_t>(labels),
                                                             N, C, 0.0, rows);
     JUANJI_CUDA_CHECK_LAUNCH();
@@ -243,9 +243,9 @@ double cross_entropy_mean_into(const Tensor& logits, const Tensor& labels_in, Te
   double results[3];
   with_float_type(logits.dtype(), [&](auto tag) {
     using T = decltype(tag);
-    auto* losses = static_cast<double*>(scratch(logits, Scratch::block_partials, sizeof(double) * N));
-    auto* hits = static_cast<index_t*>(scratch(logits, Scratch::split_partials, sizeof(index_t) * N));
-    auto* device_results = static_cast<double*>(scratch(logits, Scratch::results, sizeof(results)));
+    auto* losses = static_cast<double*>(scratch(logits, Scratch::first, sizeof(double) * N));
+    auto* hits = static_cast<index_t*>(scratch(logits, Scratch::second, sizeof(index_t) * N));
+    auto* device_results = static_cast<double*>(scratch(logits, Scratch::third, sizeof(results)));
     const RowOutputs<T> rows{data_of<T>(grad_logits), nullptr, losses, hits};
     cross_entropy_rows<T><<<row_blocks(N), kBlockThreads>>>(data_of<T>(logits), data_of<index_t>(labels),
                                                             N, C, 1.0 / static_cast<double>(N), rows);
