@@ -249,10 +249,21 @@ def test_training_step_learns_and_is_reproducible():
         np.testing.assert_array_equal(a.data, b.data)
 
 
-def test_training_step_matches_manual_layer_calls():
+# Conv + ReLU fuse into one pass on the CPU's direct (few input channels) and filter-block (8+
+# filters) paths; on the GEMM path (6 -> 5 channels) they run apart. Same results either way.
+@pytest.mark.parametrize("channels", [(1, 2), (8, 16), (6, 5)], ids=["direct", "filter_blocks", "gemm"])
+def test_training_step_matches_manual_layer_calls(channels):
+    c_in, c_out = channels
     juanji.manual_seed(1)
-    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 4 * 4, 3))
-    x = RNG.standard_normal((5, 1, 6, 6)).astype(np.float32)
+    model = nn.Sequential(nn.Conv2d(c_in, c_out, 3), nn.ReLU(), nn.Flatten(), nn.Linear(c_out * 4 * 4, 3))
+    x = RNG.standard_normal((5, c_in, 6, 6)).astype(np.float32)
+    w1, b1 = (p.data.copy() for p in model.parameters()[:2])
+    np.testing.assert_array_equal(np.asarray(model.layers[1](model.layers[0](x))),
+                                  np.asarray(juanji.relu(juanji.conv2d(x, w1, b1))))
+    np.testing.assert_array_equal(
+        np.asarray(model(x)),
+        np.asarray(juanji.linear(np.asarray(juanji.relu(juanji.conv2d(x, w1, b1))).reshape(5, -1),
+                                 *(p.data for p in model.parameters()[2:]))))
     y = np.array([0, 1, 2, 1, 0])
     before = [p.data.copy() for p in model.parameters()]
     opt = optim.SGD(model.parameters(), lr=0.1)

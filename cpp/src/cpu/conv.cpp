@@ -234,7 +234,7 @@ bool use_direct(const ConvGeometry& g, std::int64_t in_channels_per_group) {
 void direct_conv_all(const ConvGeometry& g, const float* src, std::int64_t src_channels, std::int64_t src_h,
                      std::int64_t src_w, std::int64_t top, std::int64_t left, const float* weights,
                      const float* bias, float* out, std::int64_t out_channels, std::int64_t out_h,
-                     std::int64_t out_w) {
+                     std::int64_t out_w, bool relu) {
   const cpu::KernelSet& kernels = cpu::active_kernels();
   const std::int64_t in_g = src_channels / g.groups, out_g = out_channels / g.groups;
   const std::int64_t block = 2 * kernels.direct_conv_lanes;
@@ -250,13 +250,14 @@ void direct_conv_all(const ConvGeometry& g, const float* src, std::int64_t src_c
     cpu::DirectConvArgs args{padded, in_g, padded_h, padded_w,
                              weights + grp * out_g * in_g * g.R * g.S, g.R, g.S, g.dil_h, g.dil_w,
                              bias ? bias + grp * out_g : nullptr,
-                             out + (n * out_channels + grp * out_g) * out_h * out_w, out_g, out_h, out_w};
+                             out + (n * out_channels + grp * out_g) * out_h * out_w, out_g, out_h, out_w, relu};
     kernels.direct_conv_f32(args);
   }
 }
 
-void direct_forward(const ConvGeometry& g, const float* x, const float* w, const float* bias, float* y) {
-  direct_conv_all(g, x, g.C, g.H, g.W, g.pad_top, g.pad_left, w, bias, y, g.K, g.P, g.Q);
+void direct_forward(const ConvGeometry& g, const float* x, const float* w, const float* bias, float* y,
+                    bool relu) {
+  direct_conv_all(g, x, g.C, g.H, g.W, g.pad_top, g.pad_left, w, bias, y, g.K, g.P, g.Q, relu);
 }
 
 // The seeds' rule: the input gradient is the full convolution of the error with the 180-degree
@@ -270,7 +271,7 @@ void direct_backward_data(const ConvGeometry& g, const float* dy, const float* w
         for (std::int64_t t = 0; t < taps; ++t)
           rotated[((grp * Cg + c) * Kg + k) * taps + (taps - 1 - t)] = w[((grp * Kg + k) * Cg + c) * taps + t];
   direct_conv_all(g, dy, g.K, g.P, g.Q, g.dil_h * (g.R - 1) - g.pad_top, g.dil_w * (g.S - 1) - g.pad_left,
-                  rotated, nullptr, dx, g.C, g.H, g.W);
+                  rotated, nullptr, dx, g.C, g.H, g.W, false);
 }
 
 // Weight gradient for few input channels: every (filter, channel) pair sums its images in order
@@ -399,7 +400,7 @@ struct FilterBlockJobs {
 
 // out = correlation of src with packed weights (+ bias); each output is written by one job.
 void filter_block_correlate(const Correlation& c, const float* src, const float* packed, const float* bias,
-                            float* out) {
+                            float* out, bool relu) {
   const cpu::KernelSet& kernels = cpu::active_kernels();
   const std::int64_t blocks = c.blocks(), taps = c.taps(), per_group = c.out_per_group();
   const std::int64_t out_plane = c.out_h * c.out_w;
@@ -415,19 +416,20 @@ void filter_block_correlate(const Correlation& c, const float* src, const float*
                                           packed + (grp * blocks + kb) * taps * cpu::kFilterBlock,
                                           bias ? bias + first : nullptr, out + (n * c.out_channels + first) * out_plane,
                                           std::min<std::int64_t>(cpu::kFilterBlock, per_group - kb * cpu::kFilterBlock),
-                                          c.out_h, c.out_w};
+                                          c.out_h, c.out_w, relu};
       kernels.filter_block_conv_f32(args);
     }
   }
 }
 
-void filter_block_forward(const ConvGeometry& g, const float* x, const float* w, const float* bias, float* y) {
+void filter_block_forward(const ConvGeometry& g, const float* x, const float* w, const float* bias, float* y,
+                          bool relu) {
   const Correlation c = forward_correlation(g);
   const std::int64_t taps = c.taps(), Kg = c.out_per_group();
   const float* packed = pack_filter_blocks(c, [&](std::int64_t grp, std::int64_t k, std::int64_t t) {
     return w[(grp * Kg + k) * taps + t];
   });
-  filter_block_correlate(c, x, packed, bias, y);
+  filter_block_correlate(c, x, packed, bias, y, relu);
 }
 
 // Stride 1 only: dx is the correlation of the padded error with the rotated, transposed kernel.
@@ -438,7 +440,7 @@ void filter_block_backward_data(const ConvGeometry& g, const float* dy, const fl
     const std::int64_t k = t / RS, rotated_tap = RS - 1 - t % RS;
     return w[((grp * Kg + k) * Cg + ch) * RS + rotated_tap];
   });
-  filter_block_correlate(c, dy, packed, nullptr, dx);
+  filter_block_correlate(c, dy, packed, nullptr, dx, false);
 }
 
 // Fixed image chunks (independent of the thread count) accumulate their images in order into
@@ -555,8 +557,8 @@ struct ImplicitColumnsTransposed {
 template <class T>
 void forward_impl(const ConvGeometry& g, const T* x, const T* w, const T* bias, T* y) {
   if constexpr (std::is_same_v<T, float>) {
-    if (use_direct(g, g.C / g.groups)) return direct_forward(g, x, w, bias, y);
-    if (use_filter_blocks(forward_correlation(g))) return filter_block_forward(g, x, w, bias, y);
+    if (use_direct(g, g.C / g.groups)) return direct_forward(g, x, w, bias, y, false);
+    if (use_filter_blocks(forward_correlation(g))) return filter_block_forward(g, x, w, bias, y, false);
   }
   const std::int64_t Cg = g.C / g.groups, Kg = g.K / g.groups;
   const std::int64_t PQ = g.P * g.Q, CRSg = Cg * g.R * g.S;
@@ -774,6 +776,20 @@ void conv_forward(const ConvGeometry& g, const Tensor& x, const Tensor& w, const
     forward_impl<float>(g, x.data<float>(), w.data<float>(), optional_data<float>(bias), y.data<float>());
   else
     forward_impl<double>(g, x.data<double>(), w.data<double>(), optional_data<double>(bias), y.data<double>());
+}
+
+bool conv_forward_relu(const ConvGeometry& g, const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& y) {
+  if (!x.device().is_cpu() || x.dtype() != DType::float32) return false;
+  const float* b = optional_data<float>(bias);
+  if (use_direct(g, g.C / g.groups)) {
+    direct_forward(g, x.data<float>(), w.data<float>(), b, y.data<float>(), true);
+    return true;
+  }
+  if (use_filter_blocks(forward_correlation(g))) {
+    filter_block_forward(g, x.data<float>(), w.data<float>(), b, y.data<float>(), true);
+    return true;
+  }
+  return false;
 }
 
 void conv_backward_data(const ConvGeometry& g, const Tensor& grad_y, const Tensor& w, Tensor& grad_x) {

@@ -32,6 +32,7 @@ struct DirectConvArgs {
   const float* bias;  // (out_channels) or null
   float* out;         // (out_channels, out_h, out_w)
   std::int64_t out_channels, out_h, out_w;
+  bool relu;          // store max(0, out) as the ReLU kernel computes it (v < 0 ? 0 : v)
 };
 using DirectConv = void (*)(const DirectConvArgs& args);
 
@@ -67,6 +68,7 @@ struct FilterBlockConvArgs {
   const float* bias;                // (out_channels) or null
   float* out;                       // (out_channels, out_h, out_w): this block's first filter
   std::int64_t out_channels, out_h, out_w;  // out_channels <= 16: the filters of this block
+  bool relu;                                // as in DirectConvArgs
 };
 using FilterBlockConv = void (*)(const FilterBlockConvArgs& args);
 

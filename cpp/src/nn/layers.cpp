@@ -164,7 +164,11 @@ const Tensor* Conv::forward_fused(const Tensor& x, bool, const ActivationLayer& 
     return &output_;
   }
 #endif
-  (void)x, (void)activation;
+  if (x.device().is_cpu() && activation.kind() == Activation::relu) {
+    prepare_forward(x);
+    if (conv_forward_relu(geometry_, input_, weight_->value, bias_ ? bias_->value : Tensor(), output_))
+      return &output_;
+  }
   return nullptr;
 }
 

@@ -80,7 +80,7 @@ const Tensor& Sequential::forward(const Tensor& x, bool training) {
   check_input(x);
   const Tensor* current = &on_model_device(x, input_staging_);
   for (std::size_t i = 0; i < layers_.size(); ++i) {
-    // A layer followed by an activation may compute both in one pass (on CUDA).
+    // A layer followed by an activation may compute both in one pass (see Layer::forward_fused).
     auto* activation = i + 1 < layers_.size() ? dynamic_cast<ActivationLayer*>(layers_[i + 1].get()) : nullptr;
     const Tensor* fused = activation ? layers_[i]->forward_fused(*current, training, *activation) : nullptr;
     if (fused) {

@@ -60,6 +60,10 @@ ConvGrads conv1d_backward(const Tensor& grad_out, const Tensor& x, const Tensor&
 // bias may be undefined (no bias); grad_b may be undefined (not wanted).
 void conv_forward(const ConvGeometry& g, const Tensor& x, const Tensor& w, const Tensor& bias,
                   Tensor& y);
+// conv_forward with ReLU (v < 0 ? 0 : v, as the activation op) applied as each output is stored,
+// where the CPU kernel for this layer allows it (float32 on the direct and filter-block paths);
+// returns false, having computed nothing, where it does not.
+bool conv_forward_relu(const ConvGeometry& g, const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& y);
 void conv_backward_data(const ConvGeometry& g, const Tensor& grad_y, const Tensor& w, Tensor& grad_x);
 void conv_backward_weight(const ConvGeometry& g, const Tensor& grad_y, const Tensor& x,
                           Tensor& grad_w, Tensor& grad_b);
