@@ -189,6 +189,8 @@ FILTER_BLOCKS = {
     "batch1_1x7": (2, case(N=1, C=8, K=16, spatial=(6, 20), kernel=(1, 7), padding=(0, 3))),
     "conv1d": (1, case(C=8, K=16, spatial=(40,), kernel=(5,), padding=2)),
     "conv1d_stride2_dil2": (1, case(C=12, K=10, spatial=(41,), kernel=(3,), stride=2, dilation=2)),
+    # 16 (group, block) jobs: the weight gradient sums all images in one chunk
+    "sixteen_groups": (2, case(N=3, C=16, K=128, groups=16, spatial=(6, 7), padding=1)),
 }
 
 

@@ -443,14 +443,22 @@ void filter_block_backward_data(const ConvGeometry& g, const float* dy, const fl
   filter_block_correlate(c, dy, packed, nullptr, dx, false);
 }
 
-// Fixed image chunks (independent of the thread count) accumulate their images in order into
-// partial gradients; the partials are then added in chunk order.
+// Image chunks accumulate their images in order into partial gradients, which are then added in
+// chunk order. The chunk count is a function of the shape alone (never of the thread count): as
+// many as it takes to give (chunk, group, block) jobs enough to share, since every chunk's partial
+// is a full copy of the gradient (res_256 with 8 chunks wrote and re-read 19 MB of partials).
+std::int64_t weight_grad_chunks(const ConvGeometry& g, std::int64_t blocks) {
+  constexpr std::int64_t kWantedJobs = 16;
+  const std::int64_t per_chunk = g.groups * blocks;
+  return std::clamp<std::int64_t>((kWantedJobs + per_chunk - 1) / per_chunk, 1, std::min<std::int64_t>(g.N, 8));
+}
+
 void filter_block_backward_weight(const ConvGeometry& g, const float* dy, const float* x, float* dw) {
   const cpu::KernelSet& kernels = cpu::active_kernels();
   const Correlation c = forward_correlation(g);
   const std::int64_t taps = c.taps(), blocks = c.blocks(), Kg = c.out_per_group(), PQ = g.P * g.Q;
   const std::int64_t block_size = taps * cpu::kFilterBlock, chunk_size = g.groups * blocks * block_size;
-  const std::int64_t chunks = std::min<std::int64_t>(g.N, 8);
+  const std::int64_t chunks = weight_grad_chunks(g, blocks);
   const TapSource source(c, cpu::workspace<std::int64_t>(cpu::WorkspaceSlot::gemm_b, taps));
   float* partials = cpu::workspace<float>(cpu::WorkspaceSlot::partials, chunks * chunk_size);
   const FilterBlockJobs jobs(chunks * g.groups, blocks);
