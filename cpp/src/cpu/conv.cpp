@@ -368,19 +368,18 @@ struct TapSource {
   }
 };
 
-// Weights as (group, block, tap, 16 filters), zero past a group's last filter; weight(grp, o, t)
-// gives output channel o's (within the group) weight for tap t.
-template <class Weight>
-const float* pack_filter_blocks(const Correlation& c, Weight weight) {
-  const std::int64_t blocks = c.blocks(), taps = c.taps(), per_group = c.out_per_group();
-  float* packed = cpu::workspace<float>(cpu::WorkspaceSlot::gemm_a, c.groups * blocks * taps * cpu::kFilterBlock);
-  for (std::int64_t grp = 0; grp < c.groups; ++grp)
-    for (std::int64_t kb = 0; kb < blocks; ++kb)
-      for (std::int64_t t = 0; t < taps; ++t)
-        for (std::int64_t k = 0; k < cpu::kFilterBlock; ++k) {
-          const std::int64_t o = kb * cpu::kFilterBlock + k;
-          packed[((grp * blocks + kb) * taps + t) * cpu::kFilterBlock + k] = o < per_group ? weight(grp, o, t) : 0.0f;
-        }
+// Weights as (group, block, tap, 16 filters), zero past a group's last filter. fill(grp, kb, out)
+// writes one block, out[t * 16 + k] for filter kb * 16 + k of the group (the zeros are done).
+template <class Fill>
+const float* pack_filter_blocks(const Correlation& c, Fill fill) {
+  const std::int64_t blocks = c.blocks(), block_size = c.taps() * cpu::kFilterBlock, jobs = c.groups * blocks;
+  float* packed = cpu::workspace<float>(cpu::WorkspaceSlot::gemm_a, jobs * block_size);
+#pragma omp parallel for schedule(static) if (jobs > 1 && jobs * block_size >= cpu::kParallelGrain)
+  for (std::int64_t job = 0; job < jobs; ++job) {
+    float* out = packed + job * block_size;
+    std::fill(out, out + block_size, 0.0f);
+    fill(job / blocks, job % blocks, out);
+  }
   return packed;
 }
 
@@ -426,8 +425,11 @@ void filter_block_forward(const ConvGeometry& g, const float* x, const float* w,
                           bool relu) {
   const Correlation c = forward_correlation(g);
   const std::int64_t taps = c.taps(), Kg = c.out_per_group();
-  const float* packed = pack_filter_blocks(c, [&](std::int64_t grp, std::int64_t k, std::int64_t t) {
-    return w[(grp * Kg + k) * taps + t];
+  const float* packed = pack_filter_blocks(c, [&](std::int64_t grp, std::int64_t kb, float* out) {
+    for (std::int64_t k = 0; k < std::min<std::int64_t>(cpu::kFilterBlock, Kg - kb * cpu::kFilterBlock); ++k) {
+      const float* filter = w + (grp * Kg + kb * cpu::kFilterBlock + k) * taps;
+      for (std::int64_t t = 0; t < taps; ++t) out[t * cpu::kFilterBlock + k] = filter[t];
+    }
   });
   filter_block_correlate(c, x, packed, bias, y, relu);
 }
@@ -436,9 +438,14 @@ void filter_block_forward(const ConvGeometry& g, const float* x, const float* w,
 void filter_block_backward_data(const ConvGeometry& g, const float* dy, const float* w, float* dx) {
   const Correlation c = data_grad_correlation(g);
   const std::int64_t Cg = g.C / g.groups, Kg = g.K / g.groups, RS = g.R * g.S;
-  const float* packed = pack_filter_blocks(c, [&](std::int64_t grp, std::int64_t ch, std::int64_t t) {
-    const std::int64_t k = t / RS, rotated_tap = RS - 1 - t % RS;
-    return w[((grp * Kg + k) * Cg + ch) * RS + rotated_tap];
+  // Tap (k, r, s) of output channel ch is weight (k, ch, R-1-r, S-1-s). Written without a division
+  // per element: the gather took 1.4 ms of res_256's 19 ms data gradient on one core.
+  const float* packed = pack_filter_blocks(c, [&](std::int64_t grp, std::int64_t cb, float* out) {
+    for (std::int64_t k = 0; k < Kg; ++k)
+      for (std::int64_t lane = 0; lane < std::min<std::int64_t>(cpu::kFilterBlock, Cg - cb * cpu::kFilterBlock); ++lane) {
+        const float* kernel = w + ((grp * Kg + k) * Cg + cb * cpu::kFilterBlock + lane) * RS;
+        for (std::int64_t rs = 0; rs < RS; ++rs) out[(k * RS + RS - 1 - rs) * cpu::kFilterBlock + lane] = kernel[rs];
+      }
   });
   filter_block_correlate(c, dy, packed, nullptr, dx, false);
 }
