@@ -281,6 +281,38 @@ def test_training_step_matches_manual_layer_calls(channels):
         np.testing.assert_allclose(p.data, w - 0.1 * g, rtol=1e-5, atol=1e-6)
 
 
+def convnet_block(seed):
+    juanji.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(4 * 5 * 5, 3))
+
+
+def test_batchnorm_relu_fused_in_sequential_matches_the_layers_one_by_one():
+    # Sequential runs BatchNorm2d + ReLU as one pass on the CPU; calling the layers one by one does
+    # not fuse. Outputs, parameter updates and running statistics must agree bit for bit.
+    x = RNG.standard_normal((3, 2, 5, 5)).astype(np.float32)
+    y = np.array([0, 2, 1])
+    fused, apart = convnet_block(4), convnet_block(4)
+    h = x
+    for layer in apart.layers:
+        h = layer.forward(h, training=True)
+    np.testing.assert_array_equal(np.asarray(fused.forward(x, training=True)), np.asarray(h))
+
+    fused, apart = convnet_block(5), convnet_block(5)
+    fused.train_step(x, y, nn.CrossEntropyLoss(), optim.SGD(fused.parameters(), lr=0.1))
+    h = x
+    for layer in apart.layers:
+        h = layer.forward(h, training=True)
+    g = np.asarray(juanji.cross_entropy_backward(np.asarray(h), y))
+    for layer in reversed(apart.layers):
+        g = layer.backward(g)
+    optim.SGD(apart.parameters(), lr=0.1).step()
+    for a, b in zip(fused.parameters(), apart.parameters()):
+        np.testing.assert_array_equal(a.data, b.data)
+    for a, b in zip(fused.buffers(), apart.buffers()):
+        np.testing.assert_array_equal(a.data, b.data)
+
+
 @pytest.mark.parametrize("make", [small_cnn, lambda: nn.Sequential(
     nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 16, 5), nn.ReLU(),
     nn.MaxPool2d(2), nn.Flatten(), nn.Linear(16, 10))], ids=["small_cnn", "lenet_like"])

@@ -447,11 +447,13 @@ void dropout_backward(const Tensor& grad_y, const Tensor& mask, Tensor& grad_x) 
 void batch_norm2d_forward(const Tensor& x, const Tensor& gamma, const Tensor& beta,
                           Tensor& running_mean, Tensor& running_var, bool training,
                           double momentum, double eps, Tensor& y, Tensor& save_mean,
-                          Tensor& save_invstd) {
+                          Tensor& save_invstd, bool relu) {
 #if JUANJI_WITH_CUDA
-  if (x.device().is_cuda())
+  if (x.device().is_cuda()) {
+    check(!relu, "batch_norm2d_forward: the fused ReLU is CPU-only; x is on ", x.device().str());
     return cuda::batch_norm2d_forward(x, gamma, beta, running_mean, running_var, training, momentum,
                                       eps, y, save_mean, save_invstd);
+  }
 #endif
   const char* op = "batch_norm2d";
   check_float(x, "x");
@@ -518,7 +520,14 @@ void batch_norm2d_forward(const Tensor& x, const Tensor& gamma, const Tensor& be
       for (std::int64_t n = 0; n < N; ++n) {
         const T* xp = xd + (n * C + c) * area;
         T* yp = yd + (n * C + c) * area;
-        for (std::int64_t i = 0; i < area; ++i) yp[i] = xp[i] * s + shift;
+        if (relu) {
+          for (std::int64_t i = 0; i < area; ++i) {
+            const T v = xp[i] * s + shift;
+            yp[i] = v < T(0) ? T(0) : v;
+          }
+        } else {
+          for (std::int64_t i = 0; i < area; ++i) yp[i] = xp[i] * s + shift;
+        }
       }
     }
   });

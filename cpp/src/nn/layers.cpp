@@ -484,7 +484,7 @@ Shape BatchNorm2d::output_shape(const Shape& input) const {
 
 double BatchNorm2d::flops(const Shape& input) const { return 2.0 * static_cast<double>(checked_numel(input)); }
 
-const Tensor& BatchNorm2d::forward(const Tensor& x, bool training) {
+const Tensor& BatchNorm2d::normalize(const Tensor& x, bool training, bool relu) {
   check_input(x, *gamma_, type());
   output_shape(x.shape());
   input_ = x.contiguous();
@@ -492,8 +492,15 @@ const Tensor& BatchNorm2d::forward(const Tensor& x, bool training) {
   ensure(save_mean_, {channels_}, x.dtype(), x.device());
   ensure(save_invstd_, {channels_}, x.dtype(), x.device());
   batch_norm2d_forward(input_, gamma_->value, beta_->value, running_mean_->value, running_var_->value,
-                       training, momentum_, eps_, output_, save_mean_, save_invstd_);
+                       training, momentum_, eps_, output_, save_mean_, save_invstd_, relu);
   return output_;
+}
+
+const Tensor& BatchNorm2d::forward(const Tensor& x, bool training) { return normalize(x, training, false); }
+
+const Tensor* BatchNorm2d::forward_fused(const Tensor& x, bool training, const ActivationLayer& activation) {
+  if (!x.device().is_cpu() || activation.kind() != Activation::relu) return nullptr;
+  return &normalize(x, training, true);
 }
 
 const Tensor& BatchNorm2d::backward(const Tensor& grad_y, bool need_grad_x) {

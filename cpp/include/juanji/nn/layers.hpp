@@ -45,8 +45,8 @@ class Layer {
   // need_grad_x is false (first layer), in which case the result is undefined.
   virtual const Tensor& backward(const Tensor& grad_y, bool need_grad_x) = 0;
   // forward followed by `activation`'s forward in one pass, where this layer's kernels can apply
-  // it in their epilogue (convolution and linear layers on CUDA; on the CPU, ReLU after a float32
-  // convolution on the direct and filter-block paths): returns the activated output
+  // it in their epilogue (convolution and linear layers on CUDA; on the CPU, ReLU after batch norm
+  // and after a float32 convolution on the direct and filter-block paths): returns the output
   // (then handed to activation.adopt_output), or null when this layer cannot fuse here.
   virtual const Tensor* forward_fused(const Tensor& x, bool training, const ActivationLayer& activation) {
     (void)x, (void)training, (void)activation;
@@ -218,8 +218,11 @@ class BatchNorm2d : public Layer {
   double flops(const Shape& input) const override;
   const Tensor& forward(const Tensor& x, bool training) override;
   const Tensor& backward(const Tensor& grad_y, bool need_grad_x) override;
+  const Tensor* forward_fused(const Tensor& x, bool training, const ActivationLayer& activation) override;
 
  private:
+  // Checks x, readies the buffers and normalizes (with ReLU applied to the output if relu).
+  const Tensor& normalize(const Tensor& x, bool training, bool relu);
   std::int64_t channels_;
   double eps_, momentum_;
   std::shared_ptr<Parameter> gamma_, beta_, running_mean_, running_var_;

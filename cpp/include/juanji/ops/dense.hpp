@@ -41,11 +41,12 @@ void dropout_backward(const Tensor& grad_y, const Tensor& mask, Tensor& grad_x);
 
 // Batch normalization over (N, H, W) per channel of (N, C, H, W). Training uses batch statistics
 // and updates running_mean/running_var (unbiased variance) with `momentum`; eval uses the
-// running ones. save_mean/save_invstd (C) keep what backward needs.
+// running ones. save_mean/save_invstd (C) keep what backward needs. relu (CPU only) stores
+// ReLU(y) in the same pass, as the ReLU op computes it (v < 0 ? 0 : v).
 void batch_norm2d_forward(const Tensor& x, const Tensor& gamma, const Tensor& beta,
                           Tensor& running_mean, Tensor& running_var, bool training,
                           double momentum, double eps, Tensor& y, Tensor& save_mean,
-                          Tensor& save_invstd);
+                          Tensor& save_invstd, bool relu = false);
 void batch_norm2d_backward(const Tensor& grad_y, const Tensor& x, const Tensor& gamma,
                            const Tensor& save_mean, const Tensor& save_invstd, Tensor& grad_x,
                            Tensor& grad_gamma, Tensor& grad_beta);
