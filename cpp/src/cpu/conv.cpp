@@ -368,11 +368,12 @@ struct TapSource {
   }
 };
 
-// Weights as (group, block, tap, 16 filters), zero past a group's last filter. fill(grp, kb, out)
-// writes one block, out[t * 16 + k] for filter kb * 16 + k of the group (the zeros are done).
+// Weights as (group, block, block_size floats), zero past a group's last filter. fill(grp, kb, out)
+// writes one block, e.g. out[t * 16 + k] for tap t of filter kb * 16 + k of the group (the zeros
+// are done).
 template <class Fill>
-const float* pack_filter_blocks(const Correlation& c, Fill fill) {
-  const std::int64_t blocks = c.blocks(), block_size = c.taps() * cpu::kFilterBlock, jobs = c.groups * blocks;
+const float* pack_filter_blocks(const Correlation& c, std::int64_t block_size, Fill fill) {
+  const std::int64_t blocks = c.blocks(), jobs = c.groups * blocks;
   float* packed = cpu::workspace<float>(cpu::WorkspaceSlot::gemm_a, jobs * block_size);
 #pragma omp parallel for schedule(static) if (jobs > 1 && jobs * block_size >= cpu::kParallelGrain)
   for (std::int64_t job = 0; job < jobs; ++job) {
@@ -425,7 +426,7 @@ void filter_block_forward(const ConvGeometry& g, const float* x, const float* w,
                           bool relu) {
   const Correlation c = forward_correlation(g);
   const std::int64_t taps = c.taps(), Kg = c.out_per_group();
-  const float* packed = pack_filter_blocks(c, [&](std::int64_t grp, std::int64_t kb, float* out) {
+  const float* packed = pack_filter_blocks(c, taps * cpu::kFilterBlock, [&](std::int64_t grp, std::int64_t kb, float* out) {
     for (std::int64_t k = 0; k < std::min<std::int64_t>(cpu::kFilterBlock, Kg - kb * cpu::kFilterBlock); ++k) {
       const float* filter = w + (grp * Kg + kb * cpu::kFilterBlock + k) * taps;
       for (std::int64_t t = 0; t < taps; ++t) out[t * cpu::kFilterBlock + k] = filter[t];
@@ -440,7 +441,7 @@ void filter_block_backward_data(const ConvGeometry& g, const float* dy, const fl
   const std::int64_t Cg = g.C / g.groups, Kg = g.K / g.groups, RS = g.R * g.S;
   // Tap (k, r, s) of output channel ch is weight (k, ch, R-1-r, S-1-s). Written without a division
   // per element: the gather took 1.4 ms of res_256's 19 ms data gradient on one core.
-  const float* packed = pack_filter_blocks(c, [&](std::int64_t grp, std::int64_t cb, float* out) {
+  const float* packed = pack_filter_blocks(c, c.taps() * cpu::kFilterBlock, [&](std::int64_t grp, std::int64_t cb, float* out) {
     for (std::int64_t k = 0; k < Kg; ++k)
       for (std::int64_t lane = 0; lane < std::min<std::int64_t>(cpu::kFilterBlock, Cg - cb * cpu::kFilterBlock); ++lane) {
         const float* kernel = w + ((grp * Kg + k) * Cg + cb * cpu::kFilterBlock + lane) * RS;
@@ -448,6 +449,151 @@ void filter_block_backward_data(const ConvGeometry& g, const float* dy, const fl
       }
   });
   filter_block_correlate(c, dy, packed, nullptr, dx, false);
+}
+
+// Winograd F(2x2, 3x3) (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks"): each
+// 2x2 block of outputs (a tile) of a stride-1 3x3 correlation is A^T [sum_c U_kc . V_c] A, with
+// U_kc = G g_kc G^T the transformed filter, V_c = B^T d_c B the transformed 4x4 input patch and
+// . the elementwise product: 16 multiplies per channel and tile where the definition takes 36.
+// G's entries are 0, 1 and 1/2: integer-valued weights give multiples of 1/4, integer inputs
+// integer V, so integer-valued data stays exact (and equal to the direct sum). Rounding differs
+// from the direct sum's otherwise (its error bound is a small multiple of the direct one); an
+// infinite input can turn an output that the definition makes infinite into NaN.
+constexpr std::int64_t kWinogradMinChannels = 16;
+// A chunk's transformed input (16 x channels x tiles floats) stays within half of a 1 MiB L2.
+constexpr std::int64_t kWinogradChunkFloats = std::int64_t{1} << 17;
+constexpr std::int64_t kWinogradMaxChunkTiles = 128;
+
+// The 16 products cost a third of the direct sum's multiply-adds but the transforms read and
+// write every input and output again: it pays off from 16 channels in and out per group.
+bool use_winograd(const Correlation& c) {
+  return c.R == 3 && c.S == 3 && c.stride_h == 1 && c.stride_w == 1 && c.dil_h == 1 && c.dil_w == 1 &&
+         c.in_per_group() >= kWinogradMinChannels && c.out_per_group() >= kWinogradMinChannels;
+}
+
+// Transformed filters as (group, block, e, channel, 16 filters): u[e][c][k] = (G g G^T)[e / 4][e % 4]
+// for the 3x3 kernel g = kernel(grp, filter, channel), rotated by 180 degrees if asked.
+template <class Kernel>
+const float* pack_winograd_filters(const Correlation& c, bool rotate, Kernel kernel) {
+  const std::int64_t in = c.in_per_group(), per_group = c.out_per_group();
+  return pack_filter_blocks(c, 16 * in * cpu::kFilterBlock, [&](std::int64_t grp, std::int64_t kb, float* out) {
+    const std::int64_t filters = std::min<std::int64_t>(cpu::kFilterBlock, per_group - kb * cpu::kFilterBlock);
+    for (std::int64_t ch = 0; ch < in; ++ch) {
+      float u[16][cpu::kFilterBlock] = {};  // (e, filter): written to out as whole rows
+      for (std::int64_t lane = 0; lane < filters; ++lane) {
+        const float* g = kernel(grp, kb * cpu::kFilterBlock + lane, ch);
+        float gg[4][3];  // G g
+        for (int s = 0; s < 3; ++s) {
+          const float g0 = g[rotate ? 8 - s : s], g1 = g[rotate ? 5 - s : 3 + s], g2 = g[rotate ? 2 - s : 6 + s];
+          gg[0][s] = g0;
+          gg[1][s] = (g0 + g1 + g2) * 0.5f;
+          gg[2][s] = (g0 - g1 + g2) * 0.5f;
+          gg[3][s] = g2;
+        }
+        for (int a = 0; a < 4; ++a) {  // (G g) G^T
+          u[4 * a][lane] = gg[a][0];
+          u[4 * a + 1][lane] = (gg[a][0] + gg[a][1] + gg[a][2]) * 0.5f;
+          u[4 * a + 2][lane] = (gg[a][0] - gg[a][1] + gg[a][2]) * 0.5f;
+          u[4 * a + 3][lane] = gg[a][2];
+        }
+      }
+      for (int e = 0; e < 16; ++e) std::copy(u[e], u[e] + cpu::kFilterBlock, out + (e * in + ch) * cpu::kFilterBlock);
+    }
+  });
+}
+
+// Calls fn(n, ty, tx_begin, tx_end, offset) for each run of tiles of one tile row among the tiles
+// [begin, end) of the batch, numbered image by image, row by row; offset counts from begin.
+template <class Fn>
+void for_each_tile_run(std::int64_t begin, std::int64_t end, std::int64_t tiles_h, std::int64_t tiles_w, Fn fn) {
+  for (std::int64_t t = begin; t < end;) {
+    const std::int64_t n = t / (tiles_h * tiles_w), ty = t / tiles_w % tiles_h, tx = t % tiles_w;
+    const std::int64_t run = std::min(tiles_w - tx, end - t);
+    fn(n, ty, tx, tx + run, t - begin);
+    t += run;
+  }
+}
+
+// out = correlation of src with the transformed filters (+ bias, then ReLU if asked). A job takes
+// a chunk of the batch's tiles in one group: it transforms the chunk's input once, then per block
+// of 16 filters sums the products and transforms them back. Every output is written by one job,
+// and its value does not depend on the chunking.
+void winograd_correlate(const Correlation& c, const float* src, const float* packed, const float* bias,
+                        float* out, bool relu) {
+  const cpu::KernelSet& kernels = cpu::active_kernels();
+  const std::int64_t in = c.in_per_group(), per_group = c.out_per_group(), blocks = c.blocks();
+  const std::int64_t tiles_h = (c.out_h + 1) / 2, tiles_w = (c.out_w + 1) / 2, total = c.N * tiles_h * tiles_w;
+  // Chunks as many as a multiple of the thread count, their bounds on whole 16-tile blocks.
+  const std::int64_t wanted = std::clamp<std::int64_t>(kWinogradChunkFloats / (16 * in), 16, kWinogradMaxChunkTiles);
+  const std::int64_t threads = get_num_threads();
+  const std::int64_t chunks = ((total + wanted - 1) / wanted + threads - 1) / threads * threads;
+  auto chunk_bound = [&](std::int64_t i) {
+    return i == chunks ? total : std::min(total, (total * i / chunks + 8) / 16 * 16);
+  };
+  // Rows of an image's input, zero-padded, as wide as whole vectors of tiles read.
+  const std::int64_t width = 2 * ((tiles_w + cpu::kFilterBlock - 1) / cpu::kFilterBlock * cpu::kFilterBlock) + 2;
+  const std::int64_t in_plane = c.in_h * c.in_w, out_plane = c.out_h * c.out_w;
+  const FilterBlockJobs jobs(c.groups * chunks, blocks);
+#pragma omp parallel for schedule(static) if (jobs.count() > 1)
+  for (std::int64_t job = 0; job < jobs.count(); ++job) {
+    const std::int64_t grp = jobs.outer_of(job) / chunks, chunk = jobs.outer_of(job) % chunks;
+    const std::int64_t begin = chunk_bound(chunk), end = chunk_bound(chunk + 1), tiles = end - begin;
+    if (tiles == 0) continue;
+    const std::int64_t v_stride = in * tiles + 16, m_stride = tiles * cpu::kFilterBlock + 16;
+    float* v = cpu::workspace<float>(cpu::WorkspaceSlot::columns, 16 * v_stride + 4 * width);
+    float* rows = v + 16 * v_stride;
+    for (std::int64_t ch = 0; ch < in; ++ch)
+      for_each_tile_run(begin, end, tiles_h, tiles_w, [&](std::int64_t n, std::int64_t ty, std::int64_t tx0,
+                                                          std::int64_t tx1, std::int64_t offset) {
+        const float* plane = src + (n * c.in_channels + grp * in + ch) * in_plane;
+        pad_planes(plane, 1, c.in_h, c.in_w, c.pad_top - 2 * ty, c.pad_left, rows, 4, width);
+        kernels.winograd_input_row_f32(rows + 2 * tx0, width, tx1 - tx0, v + ch * tiles + offset, v_stride);
+      });
+    float* m = cpu::workspace<float>(cpu::WorkspaceSlot::batch_out, 16 * m_stride + 4 * tiles * cpu::kFilterBlock);
+    float* y = m + 16 * m_stride;
+    for (std::int64_t kb = jobs.first_block(job); kb < jobs.end_block(job); ++kb) {
+      const cpu::WinogradProductArgs args{packed + (grp * blocks + kb) * 16 * in * cpu::kFilterBlock, v, in, tiles,
+                                          v_stride, m, m_stride};
+      kernels.winograd_products_f32(args);
+      kernels.winograd_output_f32(m, m_stride, tiles, y);
+      const std::int64_t first = grp * per_group + kb * cpu::kFilterBlock;
+      const std::int64_t filters = std::min<std::int64_t>(cpu::kFilterBlock, per_group - kb * cpu::kFilterBlock);
+      for_each_tile_run(begin, end, tiles_h, tiles_w, [&](std::int64_t n, std::int64_t ty, std::int64_t tx0,
+                                                          std::int64_t tx1, std::int64_t offset) {
+        const std::int64_t q_end = std::min(2 * tx1, c.out_w);
+        for (std::int64_t k = 0; k < filters; ++k) {
+          const float b = bias ? bias[first + k] : 0.0f;
+          float* plane = out + (n * c.out_channels + first + k) * out_plane;
+          for (std::int64_t p = 2 * ty; p < std::min(2 * ty + 2, c.out_h); ++p) {
+            const float* row = y + ((offset - tx0) * 4 + p % 2 * 2) * cpu::kFilterBlock + k;
+            for (std::int64_t q = 2 * tx0; q < q_end; ++q) {
+              const float value = b + row[(q / 2 * 4 + q % 2) * cpu::kFilterBlock];
+              plane[p * c.out_w + q] = relu && value < 0.0f ? 0.0f : value;
+            }
+          }
+        }
+      });
+    }
+  }
+}
+
+void winograd_forward(const ConvGeometry& g, const float* x, const float* w, const float* bias, float* y, bool relu) {
+  const Correlation c = forward_correlation(g);
+  const std::int64_t Cg = c.in_per_group(), Kg = c.out_per_group();
+  const float* packed = pack_winograd_filters(c, false, [&](std::int64_t grp, std::int64_t k, std::int64_t ch) {
+    return w + ((grp * Kg + k) * Cg + ch) * 9;
+  });
+  winograd_correlate(c, x, packed, bias, y, relu);
+}
+
+// dx is the correlation of the padded error with the rotated, transposed kernel.
+void winograd_backward_data(const ConvGeometry& g, const float* dy, const float* w, float* dx) {
+  const Correlation c = data_grad_correlation(g);
+  const std::int64_t Cg = g.C / g.groups, Kg = g.K / g.groups;
+  const float* packed = pack_winograd_filters(c, true, [&](std::int64_t grp, std::int64_t ch, std::int64_t k) {
+    return w + ((grp * Kg + k) * Cg + ch) * 9;
+  });
+  winograd_correlate(c, dy, packed, nullptr, dx, false);
 }
 
 // Image chunks accumulate their images in order into partial gradients, which are then added in
@@ -573,6 +719,7 @@ template <class T>
 void forward_impl(const ConvGeometry& g, const T* x, const T* w, const T* bias, T* y) {
   if constexpr (std::is_same_v<T, float>) {
     if (use_direct(g, g.C / g.groups)) return direct_forward(g, x, w, bias, y, false);
+    if (use_winograd(forward_correlation(g))) return winograd_forward(g, x, w, bias, y, false);
     if (use_filter_blocks(forward_correlation(g))) return filter_block_forward(g, x, w, bias, y, false);
   }
   const std::int64_t Cg = g.C / g.groups, Kg = g.K / g.groups;
@@ -609,6 +756,8 @@ template <class T>
 void backward_data_impl(const ConvGeometry& g, const T* dy, const T* w, T* dx) {
   if constexpr (std::is_same_v<T, float>) {
     if (use_direct(g, g.K / g.groups)) return direct_backward_data(g, dy, w, dx);
+    if (g.stride_h == 1 && g.stride_w == 1 && use_winograd(data_grad_correlation(g)))
+      return winograd_backward_data(g, dy, w, dx);
     if (g.stride_h == 1 && g.stride_w == 1 && use_filter_blocks(data_grad_correlation(g)))
       return filter_block_backward_data(g, dy, w, dx);
   }
@@ -798,6 +947,10 @@ bool conv_forward_relu(const ConvGeometry& g, const Tensor& x, const Tensor& w, 
   const float* b = optional_data<float>(bias);
   if (use_direct(g, g.C / g.groups)) {
     direct_forward(g, x.data<float>(), w.data<float>(), b, y.data<float>(), true);
+    return true;
+  }
+  if (use_winograd(forward_correlation(g))) {
+    winograd_forward(g, x.data<float>(), w.data<float>(), b, y.data<float>(), true);
     return true;
   }
   if (use_filter_blocks(forward_correlation(g))) {

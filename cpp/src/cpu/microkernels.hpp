@@ -85,6 +85,27 @@ struct FilterBlockWeightGradArgs {
 };
 using FilterBlockWeightGrad = void (*)(const FilterBlockWeightGradArgs& args);
 
+// Winograd F(2x2, 3x3) pieces (conv.cpp holds the algorithm), for blocks of 16 filters. Planes of
+// the 16 transformed values e = 4a + b lie `stride` floats apart (a stride that is no multiple of
+// 4 KiB keeps the 16 streams out of one cache set).
+// Input transforms of one row of tiles: tile t's 4x4 input d[a][b] = rows[a * width + 2t + b],
+// and v[(4a + b) * stride + t] = (B^T d B)[a][b]. rows are readable up to column
+// 2 * round_up(tiles, 16) + 2.
+using WinogradInputRow = void (*)(const float* rows, std::int64_t width, std::int64_t tiles, float* v,
+                                  std::int64_t stride);
+// The 16 elementwise products summed over channels in order, for one block of 16 filters:
+//   m[e * m_stride + t * 16 + k] = sum_c u[(e * channels + c) * 16 + k] * v[e * v_stride + c * tiles + t]
+struct WinogradProductArgs {
+  const float* u;
+  const float* v;
+  std::int64_t channels, tiles, v_stride;
+  float* m;
+  std::int64_t m_stride;
+};
+using WinogradProducts = void (*)(const WinogradProductArgs& args);
+// Output transforms: y[(4t + 2i + j) * 16 + k] = (A^T M A)[i][j] with M[a][b] = m[(4a + b) * m_stride + t * 16 + k].
+using WinogradOutput = void (*)(const float* m, std::int64_t m_stride, std::int64_t tiles, float* y);
+
 // 2x2 stride-2 max pooling of one output row from input rows row0 and row1 (row1 = row0 + width):
 // out[q] = the first maximum of row0[2q], row0[2q+1], row1[2q], row1[2q+1] (a NaN wins, the first
 // NaN is kept) and argmax[q] its flat index arg_base + 2q + {0, 1, width, width + 1}. Handles
@@ -120,6 +141,9 @@ struct KernelSet {
   DirectWeightGrad direct_weight_grad_f32;
   FilterBlockConv filter_block_conv_f32;
   FilterBlockWeightGrad filter_block_weight_grad_f32;
+  WinogradInputRow winograd_input_row_f32;
+  WinogradProducts winograd_products_f32;
+  WinogradOutput winograd_output_f32;
   MaxPool2x2 max_pool_2x2_f32;
   AvgPool2x2 avg_pool_2x2_f32;
   AvgPool2x2Backward avg_pool_2x2_backward_f32;
