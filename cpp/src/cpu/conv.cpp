@@ -530,8 +530,11 @@ void winograd_correlate(const Correlation& c, const float* src, const float* pac
   auto chunk_bound = [&](std::int64_t i) {
     return i == chunks ? total : std::min(total, (total * i / chunks + 8) / 16 * 16);
   };
-  // Rows of an image's input, zero-padded, as wide as whole vectors of tiles read.
+  // Rows of an image's input, zero-padded, as wide as whole vectors of tiles read; a chunk spans
+  // at most this many tile rows of one image.
   const std::int64_t width = 2 * ((tiles_w + cpu::kFilterBlock - 1) / cpu::kFilterBlock * cpu::kFilterBlock) + 2;
+  const std::int64_t max_chunk = (total + chunks - 1) / chunks + 16;
+  const std::int64_t max_rows = 2 * std::min(tiles_h, (max_chunk + tiles_w - 1) / tiles_w + 1) + 2;
   const std::int64_t in_plane = c.in_h * c.in_w, out_plane = c.out_h * c.out_w;
   const FilterBlockJobs jobs(c.groups * chunks, blocks);
 #pragma omp parallel for schedule(static) if (jobs.count() > 1)
@@ -540,38 +543,42 @@ void winograd_correlate(const Correlation& c, const float* src, const float* pac
     const std::int64_t begin = chunk_bound(chunk), end = chunk_bound(chunk + 1), tiles = end - begin;
     if (tiles == 0) continue;
     const std::int64_t v_stride = in * tiles + 16, m_stride = tiles * cpu::kFilterBlock + 16;
-    float* v = cpu::workspace<float>(cpu::WorkspaceSlot::columns, 16 * v_stride + 4 * width);
+    float* v = cpu::workspace<float>(cpu::WorkspaceSlot::columns, 16 * v_stride + max_rows * width);
     float* rows = v + 16 * v_stride;
-    for (std::int64_t ch = 0; ch < in; ++ch)
+    for (std::int64_t ch = 0; ch < in; ++ch) {
+      // Each image's rows of the chunk padded once, then transformed run by run.
+      std::int64_t padded_image = -1, first_row = 0;
       for_each_tile_run(begin, end, tiles_h, tiles_w, [&](std::int64_t n, std::int64_t ty, std::int64_t tx0,
                                                           std::int64_t tx1, std::int64_t offset) {
-        const float* plane = src + (n * c.in_channels + grp * in + ch) * in_plane;
-        pad_planes(plane, 1, c.in_h, c.in_w, c.pad_top - 2 * ty, c.pad_left, rows, 4, width);
-        kernels.winograd_input_row_f32(rows + 2 * tx0, width, tx1 - tx0, v + ch * tiles + offset, v_stride);
+        if (n != padded_image) {
+          const std::int64_t last_row = std::min(tiles_h - 1, (end - 1 - n * tiles_h * tiles_w) / tiles_w);
+          padded_image = n;
+          first_row = ty;
+          pad_planes(src + (n * c.in_channels + grp * in + ch) * in_plane, 1, c.in_h, c.in_w,
+                     c.pad_top - 2 * ty, c.pad_left, rows, 2 * (last_row - ty) + 4, width);
+        }
+        kernels.winograd_input_row_f32(rows + 2 * (ty - first_row) * width + 2 * tx0, width, tx1 - tx0,
+                                       v + ch * tiles + offset, v_stride);
       });
+    }
     float* m = cpu::workspace<float>(cpu::WorkspaceSlot::batch_out, 16 * m_stride + 4 * tiles * cpu::kFilterBlock);
     float* y = m + 16 * m_stride;
     for (std::int64_t kb = jobs.first_block(job); kb < jobs.end_block(job); ++kb) {
-      const cpu::WinogradProductArgs args{packed + (grp * blocks + kb) * 16 * in * cpu::kFilterBlock, v, in, tiles,
-                                          v_stride, m, m_stride};
-      kernels.winograd_products_f32(args);
-      kernels.winograd_output_f32(m, m_stride, tiles, y);
       const std::int64_t first = grp * per_group + kb * cpu::kFilterBlock;
       const std::int64_t filters = std::min<std::int64_t>(cpu::kFilterBlock, per_group - kb * cpu::kFilterBlock);
+      float block_bias[cpu::kFilterBlock] = {};
+      if (bias) std::copy(bias + first, bias + first + filters, block_bias);
+      kernels.winograd_products_f32({packed + (grp * blocks + kb) * 16 * in * cpu::kFilterBlock, v, in, tiles,
+                                     v_stride, m, m_stride});
+      kernels.winograd_output_f32({m, m_stride, tiles, block_bias, relu, y});
       for_each_tile_run(begin, end, tiles_h, tiles_w, [&](std::int64_t n, std::int64_t ty, std::int64_t tx0,
                                                           std::int64_t tx1, std::int64_t offset) {
         const std::int64_t q_end = std::min(2 * tx1, c.out_w);
-        for (std::int64_t k = 0; k < filters; ++k) {
-          const float b = bias ? bias[first + k] : 0.0f;
-          float* plane = out + (n * c.out_channels + first + k) * out_plane;
+        for (std::int64_t k = 0; k < filters; ++k)
           for (std::int64_t p = 2 * ty; p < std::min(2 * ty + 2, c.out_h); ++p) {
-            const float* row = y + ((offset - tx0) * 4 + p % 2 * 2) * cpu::kFilterBlock + k;
-            for (std::int64_t q = 2 * tx0; q < q_end; ++q) {
-              const float value = b + row[(q / 2 * 4 + q % 2) * cpu::kFilterBlock];
-              plane[p * c.out_w + q] = relu && value < 0.0f ? 0.0f : value;
-            }
+            const float* row = y + (k * 2 + p % 2) * 2 * tiles + 2 * (offset - tx0);
+            std::copy(row + 2 * tx0, row + q_end, out + (n * c.out_channels + first + k) * out_plane + p * c.out_w + 2 * tx0);
           }
-        }
       });
     }
   }

@@ -103,8 +103,16 @@ struct WinogradProductArgs {
   std::int64_t m_stride;
 };
 using WinogradProducts = void (*)(const WinogradProductArgs& args);
-// Output transforms: y[(4t + 2i + j) * 16 + k] = (A^T M A)[i][j] with M[a][b] = m[(4a + b) * m_stride + t * 16 + k].
-using WinogradOutput = void (*)(const float* m, std::int64_t m_stride, std::int64_t tiles, float* y);
+// Output transforms, plus bias (16 values) and ReLU (v < 0 ? 0 : v) if asked, laid out as output rows:
+//   y[(k * 2 + i) * 2 * tiles + 2t + j] = bias[k] + (A^T M A)[i][j], M[a][b] = m[(4a + b) * m_stride + t * 16 + k]
+struct WinogradOutputArgs {
+  const float* m;
+  std::int64_t m_stride, tiles;
+  const float* bias;  // (16)
+  bool relu;
+  float* y;
+};
+using WinogradOutput = void (*)(const WinogradOutputArgs& args);
 
 // 2x2 stride-2 max pooling of one output row from input rows row0 and row1 (row1 = row0 + width):
 // out[q] = the first maximum of row0[2q], row0[2q+1], row1[2q], row1[2q+1] (a NaN wins, the first
