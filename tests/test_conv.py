@@ -200,6 +200,54 @@ def test_conv_filter_block_shapes(nd, c, dtype):
     run_forward_and_backward(nd, c, dtype, seed=4)
 
 
+# Stride-1 3x3 float32 layers with 16+ channels in and out per group take Winograd F(2x2, 3x3)
+# (forward, and the data gradient: its correlation has the filters and channels swapped): odd
+# output sizes (half-used tiles), padding 0..3 (the data gradient's cropping), filter blocks past
+# 16, tile rows wider than a vector of tiles, chunks across images, groups, a single output pixel.
+WINOGRAD = {
+    "basic": (2, case(C=16, K=16, spatial=(8, 8), padding=1)),
+    "odd_outputs_valid": (2, case(N=3, C=16, K=20, spatial=(7, 9))),
+    "pad2_filter_tail": (2, case(C=17, K=33, spatial=(6, 5), padding=2)),
+    "pad3_crops_data_grad": (2, case(C=16, K=16, spatial=(5, 6), padding=3)),
+    "same": (2, case(C=20, K=16, spatial=(9, 10), padding="same")),
+    "pad_pair": (2, case(C=16, K=18, spatial=(6, 11), padding=(0, 2))),
+    "wide_rows": (2, case(N=1, C=16, K=16, spatial=(5, 75), padding=1)),
+    "many_tiles": (2, case(N=5, C=24, K=16, spatial=(17, 13), padding=1)),
+    "groups2": (2, case(C=32, K=48, groups=2, spatial=(7, 8), padding=1)),
+    "batch1_out_1x1": (2, case(N=1, C=16, K=17, spatial=(3, 3))),
+    "no_bias": (2, case(C=16, K=16, spatial=(6, 6), padding=1, bias=False)),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("nd,c", [pytest.param(nd, c, id=k) for k, (nd, c) in WINOGRAD.items()])
+def test_conv_winograd_shapes(nd, c, dtype):
+    run_forward_and_backward(nd, c, dtype, seed=5)
+
+
+@pytest.mark.parametrize("nd,c", [pytest.param(nd, c, id=k) for k, (nd, c) in WINOGRAD.items()])
+def test_conv_winograd_integer_valued_is_exact(nd, c):
+    rng = np.random.default_rng(13)
+    fwd, bwd, rfwd, rbwd = OPS[nd]
+    x, w, b = make_inputs(rng, c, np.float32, gen=randint_data)
+    kw = conv_kwargs(c)
+    y_ref = rfwd(x, w, b, **kw)
+    assert_bitwise(fwd(x, w, b, **kw), y_ref, what="y")
+    gy = randint_data(rng, y_ref.shape)
+    for name, g, g_ref in zip(("grad_x", "grad_w", "grad_b"), bwd(gy, x, w, **kw), rbwd(gy, x, w, **kw)):
+        assert_bitwise(g, g_ref, what=name)
+
+
+def test_conv_winograd_error_stays_near_the_direct_sums():
+    # 256 channels of standard normal data: Winograd's rounding error, like the direct sum's, grows
+    # with the channel count; both stay within a few float32 ulps of the output's scale.
+    rng = np.random.default_rng(14)
+    x, w = randn(rng, (2, 256, 10, 10), np.float32), randn(rng, (32, 256, 3, 3), np.float32)
+    y_ref = ref.conv2d(x.astype(np.float64), w.astype(np.float64), None, padding=1)
+    err = np.max(np.abs(np.asarray(juanji.conv2d(x, w, padding=1)) - y_ref)) / np.max(np.abs(y_ref))
+    assert err < 4e-6
+
+
 # ------------------------------------------------------------------- output shapes
 
 @pytest.mark.parametrize("n,f,s,d", [(7, 3, 1, 1), (7, 4, 1, 1), (7, 3, 2, 1), (8, 3, 2, 1),

@@ -39,6 +39,10 @@ def all_ops(x, w, b, dy):
     fb_x, fb_w = np.resize(x, (5, 9, 13, 11)), np.resize(w, (20, 9, 3, 3))
     outs.append(juanji.conv2d(fb_x, fb_w, np.resize(b, 20), padding=1))
     outs += list(juanji.conv2d_backward(np.resize(dy, (5, 20, 13, 11)), fb_x, fb_w, padding=1))
+    # 16+ channels in and out, stride-1 3x3: Winograd F(2x2, 3x3), forward and data gradient.
+    wg_x, wg_w = np.resize(x, (5, 16, 13, 11)), np.resize(w, (18, 16, 3, 3))
+    outs.append(juanji.conv2d(wg_x, wg_w, np.resize(b, 18), padding=1))
+    outs += list(juanji.conv2d_backward(np.resize(dy, (5, 18, 13, 11)), wg_x, wg_w, padding=1))
     outs.append(juanji.max_pool2d(x, 3, 2, 1))
     outs.append(juanji.avg_pool2d(x, 2))
     return [np.asarray(o).copy() for o in outs]

@@ -249,9 +249,11 @@ def test_training_step_learns_and_is_reproducible():
         np.testing.assert_array_equal(a.data, b.data)
 
 
-# Conv + ReLU fuse into one pass on the CPU's direct (few input channels) and filter-block (8+
-# filters) paths; on the GEMM path (6 -> 5 channels) they run apart. Same results either way.
-@pytest.mark.parametrize("channels", [(1, 2), (8, 16), (6, 5)], ids=["direct", "filter_blocks", "gemm"])
+# Conv + ReLU fuse into one pass on the CPU's direct (few input channels), filter-block (8+
+# filters) and Winograd (16+ channels in and out) paths; on the GEMM path (6 -> 5 channels) they
+# run apart. Same results either way.
+@pytest.mark.parametrize("channels", [(1, 2), (8, 16), (16, 16), (6, 5)],
+                         ids=["direct", "filter_blocks", "winograd", "gemm"])
 def test_training_step_matches_manual_layer_calls(channels):
     c_in, c_out = channels
     juanji.manual_seed(1)
