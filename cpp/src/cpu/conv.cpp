@@ -514,6 +514,63 @@ void for_each_tile_run(std::int64_t begin, std::int64_t end, std::int64_t tiles_
   }
 }
 
+// The tiles of a correlation's output, numbered image by image, row by row.
+struct WinogradTiles {
+  std::int64_t h, w, total;
+  std::int64_t width;  // an input row, zero-padded, as wide as whole vectors of tiles read
+  std::int64_t used_h, used_w;  // input rows and columns some output reads (the rest stays zero)
+
+  explicit WinogradTiles(const Correlation& c)
+      : h((c.out_h + 1) / 2), w((c.out_w + 1) / 2), total(c.N * h * w),
+        width(2 * ((w + cpu::kFilterBlock - 1) / cpu::kFilterBlock * cpu::kFilterBlock) + 2),
+        used_h(std::min(c.in_h, c.out_h + 2 - c.pad_top)), used_w(std::min(c.in_w, c.out_w + 2 - c.pad_left)) {}
+
+  // Padded input rows that one image's part of `tiles` consecutive tiles spans at most.
+  std::int64_t rows_for(std::int64_t tiles) const { return 2 * std::min(h, (tiles + w - 1) / w + 1) + 2; }
+};
+
+// Calls fn(n, ty, tx_begin, tx_end, offset) for each run of tiles of one tile row among the tiles
+// [begin, end); offset counts from begin.
+template <class Fn>
+void for_each_tile_run(const WinogradTiles& tiles, std::int64_t begin, std::int64_t end, Fn fn) {
+  for (std::int64_t t = begin; t < end;) {
+    const std::int64_t n = t / (tiles.h * tiles.w), ty = t / tiles.w % tiles.h, tx = t % tiles.w;
+    const std::int64_t run = std::min(tiles.w - tx, end - t);
+    fn(n, ty, tx, tx + run, t - begin);
+    t += run;
+  }
+}
+
+// Input transforms of channel ch (of group grp) for the tiles [begin, end):
+// v[e * v_stride + ch * v_row + t - begin]. Each image's rows are padded once into `rows`
+// (tiles.rows_for(end - begin) x tiles.width floats).
+void winograd_input_chunk(const Correlation& c, const WinogradTiles& tiles, const float* src, std::int64_t grp,
+                          std::int64_t ch, std::int64_t begin, std::int64_t end, float* rows, float* v,
+                          std::int64_t v_row, std::int64_t v_stride) {
+  const cpu::KernelSet& kernels = cpu::active_kernels();
+  std::int64_t padded_image = -1, first_row = 0;
+  for_each_tile_run(tiles, begin, end, [&](std::int64_t n, std::int64_t ty, std::int64_t tx0, std::int64_t tx1,
+                                           std::int64_t offset) {
+    if (n != padded_image) {
+      const std::int64_t last_row = std::min(tiles.h - 1, (end - 1 - n * tiles.h * tiles.w) / tiles.w);
+      padded_image = n;
+      first_row = ty;
+      const float* plane = src + ((n * c.in_channels + grp * c.in_per_group() + ch) * c.in_h) * c.in_w;
+      // Only the rows and columns the outputs read: a NaN elsewhere stays out of the sums.
+      for (std::int64_t r = 0; r < 2 * (last_row - ty) + 4; ++r) {
+        float* out = rows + r * tiles.width;
+        const std::int64_t i = 2 * ty + r - c.pad_top;
+        std::fill(out, out + tiles.width, 0.0f);
+        if (i < 0 || i >= tiles.used_h) continue;
+        const std::int64_t j_begin = std::max<std::int64_t>(0, -c.pad_left), j_end = tiles.used_w;
+        if (j_begin < j_end) std::copy(plane + i * c.in_w + j_begin, plane + i * c.in_w + j_end, out + j_begin + c.pad_left);
+      }
+    }
+    kernels.winograd_input_row_f32(rows + 2 * (ty - first_row) * tiles.width + 2 * tx0, tiles.width, tx1 - tx0,
+                                   v + ch * v_row + offset, v_stride);
+  });
+}
+
 // out = correlation of src with the transformed filters (+ bias, then ReLU if asked). A job takes
 // a chunk of the batch's tiles in one group: it transforms the chunk's input once, then per block
 // of 16 filters sums the products and transforms them back. Every output is written by one job,
@@ -522,20 +579,16 @@ void winograd_correlate(const Correlation& c, const float* src, const float* pac
                         float* out, bool relu) {
   const cpu::KernelSet& kernels = cpu::active_kernels();
   const std::int64_t in = c.in_per_group(), per_group = c.out_per_group(), blocks = c.blocks();
-  const std::int64_t tiles_h = (c.out_h + 1) / 2, tiles_w = (c.out_w + 1) / 2, total = c.N * tiles_h * tiles_w;
+  const WinogradTiles all(c);
   // Chunks as many as a multiple of the thread count, their bounds on whole 16-tile blocks.
   const std::int64_t wanted = std::clamp<std::int64_t>(kWinogradChunkFloats / (16 * in), 16, kWinogradMaxChunkTiles);
   const std::int64_t threads = get_num_threads();
-  const std::int64_t chunks = ((total + wanted - 1) / wanted + threads - 1) / threads * threads;
+  const std::int64_t chunks = ((all.total + wanted - 1) / wanted + threads - 1) / threads * threads;
   auto chunk_bound = [&](std::int64_t i) {
-    return i == chunks ? total : std::min(total, (total * i / chunks + 8) / 16 * 16);
+    return i == chunks ? all.total : std::min(all.total, (all.total * i / chunks + 8) / 16 * 16);
   };
-  // Rows of an image's input, zero-padded, as wide as whole vectors of tiles read; a chunk spans
-  // at most this many tile rows of one image.
-  const std::int64_t width = 2 * ((tiles_w + cpu::kFilterBlock - 1) / cpu::kFilterBlock * cpu::kFilterBlock) + 2;
-  const std::int64_t max_chunk = (total + chunks - 1) / chunks + 16;
-  const std::int64_t max_rows = 2 * std::min(tiles_h, (max_chunk + tiles_w - 1) / tiles_w + 1) + 2;
-  const std::int64_t in_plane = c.in_h * c.in_w, out_plane = c.out_h * c.out_w;
+  const std::int64_t max_rows = all.rows_for((all.total + chunks - 1) / chunks + 16);
+  const std::int64_t out_plane = c.out_h * c.out_w;
   const FilterBlockJobs jobs(c.groups * chunks, blocks);
 #pragma omp parallel for schedule(static) if (jobs.count() > 1)
   for (std::int64_t job = 0; job < jobs.count(); ++job) {
@@ -543,24 +596,9 @@ void winograd_correlate(const Correlation& c, const float* src, const float* pac
     const std::int64_t begin = chunk_bound(chunk), end = chunk_bound(chunk + 1), tiles = end - begin;
     if (tiles == 0) continue;
     const std::int64_t v_stride = in * tiles + 16, m_stride = tiles * cpu::kFilterBlock + 16;
-    float* v = cpu::workspace<float>(cpu::WorkspaceSlot::columns, 16 * v_stride + max_rows * width);
-    float* rows = v + 16 * v_stride;
-    for (std::int64_t ch = 0; ch < in; ++ch) {
-      // Each image's rows of the chunk padded once, then transformed run by run.
-      std::int64_t padded_image = -1, first_row = 0;
-      for_each_tile_run(begin, end, tiles_h, tiles_w, [&](std::int64_t n, std::int64_t ty, std::int64_t tx0,
-                                                          std::int64_t tx1, std::int64_t offset) {
-        if (n != padded_image) {
-          const std::int64_t last_row = std::min(tiles_h - 1, (end - 1 - n * tiles_h * tiles_w) / tiles_w);
-          padded_image = n;
-          first_row = ty;
-          pad_planes(src + (n * c.in_channels + grp * in + ch) * in_plane, 1, c.in_h, c.in_w,
-                     c.pad_top - 2 * ty, c.pad_left, rows, 2 * (last_row - ty) + 4, width);
-        }
-        kernels.winograd_input_row_f32(rows + 2 * (ty - first_row) * width + 2 * tx0, width, tx1 - tx0,
-                                       v + ch * tiles + offset, v_stride);
-      });
-    }
+    float* v = cpu::workspace<float>(cpu::WorkspaceSlot::columns, 16 * v_stride + max_rows * all.width);
+    for (std::int64_t ch = 0; ch < in; ++ch)
+      winograd_input_chunk(c, all, src, grp, ch, begin, end, v + 16 * v_stride, v, tiles, v_stride);
     float* m = cpu::workspace<float>(cpu::WorkspaceSlot::batch_out, 16 * m_stride + 4 * tiles * cpu::kFilterBlock);
     float* y = m + 16 * m_stride;
     for (std::int64_t kb = jobs.first_block(job); kb < jobs.end_block(job); ++kb) {
@@ -571,8 +609,8 @@ void winograd_correlate(const Correlation& c, const float* src, const float* pac
       kernels.winograd_products_f32({packed + (grp * blocks + kb) * 16 * in * cpu::kFilterBlock, v, in, tiles,
                                      v_stride, m, m_stride});
       kernels.winograd_output_f32({m, m_stride, tiles, block_bias, relu, y});
-      for_each_tile_run(begin, end, tiles_h, tiles_w, [&](std::int64_t n, std::int64_t ty, std::int64_t tx0,
-                                                          std::int64_t tx1, std::int64_t offset) {
+      for_each_tile_run(all, begin, end, [&](std::int64_t n, std::int64_t ty, std::int64_t tx0, std::int64_t tx1,
+                                             std::int64_t offset) {
         const std::int64_t q_end = std::min(2 * tx1, c.out_w);
         for (std::int64_t k = 0; k < filters; ++k)
           for (std::int64_t p = 2 * ty; p < std::min(2 * ty + 2, c.out_h); ++p) {
@@ -601,6 +639,101 @@ void winograd_backward_data(const ConvGeometry& g, const float* dy, const float*
     return w + ((grp * Kg + k) * Cg + ch) * 9;
   });
   winograd_correlate(c, dy, packed, nullptr, dx, false);
+}
+
+// The weight gradient of the same tiles: dW_kc = G^T [sum_tiles (A dy A^T) . V_c] G, dy being a
+// tile's 2x2 output gradient (zero past the output's edge). The sums over tiles run in chunks of
+// the batch fixed by the shape, each added in order to the transformed gradient: a result of the
+// shape alone. Integer-valued data stays exact (the 1/2s of G^T apply to integer sums). A NaN or
+// infinity in x or dy reaches all 9 taps of the filters whose tiles it lies in.
+constexpr std::int64_t kWinogradGradChunkBytes = std::int64_t{4} << 20;
+constexpr std::int64_t kWinogradGradMinChunk = 256;
+
+void winograd_backward_weight(const ConvGeometry& g, const float* dy, const float* x, float* dw) {
+  const cpu::KernelSet& kernels = cpu::active_kernels();
+  const Correlation c = forward_correlation(g);
+  const WinogradTiles all(c);
+  const std::int64_t in = c.in_per_group(), per_group = c.out_per_group(), blocks = c.blocks();
+  // Chunks whose transformed inputs and gradients (64 bytes per tile and channel or filter) stay
+  // in the last-level cache, and long enough to pay for adding their sums into the gradient.
+  const std::int64_t chunk_tiles = std::max(kWinogradGradMinChunk,
+                                            kWinogradGradChunkBytes / (64 * (in + blocks * cpu::kFilterBlock)));
+  const std::int64_t chunks = (all.total + chunk_tiles - 1) / chunk_tiles;
+  const std::int64_t max_chunk = (all.total + chunks - 1) / chunks;
+  const std::int64_t v_row = max_chunk + 16, v_stride = in * v_row + 16;                  // v[e][c][t]
+  const std::int64_t z_block = max_chunk * cpu::kFilterBlock, z_stride = blocks * z_block + 16;  // z[e][kb][t][k]
+  const std::int64_t du_block = in * cpu::kFilterBlock, du_stride = blocks * du_block;    // du[e][kb][c][k]
+  float* v = cpu::workspace<float>(cpu::WorkspaceSlot::gemm_a, 16 * v_stride);
+  float* z = cpu::workspace<float>(cpu::WorkspaceSlot::gemm_b, 16 * z_stride);
+  float* du = cpu::workspace<float>(cpu::WorkspaceSlot::partials, 16 * du_stride);
+  const std::int64_t error_row = 2 * all.w;  // pixels per row of a block's pixel-major gradient
+  for (std::int64_t grp = 0; grp < g.groups; ++grp) {
+    for (std::int64_t chunk = 0; chunk < chunks; ++chunk) {
+      const std::int64_t begin = all.total * chunk / chunks, end = all.total * (chunk + 1) / chunks;
+#pragma omp parallel
+      {
+#pragma omp for schedule(static) nowait
+        for (std::int64_t ch = 0; ch < in; ++ch) {
+          float* rows = cpu::workspace<float>(cpu::WorkspaceSlot::columns, all.rows_for(max_chunk) * all.width);
+          winograd_input_chunk(c, all, x, grp, ch, begin, end, rows, v, v_row, v_stride);
+        }
+#pragma omp for schedule(static)
+        for (std::int64_t kb = 0; kb < blocks; ++kb) {
+          // Each image's part of the chunk: its block's gradient rows pixel-major (zero past the
+          // output's edge and the group's last filter), then transformed run by run.
+          float* errors = cpu::workspace<float>(cpu::WorkspaceSlot::batch_out,
+                                                (all.rows_for(max_chunk) - 2) * error_row * cpu::kFilterBlock);
+          std::int64_t filled_image = -1, first_row = 0;
+          for_each_tile_run(all, begin, end, [&](std::int64_t n, std::int64_t ty, std::int64_t tx0, std::int64_t tx1,
+                                                 std::int64_t offset) {
+            if (n != filled_image) {
+              const std::int64_t last_row = std::min(all.h - 1, (end - 1 - n * all.h * all.w) / all.w);
+              filled_image = n;
+              first_row = ty;
+              for (std::int64_t k = 0; k < cpu::kFilterBlock; ++k) {
+                const std::int64_t filter = kb * cpu::kFilterBlock + k;
+                const float* plane = dy + (n * g.K + grp * per_group + filter) * g.P * g.Q;
+                for (std::int64_t p = 2 * ty; p < 2 * last_row + 2; ++p) {
+                  float* row = errors + (p - 2 * ty) * error_row * cpu::kFilterBlock + k;
+                  const bool inside = filter < per_group && p < g.P;
+                  for (std::int64_t q = 0; q < error_row; ++q)
+                    row[q * cpu::kFilterBlock] = inside && q < g.Q ? plane[p * g.Q + q] : 0.0f;
+                }
+              }
+            }
+            kernels.winograd_grad_row_f32(errors + (2 * (ty - first_row) * error_row + 2 * tx0) * cpu::kFilterBlock,
+                                          error_row, tx1 - tx0, z + kb * z_block + offset * cpu::kFilterBlock, z_stride);
+          });
+        }
+#pragma omp for schedule(static)
+        for (std::int64_t job = 0; job < 16 * blocks; ++job) {
+          const std::int64_t e = job / blocks, kb = job % blocks;
+          kernels.winograd_weight_products_f32({z + e * z_stride + kb * z_block, v + e * v_stride, end - begin, v_row,
+                                                in, du + e * du_stride + kb * du_block, chunk > 0});
+        }
+      }
+    }
+    // dW = G^T dU G, G^T = [1 1/2 1/2 0; 0 1/2 -1/2 0; 0 1/2 1/2 1].
+#pragma omp parallel for schedule(static)
+    for (std::int64_t k = 0; k < per_group; ++k)
+      for (std::int64_t ch = 0; ch < in; ++ch) {
+        const float* m = du + (k / cpu::kFilterBlock) * du_block + ch * cpu::kFilterBlock + k % cpu::kFilterBlock;
+        float s[3][4];
+        for (int b = 0; b < 4; ++b) {
+          const float m0 = m[b * du_stride], m1 = m[(4 + b) * du_stride], m2 = m[(8 + b) * du_stride],
+                      m3 = m[(12 + b) * du_stride];
+          s[0][b] = m0 + (m1 + m2) * 0.5f;
+          s[1][b] = (m1 - m2) * 0.5f;
+          s[2][b] = (m1 + m2) * 0.5f + m3;
+        }
+        float* out = dw + ((grp * per_group + k) * in + ch) * 9;
+        for (int r = 0; r < 3; ++r) {
+          out[3 * r] = s[r][0] + (s[r][1] + s[r][2]) * 0.5f;
+          out[3 * r + 1] = (s[r][1] - s[r][2]) * 0.5f;
+          out[3 * r + 2] = (s[r][1] + s[r][2]) * 0.5f + s[r][3];
+        }
+      }
+  }
 }
 
 // Image chunks accumulate their images in order into partial gradients, which are then added in
@@ -812,6 +945,7 @@ void backward_weight_impl(const ConvGeometry& g, const T* dy, const T* x, T* dw,
   if (db) bias_grad(g, dy, db);
   if constexpr (std::is_same_v<T, float>) {
     if (use_direct(g, g.C / g.groups)) return direct_backward_weight(g, dy, x, dw);
+    if (use_winograd(forward_correlation(g))) return winograd_backward_weight(g, dy, x, dw);
     if (use_filter_blocks(forward_correlation(g))) return filter_block_backward_weight(g, dy, x, dw);
   }
   const std::int64_t Cg = g.C / g.groups, Kg = g.K / g.groups;

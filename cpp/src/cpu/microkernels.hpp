@@ -114,6 +114,22 @@ struct WinogradOutputArgs {
 };
 using WinogradOutput = void (*)(const WinogradOutputArgs& args);
 
+// The weight gradient's pieces. Output-gradient transforms of one run of tiles, lanes holding 16
+// filters: tile t's 2x2 gradient d[i][j] = errors[(i * row + 2t + j) * 16 + k] (pixel-major,
+// rows of `row` pixels), and z[e * stride + t * 16 + k] = (A d A^T)[e / 4][e % 4].
+using WinogradGradRow = void (*)(const float* errors, std::int64_t row, std::int64_t tiles, float* z,
+                                 std::int64_t stride);
+// For one e and one block of 16 filters, the products summed over tiles in order, every channel:
+//   du[c * 16 + k] = (accumulate ? du[c * 16 + k] : 0) + sum_t z[t * 16 + k] * v[c * v_row + t]
+struct WinogradWeightProductArgs {
+  const float* z;
+  const float* v;
+  std::int64_t tiles, v_row, channels;
+  float* du;
+  bool accumulate;
+};
+using WinogradWeightProducts = void (*)(const WinogradWeightProductArgs& args);
+
 // 2x2 stride-2 max pooling of one output row from input rows row0 and row1 (row1 = row0 + width):
 // out[q] = the first maximum of row0[2q], row0[2q+1], row1[2q], row1[2q+1] (a NaN wins, the first
 // NaN is kept) and argmax[q] its flat index arg_base + 2q + {0, 1, width, width + 1}. Handles
@@ -152,6 +168,8 @@ struct KernelSet {
   WinogradInputRow winograd_input_row_f32;
   WinogradProducts winograd_products_f32;
   WinogradOutput winograd_output_f32;
+  WinogradGradRow winograd_grad_row_f32;
+  WinogradWeightProducts winograd_weight_products_f32;
   MaxPool2x2 max_pool_2x2_f32;
   AvgPool2x2 avg_pool_2x2_f32;
   AvgPool2x2Backward avg_pool_2x2_backward_f32;
