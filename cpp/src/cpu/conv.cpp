@@ -514,15 +514,28 @@ void for_each_tile_run(std::int64_t begin, std::int64_t end, std::int64_t tiles_
   }
 }
 
+// Copies n floats with inline moves: on the short rows of small images a library memmove call
+// cost more than the copy (12% of cifar_c2's backward).
+inline void copy_short(const float* from, std::int64_t n, float* to) {
+  std::int64_t i = 0;
+  for (; i + 16 <= n; i += 16) std::memcpy(to + i, from + i, 16 * sizeof(float));
+  for (; i + 4 <= n; i += 4) std::memcpy(to + i, from + i, 4 * sizeof(float));
+  if (n - i >= 2) {
+    std::memcpy(to + i, from + i, 2 * sizeof(float));
+    i += 2;
+  }
+  if (i < n) to[i] = from[i];
+}
+
 // The tiles of a correlation's output, numbered image by image, row by row.
 struct WinogradTiles {
   std::int64_t h, w, total;
-  std::int64_t width;  // an input row, zero-padded, as wide as whole vectors of tiles read
+  std::int64_t width;  // an input row, zero-padded, as wide as whole vectors of tiles from any column read
   std::int64_t used_h, used_w;  // input rows and columns some output reads (the rest stays zero)
 
   explicit WinogradTiles(const Correlation& c)
       : h((c.out_h + 1) / 2), w((c.out_w + 1) / 2), total(c.N * h * w),
-        width(2 * ((w + cpu::kFilterBlock - 1) / cpu::kFilterBlock * cpu::kFilterBlock) + 2),
+        width(2 * ((w + cpu::kFilterBlock - 1) / cpu::kFilterBlock * cpu::kFilterBlock + cpu::kFilterBlock) + 2),
         used_h(std::min(c.in_h, c.out_h + 2 - c.pad_top)), used_w(std::min(c.in_w, c.out_w + 2 - c.pad_left)) {}
 
   // Padded input rows that one image's part of `tiles` consecutive tiles spans at most.
@@ -560,10 +573,11 @@ void winograd_input_chunk(const Correlation& c, const WinogradTiles& tiles, cons
       for (std::int64_t r = 0; r < 2 * (last_row - ty) + 4; ++r) {
         float* out = rows + r * tiles.width;
         const std::int64_t i = 2 * ty + r - c.pad_top;
-        std::fill(out, out + tiles.width, 0.0f);
-        if (i < 0 || i >= tiles.used_h) continue;
-        const std::int64_t j_begin = std::max<std::int64_t>(0, -c.pad_left), j_end = tiles.used_w;
-        if (j_begin < j_end) std::copy(plane + i * c.in_w + j_begin, plane + i * c.in_w + j_end, out + j_begin + c.pad_left);
+        const std::int64_t j_begin = std::max<std::int64_t>(0, -c.pad_left);
+        const std::int64_t j_end = i < 0 || i >= tiles.used_h ? j_begin : std::max(j_begin, tiles.used_w);
+        std::fill(out, out + j_begin + c.pad_left, 0.0f);
+        copy_short(plane + i * c.in_w + j_begin, j_end - j_begin, out + j_begin + c.pad_left);
+        std::fill(out + j_end + c.pad_left, out + tiles.width, 0.0f);
       }
     }
     kernels.winograd_input_row_f32(rows + 2 * (ty - first_row) * tiles.width + 2 * tx0, tiles.width, tx1 - tx0,
@@ -599,8 +613,7 @@ void winograd_correlate(const Correlation& c, const float* src, const float* pac
     float* v = cpu::workspace<float>(cpu::WorkspaceSlot::columns, 16 * v_stride + max_rows * all.width);
     for (std::int64_t ch = 0; ch < in; ++ch)
       winograd_input_chunk(c, all, src, grp, ch, begin, end, v + 16 * v_stride, v, tiles, v_stride);
-    float* m = cpu::workspace<float>(cpu::WorkspaceSlot::batch_out, 16 * m_stride + 4 * tiles * cpu::kFilterBlock);
-    float* y = m + 16 * m_stride;
+    float* m = cpu::workspace<float>(cpu::WorkspaceSlot::batch_out, 16 * m_stride);
     for (std::int64_t kb = jobs.first_block(job); kb < jobs.end_block(job); ++kb) {
       const std::int64_t first = grp * per_group + kb * cpu::kFilterBlock;
       const std::int64_t filters = std::min<std::int64_t>(cpu::kFilterBlock, per_group - kb * cpu::kFilterBlock);
@@ -608,15 +621,12 @@ void winograd_correlate(const Correlation& c, const float* src, const float* pac
       if (bias) std::copy(bias + first, bias + first + filters, block_bias);
       kernels.winograd_products_f32({packed + (grp * blocks + kb) * 16 * in * cpu::kFilterBlock, v, in, tiles,
                                      v_stride, m, m_stride});
-      kernels.winograd_output_f32({m, m_stride, tiles, block_bias, relu, y});
       for_each_tile_run(all, begin, end, [&](std::int64_t n, std::int64_t ty, std::int64_t tx0, std::int64_t tx1,
                                              std::int64_t offset) {
-        const std::int64_t q_end = std::min(2 * tx1, c.out_w);
-        for (std::int64_t k = 0; k < filters; ++k)
-          for (std::int64_t p = 2 * ty; p < std::min(2 * ty + 2, c.out_h); ++p) {
-            const float* row = y + (k * 2 + p % 2) * 2 * tiles + 2 * (offset - tx0);
-            std::copy(row + 2 * tx0, row + q_end, out + (n * c.out_channels + first + k) * out_plane + p * c.out_w + 2 * tx0);
-          }
+        float* origin = out + (n * c.out_channels + first) * out_plane + 2 * ty * c.out_w + 2 * tx0;
+        kernels.winograd_output_f32({m + offset * cpu::kFilterBlock, m_stride, tx1 - tx0, block_bias, relu, origin,
+                                     filters, out_plane, c.out_w, std::min<std::int64_t>(2, c.out_h - 2 * ty),
+                                     std::min(2 * tx1, c.out_w) - 2 * tx0});
       });
     }
   }

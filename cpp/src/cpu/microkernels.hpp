@@ -90,7 +90,8 @@ using FilterBlockWeightGrad = void (*)(const FilterBlockWeightGradArgs& args);
 // 4 KiB keeps the 16 streams out of one cache set).
 // Input transforms of one row of tiles: tile t's 4x4 input d[a][b] = rows[a * width + 2t + b],
 // and v[(4a + b) * stride + t] = (B^T d B)[a][b]. rows are readable up to column
-// 2 * round_up(tiles, 16) + 2.
+// 2 * round_up(tiles, 16) + 2; whole vectors are written, so up to 15 floats past each of the 16
+// runs of v are overwritten too.
 using WinogradInputRow = void (*)(const float* rows, std::int64_t width, std::int64_t tiles, float* v,
                                   std::int64_t stride);
 // The 16 elementwise products summed over channels in order, for one block of 16 filters:
@@ -103,14 +104,16 @@ struct WinogradProductArgs {
   std::int64_t m_stride;
 };
 using WinogradProducts = void (*)(const WinogradProductArgs& args);
-// Output transforms, plus bias (16 values) and ReLU (v < 0 ? 0 : v) if asked, laid out as output rows:
-//   y[(k * 2 + i) * 2 * tiles + 2t + j] = bias[k] + (A^T M A)[i][j], M[a][b] = m[(4a + b) * m_stride + t * 16 + k]
+// Output transforms of one run of tiles, plus bias (16 values) and ReLU (v < 0 ? 0 : v) if asked,
+// stored to the output planes of `filters` filters: with M[a][b] = m[(4a + b) * m_stride + t * 16 + k],
+//   out[k * plane + i * row + 2t + j] = bias[k] + (A^T M A)[i][j]   for i < rows, 2t + j < columns
 struct WinogradOutputArgs {
   const float* m;
   std::int64_t m_stride, tiles;
   const float* bias;  // (16)
   bool relu;
-  float* y;
+  float* out;
+  std::int64_t filters, plane, row, rows, columns;
 };
 using WinogradOutput = void (*)(const WinogradOutputArgs& args);
 
