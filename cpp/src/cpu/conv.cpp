@@ -556,7 +556,8 @@ void for_each_tile_run(const WinogradTiles& tiles, std::int64_t begin, std::int6
 
 // Input transforms of channel ch (of group grp) for the tiles [begin, end):
 // v[e * v_stride + ch * v_row + t - begin]. Each image's rows are padded once into `rows`
-// (tiles.rows_for(end - begin) x tiles.width floats).
+// (tiles.rows_for(end - begin) x tiles.width floats), whose columns from 2 * tiles.w + 2 on the
+// caller has zeroed: only lanes that are thrown away read them.
 void winograd_input_chunk(const Correlation& c, const WinogradTiles& tiles, const float* src, std::int64_t grp,
                           std::int64_t ch, std::int64_t begin, std::int64_t end, float* rows, float* v,
                           std::int64_t v_row, std::int64_t v_stride) {
@@ -577,7 +578,7 @@ void winograd_input_chunk(const Correlation& c, const WinogradTiles& tiles, cons
         const std::int64_t j_end = i < 0 || i >= tiles.used_h ? j_begin : std::max(j_begin, tiles.used_w);
         std::fill(out, out + j_begin + c.pad_left, 0.0f);
         copy_short(plane + i * c.in_w + j_begin, j_end - j_begin, out + j_begin + c.pad_left);
-        std::fill(out + j_end + c.pad_left, out + tiles.width, 0.0f);
+        std::fill(out + j_end + c.pad_left, out + 2 * tiles.w + 2, 0.0f);
       }
     }
     kernels.winograd_input_row_f32(rows + 2 * (ty - first_row) * tiles.width + 2 * tx0, tiles.width, tx1 - tx0,
@@ -611,8 +612,9 @@ void winograd_correlate(const Correlation& c, const float* src, const float* pac
     if (tiles == 0) continue;
     const std::int64_t v_stride = in * tiles + 16, m_stride = tiles * cpu::kFilterBlock + 16;
     float* v = cpu::workspace<float>(cpu::WorkspaceSlot::columns, 16 * v_stride + max_rows * all.width);
-    for (std::int64_t ch = 0; ch < in; ++ch)
-      winograd_input_chunk(c, all, src, grp, ch, begin, end, v + 16 * v_stride, v, tiles, v_stride);
+    float* rows = v + 16 * v_stride;
+    std::fill(rows, rows + max_rows * all.width, 0.0f);
+    for (std::int64_t ch = 0; ch < in; ++ch) winograd_input_chunk(c, all, src, grp, ch, begin, end, rows, v, tiles, v_stride);
     float* m = cpu::workspace<float>(cpu::WorkspaceSlot::batch_out, 16 * m_stride);
     for (std::int64_t kb = jobs.first_block(job); kb < jobs.end_block(job); ++kb) {
       const std::int64_t first = grp * per_group + kb * cpu::kFilterBlock;
@@ -682,11 +684,10 @@ void winograd_backward_weight(const ConvGeometry& g, const float* dy, const floa
       const std::int64_t begin = all.total * chunk / chunks, end = all.total * (chunk + 1) / chunks;
 #pragma omp parallel
       {
+        float* rows = cpu::workspace<float>(cpu::WorkspaceSlot::columns, all.rows_for(max_chunk) * all.width);
+        std::fill(rows, rows + all.rows_for(max_chunk) * all.width, 0.0f);
 #pragma omp for schedule(static) nowait
-        for (std::int64_t ch = 0; ch < in; ++ch) {
-          float* rows = cpu::workspace<float>(cpu::WorkspaceSlot::columns, all.rows_for(max_chunk) * all.width);
-          winograd_input_chunk(c, all, x, grp, ch, begin, end, rows, v, v_row, v_stride);
-        }
+        for (std::int64_t ch = 0; ch < in; ++ch) winograd_input_chunk(c, all, x, grp, ch, begin, end, rows, v, v_row, v_stride);
 #pragma omp for schedule(static)
         for (std::int64_t kb = 0; kb < blocks; ++kb) {
           // Each image's part of the chunk: its block's gradient rows pixel-major (zero past the
