@@ -248,6 +248,28 @@ def test_conv_winograd_error_stays_near_the_direct_sums():
     assert err < 4e-6
 
 
+def test_winograd_can_be_turned_off_for_the_direct_sums():
+    rng = np.random.default_rng(15)
+    x, w = randn(rng, (2, 16, 6, 7), np.float32), randn(rng, (16, 16, 3, 3), np.float32)
+    x[1, 3, 2, 4] = np.inf  # the direct sums give +-inf where the definition does, never NaN
+    y_ref = ref.conv2d(x.astype(np.float64), w.astype(np.float64), None, padding=1)
+    dy = randn(rng, y_ref.shape, np.float32)
+    assert juanji.winograd_enabled()
+    on = [np.asarray(juanji.conv2d(x, w, padding=1))] + [np.asarray(t) for t in juanji.conv2d_backward(dy, x, w, padding=1)]
+    assert juanji.set_winograd(False) is True
+    try:
+        assert not juanji.winograd_enabled()
+        off = [np.asarray(juanji.conv2d(x, w, padding=1))] + [np.asarray(t) for t in juanji.conv2d_backward(dy, x, w, padding=1)]
+        assert "winograd:     off" in juanji.config_string()
+    finally:
+        assert juanji.set_winograd(True) is False
+    assert_close(off[0], y_ref, np.float32, what="y")
+    assert np.isinf(off[0]).sum() == np.isinf(y_ref).sum() > 0 and not np.isnan(off[0]).any()
+    # grad_x has no infinity in it: both algorithms agree within rounding, and differ in it.
+    assert_close(on[1], off[1], np.float32, what="grad_x")
+    assert not np.array_equal(on[1], off[1])
+
+
 # ------------------------------------------------------------------- output shapes
 
 @pytest.mark.parametrize("n,f,s,d", [(7, 3, 1, 1), (7, 4, 1, 1), (7, 3, 2, 1), (8, 3, 2, 1),

@@ -291,6 +291,9 @@ with PyTorch, JAX or CuPy without copies.)doc")
           return std::string(simd_name(set_simd_level(wanted)));
         },
         py::arg("level"), "Caps the SIMD level (never above the detected one); returns the one in use.");
+  m.def("winograd_enabled", &winograd_enabled);
+  m.def("set_winograd", &set_winograd, py::arg("enabled"),
+        "Turns Winograd F(2x2, 3x3) for stride-1 3x3 float32 CPU convolutions on or off; returns the previous setting.");
   m.def("storage_allocations", &storage_allocations,
         "Tensor storages allocated so far; a training step after the first adds none.");
   m.def("cuda_compiled", &cuda_compiled);

@@ -14,6 +14,13 @@ SimdLevel simd_level();     // level in use: detected, capped by JUANJI_SIMD or 
 // Caps the level (never above the detected one); returns the level now in use.
 SimdLevel set_simd_level(SimdLevel level);
 
+// Winograd F(2x2, 3x3) for the CPU's stride-1 3x3 float32 convolutions with 16+ channels in and
+// out per group: 2.25x fewer multiplies, with rounding that differs from the direct sum's (exact
+// for integer-valued data), and an infinite input can give NaN where the direct sum gives an
+// infinity. On unless JUANJI_WINOGRAD=0; set_winograd returns the previous setting.
+bool winograd_enabled();
+bool set_winograd(bool enabled);
+
 void set_num_threads(int n);
 int get_num_threads();
 

@@ -78,6 +78,26 @@ SimdLevel set_simd_level(SimdLevel level) {
   return capped;
 }
 
+namespace {
+
+std::atomic<bool>& winograd_in_use() {
+  static std::atomic<bool> enabled{[] {
+    const char* env = std::getenv("JUANJI_WINOGRAD");
+    if (!env || !*env) return true;
+    const std::string text = env;
+    if (text == "0") return false;
+    if (text == "1") return true;
+    throw std::invalid_argument("JUANJI_WINOGRAD: expected 0 or 1, got '" + text + "'");
+  }()};
+  return enabled;
+}
+
+}  // namespace
+
+bool winograd_enabled() { return winograd_in_use().load(); }
+
+bool set_winograd(bool enabled) { return winograd_in_use().exchange(enabled); }
+
 void set_num_threads(int n) {
   check(n >= 1, "set_num_threads: n must be at least 1, got ", n);
 #if JUANJI_OPENMP
@@ -120,6 +140,7 @@ std::string config_string() {
       << "\n"
       << "  simd:         detected " << simd_name(simd_detected()) << ", in use "
       << simd_name(simd_level()) << "\n"
+      << "  winograd:     " << (winograd_enabled() ? "on" : "off") << " (stride-1 3x3 float32 convolutions)\n"
       << "  cuda:         compiled " << (cuda_compiled() ? "yes" : "no") << ", devices visible "
       << cuda_device_count() << "\n";
   return out.str();

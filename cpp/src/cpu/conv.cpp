@@ -467,7 +467,7 @@ constexpr std::int64_t kWinogradMaxChunkTiles = 128;
 // The 16 products cost a third of the direct sum's multiply-adds but the transforms read and
 // write every input and output again: it pays off from 16 channels in and out per group.
 bool use_winograd(const Correlation& c) {
-  return c.R == 3 && c.S == 3 && c.stride_h == 1 && c.stride_w == 1 && c.dil_h == 1 && c.dil_w == 1 &&
+  return winograd_enabled() && c.R == 3 && c.S == 3 && c.stride_h == 1 && c.stride_w == 1 && c.dil_h == 1 && c.dil_w == 1 &&
          c.in_per_group() >= kWinogradMinChannels && c.out_per_group() >= kWinogradMinChannels;
 }
 
