@@ -7,6 +7,7 @@
 #include <cmath>
 #include <vector>
 
+#include "cpu/microkernels.hpp"
 #include "cpu/op_support.hpp"
 #include "cpu/vec_math.hpp"
 #include "juanji/ops/dense.hpp"
@@ -409,6 +410,17 @@ void dropout_forward(const Tensor& x, double p, Tensor& mask, Tensor& y) {
   check_kernel_tensor(y, op, "y", x.dtype(), n);
   const std::uint64_t seed = random_u64();
   const double scale = p < 1 ? 1.0 / (1.0 - p) : 0.0;
+  if (x.dtype() == DType::float32) {
+    // uniform_at(seed, i) >= p exactly when its 53-bit integer is >= ceil(p * 2^53).
+    const auto threshold = static_cast<std::uint64_t>(std::ceil(p * 0x1p53));
+    const cpu::Dropout kernel = cpu::active_kernels().dropout_f32;
+    constexpr std::int64_t kChunk = 4096;
+#pragma omp parallel for schedule(static) if (n >= cpu::kParallelGrain)
+    for (std::int64_t first = 0; first < n; first += kChunk)
+      kernel({x.data<float>() + first, mask.data<float>() + first, y.data<float>() + first,
+              std::min(kChunk, n - first), seed, static_cast<std::uint64_t>(first), threshold, static_cast<float>(scale)});
+    return;
+  }
   dispatch_float(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
     const T* xd = x.data<T>();

@@ -153,6 +153,20 @@ using AvgPool2x2 = void (*)(const float* row0, std::int64_t width, std::int64_t 
 // Its gradient: the four inputs of window q get 0 + grad[q] / 4 (windows do not overlap).
 using AvgPool2x2Backward = void (*)(const float* grad, std::int64_t count, float* row0, std::int64_t width);
 
+// Inverted dropout of n float32 elements whose draws are numbered from `first`:
+//   mask[i] = draw(seed, first + i) >= threshold ? keep : 0,   y[i] = x[i] * mask[i]
+// with draw = dense.cpp's counter-based SplitMix64 output shifted to 53 bits (uniform_at without
+// the scaling to [0, 1), threshold = ceil(p * 2^53)): the same masks as the scalar definition.
+struct DropoutArgs {
+  const float* x;
+  float* mask;
+  float* y;
+  std::int64_t n;
+  std::uint64_t seed, first, threshold;
+  float keep;
+};
+using Dropout = void (*)(const DropoutArgs& args);
+
 // Sums in double over 8 interleaved lanes combined in order (vec_math's sum_lanes), at vector
 // speed: of v[0, n); of (v[i] - center)^2.
 using SumAsDouble = double (*)(const float* v, std::int64_t n);
@@ -176,6 +190,7 @@ struct KernelSet {
   MaxPool2x2 max_pool_2x2_f32;
   AvgPool2x2 avg_pool_2x2_f32;
   AvgPool2x2Backward avg_pool_2x2_backward_f32;
+  Dropout dropout_f32;
   SumAsDouble sum_f32;
   SumSquaredDeviation sum_squared_deviation_f32;
   SumGradAndProduct sum_grad_and_product_f32;
