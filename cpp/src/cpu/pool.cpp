@@ -303,18 +303,20 @@ void max_pool_forward(const PoolGeometry& g, const Tensor& x, Tensor& y, Tensor&
 }
 
 // grad_y (N,C,P,Q), argmax (N,C,P,Q) int64 -> grad_x (N,C,H,W).
-void max_pool_backward(const PoolGeometry& g, const Tensor& grad_y, const Tensor& argmax,
-                       Tensor& grad_x) {
-#if JUANJI_WITH_CUDA
-  if (grad_y.device().is_cuda()) return cuda::max_pool_backward(g, grad_y, argmax, grad_x);
-#endif
-  const char* op = "max_pool_backward";
+namespace {
+
+// grad_x = the pooled gradient scattered to each window's argmax, kept only where gate > 0 when
+// a gate is given.
+void scatter_max_pool_gradient(const PoolGeometry& g, const Tensor& grad_y, const Tensor& argmax,
+                               const Tensor* gate, Tensor& grad_x, const char* op) {
   check_pool_kernel_args(g, grad_x, "grad_x", grad_y, "grad_y", op);
   check_kernel_tensor(argmax, op, "argmax", DType::int64, plane_count(g) * g.P * g.Q);
+  if (gate) check_kernel_tensor(*gate, op, "x", grad_x.dtype(), grad_x.numel());
   dispatch_float(grad_x.dtype(), [&](auto tag) {
     using T = decltype(tag);
     const T* gy = grad_y.data<T>();
     const std::int64_t* ad = argmax.data<std::int64_t>();
+    const T* gd = gate ? gate->data<T>() : nullptr;
     T* gx = grad_x.data<T>();
     const std::int64_t planes = plane_count(g);
     const std::int64_t in_plane = g.H * g.W;
@@ -325,13 +327,29 @@ void max_pool_backward(const PoolGeometry& g, const Tensor& grad_y, const Tensor
       T* gxp = gx + plane * in_plane;
       const T* gyp = gy + plane * out_plane;
       const std::int64_t* ap = ad + plane * out_plane;
+      const T* gp = gd ? gd + plane * in_plane : nullptr;
       std::fill(gxp, gxp + in_plane, T(0));
       for (std::int64_t i = 0; i < out_plane; ++i) {
         const std::int64_t at = ap[i];
-        if (at >= 0 && at < in_plane) gxp[at] += gyp[i];
+        if (at >= 0 && at < in_plane && (!gp || gp[at] > T(0))) gxp[at] += gyp[i];
       }
     }
   });
+}
+
+}  // namespace
+
+void max_pool_backward(const PoolGeometry& g, const Tensor& grad_y, const Tensor& argmax,
+                       Tensor& grad_x) {
+#if JUANJI_WITH_CUDA
+  if (grad_y.device().is_cuda()) return cuda::max_pool_backward(g, grad_y, argmax, grad_x);
+#endif
+  scatter_max_pool_gradient(g, grad_y, argmax, nullptr, grad_x, "max_pool_backward");
+}
+
+void max_pool_relu_backward(const PoolGeometry& g, const Tensor& grad_y, const Tensor& argmax,
+                            const Tensor& x, Tensor& grad_x) {
+  scatter_max_pool_gradient(g, grad_y, argmax, &x, grad_x, "max_pool_relu_backward");
 }
 
 // x (N,C,H,W), y (N,C,P,Q).

@@ -113,7 +113,17 @@ double Sequential::train_step(const Tensor& x, const Tensor& target, Loss& loss,
   const Tensor& device_target = on_model_device(target, target_staging_);
   const double value = loss.forward_backward(output, device_target, grad_output_, nullptr);
   const Tensor* grad = &grad_output_;
-  for (std::size_t i = layers_.size(); i-- > 0;) grad = &layers_[i]->backward(*grad, i > 0);
+  for (std::size_t i = layers_.size(); i-- > 0;) {
+    // An activation that is not the first layer may run its backward in this layer's pass.
+    auto* activation = i >= 2 ? dynamic_cast<ActivationLayer*>(layers_[i - 1].get()) : nullptr;
+    const Tensor* fused = activation ? layers_[i]->backward_fused(*grad, *activation) : nullptr;
+    if (fused) {
+      grad = fused;
+      --i;
+    } else {
+      grad = &layers_[i]->backward(*grad, i > 0);
+    }
+  }
   optimizer.step();
   return value;
 }

@@ -52,6 +52,13 @@ class Layer {
     (void)x, (void)training, (void)activation;
     return nullptr;
   }
+  // backward followed by the backward of `activation`, the layer just before this one, in one
+  // pass (on the CPU: max pooling after a ReLU): returns the gradient with respect to the
+  // activation's input (layer-owned), or null when this layer cannot fuse here.
+  virtual const Tensor* backward_fused(const Tensor& grad_y, const ActivationLayer& activation) {
+    (void)grad_y, (void)activation;
+    return nullptr;
+  }
   std::vector<std::shared_ptr<Parameter>>& parameters() { return parameters_; }
   const std::vector<std::shared_ptr<Parameter>>& parameters() const { return parameters_; }
   // Casts parameters to dtype (float32/float64); buffers follow on the next forward.
@@ -122,6 +129,7 @@ class Pool : public Layer {
   double flops(const Shape& input) const override;
   const Tensor& forward(const Tensor& x, bool training) override;
   const Tensor& backward(const Tensor& grad_y, bool need_grad_x) override;
+  const Tensor* backward_fused(const Tensor& grad_y, const ActivationLayer& activation) override;
 
  private:
   Kind kind_;
