@@ -702,14 +702,14 @@ void winograd_backward_weight(const ConvGeometry& g, const float* dy, const floa
               const std::int64_t last_row = std::min(all.h - 1, (end - 1 - n * all.h * all.w) / all.w);
               filled_image = n;
               first_row = ty;
-              for (std::int64_t k = 0; k < cpu::kFilterBlock; ++k) {
-                const std::int64_t filter = kb * cpu::kFilterBlock + k;
-                const float* plane = dy + (n * g.K + grp * per_group + filter) * g.P * g.Q;
-                for (std::int64_t p = 2 * ty; p < 2 * last_row + 2; ++p) {
-                  float* row = errors + (p - 2 * ty) * error_row * cpu::kFilterBlock + k;
-                  const bool inside = filter < per_group && p < g.P;
-                  for (std::int64_t q = 0; q < error_row; ++q)
-                    row[q * cpu::kFilterBlock] = inside && q < g.Q ? plane[p * g.Q + q] : 0.0f;
+              const float* planes = dy + (n * g.K + grp * per_group + kb * cpu::kFilterBlock) * g.P * g.Q;
+              const std::int64_t filters = std::min<std::int64_t>(cpu::kFilterBlock, per_group - kb * cpu::kFilterBlock);
+              for (std::int64_t p = 2 * ty; p < 2 * last_row + 2; ++p) {
+                float* row = errors + (p - 2 * ty) * error_row * cpu::kFilterBlock;
+                if (p < g.P) {
+                  kernels.pixel_major_row_f32(planes + p * g.Q, g.P * g.Q, filters, g.Q, error_row, row);
+                } else {
+                  std::fill(row, row + error_row * cpu::kFilterBlock, 0.0f);
                 }
               }
             }

@@ -122,6 +122,10 @@ using WinogradOutput = void (*)(const WinogradOutputArgs& args);
 // rows of `row` pixels), and z[e * stride + t * 16 + k] = (A d A^T)[e / 4][e % 4].
 using WinogradGradRow = void (*)(const float* errors, std::int64_t row, std::int64_t tiles, float* z,
                                  std::int64_t stride);
+// One row of up to 16 planes, pixel-major: out[q * 16 + k] = src[k * plane_stride + q] for
+// q < width and k < planes, zero for the rest of q < out_width.
+using PixelMajorRow = void (*)(const float* src, std::int64_t plane_stride, std::int64_t planes, std::int64_t width,
+                               std::int64_t out_width, float* out);
 // For one e and one block of 16 filters, the products summed over tiles in order, every channel:
 //   du[c * 16 + k] = (accumulate ? du[c * 16 + k] : 0) + sum_t z[t * 16 + k] * v[c * v_row + t]
 struct WinogradWeightProductArgs {
@@ -186,6 +190,7 @@ struct KernelSet {
   WinogradProducts winograd_products_f32;
   WinogradOutput winograd_output_f32;
   WinogradGradRow winograd_grad_row_f32;
+  PixelMajorRow pixel_major_row_f32;
   WinogradWeightProducts winograd_weight_products_f32;
   MaxPool2x2 max_pool_2x2_f32;
   AvgPool2x2 avg_pool_2x2_f32;
