@@ -1,5 +1,7 @@
 // Google Benchmark micro-benchmarks for every CPU kernel, at every SIMD level this CPU has.
-// Counters: FLOP/s for compute kernels, bytes/s for memory-bound ones.
+// Counters: FLOP/s for compute kernels (for convolutions, the direct sum's FLOPs: Winograd's rate
+// is an effective one, and `_direct` runs the same layer with Winograd off), bytes/s for
+// memory-bound ones.
 //   cmake -B build/bench -DJUANJI_BUILD_BENCH=ON -DJUANJI_CUDA=OFF && cmake --build build/bench -j2
 //   build/bench/bench/juanji_bench --benchmark_filter=conv
 #include <benchmark/benchmark.h>
@@ -41,8 +43,9 @@ void set_rate(benchmark::State& state, double flops, double bytes) {
 
 enum class ConvPass { forward, backward_data, backward_weight };
 
-void bench_conv(benchmark::State& state, ConvCase c, ConvPass pass, SimdLevel level) {
+void bench_conv(benchmark::State& state, ConvCase c, ConvPass pass, SimdLevel level, bool winograd) {
   set_simd_level(level);
+  set_winograd(winograd);
   ConvOptions options;
   options.stride = {c.stride};
   options.padding = PaddingSpec::of({c.pad});
@@ -60,6 +63,7 @@ void bench_conv(benchmark::State& state, ConvCase c, ConvPass pass, SimdLevel le
   }
   set_rate(state, g.flops(), 0);
   set_simd_level(simd_detected());
+  set_winograd(true);
 }
 
 void bench_gemm(benchmark::State& state, SimdLevel level) {
@@ -123,9 +127,19 @@ void register_all() {
     benchmark::RegisterBenchmark(("gemm/" + isa).c_str(), bench_gemm, level)->Arg(256)->Arg(1024)->UseRealTime();
     for (const ConvCase& c : kConvCases) {
       const std::string base = std::string("conv/") + c.name + "/" + isa;
-      benchmark::RegisterBenchmark((base + "/fwd").c_str(), bench_conv, c, ConvPass::forward, level)->UseRealTime();
-      benchmark::RegisterBenchmark((base + "/bwd_data").c_str(), bench_conv, c, ConvPass::backward_data, level)->UseRealTime();
-      benchmark::RegisterBenchmark((base + "/bwd_weight").c_str(), bench_conv, c, ConvPass::backward_weight, level)->UseRealTime();
+      const bool winograd_layer = c.R == 3 && c.stride == 1 && c.C >= 16 && c.K >= 16;
+      for (const bool winograd : {true, false}) {
+        if (!winograd && !winograd_layer) continue;
+        const std::string suffix = winograd ? "" : "_direct";
+        benchmark::RegisterBenchmark((base + "/fwd" + suffix).c_str(), bench_conv, c, ConvPass::forward, level, winograd)
+            ->UseRealTime();
+        benchmark::RegisterBenchmark((base + "/bwd_data" + suffix).c_str(), bench_conv, c, ConvPass::backward_data, level,
+                                     winograd)
+            ->UseRealTime();
+        benchmark::RegisterBenchmark((base + "/bwd_weight" + suffix).c_str(), bench_conv, c, ConvPass::backward_weight,
+                                     level, winograd)
+            ->UseRealTime();
+      }
     }
   }
   benchmark::RegisterBenchmark("pool/max/fwd", bench_pool, true, false)->UseRealTime();
