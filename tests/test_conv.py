@@ -227,15 +227,7 @@ def test_conv_winograd_shapes(nd, c, dtype):
 
 @pytest.mark.parametrize("nd,c", [pytest.param(nd, c, id=k) for k, (nd, c) in WINOGRAD.items()])
 def test_conv_winograd_integer_valued_is_exact(nd, c):
-    rng = np.random.default_rng(13)
-    fwd, bwd, rfwd, rbwd = OPS[nd]
-    x, w, b = make_inputs(rng, c, np.float32, gen=randint_data)
-    kw = conv_kwargs(c)
-    y_ref = rfwd(x, w, b, **kw)
-    assert_bitwise(fwd(x, w, b, **kw), y_ref, what="y")
-    gy = randint_data(rng, y_ref.shape)
-    for name, g, g_ref in zip(("grad_x", "grad_w", "grad_b"), bwd(gy, x, w, **kw), rbwd(gy, x, w, **kw)):
-        assert_bitwise(g, g_ref, what=name)
+    check_integer_valued_is_exact(nd, c, seed=13)
 
 
 def test_conv_winograd_error_stays_near_the_direct_sums():
@@ -406,9 +398,8 @@ EXACT = {
 }
 
 
-@pytest.mark.parametrize("nd,c", [pytest.param(nd, c, id=k) for k, (nd, c) in EXACT.items()])
-def test_conv_integer_valued_float32_is_exact(nd, c):
-    rng = np.random.default_rng(11)
+def check_integer_valued_is_exact(nd, c, seed):
+    rng = np.random.default_rng(seed)
     fwd, bwd, rfwd, rbwd = OPS[nd]
     x, w, b = make_inputs(rng, c, np.float32, gen=randint_data)
     kw = conv_kwargs(c)
@@ -418,6 +409,11 @@ def test_conv_integer_valued_float32_is_exact(nd, c):
     for name, g, g_ref in zip(("grad_x", "grad_w", "grad_b"), bwd(gy, x, w, **kw), rbwd(gy, x, w, **kw)):
         assert np.max(np.abs(g_ref)) < 2**24
         assert_bitwise(g, g_ref, what=name)
+
+
+@pytest.mark.parametrize("nd,c", [pytest.param(nd, c, id=k) for k, (nd, c) in EXACT.items()])
+def test_conv_integer_valued_float32_is_exact(nd, c):
+    check_integer_valued_is_exact(nd, c, seed=11)
 
 
 # ------------------------------------------------------- finite differences (f64)

@@ -289,6 +289,21 @@ def convnet_block(seed):
                          nn.Linear(4 * 5 * 5, 3))
 
 
+def assert_train_step_matches_the_layers_one_by_one(fused, apart, x, y):
+    """fused.train_step against the same step through apart's layers called one by one (which
+    never fuse): the parameters after the update must agree bit for bit."""
+    fused.train_step(x, y, nn.CrossEntropyLoss(), optim.SGD(fused.parameters(), lr=0.1))
+    h = x
+    for layer in apart.layers:
+        h = layer.forward(h, training=True)
+    g = np.asarray(juanji.cross_entropy_backward(np.asarray(h), y))
+    for layer in reversed(apart.layers):
+        g = layer.backward(g)
+    optim.SGD(apart.parameters(), lr=0.1).step()
+    for a, b in zip(fused.parameters(), apart.parameters()):
+        np.testing.assert_array_equal(a.data, b.data)
+
+
 def test_batchnorm_relu_fused_in_sequential_matches_the_layers_one_by_one():
     # Sequential runs BatchNorm2d + ReLU as one pass on the CPU; calling the layers one by one does
     # not fuse. Outputs, parameter updates and running statistics must agree bit for bit.
@@ -301,16 +316,7 @@ def test_batchnorm_relu_fused_in_sequential_matches_the_layers_one_by_one():
     np.testing.assert_array_equal(np.asarray(fused.forward(x, training=True)), np.asarray(h))
 
     fused, apart = convnet_block(5), convnet_block(5)
-    fused.train_step(x, y, nn.CrossEntropyLoss(), optim.SGD(fused.parameters(), lr=0.1))
-    h = x
-    for layer in apart.layers:
-        h = layer.forward(h, training=True)
-    g = np.asarray(juanji.cross_entropy_backward(np.asarray(h), y))
-    for layer in reversed(apart.layers):
-        g = layer.backward(g)
-    optim.SGD(apart.parameters(), lr=0.1).step()
-    for a, b in zip(fused.parameters(), apart.parameters()):
-        np.testing.assert_array_equal(a.data, b.data)
+    assert_train_step_matches_the_layers_one_by_one(fused, apart, x, y)
     for a, b in zip(fused.buffers(), apart.buffers()):
         np.testing.assert_array_equal(a.data, b.data)
 
@@ -331,16 +337,7 @@ def test_relu_backward_fused_into_max_pool_matches_the_layers_one_by_one(make):
     fused = make()
     juanji.manual_seed(6)
     apart = make()
-    fused.train_step(x, y, nn.CrossEntropyLoss(), optim.SGD(fused.parameters(), lr=0.1))
-    h = x
-    for layer in apart.layers:
-        h = layer.forward(h, training=True)
-    g = np.asarray(juanji.cross_entropy_backward(np.asarray(h), y))
-    for layer in reversed(apart.layers):
-        g = layer.backward(g)
-    optim.SGD(apart.parameters(), lr=0.1).step()
-    for a, b in zip(fused.parameters(), apart.parameters()):
-        np.testing.assert_array_equal(a.data, b.data)
+    assert_train_step_matches_the_layers_one_by_one(fused, apart, x, y)
 
 
 @pytest.mark.parametrize("make", [small_cnn, lambda: nn.Sequential(

@@ -554,6 +554,24 @@ void for_each_tile_run(const WinogradTiles& tiles, std::int64_t begin, std::int6
   }
 }
 
+// for_each_tile_run with start_image(n, first_row, last_row) called before each image's first run
+// (its tile rows [first_row, last_row] hold the image's tiles among [begin, end)) and fn given the
+// tile row counted from first_row.
+template <class StartImage, class Fn>
+void for_each_tile_run_by_image(const WinogradTiles& tiles, std::int64_t begin, std::int64_t end,
+                                StartImage start_image, Fn fn) {
+  std::int64_t image = -1, first_row = 0;
+  for_each_tile_run(tiles, begin, end, [&](std::int64_t n, std::int64_t ty, std::int64_t tx0, std::int64_t tx1,
+                                           std::int64_t offset) {
+    if (n != image) {
+      image = n;
+      first_row = ty;
+      start_image(n, ty, std::min(tiles.h - 1, (end - 1 - n * tiles.h * tiles.w) / tiles.w));
+    }
+    fn(ty - first_row, tx0, tx1, offset);
+  });
+}
+
 // Input transforms of channel ch (of group grp) for the tiles [begin, end):
 // v[e * v_stride + ch * v_row + t - begin]. Each image's rows are padded once into `rows`
 // (tiles.rows_for(end - begin) x tiles.width floats), whose columns from 2 * tiles.w + 2 on the
@@ -562,26 +580,22 @@ void winograd_input_chunk(const Correlation& c, const WinogradTiles& tiles, cons
                           std::int64_t ch, std::int64_t begin, std::int64_t end, float* rows, float* v,
                           std::int64_t v_row, std::int64_t v_stride) {
   const cpu::KernelSet& kernels = cpu::active_kernels();
-  std::int64_t padded_image = -1, first_row = 0;
-  for_each_tile_run(tiles, begin, end, [&](std::int64_t n, std::int64_t ty, std::int64_t tx0, std::int64_t tx1,
-                                           std::int64_t offset) {
-    if (n != padded_image) {
-      const std::int64_t last_row = std::min(tiles.h - 1, (end - 1 - n * tiles.h * tiles.w) / tiles.w);
-      padded_image = n;
-      first_row = ty;
-      const float* plane = src + ((n * c.in_channels + grp * c.in_per_group() + ch) * c.in_h) * c.in_w;
-      // Only the rows and columns the outputs read: a NaN elsewhere stays out of the sums.
-      for (std::int64_t r = 0; r < 2 * (last_row - ty) + 4; ++r) {
-        float* out = rows + r * tiles.width;
-        const std::int64_t i = 2 * ty + r - c.pad_top;
-        const std::int64_t j_begin = std::max<std::int64_t>(0, -c.pad_left);
-        const std::int64_t j_end = i < 0 || i >= tiles.used_h ? j_begin : std::max(j_begin, tiles.used_w);
-        std::fill(out, out + j_begin + c.pad_left, 0.0f);
-        copy_short(plane + i * c.in_w + j_begin, j_end - j_begin, out + j_begin + c.pad_left);
-        std::fill(out + j_end + c.pad_left, out + 2 * tiles.w + 2, 0.0f);
-      }
+  auto pad_image = [&](std::int64_t n, std::int64_t first_row, std::int64_t last_row) {
+    const float* plane = src + ((n * c.in_channels + grp * c.in_per_group() + ch) * c.in_h) * c.in_w;
+    // Only the rows and columns the outputs read: a NaN elsewhere stays out of the sums.
+    for (std::int64_t r = 0; r < 2 * (last_row - first_row) + 4; ++r) {
+      float* out = rows + r * tiles.width;
+      const std::int64_t i = 2 * first_row + r - c.pad_top;
+      const std::int64_t j_begin = std::max<std::int64_t>(0, -c.pad_left);
+      const std::int64_t j_end = i < 0 || i >= tiles.used_h ? j_begin : std::max(j_begin, tiles.used_w);
+      std::fill(out, out + j_begin + c.pad_left, 0.0f);
+      copy_short(plane + i * c.in_w + j_begin, j_end - j_begin, out + j_begin + c.pad_left);
+      std::fill(out + j_end + c.pad_left, out + 2 * tiles.w + 2, 0.0f);
     }
-    kernels.winograd_input_row_f32(rows + 2 * (ty - first_row) * tiles.width + 2 * tx0, tiles.width, tx1 - tx0,
+  };
+  for_each_tile_run_by_image(tiles, begin, end, pad_image, [&](std::int64_t row, std::int64_t tx0, std::int64_t tx1,
+                                                               std::int64_t offset) {
+    kernels.winograd_input_row_f32(rows + 2 * row * tiles.width + 2 * tx0, tiles.width, tx1 - tx0,
                                    v + ch * v_row + offset, v_stride);
   });
 }
@@ -695,26 +709,22 @@ void winograd_backward_weight(const ConvGeometry& g, const float* dy, const floa
           // output's edge and the group's last filter), then transformed run by run.
           float* errors = cpu::workspace<float>(cpu::WorkspaceSlot::batch_out,
                                                 (all.rows_for(max_chunk) - 2) * error_row * cpu::kFilterBlock);
-          std::int64_t filled_image = -1, first_row = 0;
-          for_each_tile_run(all, begin, end, [&](std::int64_t n, std::int64_t ty, std::int64_t tx0, std::int64_t tx1,
-                                                 std::int64_t offset) {
-            if (n != filled_image) {
-              const std::int64_t last_row = std::min(all.h - 1, (end - 1 - n * all.h * all.w) / all.w);
-              filled_image = n;
-              first_row = ty;
-              const float* planes = dy + (n * g.K + grp * per_group + kb * cpu::kFilterBlock) * g.P * g.Q;
-              const std::int64_t filters = std::min<std::int64_t>(cpu::kFilterBlock, per_group - kb * cpu::kFilterBlock);
-              for (std::int64_t p = 2 * ty; p < 2 * last_row + 2; ++p) {
-                float* row = errors + (p - 2 * ty) * error_row * cpu::kFilterBlock;
-                if (p < g.P) {
-                  kernels.pixel_major_row_f32(planes + p * g.Q, g.P * g.Q, filters, g.Q, error_row, row);
-                } else {
-                  std::fill(row, row + error_row * cpu::kFilterBlock, 0.0f);
-                }
+          auto fill_errors = [&](std::int64_t n, std::int64_t first_row, std::int64_t last_row) {
+            const float* planes = dy + (n * g.K + grp * per_group + kb * cpu::kFilterBlock) * g.P * g.Q;
+            const std::int64_t filters = std::min<std::int64_t>(cpu::kFilterBlock, per_group - kb * cpu::kFilterBlock);
+            for (std::int64_t p = 2 * first_row; p < 2 * last_row + 2; ++p) {
+              float* row = errors + (p - 2 * first_row) * error_row * cpu::kFilterBlock;
+              if (p < g.P) {
+                kernels.pixel_major_row_f32(planes + p * g.Q, g.P * g.Q, filters, g.Q, error_row, row);
+              } else {
+                std::fill(row, row + error_row * cpu::kFilterBlock, 0.0f);
               }
             }
-            kernels.winograd_grad_row_f32(errors + (2 * (ty - first_row) * error_row + 2 * tx0) * cpu::kFilterBlock,
-                                          error_row, tx1 - tx0, z + kb * z_block + offset * cpu::kFilterBlock, z_stride);
+          };
+          for_each_tile_run_by_image(all, begin, end, fill_errors, [&](std::int64_t row, std::int64_t tx0,
+                                                                       std::int64_t tx1, std::int64_t offset) {
+            kernels.winograd_grad_row_f32(errors + (2 * row * error_row + 2 * tx0) * cpu::kFilterBlock, error_row,
+                                          tx1 - tx0, z + kb * z_block + offset * cpu::kFilterBlock, z_stride);
           });
         }
 #pragma omp for schedule(static)
