@@ -393,6 +393,9 @@ EXACT = {
                                      stride=2, padding="same")),
     "1d_basic": (1, case(N=3, C=4, K=5, spatial=(17,), kernel=(5,), stride=2, padding=2)),
     "2d_filter_blocks": (2, case(N=3, C=8, K=20, spatial=(9, 14), padding=1)),
+    # few input channels, rows of one vector: the data gradient's direct kernel in row pairs
+    "2d_lenet_c2_like": (2, case(N=2, C=6, K=16, spatial=(14, 14), kernel=(5, 5))),
+    "2d_row_pairs_odd_rows": (2, case(N=1, C=5, K=12, spatial=(9, 13), padding=1)),
     "2d_filter_blocks_s2_groups": (2, case(N=2, C=16, K=18, groups=2, spatial=(9, 8), stride=2, padding=1)),
     "1d_filter_blocks": (1, case(N=2, C=9, K=16, spatial=(30,), kernel=(5,), padding=2)),
 }
