@@ -276,11 +276,13 @@ void direct_backward_data(const ConvGeometry& g, const float* dy, const float* w
 }
 
 // The direct kernel also takes the data gradient of layers with too few input channels for filter
-// blocks when its output rows fit one vector (worked in row pairs, as LeNet's 14-wide planes):
-// lenet_c2 535 -> 436 us; on wider rows it ran 25% behind GEMM + col2im.
+// blocks when the error has few channels (lenet_c1, 6: 473 -> 245 us) or the rows fit one vector
+// (worked in row pairs; lenet_c2, 16 channels on 14-wide planes: 535 -> 436 us). With 32 channels
+// on wider rows (cifar_c1, convnet_c1) it ran 25% behind GEMM + col2im.
 bool use_direct_data_grad(const ConvGeometry& g) {
-  return use_direct(g, g.K / g.groups) || (g.stride_h == 1 && g.stride_w == 1 && g.C / g.groups < cpu::kFilterBlock / 2 &&
-                                           g.W <= cpu::active_kernels().direct_conv_lanes);
+  if (use_direct(g, g.K / g.groups)) return true;
+  const bool few_errors = g.K / g.groups <= 8, one_vector_rows = g.W <= cpu::active_kernels().direct_conv_lanes;
+  return g.stride_h == 1 && g.stride_w == 1 && g.C / g.groups < cpu::kFilterBlock / 2 && (few_errors || one_vector_rows);
 }
 
 // Weight gradient for few input channels: every (filter, channel) pair sums its images in order
