@@ -231,11 +231,13 @@ bool use_direct(const ConvGeometry& g, std::int64_t in_channels_per_group) {
 }
 
 // Runs the direct kernel for every (image, group): src planes padded by (top, left) into a
-// per-thread buffer, then out (out_channels, out_h, out_w) per image and group.
+// per-thread buffer, then out (out_channels, out_h, out_w) per image and group. With
+// skip_padding_rows the sums leave out the padding's rows (the data gradient's full correlation:
+// its padding is not part of the definition, so a weight's infinity meets no zero there).
 void direct_conv_all(const ConvGeometry& g, const float* src, std::int64_t src_channels, std::int64_t src_h,
                      std::int64_t src_w, std::int64_t top, std::int64_t left, const float* weights,
                      const float* bias, float* out, std::int64_t out_channels, std::int64_t out_h,
-                     std::int64_t out_w, bool relu) {
+                     std::int64_t out_w, bool relu, bool skip_padding_rows) {
   const cpu::KernelSet& kernels = cpu::active_kernels();
   const std::int64_t in_g = src_channels / g.groups, out_g = out_channels / g.groups;
   const std::int64_t block = 2 * kernels.direct_conv_lanes;
@@ -251,14 +253,16 @@ void direct_conv_all(const ConvGeometry& g, const float* src, std::int64_t src_c
     cpu::DirectConvArgs args{padded, in_g, padded_h, padded_w,
                              weights + grp * out_g * in_g * g.R * g.S, g.R, g.S, g.dil_h, g.dil_w,
                              bias ? bias + grp * out_g : nullptr,
-                             out + (n * out_channels + grp * out_g) * out_h * out_w, out_g, out_h, out_w, relu};
+                             out + (n * out_channels + grp * out_g) * out_h * out_w, out_g, out_h, out_w, relu,
+                             skip_padding_rows ? std::max<std::int64_t>(top, 0) : 0,
+                             skip_padding_rows ? std::clamp<std::int64_t>(top + src_h, 0, padded_h) : padded_h};
     kernels.direct_conv_f32(args);
   }
 }
 
 void direct_forward(const ConvGeometry& g, const float* x, const float* w, const float* bias, float* y,
                     bool relu) {
-  direct_conv_all(g, x, g.C, g.H, g.W, g.pad_top, g.pad_left, w, bias, y, g.K, g.P, g.Q, relu);
+  direct_conv_all(g, x, g.C, g.H, g.W, g.pad_top, g.pad_left, w, bias, y, g.K, g.P, g.Q, relu, false);
 }
 
 // The seeds' rule: the input gradient is the full convolution of the error with the 180-degree
@@ -272,7 +276,7 @@ void direct_backward_data(const ConvGeometry& g, const float* dy, const float* w
         for (std::int64_t t = 0; t < taps; ++t)
           rotated[((grp * Cg + c) * Kg + k) * taps + (taps - 1 - t)] = w[((grp * Kg + k) * Cg + c) * taps + t];
   direct_conv_all(g, dy, g.K, g.P, g.Q, g.dil_h * (g.R - 1) - g.pad_top, g.dil_w * (g.S - 1) - g.pad_left,
-                  rotated, nullptr, dx, g.C, g.H, g.W, false);
+                  rotated, nullptr, dx, g.C, g.H, g.W, false, true);
 }
 
 // The direct kernel also takes the data gradient of layers with too few input channels for filter

@@ -33,6 +33,9 @@ struct DirectConvArgs {
   float* out;         // (out_channels, out_h, out_w)
   std::int64_t out_channels, out_h, out_w;
   bool relu;          // store max(0, out) as the ReLU kernel computes it (v < 0 ? 0 : v)
+  // src rows outside [rows_begin, rows_end) are zero padding that the sums may skip (the data
+  // gradient's padded error: by definition it has no products there); [0, src_h) reads them all.
+  std::int64_t rows_begin, rows_end;
 };
 using DirectConv = void (*)(const DirectConvArgs& args);
 
