@@ -595,11 +595,39 @@ void winograd_input_chunk(const Correlation& c, const WinogradTiles& tiles, cons
       std::fill(out + j_end + c.pad_left, out + 2 * tiles.w + 2, 0.0f);
     }
   };
-  for_each_tile_run_by_image(tiles, begin, end, pad_image, [&](std::int64_t row, std::int64_t tx0, std::int64_t tx1,
-                                                               std::int64_t offset) {
+  // Rows of at most half a vector of tiles go two by two (convnet_c2's 7-tile rows: its forward
+  // 5-7% faster on one core): a full row waits for the next.
+  const bool pairs = 2 * tiles.w <= kernels.direct_conv_lanes;
+  std::int64_t waiting_row = -1, waiting_offset = 0;
+  auto flush = [&] {
+    if (waiting_row < 0) return;
+    kernels.winograd_input_row_f32(rows + 2 * waiting_row * tiles.width, tiles.width, tiles.w,
+                                   v + ch * v_row + waiting_offset, v_stride);
+    waiting_row = -1;
+  };
+  auto start_image = [&](std::int64_t n, std::int64_t first_row, std::int64_t last_row) {
+    flush();
+    pad_image(n, first_row, last_row);
+  };
+  for_each_tile_run_by_image(tiles, begin, end, start_image, [&](std::int64_t row, std::int64_t tx0, std::int64_t tx1,
+                                                                 std::int64_t offset) {
+    const bool full = tx0 == 0 && tx1 == tiles.w;
+    if (pairs && full && waiting_row >= 0 && waiting_row + 1 == row) {
+      kernels.winograd_input_row_pair_f32(rows + 2 * waiting_row * tiles.width, tiles.width, tiles.w,
+                                          v + ch * v_row + waiting_offset, v_stride);
+      waiting_row = -1;
+      return;
+    }
+    flush();
+    if (pairs && full) {
+      waiting_row = row;
+      waiting_offset = offset;
+      return;
+    }
     kernels.winograd_input_row_f32(rows + 2 * row * tiles.width + 2 * tx0, tiles.width, tx1 - tx0,
                                    v + ch * v_row + offset, v_stride);
   });
+  flush();
 }
 
 // out = correlation of src with the transformed filters (+ bias, then ReLU if asked). A job takes

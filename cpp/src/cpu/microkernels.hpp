@@ -97,6 +97,9 @@ using FilterBlockWeightGrad = void (*)(const FilterBlockWeightGradArgs& args);
 // runs of v are overwritten too.
 using WinogradInputRow = void (*)(const float* rows, std::int64_t width, std::int64_t tiles, float* v,
                                   std::int64_t stride);
+// The same for two consecutive full rows of at most lanes / 2 tiles each (small images: one
+// vector holds both): the second row's tiles read rows + 2 * width and go to v after the first's.
+using WinogradInputRowPair = WinogradInputRow;
 // The 16 elementwise products summed over channels in order, for one block of 16 filters:
 //   m[e * m_stride + t * 16 + k] = sum_c u[(e * channels + c) * 16 + k] * v[e * v_stride + c * tiles + t]
 struct WinogradProductArgs {
@@ -190,6 +193,7 @@ struct KernelSet {
   FilterBlockConv filter_block_conv_f32;
   FilterBlockWeightGrad filter_block_weight_grad_f32;
   WinogradInputRow winograd_input_row_f32;
+  WinogradInputRowPair winograd_input_row_pair_f32;
   WinogradProducts winograd_products_f32;
   WinogradOutput winograd_output_f32;
   WinogradGradRow winograd_grad_row_f32;
