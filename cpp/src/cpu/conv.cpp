@@ -517,18 +517,6 @@ const float* pack_winograd_filters(const Correlation& c, bool rotate, Kernel ker
   });
 }
 
-// Calls fn(n, ty, tx_begin, tx_end, offset) for each run of tiles of one tile row among the tiles
-// [begin, end) of the batch, numbered image by image, row by row; offset counts from begin.
-template <class Fn>
-void for_each_tile_run(std::int64_t begin, std::int64_t end, std::int64_t tiles_h, std::int64_t tiles_w, Fn fn) {
-  for (std::int64_t t = begin; t < end;) {
-    const std::int64_t n = t / (tiles_h * tiles_w), ty = t / tiles_w % tiles_h, tx = t % tiles_w;
-    const std::int64_t run = std::min(tiles_w - tx, end - t);
-    fn(n, ty, tx, tx + run, t - begin);
-    t += run;
-  }
-}
-
 // The tiles of a correlation's output, numbered image by image, row by row.
 struct WinogradTiles {
   std::int64_t h, w, total;
