@@ -700,7 +700,7 @@ void winograd_backward_weight(const ConvGeometry& g, const float* dy, const floa
   const std::int64_t in = c.in_per_group(), per_group = c.out_per_group(), blocks = c.blocks();
   // Chunks whose transformed inputs and gradients (64 bytes per tile and channel or filter) stay
   // in the last-level cache, and long enough to pay for adding their sums into the gradient and
-  // for the three barriers each takes (L2-sized chunks of 1-2 MiB ran 10-20% slower).
+  // for the barrier each takes (L2-sized chunks of 1-2 MiB ran 10-20% slower).
   const std::int64_t chunk_tiles = std::max(kWinogradGradMinChunk,
                                             kWinogradGradChunkBytes / (64 * (in + blocks * cpu::kFilterBlock)));
   const std::int64_t chunks = (all.total + chunk_tiles - 1) / chunk_tiles;
@@ -708,25 +708,29 @@ void winograd_backward_weight(const ConvGeometry& g, const float* dy, const floa
   const std::int64_t v_row = max_chunk + 16, v_stride = in * v_row + 16;                  // v[e][c][t]
   const std::int64_t z_block = max_chunk * cpu::kFilterBlock, z_stride = blocks * z_block + 16;  // z[e][kb][t][k]
   const std::int64_t du_block = in * cpu::kFilterBlock, du_stride = blocks * du_block;    // du[e][kb][c][k]
-  float* v = cpu::workspace<float>(cpu::WorkspaceSlot::gemm_a, 16 * v_stride);
-  float* z = cpu::workspace<float>(cpu::WorkspaceSlot::gemm_b, 16 * z_stride);
+  // Two buffers of transforms: a chunk's are made while the previous chunk's products may still
+  // run, so each chunk costs one barrier (the one after its transforms), not three.
+  float* v_buffers = cpu::workspace<float>(cpu::WorkspaceSlot::gemm_a, 2 * 16 * v_stride);
+  float* z_buffers = cpu::workspace<float>(cpu::WorkspaceSlot::gemm_b, 2 * 16 * z_stride);
   float* du = cpu::workspace<float>(cpu::WorkspaceSlot::partials, 16 * du_stride);
   const std::int64_t error_row = 2 * all.w;  // pixels per row of a block's pixel-major gradient
   for (std::int64_t grp = 0; grp < g.groups; ++grp) {
-    for (std::int64_t chunk = 0; chunk < chunks; ++chunk) {
-      const std::int64_t begin = all.total * chunk / chunks, end = all.total * (chunk + 1) / chunks;
 #pragma omp parallel
-      {
-        float* rows = cpu::workspace<float>(cpu::WorkspaceSlot::columns, all.rows_for(max_chunk) * all.width);
-        std::fill(rows, rows + all.rows_for(max_chunk) * all.width, 0.0f);
+    {
+      float* rows = cpu::workspace<float>(cpu::WorkspaceSlot::columns, all.rows_for(max_chunk) * all.width);
+      std::fill(rows, rows + all.rows_for(max_chunk) * all.width, 0.0f);
+      float* errors = cpu::workspace<float>(cpu::WorkspaceSlot::batch_out,
+                                            (all.rows_for(max_chunk) - 2) * error_row * cpu::kFilterBlock);
+      for (std::int64_t chunk = 0; chunk < chunks; ++chunk) {
+        const std::int64_t begin = all.total * chunk / chunks, end = all.total * (chunk + 1) / chunks;
+        float* v = v_buffers + chunk % 2 * 16 * v_stride;
+        float* z = z_buffers + chunk % 2 * 16 * z_stride;
 #pragma omp for schedule(static) nowait
         for (std::int64_t ch = 0; ch < in; ++ch) winograd_input_chunk(c, all, x, grp, ch, begin, end, rows, v, v_row, v_stride);
 #pragma omp for schedule(static)
         for (std::int64_t kb = 0; kb < blocks; ++kb) {
           // Each image's part of the chunk: its block's gradient rows pixel-major (zero past the
           // output's edge and the group's last filter), then transformed run by run.
-          float* errors = cpu::workspace<float>(cpu::WorkspaceSlot::batch_out,
-                                                (all.rows_for(max_chunk) - 2) * error_row * cpu::kFilterBlock);
           auto fill_errors = [&](std::int64_t n, std::int64_t first_row, std::int64_t last_row) {
             const float* planes = dy + (n * g.K + grp * per_group + kb * cpu::kFilterBlock) * g.P * g.Q;
             const std::int64_t filters = std::min<std::int64_t>(cpu::kFilterBlock, per_group - kb * cpu::kFilterBlock);
@@ -745,7 +749,9 @@ void winograd_backward_weight(const ConvGeometry& g, const float* dy, const floa
                                           tx1 - tx0, z + kb * z_block + offset * cpu::kFilterBlock, z_stride);
           });
         }
-#pragma omp for schedule(static)
+        // The same (e, block) jobs go to the same thread every chunk (a static schedule of the same
+        // loop): each gradient element is added to in chunk order by one thread.
+#pragma omp for schedule(static) nowait
         for (std::int64_t job = 0; job < 16 * blocks; ++job) {
           const std::int64_t e = job / blocks, kb = job % blocks;
           kernels.winograd_weight_products_f32({z + e * z_stride + kb * z_block, v + e * v_stride, end - begin, v_row,
