@@ -564,23 +564,26 @@ void for_each_tile_run_by_image(const WinogradTiles& tiles, std::int64_t begin, 
 
 // Input transforms of channel ch (of group grp) for the tiles [begin, end):
 // v[e * v_stride + ch * v_row + t - begin]. Each image's rows are padded once into `rows`
-// (tiles.rows_for(end - begin) x tiles.width floats), whose columns from 2 * tiles.w + 2 on the
-// caller has zeroed: only lanes that are thrown away read them.
+// (tiles.rows_for(end - begin) x tiles.width floats), which the caller zeroed before its first call:
+// this writes the data columns only (lanes that are thrown away read past them).
 void winograd_input_chunk(const Correlation& c, const WinogradTiles& tiles, const float* src, std::int64_t grp,
                           std::int64_t ch, std::int64_t begin, std::int64_t end, float* rows, float* v,
                           std::int64_t v_row, std::int64_t v_stride) {
   const cpu::KernelSet& kernels = cpu::active_kernels();
+  // Only the rows and columns the outputs read: a NaN elsewhere stays out of the sums. The
+  // columns around them are the zero padding of every row, never written after the caller zeroed
+  // them; a row outside the image gets its data columns zeroed.
+  const std::int64_t j_begin = std::max<std::int64_t>(0, -c.pad_left), j_end = std::max(j_begin, tiles.used_w);
   auto pad_image = [&](std::int64_t n, std::int64_t first_row, std::int64_t last_row) {
     const float* plane = src + ((n * c.in_channels + grp * c.in_per_group() + ch) * c.in_h) * c.in_w;
-    // Only the rows and columns the outputs read: a NaN elsewhere stays out of the sums.
     for (std::int64_t r = 0; r < 2 * (last_row - first_row) + 4; ++r) {
-      float* out = rows + r * tiles.width;
+      float* out = rows + r * tiles.width + j_begin + c.pad_left;
       const std::int64_t i = 2 * first_row + r - c.pad_top;
-      const std::int64_t j_begin = std::max<std::int64_t>(0, -c.pad_left);
-      const std::int64_t j_end = i < 0 || i >= tiles.used_h ? j_begin : std::max(j_begin, tiles.used_w);
-      std::fill(out, out + j_begin + c.pad_left, 0.0f);
-      cpu::copy_short(plane + i * c.in_w + j_begin, j_end - j_begin, out + j_begin + c.pad_left);
-      std::fill(out + j_end + c.pad_left, out + 2 * tiles.w + 2, 0.0f);
+      if (i < 0 || i >= tiles.used_h) {
+        std::fill(out, out + (j_end - j_begin), 0.0f);
+      } else {
+        cpu::copy_short(plane + i * c.in_w + j_begin, j_end - j_begin, out);
+      }
     }
   };
   // Rows of at most half a vector of tiles go two by two (convnet_c2's 7-tile rows: its forward
