@@ -815,15 +815,9 @@ void filter_block_backward_weight(const ConvGeometry& g, const float* dy, const 
       const float* planes = source.planes(c, x, n, grp);
       for (std::int64_t kb = kb_begin; kb < kb_end; ++kb) {
         // The block's errors, pixel-major, zero past the group's last filter.
-        for (std::int64_t k = 0; k < cpu::kFilterBlock; ++k) {
-          const std::int64_t filter = kb * cpu::kFilterBlock + k;
-          if (filter >= Kg) {
-            for (std::int64_t i = 0; i < PQ; ++i) errors[i * cpu::kFilterBlock + k] = 0.0f;
-            continue;
-          }
-          const float* row = dy + (n * g.K + grp * Kg + filter) * PQ;
-          for (std::int64_t i = 0; i < PQ; ++i) errors[i * cpu::kFilterBlock + k] = row[i];
-        }
+        kernels.pixel_major_row_f32(dy + (n * g.K + grp * Kg + kb * cpu::kFilterBlock) * PQ, PQ,
+                                    std::min<std::int64_t>(cpu::kFilterBlock, Kg - kb * cpu::kFilterBlock), PQ, PQ,
+                                    errors);
         const cpu::FilterBlockWeightGradArgs args{planes, source.tap_offsets, taps, g.stride_h * source.width,
                                                   g.stride_w, errors, g.P, g.Q, partial + kb * block_size};
         kernels.filter_block_weight_grad_f32(args);
