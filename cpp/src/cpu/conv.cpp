@@ -717,13 +717,13 @@ void winograd_backward_weight(const ConvGeometry& g, const float* dy, const floa
   float* z_buffers = cpu::workspace<float>(cpu::WorkspaceSlot::gemm_b, 2 * 16 * z_stride);
   float* du = cpu::workspace<float>(cpu::WorkspaceSlot::partials, 16 * du_stride);
   const std::int64_t error_row = 2 * all.w;  // pixels per row of a block's pixel-major gradient
+  const std::int64_t padded_rows = all.rows_for(max_chunk);  // input rows of one image in a chunk
   for (std::int64_t grp = 0; grp < g.groups; ++grp) {
 #pragma omp parallel
     {
-      float* rows = cpu::workspace<float>(cpu::WorkspaceSlot::columns, all.rows_for(max_chunk) * all.width);
-      std::fill(rows, rows + all.rows_for(max_chunk) * all.width, 0.0f);
-      float* errors = cpu::workspace<float>(cpu::WorkspaceSlot::batch_out,
-                                            (all.rows_for(max_chunk) - 2) * error_row * cpu::kFilterBlock);
+      float* rows = cpu::workspace<float>(cpu::WorkspaceSlot::columns, padded_rows * all.width);
+      std::fill(rows, rows + padded_rows * all.width, 0.0f);
+      float* errors = cpu::workspace<float>(cpu::WorkspaceSlot::batch_out, (padded_rows - 2) * error_row * cpu::kFilterBlock);
       for (std::int64_t chunk = 0; chunk < chunks; ++chunk) {
         const std::int64_t begin = all.total * chunk / chunks, end = all.total * (chunk + 1) / chunks;
         float* v = v_buffers + chunk % 2 * 16 * v_stride;
