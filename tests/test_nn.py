@@ -321,17 +321,20 @@ def test_batchnorm_relu_fused_in_sequential_matches_the_layers_one_by_one():
         np.testing.assert_array_equal(a.data, b.data)
 
 
-@pytest.mark.parametrize("make", [
-    lambda: nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 16, 3, padding=1),
-                          nn.ReLU(), nn.MaxPool2d(3, stride=1), nn.Flatten(), nn.Linear(16 * 2 * 2, 3)),
-    lambda: nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
-                          nn.Flatten(), nn.Linear(4 * 4 * 4, 3)),
-], ids=["relu_pool_overlapping_windows", "bn_relu_pool"])
-def test_relu_backward_fused_into_max_pool_matches_the_layers_one_by_one(make):
+@pytest.mark.parametrize("make, shape", [
+    (lambda: nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 16, 3, padding=1),
+                           nn.ReLU(), nn.MaxPool2d(3, stride=1), nn.Flatten(), nn.Linear(16 * 2 * 2, 3)), (8, 8)),
+    (lambda: nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
+                           nn.Flatten(), nn.Linear(4 * 4 * 4, 3)), (8, 8)),
+    # Rows of 35 windows: whole vectors of them and a tail, an odd row and column left over.
+    (lambda: nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                           nn.Linear(4 * 3 * 35, 3)), (7, 71)),
+], ids=["relu_pool_overlapping_windows", "bn_relu_pool", "relu_pool_wide_rows"])
+def test_relu_backward_fused_into_max_pool_matches_the_layers_one_by_one(make, shape):
     # Sequential's train_step runs a ReLU's backward inside the next max pool's backward (CPU);
     # calling the layers one by one does not. The updates must agree bit for bit, zeros and ties
     # (ReLU makes many) included.
-    x = RNG.standard_normal((3, 2, 8, 8)).astype(np.float32)
+    x = RNG.standard_normal((3, 2) + shape).astype(np.float32)
     y = np.array([0, 2, 1])
     juanji.manual_seed(6)
     fused = make()

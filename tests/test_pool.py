@@ -275,6 +275,22 @@ def test_max_pool2d_2x2_vector_path_ties_and_nans(level, restore_simd_level):
 
 
 @pytest.mark.parametrize("level", LEVELS)
+def test_max_pool2d_2x2_gradient_signed_zeros_and_leftover_edges(level, restore_simd_level):
+    # A -0 gradient lands as 0 + -0 = +0, as the reference's sum gives, and the last row and
+    # column of odd planes (in no window) are 0, whatever the output buffer held before.
+    juanji.set_simd_level(level)
+    rng = np.random.default_rng(9)
+    x = randint_data(rng, (2, 3, 7, 71), np.float32, lo=-3, hi=3)
+    gy = randint_data(rng, (2, 3, 3, 35), np.float32)
+    gy[0, 0] = -0.0
+    for _ in range(2):  # the second call may reuse the first one's buffer
+        gx = as_np(juanji.max_pool2d_backward(gy, x, 2))
+        assert_bitwise(gx, ref.max_pool2d_backward(gy, x, 2), np.float32)
+        assert not np.signbit(gx[0, 0]).any()
+        assert not gx[:, :, 6, :].any() and not gx[:, :, :, 70].any()
+
+
+@pytest.mark.parametrize("level", LEVELS)
 @pytest.mark.parametrize("shape", [(2, 3, 6, 70), (1, 2, 7, 71), (3, 1, 4, 10)])
 def test_avg_pool2d_2x2_vector_path_is_exact(level, shape, restore_simd_level):
     # Integer data: every window mean is exact, so the vector path must match the reference

@@ -1,9 +1,10 @@
 // C++-side checks of the public API: views, a convolution against a plain-loop oracle at every
-// SIMD level, the C++ exception for bad arguments, a training step and a checkpoint round trip.
+// SIMD level, max pooling's gradient for any argmax, the C++ exception for bad arguments, a training step and a checkpoint round trip.
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
+#include <vector>
 
 #include <juanji/checkpoint.hpp>
 #include <juanji/juanji.hpp>
@@ -69,6 +70,38 @@ void test_conv_against_oracle() {
   set_simd_level(simd_detected());
 }
 
+// The kernel API takes any argmax: an index outside its window (inside the plane) still gets the
+// gradient, one outside the plane (here one that would match its window after truncation to 32
+// bits) none.
+void test_max_pool_backward_with_stray_argmax() {
+  PoolOptions options;
+  options.kernel = {2};
+  const Tensor x = randn({1, 2, 4, 40});
+  const PoolGeometry g = PoolGeometry::make(x.shape(), options, 2, "test");
+  Tensor y = Tensor::empty(g.output_shape()), argmax = Tensor::empty(g.output_shape(), DType::int64);
+  max_pool_forward(g, x, y, argmax);
+  const Tensor grad_y = Tensor::arange(1, 81, 1, DType::float32).reshape(g.output_shape());
+  std::int64_t* at = argmax.data<std::int64_t>();
+  at[0] = 3;                              // plane 0: window (0, 1)'s input
+  at[40 + 17] = at[40 + 17] + (1LL << 32);  // plane 1: outside the plane
+  const std::int64_t plane = g.H * g.W, windows = g.P * g.Q;
+  std::vector<float> expected(2 * plane, 0.0f);
+  for (std::int64_t c = 0; c < 2; ++c)
+    for (std::int64_t i = 0; i < windows; ++i) {
+      const std::int64_t index = at[c * windows + i];
+      if (index >= 0 && index < plane) expected[c * plane + index] += grad_y.data<float>()[c * windows + i];
+    }
+  for (SimdLevel level : {SimdLevel::portable, SimdLevel::avx2, SimdLevel::avx512}) {
+    set_simd_level(level);
+    Tensor grad_x = Tensor::full(x.shape(), 7.0, DType::float32);
+    max_pool_backward(g, grad_y, argmax, grad_x);
+    bool same = true;
+    for (std::int64_t i = 0; i < 2 * plane; ++i) same &= grad_x.data<float>()[i] == expected[i];
+    expect(same, std::string("max_pool_backward scatters stray argmaxes at ") + simd_name(simd_level()));
+  }
+  set_simd_level(simd_detected());
+}
+
 void test_bad_arguments_throw() {
   bool thrown = false;
   try {
@@ -116,6 +149,7 @@ void test_training_and_checkpoint() {
 int main() {
   test_views();
   test_conv_against_oracle();
+  test_max_pool_backward_with_stray_argmax();
   test_bad_arguments_throw();
   test_training_and_checkpoint();
   std::printf("%s (%d failure%s)\n", failures ? "FAILED" : "ok", failures, failures == 1 ? "" : "s");
