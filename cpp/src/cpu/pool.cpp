@@ -305,13 +305,13 @@ void max_pool_forward(const PoolGeometry& g, const Tensor& x, Tensor& y, Tensor&
 // grad_y (N,C,P,Q), argmax (N,C,P,Q) int64 -> grad_x (N,C,H,W).
 namespace {
 
-// grad_x = the pooled gradient scattered to each window's argmax, kept only where gate > 0 when
-// a gate is given.
+// grad_x = the pooled gradient scattered to each window's argmax, kept only where the gate (of
+// the pooled shape) is > 0 when a gate is given.
 void scatter_max_pool_gradient(const PoolGeometry& g, const Tensor& grad_y, const Tensor& argmax,
                                const Tensor* gate, Tensor& grad_x, const char* op) {
   check_pool_kernel_args(g, grad_x, "grad_x", grad_y, "grad_y", op);
   check_kernel_tensor(argmax, op, "argmax", DType::int64, plane_count(g) * g.P * g.Q);
-  if (gate) check_kernel_tensor(*gate, op, "x", grad_x.dtype(), grad_x.numel());
+  if (gate) check_kernel_tensor(*gate, op, "y", grad_x.dtype(), grad_y.numel());
   dispatch_float(grad_x.dtype(), [&](auto tag) {
     using T = decltype(tag);
     const T* gy = grad_y.data<T>();
@@ -327,11 +327,11 @@ void scatter_max_pool_gradient(const PoolGeometry& g, const Tensor& grad_y, cons
       T* gxp = gx + plane * in_plane;
       const T* gyp = gy + plane * out_plane;
       const std::int64_t* ap = ad + plane * out_plane;
-      const T* gp = gd ? gd + plane * in_plane : nullptr;
+      const T* gp = gd ? gd + plane * out_plane : nullptr;
       std::fill(gxp, gxp + in_plane, T(0));
       for (std::int64_t i = 0; i < out_plane; ++i) {
         const std::int64_t at = ap[i];
-        if (at >= 0 && at < in_plane && (!gp || gp[at] > T(0))) gxp[at] += gyp[i];
+        if (at >= 0 && at < in_plane && (!gp || gp[i] > T(0))) gxp[at] += gyp[i];
       }
     }
   });
@@ -348,8 +348,8 @@ void max_pool_backward(const PoolGeometry& g, const Tensor& grad_y, const Tensor
 }
 
 void max_pool_relu_backward(const PoolGeometry& g, const Tensor& grad_y, const Tensor& argmax,
-                            const Tensor& x, Tensor& grad_x) {
-  scatter_max_pool_gradient(g, grad_y, argmax, &x, grad_x, "max_pool_relu_backward");
+                            const Tensor& y, Tensor& grad_x) {
+  scatter_max_pool_gradient(g, grad_y, argmax, &y, grad_x, "max_pool_relu_backward");
 }
 
 // x (N,C,H,W), y (N,C,P,Q).

@@ -313,13 +313,14 @@ const Tensor& Pool::backward(const Tensor& grad_y, bool need_grad_x) {
   return grad_input_;
 }
 
-// The ReLU's output is this layer's input, positive exactly where the ReLU's input is.
+// The ReLU's output is this layer's input, positive exactly where the ReLU's input is; at each
+// window's argmax it is this layer's output (a quarter of the reads for 2x2 windows).
 const Tensor* Pool::backward_fused(const Tensor& grad_y, const ActivationLayer& activation) {
   if (kind_ != Kind::max || activation.kind() != Activation::relu || !input_.device().is_cpu() ||
       !argmax_.defined())
     return nullptr;
   ensure(grad_input_, input_.shape(), input_.dtype(), input_.device());
-  max_pool_relu_backward(geometry_, grad_y.contiguous(), argmax_, input_, grad_input_);
+  max_pool_relu_backward(geometry_, grad_y.contiguous(), argmax_, output_, grad_input_);
   return &grad_input_;
 }
 

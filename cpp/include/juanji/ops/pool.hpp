@@ -50,10 +50,11 @@ Tensor global_avg_pool2d_backward(const Tensor& grad_out, const Tensor& x);
 void max_pool_forward(const PoolGeometry& g, const Tensor& x, Tensor& y, Tensor& argmax);
 void max_pool_backward(const PoolGeometry& g, const Tensor& grad_y, const Tensor& argmax,
                        Tensor& grad_x);
-// The same followed by the backward of a ReLU whose output x is (CPU only): grad_x[i] = the
-// pooled gradient where x[i] > 0, else 0 — relu_backward(max_pool_backward(...), x) in one pass.
+// The same followed by the backward of a ReLU whose output the pooling took (CPU only), given
+// the pooling's output y: the gradient passes where y > 0 (y holds the ReLU's output at each
+// argmax) — relu_backward(max_pool_backward(...), relu output) in one pass.
 void max_pool_relu_backward(const PoolGeometry& g, const Tensor& grad_y, const Tensor& argmax,
-                            const Tensor& x, Tensor& grad_x);
+                            const Tensor& y, Tensor& grad_x);
 void avg_pool_forward(const PoolGeometry& g, const Tensor& x, Tensor& y);
 void avg_pool_backward(const PoolGeometry& g, const Tensor& grad_y, Tensor& grad_x);
 
