@@ -549,13 +549,15 @@ void batch_norm2d_forward(const Tensor& x, const Tensor& gamma, const Tensor& be
 // batch statistics saved by a training-mode forward; undefined outputs are skipped.
 void batch_norm2d_backward(const Tensor& grad_y, const Tensor& x, const Tensor& gamma,
                            const Tensor& save_mean, const Tensor& save_invstd, Tensor& grad_x,
-                           Tensor& grad_gamma, Tensor& grad_beta) {
+                           Tensor& grad_gamma, Tensor& grad_beta, Tensor* grad_x_sums) {
+  const char* op = "batch_norm2d_backward";
+  check(!grad_x_sums || (x.device().is_cpu() && grad_x.defined()), op,
+        ": grad_x_sums needs grad_x, on the CPU");
 #if JUANJI_WITH_CUDA
   if (x.device().is_cuda())
     return cuda::batch_norm2d_backward(grad_y, x, gamma, save_mean, save_invstd, grad_x, grad_gamma,
                                        grad_beta);
 #endif
-  const char* op = "batch_norm2d_backward";
   check_float(x, "x");
   check_dim(x, "x", 4, "(N, C, H, W)");
   const DType dtype = x.dtype();
@@ -569,10 +571,12 @@ void batch_norm2d_backward(const Tensor& grad_y, const Tensor& x, const Tensor& 
   check_kernel_tensor(save_invstd, op, "save_invstd", dtype, C);
   check_channel_param(grad_gamma, "grad_gamma", C, dtype, op);
   check_channel_param(grad_beta, "grad_beta", C, dtype, op);
+  if (grad_x_sums) check_kernel_tensor(*grad_x_sums, op, "grad_x_sums", dtype, C);
   dispatch_float(dtype, [&](auto tag) {
     using T = decltype(tag);
     const T* xd = x.data<T>();
     const T* gy = grad_y.data<T>();
+    T* gx_sums = grad_x_sums ? grad_x_sums->data<T>() : nullptr;
     const T* gd = gamma.defined() ? gamma.data<T>() : nullptr;
     const T* sm = save_mean.data<T>();
     const T* si = save_invstd.data<T>();
@@ -597,12 +601,15 @@ void batch_norm2d_backward(const Tensor& grad_y, const Tensor& x, const Tensor& 
       const double mean_gx = sum_g_xhat / static_cast<double>(count);
       const T a = static_cast<T>(k), b = static_cast<T>(-k * invstd * mean_gx);
       const T shift = static_cast<T>(k * (mean * invstd * mean_gx - mean_g));
+      double gx_sum = 0;
       for (std::int64_t n = 0; n < N; ++n) {
         const T* xp = xd + (n * C + c) * area;
         const T* gp = gy + (n * C + c) * area;
         T* gxp = gx + (n * C + c) * area;
         for (std::int64_t i = 0; i < area; ++i) gxp[i] = a * gp[i] + b * xp[i] + shift;
+        if (gx_sums) gx_sum += cpu::sum_elements(gxp, area);  // as conv.cpp's bias_grad sums
       }
+      if (gx_sums) gx_sums[c] = static_cast<T>(gx_sum);
     }
   });
 }

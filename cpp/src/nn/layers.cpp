@@ -173,9 +173,17 @@ const Tensor* Conv::forward_fused(const Tensor& x, bool, const ActivationLayer& 
 }
 
 const Tensor& Conv::backward(const Tensor& grad_y, bool need_grad_x) {
+  return backward_impl(grad_y, need_grad_x, true);
+}
+
+const Tensor& Conv::backward_without_bias(const Tensor& grad_y, bool need_grad_x) {
+  return backward_impl(grad_y, need_grad_x, false);
+}
+
+const Tensor& Conv::backward_impl(const Tensor& grad_y, bool need_grad_x, bool bias_grad) {
   const Tensor dy = grad_y.contiguous();
   Tensor no_bias;
-  conv_backward_weight(geometry_, dy, input_, weight_->grad, bias_ ? bias_->grad : no_bias);
+  conv_backward_weight(geometry_, dy, input_, weight_->grad, bias_ && bias_grad ? bias_->grad : no_bias);
   if (!need_grad_x) {
     grad_input_ = Tensor();
     return grad_input_;
@@ -512,6 +520,14 @@ const Tensor& BatchNorm2d::forward(const Tensor& x, bool training) { return norm
 const Tensor* BatchNorm2d::forward_fused(const Tensor& x, bool training, const ActivationLayer& activation) {
   if (!x.device().is_cpu() || activation.kind() != Activation::relu) return nullptr;
   return &normalize(x, training, true);
+}
+
+const Tensor* BatchNorm2d::backward_into(const Tensor& grad_y, Tensor& conv_bias_grad) {
+  if (!input_.device().is_cpu() || !save_mean_.defined()) return nullptr;
+  ensure(grad_input_, input_.shape(), input_.dtype(), input_.device());
+  batch_norm2d_backward(grad_y.contiguous(), input_, gamma_->value, save_mean_, save_invstd_,
+                        grad_input_, gamma_->grad, beta_->grad, &conv_bias_grad);
+  return &grad_input_;
 }
 
 const Tensor& BatchNorm2d::backward(const Tensor& grad_y, bool need_grad_x) {

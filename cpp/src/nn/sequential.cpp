@@ -120,9 +120,19 @@ double Sequential::train_step(const Tensor& x, const Tensor& target, Loss& loss,
     if (fused) {
       grad = fused;
       --i;
-    } else {
-      grad = &layers_[i]->backward(*grad, i > 0);
+      continue;
     }
+    // A convolution's bias gradient (its output gradient's sums) from the batch norm after it,
+    // which has each plane at hand: one pass less over the largest tensors.
+    auto* norm = i >= 1 ? dynamic_cast<BatchNorm2d*>(layers_[i].get()) : nullptr;
+    auto* conv = norm ? dynamic_cast<Conv*>(layers_[i - 1].get()) : nullptr;
+    Tensor* bias_grad = conv ? conv->bias_grad() : nullptr;
+    if (const Tensor* norm_grad = bias_grad ? norm->backward_into(*grad, *bias_grad) : nullptr) {
+      grad = &conv->backward_without_bias(*norm_grad, i - 1 > 0);
+      --i;
+      continue;
+    }
+    grad = &layers_[i]->backward(*grad, i > 0);
   }
   optimizer.step();
   return value;

@@ -86,11 +86,16 @@ class Conv : public Layer {
   const Tensor& backward(const Tensor& grad_y, bool need_grad_x) override;
   const Tensor* forward_fused(const Tensor& x, bool training, const ActivationLayer& activation) override;
   const Parameter& weight() const { return *weight_; }
+  // The bias's gradient buffer, or null without a bias; a layer after this one may fill it (see
+  // BatchNorm2d::backward_into), and backward_without_bias then skips it.
+  Tensor* bias_grad() { return bias_ ? &bias_->grad : nullptr; }
+  const Tensor& backward_without_bias(const Tensor& grad_y, bool need_grad_x);
 
  private:
   ConvGeometry geometry(const Shape& input) const;
   // Checks x and readies geometry_, input_ and output_ for a forward.
   void prepare_forward(const Tensor& x);
+  const Tensor& backward_impl(const Tensor& grad_y, bool need_grad_x, bool bias_grad);
   int spatial_dims_;
   std::int64_t in_channels_, out_channels_;
   std::vector<std::int64_t> kernel_size_;
@@ -227,6 +232,10 @@ class BatchNorm2d : public Layer {
   const Tensor& forward(const Tensor& x, bool training) override;
   const Tensor& backward(const Tensor& grad_y, bool need_grad_x) override;
   const Tensor* forward_fused(const Tensor& x, bool training, const ActivationLayer& activation) override;
+  // backward that also writes the convolution before it its bias gradient (the sums of this
+  // backward's grad_x, taken while each plane is in cache), or null where it cannot (not on the
+  // CPU, or no training-mode forward).
+  const Tensor* backward_into(const Tensor& grad_y, Tensor& conv_bias_grad);
 
  private:
   // Checks x, readies the buffers and normalizes (with ReLU applied to the output if relu).

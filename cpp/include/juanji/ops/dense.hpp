@@ -47,8 +47,11 @@ void batch_norm2d_forward(const Tensor& x, const Tensor& gamma, const Tensor& be
                           Tensor& running_mean, Tensor& running_var, bool training,
                           double momentum, double eps, Tensor& y, Tensor& save_mean,
                           Tensor& save_invstd, bool relu = false);
+// grad_x_sums (C, CPU only, optional) gets each channel's sum of grad_x, summed as a
+// convolution's bias gradient is: exactly conv_backward_weight's bias gradient for grad_x, from
+// planes still in cache.
 void batch_norm2d_backward(const Tensor& grad_y, const Tensor& x, const Tensor& gamma,
                            const Tensor& save_mean, const Tensor& save_invstd, Tensor& grad_x,
-                           Tensor& grad_gamma, Tensor& grad_beta);
+                           Tensor& grad_gamma, Tensor& grad_beta, Tensor* grad_x_sums = nullptr);
 
 }  // namespace juanji
