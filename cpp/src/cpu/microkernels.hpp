@@ -145,8 +145,8 @@ using WinogradWeightProducts = void (*)(const WinogradWeightProductArgs& args);
 
 // 2x2 stride-2 max pooling of one output row from input rows row0 and row1 (row1 = row0 + width):
 // out[q] = the first maximum of row0[2q], row0[2q+1], row1[2q], row1[2q+1] (a NaN wins, the first
-// NaN is kept) and argmax[q] its flat index arg_base + 2q + {0, 1, width, width + 1}. Handles
-// whole vectors of outputs only and returns how many it did; the caller finishes the row.
+// NaN is kept) and argmax[q] its flat index arg_base + 2q + {0, 1, width, width + 1}, for
+// q < count; returns how many it did (all).
 struct MaxPool2x2Args {
   const float* row0;
   std::int64_t width;
