@@ -204,6 +204,15 @@ def train_rows(dev: Device):
     return rows
 
 
+def publish(lines, markdown=None) -> None:
+    """Prints a table's lines, and writes them to the file `markdown` when one is named."""
+    text = "\n".join(lines)
+    print(text)
+    if markdown:
+        with open(markdown, "w") as f:
+            f.write(text + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -249,11 +258,7 @@ def main() -> None:
              "|---|---:|---:|---:|---:|---:|"]
     for case, jt, tt, jr, tr in rows:
         lines.append(f"| {case} | {jt * 1e3:.3f} | {tt * 1e3:.3f} | {tt / jt:.2f}x | {jr} | {tr} |")
-    text = "\n".join(lines)
-    print(text)
-    if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(text + "\n")
+    publish(lines, args.markdown)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+from pathlib import Path
 
 # (network, batch): the networks of compare_torch.py's training rows; batch 1 shows what does not
 # grow with the batch (parameters, code and allocator pages).
@@ -33,7 +34,7 @@ def measure_juanji(network: str, batch: int, steps: int, x, y) -> int:
     import juanji  # noqa: F401  (imported before the baseline)
     from juanji import models, nn, optim
 
-    sys.path.insert(0, __file__.rsplit("/", 1)[0])
+    sys.path.insert(0, str(Path(__file__).parent))
     from compare_torch import lenet_juanji
 
     baseline = resident_kib("VmRSS")
@@ -48,7 +49,7 @@ def measure_juanji(network: str, batch: int, steps: int, x, y) -> int:
 def measure_torch(network: str, batch: int, steps: int, x, y) -> int:
     import torch
 
-    sys.path.insert(0, __file__.rsplit("/", 1)[0])
+    sys.path.insert(0, str(Path(__file__).parent))
     from compare_torch import convnet_torch, lenet_torch
 
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
@@ -107,11 +108,10 @@ def main() -> None:
         mine = peak_mib("juanji", network, batch, args.steps, args.threads)
         theirs = peak_mib("torch", network, batch, args.steps, args.threads)
         lines.append(f"| {network} b{batch} | {mine:.1f} | {theirs:.1f} | {theirs / mine:.2f}x |")
-    text = "\n".join(lines)
-    print(text)
-    if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(text + "\n")
+    sys.path.insert(0, str(Path(__file__).parent))
+    from compare_torch import publish
+
+    publish(lines, args.markdown)
 
 
 if __name__ == "__main__":
