@@ -17,6 +17,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).parent))  # compare_torch's networks
+
 # (network, batch): the networks of compare_torch.py's training rows; batch 1 shows what does not
 # grow with the batch (parameters, code and allocator pages).
 CASES = [("LeNet", 1), ("LeNet", 64), ("LeNet", 256), ("convnet", 1), ("convnet", 64)]
@@ -30,12 +32,9 @@ def resident_kib(field: str) -> int:
     raise RuntimeError(f"/proc/self/status has no {field}")
 
 
-def measure_juanji(network: str, batch: int, steps: int, x, y) -> int:
-    import juanji  # noqa: F401  (imported before the baseline)
-    from juanji import models, nn, optim
-
-    sys.path.insert(0, str(Path(__file__).parent))
+def measure_juanji(network: str, steps: int, x, y) -> int:
     from compare_torch import lenet_juanji
+    from juanji import models, nn, optim
 
     baseline = resident_kib("VmRSS")
     model = lenet_juanji() if network == "LeNet" else models.convnet()
@@ -46,10 +45,8 @@ def measure_juanji(network: str, batch: int, steps: int, x, y) -> int:
     return baseline
 
 
-def measure_torch(network: str, batch: int, steps: int, x, y) -> int:
+def measure_torch(network: str, steps: int, x, y) -> int:
     import torch
-
-    sys.path.insert(0, str(Path(__file__).parent))
     from compare_torch import convnet_torch, lenet_torch
 
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
@@ -78,7 +75,7 @@ def child(library: str, network: str, batch: int, steps: int, threads: int) -> N
     x = rng.standard_normal((batch, 1, 28, 28), dtype=np.float32)
     y = rng.integers(0, 10, batch)
     measure = measure_torch if library == "torch" else measure_juanji
-    baseline = measure(network, batch, steps, x, y)
+    baseline = measure(network, steps, x, y)
     print(resident_kib("VmHWM") - baseline)
 
 
@@ -108,7 +105,6 @@ def main() -> None:
         mine = peak_mib("juanji", network, batch, args.steps, args.threads)
         theirs = peak_mib("torch", network, batch, args.steps, args.threads)
         lines.append(f"| {network} b{batch} | {mine:.1f} | {theirs:.1f} | {theirs / mine:.2f}x |")
-    sys.path.insert(0, str(Path(__file__).parent))
     from compare_torch import publish
 
     publish(lines, args.markdown)

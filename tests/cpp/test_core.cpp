@@ -1,5 +1,6 @@
 // C++-side checks of the public API: views, a convolution against a plain-loop oracle at every
-// SIMD level, max pooling's gradient for any argmax, the C++ exception for bad arguments, a training step and a checkpoint round trip.
+// SIMD level, max pooling's gradient for any argmax, the C++ exception for bad arguments, a
+// training step and a checkpoint round trip.
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>

@@ -146,7 +146,7 @@ using WinogradWeightProducts = void (*)(const WinogradWeightProductArgs& args);
 // 2x2 stride-2 max pooling of one output row from input rows row0 and row1 (row1 = row0 + width):
 // out[q] = the first maximum of row0[2q], row0[2q+1], row1[2q], row1[2q+1] (a NaN wins, the first
 // NaN is kept) and argmax[q] its flat index arg_base + 2q + {0, 1, width, width + 1}, for
-// q < count; returns how many it did (all).
+// q < count.
 struct MaxPool2x2Args {
   const float* row0;
   std::int64_t width;
@@ -155,7 +155,7 @@ struct MaxPool2x2Args {
   std::int64_t* argmax;  // or null
   std::int64_t arg_base;
 };
-using MaxPool2x2 = std::int64_t (*)(const MaxPool2x2Args& args);
+using MaxPool2x2 = void (*)(const MaxPool2x2Args& args);
 
 // 2x2 stride-2 average pooling of one output row, as the general loop computes it: out[q] =
 // ((((0 + row0[2q]) + row0[2q+1]) + row1[2q]) + row1[2q+1]) / 4 for q < count (row1 = row0 + width).

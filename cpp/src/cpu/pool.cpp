@@ -85,10 +85,11 @@ std::int64_t max_pool_2x2_row(const PoolGeometry& g, const T* x, T* y, std::int6
   const std::int64_t full = std::min(g.Q, g.W / 2);
   const T* r0 = x + 2 * p * g.W;
   const T* r1 = r0 + g.W;
-  std::int64_t vectorised = 0;
-  if constexpr (std::is_same_v<T, float>)
-    vectorised = cpu::active_kernels().max_pool_2x2_f32({r0, g.W, full, y + p * g.Q, arg ? arg + p * g.Q : nullptr, 2 * p * g.W});
-  for (std::int64_t q = vectorised; q < full; ++q) {
+  if constexpr (std::is_same_v<T, float>) {
+    cpu::active_kernels().max_pool_2x2_f32({r0, g.W, full, y + p * g.Q, arg ? arg + p * g.Q : nullptr, 2 * p * g.W});
+    return full;
+  }
+  for (std::int64_t q = 0; q < full; ++q) {
     // Random data makes compare-and-branch code mispredict half the time; this picks the
     // winner with selects and integer arithmetic only. The largest value m (any NaN, if there
     // is one) is matched by the first element equal to it, or by the first NaN.

@@ -522,18 +522,20 @@ const Tensor* BatchNorm2d::forward_fused(const Tensor& x, bool training, const A
   return &normalize(x, training, true);
 }
 
-const Tensor* BatchNorm2d::backward_into(const Tensor& grad_y, Tensor& conv_bias_grad) {
-  if (!input_.device().is_cpu() || !save_mean_.defined()) return nullptr;
+const Tensor& BatchNorm2d::run_backward(const Tensor& grad_y, Tensor* grad_input_sums) {
   ensure(grad_input_, input_.shape(), input_.dtype(), input_.device());
   batch_norm2d_backward(grad_y.contiguous(), input_, gamma_->value, save_mean_, save_invstd_,
-                        grad_input_, gamma_->grad, beta_->grad, &conv_bias_grad);
-  return &grad_input_;
+                        grad_input_, gamma_->grad, beta_->grad, grad_input_sums);
+  return grad_input_;
+}
+
+const Tensor* BatchNorm2d::backward_into(const Tensor& grad_y, Tensor& conv_bias_grad) {
+  if (!input_.device().is_cpu() || !save_mean_.defined()) return nullptr;
+  return &run_backward(grad_y, &conv_bias_grad);
 }
 
 const Tensor& BatchNorm2d::backward(const Tensor& grad_y, bool need_grad_x) {
-  ensure(grad_input_, input_.shape(), input_.dtype(), input_.device());
-  batch_norm2d_backward(grad_y.contiguous(), input_, gamma_->value, save_mean_, save_invstd_,
-                        grad_input_, gamma_->grad, beta_->grad);
+  run_backward(grad_y, nullptr);
   if (!need_grad_x) grad_input_ = Tensor();
   return grad_input_;
 }

@@ -240,6 +240,8 @@ class BatchNorm2d : public Layer {
  private:
   // Checks x, readies the buffers and normalizes (with ReLU applied to the output if relu).
   const Tensor& normalize(const Tensor& x, bool training, bool relu);
+  // grad_input_, and grad_input's channel sums into *grad_input_sums when given.
+  const Tensor& run_backward(const Tensor& grad_y, Tensor* grad_input_sums);
   std::int64_t channels_;
   double eps_, momentum_;
   std::shared_ptr<Parameter> gamma_, beta_, running_mean_, running_var_;
