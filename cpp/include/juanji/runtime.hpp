@@ -1,6 +1,7 @@
 // Build and run-time configuration: version, threads, SIMD level, CUDA availability.
 #pragma once
 
+#include <cstdint>
 #include <string>
 
 namespace juanji {
