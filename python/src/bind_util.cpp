@@ -135,7 +135,7 @@ Tensor labels_arg(py::handle obj, const char* name) {
   if (py::isinstance<Tensor>(obj)) {
     Tensor t = obj.cast<Tensor>();
     check_type(t.dtype() == DType::int64, name, ": expected integer labels, got a ",
-               dtype_name(t.dtype()), " tensor of shape ", shape_str(t.shape()));
+               dtype_name(t.dtype()), " tensor of shape ", shape_text(t.shape()));
     return t;
   }
   py::array a = py::module_::import("numpy").attr("asarray")(obj);

@@ -96,7 +96,7 @@ Tensor index_tensor(const Tensor& t, py::handle key) {
   std::int64_t dim = 0;
   for (auto k : keys) {
     check(dim < out.dim(), "index: too many indices for a tensor of shape ",
-          shape_str(t.shape()));
+          shape_text(t.shape()));
     if (py::isinstance<py::slice>(k)) {
       py::ssize_t start, stop, step, length;
       if (!py::reinterpret_borrow<py::slice>(k).compute(out.size(dim), &start, &stop, &step, &length))

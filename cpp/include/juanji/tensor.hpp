@@ -5,6 +5,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <iosfwd>
 #include <memory>
 #include <string>
 #include <vector>
@@ -31,7 +32,14 @@ struct Device {
 };
 
 using Shape = std::vector<std::int64_t>;
-std::string shape_str(const Shape& shape);
+std::string shape_str(const Shape& shape);  // "(2, 3)", "(5,)"
+// The same text, formatted only when streamed: as an argument of check(), which evaluates its
+// message parts on every call, it costs nothing while the check passes.
+struct ShapeText {
+  const Shape& shape;
+};
+inline ShapeText shape_text(const Shape& shape) { return {shape}; }
+std::ostream& operator<<(std::ostream& out, ShapeText text);
 // Number of elements; throws std::invalid_argument naming `what` on negative sizes or overflow.
 std::int64_t checked_numel(const Shape& shape, const char* what = "shape");
 Shape contiguous_strides(const Shape& shape);

@@ -243,7 +243,7 @@ class HeaderValidator {
     }
     const auto needed = static_cast<std::uint64_t>(numel) * dtype_size(entry.dtype);
     check(entry.end - entry.begin == needed, what, ": data_offsets ", offsets_text, " hold ",
-          entry.end - entry.begin, " bytes but shape ", shape_str(entry.shape), " ",
+          entry.end - entry.begin, " bytes but shape ", shape_text(entry.shape), " ",
           dtype_name(entry.dtype), " needs ", needed);
     return entry;
   }

@@ -43,19 +43,24 @@ std::string Device::str() const {
   return is_cpu() ? std::string("cpu") : "cuda:" + std::to_string(index);
 }
 
-std::string shape_str(const Shape& shape) {
-  std::ostringstream out;
+std::ostream& operator<<(std::ostream& out, ShapeText text) {
+  const Shape& shape = text.shape;
   out << '(';
   for (std::size_t i = 0; i < shape.size(); ++i) out << (i ? ", " : "") << shape[i];
   if (shape.size() == 1) out << ',';
-  out << ')';
+  return out << ')';
+}
+
+std::string shape_str(const Shape& shape) {
+  std::ostringstream out;
+  out << shape_text(shape);
   return out.str();
 }
 
 std::int64_t checked_numel(const Shape& shape, const char* what) {
   std::int64_t n = 1;
   for (auto s : shape) {
-    check(s >= 0, what, ": sizes must be non-negative, got ", shape_str(shape));
+    check(s >= 0, what, ": sizes must be non-negative, got ", shape_text(shape));
     if (s != 0 && n > std::numeric_limits<std::int64_t>::max() / 16 / s)
       throw std::invalid_argument(detail::concat(what, ": ", shape_str(shape),
                                                  " has too many elements (size overflow)"));
@@ -129,8 +134,8 @@ Tensor Tensor::arange(double start, double stop, double step, DType dtype) {
 
 Tensor Tensor::from_blob(void* data, const Shape& shape, const Shape& strides, DType dtype,
                          Device device, std::shared_ptr<void> owner) {
-  check(shape.size() == strides.size(), "from_blob: shape ", shape_str(shape), " and strides ",
-        shape_str(strides), " differ in length");
+  check(shape.size() == strides.size(), "from_blob: shape ", shape_text(shape), " and strides ",
+        shape_text(strides), " differ in length");
   checked_numel(shape);
   auto storage = std::make_shared<Storage>();
   storage->data = data;
@@ -138,7 +143,7 @@ Tensor Tensor::from_blob(void* data, const Shape& shape, const Shape& strides, D
   storage->owner = std::move(owner);
   std::int64_t span = 1;
   for (std::size_t i = 0; i < shape.size(); ++i) {
-    check(strides[i] >= 0, "from_blob: negative strides ", shape_str(strides), " are not supported");
+    check(strides[i] >= 0, "from_blob: negative strides ", shape_text(strides), " are not supported");
     if (shape[i] == 0) span = 0;
   }
   if (span != 0)
@@ -154,7 +159,7 @@ Tensor Tensor::from_blob(void* data, const Shape& shape, const Shape& strides, D
 
 std::int64_t Tensor::size(std::int64_t d) const {
   const std::int64_t n = dim();
-  check(d >= -n && d < n, "dim ", d, " is out of range for a tensor of shape ", shape_str(shape_));
+  check(d >= -n && d < n, "dim ", d, " is out of range for a tensor of shape ", shape_text(shape_));
   return shape_[static_cast<std::size_t>(d < 0 ? d + n : d)];
 }
 
@@ -186,21 +191,21 @@ Tensor Tensor::reshape(Shape shape) const {
   int infer = -1;
   for (std::size_t i = 0; i < shape.size(); ++i) {
     if (shape[i] == -1) {
-      check(infer < 0, "reshape: only one dimension may be -1, got ", shape_str(shape));
+      check(infer < 0, "reshape: only one dimension may be -1, got ", shape_text(shape));
       infer = static_cast<int>(i);
     } else {
-      check(shape[i] >= 0, "reshape: invalid shape ", shape_str(shape));
+      check(shape[i] >= 0, "reshape: invalid shape ", shape_text(shape));
       known *= shape[i];
     }
   }
   const std::int64_t n = numel();
   if (infer >= 0) {
-    check(known != 0 && n % known == 0, "reshape: cannot reshape ", shape_str(shape_), " into ",
-          shape_str(shape));
+    check(known != 0 && n % known == 0, "reshape: cannot reshape ", shape_text(shape_), " into ",
+          shape_text(shape));
     shape[static_cast<std::size_t>(infer)] = n / known;
   }
-  check(checked_numel(shape) == n, "reshape: cannot reshape ", shape_str(shape_), " (", n,
-        " elements) into ", shape_str(shape));
+  check(checked_numel(shape) == n, "reshape: cannot reshape ", shape_text(shape_), " (", n,
+        " elements) into ", shape_text(shape));
   const Tensor src = is_contiguous() ? *this : contiguous();
   Shape strides = contiguous_strides(shape);
   return make_view(src, src.offset_, std::move(shape), std::move(strides));
@@ -222,7 +227,7 @@ Tensor Tensor::transpose(std::int64_t a, std::int64_t b) const {
 
 Tensor Tensor::permute(const std::vector<std::int64_t>& order) const {
   check(static_cast<std::int64_t>(order.size()) == dim(), "permute: order has ", order.size(),
-        " entries for a tensor of shape ", shape_str(shape_));
+        " entries for a tensor of shape ", shape_text(shape_));
   std::vector<bool> seen(order.size(), false);
   Shape shape(order.size()), strides(order.size());
   for (std::size_t i = 0; i < order.size(); ++i) {
@@ -291,8 +296,8 @@ Tensor Tensor::to(DType dtype) const {
 
 void Tensor::copy_(const Tensor& src) {
   check(defined() && src.defined(), "copy_: tensor is undefined");
-  check(shape_ == src.shape_, "copy_: destination shape ", shape_str(shape_),
-        " differs from source shape ", shape_str(src.shape_));
+  check(shape_ == src.shape_, "copy_: destination shape ", shape_text(shape_),
+        " differs from source shape ", shape_text(src.shape_));
   if (src.device() == device()) {
     device::strided_copy(*this, src);
     return;
@@ -314,7 +319,7 @@ void Tensor::fill_(double value) {
 }
 
 double Tensor::item() const {
-  check(numel() == 1, "item: tensor of shape ", shape_str(shape_), " does not hold one element");
+  check(numel() == 1, "item: tensor of shape ", shape_text(shape_), " does not hold one element");
   const Tensor host = to(Device{});
   switch (dtype_) {
     case DType::float32: return *host.data<float>();
@@ -340,12 +345,12 @@ void check_float(const Tensor& t, const char* name) {
   check_defined(t, name);
   check_type(t.dtype() == DType::float32 || t.dtype() == DType::float64, name,
              ": expected a float32 or float64 tensor, got ", dtype_name(t.dtype()), " of shape ",
-             shape_str(t.shape()));
+             shape_text(t.shape()));
 }
 
 void check_same_dtype(const Tensor& a, const char* name_a, const Tensor& b, const char* name_b) {
-  check_type(a.dtype() == b.dtype(), name_a, " ", shape_str(a.shape()), " is ", dtype_name(a.dtype()),
-             " but ", name_b, " ", shape_str(b.shape()), " is ", dtype_name(b.dtype()),
+  check_type(a.dtype() == b.dtype(), name_a, " ", shape_text(a.shape()), " is ", dtype_name(a.dtype()),
+             " but ", name_b, " ", shape_text(b.shape()), " is ", dtype_name(b.dtype()),
              "; convert one explicitly");
 }
 
@@ -356,7 +361,7 @@ void check_same_device(const Tensor& a, const char* name_a, const Tensor& b, con
 
 void check_dim(const Tensor& t, const char* name, std::int64_t dim, const char* layout) {
   check(t.dim() == dim, name, ": expected a ", dim, "-d tensor ", layout, ", got shape ",
-        shape_str(t.shape()));
+        shape_text(t.shape()));
 }
 
 }  // namespace juanji

@@ -64,7 +64,7 @@ void check_conv_operands(const Tensor& x, const Tensor& w, const Tensor& bias, i
     check_same_dtype(x, "x", bias, "bias");
     check_same_device(x, "x", bias, "bias");
     check(bias.dim() == 1 && bias.size(0) == w.size(0), "bias: expected shape (", w.size(0),
-          ",) to match weight ", shape_str(w.shape()), ", got ", shape_str(bias.shape()));
+          ",) to match weight ", shape_text(w.shape()), ", got ", shape_text(bias.shape()));
   }
   cpu::require_supported_device(x, dims == 1 ? "conv1d" : "conv2d", "x");
 }
@@ -1055,9 +1055,9 @@ ConvGeometry ConvGeometry::make(const Shape& x, const Shape& w, const ConvOption
   const char* layout = spatial_dims == 1 ? "(N, C, L)" : "(N, C, H, W)";
   const char* wlayout = spatial_dims == 1 ? "(K, C/groups, kL)" : "(K, C/groups, R, S)";
   const std::size_t rank = static_cast<std::size_t>(spatial_dims) + 2;
-  check(x.size() == rank, "x: expected a ", rank, "-d tensor ", layout, ", got shape ", shape_str(x));
+  check(x.size() == rank, "x: expected a ", rank, "-d tensor ", layout, ", got shape ", shape_text(x));
   check(w.size() == rank, "weight: expected a ", rank, "-d tensor ", wlayout, ", got shape ",
-        shape_str(w));
+        shape_text(w));
   check(options.groups >= 1, "groups: must be positive, got ", options.groups);
   const auto stride = per_dim(options.stride, spatial_dims, "stride");
   const auto dilation = per_dim(options.dilation, spatial_dims, "dilation");
@@ -1065,9 +1065,9 @@ ConvGeometry ConvGeometry::make(const Shape& x, const Shape& w, const ConvOption
   if (options.padding.kind == PaddingSpec::Kind::explicit_sizes)
     pads = per_dim(options.padding.sizes, spatial_dims, "padding");
   for (int d = 0; d < spatial_dims; ++d) {
-    check(stride[d] > 0, "stride: must be positive, got ", shape_str(stride));
-    check(dilation[d] > 0, "dilation: must be positive, got ", shape_str(dilation));
-    check(pads[d] >= 0, "padding: must be non-negative, got ", shape_str(pads));
+    check(stride[d] > 0, "stride: must be positive, got ", shape_text(stride));
+    check(dilation[d] > 0, "dilation: must be positive, got ", shape_text(dilation));
+    check(pads[d] >= 0, "padding: must be non-negative, got ", shape_text(pads));
   }
   ConvGeometry g{};
   g.spatial_dims = spatial_dims;
@@ -1075,18 +1075,18 @@ ConvGeometry ConvGeometry::make(const Shape& x, const Shape& w, const ConvOption
   g.N = x[0];
   g.C = x[1];
   g.K = w[0];
-  check(g.N > 0 && g.C > 0, "x: empty tensor of shape ", shape_str(x));
-  check(g.K > 0 && w[1] > 0, "weight: empty tensor of shape ", shape_str(w));
-  check(g.K % g.groups == 0, "weight: K=", g.K, " filters in ", shape_str(w),
+  check(g.N > 0 && g.C > 0, "x: empty tensor of shape ", shape_text(x));
+  check(g.K > 0 && w[1] > 0, "weight: empty tensor of shape ", shape_text(w));
+  check(g.K % g.groups == 0, "weight: K=", g.K, " filters in ", shape_text(w),
         " are not divisible by groups=", g.groups);
-  check(g.C == w[1] * g.groups, "weight: ", shape_str(w), " expects C = ", w[1], " x groups ",
-        g.groups, " = ", w[1] * g.groups, " input channels, but x ", shape_str(x), " has C = ", g.C);
+  check(g.C == w[1] * g.groups, "weight: ", shape_text(w), " expects C = ", w[1], " x groups ",
+        g.groups, " = ", w[1] * g.groups, " input channels, but x ", shape_text(x), " has C = ", g.C);
   g.H = spatial_dims == 2 ? x[2] : 1;
   g.W = x[rank - 1];
   g.R = spatial_dims == 2 ? w[2] : 1;
   g.S = w[rank - 1];
-  check(g.H > 0 && g.W > 0, "x: empty spatial size in shape ", shape_str(x));
-  check(g.R > 0 && g.S > 0, "weight: empty kernel in shape ", shape_str(w));
+  check(g.H > 0 && g.W > 0, "x: empty spatial size in shape ", shape_text(x));
+  check(g.R > 0 && g.S > 0, "weight: empty kernel in shape ", shape_text(w));
   const int hd = spatial_dims == 2 ? 0 : -1, wd = spatial_dims - 1;
   g.stride_h = hd >= 0 ? stride[hd] : 1;
   g.dil_h = hd >= 0 ? dilation[hd] : 1;
@@ -1097,8 +1097,8 @@ ConvGeometry ConvGeometry::make(const Shape& x, const Shape& w, const ConvOption
   const Resolved rw = resolve_dim(g.W, g.S, g.stride_w, g.dil_w, options.padding, pads[wd]);
   const std::int64_t span_h = g.dil_h * (g.R - 1) + 1, span_w = g.dil_w * (g.S - 1) + 1;
   check(span_h <= g.H + rh.pad_before + rh.pad_after && span_w <= g.W + rw.pad_before + rw.pad_after,
-        "weight: kernel ", shape_str(w), " with dilation ", shape_str(dilation),
-        " spans more than the padded input ", shape_str(x), " (padding ", rh.pad_before, "+",
+        "weight: kernel ", shape_text(w), " with dilation ", shape_text(dilation),
+        " spans more than the padded input ", shape_text(x), " (padding ", rh.pad_before, "+",
         rh.pad_after, ", ", rw.pad_before, "+", rw.pad_after, ")");
   g.pad_top = rh.pad_before;
   g.pad_left = rw.pad_before;
@@ -1186,9 +1186,9 @@ ConvGrads conv_nd_backward(const Tensor& grad_out, const Tensor& x, const Tensor
   check_same_dtype(grad_out, "grad_out", x, "x");
   check_same_device(grad_out, "grad_out", x, "x");
   const ConvGeometry g = ConvGeometry::make(x.shape(), w.shape(), options, dims);
-  check(grad_out.shape() == g.output_shape(), "grad_out: expected shape ", shape_str(g.output_shape()),
-        " (the output of x ", shape_str(x.shape()), " and weight ", shape_str(w.shape()), "), got ",
-        shape_str(grad_out.shape()));
+  check(grad_out.shape() == g.output_shape(), "grad_out: expected shape ", shape_text(g.output_shape()),
+        " (the output of x ", shape_text(x.shape()), " and weight ", shape_text(w.shape()), "), got ",
+        shape_text(grad_out.shape()));
   const Tensor dy = grad_out.contiguous(), xc = as_2d_input(x.contiguous(), dims), wc = w.contiguous();
   ConvGrads grads{Tensor::empty(x.shape(), x.dtype(), x.device()),
                   Tensor::empty(w.shape(), w.dtype(), x.device()), Tensor::empty({g.K}, x.dtype(), x.device())};

@@ -253,7 +253,7 @@ Tensor softmax_family(const Tensor& grad_out_in, const Tensor& x_in, std::int64_
     check_same_dtype(grad_out_in, "grad_out", x_in, "x");
     check_same_device(grad_out_in, "grad_out", x_in, "x");
     check(grad_out_in.shape() == x_in.shape(), op, ": grad_out has shape ",
-          shape_str(grad_out_in.shape()), " but x has shape ", shape_str(x_in.shape()));
+          shape_text(grad_out_in.shape()), " but x has shape ", shape_text(x_in.shape()));
     grad_out = grad_out_in.contiguous();
   }
   const Tensor x = x_in.contiguous();
@@ -319,7 +319,7 @@ Tensor activation_backward(Activation kind, const Tensor& grad_out_in, const Ten
   check_same_dtype(grad_out_in, "grad_out", x_in, "x");
   check_same_device(grad_out_in, "grad_out", x_in, "x");
   check(grad_out_in.shape() == x_in.shape(), op, "_backward: grad_out has shape ",
-        shape_str(grad_out_in.shape()), " but x has shape ", shape_str(x_in.shape()));
+        shape_text(grad_out_in.shape()), " but x has shape ", shape_text(x_in.shape()));
   const Tensor x = x_in.contiguous();
   const Tensor grad_out = grad_out_in.contiguous();
   Tensor grad_x = Tensor::empty(x.shape(), x.dtype(), x.device());
@@ -484,7 +484,7 @@ void batch_norm2d_forward(const Tensor& x, const Tensor& gamma, const Tensor& be
   check(eps > 0, op, ": eps must be positive, got ", eps);
   if (training)
     check(count > 1, op, ": training needs more than one value per channel, got x of shape ",
-          shape_str(x.shape()));
+          shape_text(x.shape()));
   else
     check(running_mean.defined() && running_var.defined(), op,
           ": evaluation needs running_mean and running_var");

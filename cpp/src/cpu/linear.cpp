@@ -48,10 +48,10 @@ void check_linear(const Tensor& x, const Tensor& w) {
   cpu::require_supported_device(x, "linear", "x");
   check_dim(x, "x", 2, "(N, in_features)");
   check_dim(w, "weight", 2, "(out_features, in_features)");
-  check(x.size(1) == w.size(1), "weight: ", shape_str(w.shape()), " expects in_features = ",
-        w.size(1), " but x ", shape_str(x.shape()), " has ", x.size(1));
+  check(x.size(1) == w.size(1), "weight: ", shape_text(w.shape()), " expects in_features = ",
+        w.size(1), " but x ", shape_text(x.shape()), " has ", x.size(1));
   check(x.size(0) > 0 && x.size(1) > 0 && w.size(0) > 0, "x: empty operands x ",
-        shape_str(x.shape()), ", weight ", shape_str(w.shape()));
+        shape_text(x.shape()), ", weight ", shape_text(w.shape()));
 }
 
 }  // namespace
@@ -90,7 +90,7 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) {
     check_same_dtype(x, "x", b, "bias");
     check_same_device(x, "x", b, "bias");
     check(b.dim() == 1 && b.size(0) == w.size(0), "bias: expected shape (", w.size(0),
-          ",) to match weight ", shape_str(w.shape()), ", got ", shape_str(b.shape()));
+          ",) to match weight ", shape_text(w.shape()), ", got ", shape_text(b.shape()));
   }
   Tensor y = Tensor::empty({x.size(0), w.size(0)}, x.dtype(), x.device());
   linear_forward(x.contiguous(), w.contiguous(), b.defined() ? b.contiguous() : Tensor(), y);
@@ -103,8 +103,8 @@ LinearGrads linear_backward(const Tensor& grad_out, const Tensor& x, const Tenso
   check_same_dtype(grad_out, "grad_out", x, "x");
   check_same_device(grad_out, "grad_out", x, "x");
   const Shape expected{x.size(0), w.size(0)};
-  check(grad_out.shape() == expected, "grad_out: expected shape ", shape_str(expected), " for x ",
-        shape_str(x.shape()), " and weight ", shape_str(w.shape()), ", got ", shape_str(grad_out.shape()));
+  check(grad_out.shape() == expected, "grad_out: expected shape ", shape_text(expected), " for x ",
+        shape_text(x.shape()), " and weight ", shape_text(w.shape()), ", got ", shape_text(grad_out.shape()));
   LinearGrads grads{Tensor::empty(x.shape(), x.dtype(), x.device()),
                     Tensor::empty(w.shape(), w.dtype(), x.device()),
                     Tensor::empty({w.size(0)}, x.dtype(), x.device())};

@@ -47,14 +47,14 @@ void check_mse_args(const Tensor& z, const Tensor& y, const char* op) {
   check_float_operand(y, op, "y");
   check_same_dtype(z, "z", y, "y");
   check_same_device(z, "z", y, "y");
-  check(z.shape() == y.shape(), op, ": z has shape ", shape_str(z.shape()), " but y has shape ",
-        shape_str(y.shape()));
+  check(z.shape() == y.shape(), op, ": z has shape ", shape_text(z.shape()), " but y has shape ",
+        shape_text(y.shape()));
 }
 
 void check_logits(const Tensor& logits, const char* op) {
   check_float_operand(logits, op, "logits");
   check_dim(logits, "logits", 2, "(N, C)");
-  check(logits.size(1) > 0, op, ": logits has no classes, shape ", shape_str(logits.shape()));
+  check(logits.size(1) > 0, op, ": logits has no classes, shape ", shape_text(logits.shape()));
 }
 
 void check_ce_reduction(Reduction reduction, const char* op) {
@@ -254,7 +254,7 @@ double cross_entropy_mean_into(const Tensor& logits, const Tensor& labels_in, Te
   const char* op = "cross_entropy_mean_into";
   check_logits(logits, op);
   const std::int64_t N = logits.size(0), C = logits.size(1);
-  check(N > 0, op, ": logits has no rows, shape ", shape_str(logits.shape()));
+  check(N > 0, op, ": logits has no rows, shape ", shape_text(logits.shape()));
 #if JUANJI_WITH_CUDA
   if (logits.device().is_cuda()) return cuda::cross_entropy_mean_into(logits, labels_in, grad_logits, correct);
 #endif
@@ -287,10 +287,10 @@ double cross_entropy_mean_into(const Tensor& logits, const Tensor& labels_in, Te
 void check_labels(const Tensor& labels_in, std::int64_t n, std::int64_t classes) {
   check_defined(labels_in, "labels");
   check_type(labels_in.dtype() == DType::int64, "labels: expected int64 class labels, got a ",
-             dtype_name(labels_in.dtype()), " tensor of shape ", shape_str(labels_in.shape()));
+             dtype_name(labels_in.dtype()), " tensor of shape ", shape_text(labels_in.shape()));
   cpu::require_supported_device(labels_in, "cross_entropy", "labels");
   check(labels_in.dim() == 1 && labels_in.size(0) == n, "labels: expected shape (", n,
-        ",), one label per row of logits, got shape ", shape_str(labels_in.shape()));
+        ",), one label per row of logits, got shape ", shape_text(labels_in.shape()));
   const Tensor labels = labels_in.to(Device{}).contiguous();
   const std::int64_t* lab = labels.data<std::int64_t>();
   for (std::int64_t i = 0; i < n; ++i)

@@ -15,7 +15,7 @@ constexpr std::int64_t kParallelGrain = 1 << 15;
 
 // The functional API runs on the CPU only for now; a CUDA tensor is a clear error, not a crash.
 inline void require_cpu(const Tensor& t, const char* op, const char* name) {
-  check(t.device().is_cpu(), op, ": ", name, " ", shape_str(t.shape()), " is on ",
+  check(t.device().is_cpu(), op, ": ", name, " ", shape_text(t.shape()), " is on ",
         t.device().str(), "; ", op, " is not available on CUDA yet");
 }
 
@@ -31,7 +31,7 @@ inline void require_supported_device(const Tensor& t, const char* op, const char
 #if JUANJI_WITH_CUDA
   if (t.device().is_cuda()) return;
 #endif
-  check(t.device().is_cpu(), op, ": ", name, " ", shape_str(t.shape()), " is on ",
+  check(t.device().is_cpu(), op, ": ", name, " ", shape_text(t.shape()), " is on ",
         t.device().str(), " but juanji was built without CUDA (JUANJI_CUDA=OFF)");
 }
 
@@ -47,11 +47,11 @@ inline void check_kernel_tensor(const Tensor& t, const char* op, const char* nam
                                 std::int64_t numel) {
   check(t.defined(), op, ": ", name, " is undefined");
   check(t.device().is_cpu() && t.is_contiguous(), op, ": ", name,
-        " must be a contiguous CPU tensor, got shape ", shape_str(t.shape()), " on ",
+        " must be a contiguous CPU tensor, got shape ", shape_text(t.shape()), " on ",
         t.device().str());
-  check_type(t.dtype() == dtype, op, ": ", name, " ", shape_str(t.shape()), " is ",
+  check_type(t.dtype() == dtype, op, ": ", name, " ", shape_text(t.shape()), " is ",
              dtype_name(t.dtype()), ", expected ", dtype_name(dtype));
-  check(t.numel() == numel, op, ": ", name, " has shape ", shape_str(t.shape()), " (", t.numel(),
+  check(t.numel() == numel, op, ": ", name, " has shape ", shape_text(t.shape()), " (", t.numel(),
         " elements), expected ", numel, " elements");
 }
 
@@ -65,7 +65,7 @@ decltype(auto) dispatch_float(DType dtype, F&& f) {
 inline std::int64_t wrap_dim(std::int64_t dim, std::int64_t ndim, const char* op, const Shape& shape) {
   const std::int64_t n = ndim == 0 ? 1 : ndim;
   check(dim >= -n && dim < n, op, ": dim ", dim, " is out of range for a tensor of shape ",
-        shape_str(shape));
+        shape_text(shape));
   return dim < 0 ? dim + n : dim;
 }
 

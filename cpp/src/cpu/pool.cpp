@@ -185,8 +185,8 @@ void check_grad_out(const Tensor& grad_out, const Tensor& x, const PoolGeometry&
   check_same_dtype(grad_out, "grad_out", x, "x");
   check_same_device(grad_out, "grad_out", x, "x");
   check(grad_out.shape() == g.output_shape(), op, ": grad_out has shape ",
-        shape_str(grad_out.shape()), " but the output for x ", shape_str(x.shape()), " has shape ",
-        shape_str(g.output_shape()));
+        shape_text(grad_out.shape()), " but the output for x ", shape_text(x.shape()), " has shape ",
+        shape_text(g.output_shape()));
 }
 
 Tensor max_pool_nd(const Tensor& x_in, const PoolOptions& options, int dims, const char* op) {
@@ -240,7 +240,7 @@ PoolGeometry PoolGeometry::make(const Shape& x, const PoolOptions& options, int 
         " spatial dims");
   const bool two_d = spatial_dims == 2;
   check(static_cast<int>(x.size()) == spatial_dims + 2, op, ": x: expected a ", spatial_dims + 2,
-        "-d tensor ", two_d ? "(N, C, H, W)" : "(N, C, L)", ", got shape ", shape_str(x));
+        "-d tensor ", two_d ? "(N, C, H, W)" : "(N, C, L)", ", got shape ", shape_text(x));
   check(!options.kernel.empty(), op, ": kernel_size is missing");
   const auto k = per_dim(options.kernel, spatial_dims, op, "kernel_size");
   const auto s = options.stride.empty() ? k : per_dim(options.stride, spatial_dims, op, "stride");
@@ -268,7 +268,7 @@ PoolGeometry PoolGeometry::make(const Shape& x, const PoolOptions& options, int 
   g.P = pooled_size(g.H, g.kernel_h, g.stride_h, g.pad_h, options.ceil_mode);
   g.Q = pooled_size(g.W, g.kernel_w, g.stride_w, g.pad_w, options.ceil_mode);
   check(g.P >= 1 && g.Q >= 1, op, ": kernel_size ", ints_str(k),
-        " is larger than the padded input: x has shape ", shape_str(x), ", padding ", ints_str(p));
+        " is larger than the padded input: x has shape ", shape_text(x), ", padding ", ints_str(p));
   return g;
 }
 
@@ -423,7 +423,7 @@ Tensor global_avg_pool2d(const Tensor& x_in) {
   check_float_operand(x_in, op, "x");
   check_dim(x_in, "x", 4, "(N, C, H, W)");
   const Shape& s = x_in.shape();
-  check(s[2] > 0 && s[3] > 0, op, ": x has an empty plane, shape ", shape_str(s));
+  check(s[2] > 0 && s[3] > 0, op, ": x has an empty plane, shape ", shape_text(s));
   const Tensor x = x_in.contiguous();
   Tensor y = Tensor::empty({s[0], s[1], 1, 1}, x.dtype(), x.device());
 #if JUANJI_WITH_CUDA
@@ -459,9 +459,9 @@ Tensor global_avg_pool2d_backward(const Tensor& grad_out_in, const Tensor& x) {
   const Shape& s = x.shape();
   const Shape expected{s[0], s[1], 1, 1};
   check(grad_out_in.shape() == expected, op, ": grad_out has shape ",
-        shape_str(grad_out_in.shape()), " but the output for x ", shape_str(s), " has shape ",
-        shape_str(expected));
-  check(s[2] > 0 && s[3] > 0, op, ": x has an empty plane, shape ", shape_str(s));
+        shape_text(grad_out_in.shape()), " but the output for x ", shape_text(s), " has shape ",
+        shape_text(expected));
+  check(s[2] > 0 && s[3] > 0, op, ": x has an empty plane, shape ", shape_text(s));
   const Tensor grad_out = grad_out_in.contiguous();
   Tensor grad_x = Tensor::empty(s, x.dtype(), x.device());
 #if JUANJI_WITH_CUDA

@@ -76,8 +76,8 @@ void convolve2d_window(const T* a, std::int64_t H, std::int64_t W, const T* k, s
 void check_signal_input(const Tensor& t, const char* op, const char* name, int dims) {
   check_float_cpu(t, op, name);
   check(t.dim() == dims, op, ": ", name, ": expected a ", dims, "-d tensor, got shape ",
-        shape_str(t.shape()));
-  check(t.numel() > 0, op, ": ", name, " must not be empty, got shape ", shape_str(t.shape()));
+        shape_text(t.shape()));
+  check(t.numel() > 0, op, ": ", name, " must not be empty, got shape ", shape_text(t.shape()));
 }
 
 Tensor signal_1d(const Tensor& f_in, const Tensor& g_in, SignalMode mode, bool correlation,
@@ -138,8 +138,8 @@ Tensor signal_2d(const Tensor& a_in, const Tensor& k_in, SignalMode mode, bool c
     const bool a_covers = H >= R && W >= S;
     const bool k_covers = H <= R && W <= S;
     check(a_covers || k_covers, op, ": in 'valid' mode one input must be at least as large as ",
-          "the other in every dimension, got a ", shape_str(a_in.shape()), " and k ",
-          shape_str(k_in.shape()));
+          "the other in every dimension, got a ", shape_text(a_in.shape()), " and k ",
+          shape_text(k_in.shape()));
     r0 = std::min(H, R) - 1;
     c0 = std::min(W, S) - 1;
     rows = std::max(H, R) - std::min(H, R) + 1;

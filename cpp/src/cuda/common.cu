@@ -13,13 +13,13 @@ void use_device_of(const Tensor& t) { JUANJI_CUDA_CHECK(cudaSetDevice(t.device()
 void check_operand(const Tensor& t, const char* op, const char* name, Device device, DType dtype,
                    std::int64_t numel) {
   check(t.defined(), op, ": ", name, " is undefined");
-  check(t.device() == device, op, ": ", name, " ", shape_str(t.shape()), " is on ",
+  check(t.device() == device, op, ": ", name, " ", shape_text(t.shape()), " is on ",
         t.device().str(), " but the other operands are on ", device.str());
-  check(t.is_contiguous(), op, ": ", name, " must be contiguous, got shape ", shape_str(t.shape()),
-        " with strides ", shape_str(t.strides()));
-  check_type(t.dtype() == dtype, op, ": ", name, " ", shape_str(t.shape()), " is ",
+  check(t.is_contiguous(), op, ": ", name, " must be contiguous, got shape ", shape_text(t.shape()),
+        " with strides ", shape_text(t.strides()));
+  check_type(t.dtype() == dtype, op, ": ", name, " ", shape_text(t.shape()), " is ",
              dtype_name(t.dtype()), ", expected ", dtype_name(dtype));
-  check(t.numel() == numel, op, ": ", name, " has shape ", shape_str(t.shape()), " (", t.numel(),
+  check(t.numel() == numel, op, ": ", name, " has shape ", shape_text(t.shape()), " (", t.numel(),
         " elements), expected ", numel, " elements");
 }
 

@@ -358,7 +358,7 @@ void batch_norm2d_forward(const Tensor& x, const Tensor& gamma, const Tensor& be
   check(eps > 0, op, ": eps must be positive, got ", eps);
   if (training)
     check(d.N * d.area > 1, op, ": training needs more than one value per channel, got x of shape ",
-          shape_str(x.shape()));
+          shape_text(x.shape()));
   else
     check(running_mean.defined() && running_var.defined(), op,
           ": evaluation needs running_mean and running_var");

@@ -19,7 +19,7 @@ struct StridedLayout {
 
 StridedLayout layout_of(const Tensor& t) {
   check(t.dim() <= kMaxDims, "CUDA copy: at most ", kMaxDims, " dimensions, got shape ",
-        shape_str(t.shape()));
+        shape_text(t.shape()));
   StridedLayout layout{};
   layout.ndim = static_cast<int>(t.dim());
   for (int d = 0; d < layout.ndim; ++d) {

@@ -98,7 +98,7 @@ void check_shapes(const char* op, const Tensor& x, const Tensor& w) {
   check_float(x, "x");
   check_float(w, "weight");
   check(x.dim() == 2 && w.dim() == 2 && x.size(1) == w.size(1), op, ": expected x (N, in) and weight (out, in), got x ",
-        shape_str(x.shape()), " and weight ", shape_str(w.shape()));
+        shape_text(x.shape()), " and weight ", shape_text(w.shape()));
   check_operand(x, op, "x", x.device(), x.dtype(), x.numel());
   check_operand(w, op, "weight", x.device(), x.dtype(), w.numel());
 }

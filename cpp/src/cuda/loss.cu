@@ -127,15 +127,15 @@ __global__ void finish_sum(const double* values, const index_t* hits, index_t co
 void check_labels_operand(const Tensor& labels, const char* op, const Tensor& logits) {
   check_defined(labels, "labels");
   check_type(labels.dtype() == DType::int64, "labels: expected int64 class labels, got a ",
-             dtype_name(labels.dtype()), " tensor of shape ", shape_str(labels.shape()));
+             dtype_name(labels.dtype()), " tensor of shape ", shape_text(labels.shape()));
   check(labels.dim() == 1 && labels.size(0) == logits.size(0), "labels: expected shape (",
-        logits.size(0), ",), one label per row of logits, got shape ", shape_str(labels.shape()));
+        logits.size(0), ",), one label per row of logits, got shape ", shape_text(labels.shape()));
   check_operand(labels, op, "labels", logits.device(), DType::int64, logits.size(0));
 }
 
 void check_logits_operand(const Tensor& logits, const char* op) {
   check_float(logits, "logits");
-  check(logits.dim() == 2, op, ": logits: expected (N, C), got ", shape_str(logits.shape()));
+  check(logits.dim() == 2, op, ": logits: expected (N, C), got ", shape_text(logits.shape()));
   check_operand(logits, op, "logits", logits.device(), logits.dtype(), logits.numel());
 }
 
@@ -234,7 +234,7 @@ double cross_entropy_mean_into(const Tensor& logits, const Tensor& labels_in, Te
   const char* op = "cross_entropy_mean_into";
   check_logits_operand(logits, op);
   const index_t N = logits.size(0), C = logits.size(1);
-  check(N > 0 && C > 0, op, ": logits has no rows or no classes, shape ", shape_str(logits.shape()));
+  check(N > 0 && C > 0, op, ": logits has no rows or no classes, shape ", shape_text(logits.shape()));
   check_defined(labels_in, "labels");
   const Tensor labels = labels_in.contiguous();
   check_labels_operand(labels, op, logits);

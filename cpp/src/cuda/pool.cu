@@ -208,7 +208,7 @@ void avg_pool_backward(const PoolGeometry& g, const Tensor& grad_y, Tensor& grad
 void global_avg_pool2d(const Tensor& x, Tensor& y) {
   const char* op = "global_avg_pool2d";
   check_float(x, "x");
-  check(x.dim() == 4, op, ": x: expected (N, C, H, W), got ", shape_str(x.shape()));
+  check(x.dim() == 4, op, ": x: expected (N, C, H, W), got ", shape_text(x.shape()));
   const index_t planes = x.size(0) * x.size(1), area = x.size(2) * x.size(3);
   check_operand(x, op, "x", x.device(), x.dtype(), planes * area);
   check_operand(y, op, "y", x.device(), x.dtype(), planes);
@@ -223,7 +223,7 @@ void global_avg_pool2d(const Tensor& x, Tensor& y) {
 void global_avg_pool2d_backward(const Tensor& grad_y, Tensor& grad_x) {
   const char* op = "global_avg_pool2d_backward";
   check_float(grad_x, "grad_x");
-  check(grad_x.dim() == 4, op, ": grad_x: expected (N, C, H, W), got ", shape_str(grad_x.shape()));
+  check(grad_x.dim() == 4, op, ": grad_x: expected (N, C, H, W), got ", shape_text(grad_x.shape()));
   const index_t planes = grad_x.size(0) * grad_x.size(1), area = grad_x.size(2) * grad_x.size(3);
   check_operand(grad_x, op, "grad_x", grad_x.device(), grad_x.dtype(), planes * area);
   check_operand(grad_y, op, "grad_y", grad_x.device(), grad_x.dtype(), planes);

@@ -52,7 +52,7 @@ void check_input(const Tensor& x, const Parameter& p, const std::string& layer) 
   check_float(x, "x");
   check_type(x.dtype() == p.value.dtype(), layer, ": input is ", dtype_name(x.dtype()),
              " but the layer's parameters are ", dtype_name(p.value.dtype()));
-  check(x.device() == p.value.device(), layer, ": input ", shape_str(x.shape()), " is on ",
+  check(x.device() == p.value.device(), layer, ": input ", shape_text(x.shape()), " is on ",
         x.device().str(), " but the layer's parameters are on ", p.value.device().str(),
         "; move one of them with .to()");
 }
@@ -108,9 +108,9 @@ Conv::Conv(int spatial_dims, std::int64_t in_channels, std::int64_t out_channels
         name, ": groups=", options_.groups, " must divide in_channels ", in_channels,
         " and out_channels ", out_channels);
   check(kernel_size_.size() == 1 || static_cast<int>(kernel_size_.size()) == spatial_dims, name,
-        ": kernel_size needs 1 or ", spatial_dims, " values, got ", shape_str(kernel_size_));
+        ": kernel_size needs 1 or ", spatial_dims, " values, got ", shape_text(kernel_size_));
   if (kernel_size_.size() == 1) kernel_size_.assign(spatial_dims, kernel_size_[0]);
-  for (auto k : kernel_size_) check(k > 0, name, ": kernel_size must be positive, got ", shape_str(kernel_size_));
+  for (auto k : kernel_size_) check(k > 0, name, ": kernel_size must be positive, got ", shape_text(kernel_size_));
   Shape wshape{out_channels, in_channels / options_.groups};
   wshape.insert(wshape.end(), kernel_size_.begin(), kernel_size_.end());
   double receptive = 1;
@@ -215,7 +215,7 @@ std::string Linear::config_json() const {
 
 Shape Linear::output_shape(const Shape& input) const {
   check(input.size() == 2 && input[1] == in_features_, "Linear(", in_features_, ", ", out_features_,
-        "): expected input (N, ", in_features_, "), got ", shape_str(input));
+        "): expected input (N, ", in_features_, "), got ", shape_text(input));
   return {input[0], out_features_};
 }
 
@@ -335,7 +335,7 @@ const Tensor* Pool::backward_fused(const Tensor& grad_y, const ActivationLayer& 
 // ---- GlobalAvgPool2d ----
 
 Shape GlobalAvgPool2d::output_shape(const Shape& input) const {
-  check(input.size() == 4, "GlobalAvgPool2d: expected input (N, C, H, W), got ", shape_str(input));
+  check(input.size() == 4, "GlobalAvgPool2d: expected input (N, C, H, W), got ", shape_text(input));
   return {input[0], input[1], 1, 1};
 }
 
@@ -460,7 +460,7 @@ const Tensor& Dropout::backward(const Tensor& grad_y, bool need_grad_x) {
 // ---- Flatten ----
 
 Shape Flatten::output_shape(const Shape& input) const {
-  check(input.size() >= 1, "Flatten: expected a batched input, got ", shape_str(input));
+  check(input.size() >= 1, "Flatten: expected a batched input, got ", shape_text(input));
   std::int64_t features = 1;
   for (std::size_t i = 1; i < input.size(); ++i) features *= input[i];
   return {input[0], features};
@@ -497,7 +497,7 @@ std::string BatchNorm2d::config_json() const {
 
 Shape BatchNorm2d::output_shape(const Shape& input) const {
   check(input.size() == 4 && input[1] == channels_, "BatchNorm2d(", channels_,
-        "): expected input (N, ", channels_, ", H, W), got ", shape_str(input));
+        "): expected input (N, ", channels_, ", H, W), got ", shape_text(input));
   return input;
 }
 

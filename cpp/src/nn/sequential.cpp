@@ -19,7 +19,7 @@ double MSELoss::forward_backward(const Tensor& output, const Tensor& target, Ten
   check_float(target, "target");
   check_same_dtype(output, "output", target, "target");
   check(target.shape() == output.shape(), "target: expected the output's shape ",
-        shape_str(output.shape()), ", got ", shape_str(target.shape()));
+        shape_text(output.shape()), ", got ", shape_text(target.shape()));
   grad.copy_(mse_loss_backward(output, target, Reduction::mean));
   if (correct && output.dim() == 2) {
     const Tensor z = output.to(Device{}).contiguous().to(DType::float64);
@@ -73,7 +73,7 @@ void Sequential::check_input(const Tensor& x) const {
   check(!layers_.empty(), "Sequential: the model has no layers");
   check_float(x, "x");
   check(x.dim() >= 2 && x.size(0) > 0, "x: expected a non-empty batch (N, ...), got shape ",
-        shape_str(x.shape()));
+        shape_text(x.shape()));
 }
 
 const Tensor& Sequential::forward(const Tensor& x, bool training) {
@@ -142,7 +142,7 @@ Evaluation Sequential::evaluate(const Tensor& x, const Tensor& target, Loss& los
   check_input(x);
   check(batch_size > 0, "batch_size: must be positive, got ", batch_size);
   check(target.dim() >= 1 && target.size(0) == x.size(0), "target: expected ", x.size(0),
-        " rows to match x ", shape_str(x.shape()), ", got ", shape_str(target.shape()));
+        " rows to match x ", shape_text(x.shape()), ", got ", shape_text(target.shape()));
   const std::int64_t N = x.size(0);
   double loss_sum = 0;
   std::int64_t correct = 0;

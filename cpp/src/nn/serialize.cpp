@@ -118,11 +118,11 @@ std::shared_ptr<Sequential> Sequential::load(const std::string& path, Metadata* 
   for (auto& named : contents.tensors) by_name.emplace(named.name, std::move(named.tensor));
   for (const auto& p : model->parameters()) {
     auto found = by_name.find(p->name);
-    check(found != by_name.end(), where, "tensor '", p->name, "' of shape ", shape_str(p->value.shape()),
+    check(found != by_name.end(), where, "tensor '", p->name, "' of shape ", shape_text(p->value.shape()),
           " is missing");
     const Tensor& t = found->second;
-    check(t.shape() == p->value.shape(), where, "tensor '", p->name, "' has shape ", shape_str(t.shape()),
-          " but the architecture needs ", shape_str(p->value.shape()));
+    check(t.shape() == p->value.shape(), where, "tensor '", p->name, "' has shape ", shape_text(t.shape()),
+          " but the architecture needs ", shape_text(p->value.shape()));
     check(t.dtype() == DType::float32 || t.dtype() == DType::float64, where, "tensor '", p->name,
           "' has dtype ", dtype_name(t.dtype()), "; parameters are float32 or float64");
     p->value = t;
