@@ -110,20 +110,23 @@ def test_conv_matches_cpu(nd, c, dtype):
     conv_forward_and_backward(nd, c, dtype, seed=1)
 
 
-# Layers big enough for every tile shape of the implicit GEMM (wide, square and narrow),
-# split-K weight gradients and grids with many blocks.
+# Layers big enough for every tile shape of the implicit GEMM (wide, square and narrow), split-K
+# GEMMs (forward and data gradient with few tiles, weight gradients), the direct data gradient of
+# few-channel layers (strided, depthwise), bias gradients over several chunks, and grids with many
+# blocks.
 LARGE_CONV = [
     ((4, 32, 20, 20), (64, 32, 3, 3), dict(padding=1)),
     ((2, 64, 24, 22), (128, 64, 3, 3), dict(stride=2, padding=(2, 1), dilation=2)),
     ((2, 48, 17, 19), (48, 1, 3, 3), dict(padding=1, groups=48)),
     ((3, 3, 61, 58), (16, 3, 7, 7), dict(stride=2, padding=3)),
     ((8, 96, 9, 9), (32, 96, 1, 1), {}),
+    ((8, 4, 33, 33), (8, 4, 3, 3), dict(padding=1)),
 ]
 
 
 @gpu
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("xs,ws,kw", LARGE_CONV, ids=["res", "strided_dilated", "depthwise", "stem", "pointwise"])
+@pytest.mark.parametrize("xs,ws,kw", LARGE_CONV, ids=["res", "strided_dilated", "depthwise", "stem", "pointwise", "many_pixels"])
 def test_large_conv_matches_cpu(xs, ws, kw, dtype):
     rng = np.random.default_rng(5)
     x, w, b = randn(rng, xs, dtype), randn(rng, ws, dtype), randn(rng, (ws[0],), dtype)

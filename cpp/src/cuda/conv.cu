@@ -2,13 +2,17 @@
 //   forward      y[n,k,p,q] = sum_(c,r,s) w[k,c,r,s] x[n,c,p*sh-pt+r*dh,q*sw-pl+s*dw] + b[k]
 //                GEMM M = K/groups, N = N*P*Q, K = C/groups*R*S; B gathered from x on the fly
 //   data grad    dx[n,c,h,w] = sum_(k,r,s) w[k,c,r,s] dy[n,k,p,q] over the (p,q) whose window
-//                tap (r,s) lands on (h,w): GEMM M = C/groups, N = N*H*W, K = K/groups*R*S.
+//                tap (r,s) lands on (h,w): GEMM M = C/groups, N = N*H*W, K = K/groups*R*S, or
+//                for few channels per group a direct gather over the taps that have an output.
 //                A gather, not col2im's scatter, so every dx element has one writer.
 //   weight grad  dw[k,(c,r,s)] = sum_(n,p,q) dy[n,k,p,q] x[n,c,ih,iw]: GEMM M = K/groups,
 //                N = C/groups*R*S, K = N*P*Q, split-K into fixed chunks whose partials are added
 //                in chunk order (no float atomics: the same bits on every run).
-//   bias grad    db[k] = sum over (n,p,q) of dy, one block per filter, fixed-order tree in double.
+//   bias grad    db[k] = sum over (n,p,q) of dy in double, fixed chunks then chunks in order.
+// The forward and data-gradient GEMMs split K too when their output has few tiles.
 // conv1d arrives here as conv2d with H = R = 1.
+#include <algorithm>
+
 #include "cuda/common.cuh"
 #include "cuda/gemm_tiles.cuh"
 #include "cuda/ops.hpp"
@@ -80,13 +84,14 @@ struct ForwardOutput {
 };
 
 template <class T>
-void forward(const ConvDims& d, const T* x, const T* w, const T* bias, T* y, FusedActivation act) {
+void forward(const ConvDims& d, const T* x, const T* w, const T* bias, T* y, FusedActivation act,
+             const Tensor& like) {
   const GemmShape shape{d.Kg, d.N * d.PQ, d.Cg * d.RS, d.groups, 1};
   const ForwardOutput<T> out{y, bias, d, act.enabled, act.kind, static_cast<T>(act.negative_slope)};
   with_tiles<T>(shape.M, shape.N, [&](auto cfg) {
     using Cfg = decltype(cfg);
     const RowsAlongK<T, Cfg, Cfg::BM> weights{w, d.Kg, d.Cg * d.RS, d.Kg * d.Cg * d.RS};
-    launch_gemm<T, Cfg>(shape, weights, InputColumns<T, Cfg>{x, d}, out);
+    launch_gemm_filling<T, Cfg>(shape, weights, InputColumns<T, Cfg>{x, d}, out, like, Scratch::first);
   });
 }
 
@@ -165,13 +170,66 @@ struct DataGradOutput {
   }
 };
 
+// The data gradient of a layer with few channels per group (the first layer of a network,
+// depthwise ones): one thread per input pixel (n, group, h, w) gathers all the group's channels
+// at once, visiting only the taps that have an output. As a GEMM those layers would fill 1 to 8
+// of a tile's 16 rows and decode every tap, strided away or not, per element.
+constexpr int kDirectChannels = 8;
+
 template <class T>
-void backward_data(const ConvDims& d, const T* dy, const T* w, T* dx) {
+__global__ void backward_data_direct(ConvDims d, const T* dy, const T* w, T* dx) {
+  const index_t pixels = d.N * d.groups * d.HW;
+  for (index_t i = global_thread(); i < pixels; i += global_stride()) {
+    const index_t image_group = div_nonneg(i, d.HW), hw = i - image_group * d.HW;
+    const index_t n = div_nonneg(image_group, d.groups), grp = image_group - n * d.groups;
+    const index_t h = div_nonneg(hw, d.W), col = hw - h * d.W;
+    const T* group_dy = dy + (n * d.K + grp * d.Kg) * d.PQ;
+    const T* group_w = w + grp * d.Kg * d.Cg * d.RS;
+    const index_t filter_stride = d.Cg * d.RS;
+    T acc[kDirectChannels];
+#pragma unroll
+    for (int c = 0; c < kDirectChannels; ++c) acc[c] = T(0);
+    // Later taps read earlier outputs: once ph (pw) is negative it stays so.
+    for (index_t r = 0; r < d.R; ++r) {
+      const index_t ph = h + d.pad_top - r * d.dil_h;
+      if (ph < 0) break;
+      const index_t p = div_nonneg(ph, d.stride_h);
+      if (p * d.stride_h != ph || p >= d.P) continue;
+      for (index_t s = 0; s < d.S; ++s) {
+        const index_t pw = col + d.pad_left - s * d.dil_w;
+        if (pw < 0) break;
+        const index_t q = div_nonneg(pw, d.stride_w);
+        if (q * d.stride_w != pw || q >= d.Q) continue;
+        const T* errors = group_dy + p * d.Q + q;
+        const T* taps = group_w + r * d.S + s;
+        for (index_t kf = 0; kf < d.Kg; ++kf) {
+          const T g = errors[kf * d.PQ];
+          const T* filter = taps + kf * filter_stride;
+#pragma unroll
+          for (int c = 0; c < kDirectChannels; ++c)
+            if (c < d.Cg) acc[c] += g * filter[c * d.RS];
+        }
+      }
+    }
+    T* out = dx + (n * d.C + grp * d.Cg) * d.HW + hw;
+#pragma unroll
+    for (int c = 0; c < kDirectChannels; ++c)
+      if (c < d.Cg) out[c * d.HW] = acc[c];
+  }
+}
+
+template <class T>
+void backward_data(const ConvDims& d, const T* dy, const T* w, T* dx, const Tensor& like) {
+  if (d.Cg <= kDirectChannels) {
+    backward_data_direct<T><<<grid_for(d.N * d.groups * d.HW), kBlockThreads>>>(d, dy, w, dx);
+    JUANJI_CUDA_CHECK_LAUNCH();
+    return;
+  }
   const GemmShape shape{d.Cg, d.N * d.HW, d.Kg * d.RS, d.groups, 1};
   with_tiles<T>(shape.M, shape.N, [&](auto cfg) {
     using Cfg = decltype(cfg);
-    launch_gemm<T, Cfg>(shape, TransposedWeights<T, Cfg>{w, d}, ErrorColumns<T, Cfg>{dy, d},
-                        DataGradOutput<T>{dx, d});
+    launch_gemm_filling<T, Cfg>(shape, TransposedWeights<T, Cfg>{w, d}, ErrorColumns<T, Cfg>{dy, d},
+                                DataGradOutput<T>{dx, d}, like, Scratch::first);
   });
 }
 
@@ -265,19 +323,47 @@ void backward_weight(const ConvDims& d, const T* dy, const T* x, T* dw, const Te
   });
 }
 
-// db[k] = sum over (n, p, q) of dy[n, k, p, q]; blocks stride over filters.
+// db[k] = sum over (n, p, q) of dy[n, k, p, q], in double and in two fixed-order stages: blocks
+// sum fixed chunks of a filter's elements (a block per filter would leave most of the GPU idle
+// and wait out one load latency after another), then each filter's chunks are added in order.
+constexpr index_t kBiasChunk = 4096;
+
 template <class T>
-__global__ void bias_grad_kernel(const T* dy, index_t N, index_t K, index_t PQ, T* db) {
+__global__ void bias_grad_chunks(const T* dy, index_t N, index_t K, index_t PQ, index_t chunks,
+                                 double* partials) {
   __shared__ double buffer[kBlockThreads];
-  for (index_t k = blockIdx.x; k < K; k += gridDim.x) {
+  for (index_t item = blockIdx.x; item < K * chunks; item += gridDim.x) {
+    const index_t k = div_nonneg(item, chunks), first = (item - k * chunks) * kBiasChunk;
+    const index_t end = first + kBiasChunk < N * PQ ? first + kBiasChunk : N * PQ;
     double sum = 0;
-    for (index_t e = threadIdx.x; e < N * PQ; e += kBlockThreads) {
+#pragma unroll 4
+    for (index_t e = first + threadIdx.x; e < end; e += kBlockThreads) {
       const index_t n = div_nonneg(e, PQ);
       sum += static_cast<double>(dy[(n * K + k) * PQ + (e - n * PQ)]);
     }
     sum = block_sum<kBlockThreads>(sum, buffer);
-    if (threadIdx.x == 0) db[k] = static_cast<T>(sum);
+    if (threadIdx.x == 0) partials[item] = sum;
   }
+}
+
+template <class T>
+__global__ void bias_grad_total(const double* partials, index_t K, index_t chunks, T* db) {
+  for (index_t k = global_thread(); k < K; k += global_stride()) {
+    double sum = 0;
+    for (index_t c = 0; c < chunks; ++c) sum += partials[k * chunks + c];
+    db[k] = static_cast<T>(sum);
+  }
+}
+
+template <class T>
+void bias_grad(const ConvDims& d, const T* dy, T* db, const Tensor& like) {
+  const index_t chunks = std::max<index_t>(ceil_div(d.N * d.PQ, kBiasChunk), 1);
+  double* partials = static_cast<double*>(
+      scratch(like, Scratch::second, sizeof(double) * static_cast<std::size_t>(d.K * chunks)));
+  bias_grad_chunks<T><<<blocks_for(d.K * chunks), kBlockThreads>>>(dy, d.N, d.K, d.PQ, chunks, partials);
+  JUANJI_CUDA_CHECK_LAUNCH();
+  bias_grad_total<T><<<grid_for(d.K), kBlockThreads>>>(partials, d.K, chunks, db);
+  JUANJI_CUDA_CHECK_LAUNCH();
 }
 
 // The three tensors of a pass: `a` sets the device and dtype the others must share.
@@ -302,7 +388,7 @@ void conv_forward(const ConvGeometry& g, const Tensor& x, const Tensor& w, const
   with_float_type(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
     forward<T>(dims_of(g), data_of<T>(x), data_of<T>(w), optional_data_of<T>(bias), data_of<T>(y),
-               activation);
+               activation, x);
   });
 }
 
@@ -312,7 +398,7 @@ void conv_backward_data(const ConvGeometry& g, const Tensor& grad_y, const Tenso
   use_device_of(grad_y);
   with_float_type(grad_y.dtype(), [&](auto tag) {
     using T = decltype(tag);
-    backward_data<T>(dims_of(g), data_of<T>(grad_y), data_of<T>(w), data_of<T>(grad_x));
+    backward_data<T>(dims_of(g), data_of<T>(grad_y), data_of<T>(w), data_of<T>(grad_x), grad_y);
   });
 }
 
@@ -327,11 +413,7 @@ void conv_backward_weight(const ConvGeometry& g, const Tensor& grad_y, const Ten
     using T = decltype(tag);
     const ConvDims d = dims_of(g);
     backward_weight<T>(d, data_of<T>(grad_y), data_of<T>(x), data_of<T>(grad_w), x);
-    if (grad_b.defined()) {
-      bias_grad_kernel<T><<<blocks_for(d.K), kBlockThreads>>>(
-          data_of<T>(grad_y), d.N, d.K, d.PQ, data_of<T>(grad_b));
-      JUANJI_CUDA_CHECK_LAUNCH();
-    }
+    if (grad_b.defined()) bias_grad<T>(d, data_of<T>(grad_y), data_of<T>(grad_b), x);
   });
 }
 

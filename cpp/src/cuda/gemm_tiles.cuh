@@ -204,6 +204,20 @@ __global__ void sum_splits(const T* partials, index_t splits, index_t count, T* 
   }
 }
 
+// Adds the partials [split][batch][m][j] of a split-K GEMM in split order and hands each whole
+// sum to the epilogue (which may add a bias, activate, and scatter into any layout).
+template <class T, class Epilogue>
+__global__ void finish_splits(const T* partials, GemmShape shape, Epilogue epilogue) {
+  const index_t per_batch = shape.M * shape.N, count = shape.batches * per_batch;
+  for (index_t i = global_thread(); i < count; i += global_stride()) {
+    T sum = partials[i];
+    for (index_t s = 1; s < shape.splits; ++s) sum += partials[s * count + i];
+    const index_t batch = div_nonneg(i, per_batch), within = i - batch * per_batch;
+    const index_t m = div_nonneg(within, shape.N);
+    epilogue(batch, 0, m, within - m * shape.N, sum);
+  }
+}
+
 // ---- plain matrix operands --------------------------------------------------------------
 
 // E[r, k] = base[batch * batch_stride + r * ld + k]: rows contiguous along k.
@@ -264,5 +278,25 @@ struct StoreMatrix {
     out[split * split_stride + batch * batch_stride + m * ld + j] = value;
   }
 };
+
+// ---- split-K for whole-sum epilogues ---------------------------------------------------
+
+// Runs a GEMM whose epilogue needs whole sums. With fewer tiles than a large GPU has
+// multiprocessors (a deep K over a small output: the 3x3 layers late in a network) K is split as
+// pick_splits says, the partials go to scratch `slot`, and finish_splits feeds the epilogue.
+// kOneWave is an H100's count, a constant so that results never depend on the device.
+template <class T, class Cfg, class LoadA, class LoadB, class Epilogue>
+void launch_gemm_filling(GemmShape shape, const LoadA& a, const LoadB& b, const Epilogue& epilogue,
+                         const Tensor& like, Scratch slot) {
+  constexpr index_t kOneWave = 132;
+  const index_t tiles = ceil_div(shape.M, Cfg::BM) * ceil_div(shape.N, Cfg::BN) * shape.batches;
+  shape.splits = tiles < kOneWave ? pick_splits<Cfg>(shape) : 1;
+  if (shape.splits == 1) return launch_gemm<T, Cfg>(shape, a, b, epilogue);
+  const index_t count = shape.batches * shape.M * shape.N;
+  T* partials = static_cast<T*>(scratch(like, slot, sizeof(T) * static_cast<std::size_t>(shape.splits * count)));
+  launch_gemm<T, Cfg>(shape, a, b, StoreMatrix<T>{partials, shape.N, shape.M * shape.N, count});
+  finish_splits<T><<<grid_for(count), kBlockThreads>>>(partials, shape, epilogue);
+  JUANJI_CUDA_CHECK_LAUNCH();
+}
 
 }  // namespace juanji::cuda
