@@ -12,6 +12,7 @@
 // The forward and data-gradient GEMMs split K too when their output has few tiles.
 // conv1d arrives here as conv2d with H = R = 1.
 #include <algorithm>
+#include <numeric>
 
 #include "cuda/common.cuh"
 #include "cuda/gemm_tiles.cuh"
@@ -176,55 +177,76 @@ struct DataGradOutput {
 // of a tile's 16 rows and decode every tap, strided away or not, per element.
 constexpr int kDirectChannels = 8;
 
-template <class T>
-__global__ void backward_data_direct(ConvDims d, const T* dy, const T* w, T* dx) {
-  const index_t pixels = d.N * d.groups * d.HW;
+// Along one axis, the taps whose output position (coord + pad - tap * dil) / stride is whole:
+// every `step`-th one (step = stride / gcd(stride, dil)) from the first among the first `step`.
+// When none of those is (gcd(stride, dil) does not divide coord + pad), no tap is: `taps`.
+__device__ inline index_t first_tap_on_stride(index_t padded, index_t dil, index_t stride,
+                                              index_t step, index_t taps) {
+  for (index_t tap = 0; tap < step && tap < taps; ++tap)
+    if ((padded - tap * dil) % stride == 0) return tap;
+  return taps;
+}
+
+template <class T, int Channels>
+__global__ void backward_data_direct(ConvDims d, index_t step_h, index_t step_w, const T* dy,
+                                     const T* w, T* dx) {
+  const index_t pixels = d.N * d.groups * d.HW, filter_stride = d.Cg * d.RS;
   for (index_t i = global_thread(); i < pixels; i += global_stride()) {
     const index_t image_group = div_nonneg(i, d.HW), hw = i - image_group * d.HW;
     const index_t n = div_nonneg(image_group, d.groups), grp = image_group - n * d.groups;
     const index_t h = div_nonneg(hw, d.W), col = hw - h * d.W;
+    const index_t padded_h = h + d.pad_top, padded_w = col + d.pad_left;
+    const index_t first_s = first_tap_on_stride(padded_w, d.dil_w, d.stride_w, step_w, d.S);
     const T* group_dy = dy + (n * d.K + grp * d.Kg) * d.PQ;
-    const T* group_w = w + grp * d.Kg * d.Cg * d.RS;
-    const index_t filter_stride = d.Cg * d.RS;
-    T acc[kDirectChannels];
+    const T* group_w = w + grp * d.Kg * filter_stride;
+    T acc[Channels];
 #pragma unroll
-    for (int c = 0; c < kDirectChannels; ++c) acc[c] = T(0);
+    for (int c = 0; c < Channels; ++c) acc[c] = T(0);
     // Later taps read earlier outputs: once ph (pw) is negative it stays so.
-    for (index_t r = 0; r < d.R; ++r) {
-      const index_t ph = h + d.pad_top - r * d.dil_h;
+    const index_t first_r = first_tap_on_stride(padded_h, d.dil_h, d.stride_h, step_h, d.R);
+    for (index_t r = first_r; r < d.R; r += step_h) {
+      const index_t ph = padded_h - r * d.dil_h;
       if (ph < 0) break;
       const index_t p = div_nonneg(ph, d.stride_h);
-      if (p * d.stride_h != ph || p >= d.P) continue;
-      for (index_t s = 0; s < d.S; ++s) {
-        const index_t pw = col + d.pad_left - s * d.dil_w;
+      if (p >= d.P) continue;
+      for (index_t s = first_s; s < d.S; s += step_w) {
+        const index_t pw = padded_w - s * d.dil_w;
         if (pw < 0) break;
         const index_t q = div_nonneg(pw, d.stride_w);
-        if (q * d.stride_w != pw || q >= d.Q) continue;
+        if (q >= d.Q) continue;
         const T* errors = group_dy + p * d.Q + q;
-        const T* taps = group_w + r * d.S + s;
-        for (index_t kf = 0; kf < d.Kg; ++kf) {
-          const T g = errors[kf * d.PQ];
-          const T* filter = taps + kf * filter_stride;
+        const T* filter = group_w + r * d.S + s;
+#pragma unroll 4
+        for (index_t kf = 0; kf < d.Kg; ++kf, errors += d.PQ, filter += filter_stride) {
+          const T g = *errors;
 #pragma unroll
-          for (int c = 0; c < kDirectChannels; ++c)
-            if (c < d.Cg) acc[c] += g * filter[c * d.RS];
+          for (int c = 0; c < Channels; ++c) acc[c] += g * filter[c * d.RS];
         }
       }
     }
     T* out = dx + (n * d.C + grp * d.Cg) * d.HW + hw;
 #pragma unroll
-    for (int c = 0; c < kDirectChannels; ++c)
-      if (c < d.Cg) out[c * d.HW] = acc[c];
+    for (int c = 0; c < Channels; ++c) out[c * d.HW] = acc[c];
   }
+}
+
+// Launches backward_data_direct compiled for exactly d.Cg channels (1 to kDirectChannels): a
+// loop over a run-time count would issue all kDirectChannels predicated loads and FMAs per tap.
+template <class T, int Channels = 1>
+void launch_backward_data_direct(const ConvDims& d, const T* dy, const T* w, T* dx) {
+  if constexpr (Channels < kDirectChannels) {
+    if (d.Cg != Channels) return launch_backward_data_direct<T, Channels + 1>(d, dy, w, dx);
+  }
+  const index_t step_h = d.stride_h / std::gcd(d.stride_h, d.dil_h);
+  const index_t step_w = d.stride_w / std::gcd(d.stride_w, d.dil_w);
+  backward_data_direct<T, Channels><<<grid_for(d.N * d.groups * d.HW), kBlockThreads>>>(
+      d, step_h, step_w, dy, w, dx);
+  JUANJI_CUDA_CHECK_LAUNCH();
 }
 
 template <class T>
 void backward_data(const ConvDims& d, const T* dy, const T* w, T* dx, const Tensor& like) {
-  if (d.Cg <= kDirectChannels) {
-    backward_data_direct<T><<<grid_for(d.N * d.groups * d.HW), kBlockThreads>>>(d, dy, w, dx);
-    JUANJI_CUDA_CHECK_LAUNCH();
-    return;
-  }
+  if (d.Cg <= kDirectChannels) return launch_backward_data_direct<T>(d, dy, w, dx);
   const GemmShape shape{d.Cg, d.N * d.HW, d.Kg * d.RS, d.groups, 1};
   with_tiles<T>(shape.M, shape.N, [&](auto cfg) {
     using Cfg = decltype(cfg);
