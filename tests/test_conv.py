@@ -200,6 +200,56 @@ def test_conv_filter_block_shapes(nd, c, dtype):
     run_forward_and_backward(nd, c, dtype, seed=4)
 
 
+# Layers with at most 4 input channels per group (forward) or few error channels (data gradient)
+# take the direct kernel: blocks of rows x vectors of pixels for up to 6 filters, overlapping at
+# the ends of rows and planes. Widths cross every block shape at 16 and 8 lanes per vector: one
+# vector per row, two-vector blocks on rows of 3-5 vectors, a row's run of vectors (up to 15 for
+# one filter) ending at the last one; planes shorter than a block; filters split 5, 4, 4.
+DIRECT = {
+    "one_vector_rows_tall": (2, case(N=1, C=1, K=1, spatial=(20, 9), padding=1)),
+    "plane_shorter_than_block": (2, case(C=2, K=3, spatial=(5, 7))),
+    "two_vector_blocks_overlap": (2, case(N=1, C=1, K=6, spatial=(9, 40), padding=1)),
+    "row_runs_overlap": (2, case(N=1, C=1, K=3, spatial=(3, 130), kernel=(3, 5), padding=(1, 2))),
+    "single_filter_long_rows": (2, case(N=1, C=1, K=1, spatial=(2, 250), kernel=(1, 3))),
+    "thirteen_filters": (2, case(N=1, C=2, K=13, spatial=(6, 21), padding=1)),
+    "data_grad_skips_pad_rows": (2, case(N=2, C=3, K=2, spatial=(17, 20), kernel=(5, 5))),
+    "dilated_wide": (2, case(N=1, C=2, K=5, spatial=(12, 35), dilation=2, padding=2)),
+    "groups": (2, case(N=2, C=4, K=6, groups=2, spatial=(11, 18), padding=1)),
+    "conv1d_long": (1, case(N=2, C=1, K=4, spatial=(300,), kernel=(5,), padding=2)),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("nd,c", [pytest.param(nd, c, id=k) for k, (nd, c) in DIRECT.items()])
+def test_conv_direct_kernel_shapes(nd, c, dtype):
+    run_forward_and_backward(nd, c, dtype, seed=6)
+
+
+@pytest.mark.parametrize("nd,c", [pytest.param(nd, c, id=k) for k, (nd, c) in DIRECT.items()])
+def test_conv_direct_kernel_integer_valued_is_exact(nd, c):
+    check_integer_valued_is_exact(nd, c, seed=14)
+
+
+def test_conv_data_grad_with_infinite_weight_has_no_products_in_the_padding():
+    # The direct data gradient reads the padded error's zeros; an infinite weight must not meet
+    # them (inf * 0 = NaN): grad_x is +-inf exactly where the weight meets an error value.
+    rng = np.random.default_rng(16)
+    x, w = randn(rng, (2, 3, 9, 9), np.float32), randn(rng, (2, 3, 5, 5), np.float32)
+    w[0, 1, 4, 4] = np.inf
+    dy = randn(rng, (2, 2, 9, 9), np.float32)
+    dy[dy == 0] = 1.0
+    grad_x = np.asarray(juanji.conv2d_backward(dy, x, w, padding=2)[0])
+    assert not np.isnan(grad_x).any()
+    hit = np.zeros(grad_x.shape, bool)
+    hit[:, 1, 2:, 2:] = True  # x[h, w] meets dy[h - 2, w - 2] through tap (4, 4)
+    assert np.array_equal(np.isinf(grad_x), hit)
+    assert np.array_equal(np.sign(grad_x[:, 1, 2:, 2:]), np.sign(dy[:, 0, :7, :7]))
+    finite_w = w.copy()
+    finite_w[0, 1, 4, 4] = 0.0
+    expected = ref.conv2d_backward(dy, x, finite_w, padding=2)[0]
+    assert_close(np.where(hit, 0.0, grad_x), np.where(hit, 0.0, expected), np.float32, what="grad_x")
+
+
 # Stride-1 3x3 float32 layers with 16+ channels in and out per group take Winograd F(2x2, 3x3)
 # (forward, and the data gradient: its correlation has the filters and channels swapped): odd
 # output sizes (half-used tiles), padding 0..3 (the data gradient's cropping), filter blocks past

@@ -7,6 +7,7 @@
 // input itself. Work is split so that every output element is summed by one thread in a fixed
 // order: results do not depend on the thread count.
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <type_traits>
 #include <utility>
@@ -232,17 +233,17 @@ bool use_direct(const ConvGeometry& g, std::int64_t in_channels_per_group) {
 
 // Runs the direct kernel for every (image, group): src planes padded by (top, left) into a
 // per-thread buffer, then out (out_channels, out_h, out_w) per image and group. With
-// skip_padding_rows the sums leave out the padding's rows (the data gradient's full correlation:
-// its padding is not part of the definition, so a weight's infinity meets no zero there).
+// skip_padding_rows the kernel skips the padding's rows where it can (the data gradient's full
+// correlation: its padding holds no products by definition).
 void direct_conv_all(const ConvGeometry& g, const float* src, std::int64_t src_channels, std::int64_t src_h,
                      std::int64_t src_w, std::int64_t top, std::int64_t left, const float* weights,
                      const float* bias, float* out, std::int64_t out_channels, std::int64_t out_h,
                      std::int64_t out_w, bool relu, bool skip_padding_rows) {
   const cpu::KernelSet& kernels = cpu::active_kernels();
   const std::int64_t in_g = src_channels / g.groups, out_g = out_channels / g.groups;
-  const std::int64_t block = 2 * kernels.direct_conv_lanes;
-  const std::int64_t padded_h = out_h + g.dil_h * (g.R - 1);
-  const std::int64_t padded_w = (out_w + block - 1) / block * block + g.dil_w * (g.S - 1);
+  const std::int64_t lanes = kernels.direct_conv_lanes;
+  const std::int64_t padded_h = std::max(out_h, cpu::kDirectBlockRows) + g.dil_h * (g.R - 1);
+  const std::int64_t padded_w = (out_w + lanes - 1) / lanes * lanes + g.dil_w * (g.S - 1);
   const std::int64_t jobs = g.N * g.groups;
 #pragma omp parallel for schedule(static) if (jobs > 1)
   for (std::int64_t job = 0; job < jobs; ++job) {
@@ -935,10 +936,20 @@ void forward_impl(const ConvGeometry& g, const T* x, const T* w, const T* bias, 
   });
 }
 
+// The direct data gradient reads the padded error's zeros at the edges of its blocks, which adds
+// nothing to its sums unless a weight is infinite or NaN (inf * 0 = NaN where the definition has
+// no product): such weights take GEMM + col2im, which multiplies the error's values only.
+bool all_finite(const float* values, std::int64_t count) {
+  bool finite = true;
+  for (std::int64_t i = 0; i < count; ++i) finite &= std::isfinite(values[i]);
+  return finite;
+}
+
 template <class T>
 void backward_data_impl(const ConvGeometry& g, const T* dy, const T* w, T* dx) {
   if constexpr (std::is_same_v<T, float>) {
-    if (use_direct_data_grad(g)) return direct_backward_data(g, dy, w, dx);
+    if (use_direct_data_grad(g) && all_finite(w, g.K * (g.C / g.groups) * g.R * g.S))
+      return direct_backward_data(g, dy, w, dx);
     if (g.stride_h == 1 && g.stride_w == 1 && use_winograd(data_grad_correlation(g)))
       return winograd_backward_data(g, dy, w, dx);
     if (g.stride_h == 1 && g.stride_w == 1 && use_filter_blocks(data_grad_correlation(g)))

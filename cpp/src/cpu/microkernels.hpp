@@ -23,7 +23,9 @@ struct MicroKernelInfo {
 // Direct stride-1 convolution of zero-padded planes, for layers with few channels where im2col
 // traffic would cost more than the arithmetic:
 //   out[k][p][q] = bias[k] + sum_{c,r,s} weights[k][c][r][s] * src[c][p + r*dil_h][q + s*dil_w]
-// src rows are readable up to column round_up(out_w, 2 * lanes) + dil_w*(S-1) (zero slack).
+// src rows are readable up to column round_up(out_w, lanes) + dil_w*(S-1), and src has
+// max(out_h, kDirectBlockRows) + dil_h*(R-1) rows (zero slack).
+constexpr std::int64_t kDirectBlockRows = 16;
 struct DirectConvArgs {
   const float* src;  // (in_channels, src_h, src_w)
   std::int64_t in_channels, src_h, src_w;
@@ -33,8 +35,10 @@ struct DirectConvArgs {
   float* out;         // (out_channels, out_h, out_w)
   std::int64_t out_channels, out_h, out_w;
   bool relu;          // store max(0, out) as the ReLU kernel computes it (v < 0 ? 0 : v)
-  // src rows outside [rows_begin, rows_end) are zero padding that the sums may skip (the data
-  // gradient's padded error: by definition it has no products there); [0, src_h) reads them all.
+  // src rows outside [rows_begin, rows_end) are zero padding that a block of output rows skips
+  // when all of its rows would read there (the data gradient's padded error: by definition it has
+  // no products there); [0, src_h) reads them all. Reading a zero adds +0 or -0 to a sum that
+  // started at +0, which leaves it unchanged while the weights are finite.
   std::int64_t rows_begin, rows_end;
 };
 using DirectConv = void (*)(const DirectConvArgs& args);
@@ -206,7 +210,7 @@ struct KernelSet {
   SumAsDouble sum_f32;
   SumSquaredDeviation sum_squared_deviation_f32;
   SumGradAndProduct sum_grad_and_product_f32;
-  int direct_conv_lanes;  // columns per vector: the padded width is a multiple of twice this
+  int direct_conv_lanes;  // columns per vector
 };
 
 const KernelSet& kernels_portable();
