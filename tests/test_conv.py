@@ -230,6 +230,32 @@ def test_conv_direct_kernel_integer_valued_is_exact(nd, c):
     check_integer_valued_is_exact(nd, c, seed=14)
 
 
+# Strided float32 data gradients run by phases: each residue of the input rows (columns) gets a
+# stride-1 data gradient of the taps that reach it, through the direct kernel, Winograd, filter
+# blocks or GEMM, or zeros where no tap does; gcd(stride, dilation) > 1 skips taps.
+STRIDED = {
+    "stem_phases_direct": (2, case(N=1, C=3, K=16, spatial=(23, 30), kernel=(7, 7), stride=2, padding=3)),
+    "phases_winograd": (2, case(N=2, C=16, K=16, spatial=(13, 12), kernel=(5, 5), stride=2, padding=2)),
+    "phases_filter_blocks": (2, case(N=2, C=8, K=12, spatial=(11, 13), kernel=(4, 4), stride=2, padding=1)),
+    "stride4_dilation2": (2, case(N=1, C=3, K=4, spatial=(17, 19), stride=4, dilation=2, padding=2)),
+    "stride_dilation_pairs": (2, case(N=1, C=2, K=3, spatial=(16, 14), kernel=(4, 3), stride=(3, 2),
+                                      dilation=(2, 3), padding=(3, 1))),
+    "pointwise_stride3": (2, case(N=2, C=4, K=6, spatial=(9, 10), kernel=(1, 1), stride=3)),
+    "conv1d_stride2": (1, case(N=2, C=3, K=8, spatial=(61,), kernel=(7,), stride=2, padding=3)),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("nd,c", [pytest.param(nd, c, id=k) for k, (nd, c) in STRIDED.items()])
+def test_conv_strided_data_grad_phases(nd, c, dtype):
+    run_forward_and_backward(nd, c, dtype, seed=7)
+
+
+@pytest.mark.parametrize("nd,c", [pytest.param(nd, c, id=k) for k, (nd, c) in STRIDED.items()])
+def test_conv_strided_data_grad_phases_integer_valued_is_exact(nd, c):
+    check_integer_valued_is_exact(nd, c, seed=17)
+
+
 def test_conv_data_grad_with_infinite_weight_has_no_products_in_the_padding():
     # The direct data gradient reads the padded error's zeros; an infinite weight must not meet
     # them (inf * 0 = NaN): grad_x is +-inf exactly where the weight meets an error value.

@@ -46,6 +46,10 @@ def all_ops(x, w, b, dy):
     # LeNet's second layer: the data gradient's direct kernel in row pairs (AVX-512), GEMM below.
     ln_x, ln_w = np.resize(x, (5, 6, 14, 14)), np.resize(w, (16, 6, 5, 5))
     outs += list(juanji.conv2d_backward(np.resize(dy, (5, 16, 10, 10)), ln_x, ln_w))
+    # A stem-like strided layer: the data gradient's stride phases through the direct kernel,
+    # rows of 7+ vectors of 16 lanes.
+    st_x, st_w = np.resize(x, (2, 3, 12, 230)), np.resize(w, (16, 3, 7, 7))
+    outs += list(juanji.conv2d_backward(np.resize(dy, (2, 16, 6, 115)), st_x, st_w, stride=2, padding=3))
     outs.append(juanji.max_pool2d(x, 3, 2, 1))
     # Dropout's masks: threaded chunks with tails, vector bodies with scalar tails.
     juanji.manual_seed(7)

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <numeric>
 #include <type_traits>
 #include <utility>
 
@@ -281,13 +282,16 @@ void direct_backward_data(const ConvGeometry& g, const float* dy, const float* w
 }
 
 // The direct kernel also takes the data gradient of layers with too few input channels for filter
-// blocks when the error has few channels (lenet_c1, 6: 473 -> 245 us) or the rows fit one vector
-// (worked in row pairs; lenet_c2, 16 channels on 14-wide planes: 535 -> 436 us). With 32 channels
-// on wider rows (cifar_c1, convnet_c1) it ran 25% behind GEMM + col2im.
+// blocks when the error has few channels (lenet_c1, 6: 473 -> 245 us), the rows fit one vector
+// (lenet_c2, 16 channels on 14-wide planes: 535 -> 436 us), or there are 3+ input channels
+// (cifar_c1, 32 error channels: 1.65 -> 0.89 ms; the stem's stride phases: 8.1 -> 5.7 ms). With
+// one input channel and 32 error channels (convnet_c1) a block's vectors each meet one filter, a
+// load per multiply-add: 0.64 ms against GEMM + col2im's 0.47.
 bool use_direct_data_grad(const ConvGeometry& g) {
   if (use_direct(g, g.K / g.groups)) return true;
+  const std::int64_t Cg = g.C / g.groups;
   const bool few_errors = g.K / g.groups <= 8, one_vector_rows = g.W <= cpu::active_kernels().direct_conv_lanes;
-  return g.stride_h == 1 && g.stride_w == 1 && g.C / g.groups < cpu::kFilterBlock / 2 && (few_errors || one_vector_rows);
+  return g.stride_h == 1 && g.stride_w == 1 && Cg < cpu::kFilterBlock / 2 && (few_errors || one_vector_rows || Cg >= 3);
 }
 
 // Weight gradient for few input channels: every (filter, channel) pair sums its images in order
@@ -945,9 +949,80 @@ bool all_finite(const float* values, std::int64_t count) {
   return finite;
 }
 
+// The data gradient of a strided convolution by phases. Input row h receives the error only
+// through the taps r for which h + pad_top - r*dil_h is a multiple of stride_h: for the rows of
+// one residue a = (h + pad_top) mod stride_h, the taps with r*dil_h = a (mod stride_h), i.e.
+// every step-th tap (step = stride_h / gcd(stride_h, dil_h)) from the first such one, r0. Row
+// h = first + i*stride_h then gets sum_j dy[i + padding - j*dilation] * w[r0 + j*step], with
+// dilation = dil_h / gcd and padding = (first + pad_top - r0*dil_h) / stride_h: the stride-1
+// data gradient of a smaller convolution, whose kernel is the phase's taps.
+struct StridePhase {
+  std::int64_t first, count;  // the phase's rows: first + i * stride for i < count
+  std::int64_t first_tap, taps, tap_step, dilation, padding;
+};
+
+StridePhase stride_phase(std::int64_t size, std::int64_t kernel, std::int64_t stride, std::int64_t dil,
+                         std::int64_t pad, std::int64_t residue) {
+  StridePhase phase{};
+  phase.first = ((residue - pad) % stride + stride) % stride;
+  phase.count = phase.first < size ? (size - 1 - phase.first) / stride + 1 : 0;
+  const std::int64_t common = std::gcd(stride, dil);
+  phase.tap_step = stride / common;
+  phase.dilation = dil / common;
+  // Residues of r*dil repeat every tap_step taps: the first tap_step hold r0 if any tap does.
+  phase.first_tap = kernel;
+  for (std::int64_t r = std::min(kernel, phase.tap_step) - 1; r >= 0; --r)
+    if (r * dil % stride == residue) phase.first_tap = r;
+  phase.taps = phase.first_tap < kernel ? (kernel - 1 - phase.first_tap) / phase.tap_step + 1 : 0;
+  phase.padding = (phase.first + pad - phase.first_tap * dil) / stride;
+  return phase;
+}
+
+template <class T>
+void backward_data_impl(const ConvGeometry& g, const T* dy, const T* w, T* dx);
+
+// Every (row, column) phase through the stride-1 paths (direct, Winograd, filter blocks) into a
+// compact buffer, then spread into dx; a phase without taps is zero. Each value of dx is the sum
+// of one phase's stride-1 data gradient, so it is as deterministic as those.
+void strided_backward_data(const ConvGeometry& g, const float* dy, const float* w, float* dx) {
+  const std::int64_t planes = g.N * g.C, kernels = g.K * (g.C / g.groups);
+  for (std::int64_t a = 0; a < g.stride_h; ++a)
+    for (std::int64_t b = 0; b < g.stride_w; ++b) {
+      const StridePhase rows = stride_phase(g.H, g.R, g.stride_h, g.dil_h, g.pad_top, a);
+      const StridePhase cols = stride_phase(g.W, g.S, g.stride_w, g.dil_w, g.pad_left, b);
+      const std::int64_t phase_plane = rows.count * cols.count;
+      if (phase_plane == 0) continue;
+      float* phase = cpu::workspace<float>(cpu::WorkspaceSlot::phase_grad, planes * phase_plane);
+      if (rows.taps == 0 || cols.taps == 0) {
+        std::fill(phase, phase + planes * phase_plane, 0.0f);
+      } else {
+        ConvGeometry sub = g;
+        sub.H = rows.count, sub.W = cols.count, sub.R = rows.taps, sub.S = cols.taps;
+        sub.stride_h = sub.stride_w = 1;
+        sub.dil_h = rows.dilation, sub.dil_w = cols.dilation;
+        sub.pad_top = rows.padding, sub.pad_left = cols.padding;
+        float* sub_w = cpu::workspace<float>(cpu::WorkspaceSlot::phase_weights, kernels * sub.R * sub.S);
+        for (std::int64_t kc = 0; kc < kernels; ++kc)
+          for (std::int64_t i = 0; i < sub.R; ++i)
+            for (std::int64_t j = 0; j < sub.S; ++j)
+              sub_w[(kc * sub.R + i) * sub.S + j] =
+                  w[(kc * g.R + rows.first_tap + i * rows.tap_step) * g.S + cols.first_tap + j * cols.tap_step];
+        backward_data_impl<float>(sub, dy, sub_w, phase);
+      }
+#pragma omp parallel for schedule(static) if (planes * phase_plane >= cpu::kParallelGrain)
+      for (std::int64_t plane = 0; plane < planes; ++plane)
+        for (std::int64_t i = 0; i < rows.count; ++i) {
+          const float* from = phase + plane * phase_plane + i * cols.count;
+          float* to = dx + (plane * g.H + rows.first + i * g.stride_h) * g.W + cols.first;
+          for (std::int64_t j = 0; j < cols.count; ++j) to[j * g.stride_w] = from[j];
+        }
+    }
+}
+
 template <class T>
 void backward_data_impl(const ConvGeometry& g, const T* dy, const T* w, T* dx) {
   if constexpr (std::is_same_v<T, float>) {
+    if (g.stride_h > 1 || g.stride_w > 1) return strided_backward_data(g, dy, w, dx);
     if (use_direct_data_grad(g) && all_finite(w, g.K * (g.C / g.groups) * g.R * g.S))
       return direct_backward_data(g, dy, w, dx);
     if (g.stride_h == 1 && g.stride_w == 1 && use_winograd(data_grad_correlation(g)))
