@@ -241,6 +241,7 @@ STRIDED = {
     "stride_dilation_pairs": (2, case(N=1, C=2, K=3, spatial=(16, 14), kernel=(4, 3), stride=(3, 2),
                                       dilation=(2, 3), padding=(3, 1))),
     "pointwise_stride3": (2, case(N=2, C=4, K=6, spatial=(9, 10), kernel=(1, 1), stride=3)),
+    "phases_gemm": (2, case(N=2, C=1, K=12, spatial=(20, 40), stride=2, padding=1)),
     "conv1d_stride2": (1, case(N=2, C=3, K=8, spatial=(61,), kernel=(7,), stride=2, padding=3)),
 }
 

@@ -7,6 +7,7 @@
 // input itself. Work is split so that every output element is summed by one thread in a fixed
 // order: results do not depend on the thread count.
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <numeric>
@@ -232,19 +233,37 @@ bool use_direct(const ConvGeometry& g, std::int64_t in_channels_per_group) {
   return g.stride_h == 1 && g.stride_w == 1 && in_channels_per_group <= kDirectMaxChannels;
 }
 
-// Runs the direct kernel for every (image, group): src planes padded by (top, left) into a
-// per-thread buffer, then out (out_channels, out_h, out_w) per image and group. With
-// skip_padding_rows the kernel skips the padding's rows where it can (the data gradient's full
-// correlation: its padding holds no products by definition).
-void direct_conv_all(const ConvGeometry& g, const float* src, std::int64_t src_channels, std::int64_t src_h,
-                     std::int64_t src_w, std::int64_t top, std::int64_t left, const float* weights,
-                     const float* bias, float* out, std::int64_t out_channels, std::int64_t out_h,
-                     std::int64_t out_w, bool relu, bool skip_padding_rows) {
+// One correlation the direct kernel runs over a job's padded source planes: its weights
+// (groups x out_g x in_g x R x S), dilation, where the source sits in its padded planes (top and
+// left; negative crops) and its output size.
+struct DirectPass {
+  const float* weights;
+  std::int64_t R, S, dil_h, dil_w, top, left, out_h, out_w;
+};
+
+// Runs the direct kernel for every (image, group) job and pass. A job pads its source planes once
+// into a per-thread buffer that holds every pass's padding: pass i reads it from row
+// max(top) - top_i and column max(left) - left_i on, where it finds what a padded copy of its own
+// would hold. Pass i writes (out_g, out_h, out_w) to out_for(n, grp, i), then done(n, grp, i, out)
+// runs. With skip_padding_rows the kernel skips the padding's rows where it can (the data
+// gradient's full correlation: its padding holds no products by definition).
+template <class OutFor, class Done>
+void direct_conv_passes(const ConvGeometry& g, const float* src, std::int64_t src_channels, std::int64_t src_h,
+                        std::int64_t src_w, const DirectPass* passes, std::int64_t count, const float* bias,
+                        std::int64_t out_channels, bool relu, bool skip_padding_rows, OutFor out_for, Done done) {
   const cpu::KernelSet& kernels = cpu::active_kernels();
   const std::int64_t in_g = src_channels / g.groups, out_g = out_channels / g.groups;
   const std::int64_t lanes = kernels.direct_conv_lanes;
-  const std::int64_t padded_h = std::max(out_h, cpu::kDirectBlockRows) + g.dil_h * (g.R - 1);
-  const std::int64_t padded_w = (out_w + lanes - 1) / lanes * lanes + g.dil_w * (g.S - 1);
+  std::int64_t top = 0, left = 0, padded_h = 0, padded_w = 0;
+  for (std::int64_t i = 0; i < count; ++i) {
+    top = std::max(top, passes[i].top);
+    left = std::max(left, passes[i].left);
+  }
+  for (std::int64_t i = 0; i < count; ++i) {
+    const DirectPass& pass = passes[i];
+    padded_h = std::max(padded_h, top - pass.top + std::max(pass.out_h, cpu::kDirectBlockRows) + pass.dil_h * (pass.R - 1));
+    padded_w = std::max(padded_w, left - pass.left + (pass.out_w + lanes - 1) / lanes * lanes + pass.dil_w * (pass.S - 1));
+  }
   const std::int64_t jobs = g.N * g.groups;
 #pragma omp parallel for schedule(static) if (jobs > 1)
   for (std::int64_t job = 0; job < jobs; ++job) {
@@ -252,33 +271,64 @@ void direct_conv_all(const ConvGeometry& g, const float* src, std::int64_t src_c
     float* padded = cpu::workspace<float>(cpu::WorkspaceSlot::columns, in_g * padded_h * padded_w);
     pad_planes(src + (n * src_channels + grp * in_g) * src_h * src_w, in_g, src_h, src_w, top, left,
                padded, padded_h, padded_w);
-    cpu::DirectConvArgs args{padded, in_g, padded_h, padded_w,
-                             weights + grp * out_g * in_g * g.R * g.S, g.R, g.S, g.dil_h, g.dil_w,
-                             bias ? bias + grp * out_g : nullptr,
-                             out + (n * out_channels + grp * out_g) * out_h * out_w, out_g, out_h, out_w, relu,
-                             skip_padding_rows ? std::max<std::int64_t>(top, 0) : 0,
-                             skip_padding_rows ? std::clamp<std::int64_t>(top + src_h, 0, padded_h) : padded_h};
-    kernels.direct_conv_f32(args);
+    for (std::int64_t i = 0; i < count; ++i) {
+      const DirectPass& pass = passes[i];
+      const std::int64_t view_rows = padded_h - (top - pass.top);
+      float* out = out_for(n, grp, i);
+      const cpu::DirectConvArgs args{padded + (top - pass.top) * padded_w + left - pass.left, in_g, padded_h, padded_w,
+                                     pass.weights + grp * out_g * in_g * pass.R * pass.S, pass.R, pass.S,
+                                     pass.dil_h, pass.dil_w, bias ? bias + grp * out_g : nullptr, out, out_g,
+                                     pass.out_h, pass.out_w, relu,
+                                     skip_padding_rows ? std::max<std::int64_t>(pass.top, 0) : 0,
+                                     skip_padding_rows ? std::clamp<std::int64_t>(pass.top + src_h, 0, view_rows) : view_rows};
+      kernels.direct_conv_f32(args);
+      done(n, grp, i, out);
+    }
   }
+}
+
+// direct_conv_passes with one pass writing straight into out (out_channels, out_h, out_w).
+void direct_conv_all(const ConvGeometry& g, const float* src, std::int64_t src_channels, std::int64_t src_h,
+                     std::int64_t src_w, const DirectPass& pass, const float* bias, float* out,
+                     std::int64_t out_channels, bool relu, bool skip_padding_rows) {
+  const std::int64_t out_g = out_channels / g.groups;
+  direct_conv_passes(
+      g, src, src_channels, src_h, src_w, &pass, 1, bias, out_channels, relu, skip_padding_rows,
+      [&](std::int64_t n, std::int64_t grp, std::int64_t) { return out + (n * out_channels + grp * out_g) * pass.out_h * pass.out_w; },
+      [](std::int64_t, std::int64_t, std::int64_t, float*) {});
 }
 
 void direct_forward(const ConvGeometry& g, const float* x, const float* w, const float* bias, float* y,
                     bool relu) {
-  direct_conv_all(g, x, g.C, g.H, g.W, g.pad_top, g.pad_left, w, bias, y, g.K, g.P, g.Q, relu, false);
+  const DirectPass pass{w, g.R, g.S, g.dil_h, g.dil_w, g.pad_top, g.pad_left, g.P, g.Q};
+  direct_conv_all(g, x, g.C, g.H, g.W, pass, bias, y, g.K, relu, false);
+}
+
+// The data gradient's weights for the direct kernel, (group, channel, filter, tap), each kernel
+// rotated by 180 degrees; tap(kc, r, s) is tap (r, s) of kernel kc = filter * Cg + channel.
+template <class Tap>
+void rotate_for_data_grad(const ConvGeometry& g, Tap tap, float* out) {
+  const std::int64_t Cg = g.C / g.groups, Kg = g.K / g.groups, taps = g.R * g.S;
+  for (std::int64_t grp = 0; grp < g.groups; ++grp)
+    for (std::int64_t k = 0; k < Kg; ++k)
+      for (std::int64_t c = 0; c < Cg; ++c)
+        for (std::int64_t r = 0; r < g.R; ++r)
+          for (std::int64_t s = 0; s < g.S; ++s)
+            out[((grp * Cg + c) * Kg + k) * taps + taps - 1 - (r * g.S + s)] = tap((grp * Kg + k) * Cg + c, r, s);
 }
 
 // The seeds' rule: the input gradient is the full convolution of the error with the 180-degree
 // rotated kernel, i.e. a stride-1 correlation of the padded error with rotated, transposed weights.
+DirectPass direct_data_grad_pass(const ConvGeometry& g, const float* rotated) {
+  return {rotated, g.R, g.S, g.dil_h, g.dil_w, g.dil_h * (g.R - 1) - g.pad_top, g.dil_w * (g.S - 1) - g.pad_left,
+          g.H, g.W};
+}
+
 void direct_backward_data(const ConvGeometry& g, const float* dy, const float* w, float* dx) {
-  const std::int64_t Cg = g.C / g.groups, Kg = g.K / g.groups, taps = g.R * g.S;
-  float* rotated = cpu::workspace<float>(cpu::WorkspaceSlot::partials, g.K * Cg * taps);
-  for (std::int64_t grp = 0; grp < g.groups; ++grp)
-    for (std::int64_t k = 0; k < Kg; ++k)
-      for (std::int64_t c = 0; c < Cg; ++c)
-        for (std::int64_t t = 0; t < taps; ++t)
-          rotated[((grp * Cg + c) * Kg + k) * taps + (taps - 1 - t)] = w[((grp * Kg + k) * Cg + c) * taps + t];
-  direct_conv_all(g, dy, g.K, g.P, g.Q, g.dil_h * (g.R - 1) - g.pad_top, g.dil_w * (g.S - 1) - g.pad_left,
-                  rotated, nullptr, dx, g.C, g.H, g.W, false, true);
+  float* rotated = cpu::workspace<float>(cpu::WorkspaceSlot::partials, g.K * (g.C / g.groups) * g.R * g.S);
+  rotate_for_data_grad(g, [&](std::int64_t kc, std::int64_t r, std::int64_t s) { return w[(kc * g.R + r) * g.S + s]; },
+                       rotated);
+  direct_conv_all(g, dy, g.K, g.P, g.Q, direct_data_grad_pass(g, rotated), nullptr, dx, g.C, false, true);
 }
 
 // The direct kernel also takes the data gradient of layers with too few input channels for filter
@@ -978,44 +1028,112 @@ StridePhase stride_phase(std::int64_t size, std::int64_t kernel, std::int64_t st
   return phase;
 }
 
+// The stride-1 convolution whose data gradient gives one (row, column) phase.
+ConvGeometry phase_geometry(const ConvGeometry& g, const StridePhase& rows, const StridePhase& cols) {
+  ConvGeometry sub = g;
+  sub.H = rows.count, sub.W = cols.count, sub.R = rows.taps, sub.S = cols.taps;
+  sub.stride_h = sub.stride_w = 1;
+  sub.dil_h = rows.dilation, sub.dil_w = cols.dilation;
+  sub.pad_top = rows.padding, sub.pad_left = cols.padding;
+  return sub;
+}
+
+// Tap (r, s) of a phase's kernel kc is tap (first_tap + r * tap_step, ...) of kernel kc.
+float phase_tap(const ConvGeometry& g, const float* w, const StridePhase& rows, const StridePhase& cols,
+                std::int64_t kc, std::int64_t r, std::int64_t s) {
+  return w[(kc * g.R + rows.first_tap + r * rows.tap_step) * g.S + cols.first_tap + s * cols.tap_step];
+}
+
+// Writes `planes` compact phase planes (rows.count x cols.count) into their rows and columns of
+// the dx planes from `to` on.
+void spread_phase(const ConvGeometry& g, const float* phase, std::int64_t planes, const StridePhase& rows,
+                  const StridePhase& cols, float* to) {
+  for (std::int64_t plane = 0; plane < planes; ++plane)
+    for (std::int64_t i = 0; i < rows.count; ++i) {
+      const float* from = phase + (plane * rows.count + i) * cols.count;
+      float* row = to + (plane * g.H + rows.first + i * g.stride_h) * g.W + cols.first;
+      for (std::int64_t j = 0; j < cols.count; ++j) row[j * g.stride_w] = from[j];
+    }
+}
+
 template <class T>
 void backward_data_impl(const ConvGeometry& g, const T* dy, const T* w, T* dx);
+
+// Phases that all take the direct kernel run as passes of one job per (image, group): the error
+// is padded once for all of them (the stem's 4 phases copied it 4 times: 15% of the time) and
+// each phase's planes are spread into dx while in cache.
+constexpr std::int64_t kMaxDirectPhases = 16;
+
+void direct_phases_backward_data(const ConvGeometry& g, const float* dy, const float* w, float* dx) {
+  const std::int64_t Cg = g.C / g.groups, kernels = g.K * Cg;
+  std::array<StridePhase, kMaxDirectPhases> row_phases, col_phases;
+  std::array<DirectPass, kMaxDirectPhases> passes;
+  std::int64_t count = 0, largest_plane = 0;
+  // Each tap belongs to one phase: the phases' kernels take R*S taps in all.
+  float* rotated = cpu::workspace<float>(cpu::WorkspaceSlot::phase_weights, kernels * g.R * g.S);
+  for (std::int64_t a = 0; a < g.stride_h; ++a)
+    for (std::int64_t b = 0; b < g.stride_w; ++b) {
+      const StridePhase rows = stride_phase(g.H, g.R, g.stride_h, g.dil_h, g.pad_top, a);
+      const StridePhase cols = stride_phase(g.W, g.S, g.stride_w, g.dil_w, g.pad_left, b);
+      if (rows.count * cols.count == 0 || rows.taps * cols.taps == 0) continue;
+      const ConvGeometry sub = phase_geometry(g, rows, cols);
+      rotate_for_data_grad(
+          sub, [&](std::int64_t kc, std::int64_t r, std::int64_t s) { return phase_tap(g, w, rows, cols, kc, r, s); },
+          rotated);
+      row_phases[count] = rows, col_phases[count] = cols;
+      passes[count++] = direct_data_grad_pass(sub, rotated);
+      rotated += kernels * sub.R * sub.S;
+      largest_plane = std::max(largest_plane, rows.count * cols.count);
+    }
+  direct_conv_passes(
+      g, dy, g.K, g.P, g.Q, passes.data(), count, nullptr, g.C, false, true,
+      [&](std::int64_t, std::int64_t, std::int64_t) {
+        return cpu::workspace<float>(cpu::WorkspaceSlot::phase_grad, Cg * largest_plane);
+      },
+      [&](std::int64_t n, std::int64_t grp, std::int64_t i, float* out) {
+        spread_phase(g, out, Cg, row_phases[i], col_phases[i], dx + (n * g.C + grp * Cg) * g.H * g.W);
+      });
+}
 
 // Every (row, column) phase through the stride-1 paths (direct, Winograd, filter blocks) into a
 // compact buffer, then spread into dx; a phase without taps is zero. Each value of dx is the sum
 // of one phase's stride-1 data gradient, so it is as deterministic as those.
 void strided_backward_data(const ConvGeometry& g, const float* dy, const float* w, float* dx) {
   const std::int64_t planes = g.N * g.C, kernels = g.K * (g.C / g.groups);
+  bool all_direct = g.stride_h * g.stride_w <= kMaxDirectPhases && all_finite(w, kernels * g.R * g.S);
   for (std::int64_t a = 0; a < g.stride_h; ++a)
     for (std::int64_t b = 0; b < g.stride_w; ++b) {
       const StridePhase rows = stride_phase(g.H, g.R, g.stride_h, g.dil_h, g.pad_top, a);
       const StridePhase cols = stride_phase(g.W, g.S, g.stride_w, g.dil_w, g.pad_left, b);
       const std::int64_t phase_plane = rows.count * cols.count;
       if (phase_plane == 0) continue;
-      float* phase = cpu::workspace<float>(cpu::WorkspaceSlot::phase_grad, planes * phase_plane);
-      if (rows.taps == 0 || cols.taps == 0) {
-        std::fill(phase, phase + planes * phase_plane, 0.0f);
-      } else {
-        ConvGeometry sub = g;
-        sub.H = rows.count, sub.W = cols.count, sub.R = rows.taps, sub.S = cols.taps;
-        sub.stride_h = sub.stride_w = 1;
-        sub.dil_h = rows.dilation, sub.dil_w = cols.dilation;
-        sub.pad_top = rows.padding, sub.pad_left = cols.padding;
-        float* sub_w = cpu::workspace<float>(cpu::WorkspaceSlot::phase_weights, kernels * sub.R * sub.S);
-        for (std::int64_t kc = 0; kc < kernels; ++kc)
-          for (std::int64_t i = 0; i < sub.R; ++i)
-            for (std::int64_t j = 0; j < sub.S; ++j)
-              sub_w[(kc * sub.R + i) * sub.S + j] =
-                  w[(kc * g.R + rows.first_tap + i * rows.tap_step) * g.S + cols.first_tap + j * cols.tap_step];
-        backward_data_impl<float>(sub, dy, sub_w, phase);
+      if (rows.taps == 0 || cols.taps == 0) {  // no tap reaches these rows and columns
+#pragma omp parallel for schedule(static) if (planes * phase_plane >= cpu::kParallelGrain)
+        for (std::int64_t plane = 0; plane < planes; ++plane)
+          for (std::int64_t i = 0; i < rows.count; ++i)
+            for (std::int64_t j = 0; j < cols.count; ++j)
+              dx[(plane * g.H + rows.first + i * g.stride_h) * g.W + cols.first + j * g.stride_w] = 0.0f;
+        continue;
       }
+      all_direct = all_direct && use_direct_data_grad(phase_geometry(g, rows, cols));
+    }
+  if (all_direct) return direct_phases_backward_data(g, dy, w, dx);
+  for (std::int64_t a = 0; a < g.stride_h; ++a)
+    for (std::int64_t b = 0; b < g.stride_w; ++b) {
+      const StridePhase rows = stride_phase(g.H, g.R, g.stride_h, g.dil_h, g.pad_top, a);
+      const StridePhase cols = stride_phase(g.W, g.S, g.stride_w, g.dil_w, g.pad_left, b);
+      const std::int64_t phase_plane = rows.count * cols.count;
+      if (phase_plane == 0 || rows.taps == 0 || cols.taps == 0) continue;
+      const ConvGeometry sub = phase_geometry(g, rows, cols);
+      float* sub_w = cpu::workspace<float>(cpu::WorkspaceSlot::phase_weights, kernels * sub.R * sub.S);
+      for (std::int64_t kc = 0; kc < kernels; ++kc)
+        for (std::int64_t r = 0; r < sub.R; ++r)
+          for (std::int64_t s = 0; s < sub.S; ++s) sub_w[(kc * sub.R + r) * sub.S + s] = phase_tap(g, w, rows, cols, kc, r, s);
+      float* phase = cpu::workspace<float>(cpu::WorkspaceSlot::phase_grad, planes * phase_plane);
+      backward_data_impl<float>(sub, dy, sub_w, phase);
 #pragma omp parallel for schedule(static) if (planes * phase_plane >= cpu::kParallelGrain)
       for (std::int64_t plane = 0; plane < planes; ++plane)
-        for (std::int64_t i = 0; i < rows.count; ++i) {
-          const float* from = phase + plane * phase_plane + i * cols.count;
-          float* to = dx + (plane * g.H + rows.first + i * g.stride_h) * g.W + cols.first;
-          for (std::int64_t j = 0; j < cols.count; ++j) to[j * g.stride_w] = from[j];
-        }
+        spread_phase(g, phase + plane * phase_plane, 1, rows, cols, dx + plane * g.H * g.W);
     }
 }
 
