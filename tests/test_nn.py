@@ -343,6 +343,63 @@ def test_relu_backward_fused_into_max_pool_matches_the_layers_one_by_one(make, s
     assert_train_step_matches_the_layers_one_by_one(fused, apart, x, y)
 
 
+BN_POOLS = {
+    "2x2": (lambda: nn.MaxPool2d(2), (8, 8)),
+    # A row and a column no window reads; rows of 35 windows (vector tails).
+    "2x2_odd": (lambda: nn.MaxPool2d(2), (7, 71)),
+    # Overlapping windows: one element wins in several and gets their gradients summed.
+    "3x3_s1": (lambda: nn.MaxPool2d(3, stride=1), (6, 5)),
+    "3x3_s2_pad_ceil": (lambda: nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=True), (9, 6)),
+    "stride_over_kernel": (lambda: nn.MaxPool2d(2, stride=3), (8, 8)),
+}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("before", ["conv", "conv_without_bias", "nothing"])
+@pytest.mark.parametrize("pool_name", BN_POOLS)
+def test_batchnorm_relu_max_pool_fused_in_sequential_matches_the_layers_one_by_one(pool_name, before, dtype):
+    # Sequential runs BatchNorm2d + ReLU + MaxPool2d forward as one pass on the CPU that never
+    # stores the normalized tensor, and their backward as another (giving a convolution before them
+    # its bias gradient); the layers called one by one do not fuse. Outputs in training and
+    # evaluation, parameter updates and running statistics must agree bit for bit.
+    make_pool, shape = BN_POOLS[pool_name]
+    channels = 2 if before == "nothing" else 3
+    pooled = np.asarray(make_pool()(np.zeros((1, channels) + shape, np.float32))).size
+
+    def make():
+        juanji.manual_seed(7)
+        head = {"conv": [nn.Conv2d(2, 3, 3, padding=1)],
+                "conv_without_bias": [nn.Conv2d(2, 3, 3, padding=1, bias=False)], "nothing": []}[before]
+        model = nn.Sequential(*head, nn.BatchNorm2d(channels), nn.ReLU(), make_pool(), nn.Flatten(),
+                              nn.Linear(pooled, 3))
+        model.to(dtype)
+        return model
+
+    x = RNG.standard_normal((3, 2) + shape).astype(dtype)
+    y = np.array([0, 2, 1])
+    fused, apart = make(), make()
+    h = x
+    for layer in apart.layers:
+        h = layer.forward(h, training=True)
+    np.testing.assert_array_equal(np.asarray(fused.forward(x, training=True)), np.asarray(h))
+
+    fused, apart = make(), make()
+    assert_train_step_matches_the_layers_one_by_one(fused, apart, x, y)
+    for a, b in zip(fused.buffers(), apart.buffers()):
+        np.testing.assert_array_equal(a.data, b.data)
+    h = x
+    for layer in apart.layers:
+        h = layer.forward(h, training=False)
+    np.testing.assert_array_equal(np.asarray(fused.forward(x, training=False)), np.asarray(h))
+
+
+def test_max_pool_backward_after_the_fused_batchnorm_forward_is_refused():
+    model = nn.Sequential(nn.BatchNorm2d(2), nn.ReLU(), nn.MaxPool2d(2))
+    out = np.asarray(model.forward(RNG.standard_normal((2, 2, 4, 4)).astype(np.float32), training=True))
+    with pytest.raises(ValueError, match="fused with the batch norm"):
+        model.layers[2].backward(np.ones_like(out))
+
+
 @pytest.mark.parametrize("make", [small_cnn, lambda: nn.Sequential(
     nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 16, 5), nn.ReLU(),
     nn.MaxPool2d(2), nn.Flatten(), nn.Linear(16, 10))], ids=["small_cnn", "lenet_like"])

@@ -5,11 +5,14 @@
 // depend on the thread count.
 #include <algorithm>
 #include <cmath>
+#include <utility>
 #include <vector>
 
 #include "cpu/microkernels.hpp"
 #include "cpu/op_support.hpp"
+#include "cpu/pool_planes.hpp"
 #include "cpu/vec_math.hpp"
+#include "cpu/workspace.hpp"
 #include "juanji/ops/dense.hpp"
 #if JUANJI_WITH_CUDA
 #include "cuda/ops.hpp"
@@ -454,6 +457,190 @@ void dropout_backward(const Tensor& grad_y, const Tensor& mask, Tensor& grad_x) 
   });
 }
 
+namespace {
+
+// The checks of a batch-norm forward's x and per-channel tensors.
+void check_norm_forward(const char* op, const Tensor& x, const Tensor& gamma, const Tensor& beta,
+                        const Tensor& running_mean, const Tensor& running_var, bool training,
+                        double eps, const Tensor& save_mean, const Tensor& save_invstd) {
+  check_float(x, "x");
+  check_dim(x, "x", 4, "(N, C, H, W)");
+  const DType dtype = x.dtype();
+  const std::int64_t C = x.size(1);
+  check_kernel_tensor(x, op, "x", dtype, x.numel());
+  check_channel_param(gamma, "gamma", C, dtype, op);
+  check_channel_param(beta, "beta", C, dtype, op);
+  check_channel_param(running_mean, "running_mean", C, dtype, op);
+  check_channel_param(running_var, "running_var", C, dtype, op);
+  check_channel_param(save_mean, "save_mean", C, dtype, op);
+  check_channel_param(save_invstd, "save_invstd", C, dtype, op);
+  check(eps > 0, op, ": eps must be positive, got ", eps);
+  if (training)
+    check(x.size(0) * x.size(2) * x.size(3) > 1, op,
+          ": training needs more than one value per channel, got x of shape ", shape_text(x.shape()));
+  else
+    check(running_mean.defined() && running_var.defined(), op,
+          ": evaluation needs running_mean and running_var");
+}
+
+// A checked batch-norm forward's operands, as each channel's work needs them.
+template <class T>
+struct NormForward {
+  const T* x;
+  const T *gamma, *beta;
+  T *running_mean, *running_var, *save_mean, *save_invstd;
+  std::int64_t N, C, area;
+  bool training;
+  double momentum, eps;
+
+  NormForward(const Tensor& x_, const Tensor& gamma_, const Tensor& beta_, Tensor& running_mean_,
+              Tensor& running_var_, bool training_, double momentum_, double eps_,
+              Tensor& save_mean_, Tensor& save_invstd_)
+      : x(x_.data<T>()),
+        gamma(gamma_.defined() ? gamma_.data<T>() : nullptr),
+        beta(beta_.defined() ? beta_.data<T>() : nullptr),
+        running_mean(running_mean_.defined() ? running_mean_.data<T>() : nullptr),
+        running_var(running_var_.defined() ? running_var_.data<T>() : nullptr),
+        save_mean(save_mean_.defined() ? save_mean_.data<T>() : nullptr),
+        save_invstd(save_invstd_.defined() ? save_invstd_.data<T>() : nullptr),
+        N(x_.size(0)),
+        C(x_.size(1)),
+        area(x_.size(2) * x_.size(3)),
+        training(training_),
+        momentum(momentum_),
+        eps(eps_) {}
+
+  const T* plane(std::int64_t n, std::int64_t c) const { return x + (n * C + c) * area; }
+
+  // Channel c's mean and inverse deviation (the batch's in training, which also updates the
+  // running statistics; the running ones otherwise), saved for backward; returns the scale and
+  // shift of y = x * scale + shift.
+  std::pair<T, T> channel(std::int64_t c) const {
+    double mean, invstd;
+    if (training) {
+      const double count = static_cast<double>(N * area);
+      double sum = 0;
+      for (std::int64_t n = 0; n < N; ++n) sum += cpu::sum_elements(plane(n, c), area);
+      mean = sum / count;
+      double sq = 0;  // second pass about the mean: no cancellation
+      for (std::int64_t n = 0; n < N; ++n) sq += cpu::sum_squared_deviation(plane(n, c), area, mean);
+      const double var = sq / count;
+      invstd = 1.0 / std::sqrt(var + eps);
+      if (running_mean)
+        running_mean[c] = static_cast<T>((1 - momentum) * running_mean[c] + momentum * mean);
+      if (running_var)
+        running_var[c] = static_cast<T>((1 - momentum) * running_var[c] +
+                                        momentum * var * count / (count - 1));
+    } else {
+      mean = running_mean[c];
+      invstd = 1.0 / std::sqrt(static_cast<double>(running_var[c]) + eps);
+    }
+    if (save_mean) save_mean[c] = static_cast<T>(mean);
+    if (save_invstd) save_invstd[c] = static_cast<T>(invstd);
+    const double scale = (gamma ? gamma[c] : 1.0) * invstd;
+    return {static_cast<T>(scale), static_cast<T>((beta ? beta[c] : 0.0) - mean * scale)};
+  }
+};
+
+template <class T>
+void normalize_plane(const T* x, T* y, std::int64_t area, T scale, T shift, bool relu) {
+  if (relu) {
+    for (std::int64_t i = 0; i < area; ++i) {
+      const T v = x[i] * scale + shift;
+      y[i] = v < T(0) ? T(0) : v;
+    }
+  } else {
+    for (std::int64_t i = 0; i < area; ++i) y[i] = x[i] * scale + shift;
+  }
+}
+
+// The checks of a batch-norm backward's x, gradients and per-channel tensors.
+void check_norm_backward(const char* op, const Tensor& x, const Tensor& gamma,
+                         const Tensor& save_mean, const Tensor& save_invstd, const Tensor& grad_x,
+                         const Tensor& grad_gamma, const Tensor& grad_beta,
+                         const Tensor* grad_x_sums) {
+  check(!grad_x_sums || (x.device().is_cpu() && grad_x.defined()), op,
+        ": grad_x_sums needs grad_x, on the CPU");
+  check_float(x, "x");
+  check_dim(x, "x", 4, "(N, C, H, W)");
+  const DType dtype = x.dtype();
+  const std::int64_t C = x.size(1);
+  check_kernel_tensor(x, op, "x", dtype, x.numel());
+  if (grad_x.defined()) check_kernel_tensor(grad_x, op, "grad_x", dtype, x.numel());
+  check_channel_param(gamma, "gamma", C, dtype, op);
+  check_kernel_tensor(save_mean, op, "save_mean", dtype, C);
+  check_kernel_tensor(save_invstd, op, "save_invstd", dtype, C);
+  check_channel_param(grad_gamma, "grad_gamma", C, dtype, op);
+  check_channel_param(grad_beta, "grad_beta", C, dtype, op);
+  if (grad_x_sums) check_kernel_tensor(*grad_x_sums, op, "grad_x_sums", dtype, C);
+}
+
+// A checked batch-norm backward's operands, as each channel's work needs them.
+template <class T>
+struct NormBackward {
+  const T* x;
+  const T *gamma, *save_mean, *save_invstd;
+  T *grad_x, *grad_gamma, *grad_beta, *grad_x_sums;
+  std::int64_t N, C, area;
+
+  NormBackward(const Tensor& x_, const Tensor& gamma_, const Tensor& save_mean_,
+               const Tensor& save_invstd_, Tensor& grad_x_, Tensor& grad_gamma_,
+               Tensor& grad_beta_, Tensor* grad_x_sums_)
+      : x(x_.data<T>()),
+        gamma(gamma_.defined() ? gamma_.data<T>() : nullptr),
+        save_mean(save_mean_.data<T>()),
+        save_invstd(save_invstd_.data<T>()),
+        grad_x(grad_x_.defined() ? grad_x_.data<T>() : nullptr),
+        grad_gamma(grad_gamma_.defined() ? grad_gamma_.data<T>() : nullptr),
+        grad_beta(grad_beta_.defined() ? grad_beta_.data<T>() : nullptr),
+        grad_x_sums(grad_x_sums_ ? grad_x_sums_->data<T>() : nullptr),
+        N(x_.size(0)),
+        C(x_.size(1)),
+        area(x_.size(2) * x_.size(3)) {}
+
+  // Channel c's gradients, from the planes grad_plane(n) of grad_y (each asked for twice).
+  template <class GradPlane>
+  void channel(std::int64_t c, const GradPlane& grad_plane) const {
+    const double count = static_cast<double>(N * area);
+    const double mean = save_mean[c];
+    const double invstd = save_invstd[c];
+    double sums[2] = {0, 0};  // of g, of g * (x - mean)
+    for (std::int64_t n = 0; n < N; ++n)
+      cpu::sum_grad_and_product(grad_plane(n), x + (n * C + c) * area, area, mean, sums);
+    const double sum_g = sums[0], sum_g_xhat = sums[1] * invstd;
+    if (grad_beta) grad_beta[c] = static_cast<T>(sum_g);
+    if (grad_gamma) grad_gamma[c] = static_cast<T>(sum_g_xhat);
+    if (!grad_x) return;
+    // grad_x = gamma * invstd * (g - mean(g) - xhat * mean(g * xhat)), with xhat = (x - mean) *
+    // invstd folded per channel into grad_x = a * g + b * x + c (in T: a vector loop).
+    const double k = (gamma ? gamma[c] : 1.0) * invstd;
+    const double mean_g = sum_g / count;
+    const double mean_gx = sum_g_xhat / count;
+    const T a = static_cast<T>(k), b = static_cast<T>(-k * invstd * mean_gx);
+    const T shift = static_cast<T>(k * (mean * invstd * mean_gx - mean_g));
+    double gx_sum = 0;
+    for (std::int64_t n = 0; n < N; ++n) {
+      const T* xp = x + (n * C + c) * area;
+      const T* gp = grad_plane(n);
+      T* gxp = grad_x + (n * C + c) * area;
+      for (std::int64_t i = 0; i < area; ++i) gxp[i] = a * gp[i] + b * xp[i] + shift;
+      if (grad_x_sums) gx_sum += cpu::sum_elements(gxp, area);  // as conv.cpp's bias_grad sums
+    }
+    if (grad_x_sums) grad_x_sums[c] = static_cast<T>(gx_sum);
+  }
+};
+
+// The checks of a pooling geometry g for x (N,C,H,W) and the pooled tensor named `pooled`.
+void check_pool_after_norm(const char* op, const PoolGeometry& g, const Tensor& x,
+                           const Tensor& pooled, const char* pooled_name) {
+  check(g.N == x.size(0) && g.C == x.size(1) && g.H == x.size(2) && g.W == x.size(3), op,
+        ": the pooling is for input (", g.N, ", ", g.C, ", ", g.H, ", ", g.W, "), x has shape ",
+        shape_text(x.shape()));
+  check_kernel_tensor(pooled, op, pooled_name, x.dtype(), g.N * g.C * g.P * g.Q);
+}
+
+}  // namespace
+
 // x, y (N,C,H,W); gamma, beta, running_mean, running_var, save_mean, save_invstd (C). gamma/beta
 // may be undefined (scale 1, shift 0), as may the running statistics in training mode.
 void batch_norm2d_forward(const Tensor& x, const Tensor& gamma, const Tensor& beta,
@@ -468,77 +655,55 @@ void batch_norm2d_forward(const Tensor& x, const Tensor& gamma, const Tensor& be
   }
 #endif
   const char* op = "batch_norm2d";
-  check_float(x, "x");
-  check_dim(x, "x", 4, "(N, C, H, W)");
-  const DType dtype = x.dtype();
-  const std::int64_t N = x.size(0), C = x.size(1), area = x.size(2) * x.size(3);
-  const std::int64_t count = N * area;
-  check_kernel_tensor(x, op, "x", dtype, x.numel());
-  check_kernel_tensor(y, op, "y", dtype, x.numel());
-  check_channel_param(gamma, "gamma", C, dtype, op);
-  check_channel_param(beta, "beta", C, dtype, op);
-  check_channel_param(running_mean, "running_mean", C, dtype, op);
-  check_channel_param(running_var, "running_var", C, dtype, op);
-  check_channel_param(save_mean, "save_mean", C, dtype, op);
-  check_channel_param(save_invstd, "save_invstd", C, dtype, op);
-  check(eps > 0, op, ": eps must be positive, got ", eps);
-  if (training)
-    check(count > 1, op, ": training needs more than one value per channel, got x of shape ",
-          shape_text(x.shape()));
-  else
-    check(running_mean.defined() && running_var.defined(), op,
-          ": evaluation needs running_mean and running_var");
-  dispatch_float(dtype, [&](auto tag) {
+  check_norm_forward(op, x, gamma, beta, running_mean, running_var, training, eps, save_mean,
+                     save_invstd);
+  check_kernel_tensor(y, op, "y", x.dtype(), x.numel());
+  dispatch_float(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
-    const T* xd = x.data<T>();
+    const NormForward<T> norm(x, gamma, beta, running_mean, running_var, training, momentum, eps,
+                              save_mean, save_invstd);
     T* yd = y.data<T>();
-    const T* gd = gamma.defined() ? gamma.data<T>() : nullptr;
-    const T* bd = beta.defined() ? beta.data<T>() : nullptr;
-    T* rm = running_mean.defined() ? running_mean.data<T>() : nullptr;
-    T* rv = running_var.defined() ? running_var.data<T>() : nullptr;
-    T* sm = save_mean.defined() ? save_mean.data<T>() : nullptr;
-    T* si = save_invstd.defined() ? save_invstd.data<T>() : nullptr;
 #pragma omp parallel for schedule(static) if (x.numel() >= cpu::kParallelGrain)
-    for (std::int64_t c = 0; c < C; ++c) {
-      double mean, invstd;
-      if (training) {
-        double sum = 0;
-        for (std::int64_t n = 0; n < N; ++n) {
-          const T* plane = xd + (n * C + c) * area;
-          sum += cpu::sum_elements(plane, area);
-        }
-        mean = sum / static_cast<double>(count);
-        double sq = 0;  // second pass about the mean: no cancellation
-        for (std::int64_t n = 0; n < N; ++n) {
-          const T* plane = xd + (n * C + c) * area;
-          sq += cpu::sum_squared_deviation(plane, area, mean);
-        }
-        const double var = sq / static_cast<double>(count);
-        invstd = 1.0 / std::sqrt(var + eps);
-        if (rm) rm[c] = static_cast<T>((1 - momentum) * rm[c] + momentum * mean);
-        if (rv)
-          rv[c] = static_cast<T>((1 - momentum) * rv[c] +
-                                 momentum * var * static_cast<double>(count) / (count - 1));
-      } else {
-        mean = rm[c];
-        invstd = 1.0 / std::sqrt(static_cast<double>(rv[c]) + eps);
-      }
-      if (sm) sm[c] = static_cast<T>(mean);
-      if (si) si[c] = static_cast<T>(invstd);
-      // y = x * scale + shift, folded per channel
-      const double scale = (gd ? gd[c] : 1.0) * invstd;
-      const T s = static_cast<T>(scale);
-      const T shift = static_cast<T>((bd ? bd[c] : 0.0) - mean * scale);
-      for (std::int64_t n = 0; n < N; ++n) {
-        const T* xp = xd + (n * C + c) * area;
-        T* yp = yd + (n * C + c) * area;
-        if (relu) {
-          for (std::int64_t i = 0; i < area; ++i) {
-            const T v = xp[i] * s + shift;
-            yp[i] = v < T(0) ? T(0) : v;
-          }
-        } else {
-          for (std::int64_t i = 0; i < area; ++i) yp[i] = xp[i] * s + shift;
+    for (std::int64_t c = 0; c < norm.C; ++c) {
+      const auto [scale, shift] = norm.channel(c);
+      for (std::int64_t n = 0; n < norm.N; ++n)
+        normalize_plane(norm.plane(n, c), yd + (n * norm.C + c) * norm.area, norm.area, scale, shift,
+                        relu);
+    }
+  });
+}
+
+// Each plane is normalized into a per-thread scratch and pooled from there: the normalized
+// tensor, the largest of the three layers' outputs, is neither written nor read back.
+void batch_norm2d_relu_max_pool_forward(const Tensor& x, const Tensor& gamma, const Tensor& beta,
+                                        Tensor& running_mean, Tensor& running_var, bool training,
+                                        double momentum, double eps, const PoolGeometry& pool,
+                                        Tensor& y, Tensor& argmax, Tensor& save_mean,
+                                        Tensor& save_invstd) {
+  const char* op = "batch_norm2d_relu_max_pool";
+  check(x.device().is_cpu(), op, ": CPU only, x is on ", x.device().str());
+  check_norm_forward(op, x, gamma, beta, running_mean, running_var, training, eps, save_mean,
+                     save_invstd);
+  check_pool_after_norm(op, pool, x, y, "y");
+  if (argmax.defined())
+    check_kernel_tensor(argmax, op, "argmax", DType::int64, pool.N * pool.C * pool.P * pool.Q);
+  dispatch_float(x.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    const NormForward<T> norm(x, gamma, beta, running_mean, running_var, training, momentum, eps,
+                              save_mean, save_invstd);
+    T* yd = y.data<T>();
+    std::int64_t* ad = argmax.defined() ? argmax.data<std::int64_t>() : nullptr;
+    const std::int64_t pooled_area = pool.P * pool.Q;
+#pragma omp parallel if (x.numel() >= cpu::kParallelGrain)
+    {
+      T* normalized = cpu::workspace<T>(cpu::WorkspaceSlot::norm_planes, norm.area);
+#pragma omp for schedule(static)
+      for (std::int64_t c = 0; c < norm.C; ++c) {
+        const auto [scale, shift] = norm.channel(c);
+        for (std::int64_t n = 0; n < norm.N; ++n) {
+          normalize_plane(norm.plane(n, c), normalized, norm.area, scale, shift, true);
+          const std::int64_t at = (n * norm.C + c) * pooled_area;
+          cpu::max_pool_plane(pool, normalized, yd + at, ad ? ad + at : nullptr);
         }
       }
     }
@@ -551,65 +716,61 @@ void batch_norm2d_backward(const Tensor& grad_y, const Tensor& x, const Tensor& 
                            const Tensor& save_mean, const Tensor& save_invstd, Tensor& grad_x,
                            Tensor& grad_gamma, Tensor& grad_beta, Tensor* grad_x_sums) {
   const char* op = "batch_norm2d_backward";
-  check(!grad_x_sums || (x.device().is_cpu() && grad_x.defined()), op,
-        ": grad_x_sums needs grad_x, on the CPU");
+  check(!grad_x_sums || x.device().is_cpu(), op, ": grad_x_sums is CPU-only; x is on ",
+        x.device().str());
 #if JUANJI_WITH_CUDA
   if (x.device().is_cuda())
     return cuda::batch_norm2d_backward(grad_y, x, gamma, save_mean, save_invstd, grad_x, grad_gamma,
                                        grad_beta);
 #endif
-  check_float(x, "x");
-  check_dim(x, "x", 4, "(N, C, H, W)");
-  const DType dtype = x.dtype();
-  const std::int64_t N = x.size(0), C = x.size(1), area = x.size(2) * x.size(3);
-  const std::int64_t count = N * area;
-  check_kernel_tensor(x, op, "x", dtype, x.numel());
-  check_kernel_tensor(grad_y, op, "grad_y", dtype, x.numel());
-  if (grad_x.defined()) check_kernel_tensor(grad_x, op, "grad_x", dtype, x.numel());
-  check_channel_param(gamma, "gamma", C, dtype, op);
-  check_kernel_tensor(save_mean, op, "save_mean", dtype, C);
-  check_kernel_tensor(save_invstd, op, "save_invstd", dtype, C);
-  check_channel_param(grad_gamma, "grad_gamma", C, dtype, op);
-  check_channel_param(grad_beta, "grad_beta", C, dtype, op);
-  if (grad_x_sums) check_kernel_tensor(*grad_x_sums, op, "grad_x_sums", dtype, C);
-  dispatch_float(dtype, [&](auto tag) {
+  check_norm_backward(op, x, gamma, save_mean, save_invstd, grad_x, grad_gamma, grad_beta,
+                      grad_x_sums);
+  check_kernel_tensor(grad_y, op, "grad_y", x.dtype(), x.numel());
+  dispatch_float(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
-    const T* xd = x.data<T>();
+    const NormBackward<T> norm(x, gamma, save_mean, save_invstd, grad_x, grad_gamma, grad_beta,
+                               grad_x_sums);
     const T* gy = grad_y.data<T>();
-    T* gx_sums = grad_x_sums ? grad_x_sums->data<T>() : nullptr;
-    const T* gd = gamma.defined() ? gamma.data<T>() : nullptr;
-    const T* sm = save_mean.data<T>();
-    const T* si = save_invstd.data<T>();
-    T* gx = grad_x.defined() ? grad_x.data<T>() : nullptr;
-    T* gg = grad_gamma.defined() ? grad_gamma.data<T>() : nullptr;
-    T* gb = grad_beta.defined() ? grad_beta.data<T>() : nullptr;
 #pragma omp parallel for schedule(static) if (x.numel() >= cpu::kParallelGrain)
-    for (std::int64_t c = 0; c < C; ++c) {
-      const double mean = sm[c];
-      const double invstd = si[c];
-      double sums[2] = {0, 0};  // of g, of g * (x - mean)
-      for (std::int64_t n = 0; n < N; ++n)
-        cpu::sum_grad_and_product(gy + (n * C + c) * area, xd + (n * C + c) * area, area, mean, sums);
-      const double sum_g = sums[0], sum_g_xhat = sums[1] * invstd;
-      if (gb) gb[c] = static_cast<T>(sum_g);
-      if (gg) gg[c] = static_cast<T>(sum_g_xhat);
-      if (!gx) continue;
-      // grad_x = gamma * invstd * (g - mean(g) - xhat * mean(g * xhat)), with xhat = (x - mean) *
-      // invstd folded per channel into grad_x = a * g + b * x + c (in T: a vector loop).
-      const double k = (gd ? gd[c] : 1.0) * invstd;
-      const double mean_g = sum_g / static_cast<double>(count);
-      const double mean_gx = sum_g_xhat / static_cast<double>(count);
-      const T a = static_cast<T>(k), b = static_cast<T>(-k * invstd * mean_gx);
-      const T shift = static_cast<T>(k * (mean * invstd * mean_gx - mean_g));
-      double gx_sum = 0;
-      for (std::int64_t n = 0; n < N; ++n) {
-        const T* xp = xd + (n * C + c) * area;
-        const T* gp = gy + (n * C + c) * area;
-        T* gxp = gx + (n * C + c) * area;
-        for (std::int64_t i = 0; i < area; ++i) gxp[i] = a * gp[i] + b * xp[i] + shift;
-        if (gx_sums) gx_sum += cpu::sum_elements(gxp, area);  // as conv.cpp's bias_grad sums
+    for (std::int64_t c = 0; c < norm.C; ++c)
+      norm.channel(c, [&](std::int64_t n) { return gy + (n * norm.C + c) * norm.area; });
+  });
+}
+
+// Each channel's planes of grad_y are scattered from the pooled gradient into a per-thread
+// scratch (N planes: the sums and grad_x each read them) instead of a tensor of x's size.
+void batch_norm2d_relu_max_pool_backward(const PoolGeometry& pool, const Tensor& grad_y,
+                                         const Tensor& argmax, const Tensor& y, const Tensor& x,
+                                         const Tensor& gamma, const Tensor& save_mean,
+                                         const Tensor& save_invstd, Tensor& grad_x,
+                                         Tensor& grad_gamma, Tensor& grad_beta,
+                                         Tensor* grad_x_sums) {
+  const char* op = "batch_norm2d_relu_max_pool_backward";
+  check(x.device().is_cpu(), op, ": CPU only, x is on ", x.device().str());
+  check_norm_backward(op, x, gamma, save_mean, save_invstd, grad_x, grad_gamma, grad_beta,
+                      grad_x_sums);
+  check_pool_after_norm(op, pool, x, grad_y, "grad_y");
+  check_pool_after_norm(op, pool, x, y, "y");
+  check_kernel_tensor(argmax, op, "argmax", DType::int64, pool.N * pool.C * pool.P * pool.Q);
+  dispatch_float(x.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    const NormBackward<T> norm(x, gamma, save_mean, save_invstd, grad_x, grad_gamma, grad_beta,
+                               grad_x_sums);
+    const T* gy = grad_y.data<T>();
+    const T* yd = y.data<T>();
+    const std::int64_t* ad = argmax.data<std::int64_t>();
+    const std::int64_t pooled_area = pool.P * pool.Q;
+#pragma omp parallel if (x.numel() >= cpu::kParallelGrain)
+    {
+      T* scattered = cpu::workspace<T>(cpu::WorkspaceSlot::norm_planes, norm.N * norm.area);
+#pragma omp for schedule(static)
+      for (std::int64_t c = 0; c < norm.C; ++c) {
+        for (std::int64_t n = 0; n < norm.N; ++n) {
+          const std::int64_t at = (n * norm.C + c) * pooled_area;
+          cpu::scatter_max_pool_plane(pool, gy + at, ad + at, yd + at, scattered + n * norm.area);
+        }
+        norm.channel(c, [&](std::int64_t n) { return scattered + n * norm.area; });
       }
-      if (gx_sums) gx_sums[c] = static_cast<T>(gx_sum);
     }
   });
 }

@@ -10,6 +10,7 @@
 
 #include "cpu/microkernels.hpp"
 #include "cpu/op_support.hpp"
+#include "cpu/pool_planes.hpp"
 #include "cpu/vec_math.hpp"
 #if JUANJI_WITH_CUDA
 #include "cuda/ops.hpp"
@@ -277,6 +278,33 @@ Shape PoolGeometry::output_shape() const {
   return {N, C, P, Q};
 }
 
+namespace cpu {
+
+template <class T>
+void max_pool_plane(const PoolGeometry& g, const T* x, T* y, std::int64_t* argmax) {
+  for (std::int64_t p = 0; p < g.P; ++p) max_pool_row(g, x, y, argmax, p);
+}
+
+template <class T>
+void scatter_max_pool_plane(const PoolGeometry& g, const T* grad_y, const std::int64_t* argmax,
+                            const T* gate, T* grad_x) {
+  const std::int64_t in_plane = g.H * g.W;
+  std::fill(grad_x, grad_x + in_plane, T(0));
+  for (std::int64_t i = 0; i < g.P * g.Q; ++i) {
+    const std::int64_t at = argmax[i];
+    if (at >= 0 && at < in_plane && (!gate || gate[i] > T(0))) grad_x[at] += grad_y[i];
+  }
+}
+
+template void max_pool_plane(const PoolGeometry&, const float*, float*, std::int64_t*);
+template void max_pool_plane(const PoolGeometry&, const double*, double*, std::int64_t*);
+template void scatter_max_pool_plane(const PoolGeometry&, const float*, const std::int64_t*,
+                                     const float*, float*);
+template void scatter_max_pool_plane(const PoolGeometry&, const double*, const std::int64_t*,
+                                     const double*, double*);
+
+}  // namespace cpu
+
 // x (N,C,H,W), y (N,C,P,Q), argmax (N,C,P,Q) int64 or undefined.
 void max_pool_forward(const PoolGeometry& g, const Tensor& x, Tensor& y, Tensor& argmax) {
 #if JUANJI_WITH_CUDA
@@ -325,15 +353,8 @@ void scatter_max_pool_gradient(const PoolGeometry& g, const Tensor& grad_y, cons
     const bool parallel = planes * (in_plane + out_plane) >= cpu::kParallelGrain;
 #pragma omp parallel for schedule(static) if (parallel)
     for (std::int64_t plane = 0; plane < planes; ++plane) {
-      T* gxp = gx + plane * in_plane;
-      const T* gyp = gy + plane * out_plane;
-      const std::int64_t* ap = ad + plane * out_plane;
-      const T* gp = gd ? gd + plane * out_plane : nullptr;
-      std::fill(gxp, gxp + in_plane, T(0));
-      for (std::int64_t i = 0; i < out_plane; ++i) {
-        const std::int64_t at = ap[i];
-        if (at >= 0 && at < in_plane && (!gp || gp[i] > T(0))) gxp[at] += gyp[i];
-      }
+      cpu::scatter_max_pool_plane(g, gy + plane * out_plane, ad + plane * out_plane,
+                                  gd ? gd + plane * out_plane : nullptr, gx + plane * in_plane);
     }
   });
 }

@@ -294,6 +294,7 @@ double Pool::flops(const Shape& input) const {
 
 const Tensor& Pool::forward(const Tensor& x, bool training) {
   check_float(x, "x");
+  fused_norm_ = nullptr;
   geometry_ = PoolGeometry::make(x.shape(), options_, spatial_dims_, type().c_str());
   input_ = x.contiguous();
   ensure(output_, geometry_.output_shape(), x.dtype(), x.device());
@@ -312,6 +313,8 @@ const Tensor& Pool::backward(const Tensor& grad_y, bool need_grad_x) {
     grad_input_ = Tensor();
     return grad_input_;
   }
+  check(!fused_norm_, type(), ": the last forward ran fused with the batch norm before it (in a ",
+        "Sequential); its backward is Sequential.train_step's");
   check(kind_ == Kind::average || argmax_.defined(), type(), ": backward needs a training-mode forward");
   ensure(grad_input_, input_.shape(), input_.dtype(), input_.device());
   if (kind_ == Kind::max)
@@ -324,12 +327,37 @@ const Tensor& Pool::backward(const Tensor& grad_y, bool need_grad_x) {
 // The ReLU's output is this layer's input, positive exactly where the ReLU's input is; at each
 // window's argmax it is this layer's output (a quarter of the reads for 2x2 windows).
 const Tensor* Pool::backward_fused(const Tensor& grad_y, const ActivationLayer& activation) {
-  if (kind_ != Kind::max || activation.kind() != Activation::relu || !input_.device().is_cpu() ||
-      !argmax_.defined())
+  if (kind_ != Kind::max || activation.kind() != Activation::relu || fused_norm_ ||
+      !input_.device().is_cpu() || !argmax_.defined())
     return nullptr;
   ensure(grad_input_, input_.shape(), input_.dtype(), input_.device());
   max_pool_relu_backward(geometry_, grad_y.contiguous(), argmax_, output_, grad_input_);
   return &grad_input_;
+}
+
+const Tensor* Pool::forward_after_norm(const Tensor& x, bool training, BatchNorm2d& norm,
+                                       const ActivationLayer& relu) {
+  if (kind_ != Kind::max || spatial_dims_ != 2 || relu.kind() != Activation::relu ||
+      !x.device().is_cpu() || x.dim() != 4)
+    return nullptr;
+  norm.output_shape(x.shape());
+  geometry_ = PoolGeometry::make(x.shape(), options_, spatial_dims_, type().c_str());
+  ensure(output_, geometry_.output_shape(), x.dtype(), x.device());
+  Tensor none;
+  norm.forward_relu_max_pool(
+      x, training, geometry_, output_,
+      training ? ensure(argmax_, geometry_.output_shape(), DType::int64, x.device()) : none);
+  input_ = Tensor();
+  fused_norm_ = &norm;
+  return &output_;
+}
+
+const Tensor& Pool::backward_through_norm(const Tensor& grad_y, bool need_grad_x,
+                                          Tensor* conv_bias_grad) {
+  check(fused_norm_ && argmax_.defined(), type(),
+        ": backward_through_norm needs a training-mode forward_after_norm");
+  return fused_norm_->backward_relu_max_pool(geometry_, grad_y.contiguous(), argmax_, output_,
+                                             need_grad_x, conv_bias_grad);
 }
 
 // ---- GlobalAvgPool2d ----
@@ -526,6 +554,32 @@ const Tensor& BatchNorm2d::run_backward(const Tensor& grad_y, Tensor* grad_input
   ensure(grad_input_, input_.shape(), input_.dtype(), input_.device());
   batch_norm2d_backward(grad_y.contiguous(), input_, gamma_->value, save_mean_, save_invstd_,
                         grad_input_, gamma_->grad, beta_->grad, grad_input_sums);
+  return grad_input_;
+}
+
+void BatchNorm2d::forward_relu_max_pool(const Tensor& x, bool training, const PoolGeometry& pool,
+                                        Tensor& y, Tensor& argmax) {
+  check_input(x, *gamma_, type());
+  output_shape(x.shape());
+  input_ = x.contiguous();
+  output_ = Tensor();
+  ensure(save_mean_, {channels_}, x.dtype(), x.device());
+  ensure(save_invstd_, {channels_}, x.dtype(), x.device());
+  batch_norm2d_relu_max_pool_forward(input_, gamma_->value, beta_->value, running_mean_->value,
+                                     running_var_->value, training, momentum_, eps_, pool, y,
+                                     argmax, save_mean_, save_invstd_);
+}
+
+const Tensor& BatchNorm2d::backward_relu_max_pool(const PoolGeometry& pool, const Tensor& grad_y,
+                                                  const Tensor& argmax, const Tensor& y,
+                                                  bool need_grad_x, Tensor* conv_bias_grad) {
+  if (need_grad_x || conv_bias_grad)
+    ensure(grad_input_, input_.shape(), input_.dtype(), input_.device());
+  else
+    grad_input_ = Tensor();
+  batch_norm2d_relu_max_pool_backward(pool, grad_y, argmax, y, input_, gamma_->value, save_mean_,
+                                      save_invstd_, grad_input_, gamma_->grad, beta_->grad,
+                                      conv_bias_grad);
   return grad_input_;
 }
 

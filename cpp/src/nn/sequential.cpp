@@ -82,6 +82,14 @@ const Tensor& Sequential::forward(const Tensor& x, bool training) {
   for (std::size_t i = 0; i < layers_.size(); ++i) {
     // A layer followed by an activation may compute both in one pass (see Layer::forward_fused).
     auto* activation = i + 1 < layers_.size() ? dynamic_cast<ActivationLayer*>(layers_[i + 1].get()) : nullptr;
+    // Batch norm, ReLU and max pooling may run as one pass (see Pool::forward_after_norm).
+    auto* norm = activation && i + 2 < layers_.size() ? dynamic_cast<BatchNorm2d*>(layers_[i].get()) : nullptr;
+    auto* pool = norm ? dynamic_cast<Pool*>(layers_[i + 2].get()) : nullptr;
+    if (const Tensor* pooled = pool ? pool->forward_after_norm(*current, training, *norm, *activation) : nullptr) {
+      current = pooled;
+      i += 2;
+      continue;
+    }
     const Tensor* fused = activation ? layers_[i]->forward_fused(*current, training, *activation) : nullptr;
     if (fused) {
       current = &activation->adopt_output(*fused);
@@ -116,6 +124,21 @@ double Sequential::train_step(const Tensor& x, const Tensor& target, Loss& loss,
   for (std::size_t i = layers_.size(); i-- > 0;) {
     // An activation that is not the first layer may run its backward in this layer's pass.
     auto* activation = i >= 2 ? dynamic_cast<ActivationLayer*>(layers_[i - 1].get()) : nullptr;
+    // Batch norm, ReLU and max pooling that ran forward as one pass go back as one, giving the
+    // convolution before them its bias gradient like BatchNorm2d::backward_into.
+    auto* pool = activation ? dynamic_cast<Pool*>(layers_[i].get()) : nullptr;
+    auto* pooled_norm = pool ? dynamic_cast<BatchNorm2d*>(layers_[i - 2].get()) : nullptr;
+    if (pooled_norm && pool->fused_after(*pooled_norm)) {
+      auto* conv = i >= 3 ? dynamic_cast<Conv*>(layers_[i - 3].get()) : nullptr;
+      Tensor* bias_grad = conv ? conv->bias_grad() : nullptr;
+      grad = &pool->backward_through_norm(*grad, i - 2 > 0, bias_grad);
+      i -= 2;
+      if (bias_grad) {
+        --i;
+        grad = &conv->backward_without_bias(*grad, i > 0);
+      }
+      continue;
+    }
     const Tensor* fused = activation ? layers_[i]->backward_fused(*grad, *activation) : nullptr;
     if (fused) {
       grad = fused;

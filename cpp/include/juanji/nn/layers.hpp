@@ -26,6 +26,7 @@ struct Parameter {
 
 enum class Init { he, xavier };
 class ActivationLayer;
+class BatchNorm2d;
 
 // Moves parameters and their gradients to device, all or (on an error) none of them.
 void move_parameters(const std::vector<std::shared_ptr<Parameter>>& parameters, Device device);
@@ -135,6 +136,17 @@ class Pool : public Layer {
   const Tensor& forward(const Tensor& x, bool training) override;
   const Tensor& backward(const Tensor& grad_y, bool need_grad_x) override;
   const Tensor* backward_fused(const Tensor& grad_y, const ActivationLayer& activation) override;
+  // Max pooling of relu(norm(x)): the forwards of norm, relu and this layer in one pass over x
+  // that never stores the normalized tensor (CPU, 2-d max pooling after a ReLU). Returns this
+  // layer's output, or null where they cannot fuse.
+  const Tensor* forward_after_norm(const Tensor& x, bool training, BatchNorm2d& norm,
+                                   const ActivationLayer& relu);
+  // Whether the last forward was forward_after_norm with this norm.
+  bool fused_after(const BatchNorm2d& norm) const { return fused_norm_ == &norm; }
+  // After forward_after_norm: the three layers' backward in one pass, returning the gradient
+  // with respect to norm's input (see BatchNorm2d::backward_relu_max_pool).
+  const Tensor& backward_through_norm(const Tensor& grad_y, bool need_grad_x,
+                                      Tensor* conv_bias_grad);
 
  private:
   Kind kind_;
@@ -142,6 +154,7 @@ class Pool : public Layer {
   PoolOptions options_;
   PoolGeometry geometry_{};
   Tensor input_, output_, argmax_, grad_input_;
+  BatchNorm2d* fused_norm_ = nullptr;
 };
 
 class GlobalAvgPool2d : public Layer {
@@ -236,6 +249,15 @@ class BatchNorm2d : public Layer {
   // backward's grad_x, taken while each plane is in cache), or null where it cannot (not on the
   // CPU, or no training-mode forward).
   const Tensor* backward_into(const Tensor& grad_y, Tensor& conv_bias_grad);
+  // forward, a ReLU and the max pooling `pool` in one pass (CPU): the pooled output and argmax
+  // into y and argmax (see batch_norm2d_relu_max_pool_forward).
+  void forward_relu_max_pool(const Tensor& x, bool training, const PoolGeometry& pool, Tensor& y,
+                             Tensor& argmax);
+  // The backward of forward_relu_max_pool from the pooled gradient grad_y: grad_x (layer-owned,
+  // undefined unless need_grad_x) and, when given, its channel sums into conv_bias_grad.
+  const Tensor& backward_relu_max_pool(const PoolGeometry& pool, const Tensor& grad_y,
+                                       const Tensor& argmax, const Tensor& y, bool need_grad_x,
+                                       Tensor* conv_bias_grad);
 
  private:
   // Checks x, readies the buffers and normalizes (with ReLU applied to the output if relu).

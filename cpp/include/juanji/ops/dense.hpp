@@ -4,6 +4,7 @@
 
 #include <cstdint>
 
+#include "juanji/ops/pool.hpp"
 #include "juanji/tensor.hpp"
 
 namespace juanji {
@@ -53,5 +54,22 @@ void batch_norm2d_forward(const Tensor& x, const Tensor& gamma, const Tensor& be
 void batch_norm2d_backward(const Tensor& grad_y, const Tensor& x, const Tensor& gamma,
                            const Tensor& save_mean, const Tensor& save_invstd, Tensor& grad_x,
                            Tensor& grad_gamma, Tensor& grad_beta, Tensor* grad_x_sums = nullptr);
+
+// batch_norm2d_forward with relu, then max pooling `pool` of its output, without storing the
+// normalized tensor (CPU only): y and argmax (N, C, P, Q; argmax may be undefined) are
+// max_pool_forward's of batch_norm2d_forward's output, bit for bit.
+void batch_norm2d_relu_max_pool_forward(const Tensor& x, const Tensor& gamma, const Tensor& beta,
+                                        Tensor& running_mean, Tensor& running_var, bool training,
+                                        double momentum, double eps, const PoolGeometry& pool,
+                                        Tensor& y, Tensor& argmax, Tensor& save_mean,
+                                        Tensor& save_invstd);
+// Its backward (CPU only): batch_norm2d_backward of max_pool_relu_backward(pool, grad_y, argmax,
+// y) bit for bit, with grad_y, argmax and y (N, C, P, Q) the pooled ones.
+void batch_norm2d_relu_max_pool_backward(const PoolGeometry& pool, const Tensor& grad_y,
+                                         const Tensor& argmax, const Tensor& y, const Tensor& x,
+                                         const Tensor& gamma, const Tensor& save_mean,
+                                         const Tensor& save_invstd, Tensor& grad_x,
+                                         Tensor& grad_gamma, Tensor& grad_beta,
+                                         Tensor* grad_x_sums = nullptr);
 
 }  // namespace juanji
