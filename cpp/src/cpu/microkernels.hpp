@@ -147,9 +147,10 @@ struct WinogradWeightProductArgs {
 };
 using WinogradWeightProducts = void (*)(const WinogradWeightProductArgs& args);
 
-// 2x2 stride-2 max pooling of one output row from input rows row0 and row1 (row1 = row0 + width):
-// out[q] = the first maximum of row0[2q], row0[2q+1], row1[2q], row1[2q+1] (a NaN wins, the first
-// NaN is kept) and argmax[q] its flat index arg_base + 2q + {0, 1, width, width + 1}, for
+// 2x2 stride-2 max pooling of `rows` output rows, row r from input rows row0 + 2r * width and the
+// one below it (top and bottom): out[r * out_stride + q] = the first maximum of top[2q],
+// top[2q+1], bottom[2q], bottom[2q+1] (a NaN wins, the first NaN is kept) and argmax[r *
+// out_stride + q] its flat index arg_base + 2r * width + 2q + {0, 1, width, width + 1}, for
 // q < count.
 struct MaxPool2x2Args {
   const float* row0;
@@ -158,8 +159,24 @@ struct MaxPool2x2Args {
   float* out;
   std::int64_t* argmax;  // or null
   std::int64_t arg_base;
+  std::int64_t rows, out_stride;
 };
 using MaxPool2x2 = void (*)(const MaxPool2x2Args& args);
+
+// Its backward on `rows` rows of windows, gated: window q of row r (top row grad_x + 2r * width,
+// bottom row below it) gets 0 + grad_y[r * pooled_stride + q] at its argmax (argmax[r *
+// pooled_stride + q] - arg_base - 2r * width - 2q is 0, 1, width or width + 1) where gate[r *
+// pooled_stride + q] > 0 (everywhere when gate is null), +0 at its other elements; q < count.
+// Returns false, leaving grad_x partly written, when an argmax lies outside its window.
+struct MaxPool2x2BackwardArgs {
+  const float* grad_y;
+  const std::int64_t* argmax;
+  const float* gate;  // or null
+  std::int64_t pooled_stride;
+  float* grad_x;
+  std::int64_t width, count, rows, arg_base;
+};
+using MaxPool2x2Backward = bool (*)(const MaxPool2x2BackwardArgs& args);
 
 // 2x2 stride-2 average pooling of one output row, as the general loop computes it: out[q] =
 // ((((0 + row0[2q]) + row0[2q+1]) + row1[2q]) + row1[2q+1]) / 4 for q < count (row1 = row0 + width).
@@ -204,6 +221,7 @@ struct KernelSet {
   PixelMajorRow pixel_major_row_f32;
   WinogradWeightProducts winograd_weight_products_f32;
   MaxPool2x2 max_pool_2x2_f32;
+  MaxPool2x2Backward max_pool_2x2_backward_f32;
   AvgPool2x2 avg_pool_2x2_f32;
   AvgPool2x2Backward avg_pool_2x2_backward_f32;
   Dropout dropout_f32;

@@ -76,44 +76,56 @@ inline void take_max(T v, std::int64_t i, T& best, std::int64_t& best_i) {
   best_i = wins ? i : best_i;
 }
 
-// The common 2x2 stride-2 unpadded window, on the columns whose window lies inside the row;
-// returns how many columns it did (the rest go through the general loop).
-template <class T>
-std::int64_t max_pool_2x2_row(const PoolGeometry& g, const T* x, T* y, std::int64_t* arg, std::int64_t p) {
+// How many output rows from the first take the common 2x2 stride-2 unpadded window (those whose
+// windows lie inside the plane; none for other windows).
+std::int64_t plain_2x2_rows(const PoolGeometry& g) {
   if (g.kernel_h != 2 || g.kernel_w != 2 || g.stride_h != 2 || g.stride_w != 2 || g.pad_h != 0 ||
-      g.pad_w != 0 || 2 * p + 1 >= g.H)
+      g.pad_w != 0)
     return 0;
+  return std::min(g.P, g.H / 2);
+}
+
+// The common 2x2 stride-2 unpadded window on the output rows [p, p + rows), which must be among
+// plain_2x2_rows, and the columns whose windows lie inside the row; returns how many columns it
+// did (the rest go through the general loop).
+template <class T>
+std::int64_t max_pool_2x2_rows(const PoolGeometry& g, const T* x, T* y, std::int64_t* arg,
+                               std::int64_t p, std::int64_t rows) {
   const std::int64_t full = std::min(g.Q, g.W / 2);
-  const T* r0 = x + 2 * p * g.W;
-  const T* r1 = r0 + g.W;
   if constexpr (std::is_same_v<T, float>) {
-    cpu::active_kernels().max_pool_2x2_f32({r0, g.W, full, y + p * g.Q, arg ? arg + p * g.Q : nullptr, 2 * p * g.W});
+    cpu::active_kernels().max_pool_2x2_f32({x + 2 * p * g.W, g.W, full, y + p * g.Q,
+                                            arg ? arg + p * g.Q : nullptr, 2 * p * g.W, rows, g.Q});
     return full;
   }
-  for (std::int64_t q = 0; q < full; ++q) {
-    // Random data makes compare-and-branch code mispredict half the time; this picks the
-    // winner with selects and integer arithmetic only. The largest value m (any NaN, if there
-    // is one) is matched by the first element equal to it, or by the first NaN.
-    const T a = r0[2 * q], b = r0[2 * q + 1], c = r1[2 * q], d = r1[2 * q + 1];
-    const T ab = a > b ? a : b, cd = c > d ? c : d;
-    const T m = ab > cd ? ab : cd;
-    const bool any_nan = (a != a) | (b != b) | (c != c) | (d != d);
-    const std::int64_t pick_a = any_nan ? (a != a) : (a == m);
-    const std::int64_t pick_b = any_nan ? (b != b) : (b == m);
-    const std::int64_t pick_c = any_nan ? (c != c) : (c == m);
-    const std::int64_t offset = (1 - pick_a) * (pick_b + (1 - pick_b) * (g.W + 1 - pick_c));
-    y[p * g.Q + q] = r0[2 * q + offset];
-    if (arg) arg[p * g.Q + q] = 2 * p * g.W + 2 * q + offset;
+  for (std::int64_t row = p; row < p + rows; ++row) {
+    const T* r0 = x + 2 * row * g.W;
+    const T* r1 = r0 + g.W;
+    for (std::int64_t q = 0; q < full; ++q) {
+      // Random data makes compare-and-branch code mispredict half the time; this picks the
+      // winner with selects and integer arithmetic only. The largest value m (any NaN, if there
+      // is one) is matched by the first element equal to it, or by the first NaN.
+      const T a = r0[2 * q], b = r0[2 * q + 1], c = r1[2 * q], d = r1[2 * q + 1];
+      const T ab = a > b ? a : b, cd = c > d ? c : d;
+      const T m = ab > cd ? ab : cd;
+      const bool any_nan = (a != a) | (b != b) | (c != c) | (d != d);
+      const std::int64_t pick_a = any_nan ? (a != a) : (a == m);
+      const std::int64_t pick_b = any_nan ? (b != b) : (b == m);
+      const std::int64_t pick_c = any_nan ? (c != c) : (c == m);
+      const std::int64_t offset = (1 - pick_a) * (pick_b + (1 - pick_b) * (g.W + 1 - pick_c));
+      y[row * g.Q + q] = r0[2 * q + offset];
+      if (arg) arg[row * g.Q + q] = 2 * row * g.W + 2 * q + offset;
+    }
   }
   return full;
 }
 
-// x plane (H,W), y plane (P,Q) row p; arg (P,Q) row p or null. First maximum in row-major
-// window order wins; a NaN wins over any number and the first NaN is kept.
+// x plane (H,W), y plane (P,Q) row p from column `first` on; arg (P,Q) row p or null. First
+// maximum in row-major window order wins; a NaN wins over any number and the first NaN is kept.
 template <class T>
-void max_pool_row(const PoolGeometry& g, const T* x, T* y, std::int64_t* arg, std::int64_t p) {
+void max_pool_row_from(const PoolGeometry& g, const T* x, T* y, std::int64_t* arg, std::int64_t p,
+                       std::int64_t first) {
   const Span sh = span(p, g.H, g.kernel_h, g.stride_h, g.pad_h, true);
-  for (std::int64_t q = max_pool_2x2_row(g, x, y, arg, p); q < g.Q; ++q) {
+  for (std::int64_t q = first; q < g.Q; ++q) {
     const Span sw = span(q, g.W, g.kernel_w, g.stride_w, g.pad_w, true);
     std::int64_t best_i = sh.lo * g.W + sw.lo;
     T best = x[best_i];
@@ -124,6 +136,11 @@ void max_pool_row(const PoolGeometry& g, const T* x, T* y, std::int64_t* arg, st
     y[p * g.Q + q] = best;
     if (arg) arg[p * g.Q + q] = best_i;
   }
+}
+
+template <class T>
+void max_pool_row(const PoolGeometry& g, const T* x, T* y, std::int64_t* arg, std::int64_t p) {
+  max_pool_row_from(g, x, y, arg, p, p < plain_2x2_rows(g) ? max_pool_2x2_rows(g, x, y, arg, p, 1) : 0);
 }
 
 // The common 2x2 stride-2 unpadded window with every window inside the plane (floor mode).
@@ -282,7 +299,9 @@ namespace cpu {
 
 template <class T>
 void max_pool_plane(const PoolGeometry& g, const T* x, T* y, std::int64_t* argmax) {
-  for (std::int64_t p = 0; p < g.P; ++p) max_pool_row(g, x, y, argmax, p);
+  const std::int64_t plain_rows = plain_2x2_rows(g);
+  const std::int64_t plain_columns = plain_rows ? max_pool_2x2_rows(g, x, y, argmax, 0, plain_rows) : 0;
+  for (std::int64_t p = 0; p < g.P; ++p) max_pool_row_from(g, x, y, argmax, p, p < plain_rows ? plain_columns : 0);
 }
 
 template <class T>
@@ -290,10 +309,25 @@ void scatter_max_pool_plane(const PoolGeometry& g, const T* grad_y, const std::i
                             const T* gate, T* grad_x) {
   const std::int64_t in_plane = g.H * g.W;
   std::fill(grad_x, grad_x + in_plane, T(0));
-  for (std::int64_t i = 0; i < g.P * g.Q; ++i) {
-    const std::int64_t at = argmax[i];
-    if (at >= 0 && at < in_plane && (!gate || gate[i] > T(0))) grad_x[at] += grad_y[i];
+  // Plain 2x2 windows own their four elements: a vector kernel writes them all (0 + the share or
+  // +0), without the branches on the gate (random for a ReLU's output) of the general loop. An
+  // argmax outside its window (the kernel API takes any) sends the plane to the general loop.
+  std::int64_t plain_rows = 0, plain_columns = 0;
+  if constexpr (std::is_same_v<T, float>) {
+    plain_rows = plain_2x2_rows(g);
+    plain_columns = plain_rows ? std::min(g.Q, g.W / 2) : 0;
+    if (plain_rows && !cpu::active_kernels().max_pool_2x2_backward_f32(
+                          {grad_y, argmax, gate, g.Q, grad_x, g.W, plain_columns, plain_rows, 0})) {
+      std::fill(grad_x, grad_x + in_plane, T(0));
+      plain_rows = plain_columns = 0;
+    }
   }
+  for (std::int64_t p = 0; p < g.P; ++p)
+    for (std::int64_t q = p < plain_rows ? plain_columns : 0; q < g.Q; ++q) {
+      const std::int64_t i = p * g.Q + q;
+      const std::int64_t at = argmax[i];
+      if (at >= 0 && at < in_plane && (!gate || gate[i] > T(0))) grad_x[at] += grad_y[i];
+    }
 }
 
 template void max_pool_plane(const PoolGeometry&, const float*, float*, std::int64_t*);
