@@ -1,5 +1,6 @@
 // CPU pooling. 1-D pooling is 2-D pooling with H = kernel_h = 1, so one set of kernels serves
-// both. Forward kernels split the work over (plane, output row), backward kernels over planes:
+// both. Forward kernels split the work over output rows (max pooling over runs of rows within a
+// plane, as long as there are enough of them), backward kernels over planes:
 // every output and every plane of grad_x is written by exactly one thread in a fixed order, so
 // results are bit-identical for any thread count.
 #include "juanji/ops/pool.hpp"
@@ -138,9 +139,15 @@ void max_pool_row_from(const PoolGeometry& g, const T* x, T* y, std::int64_t* ar
   }
 }
 
+// Rows [begin, end) of a plane: the plain 2x2 part in one kernel call, the rest window by window.
 template <class T>
-void max_pool_row(const PoolGeometry& g, const T* x, T* y, std::int64_t* arg, std::int64_t p) {
-  max_pool_row_from(g, x, y, arg, p, p < plain_2x2_rows(g) ? max_pool_2x2_rows(g, x, y, arg, p, 1) : 0);
+void max_pool_rows(const PoolGeometry& g, const T* x, T* y, std::int64_t* arg, std::int64_t begin,
+                   std::int64_t end) {
+  const std::int64_t plain_end = std::min(end, plain_2x2_rows(g));
+  const std::int64_t plain_columns =
+      begin < plain_end ? max_pool_2x2_rows(g, x, y, arg, begin, plain_end - begin) : 0;
+  for (std::int64_t p = begin; p < end; ++p)
+    max_pool_row_from(g, x, y, arg, p, p < plain_end ? plain_columns : 0);
 }
 
 // The common 2x2 stride-2 unpadded window with every window inside the plane (floor mode).
@@ -299,29 +306,32 @@ namespace cpu {
 
 template <class T>
 void max_pool_plane(const PoolGeometry& g, const T* x, T* y, std::int64_t* argmax) {
-  const std::int64_t plain_rows = plain_2x2_rows(g);
-  const std::int64_t plain_columns = plain_rows ? max_pool_2x2_rows(g, x, y, argmax, 0, plain_rows) : 0;
-  for (std::int64_t p = 0; p < g.P; ++p) max_pool_row_from(g, x, y, argmax, p, p < plain_rows ? plain_columns : 0);
+  max_pool_rows(g, x, y, argmax, 0, g.P);
 }
 
 template <class T>
 void scatter_max_pool_plane(const PoolGeometry& g, const T* grad_y, const std::int64_t* argmax,
                             const T* gate, T* grad_x) {
   const std::int64_t in_plane = g.H * g.W;
-  std::fill(grad_x, grad_x + in_plane, T(0));
   // Plain 2x2 windows own their four elements: a vector kernel writes them all (0 + the share or
-  // +0), without the branches on the gate (random for a ReLU's output) of the general loop. An
-  // argmax outside its window (the kernel API takes any) sends the plane to the general loop.
+  // +0), without the branches on the gate (random after batch norm and ReLU) of the general loop,
+  // on rows of at least half a vector of windows (fewer: the general loop is faster). An argmax
+  // outside its window (the kernel API takes any) sends the plane to the general loop.
   std::int64_t plain_rows = 0, plain_columns = 0;
   if constexpr (std::is_same_v<T, float>) {
-    plain_rows = plain_2x2_rows(g);
-    plain_columns = plain_rows ? std::min(g.Q, g.W / 2) : 0;
-    if (plain_rows && !cpu::active_kernels().max_pool_2x2_backward_f32(
-                          {grad_y, argmax, gate, g.Q, grad_x, g.W, plain_columns, plain_rows, 0})) {
-      std::fill(grad_x, grad_x + in_plane, T(0));
-      plain_rows = plain_columns = 0;
+    const cpu::KernelSet& kernels = cpu::active_kernels();
+    const std::int64_t rows = plain_2x2_rows(g), columns = rows ? std::min(g.Q, g.W / 2) : 0;
+    if (2 * columns >= kernels.direct_conv_lanes) {
+      if (kernels.max_pool_2x2_backward_f32({grad_y, argmax, gate, g.Q, grad_x, g.W, columns, rows, 0})) {
+        plain_rows = rows;
+        plain_columns = columns;
+      }
     }
   }
+  // Zeros where the kernel wrote nothing, for the general loop to add to.
+  for (std::int64_t h = 0; h < 2 * plain_rows; ++h)
+    std::fill(grad_x + h * g.W + 2 * plain_columns, grad_x + (h + 1) * g.W, T(0));
+  std::fill(grad_x + 2 * plain_rows * g.W, grad_x + in_plane, T(0));
   for (std::int64_t p = 0; p < g.P; ++p)
     for (std::int64_t q = p < plain_rows ? plain_columns : 0; q < g.Q; ++q) {
       const std::int64_t i = p * g.Q + q;
@@ -354,13 +364,17 @@ void max_pool_forward(const PoolGeometry& g, const Tensor& x, Tensor& y, Tensor&
     T* yd = y.data<T>();
     std::int64_t* ad = argmax.defined() ? argmax.data<std::int64_t>() : nullptr;
     const std::int64_t planes = plane_count(g);
-    const std::int64_t rows = planes * g.P;
-    const bool parallel = rows * g.Q * g.kernel_h * g.kernel_w >= cpu::kParallelGrain;
+    const bool parallel = planes * g.P * g.Q * g.kernel_h * g.kernel_w >= cpu::kParallelGrain;
+    // Work items of whole planes where there are many, else of row ranges within planes, so the
+    // threads share the work either way while the kernel gets as many rows per call as it can.
+    constexpr std::int64_t kWorkItems = 64;
+    const std::int64_t parts = std::clamp<std::int64_t>(kWorkItems / planes, 1, g.P);
 #pragma omp parallel for schedule(static) if (parallel)
-    for (std::int64_t r = 0; r < rows; ++r) {
-      const std::int64_t plane = r / g.P;
-      max_pool_row(g, xd + plane * g.H * g.W, yd + plane * g.P * g.Q,
-                   ad ? ad + plane * g.P * g.Q : nullptr, r % g.P);
+    for (std::int64_t item = 0; item < planes * parts; ++item) {
+      const std::int64_t plane = item / parts, part = item % parts;
+      max_pool_rows(g, xd + plane * g.H * g.W, yd + plane * g.P * g.Q,
+                    ad ? ad + plane * g.P * g.Q : nullptr, part * g.P / parts,
+                    (part + 1) * g.P / parts);
     }
   });
 }
