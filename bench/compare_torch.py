@@ -1,8 +1,8 @@
 """Side-by-side timings of juanji and PyTorch in one run (medians): on the CPU with the same thread
 count, or with --device cuda on the GPU against torch's CUDA path (cuDNN).
 
-    python bench/compare_torch.py [--device cpu|cuda] [--threads 2] [--repeat 15] [--markdown out.md]
-                                  [--only conv,pool,train] [--tf32]
+    python bench/compare_torch.py [--device cpu|cuda] [--threads 2] [--repeat 15] [--rounds 3]
+                                  [--markdown out.md] [--only conv,pool,train] [--tf32]
 
 PyTorch is a benchmark peer only: install it with `pip install torch==2.13.0` (a CUDA build of it
 for --device cuda). On the GPU both sides keep their data on the device, each timed sample runs
@@ -37,9 +37,9 @@ CONV_CASES = [
 ]
 
 
-def median_seconds(fn, repeat: int, warmup: int = 2, sync=None, calls: int = 1) -> float:
-    """Median seconds per call of fn; each sample makes `calls` calls, then sync() if given (a
-    GPU's queue must drain before the clock stops)."""
+def sample_seconds(fn, count: int, warmup: int = 2, sync=None, calls: int = 1) -> list:
+    """Seconds per call of fn in `count` samples; each sample makes `calls` calls, then sync() if
+    given (a GPU's queue must drain before the clock stops)."""
     # juanji and torch each keep an OpenMP pool whose idle threads spin for a while after a
     # parallel region; let the other library's threads go to sleep before timing.
     time.sleep(0.3)
@@ -48,22 +48,22 @@ def median_seconds(fn, repeat: int, warmup: int = 2, sync=None, calls: int = 1) 
     if sync:
         sync()
     times = []
-    for _ in range(repeat):
+    for _ in range(count):
         start = time.perf_counter()
         for _ in range(calls):
             fn()
         if sync:
             sync()
         times.append((time.perf_counter() - start) / calls)
-    return statistics.median(times)
+    return times
 
 
 class Device:
     """Where the comparison runs: how arrays become each library's tensors and how calls are
     timed there."""
 
-    def __init__(self, name: str, torch, repeat: int):
-        self.name, self.torch, self.repeat = name, torch, repeat
+    def __init__(self, name: str, torch, repeat: int, rounds: int):
+        self.name, self.torch, self.repeat, self.rounds = name, torch, repeat, rounds
         self.cuda = name == "cuda"
 
     def juanji(self, a: np.ndarray, dtype=None):
@@ -73,13 +73,18 @@ class Device:
         t = self.torch.from_numpy(a)
         return t.cuda() if self.cuda else t
 
-    def time_juanji(self, fn, warmup: int = 2) -> float:
-        sync = juanji.cuda_synchronize if self.cuda else None
-        return median_seconds(fn, self.repeat, warmup, sync, 10 if self.cuda else 1)
-
-    def time_torch(self, fn, warmup: int = 2) -> float:
-        sync = self.torch.cuda.synchronize if self.cuda else None
-        return median_seconds(fn, self.repeat, warmup, sync, 10 if self.cuda else 1)
+    def time_pair(self, juanji_fn, torch_fn, warmup: int = 2):
+        """Median seconds per call of juanji_fn and of torch_fn, sampled in alternating rounds so
+        that a busy spell on a shared machine falls on both sides rather than on one."""
+        calls = 10 if self.cuda else 1
+        per_round = max(1, self.repeat // self.rounds)
+        juanji_times, torch_times = [], []
+        for _ in range(self.rounds):
+            juanji_times += sample_seconds(juanji_fn, per_round, warmup,
+                                           juanji.cuda_synchronize if self.cuda else None, calls)
+            torch_times += sample_seconds(torch_fn, per_round, warmup,
+                                          self.torch.cuda.synchronize if self.cuda else None, calls)
+        return statistics.median(juanji_times), statistics.median(torch_times)
 
 
 def conv_rows(dev: Device):
@@ -97,13 +102,13 @@ def conv_rows(dev: Device):
         flops = 2.0 * N * K * P * Q * C * R * R
         xt, wt, bt, dyt = (dev.torch_tensor(a) for a in (x, w, b, dy))
         xj, wj, bj, dyj = (dev.juanji(a) for a in (x, w, b, dy))
-        jf = dev.time_juanji(lambda: juanji.conv2d(xj, wj, bj, stride=s, padding=p))
-        tf = dev.time_torch(lambda: F.conv2d(xt, wt, bt, stride=s, padding=p))
-        jb = dev.time_juanji(lambda: juanji.conv2d_backward(dyj, xj, wj, stride=s, padding=p))
-        tb = dev.time_torch(
+        jf, tf = dev.time_pair(lambda: juanji.conv2d(xj, wj, bj, stride=s, padding=p),
+                               lambda: F.conv2d(xt, wt, bt, stride=s, padding=p))
+        jb, tb = dev.time_pair(
+            lambda: juanji.conv2d_backward(dyj, xj, wj, stride=s, padding=p),
             lambda: torch.ops.aten.convolution_backward(
                 dyt, xt, wt, [K], [s, s], [p, p], [1, 1], False, [0, 0], 1, [True, True, True]
-            )
+            ),
         )
         rows.append((f"conv {name} fwd", jf, tf, f"{flops / jf / 1e9:.0f} GF/s", f"{flops / tf / 1e9:.0f} GF/s"))
         rows.append((f"conv {name} bwd", jb, tb, f"{2 * flops / jb / 1e9:.0f} GF/s", f"{2 * flops / tb / 1e9:.0f} GF/s"))
@@ -127,10 +132,8 @@ def pool_rows(dev: Device):
             xg = xt.detach().requires_grad_()
             tfwd(xg, 2, 2).backward(dyt)
 
-        jt = dev.time_juanji(lambda: jfwd(x, 2, 2))
-        tt = dev.time_torch(lambda: tfwd(xt, 2, 2))
-        jtb = dev.time_juanji(lambda: (jfwd(x, 2, 2), jbwd(dy, x, 2, 2)))
-        ttb = dev.time_torch(torch_fwd_bwd)
+        jt, tt = dev.time_pair(lambda: jfwd(x, 2, 2), lambda: tfwd(xt, 2, 2))
+        jtb, ttb = dev.time_pair(lambda: (jfwd(x, 2, 2), jbwd(dy, x, 2, 2)), torch_fwd_bwd)
         rows.append((f"{kind}_pool2d 2x2/2 fwd", jt, tt, f"{nbytes / 2 / jt / 1e9:.1f} GB/s", f"{nbytes / 2 / tt / 1e9:.1f} GB/s"))
         rows.append((f"{kind}_pool2d fwd+bwd", jtb, ttb, f"{2 * nbytes / jtb / 1e9:.1f} GB/s", f"{2 * nbytes / ttb / 1e9:.1f} GB/s"))
     return rows
@@ -180,8 +183,7 @@ def train_step_row(dev: Device, name, model, tmodel, batch, rng):
         torch.nn.functional.cross_entropy(tmodel(xt), yt).backward()
         topt.step()
 
-    jt = dev.time_juanji(lambda: model.train_step(xj, yj, loss, opt), warmup=5)
-    tt = dev.time_torch(torch_step, warmup=5)
+    jt, tt = dev.time_pair(lambda: model.train_step(xj, yj, loss, opt), torch_step, warmup=5)
     return (f"{name} train step b{batch}", jt, tt, f"{batch / jt:.0f} img/s", f"{batch / tt:.0f} img/s")
 
 
@@ -195,11 +197,13 @@ def train_rows(dev: Device):
     rows.append(train_step_row(dev, "convnet", models.convnet(), convnet_torch(torch), 64, rng))
     x = rng.standard_normal((256, 1, 28, 28), dtype=np.float32)
     model, tmodel = lenet_juanji().to(dev.name), lenet_torch(torch).to(dev.name).eval()
-    xj = dev.juanji(x)
-    jt = dev.time_juanji(lambda: model(xj), warmup=5)
-    with torch.no_grad():
-        xt = dev.torch_tensor(x)
-        tt = dev.time_torch(lambda: tmodel(xt), warmup=5)
+    xj, xt = dev.juanji(x), dev.torch_tensor(x)
+
+    def torch_inference():
+        with torch.no_grad():
+            return tmodel(xt)
+
+    jt, tt = dev.time_pair(lambda: model(xj), torch_inference, warmup=5)
     rows.append(("LeNet inference b256", jt, tt, f"{256 / jt:.0f} img/s", f"{256 / tt:.0f} img/s"))
     return rows
 
@@ -217,7 +221,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeat", type=int, default=15)
+    parser.add_argument("--repeat", type=int, default=15, help="timed samples per case and library")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="alternating rounds of juanji and torch samples the repeats are split into")
     parser.add_argument("--only", default="conv,pool,train", help="comma-separated: conv, pool, train")
     parser.add_argument("--markdown", help="also write the table to this file")
     parser.add_argument("--tf32", action="store_true", help="let cuDNN use TF32 tensor cores (cuda only)")
@@ -231,7 +237,7 @@ def main() -> None:
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = args.tf32
     torch.set_num_threads(args.threads)
     juanji.set_num_threads(args.threads)
-    dev = Device(args.device, torch, args.repeat)
+    dev = Device(args.device, torch, args.repeat, args.rounds)
     # Bring both libraries' thread pools (or the GPU) and the clocks up before the first timed case.
     warm_host = np.random.default_rng(3).standard_normal((512, 512), dtype=np.float32)
     warm_j, warm_t = dev.juanji(warm_host), dev.torch_tensor(warm_host)
@@ -244,15 +250,17 @@ def main() -> None:
     for name in args.only.split(","):
         rows += groups[name](dev)
 
+    per_round = max(1, args.repeat // args.rounds)
+    samples = f"median of {per_round * args.rounds} samples each, in {args.rounds} alternating rounds"
     if dev.cuda:
         header = (
             f"{torch.cuda.get_device_name()}, juanji {juanji.__version__} (CUDA), torch {torch.__version__} "
-            f"(cuDNN {torch.backends.cudnn.version()}, TF32 {'on' if args.tf32 else 'off'}), median of {args.repeat}"
+            f"(cuDNN {torch.backends.cudnn.version()}, TF32 {'on' if args.tf32 else 'off'}), {samples}"
         )
     else:
         header = (
             f"{platform.processor() or platform.machine()}, {args.threads} threads, juanji {juanji.__version__} "
-            f"(SIMD {juanji.simd_level()}), torch {torch.__version__}, median of {args.repeat}"
+            f"(SIMD {juanji.simd_level()}), torch {torch.__version__}, {samples}"
         )
     lines = [header, "", "| case | juanji ms | torch ms | juanji/torch speed | juanji rate | torch rate |",
              "|---|---:|---:|---:|---:|---:|"]
