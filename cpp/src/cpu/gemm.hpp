@@ -88,16 +88,21 @@ void gemm_with_packer(std::int64_t M, std::int64_t N, std::int64_t K, Matrix<T> 
     for (std::int64_t pc = 0; pc < K; pc += detail::kBlockK) {
       const std::int64_t kc = std::min(detail::kBlockK, K - pc);
       const bool add = accumulate || pc > 0;
-#pragma omp for schedule(static)
-      for (std::int64_t p = 0; p < b_panels; ++p)
-        pack_b(pc, kc, jc + p * nr, std::min<std::int64_t>(nr, nc - p * nr), nr, b_pack + p * nr * kc);
       for (std::int64_t ic = 0; ic < M; ic += block_m) {
         const std::int64_t mc = std::min(block_m, M - ic);
         const std::int64_t a_panels = (mc + mr - 1) / mr;
+        // B's panels (with the first block of A) and A's in one loop: one barrier, not two.
+        const std::int64_t b_packs = ic == 0 ? b_panels : 0;
 #pragma omp for schedule(static)
-        for (std::int64_t p = 0; p < a_panels; ++p)
-          detail::pack_a(A, ic + p * mr, std::min<std::int64_t>(mr, mc - p * mr), pc, kc, mr,
-                 a_pack + p * mr * kc);
+        for (std::int64_t p = 0; p < b_packs + a_panels; ++p) {
+          if (p < b_packs) {
+            pack_b(pc, kc, jc + p * nr, std::min<std::int64_t>(nr, nc - p * nr), nr, b_pack + p * nr * kc);
+          } else {
+            const std::int64_t a = p - b_packs;
+            detail::pack_a(A, ic + a * mr, std::min<std::int64_t>(mr, mc - a * mr), pc, kc, mr,
+                           a_pack + a * mr * kc);
+          }
+        }
 #pragma omp for schedule(static) collapse(2)
         for (std::int64_t jp = 0; jp < b_panels; ++jp)
           for (std::int64_t ip = 0; ip < a_panels; ++ip) {
