@@ -97,6 +97,47 @@ void bench_pool(benchmark::State& state, bool max, bool backward) {
   set_rate(state, 0, static_cast<double>(x.numel() + y.numel()) * sizeof(float));
 }
 
+// Batch norm (training), ReLU and 2x2 max pooling on the convnet's first block (64x32x28x28):
+// as the fused pass a Sequential runs, or as the separate kernels. bytes/s counts what the fused
+// pass must move (x and the pooled output and argmax; backward also the pooled gradient and grad_x).
+void bench_norm_pool(benchmark::State& state, bool fused, bool backward) {
+  PoolOptions options;
+  options.kernel = {2};
+  const Tensor x = randn({64, 32, 28, 28}), gamma = randn({32}), beta = randn({32});
+  Tensor running_mean = Tensor::zeros({32}), running_var = Tensor::full({32}, 1.0);
+  Tensor mean = Tensor::empty({32}), invstd = Tensor::empty({32});
+  const PoolGeometry g = PoolGeometry::make(x.shape(), options, 2, "pool");
+  Tensor normalized = Tensor::empty(x.shape()), y = Tensor::empty(g.output_shape());
+  Tensor argmax = Tensor::empty(g.output_shape(), DType::int64), dy = randn(g.output_shape());
+  Tensor grad_normalized = Tensor::empty(x.shape()), dx = Tensor::empty(x.shape());
+  Tensor dgamma = Tensor::empty({32}), dbeta = Tensor::empty({32}), dx_sums = Tensor::empty({32});
+  auto forward = [&] {
+    if (fused) {
+      batch_norm2d_relu_max_pool_forward(x, gamma, beta, running_mean, running_var, true, 0.1, 1e-5, g, y,
+                                         argmax, mean, invstd);
+    } else {
+      batch_norm2d_forward(x, gamma, beta, running_mean, running_var, true, 0.1, 1e-5, normalized, mean,
+                           invstd, true);
+      max_pool_forward(g, normalized, y, argmax);
+    }
+  };
+  forward();
+  for (auto _ : state) {
+    if (!backward) {
+      forward();
+    } else if (fused) {
+      batch_norm2d_relu_max_pool_backward(g, dy, argmax, y, x, gamma, mean, invstd, dx, dgamma, dbeta, &dx_sums);
+    } else {
+      max_pool_relu_backward(g, dy, argmax, y, grad_normalized);
+      batch_norm2d_backward(grad_normalized, x, gamma, mean, invstd, dx, dgamma, dbeta, &dx_sums);
+    }
+    benchmark::ClobberMemory();
+  }
+  const double pooled_bytes = static_cast<double>(y.numel()) * (sizeof(float) + sizeof(std::int64_t));
+  const double x_bytes = static_cast<double>(x.numel()) * sizeof(float);
+  set_rate(state, 0, backward ? 2 * x_bytes + pooled_bytes + y.numel() * sizeof(float) : x_bytes + pooled_bytes);
+}
+
 void bench_linear(benchmark::State& state) {
   const Tensor x = randn({256, 3136}), w = randn({128, 3136}), b = randn({128});
   Tensor y = Tensor::empty({256, 128});
@@ -146,6 +187,11 @@ void register_all() {
   benchmark::RegisterBenchmark("pool/max/bwd", bench_pool, true, true)->UseRealTime();
   benchmark::RegisterBenchmark("pool/avg/fwd", bench_pool, false, false)->UseRealTime();
   benchmark::RegisterBenchmark("pool/avg/bwd", bench_pool, false, true)->UseRealTime();
+  for (const bool fused : {false, true}) {
+    const std::string base = std::string("norm_relu_pool/") + (fused ? "fused" : "apart");
+    benchmark::RegisterBenchmark((base + "/fwd").c_str(), bench_norm_pool, fused, false)->UseRealTime();
+    benchmark::RegisterBenchmark((base + "/bwd").c_str(), bench_norm_pool, fused, true)->UseRealTime();
+  }
   benchmark::RegisterBenchmark("linear/256x3136x128", bench_linear)->UseRealTime();
   benchmark::RegisterBenchmark("relu/1.6M", bench_relu)->UseRealTime();
 }
