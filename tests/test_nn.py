@@ -354,8 +354,17 @@ BN_POOLS = {
 }
 
 
+BN_HEADS = {
+    "conv": lambda: [nn.Conv2d(2, 3, 3, padding=1)],
+    "conv_without_bias": lambda: [nn.Conv2d(2, 3, 3, padding=1, bias=False)],
+    # 16 filters, stride 2: the filter-block weight gradient, which sums the bias gradient itself.
+    "conv_filter_blocks": lambda: [nn.Conv2d(2, 16, 3, stride=2, padding=1)],
+    "nothing": lambda: [],
+}
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("before", ["conv", "conv_without_bias", "nothing"])
+@pytest.mark.parametrize("before", BN_HEADS)
 @pytest.mark.parametrize("pool_name", BN_POOLS)
 def test_batchnorm_relu_max_pool_fused_in_sequential_matches_the_layers_one_by_one(pool_name, before, dtype):
     # Sequential runs BatchNorm2d + ReLU + MaxPool2d forward as one pass on the CPU that never
@@ -363,15 +372,15 @@ def test_batchnorm_relu_max_pool_fused_in_sequential_matches_the_layers_one_by_o
     # its bias gradient); the layers called one by one do not fuse. Outputs in training and
     # evaluation, parameter updates and running statistics must agree bit for bit.
     make_pool, shape = BN_POOLS[pool_name]
-    channels = 2 if before == "nothing" else 3
-    pooled = np.asarray(make_pool()(np.zeros((1, channels) + shape, np.float32))).size
+    head = BN_HEADS[before]()
+    channels = head[0].weight.data.shape[0] if head else 2
+    features = nn.Sequential(*head, nn.BatchNorm2d(channels), nn.ReLU(), make_pool(), nn.Flatten())
+    pooled = np.asarray(features(np.zeros((1, 2) + shape, np.float32))).shape[1]
 
     def make():
         juanji.manual_seed(7)
-        head = {"conv": [nn.Conv2d(2, 3, 3, padding=1)],
-                "conv_without_bias": [nn.Conv2d(2, 3, 3, padding=1, bias=False)], "nothing": []}[before]
-        model = nn.Sequential(*head, nn.BatchNorm2d(channels), nn.ReLU(), make_pool(), nn.Flatten(),
-                              nn.Linear(pooled, 3))
+        model = nn.Sequential(*BN_HEADS[before](), nn.BatchNorm2d(channels), nn.ReLU(), make_pool(),
+                              nn.Flatten(), nn.Linear(pooled, 3))
         model.to(dtype)
         return model
 

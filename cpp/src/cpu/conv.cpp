@@ -850,7 +850,10 @@ std::int64_t weight_grad_chunks(const ConvGeometry& g, std::int64_t blocks) {
   return std::clamp<std::int64_t>((kWantedJobs + per_chunk - 1) / per_chunk, 1, std::min<std::int64_t>(g.N, 8));
 }
 
-void filter_block_backward_weight(const ConvGeometry& g, const float* dy, const float* x, float* dw) {
+// db (or null) gets the bias gradient: each error plane summed while the block reads it, the
+// plane sums then added image by image, as bias_grad adds them.
+void filter_block_backward_weight(const ConvGeometry& g, const float* dy, const float* x, float* dw,
+                                  float* db) {
   const cpu::KernelSet& kernels = cpu::active_kernels();
   const Correlation c = forward_correlation(g);
   const std::int64_t taps = c.taps(), blocks = c.blocks(), Kg = c.out_per_group(), PQ = g.P * g.Q;
@@ -858,6 +861,7 @@ void filter_block_backward_weight(const ConvGeometry& g, const float* dy, const 
   const std::int64_t chunks = weight_grad_chunks(g, blocks);
   const TapSource source(c, cpu::workspace<std::int64_t>(cpu::WorkspaceSlot::gemm_b, taps));
   float* partials = cpu::workspace<float>(cpu::WorkspaceSlot::partials, chunks * chunk_size);
+  double* plane_sums = db ? cpu::workspace<double>(cpu::WorkspaceSlot::plane_sums, g.N * g.K) : nullptr;
   const FilterBlockJobs jobs(chunks * g.groups, blocks);
 #pragma omp parallel for schedule(static) if (jobs.count() > 1)
   for (std::int64_t job = 0; job < jobs.count(); ++job) {
@@ -870,9 +874,12 @@ void filter_block_backward_weight(const ConvGeometry& g, const float* dy, const 
       const float* planes = source.planes(c, x, n, grp);
       for (std::int64_t kb = kb_begin; kb < kb_end; ++kb) {
         // The block's errors, pixel-major, zero past the group's last filter.
-        kernels.pixel_major_row_f32(dy + (n * g.K + grp * Kg + kb * cpu::kFilterBlock) * PQ, PQ,
-                                    std::min<std::int64_t>(cpu::kFilterBlock, Kg - kb * cpu::kFilterBlock), PQ, PQ,
-                                    errors);
+        const std::int64_t first_filter = n * g.K + grp * Kg + kb * cpu::kFilterBlock;
+        const std::int64_t filters = std::min<std::int64_t>(cpu::kFilterBlock, Kg - kb * cpu::kFilterBlock);
+        kernels.pixel_major_row_f32(dy + first_filter * PQ, PQ, filters, PQ, PQ, errors);
+        if (plane_sums)
+          for (std::int64_t f = 0; f < filters; ++f)
+            plane_sums[first_filter + f] = cpu::sum_elements(dy + (first_filter + f) * PQ, PQ);
         const cpu::FilterBlockWeightGradArgs args{planes, source.tap_offsets, taps, g.stride_h * source.width,
                                                   g.stride_w, errors, g.P, g.Q, partial + kb * block_size};
         kernels.filter_block_weight_grad_f32(args);
@@ -887,6 +894,11 @@ void filter_block_backward_weight(const ConvGeometry& g, const float* dy, const 
       float sum = first[t * cpu::kFilterBlock];
       for (std::int64_t chunk = 1; chunk < chunks; ++chunk) sum += first[chunk * chunk_size + t * cpu::kFilterBlock];
       dw[filter * taps + t] = sum;
+    }
+    if (db) {
+      double bias = 0;
+      for (std::int64_t n = 0; n < g.N; ++n) bias += plane_sums[n * g.K + filter];
+      db[filter] = static_cast<float>(bias);
     }
   }
 }
@@ -1189,11 +1201,15 @@ void bias_grad(const ConvGeometry& g, const T* dy, T* db) {
 
 template <class T>
 void backward_weight_impl(const ConvGeometry& g, const T* dy, const T* x, T* dw, T* db) {
+  if constexpr (std::is_same_v<T, float>) {
+    const Correlation c = forward_correlation(g);
+    if (!use_direct(g, g.C / g.groups) && !use_winograd(c) && use_filter_blocks(c))
+      return filter_block_backward_weight(g, dy, x, dw, db);
+  }
   if (db) bias_grad(g, dy, db);
   if constexpr (std::is_same_v<T, float>) {
     if (use_direct(g, g.C / g.groups)) return direct_backward_weight(g, dy, x, dw);
     if (use_winograd(forward_correlation(g))) return winograd_backward_weight(g, dy, x, dw);
-    if (use_filter_blocks(forward_correlation(g))) return filter_block_backward_weight(g, dy, x, dw);
   }
   const std::int64_t Cg = g.C / g.groups, Kg = g.K / g.groups;
   const std::int64_t PQ = g.P * g.Q, CRSg = Cg * g.R * g.S;

@@ -7,7 +7,7 @@
 
 namespace juanji::cpu {
 
-enum class WorkspaceSlot { gemm_a, gemm_b, columns, batch_out, partials, phase_grad, phase_weights, norm_planes, count };
+enum class WorkspaceSlot { gemm_a, gemm_b, columns, batch_out, partials, phase_grad, phase_weights, norm_planes, plane_sums, count };
 
 // At least `count` elements of T, 64-byte aligned, valid until the same slot is asked for again
 // on this thread. Contents are not preserved.
