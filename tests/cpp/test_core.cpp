@@ -1,9 +1,10 @@
 // C++-side checks of the public API: views, a convolution against a plain-loop oracle at every
-// SIMD level, max pooling's gradient for any argmax, the C++ exception for bad arguments, a
-// training step and a checkpoint round trip.
+// SIMD level, max pooling's gradient for any argmax, the C++ exception for bad arguments, the
+// fused batch norm + ReLU + max pooling kernels, a training step and a checkpoint round trip.
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -103,6 +104,76 @@ void test_max_pool_backward_with_stray_argmax() {
   set_simd_level(simd_detected());
 }
 
+// Bit for bit, for float32 and int64 tensors.
+bool same_values(const Tensor& a, const Tensor& b) {
+  if (a.numel() != b.numel() || a.dtype() != b.dtype()) return false;
+  const auto count = static_cast<std::size_t>(a.numel());
+  if (a.dtype() == DType::int64)
+    return std::memcmp(a.data<std::int64_t>(), b.data<std::int64_t>(), count * sizeof(std::int64_t)) == 0;
+  return std::memcmp(a.data<float>(), b.data<float>(), count * sizeof(float)) == 0;
+}
+
+// The fused batch norm + ReLU + max pooling kernels against the separate ones they replace, bit
+// for bit at every SIMD level (7x9 planes: a row and a column outside every 2x2 window), and their
+// argument checks.
+void test_batch_norm_relu_max_pool_kernels() {
+  manual_seed(3);
+  PoolOptions options;
+  options.kernel = {2};
+  const Tensor x = randn({3, 4, 7, 9}), gamma = randn({4}), beta = randn({4});
+  const PoolGeometry g = PoolGeometry::make(x.shape(), options, 2, "test");
+  const Tensor grad_y = randn(g.output_shape());
+  for (SimdLevel level : {SimdLevel::portable, SimdLevel::avx2, SimdLevel::avx512}) {
+    if (level > simd_detected()) continue;
+    set_simd_level(level);
+    Tensor mean[2], invstd[2], running_mean[2], running_var[2], y[2], argmax[2];
+    Tensor grad_x[2], grad_gamma[2], grad_beta[2], sums[2];
+    for (int fused = 0; fused < 2; ++fused) {
+      mean[fused] = Tensor::empty({4}), invstd[fused] = Tensor::empty({4});
+      running_mean[fused] = Tensor::zeros({4}), running_var[fused] = Tensor::full({4}, 1.0);
+      y[fused] = Tensor::empty(g.output_shape());
+      argmax[fused] = Tensor::empty(g.output_shape(), DType::int64);
+      grad_x[fused] = Tensor::empty(x.shape());
+      grad_gamma[fused] = Tensor::empty({4}), grad_beta[fused] = Tensor::empty({4}), sums[fused] = Tensor::empty({4});
+    }
+    Tensor normalized = Tensor::empty(x.shape()), grad_normalized = Tensor::empty(x.shape());
+    batch_norm2d_forward(x, gamma, beta, running_mean[0], running_var[0], true, 0.1, 1e-5, normalized,
+                         mean[0], invstd[0], true);
+    max_pool_forward(g, normalized, y[0], argmax[0]);
+    max_pool_relu_backward(g, grad_y, argmax[0], y[0], grad_normalized);
+    batch_norm2d_backward(grad_normalized, x, gamma, mean[0], invstd[0], grad_x[0], grad_gamma[0],
+                          grad_beta[0], &sums[0]);
+    batch_norm2d_relu_max_pool_forward(x, gamma, beta, running_mean[1], running_var[1], true, 0.1, 1e-5,
+                                       g, y[1], argmax[1], mean[1], invstd[1]);
+    batch_norm2d_relu_max_pool_backward(g, grad_y, argmax[1], y[1], x, gamma, mean[1], invstd[1],
+                                        grad_x[1], grad_gamma[1], grad_beta[1], &sums[1]);
+    bool same = true;
+    for (const Tensor* pair : {y, argmax, running_mean, running_var, mean, invstd, grad_x, grad_gamma,
+                               grad_beta, sums})
+      same &= same_values(pair[0], pair[1]);
+    expect(same, std::string("batch norm + ReLU + max pooling fused = apart at ") + simd_name(level));
+  }
+  set_simd_level(simd_detected());
+
+  auto message = [&](const PoolGeometry& pool, const Tensor& y) {
+    Tensor none, mean = Tensor::empty({4}), invstd = Tensor::empty({4});
+    Tensor running_mean = Tensor::zeros({4}), running_var = Tensor::full({4}, 1.0);
+    try {
+      batch_norm2d_relu_max_pool_forward(x, gamma, beta, running_mean, running_var, true, 0.1, 1e-5, pool,
+                                         const_cast<Tensor&>(y), none, mean, invstd);
+    } catch (const std::invalid_argument& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  const PoolGeometry other = PoolGeometry::make({3, 4, 8, 9}, options, 2, "test");
+  expect(message(other, Tensor::empty(other.output_shape())).find("(3, 4, 8, 9), x has shape (3, 4, 7, 9)") !=
+             std::string::npos,
+         "a pooling geometry for another input is refused, naming both shapes");
+  expect(message(g, Tensor::empty({3, 4, 3})).find("y has shape (3, 4, 3)") != std::string::npos,
+         "a pooled output of the wrong size is refused, naming y and its shape");
+}
+
 void test_bad_arguments_throw() {
   bool thrown = false;
   try {
@@ -152,6 +223,7 @@ int main() {
   test_conv_against_oracle();
   test_max_pool_backward_with_stray_argmax();
   test_bad_arguments_throw();
+  test_batch_norm_relu_max_pool_kernels();
   test_training_and_checkpoint();
   std::printf("%s (%d failure%s)\n", failures ? "FAILED" : "ok", failures, failures == 1 ? "" : "s");
   return failures ? EXIT_FAILURE : EXIT_SUCCESS;
