@@ -1203,13 +1203,15 @@ template <class T>
 void backward_weight_impl(const ConvGeometry& g, const T* dy, const T* x, T* dw, T* db) {
   if constexpr (std::is_same_v<T, float>) {
     const Correlation c = forward_correlation(g);
-    if (!use_direct(g, g.C / g.groups) && !use_winograd(c) && use_filter_blocks(c))
-      return filter_block_backward_weight(g, dy, x, dw, db);
-  }
-  if (db) bias_grad(g, dy, db);
-  if constexpr (std::is_same_v<T, float>) {
-    if (use_direct(g, g.C / g.groups)) return direct_backward_weight(g, dy, x, dw);
-    if (use_winograd(forward_correlation(g))) return winograd_backward_weight(g, dy, x, dw);
+    const bool direct = use_direct(g, g.C / g.groups), winograd = !direct && use_winograd(c);
+    // The filter-block path sums the bias gradient from the error planes it reads; the others
+    // take a pass of their own over them.
+    if (!direct && !winograd && use_filter_blocks(c)) return filter_block_backward_weight(g, dy, x, dw, db);
+    if (db) bias_grad(g, dy, db);
+    if (direct) return direct_backward_weight(g, dy, x, dw);
+    if (winograd) return winograd_backward_weight(g, dy, x, dw);
+  } else {
+    if (db) bias_grad(g, dy, db);
   }
   const std::int64_t Cg = g.C / g.groups, Kg = g.K / g.groups;
   const std::int64_t PQ = g.P * g.Q, CRSg = Cg * g.R * g.S;
@@ -1257,15 +1259,6 @@ void backward_weight_impl(const ConvGeometry& g, const T* dy, const T* x, T* dw,
   } else {
     run_chunk(0, true);
   }
-}
-
-template <class T>
-const T* optional_data(const Tensor& t) {
-  return t.defined() ? t.data<T>() : nullptr;
-}
-template <class T>
-T* optional_data(Tensor& t) {
-  return t.defined() ? t.data<T>() : nullptr;
 }
 
 }  // namespace
@@ -1341,14 +1334,14 @@ void conv_forward(const ConvGeometry& g, const Tensor& x, const Tensor& w, const
   if (x.device().is_cuda()) return cuda::conv_forward(g, x, w, bias, y);
 #endif
   if (x.dtype() == DType::float32)
-    forward_impl<float>(g, x.data<float>(), w.data<float>(), optional_data<float>(bias), y.data<float>());
+    forward_impl<float>(g, x.data<float>(), w.data<float>(), cpu::data_or_null<float>(bias), y.data<float>());
   else
-    forward_impl<double>(g, x.data<double>(), w.data<double>(), optional_data<double>(bias), y.data<double>());
+    forward_impl<double>(g, x.data<double>(), w.data<double>(), cpu::data_or_null<double>(bias), y.data<double>());
 }
 
 bool conv_forward_relu(const ConvGeometry& g, const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& y) {
   if (!x.device().is_cpu() || x.dtype() != DType::float32) return false;
-  const float* b = optional_data<float>(bias);
+  const float* b = cpu::data_or_null<float>(bias);
   if (use_direct(g, g.C / g.groups)) {
     direct_forward(g, x.data<float>(), w.data<float>(), b, y.data<float>(), true);
     return true;
@@ -1381,10 +1374,10 @@ void conv_backward_weight(const ConvGeometry& g, const Tensor& grad_y, const Ten
 #endif
   if (x.dtype() == DType::float32)
     backward_weight_impl<float>(g, grad_y.data<float>(), x.data<float>(), grad_w.data<float>(),
-                                optional_data<float>(grad_b));
+                                cpu::data_or_null<float>(grad_b));
   else
     backward_weight_impl<double>(g, grad_y.data<double>(), x.data<double>(), grad_w.data<double>(),
-                                 optional_data<double>(grad_b));
+                                 cpu::data_or_null<double>(grad_b));
 }
 
 namespace {

@@ -497,12 +497,12 @@ struct NormForward {
               Tensor& running_var_, bool training_, double momentum_, double eps_,
               Tensor& save_mean_, Tensor& save_invstd_)
       : x(x_.data<T>()),
-        gamma(gamma_.defined() ? gamma_.data<T>() : nullptr),
-        beta(beta_.defined() ? beta_.data<T>() : nullptr),
-        running_mean(running_mean_.defined() ? running_mean_.data<T>() : nullptr),
-        running_var(running_var_.defined() ? running_var_.data<T>() : nullptr),
-        save_mean(save_mean_.defined() ? save_mean_.data<T>() : nullptr),
-        save_invstd(save_invstd_.defined() ? save_invstd_.data<T>() : nullptr),
+        gamma(cpu::data_or_null<T>(gamma_)),
+        beta(cpu::data_or_null<T>(beta_)),
+        running_mean(cpu::data_or_null<T>(running_mean_)),
+        running_var(cpu::data_or_null<T>(running_var_)),
+        save_mean(cpu::data_or_null<T>(save_mean_)),
+        save_invstd(cpu::data_or_null<T>(save_invstd_)),
         N(x_.size(0)),
         C(x_.size(1)),
         area(x_.size(2) * x_.size(3)),
@@ -559,8 +559,7 @@ void check_norm_backward(const char* op, const Tensor& x, const Tensor& gamma,
                          const Tensor& save_mean, const Tensor& save_invstd, const Tensor& grad_x,
                          const Tensor& grad_gamma, const Tensor& grad_beta,
                          const Tensor* grad_x_sums) {
-  check(!grad_x_sums || (x.device().is_cpu() && grad_x.defined()), op,
-        ": grad_x_sums needs grad_x, on the CPU");
+  check(!grad_x_sums || grad_x.defined(), op, ": grad_x_sums needs grad_x");
   check_float(x, "x");
   check_dim(x, "x", 4, "(N, C, H, W)");
   const DType dtype = x.dtype();
@@ -587,12 +586,12 @@ struct NormBackward {
                const Tensor& save_invstd_, Tensor& grad_x_, Tensor& grad_gamma_,
                Tensor& grad_beta_, Tensor* grad_x_sums_)
       : x(x_.data<T>()),
-        gamma(gamma_.defined() ? gamma_.data<T>() : nullptr),
+        gamma(cpu::data_or_null<T>(gamma_)),
         save_mean(save_mean_.data<T>()),
         save_invstd(save_invstd_.data<T>()),
-        grad_x(grad_x_.defined() ? grad_x_.data<T>() : nullptr),
-        grad_gamma(grad_gamma_.defined() ? grad_gamma_.data<T>() : nullptr),
-        grad_beta(grad_beta_.defined() ? grad_beta_.data<T>() : nullptr),
+        grad_x(cpu::data_or_null<T>(grad_x_)),
+        grad_gamma(cpu::data_or_null<T>(grad_gamma_)),
+        grad_beta(cpu::data_or_null<T>(grad_beta_)),
         grad_x_sums(grad_x_sums_ ? grad_x_sums_->data<T>() : nullptr),
         N(x_.size(0)),
         C(x_.size(1)),
@@ -692,7 +691,7 @@ void batch_norm2d_relu_max_pool_forward(const Tensor& x, const Tensor& gamma, co
     const NormForward<T> norm(x, gamma, beta, running_mean, running_var, training, momentum, eps,
                               save_mean, save_invstd);
     T* yd = y.data<T>();
-    std::int64_t* ad = argmax.defined() ? argmax.data<std::int64_t>() : nullptr;
+    std::int64_t* ad = cpu::data_or_null<std::int64_t>(argmax);
     const std::int64_t pooled_area = pool.P * pool.Q;
 #pragma omp parallel if (x.numel() >= cpu::kParallelGrain)
     {

@@ -35,11 +35,6 @@ void backward_impl(std::int64_t N, std::int64_t in, std::int64_t out, const T* d
   }
 }
 
-template <class T>
-T* data_or_null(const Tensor& t) {
-  return t.defined() ? t.data<T>() : nullptr;
-}
-
 void check_linear(const Tensor& x, const Tensor& w) {
   check_float(x, "x");
   check_float(w, "weight");
@@ -62,9 +57,9 @@ void linear_forward(const Tensor& x, const Tensor& w, const Tensor& b, Tensor& y
 #endif
   const std::int64_t N = x.size(0), in = x.size(1), out = w.size(0);
   if (x.dtype() == DType::float32)
-    forward_impl<float>(N, in, out, x.data<float>(), w.data<float>(), data_or_null<float>(b), y.data<float>());
+    forward_impl<float>(N, in, out, x.data<float>(), w.data<float>(), cpu::data_or_null<float>(b), y.data<float>());
   else
-    forward_impl<double>(N, in, out, x.data<double>(), w.data<double>(), data_or_null<double>(b),
+    forward_impl<double>(N, in, out, x.data<double>(), w.data<double>(), cpu::data_or_null<double>(b),
                          y.data<double>());
 }
 
@@ -76,11 +71,11 @@ void linear_backward_into(const Tensor& grad_y, const Tensor& x, const Tensor& w
   const std::int64_t N = x.size(0), in = x.size(1), out = w.size(0);
   if (x.dtype() == DType::float32)
     backward_impl<float>(N, in, out, grad_y.data<float>(), x.data<float>(), w.data<float>(),
-                         data_or_null<float>(grad_x), data_or_null<float>(grad_w), data_or_null<float>(grad_b));
+                         cpu::data_or_null<float>(grad_x), cpu::data_or_null<float>(grad_w), cpu::data_or_null<float>(grad_b));
   else
     backward_impl<double>(N, in, out, grad_y.data<double>(), x.data<double>(), w.data<double>(),
-                          data_or_null<double>(grad_x), data_or_null<double>(grad_w),
-                          data_or_null<double>(grad_b));
+                          cpu::data_or_null<double>(grad_x), cpu::data_or_null<double>(grad_w),
+                          cpu::data_or_null<double>(grad_b));
 }
 
 Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) {

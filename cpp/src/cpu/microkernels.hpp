@@ -163,10 +163,11 @@ struct MaxPool2x2Args {
 };
 using MaxPool2x2 = void (*)(const MaxPool2x2Args& args);
 
-// Its backward on `rows` rows of windows, gated: window q of row r (top row grad_x + 2r * width,
-// bottom row below it) gets 0 + grad_y[r * pooled_stride + q] at its argmax (argmax[r *
-// pooled_stride + q] - arg_base - 2r * width - 2q is 0, 1, width or width + 1) where gate[r *
-// pooled_stride + q] > 0 (everywhere when gate is null), +0 at its other elements; q < count.
+// Its backward on the first `rows` rows of windows of a plane, gated: window q of row r (top row
+// grad_x + 2r * width, bottom row below it) gets 0 + grad_y[r * pooled_stride + q] at its argmax
+// (a flat index in the plane: argmax[r * pooled_stride + q] - 2r * width - 2q is 0, 1, width or
+// width + 1) where gate[r * pooled_stride + q] > 0 (everywhere when gate is null), +0 at its
+// other elements; q < count.
 // Returns false, leaving grad_x partly written, when an argmax lies outside its window.
 struct MaxPool2x2BackwardArgs {
   const float* grad_y;
@@ -174,7 +175,7 @@ struct MaxPool2x2BackwardArgs {
   const float* gate;  // or null
   std::int64_t pooled_stride;
   float* grad_x;
-  std::int64_t width, count, rows, arg_base;
+  std::int64_t width, count, rows;
 };
 using MaxPool2x2Backward = bool (*)(const MaxPool2x2BackwardArgs& args);
 

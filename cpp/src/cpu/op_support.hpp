@@ -41,6 +41,12 @@ inline void check_float_operand(const Tensor& t, const char* op, const char* nam
   require_supported_device(t, op, name);
 }
 
+// t's data, or null for an undefined (optional) tensor.
+template <class T>
+T* data_or_null(const Tensor& t) {
+  return t.defined() ? t.data<T>() : nullptr;
+}
+
 // Checks a tensor handed to a kernel-API function: contiguous CPU storage of the expected dtype
 // and element count, so a layer bug raises instead of reading out of bounds.
 inline void check_kernel_tensor(const Tensor& t, const char* op, const char* name, DType dtype,

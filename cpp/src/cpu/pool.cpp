@@ -77,14 +77,17 @@ inline void take_max(T v, std::int64_t i, T& best, std::int64_t& best_i) {
   best_i = wins ? i : best_i;
 }
 
-// How many output rows from the first take the common 2x2 stride-2 unpadded window (those whose
-// windows lie inside the plane; none for other windows).
-std::int64_t plain_2x2_rows(const PoolGeometry& g) {
-  if (g.kernel_h != 2 || g.kernel_w != 2 || g.stride_h != 2 || g.stride_w != 2 || g.pad_h != 0 ||
-      g.pad_w != 0)
-    return 0;
-  return std::min(g.P, g.H / 2);
+// The common 2x2 stride-2 unpadded window.
+bool is_2x2_stride_2(const PoolGeometry& g) {
+  return g.kernel_h == 2 && g.kernel_w == 2 && g.stride_h == 2 && g.stride_w == 2 && g.pad_h == 0 &&
+         g.pad_w == 0;
 }
+
+// How many output rows from the first, and columns from the first of each such row, have a
+// 2x2 stride-2 unpadded window inside the plane (none for other windows; ceil mode adds a
+// partial last row and column).
+std::int64_t plain_2x2_rows(const PoolGeometry& g) { return is_2x2_stride_2(g) ? std::min(g.P, g.H / 2) : 0; }
+std::int64_t plain_2x2_columns(const PoolGeometry& g) { return is_2x2_stride_2(g) ? std::min(g.Q, g.W / 2) : 0; }
 
 // The common 2x2 stride-2 unpadded window on the output rows [p, p + rows), which must be among
 // plain_2x2_rows, and the columns whose windows lie inside the row; returns how many columns it
@@ -92,7 +95,7 @@ std::int64_t plain_2x2_rows(const PoolGeometry& g) {
 template <class T>
 std::int64_t max_pool_2x2_rows(const PoolGeometry& g, const T* x, T* y, std::int64_t* arg,
                                std::int64_t p, std::int64_t rows) {
-  const std::int64_t full = std::min(g.Q, g.W / 2);
+  const std::int64_t full = plain_2x2_columns(g);
   if constexpr (std::is_same_v<T, float>) {
     cpu::active_kernels().max_pool_2x2_f32({x + 2 * p * g.W, g.W, full, y + p * g.Q,
                                             arg ? arg + p * g.Q : nullptr, 2 * p * g.W, rows, g.Q});
@@ -152,8 +155,7 @@ void max_pool_rows(const PoolGeometry& g, const T* x, T* y, std::int64_t* arg, s
 
 // The common 2x2 stride-2 unpadded window with every window inside the plane (floor mode).
 bool is_plain_2x2(const PoolGeometry& g) {
-  return g.kernel_h == 2 && g.kernel_w == 2 && g.stride_h == 2 && g.stride_w == 2 && g.pad_h == 0 &&
-         g.pad_w == 0 && g.P == g.H / 2 && g.Q == g.W / 2;
+  return is_2x2_stride_2(g) && g.P == g.H / 2 && g.Q == g.W / 2;
 }
 
 template <class T>
@@ -320,9 +322,9 @@ void scatter_max_pool_plane(const PoolGeometry& g, const T* grad_y, const std::i
   std::int64_t plain_rows = 0, plain_columns = 0;
   if constexpr (std::is_same_v<T, float>) {
     const cpu::KernelSet& kernels = cpu::active_kernels();
-    const std::int64_t rows = plain_2x2_rows(g), columns = rows ? std::min(g.Q, g.W / 2) : 0;
+    const std::int64_t rows = plain_2x2_rows(g), columns = plain_2x2_columns(g);
     if (2 * columns >= kernels.direct_conv_lanes) {
-      if (kernels.max_pool_2x2_backward_f32({grad_y, argmax, gate, g.Q, grad_x, g.W, columns, rows, 0})) {
+      if (kernels.max_pool_2x2_backward_f32({grad_y, argmax, gate, g.Q, grad_x, g.W, columns, rows})) {
         plain_rows = rows;
         plain_columns = columns;
       }

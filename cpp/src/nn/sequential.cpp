@@ -121,19 +121,23 @@ double Sequential::train_step(const Tensor& x, const Tensor& target, Loss& loss,
   const Tensor& device_target = on_model_device(target, target_staging_);
   const double value = loss.forward_backward(output, device_target, grad_output_, nullptr);
   const Tensor* grad = &grad_output_;
+  // The convolution with a bias just before layer `at`, if there is one: a batch norm there gives
+  // it its bias gradient (its output gradient's sums), having each plane at hand.
+  auto biased_conv_before = [&](std::size_t at) -> Conv* {
+    auto* conv = at >= 1 ? dynamic_cast<Conv*>(layers_[at - 1].get()) : nullptr;
+    return conv && conv->bias_grad() ? conv : nullptr;
+  };
   for (std::size_t i = layers_.size(); i-- > 0;) {
     // An activation that is not the first layer may run its backward in this layer's pass.
     auto* activation = i >= 2 ? dynamic_cast<ActivationLayer*>(layers_[i - 1].get()) : nullptr;
-    // Batch norm, ReLU and max pooling that ran forward as one pass go back as one, giving the
-    // convolution before them its bias gradient like BatchNorm2d::backward_into.
+    // Batch norm, ReLU and max pooling that ran forward as one pass go back as one.
     auto* pool = activation ? dynamic_cast<Pool*>(layers_[i].get()) : nullptr;
     auto* pooled_norm = pool ? dynamic_cast<BatchNorm2d*>(layers_[i - 2].get()) : nullptr;
     if (pooled_norm && pool->fused_after(*pooled_norm)) {
-      auto* conv = i >= 3 ? dynamic_cast<Conv*>(layers_[i - 3].get()) : nullptr;
-      Tensor* bias_grad = conv ? conv->bias_grad() : nullptr;
-      grad = &pool->backward_through_norm(*grad, i - 2 > 0, bias_grad);
       i -= 2;
-      if (bias_grad) {
+      Conv* conv = biased_conv_before(i);
+      grad = &pool->backward_through_norm(*grad, i > 0, conv ? conv->bias_grad() : nullptr);
+      if (conv) {
         --i;
         grad = &conv->backward_without_bias(*grad, i > 0);
       }
@@ -145,12 +149,10 @@ double Sequential::train_step(const Tensor& x, const Tensor& target, Loss& loss,
       --i;
       continue;
     }
-    // A convolution's bias gradient (its output gradient's sums) from the batch norm after it,
-    // which has each plane at hand: one pass less over the largest tensors.
-    auto* norm = i >= 1 ? dynamic_cast<BatchNorm2d*>(layers_[i].get()) : nullptr;
-    auto* conv = norm ? dynamic_cast<Conv*>(layers_[i - 1].get()) : nullptr;
-    Tensor* bias_grad = conv ? conv->bias_grad() : nullptr;
-    if (const Tensor* norm_grad = bias_grad ? norm->backward_into(*grad, *bias_grad) : nullptr) {
+    // A batch norm after a convolution: one pass less over the largest tensors.
+    auto* norm = dynamic_cast<BatchNorm2d*>(layers_[i].get());
+    Conv* conv = norm ? biased_conv_before(i) : nullptr;
+    if (const Tensor* norm_grad = conv ? norm->backward_into(*grad, *conv->bias_grad()) : nullptr) {
       grad = &conv->backward_without_bias(*norm_grad, i - 1 > 0);
       --i;
       continue;
