@@ -191,13 +191,25 @@ FILTER_BLOCKS = {
     "conv1d_stride2_dil2": (1, case(C=12, K=10, spatial=(41,), kernel=(3,), stride=2, dilation=2)),
     # 16 (group, block) jobs: the weight gradient sums all images in one chunk
     "sixteen_groups": (2, case(N=3, C=16, K=128, groups=16, spatial=(6, 7), padding=1)),
+    # Sources past 1 MiB: a job's blocks of filters take each block of pixels in turn (the images
+    # share 8 jobs of 1 or 2 of the 5 blocks, the last one 8 or 6 filters wide; the pointwise
+    # layer's forward and data gradient, the padded one's forward).
+    "pointwise_source_past_l2": (2, case(N=3, C=70, K=72, spatial=(62, 61), kernel=(1, 1))),
+    "padded_source_past_l2_s2": (2, case(N=2, C=40, K=72, spatial=(81, 83), stride=2, padding=1)),
 }
+
+LARGE_SOURCES = ("pointwise_source_past_l2", "padded_source_past_l2_s2")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("nd,c", [pytest.param(nd, c, id=k) for k, (nd, c) in FILTER_BLOCKS.items()])
 def test_conv_filter_block_shapes(nd, c, dtype):
     run_forward_and_backward(nd, c, dtype, seed=4)
+
+
+@pytest.mark.parametrize("name", LARGE_SOURCES)
+def test_conv_filter_blocks_large_source_integer_valued_is_exact(name):
+    check_integer_valued_is_exact(*FILTER_BLOCKS[name], seed=16)
 
 
 # Layers with at most 4 input channels per group (forward) or few error channels (data gradient)

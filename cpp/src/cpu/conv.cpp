@@ -408,6 +408,8 @@ Correlation data_grad_correlation(const ConvGeometry& g) {
 // 22 -> 88, 60 -> 101, 52 -> 78), since they read each input value straight from the image.
 bool use_filter_blocks(const Correlation& c) { return c.out_per_group() >= cpu::kFilterBlock / 2; }
 
+constexpr std::int64_t kL2Bytes = std::int64_t{1} << 20;
+
 // Where the taps read: the image itself when it needs no padding, else a zero-padded (or cropped)
 // copy in the calling thread's workspace; tap t = (c, r, s) reads at tap_offsets[t] from an
 // output pixel's origin.
@@ -476,17 +478,32 @@ void filter_block_correlate(const Correlation& c, const float* src, const float*
   const std::int64_t out_plane = c.out_h * c.out_w;
   const TapSource source(c, cpu::workspace<std::int64_t>(cpu::WorkspaceSlot::gemm_b, taps));
   const FilterBlockJobs jobs(c.N * c.groups, blocks);
+  // A job's blocks of filters take each block of pixels in turn, while its taps' source values
+  // are in L1, when the source planes outgrow L2 (pw's 256 channels of 56x56: swept block by
+  // block they were read from L3 four times: 6.4 -> 5.0 ms). Smaller sources stay in L2 across
+  // block-by-block sweeps, which keep a block's weights in L1 and write 16 planes at a time (the
+  // stem and pw's data gradient ran 8% and 15% slower interleaved).
+  const bool interleave = c.in_per_group() * source.height * source.width * std::int64_t{sizeof(float)} > kL2Bytes;
 #pragma omp parallel for schedule(static) if (jobs.count() > 1)
   for (std::int64_t job = 0; job < jobs.count(); ++job) {
     const std::int64_t n = jobs.outer_of(job) / c.groups, grp = jobs.outer_of(job) % c.groups;
     const float* planes = source.planes(c, src, n, grp);
-    for (std::int64_t kb = jobs.first_block(job); kb < jobs.end_block(job); ++kb) {
+    const std::int64_t step = interleave ? jobs.end_block(job) - jobs.first_block(job) : 1;
+    for (std::int64_t kb = jobs.first_block(job); kb < jobs.end_block(job); kb += step) {
       const std::int64_t first = grp * per_group + kb * cpu::kFilterBlock;
-      const cpu::FilterBlockConvArgs args{planes, source.tap_offsets, taps, c.stride_h * source.width, c.stride_w,
+      const cpu::FilterBlockConvArgs args{planes,
+                                          source.tap_offsets,
+                                          taps,
+                                          c.stride_h * source.width,
+                                          c.stride_w,
                                           packed + (grp * blocks + kb) * taps * cpu::kFilterBlock,
-                                          bias ? bias + first : nullptr, out + (n * c.out_channels + first) * out_plane,
-                                          std::min<std::int64_t>(cpu::kFilterBlock, per_group - kb * cpu::kFilterBlock),
-                                          c.out_h, c.out_w, relu};
+                                          step,
+                                          bias ? bias + first : nullptr,
+                                          out + (n * c.out_channels + first) * out_plane,
+                                          std::min((kb + step) * cpu::kFilterBlock, per_group) - kb * cpu::kFilterBlock,
+                                          c.out_h,
+                                          c.out_w,
+                                          relu};
       kernels.filter_block_conv_f32(args);
     }
   }

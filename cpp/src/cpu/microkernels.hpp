@@ -71,10 +71,11 @@ struct FilterBlockConvArgs {
   const std::int64_t* tap_offsets;  // (taps): where tap t = (c, r, s) reads relative to an output pixel
   std::int64_t taps;
   std::int64_t row_step, col_step;  // src elements between output rows, between output columns
-  const float* weights;             // (taps, 16) for this block of filters, zero past out_channels
+  const float* weights;             // (blocks, taps, 16): consecutive blocks of filters, zero past out_channels
+  std::int64_t blocks;
   const float* bias;                // (out_channels) or null
-  float* out;                       // (out_channels, out_h, out_w): this block's first filter
-  std::int64_t out_channels, out_h, out_w;  // out_channels <= 16: the filters of this block
+  float* out;                       // (out_channels, out_h, out_w): the first block's first filter
+  std::int64_t out_channels, out_h, out_w;  // out_channels <= 16 * blocks: the filters of these blocks
   bool relu;                                // as in DirectConvArgs
 };
 using FilterBlockConv = void (*)(const FilterBlockConvArgs& args);
