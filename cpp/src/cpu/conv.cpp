@@ -764,11 +764,13 @@ void winograd_backward_data(const ConvGeometry& g, const float* dy, const float*
 // tile's 2x2 output gradient (zero past the output's edge). The sums over tiles run in chunks of
 // the batch fixed by the shape, each added in order to the transformed gradient: a result of the
 // shape alone. Integer-valued data stays exact (the 1/2s of G^T apply to integer sums). A NaN or
-// infinity in x or dy reaches all 9 taps of the filters whose tiles it lies in.
+// infinity in x or dy reaches all 9 taps of the filters whose tiles it lies in. db (or null) gets
+// the bias gradient as filter_block_backward_weight sums it: each error plane summed when its
+// image's first rows are read.
 constexpr std::int64_t kWinogradGradChunkBytes = std::int64_t{8} << 20;
 constexpr std::int64_t kWinogradGradMinChunk = 256;
 
-void winograd_backward_weight(const ConvGeometry& g, const float* dy, const float* x, float* dw) {
+void winograd_backward_weight(const ConvGeometry& g, const float* dy, const float* x, float* dw, float* db) {
   const cpu::KernelSet& kernels = cpu::active_kernels();
   const Correlation c = forward_correlation(g);
   const WinogradTiles all(c);
@@ -790,6 +792,7 @@ void winograd_backward_weight(const ConvGeometry& g, const float* dy, const floa
   float* du = cpu::workspace<float>(cpu::WorkspaceSlot::partials, 16 * du_stride);
   const std::int64_t error_row = 2 * all.w;  // pixels per row of a block's pixel-major gradient
   const std::int64_t padded_rows = all.rows_for(max_chunk);  // input rows of one image in a chunk
+  double* plane_sums = db ? cpu::workspace<double>(cpu::WorkspaceSlot::plane_sums, g.N * g.K) : nullptr;
   for (std::int64_t grp = 0; grp < g.groups; ++grp) {
 #pragma omp parallel
     {
@@ -807,8 +810,12 @@ void winograd_backward_weight(const ConvGeometry& g, const float* dy, const floa
           // Each image's part of the chunk: its block's gradient rows pixel-major (zero past the
           // output's edge and the group's last filter), then transformed run by run.
           auto fill_errors = [&](std::int64_t n, std::int64_t first_row, std::int64_t last_row) {
-            const float* planes = dy + (n * g.K + grp * per_group + kb * cpu::kFilterBlock) * g.P * g.Q;
+            const std::int64_t first_filter = n * g.K + grp * per_group + kb * cpu::kFilterBlock;
+            const float* planes = dy + first_filter * g.P * g.Q;
             const std::int64_t filters = std::min<std::int64_t>(cpu::kFilterBlock, per_group - kb * cpu::kFilterBlock);
+            if (plane_sums && n * all.h * all.w >= begin)  // the chunk holds the image's first tile
+              for (std::int64_t f = 0; f < filters; ++f)
+                plane_sums[first_filter + f] = cpu::sum_elements(planes + f * g.P * g.Q, g.P * g.Q);
             for (std::int64_t p = 2 * first_row; p < 2 * last_row + 2; ++p) {
               float* row = errors + (p - 2 * first_row) * error_row * cpu::kFilterBlock;
               if (p < g.P) {
@@ -836,7 +843,12 @@ void winograd_backward_weight(const ConvGeometry& g, const float* dy, const floa
     }
     // dW = G^T dU G, G^T = [1 1/2 1/2 0; 0 1/2 -1/2 0; 0 1/2 1/2 1].
 #pragma omp parallel for schedule(static)
-    for (std::int64_t k = 0; k < per_group; ++k)
+    for (std::int64_t k = 0; k < per_group; ++k) {
+      if (db) {
+        double bias = 0;
+        for (std::int64_t n = 0; n < g.N; ++n) bias += plane_sums[n * g.K + grp * per_group + k];
+        db[grp * per_group + k] = static_cast<float>(bias);
+      }
       for (std::int64_t ch = 0; ch < in; ++ch) {
         const float* m = du + (k / cpu::kFilterBlock) * du_block + ch * cpu::kFilterBlock + k % cpu::kFilterBlock;
         float s[3][4];
@@ -854,6 +866,7 @@ void winograd_backward_weight(const ConvGeometry& g, const float* dy, const floa
           out[3 * r + 2] = (s[r][1] + s[r][2]) * 0.5f + s[r][3];
         }
       }
+    }
   }
 }
 
@@ -1221,12 +1234,12 @@ void backward_weight_impl(const ConvGeometry& g, const T* dy, const T* x, T* dw,
   if constexpr (std::is_same_v<T, float>) {
     const Correlation c = forward_correlation(g);
     const bool direct = use_direct(g, g.C / g.groups), winograd = !direct && use_winograd(c);
-    // The filter-block path sums the bias gradient from the error planes it reads; the others
-    // take a pass of their own over them.
-    if (!direct && !winograd && use_filter_blocks(c)) return filter_block_backward_weight(g, dy, x, dw, db);
+    // The filter-block and Winograd paths sum the bias gradient from the error planes they read;
+    // the others take a pass of their own over them.
+    if (winograd) return winograd_backward_weight(g, dy, x, dw, db);
+    if (!direct && use_filter_blocks(c)) return filter_block_backward_weight(g, dy, x, dw, db);
     if (db) bias_grad(g, dy, db);
     if (direct) return direct_backward_weight(g, dy, x, dw);
-    if (winograd) return winograd_backward_weight(g, dy, x, dw);
   } else {
     if (db) bias_grad(g, dy, db);
   }
