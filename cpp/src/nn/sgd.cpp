@@ -10,11 +10,14 @@
 namespace juanji::optim {
 namespace {
 
+constexpr std::int64_t kParallelElements = 16384;
+
+// Called inside SGD::step's parallel region (or outside any): the elements are split over the team.
 template <class T>
 void update(T* w, const T* g, T* v, std::int64_t n, double lr, double momentum, bool nesterov,
             double weight_decay) {
   const T eta = static_cast<T>(lr), mu = static_cast<T>(momentum), wd = static_cast<T>(weight_decay);
-#pragma omp parallel for schedule(static) if (n > 65536)
+#pragma omp for schedule(static) nowait
   for (std::int64_t i = 0; i < n; ++i) {
     T d = g[i] + wd * w[i];
     if (v) {
@@ -43,6 +46,7 @@ SGD::SGD(std::vector<std::shared_ptr<nn::Parameter>> parameters, double lr_, dou
 }
 
 void SGD::step() {
+  std::int64_t cpu_elements = 0;
   for (std::size_t i = 0; i < parameters_.size(); ++i) {
     nn::Parameter& p = *parameters_[i];
     Tensor& v = velocity_[i];
@@ -56,6 +60,19 @@ void SGD::step() {
       continue;
     }
 #endif
+    // Checked here: nothing may throw inside the parallel region below.
+    check(p.grad.dtype() == p.value.dtype() && p.grad.shape() == p.value.shape(),
+          "params: a gradient must match its parameter's dtype and shape, got ", shape_text(p.grad.shape()), " ",
+          dtype_name(p.grad.dtype()), " for ", shape_text(p.value.shape()), " ", dtype_name(p.value.dtype()));
+    cpu_elements += p.value.numel();
+  }
+  // The parameters on the CPU in one parallel region: each element is updated on its own, and
+  // LeNet's ten parameters (62k elements) were too small to pay for a fork each.
+#pragma omp parallel if (cpu_elements > kParallelElements)
+  for (std::size_t i = 0; i < parameters_.size(); ++i) {
+    nn::Parameter& p = *parameters_[i];
+    if (!p.value.device().is_cpu()) continue;
+    Tensor& v = velocity_[i];
     if (p.value.dtype() == DType::float32)
       update<float>(p.value.data<float>(), p.grad.data<float>(), v.defined() ? v.data<float>() : nullptr,
                     p.value.numel(), lr, momentum_, nesterov_, weight_decay_);
