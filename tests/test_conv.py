@@ -191,6 +191,10 @@ FILTER_BLOCKS = {
     "conv1d_stride2_dil2": (1, case(C=12, K=10, spatial=(41,), kernel=(3,), stride=2, dilation=2)),
     # 16 (group, block) jobs: the weight gradient sums all images in one chunk
     "sixteen_groups": (2, case(N=3, C=16, K=128, groups=16, spatial=(6, 7), padding=1)),
+    # 8+ filters on few input channels: the direct kernel's forward, the filter blocks' weight
+    # gradient (convnet's first layer, cifar_c1).
+    "one_channel_weight_grad": (2, case(N=3, C=1, K=32, spatial=(12, 11), padding=1)),
+    "three_channels_weight_grad": (2, case(N=2, C=3, K=20, spatial=(9, 10), padding=1)),
     # Sources past 1 MiB: a job's blocks of filters take each block of pixels in turn (the images
     # share 8 jobs of 1 or 2 of the 5 blocks, the last one 8 or 6 filters wide; the pointwise
     # layer's forward and data gradient, the padded one's forward).

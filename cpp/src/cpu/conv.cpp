@@ -344,8 +344,9 @@ bool use_direct_data_grad(const ConvGeometry& g) {
   return g.stride_h == 1 && g.stride_w == 1 && Cg < cpu::kFilterBlock / 2 && (few_errors || one_vector_rows || Cg >= 3);
 }
 
-// Weight gradient for few input channels: every (filter, channel) pair sums its images in order
-// with the direct kernel over zero-padded copies of x and of the error.
+// Weight gradient for few input channels and too few filters for filter blocks (LeNet's first
+// layer, 6): every (filter, channel) pair sums its images in order with the direct kernel over
+// zero-padded copies of x and of the error.
 void direct_backward_weight(const ConvGeometry& g, const float* dy, const float* x, float* dw) {
   const cpu::KernelSet& kernels = cpu::active_kernels();
   const std::int64_t lanes = kernels.direct_conv_lanes;
@@ -1233,13 +1234,14 @@ template <class T>
 void backward_weight_impl(const ConvGeometry& g, const T* dy, const T* x, T* dw, T* db) {
   if constexpr (std::is_same_v<T, float>) {
     const Correlation c = forward_correlation(g);
-    const bool direct = use_direct(g, g.C / g.groups), winograd = !direct && use_winograd(c);
-    // The filter-block and Winograd paths sum the bias gradient from the error planes they read;
-    // the others take a pass of their own over them.
-    if (winograd) return winograd_backward_weight(g, dy, x, dw, db);
-    if (!direct && use_filter_blocks(c)) return filter_block_backward_weight(g, dy, x, dw, db);
+    // The Winograd and filter-block paths sum the bias gradient from the error planes they read;
+    // the others take a pass of their own over them. Filter blocks also take layers with few input
+    // channels: they read the error once, where the direct kernel pads a copy of it first
+    // (convnet_c1, 1 -> 32 channels: 577 -> 392 us; cifar_c1: 1.39 -> 0.91 ms).
+    if (use_winograd(c)) return winograd_backward_weight(g, dy, x, dw, db);
+    if (use_filter_blocks(c)) return filter_block_backward_weight(g, dy, x, dw, db);
     if (db) bias_grad(g, dy, db);
-    if (direct) return direct_backward_weight(g, dy, x, dw);
+    if (use_direct(g, g.C / g.groups)) return direct_backward_weight(g, dy, x, dw);
   } else {
     if (db) bias_grad(g, dy, db);
   }
