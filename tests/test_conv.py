@@ -246,6 +246,31 @@ def test_conv_direct_kernel_integer_valued_is_exact(nd, c):
     check_integer_valued_is_exact(nd, c, seed=14)
 
 
+# Direct data gradients of planes narrower than a vector (16 lanes with AVX-512, 8 with AVX2, 4
+# portable) put the images in the lanes when there are at least half a vector of them: groups of
+# images with a partial last one, output channels in blocks of 4 + 3, padding that crops rows,
+# dilation, and one group of images split into ranges of rows.
+IMAGE_LANES = {
+    "lenet_c2_partial_group": (2, case(N=20, C=6, K=16, spatial=(14, 14), kernel=(5, 5))),
+    "padded_seven_channels": (2, case(N=9, C=7, K=5, spatial=(7, 9), padding=1)),
+    "tiny_planes_every_level": (2, case(N=8, C=2, K=3, spatial=(3, 3), kernel=(2, 2), padding=1)),
+    "dilated": (2, case(N=16, C=3, K=4, spatial=(11, 12), dilation=2, padding=2)),
+    "rows_cropped": (2, case(N=16, C=2, K=3, spatial=(6, 7), padding=(3, 1))),
+    "one_group_row_ranges": (2, case(N=8, C=1, K=2, spatial=(5, 5), padding=1)),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("nd,c", [pytest.param(nd, c, id=k) for k, (nd, c) in IMAGE_LANES.items()])
+def test_conv_image_lane_data_grad_shapes(nd, c, dtype):
+    run_forward_and_backward(nd, c, dtype, seed=17)
+
+
+@pytest.mark.parametrize("nd,c", [pytest.param(nd, c, id=k) for k, (nd, c) in IMAGE_LANES.items()])
+def test_conv_image_lane_data_grad_integer_valued_is_exact(nd, c):
+    check_integer_valued_is_exact(nd, c, seed=18)
+
+
 # Strided float32 data gradients run by phases: each residue of the input rows (columns) gets a
 # stride-1 data gradient of the taps that reach it, through the direct kernel, Winograd, filter
 # blocks or GEMM, or zeros where no tap does; gcd(stride, dilation) > 1 skips taps.

@@ -324,11 +324,47 @@ DirectPass direct_data_grad_pass(const ConvGeometry& g, const float* rotated) {
           g.H, g.W};
 }
 
+// The direct data gradient with the batch in the lanes, for planes narrower than a vector: a job
+// takes a group of `lanes` images (and a range of output rows where there are too few groups to
+// share), moves their error into the lanes, correlates and moves the result back. Every pixel of
+// every image is a lane of work, where lanes along a row would idle past the plane's width and
+// past the error's (lenet_c2's 10 of 16 lanes: 340 -> 231 us; LeNet step 1.47 -> 1.41 ms).
+bool use_image_lanes(const ConvGeometry& g, const DirectPass& pass) {
+  const std::int64_t lanes = cpu::active_kernels().direct_conv_lanes;
+  return g.groups == 1 && g.W < lanes && g.Q <= lanes && pass.left >= 0 && 2 * g.N >= lanes;
+}
+
+void image_lane_backward_data(const ConvGeometry& g, const float* dy, const DirectPass& pass, float* dx) {
+  const cpu::KernelSet& kernels = cpu::active_kernels();
+  const std::int64_t lanes = kernels.direct_conv_lanes, PQ = g.P * g.Q, HW = g.H * g.W;
+  const std::int64_t src_w = std::max(pass.left + g.Q, g.W + g.dil_w * (g.S - 1));
+  const std::int64_t image_groups = (g.N + lanes - 1) / lanes, threads = get_num_threads();
+  const std::int64_t row_ranges = std::clamp<std::int64_t>((2 * threads + image_groups - 1) / image_groups, 1, g.H);
+#pragma omp parallel for schedule(static) if (image_groups * row_ranges > 1)
+  for (std::int64_t job = 0; job < image_groups * row_ranges; ++job) {
+    const std::int64_t first = job / row_ranges * lanes, images = std::min(lanes, g.N - first);
+    const std::int64_t range = job % row_ranges;
+    const std::int64_t row_begin = g.H * range / row_ranges, row_end = g.H * (range + 1) / row_ranges;
+    float* src = cpu::workspace<float>(cpu::WorkspaceSlot::columns, g.K * g.P * src_w * lanes);
+    float* out = cpu::workspace<float>(cpu::WorkspaceSlot::batch_out, g.C * HW * lanes);
+    kernels.to_image_lanes_f32(dy + first * g.K * PQ, g.K * PQ, images, g.K, g.P, g.Q, pass.left, src_w, src);
+    const cpu::ImageLaneConvArgs args{src, g.K, g.P, src_w, pass.left, pass.left + g.Q,
+                                      pass.weights, g.R, g.S, g.dil_h, g.dil_w, pass.top,
+                                      out, g.C, g.H, g.W, row_begin, row_end};
+    kernels.image_lane_conv_f32(args);
+    for (std::int64_t c = 0; c < g.C; ++c)
+      kernels.from_image_lanes_f32(out + (c * g.H + row_begin) * g.W * lanes, row_end - row_begin, g.W, images,
+                                   g.C * HW, dx + (first * g.C + c) * HW + row_begin * g.W);
+  }
+}
+
 void direct_backward_data(const ConvGeometry& g, const float* dy, const float* w, float* dx) {
   float* rotated = cpu::workspace<float>(cpu::WorkspaceSlot::partials, g.K * (g.C / g.groups) * g.R * g.S);
   rotate_for_data_grad(g, [&](std::int64_t kc, std::int64_t r, std::int64_t s) { return w[(kc * g.R + r) * g.S + s]; },
                        rotated);
-  direct_conv_all(g, dy, g.K, g.P, g.Q, direct_data_grad_pass(g, rotated), nullptr, dx, g.C, false, true);
+  const DirectPass pass = direct_data_grad_pass(g, rotated);
+  if (use_image_lanes(g, pass)) return image_lane_backward_data(g, dy, pass, dx);
+  direct_conv_all(g, dy, g.K, g.P, g.Q, pass, nullptr, dx, g.C, false, true);
 }
 
 // The direct kernel also takes the data gradient of layers with too few input channels for filter

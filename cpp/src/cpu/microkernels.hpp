@@ -60,6 +60,35 @@ struct DirectWeightGradArgs {
 };
 using DirectWeightGrad = void (*)(const DirectWeightGradArgs& args);
 
+// The direct correlation with images in the lanes: a vector holds one pixel of `lanes` images, for
+// planes narrower than a vector, where lanes along a row would idle (LeNet's 14-wide data
+// gradient used 10 of 16: its error rows are 10 wide):
+//   out[c][i][j][l] = sum_{k,r,s} weights[c][k][r][s] * src[k][i + r*dil_h - top][j + s*dil_w][l]
+// summed in (k, r, s) order over output rows [row_begin, row_end). Source rows outside
+// [0, src_h) are skipped (they hold no products); columns are read from src's rows of src_w
+// pixels (j + s*dil_w < src_w), zero outside [cols_begin, cols_end), where a block of pixels skips
+// the taps that would read zeros only. Reading a zero adds +0 or -0 to a sum that started at +0,
+// which leaves it unchanged while the weights are finite.
+struct ImageLaneConvArgs {
+  const float* src;  // (in_channels, src_h, src_w, lanes)
+  std::int64_t in_channels, src_h, src_w, cols_begin, cols_end;
+  const float* weights;  // (out_channels, in_channels, R, S)
+  std::int64_t R, S, dil_h, dil_w, top;
+  float* out;  // (out_channels, out_h, out_w, lanes)
+  std::int64_t out_channels, out_h, out_w, row_begin, row_end;
+};
+using ImageLaneConv = void (*)(const ImageLaneConvArgs& args);
+
+// Planes of `images` (<= lanes) images into the lanes: out[(plane * rows + p) * out_w + left + q][l]
+// = src[l * image_stride + (plane * rows + p) * width + q] for q < width (<= lanes), zero in the
+// other columns of out's rows of out_w pixels and in the lanes past `images`.
+using ToImageLanes = void (*)(const float* src, std::int64_t image_stride, std::int64_t images, std::int64_t planes,
+                              std::int64_t rows, std::int64_t width, std::int64_t left, std::int64_t out_w, float* out);
+// And back: out[l * image_stride + row * width + j] = src[(row * width + j) * lanes + l] for rows
+// of width (<= lanes) pixels and l < images.
+using FromImageLanes = void (*)(const float* src, std::int64_t rows, std::int64_t width, std::int64_t images,
+                                std::int64_t image_stride, float* out);
+
 // Direct convolution vectorised over filters, 16 per block, for small images whose layers have
 // enough filters to fill vectors (LeNet's 6 -> 16 channels on 14x14): no im2col, no packing of
 // the input, one broadcast multiply-add per tap and output pixel. With src zero-padded:
@@ -213,6 +242,9 @@ struct KernelSet {
   MicroKernelInfo<double> gemm_f64;
   DirectConv direct_conv_f32;
   DirectWeightGrad direct_weight_grad_f32;
+  ImageLaneConv image_lane_conv_f32;
+  ToImageLanes to_image_lanes_f32;
+  FromImageLanes from_image_lanes_f32;
   FilterBlockConv filter_block_conv_f32;
   FilterBlockWeightGrad filter_block_weight_grad_f32;
   WinogradInputRow winograd_input_row_f32;
