@@ -246,12 +246,14 @@ def test_conv_direct_kernel_integer_valued_is_exact(nd, c):
     check_integer_valued_is_exact(nd, c, seed=14)
 
 
-# Direct data gradients of planes narrower than a vector (16 lanes with AVX-512, 8 with AVX2, 4
-# portable) put the images in the lanes when there are at least half a vector of them: groups of
-# images with a partial last one, output channels in blocks of 4 + 3, padding that crops rows,
-# dilation, and one group of images split into ranges of rows.
+# With at least half a vector of images (16 lanes with AVX-512, 8 with AVX2, 4 portable), direct
+# data gradients of planes narrower than a vector and direct weight gradients put the images in
+# the lanes: groups of images with a partial last one, output channels in blocks of 4 + 3 (and
+# filters in blocks of 4 + 3 or 3 + 2 + 2), rows wider than a vector, padding that crops rows,
+# dilation, and one group of images split into ranges of rows (or of filters).
 IMAGE_LANES = {
     "lenet_c2_partial_group": (2, case(N=20, C=6, K=16, spatial=(14, 14), kernel=(5, 5))),
+    "lenet_c1_weight_grad": (2, case(N=20, C=1, K=7, spatial=(12, 28), kernel=(5, 5), padding=2)),
     "padded_seven_channels": (2, case(N=9, C=7, K=5, spatial=(7, 9), padding=1)),
     "tiny_planes_every_level": (2, case(N=8, C=2, K=3, spatial=(3, 3), kernel=(2, 2), padding=1)),
     "dilated": (2, case(N=16, C=3, K=4, spatial=(11, 12), dilation=2, padding=2)),

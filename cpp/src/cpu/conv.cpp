@@ -347,7 +347,7 @@ void image_lane_backward_data(const ConvGeometry& g, const float* dy, const Dire
     const std::int64_t row_begin = g.H * range / row_ranges, row_end = g.H * (range + 1) / row_ranges;
     float* src = cpu::workspace<float>(cpu::WorkspaceSlot::columns, g.K * g.P * src_w * lanes);
     float* out = cpu::workspace<float>(cpu::WorkspaceSlot::batch_out, g.C * HW * lanes);
-    kernels.to_image_lanes_f32(dy + first * g.K * PQ, g.K * PQ, images, g.K, g.P, g.Q, pass.left, src_w, src);
+    kernels.to_image_lanes_f32({dy + first * g.K * PQ, g.K * PQ, images, g.K, g.P, g.Q, src, 0, pass.left, g.P, src_w});
     const cpu::ImageLaneConvArgs args{src, g.K, g.P, src_w, pass.left, pass.left + g.Q,
                                       pass.weights, g.R, g.S, g.dil_h, g.dil_w, pass.top,
                                       out, g.C, g.H, g.W, row_begin, row_end};
@@ -380,12 +380,52 @@ bool use_direct_data_grad(const ConvGeometry& g) {
   return g.stride_h == 1 && g.stride_w == 1 && Cg < cpu::kFilterBlock / 2 && (few_errors || one_vector_rows || Cg >= 3);
 }
 
+// The same with the images in the lanes, where there are at least half a vector of them: a job
+// takes a group of `lanes` images and a range of filters, moves the group's input (zero-padded)
+// and the filters' error into the lanes and sums every tap's products over the pixels, a lane per
+// image; the groups' sums are then added in order. Every product is a lane of work, where the
+// direct kernel's rows of 28 in 32 lanes read padded copies of the error (lenet_c1 with its bias
+// gradient: 232 -> 141 us; LeNet step 1.38 -> 1.29 ms).
+void image_lane_backward_weight(const ConvGeometry& g, const float* dy, const float* x, float* dw) {
+  const cpu::KernelSet& kernels = cpu::active_kernels();
+  const std::int64_t lanes = kernels.direct_conv_lanes, taps = g.C * g.R * g.S, PQ = g.P * g.Q, HW = g.H * g.W;
+  const std::int64_t src_h = std::max(g.P + g.dil_h * (g.R - 1), g.pad_top + g.H);
+  const std::int64_t src_w = std::max(g.Q + g.dil_w * (g.S - 1), g.pad_left + g.W);
+  const std::int64_t image_groups = (g.N + lanes - 1) / lanes, threads = get_num_threads();
+  const std::int64_t filter_ranges = std::clamp<std::int64_t>((2 * threads + image_groups - 1) / image_groups, 1, g.K);
+  float* partials = cpu::workspace<float>(cpu::WorkspaceSlot::partials, image_groups * g.K * taps);
+#pragma omp parallel
+  {
+#pragma omp for schedule(static)
+    for (std::int64_t job = 0; job < image_groups * filter_ranges; ++job) {
+      const std::int64_t first = job / filter_ranges * lanes, images = std::min(lanes, g.N - first);
+      const std::int64_t range = job % filter_ranges;
+      const std::int64_t k_begin = g.K * range / filter_ranges, k_end = g.K * (range + 1) / filter_ranges;
+      float* src = cpu::workspace<float>(cpu::WorkspaceSlot::columns, g.C * src_h * src_w * lanes);
+      float* errors = cpu::workspace<float>(cpu::WorkspaceSlot::batch_out, g.K * PQ * lanes);
+      kernels.to_image_lanes_f32({x + first * g.C * HW, g.C * HW, images, g.C, g.H, g.W, src, g.pad_top, g.pad_left,
+                                  src_h, src_w});
+      kernels.to_image_lanes_f32({dy + (first * g.K + k_begin) * PQ, g.K * PQ, images, k_end - k_begin, g.P, g.Q,
+                                  errors + k_begin * PQ * lanes, 0, 0, g.P, g.Q});
+      kernels.image_lane_weight_grad_f32({src, g.C, src_h, src_w, errors, g.P, g.Q, g.R, g.S, g.dil_h, g.dil_w, k_begin,
+                                          k_end - k_begin, partials + job / filter_ranges * g.K * taps});
+    }
+#pragma omp for schedule(static)
+    for (std::int64_t i = 0; i < g.K * taps; ++i) {
+      float sum = partials[i];
+      for (std::int64_t group = 1; group < image_groups; ++group) sum += partials[group * g.K * taps + i];
+      dw[i] = sum;
+    }
+  }
+}
+
 // Weight gradient for few input channels and too few filters for filter blocks (LeNet's first
-// layer, 6): every (filter, channel) pair sums its images in order with the direct kernel over
-// zero-padded copies of x and of the error.
+// layer, 6): in the image lanes, or with fewer images or in groups every (filter, channel) pair
+// sums its images in order with the direct kernel over zero-padded copies of x and of the error.
 void direct_backward_weight(const ConvGeometry& g, const float* dy, const float* x, float* dw) {
   const cpu::KernelSet& kernels = cpu::active_kernels();
   const std::int64_t lanes = kernels.direct_conv_lanes;
+  if (g.groups == 1 && 2 * g.N >= lanes) return image_lane_backward_weight(g, dy, x, dw);
   const std::int64_t Cg = g.C / g.groups, Kg = g.K / g.groups, taps = g.R * g.S;
   const std::int64_t out_stride = (g.Q + lanes - 1) / lanes * lanes;
   const std::int64_t padded_h = g.P + g.dil_h * (g.R - 1), padded_w = out_stride + g.dil_w * (g.S - 1);

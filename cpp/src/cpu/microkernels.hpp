@@ -79,15 +79,34 @@ struct ImageLaneConvArgs {
 };
 using ImageLaneConv = void (*)(const ImageLaneConvArgs& args);
 
-// Planes of `images` (<= lanes) images into the lanes: out[(plane * rows + p) * out_w + left + q][l]
-// = src[l * image_stride + (plane * rows + p) * width + q] for q < width (<= lanes), zero in the
-// other columns of out's rows of out_w pixels and in the lanes past `images`.
-using ToImageLanes = void (*)(const float* src, std::int64_t image_stride, std::int64_t images, std::int64_t planes,
-                              std::int64_t rows, std::int64_t width, std::int64_t left, std::int64_t out_w, float* out);
+// Planes of `images` (<= lanes) images into the lanes, zero-padded: out[(plane * out_h + top + p)
+// * out_w + left + q][l] = src[l * image_stride + (plane * rows + p) * width + q], zero in the
+// other rows and columns of out's planes of out_h x out_w pixels and in the lanes past `images`.
+struct ToImageLanesArgs {
+  const float* src;
+  std::int64_t image_stride, images, planes, rows, width;
+  float* out;
+  std::int64_t top, left, out_h, out_w;
+};
+using ToImageLanes = void (*)(const ToImageLanesArgs& args);
 // And back: out[l * image_stride + row * width + j] = src[(row * width + j) * lanes + l] for rows
 // of width (<= lanes) pixels and l < images.
 using FromImageLanes = void (*)(const float* src, std::int64_t rows, std::int64_t width, std::int64_t images,
                                 std::int64_t image_stride, float* out);
+
+// Weight gradient of the direct correlation with images in the lanes, for filters [k0, k0 +
+// filters) of one group of images, each lane summing its image's pixels in (p, q) order and the
+// lanes then added in order:
+//   out[k][c][r][s] = sum_{p,q,l} grad_out[k][p][q][l] * src[c][p + r*dil_h][q + s*dil_w][l]
+struct ImageLaneWeightGradArgs {
+  const float* src;  // (in_channels, src_h, src_w, lanes), zero-padded
+  std::int64_t in_channels, src_h, src_w;
+  const float* grad_out;  // (out_channels, out_h, out_w, lanes)
+  std::int64_t out_h, out_w;
+  std::int64_t R, S, dil_h, dil_w, k0, filters;
+  float* out;  // (out_channels, in_channels, R, S): the block's filters written
+};
+using ImageLaneWeightGrad = void (*)(const ImageLaneWeightGradArgs& args);
 
 // Direct convolution vectorised over filters, 16 per block, for small images whose layers have
 // enough filters to fill vectors (LeNet's 6 -> 16 channels on 14x14): no im2col, no packing of
@@ -245,6 +264,7 @@ struct KernelSet {
   ImageLaneConv image_lane_conv_f32;
   ToImageLanes to_image_lanes_f32;
   FromImageLanes from_image_lanes_f32;
+  ImageLaneWeightGrad image_lane_weight_grad_f32;
   FilterBlockConv filter_block_conv_f32;
   FilterBlockWeightGrad filter_block_weight_grad_f32;
   WinogradInputRow winograd_input_row_f32;
