@@ -249,7 +249,7 @@ def test_conv_direct_kernel_integer_valued_is_exact(nd, c):
 # With at least half a vector of images (16 lanes with AVX-512, 8 with AVX2, 4 portable), direct
 # data gradients of planes narrower than a vector and direct weight gradients put the images in
 # the lanes: groups of images with a partial last one, output channels in blocks of 4 + 3 (and
-# filters in blocks of 4 + 3 or 3 + 2 + 2), rows wider than a vector, padding that crops rows,
+# filters in blocks of 3 + 2 + 2 or 2 + 2 + 2 + 1), rows wider than a vector, padding that crops rows,
 # dilation, and one group of images split into ranges of rows (or of filters).
 IMAGE_LANES = {
     "lenet_c2_partial_group": (2, case(N=20, C=6, K=16, spatial=(14, 14), kernel=(5, 5))),
