@@ -196,13 +196,15 @@ FILTER_BLOCKS = {
     "one_channel_weight_grad": (2, case(N=3, C=1, K=32, spatial=(12, 11), padding=1)),
     "three_channels_weight_grad": (2, case(N=2, C=3, K=20, spatial=(9, 10), padding=1)),
     # Sources past 1 MiB: a job's blocks of filters take each block of pixels in turn (the images
-    # share 8 jobs of 1 or 2 of the 5 blocks, the last one 8 or 6 filters wide; the pointwise
-    # layer's forward and data gradient, the padded one's forward).
+    # share 8 jobs of 1 or 2 of the 5 blocks, the last one 8 or 6 filters wide: the pointwise
+    # layers' forward and data gradient, the padded one's forward). With 64+ error channels a
+    # pointwise data gradient past 1 MiB per image is a GEMM (the first one's).
     "pointwise_source_past_l2": (2, case(N=3, C=70, K=72, spatial=(62, 61), kernel=(1, 1))),
+    "pointwise_error_past_l2": (2, case(N=3, C=70, K=40, spatial=(82, 81), kernel=(1, 1))),
     "padded_source_past_l2_s2": (2, case(N=2, C=40, K=72, spatial=(81, 83), stride=2, padding=1)),
 }
 
-LARGE_SOURCES = ("pointwise_source_past_l2", "padded_source_past_l2_s2")
+LARGE_SOURCES = ("pointwise_source_past_l2", "pointwise_error_past_l2", "padded_source_past_l2_s2")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
