@@ -46,6 +46,12 @@ def all_ops(x, w, b, dy):
     # LeNet's second layer: the data gradient's direct kernel in row pairs (AVX-512), GEMM below.
     ln_x, ln_w = np.resize(x, (5, 6, 14, 14)), np.resize(w, (16, 6, 5, 5))
     outs += list(juanji.conv2d_backward(np.resize(dy, (5, 16, 10, 10)), ln_x, ln_w))
+    # 20 images: LeNet's layers with the batch in the lanes (the first layer's weight gradient, the
+    # second's data gradient), split into ranges of filters or rows by the thread count.
+    il_x, il_w = np.resize(x, (20, 1, 28, 28)), np.resize(w, (6, 1, 5, 5))
+    outs += list(juanji.conv2d_backward(np.resize(dy, (20, 6, 28, 28)), il_x, il_w, padding=2))
+    il_x, il_w = np.resize(x, (20, 6, 14, 14)), np.resize(w, (16, 6, 5, 5))
+    outs += list(juanji.conv2d_backward(np.resize(dy, (20, 16, 10, 10)), il_x, il_w))
     # A stem-like strided layer: the data gradient's stride phases through the direct kernel,
     # rows of 7+ vectors of 16 lanes.
     st_x, st_w = np.resize(x, (2, 3, 12, 230)), np.resize(w, (16, 3, 7, 7))
