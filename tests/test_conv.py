@@ -326,6 +326,9 @@ def test_conv_data_grad_with_infinite_weight_has_no_products_in_the_padding():
 # (forward, and the data gradient: its correlation has the filters and channels swapped): odd
 # output sizes (half-used tiles), padding 0..3 (the data gradient's cropping), filter blocks past
 # 16, tile rows wider than a vector of tiles, chunks across images, groups, a single output pixel.
+# The weight gradient's two schedules, each over two or more chunks of tiles that split an image:
+# few channels by halves of the transforms (16 + 16 -> 768-tile chunks), more through shared
+# chunks (40 + 64 -> 1260 tiles).
 WINOGRAD = {
     "basic": (2, case(C=16, K=16, spatial=(8, 8), padding=1)),
     "odd_outputs_valid": (2, case(N=3, C=16, K=20, spatial=(7, 9))),
@@ -338,6 +341,8 @@ WINOGRAD = {
     "groups2": (2, case(C=32, K=48, groups=2, spatial=(7, 8), padding=1)),
     "batch1_out_1x1": (2, case(N=1, C=16, K=17, spatial=(3, 3))),
     "no_bias": (2, case(C=16, K=16, spatial=(6, 6), padding=1, bias=False)),
+    "weight_grad_by_halves_chunks": (2, case(N=7, C=16, K=16, spatial=(24, 24), padding=1)),
+    "weight_grad_shared_chunks": (2, case(N=4, C=40, K=64, spatial=(40, 40), padding=1)),
 }
 
 

@@ -43,6 +43,10 @@ def all_ops(x, w, b, dy):
     wg_x, wg_w = np.resize(x, (5, 16, 13, 11)), np.resize(w, (18, 16, 3, 3))
     outs.append(juanji.conv2d(wg_x, wg_w, np.resize(b, 18), padding=1))
     outs += list(juanji.conv2d_backward(np.resize(dy, (5, 18, 13, 11)), wg_x, wg_w, padding=1))
+    # Its weight gradient over three chunks, three filter blocks' halves shared out by the thread
+    # count (with 3 threads one takes a block's top half and another's bottom half).
+    wg_x, wg_w = np.resize(x, (7, 16, 24, 24)), np.resize(w, (48, 16, 3, 3))
+    outs += list(juanji.conv2d_backward(np.resize(dy, (7, 48, 24, 24)), wg_x, wg_w, padding=1))
     # LeNet's second layer: the data gradient's direct kernel in row pairs (AVX-512), GEMM below.
     ln_x, ln_w = np.resize(x, (5, 6, 14, 14)), np.resize(w, (16, 6, 5, 5))
     outs += list(juanji.conv2d_backward(np.resize(dy, (5, 16, 10, 10)), ln_x, ln_w))

@@ -711,13 +711,13 @@ void for_each_tile_run_by_image(const WinogradTiles& tiles, std::int64_t begin, 
   });
 }
 
-// Input transforms of channel ch (of group grp) for the tiles [begin, end):
-// v[e * v_stride + ch * v_row + t - begin]. Each image's rows are padded once into `rows`
+// Input transforms of channel ch (of group grp) for the tiles [begin, end), the transforms' rows
+// [first_row, end_row) (WinogradInputRow): v[e * v_stride + ch * v_row + t - begin]. Each image's rows are padded once into `rows`
 // (tiles.rows_for(end - begin) x tiles.width floats), which the caller zeroed before its first call:
 // this writes the data columns only (lanes that are thrown away read past them).
 void winograd_input_chunk(const Correlation& c, const WinogradTiles& tiles, const float* src, std::int64_t grp,
                           std::int64_t ch, std::int64_t begin, std::int64_t end, float* rows, float* v,
-                          std::int64_t v_row, std::int64_t v_stride) {
+                          std::int64_t v_row, std::int64_t v_stride, int first_row = 0, int end_row = 4) {
   const cpu::KernelSet& kernels = cpu::active_kernels();
   // Only the rows and columns the outputs read: a NaN elsewhere stays out of the sums. The
   // columns around them are the zero padding of every row, never written after the caller zeroed
@@ -742,7 +742,7 @@ void winograd_input_chunk(const Correlation& c, const WinogradTiles& tiles, cons
   auto flush = [&] {
     if (waiting_row < 0) return;
     kernels.winograd_input_row_f32(rows + 2 * waiting_row * tiles.width, tiles.width, tiles.w,
-                                   v + ch * v_row + waiting_offset, v_stride);
+                                   v + ch * v_row + waiting_offset, v_stride, first_row, end_row);
     waiting_row = -1;
   };
   auto start_image = [&](std::int64_t n, std::int64_t first_row, std::int64_t last_row) {
@@ -754,7 +754,7 @@ void winograd_input_chunk(const Correlation& c, const WinogradTiles& tiles, cons
     const bool full = tx0 == 0 && tx1 == tiles.w;
     if (pairs && full && waiting_row >= 0 && waiting_row + 1 == row) {
       kernels.winograd_input_row_pair_f32(rows + 2 * waiting_row * tiles.width, tiles.width, tiles.w,
-                                          v + ch * v_row + waiting_offset, v_stride);
+                                          v + ch * v_row + waiting_offset, v_stride, first_row, end_row);
       waiting_row = -1;
       return;
     }
@@ -765,7 +765,7 @@ void winograd_input_chunk(const Correlation& c, const WinogradTiles& tiles, cons
       return;
     }
     kernels.winograd_input_row_f32(rows + 2 * row * tiles.width + 2 * tx0, tiles.width, tx1 - tx0,
-                                   v + ch * v_row + offset, v_stride);
+                                   v + ch * v_row + offset, v_stride, first_row, end_row);
   });
   flush();
 }
@@ -844,107 +844,194 @@ void winograd_backward_data(const ConvGeometry& g, const float* dy, const float*
 // infinity in x or dy reaches all 9 taps of the filters whose tiles it lies in. db (or null) gets
 // the bias gradient as filter_block_backward_weight sums it: each error plane summed when its
 // image's first rows are read.
+
+// One group's buffers for chunks of at most max_chunk tiles: v[e][c][t], z[e][block][t][k] and
+// du[e][block][c][k], the transformed gradient.
+struct WinogradGradLayout {
+  std::int64_t in, per_group, blocks, chunks, max_chunk;
+  std::int64_t v_row, v_stride, z_block, z_stride, du_block, du_stride;
+  std::int64_t error_row, padded_rows;  // pixels per row of a block's pixel-major gradient; input rows of one image in a chunk
+
+  WinogradGradLayout(const Correlation& c, const WinogradTiles& all, std::int64_t chunk_tiles)
+      : in(c.in_per_group()), per_group(c.out_per_group()), blocks(c.blocks()),
+        chunks((all.total + chunk_tiles - 1) / chunk_tiles), max_chunk((all.total + chunks - 1) / chunks),
+        v_row(max_chunk + 16), v_stride(in * v_row + 16), z_block(max_chunk * cpu::kFilterBlock),
+        z_stride(blocks * z_block + 16), du_block(in * cpu::kFilterBlock), du_stride(blocks * du_block),
+        error_row(2 * all.w), padded_rows(all.rows_for(max_chunk)) {}
+
+  std::int64_t chunk_begin(const WinogradTiles& all, std::int64_t chunk) const { return all.total * chunk / chunks; }
+  std::int64_t errors_size() const { return (padded_rows - 2) * error_row * cpu::kFilterBlock; }
+};
+
+// The error transforms of block kb over the tiles [begin, end), rows [first_row, end_row) of
+// them (WinogradGradRow), into z: each image's part of the chunk has its block's gradient rows
+// made pixel-major in `errors` (zero past the output's edge and the group's last filter), then
+// transformed run by run. With plane_sums, the block's error planes of the images whose first
+// tile the chunk holds are summed into it.
+void winograd_grad_block(const ConvGeometry& g, const WinogradTiles& all, const WinogradGradLayout& l,
+                         const float* dy, std::int64_t grp, std::int64_t kb, std::int64_t begin, std::int64_t end,
+                         int first_row, int end_row, float* errors, float* z, double* plane_sums) {
+  const cpu::KernelSet& kernels = cpu::active_kernels();
+  const std::int64_t filters = std::min<std::int64_t>(cpu::kFilterBlock, l.per_group - kb * cpu::kFilterBlock);
+  auto fill_errors = [&](std::int64_t n, std::int64_t first_tile_row, std::int64_t last_tile_row) {
+    const std::int64_t first_filter = n * g.K + grp * l.per_group + kb * cpu::kFilterBlock;
+    const float* planes = dy + first_filter * g.P * g.Q;
+    if (plane_sums && n * all.h * all.w >= begin)
+      for (std::int64_t f = 0; f < filters; ++f)
+        plane_sums[first_filter + f] = cpu::sum_elements(planes + f * g.P * g.Q, g.P * g.Q);
+    for (std::int64_t p = 2 * first_tile_row; p < 2 * last_tile_row + 2; ++p) {
+      float* row = errors + (p - 2 * first_tile_row) * l.error_row * cpu::kFilterBlock;
+      if (p < g.P) {
+        kernels.pixel_major_row_f32(planes + p * g.Q, g.P * g.Q, filters, g.Q, l.error_row, row);
+      } else {
+        std::fill(row, row + l.error_row * cpu::kFilterBlock, 0.0f);
+      }
+    }
+  };
+  for_each_tile_run_by_image(all, begin, end, fill_errors, [&](std::int64_t row, std::int64_t tx0, std::int64_t tx1,
+                                                               std::int64_t offset) {
+    kernels.winograd_grad_row_f32(errors + (2 * row * l.error_row + 2 * tx0) * cpu::kFilterBlock, l.error_row, tx1 - tx0,
+                                  z + kb * l.z_block + offset * cpu::kFilterBlock, l.z_stride, first_row, end_row);
+  });
+}
+
+// dW = G^T dU G for one group, G^T = [1 1/2 1/2 0; 0 1/2 -1/2 0; 0 1/2 1/2 1], and db from the
+// plane sums (or no db).
+void winograd_weight_from_transformed(const ConvGeometry& g, const WinogradGradLayout& l, std::int64_t grp,
+                                      const float* du, const double* plane_sums, float* dw, float* db) {
+#pragma omp parallel for schedule(static)
+  for (std::int64_t k = 0; k < l.per_group; ++k) {
+    if (db) {
+      double bias = 0;
+      for (std::int64_t n = 0; n < g.N; ++n) bias += plane_sums[n * g.K + grp * l.per_group + k];
+      db[grp * l.per_group + k] = static_cast<float>(bias);
+    }
+    for (std::int64_t ch = 0; ch < l.in; ++ch) {
+      const float* m = du + (k / cpu::kFilterBlock) * l.du_block + ch * cpu::kFilterBlock + k % cpu::kFilterBlock;
+      float s[3][4];
+      for (int b = 0; b < 4; ++b) {
+        const float m0 = m[b * l.du_stride], m1 = m[(4 + b) * l.du_stride], m2 = m[(8 + b) * l.du_stride],
+                    m3 = m[(12 + b) * l.du_stride];
+        s[0][b] = m0 + (m1 + m2) * 0.5f;
+        s[1][b] = (m1 - m2) * 0.5f;
+        s[2][b] = (m1 + m2) * 0.5f + m3;
+      }
+      float* out = dw + ((grp * l.per_group + k) * l.in + ch) * 9;
+      for (int r = 0; r < 3; ++r) {
+        out[3 * r] = s[r][0] + (s[r][1] + s[r][2]) * 0.5f;
+        out[3 * r + 1] = (s[r][1] - s[r][2]) * 0.5f;
+        out[3 * r + 2] = (s[r][1] + s[r][2]) * 0.5f + s[r][3];
+      }
+    }
+  }
+}
+
+// Few channels: the cells (e, block of 16 filters) of the transformed gradient are shared out as
+// jobs (the top or bottom half of the e = 4a + b, block), each thread taking a run of them. With
+// two threads each makes the input and error transforms of its half only, chunk after chunk, and
+// sums its own products, without a barrier; chunks of kWinogradGradMinHalfChunk+ tiles keep a
+// thread's half of the transforms in L2. Both threads pad the input and make the error
+// pixel-major: longer chunks repay that (cifar_c2's backward 4.9 -> 4.3 ms; res_64, 192-tile
+// chunks, ran 4% slower than through L3).
+constexpr std::int64_t kWinogradGradL2Bytes = std::int64_t{768} << 10;
+constexpr std::int64_t kWinogradGradMinHalfChunk = 256;
+
+std::int64_t winograd_half_chunk_tiles(const Correlation& c) {
+  const std::int64_t half_tile_bytes = 8 * std::int64_t{sizeof(float)} * (c.in_per_group() + c.blocks() * cpu::kFilterBlock);
+  return kWinogradGradL2Bytes / half_tile_bytes / 16 * 16;
+}
+
+void winograd_weight_grad_by_halves(const ConvGeometry& g, const Correlation& c, const float* dy, const float* x,
+                                    float* dw, float* db) {
+  const cpu::KernelSet& kernels = cpu::active_kernels();
+  const WinogradTiles all(c);
+  const WinogradGradLayout l(c, all, winograd_half_chunk_tiles(c));
+  float* du = cpu::workspace<float>(cpu::WorkspaceSlot::partials, 16 * l.du_stride);
+  double* plane_sums = db ? cpu::workspace<double>(cpu::WorkspaceSlot::plane_sums, g.N * g.K) : nullptr;
+  const std::int64_t jobs = 2 * l.blocks;  // job = half * blocks + block
+  const std::int64_t parts = std::min<std::int64_t>(jobs, get_num_threads());
+  for (std::int64_t grp = 0; grp < g.groups; ++grp) {
+#pragma omp parallel for schedule(static) if (parts > 1)
+    for (std::int64_t part = 0; part < parts; ++part) {
+      const std::int64_t first_job = jobs * part / parts, end_job = jobs * (part + 1) / parts;
+      float* v = cpu::workspace<float>(cpu::WorkspaceSlot::gemm_a, 16 * l.v_stride);
+      float* z = cpu::workspace<float>(cpu::WorkspaceSlot::gemm_b, 16 * l.z_stride);
+      float* rows = cpu::workspace<float>(cpu::WorkspaceSlot::columns, l.padded_rows * all.width);
+      std::fill(rows, rows + l.padded_rows * all.width, 0.0f);
+      float* errors = cpu::workspace<float>(cpu::WorkspaceSlot::batch_out, l.errors_size());
+      const int first_row = first_job < l.blocks ? 0 : 2, end_row = end_job > l.blocks ? 4 : 2;
+      for (std::int64_t chunk = 0; chunk < l.chunks; ++chunk) {
+        const std::int64_t begin = l.chunk_begin(all, chunk), end = l.chunk_begin(all, chunk + 1);
+        for (std::int64_t ch = 0; ch < l.in; ++ch)
+          winograd_input_chunk(c, all, x, grp, ch, begin, end, rows, v, l.v_row, l.v_stride, first_row, end_row);
+        for (std::int64_t kb = 0; kb < l.blocks; ++kb) {
+          const bool top = first_job <= kb && kb < end_job, bottom = first_job <= l.blocks + kb && l.blocks + kb < end_job;
+          if (!top && !bottom) continue;
+          const int block_first_row = top ? 0 : 2, block_end_row = bottom ? 4 : 2;
+          winograd_grad_block(g, all, l, dy, grp, kb, begin, end, block_first_row, block_end_row, errors, z,
+                              top ? plane_sums : nullptr);
+          for (std::int64_t e = 4 * block_first_row; e < 4 * block_end_row; ++e)
+            kernels.winograd_weight_products_f32({z + e * l.z_stride + kb * l.z_block, v + e * l.v_stride, end - begin,
+                                                  l.v_row, l.in, du + e * l.du_stride + kb * l.du_block, chunk > 0});
+        }
+      }
+    }
+    winograd_weight_from_transformed(g, l, grp, du, plane_sums, dw, db);
+  }
+}
+
+// More channels: each chunk's transforms are shared out by channel and block, then its products
+// by (e, block), through chunks that stay in the last-level cache and are long enough to pay for
+// adding their sums into the gradient and for the barrier each takes (L2-sized chunks of 1-2 MiB
+// ran 10-20% slower).
 constexpr std::int64_t kWinogradGradChunkBytes = std::int64_t{8} << 20;
 constexpr std::int64_t kWinogradGradMinChunk = 256;
 
-void winograd_backward_weight(const ConvGeometry& g, const float* dy, const float* x, float* dw, float* db) {
+void winograd_weight_grad_shared(const ConvGeometry& g, const Correlation& c, const float* dy, const float* x,
+                                 float* dw, float* db) {
   const cpu::KernelSet& kernels = cpu::active_kernels();
-  const Correlation c = forward_correlation(g);
   const WinogradTiles all(c);
-  const std::int64_t in = c.in_per_group(), per_group = c.out_per_group(), blocks = c.blocks();
-  // Chunks whose transformed inputs and gradients (64 bytes per tile and channel or filter) stay
-  // in the last-level cache, and long enough to pay for adding their sums into the gradient and
-  // for the barrier each takes (L2-sized chunks of 1-2 MiB ran 10-20% slower).
-  const std::int64_t chunk_tiles = std::max(kWinogradGradMinChunk,
-                                            kWinogradGradChunkBytes / (64 * (in + blocks * cpu::kFilterBlock)));
-  const std::int64_t chunks = (all.total + chunk_tiles - 1) / chunk_tiles;
-  const std::int64_t max_chunk = (all.total + chunks - 1) / chunks;
-  const std::int64_t v_row = max_chunk + 16, v_stride = in * v_row + 16;                  // v[e][c][t]
-  const std::int64_t z_block = max_chunk * cpu::kFilterBlock, z_stride = blocks * z_block + 16;  // z[e][kb][t][k]
-  const std::int64_t du_block = in * cpu::kFilterBlock, du_stride = blocks * du_block;    // du[e][kb][c][k]
+  const std::int64_t bytes_per_tile = 64 * (c.in_per_group() + c.blocks() * cpu::kFilterBlock);
+  const WinogradGradLayout l(c, all, std::max(kWinogradGradMinChunk, kWinogradGradChunkBytes / bytes_per_tile));
   // Two buffers of transforms: a chunk's are made while the previous chunk's products may still
   // run, so each chunk costs one barrier (the one after its transforms), not three.
-  float* v_buffers = cpu::workspace<float>(cpu::WorkspaceSlot::gemm_a, 2 * 16 * v_stride);
-  float* z_buffers = cpu::workspace<float>(cpu::WorkspaceSlot::gemm_b, 2 * 16 * z_stride);
-  float* du = cpu::workspace<float>(cpu::WorkspaceSlot::partials, 16 * du_stride);
-  const std::int64_t error_row = 2 * all.w;  // pixels per row of a block's pixel-major gradient
-  const std::int64_t padded_rows = all.rows_for(max_chunk);  // input rows of one image in a chunk
+  float* v_buffers = cpu::workspace<float>(cpu::WorkspaceSlot::gemm_a, 2 * 16 * l.v_stride);
+  float* z_buffers = cpu::workspace<float>(cpu::WorkspaceSlot::gemm_b, 2 * 16 * l.z_stride);
+  float* du = cpu::workspace<float>(cpu::WorkspaceSlot::partials, 16 * l.du_stride);
   double* plane_sums = db ? cpu::workspace<double>(cpu::WorkspaceSlot::plane_sums, g.N * g.K) : nullptr;
   for (std::int64_t grp = 0; grp < g.groups; ++grp) {
 #pragma omp parallel
     {
-      float* rows = cpu::workspace<float>(cpu::WorkspaceSlot::columns, padded_rows * all.width);
-      std::fill(rows, rows + padded_rows * all.width, 0.0f);
-      float* errors = cpu::workspace<float>(cpu::WorkspaceSlot::batch_out, (padded_rows - 2) * error_row * cpu::kFilterBlock);
-      for (std::int64_t chunk = 0; chunk < chunks; ++chunk) {
-        const std::int64_t begin = all.total * chunk / chunks, end = all.total * (chunk + 1) / chunks;
-        float* v = v_buffers + chunk % 2 * 16 * v_stride;
-        float* z = z_buffers + chunk % 2 * 16 * z_stride;
+      float* rows = cpu::workspace<float>(cpu::WorkspaceSlot::columns, l.padded_rows * all.width);
+      std::fill(rows, rows + l.padded_rows * all.width, 0.0f);
+      float* errors = cpu::workspace<float>(cpu::WorkspaceSlot::batch_out, l.errors_size());
+      for (std::int64_t chunk = 0; chunk < l.chunks; ++chunk) {
+        const std::int64_t begin = l.chunk_begin(all, chunk), end = l.chunk_begin(all, chunk + 1);
+        float* v = v_buffers + chunk % 2 * 16 * l.v_stride;
+        float* z = z_buffers + chunk % 2 * 16 * l.z_stride;
 #pragma omp for schedule(static) nowait
-        for (std::int64_t ch = 0; ch < in; ++ch) winograd_input_chunk(c, all, x, grp, ch, begin, end, rows, v, v_row, v_stride);
+        for (std::int64_t ch = 0; ch < l.in; ++ch) winograd_input_chunk(c, all, x, grp, ch, begin, end, rows, v, l.v_row, l.v_stride);
 #pragma omp for schedule(static)
-        for (std::int64_t kb = 0; kb < blocks; ++kb) {
-          // Each image's part of the chunk: its block's gradient rows pixel-major (zero past the
-          // output's edge and the group's last filter), then transformed run by run.
-          auto fill_errors = [&](std::int64_t n, std::int64_t first_row, std::int64_t last_row) {
-            const std::int64_t first_filter = n * g.K + grp * per_group + kb * cpu::kFilterBlock;
-            const float* planes = dy + first_filter * g.P * g.Q;
-            const std::int64_t filters = std::min<std::int64_t>(cpu::kFilterBlock, per_group - kb * cpu::kFilterBlock);
-            if (plane_sums && n * all.h * all.w >= begin)  // the chunk holds the image's first tile
-              for (std::int64_t f = 0; f < filters; ++f)
-                plane_sums[first_filter + f] = cpu::sum_elements(planes + f * g.P * g.Q, g.P * g.Q);
-            for (std::int64_t p = 2 * first_row; p < 2 * last_row + 2; ++p) {
-              float* row = errors + (p - 2 * first_row) * error_row * cpu::kFilterBlock;
-              if (p < g.P) {
-                kernels.pixel_major_row_f32(planes + p * g.Q, g.P * g.Q, filters, g.Q, error_row, row);
-              } else {
-                std::fill(row, row + error_row * cpu::kFilterBlock, 0.0f);
-              }
-            }
-          };
-          for_each_tile_run_by_image(all, begin, end, fill_errors, [&](std::int64_t row, std::int64_t tx0,
-                                                                       std::int64_t tx1, std::int64_t offset) {
-            kernels.winograd_grad_row_f32(errors + (2 * row * error_row + 2 * tx0) * cpu::kFilterBlock, error_row,
-                                          tx1 - tx0, z + kb * z_block + offset * cpu::kFilterBlock, z_stride);
-          });
-        }
+        for (std::int64_t kb = 0; kb < l.blocks; ++kb)
+          winograd_grad_block(g, all, l, dy, grp, kb, begin, end, 0, 4, errors, z, plane_sums);
         // The same (e, block) jobs go to the same thread every chunk (a static schedule of the same
         // loop): each gradient element is added to in chunk order by one thread.
 #pragma omp for schedule(static) nowait
-        for (std::int64_t job = 0; job < 16 * blocks; ++job) {
-          const std::int64_t e = job / blocks, kb = job % blocks;
-          kernels.winograd_weight_products_f32({z + e * z_stride + kb * z_block, v + e * v_stride, end - begin, v_row,
-                                                in, du + e * du_stride + kb * du_block, chunk > 0});
+        for (std::int64_t job = 0; job < 16 * l.blocks; ++job) {
+          const std::int64_t e = job / l.blocks, kb = job % l.blocks;
+          kernels.winograd_weight_products_f32({z + e * l.z_stride + kb * l.z_block, v + e * l.v_stride, end - begin,
+                                                l.v_row, l.in, du + e * l.du_stride + kb * l.du_block, chunk > 0});
         }
       }
     }
-    // dW = G^T dU G, G^T = [1 1/2 1/2 0; 0 1/2 -1/2 0; 0 1/2 1/2 1].
-#pragma omp parallel for schedule(static)
-    for (std::int64_t k = 0; k < per_group; ++k) {
-      if (db) {
-        double bias = 0;
-        for (std::int64_t n = 0; n < g.N; ++n) bias += plane_sums[n * g.K + grp * per_group + k];
-        db[grp * per_group + k] = static_cast<float>(bias);
-      }
-      for (std::int64_t ch = 0; ch < in; ++ch) {
-        const float* m = du + (k / cpu::kFilterBlock) * du_block + ch * cpu::kFilterBlock + k % cpu::kFilterBlock;
-        float s[3][4];
-        for (int b = 0; b < 4; ++b) {
-          const float m0 = m[b * du_stride], m1 = m[(4 + b) * du_stride], m2 = m[(8 + b) * du_stride],
-                      m3 = m[(12 + b) * du_stride];
-          s[0][b] = m0 + (m1 + m2) * 0.5f;
-          s[1][b] = (m1 - m2) * 0.5f;
-          s[2][b] = (m1 + m2) * 0.5f + m3;
-        }
-        float* out = dw + ((grp * per_group + k) * in + ch) * 9;
-        for (int r = 0; r < 3; ++r) {
-          out[3 * r] = s[r][0] + (s[r][1] + s[r][2]) * 0.5f;
-          out[3 * r + 1] = (s[r][1] - s[r][2]) * 0.5f;
-          out[3 * r + 2] = (s[r][1] + s[r][2]) * 0.5f + s[r][3];
-        }
-      }
-    }
+    winograd_weight_from_transformed(g, l, grp, du, plane_sums, dw, db);
   }
+}
+
+void winograd_backward_weight(const ConvGeometry& g, const float* dy, const float* x, float* dw, float* db) {
+  const Correlation c = forward_correlation(g);
+  if (winograd_half_chunk_tiles(c) >= kWinogradGradMinHalfChunk) return winograd_weight_grad_by_halves(g, c, dy, x, dw, db);
+  winograd_weight_grad_shared(g, c, dy, x, dw, db);
 }
 
 // Image chunks accumulate their images in order into partial gradients, which are then added in

@@ -147,9 +147,11 @@ using FilterBlockWeightGrad = void (*)(const FilterBlockWeightGradArgs& args);
 // Input transforms of one row of tiles: tile t's 4x4 input d[a][b] = rows[a * width + 2t + b],
 // and v[(4a + b) * stride + t] = (B^T d B)[a][b]. rows are readable up to column
 // 2 * round_up(tiles, 16) + 2; whole vectors are written, so up to 15 floats past each of the 16
-// runs of v are overwritten too.
+// runs of v are overwritten too. Only the rows first_row <= a < end_row of the transforms are made:
+// all four, or the top or bottom two (0 to 4, 0 to 2 or 2 to 4), each value as the full transform
+// makes it.
 using WinogradInputRow = void (*)(const float* rows, std::int64_t width, std::int64_t tiles, float* v,
-                                  std::int64_t stride);
+                                  std::int64_t stride, int first_row, int end_row);
 // The same for two consecutive full rows of at most lanes / 2 tiles each (small images: one
 // vector holds both): the second row's tiles read rows + 2 * width and go to v after the first's.
 using WinogradInputRowPair = WinogradInputRow;
@@ -178,9 +180,10 @@ using WinogradOutput = void (*)(const WinogradOutputArgs& args);
 
 // The weight gradient's pieces. Output-gradient transforms of one run of tiles, lanes holding 16
 // filters: tile t's 2x2 gradient d[i][j] = errors[(i * row + 2t + j) * 16 + k] (pixel-major,
-// rows of `row` pixels), and z[e * stride + t * 16 + k] = (A d A^T)[e / 4][e % 4].
+// rows of `row` pixels), and z[e * stride + t * 16 + k] = (A d A^T)[e / 4][e % 4] for the rows
+// first_row <= e / 4 < end_row (as for the input transforms).
 using WinogradGradRow = void (*)(const float* errors, std::int64_t row, std::int64_t tiles, float* z,
-                                 std::int64_t stride);
+                                 std::int64_t stride, int first_row, int end_row);
 // One row of up to 16 planes, pixel-major: out[q * 16 + k] = src[k * plane_stride + q] for
 // q < width and k < planes, zero for the rest of q < out_width.
 using PixelMajorRow = void (*)(const float* src, std::int64_t plane_stride, std::int64_t planes, std::int64_t width,
