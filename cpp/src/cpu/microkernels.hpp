@@ -251,12 +251,13 @@ struct DropoutArgs {
 };
 using Dropout = void (*)(const DropoutArgs& args);
 
-// Sums in double over 8 interleaved lanes combined in order (vec_math's sum_lanes), at vector
-// speed: of v[0, n); of (v[i] - center)^2.
+// Sums in double over kSumTerms interleaved partial sums combined in a fixed order (vec_math's
+// sum_lanes), at vector speed: of v[0, n); of (v[i] - center)^2.
+constexpr std::int64_t kSumTerms = 32;
 using SumAsDouble = double (*)(const float* v, std::int64_t n);
 using SumSquaredDeviation = double (*)(const float* v, std::int64_t n, double center);
 // Both of batch norm's backward sums in one read: sums[0] += sum of g, sums[1] += sum of
-// g * (v - center), each over the 8 lanes in order.
+// g * (v - center), each in sum_lanes's order.
 using SumGradAndProduct = void (*)(const float* g, const float* v, std::int64_t n, double center, double* sums);
 
 struct KernelSet {

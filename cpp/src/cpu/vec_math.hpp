@@ -2,8 +2,9 @@
 // - Branch-free float32 exp and tanh (libm's expf and tanhf are opaque calls that keep a loop
 //   scalar). Accuracy is a few ulp (Cephes polynomials); NaN propagates, overflow gives inf and
 //   underflow 0.
-// - Reductions with kLanes interleaved partial results combined in a fixed order: they vectorise
-//   and escape the serial add latency, yet give the same bits on every run and thread count.
+// - Sums with kSumTerms interleaved partial sums combined in a fixed order: they vectorise and
+//   escape the serial add latency (four chains of 8 doubles), yet give the same bits on every
+//   run, SIMD level and thread count. max_lanes keeps kLanes partial results.
 #pragma once
 
 #include <cmath>
@@ -76,17 +77,24 @@ inline float tanh_f32(float x) {
 
 constexpr std::int64_t kLanes = 8;
 
+// Term i of a sum goes to partial sum i % kSumTerms; the partial sums j, j + 8, j + 16, j + 24
+// are added as (j + (j + 8)) + ((j + 16) + (j + 24)), then those eight in order. The SIMD
+// kernels (microkernels.inc) keep the same order in four chains of 8-double vectors.
+inline double combine_partial_sums(const double (&acc)[kSumTerms]) {
+  double total = 0;
+  for (std::int64_t j = 0; j < 8; ++j) total += (acc[j] + acc[j + 8]) + (acc[j + 16] + acc[j + 24]);
+  return total;
+}
+
 // sum of term(i) over i in [0, n), in double; term returns a double.
 template <class F>
 double sum_lanes(std::int64_t n, F term) {
-  double acc[kLanes] = {};
+  double acc[kSumTerms] = {};
   std::int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes)
-    for (std::int64_t j = 0; j < kLanes; ++j) acc[j] += term(i + j);
-  for (; i < n; ++i) acc[i % kLanes] += term(i);
-  double total = 0;
-  for (std::int64_t j = 0; j < kLanes; ++j) total += acc[j];
-  return total;
+  for (; i + kSumTerms <= n; i += kSumTerms)
+    for (std::int64_t j = 0; j < kSumTerms; ++j) acc[j] += term(i + j);
+  for (; i < n; ++i) acc[i % kSumTerms] += term(i);
+  return combine_partial_sums(acc);
 }
 
 // sum_lanes of v[0, n) as doubles; float32 through the active SIMD kernel (same bits).
