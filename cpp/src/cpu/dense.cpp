@@ -483,6 +483,14 @@ void check_norm_forward(const char* op, const Tensor& x, const Tensor& gamma, co
           ": evaluation needs running_mean and running_var");
 }
 
+// Asks for the cache lines of v[0, n): a channel's planes lie a whole image apart, and the
+// hardware prefetcher restarts at each.
+template <class T>
+void prefetch(const T* v, std::int64_t n) {
+  const char* bytes = reinterpret_cast<const char*>(v);
+  for (std::int64_t at = 0; at < n * std::int64_t(sizeof(T)); at += 64) __builtin_prefetch(bytes + at);
+}
+
 // A checked batch-norm forward's operands, as each channel's work needs them.
 template <class T>
 struct NormForward {
@@ -520,7 +528,10 @@ struct NormForward {
     if (training) {
       const double count = static_cast<double>(N * area);
       double sum = 0;
-      for (std::int64_t n = 0; n < N; ++n) sum += cpu::sum_elements(plane(n, c), area);
+      for (std::int64_t n = 0; n < N; ++n) {
+        if (n + 1 < N) prefetch(plane(n + 1, c), area);
+        sum += cpu::sum_elements(plane(n, c), area);
+      }
       mean = sum / count;
       double sq = 0;  // second pass about the mean: no cancellation
       for (std::int64_t n = 0; n < N; ++n) sq += cpu::sum_squared_deviation(plane(n, c), area, mean);
@@ -604,8 +615,10 @@ struct NormBackward {
     const double mean = save_mean[c];
     const double invstd = save_invstd[c];
     double sums[2] = {0, 0};  // of g, of g * (x - mean)
-    for (std::int64_t n = 0; n < N; ++n)
+    for (std::int64_t n = 0; n < N; ++n) {
+      if (n + 1 < N) prefetch(x + ((n + 1) * C + c) * area, area);
       cpu::sum_grad_and_product(grad_plane(n), x + (n * C + c) * area, area, mean, sums);
+    }
     const double sum_g = sums[0], sum_g_xhat = sums[1] * invstd;
     if (grad_beta) grad_beta[c] = static_cast<T>(sum_g);
     if (grad_gamma) grad_gamma[c] = static_cast<T>(sum_g_xhat);
@@ -672,8 +685,9 @@ void batch_norm2d_forward(const Tensor& x, const Tensor& gamma, const Tensor& be
   });
 }
 
-// Each plane is normalized into a per-thread scratch and pooled from there: the normalized
-// tensor, the largest of the three layers' outputs, is neither written nor read back.
+// Each plane is normalized in the pooling kernel (plain 2x2 windows, float32) or into a per-thread
+// scratch and pooled from there: the normalized tensor, the largest of the three layers'
+// outputs, is neither written nor read back.
 void batch_norm2d_relu_max_pool_forward(const Tensor& x, const Tensor& gamma, const Tensor& beta,
                                         Tensor& running_mean, Tensor& running_var, bool training,
                                         double momentum, double eps, const PoolGeometry& pool,
@@ -693,16 +707,26 @@ void batch_norm2d_relu_max_pool_forward(const Tensor& x, const Tensor& gamma, co
     T* yd = y.data<T>();
     std::int64_t* ad = cpu::data_or_null<std::int64_t>(argmax);
     const std::int64_t pooled_area = pool.P * pool.Q;
+    // Plain 2x2 windows normalize in the pooling kernel's registers (float32).
+    const bool in_kernel = std::is_same_v<T, float> && cpu::is_plain_2x2(pool);
 #pragma omp parallel if (x.numel() >= cpu::kParallelGrain)
     {
-      T* normalized = cpu::workspace<T>(cpu::WorkspaceSlot::norm_planes, norm.area);
+      T* normalized = in_kernel ? nullptr : cpu::workspace<T>(cpu::WorkspaceSlot::norm_planes, norm.area);
 #pragma omp for schedule(static)
       for (std::int64_t c = 0; c < norm.C; ++c) {
         const auto [scale, shift] = norm.channel(c);
         for (std::int64_t n = 0; n < norm.N; ++n) {
-          normalize_plane(norm.plane(n, c), normalized, norm.area, scale, shift, true);
           const std::int64_t at = (n * norm.C + c) * pooled_area;
-          cpu::max_pool_plane(pool, normalized, yd + at, ad ? ad + at : nullptr);
+          std::int64_t* plane_argmax = ad ? ad + at : nullptr;
+          if constexpr (std::is_same_v<T, float>) {
+            if (in_kernel) {
+              cpu::active_kernels().max_pool_2x2_f32({norm.plane(n, c), pool.W, pool.Q, yd + at, plane_argmax, 0,
+                                                      pool.P, pool.Q, true, scale, shift});
+              continue;
+            }
+          }
+          normalize_plane(norm.plane(n, c), normalized, norm.area, scale, shift, true);
+          cpu::max_pool_plane(pool, normalized, yd + at, plane_argmax);
         }
       }
     }

@@ -203,7 +203,9 @@ using WinogradWeightProducts = void (*)(const WinogradWeightProductArgs& args);
 // one below it (top and bottom): out[r * out_stride + q] = the first maximum of top[2q],
 // top[2q+1], bottom[2q], bottom[2q+1] (a NaN wins, the first NaN is kept) and argmax[r *
 // out_stride + q] its flat index arg_base + 2r * width + 2q + {0, 1, width, width + 1}, for
-// q < count.
+// q < count. With normalize, the windows hold max(v * scale + shift, 0) of the input's values v
+// instead (batch norm and ReLU on the fly; the product rounded before the add, as outside the
+// kernels, and NaN kept).
 struct MaxPool2x2Args {
   const float* row0;
   std::int64_t width;
@@ -212,6 +214,8 @@ struct MaxPool2x2Args {
   std::int64_t* argmax;  // or null
   std::int64_t arg_base;
   std::int64_t rows, out_stride;
+  bool normalize = false;
+  float scale = 1.0f, shift = 0.0f;
 };
 using MaxPool2x2 = void (*)(const MaxPool2x2Args& args);
 

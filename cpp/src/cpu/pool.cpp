@@ -153,15 +153,10 @@ void max_pool_rows(const PoolGeometry& g, const T* x, T* y, std::int64_t* arg, s
     max_pool_row_from(g, x, y, arg, p, p < plain_end ? plain_columns : 0);
 }
 
-// The common 2x2 stride-2 unpadded window with every window inside the plane (floor mode).
-bool is_plain_2x2(const PoolGeometry& g) {
-  return is_2x2_stride_2(g) && g.P == g.H / 2 && g.Q == g.W / 2;
-}
-
 template <class T>
 void avg_pool_row(const PoolGeometry& g, const T* x, T* y, std::int64_t p) {
   if constexpr (std::is_same_v<T, float>) {
-    if (is_plain_2x2(g)) return cpu::active_kernels().avg_pool_2x2_f32(x + 2 * p * g.W, g.W, g.Q, y + p * g.Q);
+    if (cpu::is_plain_2x2(g)) return cpu::active_kernels().avg_pool_2x2_f32(x + 2 * p * g.W, g.W, g.Q, y + p * g.Q);
   }
   const Span sh = span(p, g.H, g.kernel_h, g.stride_h, g.pad_h, g.count_include_pad);
   for (std::int64_t q = 0; q < g.Q; ++q) {
@@ -180,7 +175,7 @@ template <class T>
 void avg_pool_backward_plane(const PoolGeometry& g, const T* gy, T* gx) {
   std::fill(gx, gx + g.H * g.W, T(0));
   if constexpr (std::is_same_v<T, float>) {
-    if (is_plain_2x2(g)) {
+    if (cpu::is_plain_2x2(g)) {
       for (std::int64_t p = 0; p < g.P; ++p)
         cpu::active_kernels().avg_pool_2x2_backward_f32(gy + p * g.Q, g.Q, gx + 2 * p * g.W, g.W);
       return;
@@ -305,6 +300,10 @@ Shape PoolGeometry::output_shape() const {
 }
 
 namespace cpu {
+
+bool is_plain_2x2(const PoolGeometry& g) {
+  return is_2x2_stride_2(g) && g.P == g.H / 2 && g.Q == g.W / 2;
+}
 
 template <class T>
 void max_pool_plane(const PoolGeometry& g, const T* x, T* y, std::int64_t* argmax) {

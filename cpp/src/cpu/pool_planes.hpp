@@ -8,6 +8,9 @@
 
 namespace juanji::cpu {
 
+// The common 2x2 stride-2 unpadded window with every window inside the plane (floor mode).
+bool is_plain_2x2(const PoolGeometry& g);
+
 // x (H, W) -> y (P, Q) and argmax (P, Q, or null): the flat index h*W+w of each window's first
 // maximum, as max_pool_forward.
 template <class T>
