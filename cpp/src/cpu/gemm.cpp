@@ -7,7 +7,10 @@ template <class T>
 void pack_b(Matrix<T> B, std::int64_t k0, std::int64_t kc, std::int64_t j0, std::int64_t cols,
             int nr, T* out) {
   if (B.row_stride == 1 && B.col_stride != 1) {
-    // A transposed operand: read each column along k, where it is contiguous.
+    // A transposed operand: read each column along k, where it is contiguous, float32 by
+    // vector transposes.
+    if constexpr (std::is_same_v<T, float>)
+      return active_kernels().transpose_rows_f32(B.data + j0 * B.col_stride + k0, B.col_stride, cols, kc, kc, nr, out);
     for (int j = 0; j < nr; ++j) {
       if (j >= cols) {
         for (std::int64_t k = 0; k < kc; ++k) out[k * nr + j] = T(0);

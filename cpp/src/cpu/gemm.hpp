@@ -91,9 +91,10 @@ void gemm_with_packer(std::int64_t M, std::int64_t N, std::int64_t K, Matrix<T> 
       for (std::int64_t ic = 0; ic < M; ic += block_m) {
         const std::int64_t mc = std::min(block_m, M - ic);
         const std::int64_t a_panels = (mc + mr - 1) / mr;
-        // B's panels (with the first block of A) and A's in one loop: one barrier, not two.
+        // B's panels (with the first block of A) and A's in one loop: one barrier, not two. A
+        // B panel is nr / mr times an A panel's work: threads take the next one as they finish.
         const std::int64_t b_packs = ic == 0 ? b_panels : 0;
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic)
         for (std::int64_t p = 0; p < b_packs + a_panels; ++p) {
           if (p < b_packs) {
             pack_b(pc, kc, jc + p * nr, std::min<std::int64_t>(nr, nc - p * nr), nr, b_pack + p * nr * kc);
