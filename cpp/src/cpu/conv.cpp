@@ -882,7 +882,7 @@ void winograd_grad_block(const ConvGeometry& g, const WinogradTiles& all, const 
     for (std::int64_t p = 2 * first_tile_row; p < 2 * last_tile_row + 2; ++p) {
       float* row = errors + (p - 2 * first_tile_row) * l.error_row * cpu::kFilterBlock;
       if (p < g.P) {
-        kernels.transpose_rows_f32(planes + p * g.Q, g.P * g.Q, filters, g.Q, l.error_row, cpu::kFilterBlock, row);
+        kernels.pixel_major_row_f32(planes + p * g.Q, g.P * g.Q, filters, g.Q, l.error_row, row);
       } else {
         std::fill(row, row + l.error_row * cpu::kFilterBlock, 0.0f);
       }
@@ -1070,7 +1070,7 @@ void filter_block_backward_weight(const ConvGeometry& g, const float* dy, const 
         // The block's errors, pixel-major, zero past the group's last filter.
         const std::int64_t first_filter = n * g.K + grp * Kg + kb * cpu::kFilterBlock;
         const std::int64_t filters = std::min<std::int64_t>(cpu::kFilterBlock, Kg - kb * cpu::kFilterBlock);
-        kernels.transpose_rows_f32(dy + first_filter * PQ, PQ, filters, PQ, PQ, cpu::kFilterBlock, errors);
+        kernels.pixel_major_row_f32(dy + first_filter * PQ, PQ, filters, PQ, PQ, errors);
         if (plane_sums)
           for (std::int64_t f = 0; f < filters; ++f)
             plane_sums[first_filter + f] = cpu::sum_elements(dy + (first_filter + f) * PQ, PQ);

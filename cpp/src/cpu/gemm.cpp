@@ -10,7 +10,7 @@ void pack_b(Matrix<T> B, std::int64_t k0, std::int64_t kc, std::int64_t j0, std:
     // A transposed operand: read each column along k, where it is contiguous, float32 by
     // vector transposes.
     if constexpr (std::is_same_v<T, float>)
-      return active_kernels().transpose_rows_f32(B.data + j0 * B.col_stride + k0, B.col_stride, cols, kc, kc, nr, out);
+      return active_kernels().pack_transposed_panel_f32(B.data + j0 * B.col_stride + k0, B.col_stride, cols, kc, out);
     for (int j = 0; j < nr; ++j) {
       if (j >= cols) {
         for (std::int64_t k = 0; k < kc; ++k) out[k * nr + j] = T(0);

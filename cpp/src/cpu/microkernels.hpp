@@ -184,11 +184,15 @@ using WinogradOutput = void (*)(const WinogradOutputArgs& args);
 // first_row <= e / 4 < end_row (as for the input transforms).
 using WinogradGradRow = void (*)(const float* errors, std::int64_t row, std::int64_t tiles, float* z,
                                  std::int64_t stride, int first_row, int end_row);
-// Rows turned into columns: out[c * width + r] = src[r * row_stride + c] for r < rows and
-// c < valid_cols, zero for the rest of r < width and c < cols (rows <= width). Makes a row of
-// up to 16 planes pixel-major (width 16) and packs GEMM operands whose rows run along k.
-using TransposeRows = void (*)(const float* src, std::int64_t row_stride, std::int64_t rows,
-                               std::int64_t valid_cols, std::int64_t cols, std::int64_t width, float* out);
+// One row of up to 16 planes, pixel-major: out[q * 16 + k] = src[k * plane_stride + q] for
+// q < width and k < planes, zero for the rest of q < out_width.
+using PixelMajorRow = void (*)(const float* src, std::int64_t plane_stride, std::int64_t planes, std::int64_t width,
+                               std::int64_t out_width, float* out);
+// A kc x nr panel of B for the float GEMM kernel (nr = gemm_f32.nr) from a transposed operand
+// whose columns run along k: out[k * nr + j] = src[j * row_stride + k] for j < cols, zero for
+// cols <= j < nr.
+using PackTransposedPanel = void (*)(const float* src, std::int64_t row_stride, std::int64_t cols, std::int64_t kc,
+                                     float* out);
 // For one e and one block of 16 filters, the products summed over tiles in order, every channel:
 //   du[c * 16 + k] = (accumulate ? du[c * 16 + k] : 0) + sum_t z[t * 16 + k] * v[c * v_row + t]
 struct WinogradWeightProductArgs {
@@ -281,7 +285,8 @@ struct KernelSet {
   WinogradProducts winograd_products_f32;
   WinogradOutput winograd_output_f32;
   WinogradGradRow winograd_grad_row_f32;
-  TransposeRows transpose_rows_f32;
+  PixelMajorRow pixel_major_row_f32;
+  PackTransposedPanel pack_transposed_panel_f32;
   WinogradWeightProducts winograd_weight_products_f32;
   MaxPool2x2 max_pool_2x2_f32;
   MaxPool2x2Backward max_pool_2x2_backward_f32;
