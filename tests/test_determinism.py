@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import juanji
+from juanji import nn
 
 LEVELS = [lvl for lvl in ("portable", "avx2", "avx512")
           if ["portable", "avx2", "avx512"].index(lvl) <= ["portable", "avx2", "avx512"].index(juanji.simd_detected())]
@@ -148,3 +149,40 @@ def test_nan_reaches_exactly_the_weight_taps_that_see_it(position):
         gw = np.asarray(juanji.conv1d_backward(dy, x, w)[1])
         for k in range(2):
             assert list(np.isnan(gw[k, 0])) == expected
+
+
+def documented_sum(values):
+    # vec_math's order for sums in double: term i to partial sum i % 32; the partial sums j, j + 8,
+    # j + 16, j + 24 added as (j + (j + 8)) + ((j + 16) + (j + 24)), then those eight in order.
+    partial = [0.0] * 32
+    for i, v in enumerate(values):
+        partial[i % 32] += float(v)
+    total = 0.0
+    for j in range(8):
+        total += (partial[j] + partial[j + 8]) + (partial[j + 16] + partial[j + 24])
+    return total
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_batch_norm_mean_is_the_documented_sum_on_every_simd_level(threads):
+    # The SIMD chains must add in exactly the documented order at every level. Each plane holds
+    # pairs of large values that cancel exactly among values near 1: which of those survive next to
+    # a large partial sum depends on the order, so any other order changes the mean even after its
+    # rounding to float32. Planes of 259 values: whole rounds of the four chains, a lone chunk of 8
+    # and a scalar tail.
+    juanji.set_num_threads(threads)
+    rng = np.random.default_rng(5)
+    x = rng.uniform(0.5, 1.5, (3, 4, 7, 37)).astype(np.float32)
+    for plane in x.reshape(12, -1):
+        at = rng.permutation(plane.size)[:40]
+        large = np.exp2(rng.integers(30, 60, 20)).astype(np.float32)
+        plane[at[:20]], plane[at[20:]] = large, -rng.permutation(large)
+    N, C = x.shape[:2]
+    expected = np.array([sum_planes / x[:, c].size for c, sum_planes in enumerate(
+        [sum(documented_sum(x[n, c].ravel()) for n in range(N)) for c in range(C)])], np.float32)
+    for level in LEVELS:
+        juanji.set_simd_level(level)
+        bn = nn.BatchNorm2d(C, momentum=1.0)  # running_mean becomes the batch mean
+        bn.forward(x, training=True)
+        running_mean = next(iter(nn.Sequential(bn).buffers())).data
+        np.testing.assert_array_equal(running_mean, expected, err_msg=level)
