@@ -6,7 +6,6 @@
 #include "juanji/ops/pool.hpp"
 
 #include <algorithm>
-#include <sstream>
 #include <type_traits>
 
 #include "cpu/microkernels.hpp"
@@ -24,18 +23,10 @@ using cpu::check_float_operand;
 using cpu::check_kernel_tensor;
 using cpu::dispatch_float;
 
-std::string ints_str(const std::vector<std::int64_t>& v) {
-  std::ostringstream out;
-  out << "(";
-  for (std::size_t i = 0; i < v.size(); ++i) out << (i ? ", " : "") << v[i];
-  out << ")";
-  return out.str();
-}
-
 std::vector<std::int64_t> per_dim(const std::vector<std::int64_t>& v, int dims, const char* op,
                                   const char* what) {
   check(v.size() == 1 || static_cast<int>(v.size()) == dims, op, ": ", what, " must be an int or ",
-        dims, " ints, got ", ints_str(v));
+        dims, " ints, got ", shape_text(v));
   return v.size() == 1 ? std::vector<std::int64_t>(dims, v[0]) : v;
 }
 
@@ -268,11 +259,11 @@ PoolGeometry PoolGeometry::make(const Shape& x, const PoolOptions& options, int 
   const auto s = options.stride.empty() ? k : per_dim(options.stride, spatial_dims, op, "stride");
   const auto p = per_dim(options.padding, spatial_dims, op, "padding");
   for (int d = 0; d < spatial_dims; ++d) {
-    check(k[d] >= 1, op, ": kernel_size must be positive, got ", ints_str(k));
-    check(s[d] >= 1, op, ": stride must be positive, got ", ints_str(s));
-    check(p[d] >= 0, op, ": padding must be non-negative, got ", ints_str(p));
-    check(2 * p[d] <= k[d], op, ": padding ", ints_str(p),
-          " must be at most half of kernel_size ", ints_str(k));
+    check(k[d] >= 1, op, ": kernel_size must be positive, got ", shape_text(k));
+    check(s[d] >= 1, op, ": stride must be positive, got ", shape_text(s));
+    check(p[d] >= 0, op, ": padding must be non-negative, got ", shape_text(p));
+    check(2 * p[d] <= k[d], op, ": padding ", shape_text(p),
+          " must be at most half of kernel_size ", shape_text(k));
   }
   PoolGeometry g;
   g.N = x[0];
@@ -289,8 +280,8 @@ PoolGeometry PoolGeometry::make(const Shape& x, const PoolOptions& options, int 
   g.spatial_dims = spatial_dims;
   g.P = pooled_size(g.H, g.kernel_h, g.stride_h, g.pad_h, options.ceil_mode);
   g.Q = pooled_size(g.W, g.kernel_w, g.stride_w, g.pad_w, options.ceil_mode);
-  check(g.P >= 1 && g.Q >= 1, op, ": kernel_size ", ints_str(k),
-        " is larger than the padded input: x has shape ", shape_text(x), ", padding ", ints_str(p));
+  check(g.P >= 1 && g.Q >= 1, op, ": kernel_size ", shape_text(k),
+        " is larger than the padded input: x has shape ", shape_text(x), ", padding ", shape_text(p));
   return g;
 }
 
