@@ -615,10 +615,8 @@ struct NormBackward {
     const double mean = save_mean[c];
     const double invstd = save_invstd[c];
     double sums[2] = {0, 0};  // of g, of g * (x - mean)
-    for (std::int64_t n = 0; n < N; ++n) {
-      if (n + 1 < N) prefetch(x + ((n + 1) * C + c) * area, area);
+    for (std::int64_t n = 0; n < N; ++n)
       cpu::sum_grad_and_product(grad_plane(n), x + (n * C + c) * area, area, mean, sums);
-    }
     const double sum_g = sums[0], sum_g_xhat = sums[1] * invstd;
     if (grad_beta) grad_beta[c] = static_cast<T>(sum_g);
     if (grad_gamma) grad_gamma[c] = static_cast<T>(sum_g_xhat);
@@ -709,6 +707,7 @@ void batch_norm2d_relu_max_pool_forward(const Tensor& x, const Tensor& gamma, co
     const std::int64_t pooled_area = pool.P * pool.Q;
     // Plain 2x2 windows normalize in the pooling kernel's registers (float32).
     const bool in_kernel = std::is_same_v<T, float> && cpu::is_plain_2x2(pool);
+    const cpu::KernelSet& kernels = cpu::active_kernels();
 #pragma omp parallel if (x.numel() >= cpu::kParallelGrain)
     {
       T* normalized = in_kernel ? nullptr : cpu::workspace<T>(cpu::WorkspaceSlot::norm_planes, norm.area);
@@ -720,8 +719,8 @@ void batch_norm2d_relu_max_pool_forward(const Tensor& x, const Tensor& gamma, co
           std::int64_t* plane_argmax = ad ? ad + at : nullptr;
           if constexpr (std::is_same_v<T, float>) {
             if (in_kernel) {
-              cpu::active_kernels().max_pool_2x2_f32({norm.plane(n, c), pool.W, pool.Q, yd + at, plane_argmax, 0,
-                                                      pool.P, pool.Q, true, scale, shift});
+              kernels.max_pool_2x2_f32({norm.plane(n, c), pool.W, pool.Q, yd + at, plane_argmax, 0, pool.P, pool.Q,
+                                        true, scale, shift});
               continue;
             }
           }
