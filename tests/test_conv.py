@@ -109,6 +109,11 @@ def grid_params():
     return [pytest.param(nd, c, id=f"{nd}d-{name}") for nd in (1, 2) for name, c in GRIDS[nd].items()]
 
 
+def table_params(cases):
+    """A table {name: (dims, case)} as test parameters named by its keys."""
+    return [pytest.param(nd, c, id=name) for name, (nd, c) in cases.items()]
+
+
 RANDOM = [pytest.param(1, p.values[0], id=f"1d-{p.id}") for p in random_conv_cases(1, 20, seed=101)]
 RANDOM += [pytest.param(2, p.values[0], id=f"2d-{p.id}") for p in random_conv_cases(2, 40, seed=202)]
 
@@ -166,7 +171,7 @@ LARGER = {
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("nd,c", [pytest.param(nd, c, id=k) for k, (nd, c) in LARGER.items()])
+@pytest.mark.parametrize("nd,c", table_params(LARGER))
 def test_conv_larger_shapes(nd, c, dtype):
     run_forward_and_backward(nd, c, dtype, seed=3)
 
@@ -208,7 +213,7 @@ LARGE_SOURCES = ("pointwise_source_past_l2", "pointwise_error_past_l2", "padded_
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("nd,c", [pytest.param(nd, c, id=k) for k, (nd, c) in FILTER_BLOCKS.items()])
+@pytest.mark.parametrize("nd,c", table_params(FILTER_BLOCKS))
 def test_conv_filter_block_shapes(nd, c, dtype):
     run_forward_and_backward(nd, c, dtype, seed=4)
 
@@ -238,12 +243,12 @@ DIRECT = {
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("nd,c", [pytest.param(nd, c, id=k) for k, (nd, c) in DIRECT.items()])
+@pytest.mark.parametrize("nd,c", table_params(DIRECT))
 def test_conv_direct_kernel_shapes(nd, c, dtype):
     run_forward_and_backward(nd, c, dtype, seed=6)
 
 
-@pytest.mark.parametrize("nd,c", [pytest.param(nd, c, id=k) for k, (nd, c) in DIRECT.items()])
+@pytest.mark.parametrize("nd,c", table_params(DIRECT))
 def test_conv_direct_kernel_integer_valued_is_exact(nd, c):
     check_integer_valued_is_exact(nd, c, seed=14)
 
@@ -265,12 +270,12 @@ IMAGE_LANES = {
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("nd,c", [pytest.param(nd, c, id=k) for k, (nd, c) in IMAGE_LANES.items()])
+@pytest.mark.parametrize("nd,c", table_params(IMAGE_LANES))
 def test_conv_image_lane_data_grad_shapes(nd, c, dtype):
     run_forward_and_backward(nd, c, dtype, seed=17)
 
 
-@pytest.mark.parametrize("nd,c", [pytest.param(nd, c, id=k) for k, (nd, c) in IMAGE_LANES.items()])
+@pytest.mark.parametrize("nd,c", table_params(IMAGE_LANES))
 def test_conv_image_lane_data_grad_integer_valued_is_exact(nd, c):
     check_integer_valued_is_exact(nd, c, seed=18)
 
@@ -292,12 +297,12 @@ STRIDED = {
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("nd,c", [pytest.param(nd, c, id=k) for k, (nd, c) in STRIDED.items()])
+@pytest.mark.parametrize("nd,c", table_params(STRIDED))
 def test_conv_strided_data_grad_phases(nd, c, dtype):
     run_forward_and_backward(nd, c, dtype, seed=7)
 
 
-@pytest.mark.parametrize("nd,c", [pytest.param(nd, c, id=k) for k, (nd, c) in STRIDED.items()])
+@pytest.mark.parametrize("nd,c", table_params(STRIDED))
 def test_conv_strided_data_grad_phases_integer_valued_is_exact(nd, c):
     check_integer_valued_is_exact(nd, c, seed=17)
 
@@ -347,12 +352,12 @@ WINOGRAD = {
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("nd,c", [pytest.param(nd, c, id=k) for k, (nd, c) in WINOGRAD.items()])
+@pytest.mark.parametrize("nd,c", table_params(WINOGRAD))
 def test_conv_winograd_shapes(nd, c, dtype):
     run_forward_and_backward(nd, c, dtype, seed=5)
 
 
-@pytest.mark.parametrize("nd,c", [pytest.param(nd, c, id=k) for k, (nd, c) in WINOGRAD.items()])
+@pytest.mark.parametrize("nd,c", table_params(WINOGRAD))
 def test_conv_winograd_integer_valued_is_exact(nd, c):
     check_integer_valued_is_exact(nd, c, seed=13)
 
@@ -541,7 +546,7 @@ def check_integer_valued_is_exact(nd, c, seed):
         assert_bitwise(g, g_ref, what=name)
 
 
-@pytest.mark.parametrize("nd,c", [pytest.param(nd, c, id=k) for k, (nd, c) in EXACT.items()])
+@pytest.mark.parametrize("nd,c", table_params(EXACT))
 def test_conv_integer_valued_float32_is_exact(nd, c):
     check_integer_valued_is_exact(nd, c, seed=11)
 
@@ -562,7 +567,7 @@ FD_CASES = {
 }
 
 
-@pytest.mark.parametrize("nd,c", [pytest.param(nd, c, id=k) for k, (nd, c) in FD_CASES.items()])
+@pytest.mark.parametrize("nd,c", table_params(FD_CASES))
 def test_conv_backward_matches_finite_differences(nd, c):
     rng = np.random.default_rng(12)
     fwd, bwd, _, _ = OPS[nd]
