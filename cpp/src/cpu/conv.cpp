@@ -685,11 +685,18 @@ struct WinogradTiles {
 // [begin, end); offset counts from begin.
 template <class Fn>
 void for_each_tile_run(const WinogradTiles& tiles, std::int64_t begin, std::int64_t end, Fn fn) {
+  // Divisions for the first tile only: the transforms call this per channel, and three divisions
+  // per run cost as much as a short run's transforms.
+  std::int64_t n = begin / (tiles.h * tiles.w), ty = begin / tiles.w % tiles.h, tx = begin % tiles.w;
   for (std::int64_t t = begin; t < end;) {
-    const std::int64_t n = t / (tiles.h * tiles.w), ty = t / tiles.w % tiles.h, tx = t % tiles.w;
     const std::int64_t run = std::min(tiles.w - tx, end - t);
     fn(n, ty, tx, tx + run, t - begin);
     t += run;
+    tx = 0;
+    if (++ty == tiles.h) {
+      ty = 0;
+      ++n;
+    }
   }
 }
 
