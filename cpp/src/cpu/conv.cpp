@@ -719,9 +719,10 @@ void for_each_tile_run_by_image(const WinogradTiles& tiles, std::int64_t begin, 
 }
 
 // Input transforms of channel ch (of group grp) for the tiles [begin, end), the transforms' rows
-// [first_row, end_row) (WinogradInputRow): v[e * v_stride + ch * v_row + t - begin]. Each image's rows are padded once into `rows`
-// (tiles.rows_for(end - begin) x tiles.width floats), which the caller zeroed before its first call:
-// this writes the data columns only (lanes that are thrown away read past them).
+// [first_row, end_row) (WinogradInputRow): v[e * v_stride + ch * v_row + t - begin]. Each image's
+// rows are padded once into `rows` (tiles.rows_for(end - begin) x tiles.width floats), which the
+// caller zeroed before its first call: this writes the data columns only (lanes that are thrown
+// away read past them).
 void winograd_input_chunk(const Correlation& c, const WinogradTiles& tiles, const float* src, std::int64_t grp,
                           std::int64_t ch, std::int64_t begin, std::int64_t end, float* rows, float* v,
                           std::int64_t v_row, std::int64_t v_stride, int first_row = 0, int end_row = 4) {
