@@ -3,6 +3,8 @@
 // catch one type, while the Python layer maps it to TypeError.
 #pragma once
 
+#include <cstddef>
+#include <new>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -13,6 +15,18 @@ namespace juanji {
 class TypeError : public std::invalid_argument {
  public:
   using std::invalid_argument::invalid_argument;
+};
+
+// A failed allocation: a std::bad_alloc (MemoryError in Python) that says how many bytes were
+// asked for and what for.
+class AllocationError : public std::bad_alloc {
+ public:
+  AllocationError(std::size_t bytes, const char* purpose)
+      : message_("could not allocate " + std::to_string(bytes) + " bytes for " + purpose) {}
+  const char* what() const noexcept override { return message_.c_str(); }
+
+ private:
+  std::string message_;
 };
 
 namespace detail {

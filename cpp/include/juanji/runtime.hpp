@@ -22,8 +22,12 @@ SimdLevel set_simd_level(SimdLevel level);
 bool winograd_enabled();
 bool set_winograd(bool enabled);
 
-void set_num_threads(int n);
+// Threads of every parallel region, process-wide (a thread started later uses the same number);
+// starts at OpenMP's default (OMP_NUM_THREADS or the hardware's threads). set_num_threads takes
+// 1..max_num_threads() and raises std::invalid_argument otherwise.
+void set_num_threads(std::int64_t n);
 int get_num_threads();
+int max_num_threads();
 
 // Tensor storages allocated since the library loaded (a training step after the first adds none).
 std::uint64_t storage_allocations();

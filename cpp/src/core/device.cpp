@@ -3,6 +3,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <mutex>
 #include <new>
 #include <unordered_map>
@@ -90,12 +91,13 @@ std::uint64_t allocation_count() { return allocations.load(); }
 std::shared_ptr<void> allocate(std::size_t nbytes, Device device) {
   check_available(device);
   ++allocations;
+  if (nbytes > std::numeric_limits<std::size_t>::max() / 2) throw AllocationError(nbytes, "tensor storage");
   const std::size_t rounded = (nbytes + kAlignment - 1) / kAlignment * kAlignment;
   const std::size_t size = rounded == 0 ? kAlignment : rounded;
   if (device.is_cpu()) {
     void* ptr = host_cache().take(size);
     if (!ptr) ptr = std::aligned_alloc(kAlignment, size);
-    if (!ptr) throw std::bad_alloc();
+    if (!ptr) throw AllocationError(size, "tensor storage");
     return std::shared_ptr<void>(ptr, [size](void* p) { host_cache().give(p, size); });
   }
 #if JUANJI_WITH_CUDA

@@ -1,9 +1,11 @@
 #include "juanji/runtime.hpp"
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <sstream>
 #include <string>
+#include <thread>
 
 #include "juanji/build_config.hpp"
 #include "core/device.hpp"
@@ -98,20 +100,40 @@ bool winograd_enabled() { return winograd_in_use().load(); }
 
 bool set_winograd(bool enabled) { return winograd_in_use().exchange(enabled); }
 
-void set_num_threads(int n) {
-  check(n >= 1, "set_num_threads: n must be at least 1, got ", n);
+namespace {
+
+int hardware_threads() {
 #if JUANJI_OPENMP
-  omp_set_num_threads(n);
+  return std::max(omp_get_num_procs(), 1);
+#else
+  return std::max(static_cast<int>(std::thread::hardware_concurrency()), 1);
 #endif
 }
 
-int get_num_threads() {
+// One value for the whole process: OpenMP's own setting belongs to the thread that makes it, so
+// every region of ours names this team size instead (a thread started later sees it too).
+std::atomic<int>& thread_count() {
 #if JUANJI_OPENMP
-  return omp_get_max_threads();
+  static std::atomic<int> count{std::min(omp_get_max_threads(), max_num_threads())};
 #else
-  return 1;
+  static std::atomic<int> count{1};
+#endif
+  return count;
+}
+
+}  // namespace
+
+int max_num_threads() { return std::max(64, 4 * hardware_threads()); }
+
+void set_num_threads(std::int64_t n) {
+  check(n >= 1 && n <= max_num_threads(), "set_num_threads: n must be between 1 and ",
+        max_num_threads(), " (4 per hardware thread, at least 64), got ", n);
+#if JUANJI_OPENMP
+  thread_count().store(static_cast<int>(n));
 #endif
 }
+
+int get_num_threads() { return thread_count().load(std::memory_order_relaxed); }
 
 std::uint64_t storage_allocations() { return device::allocation_count(); }
 

@@ -162,8 +162,10 @@ void for_each_batch(std::int64_t N, std::int64_t per_batch, Body body) {
     body(first, std::min(per_batch, N - first), threaded);
   };
   if (batches >= threads && threads > 1) {
-#pragma omp parallel for schedule(static)
-    for (std::int64_t b = 0; b < batches; ++b) run(b, false);
+    cpu::RegionErrors errors;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (std::int64_t b = 0; b < batches; ++b) errors.guard([&] { run(b, false); });
+    errors.rethrow();
   } else {
     for (std::int64_t b = 0; b < batches; ++b) run(b, true);
   }
@@ -265,8 +267,9 @@ void direct_conv_passes(const ConvGeometry& g, const float* src, std::int64_t sr
     padded_w = std::max(padded_w, left - pass.left + (pass.out_w + lanes - 1) / lanes * lanes + pass.dil_w * (pass.S - 1));
   }
   const std::int64_t jobs = g.N * g.groups;
-#pragma omp parallel for schedule(static) if (jobs > 1)
-  for (std::int64_t job = 0; job < jobs; ++job) {
+  cpu::RegionErrors errors;
+#pragma omp parallel for num_threads(::juanji::get_num_threads()) schedule(static) if (jobs > 1)
+  for (std::int64_t job = 0; job < jobs; ++job) errors.guard([&] {
     const std::int64_t n = job / g.groups, grp = job % g.groups;
     float* padded = cpu::workspace<float>(cpu::WorkspaceSlot::columns, in_g * padded_h * padded_w);
     pad_planes(src + (n * src_channels + grp * in_g) * src_h * src_w, in_g, src_h, src_w, top, left,
@@ -284,7 +287,8 @@ void direct_conv_passes(const ConvGeometry& g, const float* src, std::int64_t sr
       kernels.direct_conv_f32(args);
       done(n, grp, i, out);
     }
-  }
+  });
+  errors.rethrow();
 }
 
 // direct_conv_passes with one pass writing straight into out (out_channels, out_h, out_w).
@@ -340,8 +344,9 @@ void image_lane_backward_data(const ConvGeometry& g, const float* dy, const Dire
   const std::int64_t src_w = std::max(pass.left + g.Q, g.W + g.dil_w * (g.S - 1));
   const std::int64_t image_groups = (g.N + lanes - 1) / lanes, threads = get_num_threads();
   const std::int64_t row_ranges = std::clamp<std::int64_t>((2 * threads + image_groups - 1) / image_groups, 1, g.H);
-#pragma omp parallel for schedule(static) if (image_groups * row_ranges > 1)
-  for (std::int64_t job = 0; job < image_groups * row_ranges; ++job) {
+  cpu::RegionErrors errors;
+#pragma omp parallel for num_threads(::juanji::get_num_threads()) schedule(static) if (image_groups * row_ranges > 1)
+  for (std::int64_t job = 0; job < image_groups * row_ranges; ++job) errors.guard([&] {
     const std::int64_t first = job / row_ranges * lanes, images = std::min(lanes, g.N - first);
     const std::int64_t range = job % row_ranges;
     const std::int64_t row_begin = g.H * range / row_ranges, row_end = g.H * (range + 1) / row_ranges;
@@ -355,7 +360,8 @@ void image_lane_backward_data(const ConvGeometry& g, const float* dy, const Dire
     for (std::int64_t c = 0; c < g.C; ++c)
       kernels.from_image_lanes_f32(out + (c * g.H + row_begin) * g.W * lanes, row_end - row_begin, g.W, images,
                                    g.C * HW, dx + (first * g.C + c) * HW + row_begin * g.W);
-  }
+  });
+  errors.rethrow();
 }
 
 void direct_backward_data(const ConvGeometry& g, const float* dy, const float* w, float* dx) {
@@ -394,10 +400,11 @@ void image_lane_backward_weight(const ConvGeometry& g, const float* dy, const fl
   const std::int64_t image_groups = (g.N + lanes - 1) / lanes, threads = get_num_threads();
   const std::int64_t filter_ranges = std::clamp<std::int64_t>((2 * threads + image_groups - 1) / image_groups, 1, g.K);
   float* partials = cpu::workspace<float>(cpu::WorkspaceSlot::partials, image_groups * g.K * taps);
-#pragma omp parallel
+  cpu::RegionErrors errors;
+#pragma omp parallel num_threads(::juanji::get_num_threads())
   {
 #pragma omp for schedule(static)
-    for (std::int64_t job = 0; job < image_groups * filter_ranges; ++job) {
+    for (std::int64_t job = 0; job < image_groups * filter_ranges; ++job) errors.guard([&] {
       const std::int64_t first = job / filter_ranges * lanes, images = std::min(lanes, g.N - first);
       const std::int64_t range = job % filter_ranges;
       const std::int64_t k_begin = g.K * range / filter_ranges, k_end = g.K * (range + 1) / filter_ranges;
@@ -409,7 +416,7 @@ void image_lane_backward_weight(const ConvGeometry& g, const float* dy, const fl
                                   errors + k_begin * PQ * lanes, 0, 0, g.P, g.Q});
       kernels.image_lane_weight_grad_f32({src, g.C, src_h, src_w, errors, g.P, g.Q, g.R, g.S, g.dil_h, g.dil_w, k_begin,
                                           k_end - k_begin, partials + job / filter_ranges * g.K * taps});
-    }
+    });
 #pragma omp for schedule(static)
     for (std::int64_t i = 0; i < g.K * taps; ++i) {
       float sum = partials[i];
@@ -417,6 +424,7 @@ void image_lane_backward_weight(const ConvGeometry& g, const float* dy, const fl
       dw[i] = sum;
     }
   }
+  errors.rethrow();
 }
 
 // Weight gradient for few input channels and too few filters for filter blocks (LeNet's first
@@ -432,7 +440,7 @@ void direct_backward_weight(const ConvGeometry& g, const float* dy, const float*
   const std::int64_t x_plane = padded_h * padded_w, dy_plane = g.P * out_stride;
   float* padded_x = cpu::workspace<float>(cpu::WorkspaceSlot::columns, g.N * g.C * x_plane);
   float* padded_dy = cpu::workspace<float>(cpu::WorkspaceSlot::batch_out, g.N * g.K * dy_plane);
-#pragma omp parallel
+#pragma omp parallel num_threads(::juanji::get_num_threads())
   {
 #pragma omp for schedule(static) nowait
     for (std::int64_t plane = 0; plane < g.N * g.C; ++plane)
@@ -524,7 +532,7 @@ template <class Fill>
 const float* pack_filter_blocks(const Correlation& c, std::int64_t block_size, Fill fill) {
   const std::int64_t blocks = c.blocks(), jobs = c.groups * blocks;
   float* packed = cpu::workspace<float>(cpu::WorkspaceSlot::gemm_a, jobs * block_size);
-#pragma omp parallel for schedule(static) if (jobs > 1 && jobs * block_size >= cpu::kParallelGrain)
+#pragma omp parallel for num_threads(::juanji::get_num_threads()) schedule(static) if (jobs > 1 && jobs * block_size >= cpu::kParallelGrain)
   for (std::int64_t job = 0; job < jobs; ++job) {
     float* out = packed + job * block_size;
     std::fill(out, out + block_size, 0.0f);
@@ -561,8 +569,9 @@ void filter_block_correlate(const Correlation& c, const float* src, const float*
   // block-by-block sweeps, which keep a block's weights in L1 and write 16 planes at a time (the
   // stem and pw's data gradient ran 8% and 15% slower interleaved).
   const bool interleave = c.in_per_group() * source.height * source.width * std::int64_t{sizeof(float)} > kL2Bytes;
-#pragma omp parallel for schedule(static) if (jobs.count() > 1)
-  for (std::int64_t job = 0; job < jobs.count(); ++job) {
+  cpu::RegionErrors errors;
+#pragma omp parallel for num_threads(::juanji::get_num_threads()) schedule(static) if (jobs.count() > 1)
+  for (std::int64_t job = 0; job < jobs.count(); ++job) errors.guard([&] {
     const std::int64_t n = jobs.outer_of(job) / c.groups, grp = jobs.outer_of(job) % c.groups;
     const float* planes = source.planes(c, src, n, grp);
     const std::int64_t step = interleave ? jobs.end_block(job) - jobs.first_block(job) : 1;
@@ -583,7 +592,8 @@ void filter_block_correlate(const Correlation& c, const float* src, const float*
                                           relu};
       kernels.filter_block_conv_f32(args);
     }
-  }
+  });
+  errors.rethrow();
 }
 
 void filter_block_forward(const ConvGeometry& g, const float* x, const float* w, const float* bias, float* y,
@@ -797,11 +807,12 @@ void winograd_correlate(const Correlation& c, const float* src, const float* pac
   const std::int64_t max_rows = all.rows_for((all.total + chunks - 1) / chunks + 16);
   const std::int64_t out_plane = c.out_h * c.out_w;
   const FilterBlockJobs jobs(c.groups * chunks, blocks);
-#pragma omp parallel for schedule(static) if (jobs.count() > 1)
-  for (std::int64_t job = 0; job < jobs.count(); ++job) {
+  cpu::RegionErrors errors;
+#pragma omp parallel for num_threads(::juanji::get_num_threads()) schedule(static) if (jobs.count() > 1)
+  for (std::int64_t job = 0; job < jobs.count(); ++job) errors.guard([&] {
     const std::int64_t grp = jobs.outer_of(job) / chunks, chunk = jobs.outer_of(job) % chunks;
     const std::int64_t begin = chunk_bound(chunk), end = chunk_bound(chunk + 1), tiles = end - begin;
-    if (tiles == 0) continue;
+    if (tiles == 0) return;
     const std::int64_t v_stride = in * tiles + 16, m_stride = tiles * cpu::kFilterBlock + 16;
     float* v = cpu::workspace<float>(cpu::WorkspaceSlot::columns, 16 * v_stride + max_rows * all.width);
     float* rows = v + 16 * v_stride;
@@ -823,7 +834,8 @@ void winograd_correlate(const Correlation& c, const float* src, const float* pac
                                      std::min(2 * tx1, c.out_w) - 2 * tx0});
       });
     }
-  }
+  });
+  errors.rethrow();
 }
 
 void winograd_forward(const ConvGeometry& g, const float* x, const float* w, const float* bias, float* y, bool relu) {
@@ -907,7 +919,7 @@ void winograd_grad_block(const ConvGeometry& g, const WinogradTiles& all, const 
 // plane sums (or no db).
 void winograd_weight_from_transformed(const ConvGeometry& g, const WinogradGradLayout& l, std::int64_t grp,
                                       const float* du, const double* plane_sums, float* dw, float* db) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for num_threads(::juanji::get_num_threads()) schedule(static)
   for (std::int64_t k = 0; k < l.per_group; ++k) {
     if (db) {
       double bias = 0;
@@ -959,8 +971,9 @@ void winograd_weight_grad_by_halves(const ConvGeometry& g, const Correlation& c,
   const std::int64_t jobs = 2 * l.blocks;  // job = half * blocks + block
   const std::int64_t parts = std::min<std::int64_t>(jobs, get_num_threads());
   for (std::int64_t grp = 0; grp < g.groups; ++grp) {
-#pragma omp parallel for schedule(static) if (parts > 1)
-    for (std::int64_t part = 0; part < parts; ++part) {
+    cpu::RegionErrors errors;
+#pragma omp parallel for num_threads(::juanji::get_num_threads()) schedule(static) if (parts > 1)
+    for (std::int64_t part = 0; part < parts; ++part) errors.guard([&] {
       const std::int64_t first_job = jobs * part / parts, end_job = jobs * (part + 1) / parts;
       float* v = cpu::workspace<float>(cpu::WorkspaceSlot::gemm_a, 16 * l.v_stride);
       float* z = cpu::workspace<float>(cpu::WorkspaceSlot::gemm_b, 16 * l.z_stride);
@@ -983,7 +996,8 @@ void winograd_weight_grad_by_halves(const ConvGeometry& g, const Correlation& c,
                                                   l.v_row, l.in, du + e * l.du_stride + kb * l.du_block, chunk > 0});
         }
       }
-    }
+    });
+    errors.rethrow();
     winograd_weight_from_transformed(g, l, grp, du, plane_sums, dw, db);
   }
 }
@@ -1008,12 +1022,20 @@ void winograd_weight_grad_shared(const ConvGeometry& g, const Correlation& c, co
   float* du = cpu::workspace<float>(cpu::WorkspaceSlot::partials, 16 * l.du_stride);
   double* plane_sums = db ? cpu::workspace<double>(cpu::WorkspaceSlot::plane_sums, g.N * g.K) : nullptr;
   for (std::int64_t grp = 0; grp < g.groups; ++grp) {
-#pragma omp parallel
+    cpu::RegionErrors region_errors;
+#pragma omp parallel num_threads(::juanji::get_num_threads())
     {
-      float* rows = cpu::workspace<float>(cpu::WorkspaceSlot::columns, l.padded_rows * all.width);
-      std::fill(rows, rows + l.padded_rows * all.width, 0.0f);
-      float* errors = cpu::workspace<float>(cpu::WorkspaceSlot::batch_out, l.errors_size());
-      for (std::int64_t chunk = 0; chunk < l.chunks; ++chunk) {
+      float* rows = nullptr;
+      float* errors = nullptr;
+      region_errors.guard([&] {
+        rows = cpu::workspace<float>(cpu::WorkspaceSlot::columns, l.padded_rows * all.width);
+        std::fill(rows, rows + l.padded_rows * all.width, 0.0f);
+        errors = cpu::workspace<float>(cpu::WorkspaceSlot::batch_out, l.errors_size());
+      });
+      // After the barrier every thread sees the same verdict, so all of them skip the work (and
+      // its barriers) together.
+#pragma omp barrier
+      for (std::int64_t chunk = 0; chunk < (region_errors.failed() ? 0 : l.chunks); ++chunk) {
         const std::int64_t begin = l.chunk_begin(all, chunk), end = l.chunk_begin(all, chunk + 1);
         float* v = v_buffers + chunk % 2 * 16 * l.v_stride;
         float* z = z_buffers + chunk % 2 * 16 * l.z_stride;
@@ -1032,6 +1054,7 @@ void winograd_weight_grad_shared(const ConvGeometry& g, const Correlation& c, co
         }
       }
     }
+    region_errors.rethrow();
     winograd_weight_from_transformed(g, l, grp, du, plane_sums, dw, db);
   }
 }
@@ -1065,8 +1088,9 @@ void filter_block_backward_weight(const ConvGeometry& g, const float* dy, const 
   float* partials = cpu::workspace<float>(cpu::WorkspaceSlot::partials, chunks * chunk_size);
   double* plane_sums = db ? cpu::workspace<double>(cpu::WorkspaceSlot::plane_sums, g.N * g.K) : nullptr;
   const FilterBlockJobs jobs(chunks * g.groups, blocks);
-#pragma omp parallel for schedule(static) if (jobs.count() > 1)
-  for (std::int64_t job = 0; job < jobs.count(); ++job) {
+  cpu::RegionErrors errors;
+#pragma omp parallel for num_threads(::juanji::get_num_threads()) schedule(static) if (jobs.count() > 1)
+  for (std::int64_t job = 0; job < jobs.count(); ++job) errors.guard([&] {
     const std::int64_t chunk = jobs.outer_of(job) / g.groups, grp = jobs.outer_of(job) % g.groups;
     const std::int64_t kb_begin = jobs.first_block(job), kb_end = jobs.end_block(job);
     float* partial = partials + chunk * chunk_size + grp * blocks * block_size;
@@ -1087,8 +1111,9 @@ void filter_block_backward_weight(const ConvGeometry& g, const float* dy, const 
         kernels.filter_block_weight_grad_f32(args);
       }
     }
-  }
-#pragma omp parallel for schedule(static)
+  });
+  errors.rethrow();
+#pragma omp parallel for num_threads(::juanji::get_num_threads()) schedule(static)
   for (std::int64_t filter = 0; filter < g.K; ++filter) {
     const std::int64_t grp = filter / Kg, kb = filter % Kg / cpu::kFilterBlock, k = filter % Kg % cpu::kFilterBlock;
     const float* first = partials + (grp * blocks + kb) * block_size + k;
@@ -1167,12 +1192,23 @@ struct ImplicitColumnsTransposed {
   }
 };
 
+// The float32 paths (direct, Winograd, filter blocks) copy the input or the error into padded
+// planes: worth it for a network's few pixels of padding, not where padding or a dilated kernel
+// dwarfs the image (a 1x1 input with padding 25000 would take 10 GB of planes). Such layers take
+// the GEMM path, whose scratch is bounded by the sizes of the input and the output.
+bool padding_is_modest(const ConvGeometry& g) {
+  const auto modest = [](std::int64_t in, std::int64_t out, std::int64_t extra) { return extra <= 4 * (in + out) + 64; };
+  return modest(g.H, g.P, 2 * g.pad_top + g.dil_h * (g.R - 1)) && modest(g.W, g.Q, 2 * g.pad_left + g.dil_w * (g.S - 1));
+}
+
 template <class T>
 void forward_impl(const ConvGeometry& g, const T* x, const T* w, const T* bias, T* y) {
   if constexpr (std::is_same_v<T, float>) {
-    if (use_direct(g, g.C / g.groups)) return direct_forward(g, x, w, bias, y, false);
-    if (use_winograd(forward_correlation(g))) return winograd_forward(g, x, w, bias, y, false);
-    if (use_filter_blocks(forward_correlation(g))) return filter_block_forward(g, x, w, bias, y, false);
+    if (padding_is_modest(g)) {
+      if (use_direct(g, g.C / g.groups)) return direct_forward(g, x, w, bias, y, false);
+      if (use_winograd(forward_correlation(g))) return winograd_forward(g, x, w, bias, y, false);
+      if (use_filter_blocks(forward_correlation(g))) return filter_block_forward(g, x, w, bias, y, false);
+    }
   }
   const std::int64_t Cg = g.C / g.groups, Kg = g.K / g.groups;
   const std::int64_t PQ = g.P * g.Q, CRSg = Cg * g.R * g.S;
@@ -1322,7 +1358,7 @@ void strided_backward_data(const ConvGeometry& g, const float* dy, const float* 
       const std::int64_t phase_plane = rows.count * cols.count;
       if (phase_plane == 0) continue;
       if (rows.taps == 0 || cols.taps == 0) {  // no tap reaches these rows and columns
-#pragma omp parallel for schedule(static) if (planes * phase_plane >= cpu::kParallelGrain)
+#pragma omp parallel for num_threads(::juanji::get_num_threads()) schedule(static) if (planes * phase_plane >= cpu::kParallelGrain)
         for (std::int64_t plane = 0; plane < planes; ++plane)
           for (std::int64_t i = 0; i < rows.count; ++i)
             for (std::int64_t j = 0; j < cols.count; ++j)
@@ -1345,7 +1381,7 @@ void strided_backward_data(const ConvGeometry& g, const float* dy, const float* 
           for (std::int64_t s = 0; s < sub.S; ++s) sub_w[(kc * sub.R + r) * sub.S + s] = phase_tap(g, w, rows, cols, kc, r, s);
       float* phase = cpu::workspace<float>(cpu::WorkspaceSlot::phase_grad, planes * phase_plane);
       backward_data_impl<float>(sub, dy, sub_w, phase);
-#pragma omp parallel for schedule(static) if (planes * phase_plane >= cpu::kParallelGrain)
+#pragma omp parallel for num_threads(::juanji::get_num_threads()) schedule(static) if (planes * phase_plane >= cpu::kParallelGrain)
       for (std::int64_t plane = 0; plane < planes; ++plane)
         spread_phase(g, phase + plane * phase_plane, 1, rows, cols, dx + plane * g.H * g.W);
     }
@@ -1363,14 +1399,16 @@ bool pointwise_data_grad_by_gemm(const ConvGeometry& g) {
 template <class T>
 void backward_data_impl(const ConvGeometry& g, const T* dy, const T* w, T* dx) {
   if constexpr (std::is_same_v<T, float>) {
-    if (g.stride_h > 1 || g.stride_w > 1) return strided_backward_data(g, dy, w, dx);
-    if (use_direct_data_grad(g) && all_finite(w, g.K * (g.C / g.groups) * g.R * g.S))
-      return direct_backward_data(g, dy, w, dx);
-    if (g.stride_h == 1 && g.stride_w == 1 && use_winograd(data_grad_correlation(g)))
-      return winograd_backward_data(g, dy, w, dx);
-    if (g.stride_h == 1 && g.stride_w == 1 && !pointwise_data_grad_by_gemm(g) &&
-        use_filter_blocks(data_grad_correlation(g)))
-      return filter_block_backward_data(g, dy, w, dx);
+    if (padding_is_modest(g)) {
+      if (g.stride_h > 1 || g.stride_w > 1) return strided_backward_data(g, dy, w, dx);
+      if (use_direct_data_grad(g) && all_finite(w, g.K * (g.C / g.groups) * g.R * g.S))
+        return direct_backward_data(g, dy, w, dx);
+      if (g.stride_h == 1 && g.stride_w == 1 && use_winograd(data_grad_correlation(g)))
+        return winograd_backward_data(g, dy, w, dx);
+      if (g.stride_h == 1 && g.stride_w == 1 && !pointwise_data_grad_by_gemm(g) &&
+          use_filter_blocks(data_grad_correlation(g)))
+        return filter_block_backward_data(g, dy, w, dx);
+    }
   }
   const std::int64_t Cg = g.C / g.groups, Kg = g.K / g.groups;
   const std::int64_t HW = g.H * g.W, PQ = g.P * g.Q, CRSg = Cg * g.R * g.S;
@@ -1400,7 +1438,7 @@ void backward_data_impl(const ConvGeometry& g, const T* dy, const T* w, T* dx) {
 template <class T>
 void bias_grad(const ConvGeometry& g, const T* dy, T* db) {
   const std::int64_t PQ = g.P * g.Q;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for num_threads(::juanji::get_num_threads()) schedule(static)
   for (std::int64_t k = 0; k < g.K; ++k) {
     double sum = 0;
     for (std::int64_t n = 0; n < g.N; ++n) {
@@ -1414,18 +1452,21 @@ void bias_grad(const ConvGeometry& g, const T* dy, T* db) {
 template <class T>
 void backward_weight_impl(const ConvGeometry& g, const T* dy, const T* x, T* dw, T* db) {
   if constexpr (std::is_same_v<T, float>) {
-    const Correlation c = forward_correlation(g);
-    // The Winograd and filter-block paths sum the bias gradient from the error planes they read;
-    // the others take a pass of their own over them. Filter blocks also take layers with few input
-    // channels: they read the error once, where the direct kernel pads a copy of it first
-    // (convnet_c1, 1 -> 32 channels: 577 -> 392 us; cifar_c1: 1.39 -> 0.91 ms).
-    if (use_winograd(c)) return winograd_backward_weight(g, dy, x, dw, db);
-    if (use_filter_blocks(c)) return filter_block_backward_weight(g, dy, x, dw, db);
-    if (db) bias_grad(g, dy, db);
-    if (use_direct(g, g.C / g.groups)) return direct_backward_weight(g, dy, x, dw);
-  } else {
-    if (db) bias_grad(g, dy, db);
+    if (padding_is_modest(g)) {
+      const Correlation c = forward_correlation(g);
+      // The Winograd and filter-block paths sum the bias gradient from the error planes they read;
+      // the others take a pass of their own over them. Filter blocks also take layers with few
+      // input channels: they read the error once, where the direct kernel pads a copy of it first
+      // (convnet_c1, 1 -> 32 channels: 577 -> 392 us; cifar_c1: 1.39 -> 0.91 ms).
+      if (use_winograd(c)) return winograd_backward_weight(g, dy, x, dw, db);
+      if (use_filter_blocks(c)) return filter_block_backward_weight(g, dy, x, dw, db);
+      if (use_direct(g, g.C / g.groups)) {
+        if (db) bias_grad(g, dy, db);
+        return direct_backward_weight(g, dy, x, dw);
+      }
+    }
   }
+  if (db) bias_grad(g, dy, db);
   const std::int64_t Cg = g.C / g.groups, Kg = g.K / g.groups;
   const std::int64_t PQ = g.P * g.Q, CRSg = Cg * g.R * g.S;
   const std::int64_t weights = g.K * CRSg;
@@ -1461,9 +1502,9 @@ void backward_weight_impl(const ConvGeometry& g, const T* dy, const T* x, T* dw,
     }
   };
   if (chunks > 1) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for num_threads(::juanji::get_num_threads()) schedule(static)
     for (std::int64_t c = 0; c < chunks; ++c) run_chunk(c, false);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for num_threads(::juanji::get_num_threads()) schedule(static)
     for (std::int64_t i = 0; i < weights; ++i) {
       T sum = partials[i];
       for (std::int64_t c = 1; c < chunks; ++c) sum += partials[c * weights + i];
@@ -1553,7 +1594,7 @@ void conv_forward(const ConvGeometry& g, const Tensor& x, const Tensor& w, const
 }
 
 bool conv_forward_relu(const ConvGeometry& g, const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& y) {
-  if (!x.device().is_cpu() || x.dtype() != DType::float32) return false;
+  if (!x.device().is_cpu() || x.dtype() != DType::float32 || !padding_is_modest(g)) return false;
   const float* b = cpu::data_or_null<float>(bias);
   if (use_direct(g, g.C / g.groups)) {
     direct_forward(g, x.data<float>(), w.data<float>(), b, y.data<float>(), true);

@@ -6,6 +6,7 @@
 #include <utility>
 
 #include "juanji/build_config.hpp"
+#include "cpu/parallel.hpp"
 #include "juanji/tensor.hpp"
 
 namespace juanji::cpu {

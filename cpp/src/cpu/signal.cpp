@@ -27,7 +27,7 @@ void convolve_window(const T* f, std::int64_t n, const T* g, std::int64_t m, std
   }
   constexpr std::int64_t chunk = 4096;
   const std::int64_t chunks = (len + chunk - 1) / chunk;
-#pragma omp parallel for schedule(static) if (len * m >= cpu::kParallelGrain)
+#pragma omp parallel for num_threads(::juanji::get_num_threads()) schedule(static) if (len * m >= cpu::kParallelGrain)
   for (std::int64_t c = 0; c < chunks; ++c) {
     const std::int64_t o0 = c * chunk;
     const std::int64_t o1 = std::min(len, o0 + chunk);
@@ -55,7 +55,7 @@ void convolve2d_window(const T* a, std::int64_t H, std::int64_t W, const T* k, s
     std::swap(H, R);
     std::swap(W, S);
   }
-#pragma omp parallel for schedule(static) if (rows * cols * R * S >= cpu::kParallelGrain)
+#pragma omp parallel for num_threads(::juanji::get_num_threads()) schedule(static) if (rows * cols * R * S >= cpu::kParallelGrain)
   for (std::int64_t i = 0; i < rows; ++i) {
     T* dst = out + i * cols - c0;  // dst[y] is full column y
     std::fill(dst + c0, dst + c0 + cols, T(0));

@@ -13,9 +13,13 @@ enum class WorkspaceSlot { gemm_a, gemm_b, columns, batch_out, partials, phase_g
 // on this thread. Contents are not preserved.
 void* workspace_bytes(WorkspaceSlot slot, std::size_t bytes);
 
+// Throws AllocationError (a std::bad_alloc) when the memory cannot be had, naming the bytes.
 template <class T>
 T* workspace(WorkspaceSlot slot, std::int64_t count) {
-  return static_cast<T*>(workspace_bytes(slot, static_cast<std::size_t>(count) * sizeof(T)));
+  const std::size_t bytes = count > 0 && static_cast<std::uint64_t>(count) > SIZE_MAX / sizeof(T)
+                                ? SIZE_MAX
+                                : static_cast<std::size_t>(count < 0 ? 0 : count) * sizeof(T);
+  return static_cast<T*>(workspace_bytes(slot, bytes));
 }
 
 }  // namespace juanji::cpu
