@@ -1542,8 +1542,7 @@ ConvGeometry ConvGeometry::make(const Shape& x, const Shape& w, const ConvOption
   g.N = x[0];
   g.C = x[1];
   g.K = w[0];
-  check(g.N > 0 && g.C > 0, "x: empty tensor of shape ", shape_text(x));
-  check(g.K > 0 && w[1] > 0, "weight: empty tensor of shape ", shape_text(w));
+  check(g.K > 0, "weight: no filters in shape ", shape_text(w));
   check(g.K % g.groups == 0, "weight: K=", g.K, " filters in ", shape_text(w),
         " are not divisible by groups=", g.groups);
   check(g.C == w[1] * g.groups, "weight: ", shape_text(w), " expects C = ", w[1], " x groups ",
@@ -1583,7 +1582,31 @@ double ConvGeometry::flops() const {
   return 2.0 * N * K * P * Q * (C / groups) * R * S;
 }
 
+namespace {
+
+// An empty batch, or a layer without input channels: the sums have no terms, which the kernels'
+// work splitting does not expect. The results are computed here, on the host.
+bool has_no_terms(const ConvGeometry& g) { return g.N == 0 || g.C == 0; }
+
+// y (N, K, P, Q) = the bias of each filter (zero without one): every sum over no inputs.
+void fill_with_bias(const ConvGeometry& g, const Tensor& bias, Tensor& y) {
+  Tensor host = Tensor::zeros(y.shape(), y.dtype());
+  if (bias.defined() && host.numel() > 0) {
+    const Tensor b = bias.to(Device{}).to(DType::float64);
+    cpu::dispatch_float(y.dtype(), [&](auto tag) {
+      using T = decltype(tag);
+      T* out = host.data<T>();
+      for (std::int64_t plane = 0; plane < g.N * g.K; ++plane)
+        std::fill(out + plane * g.P * g.Q, out + (plane + 1) * g.P * g.Q, static_cast<T>(b.data<double>()[plane % g.K]));
+    });
+  }
+  y.copy_(host);
+}
+
+}  // namespace
+
 void conv_forward(const ConvGeometry& g, const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& y) {
+  if (has_no_terms(g)) return fill_with_bias(g, bias, y);
 #if JUANJI_WITH_CUDA
   if (x.device().is_cuda()) return cuda::conv_forward(g, x, w, bias, y);
 #endif
@@ -1594,7 +1617,7 @@ void conv_forward(const ConvGeometry& g, const Tensor& x, const Tensor& w, const
 }
 
 bool conv_forward_relu(const ConvGeometry& g, const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& y) {
-  if (!x.device().is_cpu() || x.dtype() != DType::float32 || !padding_is_modest(g)) return false;
+  if (!x.device().is_cpu() || x.dtype() != DType::float32 || !padding_is_modest(g) || has_no_terms(g)) return false;
   const float* b = cpu::data_or_null<float>(bias);
   if (use_direct(g, g.C / g.groups)) {
     direct_forward(g, x.data<float>(), w.data<float>(), b, y.data<float>(), true);
@@ -1612,6 +1635,7 @@ bool conv_forward_relu(const ConvGeometry& g, const Tensor& x, const Tensor& w, 
 }
 
 void conv_backward_data(const ConvGeometry& g, const Tensor& grad_y, const Tensor& w, Tensor& grad_x) {
+  if (has_no_terms(g)) return;  // grad_x has no elements
 #if JUANJI_WITH_CUDA
   if (grad_y.device().is_cuda()) return cuda::conv_backward_data(g, grad_y, w, grad_x);
 #endif
@@ -1623,6 +1647,19 @@ void conv_backward_data(const ConvGeometry& g, const Tensor& grad_y, const Tenso
 
 void conv_backward_weight(const ConvGeometry& g, const Tensor& grad_y, const Tensor& x,
                           Tensor& grad_w, Tensor& grad_b) {
+  if (has_no_terms(g)) {
+    if (grad_w.defined()) grad_w.zero_();
+    if (!grad_b.defined()) return;
+    // The bias gradient still sums the error (zero for an empty batch).
+    const Tensor dy = grad_y.to(Device{}).contiguous();
+    Tensor sums = Tensor::empty(grad_b.shape(), grad_b.dtype());
+    cpu::dispatch_float(sums.dtype(), [&](auto tag) {
+      using T = decltype(tag);
+      bias_grad<T>(g, dy.data<T>(), sums.data<T>());
+    });
+    grad_b.copy_(sums);
+    return;
+  }
 #if JUANJI_WITH_CUDA
   if (x.device().is_cuda()) return cuda::conv_backward_weight(g, grad_y, x, grad_w, grad_b);
 #endif

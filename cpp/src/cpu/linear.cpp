@@ -45,8 +45,10 @@ void check_linear(const Tensor& x, const Tensor& w) {
   check_dim(w, "weight", 2, "(out_features, in_features)");
   check(x.size(1) == w.size(1), "weight: ", shape_text(w.shape()), " expects in_features = ",
         w.size(1), " but x ", shape_text(x.shape()), " has ", x.size(1));
-  check(x.size(0) > 0 && x.size(1) > 0 && w.size(0) > 0, "x: empty operands x ",
-        shape_text(x.shape()), ", weight ", shape_text(w.shape()));
+#if JUANJI_WITH_CUDA
+  check(x.device().is_cpu() || (x.numel() > 0 && w.numel() > 0), "linear: empty operands x ",
+        shape_text(x.shape()), ", weight ", shape_text(w.shape()), " are not supported on CUDA yet");
+#endif
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 #include "juanji/ops/pool.hpp"
 
 #include <algorithm>
+#include <limits>
 #include <type_traits>
 
 #include "cpu/microkernels.hpp"
@@ -343,6 +344,7 @@ template void scatter_max_pool_plane(const PoolGeometry&, const double*, const s
 
 // x (N,C,H,W), y (N,C,P,Q), argmax (N,C,P,Q) int64 or undefined.
 void max_pool_forward(const PoolGeometry& g, const Tensor& x, Tensor& y, Tensor& argmax) {
+  if (plane_count(g) == 0) return;  // an empty batch or no channels: nothing to pool
 #if JUANJI_WITH_CUDA
   if (x.device().is_cuda()) return cuda::max_pool_forward(g, x, y, argmax);
 #endif
@@ -378,6 +380,7 @@ namespace {
 // the pooled shape) is > 0 when a gate is given.
 void scatter_max_pool_gradient(const PoolGeometry& g, const Tensor& grad_y, const Tensor& argmax,
                                const Tensor* gate, Tensor& grad_x, const char* op) {
+  if (plane_count(g) == 0) return;  // an empty batch or no channels: nothing to pool
   check_pool_kernel_args(g, grad_x, "grad_x", grad_y, "grad_y", op);
   check_kernel_tensor(argmax, op, "argmax", DType::int64, plane_count(g) * g.P * g.Q);
   if (gate) check_kernel_tensor(*gate, op, "y", grad_x.dtype(), grad_y.numel());
@@ -403,6 +406,7 @@ void scatter_max_pool_gradient(const PoolGeometry& g, const Tensor& grad_y, cons
 
 void max_pool_backward(const PoolGeometry& g, const Tensor& grad_y, const Tensor& argmax,
                        Tensor& grad_x) {
+  if (plane_count(g) == 0) return;  // an empty batch or no channels: nothing to pool
 #if JUANJI_WITH_CUDA
   if (grad_y.device().is_cuda()) return cuda::max_pool_backward(g, grad_y, argmax, grad_x);
 #endif
@@ -416,6 +420,7 @@ void max_pool_relu_backward(const PoolGeometry& g, const Tensor& grad_y, const T
 
 // x (N,C,H,W), y (N,C,P,Q).
 void avg_pool_forward(const PoolGeometry& g, const Tensor& x, Tensor& y) {
+  if (plane_count(g) == 0) return;  // an empty batch or no channels: nothing to pool
 #if JUANJI_WITH_CUDA
   if (x.device().is_cuda()) return cuda::avg_pool_forward(g, x, y);
 #endif
@@ -436,6 +441,7 @@ void avg_pool_forward(const PoolGeometry& g, const Tensor& x, Tensor& y) {
 
 // grad_y (N,C,P,Q) -> grad_x (N,C,H,W).
 void avg_pool_backward(const PoolGeometry& g, const Tensor& grad_y, Tensor& grad_x) {
+  if (plane_count(g) == 0) return;  // an empty batch or no channels: nothing to pool
 #if JUANJI_WITH_CUDA
   if (grad_y.device().is_cuda()) return cuda::avg_pool_backward(g, grad_y, grad_x);
 #endif
@@ -484,9 +490,13 @@ Tensor global_avg_pool2d(const Tensor& x_in) {
   check_float_operand(x_in, op, "x");
   check_dim(x_in, "x", 4, "(N, C, H, W)");
   const Shape& s = x_in.shape();
-  check(s[2] > 0 && s[3] > 0, op, ": x has an empty plane, shape ", shape_text(s));
   const Tensor x = x_in.contiguous();
   Tensor y = Tensor::empty({s[0], s[1], 1, 1}, x.dtype(), x.device());
+  if (y.numel() == 0) return y;
+  if (x.numel() == 0) {  // the mean of an empty plane, as NumPy and torch give it
+    y.fill_(std::numeric_limits<double>::quiet_NaN());
+    return y;
+  }
 #if JUANJI_WITH_CUDA
   if (x.device().is_cuda()) {
     cuda::global_avg_pool2d(x, y);
@@ -522,9 +532,9 @@ Tensor global_avg_pool2d_backward(const Tensor& grad_out_in, const Tensor& x) {
   check(grad_out_in.shape() == expected, op, ": grad_out has shape ",
         shape_text(grad_out_in.shape()), " but the output for x ", shape_text(s), " has shape ",
         shape_text(expected));
-  check(s[2] > 0 && s[3] > 0, op, ": x has an empty plane, shape ", shape_text(s));
   const Tensor grad_out = grad_out_in.contiguous();
   Tensor grad_x = Tensor::empty(s, x.dtype(), x.device());
+  if (grad_x.numel() == 0) return grad_x;
 #if JUANJI_WITH_CUDA
   if (x.device().is_cuda()) {
     cuda::global_avg_pool2d_backward(grad_out, grad_x);

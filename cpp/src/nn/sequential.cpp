@@ -72,8 +72,7 @@ const Tensor& Sequential::on_model_device(const Tensor& t, Tensor& staging) cons
 void Sequential::check_input(const Tensor& x) const {
   check(!layers_.empty(), "Sequential: the model has no layers");
   check_float(x, "x");
-  check(x.dim() >= 2 && x.size(0) > 0, "x: expected a non-empty batch (N, ...), got shape ",
-        shape_text(x.shape()));
+  check(x.dim() >= 2, "x: expected a batch (N, ...), got shape ", shape_text(x.shape()));
 }
 
 const Tensor& Sequential::forward(const Tensor& x, bool training) {
@@ -114,6 +113,8 @@ std::vector<Tensor> Sequential::activations(const Tensor& x) {
 
 double Sequential::train_step(const Tensor& x, const Tensor& target, Loss& loss, optim::SGD& optimizer) {
   check_defined(target, "target");
+  check_input(x);
+  check(x.size(0) > 0, "train_step: x is an empty batch, shape ", shape_text(x.shape()));
   const Tensor& output = forward(x, true);
   if (!grad_output_.defined() || grad_output_.shape() != output.shape() ||
       grad_output_.dtype() != output.dtype() || grad_output_.device() != output.device())
@@ -165,6 +166,7 @@ double Sequential::train_step(const Tensor& x, const Tensor& target, Loss& loss,
 
 Evaluation Sequential::evaluate(const Tensor& x, const Tensor& target, Loss& loss, std::int64_t batch_size) {
   check_input(x);
+  check(x.size(0) > 0, "evaluate: x is an empty batch, shape ", shape_text(x.shape()));
   check(batch_size > 0, "batch_size: must be positive, got ", batch_size);
   check(target.dim() >= 1 && target.size(0) == x.size(0), "target: expected ", x.size(0),
         " rows to match x ", shape_text(x.shape()), ", got ", shape_text(target.shape()));
