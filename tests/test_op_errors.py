@@ -79,13 +79,9 @@ VALUE_ERRORS = [
     ("conv2d_padding_unknown_string", lambda: juanji.conv2d(o(1, 1, 5, 5), o(1, 1, 3, 3), padding="full"),
      PADDING),
     ("conv1d_padding_unknown_string", lambda: juanji.conv1d(o(1, 1, 5), o(1, 1, 3), padding="causal"), PADDING),
-    # ---- conv: empty tensors
-    ("conv2d_empty_batch", lambda: juanji.conv2d(o(0, 2, 5, 5), o(2, 2, 3, 3)), X),
-    ("conv2d_empty_channels", lambda: juanji.conv2d(o(1, 0, 5, 5), o(2, 0, 3, 3)), CHANNELS),
+    # ---- conv: empty tensors torch refuses too (empty batches and channels work: test_hardening)
     ("conv2d_empty_out_channels", lambda: juanji.conv2d(o(1, 2, 5, 5), o(0, 2, 3, 3)), W),
     ("conv2d_empty_spatial", lambda: juanji.conv2d(o(1, 2, 0, 5), o(2, 2, 1, 1)), KERNEL_VS_INPUT),
-    ("conv1d_empty_batch", lambda: juanji.conv1d(o(0, 2, 5), o(2, 2, 3)), X),
-    ("conv1d_empty_channels", lambda: juanji.conv1d(o(1, 0, 5), o(2, 0, 3)), CHANNELS),
     # ---- conv: bias and backward shapes
     ("conv2d_bias_wrong_length", lambda: juanji.conv2d(o(1, 2, 5, 5), o(3, 2, 3, 3), o(2)), BIAS),
     ("conv2d_bias_2d", lambda: juanji.conv2d(o(1, 2, 5, 5), o(3, 2, 3, 3), o(3, 1)), BIAS),

@@ -20,9 +20,31 @@ nn::Init init_arg(const std::string& init) {
   throw std::invalid_argument("init: expected 'he' or 'xavier', got '" + init + "'");
 }
 
-// Python callers get their own copy: the layer reuses its output buffer on the next call.
+// Runs f with the GIL released and then `mutex` held: a thread waiting for a model's lock must not
+// hold the GIL, which the lock's holder may need (to release a NumPy array it no longer uses).
+template <class F>
+auto locked(std::recursive_mutex& mutex, F&& f) {
+  py::gil_scoped_release release;
+  const std::lock_guard<std::recursive_mutex> lock(mutex);
+  return f();
+}
+
+// Python callers get their own copy, taken under the lock: the layer reuses its output buffer on
+// the next call.
 Tensor layer_forward(Layer& layer, py::handle x, bool training) {
-  return layer.forward(tensor_arg(x, "x"), training).clone();
+  const Tensor input = tensor_arg(x, "x");
+  return locked(layer.mutex(), [&] { return layer.forward(input, training).clone(); });
+}
+
+std::vector<std::shared_ptr<Parameter>> optimizer_parameters(py::iterable params) {
+  std::vector<std::shared_ptr<Parameter>> list;
+  for (auto p : params) {
+    if (!py::isinstance<Parameter>(p))
+      throw TypeError("params: expected the Parameters of a model (model.parameters()), got an item of type " +
+                      py::str(py::type::handle_of(p).attr("__name__")).cast<std::string>());
+    list.push_back(p.cast<std::shared_ptr<Parameter>>());
+  }
+  return list;
 }
 
 py::list parameter_list(const std::vector<std::shared_ptr<Parameter>>& params) {
@@ -115,15 +137,22 @@ void register_nn(py::module_& m) {
       .def("forward", &layer_forward, py::arg("x"), py::arg("training") = false)
       .def("__call__", [](Layer& l, py::handle x) { return layer_forward(l, x, false); })
       .def("backward",
-           [](Layer& l, py::handle grad_y) { return l.backward(tensor_arg(grad_y, "grad_out"), true).clone(); },
+           [](Layer& l, py::handle grad_y) {
+             const Tensor grad = tensor_arg(grad_y, "grad_out");
+             return locked(l.mutex(), [&] { return l.backward(grad, true).clone(); });
+           },
            py::arg("grad_out"), "Gradient of the last training-mode forward's input.")
       .def("output_shape", [](const Layer& l, const Shape& s) { return py::tuple(py::cast(l.output_shape(s))); })
-      .def("parameters", [](Layer& l) { return parameter_list(l.parameters()); })
+      .def("parameters", [](Layer& l) { return parameter_list(locked(l.mutex(), [&] { return l.parameters(); })); })
       .def_property_readonly("weight", [](py::object self) { return parameter_view(self, "weight"); })
       .def_property_readonly("bias", [](py::object self) { return parameter_view(self, "bias"); })
       .def("to",
            [](py::object self, py::object target) {
-             move_or_cast(self.cast<Layer&>(), target);
+             Layer& layer = self.cast<Layer&>();
+             locked(layer.mutex(), [&] {
+               py::gil_scoped_acquire gil;  // a dtype given as a NumPy type is read through Python
+               move_or_cast(layer, target);
+             });
              return self;
            },
            py::arg("target"),
@@ -194,16 +223,26 @@ void register_nn(py::module_& m) {
         }
         return std::make_shared<nn::Sequential>(std::move(list));
       }))
-      .def("__call__", [](nn::Sequential& s, py::handle x) { return s.forward(tensor_arg(x, "x"), false).clone(); },
+      .def("__call__",
+           [](nn::Sequential& s, py::handle x) {
+             const Tensor input = tensor_arg(x, "x");
+             return locked(s.mutex(), [&] { return s.forward(input, false).clone(); });
+           },
            py::arg("x"), "Inference (eval mode, whatever train()/eval() say): the output as a new tensor.")
       .def("forward",
            [](nn::Sequential& s, py::handle x, py::object training) {
-             return s.forward(tensor_arg(x, "x"), training.is_none() ? s.training() : training.cast<bool>()).clone();
+             const Tensor input = tensor_arg(x, "x");
+             const bool mode = training.is_none() ? s.training() : training.cast<bool>();
+             return locked(s.mutex(), [&] { return s.forward(input, mode).clone(); });
            },
            py::arg("x"), py::arg("training") = py::none())
       .def("to",
            [](py::object self, py::object target) {
-             move_or_cast(self.cast<nn::Sequential&>(), target);
+             nn::Sequential& model = self.cast<nn::Sequential&>();
+             locked(model.mutex(), [&] {
+               py::gil_scoped_acquire gil;  // a dtype given as a NumPy type is read through Python
+               move_or_cast(model, target);
+             });
              return self;
            },
            py::arg("target"),
@@ -213,11 +252,12 @@ void register_nn(py::module_& m) {
       .def("train", [](nn::Sequential& s) { s.train(); })
       .def("eval", [](nn::Sequential& s) { s.eval(); })
       .def_property_readonly("training", &nn::Sequential::training)
-      .def("parameters", [](const nn::Sequential& s) { return parameter_list(s.trainable_parameters()); },
+      .def("parameters",
+           [](const nn::Sequential& s) { return parameter_list(locked(s.mutex(), [&] { return s.trainable_parameters(); })); },
            "Trainable parameters, named '<layer>.<name>'.")
       .def("buffers", [](const nn::Sequential& s) {
         std::vector<std::shared_ptr<Parameter>> buffers;
-        for (auto& p : s.parameters())
+        for (auto& p : locked(s.mutex(), [&] { return s.parameters(); }))
           if (!p->trainable()) buffers.push_back(p);
         return parameter_list(buffers);
       }, "Tensors saved with the model but not trained (batch-norm running statistics).")
@@ -225,8 +265,7 @@ void register_nn(py::module_& m) {
            [target_arg](nn::Sequential& s, py::handle x, py::handle target, nn::Loss& loss, optim::SGD& opt) {
              const Tensor xt = tensor_arg(x, "x");
              const Tensor tt = target_arg(loss, target);
-             py::gil_scoped_release release;
-             return s.train_step(xt, tt, loss, opt);
+             return locked(s.mutex(), [&] { return s.train_step(xt, tt, loss, opt); });
            },
            py::arg("x"), py::arg("target"), py::arg("loss"), py::arg("optimizer"),
            "Forward, loss, backward and SGD update in C++; returns the batch's mean loss.")
@@ -236,17 +275,17 @@ void register_nn(py::module_& m) {
              if (!loss) loss = std::make_shared<nn::CrossEntropyLoss>();
              const Tensor xt = tensor_arg(x, "x");
              const Tensor tt = target_arg(*loss, target);
-             nn::Evaluation e;
-             {
-               py::gil_scoped_release release;
-               e = s.evaluate(xt, tt, *loss, batch_size);
-             }
+             const nn::Evaluation e = locked(s.mutex(), [&] { return s.evaluate(xt, tt, *loss, batch_size); });
              return py::make_tuple(e.loss, e.accuracy);
            },
            py::arg("x"), py::arg("target"), py::arg("loss") = nullptr, py::arg("batch_size") = 256,
            "(mean loss, accuracy) in eval mode.")
       .def("activations",
-           [](nn::Sequential& s, py::handle x) { return s.activations(tensor_arg(x, "x")); }, py::arg("x"))
+           [](nn::Sequential& s, py::handle x) {
+             const Tensor input = tensor_arg(x, "x");
+             return locked(s.mutex(), [&] { return s.activations(input); });
+           },
+           py::arg("x"))
       .def("summary", [](const nn::Sequential& s, const Shape& shape) { return s.summary(shape); },
            py::arg("input_shape"))
       .def("architecture_json", &nn::Sequential::architecture_json)
@@ -282,17 +321,15 @@ void register_nn(py::module_& m) {
 
   py::class_<optim::SGD, std::shared_ptr<optim::SGD>>(optim_module, "SGD")
       .def(py::init([](py::iterable params, double lr, double momentum, bool nesterov, double weight_decay) {
-             std::vector<std::shared_ptr<Parameter>> list;
-             for (auto p : params) list.push_back(p.cast<std::shared_ptr<Parameter>>());
-             return std::make_shared<optim::SGD>(std::move(list), lr, momentum, nesterov, weight_decay);
+             return std::make_shared<optim::SGD>(optimizer_parameters(params), lr, momentum, nesterov, weight_decay);
            }),
            py::arg("params"), py::arg("lr"), py::arg("momentum") = 0.0, py::arg("nesterov") = false,
            py::arg("weight_decay") = 0.0)
-      .def_readwrite("lr", &optim::SGD::lr)
+      .def_property("lr", &optim::SGD::lr, &optim::SGD::set_lr, "The learning rate; set it like the constructor's (finite, >= 0).")
       .def_property_readonly("momentum", &optim::SGD::momentum)
       .def_property_readonly("nesterov", &optim::SGD::nesterov)
       .def_property_readonly("weight_decay", &optim::SGD::weight_decay)
-      .def("step", &optim::SGD::step);
+      .def("step", &optim::SGD::step, py::call_guard<py::gil_scoped_release>());
   py::class_<optim::StepLR>(optim_module, "StepLR")
       .def(py::init<optim::SGD&, std::int64_t, double>(), py::arg("optimizer"), py::arg("step_size"),
            py::arg("gamma") = 0.1, py::keep_alive<1, 2>())

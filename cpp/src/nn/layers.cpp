@@ -95,6 +95,17 @@ Tensor& Layer::ensure(Tensor& buffer, const Shape& shape, DType dtype, Device de
   return buffer;
 }
 
+void Layer::check_grad_output(const Tensor& grad_y, const Tensor& output) const {
+  check(output.defined(), type(), ".backward: there is no forward to go back through (call forward first)");
+  check_defined(grad_y, "grad_out");
+  check_type(grad_y.dtype() == output.dtype(), type(), ".backward: grad_out ", shape_text(grad_y.shape()), " is ",
+             dtype_name(grad_y.dtype()), " but the last forward's output is ", dtype_name(output.dtype()));
+  check(grad_y.device() == output.device(), type(), ".backward: grad_out is on ", grad_y.device().str(),
+        " but the last forward's output is on ", output.device().str());
+  check(grad_y.shape() == output.shape(), type(), ".backward: grad_out has shape ", shape_text(grad_y.shape()),
+        " but the last forward's output has shape ", shape_text(output.shape()));
+}
+
 // ---- Conv ----
 
 Conv::Conv(int spatial_dims, std::int64_t in_channels, std::int64_t out_channels,
@@ -181,6 +192,7 @@ const Tensor& Conv::backward_without_bias(const Tensor& grad_y, bool need_grad_x
 }
 
 const Tensor& Conv::backward_impl(const Tensor& grad_y, bool need_grad_x, bool bias_grad) {
+  check_grad_output(grad_y, output_);
   const Tensor dy = grad_y.contiguous();
   Tensor no_bias;
   conv_backward_weight(geometry_, dy, input_, weight_->grad, bias_ && bias_grad ? bias_->grad : no_bias);
@@ -250,6 +262,7 @@ const Tensor* Linear::forward_fused(const Tensor& x, bool, const ActivationLayer
 }
 
 const Tensor& Linear::backward(const Tensor& grad_y, bool need_grad_x) {
+  check_grad_output(grad_y, output_);
   if (need_grad_x) ensure(grad_input_, input_.shape(), input_.dtype(), input_.device());
   else grad_input_ = Tensor();
   Tensor no_bias;
@@ -309,6 +322,7 @@ const Tensor& Pool::forward(const Tensor& x, bool training) {
 }
 
 const Tensor& Pool::backward(const Tensor& grad_y, bool need_grad_x) {
+  check_grad_output(grad_y, output_);
   if (!need_grad_x) {
     grad_input_ = Tensor();
     return grad_input_;
@@ -330,6 +344,7 @@ const Tensor* Pool::backward_fused(const Tensor& grad_y, const ActivationLayer& 
   if (kind_ != Kind::max || activation.kind() != Activation::relu || fused_norm_ ||
       !input_.device().is_cpu() || !argmax_.defined())
     return nullptr;
+  check_grad_output(grad_y, output_);
   ensure(grad_input_, input_.shape(), input_.dtype(), input_.device());
   max_pool_relu_backward(geometry_, grad_y.contiguous(), argmax_, output_, grad_input_);
   return &grad_input_;
@@ -356,6 +371,7 @@ const Tensor& Pool::backward_through_norm(const Tensor& grad_y, bool need_grad_x
                                           Tensor* conv_bias_grad) {
   check(fused_norm_ && argmax_.defined(), type(),
         ": backward_through_norm needs a training-mode forward_after_norm");
+  check_grad_output(grad_y, output_);
   return fused_norm_->backward_relu_max_pool(geometry_, grad_y.contiguous(), argmax_, output_,
                                              need_grad_x, conv_bias_grad);
 }
@@ -379,6 +395,7 @@ const Tensor& GlobalAvgPool2d::forward(const Tensor& x, bool) {
 }
 
 const Tensor& GlobalAvgPool2d::backward(const Tensor& grad_y, bool need_grad_x) {
+  check_grad_output(grad_y, output_);
   grad_input_ = need_grad_x ? global_avg_pool2d_backward(grad_y, input_) : Tensor();
   return grad_input_;
 }
@@ -428,6 +445,7 @@ const Tensor& ActivationLayer::forward(const Tensor& x, bool) {
 }
 
 const Tensor& ActivationLayer::backward(const Tensor& grad_y, bool need_grad_x) {
+  check_grad_output(grad_y, output_);
   if (!need_grad_x) {
     grad_input_ = Tensor();
     return grad_input_;
@@ -448,6 +466,7 @@ const Tensor& Softmax::forward(const Tensor& x, bool) {
 }
 
 const Tensor& Softmax::backward(const Tensor& grad_y, bool need_grad_x) {
+  check_grad_output(grad_y, output_);
   grad_input_ = need_grad_x ? softmax_backward(grad_y, input_, -1) : Tensor();
   return grad_input_;
 }
@@ -474,6 +493,7 @@ const Tensor& Dropout::forward(const Tensor& x, bool training) {
 }
 
 const Tensor& Dropout::backward(const Tensor& grad_y, bool need_grad_x) {
+  check_grad_output(grad_y, output_);
   if (!need_grad_x) {
     grad_input_ = Tensor();
   } else if (!last_training_) {
@@ -501,6 +521,7 @@ const Tensor& Flatten::forward(const Tensor& x, bool) {
 }
 
 const Tensor& Flatten::backward(const Tensor& grad_y, bool need_grad_x) {
+  check_grad_output(grad_y, output_);
   grad_input_ = need_grad_x ? grad_y.reshape(input_shape_) : Tensor();
   return grad_input_;
 }
@@ -585,10 +606,12 @@ const Tensor& BatchNorm2d::backward_relu_max_pool(const PoolGeometry& pool, cons
 
 const Tensor* BatchNorm2d::backward_into(const Tensor& grad_y, Tensor& conv_bias_grad) {
   if (!input_.device().is_cpu() || !save_mean_.defined()) return nullptr;
+  check_grad_output(grad_y, output_);
   return &run_backward(grad_y, &conv_bias_grad);
 }
 
 const Tensor& BatchNorm2d::backward(const Tensor& grad_y, bool need_grad_x) {
+  check_grad_output(grad_y, output_);
   run_backward(grad_y, nullptr);
   if (!need_grad_x) grad_input_ = Tensor();
   return grad_input_;

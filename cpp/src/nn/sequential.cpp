@@ -44,19 +44,35 @@ Sequential::Sequential(std::vector<std::shared_ptr<Layer>> layers) {
   for (auto& layer : layers) add(std::move(layer));
 }
 
+Sequential::~Sequential() {
+  for (auto& layer : layers_) {
+    const std::lock_guard<std::recursive_mutex> lock(layer->mutex());
+    layer->owner_ = nullptr;
+    layer->mutex_ = std::make_shared<std::recursive_mutex>();
+  }
+}
+
 void Sequential::add(std::shared_ptr<Layer> layer) {
+  const std::lock_guard<std::recursive_mutex> lock(*mutex_);
   check(layer != nullptr, "Sequential: layer ", layers_.size(), " is None");
+  check(layer->owner_ == nullptr, "Sequential: layer ", layers_.size(), " (", layer->type(), ") already ",
+        layer->owner_ == this ? "appears earlier in this model" : "belongs to another model",
+        "; a layer can be in one model once (sharing weights is not supported): make a new one");
+  layer->owner_ = this;
+  layer->mutex_ = mutex_;
   // A parameter's full name is its layer's index and its own name, as in a checkpoint.
   for (auto& p : layer->parameters()) p->name = std::to_string(layers_.size()) + "." + p->name;
   layers_.push_back(std::move(layer));
 }
 
 void Sequential::to(Device device) {
+  const std::lock_guard<std::recursive_mutex> lock(*mutex_);
   move_parameters(parameters(), device);
   device_ = device;
 }
 
 void Sequential::to(DType dtype) {
+  const std::lock_guard<std::recursive_mutex> lock(*mutex_);
   for (auto& layer : layers_) layer->to(dtype);
 }
 
@@ -76,6 +92,7 @@ void Sequential::check_input(const Tensor& x) const {
 }
 
 const Tensor& Sequential::forward(const Tensor& x, bool training) {
+  const std::lock_guard<std::recursive_mutex> lock(*mutex_);
   check_input(x);
   const Tensor* current = &on_model_device(x, input_staging_);
   for (std::size_t i = 0; i < layers_.size(); ++i) {
@@ -101,6 +118,7 @@ const Tensor& Sequential::forward(const Tensor& x, bool training) {
 }
 
 std::vector<Tensor> Sequential::activations(const Tensor& x) {
+  const std::lock_guard<std::recursive_mutex> lock(*mutex_);
   check_input(x);
   std::vector<Tensor> outputs;
   const Tensor* current = &on_model_device(x, input_staging_);
@@ -112,6 +130,7 @@ std::vector<Tensor> Sequential::activations(const Tensor& x) {
 }
 
 double Sequential::train_step(const Tensor& x, const Tensor& target, Loss& loss, optim::SGD& optimizer) {
+  const std::lock_guard<std::recursive_mutex> lock(*mutex_);
   check_defined(target, "target");
   check_input(x);
   check(x.size(0) > 0, "train_step: x is an empty batch, shape ", shape_text(x.shape()));
@@ -165,6 +184,7 @@ double Sequential::train_step(const Tensor& x, const Tensor& target, Loss& loss,
 }
 
 Evaluation Sequential::evaluate(const Tensor& x, const Tensor& target, Loss& loss, std::int64_t batch_size) {
+  const std::lock_guard<std::recursive_mutex> lock(*mutex_);
   check_input(x);
   check(x.size(0) > 0, "evaluate: x is an empty batch, shape ", shape_text(x.shape()));
   check(batch_size > 0, "batch_size: must be positive, got ", batch_size);
@@ -190,6 +210,7 @@ Evaluation Sequential::evaluate(const Tensor& x, const Tensor& target, Loss& los
 }
 
 std::vector<std::shared_ptr<Parameter>> Sequential::parameters() const {
+  const std::lock_guard<std::recursive_mutex> lock(*mutex_);
   std::vector<std::shared_ptr<Parameter>> all;
   for (const auto& layer : layers_)
     for (const auto& p : layer->parameters()) all.push_back(p);

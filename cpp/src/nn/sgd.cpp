@@ -31,11 +31,11 @@ void update(T* w, const T* g, T* v, std::int64_t n, double lr, double momentum, 
 
 }  // namespace
 
-SGD::SGD(std::vector<std::shared_ptr<nn::Parameter>> parameters, double lr_, double momentum,
+SGD::SGD(std::vector<std::shared_ptr<nn::Parameter>> parameters, double lr, double momentum,
          bool nesterov, double weight_decay)
-    : lr(lr_), parameters_(std::move(parameters)), momentum_(momentum), weight_decay_(weight_decay),
+    : lr_(0.0), parameters_(std::move(parameters)), momentum_(momentum), weight_decay_(weight_decay),
       nesterov_(nesterov) {
-  check(lr >= 0 && std::isfinite(lr), "lr: must be a finite non-negative number, got ", lr);
+  set_lr(lr);
   check(momentum >= 0 && momentum < 1, "momentum: must be in [0, 1), got ", momentum);
   check(weight_decay >= 0, "weight_decay: must be non-negative, got ", weight_decay);
   check(!nesterov || momentum > 0, "nesterov: needs momentum > 0");
@@ -46,7 +46,13 @@ SGD::SGD(std::vector<std::shared_ptr<nn::Parameter>> parameters, double lr_, dou
   }
 }
 
+void SGD::set_lr(double lr) {
+  check(lr >= 0 && std::isfinite(lr), "lr: must be a finite non-negative number, got ", lr);
+  lr_ = lr;
+}
+
 void SGD::step() {
+  const std::lock_guard<std::mutex> lock(mutex_);
   std::int64_t cpu_elements = 0;
   for (std::size_t i = 0; i < parameters_.size(); ++i) {
     nn::Parameter& p = *parameters_[i];
@@ -57,7 +63,7 @@ void SGD::step() {
     if (v.defined() && v.device() != p.value.device()) v = v.to(p.value.device());
 #if JUANJI_WITH_CUDA
     if (p.value.device().is_cuda()) {
-      cuda::sgd_update(p.value, p.grad, v, lr, momentum_, nesterov_, weight_decay_);
+      cuda::sgd_update(p.value, p.grad, v, lr_, momentum_, nesterov_, weight_decay_);
       continue;
     }
 #endif
@@ -76,26 +82,26 @@ void SGD::step() {
     Tensor& v = velocity_[i];
     if (p.value.dtype() == DType::float32)
       update<float>(p.value.data<float>(), p.grad.data<float>(), v.defined() ? v.data<float>() : nullptr,
-                    p.value.numel(), lr, momentum_, nesterov_, weight_decay_);
+                    p.value.numel(), lr_, momentum_, nesterov_, weight_decay_);
     else
       update<double>(p.value.data<double>(), p.grad.data<double>(), v.defined() ? v.data<double>() : nullptr,
-                     p.value.numel(), lr, momentum_, nesterov_, weight_decay_);
+                     p.value.numel(), lr_, momentum_, nesterov_, weight_decay_);
   }
 }
 
 StepLR::StepLR(SGD& optimizer, std::int64_t step_size, double gamma)
-    : optimizer_(optimizer), base_lr_(optimizer.lr), step_size_(step_size), gamma_(gamma) {
+    : optimizer_(optimizer), base_lr_(optimizer.lr()), step_size_(step_size), gamma_(gamma) {
   check(step_size > 0, "step_size: must be positive, got ", step_size);
   check(gamma > 0, "gamma: must be positive, got ", gamma);
 }
 
 void StepLR::step() {
   ++epoch_;
-  optimizer_.lr = base_lr_ * std::pow(gamma_, static_cast<double>(epoch_ / step_size_));
+  optimizer_.set_lr(base_lr_ * std::pow(gamma_, static_cast<double>(epoch_ / step_size_)));
 }
 
 CosineLR::CosineLR(SGD& optimizer, std::int64_t t_max, double eta_min)
-    : optimizer_(optimizer), base_lr_(optimizer.lr), t_max_(t_max), eta_min_(eta_min) {
+    : optimizer_(optimizer), base_lr_(optimizer.lr()), t_max_(t_max), eta_min_(eta_min) {
   check(t_max > 0, "t_max: must be positive, got ", t_max);
   check(eta_min >= 0, "eta_min: must be non-negative, got ", eta_min);
 }
@@ -103,7 +109,7 @@ CosineLR::CosineLR(SGD& optimizer, std::int64_t t_max, double eta_min)
 void CosineLR::step() {
   ++epoch_;
   const double progress = static_cast<double>(std::min(epoch_, t_max_)) / static_cast<double>(t_max_);
-  optimizer_.lr = eta_min_ + (base_lr_ - eta_min_) * (1 + std::cos(3.141592653589793 * progress)) / 2;
+  optimizer_.set_lr(eta_min_ + (base_lr_ - eta_min_) * (1 + std::cos(3.141592653589793 * progress)) / 2);
 }
 
 }  // namespace juanji::optim

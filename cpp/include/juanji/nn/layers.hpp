@@ -7,6 +7,7 @@
 #pragma once
 
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -66,12 +67,26 @@ class Layer {
   void to(DType dtype);
   // Moves parameters and their gradients to device; buffers follow on the next forward.
   void to(Device device);
+  // Serializes the calls that use this layer's buffers: its model's lock once it is in a
+  // Sequential (which takes it in every call), else a lock of its own. The Python bindings take it
+  // around each call; C++ code that runs one layer from several threads takes it itself.
+  std::recursive_mutex& mutex() const { return *mutex_; }
+  // The Sequential this layer belongs to, or null: a layer is in one model at most.
+  const void* owner() const { return owner_; }
 
  protected:
   std::shared_ptr<Parameter> add_parameter(const std::string& name, Tensor value, bool trainable);
   // Reuses `buffer` when it already has this shape, dtype and device.
   static Tensor& ensure(Tensor& buffer, const Shape& shape, DType dtype, Device device);
+  // Every backward starts here: grad_y must match the last forward's output (shape, dtype,
+  // device), since backward reads what that forward kept.
+  void check_grad_output(const Tensor& grad_y, const Tensor& output) const;
   std::vector<std::shared_ptr<Parameter>> parameters_;
+
+ private:
+  friend class Sequential;
+  std::shared_ptr<std::recursive_mutex> mutex_ = std::make_shared<std::recursive_mutex>();
+  const void* owner_ = nullptr;
 };
 
 class Conv : public Layer {

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <memory>
+#include <mutex>
 #include <string>
 #include <utility>
 #include <vector>
@@ -47,11 +48,22 @@ struct Evaluation {
   double accuracy;
 };
 
+// Every method may be called from any thread: the ones that run or change the layers take the
+// model's lock (a recursive mutex, also each layer's mutex()), so calls on one model run one at a
+// time while different models run side by side. A reference a method returns (forward's output)
+// stays valid only while the caller holds mutex().
 class Sequential {
  public:
   Sequential() = default;
   explicit Sequential(std::vector<std::shared_ptr<Layer>> layers);
+  Sequential(const Sequential&) = delete;
+  Sequential& operator=(const Sequential&) = delete;
+  ~Sequential();  // its layers may then join another model
+  // Appends a layer; one that already belongs to a model (this one or another) is refused with
+  // std::invalid_argument: its parameters carry that model's names, and sharing weights between
+  // uses is not supported.
   void add(std::shared_ptr<Layer> layer);
+  std::recursive_mutex& mutex() const { return *mutex_; }
   const std::vector<std::shared_ptr<Layer>>& layers() const { return layers_; }
 
   // Moves every layer's parameters and gradients (optimizer state follows on its next step).
@@ -90,6 +102,7 @@ class Sequential {
   void check_input(const Tensor& x) const;
   // t itself when it is on the model's device, else a copy of it in `staging` there.
   const Tensor& on_model_device(const Tensor& t, Tensor& staging) const;
+  std::shared_ptr<std::recursive_mutex> mutex_ = std::make_shared<std::recursive_mutex>();
   std::vector<std::shared_ptr<Layer>> layers_;
   bool training_ = true;
   Device device_;

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <memory>
+#include <mutex>
 #include <vector>
 
 #include "juanji/tensor.hpp"
@@ -17,17 +18,22 @@ class SGD {
  public:
   SGD(std::vector<std::shared_ptr<nn::Parameter>> parameters, double lr, double momentum = 0.0,
       bool nesterov = false, double weight_decay = 0.0);
-  // d = g + weight_decay*w; v = momentum*v + d; d = nesterov ? d + momentum*v : v; w -= lr*d
+  // d = g + weight_decay*w; v = momentum*v + d; d = nesterov ? d + momentum*v : v; w -= lr*d.
+  // Steps from several threads run one at a time.
   void step();
-  double lr;
+  double lr() const { return lr_; }
+  // Checked as the constructor checks it: finite and non-negative.
+  void set_lr(double lr);
   double momentum() const { return momentum_; }
   bool nesterov() const { return nesterov_; }
   double weight_decay() const { return weight_decay_; }
   const std::vector<std::shared_ptr<nn::Parameter>>& parameters() const { return parameters_; }
 
  private:
+  double lr_;
   std::vector<std::shared_ptr<nn::Parameter>> parameters_;
   std::vector<Tensor> velocity_;
+  std::mutex mutex_;
   double momentum_, weight_decay_;
   bool nesterov_;
 };
