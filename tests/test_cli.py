@@ -189,6 +189,25 @@ def test_predict_missing_checkpoint(tmp_path, capsys):
     assert "juanji predict: error:" in capsys.readouterr().err
 
 
+def test_predict_says_how_many_images_it_left_out(tmp_path, capsys):
+    checkpoint = str(tmp_path / "model.safetensors")
+    juanji.nn.Sequential(juanji.nn.Flatten(), juanji.nn.Linear(28 * 28, 10)).save(
+        checkpoint, metadata={"mean": "0.25", "std": "0.5"})
+    images = str(tmp_path / "images-idx3-ubyte")
+    data.write_idx(images, np.zeros((1025, 28, 28), dtype=np.uint8))
+
+    assert cli.main(["predict", checkpoint, images]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == 21 and printed[19].startswith("19: ")
+    assert printed[-1] == "... and 1,005 more images, not classified (use --limit N or --all)"
+    assert cli.main(["predict", checkpoint, images, "--all"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == 1025 and printed[-1].startswith("1024: ")
+    with pytest.raises(SystemExit):
+        cli.main(["predict", checkpoint, images, "--all", "--limit", "5"])
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
 def test_resize_keeps_a_constant_image_and_shape():
     image = np.full((100, 70), 0.25, dtype=np.float32)
     resized = cli.resize_image(image, 28, 28)

@@ -409,12 +409,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     inputs = checkpoint_inputs(args, juanji.load_metadata(args.checkpoint))
 
     images = read_images(args.file, inputs.height, inputs.width, args.invert)
+    limit = None if args.all else args.limit
     labels = None
     if args.labels:
         labels = read_idx(args.labels)
         check_labels(args.labels, labels, args.file, len(images), len(inputs.class_names))
-        labels = labels[: args.limit]
-    x = normalize(images[: args.limit], inputs.mean, inputs.std)
+        labels = labels[:limit]
+    x = normalize(images[:limit], inputs.mean, inputs.std)
     model.eval()
     logits = np.concatenate([np.asarray(model(x[i : i + EVAL_BATCH_SIZE]))
                              for i in range(0, len(x), EVAL_BATCH_SIZE)])
@@ -433,6 +434,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
             line += f"  true {labels[i]} {class_names[labels[i]]}"
             line += "" if labels[i] == cls else "  WRONG"
         print(line)
+    left_out = len(images) - len(predicted)
+    if left_out:
+        print(f"... and {left_out:,} more images, not classified (use --limit N or --all)")
     if labels is not None:
         print(f"accuracy {100 * np.mean(predicted == labels):.2f}% on {len(predicted)} images")
     return 0
@@ -588,8 +592,11 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("checkpoint", help="model.safetensors written by `juanji train`")
     predict.add_argument("file", help="a picture (PNG, JPEG; resized to the model's input) "
                                       "or an IDX images file")
-    predict.add_argument("--limit", type=positive_int, default=20, metavar="N",
-                         help="classify at most N images (default 20)")
+    how_many = predict.add_mutually_exclusive_group()
+    how_many.add_argument("--limit", type=positive_int, default=20, metavar="N",
+                          help="classify the first N images (default 20); says how many it "
+                               "left out")
+    how_many.add_argument("--all", action="store_true", help="classify every image in FILE")
     predict.add_argument("--labels", metavar="IDX",
                          help="IDX labels file, one label per image in FILE: also print the "
                               "accuracy")
