@@ -62,30 +62,34 @@ def test_train_flags_override_defaults():
     ["train", "--model", "resnet"], ["train", "--schedule", "linear"], ["train", "--device", "tpu"],
     ["train", "--epochs", "two"], [], ["predict", "x"],
 ])
-def test_bad_arguments_exit_with_usage(argv, capsys):
+def test_bad_arguments_exit_with_one_line(argv, capsys):
     with pytest.raises(SystemExit) as info:
         cli.main(argv)
     assert info.value.code == 2
-    assert "usage: juanji" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("juanji") and "error:" in err
+    assert "--help)" in err
 
 
 @pytest.mark.parametrize("flag", ["--epochs", "--batch-size", "--limit", "--threads"])
 def test_non_positive_sizes_are_errors(flag, capsys):
-    assert cli.main(["train", flag, "0", "--data", SUBSET_DIR]) == 1
-    assert f"{flag} must be positive, got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        cli.main(["train", flag, "0", "--data", SUBSET_DIR])
+    assert info.value.code == 2
+    assert f"argument {flag}: must be a positive integer, got '0'" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(juanji.cuda_device_count() > 0, reason="a GPU is visible: test_cuda.py trains on it")
 def test_cuda_training_without_a_gpu_is_a_clear_error(tmp_path, capsys):
     status = cli.main(["train", "--device", "cuda", "--data", SUBSET_DIR, "--out", str(tmp_path)])
-    assert status == 1
+    assert status == 2
     err = capsys.readouterr().err
     assert "--device cuda: no CUDA GPU" in err and "use --device cpu" in err
 
 
 def test_missing_data_is_a_clear_error(tmp_path, capsys):
     status = cli.main(["train", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "out")])
-    assert status == 1
+    assert status == 2
     err = capsys.readouterr().err
     assert "juanji train: error:" in err and "sudo apt-get install dataset-fashion-mnist" in err
     assert "--data DIR" in err
@@ -155,7 +159,7 @@ def test_train_without_tqdm_and_matplotlib(tmp_path, capsys, monkeypatch):
     assert "matplotlib is not installed: skipping" in printed
     assert (out / "model.safetensors").is_file() and (out / "log.json").is_file()
     assert not list(out.glob("*.png"))
-    assert cli.main(["filters", "--out", str(tmp_path / "filters")]) == 1
+    assert cli.main(["filters", "--out", str(tmp_path / "filters")]) == 2
     assert "needs matplotlib" in capsys.readouterr().err
 
 
@@ -181,8 +185,27 @@ def test_predict_reads_pictures(tmp_path, capsys):
 
 def test_predict_missing_checkpoint(tmp_path, capsys):
     status = cli.main(["predict", str(tmp_path / "none.safetensors"), SUBSET_TEST_IMAGES])
-    assert status == 1
+    assert status == 2
     assert "juanji predict: error:" in capsys.readouterr().err
+
+
+def test_predict_says_how_many_images_it_left_out(tmp_path, capsys):
+    checkpoint = str(tmp_path / "model.safetensors")
+    juanji.nn.Sequential(juanji.nn.Flatten(), juanji.nn.Linear(28 * 28, 10)).save(
+        checkpoint, metadata={"mean": "0.25", "std": "0.5"})
+    images = str(tmp_path / "images-idx3-ubyte")
+    data.write_idx(images, np.zeros((1025, 28, 28), dtype=np.uint8))
+
+    assert cli.main(["predict", checkpoint, images]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == 21 and printed[19].startswith("19: ")
+    assert printed[-1] == "... and 1,005 more images, not classified (use --limit N or --all)"
+    assert cli.main(["predict", checkpoint, images, "--all"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == 1025 and printed[-1].startswith("1024: ")
+    with pytest.raises(SystemExit):
+        cli.main(["predict", checkpoint, images, "--all", "--limit", "5"])
+    assert "not allowed with argument" in capsys.readouterr().err
 
 
 def test_resize_keeps_a_constant_image_and_shape():

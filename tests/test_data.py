@@ -127,6 +127,36 @@ def test_not_gzip_at_all(tmp_path):
         data.read_idx(str(bad))
 
 
+def test_read_idx_refuses_directories_and_devices(tmp_path):
+    with pytest.raises(ValueError, match=r"is a directory, expected an IDX file"):
+        data.read_idx(str(tmp_path))
+    if os.path.exists("/dev/zero"):  # would otherwise be read until memory runs out
+        with pytest.raises(ValueError, match=r"/dev/zero: not a regular file"):
+            data.read_idx("/dev/zero")
+
+
+def test_declared_size_is_checked_before_reading(tmp_path):
+    # Three dimensions of 2**32 - 1: the product overflows 64 bits, the file has 16 bytes.
+    huge = tmp_path / "huge-idx3-ubyte"
+    huge.write_bytes(bytes([0, 0, 0x08, 3]) + b"\xff" * 12)
+    with pytest.raises(ValueError, match=r"truncated IDX file.*got 16$"):
+        data.read_idx(str(huge))
+    # A small gzip file cannot expand to the gigabyte its header declares.
+    claim = tmp_path / "claim-idx1-ubyte.gz"
+    with gzip.open(claim, "wb") as f:
+        f.write(bytes([0, 0, 0x08, 1, 0x40, 0, 0, 0]))
+    with pytest.raises(ValueError, match=r"claim-idx1-ubyte.gz: truncated.*expand to at most"):
+        data.read_idx(str(claim))
+
+
+def test_idx_data_above_the_limit_is_refused(tmp_path, monkeypatch):
+    path = str(tmp_path / "a-idx1-ubyte")
+    data.write_idx(path, np.zeros(100, dtype=np.uint8))
+    monkeypatch.setattr(data, "MAX_IDX_BYTES", 99)
+    with pytest.raises(ValueError, match=r"more than the 99 bytes of data an IDX file may have"):
+        data.read_idx(path)
+
+
 # --------------------------------------------------------------------------------------------
 # load_mnist_like
 # --------------------------------------------------------------------------------------------
@@ -187,6 +217,30 @@ def test_labels_must_be_classes(tmp_path):
     data.write_idx(str(tmp_path / "t10k-labels-idx1-ubyte.gz"), np.full(10, 10, dtype=np.uint8))
     with pytest.raises(ValueError, match=r"t10k-labels.*\[0, 9\], got \[10, 10\]"):
         data.load_mnist_like(str(tmp_path))
+
+
+def test_labels_must_be_integers(tmp_path):
+    write_dataset(str(tmp_path))
+    data.write_idx(str(tmp_path / "train-labels-idx1-ubyte.gz"), np.zeros(30, dtype=np.float32))
+    with pytest.raises(ValueError, match=r"train-labels.*must be integers, got float32"):
+        data.load_mnist_like(str(tmp_path))
+
+
+@pytest.mark.parametrize("split", ["train", "t10k"])
+def test_empty_split_is_an_error(tmp_path, split):
+    write_dataset(str(tmp_path))
+    data.write_idx(str(tmp_path / f"{split}-images-idx3-ubyte.gz"),
+                   np.zeros((0, 28, 28), dtype=np.uint8))
+    data.write_idx(str(tmp_path / f"{split}-labels-idx1-ubyte.gz"), np.zeros(0, dtype=np.uint8))
+    with pytest.raises(ValueError, match=rf"{split}-images-idx3-ubyte.gz: holds no images"):
+        data.load_mnist_like(str(tmp_path))
+
+
+def test_data_directory_that_is_a_file(tmp_path):
+    path = tmp_path / "file"
+    path.write_text("not a directory")
+    with pytest.raises(ValueError, match=r"'.*file' is not a directory.*--data DIR"):
+        data.load_mnist_like(str(path))
 
 
 def test_train_and_test_image_sizes_must_agree(tmp_path):

@@ -5,7 +5,11 @@
     juanji filters [IMAGE] [--out runs/filters]
 
 tqdm (progress bars) and matplotlib (PNGs) are optional: without them training prints plain
-progress lines and skips the figures.
+progress lines and skips the figures. Pictures are read with Pillow.
+
+A user error (a bad option, a missing, unreadable or inconsistent file) ends the command with
+one line on stderr, ``juanji <command>: error: <what>``, and exit status 2; Ctrl-C exits with
+130. Anything else is a bug and shows its traceback.
 """
 
 from __future__ import annotations
@@ -15,14 +19,16 @@ import importlib.util
 import json
 import math
 import os
+import struct
 import sys
 import time
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence
+import warnings
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence
 
 import numpy as np
 
-from .data import (CLASS_NAMES, DEFAULT_DIR, batches, load_mnist_like, normalize, read_idx,
-                   to_float_images)
+from .data import (CLASS_NAMES, DEFAULT_DIR, batches, check_labels, load_mnist_like, normalize,
+                   read_idx, regular_file_size, to_float_images)
 from .models import MODELS
 
 
@@ -49,6 +55,12 @@ STEP_SCHEDULE_EPOCHS = 2  # StepLR halves the learning rate every this many epoc
 EVAL_BATCH_SIZE = 256
 FEATURE_MAP_LAYERS = ("Conv2d", "MaxPool2d", "AvgPool2d")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
+# Pictures larger than this are refused unread: a photo of a garment is a few MB, and a
+# bigger file is more likely a mistake (or a decompression bomb) than an input.
+MAX_PICTURE_BYTES = 64 * 2**20
+
+EXIT_USER_ERROR = 2  # what argparse uses for a bad command line
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
 
 
 # --------------------------------------------------------------------------------------------
@@ -99,19 +111,20 @@ def _progress(total: int, desc: str):
 # train
 # --------------------------------------------------------------------------------------------
 def resolve_train_defaults(args: argparse.Namespace) -> None:
-    """Fills the options left unset with the model's defaults; ValueError on impossible values."""
+    """Fills the options left unset with the model's defaults (the parser checked the set ones)."""
     defaults = TRAIN_DEFAULTS[args.model]
     for field in TrainDefaults._fields:
         if getattr(args, field) is None:
             setattr(args, field, getattr(defaults, field))
     if args.out is None:
         args.out = os.path.join("runs", args.model)
-    for name in ("epochs", "batch_size", "limit", "threads"):
-        value = getattr(args, name)
-        if value is not None and value <= 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value}")
-    if args.lr <= 0:
-        raise ValueError(f"--lr must be positive, got {args.lr}")
+
+
+def make_output_dir(path: str) -> None:
+    """Creates the --out directory (and its parents) unless it exists."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"--out {path}: exists and is not a directory")
+    os.makedirs(path, exist_ok=True)
 
 
 def _make_scheduler(optimizer, args: argparse.Namespace):
@@ -181,7 +194,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     shuffle_rng = np.random.default_rng(args.seed)
 
     dataset = load_mnist_like(args.data, limit=args.limit)
-    os.makedirs(args.out, exist_ok=True)  # fail before training, not after, if it cannot be made
+    make_output_dir(args.out)  # fail before training, not after, if it cannot be made
     input_shape = dataset.x_train.shape[1:]
     print(f"data: {args.data}: {len(dataset.x_train)} training, {len(dataset.x_test)} test images "
           f"of {input_shape}, normalised with mean {dataset.mean:.4f}, std {dataset.std:.4f}")
@@ -255,23 +268,43 @@ def cmd_train(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------
 # predict
 # --------------------------------------------------------------------------------------------
+def _grayscale(picture) -> np.ndarray:
+    """A decoded Pillow image as 2-D float32; pixels in [0, 1] for integer formats."""
+    if picture.mode == "F":  # 32-bit float pixels, kept as they are
+        return np.asarray(picture, dtype=np.float32)
+    if picture.mode.startswith("I"):  # 16-bit grayscale ("I;16...", or "I" from a PNG)
+        return np.asarray(picture, dtype=np.float32) / np.float32(2**16 - 1)
+    # Pillow's "L" is the ITU-R 601 luma of RGB; an alpha channel is ignored.
+    return np.asarray(picture.convert("L"), dtype=np.float32) / np.float32(255)
+
+
 def read_picture(path: str) -> np.ndarray:
-    """A picture file as a 2-D float32 grayscale image in [0, 1]."""
+    """A picture file as a 2-D float32 grayscale image in [0, 1].
+
+    ValueError naming the file if it is not a regular file, is over MAX_PICTURE_BYTES, has more
+    pixels than Pillow's decompression-bomb limit (PIL.Image.MAX_IMAGE_PIXELS, ~89 million), or
+    is not a picture Pillow can decode.
+    """
+    size = regular_file_size(path, "a picture")
+    if size > MAX_PICTURE_BYTES:
+        raise ValueError(f"{path}: {size} bytes, more than the {MAX_PICTURE_BYTES} bytes "
+                         "a picture may have")
     try:
-        import matplotlib.image
+        from PIL import Image
     except ImportError as e:
-        raise ValueError(f"{path}: reading pictures needs matplotlib "
-                         "(pip install matplotlib)") from e
-    image = matplotlib.image.imread(path)
-    if np.issubdtype(image.dtype, np.integer):
-        image = image / np.iinfo(image.dtype).max
-    if image.ndim == 3:
-        # ITU-R 601 luma of the RGB channels; an alpha channel is ignored.
-        image = image[..., :3] @ np.array([0.299, 0.587, 0.114])
-    if image.ndim != 2:
-        raise ValueError(f"{path}: expected a grayscale or RGB(A) picture, "
-                         f"got an array of shape {image.shape}")
-    return image.astype(np.float32)
+        raise ValueError(f"{path}: reading pictures needs Pillow (pip install pillow)") from e
+    try:
+        with warnings.catch_warnings():
+            # Pillow only warns up to twice its pixel limit; past the limit is refused here.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as picture:
+                return _grayscale(picture)
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
+        raise ValueError(f"{path}: {e}") from e
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as e:
+        # What Pillow raises for a file it cannot identify or decode (its format plugins
+        # report a malformed file as SyntaxError or struct.error).
+        raise ValueError(f"{path}: not a picture Pillow can read ({e})") from e
 
 
 def resize_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -307,47 +340,103 @@ def read_images(path: str, height: int, width: int, invert: bool) -> np.ndarray:
             raise ValueError(f"{path}: images are {array.shape[1:]}, "
                              f"the model takes {(height, width)}")
         images = to_float_images(array)
+    if len(images) == 0:
+        raise ValueError(f"{path}: holds no images")
     # Fashion-MNIST shows light objects on black; a photo of a dark object on white needs inverting.
     return 1.0 - images if invert else images
+
+
+class CheckpointInputs(NamedTuple):
+    """What a checkpoint says about the images its model takes."""
+
+    mean: float
+    std: float
+    height: int
+    width: int
+    class_names: List[str]
+
+
+def _normalisation_statistic(args: argparse.Namespace, metadata: Dict[str, str], name: str,
+                             parse: Callable[[str], float]) -> float:
+    """--mean / --std if given, else the checkpoint's, checked as the option would be."""
+    if getattr(args, name) is not None:
+        return getattr(args, name)
+    if name not in metadata:
+        raise ValueError(f"{args.checkpoint} stores no normalisation statistics: pass --mean and "
+                         "--std (the training set's pixel mean and std on the [0, 1] scale)")
+    try:
+        return parse(metadata[name])
+    except argparse.ArgumentTypeError as e:
+        raise ValueError(f"{args.checkpoint}: metadata {name} {e}: pass --{name}") from e
+
+
+def _metadata_json(checkpoint: str, metadata: Dict[str, str], key: str, default: Any) -> Any:
+    if key not in metadata:
+        return default
+    try:
+        return json.loads(metadata[key])
+    except ValueError as e:
+        raise ValueError(f"{checkpoint}: metadata {key} {metadata[key]!r} is not JSON") from e
+
+
+def checkpoint_inputs(args: argparse.Namespace, metadata: Dict[str, str]) -> CheckpointInputs:
+    """The normalisation, image size and class names to predict with, from the checkpoint's
+    metadata (as `juanji train` writes it) and the options; ValueError if they are unusable."""
+    mean = _normalisation_statistic(args, metadata, "mean", finite_float)
+    std = _normalisation_statistic(args, metadata, "std", positive_float)
+    input_shape = _metadata_json(args.checkpoint, metadata, "input_shape", [1, 28, 28])
+    if not (isinstance(input_shape, list) and len(input_shape) == 3
+            and all(isinstance(n, int) and n > 0 for n in input_shape)):
+        raise ValueError(f"{args.checkpoint}: metadata input_shape {input_shape} is not "
+                         "[C, H, W] of positive integers")
+    channels, height, width = input_shape
+    if channels != 1:
+        raise ValueError(f"{args.checkpoint}: the model takes {channels} channels, "
+                         "predict gives it grayscale images (1 channel)")
+    class_names = _metadata_json(args.checkpoint, metadata, "class_names", list(CLASS_NAMES))
+    if not (isinstance(class_names, list) and class_names
+            and all(isinstance(name, str) for name in class_names)):
+        raise ValueError(f"{args.checkpoint}: metadata class_names is not a list of names")
+    return CheckpointInputs(mean, std, height, width, class_names)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     import juanji
 
-    if args.limit <= 0:
-        raise ValueError(f"--limit must be positive, got {args.limit}")
+    # The C++ reader would say "Operation not supported" for /dev/zero; this names the problem.
+    regular_file_size(args.checkpoint, "a checkpoint (model.safetensors)")
     model = juanji.load(args.checkpoint)
-    metadata = juanji.load_metadata(args.checkpoint)
-    mean = args.mean if args.mean is not None else metadata.get("mean")
-    std = args.std if args.std is not None else metadata.get("std")
-    if mean is None or std is None:
-        raise ValueError(f"{args.checkpoint} stores no normalisation statistics: pass --mean and "
-                         "--std (the training set's pixel mean and std on the [0, 1] scale)")
-    class_names = json.loads(metadata.get("class_names", "null")) or list(CLASS_NAMES)
-    _, height, width = json.loads(metadata.get("input_shape", "[1, 28, 28]"))
+    inputs = checkpoint_inputs(args, juanji.load_metadata(args.checkpoint))
 
-    images = read_images(args.file, height, width, args.invert)[: args.limit]
-    x = normalize(images, float(mean), float(std))
+    images = read_images(args.file, inputs.height, inputs.width, args.invert)
+    limit = None if args.all else args.limit
+    labels = None
+    if args.labels:
+        labels = read_idx(args.labels)
+        check_labels(args.labels, labels, args.file, len(images), len(inputs.class_names))
+        labels = labels[:limit]
+    x = normalize(images[:limit], inputs.mean, inputs.std)
     model.eval()
     logits = np.concatenate([np.asarray(model(x[i : i + EVAL_BATCH_SIZE]))
                              for i in range(0, len(x), EVAL_BATCH_SIZE)])
+    if logits.ndim != 2 or logits.shape[1] > len(inputs.class_names):
+        raise ValueError(f"{args.checkpoint}: the model gives outputs of shape {logits.shape}, "
+                         f"expected (N, classes) with at most {len(inputs.class_names)} classes "
+                         "(one per class name)")
     shifted = logits - logits.max(axis=1, keepdims=True)
     probabilities = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
     predicted = probabilities.argmax(axis=1)
 
-    labels = None
-    if args.labels:
-        labels = read_idx(args.labels)
-        if labels.ndim != 1 or len(labels) < len(predicted):
-            raise ValueError(f"{args.labels}: expected at least {len(predicted)} labels, "
-                             f"got shape {labels.shape}")
-        labels = labels[: len(predicted)]
+    class_names = inputs.class_names
     for i, cls in enumerate(predicted):
         line = f"{i}: {cls} {class_names[cls]} ({100 * probabilities[i, cls]:.1f}%)"
         if labels is not None:
             line += f"  true {labels[i]} {class_names[labels[i]]}"
             line += "" if labels[i] == cls else "  WRONG"
         print(line)
+    left_out = len(images) - len(predicted)
+    if left_out:
+        print(f"... and {left_out:,} more images, not classified (use --limit N or --all)")
     if labels is not None:
         print(f"accuracy {100 * np.mean(predicted == labels):.2f}% on {len(predicted)} images")
     return 0
@@ -395,7 +484,7 @@ def cmd_filters(args: argparse.Namespace) -> int:
         results[name] = np.asarray(juanji.convolve2d(image, kernel, mode="same"))
     results["gradient_magnitude"] = np.hypot(results["sobel_x"], results["sobel_y"])
 
-    os.makedirs(args.out, exist_ok=True)
+    make_output_dir(args.out)
     for name, result in results.items():
         matplotlib.image.imsave(os.path.join(args.out, f"{name}.png"), result, cmap="gray")
     plots.save_image_grid(
@@ -411,10 +500,60 @@ def cmd_filters(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------
 # argument parsing
 # --------------------------------------------------------------------------------------------
+# Option types: argparse turns their ArgumentTypeError into "argument --x: <message>", exit 2.
+def _parse_number(text: str, kind, description: str):
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {description}, got {text!r}") from None
+
+
+def positive_int(text: str) -> int:
+    value = _parse_number(text, int, "a positive integer")
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = _parse_number(text, int, "a non-negative integer")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    value = _parse_number(text, float, "a number")
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = finite_float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative number, got {text!r}")
+    return value
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """Reports a bad command line in one line, like every other user error, instead of a
+    usage block followed by the message."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``juanji`` command."""
-    parser = argparse.ArgumentParser(prog="juanji",
-                                     description="juanji (卷积): train and use CNNs.")
+    parser = OneLineErrorParser(prog="juanji", description="juanji (卷积): train and use CNNs.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     per_model = "; ".join(
@@ -428,23 +567,23 @@ def build_parser() -> argparse.ArgumentParser:
                     f"Defaults per model: {per_model}.")
     train.add_argument("--model", choices=sorted(MODELS), default="convnet",
                        help="architecture (default convnet)")
-    train.add_argument("--epochs", type=int, help="passes over the training set")
-    train.add_argument("--batch-size", type=int, help="images per SGD step")
-    train.add_argument("--lr", type=float, help="initial learning rate")
-    train.add_argument("--momentum", type=float, help="SGD momentum")
-    train.add_argument("--weight-decay", type=float, help="L2 weight decay")
+    train.add_argument("--epochs", type=positive_int, help="passes over the training set")
+    train.add_argument("--batch-size", type=positive_int, help="images per SGD step")
+    train.add_argument("--lr", type=positive_float, help="initial learning rate")
+    train.add_argument("--momentum", type=non_negative_float, help="SGD momentum")
+    train.add_argument("--weight-decay", type=non_negative_float, help="L2 weight decay")
     train.add_argument("--schedule", choices=["cosine", "step", "none"],
                        help="learning-rate schedule per epoch "
                             f"(step: halve every {STEP_SCHEDULE_EPOCHS} epochs)")
-    train.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
-    train.add_argument("--seed", type=int, default=0,
+    train.add_argument("--threads", type=positive_int, help="CPU threads (default: all cores)")
+    train.add_argument("--seed", type=non_negative_int, default=0,
                        help="seed of weight init, dropout and shuffling (default 0)")
     train.add_argument("--data", default=DEFAULT_DIR, metavar="DIR",
                        help=f"directory with MNIST-format idx files (default {DEFAULT_DIR})")
     train.add_argument("--out", metavar="DIR", help="output directory (default runs/<model>)")
     train.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                        help="where to train (default cpu)")
-    train.add_argument("--limit", type=int, metavar="N",
+    train.add_argument("--limit", type=positive_int, metavar="N",
                        help="use only the first N training images")
     train.set_defaults(handler=cmd_train)
 
@@ -453,14 +592,19 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("checkpoint", help="model.safetensors written by `juanji train`")
     predict.add_argument("file", help="a picture (PNG, JPEG; resized to the model's input) "
                                       "or an IDX images file")
-    predict.add_argument("--limit", type=int, default=20, metavar="N",
-                         help="classify at most N images (default 20)")
-    predict.add_argument("--labels", metavar="IDX", help="IDX labels file: also print the accuracy")
+    how_many = predict.add_mutually_exclusive_group()
+    how_many.add_argument("--limit", type=positive_int, default=20, metavar="N",
+                          help="classify the first N images (default 20); says how many it "
+                               "left out")
+    how_many.add_argument("--all", action="store_true", help="classify every image in FILE")
+    predict.add_argument("--labels", metavar="IDX",
+                         help="IDX labels file, one label per image in FILE: also print the "
+                              "accuracy")
     predict.add_argument("--invert", action="store_true",
                          help="invert a picture (dark object on light ground)")
-    predict.add_argument("--mean", type=float,
+    predict.add_argument("--mean", type=finite_float,
                          help="normalisation mean (default: from the checkpoint)")
-    predict.add_argument("--std", type=float,
+    predict.add_argument("--std", type=positive_float,
                          help="normalisation std (default: from the checkpoint)")
     predict.set_defaults(handler=cmd_predict)
 
@@ -476,12 +620,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What bad input raises: juanji's checks and the C++ core (ValueError, TypeError), the file
+# system (OSError), the data and picture readers (ValueError). Everything else is a bug.
+USER_ERRORS = (ValueError, TypeError, OSError)
+
+
+def error_message(error: BaseException) -> str:
+    """One line saying what went wrong, for ``juanji <command>: error: ...``."""
+    if isinstance(error, OSError) and error.strerror:
+        # str() of an OSError starts with "[Errno N]", which tells a user nothing.
+        message = (error.strerror if error.filename is None
+                   else f"{error.filename}: {error.strerror}")
+    else:
+        message = str(error)
+    return " ".join(message.split())
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Runs the ``juanji`` command; returns the exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Runs the ``juanji`` command; returns the exit status (2 for a user error, with one line
+    on stderr; a bad command line exits 2 from argparse)."""
+    args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"juanji {args.command}: error: {e}", file=sys.stderr)
-        return 1
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except USER_ERRORS as e:
+        print(f"juanji {args.command}: error: {error_message(e)}", file=sys.stderr)
+        return EXIT_USER_ERROR

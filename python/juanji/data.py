@@ -10,10 +10,12 @@ checkpoint's metadata and ``juanji predict`` applies them with :func:`normalize`
 from __future__ import annotations
 
 import gzip
+import math
 import os
+import stat
 import struct
 import zlib
-from typing import Iterator, NamedTuple, Optional
+from typing import BinaryIO, Iterator, NamedTuple, Optional
 
 import numpy as np
 
@@ -42,6 +44,13 @@ IDX_DTYPES = {
     0x0E: np.dtype(">f8"),
 }
 
+# The most data an IDX file may declare. Fashion-MNIST's 60,000 training images are 47 MB;
+# a header that claims more than 4 GiB is taken as corrupt rather than read into memory.
+MAX_IDX_BYTES = 4 * 2**30
+# Deflate expands at most ~1032:1, so a gzip file whose header declares more data than that
+# cannot hold it: refused before decompressing anything.
+MAX_DEFLATE_RATIO = 1032
+
 STANDARD_FILES = {
     "train_images": "train-images-idx3-ubyte",
     "train_labels": "train-labels-idx1-ubyte",
@@ -58,49 +67,82 @@ def _missing_data_hint() -> str:
     )
 
 
-def _read_bytes(path: str) -> bytes:
-    if not path.endswith(".gz"):
-        with open(path, "rb") as f:
-            return f.read()
-    try:
-        with gzip.open(path, "rb") as f:
-            return f.read()
-    except (OSError, EOFError, zlib.error) as e:
-        # gzip reports a cut-off or damaged stream as EOFError / BadGzipFile / zlib.error.
-        raise ValueError(f"{path}: corrupt or truncated gzip stream ({e})") from e
+def regular_file_size(path: str, expected: str) -> int:
+    """The size in bytes of the regular file ``path``; ValueError naming the path if it is a
+    directory, a device or a pipe (``expected`` says what it should have been, e.g.
+    "an IDX file"). Checked before opening: a directory fails with an unhelpful message and
+    a device such as /dev/zero can be read until memory runs out."""
+    status = os.stat(path)  # FileNotFoundError / PermissionError name the path
+    if stat.S_ISDIR(status.st_mode):
+        raise ValueError(f"{path}: is a directory, expected {expected}")
+    if not stat.S_ISREG(status.st_mode):
+        raise ValueError(f"{path}: not a regular file (a device, pipe or socket), "
+                         f"expected {expected}")
+    return status.st_size
+
+
+def _read_idx_stream(path: str, stream: BinaryIO, compressed_size: Optional[int],
+                     raw_size: Optional[int]) -> np.ndarray:
+    """Parses an IDX stream. The size the header declares is checked before the data is read:
+    against ``raw_size`` (the file's size) for a plain file, against what ``compressed_size``
+    bytes of gzip can expand to for a gzipped one, and against MAX_IDX_BYTES for both."""
+    magic = stream.read(4)
+    if len(magic) < 4:
+        raise ValueError(f"{path}: not an IDX file: {len(magic)} bytes, the header alone needs 4")
+    zero, type_code, ndim = struct.unpack(">HBB", magic)
+    if zero != 0 or type_code not in IDX_DTYPES or ndim == 0:
+        raise ValueError(
+            f"{path}: bad IDX magic number 0x{magic.hex()}: expected 0x0000, a type code in "
+            f"{{{', '.join(f'0x{c:02x}' for c in IDX_DTYPES)}}} and at least 1 dimension"
+        )
+    header_size = 4 + 4 * ndim
+    dimensions = stream.read(4 * ndim)
+    if len(dimensions) < 4 * ndim:
+        raise ValueError(
+            f"{path}: truncated IDX header: expected {header_size} bytes for {ndim} dimensions, "
+            f"got {4 + len(dimensions)}"
+        )
+    shape = struct.unpack(f">{ndim}I", dimensions)
+    dtype = IDX_DTYPES[type_code]
+    # Python ints: up to 255 dimensions of 2**32 - 1 overflow any fixed-width product.
+    data_size = math.prod(shape) * dtype.itemsize
+    expected = header_size + data_size
+    declared = f"header says shape {tuple(shape)} of {dtype.name}, expected {expected} bytes"
+    if raw_size is not None and raw_size != expected:
+        problem = "truncated" if raw_size < expected else "corrupt (trailing bytes)"
+        raise ValueError(f"{path}: {problem} IDX file: {declared}, got {raw_size}")
+    if compressed_size is not None and expected > MAX_DEFLATE_RATIO * compressed_size:
+        raise ValueError(f"{path}: truncated IDX file: {declared}, but {compressed_size} bytes "
+                         f"of gzip expand to at most {MAX_DEFLATE_RATIO * compressed_size}")
+    if data_size > MAX_IDX_BYTES:
+        raise ValueError(f"{path}: {declared}, more than the {MAX_IDX_BYTES} bytes of data an "
+                         "IDX file may have")
+    payload = stream.read(data_size)
+    if len(payload) < data_size:
+        raise ValueError(f"{path}: truncated IDX file: {declared}, "
+                         f"got {header_size + len(payload)}")
+    if stream.read(1):
+        raise ValueError(f"{path}: corrupt (trailing bytes) IDX file: {declared}, got more")
+    data = np.frombuffer(payload, dtype=dtype).reshape(shape)
+    return data.astype(dtype.newbyteorder("="))
 
 
 def read_idx(path: str) -> np.ndarray:
     """Reads an IDX file (raw, or gzipped if the name ends in .gz) into a native-endian array.
 
-    Raises ValueError if the magic number, type code or size does not match the header.
+    Raises ValueError if the path is not a regular file, or the magic number, type code or
+    size does not match the header, or the header declares more than MAX_IDX_BYTES of data.
     """
-    raw = _read_bytes(path)
-    if len(raw) < 4:
-        raise ValueError(f"{path}: not an IDX file: {len(raw)} bytes, the header alone needs 4")
-    zero, type_code, ndim = struct.unpack(">HBB", raw[:4])
-    if zero != 0 or type_code not in IDX_DTYPES or ndim == 0:
-        raise ValueError(
-            f"{path}: bad IDX magic number 0x{raw[:4].hex()}: expected 0x0000, a type code in "
-            f"{{{', '.join(f'0x{c:02x}' for c in IDX_DTYPES)}}} and at least 1 dimension"
-        )
-    header_size = 4 + 4 * ndim
-    if len(raw) < header_size:
-        raise ValueError(
-            f"{path}: truncated IDX header: expected {header_size} bytes for {ndim} dimensions, "
-            f"got {len(raw)}"
-        )
-    shape = struct.unpack(f">{ndim}I", raw[4:header_size])
-    dtype = IDX_DTYPES[type_code]
-    expected = header_size + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if len(raw) != expected:
-        problem = "truncated" if len(raw) < expected else "corrupt (trailing bytes)"
-        raise ValueError(
-            f"{path}: {problem} IDX file: header says shape {tuple(shape)} of {dtype.name}, "
-            f"expected {expected} bytes, got {len(raw)}"
-        )
-    data = np.frombuffer(raw, dtype=dtype, offset=header_size).reshape(shape)
-    return data.astype(dtype.newbyteorder("="))
+    file_size = regular_file_size(path, "an IDX file")
+    with open(path, "rb") as file:
+        if not path.endswith(".gz"):
+            return _read_idx_stream(path, file, compressed_size=None, raw_size=file_size)
+        try:
+            with gzip.GzipFile(fileobj=file) as stream:
+                return _read_idx_stream(path, stream, compressed_size=file_size, raw_size=None)
+        except (OSError, EOFError, zlib.error) as e:
+            # gzip reports a cut-off or damaged stream as EOFError / BadGzipFile / zlib.error.
+            raise ValueError(f"{path}: corrupt or truncated gzip stream ({e})") from e
 
 
 def write_idx(path: str, array: np.ndarray) -> None:
@@ -158,20 +200,28 @@ class MnistLike(NamedTuple):
     std: float
 
 
+def check_labels(path: str, labels: np.ndarray, images_path: str, count: int,
+                 classes: int) -> None:
+    """ValueError naming ``path`` unless ``labels`` holds one integer in [0, classes) for each
+    of the ``count`` images in ``images_path``."""
+    if labels.ndim != 1 or labels.shape[0] != count:
+        raise ValueError(f"{path}: expected {count} labels (one per image in {images_path}), "
+                         f"got shape {labels.shape}")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"{path}: labels must be integers, got {labels.dtype}")
+    if labels.size and (labels.min() < 0 or labels.max() >= classes):
+        raise ValueError(f"{path}: labels must lie in [0, {classes - 1}], "
+                         f"got [{labels.min()}, {labels.max()}]")
+
+
 def _check_split(images_path: str, images: np.ndarray,
                  labels_path: str, labels: np.ndarray) -> None:
-    if images.ndim != 3:
-        raise ValueError(f"{images_path}: expected images of shape (N, H, W), got {images.shape}")
-    if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
-        raise ValueError(
-            f"{labels_path}: expected {images.shape[0]} labels (one per image in {images_path}), "
-            f"got shape {labels.shape}"
-        )
-    if labels.size and (labels.min() < 0 or labels.max() >= len(CLASS_NAMES)):
-        raise ValueError(
-            f"{labels_path}: labels must lie in [0, {len(CLASS_NAMES) - 1}], "
-            f"got [{labels.min()}, {labels.max()}]"
-        )
+    if images.ndim != 3 or images.dtype != np.uint8:
+        raise ValueError(f"{images_path}: expected uint8 images of shape (N, H, W), "
+                         f"got {images.dtype} {images.shape}")
+    if images.shape[0] == 0:
+        raise ValueError(f"{images_path}: holds no images")
+    check_labels(labels_path, labels, images_path, images.shape[0], len(CLASS_NAMES))
 
 
 def load_mnist_like(directory: str = DEFAULT_DIR, limit: Optional[int] = None) -> MnistLike:
@@ -182,9 +232,12 @@ def load_mnist_like(directory: str = DEFAULT_DIR, limit: Optional[int] = None) -
     """
     if limit is not None and limit <= 0:
         raise ValueError(f"limit must be positive, got {limit}")
-    if not os.path.isdir(directory):
+    if not os.path.exists(directory):
         raise FileNotFoundError(
             f"data directory {directory!r} does not exist: {_missing_data_hint()}")
+    if not os.path.isdir(directory):
+        raise ValueError(f"data directory {directory!r} is not a directory: "
+                         f"{_missing_data_hint()}")
     paths = {key: find_idx_file(directory, name) for key, name in STANDARD_FILES.items()}
     arrays = {key: read_idx(path) for key, path in paths.items()}
     for split in ("train", "test"):
