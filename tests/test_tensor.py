@@ -52,11 +52,15 @@ def test_from_numpy_copies_other_layouts(make):
     assert not np.shares_memory(a, np.asarray(t))
 
 
-def test_readonly_array_is_copied():
+def test_readonly_array_is_shared_read_only():
     a = np.arange(4.0)
     a.setflags(write=False)
     t = juanji.from_numpy(a)
-    assert not np.shares_memory(a, np.asarray(t))
+    view = np.asarray(t)
+    assert np.shares_memory(a, view) and not view.flags.writeable
+    with pytest.raises(ValueError, match="read-only"):
+        t.fill_(1.0)
+    np.testing.assert_array_equal(a, np.arange(4.0))
 
 
 def test_tensor_copies_and_converts():

@@ -60,7 +60,6 @@ Tensor from_numpy(py::array array, const char* name) {
   const int flags = py::array::c_style;
   const bool native = kind == 'f' ? is_native_float(array) : array.dtype().equal(py::dtype::of<std::int64_t>());
   const bool zero_copy = native && (array.flags() & flags) &&
-                         array.writeable() &&
                          reinterpret_cast<std::uintptr_t>(array.data()) % dtype_size(dtype) == 0;
   if (zero_copy) {
     auto* keep = new py::object(array);
@@ -68,8 +67,9 @@ Tensor from_numpy(py::array array, const char* name) {
       py::gil_scoped_acquire gil;
       delete static_cast<py::object*>(p);
     });
-    return Tensor::from_blob(array.mutable_data(), shape, contiguous_strides(shape), dtype,
-                             Device{}, std::move(owner));
+    // A read-only array (or memory map) stays read-only: in-place ops on the tensor raise.
+    return Tensor::from_blob(const_cast<void*>(array.data()), shape, contiguous_strides(shape), dtype,
+                             Device{}, std::move(owner), !array.writeable());
   }
   // Copy through NumPy into fresh aligned storage: handles any strides, byte order and the
   // integer-to-int64 conversion of label arrays.
@@ -85,13 +85,17 @@ py::array to_numpy(const Tensor& t, py::handle owner) {
   std::vector<py::ssize_t> shape(t.shape().begin(), t.shape().end());
   std::vector<py::ssize_t> strides;
   for (auto s : t.strides()) strides.push_back(static_cast<py::ssize_t>(s * dtype_size(t.dtype())));
+  py::array view;
   if (owner.is_none()) {
     // No Python owner: keep the storage alive through a capsule.
     auto* keep = new Tensor(t);
     py::capsule base(keep, [](void* p) { delete static_cast<Tensor*>(p); });
-    return py::array(numpy_dtype(t.dtype()), shape, strides, t.data_ptr(), base);
+    view = py::array(numpy_dtype(t.dtype()), shape, strides, t.data_ptr(), base);
+  } else {
+    view = py::array(numpy_dtype(t.dtype()), shape, strides, t.data_ptr(), owner);
   }
-  return py::array(numpy_dtype(t.dtype()), shape, strides, t.data_ptr(), owner);
+  if (t.is_read_only()) view.attr("flags").attr("writeable") = false;
+  return view;
 }
 
 Tensor tensor_arg(py::handle obj, const char* name) {
@@ -142,20 +146,50 @@ Tensor labels_arg(py::handle obj, const char* name) {
   const char kind = a.dtype().kind();
   if (kind != 'i' && kind != 'u')
     throw TypeError(std::string(name) + ": expected integer labels, got " + array_desc(a));
+  // Unsigned labels past int64 would wrap to negative numbers in the conversion.
+  if (kind == 'u' && a.dtype().itemsize() == 8 && a.size() > 0) {
+    const py::object largest = a.attr("max")();
+    if (largest.cast<std::uint64_t>() > static_cast<std::uint64_t>(INT64_MAX))
+      throw std::invalid_argument(std::string(name) + ": label " + py::str(largest).cast<std::string>() +
+                                  " is out of range (labels are class indices 0..C-1)");
+  }
   return from_numpy(a, name);
+}
+
+namespace {
+
+bool is_int(py::handle obj) {
+  return !py::isinstance<py::bool_>(obj) && !py::isinstance<py::array>(obj) && PyIndex_Check(obj.ptr());
+}
+
+}  // namespace
+
+std::int64_t int_arg(py::handle obj, const char* name) {
+  if (!is_int(obj))
+    throw TypeError(std::string(name) + ": expected an int, got " + describe(obj) + " " +
+                    py::repr(obj).cast<std::string>());
+  const py::object index = py::reinterpret_steal<py::object>(PyNumber_Index(obj.ptr()));
+  if (!index) throw py::error_already_set();
+  int overflow = 0;
+  const long long value = PyLong_AsLongLongAndOverflow(index.ptr(), &overflow);
+  if (overflow != 0)
+    throw std::invalid_argument(std::string(name) + ": " + py::str(index).cast<std::string>() +
+                                " does not fit in a 64-bit integer");
+  if (value == -1 && PyErr_Occurred()) throw py::error_already_set();
+  return value;
 }
 
 std::vector<std::int64_t> ints_arg(py::handle obj, const char* name) {
   if (py::isinstance<py::bool_>(obj))
     throw TypeError(std::string(name) + ": expected an int or a tuple of ints, got bool");
-  if (py::isinstance<py::int_>(obj)) return {obj.cast<std::int64_t>()};
-  if (py::isinstance<py::sequence>(obj) && !py::isinstance<py::str>(obj)) {
+  if (is_int(obj)) return {int_arg(obj, name)};
+  if (py::isinstance<py::sequence>(obj) && !py::isinstance<py::str>(obj) && !py::isinstance<py::bytes>(obj)) {
     std::vector<std::int64_t> values;
     for (auto item : py::reinterpret_borrow<py::sequence>(obj)) {
-      if (!py::isinstance<py::int_>(item) || py::isinstance<py::bool_>(item))
+      if (!is_int(item))
         throw TypeError(std::string(name) + ": expected ints, got " +
                         py::repr(obj).cast<std::string>());
-      values.push_back(item.cast<std::int64_t>());
+      values.push_back(int_arg(item, name));
     }
     check(!values.empty(), name, ": empty sequence");
     return values;

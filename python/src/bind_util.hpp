@@ -24,6 +24,9 @@ Tensor tensor_arg(py::handle obj, const char* name);
 Tensor optional_tensor_arg(py::handle obj, const char* name);
 // Integer class labels as an int64 tensor: a juanji int64 Tensor or any integer array/sequence.
 Tensor labels_arg(py::handle obj, const char* name);
+// A Python int or a NumPy integer scalar (bool is not an int here): TypeError naming `name`
+// otherwise, ValueError naming it outside int64.
+std::int64_t int_arg(py::handle obj, const char* name);
 // An int or a sequence of ints, as given (length checked by the op).
 std::vector<std::int64_t> ints_arg(py::handle obj, const char* name);
 // An int, a sequence of ints, "same" or "valid".
@@ -37,7 +40,8 @@ DType dtype_arg(py::handle obj, const char* name);  // None not accepted; "float
 py::dtype numpy_dtype(DType dtype);
 // NumPy view of a CPU tensor that keeps `owner` (the Python Tensor) alive: no copy.
 py::array to_numpy(const Tensor& t, py::handle owner);
-// Wraps a NumPy array: zero-copy when C-contiguous, aligned, native and writeable, else a copy.
+// Wraps a NumPy array: zero-copy when C-contiguous, aligned and native (a read-only array gives a
+// read-only tensor), else a copy.
 Tensor from_numpy(py::array array, const char* name);
 
 }  // namespace juanji::bind

@@ -1,6 +1,8 @@
 // juanji._core: only creates the module and calls each area's register function.
 #include <pybind11/pybind11.h>
 
+#include <string>
+
 #include "juanji/error.hpp"
 
 namespace py = pybind11;
@@ -22,6 +24,13 @@ PYBIND11_MODULE(_core, m) {
       if (p) std::rethrow_exception(p);
     } catch (const juanji::TypeError& e) {
       PyErr_SetString(PyExc_TypeError, e.what());
+    } catch (const py::cast_error& e) {
+      // pybind11 would raise RuntimeError for what is a wrong argument type.
+      PyErr_SetString(PyExc_TypeError, (std::string("an argument has the wrong type: ") + e.what()).c_str());
+    } catch (const juanji::AllocationError& e) {
+      PyErr_SetString(PyExc_MemoryError, e.what());
+    } catch (const std::bad_alloc&) {
+      PyErr_SetString(PyExc_MemoryError, "out of memory: an allocation failed (std::bad_alloc)");
     }
   });
   juanji::bind::register_tensor(m);

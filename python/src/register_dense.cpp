@@ -125,7 +125,7 @@ void register_dense(py::module_& m) {
       "cross_entropy",
       [](py::object logits, py::object labels, const std::string& reduction) {
         return cross_entropy(tensor_arg(logits, "logits"), labels_arg(labels, "labels"),
-                             parse_reduction(reduction, "cross_entropy"));
+                             parse_reduction(reduction, "cross_entropy", false));
       },
       py::arg("logits"), py::arg("labels"), py::arg("reduction") = "mean",
       "Softmax cross-entropy of logits (N, C) against integer labels (N,) in [0, C): 'mean', "
@@ -134,7 +134,7 @@ void register_dense(py::module_& m) {
       "cross_entropy_backward",
       [](py::object logits, py::object labels, const std::string& reduction) {
         return cross_entropy_backward(tensor_arg(logits, "logits"), labels_arg(labels, "labels"),
-                                      parse_reduction(reduction, "cross_entropy_backward"));
+                                      parse_reduction(reduction, "cross_entropy_backward", false));
       },
       py::arg("logits"), py::arg("labels"), py::arg("reduction") = "mean",
       "d loss / d logits = softmax(logits) - onehot(labels), divided by N for 'mean'.");

@@ -15,15 +15,13 @@ constexpr const char* kVersionedCapsule = "dltensor_versioned";
 constexpr const char* kUsedLegacyCapsule = "used_dltensor";
 constexpr const char* kUsedVersionedCapsule = "used_dltensor_versioned";
 
-Shape shape_arg(py::handle obj) {
-  if (py::isinstance<py::int_>(obj)) return {obj.cast<std::int64_t>()};
-  return ints_arg(obj, "shape");
-}
+Shape shape_arg(py::handle obj) { return ints_arg(obj, "shape"); }
 
+// zeros(2, 3) or zeros((2, 3)).
 Shape shape_from_args(const py::args& args) {
-  if (args.size() == 1 && !py::isinstance<py::int_>(args[0])) return shape_arg(args[0]);
+  if (args.size() == 1) return shape_arg(args[0]);
   Shape shape;
-  for (auto a : args) shape.push_back(ints_arg(a, "shape").at(0));
+  for (auto a : args) shape.push_back(int_arg(a, "shape"));
   return shape;
 }
 
@@ -89,25 +87,54 @@ py::tuple shape_tuple(const Shape& shape) {
   return out;
 }
 
+bool is_integer_index(py::handle k) {
+  return !py::isinstance<py::bool_>(k) && PyIndex_Check(k.ptr()) && !py::isinstance<py::array>(k);
+}
+
+// NumPy's basic indexing: ints (Python or NumPy), slices with positive steps, None and a bool
+// (a new axis of size 1, or 0 for False) and one Ellipsis. Results are views.
 Tensor index_tensor(const Tensor& t, py::handle key) {
   py::tuple keys = py::isinstance<py::tuple>(key) ? py::reinterpret_borrow<py::tuple>(key)
                                                    : py::make_tuple(key);
+  std::int64_t consumed = 0, ellipses = 0;
+  for (auto k : keys) {
+    if (py::isinstance<py::slice>(k) || is_integer_index(k)) ++consumed;
+    if (k.is(py::ellipsis())) ++ellipses;
+  }
+  check(ellipses <= 1, "index: an index can only have a single ellipsis ('...')");
+  check(consumed <= t.dim(), "index: too many indices (", consumed, ") for a tensor of shape ",
+        shape_text(t.shape()));
   Tensor out = t;
   std::int64_t dim = 0;
   for (auto k : keys) {
-    check(dim < out.dim(), "index: too many indices for a tensor of shape ",
-          shape_text(t.shape()));
-    if (py::isinstance<py::slice>(k)) {
+    if (k.is(py::ellipsis())) {
+      dim += t.dim() - consumed;
+    } else if (k.is_none() || py::isinstance<py::bool_>(k)) {
+      out = out.unsqueeze(dim);
+      if (k.ptr() == Py_False) out = out.slice(dim, 0, 0);
+      ++dim;
+    } else if (py::isinstance<py::slice>(k)) {
       py::ssize_t start, stop, step, length;
       if (!py::reinterpret_borrow<py::slice>(k).compute(out.size(dim), &start, &stop, &step, &length))
         throw py::error_already_set();
       check(step > 0, "index: negative slice steps are not supported");
       out = out.slice(dim, start, start + length * step, step);
       ++dim;
-    } else if (py::isinstance<py::int_>(k)) {
-      out = out.select(dim, k.cast<std::int64_t>());
+    } else if (is_integer_index(k)) {
+      const py::int_ index = py::reinterpret_steal<py::int_>(PyNumber_Index(k.ptr()));
+      const std::int64_t n = out.size(dim);
+      const long long value = PyLong_AsLongLong(index.ptr());
+      if (value == -1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        throw py::index_error("index " + py::str(index).cast<std::string>() + " is out of bounds for dim " +
+                              std::to_string(dim) + " of size " + std::to_string(n));
+      }
+      if (value < -n || value >= n)
+        throw py::index_error("index " + std::to_string(value) + " is out of bounds for dim " +
+                              std::to_string(dim) + " of size " + std::to_string(n));
+      out = out.select(dim, value);
     } else {
-      throw TypeError("index: only ints and slices are supported, got " +
+      throw TypeError("index: only ints, slices, None, a bool and '...' are supported, got " +
                       py::repr(k).cast<std::string>());
     }
   }
@@ -131,7 +158,7 @@ with PyTorch, JAX or CuPy without copies.)doc")
                                                                  : py::format_descriptor<std::int64_t>::format();
         return py::buffer_info(t.data_ptr(), static_cast<py::ssize_t>(dtype_size(t.dtype())), format,
                                t.dim(), std::vector<py::ssize_t>(t.shape().begin(), t.shape().end()),
-                               strides);
+                               strides, t.is_read_only());
       })
       .def_property_readonly("shape", [](const Tensor& t) { return shape_tuple(t.shape()); })
       .def_property_readonly("strides", [](const Tensor& t) { return shape_tuple(t.strides()); },
@@ -225,9 +252,9 @@ with PyTorch, JAX or CuPy without copies.)doc")
         "A new tensor holding a copy of data (a sequence, NumPy array or Tensor). Python ints "
         "and floats give float32 unless dtype says otherwise; integer NumPy arrays need dtype=.");
   m.def("from_numpy", [](py::array a) { return from_numpy(a, "a"); }, py::arg("a"),
-        "Wraps a NumPy array. C-contiguous, aligned, writeable float32/float64 arrays are shared "
-        "without copying (writes show on both sides); other layouts (Fortran order, slices, "
-        "read-only or byte-swapped arrays) are copied.");
+        "Wraps a NumPy array. C-contiguous, aligned float32/float64 arrays are shared without "
+        "copying (writes show on both sides; a read-only array gives a read-only tensor); other "
+        "layouts (Fortran order, slices, byte-swapped arrays) are copied.");
   m.def("from_dlpack", &from_dlpack_object, py::arg("x"),
         "Imports any object with __dlpack__ (PyTorch, NumPy, JAX, CuPy) or a DLPack capsule "
         "without copying.");
@@ -277,7 +304,8 @@ with PyTorch, JAX or CuPy without copies.)doc")
 
   m.def("version", &version);
   m.def("config_string", &config_string);
-  m.def("set_num_threads", &set_num_threads, py::arg("n"));
+  m.def("set_num_threads", [](py::handle n) { set_num_threads(int_arg(n, "n")); }, py::arg("n"),
+        "Threads of every parallel region, process-wide: 1 to 4 per hardware thread (at least 64).");
   m.def("get_num_threads", &get_num_threads);
   m.def("simd_level", [] { return std::string(simd_name(simd_level())); });
   m.def("simd_detected", [] { return std::string(simd_name(simd_detected())); });

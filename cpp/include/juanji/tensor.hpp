@@ -50,6 +50,9 @@ struct Storage {
   std::size_t nbytes = 0;
   Device device;
   std::shared_ptr<void> owner;
+  // Memory its producer lent for reading only (a read-only NumPy array or memory map, a DLPack
+  // tensor flagged read-only): in-place ops on it raise std::invalid_argument.
+  bool read_only = false;
 };
 
 class Tensor {
@@ -63,7 +66,7 @@ class Tensor {
   static Tensor arange(double start, double stop, double step, DType dtype = DType::float32);
   // Wraps memory owned elsewhere; `owner` is released when the last view goes away.
   static Tensor from_blob(void* data, const Shape& shape, const Shape& strides, DType dtype,
-                          Device device, std::shared_ptr<void> owner);
+                          Device device, std::shared_ptr<void> owner, bool read_only = false);
 
   bool defined() const { return storage_ != nullptr; }
   const Shape& shape() const { return shape_; }
@@ -75,6 +78,7 @@ class Tensor {
   DType dtype() const { return dtype_; }
   Device device() const { return storage_ ? storage_->device : Device{}; }
   bool is_contiguous() const;
+  bool is_read_only() const { return storage_ && storage_->read_only; }
   const std::shared_ptr<Storage>& storage() const { return storage_; }
 
   void* data_ptr() const;
@@ -86,11 +90,13 @@ class Tensor {
   Tensor permute(const std::vector<std::int64_t>& order) const;
   Tensor slice(std::int64_t dim, std::int64_t start, std::int64_t stop, std::int64_t step = 1) const;
   Tensor select(std::int64_t dim, std::int64_t index) const;  // drops `dim`
+  Tensor unsqueeze(std::int64_t dim) const;  // a new axis of size 1 before `dim` (0..dim())
 
   Tensor contiguous() const;
   Tensor clone() const;
   Tensor to(Device device) const;  // same tensor when already there
   Tensor to(DType dtype) const;    // same tensor when already that dtype
+  // In-place: both raise std::invalid_argument on a read-only tensor.
   void copy_(const Tensor& src);   // same shape; converts dtype; any strides and devices
   void fill_(double value);
   void zero_() { fill_(0.0); }

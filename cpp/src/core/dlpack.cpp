@@ -1,6 +1,7 @@
 #include "juanji/dlpack.hpp"
 
 #include <memory>
+#include <string>
 #include <vector>
 
 namespace juanji {
@@ -27,24 +28,55 @@ DLTensor describe(ExportContext& ctx) {
   return dl;
 }
 
+// The DLPack dtype's usual name ("bfloat16", "uint8", "complex64"), for messages.
+std::string dtype_text(const DLDataType& dt) {
+  const char* kind = nullptr;
+  switch (dt.code) {
+    case kDLInt: kind = "int"; break;
+    case kDLUInt: kind = "uint"; break;
+    case kDLFloat: kind = "float"; break;
+    case kDLBfloat: kind = "bfloat"; break;
+    case kDLComplex: kind = "complex"; break;
+    case kDLBool: return "bool";
+  }
+  if (!kind) return detail::concat("DLPack type code ", int(dt.code), " of ", int(dt.bits), " bits");
+  return detail::concat(kind, int(dt.bits));
+}
+
 DType dtype_from(const DLDataType& dt) {
-  check_type(dt.lanes == 1, "from_dlpack: vector dtypes (lanes=", int(dt.lanes), ") are not supported");
+  check_type(dt.lanes == 1, "from_dlpack: x has vectors of ", int(dt.lanes), " ", dtype_text(dt),
+             " per element; juanji holds scalars only");
   if (dt.code == kDLFloat && dt.bits == 32) return DType::float32;
   if (dt.code == kDLFloat && dt.bits == 64) return DType::float64;
   if (dt.code == kDLInt && dt.bits == 64) return DType::int64;
-  throw TypeError(detail::concat("from_dlpack: unsupported dtype (code ", int(dt.code), ", ",
-                                 int(dt.bits), " bits); juanji holds float32, float64 and int64"));
+  throw TypeError(detail::concat("from_dlpack: x has dtype ", dtype_text(dt),
+                                 "; juanji holds float32, float64 and int64 (convert it first)"));
+}
+
+const char* device_text(std::int32_t type) {
+  switch (type) {
+    case 4: return "OpenCL";
+    case 7: return "Vulkan";
+    case 8: return "Metal";
+    case 10: return "ROCm";
+    case 11: return "ROCm host";
+    case 14: return "oneAPI";
+    case 15: return "WebGPU";
+    case 16: return "Hexagon";
+    default: return "an unknown device";
+  }
 }
 
 Device device_from(const DLDevice& dev) {
   if (dev.device_type == kDLCPU || dev.device_type == kDLCUDAHost) return {DeviceType::cpu, 0};
   if (dev.device_type == kDLCUDA || dev.device_type == kDLCUDAManaged)
     return {DeviceType::cuda, dev.device_id};
-  throw std::invalid_argument(detail::concat("from_dlpack: unsupported device type ",
-                                             int(dev.device_type)));
+  throw std::invalid_argument(detail::concat("from_dlpack: x is on ", device_text(dev.device_type),
+                                             " (DLPack device type ", int(dev.device_type),
+                                             "); juanji takes CPU and CUDA memory"));
 }
 
-Tensor wrap(const DLTensor& dl, std::shared_ptr<void> owner) {
+Tensor wrap(const DLTensor& dl, std::shared_ptr<void> owner, bool read_only) {
   check(dl.ndim >= 0, "from_dlpack: negative ndim ", dl.ndim);
   const DType dtype = dtype_from(dl.dtype);
   Shape shape(dl.shape, dl.shape + dl.ndim);
@@ -52,7 +84,7 @@ Tensor wrap(const DLTensor& dl, std::shared_ptr<void> owner) {
   check(dl.byte_offset % dtype_size(dtype) == 0, "from_dlpack: byte_offset ", dl.byte_offset,
         " is not a multiple of the element size");
   void* data = static_cast<char*>(dl.data) + dl.byte_offset;
-  return Tensor::from_blob(data, shape, strides, dtype, device_from(dl.device), std::move(owner));
+  return Tensor::from_blob(data, shape, strides, dtype, device_from(dl.device), std::move(owner), read_only);
 }
 
 template <class Managed>
@@ -79,7 +111,7 @@ DLManagedTensor* to_dlpack(const Tensor& tensor) { return export_tensor<DLManage
 DLManagedTensorVersioned* to_dlpack_versioned(const Tensor& tensor) {
   auto* managed = export_tensor<DLManagedTensorVersioned>(tensor);
   managed->version = {1, 0};
-  managed->flags = 0;
+  managed->flags = tensor.is_read_only() ? kDLPackFlagReadOnly : 0;
   return managed;
 }
 
@@ -89,7 +121,7 @@ Tensor from_dlpack(DLManagedTensor* managed) {
     auto* m = static_cast<DLManagedTensor*>(p);
     if (m->deleter) m->deleter(m);
   });
-  return wrap(managed->dl_tensor, std::move(owner));
+  return wrap(managed->dl_tensor, std::move(owner), false);
 }
 
 Tensor from_dlpack(DLManagedTensorVersioned* managed) {
@@ -100,7 +132,7 @@ Tensor from_dlpack(DLManagedTensorVersioned* managed) {
   });
   check(managed->version.major == 1, "from_dlpack: DLPack major version ", managed->version.major,
         " is not supported (expected 1)");
-  return wrap(managed->dl_tensor, std::move(owner));
+  return wrap(managed->dl_tensor, std::move(owner), (managed->flags & kDLPackFlagReadOnly) != 0);
 }
 
 }  // namespace juanji

@@ -133,7 +133,7 @@ Tensor Tensor::arange(double start, double stop, double step, DType dtype) {
 }
 
 Tensor Tensor::from_blob(void* data, const Shape& shape, const Shape& strides, DType dtype,
-                         Device device, std::shared_ptr<void> owner) {
+                         Device device, std::shared_ptr<void> owner, bool read_only) {
   check(shape.size() == strides.size(), "from_blob: shape ", shape_text(shape), " and strides ",
         shape_text(strides), " differ in length");
   checked_numel(shape);
@@ -141,6 +141,7 @@ Tensor Tensor::from_blob(void* data, const Shape& shape, const Shape& strides, D
   storage->data = data;
   storage->device = device;
   storage->owner = std::move(owner);
+  storage->read_only = read_only;
   std::int64_t span = 1;
   for (std::size_t i = 0; i < shape.size(); ++i) {
     check(strides[i] >= 0, "from_blob: negative strides ", shape_text(strides), " are not supported");
@@ -267,6 +268,16 @@ Tensor Tensor::select(std::int64_t d, std::int64_t index) const {
   return make_view(*this, offset_ + index * strides_[d], std::move(shape), std::move(strides));
 }
 
+Tensor Tensor::unsqueeze(std::int64_t d) const {
+  check(d >= 0 && d <= dim(), "unsqueeze: dim ", d, " is out of range for a tensor of shape ",
+        shape_text(shape_));
+  Shape shape = shape_, strides = strides_;
+  const std::int64_t stride = d < dim() ? strides_[d] * shape_[d] : 1;
+  shape.insert(shape.begin() + d, 1);
+  strides.insert(strides.begin() + d, stride);
+  return make_view(*this, offset_, std::move(shape), std::move(strides));
+}
+
 Tensor Tensor::contiguous() const {
   if (is_contiguous()) return *this;
   return clone();
@@ -296,6 +307,8 @@ Tensor Tensor::to(DType dtype) const {
 
 void Tensor::copy_(const Tensor& src) {
   check(defined() && src.defined(), "copy_: tensor is undefined");
+  check(!is_read_only(), "copy_: the destination ", shape_text(shape_),
+        " is read-only memory (a read-only NumPy array or DLPack tensor); copy it first with clone()");
   check(shape_ == src.shape_, "copy_: destination shape ", shape_text(shape_),
         " differs from source shape ", shape_text(src.shape_));
   if (src.device() == device()) {
@@ -315,6 +328,8 @@ void Tensor::copy_(const Tensor& src) {
 
 void Tensor::fill_(double value) {
   check(defined(), "fill_: tensor is undefined");
+  check(!is_read_only(), "fill_: the tensor ", shape_text(shape_),
+        " is read-only memory (a read-only NumPy array or DLPack tensor); copy it first with clone()");
   device::fill(*this, value);
 }
 

@@ -86,13 +86,13 @@ double ce_row(const T* x, std::int64_t C, std::int64_t label, T* scratch, double
 
 }  // namespace
 
-Reduction parse_reduction(const std::string& text, const char* op) {
+Reduction parse_reduction(const std::string& text, const char* op, bool half_sum_allowed) {
   if (text == "mean") return Reduction::mean;
   if (text == "sum") return Reduction::sum;
   if (text == "none") return Reduction::none;
-  if (text == "half_sum") return Reduction::half_sum;
-  throw std::invalid_argument(detail::concat(
-      op, ": reduction must be 'mean', 'sum', 'half_sum' or 'none', got '", text, "'"));
+  if (text == "half_sum" && half_sum_allowed) return Reduction::half_sum;
+  throw std::invalid_argument(detail::concat(op, ": reduction must be 'mean', 'sum', ",
+                                             half_sum_allowed ? "'half_sum' " : "", "or 'none', got '", text, "'"));
 }
 
 // z, y (any shape, equal) -> 0-d, or (z - y)^2 elementwise for none.

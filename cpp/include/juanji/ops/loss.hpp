@@ -9,7 +9,9 @@
 namespace juanji {
 
 enum class Reduction { none, mean, sum, half_sum };
-Reduction parse_reduction(const std::string& text, const char* op);
+// "mean", "sum", "none" and, where the op has it (MSE), "half_sum"; the error lists only the
+// reductions the op takes.
+Reduction parse_reduction(const std::string& text, const char* op, bool half_sum_allowed = true);
 
 // "none" returns the element-wise loss; the others a 0-d tensor.
 Tensor mse_loss(const Tensor& z, const Tensor& y, Reduction reduction);
