@@ -305,7 +305,12 @@ def test_corrupt_header_length_larger_than_file(ckpt):
 
 def test_corrupt_header_length_huge(ckpt):
     write_raw(ckpt, valid_header(), VALID_DATA, length=2**63)
-    load_error(ckpt, f"header length {2**63} exceeds the limit")
+    load_error(ckpt, rf"not a safetensors file \(header length {2**63} exceeds the")
+
+
+def test_text_file_is_not_a_safetensors_file(ckpt):
+    ckpt.write_text("# training notes\nlr = 0.01\n")
+    load_error(ckpt, r"not a safetensors file \(header length \d+ exceeds the 19 bytes")
 
 
 def test_corrupt_header_not_json(ckpt):
