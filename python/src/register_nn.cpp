@@ -272,8 +272,7 @@ void register_nn(py::module_& m) {
         "Rebuilds a model saved with Sequential.save; corrupt or mismatched files raise ValueError.");
   m.def("load_metadata",
         [](py::object path) {
-          Metadata meta;
-          nn::Sequential::load(fspath(path), &meta);
+          const Metadata meta = nn::Sequential::load_metadata(fspath(path));
           py::dict out;
           for (const auto& [key, value] : meta) out[py::str(key)] = value;
           return out;
