@@ -1,6 +1,7 @@
 // juanji._core: only creates the module and calls each area's register function.
 #include <pybind11/pybind11.h>
 
+#include "bind_util.hpp"
 #include "juanji/error.hpp"
 
 namespace py = pybind11;
@@ -21,7 +22,9 @@ PYBIND11_MODULE(_core, m) {
     try {
       if (p) std::rethrow_exception(p);
     } catch (const juanji::TypeError& e) {
-      PyErr_SetString(PyExc_TypeError, e.what());
+      PyErr_SetObject(PyExc_TypeError, juanji::bind::error_text(e.what()).ptr());
+    } catch (const std::invalid_argument& e) {
+      PyErr_SetObject(PyExc_ValueError, juanji::bind::error_text(e.what()).ptr());
     }
   });
   juanji::bind::register_tensor(m);
