@@ -13,7 +13,7 @@ import gzip
 import os
 import struct
 import zlib
-from typing import Iterator, NamedTuple, Optional
+from typing import Iterator, NamedTuple, Optional, Union
 
 import numpy as np
 
@@ -31,6 +31,9 @@ CLASS_NAMES = (
     "Bag",
     "Ankle boot",
 )
+
+# What open() takes as a file name.
+PathArg = Union[str, bytes, os.PathLike]
 
 # IDX type byte -> big-endian NumPy dtype ("the IDX file format", yann.lecun.com/exdb/mnist).
 IDX_DTYPES = {
@@ -70,11 +73,12 @@ def _read_bytes(path: str) -> bytes:
         raise ValueError(f"{path}: corrupt or truncated gzip stream ({e})") from e
 
 
-def read_idx(path: str) -> np.ndarray:
+def read_idx(path: PathArg) -> np.ndarray:
     """Reads an IDX file (raw, or gzipped if the name ends in .gz) into a native-endian array.
 
     Raises ValueError if the magic number, type code or size does not match the header.
     """
+    path = os.fsdecode(path)
     raw = _read_bytes(path)
     if len(raw) < 4:
         raise ValueError(f"{path}: not an IDX file: {len(raw)} bytes, the header alone needs 4")
@@ -103,8 +107,9 @@ def read_idx(path: str) -> np.ndarray:
     return data.astype(dtype.newbyteorder("="))
 
 
-def write_idx(path: str, array: np.ndarray) -> None:
+def write_idx(path: PathArg, array: np.ndarray) -> None:
     """Writes ``array`` as an IDX file, gzipped if ``path`` ends in .gz."""
+    path = os.fsdecode(path)
     array = np.asarray(array)
     codes = {dtype.newbyteorder("="): code for code, dtype in IDX_DTYPES.items()}
     native = array.dtype.newbyteorder("=")
@@ -174,7 +179,7 @@ def _check_split(images_path: str, images: np.ndarray,
         )
 
 
-def load_mnist_like(directory: str = DEFAULT_DIR, limit: Optional[int] = None) -> MnistLike:
+def load_mnist_like(directory: PathArg = DEFAULT_DIR, limit: Optional[int] = None) -> MnistLike:
     """Loads the four standard IDX files from ``directory``.
 
     Images come back as float32 (N, 1, H, W): pixels scaled to [0, 1], then normalised with
@@ -182,6 +187,7 @@ def load_mnist_like(directory: str = DEFAULT_DIR, limit: Optional[int] = None) -
     """
     if limit is not None and limit <= 0:
         raise ValueError(f"limit must be positive, got {limit}")
+    directory = os.fsdecode(directory)
     if not os.path.isdir(directory):
         raise FileNotFoundError(
             f"data directory {directory!r} does not exist: {_missing_data_hint()}")
