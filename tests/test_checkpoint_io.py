@@ -9,11 +9,13 @@ import os
 import pathlib
 import random
 import struct
+import sys
 
 import numpy as np
 import pytest
 
-from juanji import _core
+import juanji
+from juanji import _core, nn
 
 # ---------------------------------------------------------------------------------
 # Helpers
@@ -242,9 +244,80 @@ def test_missing_file_is_file_not_found(tmp_path):
         _core.load_safetensors(tmp_path / "missing.safetensors")
 
 
-def test_path_must_be_path_like():
-    with pytest.raises(TypeError):
-        _core.load_safetensors(42)
+class FsPath:
+    """An os.PathLike that is neither str, bytes nor pathlib."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __fspath__(self):
+        return self.path
+
+
+PATH_FORMS = {
+    "str": str,
+    "bytes": os.fsencode,
+    "pathlib": pathlib.Path,
+    "pathlike-str": FsPath,
+    "pathlike-bytes": lambda p: FsPath(os.fsencode(p)),
+}
+
+
+@pytest.mark.parametrize("form", list(PATH_FORMS))
+def test_every_path_form_names_the_same_file(tmp_path, form):
+    path = PATH_FORMS[form](str(tmp_path / "m.safetensors"))
+    model = nn.Sequential(nn.Linear(3, 2))
+    model.save(path, metadata={"k": "v"})
+    assert os.listdir(tmp_path) == ["m.safetensors"]
+    assert juanji.load(path).architecture_json() == model.architecture_json()
+    assert juanji.load_metadata(path) == {"k": "v"}
+    _core.save_safetensors(path, {"x": np.ones(2)})
+    assert os.listdir(tmp_path) == ["m.safetensors"]
+    assert list(_core.load_safetensors(path)[0]) == ["x"]
+
+
+def test_bytes_path_that_is_not_utf8(tmp_path):
+    """Names are bytes on Linux: open() takes any; so do we, and errors quote them escaped."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("other systems restrict file names to an encoding")
+    path = os.fsencode(tmp_path) + b"/\xff.safetensors"
+    _core.save_safetensors(path, {"x": np.ones(2)})
+    assert os.listdir(os.fsencode(tmp_path)) == [b"\xff.safetensors"]
+    assert list(_core.load_safetensors(path)[0]) == ["x"]
+    with pytest.raises(FileNotFoundError, match=r"\\xffmissing"):
+        _core.load_safetensors(os.fsencode(tmp_path) + b"/\xffmissing")
+    with open(path, "wb") as f:
+        f.write(b"plain text, not a checkpoint")
+    with pytest.raises(ValueError, match=r"\\xff\.safetensors'?: not a safetensors file"):
+        _core.load_safetensors(path)
+
+
+PATH_FUNCTIONS = {
+    "Sequential.save": lambda path: nn.Sequential(nn.ReLU()).save(path),
+    "juanji.load": juanji.load,
+    "juanji.load_metadata": juanji.load_metadata,
+    "save_safetensors": lambda path: _core.save_safetensors(path, {"x": np.ones(1)}),
+    "load_safetensors": _core.load_safetensors,
+}
+
+
+@pytest.mark.parametrize("function", list(PATH_FUNCTIONS))
+@pytest.mark.parametrize("nul_path", ["m.st\0.txt", b"m.st\0.txt", FsPath("m.st\0.txt")],
+                         ids=["str", "bytes", "pathlike"])
+def test_nul_in_path_is_value_error_and_creates_nothing(tmp_path, monkeypatch, function, nul_path):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="^path: embedded null character$"):
+        PATH_FUNCTIONS[function](nul_path)
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("function", list(PATH_FUNCTIONS))
+@pytest.mark.parametrize("bad", [42, None, ["m.st"], FsPath(3)], ids=["int", "None", "list", "fspath-int"])
+def test_path_of_another_type_is_type_error(tmp_path, monkeypatch, function, bad):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(TypeError, match="^path: expected"):
+        PATH_FUNCTIONS[function](bad)
+    assert os.listdir(tmp_path) == []
 
 
 def test_save_rejects_bad_names_and_metadata(tmp_path):
@@ -305,7 +378,12 @@ def test_corrupt_header_length_larger_than_file(ckpt):
 
 def test_corrupt_header_length_huge(ckpt):
     write_raw(ckpt, valid_header(), VALID_DATA, length=2**63)
-    load_error(ckpt, f"header length {2**63} exceeds the limit")
+    load_error(ckpt, rf"not a safetensors file \(header length {2**63} exceeds the")
+
+
+def test_text_file_is_not_a_safetensors_file(ckpt):
+    ckpt.write_text("# training notes\nlr = 0.01\n")
+    load_error(ckpt, r"not a safetensors file \(header length \d+ exceeds the 19 bytes")
 
 
 def test_corrupt_header_not_json(ckpt):

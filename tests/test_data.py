@@ -67,6 +67,21 @@ def test_write_idx_gz_is_reproducible(tmp_path):
     assert Path(first).read_bytes() == Path(second).read_bytes()
 
 
+@pytest.mark.parametrize("suffix", ["", ".gz"], ids=["raw", "gz"])
+@pytest.mark.parametrize("form", [str, os.fsencode, Path], ids=["str", "bytes", "pathlib"])
+def test_idx_paths_are_taken_as_open_takes_them(tmp_path, form, suffix):
+    path = form(str(tmp_path / f"a-idx1{suffix}"))
+    data.write_idx(path, np.arange(3, dtype=np.uint8))
+    assert os.listdir(tmp_path) == [f"a-idx1{suffix}"]
+    np.testing.assert_array_equal(data.read_idx(path), np.arange(3))
+
+
+def test_load_from_a_pathlib_or_bytes_directory(tmp_path):
+    arrays = write_dataset(str(tmp_path))
+    for directory in (tmp_path, os.fsencode(tmp_path)):
+        np.testing.assert_array_equal(data.load_mnist_like(directory).y_test, arrays["test_labels"])
+
+
 def test_write_idx_rejects_unsupported_dtype(tmp_path):
     with pytest.raises(TypeError, match="uint16"):
         data.write_idx(str(tmp_path / "a"), np.zeros(3, dtype=np.uint16))

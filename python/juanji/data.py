@@ -15,7 +15,7 @@ import os
 import stat
 import struct
 import zlib
-from typing import BinaryIO, Iterator, NamedTuple, Optional
+from typing import BinaryIO, Iterator, NamedTuple, Optional, Union
 
 import numpy as np
 
@@ -33,6 +33,9 @@ CLASS_NAMES = (
     "Bag",
     "Ankle boot",
 )
+
+# What open() takes as a file name.
+PathArg = Union[str, bytes, os.PathLike]
 
 # IDX type byte -> big-endian NumPy dtype ("the IDX file format", yann.lecun.com/exdb/mnist).
 IDX_DTYPES = {
@@ -127,12 +130,13 @@ def _read_idx_stream(path: str, stream: BinaryIO, compressed_size: Optional[int]
     return data.astype(dtype.newbyteorder("="))
 
 
-def read_idx(path: str) -> np.ndarray:
+def read_idx(path: PathArg) -> np.ndarray:
     """Reads an IDX file (raw, or gzipped if the name ends in .gz) into a native-endian array.
 
     Raises ValueError if the path is not a regular file, or the magic number, type code or
     size does not match the header, or the header declares more than MAX_IDX_BYTES of data.
     """
+    path = os.fsdecode(path)
     file_size = regular_file_size(path, "an IDX file")
     with open(path, "rb") as file:
         if not path.endswith(".gz"):
@@ -145,8 +149,9 @@ def read_idx(path: str) -> np.ndarray:
             raise ValueError(f"{path}: corrupt or truncated gzip stream ({e})") from e
 
 
-def write_idx(path: str, array: np.ndarray) -> None:
+def write_idx(path: PathArg, array: np.ndarray) -> None:
     """Writes ``array`` as an IDX file, gzipped if ``path`` ends in .gz."""
+    path = os.fsdecode(path)
     array = np.asarray(array)
     codes = {dtype.newbyteorder("="): code for code, dtype in IDX_DTYPES.items()}
     native = array.dtype.newbyteorder("=")
@@ -224,7 +229,7 @@ def _check_split(images_path: str, images: np.ndarray,
     check_labels(labels_path, labels, images_path, images.shape[0], len(CLASS_NAMES))
 
 
-def load_mnist_like(directory: str = DEFAULT_DIR, limit: Optional[int] = None) -> MnistLike:
+def load_mnist_like(directory: PathArg = DEFAULT_DIR, limit: Optional[int] = None) -> MnistLike:
     """Loads the four standard IDX files from ``directory``.
 
     Images come back as float32 (N, 1, H, W): pixels scaled to [0, 1], then normalised with
@@ -232,6 +237,7 @@ def load_mnist_like(directory: str = DEFAULT_DIR, limit: Optional[int] = None) -
     """
     if limit is not None and limit <= 0:
         raise ValueError(f"limit must be positive, got {limit}")
+    directory = os.fsdecode(directory)
     if not os.path.exists(directory):
         raise FileNotFoundError(
             f"data directory {directory!r} does not exist: {_missing_data_hint()}")

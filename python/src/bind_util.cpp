@@ -1,5 +1,6 @@
 #include "bind_util.hpp"
 
+#include <cstring>
 #include <string>
 
 namespace juanji::bind {
@@ -18,6 +19,27 @@ DType dtype_arg(py::handle obj, const char* name) {
   if (dt.equal(py::dtype::of<std::int64_t>())) return DType::int64;
   throw TypeError(std::string(name) + ": unsupported dtype " + py::str(dt).cast<std::string>() +
                   "; juanji holds float32, float64 and int64");
+}
+
+std::string path_arg(py::handle obj, const char* name) {
+  const py::module_ os = py::module_::import("os");
+  py::object path;
+  try {
+    path = os.attr("fspath")(obj);
+  } catch (py::error_already_set& e) {
+    if (!e.matches(PyExc_TypeError)) throw;
+    throw TypeError(std::string(name) + ": " + py::str(e.value()).cast<std::string>());
+  }
+  // Encoding str as the file system does (undecodable bytes come back from their surrogates).
+  auto bytes = os.attr("fsencode")(path).cast<std::string>();
+  if (bytes.find('\0') != std::string::npos)
+    throw std::invalid_argument(std::string(name) + ": embedded null character");
+  return bytes;
+}
+
+py::str error_text(const char* what) {
+  return py::reinterpret_steal<py::str>(
+      PyUnicode_DecodeUTF8(what, static_cast<py::ssize_t>(std::strlen(what)), "backslashreplace"));
 }
 
 namespace {

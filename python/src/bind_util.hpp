@@ -5,6 +5,7 @@
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "juanji/ops/conv.hpp"
@@ -35,6 +36,15 @@ ConvOptions conv_options(py::handle stride, py::handle padding, py::handle dilat
 // stride None means "equal to the kernel".
 PoolOptions pool_options(py::handle kernel_size, py::handle stride, py::handle padding, bool ceil_mode,
                          bool count_include_pad);
+
+// A file path taken as Python's open() takes it: str, bytes or os.PathLike, as the bytes
+// os.fsencode(os.fspath(obj)) gives. Anything else is a TypeError, a path with a NUL character
+// (which the C library would silently cut there) a ValueError, each naming `name`.
+std::string path_arg(py::handle obj, const char* name);
+
+// An exception's message as str. It may quote a path given as bytes that are not UTF-8: those
+// show as \xNN escapes, where decoding strictly would raise UnicodeDecodeError instead.
+py::str error_text(const char* what);
 
 DType dtype_arg(py::handle obj, const char* name);  // None not accepted; "float32", np.float64, ...
 py::dtype numpy_dtype(DType dtype);

@@ -3,6 +3,7 @@
 
 #include <string>
 
+#include "bind_util.hpp"
 #include "juanji/error.hpp"
 
 namespace py = pybind11;
@@ -23,10 +24,13 @@ PYBIND11_MODULE(_core, m) {
     try {
       if (p) std::rethrow_exception(p);
     } catch (const juanji::TypeError& e) {
-      PyErr_SetString(PyExc_TypeError, e.what());
+      PyErr_SetObject(PyExc_TypeError, juanji::bind::error_text(e.what()).ptr());
+    } catch (const std::invalid_argument& e) {
+      PyErr_SetObject(PyExc_ValueError, juanji::bind::error_text(e.what()).ptr());
     } catch (const py::cast_error& e) {
       // pybind11 would raise RuntimeError for what is a wrong argument type.
-      PyErr_SetString(PyExc_TypeError, (std::string("an argument has the wrong type: ") + e.what()).c_str());
+      PyErr_SetObject(PyExc_TypeError,
+                      juanji::bind::error_text((std::string("an argument has the wrong type: ") + e.what()).c_str()).ptr());
     } catch (const juanji::AllocationError& e) {
       PyErr_SetString(PyExc_MemoryError, e.what());
     } catch (const std::bad_alloc&) {

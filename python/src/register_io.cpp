@@ -13,11 +13,6 @@ std::string type_name(py::handle obj) {
   return py::str(py::type::handle_of(obj).attr("__name__")).cast<std::string>();
 }
 
-// str, bytes or os.PathLike; os.fspath raises TypeError for anything else.
-std::string path_arg(py::handle obj) {
-  return py::module_::import("os").attr("fspath")(obj).cast<std::string>();
-}
-
 bool is_mapping(py::handle obj) {
   return py::isinstance(obj, py::module_::import("collections.abc").attr("Mapping"));
 }
@@ -81,7 +76,7 @@ void register_io(py::module_& m) {
       if (p) std::rethrow_exception(p);
     } catch (const std::system_error& e) {
       const py::object error =
-          py::reinterpret_borrow<py::object>(PyExc_OSError)(e.code().value(), e.what());
+          py::reinterpret_borrow<py::object>(PyExc_OSError)(e.code().value(), error_text(e.what()));
       PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(error.ptr())), error.ptr());
     }
   });
@@ -89,7 +84,7 @@ void register_io(py::module_& m) {
   m.def(
       "save_safetensors",
       [](py::handle path, py::handle tensors, py::handle metadata) {
-        const std::string file = path_arg(path);
+        const std::string file = path_arg(path, "path");
         const std::vector<NamedTensor> named = tensors_arg(tensors);
         const Metadata meta = metadata_arg(metadata);
         py::gil_scoped_release release;
@@ -98,7 +93,7 @@ void register_io(py::module_& m) {
       py::arg("path"), py::arg("tensors"), py::arg("metadata") = py::none(),
       R"doc(Write tensors to a checkpoint in the safetensors layout.
 
-path: str or os.PathLike; written under a temporary name beside it and renamed, so an
+path: str, bytes or os.PathLike; written under a temporary name beside it and renamed, so an
 existing checkpoint is replaced whole or not at all.
 tensors: dict name -> juanji.Tensor or NumPy array, saved in dict order. float32, float64
 and int64 tensors keep their dtype; other integer arrays are saved as int64.
@@ -107,7 +102,7 @@ metadata: optional dict str -> str, stored as the header's "__metadata__".)doc")
   m.def(
       "load_safetensors",
       [](py::handle path) {
-        const std::string file = path_arg(path);
+        const std::string file = path_arg(path, "path");
         SafetensorsContents contents;
         {
           py::gil_scoped_release release;

@@ -10,10 +10,6 @@ namespace {
 using nn::Layer;
 using nn::Parameter;
 
-std::string fspath(py::handle path) {
-  return py::str(py::module_::import("os").attr("fspath")(path)).cast<std::string>();
-}
-
 nn::Init init_arg(const std::string& init) {
   if (init == "he") return nn::Init::he;
   if (init == "xavier") return nn::Init::xavier;
@@ -295,7 +291,8 @@ void register_nn(py::module_& m) {
              if (!metadata.is_none())
                for (auto item : metadata.cast<py::dict>())
                  meta.emplace_back(py::str(item.first).cast<std::string>(), py::str(item.second).cast<std::string>());
-             s.save(fspath(path), meta);
+             const std::string file = path_arg(path, "path");
+             locked(s.mutex(), [&] { s.save(file, meta); });
            },
            py::arg("path"), py::arg("metadata") = py::none(),
            "Writes a safetensors checkpoint; metadata (str -> str) goes into __metadata__.")
@@ -307,12 +304,11 @@ void register_nn(py::module_& m) {
         return s.layers()[static_cast<std::size_t>(i < 0 ? i + n : i)];
       });
 
-  m.def("load", [](py::object path) { return nn::Sequential::load(fspath(path)); }, py::arg("path"),
+  m.def("load", [](py::object path) { return nn::Sequential::load(path_arg(path, "path")); }, py::arg("path"),
         "Rebuilds a model saved with Sequential.save; corrupt or mismatched files raise ValueError.");
   m.def("load_metadata",
         [](py::object path) {
-          Metadata meta;
-          nn::Sequential::load(fspath(path), &meta);
+          const Metadata meta = nn::Sequential::load_metadata(path_arg(path, "path"));
           py::dict out;
           for (const auto& [key, value] : meta) out[py::str(key)] = value;
           return out;

@@ -5,6 +5,8 @@
 #pragma once
 
 #include <cstdint>
+#include <cstdio>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -30,6 +32,34 @@ constexpr std::uint64_t kSafetensorsMaxHeaderBytes = 100'000'000;
 // never see a half-written checkpoint.
 void save_safetensors(const std::string& path, const std::vector<NamedTensor>& tensors,
                       const Metadata& metadata = {});
+
+// One tensor as a checkpoint's header describes it.
+struct SafetensorsEntry {
+  std::string name;
+  DType dtype;
+  Shape shape;
+  std::uint64_t begin, end;  // its bytes within the data section
+};
+
+// An open checkpoint whose header has been read and checked against the file: the entries'
+// byte ranges lie inside the file and cover its data section exactly, so reading the tensors
+// allocates no more than the file holds. Nothing else is read until read_tensors, which lets a
+// caller check the entries against what it expects first. Errors as for load_safetensors.
+class SafetensorsFile {
+ public:
+  explicit SafetensorsFile(const std::string& path);
+  const Metadata& metadata() const { return metadata_; }
+  const std::vector<SafetensorsEntry>& entries() const { return entries_; }  // in data order
+  // Every tensor as a fresh CPU tensor, in the order of entries().
+  std::vector<NamedTensor> read_tensors();
+
+ private:
+  std::string where_;
+  std::unique_ptr<std::FILE, int (*)(std::FILE*)> file_;
+  long data_start_ = 0;  // file offset of the data section (the header is at most 100 MB)
+  Metadata metadata_;
+  std::vector<SafetensorsEntry> entries_;
+};
 
 struct SafetensorsContents {
   Metadata metadata;

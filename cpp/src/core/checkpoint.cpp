@@ -178,14 +178,6 @@ void save_safetensors(const std::string& path, const std::vector<NamedTensor>& t
 
 namespace {
 
-struct TensorEntry {
-  std::string name;
-  DType dtype;
-  Shape shape;
-  std::uint64_t begin;
-  std::uint64_t end;
-};
-
 // Checks one header entry against the format; `where` names the file.
 class HeaderValidator {
  public:
@@ -206,7 +198,7 @@ class HeaderValidator {
     return result;
   }
 
-  TensorEntry tensor(const std::string& name, const Json& spec) const {
+  SafetensorsEntry tensor(const std::string& name, const Json& spec) const {
     check(!name.empty(), where_, ": a tensor has an empty name");
     const std::string what = detail::concat(where_, ": tensor '", name, "'");
     check(spec.is_object(), what, ": expected an object with dtype, shape and data_offsets, got ",
@@ -219,8 +211,8 @@ class HeaderValidator {
     for (const char* key : {"dtype", "shape", "data_offsets"})
       check(spec.contains(key), what, ": missing '", key, "'");
 
-    TensorEntry entry{name, parse_dtype(what, spec.at("dtype")), parse_shape(what, spec.at("shape")),
-                      0, 0};
+    SafetensorsEntry entry{name, parse_dtype(what, spec.at("dtype")),
+                           parse_shape(what, spec.at("shape")), 0, 0};
     const Json& offsets = spec.at("data_offsets");
     const bool pair_of_ints = offsets.is_array() && offsets.size() == 2 &&
                               offsets.at(0).is_integer() && offsets.at(1).is_integer() &&
@@ -290,77 +282,87 @@ void read_exact(std::FILE* file, void* data, std::size_t nbytes, const std::stri
 
 }  // namespace
 
-SafetensorsContents load_safetensors(const std::string& path) {
-  const std::string where = "checkpoint '" + path + "'";
+SafetensorsFile::SafetensorsFile(const std::string& path)
+    : where_("checkpoint '" + path + "'"), file_(nullptr, &std::fclose) {
   std::error_code error;
   const std::uintmax_t file_size = std::filesystem::file_size(path, error);
-  if (error) throw std::system_error(error, where + ": cannot read");
-  FilePtr file(std::fopen(path.c_str(), "rb"), &std::fclose);
-  if (!file) throw_os_error(where, "cannot open");
+  if (error) throw std::system_error(error, where_ + ": cannot read");
+  file_.reset(std::fopen(path.c_str(), "rb"));
+  if (!file_) throw_os_error(where_, "cannot open");
 
-  check(file_size != 0, where, ": file is empty");
-  check(file_size >= 8, where, ": file is ", file_size,
-        " bytes, too short for the 8-byte header length");
+  check(file_size != 0, where_, ": not a safetensors file (the file is empty)");
+  check(file_size >= 8, where_, ": not a safetensors file (", file_size,
+        " bytes, too short for the 8-byte header length)");
   unsigned char length_bytes[8];
-  read_exact(file.get(), length_bytes, sizeof length_bytes, where, "the header length");
+  read_exact(file_.get(), length_bytes, sizeof length_bytes, where_, "the header length");
   std::uint64_t header_length = 0;
   for (int i = 7; i >= 0; --i) header_length = (header_length << 8) | length_bytes[i];
-  check(header_length <= kSafetensorsMaxHeaderBytes, where, ": header length ", header_length,
+  // Any other file (text, an image) reads as a length far beyond its size: say so first.
+  check(header_length <= file_size - 8, where_, ": not a safetensors file (header length ",
+        header_length, " exceeds the ", file_size - 8, " bytes after the length field)");
+  check(header_length <= kSafetensorsMaxHeaderBytes, where_, ": header length ", header_length,
         " exceeds the limit of ", kSafetensorsMaxHeaderBytes, " bytes");
-  check(header_length <= file_size - 8, where, ": header length ", header_length,
-        " exceeds the ", file_size - 8, " bytes after the length field");
 
   std::string header_text(header_length, '\0');
-  read_exact(file.get(), header_text.data(), header_text.size(), where, "the header");
+  read_exact(file_.get(), header_text.data(), header_text.size(), where_, "the header");
+  data_start_ = static_cast<long>(8 + header_length);
   Json header;
   try {
     header = parse_json(header_text);
   } catch (const std::invalid_argument& e) {
-    throw std::invalid_argument(where + ": header is not valid JSON: " + e.what());
+    throw std::invalid_argument(where_ + ": header is not valid JSON: " + e.what());
   }
-  check(header.is_object(), where, ": header must be a JSON object, got ", header.kind_name());
+  check(header.is_object(), where_, ": header must be a JSON object, got ", header.kind_name());
 
   const std::uint64_t data_size = file_size - 8 - header_length;
-  const HeaderValidator validator(where, data_size);
-  SafetensorsContents contents;
-  std::vector<TensorEntry> entries;
+  const HeaderValidator validator(where_, data_size);
   for (const auto& [name, value] : header.as_object()) {
     if (name == kMetadataKey)
-      contents.metadata = validator.metadata(value);
+      metadata_ = validator.metadata(value);
     else
-      entries.push_back(validator.tensor(name, value));
+      entries_.push_back(validator.tensor(name, value));
   }
 
   // Sorted by position, every byte of the data section must belong to exactly one tensor.
-  std::sort(entries.begin(), entries.end(), [](const TensorEntry& a, const TensorEntry& b) {
-    return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
-  });
+  std::sort(entries_.begin(), entries_.end(),
+            [](const SafetensorsEntry& a, const SafetensorsEntry& b) {
+              return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
+            });
   std::uint64_t covered = 0;
-  const TensorEntry* previous = nullptr;
-  for (const auto& entry : entries) {
+  const SafetensorsEntry* previous = nullptr;
+  for (const auto& entry : entries_) {
     if (previous && entry.begin < previous->end)
       throw std::invalid_argument(detail::concat(
-          where, ": tensor '", entry.name, "' data_offsets ", offsets_str(entry.begin, entry.end),
+          where_, ": tensor '", entry.name, "' data_offsets ", offsets_str(entry.begin, entry.end),
           " overlap tensor '", previous->name, "' at ", offsets_str(previous->begin, previous->end)));
-    check(entry.begin == covered, where, ": data bytes ", offsets_str(covered, entry.begin),
+    check(entry.begin == covered, where_, ": data bytes ", offsets_str(covered, entry.begin),
           " before tensor '", entry.name, "' belong to no tensor");
     covered = entry.end;
     previous = &entry;
   }
-  check(covered == data_size, where, ": the last ", data_size - covered,
+  check(covered == data_size, where_, ": the last ", data_size - covered,
         " data bytes belong to no tensor");
+}
 
-  contents.tensors.reserve(entries.size());
-  for (auto& entry : entries) {
+std::vector<NamedTensor> SafetensorsFile::read_tensors() {
+  if (std::fseek(file_.get(), data_start_, SEEK_SET) != 0) throw_os_error(where_, "cannot read");
+  std::vector<NamedTensor> tensors;
+  tensors.reserve(entries_.size());
+  for (const auto& entry : entries_) {
     Tensor tensor = Tensor::empty(entry.shape, entry.dtype);
-    const std::size_t itemsize = dtype_size(entry.dtype);
     const std::size_t nbytes = static_cast<std::size_t>(entry.end - entry.begin);
-    read_exact(file.get(), tensor.data_ptr(), nbytes, where, "tensor '" + entry.name + "'");
+    read_exact(file_.get(), tensor.data_ptr(), nbytes, where_, "tensor '" + entry.name + "'");
     if constexpr (!kHostIsLittleEndian)
-      reverse_each_item(static_cast<char*>(tensor.data_ptr()), nbytes, itemsize);
-    contents.tensors.push_back({std::move(entry.name), std::move(tensor)});
+      reverse_each_item(static_cast<char*>(tensor.data_ptr()), nbytes, dtype_size(entry.dtype));
+    tensors.push_back({entry.name, std::move(tensor)});
   }
-  return contents;
+  return tensors;
+}
+
+SafetensorsContents load_safetensors(const std::string& path) {
+  SafetensorsFile file(path);
+  std::vector<NamedTensor> tensors = file.read_tensors();
+  return {file.metadata(), std::move(tensors)};
 }
 
 }  // namespace juanji

@@ -1,7 +1,10 @@
 // Model checkpoints: the safetensors file holds the parameters; its __metadata__ holds the
-// architecture as JSON, from which load() rebuilds the layers before trusting any tensor.
+// architecture as JSON. load() checks the file's tensor table against the parameters the
+// architecture declares before it builds any layer, so the work it does is bounded by the file.
 #include <algorithm>
 #include <map>
+#include <stdexcept>
+#include <string_view>
 
 #include "juanji/nn/sequential.hpp"
 #include "juanji/runtime.hpp"
@@ -45,46 +48,200 @@ PoolOptions pool_options(const Json& config) {
   return options;
 }
 
-}  // namespace
+// A size from a config, checked before it shapes a parameter or divides one (groups).
+std::int64_t positive_int(const Json& config, const char* key) {
+  const std::int64_t value = config.at(key).as_int();
+  check(value > 0, key, " must be positive, got ", value);
+  return value;
+}
 
-std::shared_ptr<Layer> make_layer(const std::string& type, const Json& config) {
-  if (type == "Conv2d" || type == "Conv1d") {
-    ConvOptions options;
-    options.stride = ints(config, "stride");
-    options.padding = padding_of(config.at("padding"));
-    options.dilation = ints(config, "dilation");
-    options.groups = config.at("groups").as_int();
-    const std::int64_t in = config.at("in_channels").as_int(), out = config.at("out_channels").as_int();
-    const bool bias = config.at("bias").as_bool();
-    if (type == "Conv2d") return std::make_shared<Conv2d>(in, out, ints(config, "kernel_size"), options, bias);
-    return std::make_shared<Conv1d>(in, out, ints(config, "kernel_size"), options, bias);
-  }
-  if (type == "Linear")
-    return std::make_shared<Linear>(config.at("in_features").as_int(), config.at("out_features").as_int(),
-                                    config.at("bias").as_bool());
-  if (type == "MaxPool2d") return std::make_shared<MaxPool2d>(pool_options(config));
-  if (type == "MaxPool1d") return std::make_shared<MaxPool1d>(pool_options(config));
-  if (type == "AvgPool2d") return std::make_shared<AvgPool2d>(pool_options(config));
-  if (type == "AvgPool1d") return std::make_shared<AvgPool1d>(pool_options(config));
-  if (type == "GlobalAvgPool2d") return std::make_shared<GlobalAvgPool2d>();
-  if (type == "ReLU") return std::make_shared<ReLU>();
-  if (type == "Sigmoid") return std::make_shared<Sigmoid>();
-  if (type == "Tanh") return std::make_shared<Tanh>();
-  if (type == "LeakyReLU") return std::make_shared<LeakyReLU>(config.at("negative_slope").as_double());
-  if (type == "Softmax") return std::make_shared<Softmax>();
-  if (type == "Dropout") return std::make_shared<Dropout>(config.at("p").as_double());
-  if (type == "Flatten") return std::make_shared<Flatten>();
-  if (type == "BatchNorm2d")
-    return std::make_shared<BatchNorm2d>(config.at("channels").as_int(), config.at("eps").as_double(),
-                                         config.at("momentum").as_double());
+struct ParameterShape {
+  std::string name;
+  Shape shape;
+};
+
+// How an architecture entry becomes a layer. `parameters` gives, from the config alone, the
+// names and shapes of the parameters `make` will give the layer, so that a checkpoint's tensors
+// can be checked against them before any layer is built or any parameter memory allocated.
+struct LayerFactory {
+  const char* type;
+  std::shared_ptr<Layer> (*make)(const Json& config);
+  std::vector<ParameterShape> (*parameters)(const Json& config);
+};
+
+std::vector<ParameterShape> no_parameters(const Json&) { return {}; }
+
+template <class ConvLayer>
+std::shared_ptr<Layer> make_conv(const Json& config) {
+  ConvOptions options;
+  options.stride = ints(config, "stride");
+  options.padding = padding_of(config.at("padding"));
+  options.dilation = ints(config, "dilation");
+  options.groups = config.at("groups").as_int();
+  return std::make_shared<ConvLayer>(config.at("in_channels").as_int(), config.at("out_channels").as_int(),
+                                     ints(config, "kernel_size"), options, config.at("bias").as_bool());
+}
+
+template <std::size_t SpatialDims>
+std::vector<ParameterShape> conv_parameters(const Json& config) {
+  const std::int64_t out = positive_int(config, "out_channels");
+  Shape weight{out, positive_int(config, "in_channels") / positive_int(config, "groups")};
+  std::vector<std::int64_t> kernel = ints(config, "kernel_size");
+  if (kernel.size() == 1) kernel.assign(SpatialDims, kernel[0]);
+  weight.insert(weight.end(), kernel.begin(), kernel.end());
+  std::vector<ParameterShape> shapes{{"weight", weight}};
+  if (config.at("bias").as_bool()) shapes.push_back({"bias", {out}});
+  return shapes;
+}
+
+std::shared_ptr<Layer> make_linear(const Json& config) {
+  return std::make_shared<Linear>(config.at("in_features").as_int(), config.at("out_features").as_int(),
+                                  config.at("bias").as_bool());
+}
+
+std::vector<ParameterShape> linear_parameters(const Json& config) {
+  const std::int64_t out = positive_int(config, "out_features");
+  std::vector<ParameterShape> shapes{{"weight", {out, positive_int(config, "in_features")}}};
+  if (config.at("bias").as_bool()) shapes.push_back({"bias", {out}});
+  return shapes;
+}
+
+std::shared_ptr<Layer> make_batch_norm(const Json& config) {
+  return std::make_shared<BatchNorm2d>(config.at("channels").as_int(), config.at("eps").as_double(),
+                                       config.at("momentum").as_double());
+}
+
+std::vector<ParameterShape> batch_norm_parameters(const Json& config) {
+  const Shape channels{positive_int(config, "channels")};
+  return {{"weight", channels}, {"bias", channels}, {"running_mean", channels}, {"running_var", channels}};
+}
+
+template <class Pool>
+std::shared_ptr<Layer> make_pool(const Json& config) {
+  return std::make_shared<Pool>(pool_options(config));
+}
+
+template <class Plain>
+std::shared_ptr<Layer> make_plain(const Json&) {
+  return std::make_shared<Plain>();
+}
+
+const LayerFactory kLayerFactories[] = {
+    {"Conv2d", make_conv<Conv2d>, conv_parameters<2>},
+    {"Conv1d", make_conv<Conv1d>, conv_parameters<1>},
+    {"Linear", make_linear, linear_parameters},
+    {"MaxPool2d", make_pool<MaxPool2d>, no_parameters},
+    {"MaxPool1d", make_pool<MaxPool1d>, no_parameters},
+    {"AvgPool2d", make_pool<AvgPool2d>, no_parameters},
+    {"AvgPool1d", make_pool<AvgPool1d>, no_parameters},
+    {"GlobalAvgPool2d", make_plain<GlobalAvgPool2d>, no_parameters},
+    {"ReLU", make_plain<ReLU>, no_parameters},
+    {"Sigmoid", make_plain<Sigmoid>, no_parameters},
+    {"Tanh", make_plain<Tanh>, no_parameters},
+    {"LeakyReLU",
+     [](const Json& config) -> std::shared_ptr<Layer> {
+       return std::make_shared<LeakyReLU>(config.at("negative_slope").as_double());
+     },
+     no_parameters},
+    {"Softmax", make_plain<Softmax>, no_parameters},
+    {"Dropout",
+     [](const Json& config) -> std::shared_ptr<Layer> { return std::make_shared<Dropout>(config.at("p").as_double()); },
+     no_parameters},
+    {"Flatten", make_plain<Flatten>, no_parameters},
+    {"BatchNorm2d", make_batch_norm, batch_norm_parameters},
+};
+
+const LayerFactory& factory_of(const std::string& type) {
+  for (const auto& factory : kLayerFactories)
+    if (type == factory.type) return factory;
   throw std::invalid_argument("unknown layer type '" + type + "'");
 }
 
+// One layer of a checkpoint's architecture, not built yet.
+struct LayerPlan {
+  const LayerFactory* factory;
+  const Json* config;                      // inside the parsed architecture
+  std::vector<ParameterShape> parameters;  // named as in the checkpoint: "<layer index>.<name>"
+};
+
+std::vector<LayerPlan> plan_layers(const Json& architecture) {
+  std::vector<LayerPlan> plan;
+  for (std::size_t i = 0; i < architecture.size(); ++i) {
+    const Json& entry = architecture.at(i);
+    check(entry.is_object() && entry.size() == 2, "layer ", i, ": expected {\"type\", \"config\"}");
+    const std::string& type = entry.at("type").as_string();
+    LayerPlan layer{&factory_of(type), &entry.at("config"), {}};
+    try {
+      layer.parameters = layer.factory->parameters(*layer.config);
+    } catch (const std::invalid_argument& e) {
+      throw std::invalid_argument(detail::concat("layer ", i, " (", type, "): ", e.what()));
+    }
+    for (auto& p : layer.parameters) p.name = std::to_string(i) + "." + p.name;
+    plan.push_back(std::move(layer));
+  }
+  return plan;
+}
+
+// The file must hold exactly the planned parameters, each with its shape and a float dtype.
+// Checked on the header alone, so a small file cannot make load() allocate large layers.
+void check_tensor_table(const std::vector<SafetensorsEntry>& entries, const std::vector<LayerPlan>& plan,
+                        const std::string& where) {
+  std::map<std::string_view, const SafetensorsEntry*> by_name;
+  for (const auto& entry : entries) by_name.emplace(entry.name, &entry);
+  for (const auto& layer : plan) {
+    for (const auto& p : layer.parameters) {
+      const auto found = by_name.find(p.name);
+      check(found != by_name.end(), where, "tensor '", p.name, "' of shape ", shape_text(p.shape),
+            " is missing");
+      const SafetensorsEntry& entry = *found->second;
+      check(entry.shape == p.shape, where, "tensor '", p.name, "' has shape ", shape_text(entry.shape),
+            " but the architecture needs ", shape_text(p.shape));
+      check(entry.dtype == DType::float32 || entry.dtype == DType::float64, where, "tensor '", p.name,
+            "' has dtype ", dtype_name(entry.dtype), "; parameters are float32 or float64");
+      by_name.erase(found);
+    }
+  }
+  for (const auto& entry : entries)
+    check(!by_name.count(entry.name), where, "tensor '", entry.name, "' is not part of the architecture");
+}
+
+bool is_reserved(const std::string& key) {
+  return std::find(std::begin(kReservedKeys), std::end(kReservedKeys), key) != std::end(kReservedKeys);
+}
+
+const std::string* find_value(const Metadata& metadata, const std::string& key) {
+  for (const auto& [k, v] : metadata)
+    if (k == key) return &v;
+  return nullptr;
+}
+
+// The architecture's JSON text; throws unless the metadata is a juanji model's.
+const std::string& juanji_architecture(const Metadata& metadata, const std::string& where) {
+  const std::string* architecture = find_value(metadata, "architecture");
+  const std::string* format = find_value(metadata, "format");
+  check(architecture != nullptr && format && *format == kFormat, where,
+        "not a juanji model (no juanji architecture in __metadata__)");
+  return *architecture;
+}
+
+Metadata user_metadata(const Metadata& metadata) {
+  Metadata user;
+  for (const auto& [key, value] : metadata)
+    if (!is_reserved(key)) user.emplace_back(key, value);
+  return user;
+}
+
+}  // namespace
+
+std::shared_ptr<Layer> make_layer(const std::string& type, const Json& config) {
+  return factory_of(type).make(config);
+}
+
 void Sequential::save(const std::string& path, const Metadata& metadata) const {
+  const std::lock_guard<std::recursive_mutex> lock(*mutex_);
   Metadata all{{"format", kFormat}, {"juanji_version", version()}, {"architecture", architecture_json()}};
   for (const auto& [key, value] : metadata) {
-    check(std::find(std::begin(kReservedKeys), std::end(kReservedKeys), key) == std::end(kReservedKeys),
-          "metadata: key '", key, "' is reserved for juanji");
+    check(!is_reserved(key), "metadata: key '", key, "' is reserved for juanji");
     all.emplace_back(key, value);
   }
   std::vector<NamedTensor> tensors;
@@ -93,51 +250,51 @@ void Sequential::save(const std::string& path, const Metadata& metadata) const {
 }
 
 std::shared_ptr<Sequential> Sequential::load(const std::string& path, Metadata* metadata) {
-  SafetensorsContents contents = load_safetensors(path);
+  SafetensorsFile file(path);
   const std::string where = "checkpoint '" + path + "': ";
-  const auto meta = [&](const std::string& key) -> const std::string* {
-    for (const auto& [k, v] : contents.metadata)
-      if (k == key) return &v;
-    return nullptr;
-  };
-  const std::string* architecture = meta("architecture");
-  check(architecture != nullptr && meta("format") && *meta("format") == kFormat, where,
-        "not a juanji model (no juanji architecture in __metadata__)");
-  auto model = std::make_shared<Sequential>();
+  const std::string& architecture_json = juanji_architecture(file.metadata(), where);
+  Json architecture;
+  std::vector<LayerPlan> plan;
   try {
-    const Json layers = parse_json(*architecture);
-    for (std::size_t i = 0; i < layers.size(); ++i) {
-      const Json& entry = layers.at(i);
-      check(entry.is_object() && entry.size() == 2, "layer ", i, ": expected {\"type\", \"config\"}");
-      model->add(make_layer(entry.at("type").as_string(), entry.at("config")));
-    }
+    architecture = parse_json(architecture_json);
+    plan = plan_layers(architecture);
   } catch (const std::invalid_argument& e) {
     throw std::invalid_argument(where + "bad architecture: " + e.what());
   }
+  check_tensor_table(file.entries(), plan, where);
+
   std::map<std::string, Tensor> by_name;
-  for (auto& named : contents.tensors) by_name.emplace(named.name, std::move(named.tensor));
-  for (const auto& p : model->parameters()) {
-    auto found = by_name.find(p->name);
-    check(found != by_name.end(), where, "tensor '", p->name, "' of shape ", shape_text(p->value.shape()),
-          " is missing");
-    const Tensor& t = found->second;
-    check(t.shape() == p->value.shape(), where, "tensor '", p->name, "' has shape ", shape_text(t.shape()),
-          " but the architecture needs ", shape_text(p->value.shape()));
-    check(t.dtype() == DType::float32 || t.dtype() == DType::float64, where, "tensor '", p->name,
-          "' has dtype ", dtype_name(t.dtype()), "; parameters are float32 or float64");
-    p->value = t;
-    if (p->grad.defined()) p->grad = Tensor::zeros(t.shape(), t.dtype());
-    by_name.erase(found);
+  for (auto& named : file.read_tensors()) by_name.emplace(std::move(named.name), std::move(named.tensor));
+  auto model = std::make_shared<Sequential>();
+  for (std::size_t i = 0; i < plan.size(); ++i) {
+    try {
+      model->add(plan[i].factory->make(*plan[i].config));
+    } catch (const std::invalid_argument& e) {
+      throw std::invalid_argument(detail::concat(where, "bad architecture: layer ", i, ": ", e.what()));
+    }
+    const auto& built = model->layers_.back()->parameters();
+    const auto& planned = plan[i].parameters;
+    const bool as_planned = std::equal(built.begin(), built.end(), planned.begin(), planned.end(),
+                                       [](const auto& p, const ParameterShape& q) {
+                                         return p->name == q.name && p->value.shape() == q.shape;
+                                       });
+    if (!as_planned)
+      throw std::logic_error(detail::concat("Sequential::load: layer ", i, " (", model->layers_.back()->type(),
+                                            ") built other parameters than its factory lists (a juanji bug)"));
+    for (const auto& p : built) {
+      Tensor& value = by_name.at(p->name);
+      if (p->grad.defined()) p->grad = Tensor::zeros(value.shape(), value.dtype());
+      p->value = std::move(value);
+    }
   }
-  check(by_name.empty(), where, "tensor '", by_name.empty() ? "" : by_name.begin()->first,
-        "' is not part of the architecture");
-  if (metadata) {
-    metadata->clear();
-    for (auto& [key, value] : contents.metadata)
-      if (std::find(std::begin(kReservedKeys), std::end(kReservedKeys), key) == std::end(kReservedKeys))
-        metadata->emplace_back(key, value);
-  }
+  if (metadata) *metadata = user_metadata(file.metadata());
   return model;
+}
+
+Metadata Sequential::load_metadata(const std::string& path) {
+  const SafetensorsFile file(path);
+  juanji_architecture(file.metadata(), "checkpoint '" + path + "': ");  // refuses other files
+  return user_metadata(file.metadata());
 }
 
 }  // namespace juanji::nn

@@ -94,9 +94,12 @@ class Sequential {
   // Checkpoints in the safetensors layout: every parameter and buffer by name, the architecture
   // and `metadata` in __metadata__ (keys "format", "juanji_version", "architecture" are ours).
   void save(const std::string& path, const Metadata& metadata = {}) const;
-  // Rebuilds the model from the architecture and checks every tensor against it: a missing,
-  // extra, mis-shaped or mistyped tensor is a std::invalid_argument naming the file.
+  // Rebuilds the model from the architecture, having checked the file's tensor table against it
+  // first (so no layer is built for tensors the file lacks): a missing, extra, mis-shaped or
+  // mistyped tensor is a std::invalid_argument naming the file and the tensor.
   static std::shared_ptr<Sequential> load(const std::string& path, Metadata* metadata = nullptr);
+  // The `metadata` a model checkpoint was saved with, from its header alone (no layer is built).
+  static Metadata load_metadata(const std::string& path);
 
  private:
   void check_input(const Tensor& x) const;
