@@ -102,7 +102,7 @@ Tensor index_tensor(const Tensor& t, py::handle key) {
       if (!py::reinterpret_borrow<py::slice>(k).compute(out.size(dim), &start, &stop, &step, &length))
         throw py::error_already_set();
       check(step > 0, "index: negative slice steps are not supported");
-      out = out.slice(dim, start, start + length * step, step);
+      out = out.slice(dim, start, stop, step);
       ++dim;
     } else if (py::isinstance<py::int_>(k)) {
       out = out.select(dim, k.cast<std::int64_t>());
