@@ -41,4 +41,9 @@ inline MaybeSize allocatable_numel(const Shape& shape) {
   return n;
 }
 
+// The largest padded extent of a pooling or convolution dim. Kernels add up to three such
+// extents (a window's start, its kernel size and a stride capped at the padded extent), which
+// then still fit in int64.
+constexpr std::int64_t kMaxSpatialExtent = (std::int64_t{1} << 61) - 1;
+
 }  // namespace juanji
