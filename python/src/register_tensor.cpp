@@ -118,7 +118,7 @@ Tensor index_tensor(const Tensor& t, py::handle key) {
       if (!py::reinterpret_borrow<py::slice>(k).compute(out.size(dim), &start, &stop, &step, &length))
         throw py::error_already_set();
       check(step > 0, "index: negative slice steps are not supported");
-      out = out.slice(dim, start, start + length * step, step);
+      out = out.slice(dim, start, stop, step);
       ++dim;
     } else if (is_integer_index(k)) {
       const py::int_ index = py::reinterpret_steal<py::int_>(PyNumber_Index(k.ptr()));

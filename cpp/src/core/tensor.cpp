@@ -2,10 +2,10 @@
 
 #include <algorithm>
 #include <cmath>
-#include <limits>
 #include <numeric>
 #include <sstream>
 
+#include "core/checked_math.hpp"
 #include "core/device.hpp"
 
 namespace juanji {
@@ -58,15 +58,10 @@ std::string shape_str(const Shape& shape) {
 }
 
 std::int64_t checked_numel(const Shape& shape, const char* what) {
-  std::int64_t n = 1;
-  for (auto s : shape) {
-    check(s >= 0, what, ": sizes must be non-negative, got ", shape_text(shape));
-    if (s != 0 && n > std::numeric_limits<std::int64_t>::max() / 16 / s)
-      throw std::invalid_argument(detail::concat(what, ": ", shape_str(shape),
-                                                 " has too many elements (size overflow)"));
-    n *= s;
-  }
-  return n;
+  for (auto s : shape) check(s >= 0, what, ": sizes must be non-negative, got ", shape_text(shape));
+  const MaybeSize n = allocatable_numel(shape);
+  check(n.has_value(), what, ": ", shape_text(shape), " has too many elements (size overflow)");
+  return *n;
 }
 
 Shape contiguous_strides(const Shape& shape) {
@@ -119,6 +114,9 @@ Tensor Tensor::arange(double start, double stop, double step, DType dtype) {
   check(step != 0 && std::isfinite(step), "arange: step must be finite and non-zero, got ", step);
   check(std::isfinite(start) && std::isfinite(stop), "arange: start and stop must be finite");
   const double count = std::ceil((stop - start) / step);
+  // Checked before the conversion to int64, which is undefined for a count past its range.
+  check(count <= static_cast<double>(kMaxNumel), "arange: [", start, ", ", stop, ") in steps of ", step,
+        " has ", count, " elements, too many for a tensor");
   const std::int64_t n = count > 0 ? static_cast<std::int64_t>(count) : 0;
   Tensor t = empty({n}, dtype);
   for (std::int64_t i = 0; i < n; ++i) {
@@ -142,14 +140,18 @@ Tensor Tensor::from_blob(void* data, const Shape& shape, const Shape& strides, D
   storage->device = device;
   storage->owner = std::move(owner);
   storage->read_only = read_only;
-  std::int64_t span = 1;
+  MaybeSize span = 1;
   for (std::size_t i = 0; i < shape.size(); ++i) {
     check(strides[i] >= 0, "from_blob: negative strides ", shape_text(strides), " are not supported");
     if (shape[i] == 0) span = 0;
   }
   if (span != 0)
-    for (std::size_t i = 0; i < shape.size(); ++i) span += (shape[i] - 1) * strides[i];
-  storage->nbytes = static_cast<std::size_t>(span) * dtype_size(dtype);
+    for (std::size_t i = 0; i < shape.size(); ++i)
+      span = checked_add(span, checked_mul(shape[i] - 1, strides[i]));
+  const MaybeSize nbytes = checked_mul(span, static_cast<std::int64_t>(dtype_size(dtype)));
+  check(nbytes.has_value(), "from_blob: shape ", shape_text(shape), " with strides ", shape_text(strides),
+        " spans more bytes than int64 can count");
+  storage->nbytes = static_cast<std::size_t>(*nbytes);
   Tensor t;
   t.storage_ = std::move(storage);
   t.dtype_ = dtype;
@@ -188,7 +190,7 @@ void* Tensor::data_ptr() const {
 
 Tensor Tensor::reshape(Shape shape) const {
   check(defined(), "reshape: tensor is undefined");
-  std::int64_t known = 1;
+  MaybeSize known = 1;
   int infer = -1;
   for (std::size_t i = 0; i < shape.size(); ++i) {
     if (shape[i] == -1) {
@@ -196,14 +198,15 @@ Tensor Tensor::reshape(Shape shape) const {
       infer = static_cast<int>(i);
     } else {
       check(shape[i] >= 0, "reshape: invalid shape ", shape_text(shape));
-      known *= shape[i];
+      known = checked_mul(known, shape[i]);
     }
   }
+  check(known.has_value(), "reshape: ", shape_text(shape), " has too many elements (size overflow)");
   const std::int64_t n = numel();
   if (infer >= 0) {
-    check(known != 0 && n % known == 0, "reshape: cannot reshape ", shape_text(shape_), " into ",
+    check(*known != 0 && n % *known == 0, "reshape: cannot reshape ", shape_text(shape_), " into ",
           shape_text(shape));
-    shape[static_cast<std::size_t>(infer)] = n / known;
+    shape[static_cast<std::size_t>(infer)] = n / *known;
   }
   check(checked_numel(shape) == n, "reshape: cannot reshape ", shape_text(shape_), " (", n,
         " elements) into ", shape_text(shape));
@@ -248,10 +251,13 @@ Tensor Tensor::slice(std::int64_t d, std::int64_t start, std::int64_t stop, std:
   auto clamp = [n](std::int64_t i) { return std::clamp<std::int64_t>(i < 0 ? i + n : i, 0, n); };
   start = clamp(start);
   stop = clamp(stop);
-  const std::int64_t len = stop > start ? (stop - start + step - 1) / step : 0;
+  // Not (stop - start + step - 1) / step, which overflows for a huge step.
+  const std::int64_t len = stop > start ? (stop - start - 1) / step + 1 : 0;
   Shape shape = shape_, strides = strides_;
   shape[d] = len;
-  strides[d] *= step;
+  // With two or more elements step < n, so the product stays within the storage's offsets; one
+  // element never advances, and a huge step times its stride could overflow.
+  if (len > 1) strides[d] *= step;
   return make_view(*this, offset_ + (len ? start * strides_[d] : 0), std::move(shape),
                    std::move(strides));
 }

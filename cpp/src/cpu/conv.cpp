@@ -14,6 +14,7 @@
 #include <type_traits>
 #include <utility>
 
+#include "core/checked_math.hpp"
 #include "cpu/copy_short.hpp"
 #include "cpu/gemm.hpp"
 #include "cpu/microkernels.hpp"
@@ -35,26 +36,32 @@ std::vector<std::int64_t> per_dim(const std::vector<std::int64_t>& values, int d
   return values.size() == 1 ? std::vector<std::int64_t>(dims, values[0]) : values;
 }
 
-// Before/after padding of one spatial dim and its output size.
+// One spatial dim resolved: its before/after padding, padded size and output size.
 struct Resolved {
-  std::int64_t pad_before, pad_after, out;
+  std::int64_t pad_before, pad_after, padded, out;
 };
 
-Resolved resolve_dim(std::int64_t n, std::int64_t f, std::int64_t s, std::int64_t d,
-                     const PaddingSpec& padding, std::int64_t explicit_pad) {
-  const std::int64_t span = d * (f - 1) + 1;
+// n and span (the dilated kernel's extent) are at most kMaxSpatialExtent; s is any stride.
+// Returns nullopt where the padded size would exceed kMaxSpatialExtent.
+std::optional<Resolved> resolve_dim(std::int64_t n, std::int64_t span, std::int64_t s,
+                                    const PaddingSpec& padding, std::int64_t explicit_pad) {
+  std::int64_t before = 0, after = 0;
   switch (padding.kind) {
     case PaddingSpec::Kind::same: {
-      // TensorFlow's rule: out = ceil(n / s), the extra padding going after when odd.
-      const std::int64_t out = (n + s - 1) / s;
+      // TensorFlow's rule: out = ceil(n / s), the extra padding going after when odd. Then
+      // (out - 1) * s < n: no overflow, whatever the stride.
+      const std::int64_t out = (n - 1) / s + 1;
       const std::int64_t total = std::max<std::int64_t>((out - 1) * s + span - n, 0);
-      return {total / 2, total - total / 2, out};
+      before = total / 2;
+      after = total - before;
+      break;
     }
-    case PaddingSpec::Kind::valid: return {0, 0, n >= span ? (n - span) / s + 1 : 0};
-    case PaddingSpec::Kind::explicit_sizes: break;
+    case PaddingSpec::Kind::valid: break;
+    case PaddingSpec::Kind::explicit_sizes: before = after = explicit_pad; break;
   }
-  const std::int64_t padded = n + 2 * explicit_pad;
-  return {explicit_pad, explicit_pad, padded >= span ? (padded - span) / s + 1 : 0};
+  const MaybeSize padded = checked_add(n, checked_add(before, after));
+  if (!padded || *padded > kMaxSpatialExtent) return std::nullopt;
+  return Resolved{before, after, *padded, *padded >= span ? (*padded - span) / s + 1 : 0};
 }
 
 void check_conv_operands(const Tensor& x, const Tensor& w, const Tensor& bias, int dims) {
@@ -1545,31 +1552,52 @@ ConvGeometry ConvGeometry::make(const Shape& x, const Shape& w, const ConvOption
   check(g.K > 0, "weight: no filters in shape ", shape_text(w));
   check(g.K % g.groups == 0, "weight: K=", g.K, " filters in ", shape_text(w),
         " are not divisible by groups=", g.groups);
-  check(g.C == w[1] * g.groups, "weight: ", shape_text(w), " expects C = ", w[1], " x groups ",
-        g.groups, " = ", w[1] * g.groups, " input channels, but x ", shape_text(x), " has C = ", g.C);
+  const MaybeSize expected_channels = checked_mul(w[1], g.groups);
+  check(expected_channels == g.C, "weight: ", shape_text(w), " expects C = ", w[1], " x groups ", g.groups,
+        expected_channels ? " = " + std::to_string(*expected_channels) : std::string(" (past int64)"),
+        " input channels, but x ", shape_text(x), " has C = ", g.C);
   g.H = spatial_dims == 2 ? x[2] : 1;
   g.W = x[rank - 1];
   g.R = spatial_dims == 2 ? w[2] : 1;
   g.S = w[rank - 1];
   check(g.H > 0 && g.W > 0, "x: empty spatial size in shape ", shape_text(x));
   check(g.R > 0 && g.S > 0, "weight: empty kernel in shape ", shape_text(w));
+  check(g.H <= kMaxSpatialExtent && g.W <= kMaxSpatialExtent, "x: a spatial size of ", shape_text(x),
+        " exceeds ", kMaxSpatialExtent);
   const int hd = spatial_dims == 2 ? 0 : -1, wd = spatial_dims - 1;
   g.stride_h = hd >= 0 ? stride[hd] : 1;
   g.dil_h = hd >= 0 ? dilation[hd] : 1;
   g.stride_w = stride[wd];
   g.dil_w = dilation[wd];
-  const Resolved rh = hd >= 0 ? resolve_dim(g.H, g.R, g.stride_h, g.dil_h, options.padding, pads[hd])
-                              : Resolved{0, 0, 1};
-  const Resolved rw = resolve_dim(g.W, g.S, g.stride_w, g.dil_w, options.padding, pads[wd]);
-  const std::int64_t span_h = g.dil_h * (g.R - 1) + 1, span_w = g.dil_w * (g.S - 1) + 1;
-  check(span_h <= g.H + rh.pad_before + rh.pad_after && span_w <= g.W + rw.pad_before + rw.pad_after,
-        "weight: kernel ", shape_text(w), " with dilation ", shape_text(dilation),
-        " spans more than the padded input ", shape_text(x), " (padding ", rh.pad_before, "+",
-        rh.pad_after, ", ", rw.pad_before, "+", rw.pad_after, ")");
-  g.pad_top = rh.pad_before;
-  g.pad_left = rw.pad_before;
-  g.P = rh.out;
-  g.Q = rw.out;
+  const MaybeSize span_h = checked_add(checked_mul(g.dil_h, g.R - 1), 1);
+  const MaybeSize span_w = checked_add(checked_mul(g.dil_w, g.S - 1), 1);
+  const auto within_extent = [](MaybeSize size) { return size && *size <= kMaxSpatialExtent; };
+  check(within_extent(span_h) && within_extent(span_w), "dilation: kernel ", shape_text(w),
+        " with dilation ", shape_text(dilation), " spans more than ", kMaxSpatialExtent, " elements");
+  const auto rh = hd >= 0 ? resolve_dim(g.H, *span_h, g.stride_h, options.padding, pads[hd])
+                          : Resolved{0, 0, 1, 1};
+  const auto rw = resolve_dim(g.W, *span_w, g.stride_w, options.padding, pads[wd]);
+  const bool same = options.padding.kind == PaddingSpec::Kind::same;
+  check(rh && rw, "padding: x ", shape_text(x), " with ", same ? "'same' padding" : "padding ",
+        same ? std::string() : shape_str(pads), " for kernel ", shape_text(w), ", dilation ",
+        shape_text(dilation), " and stride ", shape_text(stride), " is padded past ", kMaxSpatialExtent,
+        " elements");
+  check(*span_h <= rh->padded && *span_w <= rw->padded, "weight: kernel ", shape_text(w), " with dilation ",
+        shape_text(dilation), " spans more than the padded input ", shape_text(x), " (padding ",
+        rh->pad_before, "+", rh->pad_after, ", ", rw->pad_before, "+", rw->pad_after, ")");
+  g.pad_top = rh->pad_before;
+  g.pad_left = rw->pad_before;
+  g.P = rh->out;
+  g.Q = rw->out;
+  // Along a dim with one output the stride moves no window: capped at the padded size it keeps
+  // the kernels' offsets (a window's start plus a stride) and their loops over the stride's
+  // phases within the input's scale.
+  if (g.P == 1) g.stride_h = std::min(g.stride_h, rh->padded);
+  if (g.Q == 1) g.stride_w = std::min(g.stride_w, rw->padded);
+  check(allocatable_numel(g.output_shape()).has_value(), "output: x ", shape_text(x), " and weight ",
+        shape_text(w), " with stride ", shape_text(stride), ", padding ", rh->pad_before, "+",
+        rh->pad_after, ", ", rw->pad_before, "+", rw->pad_after, " and dilation ", shape_text(dilation),
+        " give an output ", shape_text(g.output_shape()), " of too many elements");
   return g;
 }
 

@@ -9,6 +9,7 @@
 #include <limits>
 #include <type_traits>
 
+#include "core/checked_math.hpp"
 #include "cpu/microkernels.hpp"
 #include "cpu/op_support.hpp"
 #include "cpu/pool_planes.hpp"
@@ -31,15 +32,16 @@ std::vector<std::int64_t> per_dim(const std::vector<std::int64_t>& v, int dims, 
   return v.size() == 1 ? std::vector<std::int64_t>(dims, v[0]) : v;
 }
 
-std::int64_t floor_div(std::int64_t a, std::int64_t b) {
-  return a >= 0 ? a / b : -((-a + b - 1) / b);
-}
+// a / b rounded down, for b > 0 (without -a + b - 1, which overflows for a huge b).
+std::int64_t floor_div(std::int64_t a, std::int64_t b) { return a / b - (a % b < 0); }
 
-// PyTorch's pooling_output_shape: with ceil_mode a last window starting in the right padding is
-// dropped.
-std::int64_t pooled_size(std::int64_t n, std::int64_t k, std::int64_t s, std::int64_t p,
+// PyTorch's pooling_output_shape, floor((padded - k + (ceil_mode ? s - 1 : 0)) / s) + 1, with
+// the quotient rounded up instead of s - 1 added, which overflows for a huge stride; with
+// ceil_mode a last window starting in the right padding is dropped. padded = n + 2p is at most
+// kMaxSpatialExtent, so (out - 1) * s < padded - k + s fits whatever the stride.
+std::int64_t pooled_size(std::int64_t n, std::int64_t padded, std::int64_t k, std::int64_t s, std::int64_t p,
                          bool ceil_mode) {
-  std::int64_t out = floor_div(n + 2 * p - k + (ceil_mode ? s - 1 : 0), s) + 1;
+  std::int64_t out = (ceil_mode ? -floor_div(k - padded, s) : floor_div(padded - k, s)) + 1;
   if (ceil_mode && out > 0 && (out - 1) * s >= n + p) --out;
   return out;
 }
@@ -263,8 +265,8 @@ PoolGeometry PoolGeometry::make(const Shape& x, const PoolOptions& options, int 
     check(k[d] >= 1, op, ": kernel_size must be positive, got ", shape_text(k));
     check(s[d] >= 1, op, ": stride must be positive, got ", shape_text(s));
     check(p[d] >= 0, op, ": padding must be non-negative, got ", shape_text(p));
-    check(2 * p[d] <= k[d], op, ": padding ", shape_text(p),
-          " must be at most half of kernel_size ", shape_text(k));
+    check(p[d] <= k[d] / 2, op, ": padding ", shape_text(p), " must be at most half of kernel_size ",
+          shape_text(k));
   }
   PoolGeometry g;
   g.N = x[0];
@@ -279,10 +281,27 @@ PoolGeometry PoolGeometry::make(const Shape& x, const PoolOptions& options, int 
   g.pad_w = p.back();
   g.count_include_pad = options.count_include_pad;
   g.spatial_dims = spatial_dims;
-  g.P = pooled_size(g.H, g.kernel_h, g.stride_h, g.pad_h, options.ceil_mode);
-  g.Q = pooled_size(g.W, g.kernel_w, g.stride_w, g.pad_w, options.ceil_mode);
+  check(g.H <= kMaxSpatialExtent && g.W <= kMaxSpatialExtent, op, ": x: a spatial size of ", shape_text(x),
+        " exceeds ", kMaxSpatialExtent);
+  // 2p <= k fits; the padded sizes bound every window offset, and their product the average's
+  // divisor (a window's area with count_include_pad).
+  const MaybeSize padded_h = checked_add(g.H, 2 * g.pad_h), padded_w = checked_add(g.W, 2 * g.pad_w);
+  const auto within_extent = [](MaybeSize size) { return size && *size <= kMaxSpatialExtent; };
+  check(within_extent(padded_h) && within_extent(padded_w), op,
+        ": padding ", shape_text(p), " pads x ", shape_text(x), " past ", kMaxSpatialExtent, " elements");
+  check(checked_mul(padded_h, padded_w).has_value(), op, ": padding ", shape_text(p), " pads a plane of x ",
+        shape_text(x), " past the int64 range");
+  g.P = pooled_size(g.H, *padded_h, g.kernel_h, g.stride_h, g.pad_h, options.ceil_mode);
+  g.Q = pooled_size(g.W, *padded_w, g.kernel_w, g.stride_w, g.pad_w, options.ceil_mode);
   check(g.P >= 1 && g.Q >= 1, op, ": kernel_size ", shape_text(k),
         " is larger than the padded input: x has shape ", shape_text(x), ", padding ", shape_text(p));
+  // Along a dim with one output the stride moves no window: capped at the padded size it keeps
+  // the kernels' window offsets (a start plus a stride) within int64.
+  if (g.P == 1) g.stride_h = std::min(g.stride_h, *padded_h);
+  if (g.Q == 1) g.stride_w = std::min(g.stride_w, *padded_w);
+  check(allocatable_numel(g.output_shape()).has_value(), op, ": the output ", shape_text(g.output_shape()),
+        " of x ", shape_text(x), " with kernel_size ", shape_text(k), ", stride ", shape_text(s),
+        " and padding ", shape_text(p), " has too many elements");
   return g;
 }
 

@@ -9,6 +9,7 @@
 #include <cmath>
 #include <vector>
 
+#include "core/checked_math.hpp"
 #include "cpu/op_support.hpp"
 
 namespace juanji {
@@ -27,7 +28,9 @@ void convolve_window(const T* f, std::int64_t n, const T* g, std::int64_t m, std
   }
   constexpr std::int64_t chunk = 4096;
   const std::int64_t chunks = (len + chunk - 1) / chunk;
-#pragma omp parallel for num_threads(::juanji::get_num_threads()) schedule(static) if (len * m >= cpu::kParallelGrain)
+  // The work count in double: it can pass int64's range.
+  const bool parallel = static_cast<double>(len) * m >= cpu::kParallelGrain;
+#pragma omp parallel for num_threads(::juanji::get_num_threads()) schedule(static) if (parallel)
   for (std::int64_t c = 0; c < chunks; ++c) {
     const std::int64_t o0 = c * chunk;
     const std::int64_t o1 = std::min(len, o0 + chunk);
@@ -55,7 +58,9 @@ void convolve2d_window(const T* a, std::int64_t H, std::int64_t W, const T* k, s
     std::swap(H, R);
     std::swap(W, S);
   }
-#pragma omp parallel for num_threads(::juanji::get_num_threads()) schedule(static) if (rows * cols * R * S >= cpu::kParallelGrain)
+  // The work count in double: it can pass int64's range.
+  const bool parallel = static_cast<double>(rows) * cols * R * S >= cpu::kParallelGrain;
+#pragma omp parallel for num_threads(::juanji::get_num_threads()) schedule(static) if (parallel)
   for (std::int64_t i = 0; i < rows; ++i) {
     T* dst = out + i * cols - c0;  // dst[y] is full column y
     std::fill(dst + c0, dst + c0 + cols, T(0));
@@ -78,6 +83,13 @@ void check_signal_input(const Tensor& t, const char* op, const char* name, int d
   check(t.dim() == dims, op, ": ", name, ": expected a ", dims, "-d tensor, got shape ",
         shape_text(t.shape()));
   check(t.numel() > 0, op, ": ", name, " must not be empty, got shape ", shape_text(t.shape()));
+}
+
+// The output of two inputs can be larger than a tensor may be (the 'full' mode's sizes add up).
+void check_signal_output(const Shape& out, const char* op, const char* a_name, const Tensor& a,
+                         const char* b_name, const Tensor& b) {
+  check(allocatable_numel(out).has_value(), op, ": the output ", shape_text(out), " of ", a_name, " ",
+        shape_text(a.shape()), " and ", b_name, " ", shape_text(b.shape()), " has too many elements");
 }
 
 Tensor signal_1d(const Tensor& f_in, const Tensor& g_in, SignalMode mode, bool correlation,
@@ -103,6 +115,7 @@ Tensor signal_1d(const Tensor& f_in, const Tensor& g_in, SignalMode mode, bool c
       start = (small - 1) / 2;
     len = big;
   }
+  check_signal_output({len}, op, "f", f_in, "g", g_in);
   const Tensor f = f_in.contiguous();
   const Tensor g = g_in.contiguous();
   Tensor out = Tensor::empty({len}, f.dtype());
@@ -145,6 +158,7 @@ Tensor signal_2d(const Tensor& a_in, const Tensor& k_in, SignalMode mode, bool c
     rows = std::max(H, R) - std::min(H, R) + 1;
     cols = std::max(W, S) - std::min(W, S) + 1;
   }
+  check_signal_output({rows, cols}, op, "a", a_in, "k", k_in);
   const Tensor a = a_in.contiguous();
   const Tensor k = k_in.contiguous();
   Tensor out = Tensor::empty({rows, cols}, a.dtype());
@@ -165,6 +179,12 @@ Tensor signal_2d(const Tensor& a_in, const Tensor& k_in, SignalMode mode, bool c
 void check_kernel_dtype(DType dtype, const char* op) {
   check_type(dtype == DType::float32 || dtype == DType::float64, "kernels.", op,
              ": dtype must be float32 or float64, got ", dtype_name(dtype));
+}
+
+// Before the n * n values are computed: a tensor of (n, n) must be possible.
+void check_kernel_size(std::int64_t n, const char* op) {
+  check(allocatable_numel({n, n}).has_value(), "kernels.", op, ": n = ", n,
+        " makes a kernel of too many elements");
 }
 
 Tensor kernel_from(const std::vector<double>& values, std::int64_t n, DType dtype) {
@@ -210,6 +230,7 @@ namespace kernels {
 Tensor box(std::int64_t n, DType dtype) {
   check_kernel_dtype(dtype, "box");
   check(n >= 1, "kernels.box: n must be positive, got ", n);
+  check_kernel_size(n, "box");
   return kernel_from(std::vector<double>(n * n, 1.0 / static_cast<double>(n * n)), n, dtype);
 }
 
@@ -217,6 +238,7 @@ Tensor box(std::int64_t n, DType dtype) {
 Tensor gaussian(std::int64_t n, double sigma, DType dtype) {
   check_kernel_dtype(dtype, "gaussian");
   check(n >= 1, "kernels.gaussian: n must be positive, got ", n);
+  check_kernel_size(n, "gaussian");
   check(std::isfinite(sigma) && sigma > 0, "kernels.gaussian: sigma must be positive, got ",
         sigma);
   const double c = (n - 1) / 2.0;

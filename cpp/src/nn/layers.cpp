@@ -4,6 +4,7 @@
 #include <sstream>
 #include <utility>
 
+#include "core/checked_math.hpp"
 #include "juanji/build_config.hpp"
 #if JUANJI_WITH_CUDA
 #include "cuda/ops.hpp"
@@ -124,6 +125,9 @@ Conv::Conv(int spatial_dims, std::int64_t in_channels, std::int64_t out_channels
   for (auto k : kernel_size_) check(k > 0, name, ": kernel_size must be positive, got ", shape_text(kernel_size_));
   Shape wshape{out_channels, in_channels / options_.groups};
   wshape.insert(wshape.end(), kernel_size_.begin(), kernel_size_.end());
+  check(allocatable_numel(wshape).has_value(), name, ": in_channels ", in_channels, ", out_channels ",
+        out_channels, " and kernel_size ", shape_text(kernel_size_), " make a weight ", shape_text(wshape),
+        " of too many elements");
   double receptive = 1;
   for (auto k : kernel_size_) receptive *= static_cast<double>(k);
   const double fan_in = static_cast<double>(in_channels / options_.groups) * receptive;
@@ -211,6 +215,8 @@ Linear::Linear(std::int64_t in_features, std::int64_t out_features, bool bias, I
     : in_features_(in_features), out_features_(out_features) {
   check(in_features > 0 && out_features > 0, "Linear: in_features ", in_features,
         " and out_features ", out_features, " must be positive");
+  check(allocatable_numel({out_features, in_features}).has_value(), "Linear: in_features ", in_features,
+        " and out_features ", out_features, " make a weight of too many elements");
   weight_ = add_parameter("weight",
                           initial_weight({out_features, in_features}, static_cast<double>(in_features),
                                          static_cast<double>(out_features), init),
@@ -509,9 +515,9 @@ const Tensor& Dropout::backward(const Tensor& grad_y, bool need_grad_x) {
 
 Shape Flatten::output_shape(const Shape& input) const {
   check(input.size() >= 1, "Flatten: expected a batched input, got ", shape_text(input));
-  std::int64_t features = 1;
-  for (std::size_t i = 1; i < input.size(); ++i) features *= input[i];
-  return {input[0], features};
+  const MaybeSize features = allocatable_numel(Shape(input.begin() + 1, input.end()));
+  check(features.has_value(), "Flatten: input ", shape_text(input), " has too many features");
+  return {input[0], *features};
 }
 
 const Tensor& Flatten::forward(const Tensor& x, bool) {

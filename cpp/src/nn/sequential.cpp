@@ -243,9 +243,11 @@ std::string Sequential::summary(const Shape& input_shape) const {
     total_params += params;
     total_flops += flops;
     const Shape per_sample(shape.begin() + 1, shape.end());
+    // FLOPs print as the double they are: for a large input they pass int64's range, and their
+    // column's width, so a space keeps them apart from the parameters.
     out << std::left << std::setw(4) << i << std::setw(16) << layer.type() << std::setw(22)
-        << shape_str(per_sample) << std::right << std::setw(12) << params << std::setw(14)
-        << static_cast<std::int64_t>(flops) << "\n";
+        << shape_str(per_sample) << std::right << std::setw(12) << params << ' ' << std::setw(13)
+        << std::fixed << std::setprecision(0) << flops << "\n";
   }
   out << "total: " << total_params << " parameters, " << std::fixed << std::setprecision(2)
       << total_flops / 1e6 << " MFLOPs per sample (forward)\n";

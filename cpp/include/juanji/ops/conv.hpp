@@ -32,13 +32,15 @@ struct ConvGeometry {
   std::int64_t N, C, H, W;     // input
   std::int64_t K, R, S;        // weight: K filters of (C/groups, R, S)
   std::int64_t P, Q;           // output height, width
-  std::int64_t stride_h, stride_w;
+  std::int64_t stride_h, stride_w;  // at most the padded size along a dim with one output
   std::int64_t pad_top, pad_left;  // bottom/right padding is implied by P, Q
   std::int64_t dil_h, dil_w;
   std::int64_t groups;
   std::int64_t spatial_dims;   // 1 for conv1d, 2 for conv2d
 
   // Validates shapes and options (ValueError naming the argument) and resolves "same"/"valid".
+  // Padded sizes and dilated kernels may span up to 2^61 - 1 elements, and the output must be
+  // a shape a tensor can have.
   static ConvGeometry make(const Shape& x, const Shape& w, const ConvOptions& options,
                            int spatial_dims);
   Shape output_shape() const;

@@ -29,6 +29,8 @@ struct PoolGeometry {
   bool count_include_pad;
   std::int64_t spatial_dims;
 
+  // Padded sizes may be up to 2^61 - 1 and a padded plane's area must fit in int64; along a dim
+  // with one output the stride is capped at the padded size.
   static PoolGeometry make(const Shape& x, const PoolOptions& options, int spatial_dims,
                            const char* op);
   Shape output_shape() const;
