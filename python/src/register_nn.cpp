@@ -3,6 +3,7 @@
 
 #include "bind_util.hpp"
 #include "juanji/nn/sequential.hpp"
+#include "juanji/runtime.hpp"
 
 namespace juanji::bind {
 namespace {
@@ -18,10 +19,12 @@ nn::Init init_arg(const std::string& init) {
 
 // Runs f with the GIL released and then `mutex` held: a thread waiting for a model's lock must not
 // hold the GIL, which the lock's holder may need (to release a NumPy array it no longer uses).
+// The caller counts as one of the threads running work at once (see ConcurrentCaller).
 template <class F>
 auto locked(std::recursive_mutex& mutex, F&& f) {
   py::gil_scoped_release release;
   const std::lock_guard<std::recursive_mutex> lock(mutex);
+  const ConcurrentCaller caller;
   return f();
 }
 

@@ -29,6 +29,20 @@ void set_num_threads(std::int64_t n);
 int get_num_threads();
 int max_num_threads();
 
+// Concurrent callers (threads running model work at the same time, each marked by a
+// ConcurrentCaller while it does) share the threads instead of each starting a full team: the
+// parallel regions of each run with team_size() = get_num_threads() / callers threads, at least
+// one. Two teams of a full size on the same cores spin against each other. Results do not depend
+// on the team size. Nested marks on one thread count once.
+class ConcurrentCaller {
+ public:
+  ConcurrentCaller();
+  ~ConcurrentCaller();
+  ConcurrentCaller(const ConcurrentCaller&) = delete;
+  ConcurrentCaller& operator=(const ConcurrentCaller&) = delete;
+};
+int team_size();
+
 // Tensor storages allocated since the library loaded (a training step after the first adds none).
 std::uint64_t storage_allocations();
 

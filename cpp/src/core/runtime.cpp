@@ -135,6 +135,27 @@ void set_num_threads(std::int64_t n) {
 
 int get_num_threads() { return thread_count().load(std::memory_order_relaxed); }
 
+namespace {
+
+std::atomic<int> concurrent_callers{0};
+thread_local int caller_depth = 0;
+
+}  // namespace
+
+ConcurrentCaller::ConcurrentCaller() {
+  if (caller_depth++ == 0) concurrent_callers.fetch_add(1, std::memory_order_relaxed);
+}
+
+ConcurrentCaller::~ConcurrentCaller() {
+  if (--caller_depth == 0) concurrent_callers.fetch_sub(1, std::memory_order_relaxed);
+}
+
+int team_size() {
+  const int threads = get_num_threads();
+  const int callers = concurrent_callers.load(std::memory_order_relaxed);
+  return callers > 1 ? std::max(1, threads / callers) : threads;
+}
+
 std::uint64_t storage_allocations() { return device::allocation_count(); }
 
 bool cuda_compiled() { return JUANJI_WITH_CUDA != 0; }

@@ -163,7 +163,7 @@ std::int64_t images_per_gemm(const ConvGeometry& g) {
 template <class Body>
 void for_each_batch(std::int64_t N, std::int64_t per_batch, Body body) {
   const std::int64_t batches = (N + per_batch - 1) / per_batch;
-  const int threads = get_num_threads();
+  const int threads = team_size();
   auto run = [&](std::int64_t b, bool threaded) {
     const std::int64_t first = b * per_batch;
     body(first, std::min(per_batch, N - first), threaded);
@@ -275,7 +275,7 @@ void direct_conv_passes(const ConvGeometry& g, const float* src, std::int64_t sr
   }
   const std::int64_t jobs = g.N * g.groups;
   cpu::RegionErrors errors;
-#pragma omp parallel for num_threads(::juanji::get_num_threads()) schedule(static) if (jobs > 1)
+#pragma omp parallel for num_threads(::juanji::team_size()) schedule(static) if (jobs > 1)
   for (std::int64_t job = 0; job < jobs; ++job) errors.guard([&] {
     const std::int64_t n = job / g.groups, grp = job % g.groups;
     float* padded = cpu::workspace<float>(cpu::WorkspaceSlot::columns, in_g * padded_h * padded_w);
@@ -349,10 +349,10 @@ void image_lane_backward_data(const ConvGeometry& g, const float* dy, const Dire
   const cpu::KernelSet& kernels = cpu::active_kernels();
   const std::int64_t lanes = kernels.direct_conv_lanes, PQ = g.P * g.Q, HW = g.H * g.W;
   const std::int64_t src_w = std::max(pass.left + g.Q, g.W + g.dil_w * (g.S - 1));
-  const std::int64_t image_groups = (g.N + lanes - 1) / lanes, threads = get_num_threads();
+  const std::int64_t image_groups = (g.N + lanes - 1) / lanes, threads = team_size();
   const std::int64_t row_ranges = std::clamp<std::int64_t>((2 * threads + image_groups - 1) / image_groups, 1, g.H);
   cpu::RegionErrors errors;
-#pragma omp parallel for num_threads(::juanji::get_num_threads()) schedule(static) if (image_groups * row_ranges > 1)
+#pragma omp parallel for num_threads(::juanji::team_size()) schedule(static) if (image_groups * row_ranges > 1)
   for (std::int64_t job = 0; job < image_groups * row_ranges; ++job) errors.guard([&] {
     const std::int64_t first = job / row_ranges * lanes, images = std::min(lanes, g.N - first);
     const std::int64_t range = job % row_ranges;
@@ -404,11 +404,11 @@ void image_lane_backward_weight(const ConvGeometry& g, const float* dy, const fl
   const std::int64_t lanes = kernels.direct_conv_lanes, taps = g.C * g.R * g.S, PQ = g.P * g.Q, HW = g.H * g.W;
   const std::int64_t src_h = std::max(g.P + g.dil_h * (g.R - 1), g.pad_top + g.H);
   const std::int64_t src_w = std::max(g.Q + g.dil_w * (g.S - 1), g.pad_left + g.W);
-  const std::int64_t image_groups = (g.N + lanes - 1) / lanes, threads = get_num_threads();
+  const std::int64_t image_groups = (g.N + lanes - 1) / lanes, threads = team_size();
   const std::int64_t filter_ranges = std::clamp<std::int64_t>((2 * threads + image_groups - 1) / image_groups, 1, g.K);
   float* partials = cpu::workspace<float>(cpu::WorkspaceSlot::partials, image_groups * g.K * taps);
   cpu::RegionErrors errors;
-#pragma omp parallel num_threads(::juanji::get_num_threads())
+#pragma omp parallel num_threads(::juanji::team_size())
   {
 #pragma omp for schedule(static)
     for (std::int64_t job = 0; job < image_groups * filter_ranges; ++job) errors.guard([&] {
@@ -447,7 +447,7 @@ void direct_backward_weight(const ConvGeometry& g, const float* dy, const float*
   const std::int64_t x_plane = padded_h * padded_w, dy_plane = g.P * out_stride;
   float* padded_x = cpu::workspace<float>(cpu::WorkspaceSlot::columns, g.N * g.C * x_plane);
   float* padded_dy = cpu::workspace<float>(cpu::WorkspaceSlot::batch_out, g.N * g.K * dy_plane);
-#pragma omp parallel num_threads(::juanji::get_num_threads())
+#pragma omp parallel num_threads(::juanji::team_size())
   {
 #pragma omp for schedule(static) nowait
     for (std::int64_t plane = 0; plane < g.N * g.C; ++plane)
@@ -539,7 +539,7 @@ template <class Fill>
 const float* pack_filter_blocks(const Correlation& c, std::int64_t block_size, Fill fill) {
   const std::int64_t blocks = c.blocks(), jobs = c.groups * blocks;
   float* packed = cpu::workspace<float>(cpu::WorkspaceSlot::gemm_a, jobs * block_size);
-#pragma omp parallel for num_threads(::juanji::get_num_threads()) schedule(static) if (jobs > 1 && jobs * block_size >= cpu::kParallelGrain)
+#pragma omp parallel for num_threads(::juanji::team_size()) schedule(static) if (jobs > 1 && jobs * block_size >= cpu::kParallelGrain)
   for (std::int64_t job = 0; job < jobs; ++job) {
     float* out = packed + job * block_size;
     std::fill(out, out + block_size, 0.0f);
@@ -553,7 +553,7 @@ const float* pack_filter_blocks(const Correlation& c, std::int64_t block_size, F
 struct FilterBlockJobs {
   std::int64_t outer, blocks, splits;
   FilterBlockJobs(std::int64_t outer_jobs, std::int64_t filter_blocks) : outer(outer_jobs), blocks(filter_blocks) {
-    const std::int64_t wanted = 4 * get_num_threads();
+    const std::int64_t wanted = 4 * team_size();
     splits = std::clamp<std::int64_t>((wanted + outer - 1) / outer, 1, blocks);
   }
   std::int64_t count() const { return outer * splits; }
@@ -577,7 +577,7 @@ void filter_block_correlate(const Correlation& c, const float* src, const float*
   // stem and pw's data gradient ran 8% and 15% slower interleaved).
   const bool interleave = c.in_per_group() * source.height * source.width * std::int64_t{sizeof(float)} > kL2Bytes;
   cpu::RegionErrors errors;
-#pragma omp parallel for num_threads(::juanji::get_num_threads()) schedule(static) if (jobs.count() > 1)
+#pragma omp parallel for num_threads(::juanji::team_size()) schedule(static) if (jobs.count() > 1)
   for (std::int64_t job = 0; job < jobs.count(); ++job) errors.guard([&] {
     const std::int64_t n = jobs.outer_of(job) / c.groups, grp = jobs.outer_of(job) % c.groups;
     const float* planes = source.planes(c, src, n, grp);
@@ -806,7 +806,7 @@ void winograd_correlate(const Correlation& c, const float* src, const float* pac
   const WinogradTiles all(c);
   // Chunks as many as a multiple of the thread count, their bounds on whole 16-tile blocks.
   const std::int64_t wanted = std::clamp<std::int64_t>(kWinogradChunkFloats / (16 * in), 16, kWinogradMaxChunkTiles);
-  const std::int64_t threads = get_num_threads();
+  const std::int64_t threads = team_size();
   const std::int64_t chunks = ((all.total + wanted - 1) / wanted + threads - 1) / threads * threads;
   auto chunk_bound = [&](std::int64_t i) {
     return i == chunks ? all.total : std::min(all.total, (all.total * i / chunks + 8) / 16 * 16);
@@ -815,7 +815,7 @@ void winograd_correlate(const Correlation& c, const float* src, const float* pac
   const std::int64_t out_plane = c.out_h * c.out_w;
   const FilterBlockJobs jobs(c.groups * chunks, blocks);
   cpu::RegionErrors errors;
-#pragma omp parallel for num_threads(::juanji::get_num_threads()) schedule(static) if (jobs.count() > 1)
+#pragma omp parallel for num_threads(::juanji::team_size()) schedule(static) if (jobs.count() > 1)
   for (std::int64_t job = 0; job < jobs.count(); ++job) errors.guard([&] {
     const std::int64_t grp = jobs.outer_of(job) / chunks, chunk = jobs.outer_of(job) % chunks;
     const std::int64_t begin = chunk_bound(chunk), end = chunk_bound(chunk + 1), tiles = end - begin;
@@ -926,7 +926,7 @@ void winograd_grad_block(const ConvGeometry& g, const WinogradTiles& all, const 
 // plane sums (or no db).
 void winograd_weight_from_transformed(const ConvGeometry& g, const WinogradGradLayout& l, std::int64_t grp,
                                       const float* du, const double* plane_sums, float* dw, float* db) {
-#pragma omp parallel for num_threads(::juanji::get_num_threads()) schedule(static)
+#pragma omp parallel for num_threads(::juanji::team_size()) schedule(static)
   for (std::int64_t k = 0; k < l.per_group; ++k) {
     if (db) {
       double bias = 0;
@@ -976,10 +976,10 @@ void winograd_weight_grad_by_halves(const ConvGeometry& g, const Correlation& c,
   float* du = cpu::workspace<float>(cpu::WorkspaceSlot::partials, 16 * l.du_stride);
   double* plane_sums = db ? cpu::workspace<double>(cpu::WorkspaceSlot::plane_sums, g.N * g.K) : nullptr;
   const std::int64_t jobs = 2 * l.blocks;  // job = half * blocks + block
-  const std::int64_t parts = std::min<std::int64_t>(jobs, get_num_threads());
+  const std::int64_t parts = std::min<std::int64_t>(jobs, team_size());
   for (std::int64_t grp = 0; grp < g.groups; ++grp) {
     cpu::RegionErrors errors;
-#pragma omp parallel for num_threads(::juanji::get_num_threads()) schedule(static) if (parts > 1)
+#pragma omp parallel for num_threads(::juanji::team_size()) schedule(static) if (parts > 1)
     for (std::int64_t part = 0; part < parts; ++part) errors.guard([&] {
       const std::int64_t first_job = jobs * part / parts, end_job = jobs * (part + 1) / parts;
       float* v = cpu::workspace<float>(cpu::WorkspaceSlot::gemm_a, 16 * l.v_stride);
@@ -1030,7 +1030,7 @@ void winograd_weight_grad_shared(const ConvGeometry& g, const Correlation& c, co
   double* plane_sums = db ? cpu::workspace<double>(cpu::WorkspaceSlot::plane_sums, g.N * g.K) : nullptr;
   for (std::int64_t grp = 0; grp < g.groups; ++grp) {
     cpu::RegionErrors region_errors;
-#pragma omp parallel num_threads(::juanji::get_num_threads())
+#pragma omp parallel num_threads(::juanji::team_size())
     {
       float* rows = nullptr;
       float* errors = nullptr;
@@ -1096,7 +1096,7 @@ void filter_block_backward_weight(const ConvGeometry& g, const float* dy, const 
   double* plane_sums = db ? cpu::workspace<double>(cpu::WorkspaceSlot::plane_sums, g.N * g.K) : nullptr;
   const FilterBlockJobs jobs(chunks * g.groups, blocks);
   cpu::RegionErrors errors;
-#pragma omp parallel for num_threads(::juanji::get_num_threads()) schedule(static) if (jobs.count() > 1)
+#pragma omp parallel for num_threads(::juanji::team_size()) schedule(static) if (jobs.count() > 1)
   for (std::int64_t job = 0; job < jobs.count(); ++job) errors.guard([&] {
     const std::int64_t chunk = jobs.outer_of(job) / g.groups, grp = jobs.outer_of(job) % g.groups;
     const std::int64_t kb_begin = jobs.first_block(job), kb_end = jobs.end_block(job);
@@ -1120,7 +1120,7 @@ void filter_block_backward_weight(const ConvGeometry& g, const float* dy, const 
     }
   });
   errors.rethrow();
-#pragma omp parallel for num_threads(::juanji::get_num_threads()) schedule(static)
+#pragma omp parallel for num_threads(::juanji::team_size()) schedule(static)
   for (std::int64_t filter = 0; filter < g.K; ++filter) {
     const std::int64_t grp = filter / Kg, kb = filter % Kg / cpu::kFilterBlock, k = filter % Kg % cpu::kFilterBlock;
     const float* first = partials + (grp * blocks + kb) * block_size + k;
@@ -1365,7 +1365,7 @@ void strided_backward_data(const ConvGeometry& g, const float* dy, const float* 
       const std::int64_t phase_plane = rows.count * cols.count;
       if (phase_plane == 0) continue;
       if (rows.taps == 0 || cols.taps == 0) {  // no tap reaches these rows and columns
-#pragma omp parallel for num_threads(::juanji::get_num_threads()) schedule(static) if (planes * phase_plane >= cpu::kParallelGrain)
+#pragma omp parallel for num_threads(::juanji::team_size()) schedule(static) if (planes * phase_plane >= cpu::kParallelGrain)
         for (std::int64_t plane = 0; plane < planes; ++plane)
           for (std::int64_t i = 0; i < rows.count; ++i)
             for (std::int64_t j = 0; j < cols.count; ++j)
@@ -1388,7 +1388,7 @@ void strided_backward_data(const ConvGeometry& g, const float* dy, const float* 
           for (std::int64_t s = 0; s < sub.S; ++s) sub_w[(kc * sub.R + r) * sub.S + s] = phase_tap(g, w, rows, cols, kc, r, s);
       float* phase = cpu::workspace<float>(cpu::WorkspaceSlot::phase_grad, planes * phase_plane);
       backward_data_impl<float>(sub, dy, sub_w, phase);
-#pragma omp parallel for num_threads(::juanji::get_num_threads()) schedule(static) if (planes * phase_plane >= cpu::kParallelGrain)
+#pragma omp parallel for num_threads(::juanji::team_size()) schedule(static) if (planes * phase_plane >= cpu::kParallelGrain)
       for (std::int64_t plane = 0; plane < planes; ++plane)
         spread_phase(g, phase + plane * phase_plane, 1, rows, cols, dx + plane * g.H * g.W);
     }
@@ -1445,7 +1445,7 @@ void backward_data_impl(const ConvGeometry& g, const T* dy, const T* w, T* dx) {
 template <class T>
 void bias_grad(const ConvGeometry& g, const T* dy, T* db) {
   const std::int64_t PQ = g.P * g.Q;
-#pragma omp parallel for num_threads(::juanji::get_num_threads()) schedule(static)
+#pragma omp parallel for num_threads(::juanji::team_size()) schedule(static)
   for (std::int64_t k = 0; k < g.K; ++k) {
     double sum = 0;
     for (std::int64_t n = 0; n < g.N; ++n) {
@@ -1509,9 +1509,9 @@ void backward_weight_impl(const ConvGeometry& g, const T* dy, const T* x, T* dw,
     }
   };
   if (chunks > 1) {
-#pragma omp parallel for num_threads(::juanji::get_num_threads()) schedule(static)
+#pragma omp parallel for num_threads(::juanji::team_size()) schedule(static)
     for (std::int64_t c = 0; c < chunks; ++c) run_chunk(c, false);
-#pragma omp parallel for num_threads(::juanji::get_num_threads()) schedule(static)
+#pragma omp parallel for num_threads(::juanji::team_size()) schedule(static)
     for (std::int64_t i = 0; i < weights; ++i) {
       T sum = partials[i];
       for (std::int64_t c = 1; c < chunks; ++c) sum += partials[c * weights + i];

@@ -28,7 +28,7 @@ using cpu::dispatch_float;
 // out[i] = f(i) for i in [0, n).
 template <class T, class F>
 void for_each_index(std::int64_t n, T* out, const F& f) {
-#pragma omp parallel num_threads(::juanji::get_num_threads()) if (n >= cpu::kParallelGrain)
+#pragma omp parallel num_threads(::juanji::team_size()) if (n >= cpu::kParallelGrain)
   {
     // A per-thread copy: the shared functor's captures could alias `out` as far as the compiler
     // knows, which stops it from vectorising (leaky ReLU ran 25x slower).
@@ -228,14 +228,14 @@ template <class T, SoftmaxOp Op>
 void softmax_kernel(const T* x, const T* g, T* out, const Lines& l) {
   if (l.D == 0) return;
   if (l.inner == 1) {
-#pragma omp parallel for num_threads(::juanji::get_num_threads()) schedule(static) if (l.outer * l.D >= cpu::kParallelGrain)
+#pragma omp parallel for num_threads(::juanji::team_size()) schedule(static) if (l.outer * l.D >= cpu::kParallelGrain)
     for (std::int64_t o = 0; o < l.outer; ++o)
       softmax_row<T, Op>(x + o * l.D, g ? g + o * l.D : nullptr, out + o * l.D, l.D);
     return;
   }
   const std::int64_t blocks = (l.inner + kLaneBlock - 1) / kLaneBlock;
   const std::int64_t tasks = l.outer * blocks;
-#pragma omp parallel for num_threads(::juanji::get_num_threads()) schedule(static) if (l.outer * l.D * l.inner >= cpu::kParallelGrain)
+#pragma omp parallel for num_threads(::juanji::team_size()) schedule(static) if (l.outer * l.D * l.inner >= cpu::kParallelGrain)
   for (std::int64_t t = 0; t < tasks; ++t) {
     const std::int64_t o = t / blocks;
     const std::int64_t j0 = (t % blocks) * kLaneBlock;
@@ -418,7 +418,7 @@ void dropout_forward(const Tensor& x, double p, Tensor& mask, Tensor& y) {
     const auto threshold = static_cast<std::uint64_t>(std::ceil(p * 0x1p53));
     const cpu::Dropout kernel = cpu::active_kernels().dropout_f32;
     constexpr std::int64_t kChunk = 4096;
-#pragma omp parallel for num_threads(::juanji::get_num_threads()) schedule(static) if (n >= cpu::kParallelGrain)
+#pragma omp parallel for num_threads(::juanji::team_size()) schedule(static) if (n >= cpu::kParallelGrain)
     for (std::int64_t first = 0; first < n; first += kChunk)
       kernel({x.data<float>() + first, mask.data<float>() + first, y.data<float>() + first,
               std::min(kChunk, n - first), seed, static_cast<std::uint64_t>(first), threshold, static_cast<float>(scale)});
@@ -430,7 +430,7 @@ void dropout_forward(const Tensor& x, double p, Tensor& mask, Tensor& y) {
     T* md = mask.data<T>();
     T* yd = y.data<T>();
     const T keep = static_cast<T>(scale);
-#pragma omp parallel for num_threads(::juanji::get_num_threads()) schedule(static) if (n >= cpu::kParallelGrain)
+#pragma omp parallel for num_threads(::juanji::team_size()) schedule(static) if (n >= cpu::kParallelGrain)
     for (std::int64_t i = 0; i < n; ++i) {
       md[i] = uniform_at(seed, static_cast<std::uint64_t>(i)) >= p ? keep : T(0);
       yd[i] = xd[i] * md[i];
@@ -673,7 +673,7 @@ void batch_norm2d_forward(const Tensor& x, const Tensor& gamma, const Tensor& be
     const NormForward<T> norm(x, gamma, beta, running_mean, running_var, training, momentum, eps,
                               save_mean, save_invstd);
     T* yd = y.data<T>();
-#pragma omp parallel for num_threads(::juanji::get_num_threads()) schedule(static) if (x.numel() >= cpu::kParallelGrain)
+#pragma omp parallel for num_threads(::juanji::team_size()) schedule(static) if (x.numel() >= cpu::kParallelGrain)
     for (std::int64_t c = 0; c < norm.C; ++c) {
       const auto [scale, shift] = norm.channel(c);
       for (std::int64_t n = 0; n < norm.N; ++n)
@@ -709,7 +709,7 @@ void batch_norm2d_relu_max_pool_forward(const Tensor& x, const Tensor& gamma, co
     const bool in_kernel = std::is_same_v<T, float> && cpu::is_plain_2x2(pool);
     const cpu::KernelSet& kernels = cpu::active_kernels();
     cpu::RegionErrors errors;
-#pragma omp parallel num_threads(::juanji::get_num_threads()) if (x.numel() >= cpu::kParallelGrain)
+#pragma omp parallel num_threads(::juanji::team_size()) if (x.numel() >= cpu::kParallelGrain)
     {
       T* normalized = nullptr;
       if (!in_kernel) errors.guard([&] { normalized = cpu::workspace<T>(cpu::WorkspaceSlot::norm_planes, norm.area); });
@@ -758,7 +758,7 @@ void batch_norm2d_backward(const Tensor& grad_y, const Tensor& x, const Tensor& 
     const NormBackward<T> norm(x, gamma, save_mean, save_invstd, grad_x, grad_gamma, grad_beta,
                                grad_x_sums);
     const T* gy = grad_y.data<T>();
-#pragma omp parallel for num_threads(::juanji::get_num_threads()) schedule(static) if (x.numel() >= cpu::kParallelGrain)
+#pragma omp parallel for num_threads(::juanji::team_size()) schedule(static) if (x.numel() >= cpu::kParallelGrain)
     for (std::int64_t c = 0; c < norm.C; ++c)
       norm.channel(c, [&](std::int64_t n) { return gy + (n * norm.C + c) * norm.area; });
   });
@@ -788,7 +788,7 @@ void batch_norm2d_relu_max_pool_backward(const PoolGeometry& pool, const Tensor&
     const std::int64_t* ad = argmax.data<std::int64_t>();
     const std::int64_t pooled_area = pool.P * pool.Q;
     cpu::RegionErrors errors;
-#pragma omp parallel num_threads(::juanji::get_num_threads()) if (x.numel() >= cpu::kParallelGrain)
+#pragma omp parallel num_threads(::juanji::team_size()) if (x.numel() >= cpu::kParallelGrain)
     {
       T* scattered = nullptr;
       errors.guard([&] { scattered = cpu::workspace<T>(cpu::WorkspaceSlot::norm_planes, norm.N * norm.area); });

@@ -82,7 +82,7 @@ void gemm_with_packer(std::int64_t M, std::int64_t N, std::int64_t K, Matrix<T> 
   // Threads only pay off when there is enough work per fork.
   const bool parallel = threaded && static_cast<double>(M) * N * K > 2e5;
 
-#pragma omp parallel num_threads(::juanji::get_num_threads()) if (parallel)
+#pragma omp parallel num_threads(::juanji::team_size()) if (parallel)
   for (std::int64_t jc = 0; jc < N; jc += block_n) {
     const std::int64_t nc = std::min(block_n, N - jc);
     const std::int64_t b_panels = (nc + nr - 1) / nr;

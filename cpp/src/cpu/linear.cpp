@@ -26,7 +26,7 @@ void backward_impl(std::int64_t N, std::int64_t in, std::int64_t out, const T* d
   if (dx) cpu::gemm<T>(N, in, out, {dy, out, 1}, {w, in, 1}, dx, in, false, true);
   if (dw) cpu::gemm<T>(out, in, N, {dy, 1, out}, {x, in, 1}, dw, in, false, true);
   if (db) {
-#pragma omp parallel for num_threads(::juanji::get_num_threads()) schedule(static) if (N * out > 100000)
+#pragma omp parallel for num_threads(::juanji::team_size()) schedule(static) if (N * out > 100000)
     for (std::int64_t o = 0; o < out; ++o) {
       double sum = 0;
       for (std::int64_t n = 0; n < N; ++n) sum += dy[n * out + o];

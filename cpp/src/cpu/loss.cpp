@@ -25,7 +25,7 @@ double blocked_sum(std::int64_t n, F term) {
   constexpr std::int64_t block = 4096;
   const std::int64_t blocks = (n + block - 1) / block;
   std::vector<double> partial(blocks, 0.0);
-#pragma omp parallel for num_threads(::juanji::get_num_threads()) schedule(static) if (n >= cpu::kParallelGrain)
+#pragma omp parallel for num_threads(::juanji::team_size()) schedule(static) if (n >= cpu::kParallelGrain)
   for (std::int64_t b = 0; b < blocks; ++b) {
     const std::int64_t begin = b * block;
     partial[b] = cpu::sum_lanes(std::min(n, begin + block) - begin,
@@ -116,7 +116,7 @@ Tensor mse_loss(const Tensor& z_in, const Tensor& y_in, Reduction reduction) {
     if (reduction == Reduction::none) {
       Tensor out = Tensor::empty(z.shape(), z.dtype());
       T* od = out.data<T>();
-#pragma omp parallel for num_threads(::juanji::get_num_threads()) schedule(static) if (n >= cpu::kParallelGrain)
+#pragma omp parallel for num_threads(::juanji::team_size()) schedule(static) if (n >= cpu::kParallelGrain)
       for (std::int64_t i = 0; i < n; ++i) {
         const T d = zd[i] - yd[i];
         od[i] = d * d;
@@ -157,7 +157,7 @@ Tensor mse_loss_backward(const Tensor& z_in, const Tensor& y_in, Reduction reduc
     const T* yd = y.data<T>();
     T* gd = grad.data<T>();
     const T f = static_cast<T>(factor);
-#pragma omp parallel for num_threads(::juanji::get_num_threads()) schedule(static) if (n >= cpu::kParallelGrain)
+#pragma omp parallel for num_threads(::juanji::team_size()) schedule(static) if (n >= cpu::kParallelGrain)
     for (std::int64_t i = 0; i < n; ++i) gd[i] = (zd[i] - yd[i]) * f;
   });
   return grad;
@@ -201,7 +201,7 @@ Tensor cross_entropy(const Tensor& logits_in, const Tensor& labels_in, Reduction
     using T = decltype(tag);
     const T* x = logits.data<T>();
     cpu::RegionErrors errors;
-#pragma omp parallel num_threads(::juanji::get_num_threads()) if (N * C >= cpu::kParallelGrain)
+#pragma omp parallel num_threads(::juanji::team_size()) if (N * C >= cpu::kParallelGrain)
     {
       std::vector<T> scratch;
       errors.guard([&] { scratch.resize(static_cast<std::size_t>(C)); });
@@ -247,7 +247,7 @@ Tensor cross_entropy_backward(const Tensor& logits_in, const Tensor& labels_in,
     using T = decltype(tag);
     const T* x = logits.data<T>();
     T* g = grad.data<T>();
-#pragma omp parallel for num_threads(::juanji::get_num_threads()) schedule(static) if (N * C >= cpu::kParallelGrain)
+#pragma omp parallel for num_threads(::juanji::team_size()) schedule(static) if (N * C >= cpu::kParallelGrain)
     for (std::int64_t n = 0; n < N; ++n) ce_row<T>(x + n * C, C, lab[n], g + n * C, scale, nullptr);
   });
   return grad;
@@ -275,7 +275,7 @@ double cross_entropy_mean_into(const Tensor& logits, const Tensor& labels_in, Te
     using T = decltype(tag);
     const T* x = logits.data<T>();
     T* g = grad_logits.data<T>();
-#pragma omp parallel for num_threads(::juanji::get_num_threads()) schedule(static) if (N * C >= cpu::kParallelGrain)
+#pragma omp parallel for num_threads(::juanji::team_size()) schedule(static) if (N * C >= cpu::kParallelGrain)
     for (std::int64_t n = 0; n < N; ++n)
       losses[n] = ce_row<T>(x + n * C, C, lab[n], g + n * C, scale, &predicted[n]);
   });

@@ -1,5 +1,6 @@
-// What every OpenMP region of the CPU backend shares: its team size (the process-wide
-// set_num_threads value, passed to each region as num_threads) and a way to carry exceptions out.
+// What every OpenMP region of the CPU backend shares: its team size (team_size(): the process-wide
+// set_num_threads value, shared out among concurrent callers, passed to each region as
+// num_threads) and a way to carry exceptions out.
 #pragma once
 
 #include <atomic>

@@ -382,7 +382,7 @@ void max_pool_forward(const PoolGeometry& g, const Tensor& x, Tensor& y, Tensor&
     // threads share the work either way while the kernel gets as many rows per call as it can.
     constexpr std::int64_t kWorkItems = 64;
     const std::int64_t parts = std::clamp<std::int64_t>(kWorkItems / planes, 1, g.P);
-#pragma omp parallel for num_threads(::juanji::get_num_threads()) schedule(static) if (parallel)
+#pragma omp parallel for num_threads(::juanji::team_size()) schedule(static) if (parallel)
     for (std::int64_t item = 0; item < planes * parts; ++item) {
       const std::int64_t plane = item / parts, part = item % parts;
       max_pool_rows(g, xd + plane * g.H * g.W, yd + plane * g.P * g.Q,
@@ -413,7 +413,7 @@ void scatter_max_pool_gradient(const PoolGeometry& g, const Tensor& grad_y, cons
     const std::int64_t in_plane = g.H * g.W;
     const std::int64_t out_plane = g.P * g.Q;
     const bool parallel = planes * (in_plane + out_plane) >= cpu::kParallelGrain;
-#pragma omp parallel for num_threads(::juanji::get_num_threads()) schedule(static) if (parallel)
+#pragma omp parallel for num_threads(::juanji::team_size()) schedule(static) if (parallel)
     for (std::int64_t plane = 0; plane < planes; ++plane) {
       cpu::scatter_max_pool_plane(g, gy + plane * out_plane, ad + plane * out_plane,
                                   gd ? gd + plane * out_plane : nullptr, gx + plane * in_plane);
@@ -450,7 +450,7 @@ void avg_pool_forward(const PoolGeometry& g, const Tensor& x, Tensor& y) {
     T* yd = y.data<T>();
     const std::int64_t rows = plane_count(g) * g.P;
     const bool parallel = rows * g.Q * g.kernel_h * g.kernel_w >= cpu::kParallelGrain;
-#pragma omp parallel for num_threads(::juanji::get_num_threads()) schedule(static) if (parallel)
+#pragma omp parallel for num_threads(::juanji::team_size()) schedule(static) if (parallel)
     for (std::int64_t r = 0; r < rows; ++r) {
       const std::int64_t plane = r / g.P;
       avg_pool_row(g, xd + plane * g.H * g.W, yd + plane * g.P * g.Q, r % g.P);
@@ -472,7 +472,7 @@ void avg_pool_backward(const PoolGeometry& g, const Tensor& grad_y, Tensor& grad
     const std::int64_t planes = plane_count(g);
     const bool parallel =
         planes * g.P * g.Q * g.kernel_h * g.kernel_w >= cpu::kParallelGrain;
-#pragma omp parallel for num_threads(::juanji::get_num_threads()) schedule(static) if (parallel)
+#pragma omp parallel for num_threads(::juanji::team_size()) schedule(static) if (parallel)
     for (std::int64_t plane = 0; plane < planes; ++plane)
       avg_pool_backward_plane(g, gy + plane * g.P * g.Q, gx + plane * g.H * g.W);
   });
@@ -528,7 +528,7 @@ Tensor global_avg_pool2d(const Tensor& x_in) {
     T* yd = y.data<T>();
     const std::int64_t planes = s[0] * s[1];
     const std::int64_t area = s[2] * s[3];
-#pragma omp parallel for num_threads(::juanji::get_num_threads()) schedule(static) if (planes * area >= cpu::kParallelGrain)
+#pragma omp parallel for num_threads(::juanji::team_size()) schedule(static) if (planes * area >= cpu::kParallelGrain)
     for (std::int64_t plane = 0; plane < planes; ++plane) {
       const T* xp = xd + plane * area;
       const double sum = cpu::sum_elements(xp, area);
@@ -566,7 +566,7 @@ Tensor global_avg_pool2d_backward(const Tensor& grad_out_in, const Tensor& x) {
     T* gx = grad_x.data<T>();
     const std::int64_t planes = s[0] * s[1];
     const std::int64_t area = s[2] * s[3];
-#pragma omp parallel for num_threads(::juanji::get_num_threads()) schedule(static) if (planes * area >= cpu::kParallelGrain)
+#pragma omp parallel for num_threads(::juanji::team_size()) schedule(static) if (planes * area >= cpu::kParallelGrain)
     for (std::int64_t plane = 0; plane < planes; ++plane) {
       const T share = gy[plane] / static_cast<T>(area);
       std::fill(gx + plane * area, gx + (plane + 1) * area, share);

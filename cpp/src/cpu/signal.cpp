@@ -30,7 +30,7 @@ void convolve_window(const T* f, std::int64_t n, const T* g, std::int64_t m, std
   const std::int64_t chunks = (len + chunk - 1) / chunk;
   // The work count in double: it can pass int64's range.
   const bool parallel = static_cast<double>(len) * m >= cpu::kParallelGrain;
-#pragma omp parallel for num_threads(::juanji::get_num_threads()) schedule(static) if (parallel)
+#pragma omp parallel for num_threads(::juanji::team_size()) schedule(static) if (parallel)
   for (std::int64_t c = 0; c < chunks; ++c) {
     const std::int64_t o0 = c * chunk;
     const std::int64_t o1 = std::min(len, o0 + chunk);
@@ -60,7 +60,7 @@ void convolve2d_window(const T* a, std::int64_t H, std::int64_t W, const T* k, s
   }
   // The work count in double: it can pass int64's range.
   const bool parallel = static_cast<double>(rows) * cols * R * S >= cpu::kParallelGrain;
-#pragma omp parallel for num_threads(::juanji::get_num_threads()) schedule(static) if (parallel)
+#pragma omp parallel for num_threads(::juanji::team_size()) schedule(static) if (parallel)
   for (std::int64_t i = 0; i < rows; ++i) {
     T* dst = out + i * cols - c0;  // dst[y] is full column y
     std::fill(dst + c0, dst + c0 + cols, T(0));

@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "juanji/ops/loss.hpp"
+#include "juanji/runtime.hpp"
 
 namespace juanji::nn {
 
@@ -93,6 +94,7 @@ void Sequential::check_input(const Tensor& x) const {
 
 const Tensor& Sequential::forward(const Tensor& x, bool training) {
   const std::lock_guard<std::recursive_mutex> lock(*mutex_);
+  const ConcurrentCaller caller;
   check_input(x);
   const Tensor* current = &on_model_device(x, input_staging_);
   for (std::size_t i = 0; i < layers_.size(); ++i) {
@@ -119,6 +121,7 @@ const Tensor& Sequential::forward(const Tensor& x, bool training) {
 
 std::vector<Tensor> Sequential::activations(const Tensor& x) {
   const std::lock_guard<std::recursive_mutex> lock(*mutex_);
+  const ConcurrentCaller caller;
   check_input(x);
   std::vector<Tensor> outputs;
   const Tensor* current = &on_model_device(x, input_staging_);
@@ -131,6 +134,7 @@ std::vector<Tensor> Sequential::activations(const Tensor& x) {
 
 double Sequential::train_step(const Tensor& x, const Tensor& target, Loss& loss, optim::SGD& optimizer) {
   const std::lock_guard<std::recursive_mutex> lock(*mutex_);
+  const ConcurrentCaller caller;
   check_defined(target, "target");
   check_input(x);
   check(x.size(0) > 0, "train_step: x is an empty batch, shape ", shape_text(x.shape()));
@@ -185,6 +189,7 @@ double Sequential::train_step(const Tensor& x, const Tensor& target, Loss& loss,
 
 Evaluation Sequential::evaluate(const Tensor& x, const Tensor& target, Loss& loss, std::int64_t batch_size) {
   const std::lock_guard<std::recursive_mutex> lock(*mutex_);
+  const ConcurrentCaller caller;
   check_input(x);
   check(x.size(0) > 0, "evaluate: x is an empty batch, shape ", shape_text(x.shape()));
   check(batch_size > 0, "batch_size: must be positive, got ", batch_size);

@@ -75,7 +75,7 @@ void SGD::step() {
   }
   // The parameters on the CPU in one parallel region: each element is updated on its own, and
   // LeNet's ten parameters (62k elements) were too small to pay for a fork each.
-#pragma omp parallel num_threads(::juanji::get_num_threads()) if (cpu_elements > kParallelElements)
+#pragma omp parallel num_threads(::juanji::team_size()) if (cpu_elements > kParallelElements)
   for (std::size_t i = 0; i < parameters_.size(); ++i) {
     nn::Parameter& p = *parameters_[i];
     if (!p.value.device().is_cpu()) continue;
