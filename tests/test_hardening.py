@@ -19,6 +19,17 @@ from juanji import models, nn, optim
 f32 = np.float32
 
 
+def under_address_sanitizer() -> bool:
+    # Its shadow memory does not work under RLIMIT_AS, and it aborts on impossible allocations.
+    with open("/proc/self/maps") as maps:
+        return "libasan" in maps.read()
+
+
+needs_plain_allocator = pytest.mark.skipif(
+    not sys.platform.startswith("linux") or under_address_sanitizer(),
+    reason="caps memory with RLIMIT_AS (Linux, not under AddressSanitizer)")
+
+
 def run_isolated(code: str, memory_mib: int | None = None) -> subprocess.CompletedProcess:
     """Runs code in a fresh interpreter (optionally under an address-space limit): a crash there
     shows as a signal in returncode instead of taking the test process down."""
@@ -174,6 +185,7 @@ def test_huge_padding_takes_the_bounded_path():
     np.testing.assert_array_equal(np.asarray(juanji.conv2d(x, w, dilation=40, padding=30)), expected.numpy())
 
 
+@needs_plain_allocator
 @pytest.mark.parametrize("threads", [1, 2])
 def test_scratch_that_cannot_be_had_inside_a_parallel_region_is_a_memory_error(threads):
     # The address-space limit leaves room for the output but not for the direct kernel's
@@ -523,6 +535,7 @@ def test_learning_rate_setter_checks_like_the_constructor(lr):
         optim.SGD(nn.Linear(2, 2).parameters(), lr=lr)
 
 
+@needs_plain_allocator
 def test_memory_error_says_how_many_bytes():
     result = run_isolated("""
         import juanji

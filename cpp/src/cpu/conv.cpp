@@ -109,12 +109,14 @@ void im2col(const ConvGeometry& g, const T* x, T* col, std::int64_t ld) {
             std::fill(out, out + g.Q, T(0));
             continue;
           }
-          const T* in = x + (c * g.H + ih) * g.W + w_shift;
+          // Pointers are formed for columns inside the row only: with a large dilation or padding
+          // w_shift alone lies far outside it.
+          const T* in = x + (c * g.H + ih) * g.W;
           std::fill(out, out + q_begin, T(0));
           if (g.stride_w == 1) {
-            std::copy(in + q_begin, in + q_end, out + q_begin);
+            if (q_end > q_begin) std::copy(in + (q_begin + w_shift), in + (q_end + w_shift), out + q_begin);
           } else {
-            for (std::int64_t q = q_begin; q < q_end; ++q) out[q] = in[q * g.stride_w];
+            for (std::int64_t q = q_begin; q < q_end; ++q) out[q] = in[q * g.stride_w + w_shift];
           }
           std::fill(out + q_end, out + g.Q, T(0));
         }
@@ -137,8 +139,8 @@ void col2im(const ConvGeometry& g, const T* col, std::int64_t ld, T* x) {
           const std::int64_t ih = p * g.stride_h - g.pad_top + r * g.dil_h;
           if (ih < 0 || ih >= g.H) continue;
           const T* in = row + p * g.Q;
-          T* out = x + (c * g.H + ih) * g.W + w_shift;
-          for (std::int64_t q = q_begin; q < q_end; ++q) out[q * g.stride_w] += in[q];
+          T* out = x + (c * g.H + ih) * g.W;  // columns by index: w_shift may lie outside the row
+          for (std::int64_t q = q_begin; q < q_end; ++q) out[q * g.stride_w + w_shift] += in[q];
         }
       }
 }
@@ -1162,12 +1164,15 @@ void pack_virtual_columns(const ConvGeometry& g, const T* x, std::int64_t first_
       const std::int64_t ih = p * g.stride_h - g.pad_top + r * g.dil_h;
       const std::int64_t begin = ih < 0 || ih >= g.H ? q + run : std::clamp(q_inside, q, q + run);
       const std::int64_t end = ih < 0 || ih >= g.H ? q + run : std::clamp(q_outside, begin, q + run);
-      const T* src = x + image * g.C * HW + c * HW + ih * g.W + w_shift;
+      // The plane's pointer, and offsets into it: a row outside the image or a large shift would
+      // make a pointer far outside the plane, which is undefined even unread.
+      const T* plane = x + image * g.C * HW + c * HW;
+      const std::int64_t offset = ih * g.W + w_shift;
       for (std::int64_t t = q; t < begin; ++t) dst[(t - q) * col_stride] = T(0);
       if (g.stride_w == 1 && col_stride == 1) {
-        std::copy(src + begin, src + end, dst + (begin - q));
+        if (end > begin) std::copy(plane + (offset + begin), plane + (offset + end), dst + (begin - q));
       } else {
-        for (std::int64_t t = begin; t < end; ++t) dst[(t - q) * col_stride] = src[t * g.stride_w];
+        for (std::int64_t t = begin; t < end; ++t) dst[(t - q) * col_stride] = plane[offset + t * g.stride_w];
       }
       for (std::int64_t t = end; t < q + run; ++t) dst[(t - q) * col_stride] = T(0);
     }
