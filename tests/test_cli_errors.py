@@ -300,3 +300,27 @@ def test_a_bug_keeps_its_traceback(monkeypatch, tmp_path):
     monkeypatch.setattr(cli, "cmd_filters", buggy)
     with pytest.raises(KeyError):
         cli.main(["filters", "--out", str(tmp_path)])
+
+
+def test_reader_closing_the_pipe_early(checkpoint, tmp_path):
+    # `juanji predict ... --all | head -1`: the reader goes away, which is no error of ours.
+    many = tmp_path / "many-idx3-ubyte"
+    data.write_idx(str(many), np.zeros((5000, 28, 28), np.uint8))
+    process = subprocess.Popen([sys.executable, "-m", "juanji", "predict", str(checkpoint), str(many), "--all"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
+    with process:
+        process.stdout.readline()
+        process.stdout.close()
+        stderr = process.stderr.read().decode()
+        assert process.wait(timeout=60) == 0, stderr
+    assert stderr == ""
+
+
+def test_model_too_large_for_memory(monkeypatch, capsys):
+    def too_large(args):
+        raise MemoryError("could not allocate 123456789012 bytes for tensor storage")
+
+    parser_handler = cli.build_parser().parse_args(["train", "--model", "lenet5"]).handler
+    monkeypatch.setattr(cli, parser_handler.__name__, too_large)
+    done = juanji_main(capsys, "train", "--model", "lenet5")
+    assert_user_error(done, "123456789012 bytes")

@@ -621,8 +621,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # What bad input raises: juanji's checks and the C++ core (ValueError, TypeError), the file
-# system (OSError), the data and picture readers (ValueError). Everything else is a bug.
-USER_ERRORS = (ValueError, TypeError, OSError)
+# system (OSError), the data and picture readers (ValueError), a batch or model too large for
+# this machine (MemoryError, which says how many bytes). Everything else is a bug.
+USER_ERRORS = (ValueError, TypeError, OSError, MemoryError)
 
 
 def error_message(error: BaseException) -> str:
@@ -644,6 +645,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return args.handler(args)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`juanji predict ... | head`): not an error of ours. Point stdout at
+        # /dev/null so that flushing it at exit does not complain again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except USER_ERRORS as e:
         print(f"juanji {args.command}: error: {error_message(e)}", file=sys.stderr)
         return EXIT_USER_ERROR
