@@ -546,3 +546,26 @@ def test_memory_error_says_how_many_bytes():
         """, memory_mib=2048)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"could not allocate {8 << 40} bytes for tensor storage"
+
+
+@pytest.mark.parametrize("make", [
+    lambda: optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1, weight_decay=float("inf")),
+    lambda: optim.StepLR(optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1), 1, gamma=float("inf")),
+    lambda: nn.LeakyReLU(float("nan")),
+    lambda: nn.LeakyReLU(float("inf")),
+    lambda: juanji.leaky_relu(np.ones(3, f32), float("nan")),
+    lambda: juanji.leaky_relu_backward(np.ones(3, f32), np.ones(3, f32), float("-inf")),
+], ids=["weight_decay", "gamma", "slope_nan", "slope_inf", "functional", "functional_backward"])
+def test_non_finite_settings_are_refused(make):
+    # Each would turn every later value into NaN or infinity without a word.
+    with pytest.raises(ValueError, match="finite"):
+        make()
+
+
+def test_seed_range():
+    juanji.manual_seed(np.uint64(2**64 - 1))
+    for bad in (-1, 2**64):
+        with pytest.raises(ValueError, match=r"seed: must be in \[0, 2\*\*64\)"):
+            juanji.manual_seed(bad)
+    with pytest.raises(TypeError, match="seed"):
+        juanji.manual_seed(1.5)

@@ -299,7 +299,19 @@ with PyTorch, JAX or CuPy without copies.)doc")
           return randn(shape_from_args(shape), optional_dtype(dtype, DType::float32));
         },
         py::kw_only(), py::arg("dtype") = py::none(), "Standard normal from the seeded generator.");
-  m.def("manual_seed", [](std::uint64_t seed) { manual_seed(seed); }, py::arg("seed"),
+  m.def("manual_seed",
+        [](py::handle seed) {
+          if (py::isinstance<py::bool_>(seed) || !PyIndex_Check(seed.ptr()))
+            throw TypeError("seed: expected an int, got " + py::repr(seed).cast<std::string>());
+          const py::int_ value = py::reinterpret_steal<py::int_>(PyNumber_Index(seed.ptr()));
+          const unsigned long long bits = PyLong_AsUnsignedLongLong(value.ptr());
+          if (bits == static_cast<unsigned long long>(-1) && PyErr_Occurred()) {
+            PyErr_Clear();
+            throw std::invalid_argument("seed: must be in [0, 2**64), got " + py::str(value).cast<std::string>());
+          }
+          manual_seed(bits);
+        },
+        py::arg("seed"),
         "Seeds the one generator behind rand, randn, dropout and initialisation.");
 
   m.def("version", &version);

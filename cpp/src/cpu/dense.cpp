@@ -297,6 +297,7 @@ void check_channel_param(const Tensor& t, const char* name, std::int64_t C, DTyp
 
 Tensor activation(Activation kind, const Tensor& x_in, double negative_slope) {
   const char* op = activation_name(kind);
+  check(std::isfinite(negative_slope), op, ": negative_slope must be finite, got ", negative_slope);
   check_float_operand(x_in, op, "x");
   const Tensor x = x_in.contiguous();
   Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
@@ -317,6 +318,7 @@ Tensor activation(Activation kind, const Tensor& x_in, double negative_slope) {
 Tensor activation_backward(Activation kind, const Tensor& grad_out_in, const Tensor& x_in,
                            double negative_slope) {
   const char* op = activation_name(kind);
+  check(std::isfinite(negative_slope), op, ": negative_slope must be finite, got ", negative_slope);
   check_float_operand(x_in, op, "x");
   check_float_operand(grad_out_in, op, "grad_out");
   check_same_dtype(grad_out_in, "grad_out", x_in, "x");

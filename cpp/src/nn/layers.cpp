@@ -409,7 +409,9 @@ const Tensor& GlobalAvgPool2d::backward(const Tensor& grad_y, bool need_grad_x) 
 // ---- Activations ----
 
 ActivationLayer::ActivationLayer(Activation kind, double negative_slope)
-    : kind_(kind), negative_slope_(negative_slope) {}
+    : kind_(kind), negative_slope_(negative_slope) {
+  check(std::isfinite(negative_slope), type(), ": negative_slope must be finite, got ", negative_slope);
+}
 
 std::string ActivationLayer::type() const {
   switch (kind_) {

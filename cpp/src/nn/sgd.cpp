@@ -37,7 +37,8 @@ SGD::SGD(std::vector<std::shared_ptr<nn::Parameter>> parameters, double lr, doub
       nesterov_(nesterov) {
   set_lr(lr);
   check(momentum >= 0 && momentum < 1, "momentum: must be in [0, 1), got ", momentum);
-  check(weight_decay >= 0, "weight_decay: must be non-negative, got ", weight_decay);
+  check(weight_decay >= 0 && std::isfinite(weight_decay), "weight_decay: must be a finite non-negative number, got ",
+        weight_decay);
   check(!nesterov || momentum > 0, "nesterov: needs momentum > 0");
   for (const auto& p : parameters_) {
     check(p && p->trainable(), "params: every parameter must be trainable (have a gradient)");
@@ -92,7 +93,7 @@ void SGD::step() {
 StepLR::StepLR(SGD& optimizer, std::int64_t step_size, double gamma)
     : optimizer_(optimizer), base_lr_(optimizer.lr()), step_size_(step_size), gamma_(gamma) {
   check(step_size > 0, "step_size: must be positive, got ", step_size);
-  check(gamma > 0, "gamma: must be positive, got ", gamma);
+  check(gamma > 0 && std::isfinite(gamma), "gamma: must be a finite positive number, got ", gamma);
 }
 
 void StepLR::step() {
