@@ -1,10 +1,19 @@
 // conv1d / conv2d and their backward.
 #include <pybind11/stl.h>
 
+#include <string>
+
 #include "bind_util.hpp"
 
 namespace juanji::bind {
 namespace {
+
+ConvPass conv_pass_arg(const std::string& pass) {
+  if (pass == "forward") return ConvPass::forward;
+  if (pass == "data_grad") return ConvPass::data_grad;
+  if (pass == "weight_grad") return ConvPass::weight_grad;
+  throw std::invalid_argument("pass_: expected 'forward', 'data_grad' or 'weight_grad', got '" + pass + "'");
+}
 
 py::tuple grads_tuple(ConvGrads grads) {
   return py::make_tuple(grads.grad_x, grads.grad_w, grads.grad_b);
@@ -51,6 +60,29 @@ void register_conv(py::module_& m) {
           py::arg("padding") = 0, py::arg("dilation") = 1, py::arg("groups") = 1,
           "Returns (grad_x, grad_weight, grad_bias) for the same arguments as the forward.");
   }
+
+  // Private hooks for the tests: which CPU algorithm takes a problem, and forcing one.
+  m.def("_conv_algorithms",
+        [](const std::string& pass, py::handle x, py::handle w, py::handle stride, py::handle padding,
+           py::handle dilation, std::int64_t groups) {
+          const Tensor xt = tensor_arg(x, "x"), wt = tensor_arg(w, "weight");
+          const ConvGeometry g = ConvGeometry::make(xt.shape(), wt.shape(), conv_options(stride, padding, dilation, groups),
+                                                    static_cast<int>(xt.dim()) - 2);
+          py::list out;
+          for (const auto& choice : conv_algorithms(conv_pass_arg(pass), g, xt.dtype(), wt.contiguous()))
+            out.append(py::make_tuple(choice.name, choice.refusal.empty() ? py::object(py::none())
+                                                                           : py::object(py::str(choice.refusal))));
+          return out;
+        },
+        py::arg("pass_"), py::arg("x"), py::arg("weight"), py::arg("stride") = 1, py::arg("padding") = 0,
+        py::arg("dilation") = 1, py::arg("groups") = 1,
+        "[(name, why it refuses or None)] for the pass, in the order the CPU tries them.");
+  m.def("_set_conv_algorithm",
+        [](const std::string& pass, py::object name) {
+          return set_conv_algorithm(conv_pass_arg(pass), name.is_none() ? "" : name.cast<std::string>());
+        },
+        py::arg("pass_"), py::arg("name"),
+        "Forces the pass's CPU convolution algorithm (None: choose); returns the previous name ('' for none).");
 }
 
 }  // namespace juanji::bind

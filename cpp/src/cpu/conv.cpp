@@ -9,10 +9,14 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <numeric>
+#include <string>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #include "core/checked_math.hpp"
 #include "cpu/copy_short.hpp"
@@ -1213,15 +1217,9 @@ bool padding_is_modest(const ConvGeometry& g) {
   return modest(g.H, g.P, 2 * g.pad_top + g.dil_h * (g.R - 1)) && modest(g.W, g.Q, 2 * g.pad_left + g.dil_w * (g.S - 1));
 }
 
+// im2col (or implicit columns) + GEMM: every problem, float32 or float64.
 template <class T>
-void forward_impl(const ConvGeometry& g, const T* x, const T* w, const T* bias, T* y) {
-  if constexpr (std::is_same_v<T, float>) {
-    if (padding_is_modest(g)) {
-      if (use_direct(g, g.C / g.groups)) return direct_forward(g, x, w, bias, y, false);
-      if (use_winograd(forward_correlation(g))) return winograd_forward(g, x, w, bias, y, false);
-      if (use_filter_blocks(forward_correlation(g))) return filter_block_forward(g, x, w, bias, y, false);
-    }
-  }
+void gemm_forward(const ConvGeometry& g, const T* x, const T* w, const T* bias, T* y) {
   const std::int64_t Cg = g.C / g.groups, Kg = g.K / g.groups;
   const std::int64_t PQ = g.P * g.Q, CRSg = Cg * g.R * g.S;
   const bool pointwise = is_pointwise(g);
@@ -1318,8 +1316,8 @@ void spread_phase(const ConvGeometry& g, const float* phase, std::int64_t planes
     }
 }
 
-template <class T>
-void backward_data_impl(const ConvGeometry& g, const T* dy, const T* w, T* dx);
+// A stride-1 float32 data gradient by the algorithm the table picks for it (never a forced one).
+void default_data_grad_f32(const ConvGeometry& g, const float* dy, const float* w, float* dx);
 
 // Phases that all take the direct kernel run as passes of one job per (image, group): the error
 // is padded once for all of them (the stem's 4 phases copied it 4 times: 15% of the time) and
@@ -1392,7 +1390,7 @@ void strided_backward_data(const ConvGeometry& g, const float* dy, const float* 
         for (std::int64_t r = 0; r < sub.R; ++r)
           for (std::int64_t s = 0; s < sub.S; ++s) sub_w[(kc * sub.R + r) * sub.S + s] = phase_tap(g, w, rows, cols, kc, r, s);
       float* phase = cpu::workspace<float>(cpu::WorkspaceSlot::phase_grad, planes * phase_plane);
-      backward_data_impl<float>(sub, dy, sub_w, phase);
+      default_data_grad_f32(sub, dy, sub_w, phase);
 #pragma omp parallel for num_threads(::juanji::team_size()) schedule(static) if (planes * phase_plane >= cpu::kParallelGrain)
       for (std::int64_t plane = 0; plane < planes; ++plane)
         spread_phase(g, phase + plane * phase_plane, 1, rows, cols, dx + plane * g.H * g.W);
@@ -1408,20 +1406,9 @@ bool pointwise_data_grad_by_gemm(const ConvGeometry& g) {
          g.C / g.groups * g.H * g.W * std::int64_t{sizeof(float)} > kL2Bytes;
 }
 
+// GEMM + col2im: every problem, float32 or float64.
 template <class T>
-void backward_data_impl(const ConvGeometry& g, const T* dy, const T* w, T* dx) {
-  if constexpr (std::is_same_v<T, float>) {
-    if (padding_is_modest(g)) {
-      if (g.stride_h > 1 || g.stride_w > 1) return strided_backward_data(g, dy, w, dx);
-      if (use_direct_data_grad(g) && all_finite(w, g.K * (g.C / g.groups) * g.R * g.S))
-        return direct_backward_data(g, dy, w, dx);
-      if (g.stride_h == 1 && g.stride_w == 1 && use_winograd(data_grad_correlation(g)))
-        return winograd_backward_data(g, dy, w, dx);
-      if (g.stride_h == 1 && g.stride_w == 1 && !pointwise_data_grad_by_gemm(g) &&
-          use_filter_blocks(data_grad_correlation(g)))
-        return filter_block_backward_data(g, dy, w, dx);
-    }
-  }
+void gemm_backward_data(const ConvGeometry& g, const T* dy, const T* w, T* dx) {
   const std::int64_t Cg = g.C / g.groups, Kg = g.K / g.groups;
   const std::int64_t HW = g.H * g.W, PQ = g.P * g.Q, CRSg = Cg * g.R * g.S;
   const bool pointwise = is_pointwise(g);
@@ -1461,23 +1448,9 @@ void bias_grad(const ConvGeometry& g, const T* dy, T* db) {
   }
 }
 
+// The bias gradient's own pass, then im2col (or implicit columns) + GEMM: every problem.
 template <class T>
-void backward_weight_impl(const ConvGeometry& g, const T* dy, const T* x, T* dw, T* db) {
-  if constexpr (std::is_same_v<T, float>) {
-    if (padding_is_modest(g)) {
-      const Correlation c = forward_correlation(g);
-      // The Winograd and filter-block paths sum the bias gradient from the error planes they read;
-      // the others take a pass of their own over them. Filter blocks also take layers with few
-      // input channels: they read the error once, where the direct kernel pads a copy of it first
-      // (convnet_c1, 1 -> 32 channels: 577 -> 392 us; cifar_c1: 1.39 -> 0.91 ms).
-      if (use_winograd(c)) return winograd_backward_weight(g, dy, x, dw, db);
-      if (use_filter_blocks(c)) return filter_block_backward_weight(g, dy, x, dw, db);
-      if (use_direct(g, g.C / g.groups)) {
-        if (db) bias_grad(g, dy, db);
-        return direct_backward_weight(g, dy, x, dw);
-      }
-    }
-  }
+void gemm_backward_weight(const ConvGeometry& g, const T* dy, const T* x, T* dw, T* db) {
   if (db) bias_grad(g, dy, db);
   const std::int64_t Cg = g.C / g.groups, Kg = g.K / g.groups;
   const std::int64_t PQ = g.P * g.Q, CRSg = Cg * g.R * g.S;
@@ -1525,6 +1498,210 @@ void backward_weight_impl(const ConvGeometry& g, const T* dy, const T* x, T* dw,
   } else {
     run_chunk(0, true);
   }
+}
+
+// ---- The algorithm tables: for each pass, the algorithms in order of preference --------------
+// Each entry says why it refuses a problem (null when it takes it); the first that takes it runs,
+// unless JUANJI_CONV_ALGO or set_conv_algorithm forces one by name. GEMM, last, takes every
+// problem. The float32-only entries have no float64 function.
+
+struct ConvProblem {
+  const ConvGeometry& g;
+  DType dtype;
+  const void* weights;  // the data gradient's direct kernel needs finite weights
+};
+
+using Refusal = const char*;
+
+Refusal float32_with_modest_padding(const ConvProblem& p) {
+  if (p.dtype != DType::float32) return "float32 only";
+  if (!padding_is_modest(p.g)) return "padding or dilation far larger than the image (padded planes would be huge)";
+  return nullptr;
+}
+
+struct ForwardAlgorithm {
+  const char* name;
+  Refusal (*refusal)(const ConvProblem&);
+  void (*run_f32)(const ConvGeometry&, const float* x, const float* w, const float* bias, float* y, bool relu);
+  void (*run_f64)(const ConvGeometry&, const double* x, const double* w, const double* bias, double* y);
+};
+
+const std::array<ForwardAlgorithm, 4> kForwardAlgorithms{{
+    {"direct",
+     [](const ConvProblem& p) -> Refusal {
+       if (Refusal why = float32_with_modest_padding(p)) return why;
+       return use_direct(p.g, p.g.C / p.g.groups) ? nullptr : "needs stride 1 and at most 4 input channels per group";
+     },
+     direct_forward, nullptr},
+    {"winograd",
+     [](const ConvProblem& p) -> Refusal {
+       if (Refusal why = float32_with_modest_padding(p)) return why;
+       return use_winograd(forward_correlation(p.g))
+                  ? nullptr
+                  : "needs a stride-1 undilated 3x3 kernel, 16+ channels in and out per group and Winograd on";
+     },
+     winograd_forward, nullptr},
+    {"filter_blocks",
+     [](const ConvProblem& p) -> Refusal {
+       if (Refusal why = float32_with_modest_padding(p)) return why;
+       return use_filter_blocks(forward_correlation(p.g)) ? nullptr : "needs 8+ filters per group";
+     },
+     filter_block_forward, nullptr},
+    {"gemm", [](const ConvProblem&) -> Refusal { return nullptr; },
+     [](const ConvGeometry& g, const float* x, const float* w, const float* bias, float* y, bool) {
+       gemm_forward(g, x, w, bias, y);
+     },
+     gemm_forward<double>},
+}};
+
+struct DataGradAlgorithm {
+  const char* name;
+  Refusal (*refusal)(const ConvProblem&);
+  void (*run_f32)(const ConvGeometry&, const float* dy, const float* w, float* dx);
+  void (*run_f64)(const ConvGeometry&, const double* dy, const double* w, double* dx);
+};
+
+Refusal stride_one(const ConvProblem& p) {
+  if (Refusal why = float32_with_modest_padding(p)) return why;
+  return p.g.stride_h == 1 && p.g.stride_w == 1 ? nullptr : "needs stride 1 (strided layers go by stride phases)";
+}
+
+const std::array<DataGradAlgorithm, 5> kDataGradAlgorithms{{
+    {"strided_phases",
+     [](const ConvProblem& p) -> Refusal {
+       if (Refusal why = float32_with_modest_padding(p)) return why;
+       return p.g.stride_h > 1 || p.g.stride_w > 1 ? nullptr : "needs a stride above 1";
+     },
+     strided_backward_data, nullptr},
+    {"direct",
+     [](const ConvProblem& p) -> Refusal {
+       if (Refusal why = stride_one(p)) return why;
+       if (!use_direct_data_grad(p.g)) return "needs few output channels per group (the direct kernel's data gradient)";
+       const auto* w = static_cast<const float*>(p.weights);
+       return all_finite(w, p.g.K * (p.g.C / p.g.groups) * p.g.R * p.g.S)
+                  ? nullptr
+                  : "needs finite weights (its padded error's zeros would meet an infinity)";
+     },
+     direct_backward_data, nullptr},
+    {"winograd",
+     [](const ConvProblem& p) -> Refusal {
+       if (Refusal why = stride_one(p)) return why;
+       return use_winograd(data_grad_correlation(p.g))
+                  ? nullptr
+                  : "needs an undilated 3x3 kernel, 16+ channels in and out per group and Winograd on";
+     },
+     winograd_backward_data, nullptr},
+    {"filter_blocks",
+     [](const ConvProblem& p) -> Refusal {
+       if (Refusal why = stride_one(p)) return why;
+       if (pointwise_data_grad_by_gemm(p.g)) return "a large pointwise layer's data gradient is faster by GEMM";
+       return use_filter_blocks(data_grad_correlation(p.g)) ? nullptr : "needs 8+ input channels per group";
+     },
+     filter_block_backward_data, nullptr},
+    {"gemm", [](const ConvProblem&) -> Refusal { return nullptr; }, gemm_backward_data<float>,
+     gemm_backward_data<double>},
+}};
+
+struct WeightGradAlgorithm {
+  const char* name;
+  Refusal (*refusal)(const ConvProblem&);
+  void (*run_f32)(const ConvGeometry&, const float* dy, const float* x, float* dw, float* db);
+  void (*run_f64)(const ConvGeometry&, const double* dy, const double* x, double* dw, double* db);
+};
+
+// The Winograd and filter-block paths sum the bias gradient from the error planes they read; the
+// others take a pass of their own over them. Filter blocks also take layers with few input
+// channels: they read the error once, where the direct kernel pads a copy of it first
+// (convnet_c1, 1 -> 32 channels: 577 -> 392 us; cifar_c1: 1.39 -> 0.91 ms).
+const std::array<WeightGradAlgorithm, 4> kWeightGradAlgorithms{{
+    {"winograd",
+     [](const ConvProblem& p) -> Refusal {
+       if (Refusal why = float32_with_modest_padding(p)) return why;
+       return use_winograd(forward_correlation(p.g))
+                  ? nullptr
+                  : "needs a stride-1 undilated 3x3 kernel, 16+ channels in and out per group and Winograd on";
+     },
+     winograd_backward_weight, nullptr},
+    {"filter_blocks",
+     [](const ConvProblem& p) -> Refusal {
+       if (Refusal why = float32_with_modest_padding(p)) return why;
+       return use_filter_blocks(forward_correlation(p.g)) ? nullptr : "needs 8+ filters per group";
+     },
+     filter_block_backward_weight, nullptr},
+    {"direct",
+     [](const ConvProblem& p) -> Refusal {
+       if (Refusal why = float32_with_modest_padding(p)) return why;
+       return use_direct(p.g, p.g.C / p.g.groups) ? nullptr : "needs stride 1 and at most 4 input channels per group";
+     },
+     [](const ConvGeometry& g, const float* dy, const float* x, float* dw, float* db) {
+       if (db) bias_grad(g, dy, db);
+       direct_backward_weight(g, dy, x, dw);
+     },
+     nullptr},
+    {"gemm", [](const ConvProblem&) -> Refusal { return nullptr; }, gemm_backward_weight<float>,
+     gemm_backward_weight<double>},
+}};
+
+// The forced name of each pass (ConvPass order); JUANJI_CONV_ALGO sets all three at start-up.
+std::array<std::string, 3>& forced_algorithms() {
+  static std::array<std::string, 3> names = [] {
+    const char* env = std::getenv("JUANJI_CONV_ALGO");
+    const std::string name = env ? env : "";
+    return std::array<std::string, 3>{name, name, name};
+  }();
+  return names;
+}
+
+std::mutex& forced_algorithm_mutex() {
+  static std::mutex mutex;
+  return mutex;
+}
+
+const char* pass_name(ConvPass pass) {
+  switch (pass) {
+    case ConvPass::forward: return "forward";
+    case ConvPass::data_grad: return "data gradient";
+    case ConvPass::weight_grad: return "weight gradient";
+  }
+  return "?";
+}
+
+// The entry that runs the problem: the forced one where this pass has it (an error if it refuses
+// the problem), else the first that takes it.
+template <class Algorithm, std::size_t N>
+const Algorithm& choose(const std::array<Algorithm, N>& table, const ConvProblem& p, ConvPass pass,
+                        bool allow_forced) {
+  if (allow_forced) {
+    std::string forced;
+    {
+      const std::lock_guard<std::mutex> lock(forced_algorithm_mutex());
+      forced = forced_algorithms()[static_cast<std::size_t>(pass)];
+    }
+    for (const Algorithm& a : table) {
+      if (forced != a.name) continue;
+      const Refusal why = a.refusal(p);
+      check(why == nullptr, "conv: the forced ", pass_name(pass), " algorithm '", a.name,
+            "' (JUANJI_CONV_ALGO) does not take this layer: ", why ? why : "");
+      return a;
+    }
+  }
+  for (const Algorithm& a : table)
+    if (!a.refusal(p)) return a;
+  return table.back();
+}
+
+void default_data_grad_f32(const ConvGeometry& g, const float* dy, const float* w, float* dx) {
+  choose(kDataGradAlgorithms, {g, DType::float32, w}, ConvPass::data_grad, false).run_f32(g, dy, w, dx);
+}
+
+template <class Algorithm, std::size_t N>
+std::vector<ConvAlgorithmChoice> describe(const std::array<Algorithm, N>& table, const ConvProblem& p) {
+  std::vector<ConvAlgorithmChoice> out;
+  for (const Algorithm& a : table) {
+    const Refusal why = a.refusal(p);
+    out.push_back({a.name, why ? why : ""});
+  }
+  return out;
 }
 
 }  // namespace
@@ -1643,28 +1820,20 @@ void conv_forward(const ConvGeometry& g, const Tensor& x, const Tensor& w, const
 #if JUANJI_WITH_CUDA
   if (x.device().is_cuda()) return cuda::conv_forward(g, x, w, bias, y);
 #endif
+  const ForwardAlgorithm& algorithm = choose(kForwardAlgorithms, {g, x.dtype(), nullptr}, ConvPass::forward, true);
   if (x.dtype() == DType::float32)
-    forward_impl<float>(g, x.data<float>(), w.data<float>(), cpu::data_or_null<float>(bias), y.data<float>());
+    algorithm.run_f32(g, x.data<float>(), w.data<float>(), cpu::data_or_null<float>(bias), y.data<float>(), false);
   else
-    forward_impl<double>(g, x.data<double>(), w.data<double>(), cpu::data_or_null<double>(bias), y.data<double>());
+    algorithm.run_f64(g, x.data<double>(), w.data<double>(), cpu::data_or_null<double>(bias), y.data<double>());
 }
 
 bool conv_forward_relu(const ConvGeometry& g, const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& y) {
-  if (!x.device().is_cpu() || x.dtype() != DType::float32 || !padding_is_modest(g) || has_no_terms(g)) return false;
-  const float* b = cpu::data_or_null<float>(bias);
-  if (use_direct(g, g.C / g.groups)) {
-    direct_forward(g, x.data<float>(), w.data<float>(), b, y.data<float>(), true);
-    return true;
-  }
-  if (use_winograd(forward_correlation(g))) {
-    winograd_forward(g, x.data<float>(), w.data<float>(), b, y.data<float>(), true);
-    return true;
-  }
-  if (use_filter_blocks(forward_correlation(g))) {
-    filter_block_forward(g, x.data<float>(), w.data<float>(), b, y.data<float>(), true);
-    return true;
-  }
-  return false;
+  if (!x.device().is_cpu() || x.dtype() != DType::float32 || has_no_terms(g)) return false;
+  // The same choice as conv_forward's; every algorithm but GEMM applies the ReLU as it stores.
+  const ForwardAlgorithm& algorithm = choose(kForwardAlgorithms, {g, x.dtype(), nullptr}, ConvPass::forward, true);
+  if (algorithm.run_f64 != nullptr) return false;
+  algorithm.run_f32(g, x.data<float>(), w.data<float>(), cpu::data_or_null<float>(bias), y.data<float>(), true);
+  return true;
 }
 
 void conv_backward_data(const ConvGeometry& g, const Tensor& grad_y, const Tensor& w, Tensor& grad_x) {
@@ -1672,10 +1841,12 @@ void conv_backward_data(const ConvGeometry& g, const Tensor& grad_y, const Tenso
 #if JUANJI_WITH_CUDA
   if (grad_y.device().is_cuda()) return cuda::conv_backward_data(g, grad_y, w, grad_x);
 #endif
+  const DataGradAlgorithm& algorithm =
+      choose(kDataGradAlgorithms, {g, w.dtype(), w.data_ptr()}, ConvPass::data_grad, true);
   if (w.dtype() == DType::float32)
-    backward_data_impl<float>(g, grad_y.data<float>(), w.data<float>(), grad_x.data<float>());
+    algorithm.run_f32(g, grad_y.data<float>(), w.data<float>(), grad_x.data<float>());
   else
-    backward_data_impl<double>(g, grad_y.data<double>(), w.data<double>(), grad_x.data<double>());
+    algorithm.run_f64(g, grad_y.data<double>(), w.data<double>(), grad_x.data<double>());
 }
 
 void conv_backward_weight(const ConvGeometry& g, const Tensor& grad_y, const Tensor& x,
@@ -1696,12 +1867,13 @@ void conv_backward_weight(const ConvGeometry& g, const Tensor& grad_y, const Ten
 #if JUANJI_WITH_CUDA
   if (x.device().is_cuda()) return cuda::conv_backward_weight(g, grad_y, x, grad_w, grad_b);
 #endif
+  const WeightGradAlgorithm& algorithm =
+      choose(kWeightGradAlgorithms, {g, x.dtype(), nullptr}, ConvPass::weight_grad, true);
   if (x.dtype() == DType::float32)
-    backward_weight_impl<float>(g, grad_y.data<float>(), x.data<float>(), grad_w.data<float>(),
-                                cpu::data_or_null<float>(grad_b));
+    algorithm.run_f32(g, grad_y.data<float>(), x.data<float>(), grad_w.data<float>(), cpu::data_or_null<float>(grad_b));
   else
-    backward_weight_impl<double>(g, grad_y.data<double>(), x.data<double>(), grad_w.data<double>(),
-                                 cpu::data_or_null<double>(grad_b));
+    algorithm.run_f64(g, grad_y.data<double>(), x.data<double>(), grad_w.data<double>(),
+                      cpu::data_or_null<double>(grad_b));
 }
 
 namespace {
@@ -1747,6 +1919,38 @@ ConvGrads conv2d_backward(const Tensor& grad_out, const Tensor& x, const Tensor&
 }
 ConvGrads conv1d_backward(const Tensor& grad_out, const Tensor& x, const Tensor& w, const ConvOptions& options) {
   return conv_nd_backward(grad_out, x, w, options, 1);
+}
+
+std::vector<ConvAlgorithmChoice> conv_algorithms(ConvPass pass, const ConvGeometry& g, DType dtype,
+                                                 const Tensor& weight) {
+  check(dtype == DType::float32 || dtype == DType::float64, "conv_algorithms: dtype must be float32 or float64");
+  const bool finite_check = pass == ConvPass::data_grad && dtype == DType::float32;
+  if (finite_check) {
+    cpu::check_kernel_tensor(weight, "conv_algorithms", "weight", DType::float32, g.K * (g.C / g.groups) * g.R * g.S);
+    check(weight.device().is_cpu(), "conv_algorithms: weight must be on the CPU");
+  }
+  const ConvProblem p{g, dtype, finite_check ? weight.data_ptr() : nullptr};
+  switch (pass) {
+    case ConvPass::forward: return describe(kForwardAlgorithms, p);
+    case ConvPass::data_grad: return describe(kDataGradAlgorithms, p);
+    case ConvPass::weight_grad: return describe(kWeightGradAlgorithms, p);
+  }
+  return {};
+}
+
+std::string set_conv_algorithm(ConvPass pass, const std::string& name) {
+  bool known = name.empty();
+  const auto look = [&](const auto& table) {
+    for (const auto& a : table) known = known || name == a.name;
+  };
+  switch (pass) {
+    case ConvPass::forward: look(kForwardAlgorithms); break;
+    case ConvPass::data_grad: look(kDataGradAlgorithms); break;
+    case ConvPass::weight_grad: look(kWeightGradAlgorithms); break;
+  }
+  check(known, "set_conv_algorithm: the ", pass_name(pass), " has no algorithm named '", name, "'");
+  const std::lock_guard<std::mutex> lock(forced_algorithm_mutex());
+  return std::exchange(forced_algorithms()[static_cast<std::size_t>(pass)], name);
 }
 
 }  // namespace juanji

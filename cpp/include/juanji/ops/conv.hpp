@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "juanji/tensor.hpp"
@@ -67,6 +68,21 @@ void conv_forward(const ConvGeometry& g, const Tensor& x, const Tensor& w, const
 // returns false, having computed nothing, where it does not.
 bool conv_forward_relu(const ConvGeometry& g, const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& y);
 void conv_backward_data(const ConvGeometry& g, const Tensor& grad_y, const Tensor& w, Tensor& grad_x);
+
+// The CPU's algorithms for each pass, in order of preference (direct, Winograd, filter blocks,
+// strided phases, GEMM; GEMM takes every problem). For tests and diagnostics: the list for a
+// problem, each with why it refuses it (empty when it takes it; the data gradient's direct kernel
+// also looks at the weights' values), and forcing one pass's algorithm by name (an error where
+// it refuses a problem; "" chooses by the list; JUANJI_CONV_ALGO=name forces it for every pass
+// at start-up).
+enum class ConvPass { forward, data_grad, weight_grad };
+struct ConvAlgorithmChoice {
+  std::string name;
+  std::string refusal;
+};
+std::vector<ConvAlgorithmChoice> conv_algorithms(ConvPass pass, const ConvGeometry& g, DType dtype,
+                                                 const Tensor& weight);
+std::string set_conv_algorithm(ConvPass pass, const std::string& name);  // returns the previous name
 void conv_backward_weight(const ConvGeometry& g, const Tensor& grad_y, const Tensor& x,
                           Tensor& grad_w, Tensor& grad_b);
 
