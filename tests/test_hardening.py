@@ -569,3 +569,73 @@ def test_seed_range():
             juanji.manual_seed(bad)
     with pytest.raises(TypeError, match="seed"):
         juanji.manual_seed(1.5)
+
+
+def test_a_refused_model_leaves_its_layers_free():
+    layer = nn.Linear(3, 2)
+    with pytest.raises(ValueError, match="earlier in this model"):
+        nn.Sequential(layer, nn.ReLU(), layer)
+    model = nn.Sequential(nn.Tanh(), layer)
+    assert [p.name for p in model.parameters()] == ["1.weight", "1.bias"]
+
+
+def test_a_layer_moved_to_a_new_model_is_named_there(tmp_path):
+    import gc
+
+    layer = nn.Linear(2, 2)
+    first = nn.Sequential(layer)
+    del first
+    gc.collect()
+    second = nn.Sequential(nn.ReLU(), layer)
+    assert [p.name for p in second.parameters()] == ["1.weight", "1.bias"]
+    second.save(tmp_path / "m.safetensors")
+    x = np.ones((1, 2), f32)
+    np.testing.assert_array_equal(np.asarray(juanji.load(tmp_path / "m.safetensors")(x)), np.asarray(second(x)))
+
+
+def test_deleting_a_model_while_its_layer_runs_elsewhere():
+    # The model's destructor runs with the GIL held: it must not wait for a layer's lock, whose
+    # holder may need the GIL.
+    for _ in range(50):
+        model = nn.Sequential(nn.Linear(64, 64))
+        layer = model[0]
+        stop = threading.Event()
+
+        def work():
+            while not stop.is_set():
+                layer.forward(np.ones((8, 64), f32))
+
+        worker = threading.Thread(target=work)
+        worker.start()
+        del model
+        stop.set()
+        worker.join(timeout=30)
+        assert not worker.is_alive()
+
+
+@pytest.mark.parametrize("make,shape", [(lambda: nn.MaxPool2d(2), (1, 1, 4, 4)), (lambda: nn.BatchNorm2d(1), (2, 1, 4, 4))],
+                         ids=["MaxPool2d", "BatchNorm2d"])
+def test_backward_after_an_eval_forward_is_refused(make, shape):
+    layer = make()
+    layer.forward(np.random.default_rng(0).random(shape, dtype=f32), training=True)
+    y = layer.forward(np.random.default_rng(1).random(shape, dtype=f32), training=False)
+    with pytest.raises(ValueError, match="training-mode forward"):
+        layer.backward(np.ones(y.shape, f32))
+
+
+def test_read_only_tensors_are_not_exported_without_the_flag():
+    a = np.arange(4, dtype=f32)
+    a.flags.writeable = False
+    t = juanji.from_numpy(a)
+    with pytest.raises(BufferError, match="read-only"):
+        t.__dlpack__()
+    assert not np.from_dlpack(t).flags.writeable
+
+
+def test_index_whose_index_method_raises():
+    class Bad:
+        def __index__(self):
+            raise RuntimeError("no index here")
+
+    with pytest.raises(RuntimeError, match="no index here"):
+        juanji.zeros(3)[Bad()]

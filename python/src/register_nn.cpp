@@ -17,9 +17,10 @@ nn::Init init_arg(const std::string& init) {
   throw std::invalid_argument("init: expected 'he' or 'xavier', got '" + init + "'");
 }
 
-// Runs f with the GIL released and then `mutex` held: a thread waiting for a model's lock must not
-// hold the GIL, which the lock's holder may need (to release a NumPy array it no longer uses).
-// The caller counts as one of the threads running work at once (see ConcurrentCaller).
+// Runs f with the GIL released and then `mutex` (a layer's) held: a thread waiting for a lock
+// must not hold the GIL, which the lock's holder may need (to release a NumPy array it no longer
+// uses). The caller counts as one of the threads running work at once (see ConcurrentCaller).
+// The Sequential's methods take their locks themselves: call them with the GIL released.
 template <class F>
 auto locked(std::recursive_mutex& mutex, F&& f) {
   py::gil_scoped_release release;
@@ -27,6 +28,22 @@ auto locked(std::recursive_mutex& mutex, F&& f) {
   const ConcurrentCaller caller;
   return f();
 }
+
+template <class F>
+auto without_gil(F&& f) {
+  py::gil_scoped_release release;
+  return f();
+}
+
+// A layer whose to() takes its lock (move_or_cast calls it without the GIL).
+struct LockedLayer {
+  Layer& layer;
+  template <class Target>
+  void to(Target target) {
+    const std::lock_guard<std::recursive_mutex> lock(layer.mutex());
+    layer.to(target);
+  }
+};
 
 // Python callers get their own copy, taken under the lock: the layer reuses its output buffer on
 // the next call.
@@ -63,14 +80,19 @@ py::object parameter_view(py::handle layer, const char* name) {
   return py::none();
 }
 
-// "cpu", "cuda", "cuda:N" move; anything else is a dtype ("float64", np.float32, ...).
+// "cpu", "cuda", "cuda:N" move; anything else is a dtype ("float64", np.float32, ...). Read with
+// the GIL, then carried out without it (the target takes its locks).
 template <class Target>
-void move_or_cast(Target& target, py::handle where) {
+void move_or_cast(Target&& target, py::handle where) {
   if (py::isinstance<py::str>(where)) {
     const std::string text = where.cast<std::string>();
-    if (text == "cpu" || text.rfind("cuda", 0) == 0) return target.to(Device::parse(text));
+    if (text == "cpu" || text.rfind("cuda", 0) == 0) {
+      const Device device = Device::parse(text);
+      return without_gil([&] { target.to(device); });
+    }
   }
-  target.to(dtype_arg(where, "to"));
+  const DType dtype = dtype_arg(where, "to");
+  without_gil([&] { target.to(dtype); });
 }
 
 template <class ConvLayer>
@@ -147,11 +169,7 @@ void register_nn(py::module_& m) {
       .def_property_readonly("bias", [](py::object self) { return parameter_view(self, "bias"); })
       .def("to",
            [](py::object self, py::object target) {
-             Layer& layer = self.cast<Layer&>();
-             locked(layer.mutex(), [&] {
-               py::gil_scoped_acquire gil;  // a dtype given as a NumPy type is read through Python
-               move_or_cast(layer, target);
-             });
+             move_or_cast(LockedLayer{self.cast<Layer&>()}, target);
              return self;
            },
            py::arg("target"),
@@ -225,23 +243,19 @@ void register_nn(py::module_& m) {
       .def("__call__",
            [](nn::Sequential& s, py::handle x) {
              const Tensor input = tensor_arg(x, "x");
-             return locked(s.mutex(), [&] { return s.forward(input, false).clone(); });
+             return without_gil([&] { return s.forward_copy(input, false); });
            },
            py::arg("x"), "Inference (eval mode, whatever train()/eval() say): the output as a new tensor.")
       .def("forward",
            [](nn::Sequential& s, py::handle x, py::object training) {
              const Tensor input = tensor_arg(x, "x");
              const bool mode = training.is_none() ? s.training() : training.cast<bool>();
-             return locked(s.mutex(), [&] { return s.forward(input, mode).clone(); });
+             return without_gil([&] { return s.forward_copy(input, mode); });
            },
            py::arg("x"), py::arg("training") = py::none())
       .def("to",
            [](py::object self, py::object target) {
-             nn::Sequential& model = self.cast<nn::Sequential&>();
-             locked(model.mutex(), [&] {
-               py::gil_scoped_acquire gil;  // a dtype given as a NumPy type is read through Python
-               move_or_cast(model, target);
-             });
+             move_or_cast(self.cast<nn::Sequential&>(), target);
              return self;
            },
            py::arg("target"),
@@ -252,11 +266,11 @@ void register_nn(py::module_& m) {
       .def("eval", [](nn::Sequential& s) { s.eval(); })
       .def_property_readonly("training", &nn::Sequential::training)
       .def("parameters",
-           [](const nn::Sequential& s) { return parameter_list(locked(s.mutex(), [&] { return s.trainable_parameters(); })); },
+           [](const nn::Sequential& s) { return parameter_list(without_gil([&] { return s.trainable_parameters(); })); },
            "Trainable parameters, named '<layer>.<name>'.")
       .def("buffers", [](const nn::Sequential& s) {
         std::vector<std::shared_ptr<Parameter>> buffers;
-        for (auto& p : locked(s.mutex(), [&] { return s.parameters(); }))
+        for (auto& p : without_gil([&] { return s.parameters(); }))
           if (!p->trainable()) buffers.push_back(p);
         return parameter_list(buffers);
       }, "Tensors saved with the model but not trained (batch-norm running statistics).")
@@ -264,7 +278,7 @@ void register_nn(py::module_& m) {
            [target_arg](nn::Sequential& s, py::handle x, py::handle target, nn::Loss& loss, optim::SGD& opt) {
              const Tensor xt = tensor_arg(x, "x");
              const Tensor tt = target_arg(loss, target);
-             return locked(s.mutex(), [&] { return s.train_step(xt, tt, loss, opt); });
+             return without_gil([&] { return s.train_step(xt, tt, loss, opt); });
            },
            py::arg("x"), py::arg("target"), py::arg("loss"), py::arg("optimizer"),
            "Forward, loss, backward and SGD update in C++; returns the batch's mean loss.")
@@ -274,7 +288,7 @@ void register_nn(py::module_& m) {
              if (!loss) loss = std::make_shared<nn::CrossEntropyLoss>();
              const Tensor xt = tensor_arg(x, "x");
              const Tensor tt = target_arg(*loss, target);
-             const nn::Evaluation e = locked(s.mutex(), [&] { return s.evaluate(xt, tt, *loss, batch_size); });
+             const nn::Evaluation e = without_gil([&] { return s.evaluate(xt, tt, *loss, batch_size); });
              return py::make_tuple(e.loss, e.accuracy);
            },
            py::arg("x"), py::arg("target"), py::arg("loss") = nullptr, py::arg("batch_size") = 256,
@@ -282,7 +296,7 @@ void register_nn(py::module_& m) {
       .def("activations",
            [](nn::Sequential& s, py::handle x) {
              const Tensor input = tensor_arg(x, "x");
-             return locked(s.mutex(), [&] { return s.activations(input); });
+             return without_gil([&] { return s.activations(input); });
            },
            py::arg("x"))
       .def("summary", [](const nn::Sequential& s, const Shape& shape) { return s.summary(shape); },
@@ -295,7 +309,7 @@ void register_nn(py::module_& m) {
                for (auto item : metadata.cast<py::dict>())
                  meta.emplace_back(py::str(item.first).cast<std::string>(), py::str(item.second).cast<std::string>());
              const std::string file = path_arg(path, "path");
-             locked(s.mutex(), [&] { s.save(file, meta); });
+             without_gil([&] { s.save(file, meta); });
            },
            py::arg("path"), py::arg("metadata") = py::none(),
            "Writes a safetensors checkpoint; metadata (str -> str) goes into __metadata__.")

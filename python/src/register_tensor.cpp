@@ -121,7 +121,8 @@ Tensor index_tensor(const Tensor& t, py::handle key) {
       out = out.slice(dim, start, stop, step);
       ++dim;
     } else if (is_integer_index(k)) {
-      const py::int_ index = py::reinterpret_steal<py::int_>(PyNumber_Index(k.ptr()));
+      const py::object index = py::reinterpret_steal<py::object>(PyNumber_Index(k.ptr()));
+      if (!index) throw py::error_already_set();  // its __index__ raised
       const std::int64_t n = out.size(dim);
       const long long value = PyLong_AsLongLong(index.ptr());
       if (value == -1 && PyErr_Occurred()) {
@@ -190,6 +191,10 @@ with PyTorch, JAX or CuPy without copies.)doc")
              check(copy.is_none() || !copy.cast<bool>(), "__dlpack__: copy=True is not supported");
              const bool versioned = !max_version.is_none() &&
                                     max_version.cast<py::tuple>()[0].cast<int>() >= 1;
+             // A consumer of the old, unversioned form cannot be told the memory is read-only.
+             if (!versioned && t.is_read_only())
+               throw py::buffer_error("__dlpack__: the tensor is read-only memory, which DLPack before 1.0 "
+                                      "cannot mark; ask for max_version=(1, 0) or clone() it first");
              return export_capsule(t, versioned);
            },
            py::kw_only(), py::arg("stream") = py::none(), py::arg("max_version") = py::none(),
@@ -303,7 +308,8 @@ with PyTorch, JAX or CuPy without copies.)doc")
         [](py::handle seed) {
           if (py::isinstance<py::bool_>(seed) || !PyIndex_Check(seed.ptr()))
             throw TypeError("seed: expected an int, got " + py::repr(seed).cast<std::string>());
-          const py::int_ value = py::reinterpret_steal<py::int_>(PyNumber_Index(seed.ptr()));
+          const py::object value = py::reinterpret_steal<py::object>(PyNumber_Index(seed.ptr()));
+          if (!value) throw py::error_already_set();  // its __index__ raised
           const unsigned long long bits = PyLong_AsUnsignedLongLong(value.ptr());
           if (bits == static_cast<unsigned long long>(-1) && PyErr_Occurred()) {
             PyErr_Clear();

@@ -430,8 +430,10 @@ void image_lane_backward_weight(const ConvGeometry& g, const float* dy, const fl
       kernels.image_lane_weight_grad_f32({src, g.C, src_h, src_w, errors, g.P, g.Q, g.R, g.S, g.dil_h, g.dil_w, k_begin,
                                           k_end - k_begin, partials + job / filter_ranges * g.K * taps});
     });
+    // After a failed job (and the barrier above) every thread skips the sums, which would read
+    // partials it never wrote.
 #pragma omp for schedule(static)
-    for (std::int64_t i = 0; i < g.K * taps; ++i) {
+    for (std::int64_t i = 0; i < (errors.failed() ? 0 : g.K * taps); ++i) {
       float sum = partials[i];
       for (std::int64_t group = 1; group < image_groups; ++group) sum += partials[group * g.K * taps + i];
       dw[i] = sum;
@@ -1487,8 +1489,10 @@ void gemm_backward_weight(const ConvGeometry& g, const T* dy, const T* x, T* dw,
     }
   };
   if (chunks > 1) {
+    cpu::RegionErrors errors;
 #pragma omp parallel for num_threads(::juanji::team_size()) schedule(static)
-    for (std::int64_t c = 0; c < chunks; ++c) run_chunk(c, false);
+    for (std::int64_t c = 0; c < chunks; ++c) errors.guard([&] { run_chunk(c, false); });
+    errors.rethrow();
 #pragma omp parallel for num_threads(::juanji::team_size()) schedule(static)
     for (std::int64_t i = 0; i < weights; ++i) {
       T sum = partials[i];

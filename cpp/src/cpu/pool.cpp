@@ -377,7 +377,8 @@ void max_pool_forward(const PoolGeometry& g, const Tensor& x, Tensor& y, Tensor&
     T* yd = y.data<T>();
     std::int64_t* ad = argmax.defined() ? argmax.data<std::int64_t>() : nullptr;
     const std::int64_t planes = plane_count(g);
-    const bool parallel = planes * g.P * g.Q * g.kernel_h * g.kernel_w >= cpu::kParallelGrain;
+    // In double: a huge window (kept within the padded input only) would overflow the product.
+    const bool parallel = static_cast<double>(planes) * g.P * g.Q * g.kernel_h * g.kernel_w >= cpu::kParallelGrain;
     // Work items of whole planes where there are many, else of row ranges within planes, so the
     // threads share the work either way while the kernel gets as many rows per call as it can.
     constexpr std::int64_t kWorkItems = 64;
@@ -449,7 +450,7 @@ void avg_pool_forward(const PoolGeometry& g, const Tensor& x, Tensor& y) {
     const T* xd = x.data<T>();
     T* yd = y.data<T>();
     const std::int64_t rows = plane_count(g) * g.P;
-    const bool parallel = rows * g.Q * g.kernel_h * g.kernel_w >= cpu::kParallelGrain;
+    const bool parallel = static_cast<double>(rows) * g.Q * g.kernel_h * g.kernel_w >= cpu::kParallelGrain;
 #pragma omp parallel for num_threads(::juanji::team_size()) schedule(static) if (parallel)
     for (std::int64_t r = 0; r < rows; ++r) {
       const std::int64_t plane = r / g.P;
@@ -471,7 +472,7 @@ void avg_pool_backward(const PoolGeometry& g, const Tensor& grad_y, Tensor& grad
     T* gx = grad_x.data<T>();
     const std::int64_t planes = plane_count(g);
     const bool parallel =
-        planes * g.P * g.Q * g.kernel_h * g.kernel_w >= cpu::kParallelGrain;
+        static_cast<double>(planes) * g.P * g.Q * g.kernel_h * g.kernel_w >= cpu::kParallelGrain;
 #pragma omp parallel for num_threads(::juanji::team_size()) schedule(static) if (parallel)
     for (std::int64_t plane = 0; plane < planes; ++plane)
       avg_pool_backward_plane(g, gy + plane * g.P * g.Q, gx + plane * g.H * g.W);

@@ -84,6 +84,7 @@ void move_parameters(const std::vector<std::shared_ptr<Parameter>>& parameters, 
 std::shared_ptr<Parameter> Layer::add_parameter(const std::string& name, Tensor value, bool trainable) {
   auto p = std::make_shared<Parameter>();
   p->name = name;
+  p->local_name = name;
   p->grad = trainable ? Tensor::zeros(value.shape(), value.dtype()) : Tensor();
   p->value = std::move(value);
   parameters_.push_back(p);
@@ -317,6 +318,7 @@ const Tensor& Pool::forward(const Tensor& x, bool training) {
   geometry_ = PoolGeometry::make(x.shape(), options_, spatial_dims_, type().c_str());
   input_ = x.contiguous();
   ensure(output_, geometry_.output_shape(), x.dtype(), x.device());
+  argmax_current_ = training && kind_ == Kind::max;
   if (kind_ == Kind::max) {
     Tensor none;
     max_pool_forward(geometry_, input_, output_,
@@ -335,7 +337,8 @@ const Tensor& Pool::backward(const Tensor& grad_y, bool need_grad_x) {
   }
   check(!fused_norm_, type(), ": the last forward ran fused with the batch norm before it (in a ",
         "Sequential); its backward is Sequential.train_step's");
-  check(kind_ == Kind::average || argmax_.defined(), type(), ": backward needs a training-mode forward");
+  check(kind_ == Kind::average || argmax_current_, type(),
+        ": backward needs a training-mode forward (the last forward ran in eval mode)");
   ensure(grad_input_, input_.shape(), input_.dtype(), input_.device());
   if (kind_ == Kind::max)
     max_pool_backward(geometry_, grad_y.contiguous(), argmax_, grad_input_);
@@ -348,7 +351,7 @@ const Tensor& Pool::backward(const Tensor& grad_y, bool need_grad_x) {
 // window's argmax it is this layer's output (a quarter of the reads for 2x2 windows).
 const Tensor* Pool::backward_fused(const Tensor& grad_y, const ActivationLayer& activation) {
   if (kind_ != Kind::max || activation.kind() != Activation::relu || fused_norm_ ||
-      !input_.device().is_cpu() || !argmax_.defined())
+      !input_.device().is_cpu() || !argmax_current_)
     return nullptr;
   check_grad_output(grad_y, output_);
   ensure(grad_input_, input_.shape(), input_.dtype(), input_.device());
@@ -368,6 +371,7 @@ const Tensor* Pool::forward_after_norm(const Tensor& x, bool training, BatchNorm
   norm.forward_relu_max_pool(
       x, training, geometry_, output_,
       training ? ensure(argmax_, geometry_.output_shape(), DType::int64, x.device()) : none);
+  argmax_current_ = training;
   input_ = Tensor();
   fused_norm_ = &norm;
   return &output_;
@@ -375,7 +379,7 @@ const Tensor* Pool::forward_after_norm(const Tensor& x, bool training, BatchNorm
 
 const Tensor& Pool::backward_through_norm(const Tensor& grad_y, bool need_grad_x,
                                           Tensor* conv_bias_grad) {
-  check(fused_norm_ && argmax_.defined(), type(),
+  check(fused_norm_ && argmax_current_, type(),
         ": backward_through_norm needs a training-mode forward_after_norm");
   check_grad_output(grad_y, output_);
   return fused_norm_->backward_relu_max_pool(geometry_, grad_y.contiguous(), argmax_, output_,
@@ -563,6 +567,7 @@ double BatchNorm2d::flops(const Shape& input) const { return 2.0 * static_cast<d
 const Tensor& BatchNorm2d::normalize(const Tensor& x, bool training, bool relu) {
   check_input(x, *gamma_, type());
   output_shape(x.shape());
+  last_training_ = training;
   input_ = x.contiguous();
   ensure(output_, x.shape(), x.dtype(), x.device());
   ensure(save_mean_, {channels_}, x.dtype(), x.device());
@@ -590,6 +595,7 @@ void BatchNorm2d::forward_relu_max_pool(const Tensor& x, bool training, const Po
                                         Tensor& y, Tensor& argmax) {
   check_input(x, *gamma_, type());
   output_shape(x.shape());
+  last_training_ = training;
   input_ = x.contiguous();
   output_ = Tensor();
   ensure(save_mean_, {channels_}, x.dtype(), x.device());
@@ -615,11 +621,13 @@ const Tensor& BatchNorm2d::backward_relu_max_pool(const PoolGeometry& pool, cons
 const Tensor* BatchNorm2d::backward_into(const Tensor& grad_y, Tensor& conv_bias_grad) {
   if (!input_.device().is_cpu() || !save_mean_.defined()) return nullptr;
   check_grad_output(grad_y, output_);
+  check(last_training_, type(), ".backward: needs a training-mode forward (the last forward ran in eval mode)");
   return &run_backward(grad_y, &conv_bias_grad);
 }
 
 const Tensor& BatchNorm2d::backward(const Tensor& grad_y, bool need_grad_x) {
   check_grad_output(grad_y, output_);
+  check(last_training_, type(), ".backward: needs a training-mode forward (the last forward ran in eval mode)");
   run_backward(grad_y, nullptr);
   if (!need_grad_x) grad_input_ = Tensor();
   return grad_input_;

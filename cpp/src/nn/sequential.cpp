@@ -42,38 +42,50 @@ double MSELoss::forward_backward(const Tensor& output, const Tensor& target, Ten
 }
 
 Sequential::Sequential(std::vector<std::shared_ptr<Layer>> layers) {
-  for (auto& layer : layers) add(std::move(layer));
+  try {
+    for (auto& layer : layers) add(std::move(layer));
+  } catch (...) {
+    // No destructor runs for a constructor that throws: free the layers taken so far.
+    for (auto& layer : layers_) layer->owner_.store(nullptr);
+    throw;
+  }
 }
 
+// Nothing else can be using the model (no reference is left), though a layer may be in use on
+// its own: only its owner changes.
 Sequential::~Sequential() {
-  for (auto& layer : layers_) {
-    const std::lock_guard<std::recursive_mutex> lock(layer->mutex());
-    layer->owner_ = nullptr;
-    layer->mutex_ = std::make_shared<std::recursive_mutex>();
-  }
+  for (auto& layer : layers_) layer->owner_.store(nullptr);
+}
+
+Sequential::Lock::Lock(const Sequential& model) : model_(*model.mutex_) {
+  layers_.reserve(model.layers_.size());
+  for (const auto& layer : model.layers_) layers_.emplace_back(layer->mutex());
 }
 
 void Sequential::add(std::shared_ptr<Layer> layer) {
   const std::lock_guard<std::recursive_mutex> lock(*mutex_);
   check(layer != nullptr, "Sequential: layer ", layers_.size(), " is None");
-  check(layer->owner_ == nullptr, "Sequential: layer ", layers_.size(), " (", layer->type(), ") already ",
-        layer->owner_ == this ? "appears earlier in this model" : "belongs to another model",
+  const void* owner = nullptr;
+  const bool taken = layer->owner_.compare_exchange_strong(owner, this);  // on failure: the owner
+  check(taken, "Sequential: layer ", layers_.size(), " (", layer->type(), ") already ",
+        owner == this ? "appears earlier in this model" : "belongs to another model",
         "; a layer can be in one model once (sharing weights is not supported): make a new one");
-  layer->owner_ = this;
-  layer->mutex_ = mutex_;
   // A parameter's full name is its layer's index and its own name, as in a checkpoint.
-  for (auto& p : layer->parameters()) p->name = std::to_string(layers_.size()) + "." + p->name;
+  {
+    const std::lock_guard<std::recursive_mutex> layer_lock(layer->mutex());
+    for (auto& p : layer->parameters()) p->name = std::to_string(layers_.size()) + "." + p->local_name;
+  }
   layers_.push_back(std::move(layer));
 }
 
 void Sequential::to(Device device) {
-  const std::lock_guard<std::recursive_mutex> lock(*mutex_);
+  const Lock lock(*this);
   move_parameters(parameters(), device);
   device_ = device;
 }
 
 void Sequential::to(DType dtype) {
-  const std::lock_guard<std::recursive_mutex> lock(*mutex_);
+  const Lock lock(*this);
   for (auto& layer : layers_) layer->to(dtype);
 }
 
@@ -93,7 +105,7 @@ void Sequential::check_input(const Tensor& x) const {
 }
 
 const Tensor& Sequential::forward(const Tensor& x, bool training) {
-  const std::lock_guard<std::recursive_mutex> lock(*mutex_);
+  const Lock lock(*this);
   const ConcurrentCaller caller;
   check_input(x);
   const Tensor* current = &on_model_device(x, input_staging_);
@@ -119,8 +131,13 @@ const Tensor& Sequential::forward(const Tensor& x, bool training) {
   return *current;
 }
 
+Tensor Sequential::forward_copy(const Tensor& x, bool training) {
+  const Lock lock(*this);
+  return forward(x, training).clone();
+}
+
 std::vector<Tensor> Sequential::activations(const Tensor& x) {
-  const std::lock_guard<std::recursive_mutex> lock(*mutex_);
+  const Lock lock(*this);
   const ConcurrentCaller caller;
   check_input(x);
   std::vector<Tensor> outputs;
@@ -133,7 +150,7 @@ std::vector<Tensor> Sequential::activations(const Tensor& x) {
 }
 
 double Sequential::train_step(const Tensor& x, const Tensor& target, Loss& loss, optim::SGD& optimizer) {
-  const std::lock_guard<std::recursive_mutex> lock(*mutex_);
+  const Lock lock(*this);
   const ConcurrentCaller caller;
   check_defined(target, "target");
   check_input(x);
@@ -188,7 +205,7 @@ double Sequential::train_step(const Tensor& x, const Tensor& target, Loss& loss,
 }
 
 Evaluation Sequential::evaluate(const Tensor& x, const Tensor& target, Loss& loss, std::int64_t batch_size) {
-  const std::lock_guard<std::recursive_mutex> lock(*mutex_);
+  const Lock lock(*this);
   const ConcurrentCaller caller;
   check_input(x);
   check(x.size(0) > 0, "evaluate: x is an empty batch, shape ", shape_text(x.shape()));
@@ -215,7 +232,7 @@ Evaluation Sequential::evaluate(const Tensor& x, const Tensor& target, Loss& los
 }
 
 std::vector<std::shared_ptr<Parameter>> Sequential::parameters() const {
-  const std::lock_guard<std::recursive_mutex> lock(*mutex_);
+  const Lock lock(*this);
   std::vector<std::shared_ptr<Parameter>> all;
   for (const auto& layer : layers_)
     for (const auto& p : layer->parameters()) all.push_back(p);

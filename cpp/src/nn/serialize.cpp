@@ -238,7 +238,7 @@ std::shared_ptr<Layer> make_layer(const std::string& type, const Json& config) {
 }
 
 void Sequential::save(const std::string& path, const Metadata& metadata) const {
-  const std::lock_guard<std::recursive_mutex> lock(*mutex_);
+  const Lock lock(*this);
   Metadata all{{"format", kFormat}, {"juanji_version", version()}, {"architecture", architecture_json()}};
   for (const auto& [key, value] : metadata) {
     check(!is_reserved(key), "metadata: key '", key, "' is reserved for juanji");

@@ -97,8 +97,11 @@ StepLR::StepLR(SGD& optimizer, std::int64_t step_size, double gamma)
 }
 
 void StepLR::step() {
+  const double lr = base_lr_ * std::pow(gamma_, static_cast<double>((epoch_ + 1) / step_size_));
+  check(std::isfinite(lr), "StepLR: gamma ", gamma_, " has taken the learning rate past the float range at epoch ",
+        epoch_ + 1);
+  optimizer_.set_lr(lr);
   ++epoch_;
-  optimizer_.set_lr(base_lr_ * std::pow(gamma_, static_cast<double>(epoch_ / step_size_)));
 }
 
 CosineLR::CosineLR(SGD& optimizer, std::int64_t t_max, double eta_min)

@@ -6,6 +6,7 @@
 // buffers are allocated there.
 #pragma once
 
+#include <atomic>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -19,7 +20,8 @@
 namespace juanji::nn {
 
 struct Parameter {
-  std::string name;  // "weight", "bias", "running_mean"...; Sequential prefixes the layer index
+  std::string name;        // local_name, prefixed with the layer's index by the Sequential it joins
+  std::string local_name;  // "weight", "bias", "running_mean"...
   Tensor value;
   Tensor grad;       // undefined for buffers that are not trained (running statistics)
   bool trainable() const { return grad.defined(); }
@@ -67,12 +69,12 @@ class Layer {
   void to(DType dtype);
   // Moves parameters and their gradients to device; buffers follow on the next forward.
   void to(Device device);
-  // Serializes the calls that use this layer's buffers: its model's lock once it is in a
-  // Sequential (which takes it in every call), else a lock of its own. The Python bindings take it
-  // around each call; C++ code that runs one layer from several threads takes it itself.
+  // Serializes the calls that use this layer's buffers: a Sequential takes the locks of all its
+  // layers in every call, the Python bindings take it around each call of the layer itself; C++
+  // code that runs one layer from several threads takes it itself.
   std::recursive_mutex& mutex() const { return *mutex_; }
   // The Sequential this layer belongs to, or null: a layer is in one model at most.
-  const void* owner() const { return owner_; }
+  const void* owner() const { return owner_.load(); }
 
  protected:
   std::shared_ptr<Parameter> add_parameter(const std::string& name, Tensor value, bool trainable);
@@ -85,8 +87,8 @@ class Layer {
 
  private:
   friend class Sequential;
-  std::shared_ptr<std::recursive_mutex> mutex_ = std::make_shared<std::recursive_mutex>();
-  const void* owner_ = nullptr;
+  std::unique_ptr<std::recursive_mutex> mutex_ = std::make_unique<std::recursive_mutex>();
+  std::atomic<const void*> owner_{nullptr};
 };
 
 class Conv : public Layer {
@@ -169,6 +171,7 @@ class Pool : public Layer {
   PoolOptions options_;
   PoolGeometry geometry_{};
   Tensor input_, output_, argmax_, grad_input_;
+  bool argmax_current_ = false;  // argmax_ is the last forward's (a training-mode one)
   BatchNorm2d* fused_norm_ = nullptr;
 };
 
@@ -283,6 +286,7 @@ class BatchNorm2d : public Layer {
   double eps_, momentum_;
   std::shared_ptr<Parameter> gamma_, beta_, running_mean_, running_var_;
   Tensor input_, output_, save_mean_, save_invstd_, grad_input_;
+  bool last_training_ = false;  // backward needs the batch statistics of a training-mode forward
 };
 
 // Named layers: the general classes above with their kind fixed, so that each layer has a type

@@ -48,10 +48,10 @@ struct Evaluation {
   double accuracy;
 };
 
-// Every method may be called from any thread: the ones that run or change the layers take the
-// model's lock (a recursive mutex, also each layer's mutex()), so calls on one model run one at a
-// time while different models run side by side. A reference a method returns (forward's output)
-// stays valid only while the caller holds mutex().
+// Every method may be called from any thread: the ones that run or change the layers hold a Lock
+// (the model's mutex and each layer's, in order), so calls on one model run one at a time while
+// different models run side by side. A reference a method returns (forward's output) stays valid
+// only while the caller holds a Lock; forward_copy returns a copy taken under it.
 class Sequential {
  public:
   Sequential() = default;
@@ -61,9 +61,18 @@ class Sequential {
   ~Sequential();  // its layers may then join another model
   // Appends a layer; one that already belongs to a model (this one or another) is refused with
   // std::invalid_argument: its parameters carry that model's names, and sharing weights between
-  // uses is not supported.
+  // uses is not supported. The constructor adds all of its layers or none.
   void add(std::shared_ptr<Layer> layer);
-  std::recursive_mutex& mutex() const { return *mutex_; }
+
+  // Holds the model's mutex and its layers' mutexes, in layer order, while it lives.
+  class Lock {
+   public:
+    explicit Lock(const Sequential& model);
+
+   private:
+    std::unique_lock<std::recursive_mutex> model_;
+    std::vector<std::unique_lock<std::recursive_mutex>> layers_;
+  };
   const std::vector<std::shared_ptr<Layer>>& layers() const { return layers_; }
 
   // Moves every layer's parameters and gradients (optimizer state follows on its next step).
@@ -77,6 +86,8 @@ class Sequential {
 
   // Output of the last layer, owned by it: valid until the next forward.
   const Tensor& forward(const Tensor& x, bool training);
+  // forward's output copied under the model's lock: what concurrent callers use.
+  Tensor forward_copy(const Tensor& x, bool training);
   // Every layer's output for x in eval mode (copies), for feature-map pictures.
   std::vector<Tensor> activations(const Tensor& x);
   double train_step(const Tensor& x, const Tensor& target, Loss& loss, optim::SGD& optimizer);
@@ -105,7 +116,7 @@ class Sequential {
   void check_input(const Tensor& x) const;
   // t itself when it is on the model's device, else a copy of it in `staging` there.
   const Tensor& on_model_device(const Tensor& t, Tensor& staging) const;
-  std::shared_ptr<std::recursive_mutex> mutex_ = std::make_shared<std::recursive_mutex>();
+  std::unique_ptr<std::recursive_mutex> mutex_ = std::make_unique<std::recursive_mutex>();
   std::vector<std::shared_ptr<Layer>> layers_;
   bool training_ = true;
   Device device_;
