@@ -639,3 +639,32 @@ def test_index_whose_index_method_raises():
 
     with pytest.raises(RuntimeError, match="no index here"):
         juanji.zeros(3)[Bad()]
+
+
+def test_bools_and_huge_ints_are_not_layer_sizes():
+    for make in (lambda: nn.Conv2d(True, 4, 3), lambda: nn.Linear(True, True), lambda: nn.BatchNorm2d(True),
+                 lambda: juanji.conv2d(np.ones((1, 2, 3, 3), f32), np.ones((2, 1, 1, 1), f32), groups=True)):
+        with pytest.raises(TypeError, match="(in|out)_(channels|features)|num_features|groups"):
+            make()
+    with pytest.raises(ValueError, match="out_features: 18446744073709551616 does not fit"):
+        nn.Linear(2, 2**64)
+    model = nn.Sequential(nn.Linear(2, 2), nn.ReLU())
+    assert model[np.int64(1)].type == "ReLU"
+    with pytest.raises(ValueError, match="batch_size"):
+        model.evaluate(np.ones((2, 2), f32), np.zeros(2, np.int64), batch_size=2**64)
+
+
+def test_a_checkpoint_mixing_dtypes_is_refused(tmp_path):
+    safetensors = pytest.importorskip("safetensors.numpy")
+    model = nn.Sequential(nn.Linear(2, 3))
+    model.save(tmp_path / "m.safetensors")
+    tensors = safetensors.load_file(tmp_path / "m.safetensors")
+    with open(tmp_path / "m.safetensors", "rb") as f:
+        import json
+        import struct
+
+        header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
+    tensors["0.weight"] = tensors["0.weight"].astype(np.float64)
+    safetensors.save_file(tensors, tmp_path / "mixed.safetensors", metadata=header["__metadata__"])
+    with pytest.raises(ValueError, match="share one dtype"):
+        juanji.load(tmp_path / "mixed.safetensors")

@@ -43,18 +43,18 @@ void register_conv(py::module_& m) {
     const Backward backward = op.backward;
     m.def(op.name,
           [forward](py::handle x, py::handle w, py::handle bias, py::handle stride, py::handle padding,
-                    py::handle dilation, std::int64_t groups) {
+                    py::handle dilation, py::handle groups) {
             return forward(tensor_arg(x, "x"), tensor_arg(w, "weight"), optional_tensor_arg(bias, "bias"),
-                           conv_options(stride, padding, dilation, groups));
+                           conv_options(stride, padding, dilation, int_arg(groups, "groups")));
           },
           py::arg("x"), py::arg("weight"), py::arg("bias") = py::none(), py::arg("stride") = 1,
           py::arg("padding") = 0, py::arg("dilation") = 1, py::arg("groups") = 1, op.doc);
     m.def(op.backward_name,
           [backward](py::handle grad_out, py::handle x, py::handle w, py::handle stride,
-                     py::handle padding, py::handle dilation, std::int64_t groups) {
+                     py::handle padding, py::handle dilation, py::handle groups) {
             return grads_tuple(backward(tensor_arg(grad_out, "grad_out"), tensor_arg(x, "x"),
                                         tensor_arg(w, "weight"),
-                                        conv_options(stride, padding, dilation, groups)));
+                                        conv_options(stride, padding, dilation, int_arg(groups, "groups"))));
           },
           py::arg("grad_out"), py::arg("x"), py::arg("weight"), py::arg("stride") = 1,
           py::arg("padding") = 0, py::arg("dilation") = 1, py::arg("groups") = 1,
@@ -64,9 +64,10 @@ void register_conv(py::module_& m) {
   // Private hooks for the tests: which CPU algorithm takes a problem, and forcing one.
   m.def("_conv_algorithms",
         [](const std::string& pass, py::handle x, py::handle w, py::handle stride, py::handle padding,
-           py::handle dilation, std::int64_t groups) {
+           py::handle dilation, py::handle groups) {
           const Tensor xt = tensor_arg(x, "x"), wt = tensor_arg(w, "weight");
-          const ConvGeometry g = ConvGeometry::make(xt.shape(), wt.shape(), conv_options(stride, padding, dilation, groups),
+          const ConvGeometry g = ConvGeometry::make(xt.shape(), wt.shape(),
+                                                    conv_options(stride, padding, dilation, int_arg(groups, "groups")),
                                                     static_cast<int>(xt.dim()) - 2);
           py::list out;
           for (const auto& choice : conv_algorithms(conv_pass_arg(pass), g, xt.dtype(), wt.contiguous()))

@@ -98,10 +98,11 @@ void move_or_cast(Target&& target, py::handle where) {
 template <class ConvLayer>
 void def_conv(py::module_& m, const char* name) {
   py::class_<ConvLayer, nn::Conv, std::shared_ptr<ConvLayer>>(m, name)
-      .def(py::init([](std::int64_t in, std::int64_t out, py::handle kernel, py::handle stride, py::handle padding,
-                       py::handle dilation, std::int64_t groups, bool bias, const std::string& init) {
-             return std::make_shared<ConvLayer>(in, out, ints_arg(kernel, "kernel_size"),
-                                                conv_options(stride, padding, dilation, groups), bias, init_arg(init));
+      .def(py::init([](py::handle in, py::handle out, py::handle kernel, py::handle stride, py::handle padding,
+                       py::handle dilation, py::handle groups, bool bias, const std::string& init) {
+             return std::make_shared<ConvLayer>(int_arg(in, "in_channels"), int_arg(out, "out_channels"),
+                                                ints_arg(kernel, "kernel_size"),
+                                                conv_options(stride, padding, dilation, int_arg(groups, "groups")), bias, init_arg(init));
            }),
            py::arg("in_channels"), py::arg("out_channels"), py::arg("kernel_size"), py::arg("stride") = 1,
            py::arg("padding") = 0, py::arg("dilation") = 1, py::arg("groups") = 1, py::arg("bias") = true,
@@ -182,8 +183,9 @@ void register_nn(py::module_& m) {
   def_conv<nn::Conv1d>(nn_module, "Conv1d");
 
   py::class_<nn::Linear, Layer, std::shared_ptr<nn::Linear>>(nn_module, "Linear")
-      .def(py::init([](std::int64_t in, std::int64_t out, bool bias, const std::string& init) {
-             return std::make_shared<nn::Linear>(in, out, bias, init_arg(init));
+      .def(py::init([](py::handle in, py::handle out, bool bias, const std::string& init) {
+             return std::make_shared<nn::Linear>(int_arg(in, "in_features"), int_arg(out, "out_features"), bias,
+                                                 init_arg(init));
            }),
            py::arg("in_features"), py::arg("out_features"), py::arg("bias") = true, py::arg("init") = "he");
 
@@ -207,7 +209,10 @@ void register_nn(py::module_& m) {
       .def(py::init<double>(), py::arg("p") = 0.5);
   py::class_<nn::Flatten, Layer, std::shared_ptr<nn::Flatten>>(nn_module, "Flatten").def(py::init<>());
   py::class_<nn::BatchNorm2d, Layer, std::shared_ptr<nn::BatchNorm2d>>(nn_module, "BatchNorm2d")
-      .def(py::init<std::int64_t, double, double>(), py::arg("num_features"), py::arg("eps") = 1e-5,
+      .def(py::init([](py::handle features, double eps, double momentum) {
+             return std::make_shared<nn::BatchNorm2d>(int_arg(features, "num_features"), eps, momentum);
+           }),
+           py::arg("num_features"), py::arg("eps") = 1e-5,
            py::arg("momentum") = 0.1);
 
   py::class_<nn::Loss, std::shared_ptr<nn::Loss>>(nn_module, "Loss")
@@ -284,7 +289,8 @@ void register_nn(py::module_& m) {
            "Forward, loss, backward and SGD update in C++; returns the batch's mean loss.")
       .def("evaluate",
            [target_arg](nn::Sequential& s, py::handle x, py::handle target, std::shared_ptr<nn::Loss> loss,
-                        std::int64_t batch_size) {
+                        py::handle batch_size_arg) {
+             const std::int64_t batch_size = int_arg(batch_size_arg, "batch_size");
              if (!loss) loss = std::make_shared<nn::CrossEntropyLoss>();
              const Tensor xt = tensor_arg(x, "x");
              const Tensor tt = target_arg(*loss, target);
@@ -315,7 +321,8 @@ void register_nn(py::module_& m) {
            "Writes a safetensors checkpoint; metadata (str -> str) goes into __metadata__.")
       .def_property_readonly("layers", [](const nn::Sequential& s) { return s.layers(); })
       .def("__len__", [](const nn::Sequential& s) { return s.layers().size(); })
-      .def("__getitem__", [](const nn::Sequential& s, std::int64_t i) {
+      .def("__getitem__", [](const nn::Sequential& s, py::handle index) {
+        const std::int64_t i = int_arg(index, "index");
         const auto n = static_cast<std::int64_t>(s.layers().size());
         if (i < -n || i >= n) throw py::index_error("layer index out of range");
         return s.layers()[static_cast<std::size_t>(i < 0 ? i + n : i)];

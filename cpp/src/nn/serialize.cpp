@@ -188,6 +188,7 @@ void check_tensor_table(const std::vector<SafetensorsEntry>& entries, const std:
                         const std::string& where) {
   std::map<std::string_view, const SafetensorsEntry*> by_name;
   for (const auto& entry : entries) by_name.emplace(entry.name, &entry);
+  const SafetensorsEntry* first = nullptr;  // a model's parameters share one dtype
   for (const auto& layer : plan) {
     for (const auto& p : layer.parameters) {
       const auto found = by_name.find(p.name);
@@ -198,6 +199,9 @@ void check_tensor_table(const std::vector<SafetensorsEntry>& entries, const std:
             " but the architecture needs ", shape_text(p.shape));
       check(entry.dtype == DType::float32 || entry.dtype == DType::float64, where, "tensor '", p.name,
             "' has dtype ", dtype_name(entry.dtype), "; parameters are float32 or float64");
+      if (!first) first = &entry;
+      check(entry.dtype == first->dtype, where, "tensor '", p.name, "' is ", dtype_name(entry.dtype), " but '",
+            first->name, "' is ", dtype_name(first->dtype), "; a model's parameters share one dtype");
       by_name.erase(found);
     }
   }
