@@ -1523,6 +1523,25 @@ Refusal float32_with_modest_padding(const ConvProblem& p) {
   return nullptr;
 }
 
+// The forward pass and the weight gradient correlate the input with the same windows: the same
+// conditions decide their fast paths.
+Refusal refuses_direct(const ConvProblem& p) {
+  if (Refusal why = float32_with_modest_padding(p)) return why;
+  return use_direct(p.g, p.g.C / p.g.groups) ? nullptr : "needs stride 1 and at most 4 input channels per group";
+}
+
+Refusal refuses_winograd(const ConvProblem& p) {
+  if (Refusal why = float32_with_modest_padding(p)) return why;
+  return use_winograd(forward_correlation(p.g))
+             ? nullptr
+             : "needs a stride-1 undilated 3x3 kernel, 16+ channels in and out per group and Winograd on";
+}
+
+Refusal refuses_filter_blocks(const ConvProblem& p) {
+  if (Refusal why = float32_with_modest_padding(p)) return why;
+  return use_filter_blocks(forward_correlation(p.g)) ? nullptr : "needs 8+ filters per group";
+}
+
 struct ForwardAlgorithm {
   const char* name;
   Refusal (*refusal)(const ConvProblem&);
@@ -1532,24 +1551,13 @@ struct ForwardAlgorithm {
 
 const std::array<ForwardAlgorithm, 4> kForwardAlgorithms{{
     {"direct",
-     [](const ConvProblem& p) -> Refusal {
-       if (Refusal why = float32_with_modest_padding(p)) return why;
-       return use_direct(p.g, p.g.C / p.g.groups) ? nullptr : "needs stride 1 and at most 4 input channels per group";
-     },
+     refuses_direct,
      direct_forward, nullptr},
     {"winograd",
-     [](const ConvProblem& p) -> Refusal {
-       if (Refusal why = float32_with_modest_padding(p)) return why;
-       return use_winograd(forward_correlation(p.g))
-                  ? nullptr
-                  : "needs a stride-1 undilated 3x3 kernel, 16+ channels in and out per group and Winograd on";
-     },
+     refuses_winograd,
      winograd_forward, nullptr},
     {"filter_blocks",
-     [](const ConvProblem& p) -> Refusal {
-       if (Refusal why = float32_with_modest_padding(p)) return why;
-       return use_filter_blocks(forward_correlation(p.g)) ? nullptr : "needs 8+ filters per group";
-     },
+     refuses_filter_blocks,
      filter_block_forward, nullptr},
     {"gemm", [](const ConvProblem&) -> Refusal { return nullptr; },
      [](const ConvGeometry& g, const float* x, const float* w, const float* bias, float* y, bool) {
@@ -1619,24 +1627,13 @@ struct WeightGradAlgorithm {
 // (convnet_c1, 1 -> 32 channels: 577 -> 392 us; cifar_c1: 1.39 -> 0.91 ms).
 const std::array<WeightGradAlgorithm, 4> kWeightGradAlgorithms{{
     {"winograd",
-     [](const ConvProblem& p) -> Refusal {
-       if (Refusal why = float32_with_modest_padding(p)) return why;
-       return use_winograd(forward_correlation(p.g))
-                  ? nullptr
-                  : "needs a stride-1 undilated 3x3 kernel, 16+ channels in and out per group and Winograd on";
-     },
+     refuses_winograd,
      winograd_backward_weight, nullptr},
     {"filter_blocks",
-     [](const ConvProblem& p) -> Refusal {
-       if (Refusal why = float32_with_modest_padding(p)) return why;
-       return use_filter_blocks(forward_correlation(p.g)) ? nullptr : "needs 8+ filters per group";
-     },
+     refuses_filter_blocks,
      filter_block_backward_weight, nullptr},
     {"direct",
-     [](const ConvProblem& p) -> Refusal {
-       if (Refusal why = float32_with_modest_padding(p)) return why;
-       return use_direct(p.g, p.g.C / p.g.groups) ? nullptr : "needs stride 1 and at most 4 input channels per group";
-     },
+     refuses_direct,
      [](const ConvGeometry& g, const float* dy, const float* x, float* dw, float* db) {
        if (db) bias_grad(g, dy, db);
        direct_backward_weight(g, dy, x, dw);
