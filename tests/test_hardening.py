@@ -668,3 +668,24 @@ def test_a_checkpoint_mixing_dtypes_is_refused(tmp_path):
     safetensors.save_file(tensors, tmp_path / "mixed.safetensors", metadata=header["__metadata__"])
     with pytest.raises(ValueError, match="share one dtype"):
         juanji.load(tmp_path / "mixed.safetensors")
+
+
+def test_a_layer_joins_a_model_while_it_runs_elsewhere():
+    # Joining takes the layer's lock: the constructor must not wait for it with the GIL held.
+    layer = nn.Linear(64, 64)
+    stop = threading.Event()
+
+    def work():
+        while not stop.is_set():
+            layer.forward(np.ones((8, 64), f32))
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    try:
+        for _ in range(50):
+            model = nn.Sequential(layer)
+            del model
+    finally:
+        stop.set()
+        worker.join(timeout=30)
+    assert not worker.is_alive()

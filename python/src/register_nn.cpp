@@ -243,7 +243,9 @@ void register_nn(py::module_& m) {
                             py::str(py::type::handle_of(l).attr("__name__")).cast<std::string>());
           list.push_back(l.cast<std::shared_ptr<Layer>>());
         }
-        return std::make_shared<nn::Sequential>(std::move(list));
+        // Joining takes each layer's lock, which a thread running the layer may hold while it
+        // waits for the GIL.
+        return without_gil([&] { return std::make_shared<nn::Sequential>(std::move(list)); });
       }))
       .def("__call__",
            [](nn::Sequential& s, py::handle x) {
