@@ -593,24 +593,34 @@ def test_a_layer_moved_to_a_new_model_is_named_there(tmp_path):
     np.testing.assert_array_equal(np.asarray(juanji.load(tmp_path / "m.safetensors")(x)), np.asarray(second(x)))
 
 
+class running_elsewhere:
+    """Runs layer.forward in a loop on another thread for the with-block; on leaving, the thread
+    must stop within 30 s (a deadlock keeps it waiting)."""
+
+    def __init__(self, layer):
+        self.stop = threading.Event()
+        self.worker = threading.Thread(target=self.work, args=(layer,))
+
+    def work(self, layer):
+        while not self.stop.is_set():
+            layer.forward(np.ones((8, 64), f32))
+
+    def __enter__(self):
+        self.worker.start()
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.worker.join(timeout=30)
+        assert not self.worker.is_alive()
+
+
 def test_deleting_a_model_while_its_layer_runs_elsewhere():
     # The model's destructor runs with the GIL held: it must not wait for a layer's lock, whose
     # holder may need the GIL.
     for _ in range(50):
         model = nn.Sequential(nn.Linear(64, 64))
-        layer = model[0]
-        stop = threading.Event()
-
-        def work():
-            while not stop.is_set():
-                layer.forward(np.ones((8, 64), f32))
-
-        worker = threading.Thread(target=work)
-        worker.start()
-        del model
-        stop.set()
-        worker.join(timeout=30)
-        assert not worker.is_alive()
+        with running_elsewhere(model[0]):
+            del model
 
 
 @pytest.mark.parametrize("make,shape", [(lambda: nn.MaxPool2d(2), (1, 1, 4, 4)), (lambda: nn.BatchNorm2d(1), (2, 1, 4, 4))],
@@ -673,19 +683,7 @@ def test_a_checkpoint_mixing_dtypes_is_refused(tmp_path):
 def test_a_layer_joins_a_model_while_it_runs_elsewhere():
     # Joining takes the layer's lock: the constructor must not wait for it with the GIL held.
     layer = nn.Linear(64, 64)
-    stop = threading.Event()
-
-    def work():
-        while not stop.is_set():
-            layer.forward(np.ones((8, 64), f32))
-
-    worker = threading.Thread(target=work)
-    worker.start()
-    try:
+    with running_elsewhere(layer):
         for _ in range(50):
             model = nn.Sequential(layer)
             del model
-    finally:
-        stop.set()
-        worker.join(timeout=30)
-    assert not worker.is_alive()

@@ -178,13 +178,9 @@ Tensor labels_arg(py::handle obj, const char* name) {
   return from_numpy(a, name);
 }
 
-namespace {
-
 bool is_int(py::handle obj) {
   return !py::isinstance<py::bool_>(obj) && !py::isinstance<py::array>(obj) && PyIndex_Check(obj.ptr());
 }
-
-}  // namespace
 
 std::int64_t int_arg(py::handle obj, const char* name) {
   if (!is_int(obj))

@@ -25,6 +25,9 @@ Tensor tensor_arg(py::handle obj, const char* name);
 Tensor optional_tensor_arg(py::handle obj, const char* name);
 // Integer class labels as an int64 tensor: a juanji int64 Tensor or any integer array/sequence.
 Tensor labels_arg(py::handle obj, const char* name);
+// Whether obj is a Python int or a NumPy integer scalar (anything with __index__ but a bool or an
+// array).
+bool is_int(py::handle obj);
 // A Python int or a NumPy integer scalar (bool is not an int here): TypeError naming `name`
 // otherwise, ValueError naming it outside int64.
 std::int64_t int_arg(py::handle obj, const char* name);

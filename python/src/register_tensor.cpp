@@ -87,10 +87,6 @@ py::tuple shape_tuple(const Shape& shape) {
   return out;
 }
 
-bool is_integer_index(py::handle k) {
-  return !py::isinstance<py::bool_>(k) && PyIndex_Check(k.ptr()) && !py::isinstance<py::array>(k);
-}
-
 // NumPy's basic indexing: ints (Python or NumPy), slices with positive steps, None and a bool
 // (a new axis of size 1, or 0 for False) and one Ellipsis. Results are views.
 Tensor index_tensor(const Tensor& t, py::handle key) {
@@ -98,7 +94,7 @@ Tensor index_tensor(const Tensor& t, py::handle key) {
                                                    : py::make_tuple(key);
   std::int64_t consumed = 0, ellipses = 0;
   for (auto k : keys) {
-    if (py::isinstance<py::slice>(k) || is_integer_index(k)) ++consumed;
+    if (py::isinstance<py::slice>(k) || is_int(k)) ++consumed;
     if (k.is(py::ellipsis())) ++ellipses;
   }
   check(ellipses <= 1, "index: an index can only have a single ellipsis ('...')");
@@ -120,7 +116,7 @@ Tensor index_tensor(const Tensor& t, py::handle key) {
       check(step > 0, "index: negative slice steps are not supported");
       out = out.slice(dim, start, stop, step);
       ++dim;
-    } else if (is_integer_index(k)) {
+    } else if (is_int(k)) {
       const py::object index = py::reinterpret_steal<py::object>(PyNumber_Index(k.ptr()));
       if (!index) throw py::error_already_set();  // its __index__ raised
       const std::int64_t n = out.size(dim);
@@ -306,7 +302,7 @@ with PyTorch, JAX or CuPy without copies.)doc")
         py::kw_only(), py::arg("dtype") = py::none(), "Standard normal from the seeded generator.");
   m.def("manual_seed",
         [](py::handle seed) {
-          if (py::isinstance<py::bool_>(seed) || !PyIndex_Check(seed.ptr()))
+          if (!is_int(seed))
             throw TypeError("seed: expected an int, got " + py::repr(seed).cast<std::string>());
           const py::object value = py::reinterpret_steal<py::object>(PyNumber_Index(seed.ptr()));
           if (!value) throw py::error_already_set();  // its __index__ raised

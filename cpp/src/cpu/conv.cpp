@@ -8,10 +8,10 @@
 // order: results do not depend on the thread count.
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
-#include <mutex>
 #include <numeric>
 #include <string>
 #include <type_traits>
@@ -1643,19 +1643,33 @@ const std::array<WeightGradAlgorithm, 4> kWeightGradAlgorithms{{
      gemm_backward_weight<double>},
 }};
 
-// The forced name of each pass (ConvPass order); JUANJI_CONV_ALGO sets all three at start-up.
-std::array<std::string, 3>& forced_algorithms() {
-  static std::array<std::string, 3> names = [] {
-    const char* env = std::getenv("JUANJI_CONV_ALGO");
-    const std::string name = env ? env : "";
-    return std::array<std::string, 3>{name, name, name};
-  }();
-  return names;
+// The pass's entry named `name`, as the table's own name pointer, or null.
+const char* table_name(ConvPass pass, const std::string& name) {
+  const auto find = [&](const auto& table) -> const char* {
+    for (const auto& a : table)
+      if (name == a.name) return a.name;
+    return nullptr;
+  };
+  switch (pass) {
+    case ConvPass::forward: return find(kForwardAlgorithms);
+    case ConvPass::data_grad: return find(kDataGradAlgorithms);
+    case ConvPass::weight_grad: return find(kWeightGradAlgorithms);
+  }
+  return nullptr;
 }
 
-std::mutex& forced_algorithm_mutex() {
-  static std::mutex mutex;
-  return mutex;
+// Each pass's forced entry (ConvPass order) as its table's name pointer, null for the default
+// choice: read by every convolution, so one atomic load. JUANJI_CONV_ALGO sets all three at
+// start-up (a pass without that algorithm keeps the default).
+std::array<std::atomic<const char*>, 3>& forced_algorithms() {
+  static std::array<std::atomic<const char*>, 3> names = [] {
+    const char* env = std::getenv("JUANJI_CONV_ALGO");
+    const std::string name = env ? env : "";
+    return std::array<std::atomic<const char*>, 3>{table_name(ConvPass::forward, name),
+                                                   table_name(ConvPass::data_grad, name),
+                                                   table_name(ConvPass::weight_grad, name)};
+  }();
+  return names;
 }
 
 const char* pass_name(ConvPass pass) {
@@ -1672,12 +1686,8 @@ const char* pass_name(ConvPass pass) {
 template <class Algorithm, std::size_t N>
 const Algorithm& choose(const std::array<Algorithm, N>& table, const ConvProblem& p, ConvPass pass,
                         bool allow_forced) {
-  if (allow_forced) {
-    std::string forced;
-    {
-      const std::lock_guard<std::mutex> lock(forced_algorithm_mutex());
-      forced = forced_algorithms()[static_cast<std::size_t>(pass)];
-    }
+  const char* forced = allow_forced ? forced_algorithms()[static_cast<std::size_t>(pass)].load() : nullptr;
+  if (forced) {
     for (const Algorithm& a : table) {
       if (forced != a.name) continue;
       const Refusal why = a.refusal(p);
@@ -1940,18 +1950,10 @@ std::vector<ConvAlgorithmChoice> conv_algorithms(ConvPass pass, const ConvGeomet
 }
 
 std::string set_conv_algorithm(ConvPass pass, const std::string& name) {
-  bool known = name.empty();
-  const auto look = [&](const auto& table) {
-    for (const auto& a : table) known = known || name == a.name;
-  };
-  switch (pass) {
-    case ConvPass::forward: look(kForwardAlgorithms); break;
-    case ConvPass::data_grad: look(kDataGradAlgorithms); break;
-    case ConvPass::weight_grad: look(kWeightGradAlgorithms); break;
-  }
-  check(known, "set_conv_algorithm: the ", pass_name(pass), " has no algorithm named '", name, "'");
-  const std::lock_guard<std::mutex> lock(forced_algorithm_mutex());
-  return std::exchange(forced_algorithms()[static_cast<std::size_t>(pass)], name);
+  const char* entry = table_name(pass, name);
+  check(entry || name.empty(), "set_conv_algorithm: the ", pass_name(pass), " has no algorithm named '", name, "'");
+  const char* previous = forced_algorithms()[static_cast<std::size_t>(pass)].exchange(entry);
+  return previous ? previous : "";
 }
 
 }  // namespace juanji
