@@ -1838,8 +1838,16 @@ void conv_forward(const ConvGeometry& g, const Tensor& x, const Tensor& w, const
     algorithm.run_f64(g, x.data<double>(), w.data<double>(), cpu::data_or_null<double>(bias), y.data<double>());
 }
 
-bool conv_forward_relu(const ConvGeometry& g, const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& y) {
-  if (!x.device().is_cpu() || x.dtype() != DType::float32 || has_no_terms(g)) return false;
+bool conv_forward_activation(const ConvGeometry& g, const Tensor& x, const Tensor& w,
+                             const Tensor& bias, Tensor& y, Activation kind, double negative_slope) {
+#if JUANJI_WITH_CUDA
+  if (x.device().is_cuda()) {
+    cuda::conv_forward(g, x, w, bias, y, {true, kind, negative_slope});
+    return true;
+  }
+#endif
+  (void)negative_slope;
+  if (kind != Activation::relu || x.dtype() != DType::float32 || has_no_terms(g)) return false;
   // The same choice as conv_forward's; every algorithm but GEMM applies the ReLU as it stores.
   const ForwardAlgorithm& algorithm = choose(kForwardAlgorithms, {g, x.dtype(), nullptr}, ConvPass::forward, true);
   if (algorithm.run_f64 != nullptr) return false;

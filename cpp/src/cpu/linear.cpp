@@ -65,6 +65,18 @@ void linear_forward(const Tensor& x, const Tensor& w, const Tensor& b, Tensor& y
                          y.data<double>());
 }
 
+bool linear_forward_activation(const Tensor& x, const Tensor& w, const Tensor& b, Tensor& y,
+                               Activation kind, double negative_slope) {
+#if JUANJI_WITH_CUDA
+  if (x.device().is_cuda()) {
+    cuda::linear_forward(x, w, b, y, {true, kind, negative_slope});
+    return true;
+  }
+#endif
+  (void)x, (void)w, (void)b, (void)y, (void)kind, (void)negative_slope;
+  return false;
+}
+
 void linear_backward_into(const Tensor& grad_y, const Tensor& x, const Tensor& w, Tensor& grad_x,
                           Tensor& grad_w, Tensor& grad_b) {
 #if JUANJI_WITH_CUDA

@@ -6,9 +6,6 @@
 
 #include "core/checked_math.hpp"
 #include "juanji/build_config.hpp"
-#if JUANJI_WITH_CUDA
-#include "cuda/ops.hpp"
-#endif
 
 namespace juanji::nn {
 namespace {
@@ -172,20 +169,11 @@ const Tensor& Conv::forward(const Tensor& x, bool) {
 }
 
 const Tensor* Conv::forward_fused(const Tensor& x, bool, const ActivationLayer& activation) {
-#if JUANJI_WITH_CUDA
-  if (x.device().is_cuda() && activation.fusable()) {
-    prepare_forward(x);
-    cuda::conv_forward(geometry_, input_, weight_->value, bias_ ? bias_->value : Tensor(), output_,
-                       {true, activation.kind(), activation.negative_slope()});
-    return &output_;
-  }
-#endif
-  if (x.device().is_cpu() && activation.kind() == Activation::relu) {
-    prepare_forward(x);
-    if (conv_forward_relu(geometry_, input_, weight_->value, bias_ ? bias_->value : Tensor(), output_))
-      return &output_;
-  }
-  return nullptr;
+  if (!activation.fusable()) return nullptr;
+  prepare_forward(x);
+  const bool fused = conv_forward_activation(geometry_, input_, weight_->value, bias_ ? bias_->value : Tensor(),
+                                             output_, activation.kind(), activation.negative_slope());
+  return fused ? &output_ : nullptr;
 }
 
 const Tensor& Conv::backward(const Tensor& grad_y, bool need_grad_x) {
@@ -256,16 +244,11 @@ const Tensor& Linear::forward(const Tensor& x, bool) {
 }
 
 const Tensor* Linear::forward_fused(const Tensor& x, bool, const ActivationLayer& activation) {
-#if JUANJI_WITH_CUDA
-  if (x.device().is_cuda() && activation.fusable()) {
-    prepare_forward(x);
-    cuda::linear_forward(input_, weight_->value, bias_ ? bias_->value : Tensor(), output_,
-                         {true, activation.kind(), activation.negative_slope()});
-    return &output_;
-  }
-#endif
-  (void)x, (void)activation;
-  return nullptr;
+  if (!activation.fusable()) return nullptr;
+  prepare_forward(x);
+  const bool fused = linear_forward_activation(input_, weight_->value, bias_ ? bias_->value : Tensor(),
+                                               output_, activation.kind(), activation.negative_slope());
+  return fused ? &output_ : nullptr;
 }
 
 const Tensor& Linear::backward(const Tensor& grad_y, bool need_grad_x) {

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "juanji/ops/dense.hpp"
 #include "juanji/tensor.hpp"
 
 namespace juanji {
@@ -63,10 +64,12 @@ ConvGrads conv1d_backward(const Tensor& grad_out, const Tensor& x, const Tensor&
 // bias may be undefined (no bias); grad_b may be undefined (not wanted).
 void conv_forward(const ConvGeometry& g, const Tensor& x, const Tensor& w, const Tensor& bias,
                   Tensor& y);
-// conv_forward with ReLU (v < 0 ? 0 : v, as the activation op) applied as each output is stored,
-// where the CPU kernel for this layer allows it (float32 on the direct and filter-block paths);
-// returns false, having computed nothing, where it does not.
-bool conv_forward_relu(const ConvGeometry& g, const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& y);
+// conv_forward with the activation applied as each output is stored, where a kernel for this
+// problem can (CUDA: every activation; the CPU: ReLU, v < 0 ? 0 : v as the activation op, in
+// float32 on every algorithm but GEMM); returns false, having computed nothing, where none can.
+// The caller keeps only activations whose backward works from the output (see ActivationLayer).
+bool conv_forward_activation(const ConvGeometry& g, const Tensor& x, const Tensor& w,
+                             const Tensor& bias, Tensor& y, Activation kind, double negative_slope);
 void conv_backward_data(const ConvGeometry& g, const Tensor& grad_y, const Tensor& w, Tensor& grad_x);
 
 // The CPU's algorithms for each pass, in order of preference (direct, Winograd, filter blocks,

@@ -9,6 +9,8 @@
 
 namespace juanji {
 
+enum class Activation { relu, leaky_relu, sigmoid, tanh };
+
 // x (N, in), w (out, in), b (out) or undefined: y = x w^T + b.
 Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b);
 struct LinearGrads {
@@ -17,10 +19,13 @@ struct LinearGrads {
 LinearGrads linear_backward(const Tensor& grad_out, const Tensor& x, const Tensor& w);
 // Kernel API: contiguous, preallocated outputs overwritten; undefined outputs are skipped.
 void linear_forward(const Tensor& x, const Tensor& w, const Tensor& b, Tensor& y);
+// linear_forward with the activation applied in the kernel's epilogue where one can (CUDA);
+// returns false, having computed nothing, where none can (as conv_forward_activation).
+bool linear_forward_activation(const Tensor& x, const Tensor& w, const Tensor& b, Tensor& y,
+                               Activation kind, double negative_slope);
 void linear_backward_into(const Tensor& grad_y, const Tensor& x, const Tensor& w, Tensor& grad_x,
                           Tensor& grad_w, Tensor& grad_b);
 
-enum class Activation { relu, leaky_relu, sigmoid, tanh };
 Tensor activation(Activation kind, const Tensor& x, double negative_slope = 0.01);
 Tensor activation_backward(Activation kind, const Tensor& grad_out, const Tensor& x,
                            double negative_slope = 0.01);
