@@ -1,0 +1,88 @@
+// The CPU's convolution algorithms, one file each (direct.cpp, winograd.cpp, filter_blocks.cpp,
+// phases.cpp, gemm.cpp), and what they share. Each algorithm says which problems it takes (the
+// use_* conditions, which the tables in table.cpp turn into refusals) and runs on raw contiguous
+// buffers of a checked problem. Private to the library.
+#pragma once
+
+#include <cstdint>
+
+#include "cpu/microkernels.hpp"
+#include "cpu/op_support.hpp"
+#include "cpu/parallel.hpp"
+#include "juanji/ops/conv.hpp"
+#include "juanji/runtime.hpp"
+
+namespace juanji::cpu::conv {
+
+// ---- Shared (common.cpp) ----
+
+// Zero-padded copy of planes: dst[c][i][j] = src[c][i - top][j - left], zero outside src.
+// top/left may be negative (cropping).
+void pad_planes(const float* src, std::int64_t planes, std::int64_t h, std::int64_t w, std::int64_t top,
+                std::int64_t left, float* dst, std::int64_t dst_h, std::int64_t dst_w);
+
+// A strided, dilated correlation of a batch of images in groups, with padding that may be negative
+// (cropping): the shape of the forward pass and, at stride 1, of the data gradient (the seeds' full
+// convolution of the error with the rotated kernel).
+struct Correlation {
+  std::int64_t N, groups;
+  std::int64_t in_channels, in_h, in_w;
+  std::int64_t out_channels, out_h, out_w;
+  std::int64_t R, S, stride_h, stride_w, dil_h, dil_w, pad_top, pad_left;
+
+  std::int64_t in_per_group() const { return in_channels / groups; }
+  std::int64_t out_per_group() const { return out_channels / groups; }
+  std::int64_t taps() const { return in_per_group() * R * S; }
+  std::int64_t blocks() const { return (out_per_group() + cpu::kFilterBlock - 1) / cpu::kFilterBlock; }
+};
+Correlation forward_correlation(const ConvGeometry& g);
+Correlation data_grad_correlation(const ConvGeometry& g);
+
+// Whether padding and dilation are small beside the image, so that padded planes stay small (the
+// float32 paths copy the input or the error into padded planes).
+bool padding_is_modest(const ConvGeometry& g);
+bool all_finite(const float* values, std::int64_t count);
+
+constexpr std::int64_t kL2Bytes = std::int64_t{1} << 20;
+
+// ---- Direct (direct.cpp): stride 1, few channels per group ----
+bool use_direct(const ConvGeometry& g, std::int64_t in_channels_per_group);
+bool use_direct_data_grad(const ConvGeometry& g);
+void direct_forward(const ConvGeometry& g, const float* x, const float* w, const float* bias, float* y,
+                    bool relu);
+void direct_backward_data(const ConvGeometry& g, const float* dy, const float* w, float* dx);
+void direct_backward_weight(const ConvGeometry& g, const float* dy, const float* x, float* dw);
+
+// ---- Filter blocks (filter_blocks.cpp): 8+ filters per group ----
+bool use_filter_blocks(const Correlation& c);
+void filter_block_forward(const ConvGeometry& g, const float* x, const float* w, const float* bias, float* y,
+                          bool relu);
+void filter_block_backward_data(const ConvGeometry& g, const float* dy, const float* w, float* dx);
+void filter_block_backward_weight(const ConvGeometry& g, const float* dy, const float* x, float* dw,
+                                  float* db);
+
+// ---- Winograd F(2x2, 3x3) (winograd.cpp): stride-1 undilated 3x3, 16+ channels ----
+bool use_winograd(const Correlation& c);
+void winograd_forward(const ConvGeometry& g, const float* x, const float* w, const float* bias, float* y, bool relu);
+void winograd_backward_data(const ConvGeometry& g, const float* dy, const float* w, float* dx);
+void winograd_backward_weight(const ConvGeometry& g, const float* dy, const float* x, float* dw, float* db);
+
+// ---- Stride phases (phases.cpp): the data gradient of strided layers ----
+void strided_backward_data(const ConvGeometry& g, const float* dy, const float* w, float* dx);
+// A stride-1 float32 data gradient by the algorithm the table picks for it (never a forced one).
+void default_data_grad_f32(const ConvGeometry& g, const float* dy, const float* w, float* dx);
+
+// ---- im2col + GEMM (gemm.cpp): every problem, float32 or float64 ----
+bool pointwise_data_grad_by_gemm(const ConvGeometry& g);
+template <class T>
+void gemm_forward(const ConvGeometry& g, const T* x, const T* w, const T* bias, T* y);
+template <class T>
+void gemm_backward_data(const ConvGeometry& g, const T* dy, const T* w, T* dx);
+// db (or null) gets the bias gradient by bias_grad's own pass over the error.
+template <class T>
+void gemm_backward_weight(const ConvGeometry& g, const T* dy, const T* x, T* dw, T* db);
+// db[k] = the sum of the error plane of filter k over the batch.
+template <class T>
+void bias_grad(const ConvGeometry& g, const T* dy, T* db);
+
+}  // namespace juanji::cpu::conv

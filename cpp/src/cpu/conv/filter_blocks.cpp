@@ -1,0 +1,189 @@
+// The filter-block kernels: 16 filters per vector, each input value read straight from the image.
+#include <algorithm>
+
+#include "cpu/conv/filter_blocks.hpp"
+#include "cpu/vec_math.hpp"
+#include "cpu/workspace.hpp"
+
+namespace juanji::cpu::conv {
+
+// The filter-vectorised kernels hold 16 filters per vector block: they need 8 or more output
+// channels per group to fill half a block. They beat im2col + GEMM on every such layer measured
+// (one thread: lenet_c2 forward 33 -> 100 GF/s, res_64 67 -> 107, stem 54 -> 95; weight gradients
+// 22 -> 88, 60 -> 101, 52 -> 78), since they read each input value straight from the image.
+bool use_filter_blocks(const Correlation& c) { return c.out_per_group() >= cpu::kFilterBlock / 2; }
+
+namespace {
+
+// Where the taps read: the image itself when it needs no padding, else a zero-padded (or cropped)
+// copy in the calling thread's workspace; tap t = (c, r, s) reads at tap_offsets[t] from an
+// output pixel's origin.
+struct TapSource {
+  std::int64_t height, width;
+  bool padded;
+  std::int64_t* tap_offsets;
+
+  TapSource(const Correlation& c, std::int64_t* offsets) : tap_offsets(offsets) {
+    const std::int64_t needed_h = (c.out_h - 1) * c.stride_h + (c.R - 1) * c.dil_h + 1;
+    const std::int64_t needed_w = (c.out_w - 1) * c.stride_w + (c.S - 1) * c.dil_w + 1;
+    padded = c.pad_top != 0 || c.pad_left != 0 || needed_h > c.in_h || needed_w > c.in_w;
+    height = padded ? needed_h : c.in_h;
+    width = padded ? needed_w : c.in_w;
+    for (std::int64_t ch = 0; ch < c.in_per_group(); ++ch)
+      for (std::int64_t r = 0; r < c.R; ++r)
+        for (std::int64_t s = 0; s < c.S; ++s)
+          offsets[(ch * c.R + r) * c.S + s] = (ch * height + r * c.dil_h) * width + s * c.dil_w;
+  }
+
+  const float* planes(const Correlation& c, const float* src, std::int64_t n, std::int64_t grp) const {
+    const std::int64_t channels = c.in_per_group();
+    const float* image = src + (n * c.in_channels + grp * channels) * c.in_h * c.in_w;
+    if (!padded) return image;
+    float* out = cpu::workspace<float>(cpu::WorkspaceSlot::columns, channels * height * width);
+    pad_planes(image, channels, c.in_h, c.in_w, c.pad_top, c.pad_left, out, height, width);
+    return out;
+  }
+};
+
+// out = correlation of src with packed weights (+ bias); each output is written by one job.
+void filter_block_correlate(const Correlation& c, const float* src, const float* packed, const float* bias,
+                            float* out, bool relu) {
+  const cpu::KernelSet& kernels = cpu::active_kernels();
+  const std::int64_t blocks = c.blocks(), taps = c.taps(), per_group = c.out_per_group();
+  const std::int64_t out_plane = c.out_h * c.out_w;
+  const TapSource source(c, cpu::workspace<std::int64_t>(cpu::WorkspaceSlot::gemm_b, taps));
+  const FilterBlockJobs jobs(c.N * c.groups, blocks);
+  // A job's blocks of filters take each block of pixels in turn, while its taps' source values
+  // are in L1, when the source planes outgrow L2 (pw's 256 channels of 56x56: swept block by
+  // block they were read from L3 four times: 6.4 -> 5.0 ms). Smaller sources stay in L2 across
+  // block-by-block sweeps, which keep a block's weights in L1 and write 16 planes at a time (the
+  // stem and pw's data gradient ran 8% and 15% slower interleaved).
+  const bool interleave = c.in_per_group() * source.height * source.width * std::int64_t{sizeof(float)} > kL2Bytes;
+  cpu::RegionErrors errors;
+#pragma omp parallel for num_threads(::juanji::team_size()) schedule(static) if (jobs.count() > 1)
+  for (std::int64_t job = 0; job < jobs.count(); ++job) errors.guard([&] {
+    const std::int64_t n = jobs.outer_of(job) / c.groups, grp = jobs.outer_of(job) % c.groups;
+    const float* planes = source.planes(c, src, n, grp);
+    const std::int64_t step = interleave ? jobs.end_block(job) - jobs.first_block(job) : 1;
+    for (std::int64_t kb = jobs.first_block(job); kb < jobs.end_block(job); kb += step) {
+      const std::int64_t first = grp * per_group + kb * cpu::kFilterBlock;
+      const cpu::FilterBlockConvArgs args{planes,
+                                          source.tap_offsets,
+                                          taps,
+                                          c.stride_h * source.width,
+                                          c.stride_w,
+                                          packed + (grp * blocks + kb) * taps * cpu::kFilterBlock,
+                                          step,
+                                          bias ? bias + first : nullptr,
+                                          out + (n * c.out_channels + first) * out_plane,
+                                          std::min((kb + step) * cpu::kFilterBlock, per_group) - kb * cpu::kFilterBlock,
+                                          c.out_h,
+                                          c.out_w,
+                                          relu};
+      kernels.filter_block_conv_f32(args);
+    }
+  });
+  errors.rethrow();
+}
+
+}  // namespace
+
+void filter_block_forward(const ConvGeometry& g, const float* x, const float* w, const float* bias, float* y,
+                          bool relu) {
+  const Correlation c = forward_correlation(g);
+  const std::int64_t taps = c.taps(), Kg = c.out_per_group();
+  const float* packed = pack_filter_blocks(c, taps * cpu::kFilterBlock, [&](std::int64_t grp, std::int64_t kb, float* out) {
+    for (std::int64_t k = 0; k < std::min<std::int64_t>(cpu::kFilterBlock, Kg - kb * cpu::kFilterBlock); ++k) {
+      const float* filter = w + (grp * Kg + kb * cpu::kFilterBlock + k) * taps;
+      for (std::int64_t t = 0; t < taps; ++t) out[t * cpu::kFilterBlock + k] = filter[t];
+    }
+  });
+  filter_block_correlate(c, x, packed, bias, y, relu);
+}
+
+// Stride 1 only: dx is the correlation of the padded error with the rotated, transposed kernel.
+void filter_block_backward_data(const ConvGeometry& g, const float* dy, const float* w, float* dx) {
+  const Correlation c = data_grad_correlation(g);
+  const std::int64_t Cg = g.C / g.groups, Kg = g.K / g.groups, RS = g.R * g.S;
+  // Tap (k, r, s) of output channel ch is weight (k, ch, R-1-r, S-1-s). Written without a division
+  // per element: the gather took 1.4 ms of res_256's 19 ms data gradient on one core.
+  const float* packed = pack_filter_blocks(c, c.taps() * cpu::kFilterBlock, [&](std::int64_t grp, std::int64_t cb, float* out) {
+    for (std::int64_t k = 0; k < Kg; ++k)
+      for (std::int64_t lane = 0; lane < std::min<std::int64_t>(cpu::kFilterBlock, Cg - cb * cpu::kFilterBlock); ++lane) {
+        const float* kernel = w + ((grp * Kg + k) * Cg + cb * cpu::kFilterBlock + lane) * RS;
+        for (std::int64_t rs = 0; rs < RS; ++rs) out[(k * RS + RS - 1 - rs) * cpu::kFilterBlock + lane] = kernel[rs];
+      }
+  });
+  filter_block_correlate(c, dy, packed, nullptr, dx, false);
+}
+
+namespace {
+
+// Image chunks accumulate their images in order into partial gradients, which are then added in
+// chunk order. The chunk count is a function of the shape alone (never of the thread count): as
+// many as it takes to give (chunk, group, block) jobs enough to share, since every chunk's partial
+// is a full copy of the gradient (res_256 with 8 chunks wrote and re-read 19 MB of partials).
+std::int64_t weight_grad_chunks(const ConvGeometry& g, std::int64_t blocks) {
+  constexpr std::int64_t kWantedJobs = 16;
+  const std::int64_t per_chunk = g.groups * blocks;
+  return std::clamp<std::int64_t>((kWantedJobs + per_chunk - 1) / per_chunk, 1, std::min<std::int64_t>(g.N, 8));
+}
+
+}  // namespace
+
+// db (or null) gets the bias gradient: each error plane summed while the block reads it, the
+// plane sums then added image by image, as bias_grad adds them.
+void filter_block_backward_weight(const ConvGeometry& g, const float* dy, const float* x, float* dw,
+                                  float* db) {
+  const cpu::KernelSet& kernels = cpu::active_kernels();
+  const Correlation c = forward_correlation(g);
+  const std::int64_t taps = c.taps(), blocks = c.blocks(), Kg = c.out_per_group(), PQ = g.P * g.Q;
+  const std::int64_t block_size = taps * cpu::kFilterBlock, chunk_size = g.groups * blocks * block_size;
+  const std::int64_t chunks = weight_grad_chunks(g, blocks);
+  const TapSource source(c, cpu::workspace<std::int64_t>(cpu::WorkspaceSlot::gemm_b, taps));
+  float* partials = cpu::workspace<float>(cpu::WorkspaceSlot::partials, chunks * chunk_size);
+  double* plane_sums = db ? cpu::workspace<double>(cpu::WorkspaceSlot::plane_sums, g.N * g.K) : nullptr;
+  const FilterBlockJobs jobs(chunks * g.groups, blocks);
+  cpu::RegionErrors errors;
+#pragma omp parallel for num_threads(::juanji::team_size()) schedule(static) if (jobs.count() > 1)
+  for (std::int64_t job = 0; job < jobs.count(); ++job) errors.guard([&] {
+    const std::int64_t chunk = jobs.outer_of(job) / g.groups, grp = jobs.outer_of(job) % g.groups;
+    const std::int64_t kb_begin = jobs.first_block(job), kb_end = jobs.end_block(job);
+    float* partial = partials + chunk * chunk_size + grp * blocks * block_size;
+    std::fill(partial + kb_begin * block_size, partial + kb_end * block_size, 0.0f);
+    float* errors = cpu::workspace<float>(cpu::WorkspaceSlot::batch_out, PQ * cpu::kFilterBlock);
+    for (std::int64_t n = g.N * chunk / chunks; n < g.N * (chunk + 1) / chunks; ++n) {
+      const float* planes = source.planes(c, x, n, grp);
+      for (std::int64_t kb = kb_begin; kb < kb_end; ++kb) {
+        // The block's errors, pixel-major, zero past the group's last filter.
+        const std::int64_t first_filter = n * g.K + grp * Kg + kb * cpu::kFilterBlock;
+        const std::int64_t filters = std::min<std::int64_t>(cpu::kFilterBlock, Kg - kb * cpu::kFilterBlock);
+        kernels.pixel_major_row_f32(dy + first_filter * PQ, PQ, filters, PQ, PQ, errors);
+        if (plane_sums)
+          for (std::int64_t f = 0; f < filters; ++f)
+            plane_sums[first_filter + f] = cpu::sum_elements(dy + (first_filter + f) * PQ, PQ);
+        const cpu::FilterBlockWeightGradArgs args{planes, source.tap_offsets, taps, g.stride_h * source.width,
+                                                  g.stride_w, errors, g.P, g.Q, partial + kb * block_size};
+        kernels.filter_block_weight_grad_f32(args);
+      }
+    }
+  });
+  errors.rethrow();
+#pragma omp parallel for num_threads(::juanji::team_size()) schedule(static)
+  for (std::int64_t filter = 0; filter < g.K; ++filter) {
+    const std::int64_t grp = filter / Kg, kb = filter % Kg / cpu::kFilterBlock, k = filter % Kg % cpu::kFilterBlock;
+    const float* first = partials + (grp * blocks + kb) * block_size + k;
+    for (std::int64_t t = 0; t < taps; ++t) {
+      float sum = first[t * cpu::kFilterBlock];
+      for (std::int64_t chunk = 1; chunk < chunks; ++chunk) sum += first[chunk * chunk_size + t * cpu::kFilterBlock];
+      dw[filter * taps + t] = sum;
+    }
+    if (db) {
+      double bias = 0;
+      for (std::int64_t n = 0; n < g.N; ++n) bias += plane_sums[n * g.K + filter];
+      db[filter] = static_cast<float>(bias);
+    }
+  }
+}
+
+}  // namespace juanji::cpu::conv

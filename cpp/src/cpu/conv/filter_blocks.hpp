@@ -1,0 +1,42 @@
+// What Winograd shares with the filter-block kernels: weights packed in blocks of filters, and
+// the jobs of a pass over them. Private to the library.
+#pragma once
+
+#include <algorithm>
+
+#include "cpu/conv/algorithms.hpp"
+#include "cpu/workspace.hpp"
+
+namespace juanji::cpu::conv {
+
+// Weights as (group, block, block_size floats), zero past a group's last filter. fill(grp, kb, out)
+// writes one block, e.g. out[t * 16 + k] for tap t of filter kb * 16 + k of the group (the zeros
+// are done).
+template <class Fill>
+const float* pack_filter_blocks(const Correlation& c, std::int64_t block_size, Fill fill) {
+  const std::int64_t blocks = c.blocks(), jobs = c.groups * blocks;
+  float* packed = cpu::workspace<float>(cpu::WorkspaceSlot::gemm_a, jobs * block_size);
+#pragma omp parallel for num_threads(::juanji::team_size()) schedule(static) if (jobs > 1 && jobs * block_size >= cpu::kParallelGrain)
+  for (std::int64_t job = 0; job < jobs; ++job) {
+    float* out = packed + job * block_size;
+    std::fill(out, out + block_size, 0.0f);
+    fill(job / blocks, job % blocks, out);
+  }
+  return packed;
+}
+
+// Jobs of a filter-block pass: every (image or image chunk, group) with its blocks of filters
+// split into as few ranges as keep the threads busy, since each job pads its images anew.
+struct FilterBlockJobs {
+  std::int64_t outer, blocks, splits;
+  FilterBlockJobs(std::int64_t outer_jobs, std::int64_t filter_blocks) : outer(outer_jobs), blocks(filter_blocks) {
+    const std::int64_t wanted = 4 * team_size();
+    splits = std::clamp<std::int64_t>((wanted + outer - 1) / outer, 1, blocks);
+  }
+  std::int64_t count() const { return outer * splits; }
+  std::int64_t outer_of(std::int64_t job) const { return job / splits; }
+  std::int64_t first_block(std::int64_t job) const { return blocks * (job % splits) / splits; }
+  std::int64_t end_block(std::int64_t job) const { return blocks * (job % splits + 1) / splits; }
+};
+
+}  // namespace juanji::cpu::conv

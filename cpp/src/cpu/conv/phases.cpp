@@ -1,0 +1,152 @@
+// The data gradient of strided layers by stride phases: each phase a stride-1 data gradient of a
+// smaller convolution, through the stride-1 algorithms.
+#include <algorithm>
+#include <array>
+#include <numeric>
+
+#include "cpu/conv/direct.hpp"
+#include "cpu/workspace.hpp"
+
+namespace juanji::cpu::conv {
+
+namespace {
+
+// The data gradient of a strided convolution by phases. Input row h receives the error only
+// through the taps r for which h + pad_top - r*dil_h is a multiple of stride_h: for the rows of
+// one residue a = (h + pad_top) mod stride_h, the taps with r*dil_h = a (mod stride_h), i.e.
+// every step-th tap (step = stride_h / gcd(stride_h, dil_h)) from the first such one, r0. Row
+// h = first + i*stride_h then gets sum_j dy[i + padding - j*dilation] * w[r0 + j*step], with
+// dilation = dil_h / gcd and padding = (first + pad_top - r0*dil_h) / stride_h: the stride-1
+// data gradient of a smaller convolution, whose kernel is the phase's taps.
+struct StridePhase {
+  std::int64_t first, count;  // the phase's rows: first + i * stride for i < count
+  std::int64_t first_tap, taps, tap_step, dilation, padding;
+};
+
+StridePhase stride_phase(std::int64_t size, std::int64_t kernel, std::int64_t stride, std::int64_t dil,
+                         std::int64_t pad, std::int64_t residue) {
+  StridePhase phase{};
+  phase.first = ((residue - pad) % stride + stride) % stride;
+  phase.count = phase.first < size ? (size - 1 - phase.first) / stride + 1 : 0;
+  const std::int64_t common = std::gcd(stride, dil);
+  phase.tap_step = stride / common;
+  phase.dilation = dil / common;
+  // Residues of r*dil repeat every tap_step taps: the first tap_step hold r0 if any tap does.
+  phase.first_tap = kernel;
+  for (std::int64_t r = std::min(kernel, phase.tap_step) - 1; r >= 0; --r)
+    if (r * dil % stride == residue) phase.first_tap = r;
+  phase.taps = phase.first_tap < kernel ? (kernel - 1 - phase.first_tap) / phase.tap_step + 1 : 0;
+  phase.padding = (phase.first + pad - phase.first_tap * dil) / stride;
+  return phase;
+}
+
+// The stride-1 convolution whose data gradient gives one (row, column) phase.
+ConvGeometry phase_geometry(const ConvGeometry& g, const StridePhase& rows, const StridePhase& cols) {
+  ConvGeometry sub = g;
+  sub.H = rows.count, sub.W = cols.count, sub.R = rows.taps, sub.S = cols.taps;
+  sub.stride_h = sub.stride_w = 1;
+  sub.dil_h = rows.dilation, sub.dil_w = cols.dilation;
+  sub.pad_top = rows.padding, sub.pad_left = cols.padding;
+  return sub;
+}
+
+// Tap (r, s) of a phase's kernel kc is tap (first_tap + r * tap_step, ...) of kernel kc.
+float phase_tap(const ConvGeometry& g, const float* w, const StridePhase& rows, const StridePhase& cols,
+                std::int64_t kc, std::int64_t r, std::int64_t s) {
+  return w[(kc * g.R + rows.first_tap + r * rows.tap_step) * g.S + cols.first_tap + s * cols.tap_step];
+}
+
+// Writes `planes` compact phase planes (rows.count x cols.count) into their rows and columns of
+// the dx planes from `to` on.
+void spread_phase(const ConvGeometry& g, const float* phase, std::int64_t planes, const StridePhase& rows,
+                  const StridePhase& cols, float* to) {
+  for (std::int64_t plane = 0; plane < planes; ++plane)
+    for (std::int64_t i = 0; i < rows.count; ++i) {
+      const float* from = phase + (plane * rows.count + i) * cols.count;
+      float* row = to + (plane * g.H + rows.first + i * g.stride_h) * g.W + cols.first;
+      for (std::int64_t j = 0; j < cols.count; ++j) row[j * g.stride_w] = from[j];
+    }
+}
+
+// Phases that all take the direct kernel run as passes of one job per (image, group): the error
+// is padded once for all of them (the stem's 4 phases copied it 4 times: 15% of the time) and
+// each phase's planes are spread into dx while in cache.
+constexpr std::int64_t kMaxDirectPhases = 16;
+
+void direct_phases_backward_data(const ConvGeometry& g, const float* dy, const float* w, float* dx) {
+  const std::int64_t Cg = g.C / g.groups, kernels = g.K * Cg;
+  std::array<StridePhase, kMaxDirectPhases> row_phases, col_phases;
+  std::array<DirectPass, kMaxDirectPhases> passes;
+  std::int64_t count = 0, largest_plane = 0;
+  // Each tap belongs to one phase: the phases' kernels take R*S taps in all.
+  float* rotated = cpu::workspace<float>(cpu::WorkspaceSlot::phase_weights, kernels * g.R * g.S);
+  for (std::int64_t a = 0; a < g.stride_h; ++a)
+    for (std::int64_t b = 0; b < g.stride_w; ++b) {
+      const StridePhase rows = stride_phase(g.H, g.R, g.stride_h, g.dil_h, g.pad_top, a);
+      const StridePhase cols = stride_phase(g.W, g.S, g.stride_w, g.dil_w, g.pad_left, b);
+      if (rows.count * cols.count == 0 || rows.taps * cols.taps == 0) continue;
+      const ConvGeometry sub = phase_geometry(g, rows, cols);
+      rotate_for_data_grad(
+          sub, [&](std::int64_t kc, std::int64_t r, std::int64_t s) { return phase_tap(g, w, rows, cols, kc, r, s); },
+          rotated);
+      row_phases[count] = rows, col_phases[count] = cols;
+      passes[count++] = direct_data_grad_pass(sub, rotated);
+      rotated += kernels * sub.R * sub.S;
+      largest_plane = std::max(largest_plane, rows.count * cols.count);
+    }
+  direct_conv_passes(
+      g, dy, g.K, g.P, g.Q, passes.data(), count, nullptr, g.C, false, true,
+      [&](std::int64_t, std::int64_t, std::int64_t) {
+        return cpu::workspace<float>(cpu::WorkspaceSlot::phase_grad, Cg * largest_plane);
+      },
+      [&](std::int64_t n, std::int64_t grp, std::int64_t i, float* out) {
+        spread_phase(g, out, Cg, row_phases[i], col_phases[i], dx + (n * g.C + grp * Cg) * g.H * g.W);
+      });
+}
+
+// Every (row, column) phase through the stride-1 paths (direct, Winograd, filter blocks) into a
+// compact buffer, then spread into dx; a phase without taps is zero. Each value of dx is the sum
+// of one phase's stride-1 data gradient, so it is as deterministic as those.
+
+}  // namespace
+
+void strided_backward_data(const ConvGeometry& g, const float* dy, const float* w, float* dx) {
+  const std::int64_t planes = g.N * g.C, kernels = g.K * (g.C / g.groups);
+  bool all_direct = g.stride_h * g.stride_w <= kMaxDirectPhases && all_finite(w, kernels * g.R * g.S);
+  for (std::int64_t a = 0; a < g.stride_h; ++a)
+    for (std::int64_t b = 0; b < g.stride_w; ++b) {
+      const StridePhase rows = stride_phase(g.H, g.R, g.stride_h, g.dil_h, g.pad_top, a);
+      const StridePhase cols = stride_phase(g.W, g.S, g.stride_w, g.dil_w, g.pad_left, b);
+      const std::int64_t phase_plane = rows.count * cols.count;
+      if (phase_plane == 0) continue;
+      if (rows.taps == 0 || cols.taps == 0) {  // no tap reaches these rows and columns
+#pragma omp parallel for num_threads(::juanji::team_size()) schedule(static) if (planes * phase_plane >= cpu::kParallelGrain)
+        for (std::int64_t plane = 0; plane < planes; ++plane)
+          for (std::int64_t i = 0; i < rows.count; ++i)
+            for (std::int64_t j = 0; j < cols.count; ++j)
+              dx[(plane * g.H + rows.first + i * g.stride_h) * g.W + cols.first + j * g.stride_w] = 0.0f;
+        continue;
+      }
+      all_direct = all_direct && use_direct_data_grad(phase_geometry(g, rows, cols));
+    }
+  if (all_direct) return direct_phases_backward_data(g, dy, w, dx);
+  for (std::int64_t a = 0; a < g.stride_h; ++a)
+    for (std::int64_t b = 0; b < g.stride_w; ++b) {
+      const StridePhase rows = stride_phase(g.H, g.R, g.stride_h, g.dil_h, g.pad_top, a);
+      const StridePhase cols = stride_phase(g.W, g.S, g.stride_w, g.dil_w, g.pad_left, b);
+      const std::int64_t phase_plane = rows.count * cols.count;
+      if (phase_plane == 0 || rows.taps == 0 || cols.taps == 0) continue;
+      const ConvGeometry sub = phase_geometry(g, rows, cols);
+      float* sub_w = cpu::workspace<float>(cpu::WorkspaceSlot::phase_weights, kernels * sub.R * sub.S);
+      for (std::int64_t kc = 0; kc < kernels; ++kc)
+        for (std::int64_t r = 0; r < sub.R; ++r)
+          for (std::int64_t s = 0; s < sub.S; ++s) sub_w[(kc * sub.R + r) * sub.S + s] = phase_tap(g, w, rows, cols, kc, r, s);
+      float* phase = cpu::workspace<float>(cpu::WorkspaceSlot::phase_grad, planes * phase_plane);
+      default_data_grad_f32(sub, dy, sub_w, phase);
+#pragma omp parallel for num_threads(::juanji::team_size()) schedule(static) if (planes * phase_plane >= cpu::kParallelGrain)
+      for (std::int64_t plane = 0; plane < planes; ++plane)
+        spread_phase(g, phase + plane * phase_plane, 1, rows, cols, dx + plane * g.H * g.W);
+    }
+}
+
+}  // namespace juanji::cpu::conv

@@ -1,0 +1,296 @@
+// The algorithm tables: for each convolution pass, the CPU's algorithms in order of preference,
+// and the entry points that run the chosen one.
+#include <array>
+#include <atomic>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "cpu/conv.hpp"
+#include "cpu/conv/algorithms.hpp"
+
+namespace juanji::cpu {
+namespace conv {
+namespace {
+
+// ---- The algorithm tables: for each pass, the algorithms in order of preference --------------
+// Each entry says why it refuses a problem (null when it takes it); the first that takes it runs,
+// unless JUANJI_CONV_ALGO or set_conv_algorithm forces one by name. GEMM, last, takes every
+// problem. The float32-only entries have no float64 function.
+
+struct ConvProblem {
+  const ConvGeometry& g;
+  DType dtype;
+  const void* weights;  // the data gradient's direct kernel needs finite weights
+};
+
+using Refusal = const char*;
+
+Refusal float32_with_modest_padding(const ConvProblem& p) {
+  if (p.dtype != DType::float32) return "float32 only";
+  if (!padding_is_modest(p.g)) return "padding or dilation far larger than the image (padded planes would be huge)";
+  return nullptr;
+}
+
+// The forward pass and the weight gradient correlate the input with the same windows: the same
+// conditions decide their fast paths.
+Refusal refuses_direct(const ConvProblem& p) {
+  if (Refusal why = float32_with_modest_padding(p)) return why;
+  return use_direct(p.g, p.g.C / p.g.groups) ? nullptr : "needs stride 1 and at most 4 input channels per group";
+}
+
+Refusal refuses_winograd(const ConvProblem& p) {
+  if (Refusal why = float32_with_modest_padding(p)) return why;
+  return use_winograd(forward_correlation(p.g))
+             ? nullptr
+             : "needs a stride-1 undilated 3x3 kernel, 16+ channels in and out per group and Winograd on";
+}
+
+Refusal refuses_filter_blocks(const ConvProblem& p) {
+  if (Refusal why = float32_with_modest_padding(p)) return why;
+  return use_filter_blocks(forward_correlation(p.g)) ? nullptr : "needs 8+ filters per group";
+}
+
+struct ForwardAlgorithm {
+  const char* name;
+  Refusal (*refusal)(const ConvProblem&);
+  void (*run_f32)(const ConvGeometry&, const float* x, const float* w, const float* bias, float* y, bool relu);
+  void (*run_f64)(const ConvGeometry&, const double* x, const double* w, const double* bias, double* y);
+};
+
+const std::array<ForwardAlgorithm, 4> kForwardAlgorithms{{
+    {"direct",
+     refuses_direct,
+     direct_forward, nullptr},
+    {"winograd",
+     refuses_winograd,
+     winograd_forward, nullptr},
+    {"filter_blocks",
+     refuses_filter_blocks,
+     filter_block_forward, nullptr},
+    {"gemm", [](const ConvProblem&) -> Refusal { return nullptr; },
+     [](const ConvGeometry& g, const float* x, const float* w, const float* bias, float* y, bool) {
+       gemm_forward(g, x, w, bias, y);
+     },
+     gemm_forward<double>},
+}};
+
+struct DataGradAlgorithm {
+  const char* name;
+  Refusal (*refusal)(const ConvProblem&);
+  void (*run_f32)(const ConvGeometry&, const float* dy, const float* w, float* dx);
+  void (*run_f64)(const ConvGeometry&, const double* dy, const double* w, double* dx);
+};
+
+Refusal stride_one(const ConvProblem& p) {
+  if (Refusal why = float32_with_modest_padding(p)) return why;
+  return p.g.stride_h == 1 && p.g.stride_w == 1 ? nullptr : "needs stride 1 (strided layers go by stride phases)";
+}
+
+const std::array<DataGradAlgorithm, 5> kDataGradAlgorithms{{
+    {"strided_phases",
+     [](const ConvProblem& p) -> Refusal {
+       if (Refusal why = float32_with_modest_padding(p)) return why;
+       return p.g.stride_h > 1 || p.g.stride_w > 1 ? nullptr : "needs a stride above 1";
+     },
+     strided_backward_data, nullptr},
+    {"direct",
+     [](const ConvProblem& p) -> Refusal {
+       if (Refusal why = stride_one(p)) return why;
+       if (!use_direct_data_grad(p.g)) return "needs few output channels per group (the direct kernel's data gradient)";
+       const auto* w = static_cast<const float*>(p.weights);
+       return all_finite(w, p.g.K * (p.g.C / p.g.groups) * p.g.R * p.g.S)
+                  ? nullptr
+                  : "needs finite weights (its padded error's zeros would meet an infinity)";
+     },
+     direct_backward_data, nullptr},
+    {"winograd",
+     [](const ConvProblem& p) -> Refusal {
+       if (Refusal why = stride_one(p)) return why;
+       return use_winograd(data_grad_correlation(p.g))
+                  ? nullptr
+                  : "needs an undilated 3x3 kernel, 16+ channels in and out per group and Winograd on";
+     },
+     winograd_backward_data, nullptr},
+    {"filter_blocks",
+     [](const ConvProblem& p) -> Refusal {
+       if (Refusal why = stride_one(p)) return why;
+       if (pointwise_data_grad_by_gemm(p.g)) return "a large pointwise layer's data gradient is faster by GEMM";
+       return use_filter_blocks(data_grad_correlation(p.g)) ? nullptr : "needs 8+ input channels per group";
+     },
+     filter_block_backward_data, nullptr},
+    {"gemm", [](const ConvProblem&) -> Refusal { return nullptr; }, gemm_backward_data<float>,
+     gemm_backward_data<double>},
+}};
+
+struct WeightGradAlgorithm {
+  const char* name;
+  Refusal (*refusal)(const ConvProblem&);
+  void (*run_f32)(const ConvGeometry&, const float* dy, const float* x, float* dw, float* db);
+  void (*run_f64)(const ConvGeometry&, const double* dy, const double* x, double* dw, double* db);
+};
+
+// The Winograd and filter-block paths sum the bias gradient from the error planes they read; the
+// others take a pass of their own over them. Filter blocks also take layers with few input
+// channels: they read the error once, where the direct kernel pads a copy of it first
+// (convnet_c1, 1 -> 32 channels: 577 -> 392 us; cifar_c1: 1.39 -> 0.91 ms).
+const std::array<WeightGradAlgorithm, 4> kWeightGradAlgorithms{{
+    {"winograd",
+     refuses_winograd,
+     winograd_backward_weight, nullptr},
+    {"filter_blocks",
+     refuses_filter_blocks,
+     filter_block_backward_weight, nullptr},
+    {"direct",
+     refuses_direct,
+     [](const ConvGeometry& g, const float* dy, const float* x, float* dw, float* db) {
+       if (db) bias_grad(g, dy, db);
+       direct_backward_weight(g, dy, x, dw);
+     },
+     nullptr},
+    {"gemm", [](const ConvProblem&) -> Refusal { return nullptr; }, gemm_backward_weight<float>,
+     gemm_backward_weight<double>},
+}};
+
+// The pass's entry named `name`, as the table's own name pointer, or null.
+const char* table_name(ConvPass pass, const std::string& name) {
+  const auto find = [&](const auto& table) -> const char* {
+    for (const auto& a : table)
+      if (name == a.name) return a.name;
+    return nullptr;
+  };
+  switch (pass) {
+    case ConvPass::forward: return find(kForwardAlgorithms);
+    case ConvPass::data_grad: return find(kDataGradAlgorithms);
+    case ConvPass::weight_grad: return find(kWeightGradAlgorithms);
+  }
+  return nullptr;
+}
+
+// Each pass's forced entry (ConvPass order) as its table's name pointer, null for the default
+// choice: read by every convolution, so one atomic load. JUANJI_CONV_ALGO sets all three at
+// start-up (a pass without that algorithm keeps the default).
+std::array<std::atomic<const char*>, 3>& forced_algorithms() {
+  static std::array<std::atomic<const char*>, 3> names = [] {
+    const char* env = std::getenv("JUANJI_CONV_ALGO");
+    const std::string name = env ? env : "";
+    return std::array<std::atomic<const char*>, 3>{table_name(ConvPass::forward, name),
+                                                   table_name(ConvPass::data_grad, name),
+                                                   table_name(ConvPass::weight_grad, name)};
+  }();
+  return names;
+}
+
+const char* pass_name(ConvPass pass) {
+  switch (pass) {
+    case ConvPass::forward: return "forward";
+    case ConvPass::data_grad: return "data gradient";
+    case ConvPass::weight_grad: return "weight gradient";
+  }
+  return "?";
+}
+
+// The entry that runs the problem: the forced one where this pass has it (an error if it refuses
+// the problem), else the first that takes it.
+template <class Algorithm, std::size_t N>
+const Algorithm& choose(const std::array<Algorithm, N>& table, const ConvProblem& p, ConvPass pass,
+                        bool allow_forced) {
+  const char* forced = allow_forced ? forced_algorithms()[static_cast<std::size_t>(pass)].load() : nullptr;
+  if (forced) {
+    for (const Algorithm& a : table) {
+      if (forced != a.name) continue;
+      const Refusal why = a.refusal(p);
+      check(why == nullptr, "conv: the forced ", pass_name(pass), " algorithm '", a.name,
+            "' (JUANJI_CONV_ALGO) does not take this layer: ", why ? why : "");
+      return a;
+    }
+  }
+  for (const Algorithm& a : table)
+    if (!a.refusal(p)) return a;
+  return table.back();
+}
+
+template <class Algorithm, std::size_t N>
+std::vector<ConvAlgorithmChoice> describe(const std::array<Algorithm, N>& table, const ConvProblem& p) {
+  std::vector<ConvAlgorithmChoice> out;
+  for (const Algorithm& a : table) {
+    const Refusal why = a.refusal(p);
+    out.push_back({a.name, why ? why : ""});
+  }
+  return out;
+}
+
+}  // namespace
+
+void default_data_grad_f32(const ConvGeometry& g, const float* dy, const float* w, float* dx) {
+  choose(kDataGradAlgorithms, {g, DType::float32, w}, ConvPass::data_grad, false).run_f32(g, dy, w, dx);
+}
+
+}  // namespace conv
+
+using conv::choose;
+using conv::kDataGradAlgorithms;
+using conv::kForwardAlgorithms;
+using conv::kWeightGradAlgorithms;
+
+void conv_forward(const ConvGeometry& g, const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& y) {
+  const auto& algorithm = choose(kForwardAlgorithms, {g, x.dtype(), nullptr}, ConvPass::forward, true);
+  if (x.dtype() == DType::float32)
+    algorithm.run_f32(g, x.data<float>(), w.data<float>(), data_or_null<float>(bias), y.data<float>(), false);
+  else
+    algorithm.run_f64(g, x.data<double>(), w.data<double>(), data_or_null<double>(bias), y.data<double>());
+}
+
+bool conv_forward_relu(const ConvGeometry& g, const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& y) {
+  if (x.dtype() != DType::float32) return false;
+  // The same choice as conv_forward's; every algorithm but GEMM applies the ReLU as it stores.
+  const auto& algorithm = choose(kForwardAlgorithms, {g, x.dtype(), nullptr}, ConvPass::forward, true);
+  if (algorithm.run_f64 != nullptr) return false;
+  algorithm.run_f32(g, x.data<float>(), w.data<float>(), data_or_null<float>(bias), y.data<float>(), true);
+  return true;
+}
+
+void conv_backward_data(const ConvGeometry& g, const Tensor& grad_y, const Tensor& w, Tensor& grad_x) {
+  const auto& algorithm = choose(kDataGradAlgorithms, {g, w.dtype(), w.data_ptr()}, ConvPass::data_grad, true);
+  if (w.dtype() == DType::float32)
+    algorithm.run_f32(g, grad_y.data<float>(), w.data<float>(), grad_x.data<float>());
+  else
+    algorithm.run_f64(g, grad_y.data<double>(), w.data<double>(), grad_x.data<double>());
+}
+
+void conv_backward_weight(const ConvGeometry& g, const Tensor& grad_y, const Tensor& x, Tensor& grad_w,
+                          Tensor& grad_b) {
+  const auto& algorithm = choose(kWeightGradAlgorithms, {g, x.dtype(), nullptr}, ConvPass::weight_grad, true);
+  if (x.dtype() == DType::float32)
+    algorithm.run_f32(g, grad_y.data<float>(), x.data<float>(), grad_w.data<float>(), data_or_null<float>(grad_b));
+  else
+    algorithm.run_f64(g, grad_y.data<double>(), x.data<double>(), grad_w.data<double>(),
+                      data_or_null<double>(grad_b));
+}
+
+void conv_bias_grad(const ConvGeometry& g, const Tensor& grad_y, Tensor& grad_b) {
+  dispatch_float(grad_b.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    conv::bias_grad<T>(g, grad_y.data<T>(), grad_b.data<T>());
+  });
+}
+
+std::vector<ConvAlgorithmChoice> conv_algorithms(ConvPass pass, const ConvGeometry& g, DType dtype,
+                                                 const float* weights) {
+  const conv::ConvProblem p{g, dtype, weights};
+  switch (pass) {
+    case ConvPass::forward: return conv::describe(kForwardAlgorithms, p);
+    case ConvPass::data_grad: return conv::describe(kDataGradAlgorithms, p);
+    case ConvPass::weight_grad: return conv::describe(kWeightGradAlgorithms, p);
+  }
+  return {};
+}
+
+std::string force_conv_algorithm(ConvPass pass, const std::string& name) {
+  const char* entry = conv::table_name(pass, name);
+  check(entry || name.empty(), "set_conv_algorithm: the ", conv::pass_name(pass), " has no algorithm named '", name, "'");
+  const char* previous = conv::forced_algorithms()[static_cast<std::size_t>(pass)].exchange(entry);
+  return previous ? previous : "";
+}
+
+}  // namespace juanji::cpu
