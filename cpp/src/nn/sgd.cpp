@@ -1,35 +1,11 @@
 #include <cmath>
 
-#include "juanji/build_config.hpp"
 #include "juanji/nn/layers.hpp"
+#include "juanji/ops/optim.hpp"
 #include "juanji/optim/sgd.hpp"
 #include "juanji/runtime.hpp"
-#if JUANJI_WITH_CUDA
-#include "cuda/ops.hpp"
-#endif
 
 namespace juanji::optim {
-namespace {
-
-constexpr std::int64_t kParallelElements = 16384;
-
-// Called inside SGD::step's parallel region (or outside any): the elements are split over the team.
-template <class T>
-void update(T* w, const T* g, T* v, std::int64_t n, double lr, double momentum, bool nesterov,
-            double weight_decay) {
-  const T eta = static_cast<T>(lr), mu = static_cast<T>(momentum), wd = static_cast<T>(weight_decay);
-#pragma omp for schedule(static) nowait
-  for (std::int64_t i = 0; i < n; ++i) {
-    T d = g[i] + wd * w[i];
-    if (v) {
-      v[i] = mu * v[i] + d;
-      d = nesterov ? d + mu * v[i] : v[i];
-    }
-    w[i] -= eta * d;
-  }
-}
-
-}  // namespace
 
 SGD::SGD(std::vector<std::shared_ptr<nn::Parameter>> parameters, double lr, double momentum,
          bool nesterov, double weight_decay)
@@ -54,7 +30,6 @@ void SGD::set_lr(double lr) {
 
 void SGD::step() {
   const std::lock_guard<std::mutex> lock(mutex_);
-  std::int64_t cpu_elements = 0;
   for (std::size_t i = 0; i < parameters_.size(); ++i) {
     nn::Parameter& p = *parameters_[i];
     Tensor& v = velocity_[i];
@@ -62,32 +37,10 @@ void SGD::step() {
     if (v.defined() && v.dtype() != p.value.dtype())
       v = Tensor::zeros(p.value.shape(), p.value.dtype(), p.value.device());
     if (v.defined() && v.device() != p.value.device()) v = v.to(p.value.device());
-#if JUANJI_WITH_CUDA
-    if (p.value.device().is_cuda()) {
-      cuda::sgd_update(p.value, p.grad, v, lr_, momentum_, nesterov_, weight_decay_);
-      continue;
-    }
-#endif
-    // Checked here: nothing may throw inside the parallel region below.
-    check(p.grad.dtype() == p.value.dtype() && p.grad.shape() == p.value.shape(),
-          "params: a gradient must match its parameter's dtype and shape, got ", shape_text(p.grad.shape()), " ",
-          dtype_name(p.grad.dtype()), " for ", shape_text(p.value.shape()), " ", dtype_name(p.value.dtype()));
-    cpu_elements += p.value.numel();
+    slots_.push_back({p.value, p.grad, v});
   }
-  // The parameters on the CPU in one parallel region: each element is updated on its own, and
-  // LeNet's ten parameters (62k elements) were too small to pay for a fork each.
-#pragma omp parallel num_threads(::juanji::team_size()) if (cpu_elements > kParallelElements)
-  for (std::size_t i = 0; i < parameters_.size(); ++i) {
-    nn::Parameter& p = *parameters_[i];
-    if (!p.value.device().is_cpu()) continue;
-    Tensor& v = velocity_[i];
-    if (p.value.dtype() == DType::float32)
-      update<float>(p.value.data<float>(), p.grad.data<float>(), v.defined() ? v.data<float>() : nullptr,
-                    p.value.numel(), lr_, momentum_, nesterov_, weight_decay_);
-    else
-      update<double>(p.value.data<double>(), p.grad.data<double>(), v.defined() ? v.data<double>() : nullptr,
-                     p.value.numel(), lr_, momentum_, nesterov_, weight_decay_);
-  }
+  sgd_update(slots_, {lr_, momentum_, nesterov_, weight_decay_});
+  slots_.clear();  // holds no tensor between steps
 }
 
 StepLR::StepLR(SGD& optimizer, std::int64_t step_size, double gamma)

@@ -6,6 +6,7 @@
 #include <mutex>
 #include <vector>
 
+#include "juanji/ops/optim.hpp"
 #include "juanji/tensor.hpp"
 
 namespace juanji::nn {
@@ -33,6 +34,7 @@ class SGD {
   double lr_;
   std::vector<std::shared_ptr<nn::Parameter>> parameters_;
   std::vector<Tensor> velocity_;
+  std::vector<SgdSlot> slots_;  // step()'s, empty between steps but keeping its capacity
   std::mutex mutex_;
   double momentum_, weight_decay_;
   bool nesterov_;
