@@ -111,7 +111,8 @@ def conv_rows(dev: Device):
             ),
         )
         rows.append((f"conv {name} fwd", jf, tf, f"{flops / jf / 1e9:.0f} GF/s", f"{flops / tf / 1e9:.0f} GF/s"))
-        rows.append((f"conv {name} bwd", jb, tb, f"{2 * flops / jb / 1e9:.0f} GF/s", f"{2 * flops / tb / 1e9:.0f} GF/s"))
+        rows.append((f"conv {name} bwd", jb, tb,
+                     f"{2 * flops / jb / 1e9:.0f} GF/s", f"{2 * flops / tb / 1e9:.0f} GF/s"))
     return rows
 
 
@@ -134,8 +135,10 @@ def pool_rows(dev: Device):
 
         jt, tt = dev.time_pair(lambda: jfwd(x, 2, 2), lambda: tfwd(xt, 2, 2))
         jtb, ttb = dev.time_pair(lambda: (jfwd(x, 2, 2), jbwd(dy, x, 2, 2)), torch_fwd_bwd)
-        rows.append((f"{kind}_pool2d 2x2/2 fwd", jt, tt, f"{nbytes / 2 / jt / 1e9:.1f} GB/s", f"{nbytes / 2 / tt / 1e9:.1f} GB/s"))
-        rows.append((f"{kind}_pool2d fwd+bwd", jtb, ttb, f"{2 * nbytes / jtb / 1e9:.1f} GB/s", f"{2 * nbytes / ttb / 1e9:.1f} GB/s"))
+        rows.append((f"{kind}_pool2d 2x2/2 fwd", jt, tt,
+                     f"{nbytes / 2 / jt / 1e9:.1f} GB/s", f"{nbytes / 2 / tt / 1e9:.1f} GB/s"))
+        rows.append((f"{kind}_pool2d fwd+bwd", jtb, ttb,
+                     f"{2 * nbytes / jtb / 1e9:.1f} GB/s", f"{2 * nbytes / ttb / 1e9:.1f} GB/s"))
     return rows
 
 

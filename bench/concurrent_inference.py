@@ -41,6 +41,7 @@ def run_case(library: str, callers: int, threads: int, seconds: float) -> float:
         calls = [lambda net=net: net(x) for net in nets]
     else:
         import torch
+
         from compare_torch import lenet_torch
 
         torch.set_num_threads(threads)
@@ -115,7 +116,8 @@ def main() -> None:
             runs = results[(library, callers)]
             median = statistics.median(runs)
             ratio = f"{median / one:.2f}" if callers == 2 else ""
-            lines.append(f"| {library} | {callers} | {median:,.0f} | {', '.join(f'{r:,.0f}' for r in runs)} | {ratio} |")
+            all_runs = ", ".join(f"{r:,.0f}" for r in runs)
+            lines.append(f"| {library} | {callers} | {median:,.0f} | {all_runs} | {ratio} |")
     text = "\n".join(lines)
     print(text)
     if args.markdown:

@@ -47,6 +47,7 @@ def measure_juanji(network: str, steps: int, x, y) -> int:
 
 def measure_torch(network: str, steps: int, x, y) -> int:
     import torch
+
     from compare_torch import convnet_torch, lenet_torch
 
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)

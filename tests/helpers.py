@@ -289,7 +289,8 @@ def conv_kwargs(c: dict) -> dict:
 
 
 def pool_case_id(c: dict) -> str:
-    s = f"N{c['N']}C{c['C']}-in{_fmt(c['spatial'])}-k{_fmt(c['kernel_size'])}-s{_fmt(c['stride'])}-p{_fmt(c['padding'])}"
+    s = (f"N{c['N']}C{c['C']}-in{_fmt(c['spatial'])}-k{_fmt(c['kernel_size'])}"
+         f"-s{_fmt(c['stride'])}-p{_fmt(c['padding'])}")
     if c.get("ceil_mode"):
         s += "-ceil"
     if not c.get("count_include_pad", True):

@@ -31,7 +31,6 @@ Conventions fixed by the seeds:
 from __future__ import annotations
 
 import itertools
-import math
 
 import numpy as np
 
@@ -324,7 +323,6 @@ def _conv_forward_nd(xp, w, stride, dilation, groups):
     N, C = xp.shape[:2]
     K = w.shape[0]
     ksize = w.shape[2:]
-    nd = len(ksize)
     G = groups
     Cg, Kg = C // G, K // G
     out_sp = tuple(

@@ -138,7 +138,7 @@ def test_saved_layout_matches_format(tmp_path):
     assert header.pop("__metadata__") == {"k": "v"}
     assert list(header) == list(arrays)  # written in the given order, with no gaps
     cursor = 0
-    for name, info in header.items():
+    for _name, info in header.items():
         begin, end = info["data_offsets"]
         assert begin == cursor
         cursor = end

@@ -379,11 +379,13 @@ def test_winograd_can_be_turned_off_for_the_direct_sums():
     y_ref = ref.conv2d(x.astype(np.float64), w.astype(np.float64), None, padding=1)
     dy = randn(rng, y_ref.shape, np.float32)
     assert juanji.winograd_enabled()
-    on = [np.asarray(juanji.conv2d(x, w, padding=1))] + [np.asarray(t) for t in juanji.conv2d_backward(dy, x, w, padding=1)]
+    on = [np.asarray(juanji.conv2d(x, w, padding=1))]
+    on += [np.asarray(t) for t in juanji.conv2d_backward(dy, x, w, padding=1)]
     assert juanji.set_winograd(False) is True
     try:
         assert not juanji.winograd_enabled()
-        off = [np.asarray(juanji.conv2d(x, w, padding=1))] + [np.asarray(t) for t in juanji.conv2d_backward(dy, x, w, padding=1)]
+        off = [np.asarray(juanji.conv2d(x, w, padding=1))]
+        off += [np.asarray(t) for t in juanji.conv2d_backward(dy, x, w, padding=1)]
         assert "winograd:     off" in juanji.config_string()
     finally:
         assert juanji.set_winograd(True) is False

@@ -126,7 +126,8 @@ LARGE_CONV = [
 
 @gpu
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("xs,ws,kw", LARGE_CONV, ids=["res", "strided_dilated", "depthwise", "stem", "pointwise", "many_pixels"])
+@pytest.mark.parametrize("xs,ws,kw", LARGE_CONV,
+                         ids=["res", "strided_dilated", "depthwise", "stem", "pointwise", "many_pixels"])
 def test_large_conv_matches_cpu(xs, ws, kw, dtype):
     rng = np.random.default_rng(5)
     x, w, b = randn(rng, xs, dtype), randn(rng, ws, dtype), randn(rng, (ws[0],), dtype)
@@ -255,7 +256,7 @@ def test_mse_matches_cpu(reduction, shape, dtype):
 
 @gpu
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", test_dense.CE_SHAPES + [(5, 1000), (700, 10)], ids=lambda s: "N%dC%d" % s)
+@pytest.mark.parametrize("shape", test_dense.CE_SHAPES + [(5, 1000), (700, 10)], ids=lambda s: "N{}C{}".format(*s))
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_cross_entropy_matches_cpu(reduction, shape, dtype):
     rng = np.random.default_rng(11)
@@ -470,9 +471,8 @@ def test_model_saved_from_the_gpu_loads_on_the_cpu(tmp_path):
 
 @gpu
 def test_cli_trains_on_the_gpu(tmp_path, capsys):
-    from juanji import cli
-
     import test_cli
+    from juanji import cli
 
     status = cli.main(["train", "--model", "lenet5", "--device", "cuda", "--data", test_cli.SUBSET_DIR,
                        "--epochs", "1", "--limit", "256", "--out", str(tmp_path)])
@@ -510,18 +510,22 @@ def test_results_are_identical_run_to_run():
 # ----------------------------------------------------------------------- device errors
 
 MIXED_DEVICE_CALLS = {
-    "conv2d": (lambda: juanji.conv2d(on_gpu(np.ones((1, 1, 4, 4))), np.ones((1, 1, 3, 3))), r"x is on cuda:0 but weight is on cpu"),
+    "conv2d": (lambda: juanji.conv2d(on_gpu(np.ones((1, 1, 4, 4))), np.ones((1, 1, 3, 3))),
+               r"x is on cuda:0 but weight is on cpu"),
     "conv2d_bias": (lambda: juanji.conv2d(on_gpu(np.ones((1, 1, 4, 4))), on_gpu(np.ones((2, 1, 3, 3))), np.ones(2)),
                     r"x is on cuda:0 but bias is on cpu"),
     "conv2d_backward": (lambda: juanji.conv2d_backward(np.ones((1, 1, 2, 2)), on_gpu(np.ones((1, 1, 4, 4))),
-                                                       on_gpu(np.ones((1, 1, 3, 3)))), r"grad_out is on cpu but x is on cuda:0"),
+                                                       on_gpu(np.ones((1, 1, 3, 3)))),
+                        r"grad_out is on cpu but x is on cuda:0"),
     "linear": (lambda: juanji.linear(np.ones((2, 3)), on_gpu(np.ones((4, 3)))), r"x is on cpu but weight is on cuda:0"),
     "linear_bias": (lambda: juanji.linear(on_gpu(np.ones((2, 3))), on_gpu(np.ones((4, 3))), np.ones(4)),
                     r"x is on cuda:0 but bias is on cpu"),
     "max_pool2d_backward": (lambda: juanji.max_pool2d_backward(np.ones((1, 1, 2, 2)), on_gpu(np.ones((1, 1, 4, 4))), 2),
                             r"grad_out is on cpu but x is on cuda:0"),
-    "relu_backward": (lambda: juanji.relu_backward(on_gpu(np.ones(3)), np.ones(3)), r"grad_out is on cuda:0 but x is on cpu"),
-    "softmax_backward": (lambda: juanji.softmax_backward(np.ones(3), on_gpu(np.ones(3))), r"grad_out is on cpu but x is on cuda:0"),
+    "relu_backward": (lambda: juanji.relu_backward(on_gpu(np.ones(3)), np.ones(3)),
+                      r"grad_out is on cuda:0 but x is on cpu"),
+    "softmax_backward": (lambda: juanji.softmax_backward(np.ones(3), on_gpu(np.ones(3))),
+                         r"grad_out is on cpu but x is on cuda:0"),
     "mse_loss": (lambda: juanji.mse_loss(on_gpu(np.ones(3)), np.ones(3)), r"z is on cuda:0 but y is on cpu"),
     "cross_entropy": (lambda: juanji.cross_entropy(on_gpu(np.ones((2, 3))), np.array([0, 1])),
                       r"logits is on cuda:0 but labels is on cpu"),
@@ -539,7 +543,7 @@ def test_mixing_devices_is_a_value_error_naming_both(call, message):
 def test_parameters_of_a_cuda_model_are_not_numpy_views():
     model = nn.Sequential(nn.Linear(2, 2)).to("cuda")
     with pytest.raises(ValueError, match=r"cuda:0.*to\('cpu'\)"):
-        model.parameters()[0].data
+        _ = model.parameters()[0].data
 
 
 # ----------------------------------------------------------------------- everywhere

@@ -8,6 +8,7 @@ import juanji
 import reference as ref
 from helpers import (
     DTYPES,
+    FD_RTOL,
     LAYOUTS,
     as_np,
     assert_bitwise,
@@ -20,7 +21,6 @@ from helpers import (
     randn,
     random_dims,
     rel_error,
-    FD_RTOL,
 )
 
 # ============================================================== linear
@@ -89,7 +89,7 @@ def test_linear_integer_valued_float32_is_exact():
         assert_bitwise(g, g_ref, what=name)
 
 
-@pytest.mark.parametrize("shape", [(3, 4, 2), (1, 3, 5), (4, 1, 1)], ids=lambda s: "N%din%dout%d" % s)
+@pytest.mark.parametrize("shape", [(3, 4, 2), (1, 3, 5), (4, 1, 1)], ids=lambda s: "N{}in{}out{}".format(*s))
 def test_linear_backward_matches_finite_differences(shape):
     N, fin, fout = shape
     rng = np.random.default_rng(4)
@@ -310,7 +310,7 @@ CE_SHAPES = [(1, 2), (4, 3), (8, 10), (3, 1), (32, 7)]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", CE_SHAPES, ids=lambda s: "N%dC%d" % s)
+@pytest.mark.parametrize("shape", CE_SHAPES, ids=lambda s: "N{}C{}".format(*s))
 @pytest.mark.parametrize("reduction", CE_REDUCTIONS)
 def test_cross_entropy_forward_backward(reduction, shape, dtype):
     rng = np.random.default_rng(15)

@@ -623,7 +623,8 @@ def test_deleting_a_model_while_its_layer_runs_elsewhere():
             del model
 
 
-@pytest.mark.parametrize("make,shape", [(lambda: nn.MaxPool2d(2), (1, 1, 4, 4)), (lambda: nn.BatchNorm2d(1), (2, 1, 4, 4))],
+@pytest.mark.parametrize("make,shape",
+                         [(lambda: nn.MaxPool2d(2), (1, 1, 4, 4)), (lambda: nn.BatchNorm2d(1), (2, 1, 4, 4))],
                          ids=["MaxPool2d", "BatchNorm2d"])
 def test_backward_after_an_eval_forward_is_refused(make, shape):
     layer = make()

@@ -436,11 +436,13 @@ def test_mse_training_and_loss_objects():
     z = np.asarray(model(x))
     assert nn.MSELoss()(z, target) == pytest.approx(float(((z - target) ** 2).mean()), rel=1e-5)
     labels = np.array([0, 1] * 8)
-    assert nn.CrossEntropyLoss()(z, labels) == pytest.approx(float(np.asarray(juanji.cross_entropy(z, labels))), rel=1e-6)
+    expected = float(np.asarray(juanji.cross_entropy(z, labels)))
+    assert nn.CrossEntropyLoss()(z, labels) == pytest.approx(expected, rel=1e-6)
 
 
 def test_summary_counts_parameters_and_flops():
-    model = nn.Sequential(nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(6 * 14 * 14, 10))
+    model = nn.Sequential(nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                          nn.Linear(6 * 14 * 14, 10))
     text = model.summary((1, 28, 28))
     assert "(6, 28, 28)" in text and "(6, 14, 14)" in text and "(1176,)" in text
     assert str(6 * 25 + 6) in text and str(1176 * 10 + 10) in text
@@ -505,7 +507,8 @@ MODEL_CORRUPTIONS = {
     "unknown_layer": lambda h: _set_arch(h, lambda a: a[0].update(type="Conv9d")),
     "bad_config": lambda h: _set_arch(h, lambda a: a[0]["config"].update(in_channels=-2)),
     "shape_mismatch": lambda h: _set_arch(h, lambda a: a[0]["config"].update(out_channels=5)),
-    "missing_tensor": lambda h: _set_arch(h, lambda a: a.append({"type": "Linear", "config": {"in_features": 2, "out_features": 2, "bias": True}})),
+    "missing_tensor": lambda h: _set_arch(
+        h, lambda a: a.append({"type": "Linear", "config": {"in_features": 2, "out_features": 2, "bias": True}})),
     "extra_tensor": lambda h: _set_arch(h, lambda a: a[0]["config"].update(bias=False)),
 }
 

@@ -15,7 +15,8 @@ import os
 import stat
 import struct
 import zlib
-from typing import BinaryIO, Iterator, NamedTuple, Optional, Union
+from collections.abc import Iterator
+from typing import BinaryIO, NamedTuple, Union
 
 import numpy as np
 
@@ -84,8 +85,8 @@ def regular_file_size(path: str, expected: str) -> int:
     return status.st_size
 
 
-def _read_idx_stream(path: str, stream: BinaryIO, compressed_size: Optional[int],
-                     raw_size: Optional[int]) -> np.ndarray:
+def _read_idx_stream(path: str, stream: BinaryIO, compressed_size: int | None,
+                     raw_size: int | None) -> np.ndarray:
     """Parses an IDX stream. The size the header declares is checked before the data is read:
     against ``raw_size`` (the file's size) for a plain file, against what ``compressed_size``
     bytes of gzip can expand to for a gzipped one, and against MAX_IDX_BYTES for both."""
@@ -229,7 +230,7 @@ def _check_split(images_path: str, images: np.ndarray,
     check_labels(labels_path, labels, images_path, images.shape[0], len(CLASS_NAMES))
 
 
-def load_mnist_like(directory: PathArg = DEFAULT_DIR, limit: Optional[int] = None) -> MnistLike:
+def load_mnist_like(directory: PathArg = DEFAULT_DIR, limit: int | None = None) -> MnistLike:
     """Loads the four standard IDX files from ``directory``.
 
     Images come back as float32 (N, 1, H, W): pixels scaled to [0, 1], then normalised with
@@ -283,7 +284,7 @@ def batches(
     y: np.ndarray,
     batch_size: int,
     shuffle: bool = False,
-    rng: Optional[np.random.Generator] = None,
+    rng: np.random.Generator | None = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yields contiguous (x, y) mini-batches; the last one may be smaller.
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Dict
+from typing import Callable
 
 from . import nn
 
@@ -46,4 +46,4 @@ def convnet() -> nn.Sequential:
     )
 
 
-MODELS: Dict[str, Callable[[], nn.Sequential]] = {"lenet5": lenet5, "convnet": convnet}
+MODELS: dict[str, Callable[[], nn.Sequential]] = {"lenet5": lenet5, "convnet": convnet}

@@ -8,7 +8,8 @@ canvas, so pyplot's global state (backend, open figures) is never touched.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Optional, Sequence, Tuple
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -32,13 +33,13 @@ def _new_figure(width: float, height: float):
     return Figure(figsize=(width, height), layout="constrained")
 
 
-def _grid_shape(count: int, ncols: Optional[int]) -> Tuple[int, int]:
+def _grid_shape(count: int, ncols: int | None) -> tuple[int, int]:
     cols = ncols or math.ceil(math.sqrt(count))
     return math.ceil(count / cols), cols
 
 
-def _tile_figure(tiles: Sequence[np.ndarray], titles: Sequence[str], ncols: Optional[int],
-                 cmap: str, tile_inches: float, suptitle: Optional[str]):
+def _tile_figure(tiles: Sequence[np.ndarray], titles: Sequence[str], ncols: int | None,
+                 cmap: str, tile_inches: float, suptitle: str | None):
     rows, cols = _grid_shape(len(tiles), ncols)
     fig = _new_figure(cols * tile_inches, rows * tile_inches + (0.4 if suptitle else 0.0))
     axes = fig.subplots(rows, cols, squeeze=False)
@@ -53,9 +54,9 @@ def _tile_figure(tiles: Sequence[np.ndarray], titles: Sequence[str], ncols: Opti
     return fig
 
 
-def save_image_grid(images: Sequence[np.ndarray], path: str, titles: Optional[Sequence[str]] = None,
-                    ncols: Optional[int] = None, cmap: str = "gray", tile_inches: float = 2.0,
-                    suptitle: Optional[str] = None) -> None:
+def save_image_grid(images: Sequence[np.ndarray], path: str, titles: Sequence[str] | None = None,
+                    ncols: int | None = None, cmap: str = "gray", tile_inches: float = 2.0,
+                    suptitle: str | None = None) -> None:
     """Saves 2-D images side by side in a grid, each scaled to its own min..max."""
     if len(images) == 0:
         raise ValueError("save_image_grid: no images given")
@@ -82,8 +83,8 @@ def plot_filters(weights: np.ndarray, path: str, title: str = "first-layer filte
     _tile_figure(tiles, titles, c if c > 1 else None, "gray", 0.9, title).savefig(path, dpi=100)
 
 
-def plot_feature_maps(image: np.ndarray, maps: Sequence[Tuple[str, np.ndarray]], path: str,
-                      max_channels: int = 8, title: Optional[str] = None) -> None:
+def plot_feature_maps(image: np.ndarray, maps: Sequence[tuple[str, np.ndarray]], path: str,
+                      max_channels: int = 8, title: str | None = None) -> None:
     """Saves the input image (H, W) and, one row per layer, the first ``max_channels`` channels
     of each named (C, H, W) feature map."""
     image = np.asarray(image)

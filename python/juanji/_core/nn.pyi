@@ -1,0 +1,198 @@
+"""
+Layers, Sequential and losses
+"""
+from __future__ import annotations
+import collections.abc
+import juanji._core
+import numpy
+import typing
+__all__: list[str] = ['Activation', 'AvgPool1d', 'AvgPool2d', 'BatchNorm2d', 'Conv', 'Conv1d', 'Conv2d', 'CrossEntropyLoss', 'Dropout', 'Flatten', 'GlobalAvgPool2d', 'Layer', 'LeakyReLU', 'Linear', 'Loss', 'MSELoss', 'MaxPool1d', 'MaxPool2d', 'Parameter', 'Pool', 'ReLU', 'Sequential', 'Sigmoid', 'Softmax', 'Tanh']
+class Parameter:
+    """
+    A named tensor of a layer; data and grad are NumPy views (no copy).
+    """
+    def __repr__(self) -> str:
+        ...
+    @property
+    def data(self) -> numpy.ndarray:
+        ...
+    @property
+    def device(self) -> str:
+        ...
+    @property
+    def grad(self) -> typing.Any:
+        ...
+    @property
+    def name(self) -> str:
+        ...
+    @property
+    def shape(self) -> tuple:
+        ...
+    @property
+    def tensor(self) -> juanji._core.Tensor:
+        """
+        The value as a juanji.Tensor (shares storage; on the model's device).
+        """
+    @property
+    def trainable(self) -> bool:
+        ...
+class Layer:
+    def __call__(self, arg0: typing.Any) -> juanji._core.Tensor:
+        ...
+    def __repr__(self) -> str:
+        ...
+    def backward(self, grad_out: typing.Any) -> juanji._core.Tensor:
+        """
+        Gradient of the last training-mode forward's input.
+        """
+    def config_json(self) -> str:
+        ...
+    def forward(self, x: typing.Any, training: bool = False) -> juanji._core.Tensor:
+        ...
+    def output_shape(self, arg0: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex]) -> tuple:
+        ...
+    def parameters(self) -> list:
+        ...
+    def to(self, target: typing.Any) -> typing.Any:
+        """
+        to('cpu'|'cuda'|'cuda:N') moves the parameters and gradients; to('float64') casts them. Returns the layer.
+        """
+    @property
+    def bias(self) -> typing.Any:
+        ...
+    @property
+    def type(self) -> str:
+        ...
+    @property
+    def weight(self) -> typing.Any:
+        ...
+class Conv(Layer):
+    """
+    Convolution layers' common base.
+    """
+class Conv2d(Conv):
+    def __init__(self, in_channels: typing.Any, out_channels: typing.Any, kernel_size: typing.Any, stride: typing.Any = 1, padding: typing.Any = 0, dilation: typing.Any = 1, groups: typing.Any = 1, bias: bool = True, init: str = 'he') -> None:
+        ...
+class Conv1d(Conv):
+    def __init__(self, in_channels: typing.Any, out_channels: typing.Any, kernel_size: typing.Any, stride: typing.Any = 1, padding: typing.Any = 0, dilation: typing.Any = 1, groups: typing.Any = 1, bias: bool = True, init: str = 'he') -> None:
+        ...
+class Linear(Layer):
+    def __init__(self, in_features: typing.Any, out_features: typing.Any, bias: bool = True, init: str = 'he') -> None:
+        ...
+class Pool(Layer):
+    """
+    Pooling layers' common base.
+    """
+class MaxPool2d(Pool):
+    def __init__(self, kernel_size: typing.Any, stride: typing.Any = None, padding: typing.Any = 0, ceil_mode: bool = False) -> None:
+        ...
+class MaxPool1d(Pool):
+    def __init__(self, kernel_size: typing.Any, stride: typing.Any = None, padding: typing.Any = 0, ceil_mode: bool = False) -> None:
+        ...
+class AvgPool2d(Pool):
+    def __init__(self, kernel_size: typing.Any, stride: typing.Any = None, padding: typing.Any = 0, ceil_mode: bool = False, count_include_pad: bool = True) -> None:
+        ...
+class AvgPool1d(Pool):
+    def __init__(self, kernel_size: typing.Any, stride: typing.Any = None, padding: typing.Any = 0, ceil_mode: bool = False, count_include_pad: bool = True) -> None:
+        ...
+class GlobalAvgPool2d(Layer):
+    def __init__(self) -> None:
+        ...
+class Activation(Layer):
+    """
+    Activation layers' common base.
+    """
+class ReLU(Activation):
+    def __init__(self) -> None:
+        ...
+class Sigmoid(Activation):
+    def __init__(self) -> None:
+        ...
+class Tanh(Activation):
+    def __init__(self) -> None:
+        ...
+class LeakyReLU(Activation):
+    def __init__(self, negative_slope: typing.SupportsFloat | typing.SupportsIndex = 0.01) -> None:
+        ...
+class Softmax(Layer):
+    def __init__(self) -> None:
+        ...
+class Dropout(Layer):
+    def __init__(self, p: typing.SupportsFloat | typing.SupportsIndex = 0.5) -> None:
+        ...
+class Flatten(Layer):
+    def __init__(self) -> None:
+        ...
+class BatchNorm2d(Layer):
+    def __init__(self, num_features: typing.Any, eps: typing.SupportsFloat | typing.SupportsIndex = 1e-05, momentum: typing.SupportsFloat | typing.SupportsIndex = 0.1) -> None:
+        ...
+class Loss:
+    def __call__(self, output: typing.Any, target: typing.Any) -> float:
+        """
+        The mean loss as a float.
+        """
+    @property
+    def type(self) -> str:
+        ...
+class CrossEntropyLoss(Loss):
+    def __init__(self) -> None:
+        ...
+class MSELoss(Loss):
+    def __init__(self) -> None:
+        ...
+class Sequential:
+    def __call__(self, x: typing.Any) -> juanji._core.Tensor:
+        """
+        Inference (eval mode, whatever train()/eval() say): the output as a new tensor.
+        """
+    def __getitem__(self, arg0: typing.Any) -> Layer:
+        ...
+    def __init__(self, *args) -> None:
+        ...
+    def __len__(self) -> int:
+        ...
+    def activations(self, x: typing.Any) -> list[juanji._core.Tensor]:
+        ...
+    def architecture_json(self) -> str:
+        ...
+    def buffers(self) -> list:
+        """
+        Tensors saved with the model but not trained (batch-norm running statistics).
+        """
+    def eval(self) -> None:
+        ...
+    def evaluate(self, x: typing.Any, target: typing.Any, loss: Loss = None, batch_size: typing.Any = 256) -> tuple[float, float]:
+        """
+        (mean loss, accuracy) in eval mode.
+        """
+    def forward(self, x: typing.Any, training: typing.Any = None) -> juanji._core.Tensor:
+        ...
+    def parameters(self) -> list:
+        """
+        Trainable parameters, named '<layer>.<name>'.
+        """
+    def save(self, path: typing.Any, metadata: typing.Any = None) -> None:
+        """
+        Writes a safetensors checkpoint; metadata (str -> str) goes into __metadata__.
+        """
+    def summary(self, input_shape: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex]) -> str:
+        ...
+    def to(self, target: typing.Any) -> typing.Any:
+        """
+        to('cpu'|'cuda'|'cuda:N') moves every parameter and gradient (the optimizer's momentum follows on its next step); to('float64') casts them. Returns the model.
+        """
+    def train(self) -> None:
+        ...
+    def train_step(self, x: typing.Any, target: typing.Any, loss: Loss, optimizer: ...) -> float:
+        """
+        Forward, loss, backward and SGD update in C++; returns the batch's mean loss.
+        """
+    @property
+    def device(self) -> str:
+        ...
+    @property
+    def layers(self) -> list[Layer]:
+        ...
+    @property
+    def training(self) -> bool:
+        ...
