@@ -45,6 +45,8 @@ struct LockedLayer {
   }
 };
 
+std::string config_json(const Layer& layer) { return layer.config().dump(nn::kArchitectureFormat); }
+
 // Python callers get their own copy, taken under the lock: the layer reuses its output buffer on
 // the next call.
 Tensor layer_forward(Layer& layer, py::handle x, bool training) {
@@ -155,7 +157,7 @@ void register_nn(py::module_& m) {
 
   py::class_<Layer, std::shared_ptr<Layer>>(nn_module, "Layer")
       .def_property_readonly("type", &Layer::type)
-      .def("config_json", &Layer::config_json)
+      .def("config_json", &config_json, "The constructor arguments as JSON, as a checkpoint stores them.")
       .def("forward", &layer_forward, py::arg("x"), py::arg("training") = false)
       .def("__call__", [](Layer& l, py::handle x) { return layer_forward(l, x, false); })
       .def("backward",
@@ -176,7 +178,7 @@ void register_nn(py::module_& m) {
            py::arg("target"),
            "to('cpu'|'cuda'|'cuda:N') moves the parameters and gradients; to('float64') casts them. "
            "Returns the layer.")
-      .def("__repr__", [](const Layer& l) { return l.type() + "(" + l.config_json() + ")"; });
+      .def("__repr__", [](const Layer& l) { return l.type() + "(" + config_json(l) + ")"; });
 
   py::class_<nn::Conv, Layer, std::shared_ptr<nn::Conv>>(nn_module, "Conv", "Convolution layers' common base.");
   def_conv<nn::Conv2d>(nn_module, "Conv2d");

@@ -13,6 +13,16 @@
 
 namespace juanji {
 
+// How Json::dump lays out text. The default is compact, with doubles in their shortest
+// round-trip form (2.0 as "2.0", so that it reads back as a double).
+struct JsonFormat {
+  std::string_view item_separator = ",";  // between array items and between object members
+  std::string_view key_separator = ":";   // between an object key and its value
+  // Significant digits of doubles as printf's %.*g writes them (2.0 as "2", 0.1 to 17 digits as
+  // "0.10000000000000001"); 0: the shortest round-trip form.
+  int double_digits = 0;
+};
+
 class Json {
  public:
   enum class Kind : std::uint8_t { null, boolean, number, string, array, object };
@@ -60,12 +70,12 @@ class Json {
   void push_back(Json value);             // arrays
   void set(std::string key, Json value);  // objects: replaces the value of an existing key
 
-  // Compact text; doubles print in their shortest round-trip form. Non-finite doubles throw.
-  std::string dump() const;
+  // The value as text laid out by `format`. Non-finite doubles throw.
+  std::string dump(const JsonFormat& format = {}) const;
 
  private:
   void expect(Kind kind) const;
-  void dump_to(std::string& out) const;
+  void dump_to(std::string& out, const JsonFormat& format) const;
 
   Kind kind_ = Kind::null;
   bool bool_ = false;

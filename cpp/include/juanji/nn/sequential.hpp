@@ -99,7 +99,8 @@ class Sequential {
   // Table of each layer's output shape, parameter count and FLOPs for one input of this shape
   // (without the batch dimension).
   std::string summary(const Shape& input_shape) const;
-  // JSON array of {"type": ..., "config": {...}}: what a checkpoint stores to rebuild the model.
+  // JSON array of {"type": ..., "config": {...}}: what a checkpoint stores to rebuild the model,
+  // laid out by kArchitectureFormat.
   std::string architecture_json() const;
 
   // Checkpoints in the safetensors layout: every parameter and buffer by name, the architecture
@@ -123,7 +124,12 @@ class Sequential {
   Tensor grad_output_, input_staging_, target_staging_;
 };
 
-// A layer from its type name and constructor arguments (as written by Layer::config_json).
+// A layer from its type name and constructor arguments (as Layer::config gives them).
 std::shared_ptr<Layer> make_layer(const std::string& type, const Json& config);
+
+// The text layout of architectures and layer configs: the one checkpoints have always had
+// (Python's json.dumps separators, doubles to 17 digits), kept so that a model saves to the same
+// bytes as before.
+inline constexpr JsonFormat kArchitectureFormat{", ", ": ", 17};
 
 }  // namespace juanji::nn
