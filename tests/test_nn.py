@@ -439,6 +439,24 @@ def test_mse_training_and_loss_objects():
     assert nn.CrossEntropyLoss()(z, labels) == pytest.approx(float(np.asarray(juanji.cross_entropy(z, labels))), rel=1e-6)
 
 
+@pytest.mark.parametrize("loss, target, other_kind", [
+    (nn.CrossEntropyLoss(), np.array([0, 2]), np.zeros(2, np.float32)),
+    (nn.MSELoss(), np.zeros((2, 3), np.float32), np.array([0, 2])),
+], ids=["class_labels", "values"])
+def test_every_use_of_a_loss_takes_the_target_it_says(loss, target, other_kind):
+    # Called directly, in train_step and in evaluate, a loss's target goes through one conversion.
+    model = nn.Sequential(nn.Linear(4, 3))
+    opt = optim.SGD(model.parameters(), lr=0.0)
+    x = np.ones((2, 4), np.float32)
+    output = model(x)
+    uses = [lambda t: loss(output, t), lambda t: model.train_step(x, t, loss, opt),
+            lambda t: model.evaluate(x, t, loss)]
+    for use in uses:
+        use(target)
+        with pytest.raises(TypeError, match="^target: expected"):
+            use(other_kind)
+
+
 def test_summary_counts_parameters_and_flops():
     model = nn.Sequential(nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(6 * 14 * 14, 10))
     text = model.summary((1, 28, 28))

@@ -178,6 +178,14 @@ Tensor labels_arg(py::handle obj, const char* name) {
   return from_numpy(a, name);
 }
 
+Tensor loss_target_arg(const nn::Loss& loss, py::handle obj) {
+  switch (loss.target_kind()) {
+    case nn::TargetKind::class_labels: return labels_arg(obj, "target");
+    case nn::TargetKind::values: break;
+  }
+  return tensor_arg(obj, "target");
+}
+
 bool is_int(py::handle obj) {
   return !py::isinstance<py::bool_>(obj) && !py::isinstance<py::array>(obj) && PyIndex_Check(obj.ptr());
 }

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "juanji/nn/sequential.hpp"
 #include "juanji/ops/conv.hpp"
 #include "juanji/ops/pool.hpp"
 #include "juanji/tensor.hpp"
@@ -25,6 +26,8 @@ Tensor tensor_arg(py::handle obj, const char* name);
 Tensor optional_tensor_arg(py::handle obj, const char* name);
 // Integer class labels as an int64 tensor: a juanji int64 Tensor or any integer array/sequence.
 Tensor labels_arg(py::handle obj, const char* name);
+// The target `loss` takes (see nn::TargetKind): labels_arg or tensor_arg, named "target".
+Tensor loss_target_arg(const nn::Loss& loss, py::handle obj);
 // Whether obj is a Python int or a NumPy integer scalar (anything with __index__ but a bool or an
 // array).
 bool is_int(py::handle obj);

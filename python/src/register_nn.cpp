@@ -222,8 +222,7 @@ void register_nn(py::module_& m) {
       .def("__call__",
            [](nn::Loss& loss, py::handle output, py::handle target) {
              const Tensor out = tensor_arg(output, "output").contiguous();
-             const Tensor tgt = loss.type() == "CrossEntropyLoss" ? labels_arg(target, "target")
-                                                                  : tensor_arg(target, "target");
+             const Tensor tgt = loss_target_arg(loss, target);
              Tensor grad = Tensor::empty(out.shape(), out.dtype(), out.device());
              return loss.forward_backward(out, tgt, grad, nullptr);
            },
@@ -231,10 +230,6 @@ void register_nn(py::module_& m) {
   py::class_<nn::CrossEntropyLoss, nn::Loss, std::shared_ptr<nn::CrossEntropyLoss>>(nn_module, "CrossEntropyLoss")
       .def(py::init<>());
   py::class_<nn::MSELoss, nn::Loss, std::shared_ptr<nn::MSELoss>>(nn_module, "MSELoss").def(py::init<>());
-
-  auto target_arg = [](const nn::Loss& loss, py::handle target) {
-    return loss.type() == "CrossEntropyLoss" ? labels_arg(target, "labels") : tensor_arg(target, "target");
-  };
 
   py::class_<nn::Sequential, std::shared_ptr<nn::Sequential>>(nn_module, "Sequential")
       .def(py::init([](py::args layers) {
@@ -284,20 +279,20 @@ void register_nn(py::module_& m) {
         return parameter_list(buffers);
       }, "Tensors saved with the model but not trained (batch-norm running statistics).")
       .def("train_step",
-           [target_arg](nn::Sequential& s, py::handle x, py::handle target, nn::Loss& loss, optim::SGD& opt) {
+           [](nn::Sequential& s, py::handle x, py::handle target, nn::Loss& loss, optim::SGD& opt) {
              const Tensor xt = tensor_arg(x, "x");
-             const Tensor tt = target_arg(loss, target);
+             const Tensor tt = loss_target_arg(loss, target);
              return without_gil([&] { return s.train_step(xt, tt, loss, opt); });
            },
            py::arg("x"), py::arg("target"), py::arg("loss"), py::arg("optimizer"),
            "Forward, loss, backward and SGD update in C++; returns the batch's mean loss.")
       .def("evaluate",
-           [target_arg](nn::Sequential& s, py::handle x, py::handle target, std::shared_ptr<nn::Loss> loss,
-                        py::handle batch_size_arg) {
+           [](nn::Sequential& s, py::handle x, py::handle target, std::shared_ptr<nn::Loss> loss,
+              py::handle batch_size_arg) {
              const std::int64_t batch_size = int_arg(batch_size_arg, "batch_size");
              if (!loss) loss = std::make_shared<nn::CrossEntropyLoss>();
              const Tensor xt = tensor_arg(x, "x");
-             const Tensor tt = target_arg(*loss, target);
+             const Tensor tt = loss_target_arg(*loss, target);
              const nn::Evaluation e = without_gil([&] { return s.evaluate(xt, tt, *loss, batch_size); });
              return py::make_tuple(e.loss, e.accuracy);
            },

@@ -17,10 +17,17 @@
 
 namespace juanji::nn {
 
+// What a loss compares the output with, so that callers convert a target without knowing the loss.
+enum class TargetKind {
+  class_labels,  // int64 class indices, shape (N,)
+  values,        // floats of the output's shape
+};
+
 class Loss {
  public:
   virtual ~Loss() = default;
   virtual std::string type() const = 0;
+  virtual TargetKind target_kind() const = 0;
   // Mean loss over the batch; writes d loss / d output into grad (same shape as output) and,
   // when correct is not null, the number of correct predictions.
   virtual double forward_backward(const Tensor& output, const Tensor& target, Tensor& grad,
@@ -31,6 +38,7 @@ class Loss {
 class CrossEntropyLoss : public Loss {
  public:
   std::string type() const override { return "CrossEntropyLoss"; }
+  TargetKind target_kind() const override { return TargetKind::class_labels; }
   double forward_backward(const Tensor& output, const Tensor& target, Tensor& grad,
                           std::int64_t* correct) override;
 };
@@ -39,6 +47,7 @@ class CrossEntropyLoss : public Loss {
 class MSELoss : public Loss {
  public:
   std::string type() const override { return "MSELoss"; }
+  TargetKind target_kind() const override { return TargetKind::values; }
   double forward_backward(const Tensor& output, const Tensor& target, Tensor& grad,
                           std::int64_t* correct) override;
 };
