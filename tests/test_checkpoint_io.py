@@ -10,6 +10,7 @@ import pathlib
 import random
 import struct
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -274,6 +275,18 @@ def test_every_path_form_names_the_same_file(tmp_path, form):
     _core.save_safetensors(path, {"x": np.ones(2)})
     assert os.listdir(tmp_path) == ["m.safetensors"]
     assert list(_core.load_safetensors(path)[0]) == ["x"]
+
+
+def test_model_metadata_is_checked_as_save_safetensors_checks_it(tmp_path):
+    path = tmp_path / "m.safetensors"
+    model = nn.Sequential(nn.ReLU())
+    with pytest.raises(TypeError, match="^save: metadata must map str to str, got 'epoch': 3$"):
+        model.save(path, metadata={"epoch": 3})
+    with pytest.raises(TypeError, match="^save: metadata must be a dict of str -> str, got list$"):
+        model.save(path, metadata=[("k", "v")])
+    assert os.listdir(tmp_path) == []
+    model.save(path, metadata=types.MappingProxyType({"k": "v"}))  # any mapping
+    assert juanji.load_metadata(path) == {"k": "v"}
 
 
 def test_bytes_path_that_is_not_utf8(tmp_path):

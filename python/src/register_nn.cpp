@@ -1,6 +1,8 @@
 // juanji._core.nn (layers, Sequential, losses) and juanji._core.optim (SGD, schedules).
 #include <pybind11/stl.h>
 
+#include <variant>
+
 #include "bind_util.hpp"
 #include "juanji/nn/sequential.hpp"
 #include "juanji/runtime.hpp"
@@ -82,19 +84,12 @@ py::object parameter_view(py::handle layer, const char* name) {
   return py::none();
 }
 
-// "cpu", "cuda", "cuda:N" move; anything else is a dtype ("float64", np.float32, ...). Read with
-// the GIL, then carried out without it (the target takes its locks).
+// A device moves, a dtype casts (see device_or_dtype_arg). Read with the GIL, then carried out
+// without it (the target takes its locks).
 template <class Target>
 void move_or_cast(Target&& target, py::handle where) {
-  if (py::isinstance<py::str>(where)) {
-    const std::string text = where.cast<std::string>();
-    if (text == "cpu" || text.rfind("cuda", 0) == 0) {
-      const Device device = Device::parse(text);
-      return without_gil([&] { target.to(device); });
-    }
-  }
-  const DType dtype = dtype_arg(where, "to");
-  without_gil([&] { target.to(dtype); });
+  const std::variant<Device, DType> to = device_or_dtype_arg(where);
+  without_gil([&] { std::visit([&](auto device_or_dtype) { target.to(device_or_dtype); }, to); });
 }
 
 template <class ConvLayer>
@@ -236,8 +231,7 @@ void register_nn(py::module_& m) {
         std::vector<std::shared_ptr<Layer>> list;
         for (auto l : layers) {
           if (!py::isinstance<Layer>(l))
-            throw TypeError("Sequential: expected layers, got " +
-                            py::str(py::type::handle_of(l).attr("__name__")).cast<std::string>());
+            throw TypeError("Sequential: expected layers, got " + type_name(l));
           list.push_back(l.cast<std::shared_ptr<Layer>>());
         }
         // Joining takes each layer's lock, which a thread running the layer may hold while it
@@ -309,10 +303,7 @@ void register_nn(py::module_& m) {
       .def("architecture_json", &nn::Sequential::architecture_json)
       .def("save",
            [](const nn::Sequential& s, py::object path, py::object metadata) {
-             Metadata meta;
-             if (!metadata.is_none())
-               for (auto item : metadata.cast<py::dict>())
-                 meta.emplace_back(py::str(item.first).cast<std::string>(), py::str(item.second).cast<std::string>());
+             const Metadata meta = metadata_arg(metadata, "save");
              const std::string file = path_arg(path, "path");
              without_gil([&] { s.save(file, meta); });
            },
