@@ -1,4 +1,4 @@
-// juanji._core.nn (layers, Sequential, losses) and juanji._core.optim (SGD, schedules).
+// juanji._core.nn: layers, Sequential and losses.
 #include <pybind11/stl.h>
 
 #include <variant>
@@ -54,17 +54,6 @@ std::string config_json(const Layer& layer) { return layer.config().dump(nn::kAr
 Tensor layer_forward(Layer& layer, py::handle x, bool training) {
   const Tensor input = tensor_arg(x, "x");
   return locked(layer.mutex(), [&] { return layer.forward(input, training).clone(); });
-}
-
-std::vector<std::shared_ptr<Parameter>> optimizer_parameters(py::iterable params) {
-  std::vector<std::shared_ptr<Parameter>> list;
-  for (auto p : params) {
-    if (!py::isinstance<Parameter>(p))
-      throw TypeError("params: expected the Parameters of a model (model.parameters()), got an item of type " +
-                      py::str(py::type::handle_of(p).attr("__name__")).cast<std::string>());
-    list.push_back(p.cast<std::shared_ptr<Parameter>>());
-  }
-  return list;
 }
 
 py::list parameter_list(const std::vector<std::shared_ptr<Parameter>>& params) {
@@ -131,7 +120,6 @@ void def_avg_pool(py::module_& m, const char* name) {
 
 void register_nn(py::module_& m) {
   auto nn_module = m.def_submodule("nn", "Layers, Sequential and losses");
-  auto optim_module = m.def_submodule("optim", "SGD and learning-rate schedules");
 
   py::class_<Parameter, std::shared_ptr<Parameter>>(nn_module, "Parameter",
                                                     "A named tensor of a layer; data and grad are NumPy views (no copy).")
@@ -328,28 +316,6 @@ void register_nn(py::module_& m) {
           return out;
         },
         py::arg("path"), "The user metadata a model checkpoint was saved with.");
-
-  py::class_<optim::SGD, std::shared_ptr<optim::SGD>>(optim_module, "SGD")
-      .def(py::init([](py::iterable params, double lr, double momentum, bool nesterov, double weight_decay) {
-             return std::make_shared<optim::SGD>(optimizer_parameters(params), lr, momentum, nesterov, weight_decay);
-           }),
-           py::arg("params"), py::arg("lr"), py::arg("momentum") = 0.0, py::arg("nesterov") = false,
-           py::arg("weight_decay") = 0.0)
-      .def_property("lr", &optim::SGD::lr, &optim::SGD::set_lr, "The learning rate; set it like the constructor's (finite, >= 0).")
-      .def_property_readonly("momentum", &optim::SGD::momentum)
-      .def_property_readonly("nesterov", &optim::SGD::nesterov)
-      .def_property_readonly("weight_decay", &optim::SGD::weight_decay)
-      .def("step", &optim::SGD::step, py::call_guard<py::gil_scoped_release>());
-  py::class_<optim::StepLR>(optim_module, "StepLR")
-      .def(py::init<optim::SGD&, std::int64_t, double>(), py::arg("optimizer"), py::arg("step_size"),
-           py::arg("gamma") = 0.1, py::keep_alive<1, 2>())
-      .def("step", &optim::StepLR::step)
-      .def_property_readonly("epoch", &optim::StepLR::epoch);
-  py::class_<optim::CosineLR>(optim_module, "CosineLR")
-      .def(py::init<optim::SGD&, std::int64_t, double>(), py::arg("optimizer"), py::arg("t_max"),
-           py::arg("eta_min") = 0.0, py::keep_alive<1, 2>())
-      .def("step", &optim::CosineLR::step)
-      .def_property_readonly("epoch", &optim::CosineLR::epoch);
 }
 
 }  // namespace juanji::bind
