@@ -277,6 +277,16 @@ def test_every_path_form_names_the_same_file(tmp_path, form):
     assert list(_core.load_safetensors(path)[0]) == ["x"]
 
 
+def test_load_with_metadata_is_load_and_load_metadata_at_once(tmp_path):
+    path = tmp_path / "m.safetensors"
+    model = nn.Sequential(nn.Linear(3, 2))
+    model.save(path, metadata={"k": "v"})
+    loaded, metadata = _core.load_with_metadata(path)
+    assert loaded.architecture_json() == model.architecture_json()
+    np.testing.assert_array_equal(loaded[0].weight, model[0].weight)
+    assert metadata == juanji.load_metadata(path) == {"k": "v"}
+
+
 def test_model_metadata_is_checked_as_save_safetensors_checks_it(tmp_path):
     path = tmp_path / "m.safetensors"
     model = nn.Sequential(nn.ReLU())
@@ -309,6 +319,7 @@ PATH_FUNCTIONS = {
     "Sequential.save": lambda path: nn.Sequential(nn.ReLU()).save(path),
     "juanji.load": juanji.load,
     "juanji.load_metadata": juanji.load_metadata,
+    "load_with_metadata": _core.load_with_metadata,
     "save_safetensors": lambda path: _core.save_safetensors(path, {"x": np.ones(1)}),
     "load_safetensors": _core.load_safetensors,
 }

@@ -1,12 +1,26 @@
-// Checkpoint files: save_safetensors / load_safetensors.
+// Checkpoint files, every function that reads or writes one by path: save_safetensors,
+// load_safetensors, and the model loaders (Sequential.save, a method, is with the class).
+#include <memory>
 #include <string>
 #include <system_error>
 #include <utility>
 
 #include "bind_util.hpp"
 #include "juanji/checkpoint.hpp"
+#include "juanji/nn/sequential.hpp"
 
 namespace juanji::bind {
+namespace {
+
+// The model a checkpoint holds, and into `metadata` (when not null) the user metadata it was saved
+// with, from one reading of the file.
+std::shared_ptr<nn::Sequential> load_model(py::handle path, Metadata* metadata) {
+  const std::string file = path_arg(path, "path");
+  py::gil_scoped_release release;
+  return nn::Sequential::load(file, metadata);
+}
+
+}  // namespace
 
 void register_io(py::module_& m) {
   // OSError(errno, text) picks the subclass: FileNotFoundError, PermissionError, ...
@@ -59,6 +73,31 @@ Returns (tensors, metadata): dict name -> juanji.Tensor in file order, and the h
 "__metadata__" as dict str -> str. Every size in the header is checked against the file
 before any data is read; a malformed or truncated file raises ValueError naming the file and
 the entry at fault. A missing or unreadable file raises OSError.)doc");
+
+  m.def("load", [](py::handle path) { return load_model(path, nullptr); }, py::arg("path"),
+        "Rebuilds a model saved with Sequential.save; corrupt or mismatched files raise ValueError.");
+  m.def(
+      "load_with_metadata",
+      [](py::handle path) {
+        Metadata metadata;
+        auto model = load_model(path, &metadata);
+        return py::make_tuple(std::move(model), metadata_dict(metadata));
+      },
+      py::arg("path"),
+      "(load(path), load_metadata(path)) from one reading of the file: what a caller that needs "
+      "both uses, so that the two cannot come from different files.");
+  m.def(
+      "load_metadata",
+      [](py::handle path) {
+        const std::string file = path_arg(path, "path");
+        Metadata metadata;
+        {
+          py::gil_scoped_release release;
+          metadata = nn::Sequential::load_metadata(file);
+        }
+        return metadata_dict(metadata);
+      },
+      py::arg("path"), "The user metadata a model checkpoint was saved with (read from its header alone).");
 }
 
 }  // namespace juanji::bind

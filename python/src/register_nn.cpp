@@ -305,17 +305,6 @@ void register_nn(py::module_& m) {
         if (i < -n || i >= n) throw py::index_error("layer index out of range");
         return s.layers()[static_cast<std::size_t>(i < 0 ? i + n : i)];
       });
-
-  m.def("load", [](py::object path) { return nn::Sequential::load(path_arg(path, "path")); }, py::arg("path"),
-        "Rebuilds a model saved with Sequential.save; corrupt or mismatched files raise ValueError.");
-  m.def("load_metadata",
-        [](py::object path) {
-          const Metadata meta = nn::Sequential::load_metadata(path_arg(path, "path"));
-          py::dict out;
-          for (const auto& [key, value] : meta) out[py::str(key)] = value;
-          return out;
-        },
-        py::arg("path"), "The user metadata a model checkpoint was saved with.");
 }
 
 }  // namespace juanji::bind
