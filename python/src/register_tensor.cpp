@@ -198,7 +198,11 @@ with PyTorch, JAX or CuPy without copies.)doc")
            })
       .def("reshape",
            [](const Tensor& t, py::args args) { return t.reshape(shape_from_args(args)); })
-      .def("transpose", &Tensor::transpose, py::arg("dim0"), py::arg("dim1"))
+      .def("transpose",
+           [](const Tensor& t, py::handle dim0, py::handle dim1) {
+             return t.transpose(int_arg(dim0, "dim0"), int_arg(dim1, "dim1"));
+           },
+           py::arg("dim0"), py::arg("dim1"))
       .def("permute", [](const Tensor& t, py::args args) { return t.permute(shape_from_args(args)); })
       .def_property_readonly("T", [](const Tensor& t) {
         std::vector<std::int64_t> order(t.dim());
