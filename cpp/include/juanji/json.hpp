@@ -1,7 +1,8 @@
-// A small strict JSON value (RFC 8259) for checkpoint headers: we parse files from untrusted
-// sources, so the parser rejects anything loose (NaN/Infinity, trailing bytes, control characters
-// or invalid UTF-8 in strings, duplicate keys, nesting deeper than 64) and reports the byte offset.
-// Object keys keep their insertion order so dump() writes them back as given.
+// A small strict JSON value (RFC 8259) for checkpoint headers and the layer configs in them: we
+// parse files from untrusted sources, so the parser rejects anything loose (NaN/Infinity, trailing
+// bytes, control characters or invalid UTF-8 in strings, duplicate keys, nesting deeper than 64)
+// and reports the byte offset. Object keys keep their insertion order so dump() writes them back
+// as given.
 #pragma once
 
 #include <cstddef>
