@@ -10,6 +10,7 @@ import pathlib
 import random
 import struct
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -276,6 +277,28 @@ def test_every_path_form_names_the_same_file(tmp_path, form):
     assert list(_core.load_safetensors(path)[0]) == ["x"]
 
 
+def test_load_with_metadata_is_load_and_load_metadata_at_once(tmp_path):
+    path = tmp_path / "m.safetensors"
+    model = nn.Sequential(nn.Linear(3, 2))
+    model.save(path, metadata={"k": "v"})
+    loaded, metadata = _core.load_with_metadata(path)
+    assert loaded.architecture_json() == model.architecture_json()
+    np.testing.assert_array_equal(loaded[0].weight, model[0].weight)
+    assert metadata == juanji.load_metadata(path) == {"k": "v"}
+
+
+def test_model_metadata_is_checked_as_save_safetensors_checks_it(tmp_path):
+    path = tmp_path / "m.safetensors"
+    model = nn.Sequential(nn.ReLU())
+    with pytest.raises(TypeError, match="^save: metadata must map str to str, got 'epoch': 3$"):
+        model.save(path, metadata={"epoch": 3})
+    with pytest.raises(TypeError, match="^save: metadata must be a dict of str -> str, got list$"):
+        model.save(path, metadata=[("k", "v")])
+    assert os.listdir(tmp_path) == []
+    model.save(path, metadata=types.MappingProxyType({"k": "v"}))  # any mapping
+    assert juanji.load_metadata(path) == {"k": "v"}
+
+
 def test_bytes_path_that_is_not_utf8(tmp_path):
     """Names are bytes on Linux: open() takes any; so do we, and errors quote them escaped."""
     if not sys.platform.startswith("linux"):
@@ -296,6 +319,7 @@ PATH_FUNCTIONS = {
     "Sequential.save": lambda path: nn.Sequential(nn.ReLU()).save(path),
     "juanji.load": juanji.load,
     "juanji.load_metadata": juanji.load_metadata,
+    "load_with_metadata": _core.load_with_metadata,
     "save_safetensors": lambda path: _core.save_safetensors(path, {"x": np.ones(1)}),
     "load_safetensors": _core.load_safetensors,
 }

@@ -1,8 +1,10 @@
 """The ``juanji`` command (train / predict / filters) and the figures it draws (juanji.plots)."""
 
+import ctypes
 import json
 import math
 import os
+import struct
 import subprocess
 import sys
 
@@ -206,6 +208,48 @@ def test_predict_says_how_many_images_it_left_out(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli.main(["predict", checkpoint, images, "--all", "--limit", "5"])
     assert "not allowed with argument" in capsys.readouterr().err
+
+
+def count_opens(path, action) -> int:
+    """How many times the file `path` is opened while `action()` runs, as Linux's inotify sees
+    it (opens made in C++ as well as in Python)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    in_close, in_open, in_nonblock = 0x08 | 0x10, 0x20, os.O_NONBLOCK  # <sys/inotify.h>
+    fd = libc.inotify_init1(in_nonblock)
+    if fd < 0:
+        pytest.skip(f"inotify: {os.strerror(ctypes.get_errno())}")
+    try:
+        # Closes too: the kernel merges an event into an identical one just before it.
+        if libc.inotify_add_watch(fd, os.fsencode(path), in_open | in_close) < 0:
+            pytest.skip(f"inotify: {os.strerror(ctypes.get_errno())}")
+        action()
+        opens = 0
+        while True:
+            try:
+                events = os.read(fd, 4096)
+            except BlockingIOError:
+                return opens
+            offset = 0
+            while offset < len(events):  # struct inotify_event, then `length` bytes of name
+                _, mask, _, length = struct.unpack_from("iIII", events, offset)
+                opens += bool(mask & in_open)
+                offset += struct.calcsize("iIII") + length
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="counts opens with Linux's inotify")
+def test_predict_reads_the_checkpoint_once(tmp_path, capsys):
+    # The model and the metadata it is used with come from one reading of the file.
+    checkpoint = str(tmp_path / "model.safetensors")
+    juanji.nn.Sequential(juanji.nn.Flatten(), juanji.nn.Linear(28 * 28, 10)).save(
+        checkpoint, metadata={"mean": "0.25", "std": "0.5"})
+    images = str(tmp_path / "images-idx3-ubyte")
+    data.write_idx(images, np.zeros((2, 28, 28), dtype=np.uint8))
+    assert count_opens(checkpoint, lambda: cli.main(["predict", checkpoint, images])) == 1
+    assert capsys.readouterr().out.startswith("0: ")
+    # The count sees every open: two readings are two.
+    assert count_opens(checkpoint, lambda: [juanji.load_metadata(checkpoint) for _ in range(2)]) == 2
 
 
 def test_resize_keeps_a_constant_image_and_shape():

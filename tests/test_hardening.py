@@ -665,6 +665,21 @@ def test_bools_and_huge_ints_are_not_layer_sizes():
         model.evaluate(np.ones((2, 2), f32), np.zeros(2, np.int64), batch_size=2**64)
 
 
+def test_bools_are_not_dims_kernel_sizes_or_schedule_lengths():
+    x = np.ones((2, 3), f32)
+    optimizer = optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1)
+    uses = {"dim": [lambda: juanji.softmax(x, dim=True), lambda: juanji.log_softmax_backward(x, x, dim=True)],
+            "n": [lambda: juanji.kernels.box(True), lambda: juanji.kernels.gaussian(True, 1.0)],
+            "dim1": [lambda: juanji.tensor(x).transpose(0, True)],
+            "step_size": [lambda: optim.StepLR(optimizer, True)], "t_max": [lambda: optim.CosineLR(optimizer, True)]}
+    for name, calls in uses.items():
+        for call in calls:
+            with pytest.raises(TypeError, match=f"^{name}: expected an int, got bool True$"):
+                call()
+    assert juanji.tensor(x).transpose(np.int64(0), 1).shape == (3, 2)
+    assert optim.StepLR(optimizer, np.int64(2)).epoch == 0
+
+
 def test_a_checkpoint_mixing_dtypes_is_refused(tmp_path):
     safetensors = pytest.importorskip("safetensors.numpy")
     model = nn.Sequential(nn.Linear(2, 3))

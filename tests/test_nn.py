@@ -440,6 +440,24 @@ def test_mse_training_and_loss_objects():
     assert nn.CrossEntropyLoss()(z, labels) == pytest.approx(expected, rel=1e-6)
 
 
+@pytest.mark.parametrize("loss, target, other_kind", [
+    (nn.CrossEntropyLoss(), np.array([0, 2]), np.zeros(2, np.float32)),
+    (nn.MSELoss(), np.zeros((2, 3), np.float32), np.array([0, 2])),
+], ids=["class_labels", "values"])
+def test_every_use_of_a_loss_takes_the_target_it_says(loss, target, other_kind):
+    # Called directly, in train_step and in evaluate, a loss's target goes through one conversion.
+    model = nn.Sequential(nn.Linear(4, 3))
+    opt = optim.SGD(model.parameters(), lr=0.0)
+    x = np.ones((2, 4), np.float32)
+    output = model(x)
+    uses = [lambda t: loss(output, t), lambda t: model.train_step(x, t, loss, opt),
+            lambda t: model.evaluate(x, t, loss)]
+    for use in uses:
+        use(target)
+        with pytest.raises(TypeError, match="^target: expected"):
+            use(other_kind)
+
+
 def test_summary_counts_parameters_and_flops():
     model = nn.Sequential(nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
                           nn.Linear(6 * 14 * 14, 10))
@@ -543,6 +561,37 @@ def test_every_layer_has_its_own_type_also_after_loading(tmp_path):
         assert loaded.type == type(loaded).__name__
     assert isinstance(nn.Conv1d(1, 1, 2), nn.Conv) and isinstance(nn.MaxPool1d(2), nn.Pool)
     assert isinstance(nn.ReLU(), nn.Activation)
+
+
+def every_layer_type():
+    """One layer of each type, with settings away from the defaults where it has any."""
+    return [
+        nn.Conv2d(4, 6, (3, 2), stride=(2, 1), padding="same", dilation=(1, 2), groups=2, bias=False),
+        nn.Conv1d(2, 3, 4, stride=3, padding=1), nn.Linear(5, 3, bias=False),
+        nn.MaxPool2d((3, 2), stride=(2, 1), padding=1, ceil_mode=True), nn.MaxPool1d(2),
+        nn.AvgPool2d(3, stride=2, padding=1, ceil_mode=True, count_include_pad=False), nn.AvgPool1d(2),
+        nn.GlobalAvgPool2d(), nn.ReLU(), nn.Sigmoid(), nn.Tanh(), nn.LeakyReLU(1 / 3), nn.Softmax(),
+        nn.Dropout(0.1), nn.Flatten(), nn.BatchNorm2d(3, eps=2.5e-10, momentum=1.0),
+    ]
+
+
+def test_every_layer_config_round_trips_through_a_checkpoint(tmp_path):
+    bases = (nn.Layer, nn.Conv, nn.Pool, nn.Activation)
+    layer_types = {name for name, cls in vars(nn).items()
+                   if isinstance(cls, type) and issubclass(cls, nn.Layer) and cls not in bases}
+    model = nn.Sequential(*every_layer_type())
+    assert {layer.type for layer in model.layers} == layer_types
+    path = tmp_path / "m.safetensors"
+    model.save(path)
+    loaded = juanji.load(path)
+    for original, rebuilt in zip(model.layers, loaded.layers):
+        assert rebuilt.config_json() == original.config_json()
+        assert repr(rebuilt) == f"{original.type}({original.config_json()})"
+    assert loaded.architecture_json() == model.architecture_json()
+    # What checkpoints have always held: json.dumps' separators, doubles to 17 digits.
+    assert json.loads(model.architecture_json())[-1] == {
+        "type": "BatchNorm2d", "config": {"channels": 3, "eps": 2.5e-10, "momentum": 1}}
+    assert model[-1].config_json() == '{"channels": 3, "eps": 2.5000000000000002e-10, "momentum": 1}'
 
 
 def test_reserved_metadata_keys_are_refused(tmp_path):

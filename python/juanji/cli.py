@@ -401,12 +401,13 @@ def checkpoint_inputs(args: argparse.Namespace, metadata: Dict[str, str]) -> Che
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    import juanji
+    from ._core import load_with_metadata
 
     # The C++ reader would say "Operation not supported" for /dev/zero; this names the problem.
     regular_file_size(args.checkpoint, "a checkpoint (model.safetensors)")
-    model = juanji.load(args.checkpoint)
-    inputs = checkpoint_inputs(args, juanji.load_metadata(args.checkpoint))
+    # One reading: the model and its metadata cannot come from two versions of the file.
+    model, metadata = load_with_metadata(args.checkpoint)
+    inputs = checkpoint_inputs(args, metadata)
 
     images = read_images(args.file, inputs.height, inputs.width, args.invert)
     limit = None if args.all else args.limit

@@ -2,6 +2,7 @@
 
 #include <cstring>
 #include <string>
+#include <utility>
 
 namespace juanji::bind {
 
@@ -42,11 +43,22 @@ py::str error_text(const char* what) {
       PyUnicode_DecodeUTF8(what, static_cast<py::ssize_t>(std::strlen(what)), "backslashreplace"));
 }
 
-namespace {
+Device device_arg(py::handle obj) {
+  return obj.is_none() ? Device{} : Device::parse(py::str(obj).cast<std::string>());
+}
 
-std::string describe(py::handle obj) {
+std::variant<Device, DType> device_or_dtype_arg(py::handle obj) {
+  // No dtype's str() starts so: np.float32 is "<class 'numpy.float32'>".
+  const std::string text = py::str(obj).cast<std::string>();
+  if (text == "cpu" || text.rfind("cuda", 0) == 0) return Device::parse(text);
+  return dtype_arg(obj, "to");
+}
+
+std::string type_name(py::handle obj) {
   return py::str(py::type::handle_of(obj).attr("__name__")).cast<std::string>();
 }
+
+namespace {
 
 std::string array_desc(const py::array& a) {
   Shape shape(a.shape(), a.shape() + a.ndim());
@@ -150,7 +162,7 @@ Tensor tensor_arg(py::handle obj, const char* name) {
     return from_numpy(a, name);
   }
   throw TypeError(std::string(name) + ": expected a juanji.Tensor or a NumPy array, got " +
-                  describe(obj));
+                  type_name(obj));
 }
 
 Tensor optional_tensor_arg(py::handle obj, const char* name) {
@@ -178,22 +190,51 @@ Tensor labels_arg(py::handle obj, const char* name) {
   return from_numpy(a, name);
 }
 
+Tensor loss_target_arg(const nn::Loss& loss, py::handle obj) {
+  switch (loss.target_kind()) {
+    case nn::TargetKind::class_labels: return labels_arg(obj, "target");
+    case nn::TargetKind::values: break;
+  }
+  return tensor_arg(obj, "target");
+}
+
 bool is_int(py::handle obj) {
   return !py::isinstance<py::bool_>(obj) && !py::isinstance<py::array>(obj) && PyIndex_Check(obj.ptr());
 }
 
-std::int64_t int_arg(py::handle obj, const char* name) {
+namespace {
+
+// obj's value as a Python int (what its __index__ gives); TypeError naming `name` unless is_int.
+py::object index_arg(py::handle obj, const char* name) {
   if (!is_int(obj))
-    throw TypeError(std::string(name) + ": expected an int, got " + describe(obj) + " " +
+    throw TypeError(std::string(name) + ": expected an int, got " + type_name(obj) + " " +
                     py::repr(obj).cast<std::string>());
-  const py::object index = py::reinterpret_steal<py::object>(PyNumber_Index(obj.ptr()));
-  if (!index) throw py::error_already_set();
+  py::object index = py::reinterpret_steal<py::object>(PyNumber_Index(obj.ptr()));
+  if (!index) throw py::error_already_set();  // its __index__ raised
+  return index;
+}
+
+}  // namespace
+
+std::int64_t int_arg(py::handle obj, const char* name) {
+  const py::object index = index_arg(obj, name);
   int overflow = 0;
   const long long value = PyLong_AsLongLongAndOverflow(index.ptr(), &overflow);
   if (overflow != 0)
     throw std::invalid_argument(std::string(name) + ": " + py::str(index).cast<std::string>() +
                                 " does not fit in a 64-bit integer");
   if (value == -1 && PyErr_Occurred()) throw py::error_already_set();
+  return value;
+}
+
+std::uint64_t uint64_arg(py::handle obj, const char* name) {
+  const py::object index = index_arg(obj, name);
+  const unsigned long long value = PyLong_AsUnsignedLongLong(index.ptr());
+  if (value == static_cast<unsigned long long>(-1) && PyErr_Occurred()) {
+    PyErr_Clear();
+    throw std::invalid_argument(std::string(name) + ": must be in [0, 2**64), got " +
+                                py::str(index).cast<std::string>());
+  }
   return value;
 }
 
@@ -212,7 +253,7 @@ std::vector<std::int64_t> ints_arg(py::handle obj, const char* name) {
     check(!values.empty(), name, ": empty sequence");
     return values;
   }
-  throw TypeError(std::string(name) + ": expected an int or a tuple of ints, got " + describe(obj));
+  throw TypeError(std::string(name) + ": expected an int or a tuple of ints, got " + type_name(obj));
 }
 
 PaddingSpec padding_arg(py::handle obj) {
@@ -244,6 +285,77 @@ PoolOptions pool_options(py::handle kernel_size, py::handle stride, py::handle p
   options.ceil_mode = ceil_mode;
   options.count_include_pad = count_include_pad;
   return options;
+}
+
+// ---- checkpoints ----
+
+namespace {
+
+bool is_mapping(py::handle obj) {
+  return py::isinstance(obj, py::module_::import("collections.abc").attr("Mapping"));
+}
+
+// The (key, value) pairs of a mapping.
+std::vector<std::pair<py::object, py::object>> mapping_items(py::handle mapping) {
+  std::vector<std::pair<py::object, py::object>> items;
+  for (auto item : mapping.attr("items")()) {
+    const auto pair = py::reinterpret_borrow<py::tuple>(item);
+    items.emplace_back(pair[0], pair[1]);
+  }
+  return items;
+}
+
+// Float data as for any op; integer arrays become int64 (I64), except uint64 whose values
+// may not fit. NumPy scalars (what arithmetic on 0-d arrays returns) count as 0-d arrays.
+Tensor checkpoint_tensor_arg(py::handle value, const std::string& name) {
+  if (py::isinstance<Tensor>(value)) return value.cast<Tensor>();
+  const py::module_ numpy = py::module_::import("numpy");
+  if (py::isinstance(value, numpy.attr("generic")))
+    return checkpoint_tensor_arg(numpy.attr("asarray")(value), name);
+  if (py::isinstance<py::array>(value)) {
+    const auto array = py::reinterpret_borrow<py::array>(value);
+    const char kind = array.dtype().kind();
+    if (kind == 'u' && array.dtype().itemsize() == 8)
+      throw TypeError(name + ": uint64 arrays may not fit int64; convert with .astype(np.int64)");
+    if (kind == 'i' || kind == 'u') return labels_arg(value, name.c_str());
+  }
+  return tensor_arg(value, name.c_str());
+}
+
+}  // namespace
+
+std::vector<NamedTensor> named_tensors_arg(py::handle obj, const char* caller) {
+  if (!is_mapping(obj))
+    throw TypeError(std::string(caller) + ": tensors must be a dict of name -> tensor, got " + type_name(obj));
+  std::vector<NamedTensor> named;
+  for (const auto& [key, value] : mapping_items(obj)) {
+    if (!py::isinstance<py::str>(key))
+      throw TypeError(std::string(caller) + ": tensor names must be str, got " + type_name(key));
+    auto name = key.cast<std::string>();
+    Tensor tensor = checkpoint_tensor_arg(value, "tensors['" + name + "']");
+    named.push_back({std::move(name), std::move(tensor)});
+  }
+  return named;
+}
+
+Metadata metadata_arg(py::handle obj, const char* caller) {
+  Metadata metadata;
+  if (obj.is_none()) return metadata;
+  if (!is_mapping(obj))
+    throw TypeError(std::string(caller) + ": metadata must be a dict of str -> str, got " + type_name(obj));
+  for (const auto& [key, value] : mapping_items(obj)) {
+    if (!py::isinstance<py::str>(key) || !py::isinstance<py::str>(value))
+      throw TypeError(std::string(caller) + ": metadata must map str to str, got " +
+                      py::repr(key).cast<std::string>() + ": " + py::repr(value).cast<std::string>());
+    metadata.emplace_back(key.cast<std::string>(), value.cast<std::string>());
+  }
+  return metadata;
+}
+
+py::dict metadata_dict(const Metadata& metadata) {
+  py::dict out;
+  for (const auto& [key, value] : metadata) out[py::str(key)] = py::str(value);
+  return out;
 }
 
 }  // namespace juanji::bind

@@ -6,8 +6,11 @@
 
 #include <cstdint>
 #include <string>
+#include <variant>
 #include <vector>
 
+#include "juanji/checkpoint.hpp"
+#include "juanji/nn/sequential.hpp"
 #include "juanji/ops/conv.hpp"
 #include "juanji/ops/pool.hpp"
 #include "juanji/tensor.hpp"
@@ -25,12 +28,20 @@ Tensor tensor_arg(py::handle obj, const char* name);
 Tensor optional_tensor_arg(py::handle obj, const char* name);
 // Integer class labels as an int64 tensor: a juanji int64 Tensor or any integer array/sequence.
 Tensor labels_arg(py::handle obj, const char* name);
+// The target `loss` takes (see nn::TargetKind): labels_arg or tensor_arg, named "target".
+Tensor loss_target_arg(const nn::Loss& loss, py::handle obj);
+// A checkpoint's tensors: a mapping of str names to tensors, in its order. Float data as for
+// any op; integer arrays become int64, except uint64 whose values may not fit. TypeError naming
+// `caller` for anything else.
+std::vector<NamedTensor> named_tensors_arg(py::handle obj, const char* caller);
 // Whether obj is a Python int or a NumPy integer scalar (anything with __index__ but a bool or an
 // array).
 bool is_int(py::handle obj);
 // A Python int or a NumPy integer scalar (bool is not an int here): TypeError naming `name`
 // otherwise, ValueError naming it outside int64.
 std::int64_t int_arg(py::handle obj, const char* name);
+// Like int_arg, for the range [0, 2**64) (random seeds).
+std::uint64_t uint64_arg(py::handle obj, const char* name);
 // An int or a sequence of ints, as given (length checked by the op).
 std::vector<std::int64_t> ints_arg(py::handle obj, const char* name);
 // An int, a sequence of ints, "same" or "valid".
@@ -44,6 +55,20 @@ PoolOptions pool_options(py::handle kernel_size, py::handle stride, py::handle p
 // os.fsencode(os.fspath(obj)) gives. Anything else is a TypeError, a path with a NUL character
 // (which the C library would silently cut there) a ValueError, each naming `name`.
 std::string path_arg(py::handle obj, const char* name);
+
+// Checkpoint metadata: a mapping of str to str, in its order (None: none). Anything else is a
+// TypeError naming `caller`.
+Metadata metadata_arg(py::handle obj, const char* caller);
+// Metadata as a dict str -> str, in file order.
+py::dict metadata_dict(const Metadata& metadata);
+
+// None: the CPU; else the device its str() names ("cpu", "cuda", "cuda:N").
+Device device_arg(py::handle obj);
+// What to() takes: a device as for device_arg when str() of obj names one, else a dtype.
+std::variant<Device, DType> device_or_dtype_arg(py::handle obj);
+
+// The name of obj's type, for error messages.
+std::string type_name(py::handle obj);
 
 // An exception's message as str. It may quote a path given as bytes that are not UTF-8: those
 // show as \xNN escapes, where decoding strictly would raise UnicodeDecodeError instead.

@@ -14,6 +14,7 @@ void register_conv(py::module_& m);
 void register_pool(py::module_& m);
 void register_signal(py::module_& m);
 void register_dense(py::module_& m);
+void register_optim(py::module_& m);
 void register_nn(py::module_& m);
 void register_io(py::module_& m);
 }  // namespace juanji::bind
@@ -42,6 +43,8 @@ PYBIND11_MODULE(_core, m) {
   juanji::bind::register_pool(m);
   juanji::bind::register_signal(m);
   juanji::bind::register_dense(m);
+  // Before nn: Sequential.train_step's signature then names juanji._core.optim.SGD.
+  juanji::bind::register_optim(m);
   juanji::bind::register_nn(m);
   juanji::bind::register_io(m);
 }

@@ -80,12 +80,12 @@ void register_dense(py::module_& m) {
     const SoftmaxForward forward = s.forward;
     const SoftmaxBackward backward = s.backward;
     m.def(
-        s.name, [forward](py::object x, std::int64_t dim) { return forward(tensor_arg(x, "x"), dim); },
+        s.name, [forward](py::object x, py::handle dim) { return forward(tensor_arg(x, "x"), int_arg(dim, "dim")); },
         py::arg("x"), py::arg("dim") = -1, s.doc);
     m.def(
         s.backward_name,
-        [backward](py::object grad_out, py::object x, std::int64_t dim) {
-          return backward(tensor_arg(grad_out, "grad_out"), tensor_arg(x, "x"), dim);
+        [backward](py::object grad_out, py::object x, py::handle dim) {
+          return backward(tensor_arg(grad_out, "grad_out"), tensor_arg(x, "x"), int_arg(dim, "dim"));
         },
         py::arg("grad_out"), py::arg("x"), py::arg("dim") = -1,
         "Gradient w.r.t. x, recomputing the forward from x.");

@@ -1,70 +1,23 @@
-// Checkpoint files: save_safetensors / load_safetensors.
+// Checkpoint files, every function that reads or writes one by path: save_safetensors,
+// load_safetensors, and the model loaders (Sequential.save, a method, is with the class).
+#include <memory>
 #include <string>
 #include <system_error>
 #include <utility>
 
 #include "bind_util.hpp"
 #include "juanji/checkpoint.hpp"
+#include "juanji/nn/sequential.hpp"
 
 namespace juanji::bind {
 namespace {
 
-std::string type_name(py::handle obj) {
-  return py::str(py::type::handle_of(obj).attr("__name__")).cast<std::string>();
-}
-
-bool is_mapping(py::handle obj) {
-  return py::isinstance(obj, py::module_::import("collections.abc").attr("Mapping"));
-}
-
-// Float data as for any op; integer arrays become int64 (I64), except uint64 whose values
-// may not fit. NumPy scalars (what arithmetic on 0-d arrays returns) count as 0-d arrays.
-Tensor checkpoint_tensor_arg(py::handle value, const std::string& name) {
-  if (py::isinstance<Tensor>(value)) return value.cast<Tensor>();
-  const py::module_ numpy = py::module_::import("numpy");
-  if (py::isinstance(value, numpy.attr("generic")))
-    return checkpoint_tensor_arg(numpy.attr("asarray")(value), name);
-  if (py::isinstance<py::array>(value)) {
-    const auto array = py::reinterpret_borrow<py::array>(value);
-    const char kind = array.dtype().kind();
-    if (kind == 'u' && array.dtype().itemsize() == 8)
-      throw TypeError(name + ": uint64 arrays may not fit int64; convert with .astype(np.int64)");
-    if (kind == 'i' || kind == 'u') return labels_arg(value, name.c_str());
-  }
-  return tensor_arg(value, name.c_str());
-}
-
-std::vector<NamedTensor> tensors_arg(py::handle tensors) {
-  if (!is_mapping(tensors))
-    throw TypeError("save_safetensors: tensors must be a dict of name -> tensor, got " +
-                    type_name(tensors));
-  std::vector<NamedTensor> named;
-  for (auto item : tensors.attr("items")()) {
-    const auto pair = py::reinterpret_borrow<py::tuple>(item);
-    if (!py::isinstance<py::str>(pair[0]))
-      throw TypeError("save_safetensors: tensor names must be str, got " + type_name(pair[0]));
-    auto name = pair[0].cast<std::string>();
-    Tensor tensor = checkpoint_tensor_arg(pair[1], "tensors['" + name + "']");
-    named.push_back({std::move(name), std::move(tensor)});
-  }
-  return named;
-}
-
-Metadata metadata_arg(py::handle metadata) {
-  Metadata result;
-  if (metadata.is_none()) return result;
-  if (!is_mapping(metadata))
-    throw TypeError("save_safetensors: metadata must be a dict of str -> str, got " +
-                    type_name(metadata));
-  for (auto item : metadata.attr("items")()) {
-    const auto pair = py::reinterpret_borrow<py::tuple>(item);
-    if (!py::isinstance<py::str>(pair[0]) || !py::isinstance<py::str>(pair[1]))
-      throw TypeError("save_safetensors: metadata must map str to str, got " +
-                      py::repr(pair[0]).cast<std::string>() + ": " +
-                      py::repr(pair[1]).cast<std::string>());
-    result.emplace_back(pair[0].cast<std::string>(), pair[1].cast<std::string>());
-  }
-  return result;
+// The model a checkpoint holds, and into `metadata` (when not null) the user metadata it was saved
+// with, from one reading of the file.
+std::shared_ptr<nn::Sequential> load_model(py::handle path, Metadata* metadata) {
+  const std::string file = path_arg(path, "path");
+  py::gil_scoped_release release;
+  return nn::Sequential::load(file, metadata);
 }
 
 }  // namespace
@@ -85,8 +38,8 @@ void register_io(py::module_& m) {
       "save_safetensors",
       [](py::handle path, py::handle tensors, py::handle metadata) {
         const std::string file = path_arg(path, "path");
-        const std::vector<NamedTensor> named = tensors_arg(tensors);
-        const Metadata meta = metadata_arg(metadata);
+        const std::vector<NamedTensor> named = named_tensors_arg(tensors, "save_safetensors");
+        const Metadata meta = metadata_arg(metadata, "save_safetensors");
         py::gil_scoped_release release;
         save_safetensors(file, named, meta);
       },
@@ -111,9 +64,7 @@ metadata: optional dict str -> str, stored as the header's "__metadata__".)doc")
         py::dict tensors;
         for (auto& named : contents.tensors)
           tensors[py::str(named.name)] = py::cast(std::move(named.tensor));
-        py::dict metadata;
-        for (const auto& [key, value] : contents.metadata) metadata[py::str(key)] = py::str(value);
-        return py::make_tuple(tensors, metadata);
+        return py::make_tuple(tensors, metadata_dict(contents.metadata));
       },
       py::arg("path"),
       R"doc(Read a safetensors checkpoint (F32, F64 and I64 tensors) into CPU tensors.
@@ -122,6 +73,31 @@ Returns (tensors, metadata): dict name -> juanji.Tensor in file order, and the h
 "__metadata__" as dict str -> str. Every size in the header is checked against the file
 before any data is read; a malformed or truncated file raises ValueError naming the file and
 the entry at fault. A missing or unreadable file raises OSError.)doc");
+
+  m.def("load", [](py::handle path) { return load_model(path, nullptr); }, py::arg("path"),
+        "Rebuilds a model saved with Sequential.save; corrupt or mismatched files raise ValueError.");
+  m.def(
+      "load_with_metadata",
+      [](py::handle path) {
+        Metadata metadata;
+        auto model = load_model(path, &metadata);
+        return py::make_tuple(std::move(model), metadata_dict(metadata));
+      },
+      py::arg("path"),
+      "(load(path), load_metadata(path)) from one reading of the file: what a caller that needs "
+      "both uses, so that the two cannot come from different files.");
+  m.def(
+      "load_metadata",
+      [](py::handle path) {
+        const std::string file = path_arg(path, "path");
+        Metadata metadata;
+        {
+          py::gil_scoped_release release;
+          metadata = nn::Sequential::load_metadata(file);
+        }
+        return metadata_dict(metadata);
+      },
+      py::arg("path"), "The user metadata a model checkpoint was saved with (read from its header alone).");
 }
 
 }  // namespace juanji::bind

@@ -1,5 +1,7 @@
-// juanji._core.nn (layers, Sequential, losses) and juanji._core.optim (SGD, schedules).
+// juanji._core.nn: layers, Sequential and losses.
 #include <pybind11/stl.h>
+
+#include <variant>
 
 #include "bind_util.hpp"
 #include "juanji/nn/sequential.hpp"
@@ -45,22 +47,13 @@ struct LockedLayer {
   }
 };
 
+std::string config_json(const Layer& layer) { return layer.config().dump(nn::kArchitectureFormat); }
+
 // Python callers get their own copy, taken under the lock: the layer reuses its output buffer on
 // the next call.
 Tensor layer_forward(Layer& layer, py::handle x, bool training) {
   const Tensor input = tensor_arg(x, "x");
   return locked(layer.mutex(), [&] { return layer.forward(input, training).clone(); });
-}
-
-std::vector<std::shared_ptr<Parameter>> optimizer_parameters(py::iterable params) {
-  std::vector<std::shared_ptr<Parameter>> list;
-  for (auto p : params) {
-    if (!py::isinstance<Parameter>(p))
-      throw TypeError("params: expected the Parameters of a model (model.parameters()), got an item of type " +
-                      py::str(py::type::handle_of(p).attr("__name__")).cast<std::string>());
-    list.push_back(p.cast<std::shared_ptr<Parameter>>());
-  }
-  return list;
 }
 
 py::list parameter_list(const std::vector<std::shared_ptr<Parameter>>& params) {
@@ -80,19 +73,12 @@ py::object parameter_view(py::handle layer, const char* name) {
   return py::none();
 }
 
-// "cpu", "cuda", "cuda:N" move; anything else is a dtype ("float64", np.float32, ...). Read with
-// the GIL, then carried out without it (the target takes its locks).
+// A device moves, a dtype casts (see device_or_dtype_arg). Read with the GIL, then carried out
+// without it (the target takes its locks).
 template <class Target>
 void move_or_cast(Target&& target, py::handle where) {
-  if (py::isinstance<py::str>(where)) {
-    const std::string text = where.cast<std::string>();
-    if (text == "cpu" || text.rfind("cuda", 0) == 0) {
-      const Device device = Device::parse(text);
-      return without_gil([&] { target.to(device); });
-    }
-  }
-  const DType dtype = dtype_arg(where, "to");
-  without_gil([&] { target.to(dtype); });
+  const std::variant<Device, DType> to = device_or_dtype_arg(where);
+  without_gil([&] { std::visit([&](auto device_or_dtype) { target.to(device_or_dtype); }, to); });
 }
 
 template <class ConvLayer>
@@ -134,7 +120,6 @@ void def_avg_pool(py::module_& m, const char* name) {
 
 void register_nn(py::module_& m) {
   auto nn_module = m.def_submodule("nn", "Layers, Sequential and losses");
-  auto optim_module = m.def_submodule("optim", "SGD and learning-rate schedules");
 
   py::class_<Parameter, std::shared_ptr<Parameter>>(nn_module, "Parameter",
                                                     "A named tensor of a layer; data and grad are NumPy views (no copy).")
@@ -155,7 +140,7 @@ void register_nn(py::module_& m) {
 
   py::class_<Layer, std::shared_ptr<Layer>>(nn_module, "Layer")
       .def_property_readonly("type", &Layer::type)
-      .def("config_json", &Layer::config_json)
+      .def("config_json", &config_json, "The constructor arguments as JSON, as a checkpoint stores them.")
       .def("forward", &layer_forward, py::arg("x"), py::arg("training") = false)
       .def("__call__", [](Layer& l, py::handle x) { return layer_forward(l, x, false); })
       .def("backward",
@@ -176,7 +161,7 @@ void register_nn(py::module_& m) {
            py::arg("target"),
            "to('cpu'|'cuda'|'cuda:N') moves the parameters and gradients; to('float64') casts them. "
            "Returns the layer.")
-      .def("__repr__", [](const Layer& l) { return l.type() + "(" + l.config_json() + ")"; });
+      .def("__repr__", [](const Layer& l) { return l.type() + "(" + config_json(l) + ")"; });
 
   py::class_<nn::Conv, Layer, std::shared_ptr<nn::Conv>>(nn_module, "Conv", "Convolution layers' common base.");
   def_conv<nn::Conv2d>(nn_module, "Conv2d");
@@ -220,8 +205,7 @@ void register_nn(py::module_& m) {
       .def("__call__",
            [](nn::Loss& loss, py::handle output, py::handle target) {
              const Tensor out = tensor_arg(output, "output").contiguous();
-             const Tensor tgt = loss.type() == "CrossEntropyLoss" ? labels_arg(target, "target")
-                                                                  : tensor_arg(target, "target");
+             const Tensor tgt = loss_target_arg(loss, target);
              Tensor grad = Tensor::empty(out.shape(), out.dtype(), out.device());
              return loss.forward_backward(out, tgt, grad, nullptr);
            },
@@ -230,17 +214,12 @@ void register_nn(py::module_& m) {
       .def(py::init<>());
   py::class_<nn::MSELoss, nn::Loss, std::shared_ptr<nn::MSELoss>>(nn_module, "MSELoss").def(py::init<>());
 
-  auto target_arg = [](const nn::Loss& loss, py::handle target) {
-    return loss.type() == "CrossEntropyLoss" ? labels_arg(target, "labels") : tensor_arg(target, "target");
-  };
-
   py::class_<nn::Sequential, std::shared_ptr<nn::Sequential>>(nn_module, "Sequential")
       .def(py::init([](py::args layers) {
         std::vector<std::shared_ptr<Layer>> list;
         for (auto l : layers) {
           if (!py::isinstance<Layer>(l))
-            throw TypeError("Sequential: expected layers, got " +
-                            py::str(py::type::handle_of(l).attr("__name__")).cast<std::string>());
+            throw TypeError("Sequential: expected layers, got " + type_name(l));
           list.push_back(l.cast<std::shared_ptr<Layer>>());
         }
         // Joining takes each layer's lock, which a thread running the layer may hold while it
@@ -282,20 +261,20 @@ void register_nn(py::module_& m) {
         return parameter_list(buffers);
       }, "Tensors saved with the model but not trained (batch-norm running statistics).")
       .def("train_step",
-           [target_arg](nn::Sequential& s, py::handle x, py::handle target, nn::Loss& loss, optim::SGD& opt) {
+           [](nn::Sequential& s, py::handle x, py::handle target, nn::Loss& loss, optim::SGD& opt) {
              const Tensor xt = tensor_arg(x, "x");
-             const Tensor tt = target_arg(loss, target);
+             const Tensor tt = loss_target_arg(loss, target);
              return without_gil([&] { return s.train_step(xt, tt, loss, opt); });
            },
            py::arg("x"), py::arg("target"), py::arg("loss"), py::arg("optimizer"),
            "Forward, loss, backward and SGD update in C++; returns the batch's mean loss.")
       .def("evaluate",
-           [target_arg](nn::Sequential& s, py::handle x, py::handle target, std::shared_ptr<nn::Loss> loss,
-                        py::handle batch_size_arg) {
+           [](nn::Sequential& s, py::handle x, py::handle target, std::shared_ptr<nn::Loss> loss,
+              py::handle batch_size_arg) {
              const std::int64_t batch_size = int_arg(batch_size_arg, "batch_size");
              if (!loss) loss = std::make_shared<nn::CrossEntropyLoss>();
              const Tensor xt = tensor_arg(x, "x");
-             const Tensor tt = target_arg(*loss, target);
+             const Tensor tt = loss_target_arg(*loss, target);
              const nn::Evaluation e = without_gil([&] { return s.evaluate(xt, tt, *loss, batch_size); });
              return py::make_tuple(e.loss, e.accuracy);
            },
@@ -312,10 +291,7 @@ void register_nn(py::module_& m) {
       .def("architecture_json", &nn::Sequential::architecture_json)
       .def("save",
            [](const nn::Sequential& s, py::object path, py::object metadata) {
-             Metadata meta;
-             if (!metadata.is_none())
-               for (auto item : metadata.cast<py::dict>())
-                 meta.emplace_back(py::str(item.first).cast<std::string>(), py::str(item.second).cast<std::string>());
+             const Metadata meta = metadata_arg(metadata, "save");
              const std::string file = path_arg(path, "path");
              without_gil([&] { s.save(file, meta); });
            },
@@ -329,39 +305,6 @@ void register_nn(py::module_& m) {
         if (i < -n || i >= n) throw py::index_error("layer index out of range");
         return s.layers()[static_cast<std::size_t>(i < 0 ? i + n : i)];
       });
-
-  m.def("load", [](py::object path) { return nn::Sequential::load(path_arg(path, "path")); }, py::arg("path"),
-        "Rebuilds a model saved with Sequential.save; corrupt or mismatched files raise ValueError.");
-  m.def("load_metadata",
-        [](py::object path) {
-          const Metadata meta = nn::Sequential::load_metadata(path_arg(path, "path"));
-          py::dict out;
-          for (const auto& [key, value] : meta) out[py::str(key)] = value;
-          return out;
-        },
-        py::arg("path"), "The user metadata a model checkpoint was saved with.");
-
-  py::class_<optim::SGD, std::shared_ptr<optim::SGD>>(optim_module, "SGD")
-      .def(py::init([](py::iterable params, double lr, double momentum, bool nesterov, double weight_decay) {
-             return std::make_shared<optim::SGD>(optimizer_parameters(params), lr, momentum, nesterov, weight_decay);
-           }),
-           py::arg("params"), py::arg("lr"), py::arg("momentum") = 0.0, py::arg("nesterov") = false,
-           py::arg("weight_decay") = 0.0)
-      .def_property("lr", &optim::SGD::lr, &optim::SGD::set_lr, "The learning rate; set it like the constructor's (finite, >= 0).")
-      .def_property_readonly("momentum", &optim::SGD::momentum)
-      .def_property_readonly("nesterov", &optim::SGD::nesterov)
-      .def_property_readonly("weight_decay", &optim::SGD::weight_decay)
-      .def("step", &optim::SGD::step, py::call_guard<py::gil_scoped_release>());
-  py::class_<optim::StepLR>(optim_module, "StepLR")
-      .def(py::init<optim::SGD&, std::int64_t, double>(), py::arg("optimizer"), py::arg("step_size"),
-           py::arg("gamma") = 0.1, py::keep_alive<1, 2>())
-      .def("step", &optim::StepLR::step)
-      .def_property_readonly("epoch", &optim::StepLR::epoch);
-  py::class_<optim::CosineLR>(optim_module, "CosineLR")
-      .def(py::init<optim::SGD&, std::int64_t, double>(), py::arg("optimizer"), py::arg("t_max"),
-           py::arg("eta_min") = 0.0, py::keep_alive<1, 2>())
-      .def("step", &optim::CosineLR::step)
-      .def_property_readonly("epoch", &optim::CosineLR::epoch);
 }
 
 }  // namespace juanji::bind

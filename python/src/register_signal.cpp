@@ -32,12 +32,12 @@ void register_signal(py::module_& m) {
 
   py::module_ k = m.def_submodule("kernels", "Classic image-filter kernels as 2-D tensors.");
   k.def(
-      "box", [](std::int64_t n, py::object dtype) { return kernels::box(n, dtype_arg(dtype, "dtype")); },
+      "box", [](py::handle n, py::object dtype) { return kernels::box(int_arg(n, "n"), dtype_arg(dtype, "dtype")); },
       py::arg("n"), py::arg("dtype") = "float32", "n x n box blur, every entry 1/n^2.");
   k.def(
       "gaussian",
-      [](std::int64_t n, double sigma, py::object dtype) {
-        return kernels::gaussian(n, sigma, dtype_arg(dtype, "dtype"));
+      [](py::handle n, double sigma, py::object dtype) {
+        return kernels::gaussian(int_arg(n, "n"), sigma, dtype_arg(dtype, "dtype"));
       },
       py::arg("n"), py::arg("sigma"), py::arg("dtype") = "float32",
       "n x n sampled Gaussian centred at ((n-1)/2, (n-1)/2), normalised to sum 1.");

@@ -2,6 +2,7 @@
 #include <pybind11/stl.h>
 
 #include <cstring>
+#include <variant>
 
 #include "bind_util.hpp"
 #include "juanji/dlpack.hpp"
@@ -27,10 +28,6 @@ Shape shape_from_args(const py::args& args) {
 
 DType optional_dtype(py::handle obj, DType fallback) {
   return obj.is_none() ? fallback : dtype_arg(obj, "dtype");
-}
-
-Device device_arg(py::handle obj) {
-  return obj.is_none() ? Device{} : Device::parse(py::str(obj).cast<std::string>());
 }
 
 py::capsule export_capsule(const Tensor& t, bool versioned) {
@@ -69,8 +66,7 @@ Tensor import_capsule(py::capsule cap) {
 Tensor from_dlpack_object(py::object obj) {
   if (py::isinstance<py::capsule>(obj)) return import_capsule(obj);
   if (!py::hasattr(obj, "__dlpack__"))
-    throw TypeError("from_dlpack: x must support __dlpack__, got " +
-                    py::str(py::type::handle_of(obj).attr("__name__")).cast<std::string>());
+    throw TypeError("from_dlpack: x must support __dlpack__, got " + type_name(obj));
   py::object capsule;
   try {
     capsule = obj.attr("__dlpack__")(py::arg("max_version") = py::make_tuple(1, 0));
@@ -202,7 +198,11 @@ with PyTorch, JAX or CuPy without copies.)doc")
            })
       .def("reshape",
            [](const Tensor& t, py::args args) { return t.reshape(shape_from_args(args)); })
-      .def("transpose", &Tensor::transpose, py::arg("dim0"), py::arg("dim1"))
+      .def("transpose",
+           [](const Tensor& t, py::handle dim0, py::handle dim1) {
+             return t.transpose(int_arg(dim0, "dim0"), int_arg(dim1, "dim1"));
+           },
+           py::arg("dim0"), py::arg("dim1"))
       .def("permute", [](const Tensor& t, py::args args) { return t.permute(shape_from_args(args)); })
       .def_property_readonly("T", [](const Tensor& t) {
         std::vector<std::int64_t> order(t.dim());
@@ -213,9 +213,8 @@ with PyTorch, JAX or CuPy without copies.)doc")
       .def("contiguous", &Tensor::contiguous)
       .def("clone", &Tensor::clone)
       .def("to", [](const Tensor& t, py::object target) {
-             const std::string text = py::str(target).cast<std::string>();
-             if (text == "cpu" || text.rfind("cuda", 0) == 0) return t.to(Device::parse(text));
-             return t.to(dtype_arg(target, "to"));
+             return std::visit([&](auto device_or_dtype) { return t.to(device_or_dtype); },
+                               device_or_dtype_arg(target));
            }, py::arg("target"), "to('cpu'|'cuda'|'cuda:N') moves; to('float64') converts.")
       .def("astype", [](const Tensor& t, py::object dtype) { return t.to(dtype_arg(dtype, "dtype")); })
       .def("fill_", [](Tensor& t, double v) { t.fill_(v); return t; })
@@ -301,18 +300,7 @@ with PyTorch, JAX or CuPy without copies.)doc")
         },
         py::kw_only(), py::arg("dtype") = py::none(), "Standard normal from the seeded generator.");
   m.def("manual_seed",
-        [](py::handle seed) {
-          if (!is_int(seed))
-            throw TypeError("seed: expected an int, got " + py::repr(seed).cast<std::string>());
-          const py::object value = py::reinterpret_steal<py::object>(PyNumber_Index(seed.ptr()));
-          if (!value) throw py::error_already_set();  // its __index__ raised
-          const unsigned long long bits = PyLong_AsUnsignedLongLong(value.ptr());
-          if (bits == static_cast<unsigned long long>(-1) && PyErr_Occurred()) {
-            PyErr_Clear();
-            throw std::invalid_argument("seed: must be in [0, 2**64), got " + py::str(value).cast<std::string>());
-          }
-          manual_seed(bits);
-        },
+        [](py::handle seed) { manual_seed(uint64_arg(seed, "seed")); },
         py::arg("seed"),
         "Seeds the one generator behind rand, randn, dropout and initialisation.");
 

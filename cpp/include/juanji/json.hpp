@@ -1,7 +1,8 @@
-// A small strict JSON value (RFC 8259) for checkpoint headers: we parse files from untrusted
-// sources, so the parser rejects anything loose (NaN/Infinity, trailing bytes, control characters
-// or invalid UTF-8 in strings, duplicate keys, nesting deeper than 64) and reports the byte offset.
-// Object keys keep their insertion order so dump() writes them back as given.
+// A small strict JSON value (RFC 8259) for checkpoint headers and the layer configs in them: we
+// parse files from untrusted sources, so the parser rejects anything loose (NaN/Infinity, trailing
+// bytes, control characters or invalid UTF-8 in strings, duplicate keys, nesting deeper than 64)
+// and reports the byte offset. Object keys keep their insertion order so dump() writes them back
+// as given.
 #pragma once
 
 #include <cstddef>
@@ -12,6 +13,16 @@
 #include <vector>
 
 namespace juanji {
+
+// How Json::dump lays out text. The default is compact, with doubles in their shortest
+// round-trip form (2.0 as "2.0", so that it reads back as a double).
+struct JsonFormat {
+  std::string_view item_separator = ",";  // between array items and between object members
+  std::string_view key_separator = ":";   // between an object key and its value
+  // Significant digits of doubles as printf's %.*g writes them (2.0 as "2", 0.1 to 17 digits as
+  // "0.10000000000000001"); 0: the shortest round-trip form.
+  int double_digits = 0;
+};
 
 class Json {
  public:
@@ -60,12 +71,12 @@ class Json {
   void push_back(Json value);             // arrays
   void set(std::string key, Json value);  // objects: replaces the value of an existing key
 
-  // Compact text; doubles print in their shortest round-trip form. Non-finite doubles throw.
-  std::string dump() const;
+  // The value as text laid out by `format`. Non-finite doubles throw.
+  std::string dump(const JsonFormat& format = {}) const;
 
  private:
   void expect(Kind kind) const;
-  void dump_to(std::string& out) const;
+  void dump_to(std::string& out, const JsonFormat& format) const;
 
   Kind kind_ = Kind::null;
   bool bool_ = false;

@@ -156,6 +156,15 @@ void dump_string(std::string& out, const std::string& text) {
   out += '"';
 }
 
+// As printf's %.*g writes it, whatever the locale.
+std::string double_to_digits(double value, int digits) {
+  std::ostringstream stream;
+  stream.imbue(std::locale::classic());
+  stream.precision(digits);
+  stream << value;
+  return stream.str();
+}
+
 std::string shortest_double(double value) {
 #if defined(__cpp_lib_to_chars)
   char buffer[32];
@@ -165,11 +174,7 @@ std::string shortest_double(double value) {
   // No floating-point to_chars: the shortest precision that reads back the same value.
   std::string text;
   for (int precision = 15; precision <= 17; ++precision) {
-    std::ostringstream stream;
-    stream.imbue(std::locale::classic());
-    stream.precision(precision);
-    stream << value;
-    text = stream.str();
+    text = double_to_digits(value, precision);
     std::istringstream back(text);
     back.imbue(std::locale::classic());
     double parsed = 0;
@@ -183,7 +188,7 @@ std::string shortest_double(double value) {
 
 }  // namespace
 
-void Json::dump_to(std::string& out) const {
+void Json::dump_to(std::string& out, const JsonFormat& format) const {
   switch (kind_) {
     case Kind::null: out += "null"; break;
     case Kind::boolean: out += bool_ ? "true" : "false"; break;
@@ -192,34 +197,35 @@ void Json::dump_to(std::string& out) const {
         out += std::to_string(integer_);
       } else {
         check(std::isfinite(number_), "JSON: cannot write the non-finite number ", number_);
-        out += shortest_double(number_);
+        out += format.double_digits > 0 ? double_to_digits(number_, format.double_digits)
+                                        : shortest_double(number_);
       }
       break;
     case Kind::string: dump_string(out, string_); break;
     case Kind::array:
       out += '[';
       for (std::size_t i = 0; i < array_.size(); ++i) {
-        if (i) out += ',';
-        array_[i].dump_to(out);
+        if (i) out += format.item_separator;
+        array_[i].dump_to(out, format);
       }
       out += ']';
       break;
     case Kind::object:
       out += '{';
       for (std::size_t i = 0; i < object_.size(); ++i) {
-        if (i) out += ',';
+        if (i) out += format.item_separator;
         dump_string(out, object_[i].first);
-        out += ':';
-        object_[i].second.dump_to(out);
+        out += format.key_separator;
+        object_[i].second.dump_to(out, format);
       }
       out += '}';
       break;
   }
 }
 
-std::string Json::dump() const {
+std::string Json::dump(const JsonFormat& format) const {
   std::string out;
-  dump_to(out);
+  dump_to(out, format);
   return out;
 }
 

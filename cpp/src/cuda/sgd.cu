@@ -1,5 +1,5 @@
 // The fused SGD update on CUDA: weight decay, momentum / Nesterov and the step in one pass over a
-// parameter, with optim::SGD::step's formulas (cpu side: nn/sgd.cpp).
+// parameter, with optim::SGD::step's formulas (cpu side: optim/sgd.cpp).
 #include "cuda/common.cuh"
 #include "cuda/ops.hpp"
 

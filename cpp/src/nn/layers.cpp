@@ -1,7 +1,6 @@
 #include "juanji/nn/layers.hpp"
 
 #include <cmath>
-#include <sstream>
 #include <utility>
 
 #include "core/checked_math.hpp"
@@ -10,25 +9,14 @@
 namespace juanji::nn {
 namespace {
 
-std::string ints_json(const std::vector<std::int64_t>& values) {
-  std::ostringstream out;
-  out << '[';
-  for (std::size_t i = 0; i < values.size(); ++i) out << (i ? ", " : "") << values[i];
-  out << ']';
-  return out.str();
+Json ints_json(const std::vector<std::int64_t>& values) {
+  return Json::array(Json::Array(values.begin(), values.end()));
 }
 
-std::string number_json(double value) {
-  std::ostringstream out;
-  out.precision(17);
-  out << value;
-  return out.str();
-}
-
-std::string padding_json(const PaddingSpec& padding) {
+Json padding_json(const PaddingSpec& padding) {
   switch (padding.kind) {
-    case PaddingSpec::Kind::same: return "\"same\"";
-    case PaddingSpec::Kind::valid: return "\"valid\"";
+    case PaddingSpec::Kind::same: return "same";
+    case PaddingSpec::Kind::valid: return "valid";
     case PaddingSpec::Kind::explicit_sizes: break;
   }
   return ints_json(padding.sizes);
@@ -138,14 +126,15 @@ Conv::Conv(int spatial_dims, std::int64_t in_channels, std::int64_t out_channels
   ConvGeometry::make(probe, wshape, options_, spatial_dims);
 }
 
-std::string Conv::config_json() const {
-  std::ostringstream out;
-  out << "{\"in_channels\": " << in_channels_ << ", \"out_channels\": " << out_channels_
-      << ", \"kernel_size\": " << ints_json(kernel_size_) << ", \"stride\": " << ints_json(options_.stride)
-      << ", \"padding\": " << padding_json(options_.padding) << ", \"dilation\": "
-      << ints_json(options_.dilation) << ", \"groups\": " << options_.groups
-      << ", \"bias\": " << (bias_ ? "true" : "false") << "}";
-  return out.str();
+Json Conv::config() const {
+  return Json::object({{"in_channels", in_channels_},
+                       {"out_channels", out_channels_},
+                       {"kernel_size", ints_json(kernel_size_)},
+                       {"stride", ints_json(options_.stride)},
+                       {"padding", padding_json(options_.padding)},
+                       {"dilation", ints_json(options_.dilation)},
+                       {"groups", options_.groups},
+                       {"bias", bias_ != nullptr}});
 }
 
 ConvGeometry Conv::geometry(const Shape& input) const {
@@ -213,11 +202,8 @@ Linear::Linear(std::int64_t in_features, std::int64_t out_features, bool bias, I
   if (bias) bias_ = add_parameter("bias", Tensor::zeros({out_features}), true);
 }
 
-std::string Linear::config_json() const {
-  std::ostringstream out;
-  out << "{\"in_features\": " << in_features_ << ", \"out_features\": " << out_features_
-      << ", \"bias\": " << (bias_ ? "true" : "false") << "}";
-  return out.str();
+Json Linear::config() const {
+  return Json::object({{"in_features", in_features_}, {"out_features", out_features_}, {"bias", bias_ != nullptr}});
 }
 
 Shape Linear::output_shape(const Shape& input) const {
@@ -274,16 +260,14 @@ std::string Pool::type() const {
   return std::string(kind_ == Kind::max ? "MaxPool" : "AvgPool") + (spatial_dims_ == 1 ? "1d" : "2d");
 }
 
-std::string Pool::config_json() const {
-  std::ostringstream out;
-  out << "{\"kernel_size\": " << ints_json(options_.kernel) << ", \"stride\": "
-      << (options_.stride.empty() ? std::string("null") : ints_json(options_.stride))
-      << ", \"padding\": " << ints_json(options_.padding)
-      << ", \"ceil_mode\": " << (options_.ceil_mode ? "true" : "false");
-  if (kind_ == Kind::average)
-    out << ", \"count_include_pad\": " << (options_.count_include_pad ? "true" : "false");
-  out << "}";
-  return out.str();
+Json Pool::config() const {
+  // An empty stride is "equal to the kernel", written null.
+  Json config = Json::object({{"kernel_size", ints_json(options_.kernel)},
+                              {"stride", options_.stride.empty() ? Json() : ints_json(options_.stride)},
+                              {"padding", ints_json(options_.padding)},
+                              {"ceil_mode", options_.ceil_mode}});
+  if (kind_ == Kind::average) config.set("count_include_pad", options_.count_include_pad);
+  return config;
 }
 
 Shape Pool::output_shape(const Shape& input) const {
@@ -410,9 +394,9 @@ std::string ActivationLayer::type() const {
   return "?";
 }
 
-std::string ActivationLayer::config_json() const {
-  if (kind_ != Activation::leaky_relu) return "{}";
-  return "{\"negative_slope\": " + number_json(negative_slope_) + "}";
+Json ActivationLayer::config() const {
+  if (kind_ != Activation::leaky_relu) return Json::object();
+  return Json::object({{"negative_slope", negative_slope_}});
 }
 
 double ActivationLayer::flops(const Shape& input) const { return static_cast<double>(checked_numel(input)); }
@@ -472,7 +456,7 @@ Dropout::Dropout(double p) : p_(p) {
   check(p >= 0.0 && p < 1.0, "Dropout: p must be in [0, 1), got ", p);
 }
 
-std::string Dropout::config_json() const { return "{\"p\": " + number_json(p_) + "}"; }
+Json Dropout::config() const { return Json::object({{"p", p_}}); }
 
 const Tensor& Dropout::forward(const Tensor& x, bool training) {
   last_training_ = training && p_ > 0.0;
@@ -534,9 +518,8 @@ BatchNorm2d::BatchNorm2d(std::int64_t channels, double eps, double momentum)
   running_var_ = add_parameter("running_var", Tensor::full({channels}, 1.0), false);
 }
 
-std::string BatchNorm2d::config_json() const {
-  return "{\"channels\": " + std::to_string(channels_) + ", \"eps\": " + number_json(eps_) +
-         ", \"momentum\": " + number_json(momentum_) + "}";
+Json BatchNorm2d::config() const {
+  return Json::object({{"channels", channels_}, {"eps", eps_}, {"momentum", momentum_}});
 }
 
 Shape BatchNorm2d::output_shape(const Shape& input) const {

@@ -277,13 +277,10 @@ std::string Sequential::summary(const Shape& input_shape) const {
 }
 
 std::string Sequential::architecture_json() const {
-  std::ostringstream out;
-  out << '[';
-  for (std::size_t i = 0; i < layers_.size(); ++i)
-    out << (i ? ", " : "") << "{\"type\": \"" << layers_[i]->type() << "\", \"config\": "
-        << layers_[i]->config_json() << "}";
-  out << ']';
-  return out.str();
+  Json architecture = Json::array();
+  for (const auto& layer : layers_)
+    architecture.push_back(Json::object({{"type", layer->type()}, {"config", layer->config()}}));
+  return architecture.dump(kArchitectureFormat);
 }
 
 }  // namespace juanji::nn

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "juanji/json.hpp"
 #include "juanji/ops/conv.hpp"
 #include "juanji/ops/dense.hpp"
 #include "juanji/ops/pool.hpp"
@@ -38,8 +39,9 @@ class Layer {
  public:
   virtual ~Layer() = default;
   virtual std::string type() const = 0;
-  // Constructor arguments as a JSON object (what a checkpoint needs to rebuild the layer).
-  virtual std::string config_json() const = 0;
+  // Constructor arguments as a JSON object: what make_layer (and so a checkpoint) rebuilds the
+  // layer from.
+  virtual Json config() const = 0;
   // Output shape for an input shape; throws std::invalid_argument naming the layer if it does not fit.
   virtual Shape output_shape(const Shape& input) const = 0;
   virtual double flops(const Shape& input) const { (void)input; return 0.0; }
@@ -97,7 +99,7 @@ class Conv : public Layer {
   Conv(int spatial_dims, std::int64_t in_channels, std::int64_t out_channels,
        std::vector<std::int64_t> kernel_size, ConvOptions options, bool bias, Init init = Init::he);
   std::string type() const override { return spatial_dims_ == 1 ? "Conv1d" : "Conv2d"; }
-  std::string config_json() const override;
+  Json config() const override;
   Shape output_shape(const Shape& input) const override;
   double flops(const Shape& input) const override;
   const Tensor& forward(const Tensor& x, bool training) override;
@@ -127,7 +129,7 @@ class Linear : public Layer {
  public:
   Linear(std::int64_t in_features, std::int64_t out_features, bool bias, Init init = Init::he);
   std::string type() const override { return "Linear"; }
-  std::string config_json() const override;
+  Json config() const override;
   Shape output_shape(const Shape& input) const override;
   double flops(const Shape& input) const override;
   const Tensor& forward(const Tensor& x, bool training) override;
@@ -147,7 +149,7 @@ class Pool : public Layer {
   enum class Kind { max, average };
   Pool(Kind kind, int spatial_dims, PoolOptions options);
   std::string type() const override;
-  std::string config_json() const override;
+  Json config() const override;
   Shape output_shape(const Shape& input) const override;
   double flops(const Shape& input) const override;
   const Tensor& forward(const Tensor& x, bool training) override;
@@ -178,7 +180,7 @@ class Pool : public Layer {
 class GlobalAvgPool2d : public Layer {
  public:
   std::string type() const override { return "GlobalAvgPool2d"; }
-  std::string config_json() const override { return "{}"; }
+  Json config() const override { return Json::object(); }
   Shape output_shape(const Shape& input) const override;
   double flops(const Shape& input) const override;
   const Tensor& forward(const Tensor& x, bool training) override;
@@ -192,7 +194,7 @@ class ActivationLayer : public Layer {
  public:
   explicit ActivationLayer(Activation kind, double negative_slope = 0.01);
   std::string type() const override;
-  std::string config_json() const override;
+  Json config() const override;
   Shape output_shape(const Shape& input) const override { return input; }
   double flops(const Shape& input) const override;
   const Tensor& forward(const Tensor& x, bool training) override;
@@ -216,7 +218,7 @@ class ActivationLayer : public Layer {
 class Softmax : public Layer {
  public:
   std::string type() const override { return "Softmax"; }
-  std::string config_json() const override { return "{}"; }
+  Json config() const override { return Json::object(); }
   Shape output_shape(const Shape& input) const override { return input; }
   const Tensor& forward(const Tensor& x, bool training) override;
   const Tensor& backward(const Tensor& grad_y, bool need_grad_x) override;
@@ -229,7 +231,7 @@ class Dropout : public Layer {
  public:
   explicit Dropout(double p);
   std::string type() const override { return "Dropout"; }
-  std::string config_json() const override;
+  Json config() const override;
   Shape output_shape(const Shape& input) const override { return input; }
   const Tensor& forward(const Tensor& x, bool training) override;
   const Tensor& backward(const Tensor& grad_y, bool need_grad_x) override;
@@ -243,7 +245,7 @@ class Dropout : public Layer {
 class Flatten : public Layer {
  public:
   std::string type() const override { return "Flatten"; }
-  std::string config_json() const override { return "{}"; }
+  Json config() const override { return Json::object(); }
   Shape output_shape(const Shape& input) const override;
   const Tensor& forward(const Tensor& x, bool training) override;
   const Tensor& backward(const Tensor& grad_y, bool need_grad_x) override;
@@ -257,7 +259,7 @@ class BatchNorm2d : public Layer {
  public:
   BatchNorm2d(std::int64_t channels, double eps = 1e-5, double momentum = 0.1);
   std::string type() const override { return "BatchNorm2d"; }
-  std::string config_json() const override;
+  Json config() const override;
   Shape output_shape(const Shape& input) const override;
   double flops(const Shape& input) const override;
   const Tensor& forward(const Tensor& x, bool training) override;

@@ -17,10 +17,17 @@
 
 namespace juanji::nn {
 
+// What a loss compares the output with, so that callers convert a target without knowing the loss.
+enum class TargetKind {
+  class_labels,  // int64 class indices, shape (N,)
+  values,        // floats of the output's shape
+};
+
 class Loss {
  public:
   virtual ~Loss() = default;
   virtual std::string type() const = 0;
+  virtual TargetKind target_kind() const = 0;
   // Mean loss over the batch; writes d loss / d output into grad (same shape as output) and,
   // when correct is not null, the number of correct predictions.
   virtual double forward_backward(const Tensor& output, const Tensor& target, Tensor& grad,
@@ -31,6 +38,7 @@ class Loss {
 class CrossEntropyLoss : public Loss {
  public:
   std::string type() const override { return "CrossEntropyLoss"; }
+  TargetKind target_kind() const override { return TargetKind::class_labels; }
   double forward_backward(const Tensor& output, const Tensor& target, Tensor& grad,
                           std::int64_t* correct) override;
 };
@@ -39,6 +47,7 @@ class CrossEntropyLoss : public Loss {
 class MSELoss : public Loss {
  public:
   std::string type() const override { return "MSELoss"; }
+  TargetKind target_kind() const override { return TargetKind::values; }
   double forward_backward(const Tensor& output, const Tensor& target, Tensor& grad,
                           std::int64_t* correct) override;
 };
@@ -99,7 +108,8 @@ class Sequential {
   // Table of each layer's output shape, parameter count and FLOPs for one input of this shape
   // (without the batch dimension).
   std::string summary(const Shape& input_shape) const;
-  // JSON array of {"type": ..., "config": {...}}: what a checkpoint stores to rebuild the model.
+  // JSON array of {"type": ..., "config": {...}}: what a checkpoint stores to rebuild the model,
+  // laid out by kArchitectureFormat.
   std::string architecture_json() const;
 
   // Checkpoints in the safetensors layout: every parameter and buffer by name, the architecture
@@ -123,7 +133,12 @@ class Sequential {
   Tensor grad_output_, input_staging_, target_staging_;
 };
 
-// A layer from its type name and constructor arguments (as written by Layer::config_json).
+// A layer from its type name and constructor arguments (as Layer::config gives them).
 std::shared_ptr<Layer> make_layer(const std::string& type, const Json& config);
+
+// The text layout of architectures and layer configs: the one checkpoints have always had
+// (Python's json.dumps separators, doubles to 17 digits), kept so that a model saves to the same
+// bytes as before.
+inline constexpr JsonFormat kArchitectureFormat{", ", ": ", 17};
 
 }  // namespace juanji::nn
