@@ -73,7 +73,8 @@ bool conv_forward_activation(const ConvGeometry& g, const Tensor& x, const Tenso
 void conv_backward_data(const ConvGeometry& g, const Tensor& grad_y, const Tensor& w, Tensor& grad_x);
 
 // The CPU's algorithms for each pass, in order of preference (direct, Winograd, filter blocks,
-// strided phases, GEMM; GEMM takes every problem). For tests and diagnostics: the list for a
+// strided phases, GEMM, then the plain-loop reference; GEMM takes every problem, so the reference
+// runs only when forced). For tests and diagnostics: the list for a
 // problem, each with why it refuses it (empty when it takes it; the data gradient's direct kernel
 // also looks at the weights' values), and forcing one pass's algorithm by name (an error where
 // it refuses a problem; "" chooses by the list; JUANJI_CONV_ALGO=name forces it for every pass

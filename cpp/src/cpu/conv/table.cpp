@@ -8,6 +8,7 @@
 
 #include "cpu/conv.hpp"
 #include "cpu/conv/algorithms.hpp"
+#include "cpu/ref/reference.hpp"
 
 namespace juanji::cpu {
 namespace conv {
@@ -15,8 +16,9 @@ namespace {
 
 // ---- The algorithm tables: for each pass, the algorithms in order of preference --------------
 // Each entry says why it refuses a problem (null when it takes it); the first that takes it runs,
-// unless JUANJI_CONV_ALGO or set_conv_algorithm forces one by name. GEMM, last, takes every
-// problem. The float32-only entries have no float64 function.
+// unless JUANJI_CONV_ALGO or set_conv_algorithm forces one by name. GEMM takes every problem;
+// after it comes the plain-loop reference (cpu/ref/), which runs only when forced. The
+// float32-only entries have no float64 function.
 
 struct ConvProblem {
   const ConvGeometry& g;
@@ -31,6 +33,8 @@ Refusal float32_with_modest_padding(const ConvProblem& p) {
   if (!padding_is_modest(p.g)) return "padding or dilation far larger than the image (padded planes would be huge)";
   return nullptr;
 }
+
+Refusal takes_every_problem(const ConvProblem&) { return nullptr; }
 
 // The forward pass and the weight gradient correlate the input with the same windows: the same
 // conditions decide their fast paths.
@@ -58,7 +62,7 @@ struct ForwardAlgorithm {
   void (*run_f64)(const ConvGeometry&, const double* x, const double* w, const double* bias, double* y);
 };
 
-const std::array<ForwardAlgorithm, 4> kForwardAlgorithms{{
+const std::array<ForwardAlgorithm, 5> kForwardAlgorithms{{
     {"direct",
      refuses_direct,
      direct_forward, nullptr},
@@ -68,11 +72,16 @@ const std::array<ForwardAlgorithm, 4> kForwardAlgorithms{{
     {"filter_blocks",
      refuses_filter_blocks,
      filter_block_forward, nullptr},
-    {"gemm", [](const ConvProblem&) -> Refusal { return nullptr; },
+    {"gemm", takes_every_problem,
      [](const ConvGeometry& g, const float* x, const float* w, const float* bias, float* y, bool) {
        gemm_forward(g, x, w, bias, y);
      },
      gemm_forward<double>},
+    {"reference", takes_every_problem,
+     [](const ConvGeometry& g, const float* x, const float* w, const float* bias, float* y, bool) {
+       ref::conv_forward(g, x, w, bias, y);
+     },
+     ref::conv_forward<double>},
 }};
 
 struct DataGradAlgorithm {
@@ -87,7 +96,7 @@ Refusal stride_one(const ConvProblem& p) {
   return p.g.stride_h == 1 && p.g.stride_w == 1 ? nullptr : "needs stride 1 (strided layers go by stride phases)";
 }
 
-const std::array<DataGradAlgorithm, 5> kDataGradAlgorithms{{
+const std::array<DataGradAlgorithm, 6> kDataGradAlgorithms{{
     {"strided_phases",
      [](const ConvProblem& p) -> Refusal {
        if (Refusal why = float32_with_modest_padding(p)) return why;
@@ -119,8 +128,8 @@ const std::array<DataGradAlgorithm, 5> kDataGradAlgorithms{{
        return use_filter_blocks(data_grad_correlation(p.g)) ? nullptr : "needs 8+ input channels per group";
      },
      filter_block_backward_data, nullptr},
-    {"gemm", [](const ConvProblem&) -> Refusal { return nullptr; }, gemm_backward_data<float>,
-     gemm_backward_data<double>},
+    {"gemm", takes_every_problem, gemm_backward_data<float>, gemm_backward_data<double>},
+    {"reference", takes_every_problem, ref::conv_backward_data<float>, ref::conv_backward_data<double>},
 }};
 
 struct WeightGradAlgorithm {
@@ -134,7 +143,7 @@ struct WeightGradAlgorithm {
 // others take a pass of their own over them. Filter blocks also take layers with few input
 // channels: they read the error once, where the direct kernel pads a copy of it first
 // (convnet_c1, 1 -> 32 channels: 577 -> 392 us; cifar_c1: 1.39 -> 0.91 ms).
-const std::array<WeightGradAlgorithm, 4> kWeightGradAlgorithms{{
+const std::array<WeightGradAlgorithm, 5> kWeightGradAlgorithms{{
     {"winograd",
      refuses_winograd,
      winograd_backward_weight, nullptr},
@@ -148,8 +157,8 @@ const std::array<WeightGradAlgorithm, 4> kWeightGradAlgorithms{{
        direct_backward_weight(g, dy, x, dw);
      },
      nullptr},
-    {"gemm", [](const ConvProblem&) -> Refusal { return nullptr; }, gemm_backward_weight<float>,
-     gemm_backward_weight<double>},
+    {"gemm", takes_every_problem, gemm_backward_weight<float>, gemm_backward_weight<double>},
+    {"reference", takes_every_problem, ref::conv_backward_weight<float>, ref::conv_backward_weight<double>},
 }};
 
 // The pass's entry named `name`, as the table's own name pointer, or null.
