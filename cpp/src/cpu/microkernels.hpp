@@ -261,7 +261,9 @@ struct DropoutArgs {
 using Dropout = void (*)(const DropoutArgs& args);
 
 // Sums in double over kSumTerms interleaved partial sums combined in a fixed order (vec_math's
-// sum_lanes), at vector speed: of v[0, n); of (v[i] - center)^2.
+// sum_lanes), at vector speed: of v[0, n); of (v[i] - center)^2. The sums of products are
+// contracted into FMAs at the AVX levels (-ffp-contract=fast), so they may differ from the
+// portable level's in the last bits (integer-valued data stays exact); plain sums do not.
 constexpr std::int64_t kSumTerms = 32;
 using SumAsDouble = double (*)(const float* v, std::int64_t n);
 using SumSquaredDeviation = double (*)(const float* v, std::int64_t n, double center);
