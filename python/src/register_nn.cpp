@@ -289,6 +289,9 @@ void register_nn(py::module_& m) {
       .def("summary", [](const nn::Sequential& s, const Shape& shape) { return s.summary(shape); },
            py::arg("input_shape"))
       .def("architecture_json", &nn::Sequential::architecture_json)
+      .def("_plan", [](nn::Sequential& s) { return without_gil([&] { return s.describe_plan(); }); },
+           "For tests: the stages that forward and train_step run on the model's device, each as its "
+           "layers' types, '+' joining those one pass computes (forward | backward where they differ).")
       .def("save",
            [](const nn::Sequential& s, py::object path, py::object metadata) {
              const Metadata meta = metadata_arg(metadata, "save");

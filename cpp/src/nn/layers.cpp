@@ -157,20 +157,8 @@ const Tensor& Conv::forward(const Tensor& x, bool) {
   return output_;
 }
 
-const Tensor* Conv::forward_fused(const Tensor& x, bool, const ActivationLayer& activation) {
-  if (!activation.fusable()) return nullptr;
-  prepare_forward(x);
-  const bool fused = conv_forward_activation(geometry_, input_, weight_->value, bias_ ? bias_->value : Tensor(),
-                                             output_, activation.kind(), activation.negative_slope());
-  return fused ? &output_ : nullptr;
-}
-
 const Tensor& Conv::backward(const Tensor& grad_y, bool need_grad_x) {
   return backward_impl(grad_y, need_grad_x, true);
-}
-
-const Tensor& Conv::backward_without_bias(const Tensor& grad_y, bool need_grad_x) {
-  return backward_impl(grad_y, need_grad_x, false);
 }
 
 const Tensor& Conv::backward_impl(const Tensor& grad_y, bool need_grad_x, bool bias_grad) {
@@ -229,14 +217,6 @@ const Tensor& Linear::forward(const Tensor& x, bool) {
   return output_;
 }
 
-const Tensor* Linear::forward_fused(const Tensor& x, bool, const ActivationLayer& activation) {
-  if (!activation.fusable()) return nullptr;
-  prepare_forward(x);
-  const bool fused = linear_forward_activation(input_, weight_->value, bias_ ? bias_->value : Tensor(),
-                                               output_, activation.kind(), activation.negative_slope());
-  return fused ? &output_ : nullptr;
-}
-
 const Tensor& Linear::backward(const Tensor& grad_y, bool need_grad_x) {
   check_grad_output(grad_y, output_);
   if (need_grad_x) ensure(grad_input_, input_.shape(), input_.dtype(), input_.device());
@@ -281,7 +261,7 @@ double Pool::flops(const Shape& input) const {
 
 const Tensor& Pool::forward(const Tensor& x, bool training) {
   check_float(x, "x");
-  fused_norm_ = nullptr;
+  fused_with_norm_ = false;
   geometry_ = PoolGeometry::make(x.shape(), options_, spatial_dims_, type().c_str());
   input_ = x.contiguous();
   ensure(output_, geometry_.output_shape(), x.dtype(), x.device());
@@ -302,7 +282,7 @@ const Tensor& Pool::backward(const Tensor& grad_y, bool need_grad_x) {
     grad_input_ = Tensor();
     return grad_input_;
   }
-  check(!fused_norm_, type(), ": the last forward ran fused with the batch norm before it (in a ",
+  check(!fused_with_norm_, type(), ": the last forward ran fused with the batch norm before it (in a ",
         "Sequential); its backward is Sequential.train_step's");
   check(kind_ == Kind::average || argmax_current_, type(),
         ": backward needs a training-mode forward (the last forward ran in eval mode)");
@@ -312,45 +292,6 @@ const Tensor& Pool::backward(const Tensor& grad_y, bool need_grad_x) {
   else
     avg_pool_backward(geometry_, grad_y.contiguous(), grad_input_);
   return grad_input_;
-}
-
-// The ReLU's output is this layer's input, positive exactly where the ReLU's input is; at each
-// window's argmax it is this layer's output (a quarter of the reads for 2x2 windows).
-const Tensor* Pool::backward_fused(const Tensor& grad_y, const ActivationLayer& activation) {
-  if (kind_ != Kind::max || activation.kind() != Activation::relu || fused_norm_ ||
-      !input_.device().is_cpu() || !argmax_current_)
-    return nullptr;
-  check_grad_output(grad_y, output_);
-  ensure(grad_input_, input_.shape(), input_.dtype(), input_.device());
-  max_pool_relu_backward(geometry_, grad_y.contiguous(), argmax_, output_, grad_input_);
-  return &grad_input_;
-}
-
-const Tensor* Pool::forward_after_norm(const Tensor& x, bool training, BatchNorm2d& norm,
-                                       const ActivationLayer& relu) {
-  if (kind_ != Kind::max || spatial_dims_ != 2 || relu.kind() != Activation::relu ||
-      !x.device().is_cpu() || x.dim() != 4)
-    return nullptr;
-  norm.output_shape(x.shape());
-  geometry_ = PoolGeometry::make(x.shape(), options_, spatial_dims_, type().c_str());
-  ensure(output_, geometry_.output_shape(), x.dtype(), x.device());
-  Tensor none;
-  norm.forward_relu_max_pool(
-      x, training, geometry_, output_,
-      training ? ensure(argmax_, geometry_.output_shape(), DType::int64, x.device()) : none);
-  argmax_current_ = training;
-  input_ = Tensor();
-  fused_norm_ = &norm;
-  return &output_;
-}
-
-const Tensor& Pool::backward_through_norm(const Tensor& grad_y, bool need_grad_x,
-                                          Tensor* conv_bias_grad) {
-  check(fused_norm_ && argmax_current_, type(),
-        ": backward_through_norm needs a training-mode forward_after_norm");
-  check_grad_output(grad_y, output_);
-  return fused_norm_->backward_relu_max_pool(geometry_, grad_y.contiguous(), argmax_, output_,
-                                             need_grad_x, conv_bias_grad);
 }
 
 // ---- GlobalAvgPool2d ----
@@ -401,18 +342,6 @@ Json ActivationLayer::config() const {
 
 double ActivationLayer::flops(const Shape& input) const { return static_cast<double>(checked_numel(input)); }
 
-bool ActivationLayer::fusable() const {
-  return kind_ == Activation::relu || kind_ == Activation::sigmoid || kind_ == Activation::tanh ||
-         negative_slope_ >= 0;
-}
-
-const Tensor& ActivationLayer::adopt_output(const Tensor& y) {
-  adopted_ = true;
-  input_ = Tensor();
-  output_ = y;
-  return output_;
-}
-
 const Tensor& ActivationLayer::forward(const Tensor& x, bool) {
   check_float(x, "x");
   if (adopted_) output_ = Tensor();  // that buffer belongs to the previous layer
@@ -430,7 +359,8 @@ const Tensor& ActivationLayer::backward(const Tensor& grad_y, bool need_grad_x) 
     return grad_input_;
   }
   ensure(grad_input_, output_.shape(), output_.dtype(), output_.device());
-  // An adopted output stands in for the input: it has the input's sign (see fusable()).
+  // An adopted output stands in for the input: it has the input's sign (the plan lets layers
+  // compute only such activations, see backward_works_from_output in plan.cpp).
   activation_backward_into(kind_, negative_slope_, grad_y.contiguous(), adopted_ ? output_ : input_,
                            output_, grad_input_);
   return grad_input_;
@@ -530,14 +460,18 @@ Shape BatchNorm2d::output_shape(const Shape& input) const {
 
 double BatchNorm2d::flops(const Shape& input) const { return 2.0 * static_cast<double>(checked_numel(input)); }
 
-const Tensor& BatchNorm2d::normalize(const Tensor& x, bool training, bool relu) {
+void BatchNorm2d::prepare_forward(const Tensor& x, bool training) {
   check_input(x, *gamma_, type());
   output_shape(x.shape());
   last_training_ = training;
   input_ = x.contiguous();
-  ensure(output_, x.shape(), x.dtype(), x.device());
   ensure(save_mean_, {channels_}, x.dtype(), x.device());
   ensure(save_invstd_, {channels_}, x.dtype(), x.device());
+}
+
+const Tensor& BatchNorm2d::normalize(const Tensor& x, bool training, bool relu) {
+  prepare_forward(x, training);
+  ensure(output_, x.shape(), x.dtype(), x.device());
   batch_norm2d_forward(input_, gamma_->value, beta_->value, running_mean_->value, running_var_->value,
                        training, momentum_, eps_, output_, save_mean_, save_invstd_, relu);
   return output_;
@@ -545,55 +479,16 @@ const Tensor& BatchNorm2d::normalize(const Tensor& x, bool training, bool relu) 
 
 const Tensor& BatchNorm2d::forward(const Tensor& x, bool training) { return normalize(x, training, false); }
 
-const Tensor* BatchNorm2d::forward_fused(const Tensor& x, bool training, const ActivationLayer& activation) {
-  if (!x.device().is_cpu() || activation.kind() != Activation::relu) return nullptr;
-  return &normalize(x, training, true);
-}
-
 const Tensor& BatchNorm2d::run_backward(const Tensor& grad_y, Tensor* grad_input_sums) {
+  check_grad_output(grad_y, output_);
+  check(last_training_, type(), ".backward: needs a training-mode forward (the last forward ran in eval mode)");
   ensure(grad_input_, input_.shape(), input_.dtype(), input_.device());
   batch_norm2d_backward(grad_y.contiguous(), input_, gamma_->value, save_mean_, save_invstd_,
                         grad_input_, gamma_->grad, beta_->grad, grad_input_sums);
   return grad_input_;
 }
 
-void BatchNorm2d::forward_relu_max_pool(const Tensor& x, bool training, const PoolGeometry& pool,
-                                        Tensor& y, Tensor& argmax) {
-  check_input(x, *gamma_, type());
-  output_shape(x.shape());
-  last_training_ = training;
-  input_ = x.contiguous();
-  output_ = Tensor();
-  ensure(save_mean_, {channels_}, x.dtype(), x.device());
-  ensure(save_invstd_, {channels_}, x.dtype(), x.device());
-  batch_norm2d_relu_max_pool_forward(input_, gamma_->value, beta_->value, running_mean_->value,
-                                     running_var_->value, training, momentum_, eps_, pool, y,
-                                     argmax, save_mean_, save_invstd_);
-}
-
-const Tensor& BatchNorm2d::backward_relu_max_pool(const PoolGeometry& pool, const Tensor& grad_y,
-                                                  const Tensor& argmax, const Tensor& y,
-                                                  bool need_grad_x, Tensor* conv_bias_grad) {
-  if (need_grad_x || conv_bias_grad)
-    ensure(grad_input_, input_.shape(), input_.dtype(), input_.device());
-  else
-    grad_input_ = Tensor();
-  batch_norm2d_relu_max_pool_backward(pool, grad_y, argmax, y, input_, gamma_->value, save_mean_,
-                                      save_invstd_, grad_input_, gamma_->grad, beta_->grad,
-                                      conv_bias_grad);
-  return grad_input_;
-}
-
-const Tensor* BatchNorm2d::backward_into(const Tensor& grad_y, Tensor& conv_bias_grad) {
-  if (!input_.device().is_cpu() || !save_mean_.defined()) return nullptr;
-  check_grad_output(grad_y, output_);
-  check(last_training_, type(), ".backward: needs a training-mode forward (the last forward ran in eval mode)");
-  return &run_backward(grad_y, &conv_bias_grad);
-}
-
 const Tensor& BatchNorm2d::backward(const Tensor& grad_y, bool need_grad_x) {
-  check_grad_output(grad_y, output_);
-  check(last_training_, type(), ".backward: needs a training-mode forward (the last forward ran in eval mode)");
   run_backward(grad_y, nullptr);
   if (!need_grad_x) grad_input_ = Tensor();
   return grad_input_;

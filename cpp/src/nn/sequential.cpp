@@ -7,6 +7,7 @@
 
 #include "juanji/ops/loss.hpp"
 #include "juanji/runtime.hpp"
+#include "nn/plan.hpp"
 
 namespace juanji::nn {
 
@@ -40,6 +41,8 @@ double MSELoss::forward_backward(const Tensor& output, const Tensor& target, Ten
   }
   return mse_loss(output, target, Reduction::mean).item();
 }
+
+Sequential::Sequential() = default;
 
 Sequential::Sequential(std::vector<std::shared_ptr<Layer>> layers) {
   try {
@@ -76,12 +79,14 @@ void Sequential::add(std::shared_ptr<Layer> layer) {
     for (auto& p : layer->parameters()) p->name = std::to_string(layers_.size()) + "." + p->local_name;
   }
   layers_.push_back(std::move(layer));
+  plan_.reset();
 }
 
 void Sequential::to(Device device) {
   const Lock lock(*this);
   move_parameters(parameters(), device);
   device_ = device;
+  plan_.reset();
 }
 
 void Sequential::to(DType dtype) {
@@ -104,31 +109,21 @@ void Sequential::check_input(const Tensor& x) const {
   check(x.dim() >= 2, "x: expected a batch (N, ...), got shape ", shape_text(x.shape()));
 }
 
+execution::Plan& Sequential::plan() {
+  if (!plan_) plan_ = std::make_unique<execution::Plan>(layers_, device_);
+  return *plan_;
+}
+
+std::vector<std::string> Sequential::describe_plan() {
+  const Lock lock(*this);
+  return plan().describe();
+}
+
 const Tensor& Sequential::forward(const Tensor& x, bool training) {
   const Lock lock(*this);
   const ConcurrentCaller caller;
   check_input(x);
-  const Tensor* current = &on_model_device(x, input_staging_);
-  for (std::size_t i = 0; i < layers_.size(); ++i) {
-    // A layer followed by an activation may compute both in one pass (see Layer::forward_fused).
-    auto* activation = i + 1 < layers_.size() ? dynamic_cast<ActivationLayer*>(layers_[i + 1].get()) : nullptr;
-    // Batch norm, ReLU and max pooling may run as one pass (see Pool::forward_after_norm).
-    auto* norm = activation && i + 2 < layers_.size() ? dynamic_cast<BatchNorm2d*>(layers_[i].get()) : nullptr;
-    auto* pool = norm ? dynamic_cast<Pool*>(layers_[i + 2].get()) : nullptr;
-    if (const Tensor* pooled = pool ? pool->forward_after_norm(*current, training, *norm, *activation) : nullptr) {
-      current = pooled;
-      i += 2;
-      continue;
-    }
-    const Tensor* fused = activation ? layers_[i]->forward_fused(*current, training, *activation) : nullptr;
-    if (fused) {
-      current = &activation->adopt_output(*fused);
-      ++i;
-    } else {
-      current = &layers_[i]->forward(*current, training);
-    }
-  }
-  return *current;
+  return plan().forward(on_model_device(x, input_staging_), training);
 }
 
 Tensor Sequential::forward_copy(const Tensor& x, bool training) {
@@ -161,45 +156,7 @@ double Sequential::train_step(const Tensor& x, const Tensor& target, Loss& loss,
     grad_output_ = Tensor::empty(output.shape(), output.dtype(), output.device());
   const Tensor& device_target = on_model_device(target, target_staging_);
   const double value = loss.forward_backward(output, device_target, grad_output_, nullptr);
-  const Tensor* grad = &grad_output_;
-  // The convolution with a bias just before layer `at`, if there is one: a batch norm there gives
-  // it its bias gradient (its output gradient's sums), having each plane at hand.
-  auto biased_conv_before = [&](std::size_t at) -> Conv* {
-    auto* conv = at >= 1 ? dynamic_cast<Conv*>(layers_[at - 1].get()) : nullptr;
-    return conv && conv->bias_grad() ? conv : nullptr;
-  };
-  for (std::size_t i = layers_.size(); i-- > 0;) {
-    // An activation that is not the first layer may run its backward in this layer's pass.
-    auto* activation = i >= 2 ? dynamic_cast<ActivationLayer*>(layers_[i - 1].get()) : nullptr;
-    // Batch norm, ReLU and max pooling that ran forward as one pass go back as one.
-    auto* pool = activation ? dynamic_cast<Pool*>(layers_[i].get()) : nullptr;
-    auto* pooled_norm = pool ? dynamic_cast<BatchNorm2d*>(layers_[i - 2].get()) : nullptr;
-    if (pooled_norm && pool->fused_after(*pooled_norm)) {
-      i -= 2;
-      Conv* conv = biased_conv_before(i);
-      grad = &pool->backward_through_norm(*grad, i > 0, conv ? conv->bias_grad() : nullptr);
-      if (conv) {
-        --i;
-        grad = &conv->backward_without_bias(*grad, i > 0);
-      }
-      continue;
-    }
-    const Tensor* fused = activation ? layers_[i]->backward_fused(*grad, *activation) : nullptr;
-    if (fused) {
-      grad = fused;
-      --i;
-      continue;
-    }
-    // A batch norm after a convolution: one pass less over the largest tensors.
-    auto* norm = dynamic_cast<BatchNorm2d*>(layers_[i].get());
-    Conv* conv = norm ? biased_conv_before(i) : nullptr;
-    if (const Tensor* norm_grad = conv ? norm->backward_into(*grad, *conv->bias_grad()) : nullptr) {
-      grad = &conv->backward_without_bias(*norm_grad, i - 1 > 0);
-      --i;
-      continue;
-    }
-    grad = &layers_[i]->backward(*grad, i > 0);
-  }
+  plan().backward(grad_output_, false);
   optimizer.step();
   return value;
 }

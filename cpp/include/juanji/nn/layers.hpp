@@ -29,8 +29,12 @@ struct Parameter {
 };
 
 enum class Init { he, xavier };
-class ActivationLayer;
-class BatchNorm2d;
+
+namespace execution {
+// The one type the layers befriend: the stages of a model's execution plan (cpp/src/nn/plan.cpp),
+// which fuse the kernels of consecutive layers, working on their buffers.
+struct StageAccess;
+}  // namespace execution
 
 // Moves parameters and their gradients to device, all or (on an error) none of them.
 void move_parameters(const std::vector<std::shared_ptr<Parameter>>& parameters, Device device);
@@ -50,21 +54,6 @@ class Layer {
   // grad_y has the shape of the last forward's output. Returns grad_x (layer-owned) unless
   // need_grad_x is false (first layer), in which case the result is undefined.
   virtual const Tensor& backward(const Tensor& grad_y, bool need_grad_x) = 0;
-  // forward followed by `activation`'s forward in one pass, where this layer's kernels can apply
-  // it in their epilogue (convolution and linear layers on CUDA; on the CPU, ReLU after batch norm
-  // and after a float32 convolution on the direct and filter-block paths): returns the output
-  // (then handed to activation.adopt_output), or null when this layer cannot fuse here.
-  virtual const Tensor* forward_fused(const Tensor& x, bool training, const ActivationLayer& activation) {
-    (void)x, (void)training, (void)activation;
-    return nullptr;
-  }
-  // backward followed by the backward of `activation`, the layer just before this one, in one
-  // pass (on the CPU: max pooling after a ReLU): returns the gradient with respect to the
-  // activation's input (layer-owned), or null when this layer cannot fuse here.
-  virtual const Tensor* backward_fused(const Tensor& grad_y, const ActivationLayer& activation) {
-    (void)grad_y, (void)activation;
-    return nullptr;
-  }
   std::vector<std::shared_ptr<Parameter>>& parameters() { return parameters_; }
   const std::vector<std::shared_ptr<Parameter>>& parameters() const { return parameters_; }
   // Casts parameters to dtype (float32/float64); buffers follow on the next forward.
@@ -89,6 +78,7 @@ class Layer {
 
  private:
   friend class Sequential;
+  friend struct execution::StageAccess;
   std::unique_ptr<std::recursive_mutex> mutex_ = std::make_unique<std::recursive_mutex>();
   std::atomic<const void*> owner_{nullptr};
 };
@@ -104,17 +94,15 @@ class Conv : public Layer {
   double flops(const Shape& input) const override;
   const Tensor& forward(const Tensor& x, bool training) override;
   const Tensor& backward(const Tensor& grad_y, bool need_grad_x) override;
-  const Tensor* forward_fused(const Tensor& x, bool training, const ActivationLayer& activation) override;
   const Parameter& weight() const { return *weight_; }
-  // The bias's gradient buffer, or null without a bias; a layer after this one may fill it (see
-  // BatchNorm2d::backward_into), and backward_without_bias then skips it.
-  Tensor* bias_grad() { return bias_ ? &bias_->grad : nullptr; }
-  const Tensor& backward_without_bias(const Tensor& grad_y, bool need_grad_x);
 
  private:
+  friend struct execution::StageAccess;
   ConvGeometry geometry(const Shape& input) const;
   // Checks x and readies geometry_, input_ and output_ for a forward.
   void prepare_forward(const Tensor& x);
+  // backward, leaving the bias gradient alone unless bias_grad (a batch norm after this layer
+  // may have written it).
   const Tensor& backward_impl(const Tensor& grad_y, bool need_grad_x, bool bias_grad);
   int spatial_dims_;
   std::int64_t in_channels_, out_channels_;
@@ -134,9 +122,9 @@ class Linear : public Layer {
   double flops(const Shape& input) const override;
   const Tensor& forward(const Tensor& x, bool training) override;
   const Tensor& backward(const Tensor& grad_y, bool need_grad_x) override;
-  const Tensor* forward_fused(const Tensor& x, bool training, const ActivationLayer& activation) override;
 
  private:
+  friend struct execution::StageAccess;
   // Checks x and readies input_ and output_ for a forward.
   void prepare_forward(const Tensor& x);
   std::int64_t in_features_, out_features_;
@@ -154,27 +142,18 @@ class Pool : public Layer {
   double flops(const Shape& input) const override;
   const Tensor& forward(const Tensor& x, bool training) override;
   const Tensor& backward(const Tensor& grad_y, bool need_grad_x) override;
-  const Tensor* backward_fused(const Tensor& grad_y, const ActivationLayer& activation) override;
-  // Max pooling of relu(norm(x)): the forwards of norm, relu and this layer in one pass over x
-  // that never stores the normalized tensor (CPU, 2-d max pooling after a ReLU). Returns this
-  // layer's output, or null where they cannot fuse.
-  const Tensor* forward_after_norm(const Tensor& x, bool training, BatchNorm2d& norm,
-                                   const ActivationLayer& relu);
-  // Whether the last forward was forward_after_norm with this norm.
-  bool fused_after(const BatchNorm2d& norm) const { return fused_norm_ == &norm; }
-  // After forward_after_norm: the three layers' backward in one pass, returning the gradient
-  // with respect to norm's input (see BatchNorm2d::backward_relu_max_pool).
-  const Tensor& backward_through_norm(const Tensor& grad_y, bool need_grad_x,
-                                      Tensor* conv_bias_grad);
 
  private:
+  friend struct execution::StageAccess;
   Kind kind_;
   int spatial_dims_;
   PoolOptions options_;
   PoolGeometry geometry_{};
   Tensor input_, output_, argmax_, grad_input_;
   bool argmax_current_ = false;  // argmax_ is the last forward's (a training-mode one)
-  BatchNorm2d* fused_norm_ = nullptr;
+  // The last forward ran in one pass with the batch norm and ReLU before this layer (a stage of
+  // a model's plan), which did not keep input_: only that stage can go back through it.
+  bool fused_with_norm_ = false;
 };
 
 class GlobalAvgPool2d : public Layer {
@@ -201,16 +180,13 @@ class ActivationLayer : public Layer {
   const Tensor& backward(const Tensor& grad_y, bool need_grad_x) override;
   Activation kind() const { return kind_; }
   double negative_slope() const { return negative_slope_; }
-  // Whether backward can work from the output alone, so the previous layer may compute this
-  // activation for it: sigmoid, tanh, and ReLU / leaky ReLU with a slope >= 0 (their output
-  // is positive exactly where their input is).
-  bool fusable() const;
-  // Takes y = f(x), computed by the previous layer's forward_fused, as this forward's output.
-  const Tensor& adopt_output(const Tensor& y);
 
  private:
+  friend struct execution::StageAccess;
   Activation kind_;
   double negative_slope_;
+  // output_ is y = f(x) computed by the previous layer's forward (a stage of a model's plan), its
+  // buffer, and input_ was not kept.
   bool adopted_ = false;
   Tensor input_, output_, grad_input_;
 };
@@ -264,25 +240,15 @@ class BatchNorm2d : public Layer {
   double flops(const Shape& input) const override;
   const Tensor& forward(const Tensor& x, bool training) override;
   const Tensor& backward(const Tensor& grad_y, bool need_grad_x) override;
-  const Tensor* forward_fused(const Tensor& x, bool training, const ActivationLayer& activation) override;
-  // backward that also writes the convolution before it its bias gradient (the sums of this
-  // backward's grad_x, taken while each plane is in cache), or null where it cannot (not on the
-  // CPU, or no training-mode forward).
-  const Tensor* backward_into(const Tensor& grad_y, Tensor& conv_bias_grad);
-  // forward, a ReLU and the max pooling `pool` in one pass (CPU): the pooled output and argmax
-  // into y and argmax (see batch_norm2d_relu_max_pool_forward).
-  void forward_relu_max_pool(const Tensor& x, bool training, const PoolGeometry& pool, Tensor& y,
-                             Tensor& argmax);
-  // The backward of forward_relu_max_pool from the pooled gradient grad_y: grad_x (layer-owned,
-  // undefined unless need_grad_x) and, when given, its channel sums into conv_bias_grad.
-  const Tensor& backward_relu_max_pool(const PoolGeometry& pool, const Tensor& grad_y,
-                                       const Tensor& argmax, const Tensor& y, bool need_grad_x,
-                                       Tensor* conv_bias_grad);
 
  private:
+  friend struct execution::StageAccess;
+  // Checks x and readies input_, the saved statistics' buffers and last_training_ for a forward.
+  void prepare_forward(const Tensor& x, bool training);
   // Checks x, readies the buffers and normalizes (with ReLU applied to the output if relu).
   const Tensor& normalize(const Tensor& x, bool training, bool relu);
-  // grad_input_, and grad_input's channel sums into *grad_input_sums when given.
+  // Checks grad_y against the last forward (a training-mode one); grad_input_, and its channel
+  // sums into *grad_input_sums when given.
   const Tensor& run_backward(const Tensor& grad_y, Tensor* grad_input_sums);
   std::int64_t channels_;
   double eps_, momentum_;

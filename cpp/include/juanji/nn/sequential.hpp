@@ -17,6 +17,10 @@
 
 namespace juanji::nn {
 
+namespace execution {
+class Plan;
+}  // namespace execution
+
 // What a loss compares the output with, so that callers convert a target without knowing the loss.
 enum class TargetKind {
   class_labels,  // int64 class indices, shape (N,)
@@ -63,7 +67,7 @@ struct Evaluation {
 // only while the caller holds a Lock; forward_copy returns a copy taken under it.
 class Sequential {
  public:
-  Sequential() = default;
+  Sequential();
   explicit Sequential(std::vector<std::shared_ptr<Layer>> layers);
   Sequential(const Sequential&) = delete;
   Sequential& operator=(const Sequential&) = delete;
@@ -111,6 +115,9 @@ class Sequential {
   // JSON array of {"type": ..., "config": {...}}: what a checkpoint stores to rebuild the model,
   // laid out by kArchitectureFormat.
   std::string architecture_json() const;
+  // The stages that forward and train_step run on the model's device, described by the layers'
+  // types ("+" joining those computed in one pass, see cpp/src/nn/plan.hpp): for tests.
+  std::vector<std::string> describe_plan();
 
   // Checkpoints in the safetensors layout: every parameter and buffer by name, the architecture
   // and `metadata` in __metadata__ (keys "format", "juanji_version", "architecture" are ours).
@@ -126,11 +133,15 @@ class Sequential {
   void check_input(const Tensor& x) const;
   // t itself when it is on the model's device, else a copy of it in `staging` there.
   const Tensor& on_model_device(const Tensor& t, Tensor& staging) const;
+  // The execution plan for the layers on device_, built at the first use after add or
+  // to(Device) dropped it (a dtype does not change it).
+  execution::Plan& plan();
   std::unique_ptr<std::recursive_mutex> mutex_ = std::make_unique<std::recursive_mutex>();
   std::vector<std::shared_ptr<Layer>> layers_;
   bool training_ = true;
   Device device_;
   Tensor grad_output_, input_staging_, target_staging_;
+  std::unique_ptr<execution::Plan> plan_;
 };
 
 // A layer from its type name and constructor arguments (as Layer::config gives them).

@@ -1,0 +1,430 @@
+#include "nn/plan.hpp"
+
+#include <algorithm>
+#include <utility>
+
+#include "juanji/ops/conv.hpp"
+#include "juanji/ops/dense.hpp"
+#include "juanji/ops/pool.hpp"
+
+namespace juanji::nn::execution {
+namespace {
+
+using Layers = std::vector<std::shared_ptr<Layer>>;
+
+// The kernels of consecutive layers in one direction: a layer's own, or several layers' in one pass.
+class Pass {
+ public:
+  explicit Pass(std::vector<const Layer*> layers) : layers_(std::move(layers)) {}
+  virtual ~Pass() = default;
+  std::size_t size() const { return layers_.size(); }
+  // The layers' types joined by "+".
+  std::string description() const {
+    std::string text;
+    for (const Layer* layer : layers_) text += (text.empty() ? "" : "+") + layer->type();
+    return text;
+  }
+
+ private:
+  std::vector<const Layer*> layers_;
+};
+
+class ForwardPass : public Pass {
+ public:
+  using Pass::Pass;
+  virtual const Tensor& forward(const Tensor& x, bool training) = 0;
+};
+
+class BackwardPass : public Pass {
+ public:
+  using Pass::Pass;
+  virtual const Tensor& backward(const Tensor& grad_y, bool need_grad_x) = 0;
+};
+
+class LayerForward final : public ForwardPass {
+ public:
+  explicit LayerForward(Layer& layer) : ForwardPass({&layer}), layer_(layer) {}
+  const Tensor& forward(const Tensor& x, bool training) override { return layer_.forward(x, training); }
+
+ private:
+  Layer& layer_;
+};
+
+class LayerBackward final : public BackwardPass {
+ public:
+  explicit LayerBackward(Layer& layer) : BackwardPass({&layer}), layer_(layer) {}
+  const Tensor& backward(const Tensor& grad_y, bool need_grad_x) override {
+    return layer_.backward(grad_y, need_grad_x);
+  }
+
+ private:
+  Layer& layer_;
+};
+
+// Forward through steps (stages or passes) in order; backward in reverse, where only the first
+// step's input gradient may go unwanted.
+template <class Steps>
+const Tensor& forward_through(Steps& steps, const Tensor& x, bool training) {
+  const Tensor* y = &x;
+  for (auto& step : steps) y = &step->forward(*y, training);
+  return *y;
+}
+
+template <class Steps>
+const Tensor& backward_through(Steps& steps, const Tensor& grad_y, bool need_grad_x) {
+  const Tensor* grad = &grad_y;
+  for (std::size_t k = steps.size(); k-- > 0;) grad = &steps[k]->backward(*grad, k > 0 || need_grad_x);
+  return *grad;
+}
+
+template <class Passes>
+std::string describe(const Passes& passes) {
+  std::string text;
+  for (const auto& pass : passes) text += (text.empty() ? "" : ", ") + pass->description();
+  return text;
+}
+
+// Layers that the forward passes and the backward passes both start at the first of and end at
+// the last of: a fused pass in one direction may span layers that the other direction computes
+// in several (LeNet: Conv2d+ReLU forward, then ReLU+MaxPool2d backward).
+class Run final : public Stage {
+ public:
+  void add(std::unique_ptr<ForwardPass> pass) { forward_.push_back(std::move(pass)); }
+  void add(std::unique_ptr<BackwardPass> pass) { backward_.push_back(std::move(pass)); }
+  const Tensor& forward(const Tensor& x, bool training) override {
+    return forward_through(forward_, x, training);
+  }
+  const Tensor& backward(const Tensor& grad_y, bool need_grad_x) override {
+    return backward_through(backward_, grad_y, need_grad_x);
+  }
+  std::string description() const override {
+    const std::string forward_passes = describe(forward_), backward_passes = describe(backward_);
+    return forward_passes == backward_passes ? forward_passes : forward_passes + " | " + backward_passes;
+  }
+
+ private:
+  std::vector<std::unique_ptr<ForwardPass>> forward_;
+  std::vector<std::unique_ptr<BackwardPass>> backward_;  // in layer order
+};
+
+template <class T>
+T* layer_at(const Layers& layers, std::size_t index) {
+  return index < layers.size() ? dynamic_cast<T*>(layers[index].get()) : nullptr;
+}
+
+bool is_relu(const ActivationLayer* activation) {
+  return activation && activation->kind() == Activation::relu;
+}
+
+// Whether the activation's backward can work from its output alone, so that the layer before it
+// may compute it and keep no input: sigmoid, tanh, and ReLU / leaky ReLU with a slope >= 0 (their
+// output is positive exactly where their input is).
+bool backward_works_from_output(const ActivationLayer& activation) {
+  return activation.kind() != Activation::leaky_relu || activation.negative_slope() >= 0;
+}
+
+// The first rule's pass that fits at `index`; the last rule, a single layer's pass, always does.
+template <class Rule, std::size_t N>
+auto first_fit(const Rule (&rules)[N], const Layers& layers, std::size_t index, Device device) {
+  decltype(rules[0](layers, index, device)) pass;
+  for (Rule rule : rules)
+    if ((pass = rule(layers, index, device))) break;
+  return pass;
+}
+
+}  // namespace
+
+// What the layers befriend (see layers.hpp): the fused passes, which work on the layers' buffers,
+// and the rules that place them.
+struct StageAccess {
+  template <class L>
+  class ActivationForward;
+  class NormReluMaxPoolForward;
+  class NormReluMaxPoolBackward;
+  class ReluMaxPoolBackward;
+  class ConvNormBackward;
+
+  // Forward rules: the pass over the layers from `first` on, or null where they do not fit it.
+  static std::unique_ptr<ForwardPass> norm_relu_max_pool_forward(const Layers& layers, std::size_t first,
+                                                                 Device device);
+  static std::unique_ptr<ForwardPass> activation_forward(const Layers& layers, std::size_t first, Device device);
+  static std::unique_ptr<ForwardPass> layer_forward(const Layers& layers, std::size_t first, Device device);
+  // Backward rules: the pass over the layers up to `last`, or null where they do not fit it.
+  static std::unique_ptr<BackwardPass> norm_relu_max_pool_backward(const Layers& layers, std::size_t last,
+                                                                   Device device);
+  static std::unique_ptr<BackwardPass> relu_max_pool_backward(const Layers& layers, std::size_t last,
+                                                              Device device);
+  static std::unique_ptr<BackwardPass> conv_norm_backward(const Layers& layers, std::size_t last, Device device);
+  static std::unique_ptr<BackwardPass> layer_backward(const Layers& layers, std::size_t last, Device device);
+
+  static std::vector<std::unique_ptr<Stage>> stages(const Layers& layers, Device device);
+
+  // Whether layers[first...] are batch norm, ReLU and 2-d max pooling, which the CPU computes in
+  // one pass over the norm's input that never stores the normalized tensor.
+  static bool norm_relu_max_pool_at(const Layers& layers, std::size_t first, Device device) {
+    const Pool* pool = layer_at<Pool>(layers, first + 2);
+    return device.is_cpu() && layer_at<BatchNorm2d>(layers, first) &&
+           is_relu(layer_at<ActivationLayer>(layers, first + 1)) && pool && pool->kind_ == Pool::Kind::max &&
+           pool->spatial_dims_ == 2;
+  }
+  // The convolution at `index` if it has a bias, whose gradient a batch norm after it can sum
+  // while it has each plane of its own input gradient in cache.
+  static Conv* biased_conv_at(const Layers& layers, std::size_t index) {
+    Conv* conv = layer_at<Conv>(layers, index);
+    return conv && conv->bias_ ? conv : nullptr;
+  }
+
+  // The layer's forward with the activation applied by its kernel as each output is stored, into
+  // its output_; false, having computed nothing, where the kernel cannot for this problem.
+  static bool forward_with_activation(Conv& conv, const Tensor& x, bool,
+                                      const ActivationLayer& activation) {
+    conv.prepare_forward(x);
+    return conv_forward_activation(conv.geometry_, conv.input_, conv.weight_->value,
+                                   conv.bias_ ? conv.bias_->value : Tensor(), conv.output_, activation.kind(),
+                                   activation.negative_slope());
+  }
+  static bool forward_with_activation(Linear& linear, const Tensor& x, bool,
+                                      const ActivationLayer& activation) {
+    linear.prepare_forward(x);
+    return linear_forward_activation(linear.input_, linear.weight_->value,
+                                     linear.bias_ ? linear.bias_->value : Tensor(), linear.output_,
+                                     activation.kind(), activation.negative_slope());
+  }
+  // Always fuses: the rule places it where it can (a ReLU, on the CPU).
+  static bool forward_with_activation(BatchNorm2d& norm, const Tensor& x, bool training,
+                                      const ActivationLayer&) {
+    norm.normalize(x, training, true);
+    return true;
+  }
+};
+
+// A layer and the activation after it, in one pass where the layer's kernel can apply the
+// activation as it stores each output (see forward_with_activation), else one after the other.
+template <class L>
+class StageAccess::ActivationForward final : public ForwardPass {
+ public:
+  ActivationForward(L& layer, ActivationLayer& activation)
+      : ForwardPass({&layer, &activation}), layer_(layer), activation_(activation) {}
+  const Tensor& forward(const Tensor& x, bool training) override {
+    if (!forward_with_activation(layer_, x, training, activation_))
+      return activation_.forward(layer_.forward(x, training), training);
+    // The activation's output is the layer's buffer; its backward works from it.
+    activation_.adopted_ = true;
+    activation_.input_ = Tensor();
+    activation_.output_ = layer_.output_;
+    return activation_.output_;
+  }
+
+ private:
+  L& layer_;
+  ActivationLayer& activation_;
+};
+
+class StageAccess::NormReluMaxPoolForward final : public ForwardPass {
+ public:
+  NormReluMaxPoolForward(BatchNorm2d& norm, ActivationLayer& relu, Pool& pool)
+      : ForwardPass({&norm, &relu, &pool}), norm_(norm), pool_(pool) {}
+  const Tensor& forward(const Tensor& x, bool training) override {
+    norm_.prepare_forward(x, training);
+    norm_.output_ = Tensor();  // the normalized tensor is never stored
+    pool_.geometry_ = PoolGeometry::make(x.shape(), pool_.options_, pool_.spatial_dims_, pool_.type().c_str());
+    const Shape& pooled = pool_.geometry_.output_shape();
+    Layer::ensure(pool_.output_, pooled, x.dtype(), x.device());
+    Tensor none;
+    batch_norm2d_relu_max_pool_forward(
+        norm_.input_, norm_.gamma_->value, norm_.beta_->value, norm_.running_mean_->value,
+        norm_.running_var_->value, training, norm_.momentum_, norm_.eps_, pool_.geometry_, pool_.output_,
+        training ? Layer::ensure(pool_.argmax_, pooled, DType::int64, x.device()) : none, norm_.save_mean_,
+        norm_.save_invstd_);
+    pool_.argmax_current_ = training;
+    pool_.input_ = Tensor();
+    pool_.fused_with_norm_ = true;
+    return pool_.output_;
+  }
+
+ private:
+  BatchNorm2d& norm_;
+  Pool& pool_;
+};
+
+// The backward of NormReluMaxPoolForward in one pass; a convolution with a bias before the norm
+// gets its bias gradient from it (see biased_conv_at) and then runs the rest of its backward.
+class StageAccess::NormReluMaxPoolBackward final : public BackwardPass {
+ public:
+  NormReluMaxPoolBackward(Conv* conv, BatchNorm2d& norm, ActivationLayer& relu, Pool& pool)
+      : BackwardPass(conv ? std::vector<const Layer*>{conv, &norm, &relu, &pool}
+                          : std::vector<const Layer*>{&norm, &relu, &pool}),
+        conv_(conv), norm_(norm), pool_(pool) {}
+  const Tensor& backward(const Tensor& grad_y, bool need_grad_x) override {
+    pool_.check_grad_output(grad_y, pool_.output_);
+    Tensor& grad_norm_input = norm_.grad_input_;
+    if (conv_ || need_grad_x)
+      Layer::ensure(grad_norm_input, norm_.input_.shape(), norm_.input_.dtype(), norm_.input_.device());
+    else
+      grad_norm_input = Tensor();
+    batch_norm2d_relu_max_pool_backward(pool_.geometry_, grad_y.contiguous(), pool_.argmax_, pool_.output_,
+                                        norm_.input_, norm_.gamma_->value, norm_.save_mean_, norm_.save_invstd_,
+                                        grad_norm_input, norm_.gamma_->grad, norm_.beta_->grad,
+                                        conv_ ? &conv_->bias_->grad : nullptr);
+    return conv_ ? conv_->backward_impl(grad_norm_input, need_grad_x, false) : grad_norm_input;
+  }
+
+ private:
+  Conv* conv_;
+  BatchNorm2d& norm_;
+  Pool& pool_;
+};
+
+// Max pooling's backward followed by the ReLU's before it, in one pass (CPU): the ReLU's output is
+// the pooling's input, positive exactly where the ReLU's input is; at each window's argmax it is
+// the pooling's output (a quarter of the reads for 2x2 windows).
+class StageAccess::ReluMaxPoolBackward final : public BackwardPass {
+ public:
+  ReluMaxPoolBackward(ActivationLayer& relu, Pool& pool) : BackwardPass({&relu, &pool}), pool_(pool) {}
+  // need_grad_x is always true: the rule places this pass after the model's first layer.
+  const Tensor& backward(const Tensor& grad_y, bool) override {
+    pool_.check_grad_output(grad_y, pool_.output_);
+    const Tensor& relu_output = pool_.input_;
+    Layer::ensure(pool_.grad_input_, relu_output.shape(), relu_output.dtype(), relu_output.device());
+    max_pool_relu_backward(pool_.geometry_, grad_y.contiguous(), pool_.argmax_, pool_.output_,
+                           pool_.grad_input_);
+    return pool_.grad_input_;
+  }
+
+ private:
+  Pool& pool_;
+};
+
+// A batch norm's backward that also gives the convolution before it its bias gradient (see
+// biased_conv_at), then the rest of the convolution's backward: one pass less over the largest
+// tensors.
+class StageAccess::ConvNormBackward final : public BackwardPass {
+ public:
+  ConvNormBackward(Conv& conv, BatchNorm2d& norm) : BackwardPass({&conv, &norm}), conv_(conv), norm_(norm) {}
+  const Tensor& backward(const Tensor& grad_y, bool need_grad_x) override {
+    const Tensor& grad_conv_output = norm_.run_backward(grad_y, &conv_.bias_->grad);
+    return conv_.backward_impl(grad_conv_output, need_grad_x, false);
+  }
+
+ private:
+  Conv& conv_;
+  BatchNorm2d& norm_;
+};
+
+std::unique_ptr<ForwardPass> StageAccess::norm_relu_max_pool_forward(const Layers& layers, std::size_t first,
+                                                                     Device device) {
+  if (!norm_relu_max_pool_at(layers, first, device)) return nullptr;
+  return std::make_unique<NormReluMaxPoolForward>(*layer_at<BatchNorm2d>(layers, first),
+                                                  *layer_at<ActivationLayer>(layers, first + 1),
+                                                  *layer_at<Pool>(layers, first + 2));
+}
+
+// Convolution and linear layers with an activation whose backward works from its output (CUDA:
+// any such; the CPU: ReLU after some float32 convolutions), batch norm with a ReLU on the CPU.
+std::unique_ptr<ForwardPass> StageAccess::activation_forward(const Layers& layers, std::size_t first,
+                                                             Device device) {
+  ActivationLayer* activation = layer_at<ActivationLayer>(layers, first + 1);
+  if (!activation) return nullptr;
+  if (backward_works_from_output(*activation)) {
+    if (Conv* conv = layer_at<Conv>(layers, first))
+      return std::make_unique<ActivationForward<Conv>>(*conv, *activation);
+    if (Linear* linear = layer_at<Linear>(layers, first))
+      return std::make_unique<ActivationForward<Linear>>(*linear, *activation);
+  }
+  BatchNorm2d* norm = layer_at<BatchNorm2d>(layers, first);
+  if (norm && device.is_cpu() && is_relu(activation))
+    return std::make_unique<ActivationForward<BatchNorm2d>>(*norm, *activation);
+  return nullptr;
+}
+
+std::unique_ptr<ForwardPass> StageAccess::layer_forward(const Layers& layers, std::size_t first, Device) {
+  return std::make_unique<LayerForward>(*layers[first]);
+}
+
+std::unique_ptr<BackwardPass> StageAccess::norm_relu_max_pool_backward(const Layers& layers, std::size_t last,
+                                                                       Device device) {
+  // The same layers as norm_relu_max_pool_forward's, which the forward rules always give them.
+  if (last < 2 || !norm_relu_max_pool_at(layers, last - 2, device)) return nullptr;
+  return std::make_unique<NormReluMaxPoolBackward>(last >= 3 ? biased_conv_at(layers, last - 3) : nullptr,
+                                                   *layer_at<BatchNorm2d>(layers, last - 2),
+                                                   *layer_at<ActivationLayer>(layers, last - 1),
+                                                   *layer_at<Pool>(layers, last));
+}
+
+std::unique_ptr<BackwardPass> StageAccess::relu_max_pool_backward(const Layers& layers, std::size_t last,
+                                                                  Device device) {
+  // The ReLU's input gradient is wanted: the ReLU is not the model's first layer.
+  if (last < 2 || !device.is_cpu()) return nullptr;
+  ActivationLayer* relu = layer_at<ActivationLayer>(layers, last - 1);
+  Pool* pool = layer_at<Pool>(layers, last);
+  if (!is_relu(relu) || !pool || pool->kind_ != Pool::Kind::max) return nullptr;
+  return std::make_unique<ReluMaxPoolBackward>(*relu, *pool);
+}
+
+std::unique_ptr<BackwardPass> StageAccess::conv_norm_backward(const Layers& layers, std::size_t last,
+                                                              Device device) {
+  BatchNorm2d* norm = layer_at<BatchNorm2d>(layers, last);
+  Conv* conv = norm && last >= 1 && device.is_cpu() ? biased_conv_at(layers, last - 1) : nullptr;
+  if (!conv) return nullptr;
+  return std::make_unique<ConvNormBackward>(*conv, *norm);
+}
+
+std::unique_ptr<BackwardPass> StageAccess::layer_backward(const Layers& layers, std::size_t last, Device) {
+  return std::make_unique<LayerBackward>(*layers[last]);
+}
+
+std::vector<std::unique_ptr<Stage>> StageAccess::stages(const Layers& layers, Device device) {
+  // The fusion rules, preferred first.
+  using ForwardRule = std::unique_ptr<ForwardPass> (*)(const Layers&, std::size_t, Device);
+  using BackwardRule = std::unique_ptr<BackwardPass> (*)(const Layers&, std::size_t, Device);
+  static constexpr ForwardRule forward_rules[] = {norm_relu_max_pool_forward, activation_forward, layer_forward};
+  static constexpr BackwardRule backward_rules[] = {norm_relu_max_pool_backward, relu_max_pool_backward,
+                                                    conv_norm_backward, layer_backward};
+  // Forward passes placed from the first layer on, backward ones from the last layer back, as
+  // each direction runs: a batch norm after a convolution takes it into its backward pass only
+  // where a ReLU and max pooling after it have not taken the norm first.
+  std::vector<std::unique_ptr<ForwardPass>> forward;
+  for (std::size_t first = 0; first < layers.size(); first += forward.back()->size())
+    forward.push_back(first_fit(forward_rules, layers, first, device));
+  std::vector<std::unique_ptr<BackwardPass>> backward;
+  for (std::size_t end = layers.size(); end > 0; end -= backward.back()->size())
+    backward.push_back(first_fit(backward_rules, layers, end - 1, device));
+  std::reverse(backward.begin(), backward.end());
+
+  // Each stage takes passes, whichever direction's ends first, until both directions end at the
+  // same layer.
+  std::vector<std::unique_ptr<Stage>> stages;
+  std::size_t forward_end = 0, backward_end = 0;
+  auto next_forward = forward.begin();
+  auto next_backward = backward.begin();
+  while (next_forward != forward.end()) {
+    auto run = std::make_unique<Run>();
+    do {
+      if (forward_end <= backward_end) {
+        forward_end += (*next_forward)->size();
+        run->add(std::move(*next_forward++));
+      } else {
+        backward_end += (*next_backward)->size();
+        run->add(std::move(*next_backward++));
+      }
+    } while (forward_end != backward_end);
+    stages.push_back(std::move(run));
+  }
+  return stages;
+}
+
+Plan::Plan(const Layers& layers, Device device) : stages_(StageAccess::stages(layers, device)) {}
+
+const Tensor& Plan::forward(const Tensor& x, bool training) { return forward_through(stages_, x, training); }
+
+const Tensor& Plan::backward(const Tensor& grad_y, bool need_grad_x) {
+  return backward_through(stages_, grad_y, need_grad_x);
+}
+
+std::vector<std::string> Plan::describe() const {
+  std::vector<std::string> descriptions;
+  for (const auto& stage : stages_) descriptions.push_back(stage->description());
+  return descriptions;
+}
+
+}  // namespace juanji::nn::execution

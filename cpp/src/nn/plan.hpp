@@ -1,0 +1,46 @@
+// A model's execution plan: its layers grouped into stages that the forward pass and the training
+// step loop over. A stage runs its layers' kernels, several layers' in one pass where the device
+// has a kernel for them, so that the model itself knows nothing of fusion. The plan depends on the
+// layers and the device only: fused kernels that depend on more (the dtype, the problem's size)
+// refuse at run time, and their stage then runs the layers one by one.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "juanji/nn/layers.hpp"
+
+namespace juanji::nn::execution {
+
+// A run of layers, computed forward from its input to its output and backward from its output's
+// gradient to its input's.
+class Stage {
+ public:
+  virtual ~Stage() = default;
+  // The output, owned by one of the stage's layers: valid until that layer's next forward.
+  virtual const Tensor& forward(const Tensor& x, bool training) = 0;
+  // After a training-mode forward: the input's gradient (layer-owned), undefined unless
+  // need_grad_x. Parameter gradients are overwritten, as by Layer::backward.
+  virtual const Tensor& backward(const Tensor& grad_y, bool need_grad_x) = 0;
+  // Its layers' types, "+" joining those computed in one pass: the forward passes, then, where
+  // the backward passes group the layers otherwise, those after " | " (LeNet's first stage on the
+  // CPU: "Conv2d+ReLU, MaxPool2d | Conv2d, ReLU+MaxPool2d").
+  virtual std::string description() const = 0;
+};
+
+class Plan {
+ public:
+  // The stages for `layers` (which must outlive the plan) on `device`.
+  Plan(const std::vector<std::shared_ptr<Layer>>& layers, Device device);
+  // The same contracts as Stage's, for the whole run of layers.
+  const Tensor& forward(const Tensor& x, bool training);
+  const Tensor& backward(const Tensor& grad_y, bool need_grad_x);
+  // Each stage's description, in order.
+  std::vector<std::string> describe() const;
+
+ private:
+  std::vector<std::unique_ptr<Stage>> stages_;
+};
+
+}  // namespace juanji::nn::execution
