@@ -10,7 +10,7 @@
 
 #include "cpu/microkernels.hpp"
 #include "cpu/op_support.hpp"
-#include "cpu/pool_planes.hpp"
+#include "cpu/pool.hpp"
 #include "cpu/vec_math.hpp"
 #include "cpu/workspace.hpp"
 #include "juanji/ops/dense.hpp"
