@@ -28,13 +28,11 @@ decltype(auto) dispatch_float(DType dtype, F&& f) {
 
 }  // namespace juanji::cpu
 
-// Transitional, until the op files of cpu/ stop checking their public arguments themselves (they
-// move to ops/): the checks by their old names.
+// Transitional, until cpu/conv.cpp is split into ops/conv.cpp and cpu/conv/ (under way): it still
+// checks its public arguments itself, by these names. Remove with it.
 #include "ops/checks.hpp"
 
 namespace juanji::cpu {
-using ops::check_float_operand;
 using ops::check_kernel_tensor;
 using ops::require_supported_device;
-using ops::wrap_dim;
 }  // namespace juanji::cpu
