@@ -33,5 +33,7 @@ if(JUANJI_SANITIZE)
 endif()
 
 if(CMAKE_CXX_COMPILER_ID MATCHES "GNU|Clang")
-  set(JUANJI_WARNINGS -Wall -Wextra -Wno-unknown-pragmas)
+  # -Werror=undef: a file that tests JUANJI_WITH_CUDA without including the build configuration
+  # would otherwise compile its CUDA path away in silence.
+  set(JUANJI_WARNINGS -Wall -Wextra -Wno-unknown-pragmas -Werror=undef)
 endif()

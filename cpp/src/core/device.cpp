@@ -8,23 +8,18 @@
 #include <new>
 #include <unordered_map>
 
-#include "juanji/build_config.hpp"
-#if JUANJI_WITH_CUDA
-#include "cuda/cuda_backend.hpp"
-#endif
+#include "ops/backend.hpp"
 
 namespace juanji::device {
 
 void check_available(Device device) {
   if (device.is_cpu()) return;
-#if JUANJI_WITH_CUDA
-  const int count = cuda::device_count();
+  if (!backend::kCudaCompiled)
+    throw std::invalid_argument("device: " + device.str() +
+                                " requested but juanji was built without CUDA (JUANJI_CUDA=OFF)");
+  const int count = backend::cuda_device_count();
   check(device.index >= 0 && device.index < count, "device: ", device.str(), " is not available (",
         count, " CUDA device(s) visible)");
-#else
-  throw std::invalid_argument("device: " + device.str() +
-                              " requested but juanji was built without CUDA (JUANJI_CUDA=OFF)");
-#endif
 }
 
 namespace {
@@ -100,13 +95,9 @@ std::shared_ptr<void> allocate(std::size_t nbytes, Device device) {
     if (!ptr) throw AllocationError(size, "tensor storage");
     return std::shared_ptr<void>(ptr, [size](void* p) { host_cache().give(p, size); });
   }
-#if JUANJI_WITH_CUDA
   const int index = device.index;
-  void* ptr = cuda::allocate(size, index);
-  return std::shared_ptr<void>(ptr, [index](void* p) { cuda::release(p, index); });
-#else
-  return nullptr;
-#endif
+  void* ptr = backend::cuda_allocate(size, index);
+  return std::shared_ptr<void>(ptr, [index](void* p) { backend::cuda_release(p, index); });
 }
 
 void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device, std::size_t n) {
@@ -115,19 +106,16 @@ void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device
     std::memcpy(dst, src, n);
     return;
   }
-#if JUANJI_WITH_CUDA
+  if (!backend::kCudaCompiled) return check_available(dst_device.is_cpu() ? src_device : dst_device);
   if (dst_device.is_cpu()) {
-    cuda::copy_to_host(dst, src, n, src_device.index);
+    backend::cuda_copy_to_host(dst, src, n, src_device.index);
   } else if (src_device.is_cpu()) {
-    cuda::copy_to_device(dst, src, n, dst_device.index);
+    backend::cuda_copy_to_device(dst, src, n, dst_device.index);
   } else {
     check(dst_device == src_device, "copy between ", src_device.str(), " and ", dst_device.str(),
           " is not supported; go through the CPU");
-    cuda::copy_device_to_device(dst, src, n, dst_device.index);
+    backend::cuda_copy_device_to_device(dst, src, n, dst_device.index);
   }
-#else
-  check_available(dst_device.is_cpu() ? src_device : dst_device);
-#endif
 }
 
 namespace {
@@ -187,12 +175,7 @@ void fill_cpu(const Tensor& dst, double value) {
 }  // namespace
 
 void strided_copy(const Tensor& dst, const Tensor& src) {
-  if (dst.device().is_cuda()) {
-#if JUANJI_WITH_CUDA
-    cuda::strided_copy(dst, src);
-#endif
-    return;
-  }
+  if (dst.device().is_cuda()) return backend::cuda_strided_copy(dst, src);
   switch (dst.dtype()) {
     case DType::float32: return strided_copy_from<float>(dst, src);
     case DType::float64: return strided_copy_from<double>(dst, src);
@@ -201,12 +184,7 @@ void strided_copy(const Tensor& dst, const Tensor& src) {
 }
 
 void fill(const Tensor& dst, double value) {
-  if (dst.device().is_cuda()) {
-#if JUANJI_WITH_CUDA
-    cuda::fill(dst, value);
-#endif
-    return;
-  }
+  if (dst.device().is_cuda()) return backend::cuda_fill(dst, value);
   switch (dst.dtype()) {
     case DType::float32: return fill_cpu<float>(dst, value);
     case DType::float64: return fill_cpu<double>(dst, value);

@@ -10,12 +10,9 @@
 #include "juanji/build_config.hpp"
 #include "core/device.hpp"
 #include "juanji/error.hpp"
+#include "ops/backend.hpp"
 #if JUANJI_OPENMP
 #include <omp.h>
-#endif
-#if JUANJI_WITH_CUDA
-#include "cuda/cuda_backend.hpp"
-#include "cuda/ops.hpp"
 #endif
 
 namespace juanji {
@@ -158,21 +155,13 @@ int team_size() {
 
 std::uint64_t storage_allocations() { return device::allocation_count(); }
 
-bool cuda_compiled() { return JUANJI_WITH_CUDA != 0; }
+bool cuda_compiled() { return backend::kCudaCompiled; }
 
-int cuda_device_count() {
-#if JUANJI_WITH_CUDA
-  return cuda::device_count();
-#else
-  return 0;
-#endif
-}
+int cuda_device_count() { return backend::cuda_device_count(); }
 
 void cuda_synchronize(int device_index) {
   device::check_available({DeviceType::cuda, device_index});
-#if JUANJI_WITH_CUDA
-  cuda::synchronize(device_index);
-#endif
+  backend::cuda_synchronize(device_index);
 }
 
 std::string config_string() {

@@ -11,11 +11,12 @@
 
 #include "core/checked_math.hpp"
 #include "cpu/op_support.hpp"
+#include "ops/checks.hpp"
 
 namespace juanji {
 namespace {
 
-using cpu::check_float_cpu;
+using ops::check_float_cpu;
 using cpu::dispatch_float;
 
 // out[o] = (f * g)[start + o] for o in [0, len): f (n), g (m), out (len).

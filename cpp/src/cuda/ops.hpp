@@ -1,5 +1,5 @@
 // Host entry points of the CUDA op kernels, callable from plain C++ translation units (the op
-// files in cpu/ route here when their tensors live on a CUDA device). Every function checks its
+// files in ops/ route here when their tensors live on a CUDA device). Every function checks its
 // operands (defined, contiguous, dtype, element count, all on one device: a clear
 // std::invalid_argument naming the argument otherwise), makes that device current, launches on
 // the default stream and checks the launch. Nothing synchronises with the host except the

@@ -9,9 +9,8 @@
 #include "cpu/conv.hpp"
 #include "cpu/op_support.hpp"
 #include "juanji/ops/conv.hpp"
-#if JUANJI_WITH_CUDA
-#include "cuda/ops.hpp"
-#endif
+#include "ops/backend.hpp"
+#include "ops/checks.hpp"
 
 namespace juanji {
 namespace {
@@ -62,7 +61,7 @@ void check_conv_operands(const Tensor& x, const Tensor& w, const Tensor& bias, i
     check(bias.dim() == 1 && bias.size(0) == w.size(0), "bias: expected shape (", w.size(0),
           ",) to match weight ", shape_text(w.shape()), ", got ", shape_text(bias.shape()));
   }
-  cpu::require_supported_device(x, dims == 1 ? "conv1d" : "conv2d", "x");
+  ops::require_supported_device(x, dims == 1 ? "conv1d" : "conv2d", "x");
 }
 
 Tensor as_2d_input(const Tensor& t, int dims) {
@@ -278,7 +277,7 @@ std::vector<ConvAlgorithmChoice> conv_algorithms(ConvPass pass, const ConvGeomet
   check(dtype == DType::float32 || dtype == DType::float64, "conv_algorithms: dtype must be float32 or float64");
   const bool finite_check = pass == ConvPass::data_grad && dtype == DType::float32;
   if (finite_check) {
-    cpu::check_kernel_tensor(weight, "conv_algorithms", "weight", DType::float32, g.K * (g.C / g.groups) * g.R * g.S);
+    ops::check_kernel_tensor(weight, "conv_algorithms", "weight", DType::float32, g.K * (g.C / g.groups) * g.R * g.S);
     check(weight.device().is_cpu(), "conv_algorithms: weight must be on the CPU");
   }
   return cpu::conv_algorithms(pass, g, dtype, finite_check ? weight.data<float>() : nullptr);

@@ -1,9 +1,7 @@
 // Optimizer updates' ops layer: checks each parameter's tensors and updates them on their device.
 #include "cpu/sgd.hpp"
 #include "juanji/ops/optim.hpp"
-#if JUANJI_WITH_CUDA
-#include "cuda/ops.hpp"
-#endif
+#include "ops/backend.hpp"
 
 namespace juanji {
 
