@@ -23,12 +23,22 @@ import struct
 import sys
 import time
 import warnings
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
-from .data import (CLASS_NAMES, DEFAULT_DIR, batches, check_labels, load_mnist_like, normalize,
-                   read_idx, regular_file_size, to_float_images)
+from .data import (
+    CLASS_NAMES,
+    DEFAULT_DIR,
+    batches,
+    check_labels,
+    load_mnist_like,
+    normalize,
+    read_idx,
+    regular_file_size,
+    to_float_images,
+)
 from .models import MODELS
 
 
@@ -45,7 +55,7 @@ class TrainDefaults(NamedTuple):
 # accuracy) with margin: measured with seeds 0 and 1, convnet 91.6% / 92.2% (5 epochs gave
 # only 91.1% / 91.8%), lenet5 90.8% / 91.0% (weight decay lifts it ~1%: without, 89.7% / 90.2%).
 # Cosine decay ends each run at a small learning rate, which lifts the last epochs' accuracy.
-TRAIN_DEFAULTS: Dict[str, TrainDefaults] = {
+TRAIN_DEFAULTS: dict[str, TrainDefaults] = {
     "convnet": TrainDefaults(epochs=8, batch_size=64, lr=0.05, momentum=0.9, weight_decay=0.0,
                              schedule="cosine"),
     "lenet5": TrainDefaults(epochs=15, batch_size=32, lr=0.02, momentum=0.9, weight_decay=5e-4,
@@ -137,14 +147,14 @@ def _make_scheduler(optimizer, args: argparse.Namespace):
     return None
 
 
-def _first_conv_weights(model) -> Optional[np.ndarray]:
+def _first_conv_weights(model) -> np.ndarray | None:
     for layer in model.layers:
         if layer.type == "Conv2d":
             return np.array(layer.weight)
     return None
 
 
-def _feature_maps(model, image: np.ndarray) -> List[tuple]:
+def _feature_maps(model, image: np.ndarray) -> list[tuple]:
     """(name, (C, H, W) map) for every convolution and pooling layer, for one image (1, 1, H, W)."""
     maps = []
     for index, (layer, output) in enumerate(zip(model.layers, model.activations(image))):
@@ -154,7 +164,7 @@ def _feature_maps(model, image: np.ndarray) -> List[tuple]:
     return maps
 
 
-def _save_figures(model, log: Dict[str, Any], dataset, out: str) -> None:
+def _save_figures(model, log: dict[str, Any], dataset, out: str) -> None:
     from . import plots
 
     if not plots.available():
@@ -210,7 +220,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                           weight_decay=args.weight_decay)
     scheduler = _make_scheduler(optimizer, args)
     steps_per_epoch = math.ceil(len(dataset.x_train) / args.batch_size)
-    log: Dict[str, Any] = {
+    log: dict[str, Any] = {
         "args": {key: value for key, value in vars(args).items() if key != "handler"},
         "mean": dataset.mean, "std": dataset.std,
         "steps_per_epoch": steps_per_epoch, "epochs": [], "step_losses": [],
@@ -353,10 +363,10 @@ class CheckpointInputs(NamedTuple):
     std: float
     height: int
     width: int
-    class_names: List[str]
+    class_names: list[str]
 
 
-def _normalisation_statistic(args: argparse.Namespace, metadata: Dict[str, str], name: str,
+def _normalisation_statistic(args: argparse.Namespace, metadata: dict[str, str], name: str,
                              parse: Callable[[str], float]) -> float:
     """--mean / --std if given, else the checkpoint's, checked as the option would be."""
     if getattr(args, name) is not None:
@@ -370,7 +380,7 @@ def _normalisation_statistic(args: argparse.Namespace, metadata: Dict[str, str],
         raise ValueError(f"{args.checkpoint}: metadata {name} {e}: pass --{name}") from e
 
 
-def _metadata_json(checkpoint: str, metadata: Dict[str, str], key: str, default: Any) -> Any:
+def _metadata_json(checkpoint: str, metadata: dict[str, str], key: str, default: Any) -> Any:
     if key not in metadata:
         return default
     try:
@@ -379,7 +389,7 @@ def _metadata_json(checkpoint: str, metadata: Dict[str, str], key: str, default:
         raise ValueError(f"{checkpoint}: metadata {key} {metadata[key]!r} is not JSON") from e
 
 
-def checkpoint_inputs(args: argparse.Namespace, metadata: Dict[str, str]) -> CheckpointInputs:
+def checkpoint_inputs(args: argparse.Namespace, metadata: dict[str, str]) -> CheckpointInputs:
     """The normalisation, image size and class names to predict with, from the checkpoint's
     metadata (as `juanji train` writes it) and the options; ValueError if they are unusable."""
     mean = _normalisation_statistic(args, metadata, "mean", finite_float)
@@ -638,7 +648,7 @@ def error_message(error: BaseException) -> str:
     return " ".join(message.split())
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Runs the ``juanji`` command; returns the exit status (2 for a user error, with one line
     on stderr; a bad command line exits 2 from argparse)."""
     args = build_parser().parse_args(argv)
