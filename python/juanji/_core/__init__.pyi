@@ -6,9 +6,9 @@ import numpy
 import typing
 import typing_extensions
 from . import kernels
-from . import nn
 from . import optim
-__all__: list[str] = ['Tensor', 'arange', 'avg_pool1d', 'avg_pool1d_backward', 'avg_pool2d', 'avg_pool2d_backward', 'config_string', 'conv1d', 'conv1d_backward', 'conv2d', 'conv2d_backward', 'convolve', 'convolve2d', 'correlate', 'correlate2d', 'cross_entropy', 'cross_entropy_backward', 'cuda_compiled', 'cuda_device_count', 'cuda_synchronize', 'dropout', 'empty', 'from_dlpack', 'from_numpy', 'full', 'get_num_threads', 'global_avg_pool2d', 'global_avg_pool2d_backward', 'kernels', 'leaky_relu', 'leaky_relu_backward', 'linear', 'linear_backward', 'load', 'load_metadata', 'load_safetensors', 'log_softmax', 'log_softmax_backward', 'manual_seed', 'max_pool1d', 'max_pool1d_backward', 'max_pool2d', 'max_pool2d_backward', 'mse_loss', 'mse_loss_backward', 'nn', 'ones', 'optim', 'rand', 'randn', 'relu', 'relu_backward', 'save_safetensors', 'set_num_threads', 'set_simd_level', 'set_winograd', 'sigmoid', 'sigmoid_backward', 'simd_detected', 'simd_level', 'softmax', 'softmax_backward', 'storage_allocations', 'tanh', 'tanh_backward', 'tensor', 'version', 'winograd_enabled', 'zeros']
+from . import nn
+__all__: list[str] = ['Tensor', 'arange', 'avg_pool1d', 'avg_pool1d_backward', 'avg_pool2d', 'avg_pool2d_backward', 'config_string', 'conv1d', 'conv1d_backward', 'conv2d', 'conv2d_backward', 'convolve', 'convolve2d', 'correlate', 'correlate2d', 'cross_entropy', 'cross_entropy_backward', 'cuda_compiled', 'cuda_device_count', 'cuda_synchronize', 'dropout', 'empty', 'from_dlpack', 'from_numpy', 'full', 'get_num_threads', 'global_avg_pool2d', 'global_avg_pool2d_backward', 'kernels', 'leaky_relu', 'leaky_relu_backward', 'linear', 'linear_backward', 'load', 'load_metadata', 'load_safetensors', 'load_with_metadata', 'log_softmax', 'log_softmax_backward', 'manual_seed', 'max_pool1d', 'max_pool1d_backward', 'max_pool2d', 'max_pool2d_backward', 'mse_loss', 'mse_loss_backward', 'nn', 'ones', 'optim', 'rand', 'randn', 'relu', 'relu_backward', 'save_safetensors', 'set_num_threads', 'set_simd_level', 'set_winograd', 'sigmoid', 'sigmoid_backward', 'simd_detected', 'simd_level', 'softmax', 'softmax_backward', 'storage_allocations', 'tanh', 'tanh_backward', 'tensor', 'version', 'winograd_enabled', 'zeros']
 class Tensor:
     """
     An n-d float32/float64/int64 array on the CPU or a CUDA device, backed by shared 64-byte aligned
@@ -54,7 +54,7 @@ class Tensor:
         """
         to('cpu'|'cuda'|'cuda:N') moves; to('float64') converts.
         """
-    def transpose(self, dim0: typing.SupportsInt | typing.SupportsIndex, dim1: typing.SupportsInt | typing.SupportsIndex) -> Tensor:
+    def transpose(self, dim0: typing.Any, dim1: typing.Any) -> Tensor:
         ...
     @property
     def T(self) -> Tensor:
@@ -200,7 +200,7 @@ def load(path: typing.Any) -> nn.Sequential:
     """
 def load_metadata(path: typing.Any) -> dict:
     """
-    The user metadata a model checkpoint was saved with.
+    The user metadata a model checkpoint was saved with (read from its header alone).
     """
 def load_safetensors(path: typing.Any) -> tuple[dict, dict]:
     """
@@ -211,11 +211,15 @@ def load_safetensors(path: typing.Any) -> tuple[dict, dict]:
     before any data is read; a malformed or truncated file raises ValueError naming the file and
     the entry at fault. A missing or unreadable file raises OSError.
     """
-def log_softmax(x: typing.Any, dim: typing.SupportsInt | typing.SupportsIndex = -1) -> Tensor:
+def load_with_metadata(path: typing.Any) -> tuple[nn.Sequential, dict]:
+    """
+    (load(path), load_metadata(path)) from one reading of the file: what a caller that needs both uses, so that the two cannot come from different files.
+    """
+def log_softmax(x: typing.Any, dim: typing.Any = -1) -> Tensor:
     """
     x - logsumexp(x) along dim, with the maximum subtracted first.
     """
-def log_softmax_backward(grad_out: typing.Any, x: typing.Any, dim: typing.SupportsInt | typing.SupportsIndex = -1) -> Tensor:
+def log_softmax_backward(grad_out: typing.Any, x: typing.Any, dim: typing.Any = -1) -> Tensor:
     """
     Gradient w.r.t. x, recomputing the forward from x.
     """
@@ -301,11 +305,11 @@ def simd_detected() -> str:
     ...
 def simd_level() -> str:
     ...
-def softmax(x: typing.Any, dim: typing.SupportsInt | typing.SupportsIndex = -1) -> Tensor:
+def softmax(x: typing.Any, dim: typing.Any = -1) -> Tensor:
     """
     exp(x) / sum(exp(x)) along dim, with the maximum subtracted first.
     """
-def softmax_backward(grad_out: typing.Any, x: typing.Any, dim: typing.SupportsInt | typing.SupportsIndex = -1) -> Tensor:
+def softmax_backward(grad_out: typing.Any, x: typing.Any, dim: typing.Any = -1) -> Tensor:
     """
     Gradient w.r.t. x, recomputing the forward from x.
     """

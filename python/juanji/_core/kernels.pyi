@@ -5,11 +5,11 @@ from __future__ import annotations
 import juanji._core
 import typing
 __all__: tuple = ('box', 'gaussian', 'laplacian', 'sobel_x', 'sobel_y')
-def box(n: typing.SupportsInt | typing.SupportsIndex, dtype: typing.Any = 'float32') -> juanji._core.Tensor:
+def box(n: typing.Any, dtype: typing.Any = 'float32') -> juanji._core.Tensor:
     """
     n x n box blur, every entry 1/n^2.
     """
-def gaussian(n: typing.SupportsInt | typing.SupportsIndex, sigma: typing.SupportsFloat | typing.SupportsIndex, dtype: typing.Any = 'float32') -> juanji._core.Tensor:
+def gaussian(n: typing.Any, sigma: typing.SupportsFloat | typing.SupportsIndex, dtype: typing.Any = 'float32') -> juanji._core.Tensor:
     """
     n x n sampled Gaussian centred at ((n-1)/2, (n-1)/2), normalised to sum 1.
     """

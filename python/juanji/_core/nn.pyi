@@ -4,6 +4,7 @@ Layers, Sequential and losses
 from __future__ import annotations
 import collections.abc
 import juanji._core
+import juanji._core.optim
 import numpy
 import typing
 __all__: list[str] = ['Activation', 'AvgPool1d', 'AvgPool2d', 'BatchNorm2d', 'Conv', 'Conv1d', 'Conv2d', 'CrossEntropyLoss', 'Dropout', 'Flatten', 'GlobalAvgPool2d', 'Layer', 'LeakyReLU', 'Linear', 'Loss', 'MSELoss', 'MaxPool1d', 'MaxPool2d', 'Parameter', 'Pool', 'ReLU', 'Sequential', 'Sigmoid', 'Softmax', 'Tanh']
@@ -46,7 +47,9 @@ class Layer:
         Gradient of the last training-mode forward's input.
         """
     def config_json(self) -> str:
-        ...
+        """
+        The constructor arguments as JSON, as a checkpoint stores them.
+        """
     def forward(self, x: typing.Any, training: bool = False) -> juanji._core.Tensor:
         ...
     def output_shape(self, arg0: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex]) -> tuple:
@@ -151,6 +154,10 @@ class Sequential:
         ...
     def __len__(self) -> int:
         ...
+    def _plan(self) -> list[str]:
+        """
+        For tests: the stages that forward and train_step run on the model's device, each as its layers' types, '+' joining those one pass computes (forward | backward where they differ).
+        """
     def activations(self, x: typing.Any) -> list[juanji._core.Tensor]:
         ...
     def architecture_json(self) -> str:
@@ -183,7 +190,7 @@ class Sequential:
         """
     def train(self) -> None:
         ...
-    def train_step(self, x: typing.Any, target: typing.Any, loss: Loss, optimizer: ...) -> float:
+    def train_step(self, x: typing.Any, target: typing.Any, loss: Loss, optimizer: juanji._core.optim.SGD) -> float:
         """
         Forward, loss, backward and SGD update in C++; returns the batch's mean loss.
         """
