@@ -191,12 +191,18 @@ def test_predict_missing_checkpoint(tmp_path, capsys):
     assert "juanji predict: error:" in capsys.readouterr().err
 
 
-def test_predict_says_how_many_images_it_left_out(tmp_path, capsys):
+def linear_classifier_and_images(tmp_path, count):
+    """A checkpoint of a linear classifier of 28x28 images and an idx file of `count` images."""
     checkpoint = str(tmp_path / "model.safetensors")
     juanji.nn.Sequential(juanji.nn.Flatten(), juanji.nn.Linear(28 * 28, 10)).save(
         checkpoint, metadata={"mean": "0.25", "std": "0.5"})
     images = str(tmp_path / "images-idx3-ubyte")
-    data.write_idx(images, np.zeros((1025, 28, 28), dtype=np.uint8))
+    data.write_idx(images, np.zeros((count, 28, 28), dtype=np.uint8))
+    return checkpoint, images
+
+
+def test_predict_says_how_many_images_it_left_out(tmp_path, capsys):
+    checkpoint, images = linear_classifier_and_images(tmp_path, 1025)
 
     assert cli.main(["predict", checkpoint, images]) == 0
     printed = capsys.readouterr().out.splitlines()
@@ -241,11 +247,7 @@ def count_opens(path, action) -> int:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="counts opens with Linux's inotify")
 def test_predict_reads_the_checkpoint_once(tmp_path, capsys):
     # The model and the metadata it is used with come from one reading of the file.
-    checkpoint = str(tmp_path / "model.safetensors")
-    juanji.nn.Sequential(juanji.nn.Flatten(), juanji.nn.Linear(28 * 28, 10)).save(
-        checkpoint, metadata={"mean": "0.25", "std": "0.5"})
-    images = str(tmp_path / "images-idx3-ubyte")
-    data.write_idx(images, np.zeros((2, 28, 28), dtype=np.uint8))
+    checkpoint, images = linear_classifier_and_images(tmp_path, 2)
     assert count_opens(checkpoint, lambda: cli.main(["predict", checkpoint, images])) == 1
     assert capsys.readouterr().out.startswith("0: ")
     # The count sees every open: two readings are two.
