@@ -34,23 +34,32 @@ double blocked_sum(std::int64_t n, F term) {
 inline float exp_of(float v) { return exp_f32(v); }
 inline double exp_of(double v) { return std::exp(v); }
 
-// One row of logits x (C): returns logsumexp(x) - x[label]. scratch (C) receives
-// (softmax(x) - onehot(label)) * scale; argmax, when not null, the first maximum.
+// One row of logits x (C) against the target q = (1 - eps) * onehot(label) + eps / C: returns
+// -sum q * log_softmax(x). scratch (C) receives (softmax(x) - q) * scale; argmax, when not null,
+// the first maximum.
 template <class T>
-double ce_row(const T* x, std::int64_t C, std::int64_t label, T* scratch, double scale,
-              std::int64_t* argmax) {
+double ce_row(const T* x, std::int64_t C, std::int64_t label, double label_smoothing, T* scratch,
+              double scale, std::int64_t* argmax) {
   const T m = max_lanes(x, C);
   for (std::int64_t i = 0; i < C; ++i) scratch[i] = exp_of(static_cast<T>(x[i] - m));
   const double sum = sum_lanes(C, [scratch](std::int64_t i) { return double(scratch[i]); });
   const T factor = static_cast<T>(scale / sum);
-  for (std::int64_t i = 0; i < C; ++i) scratch[i] *= factor;
-  scratch[label] -= static_cast<T>(scale);
+  // With eps = 0 the subtracted share is +0, which leaves every product bit for bit unchanged.
+  const T share = static_cast<T>(scale * label_smoothing / static_cast<double>(C));
+  for (std::int64_t i = 0; i < C; ++i) scratch[i] = scratch[i] * factor - share;
+  scratch[label] -= static_cast<T>(scale * (1.0 - label_smoothing));
   if (argmax) {
     std::int64_t best = 0;
     while (best < C && !(x[best] == m)) ++best;
     *argmax = best < C ? best : 0;
   }
-  return (static_cast<double>(m) - static_cast<double>(x[label])) + std::log(sum);
+  const double nll = (static_cast<double>(m) - static_cast<double>(x[label])) + std::log(sum);
+  if (label_smoothing == 0) return nll;
+  // -sum q log p = nll + eps * (x[label] - mean(x)); the mean is taken relative to m for range.
+  const double mean_shifted =
+      sum_lanes(C, [x, m](std::int64_t i) { return static_cast<double>(x[i]) - static_cast<double>(m); }) /
+      static_cast<double>(C);
+  return nll + label_smoothing * ((static_cast<double>(x[label]) - static_cast<double>(m)) - mean_shifted);
 }
 
 }  // namespace
@@ -97,7 +106,8 @@ void mse_loss_backward(const Tensor& z, const Tensor& y, double factor, Tensor& 
 }
 
 // logits (N,C), labels (N) -> out: 0-d, or per-sample losses (N) for none.
-void cross_entropy(const Tensor& logits, const std::int64_t* lab, Reduction reduction, Tensor& out) {
+void cross_entropy(const Tensor& logits, const std::int64_t* lab, Reduction reduction,
+                   double label_smoothing, Tensor& out) {
   const std::int64_t N = logits.size(0), C = logits.size(1);
   std::vector<double> losses(N);
   dispatch_float(logits.dtype(), [&](auto tag) {
@@ -112,7 +122,7 @@ void cross_entropy(const Tensor& logits, const std::int64_t* lab, Reduction redu
 #pragma omp barrier
 #pragma omp for schedule(static)
       for (std::int64_t n = 0; n < (errors.failed() ? 0 : N); ++n)
-        losses[n] = ce_row<T>(x + n * C, C, lab[n], scratch.data(), 0.0, nullptr);
+        losses[n] = ce_row<T>(x + n * C, C, lab[n], label_smoothing, scratch.data(), 0.0, nullptr);
     }
     errors.rethrow();
   });
@@ -130,22 +140,23 @@ void cross_entropy(const Tensor& logits, const std::int64_t* lab, Reduction redu
   out.fill_(total);
 }
 
-// logits (N,C), labels (N) -> grad (N,C): (softmax - onehot) * scale.
+// logits (N,C), labels (N) -> grad (N,C): (softmax - target) * scale.
 void cross_entropy_backward(const Tensor& logits, const std::int64_t* lab, double scale,
-                            Tensor& grad) {
+                            double label_smoothing, Tensor& grad) {
   const std::int64_t N = logits.size(0), C = logits.size(1);
   dispatch_float(logits.dtype(), [&](auto tag) {
     using T = decltype(tag);
     const T* x = logits.data<T>();
     T* g = grad.data<T>();
 #pragma omp parallel for num_threads(::juanji::team_size()) schedule(static) if (N * C >= kParallelGrain)
-    for (std::int64_t n = 0; n < N; ++n) ce_row<T>(x + n * C, C, lab[n], g + n * C, scale, nullptr);
+    for (std::int64_t n = 0; n < N; ++n)
+      ce_row<T>(x + n * C, C, lab[n], label_smoothing, g + n * C, scale, nullptr);
   });
 }
 
 // logits, grad_logits (N,C); labels (N).
 double cross_entropy_mean_into(const Tensor& logits, const std::int64_t* lab,
-                               Tensor& grad_logits, std::int64_t* correct) {
+                               double label_smoothing, Tensor& grad_logits, std::int64_t* correct) {
   const std::int64_t N = logits.size(0), C = logits.size(1);
   std::vector<double> losses(N);
   std::vector<std::int64_t> predicted(N);
@@ -156,7 +167,7 @@ double cross_entropy_mean_into(const Tensor& logits, const std::int64_t* lab,
     T* g = grad_logits.data<T>();
 #pragma omp parallel for num_threads(::juanji::team_size()) schedule(static) if (N * C >= kParallelGrain)
     for (std::int64_t n = 0; n < N; ++n)
-      losses[n] = ce_row<T>(x + n * C, C, lab[n], g + n * C, scale, &predicted[n]);
+      losses[n] = ce_row<T>(x + n * C, C, lab[n], label_smoothing, g + n * C, scale, &predicted[n]);
   });
   double total = 0;
   std::int64_t hits = 0;

@@ -46,17 +46,18 @@ __global__ void scaled_difference(const T* z, const T* y, T factor, T* grad, ind
 // Where the per-row cross-entropy kernel writes; null pointers are skipped.
 template <class T>
 struct RowOutputs {
-  T* grad;              // (N, C): (softmax - onehot) * scale
+  T* grad;              // (N, C): (softmax - target) * scale
   T* loss;              // (N): loss per row in T (reduction none)
   double* loss_double;  // (N): loss per row for a later sum
   index_t* hits;        // (N): 1 correct argmax, 0 wrong, -1 label out of range
 };
 
 // One warp per row of logits: max, exponentials and their sum, the loss, optionally the gradient
-// and the argmax. Each lane owns the columns lane, lane + 32, ... for every pass.
+// and the argmax. Each lane owns the columns lane, lane + 32, ... for every pass. The target is
+// (1 - eps) * onehot(label) + eps / C with eps = label_smoothing.
 template <class T>
 __global__ void cross_entropy_rows(const T* x, const index_t* labels, index_t N, index_t C,
-                                   double scale, RowOutputs<T> out) {
+                                   double label_smoothing, double scale, RowOutputs<T> out) {
   constexpr int kWarps = kBlockThreads / 32;
   const int lane = threadIdx.x % 32;
   for (index_t row = static_cast<index_t>(blockIdx.x) * kWarps + threadIdx.x / 32; row < N;
@@ -72,9 +73,11 @@ __global__ void cross_entropy_rows(const T* x, const index_t* labels, index_t N,
     const bool valid = label >= 0 && label < C;
     if (out.grad) {
       T* g = out.grad + row * C;
-      const T factor = static_cast<T>(scale / sum), step = static_cast<T>(scale);
+      const T factor = static_cast<T>(scale / sum), step = static_cast<T>(scale * (1.0 - label_smoothing));
+      // With eps = 0 the subtracted share is +0, which leaves every product bit for bit unchanged.
+      const T share = static_cast<T>(scale * label_smoothing / static_cast<double>(C));
       for (index_t c = lane; c < C; c += 32) {
-        T v = exp_of(static_cast<T>(xr[c] - m)) * factor;
+        T v = exp_of(static_cast<T>(xr[c] - m)) * factor - share;
         if (c == label) v -= step;
         g[c] = v;
       }
@@ -86,8 +89,17 @@ __global__ void cross_entropy_rows(const T* x, const index_t* labels, index_t N,
       const index_t other = __shfl_xor_sync(0xffffffffu, first, offset);
       first = other < first ? other : first;
     }
+    // -sum target * log_softmax = nll + eps * (x[label] - mean(x)); the mean is taken relative to m.
+    double shifted_sum = 0;
+    if (label_smoothing != 0) {
+      for (index_t c = lane; c < C; c += 32) shifted_sum += static_cast<double>(xr[c]) - static_cast<double>(m);
+      shifted_sum = warp_sum(shifted_sum);
+    }
     if (lane == 0) {
-      const double loss = valid ? (static_cast<double>(m) - static_cast<double>(xr[label])) + log(sum) : 0.0;
+      double loss = valid ? (static_cast<double>(m) - static_cast<double>(xr[label])) + log(sum) : 0.0;
+      if (valid && label_smoothing != 0)
+        loss += label_smoothing * ((static_cast<double>(xr[label]) - static_cast<double>(m)) -
+                                   shifted_sum / static_cast<double>(C));
       if (out.loss) out.loss[row] = static_cast<T>(loss);
       if (out.loss_double) out.loss_double[row] = loss;
       if (out.hits) out.hits[row] = valid ? (first < C ? first : 0) == label : -1;
@@ -188,7 +200,8 @@ void mse_loss_backward(const Tensor& z, const Tensor& y, double factor, Tensor& 
   });
 }
 
-void cross_entropy(const Tensor& logits, const Tensor& labels, Reduction reduction, Tensor& out) {
+void cross_entropy(const Tensor& logits, const Tensor& labels, Reduction reduction,
+                   double label_smoothing, Tensor& out) {
   const char* op = "cross_entropy";
   check_logits_operand(logits, op);
   check_labels_operand(labels, op, logits);
@@ -203,7 +216,7 @@ void cross_entropy(const Tensor& logits, const Tensor& labels, Reduction reducti
     else
       rows.loss_double = static_cast<double*>(scratch(logits, Scratch::first, sizeof(double) * N));
     cross_entropy_rows<T><<<row_blocks(N), kBlockThreads>>>(data_of<T>(logits), data_of<index_t>(labels),
-                                                            N, C, 0.0, rows);
+                                                            N, C, label_smoothing, 0.0, rows);
     JUANJI_CUDA_CHECK_LAUNCH();
     if (reduction == Reduction::none) return;
     const double scale = reduction == Reduction::mean ? 1.0 / static_cast<double>(N) : 1.0;
@@ -212,7 +225,8 @@ void cross_entropy(const Tensor& logits, const Tensor& labels, Reduction reducti
   });
 }
 
-void cross_entropy_backward(const Tensor& logits, const Tensor& labels, double scale, Tensor& grad) {
+void cross_entropy_backward(const Tensor& logits, const Tensor& labels, double scale,
+                            double label_smoothing, Tensor& grad) {
   const char* op = "cross_entropy_backward";
   check_logits_operand(logits, op);
   check_labels_operand(labels, op, logits);
@@ -224,13 +238,13 @@ void cross_entropy_backward(const Tensor& logits, const Tensor& labels, double s
     RowOutputs<T> rows{};
     rows.grad = data_of<T>(grad);
     cross_entropy_rows<T><<<row_blocks(N), kBlockThreads>>>(data_of<T>(logits), data_of<index_t>(labels),
-                                                            N, C, scale, rows);
+                                                            N, C, label_smoothing, scale, rows);
     JUANJI_CUDA_CHECK_LAUNCH();
   });
 }
 
-double cross_entropy_mean_into(const Tensor& logits, const Tensor& labels_in, Tensor& grad_logits,
-                               std::int64_t* correct) {
+double cross_entropy_mean_into(const Tensor& logits, const Tensor& labels_in, double label_smoothing,
+                               Tensor& grad_logits, std::int64_t* correct) {
   const char* op = "cross_entropy_mean_into";
   check_logits_operand(logits, op);
   const index_t N = logits.size(0), C = logits.size(1);
@@ -248,7 +262,8 @@ double cross_entropy_mean_into(const Tensor& logits, const Tensor& labels_in, Te
     auto* device_results = static_cast<double*>(scratch(logits, Scratch::third, sizeof(results)));
     const RowOutputs<T> rows{data_of<T>(grad_logits), nullptr, losses, hits};
     cross_entropy_rows<T><<<row_blocks(N), kBlockThreads>>>(data_of<T>(logits), data_of<index_t>(labels),
-                                                            N, C, 1.0 / static_cast<double>(N), rows);
+                                                            N, C, label_smoothing, 1.0 / static_cast<double>(N),
+                                                            rows);
     JUANJI_CUDA_CHECK_LAUNCH();
     finish_sum<T><<<1, kBlockThreads>>>(losses, hits, N, 1.0 / static_cast<double>(N), nullptr,
                                         device_results);

@@ -78,16 +78,19 @@ void batch_norm2d_backward(const Tensor& grad_y, const Tensor& x, const Tensor& 
 void mse_loss(const Tensor& z, const Tensor& y, Reduction reduction, Tensor& out);
 // grad = factor * (z - y)
 void mse_loss_backward(const Tensor& z, const Tensor& y, double factor, Tensor& grad);
-// logits (N,C) contiguous, labels int64 (N,) on the same device and already range-checked.
+// logits (N,C) contiguous, labels int64 (N,) on the same device and already range-checked;
+// label_smoothing eps in [0, 1] (checked): the target is (1 - eps) * onehot(labels) + eps / C.
 // out is (N,) for Reduction::none, else 0-d.
-void cross_entropy(const Tensor& logits, const Tensor& labels, Reduction reduction, Tensor& out);
-// grad = (softmax(logits) - onehot(labels)) * scale
-void cross_entropy_backward(const Tensor& logits, const Tensor& labels, double scale, Tensor& grad);
+void cross_entropy(const Tensor& logits, const Tensor& labels, Reduction reduction,
+                   double label_smoothing, Tensor& out);
+// grad = (softmax(logits) - target) * scale
+void cross_entropy_backward(const Tensor& logits, const Tensor& labels, double scale,
+                            double label_smoothing, Tensor& grad);
 // The fused training kernel: mean loss (returned; the one host read-back), its gradient into
 // grad_logits and, when correct is not null, the number of correct argmax predictions. Labels are
 // range-checked on the device; a bad one is a std::invalid_argument after the kernel.
-double cross_entropy_mean_into(const Tensor& logits, const Tensor& labels, Tensor& grad_logits,
-                               std::int64_t* correct);
+double cross_entropy_mean_into(const Tensor& logits, const Tensor& labels, double label_smoothing,
+                               Tensor& grad_logits, std::int64_t* correct);
 
 // One fused SGD step (semantics of optim::SGD::step) on a parameter; velocity may be undefined
 // (no momentum).

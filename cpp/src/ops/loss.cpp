@@ -2,6 +2,8 @@
 // op of juanji/ops/loss.hpp.
 #include "juanji/ops/loss.hpp"
 
+#include <cmath>
+
 #include "cpu/loss.hpp"
 #include "ops/backend.hpp"
 #include "ops/checks.hpp"
@@ -33,9 +35,11 @@ void check_ce_reduction(Reduction reduction, const char* op) {
 
 // The checked, contiguous operands shared by cross_entropy and its backward.
 struct CrossEntropyOperands {
-  CrossEntropyOperands(const Tensor& logits_in, const Tensor& labels_in, Reduction reduction, const char* op) {
+  CrossEntropyOperands(const Tensor& logits_in, const Tensor& labels_in, Reduction reduction,
+                       double label_smoothing, const char* op) {
     check_logits(logits_in, op);
     check_ce_reduction(reduction, op);
+    check_label_smoothing(label_smoothing);
     N = logits_in.size(0);
     C = logits_in.size(1);
     check_labels(labels_in, N, C);
@@ -97,54 +101,64 @@ Tensor mse_loss_backward(const Tensor& z_in, const Tensor& y_in, Reduction reduc
 }
 
 // logits (N,C), labels (N) -> 0-d, or per-sample losses (N) for none.
-Tensor cross_entropy(const Tensor& logits_in, const Tensor& labels_in, Reduction reduction) {
-  const CrossEntropyOperands operands(logits_in, labels_in, reduction, "cross_entropy");
+Tensor cross_entropy(const Tensor& logits_in, const Tensor& labels_in, Reduction reduction,
+                     double label_smoothing) {
+  const CrossEntropyOperands operands(logits_in, labels_in, reduction, label_smoothing, "cross_entropy");
   const Tensor& logits = operands.logits;
   const std::int64_t N = operands.N;
   Tensor out = Tensor::empty(reduction == Reduction::none ? Shape{N} : Shape{}, logits.dtype(), logits.device());
 #if JUANJI_WITH_CUDA
   if (logits.device().is_cuda()) {
-    cuda::cross_entropy(logits, operands.labels, reduction, out);
+    cuda::cross_entropy(logits, operands.labels, reduction, label_smoothing, out);
     return out;
   }
 #endif
-  cpu::cross_entropy(logits, operands.labels.data<std::int64_t>(), reduction, out);
+  cpu::cross_entropy(logits, operands.labels.data<std::int64_t>(), reduction, label_smoothing, out);
   return out;
 }
 
-// logits (N,C), labels (N) -> (N,C): softmax - onehot, divided by N for mean.
+// logits (N,C), labels (N) -> (N,C): softmax - target, divided by N for mean.
 Tensor cross_entropy_backward(const Tensor& logits_in, const Tensor& labels_in,
-                              Reduction reduction) {
-  const CrossEntropyOperands operands(logits_in, labels_in, reduction, "cross_entropy_backward");
+                              Reduction reduction, double label_smoothing) {
+  const CrossEntropyOperands operands(logits_in, labels_in, reduction, label_smoothing,
+                                      "cross_entropy_backward");
   const Tensor& logits = operands.logits;
   const std::int64_t N = operands.N;
   const double scale = reduction == Reduction::mean ? 1.0 / static_cast<double>(N) : 1.0;
   Tensor grad = Tensor::empty(logits.shape(), logits.dtype(), logits.device());
 #if JUANJI_WITH_CUDA
   if (logits.device().is_cuda()) {
-    cuda::cross_entropy_backward(logits, operands.labels, scale, grad);
+    cuda::cross_entropy_backward(logits, operands.labels, scale, label_smoothing, grad);
     return grad;
   }
 #endif
-  cpu::cross_entropy_backward(logits, operands.labels.data<std::int64_t>(), scale, grad);
+  cpu::cross_entropy_backward(logits, operands.labels.data<std::int64_t>(), scale, label_smoothing,
+                              grad);
   return grad;
 }
 
 // logits, grad_logits (N,C) contiguous; labels (N) int64.
 double cross_entropy_mean_into(const Tensor& logits, const Tensor& labels_in, Tensor& grad_logits,
-                               std::int64_t* correct) {
+                               std::int64_t* correct, double label_smoothing) {
   const char* op = "cross_entropy_mean_into";
   check_logits(logits, op);
+  check_label_smoothing(label_smoothing);
   const std::int64_t N = logits.size(0), C = logits.size(1);
   check(N > 0, op, ": logits has no rows, shape ", shape_text(logits.shape()));
 #if JUANJI_WITH_CUDA
-  if (logits.device().is_cuda()) return cuda::cross_entropy_mean_into(logits, labels_in, grad_logits, correct);
+  if (logits.device().is_cuda()) return cuda::cross_entropy_mean_into(logits, labels_in, label_smoothing, grad_logits, correct);
 #endif
   check_labels(labels_in, N, C);
   ops::check_kernel_tensor(logits, op, "logits", logits.dtype(), N * C);
   ops::check_kernel_tensor(grad_logits, op, "grad_logits", logits.dtype(), N * C);
   const Tensor labels = labels_in.contiguous();
-  return cpu::cross_entropy_mean_into(logits, labels.data<std::int64_t>(), grad_logits, correct);
+  return cpu::cross_entropy_mean_into(logits, labels.data<std::int64_t>(), label_smoothing, grad_logits,
+                                      correct);
+}
+
+void check_label_smoothing(double label_smoothing) {
+  check(std::isfinite(label_smoothing) && label_smoothing >= 0 && label_smoothing <= 1,
+        "label_smoothing: must be a finite number in [0, 1], got ", label_smoothing);
 }
 
 void check_labels(const Tensor& labels_in, std::int64_t n, std::int64_t classes) {
