@@ -123,21 +123,24 @@ void register_dense(py::module_& m) {
       "d loss / d z; for 'none' every element's loss has weight 1.");
   m.def(
       "cross_entropy",
-      [](py::object logits, py::object labels, const std::string& reduction) {
+      [](py::object logits, py::object labels, const std::string& reduction, double label_smoothing) {
         return cross_entropy(tensor_arg(logits, "logits"), labels_arg(labels, "labels"),
-                             parse_reduction(reduction, "cross_entropy", false));
+                             parse_reduction(reduction, "cross_entropy", false), label_smoothing);
       },
-      py::arg("logits"), py::arg("labels"), py::arg("reduction") = "mean",
+      py::arg("logits"), py::arg("labels"), py::arg("reduction") = "mean", py::arg("label_smoothing") = 0.0,
       "Softmax cross-entropy of logits (N, C) against integer labels (N,) in [0, C): 'mean', "
-      "'sum' or 'none'. Numerically stable.");
+      "'sum' or 'none'. Numerically stable. label_smoothing eps in [0, 1] (PyTorch's definition) "
+      "compares with the target (1 - eps) * onehot + eps / C.");
   m.def(
       "cross_entropy_backward",
-      [](py::object logits, py::object labels, const std::string& reduction) {
+      [](py::object logits, py::object labels, const std::string& reduction, double label_smoothing) {
         return cross_entropy_backward(tensor_arg(logits, "logits"), labels_arg(labels, "labels"),
-                                      parse_reduction(reduction, "cross_entropy_backward", false));
+                                      parse_reduction(reduction, "cross_entropy_backward", false),
+                                      label_smoothing);
       },
-      py::arg("logits"), py::arg("labels"), py::arg("reduction") = "mean",
-      "d loss / d logits = softmax(logits) - onehot(labels), divided by N for 'mean'.");
+      py::arg("logits"), py::arg("labels"), py::arg("reduction") = "mean", py::arg("label_smoothing") = 0.0,
+      "d loss / d logits = softmax(logits) - target (onehot(labels) unless smoothed), divided by N "
+      "for 'mean'.");
 }
 
 }  // namespace juanji::bind

@@ -209,9 +209,18 @@ void register_nn(py::module_& m) {
              Tensor grad = Tensor::empty(out.shape(), out.dtype(), out.device());
              return loss.forward_backward(out, tgt, grad, nullptr);
            },
-           py::arg("output"), py::arg("target"), "The mean loss as a float.");
-  py::class_<nn::CrossEntropyLoss, nn::Loss, std::shared_ptr<nn::CrossEntropyLoss>>(nn_module, "CrossEntropyLoss")
-      .def(py::init<>());
+           py::arg("output"), py::arg("target"), "The mean loss as a float.")
+      .def("__repr__", [](const nn::Loss& loss) { return loss.type() + "()"; });
+  py::class_<nn::CrossEntropyLoss, nn::Loss, std::shared_ptr<nn::CrossEntropyLoss>>(
+      nn_module, "CrossEntropyLoss",
+      "Softmax cross-entropy on int64 labels; label_smoothing eps in [0, 1] (PyTorch's definition): "
+      "the target is (1 - eps) * onehot + eps / C.")
+      .def(py::init<double>(), py::arg("label_smoothing") = 0.0)
+      .def_property_readonly("label_smoothing", &nn::CrossEntropyLoss::label_smoothing)
+      .def("__repr__", [](const nn::CrossEntropyLoss& loss) {
+        return "CrossEntropyLoss(label_smoothing=" + py::repr(py::float_(loss.label_smoothing())).cast<std::string>() +
+               ")";
+      });
   py::class_<nn::MSELoss, nn::Loss, std::shared_ptr<nn::MSELoss>>(nn_module, "MSELoss").def(py::init<>());
 
   py::class_<nn::Sequential, std::shared_ptr<nn::Sequential>>(nn_module, "Sequential")

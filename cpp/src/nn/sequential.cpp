@@ -11,9 +11,13 @@
 
 namespace juanji::nn {
 
+CrossEntropyLoss::CrossEntropyLoss(double label_smoothing) : label_smoothing_(label_smoothing) {
+  check_label_smoothing(label_smoothing);
+}
+
 double CrossEntropyLoss::forward_backward(const Tensor& output, const Tensor& target, Tensor& grad,
                                           std::int64_t* correct) {
-  return cross_entropy_mean_into(output, target, grad, correct);
+  return cross_entropy_mean_into(output, target, grad, correct, label_smoothing_);
 }
 
 double MSELoss::forward_backward(const Tensor& output, const Tensor& target, Tensor& grad,

@@ -136,13 +136,13 @@ def correlate2d(a: typing.Any, k: typing.Any, mode: str = 'full') -> Tensor:
     """
     2-D cross-correlation, exactly scipy.signal.correlate2d(a, k, mode) with zero fill.
     """
-def cross_entropy(logits: typing.Any, labels: typing.Any, reduction: str = 'mean') -> Tensor:
+def cross_entropy(logits: typing.Any, labels: typing.Any, reduction: str = 'mean', label_smoothing: typing.SupportsFloat | typing.SupportsIndex = 0.0) -> Tensor:
     """
-    Softmax cross-entropy of logits (N, C) against integer labels (N,) in [0, C): 'mean', 'sum' or 'none'. Numerically stable.
+    Softmax cross-entropy of logits (N, C) against integer labels (N,) in [0, C): 'mean', 'sum' or 'none'. Numerically stable. label_smoothing eps in [0, 1] (PyTorch's definition) compares with the target (1 - eps) * onehot + eps / C.
     """
-def cross_entropy_backward(logits: typing.Any, labels: typing.Any, reduction: str = 'mean') -> Tensor:
+def cross_entropy_backward(logits: typing.Any, labels: typing.Any, reduction: str = 'mean', label_smoothing: typing.SupportsFloat | typing.SupportsIndex = 0.0) -> Tensor:
     """
-    d loss / d logits = softmax(logits) - onehot(labels), divided by N for 'mean'.
+    d loss / d logits = softmax(logits) - target (onehot(labels) unless smoothed), divided by N for 'mean'.
     """
 def cuda_compiled() -> bool:
     ...

@@ -134,11 +134,21 @@ class Loss:
         """
         The mean loss as a float.
         """
+    def __repr__(self) -> str:
+        ...
     @property
     def type(self) -> str:
         ...
 class CrossEntropyLoss(Loss):
-    def __init__(self) -> None:
+    """
+    Softmax cross-entropy on int64 labels; label_smoothing eps in [0, 1] (PyTorch's definition): the target is (1 - eps) * onehot + eps / C.
+    """
+    def __init__(self, label_smoothing: typing.SupportsFloat | typing.SupportsIndex = 0.0) -> None:
+        ...
+    def __repr__(self) -> str:
+        ...
+    @property
+    def label_smoothing(self) -> float:
         ...
 class MSELoss(Loss):
     def __init__(self) -> None:

@@ -38,13 +38,19 @@ class Loss {
                                   std::int64_t* correct) = 0;
 };
 
-// Softmax cross-entropy on int64 labels (N,), fused and stable.
+// Softmax cross-entropy on int64 labels (N,), fused and stable. label_smoothing eps in [0, 1] is
+// PyTorch's: the target distribution is (1 - eps) * onehot + eps / C.
 class CrossEntropyLoss : public Loss {
  public:
+  explicit CrossEntropyLoss(double label_smoothing = 0.0);
   std::string type() const override { return "CrossEntropyLoss"; }
   TargetKind target_kind() const override { return TargetKind::class_labels; }
   double forward_backward(const Tensor& output, const Tensor& target, Tensor& grad,
                           std::int64_t* correct) override;
+  double label_smoothing() const { return label_smoothing_; }
+
+ private:
+  double label_smoothing_;
 };
 
 // Mean squared error against a float target of the output's shape; correct counts argmax matches.
