@@ -218,8 +218,8 @@ void register_nn(py::module_& m) {
       .def(py::init<double>(), py::arg("label_smoothing") = 0.0)
       .def_property_readonly("label_smoothing", &nn::CrossEntropyLoss::label_smoothing)
       .def("__repr__", [](const nn::CrossEntropyLoss& loss) {
-        return "CrossEntropyLoss(label_smoothing=" + py::repr(py::float_(loss.label_smoothing())).cast<std::string>() +
-               ")";
+        const auto eps = py::repr(py::float_(loss.label_smoothing())).cast<std::string>();
+        return "CrossEntropyLoss(label_smoothing=" + eps + ")";
       });
   py::class_<nn::MSELoss, nn::Loss, std::shared_ptr<nn::MSELoss>>(nn_module, "MSELoss").def(py::init<>());
 

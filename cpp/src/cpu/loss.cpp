@@ -53,13 +53,14 @@ double ce_row(const T* x, std::int64_t C, std::int64_t label, double label_smoot
     while (best < C && !(x[best] == m)) ++best;
     *argmax = best < C ? best : 0;
   }
-  const double nll = (static_cast<double>(m) - static_cast<double>(x[label])) + std::log(sum);
+  const double max = static_cast<double>(m);
+  const double nll = (max - static_cast<double>(x[label])) + std::log(sum);
   if (label_smoothing == 0) return nll;
   // -sum q log p = nll + eps * (x[label] - mean(x)); the mean is taken relative to m for range.
   const double mean_shifted =
-      sum_lanes(C, [x, m](std::int64_t i) { return static_cast<double>(x[i]) - static_cast<double>(m); }) /
+      sum_lanes(C, [x, max](std::int64_t i) { return static_cast<double>(x[i]) - max; }) /
       static_cast<double>(C);
-  return nll + label_smoothing * ((static_cast<double>(x[label]) - static_cast<double>(m)) - mean_shifted);
+  return nll + label_smoothing * ((static_cast<double>(x[label]) - max) - mean_shifted);
 }
 
 }  // namespace

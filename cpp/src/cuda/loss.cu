@@ -73,7 +73,8 @@ __global__ void cross_entropy_rows(const T* x, const index_t* labels, index_t N,
     const bool valid = label >= 0 && label < C;
     if (out.grad) {
       T* g = out.grad + row * C;
-      const T factor = static_cast<T>(scale / sum), step = static_cast<T>(scale * (1.0 - label_smoothing));
+      const T factor = static_cast<T>(scale / sum);
+      const T step = static_cast<T>(scale * (1.0 - label_smoothing));
       // With eps = 0 the subtracted share is +0, which leaves every product bit for bit unchanged.
       const T share = static_cast<T>(scale * label_smoothing / static_cast<double>(C));
       for (index_t c = lane; c < C; c += 32) {
@@ -89,17 +90,19 @@ __global__ void cross_entropy_rows(const T* x, const index_t* labels, index_t N,
       const index_t other = __shfl_xor_sync(0xffffffffu, first, offset);
       first = other < first ? other : first;
     }
-    // -sum target * log_softmax = nll + eps * (x[label] - mean(x)); the mean is taken relative to m.
+    // -sum target * log_softmax = nll + eps * (x[label] - mean(x)); the mean is taken relative
+    // to the maximum for range.
+    const double max = static_cast<double>(m);
     double shifted_sum = 0;
     if (label_smoothing != 0) {
-      for (index_t c = lane; c < C; c += 32) shifted_sum += static_cast<double>(xr[c]) - static_cast<double>(m);
+      for (index_t c = lane; c < C; c += 32) shifted_sum += static_cast<double>(xr[c]) - max;
       shifted_sum = warp_sum(shifted_sum);
     }
     if (lane == 0) {
-      double loss = valid ? (static_cast<double>(m) - static_cast<double>(xr[label])) + log(sum) : 0.0;
+      double loss = valid ? (max - static_cast<double>(xr[label])) + log(sum) : 0.0;
       if (valid && label_smoothing != 0)
-        loss += label_smoothing * ((static_cast<double>(xr[label]) - static_cast<double>(m)) -
-                                   shifted_sum / static_cast<double>(C));
+        loss += label_smoothing *
+                ((static_cast<double>(xr[label]) - max) - shifted_sum / static_cast<double>(C));
       if (out.loss) out.loss[row] = static_cast<T>(loss);
       if (out.loss_double) out.loss_double[row] = loss;
       if (out.hits) out.hits[row] = valid ? (first < C ? first : 0) == label : -1;
@@ -243,8 +246,8 @@ void cross_entropy_backward(const Tensor& logits, const Tensor& labels, double s
   });
 }
 
-double cross_entropy_mean_into(const Tensor& logits, const Tensor& labels_in, double label_smoothing,
-                               Tensor& grad_logits, std::int64_t* correct) {
+double cross_entropy_mean_into(const Tensor& logits, const Tensor& labels_in,
+                               double label_smoothing, Tensor& grad_logits, std::int64_t* correct) {
   const char* op = "cross_entropy_mean_into";
   check_logits_operand(logits, op);
   const index_t N = logits.size(0), C = logits.size(1);
@@ -262,8 +265,8 @@ double cross_entropy_mean_into(const Tensor& logits, const Tensor& labels_in, do
     auto* device_results = static_cast<double*>(scratch(logits, Scratch::third, sizeof(results)));
     const RowOutputs<T> rows{data_of<T>(grad_logits), nullptr, losses, hits};
     cross_entropy_rows<T><<<row_blocks(N), kBlockThreads>>>(data_of<T>(logits), data_of<index_t>(labels),
-                                                            N, C, label_smoothing, 1.0 / static_cast<double>(N),
-                                                            rows);
+                                                            N, C, label_smoothing,
+                                                            1.0 / static_cast<double>(N), rows);
     JUANJI_CUDA_CHECK_LAUNCH();
     finish_sum<T><<<1, kBlockThreads>>>(losses, hits, N, 1.0 / static_cast<double>(N), nullptr,
                                         device_results);

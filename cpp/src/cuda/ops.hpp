@@ -89,8 +89,8 @@ void cross_entropy_backward(const Tensor& logits, const Tensor& labels, double s
 // The fused training kernel: mean loss (returned; the one host read-back), its gradient into
 // grad_logits and, when correct is not null, the number of correct argmax predictions. Labels are
 // range-checked on the device; a bad one is a std::invalid_argument after the kernel.
-double cross_entropy_mean_into(const Tensor& logits, const Tensor& labels, double label_smoothing,
-                               Tensor& grad_logits, std::int64_t* correct);
+double cross_entropy_mean_into(const Tensor& logits, const Tensor& labels,
+                               double label_smoothing, Tensor& grad_logits, std::int64_t* correct);
 
 // One fused SGD step (semantics of optim::SGD::step) on a parameter; velocity may be undefined
 // (no momentum).

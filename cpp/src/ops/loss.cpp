@@ -103,7 +103,8 @@ Tensor mse_loss_backward(const Tensor& z_in, const Tensor& y_in, Reduction reduc
 // logits (N,C), labels (N) -> 0-d, or per-sample losses (N) for none.
 Tensor cross_entropy(const Tensor& logits_in, const Tensor& labels_in, Reduction reduction,
                      double label_smoothing) {
-  const CrossEntropyOperands operands(logits_in, labels_in, reduction, label_smoothing, "cross_entropy");
+  const CrossEntropyOperands operands(logits_in, labels_in, reduction, label_smoothing,
+                                      "cross_entropy");
   const Tensor& logits = operands.logits;
   const std::int64_t N = operands.N;
   Tensor out = Tensor::empty(reduction == Reduction::none ? Shape{N} : Shape{}, logits.dtype(), logits.device());
@@ -146,14 +147,15 @@ double cross_entropy_mean_into(const Tensor& logits, const Tensor& labels_in, Te
   const std::int64_t N = logits.size(0), C = logits.size(1);
   check(N > 0, op, ": logits has no rows, shape ", shape_text(logits.shape()));
 #if JUANJI_WITH_CUDA
-  if (logits.device().is_cuda()) return cuda::cross_entropy_mean_into(logits, labels_in, label_smoothing, grad_logits, correct);
+  if (logits.device().is_cuda())
+    return cuda::cross_entropy_mean_into(logits, labels_in, label_smoothing, grad_logits, correct);
 #endif
   check_labels(labels_in, N, C);
   ops::check_kernel_tensor(logits, op, "logits", logits.dtype(), N * C);
   ops::check_kernel_tensor(grad_logits, op, "grad_logits", logits.dtype(), N * C);
   const Tensor labels = labels_in.contiguous();
-  return cpu::cross_entropy_mean_into(logits, labels.data<std::int64_t>(), label_smoothing, grad_logits,
-                                      correct);
+  return cpu::cross_entropy_mean_into(logits, labels.data<std::int64_t>(), label_smoothing,
+                                      grad_logits, correct);
 }
 
 void check_label_smoothing(double label_smoothing) {
