@@ -731,11 +731,19 @@ def _ce_setup(logits, labels, reduction):
     return x, lab
 
 
-def cross_entropy(logits, labels, reduction="mean") -> np.ndarray:
-    """Softmax cross-entropy on integer labels: l_n = -log_softmax(x_n)[y_n] =
-    logsumexp(x_n) - x_n[y_n], computed stably (max subtracted)."""
+def _ce_target(x, lab, label_smoothing):
+    """PyTorch's smoothed target distribution q = (1 - eps) * onehot(y) + eps / C."""
+    q = np.full(x.shape, label_smoothing / x.shape[1])
+    q[np.arange(x.shape[0]), lab] += 1.0 - label_smoothing
+    return q
+
+
+def cross_entropy(logits, labels, reduction="mean", label_smoothing=0.0) -> np.ndarray:
+    """Softmax cross-entropy on integer labels: l_n = -sum_c q_nc log_softmax(x_n)_c with the
+    target q of _ce_target; for eps = 0, logsumexp(x_n) - x_n[y_n], computed stably (max
+    subtracted)."""
     x, lab = _ce_setup(logits, labels, reduction)
-    l = -log_softmax(x, dim=1)[np.arange(x.shape[0]), lab]
+    l = -np.sum(_ce_target(x, lab, label_smoothing) * log_softmax(x, dim=1), axis=1)
     if reduction == "none":
         return l
     if reduction == "sum":
@@ -743,12 +751,11 @@ def cross_entropy(logits, labels, reduction="mean") -> np.ndarray:
     return np.array(l.mean())
 
 
-def cross_entropy_backward(logits, labels, reduction="mean") -> np.ndarray:
-    """d loss / d logits = softmax(x) - onehot(y)  (divided by N for 'mean';
+def cross_entropy_backward(logits, labels, reduction="mean", label_smoothing=0.0) -> np.ndarray:
+    """d loss / d logits = softmax(x) - q  (q = onehot(y) for eps = 0; divided by N for 'mean';
     for 'none' the per-sample losses are each given grad_out = 1)."""
     x, lab = _ce_setup(logits, labels, reduction)
-    g = softmax(x, dim=1)
-    g[np.arange(x.shape[0]), lab] -= 1.0
+    g = softmax(x, dim=1) - _ce_target(x, lab, label_smoothing)
     if reduction == "mean":
         g /= x.shape[0]
     return g

@@ -276,6 +276,19 @@ def test_cross_entropy_stable_for_huge_logits(dtype):
 
 @gpu
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(4, 3), (32, 7), (5, 1000)], ids=lambda s: "N{}C{}".format(*s))
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_smoothed_cross_entropy_matches_cpu(reduction, shape, dtype):
+    rng = np.random.default_rng(13)
+    x, labels = (2.0 * randn(rng, shape)).astype(dtype), rng.integers(0, shape[1], size=shape[0])
+    compare(lambda x, t: juanji.cross_entropy(x, t, reduction=reduction, label_smoothing=0.15), dtype, x,
+            labels=labels)
+    compare(lambda x, t: juanji.cross_entropy_backward(x, t, reduction=reduction, label_smoothing=0.15), dtype, x,
+            labels=labels)
+
+
+@gpu
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_dropout_draws_the_cpu_mask(dtype):
     x = randn(np.random.default_rng(12), (33, 71), dtype)
     juanji.manual_seed(5)
@@ -380,6 +393,24 @@ def test_training_on_cuda_follows_the_cpu(dtype, rtol):
     loss_gpu, acc_gpu = model_gpu.evaluate(x, y, batch_size=10)
     assert loss_gpu == pytest.approx(loss_cpu, rel=rtol)
     assert abs(acc_gpu - acc_cpu) <= 1 / 32  # a near-tie may flip one prediction
+
+
+@gpu
+@pytest.mark.parametrize("dtype,rtol", [("float32", 1e-4), ("float64", 1e-10)], ids=["f32", "f64"])
+def test_smoothed_training_step_on_cuda_follows_the_cpu(dtype, rtol):
+    data = np.random.default_rng(36)
+    x, y = data.standard_normal((48, 6)).astype(dtype), data.integers(0, 5, 48)
+    results = []
+    for device in ("cpu", "cuda"):
+        juanji.manual_seed(37)
+        model = nn.Sequential(nn.Linear(6, 5)).to(dtype).to(device)
+        loss = nn.CrossEntropyLoss(label_smoothing=0.2)
+        step_loss = model.train_step(x, y, loss, optim.SGD(model.parameters(), lr=0.3))
+        results.append((step_loss, *model.evaluate(x, y, loss), np.asarray(model.parameters()[0].tensor.to("cpu"))))
+    (cpu_step, cpu_loss, cpu_acc, cpu_w), (gpu_step, gpu_loss, gpu_acc, gpu_w) = results
+    assert gpu_step == pytest.approx(cpu_step, rel=rtol) and gpu_loss == pytest.approx(cpu_loss, rel=rtol)
+    assert gpu_acc == cpu_acc
+    np.testing.assert_allclose(gpu_w, cpu_w, rtol=rtol, atol=rtol)
 
 
 @gpu
