@@ -481,6 +481,27 @@ def test_sgd_matches_cpu(momentum, nesterov, wd):
 
 
 @gpu
+@pytest.mark.parametrize("name,kwargs", [("Adam", {}), ("Adam", {"weight_decay": 0.1}), ("AdamW", {}),
+                                         ("SGD", {"momentum": 0.9})])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_optimizers_with_clipping_match_cpu(name, kwargs, dtype):
+    # max_grad_norm small enough to clip every step: the norm's reduction and the scaling run too
+    # (SGD shows the scaling in its update; Adam's m/sqrt(v) hardly does).
+    models = []
+    for device in ("cpu", "cuda"):
+        juanji.manual_seed(40)
+        models.append(nn.Sequential(nn.Linear(40, 30)).to(dtype).to(device))
+    rng = np.random.default_rng(41)
+    opts = [getattr(optim, name)(m.parameters(), lr=0.01, max_grad_norm=0.1, **kwargs) for m in models]
+    x, y = rng.standard_normal((16, 40)).astype(dtype), rng.integers(0, 30, 16)
+    for _ in range(4):
+        for model, opt in zip(models, opts):
+            model.train_step(x, y, nn.CrossEntropyLoss(), opt)
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        assert_matches(b.tensor, a.data, np.dtype(dtype).type, what=a.name)
+
+
+@gpu
 def test_bad_label_in_a_cuda_training_step_is_a_value_error():
     model = nn.Sequential(nn.Linear(4, 3)).to("cuda")
     opt = optim.SGD(model.parameters(), lr=0.1)

@@ -1,3 +1,4 @@
-"""SGD (momentum, Nesterov, weight decay) and per-epoch learning-rate schedules, in C++."""
+"""Optimizers (SGD with momentum/Nesterov, Adam, AdamW; all with max_grad_norm clipping) and
+per-epoch or per-step learning-rate schedules with linear warm-up, in C++."""
 
-from ._core.optim import SGD, CosineLR, StepLR  # noqa: F401
+from ._core.optim import SGD, Adam, AdamW, CosineLR, Optimizer, StepLR  # noqa: F401

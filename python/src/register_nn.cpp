@@ -254,7 +254,7 @@ void register_nn(py::module_& m) {
              return self;
            },
            py::arg("target"),
-           "to('cpu'|'cuda'|'cuda:N') moves every parameter and gradient (the optimizer's momentum "
+           "to('cpu'|'cuda'|'cuda:N') moves every parameter and gradient (the optimizer's state "
            "follows on its next step); to('float64') casts them. Returns the model.")
       .def_property_readonly("device", [](const nn::Sequential& s) { return s.device().str(); })
       .def("train", [](nn::Sequential& s) { s.train(); })
@@ -270,13 +270,13 @@ void register_nn(py::module_& m) {
         return parameter_list(buffers);
       }, "Tensors saved with the model but not trained (batch-norm running statistics).")
       .def("train_step",
-           [](nn::Sequential& s, py::handle x, py::handle target, nn::Loss& loss, optim::SGD& opt) {
+           [](nn::Sequential& s, py::handle x, py::handle target, nn::Loss& loss, optim::Optimizer& opt) {
              const Tensor xt = tensor_arg(x, "x");
              const Tensor tt = loss_target_arg(loss, target);
              return without_gil([&] { return s.train_step(xt, tt, loss, opt); });
            },
            py::arg("x"), py::arg("target"), py::arg("loss"), py::arg("optimizer"),
-           "Forward, loss, backward and SGD update in C++; returns the batch's mean loss.")
+           "Forward, loss, backward and the optimizer's update in C++; returns the batch's mean loss.")
       .def("evaluate",
            [](nn::Sequential& s, py::handle x, py::handle target, std::shared_ptr<nn::Loss> loss,
               py::handle batch_size_arg) {

@@ -11,6 +11,7 @@
 #include "juanji/ops/loss.hpp"
 #include "juanji/ops/pool.hpp"
 #include "juanji/ops/signal.hpp"
+#include "juanji/optim/adam.hpp"
 #include "juanji/optim/sgd.hpp"
 #include "juanji/runtime.hpp"
 #include "juanji/tensor.hpp"

@@ -11,6 +11,7 @@
 #include "juanji/ops/conv.hpp"
 #include "juanji/ops/dense.hpp"
 #include "juanji/ops/loss.hpp"
+#include "juanji/ops/optim.hpp"
 #include "juanji/ops/pool.hpp"
 #include "juanji/tensor.hpp"
 
@@ -96,5 +97,12 @@ double cross_entropy_mean_into(const Tensor& logits, const Tensor& labels,
 // (no momentum).
 void sgd_update(const Tensor& weight, const Tensor& grad, const Tensor& velocity, double lr,
                 double momentum, bool nesterov, double weight_decay);
+// One fused Adam / AdamW step (semantics of juanji::adam_update) on a CUDA parameter.
+void adam_update(const AdamSlot& slot, const AdamSettings& settings);
+// The sum of t's squares in float64: fixed blocks (a function of the size only) summed on the host
+// in order, the same bits on every run.
+double sum_of_squares(const Tensor& t);
+// t *= factor (float32 or float64, contiguous).
+void scale(const Tensor& t, double factor);
 
 }  // namespace juanji::cuda

@@ -148,7 +148,7 @@ std::vector<Tensor> Sequential::activations(const Tensor& x) {
   return outputs;
 }
 
-double Sequential::train_step(const Tensor& x, const Tensor& target, Loss& loss, optim::SGD& optimizer) {
+double Sequential::train_step(const Tensor& x, const Tensor& target, Loss& loss, optim::Optimizer& optimizer) {
   const Lock lock(*this);
   const ConcurrentCaller caller;
   check_defined(target, "target");

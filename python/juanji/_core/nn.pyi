@@ -196,13 +196,13 @@ class Sequential:
         ...
     def to(self, target: typing.Any) -> typing.Any:
         """
-        to('cpu'|'cuda'|'cuda:N') moves every parameter and gradient (the optimizer's momentum follows on its next step); to('float64') casts them. Returns the model.
+        to('cpu'|'cuda'|'cuda:N') moves every parameter and gradient (the optimizer's state follows on its next step); to('float64') casts them. Returns the model.
         """
     def train(self) -> None:
         ...
-    def train_step(self, x: typing.Any, target: typing.Any, loss: Loss, optimizer: juanji._core.optim.SGD) -> float:
+    def train_step(self, x: typing.Any, target: typing.Any, loss: Loss, optimizer: juanji._core.optim.Optimizer) -> float:
         """
-        Forward, loss, backward and SGD update in C++; returns the batch's mean loss.
+        Forward, loss, backward and the optimizer's update in C++; returns the batch's mean loss.
         """
     @property
     def device(self) -> str:

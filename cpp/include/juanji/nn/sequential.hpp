@@ -1,5 +1,5 @@
 // Sequential model: layers applied in order, with the whole training step (forward, loss,
-// backward, SGD update) in C++. The model lives on one device (to() moves it); inputs and targets
+// backward, optimizer update) in C++. The model lives on one device (to() moves it); inputs and targets
 // on another device are copied there once per call into reused staging buffers, and outputs stay
 // on the model's device. On a GPU a training step reads back only the loss.
 #pragma once
@@ -13,7 +13,7 @@
 #include "juanji/checkpoint.hpp"
 #include "juanji/json.hpp"
 #include "juanji/nn/layers.hpp"
-#include "juanji/optim/sgd.hpp"
+#include "juanji/optim/optimizer.hpp"
 
 namespace juanji::nn {
 
@@ -109,7 +109,7 @@ class Sequential {
   Tensor forward_copy(const Tensor& x, bool training);
   // Every layer's output for x in eval mode (copies), for feature-map pictures.
   std::vector<Tensor> activations(const Tensor& x);
-  double train_step(const Tensor& x, const Tensor& target, Loss& loss, optim::SGD& optimizer);
+  double train_step(const Tensor& x, const Tensor& target, Loss& loss, optim::Optimizer& optimizer);
   Evaluation evaluate(const Tensor& x, const Tensor& target, Loss& loss, std::int64_t batch_size);
 
   // Parameters named "<layer index>.<name>", trainable ones and buffers.
