@@ -19,14 +19,15 @@ nn::Init init_arg(const std::string& init) {
   throw std::invalid_argument("init: expected 'he' or 'xavier', got '" + init + "'");
 }
 
-// Runs f with the GIL released and then `mutex` (a layer's) held: a thread waiting for a lock
-// must not hold the GIL, which the lock's holder may need (to release a NumPy array it no longer
-// uses). The caller counts as one of the threads running work at once (see ConcurrentCaller).
-// The Sequential's methods take their locks themselves: call them with the GIL released.
+// Runs f with the GIL released and then the layer's Lock (its mutex and those of the layers inside
+// it) held: a thread waiting for a lock must not hold the GIL, which the lock's holder may need (to
+// release a NumPy array it no longer uses). The caller counts as one of the threads running work
+// at once (see ConcurrentCaller). The Sequential's methods take their locks themselves: call them
+// with the GIL released.
 template <class F>
-auto locked(std::recursive_mutex& mutex, F&& f) {
+auto locked(const Layer& layer, F&& f) {
   py::gil_scoped_release release;
-  const std::lock_guard<std::recursive_mutex> lock(mutex);
+  const Layer::Lock lock(layer);
   const ConcurrentCaller caller;
   return f();
 }
@@ -42,7 +43,7 @@ struct LockedLayer {
   Layer& layer;
   template <class Target>
   void to(Target target) {
-    const std::lock_guard<std::recursive_mutex> lock(layer.mutex());
+    const Layer::Lock lock(layer);
     layer.to(target);
   }
 };
@@ -53,7 +54,7 @@ std::string config_json(const Layer& layer) { return layer.config().dump(nn::kAr
 // the next call.
 Tensor layer_forward(Layer& layer, py::handle x, bool training) {
   const Tensor input = tensor_arg(x, "x");
-  return locked(layer.mutex(), [&] { return layer.forward(input, training).clone(); });
+  return locked(layer, [&] { return layer.forward(input, training).clone(); });
 }
 
 py::list parameter_list(const std::vector<std::shared_ptr<Parameter>>& params) {
@@ -79,6 +80,19 @@ template <class Target>
 void move_or_cast(Target&& target, py::handle where) {
   const std::variant<Device, DType> to = device_or_dtype_arg(where);
   without_gil([&] { std::visit([&](auto device_or_dtype) { target.to(device_or_dtype); }, to); });
+}
+
+std::shared_ptr<Layer> layer_arg(py::handle layer, const std::string& what) {
+  if (!py::isinstance<Layer>(layer)) throw TypeError(what + ": expected a layer, got " + type_name(layer));
+  return layer.cast<std::shared_ptr<Layer>>();
+}
+
+// Joining a container takes each layer's lock, which a thread running the layer may hold while it
+// waits for the GIL: build containers without it.
+std::vector<std::shared_ptr<Layer>> layer_list(const py::args& layers, const std::string& what) {
+  std::vector<std::shared_ptr<Layer>> list;
+  for (auto layer : layers) list.push_back(layer_arg(layer, what + " " + std::to_string(list.size())));
+  return list;
 }
 
 template <class ConvLayer>
@@ -146,11 +160,11 @@ void register_nn(py::module_& m) {
       .def("backward",
            [](Layer& l, py::handle grad_y) {
              const Tensor grad = tensor_arg(grad_y, "grad_out");
-             return locked(l.mutex(), [&] { return l.backward(grad, true).clone(); });
+             return locked(l, [&] { return l.backward(grad, true).clone(); });
            },
            py::arg("grad_out"), "Gradient of the last training-mode forward's input.")
       .def("output_shape", [](const Layer& l, const Shape& s) { return py::tuple(py::cast(l.output_shape(s))); })
-      .def("parameters", [](Layer& l) { return parameter_list(locked(l.mutex(), [&] { return l.parameters(); })); })
+      .def("parameters", [](Layer& l) { return parameter_list(locked(l, [&] { return l.parameters(); })); })
       .def_property_readonly("weight", [](py::object self) { return parameter_view(self, "weight"); })
       .def_property_readonly("bias", [](py::object self) { return parameter_view(self, "bias"); })
       .def("to",
@@ -223,16 +237,36 @@ void register_nn(py::module_& m) {
       });
   py::class_<nn::MSELoss, nn::Loss, std::shared_ptr<nn::MSELoss>>(nn_module, "MSELoss").def(py::init<>());
 
-  py::class_<nn::Sequential, std::shared_ptr<nn::Sequential>>(nn_module, "Sequential")
+  py::class_<nn::Container, Layer, std::shared_ptr<nn::Container>>(nn_module, "Container",
+                                                                  "Layers made of layers' common base.");
+  py::class_<nn::Residual, nn::Container, std::shared_ptr<nn::Residual>>(
+      nn_module, "Residual",
+      "y = body(x) + shortcut(x); shortcut None is the identity, a projection shortcut any layer "
+      "(typically a 1x1 Conv2d with a stride, then a BatchNorm2d).")
+      .def(py::init([](py::handle body, py::handle shortcut) {
+             auto body_layer = layer_arg(body, "Residual: body");
+             auto shortcut_layer = shortcut.is_none() ? nullptr : layer_arg(shortcut, "Residual: shortcut");
+             return without_gil([&] { return std::make_shared<nn::Residual>(body_layer, shortcut_layer); });
+           }),
+           py::arg("body"), py::arg("shortcut") = py::none())
+      .def_property_readonly("body", &nn::Residual::body)
+      .def_property_readonly("shortcut", &nn::Residual::shortcut);
+  py::class_<nn::Concat, nn::Container, std::shared_ptr<nn::Concat>>(
+      nn_module, "Concat", "Runs each branch on the input and concatenates their outputs along the channels.")
+      .def(py::init([](py::args branches) {
+        auto list = layer_list(branches, "Concat: branch");
+        return without_gil([&] { return std::make_shared<nn::Concat>(std::move(list)); });
+      }))
+      .def_property_readonly("branches", [](const nn::Concat& c) {
+        std::vector<std::shared_ptr<Layer>> branches;
+        for (const auto& child : c.children()) branches.push_back(child.layer);
+        return branches;
+      });
+  py::class_<nn::Identity, Layer, std::shared_ptr<nn::Identity>>(nn_module, "Identity").def(py::init<>());
+
+  py::class_<nn::Sequential, nn::Container, std::shared_ptr<nn::Sequential>>(nn_module, "Sequential")
       .def(py::init([](py::args layers) {
-        std::vector<std::shared_ptr<Layer>> list;
-        for (auto l : layers) {
-          if (!py::isinstance<Layer>(l))
-            throw TypeError("Sequential: expected layers, got " + type_name(l));
-          list.push_back(l.cast<std::shared_ptr<Layer>>());
-        }
-        // Joining takes each layer's lock, which a thread running the layer may hold while it
-        // waits for the GIL.
+        auto list = layer_list(layers, "Sequential: layer");
         return without_gil([&] { return std::make_shared<nn::Sequential>(std::move(list)); });
       }))
       .def("__call__",
@@ -265,7 +299,7 @@ void register_nn(py::module_& m) {
            "Trainable parameters, named '<layer>.<name>'.")
       .def("buffers", [](const nn::Sequential& s) {
         std::vector<std::shared_ptr<Parameter>> buffers;
-        for (auto& p : without_gil([&] { return s.parameters(); }))
+        for (auto& p : locked(s, [&] { return s.parameters(); }))
           if (!p->trainable()) buffers.push_back(p);
         return parameter_list(buffers);
       }, "Tensors saved with the model but not trained (batch-norm running statistics).")

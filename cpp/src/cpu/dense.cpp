@@ -372,6 +372,23 @@ void activation_forward(Activation kind, double negative_slope, const Tensor& x,
   });
 }
 
+// a, b, y: same shape, contiguous; y may alias a or b.
+void add(const Tensor& a, const Tensor& b, Tensor& y, bool relu) {
+  dispatch_float(a.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    const T* ad = a.data<T>();
+    const T* bd = b.data<T>();
+    if (relu) {
+      for_each_index(a.numel(), y.data<T>(), [ad, bd](std::int64_t i) {
+        const T v = ad[i] + bd[i];
+        return v < T(0) ? T(0) : v;
+      });
+    } else {
+      for_each_index(a.numel(), y.data<T>(), [ad, bd](std::int64_t i) { return ad[i] + bd[i]; });
+    }
+  });
+}
+
 // grad_y, x, y (or null), grad_x: same shape, contiguous.
 void activation_backward(Activation kind, double negative_slope, const Tensor& grad_y,
                          const Tensor& x, const Tensor* y, Tensor& grad_x) {

@@ -15,6 +15,7 @@ namespace juanji::cpu {
 // y = f(x); grad_x = f'(x) * grad_y, where relu/leaky ReLU read x and sigmoid/tanh the forward
 // output y, or recompute it from x when y is null. grad_x may alias grad_y.
 void activation_forward(Activation kind, double negative_slope, const Tensor& x, Tensor& y);
+void add(const Tensor& a, const Tensor& b, Tensor& y, bool relu);
 void activation_backward(Activation kind, double negative_slope, const Tensor& grad_y,
                          const Tensor& x, const Tensor* y, Tensor& grad_x);
 

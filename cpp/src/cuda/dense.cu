@@ -42,6 +42,14 @@ __global__ void activation_backward_kernel(Activation kind, T slope, const T* gy
     gx[i] = activation_grad(kind, slope, gy[i], input[i], from_output);
 }
 
+template <class T>
+__global__ void add_kernel(const T* a, const T* b, T* y, bool relu, index_t n) {
+  for (index_t i = global_thread(); i < n; i += global_stride()) {
+    const T v = a[i] + b[i];
+    y[i] = relu && v < T(0) ? T(0) : v;
+  }
+}
+
 // ---- softmax family ---------------------------------------------------------------------
 
 // One warp per contiguous row of D values (inner == 1). Each lane keeps the exponentials of its
@@ -257,6 +265,24 @@ void activation_forward(Activation kind, double negative_slope, const Tensor& x,
     using T = decltype(tag);
     activation_forward_kernel<T><<<grid_for(x.numel()), kBlockThreads>>>(
         kind, static_cast<T>(negative_slope), data_of<T>(x), data_of<T>(y), x.numel());
+    JUANJI_CUDA_CHECK_LAUNCH();
+  });
+}
+
+void add(const Tensor& a, const Tensor& b, Tensor& y, bool relu) {
+  const char* op = "add_into";
+  check_float(a, "a");
+  check_operand(a, op, "a", a.device(), a.dtype(), a.numel());
+  check_operand(b, op, "b", a.device(), a.dtype(), a.numel());
+  check_operand(y, op, "y", a.device(), a.dtype(), a.numel());
+  check(b.shape() == a.shape() && y.shape() == a.shape(), op, ": a ", shape_text(a.shape()), ", b ",
+        shape_text(b.shape()), " and y ", shape_text(y.shape()), " must have one shape");
+  if (a.numel() == 0) return;
+  use_device_of(a);
+  with_float_type(a.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    add_kernel<T><<<grid_for(a.numel()), kBlockThreads>>>(data_of<T>(a), data_of<T>(b), data_of<T>(y), relu,
+                                                          a.numel());
     JUANJI_CUDA_CHECK_LAUNCH();
   });
 }

@@ -54,6 +54,7 @@ void linear_backward(const Tensor& grad_y, const Tensor& x, const Tensor& w, Ten
 // y = f(x); grad_x = f'(.) * grad_y where `input` is x for relu/leaky ReLU and the forward output
 // for sigmoid/tanh when input_is_output, else x. grad_x may alias grad_y.
 void activation_forward(Activation kind, double negative_slope, const Tensor& x, Tensor& y);
+void add(const Tensor& a, const Tensor& b, Tensor& y, bool relu);
 void activation_backward(Activation kind, double negative_slope, const Tensor& grad_y,
                          const Tensor& input, bool input_is_output, Tensor& grad_x);
 

@@ -54,6 +54,19 @@ void Layer::to(DType dtype) {
 
 void Layer::to(Device device) { move_parameters(parameters_, device); }
 
+void Layer::name_parameters(const std::string& prefix) {
+  for (auto& p : parameters_) p->name = prefix + p->local_name;
+}
+
+void Layer::collect_mutexes(std::vector<std::recursive_mutex*>& out) const { out.push_back(mutex_.get()); }
+
+Layer::Lock::Lock(const Layer& layer) {
+  std::vector<std::recursive_mutex*> mutexes;
+  layer.collect_mutexes(mutexes);
+  locks_.reserve(mutexes.size());
+  for (auto* mutex : mutexes) locks_.emplace_back(*mutex);
+}
+
 void move_parameters(const std::vector<std::shared_ptr<Parameter>>& parameters, Device device) {
   // Copies everything before replacing anything: a failed copy (no such device, out of memory)
   // leaves every parameter where it was.

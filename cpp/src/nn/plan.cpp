@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <utility>
 
+#include "juanji/nn/containers.hpp"
 #include "juanji/ops/conv.hpp"
 #include "juanji/ops/dense.hpp"
 #include "juanji/ops/pool.hpp"
@@ -196,6 +197,12 @@ struct StageAccess {
     norm.normalize(x, training, true);
     return true;
   }
+  // Always fuses: the rule places it after a residual block's sum only where it is a ReLU.
+  static bool forward_with_activation(Residual& block, const Tensor& x, bool training,
+                                      const ActivationLayer&) {
+    block.sum_forward(x, training, true);
+    return true;
+  }
 };
 
 // A layer and the activation after it, in one pass where the layer's kernel can apply the
@@ -320,7 +327,8 @@ std::unique_ptr<ForwardPass> StageAccess::norm_relu_max_pool_forward(const Layer
 }
 
 // Convolution and linear layers with an activation whose backward works from its output (CUDA:
-// any such; the CPU: ReLU after some float32 convolutions), batch norm with a ReLU on the CPU.
+// any such; the CPU: ReLU after some float32 convolutions), batch norm with a ReLU on the CPU, a
+// residual block's sum with a ReLU.
 std::unique_ptr<ForwardPass> StageAccess::activation_forward(const Layers& layers, std::size_t first,
                                                              Device device) {
   ActivationLayer* activation = layer_at<ActivationLayer>(layers, first + 1);
@@ -334,6 +342,8 @@ std::unique_ptr<ForwardPass> StageAccess::activation_forward(const Layers& layer
   BatchNorm2d* norm = layer_at<BatchNorm2d>(layers, first);
   if (norm && device.is_cpu() && is_relu(activation))
     return std::make_unique<ActivationForward<BatchNorm2d>>(*norm, *activation);
+  if (Residual* block = layer_at<Residual>(layers, first); block && is_relu(activation))
+    return std::make_unique<ActivationForward<Residual>>(*block, *activation);
   return nullptr;
 }
 

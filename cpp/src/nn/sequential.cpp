@@ -1,5 +1,6 @@
 #include "juanji/nn/sequential.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <iomanip>
 #include <limits>
@@ -48,54 +49,63 @@ double MSELoss::forward_backward(const Tensor& output, const Tensor& target, Ten
 
 Sequential::Sequential() = default;
 
+// A throw leaves the layers taken so far to ~Container, which frees them.
 Sequential::Sequential(std::vector<std::shared_ptr<Layer>> layers) {
-  try {
-    for (auto& layer : layers) add(std::move(layer));
-  } catch (...) {
-    // No destructor runs for a constructor that throws: free the layers taken so far.
-    for (auto& layer : layers_) layer->owner_.store(nullptr);
-    throw;
-  }
+  for (auto& layer : layers) add(std::move(layer));
 }
 
-// Nothing else can be using the model (no reference is left), though a layer may be in use on
-// its own: only its owner changes.
-Sequential::~Sequential() {
-  for (auto& layer : layers_) layer->owner_.store(nullptr);
-}
-
-Sequential::Lock::Lock(const Sequential& model) : model_(*model.mutex_) {
-  layers_.reserve(model.layers_.size());
-  for (const auto& layer : model.layers_) layers_.emplace_back(layer->mutex());
-}
+Sequential::~Sequential() = default;
 
 void Sequential::add(std::shared_ptr<Layer> layer) {
-  const std::lock_guard<std::recursive_mutex> lock(*mutex_);
-  check(layer != nullptr, "Sequential: layer ", layers_.size(), " is None");
-  const void* owner = nullptr;
-  const bool taken = layer->owner_.compare_exchange_strong(owner, this);  // on failure: the owner
-  check(taken, "Sequential: layer ", layers_.size(), " (", layer->type(), ") already ",
-        owner == this ? "appears earlier in this model" : "belongs to another model",
-        "; a layer can be in one model once (sharing weights is not supported): make a new one");
-  // A parameter's full name is its layer's index and its own name, as in a checkpoint.
-  {
-    const std::lock_guard<std::recursive_mutex> layer_lock(layer->mutex());
-    for (auto& p : layer->parameters()) p->name = std::to_string(layers_.size()) + "." + p->local_name;
-  }
-  layers_.push_back(std::move(layer));
+  const Lock lock(*this);
+  const std::string index = std::to_string(layers_.size());
+  const std::shared_ptr<Layer> added = layer;
+  adopt(index, std::move(layer), "Sequential: layer " + index);
+  layers_.push_back(added);
   plan_.reset();
+}
+
+Json Sequential::config() const {
+  Json layers = Json::array();
+  for (const auto& layer : layers_) layers.push_back(entry_of(*layer));
+  return Json::object({{"layers", layers}});
+}
+
+Shape Sequential::output_shape(const Shape& input) const {
+  Shape shape = input;
+  for (const auto& layer : layers_) shape = layer->output_shape(shape);
+  return shape;
+}
+
+double Sequential::flops(const Shape& input) const {
+  Shape shape = input;
+  double total = 0;
+  for (const auto& layer : layers_) {
+    total += layer->flops(shape);
+    shape = layer->output_shape(shape);
+  }
+  return total;
+}
+
+std::vector<Shape> Sequential::child_input_shapes(const Shape& input) const {
+  std::vector<Shape> shapes;
+  Shape shape = input;
+  for (const auto& layer : layers_) {
+    shapes.push_back(shape);
+    shape = layer->output_shape(shape);
+  }
+  return shapes;
 }
 
 void Sequential::to(Device device) {
   const Lock lock(*this);
   move_parameters(parameters(), device);
   device_ = device;
-  plan_.reset();
 }
 
 void Sequential::to(DType dtype) {
   const Lock lock(*this);
-  for (auto& layer : layers_) layer->to(dtype);
+  Layer::to(dtype);
 }
 
 const Tensor& Sequential::on_model_device(const Tensor& t, Tensor& staging) const {
@@ -113,21 +123,33 @@ void Sequential::check_input(const Tensor& x) const {
   check(x.dim() >= 2, "x: expected a batch (N, ...), got shape ", shape_text(x.shape()));
 }
 
-execution::Plan& Sequential::plan() {
-  if (!plan_) plan_ = std::make_unique<execution::Plan>(layers_, device_);
+execution::Plan& Sequential::plan(Device device) {
+  if (!plan_ || plan_device_ != device) {
+    plan_ = std::make_unique<execution::Plan>(layers_, device);
+    plan_device_ = device;
+  }
   return *plan_;
 }
 
 std::vector<std::string> Sequential::describe_plan() {
   const Lock lock(*this);
-  return plan().describe();
+  return plan(device_).describe();
 }
 
 const Tensor& Sequential::forward(const Tensor& x, bool training) {
   const Lock lock(*this);
   const ConcurrentCaller caller;
   check_input(x);
-  return plan().forward(on_model_device(x, input_staging_), training);
+  const Tensor& input = owner() ? x : on_model_device(x, input_staging_);
+  return plan(input.device()).forward(input, training);
+}
+
+const Tensor& Sequential::backward(const Tensor& grad_y, bool need_grad_x) {
+  const Lock lock(*this);
+  const ConcurrentCaller caller;
+  check(plan_ != nullptr, "Sequential.backward: no forward to go back through (call forward first)");
+  check_defined(grad_y, "grad_out");
+  return plan_->backward(grad_y, need_grad_x);
 }
 
 Tensor Sequential::forward_copy(const Tensor& x, bool training) {
@@ -160,7 +182,7 @@ double Sequential::train_step(const Tensor& x, const Tensor& target, Loss& loss,
     grad_output_ = Tensor::empty(output.shape(), output.dtype(), output.device());
   const Tensor& device_target = on_model_device(target, target_staging_);
   const double value = loss.forward_backward(output, device_target, grad_output_, nullptr);
-  plan().backward(grad_output_, false);
+  plan_->backward(grad_output_, false);
   optimizer.step();
   return value;
 }
@@ -192,45 +214,77 @@ Evaluation Sequential::evaluate(const Tensor& x, const Tensor& target, Loss& los
   return {loss_sum / static_cast<double>(N), static_cast<double>(correct) / static_cast<double>(N)};
 }
 
-std::vector<std::shared_ptr<Parameter>> Sequential::parameters() const {
-  const Lock lock(*this);
-  std::vector<std::shared_ptr<Parameter>> all;
-  for (const auto& layer : layers_)
-    for (const auto& p : layer->parameters()) all.push_back(p);
-  return all;
-}
-
 std::vector<std::shared_ptr<Parameter>> Sequential::trainable_parameters() const {
+  const Lock lock(*this);
   std::vector<std::shared_ptr<Parameter>> trainable;
   for (auto& p : parameters())
     if (p->trainable()) trainable.push_back(p);
   return trainable;
 }
 
+namespace {
+
+struct SummaryRow {
+  std::string name, type;
+  Shape output;  // per sample
+  std::int64_t parameters;
+  double flops;
+};
+
+// The row of `layer` (named by its place) for a batch of one of `input`, then, indented under it,
+// those of the layers inside it.
+void add_summary_rows(const Layer& layer, const std::string& name, int depth, const Shape& input,
+                      std::vector<SummaryRow>& rows) {
+  const Shape output = layer.output_shape(input);
+  std::int64_t parameters = 0;
+  for (const auto& p : layer.parameters())
+    if (p->trainable()) parameters += p->value.numel();
+  rows.push_back({name, std::string(2 * static_cast<std::size_t>(depth), ' ') + layer.type(),
+                  Shape(output.begin() + 1, output.end()), parameters, layer.flops(input)});
+  const auto* container = dynamic_cast<const Container*>(&layer);
+  if (!container) return;
+  const std::vector<Shape> inputs = container->child_input_shapes(input);
+  for (std::size_t i = 0; i < inputs.size(); ++i) {
+    const Container::Child& child = container->children()[i];
+    add_summary_rows(*child.layer, name + "." + child.key, depth + 1, inputs[i], rows);
+  }
+}
+
+}  // namespace
+
 std::string Sequential::summary(const Shape& input_shape) const {
+  const Lock lock(*this);
   Shape shape{1};
   shape.insert(shape.end(), input_shape.begin(), input_shape.end());
-  std::ostringstream out;
-  out << std::left << std::setw(4) << "#" << std::setw(16) << "layer" << std::setw(22) << "output shape"
-      << std::right << std::setw(12) << "params" << std::setw(14) << "FLOPs" << "\n";
+  std::vector<SummaryRow> rows;
   std::int64_t total_params = 0;
   double total_flops = 0;
-  out << std::left << std::setw(4) << "" << std::setw(16) << "input" << std::setw(22) << shape_str(input_shape) << "\n";
   for (std::size_t i = 0; i < layers_.size(); ++i) {
-    const Layer& layer = *layers_[i];
-    const double flops = layer.flops(shape);
-    shape = layer.output_shape(shape);
-    std::int64_t params = 0;
-    for (const auto& p : layer.parameters())
-      if (p->trainable()) params += p->value.numel();
-    total_params += params;
-    total_flops += flops;
-    const Shape per_sample(shape.begin() + 1, shape.end());
+    const std::size_t first = rows.size();
+    add_summary_rows(*layers_[i], std::to_string(i), 0, shape, rows);
+    total_params += rows[first].parameters;
+    total_flops += rows[first].flops;
+    shape = layers_[i]->output_shape(shape);
+  }
+  // The columns of a flat model's table, wider where names or nested types need it.
+  std::size_t name_width = 4, type_width = 16;
+  for (const auto& row : rows) {
+    name_width = std::max(name_width, row.name.size() + 2);
+    type_width = std::max(type_width, row.type.size() + 2);
+  }
+  std::ostringstream out;
+  out << std::left << std::setw(static_cast<int>(name_width)) << "#" << std::setw(static_cast<int>(type_width))
+      << "layer" << std::setw(22) << "output shape" << std::right << std::setw(12) << "params" << std::setw(14)
+      << "FLOPs" << "\n";
+  out << std::left << std::setw(static_cast<int>(name_width)) << "" << std::setw(static_cast<int>(type_width))
+      << "input" << std::setw(22) << shape_str(input_shape) << "\n";
+  for (const auto& row : rows) {
     // FLOPs print as the double they are: for a large input they pass int64's range, and their
     // column's width, so a space keeps them apart from the parameters.
-    out << std::left << std::setw(4) << i << std::setw(16) << layer.type() << std::setw(22)
-        << shape_str(per_sample) << std::right << std::setw(12) << params << ' ' << std::setw(13)
-        << std::fixed << std::setprecision(0) << flops << "\n";
+    out << std::left << std::setw(static_cast<int>(name_width)) << row.name
+        << std::setw(static_cast<int>(type_width)) << row.type << std::setw(22) << shape_str(row.output)
+        << std::right << std::setw(12) << row.parameters << ' ' << std::setw(13) << std::fixed
+        << std::setprecision(0) << row.flops << "\n";
   }
   out << "total: " << total_params << " parameters, " << std::fixed << std::setprecision(2)
       << total_flops / 1e6 << " MFLOPs per sample (forward)\n";
@@ -239,8 +293,7 @@ std::string Sequential::summary(const Shape& input_shape) const {
 
 std::string Sequential::architecture_json() const {
   Json architecture = Json::array();
-  for (const auto& layer : layers_)
-    architecture.push_back(Json::object({{"type", layer->type()}, {"config", layer->config()}}));
+  for (const auto& layer : layers_) architecture.push_back(entry_of(*layer));
   return architecture.dump(kArchitectureFormat);
 }
 

@@ -5,6 +5,7 @@
 #include <map>
 #include <stdexcept>
 #include <string_view>
+#include <tuple>
 
 #include "juanji/nn/sequential.hpp"
 #include "juanji/runtime.hpp"
@@ -126,7 +127,93 @@ std::shared_ptr<Layer> make_plain(const Json&) {
   return std::make_shared<Plain>();
 }
 
+const LayerFactory& factory_of(const std::string& type);
+
+// A {"type", "config"} object: the factory and the config it builds from.
+std::pair<const LayerFactory*, const Json*> parse_entry(const Json& entry) {
+  check(entry.is_object() && entry.size() == 2 && entry.find("type") && entry.find("config"),
+        "expected {\"type\", \"config\"}");
+  return {&factory_of(entry.at("type").as_string()), &entry.at("config")};
+}
+
+std::shared_ptr<Layer> make_entry(const Json& entry) {
+  const auto [factory, config] = parse_entry(entry);
+  return factory->make(*config);
+}
+
+// The parameters of the layer an entry describes, named "<prefix><name>"; errors name the place.
+void add_entry_parameters(const Json& entry, const std::string& prefix, std::vector<ParameterShape>& out) {
+  const auto [factory, config] = parse_entry(entry);
+  for (auto& p : factory->parameters(*config)) out.push_back({prefix + p.name, std::move(p.shape)});
+}
+
+// Runs f naming the place of a container's layer in its error.
+template <class F>
+void at_place(const std::string& place, const F& f) {
+  try {
+    f();
+  } catch (const std::invalid_argument& e) {
+    throw std::invalid_argument(place + ": " + e.what());
+  }
+}
+
+std::shared_ptr<Layer> make_sequential(const Json& config) {
+  std::vector<std::shared_ptr<Layer>> layers;
+  const Json& entries = config.at("layers");
+  for (std::size_t i = 0; i < entries.size(); ++i)
+    at_place("layer " + std::to_string(i), [&] { layers.push_back(make_entry(entries.at(i))); });
+  return std::make_shared<Sequential>(std::move(layers));
+}
+
+std::vector<ParameterShape> sequential_parameters(const Json& config) {
+  std::vector<ParameterShape> shapes;
+  const Json& entries = config.at("layers");
+  for (std::size_t i = 0; i < entries.size(); ++i) {
+    const std::string key = std::to_string(i);
+    at_place("layer " + key, [&] { add_entry_parameters(entries.at(i), key + ".", shapes); });
+  }
+  return shapes;
+}
+
+std::shared_ptr<Layer> make_residual(const Json& config) {
+  std::shared_ptr<Layer> body, shortcut;
+  at_place("body", [&] { body = make_entry(config.at("body")); });
+  const Json& shortcut_entry = config.at("shortcut");
+  if (!shortcut_entry.is_null()) at_place("shortcut", [&] { shortcut = make_entry(shortcut_entry); });
+  return std::make_shared<Residual>(std::move(body), std::move(shortcut));
+}
+
+std::vector<ParameterShape> residual_parameters(const Json& config) {
+  std::vector<ParameterShape> shapes;
+  at_place("body", [&] { add_entry_parameters(config.at("body"), "body.", shapes); });
+  const Json& shortcut = config.at("shortcut");
+  if (!shortcut.is_null()) at_place("shortcut", [&] { add_entry_parameters(shortcut, "shortcut.", shapes); });
+  return shapes;
+}
+
+std::shared_ptr<Layer> make_concat(const Json& config) {
+  std::vector<std::shared_ptr<Layer>> branches;
+  const Json& entries = config.at("branches");
+  for (std::size_t i = 0; i < entries.size(); ++i)
+    at_place("branch " + std::to_string(i), [&] { branches.push_back(make_entry(entries.at(i))); });
+  return std::make_shared<Concat>(std::move(branches));
+}
+
+std::vector<ParameterShape> concat_parameters(const Json& config) {
+  std::vector<ParameterShape> shapes;
+  const Json& entries = config.at("branches");
+  for (std::size_t i = 0; i < entries.size(); ++i) {
+    const std::string key = std::to_string(i);
+    at_place("branch " + key, [&] { add_entry_parameters(entries.at(i), key + ".", shapes); });
+  }
+  return shapes;
+}
+
 const LayerFactory kLayerFactories[] = {
+    {"Sequential", make_sequential, sequential_parameters},
+    {"Residual", make_residual, residual_parameters},
+    {"Concat", make_concat, concat_parameters},
+    {"Identity", make_plain<Identity>, no_parameters},
     {"Conv2d", make_conv<Conv2d>, conv_parameters<2>},
     {"Conv1d", make_conv<Conv1d>, conv_parameters<1>},
     {"Linear", make_linear, linear_parameters},
@@ -168,13 +255,12 @@ std::vector<LayerPlan> plan_layers(const Json& architecture) {
   std::vector<LayerPlan> plan;
   for (std::size_t i = 0; i < architecture.size(); ++i) {
     const Json& entry = architecture.at(i);
-    check(entry.is_object() && entry.size() == 2, "layer ", i, ": expected {\"type\", \"config\"}");
-    const std::string& type = entry.at("type").as_string();
-    LayerPlan layer{&factory_of(type), &entry.at("config"), {}};
+    LayerPlan layer{};
+    at_place("layer " + std::to_string(i), [&] { std::tie(layer.factory, layer.config) = parse_entry(entry); });
     try {
       layer.parameters = layer.factory->parameters(*layer.config);
     } catch (const std::invalid_argument& e) {
-      throw std::invalid_argument(detail::concat("layer ", i, " (", type, "): ", e.what()));
+      throw std::invalid_argument(detail::concat("layer ", i, " (", layer.factory->type, "): ", e.what()));
     }
     for (auto& p : layer.parameters) p.name = std::to_string(i) + "." + p.name;
     plan.push_back(std::move(layer));

@@ -174,6 +174,20 @@ void activation_forward_into(Activation kind, double negative_slope, const Tenso
   cpu::activation_forward(kind, negative_slope, x, y);
 }
 
+void add_into(const Tensor& a, const Tensor& b, Tensor& y, bool relu) {
+#if JUANJI_WITH_CUDA
+  if (a.device().is_cuda()) return cuda::add(a, b, y, relu);
+#endif
+  const char* op = "add_into";
+  check_float(a, "a");
+  check_kernel_tensor(a, op, "a", a.dtype(), a.numel());
+  check_kernel_tensor(b, op, "b", a.dtype(), a.numel());
+  check_kernel_tensor(y, op, "y", a.dtype(), a.numel());
+  check(b.shape() == a.shape() && y.shape() == a.shape(), op, ": a ", shape_text(a.shape()), ", b ",
+        shape_text(b.shape()), " and y ", shape_text(y.shape()), " must have one shape");
+  cpu::add(a, b, y, relu);
+}
+
 // grad_y, x, y, grad_x: same shape, contiguous; relu/leaky need x, sigmoid/tanh need y.
 void activation_backward_into(Activation kind, double negative_slope, const Tensor& grad_y,
                               const Tensor& x, const Tensor& y, Tensor& grad_x) {

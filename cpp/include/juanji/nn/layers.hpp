@@ -21,7 +21,9 @@
 namespace juanji::nn {
 
 struct Parameter {
-  std::string name;        // local_name, prefixed with the layer's index by the Sequential it joins
+  // local_name, prefixed with the layer's place in the containers it is in: "3.body.0.weight"
+  // (as PyTorch's state_dict names it)
+  std::string name;
   std::string local_name;  // "weight", "bias", "running_mean"...
   Tensor value;
   Tensor grad;       // undefined for buffers that are not trained (running statistics)
@@ -59,13 +61,24 @@ class Layer {
   // Casts parameters to dtype (float32/float64); buffers follow on the next forward.
   void to(DType dtype);
   // Moves parameters and their gradients to device; buffers follow on the next forward.
-  void to(Device device);
-  // Serializes the calls that use this layer's buffers: a Sequential takes the locks of all its
-  // layers in every call, the Python bindings take it around each call of the layer itself; C++
-  // code that runs one layer from several threads takes it itself.
+  virtual void to(Device device);
+  // Serializes the calls that use this layer's buffers; a container's calls also use its
+  // layers'. Take it with a Layer::Lock, which takes the layers' inside too.
   std::recursive_mutex& mutex() const { return *mutex_; }
-  // The Sequential this layer belongs to, or null: a layer is in one model at most.
-  const void* owner() const { return owner_.load(); }
+  // The container (Sequential, Residual, Concat) this layer is in, or null: a layer is in one
+  // container at most.
+  const Layer* owner() const { return owner_.load(); }
+
+  // Holds the mutexes of a layer and of every layer inside it, in the order of a depth-first walk
+  // from the outermost: every Lock follows that order, so two never deadlock. Calls on one model
+  // (or any part of it) then run one at a time while different models run side by side.
+  class Lock {
+   public:
+    explicit Lock(const Layer& layer);
+
+   private:
+    std::vector<std::unique_lock<std::recursive_mutex>> locks_;
+  };
 
  protected:
   std::shared_ptr<Parameter> add_parameter(const std::string& name, Tensor value, bool trainable);
@@ -77,10 +90,14 @@ class Layer {
   std::vector<std::shared_ptr<Parameter>> parameters_;
 
  private:
-  friend class Sequential;
+  friend class Container;
   friend struct execution::StageAccess;
+  // Names every parameter prefix + its local name; containers pass each layer inside its place.
+  virtual void name_parameters(const std::string& prefix);
+  // This layer's mutex and those of the layers inside it, outermost first (see Lock).
+  virtual void collect_mutexes(std::vector<std::recursive_mutex*>& out) const;
   std::unique_ptr<std::recursive_mutex> mutex_ = std::make_unique<std::recursive_mutex>();
-  std::atomic<const void*> owner_{nullptr};
+  std::atomic<const Layer*> owner_{nullptr};
 };
 
 class Conv : public Layer {

@@ -1,7 +1,8 @@
 // Sequential model: layers applied in order, with the whole training step (forward, loss,
-// backward, optimizer update) in C++. The model lives on one device (to() moves it); inputs and targets
-// on another device are copied there once per call into reused staging buffers, and outputs stay
-// on the model's device. On a GPU a training step reads back only the loss.
+// backward, optimizer update) in C++; it nests in containers as a layer. The model lives on one
+// device (to() moves it); inputs and targets on another device are copied there once per call
+// into reused staging buffers, and outputs stay on the model's device. On a GPU a training step
+// reads back only the loss.
 #pragma once
 
 #include <memory>
@@ -12,7 +13,7 @@
 
 #include "juanji/checkpoint.hpp"
 #include "juanji/json.hpp"
-#include "juanji/nn/layers.hpp"
+#include "juanji/nn/containers.hpp"
 #include "juanji/optim/optimizer.hpp"
 
 namespace juanji::nn {
@@ -67,35 +68,33 @@ struct Evaluation {
   double accuracy;
 };
 
-// Every method may be called from any thread: the ones that run or change the layers hold a Lock
-// (the model's mutex and each layer's, in order), so calls on one model run one at a time while
-// different models run side by side. A reference a method returns (forward's output) stays valid
-// only while the caller holds a Lock; forward_copy returns a copy taken under it.
-class Sequential {
+// Layers applied in order: a model, and a layer that nests in any container. Every method may be
+// called from any thread: the ones that run or change the layers hold a Lock (the mutexes of the
+// model and of every layer in it, outermost first), so calls on one model run one at a time
+// while different models run side by side. A reference a method returns (forward's output) stays
+// valid only while the caller holds a Lock; forward_copy returns a copy taken under it.
+class Sequential : public Container {
  public:
   Sequential();
   explicit Sequential(std::vector<std::shared_ptr<Layer>> layers);
   Sequential(const Sequential&) = delete;
   Sequential& operator=(const Sequential&) = delete;
-  ~Sequential();  // its layers may then join another model
-  // Appends a layer; one that already belongs to a model (this one or another) is refused with
-  // std::invalid_argument: its parameters carry that model's names, and sharing weights between
-  // uses is not supported. The constructor adds all of its layers or none.
+  ~Sequential() override;
+  // Appends a layer; one that already belongs to a container (this one or another) is refused
+  // with std::invalid_argument, as is any layer once this Sequential is inside another container
+  // (see Container::adopt). The constructor adds all of its layers or none.
   void add(std::shared_ptr<Layer> layer);
 
-  // Holds the model's mutex and its layers' mutexes, in layer order, while it lives.
-  class Lock {
-   public:
-    explicit Lock(const Sequential& model);
-
-   private:
-    std::unique_lock<std::recursive_mutex> model_;
-    std::vector<std::unique_lock<std::recursive_mutex>> layers_;
-  };
   const std::vector<std::shared_ptr<Layer>>& layers() const { return layers_; }
 
+  std::string type() const override { return "Sequential"; }
+  Json config() const override;  // {"layers": [{"type", "config"}...]}
+  Shape output_shape(const Shape& input) const override;
+  double flops(const Shape& input) const override;
+  std::vector<Shape> child_input_shapes(const Shape& input) const override;
+
   // Moves every layer's parameters and gradients (optimizer state follows on its next step).
-  void to(Device device);
+  void to(Device device) override;
   void to(DType dtype);
   Device device() const { return device_; }
 
@@ -103,8 +102,12 @@ class Sequential {
   void eval() { training_ = false; }
   bool training() const { return training_; }
 
-  // Output of the last layer, owned by it: valid until the next forward.
-  const Tensor& forward(const Tensor& x, bool training);
+  // Output of the last layer, owned by it: valid until the next forward. A model copies an input
+  // on another device to its own; a Sequential inside a container takes its input as it comes.
+  const Tensor& forward(const Tensor& x, bool training) override;
+  // After a training-mode forward: the input's gradient (undefined unless need_grad_x), every
+  // parameter's gradient overwritten.
+  const Tensor& backward(const Tensor& grad_y, bool need_grad_x) override;
   // forward's output copied under the model's lock: what concurrent callers use.
   Tensor forward_copy(const Tensor& x, bool training);
   // Every layer's output for x in eval mode (copies), for feature-map pictures.
@@ -112,11 +115,10 @@ class Sequential {
   double train_step(const Tensor& x, const Tensor& target, Loss& loss, optim::Optimizer& optimizer);
   Evaluation evaluate(const Tensor& x, const Tensor& target, Loss& loss, std::int64_t batch_size);
 
-  // Parameters named "<layer index>.<name>", trainable ones and buffers.
-  std::vector<std::shared_ptr<Parameter>> parameters() const;
+  // Parameters (named by their place, see Parameter::name) that are trained.
   std::vector<std::shared_ptr<Parameter>> trainable_parameters() const;
   // Table of each layer's output shape, parameter count and FLOPs for one input of this shape
-  // (without the batch dimension).
+  // (without the batch dimension), the layers inside containers indented under them.
   std::string summary(const Shape& input_shape) const;
   // JSON array of {"type": ..., "config": {...}}: what a checkpoint stores to rebuild the model,
   // laid out by kArchitectureFormat.
@@ -139,15 +141,15 @@ class Sequential {
   void check_input(const Tensor& x) const;
   // t itself when it is on the model's device, else a copy of it in `staging` there.
   const Tensor& on_model_device(const Tensor& t, Tensor& staging) const;
-  // The execution plan for the layers on device_, built at the first use after add or
-  // to(Device) dropped it (a dtype does not change it).
-  execution::Plan& plan();
-  std::unique_ptr<std::recursive_mutex> mutex_ = std::make_unique<std::recursive_mutex>();
+  // The execution plan for the layers on `device`, built at the first use there after add
+  // dropped it (a dtype does not change it).
+  execution::Plan& plan(Device device);
   std::vector<std::shared_ptr<Layer>> layers_;
   bool training_ = true;
   Device device_;
   Tensor grad_output_, input_staging_, target_staging_;
   std::unique_ptr<execution::Plan> plan_;
+  Device plan_device_;
 };
 
 // A layer from its type name and constructor arguments (as Layer::config gives them).

@@ -35,6 +35,10 @@ void activation_forward_into(Activation kind, double negative_slope, const Tenso
 void activation_backward_into(Activation kind, double negative_slope, const Tensor& grad_y,
                               const Tensor& x, const Tensor& y, Tensor& grad_x);
 
+// Kernel API: y = a + b, with a ReLU applied where relu (a residual block's sum and the
+// activation after it, in one pass). Contiguous, same shape, dtype and device; y may alias a or b.
+void add_into(const Tensor& a, const Tensor& b, Tensor& y, bool relu = false);
+
 Tensor softmax(const Tensor& x, std::int64_t dim);
 Tensor log_softmax(const Tensor& x, std::int64_t dim);
 Tensor softmax_backward(const Tensor& grad_out, const Tensor& x, std::int64_t dim);

@@ -1,0 +1,235 @@
+#include "juanji/nn/containers.hpp"
+
+#include "core/checked_math.hpp"
+#include "juanji/nn/sequential.hpp"
+#include "juanji/ops/dense.hpp"
+
+namespace juanji::nn {
+namespace {
+
+// A per-sample shape for messages: (N, 64, 14, 14) reads better than the batch size of the call.
+std::string batched_text(const Shape& shape) {
+  std::string text = "(N";
+  for (std::size_t d = 1; d < shape.size(); ++d) text += ", " + std::to_string(shape[d]);
+  return text + (shape.size() == 1 ? ",)" : ")");
+}
+
+}  // namespace
+
+// ---- Container ----
+
+// Nothing else can be using the container (no reference is left), though a layer in it may be in
+// use on its own: only its owner changes.
+Container::~Container() {
+  for (auto& child : children_) child.layer->owner_.store(nullptr);
+}
+
+void Container::adopt(const std::string& key, std::shared_ptr<Layer> layer, const std::string& what) {
+  check(layer != nullptr, what, " is None");
+  check(layer.get() != this, what, " is the ", type(), " itself");
+  check(owner() == nullptr, what, ": this ", type(),
+        " is inside another container, which lists its parameters: add its layers before nesting it");
+  const Layer* owner = nullptr;
+  const bool taken = layer->owner_.compare_exchange_strong(owner, this);  // on failure: the owner
+  check(taken, what, " (", layer->type(), ") already ",
+        owner == this ? "appears earlier in this " + type() : std::string("belongs to another container"),
+        "; a layer can be in one container once (sharing weights is not supported): make a new one");
+  {
+    const Lock lock(*layer);
+    layer->name_parameters(key + ".");
+    parameters_.insert(parameters_.end(), layer->parameters().begin(), layer->parameters().end());
+  }
+  children_.push_back({key, std::move(layer)});
+}
+
+Json Container::entry_of(const Layer& layer) {
+  return Json::object({{"type", layer.type()}, {"config", layer.config()}});
+}
+
+void Container::name_parameters(const std::string& prefix) {
+  for (auto& child : children_) child.layer->name_parameters(prefix + child.key + ".");
+}
+
+void Container::collect_mutexes(std::vector<std::recursive_mutex*>& out) const {
+  Layer::collect_mutexes(out);
+  for (const auto& child : children_) child.layer->collect_mutexes(out);
+}
+
+// ---- Residual ----
+
+Residual::Residual(std::shared_ptr<Layer> body, std::shared_ptr<Layer> shortcut)
+    : body_(body), shortcut_(shortcut) {
+  adopt("body", std::move(body), "Residual: body");
+  if (shortcut) adopt("shortcut", std::move(shortcut), "Residual: shortcut");
+}
+
+Json Residual::config() const {
+  return Json::object({{"body", entry_of(*body_)}, {"shortcut", shortcut_ ? entry_of(*shortcut_) : Json()}});
+}
+
+Shape Residual::output_shape(const Shape& input) const {
+  const Shape body = body_->output_shape(input);
+  const Shape shortcut = shortcut_ ? shortcut_->output_shape(input) : input;
+  check(body == shortcut, "Residual: the body's output ", batched_text(body), " and the shortcut's ",
+        batched_text(shortcut), " cannot be added (input ", batched_text(input),
+        "): give the shortcut a projection (a 1x1 convolution with the body's stride and channels)");
+  return body;
+}
+
+double Residual::flops(const Shape& input) const {
+  const double branches = body_->flops(input) + (shortcut_ ? shortcut_->flops(input) : 0.0);
+  return branches + static_cast<double>(checked_numel(output_shape(input)));
+}
+
+std::vector<Shape> Residual::child_input_shapes(const Shape& input) const {
+  return shortcut_ ? std::vector<Shape>{input, input} : std::vector<Shape>{input};
+}
+
+const Tensor& Residual::sum_forward(const Tensor& x, bool training, bool relu) {
+  const Tensor& body = body_->forward(x, training);
+  const Tensor& shortcut = shortcut_ ? shortcut_->forward(x, training) : x;
+  check(body.shape() == shortcut.shape(), "Residual: the body's output ", batched_text(body.shape()),
+        " and the shortcut's ", batched_text(shortcut.shape()), " cannot be added (input ",
+        batched_text(x.shape()), "): give the shortcut a projection (a 1x1 convolution with the "
+        "body's stride and channels)");
+  check_type(body.dtype() == shortcut.dtype(), "Residual: the body's output is ", dtype_name(body.dtype()),
+             " but the shortcut's is ", dtype_name(shortcut.dtype()));
+  ensure(output_, body.shape(), body.dtype(), body.device());
+  add_into(body.contiguous(), shortcut.contiguous(), output_, relu);
+  return output_;
+}
+
+const Tensor& Residual::forward(const Tensor& x, bool training) { return sum_forward(x, training, false); }
+
+const Tensor& Residual::backward(const Tensor& grad_y, bool need_grad_x) {
+  check_grad_output(grad_y, output_);
+  const Tensor grad = grad_y.contiguous();
+  const Tensor& body = body_->backward(grad, need_grad_x);
+  if (!shortcut_ && !need_grad_x) {
+    grad_input_ = Tensor();
+    return grad_input_;
+  }
+  const Tensor& shortcut = shortcut_ ? shortcut_->backward(grad, need_grad_x) : grad;
+  if (!need_grad_x) {
+    grad_input_ = Tensor();
+    return grad_input_;
+  }
+  ensure(grad_input_, body.shape(), body.dtype(), body.device());
+  add_into(body.contiguous(), shortcut.contiguous(), grad_input_);
+  return grad_input_;
+}
+
+// ---- Concat ----
+
+Concat::Concat(std::vector<std::shared_ptr<Layer>> branches) {
+  check(!branches.empty(), "Concat: expected at least one branch");
+  for (std::size_t i = 0; i < branches.size(); ++i) {
+    branches_.push_back(branches[i]);
+    adopt(std::to_string(i), std::move(branches[i]), "Concat: branch " + std::to_string(i));
+  }
+}
+
+Json Concat::config() const {
+  Json branches = Json::array();
+  for (const auto& branch : branches_) branches.push_back(entry_of(*branch));
+  return Json::object({{"branches", branches}});
+}
+
+Shape Concat::concatenated(const std::vector<Shape>& shapes) {
+  Shape out = shapes[0];
+  check(out.size() >= 2, "Concat: branch 0's output ", shape_text(out), " has no channel dimension");
+  for (std::size_t i = 1; i < shapes.size(); ++i) {
+    const Shape& shape = shapes[i];
+    bool fits = shape.size() == out.size();
+    for (std::size_t d = 0; fits && d < shape.size(); ++d) fits = d == 1 || shape[d] == out[d];
+    check(fits, "Concat: branch 0's output ", batched_text(shapes[0]), " and branch ", i, "'s ",
+          batched_text(shape), " cannot be concatenated along the channels (dimension 1): the "
+          "other dimensions must be equal");
+    out[1] += shape[1];
+  }
+  return out;
+}
+
+Shape Concat::output_shape(const Shape& input) const {
+  std::vector<Shape> shapes;
+  for (const auto& branch : branches_) shapes.push_back(branch->output_shape(input));
+  return concatenated(shapes);
+}
+
+double Concat::flops(const Shape& input) const {
+  double total = 0;
+  for (const auto& branch : branches_) total += branch->flops(input);
+  return total;
+}
+
+std::vector<Shape> Concat::child_input_shapes(const Shape& input) const {
+  return std::vector<Shape>(branches_.size(), input);
+}
+
+const Tensor& Concat::forward(const Tensor& x, bool training) {
+  // Each branch's output stays valid while the others run: it is owned by the branch's layers.
+  std::vector<const Tensor*> outputs;
+  std::vector<Shape> shapes;
+  for (const auto& branch : branches_) {
+    outputs.push_back(&branch->forward(x, training));
+    shapes.push_back(outputs.back()->shape());
+  }
+  const Shape shape = concatenated(shapes);
+  const Tensor& first = *outputs[0];
+  for (std::size_t i = 1; i < outputs.size(); ++i)
+    check_type(outputs[i]->dtype() == first.dtype(), "Concat: branch ", i, "'s output is ",
+               dtype_name(outputs[i]->dtype()), " but branch 0's is ", dtype_name(first.dtype()));
+  ensure(output_, shape, first.dtype(), first.device());
+  channels_.clear();
+  std::int64_t begin = 0;
+  for (const Tensor* out : outputs) {
+    const std::int64_t channels = out->size(1);
+    output_.slice(1, begin, begin + channels).copy_(*out);
+    channels_.push_back(channels);
+    begin += channels;
+  }
+  return output_;
+}
+
+const Tensor& Concat::backward(const Tensor& grad_y, bool need_grad_x) {
+  check_grad_output(grad_y, output_);
+  branch_grads_.resize(branches_.size());
+  std::int64_t begin = 0;
+  const Tensor* sum = nullptr;
+  for (std::size_t i = 0; i < branches_.size(); ++i) {
+    const Tensor share = grad_y.slice(1, begin, begin + channels_[i]);
+    begin += channels_[i];
+    ensure(branch_grads_[i], share.shape(), share.dtype(), share.device()).copy_(share);
+    const Tensor& grad_x = branches_[i]->backward(branch_grads_[i], need_grad_x);
+    if (!need_grad_x) continue;
+    // The first branch's input gradient is its layers' until their next backward; the sum goes
+    // into grad_input_ from the second on.
+    if (!sum) {
+      sum = &grad_x;
+      continue;
+    }
+    ensure(grad_input_, grad_x.shape(), grad_x.dtype(), grad_x.device());
+    add_into(sum->contiguous(), grad_x.contiguous(), grad_input_);
+    sum = &grad_input_;
+  }
+  if (!need_grad_x) {
+    grad_input_ = Tensor();
+    return grad_input_;
+  }
+  return *sum;
+}
+
+// ---- Identity ----
+
+const Tensor& Identity::forward(const Tensor& x, bool) {
+  output_ = x;
+  return output_;
+}
+
+const Tensor& Identity::backward(const Tensor& grad_y, bool need_grad_x) {
+  check_grad_output(grad_y, output_);
+  grad_input_ = need_grad_x ? grad_y : Tensor();
+  return grad_input_;
+}
+
+}  // namespace juanji::nn
