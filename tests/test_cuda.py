@@ -396,6 +396,31 @@ def test_training_on_cuda_follows_the_cpu(dtype, rtol):
 
 
 @gpu
+@pytest.mark.parametrize("dtype,rtol", [("float32", 1e-3), ("float64", 1e-9)], ids=["f32", "f64"])
+def test_residual_network_on_cuda_follows_the_cpu(dtype, rtol):
+    import test_residual
+
+    models = []
+    for device in ("cpu", "cuda"):
+        juanji.manual_seed(41)
+        models.append(test_residual.small_resnet().to(dtype).to(device))
+    model_cpu, model_gpu = models
+    data = np.random.default_rng(42)
+    x = data.standard_normal((16, 1, 12, 12)).astype(dtype)
+    y = data.integers(0, 3, 16)
+    np.testing.assert_allclose(train_steps(model_gpu, x, y, 4, seed=43), train_steps(model_cpu, x, y, 4, seed=43),
+                               rtol=rtol)
+    for p_cpu, p_gpu in zip(model_cpu.parameters() + model_cpu.buffers(), model_gpu.parameters() + model_gpu.buffers()):
+        assert p_cpu.name == p_gpu.name
+        np.testing.assert_allclose(np.asarray(p_gpu.tensor.to("cpu")), p_cpu.data, rtol=rtol, atol=rtol,
+                                   err_msg=p_cpu.name)
+    g = data.standard_normal((16, 3)).astype(dtype)
+    model_cpu.forward(x, training=True)
+    model_gpu.forward(x, training=True)
+    assert_matches(model_gpu.backward(on_gpu(g)), np.asarray(model_cpu.backward(g)), dtype, what="grad_x")
+
+
+@gpu
 @pytest.mark.parametrize("dtype,rtol", [("float32", 1e-4), ("float64", 1e-10)], ids=["f32", "f64"])
 def test_smoothed_training_step_on_cuda_follows_the_cpu(dtype, rtol):
     data = np.random.default_rng(36)

@@ -456,11 +456,11 @@ def test_indexing_errors():
 def test_a_layer_joins_one_model_only():
     shared = nn.Linear(3, 2)
     first = nn.Sequential(shared)
-    with pytest.raises(ValueError, match="belongs to another model"):
+    with pytest.raises(ValueError, match="belongs to another container"):
         nn.Sequential(nn.ReLU(), shared)
     assert [p.name for p in first.parameters()] == ["0.weight", "0.bias"]
     twice = nn.Linear(3, 2)
-    with pytest.raises(ValueError, match="earlier in this model"):
+    with pytest.raises(ValueError, match="earlier in this Sequential"):
         nn.Sequential(twice, nn.Tanh(), twice)
     with tempfile.TemporaryDirectory() as directory:
         first.save(f"{directory}/m.safetensors")
@@ -573,7 +573,7 @@ def test_seed_range():
 
 def test_a_refused_model_leaves_its_layers_free():
     layer = nn.Linear(3, 2)
-    with pytest.raises(ValueError, match="earlier in this model"):
+    with pytest.raises(ValueError, match="earlier in this Sequential"):
         nn.Sequential(layer, nn.ReLU(), layer)
     model = nn.Sequential(nn.Tanh(), layer)
     assert [p.name for p in model.parameters()] == ["1.weight", "1.bias"]

@@ -573,12 +573,16 @@ def every_layer_type():
         nn.MaxPool2d((3, 2), stride=(2, 1), padding=1, ceil_mode=True), nn.MaxPool1d(2),
         nn.AvgPool2d(3, stride=2, padding=1, ceil_mode=True, count_include_pad=False), nn.AvgPool1d(2),
         nn.GlobalAvgPool2d(), nn.ReLU(), nn.Sigmoid(), nn.Tanh(), nn.LeakyReLU(1 / 3), nn.Softmax(),
-        nn.Dropout(0.1), nn.Flatten(), nn.BatchNorm2d(3, eps=2.5e-10, momentum=1.0),
+        nn.Dropout(0.1), nn.Flatten(), nn.Identity(),
+        nn.Residual(nn.Sequential(nn.Conv2d(2, 2, 1), nn.ReLU()), nn.Conv2d(2, 2, 1, bias=False)),
+        nn.Residual(nn.Linear(3, 3)), nn.Concat(nn.Identity(), nn.Sequential(nn.Linear(2, 2), nn.Tanh())),
+        nn.Sequential(nn.BatchNorm2d(2), nn.Sequential(nn.ReLU())),
+        nn.BatchNorm2d(3, eps=2.5e-10, momentum=1.0),
     ]
 
 
 def test_every_layer_config_round_trips_through_a_checkpoint(tmp_path):
-    bases = (nn.Layer, nn.Conv, nn.Pool, nn.Activation)
+    bases = (nn.Layer, nn.Conv, nn.Pool, nn.Activation, nn.Container)
     layer_types = {name for name, cls in vars(nn).items()
                    if isinstance(cls, type) and issubclass(cls, nn.Layer) and cls not in bases}
     model = nn.Sequential(*every_layer_type())

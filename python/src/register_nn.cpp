@@ -343,6 +343,13 @@ void register_nn(py::module_& m) {
            },
            py::arg("path"), py::arg("metadata") = py::none(),
            "Writes a safetensors checkpoint; metadata (str -> str) goes into __metadata__.")
+      .def("append",
+           [](py::object self, py::handle layer) {
+             auto added = layer_arg(layer, "Sequential.append: layer");
+             without_gil([&] { self.cast<nn::Sequential&>().add(added); });
+             return self;
+           },
+           py::arg("layer"), "Adds a layer at the end; returns the model.")
       .def_property_readonly("layers", [](const nn::Sequential& s) { return s.layers(); })
       .def("__len__", [](const nn::Sequential& s) { return s.layers().size(); })
       .def("__getitem__", [](const nn::Sequential& s, py::handle index) {

@@ -7,7 +7,7 @@ import juanji._core
 import juanji._core.optim
 import numpy
 import typing
-__all__: list[str] = ['Activation', 'AvgPool1d', 'AvgPool2d', 'BatchNorm2d', 'Conv', 'Conv1d', 'Conv2d', 'CrossEntropyLoss', 'Dropout', 'Flatten', 'GlobalAvgPool2d', 'Layer', 'LeakyReLU', 'Linear', 'Loss', 'MSELoss', 'MaxPool1d', 'MaxPool2d', 'Parameter', 'Pool', 'ReLU', 'Sequential', 'Sigmoid', 'Softmax', 'Tanh']
+__all__: list[str] = ['Activation', 'AvgPool1d', 'AvgPool2d', 'BatchNorm2d', 'Concat', 'Container', 'Conv', 'Conv1d', 'Conv2d', 'CrossEntropyLoss', 'Dropout', 'Flatten', 'GlobalAvgPool2d', 'Identity', 'Layer', 'LeakyReLU', 'Linear', 'Loss', 'MSELoss', 'MaxPool1d', 'MaxPool2d', 'Parameter', 'Pool', 'ReLU', 'Residual', 'Sequential', 'Sigmoid', 'Softmax', 'Tanh']
 class Parameter:
     """
     A named tensor of a layer; data and grad are NumPy views (no copy).
@@ -153,7 +153,35 @@ class CrossEntropyLoss(Loss):
 class MSELoss(Loss):
     def __init__(self) -> None:
         ...
-class Sequential:
+class Container(Layer):
+    """
+    Layers made of layers' common base.
+    """
+class Residual(Container):
+    """
+    y = body(x) + shortcut(x); shortcut None is the identity, a projection shortcut any layer (typically a 1x1 Conv2d with a stride, then a BatchNorm2d).
+    """
+    def __init__(self, body: typing.Any, shortcut: typing.Any = None) -> None:
+        ...
+    @property
+    def body(self) -> Layer:
+        ...
+    @property
+    def shortcut(self) -> Layer:
+        ...
+class Concat(Container):
+    """
+    Runs each branch on the input and concatenates their outputs along the channels.
+    """
+    def __init__(self, *args) -> None:
+        ...
+    @property
+    def branches(self) -> list[Layer]:
+        ...
+class Identity(Layer):
+    def __init__(self) -> None:
+        ...
+class Sequential(Container):
     def __call__(self, x: typing.Any) -> juanji._core.Tensor:
         """
         Inference (eval mode, whatever train()/eval() say): the output as a new tensor.
@@ -170,6 +198,10 @@ class Sequential:
         """
     def activations(self, x: typing.Any) -> list[juanji._core.Tensor]:
         ...
+    def append(self, layer: typing.Any) -> typing.Any:
+        """
+        Adds a layer at the end; returns the model.
+        """
     def architecture_json(self) -> str:
         ...
     def buffers(self) -> list:
