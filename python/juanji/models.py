@@ -46,4 +46,44 @@ def convnet() -> nn.Sequential:
     )
 
 
-MODELS: dict[str, Callable[[], nn.Sequential]] = {"lenet5": lenet5, "convnet": convnet}
+def basic_block(in_channels: int, out_channels: int, stride: int = 1) -> nn.Residual:
+    """ResNet's basic block (He et al. 2016): two 3x3 convolutions with batch norm, the first with the
+    stride; a 1x1 convolution with batch norm projects the shortcut where the shape changes. The
+    ReLU after the sum is the next layer of the model (the plan computes it with the sum)."""
+    body = nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(),
+        nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+    )
+    shortcut = None
+    if stride != 1 or in_channels != out_channels:
+        shortcut = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
+                                 nn.BatchNorm2d(out_channels))
+    return nn.Residual(body, shortcut)
+
+
+def resnet() -> nn.Sequential:
+    """A small ResNet for 28x28 images: a 3x3 stem and 2x2 max pooling, then three residual stages
+    of basic blocks (32 channels at 14x14, 64 at 7x7, 128 at 4x4), global average pooling and one
+    linear layer. The stem pools early because a 28x28 grayscale garment carries little detail at
+    full resolution, and each block there would cost four times as much."""
+    return nn.Sequential(
+        nn.Conv2d(1, 32, 3, padding=1, bias=False),  # 32x28x28
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        nn.MaxPool2d(2),  # 32x14x14
+        basic_block(32, 32),
+        nn.ReLU(),
+        basic_block(32, 64, stride=2),  # 64x7x7
+        nn.ReLU(),
+        basic_block(64, 128, stride=2),  # 128x4x4
+        nn.ReLU(),
+        nn.GlobalAvgPool2d(),
+        nn.Flatten(),
+        nn.Linear(128, 10),
+    )
+
+
+MODELS: dict[str, Callable[[], nn.Sequential]] = {"lenet5": lenet5, "convnet": convnet, "resnet": resnet}
