@@ -1,5 +1,6 @@
 # Resolves the build options into targets and variables used by cpp/ and python/.
 
+find_package(Threads REQUIRED)
 if(JUANJI_OPENMP)
   find_package(OpenMP REQUIRED COMPONENTS CXX)
 endif()

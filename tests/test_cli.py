@@ -28,7 +28,8 @@ def parse_train(*argv):
 
 
 def hyperparameters(args):
-    return (args.epochs, args.batch_size, args.lr, args.momentum, args.weight_decay, args.schedule)
+    return (args.epochs, args.batch_size, args.lr, args.momentum, args.weight_decay, args.schedule,
+            args.augment)
 
 
 def assert_png(path):
@@ -54,8 +55,8 @@ def test_train_flags_override_defaults():
     args = parse_train("--model", "lenet5", "--epochs", "3", "--batch-size", "32", "--lr", "0.1",
                        "--momentum", "0.5", "--weight-decay", "1e-4", "--schedule", "step",
                        "--threads", "1", "--seed", "7", "--data", "d", "--out", "o",
-                       "--device", "cuda", "--limit", "600")
-    assert hyperparameters(args) == (3, 32, 0.1, 0.5, 1e-4, "step")
+                       "--device", "cuda", "--limit", "600", "--augment", "flip")
+    assert hyperparameters(args) == (3, 32, 0.1, 0.5, 1e-4, "step", "flip")
     assert (args.threads, args.seed, args.data, args.out) == (1, 7, "d", "o")
     assert (args.device, args.limit) == ("cuda", 600)
 
@@ -102,7 +103,7 @@ def test_python_dash_m_runs_the_cli():
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     for flag in ("--model", "--epochs", "--batch-size", "--lr", "--momentum", "--schedule",
-                 "--threads", "--seed", "--data", "--out", "--device", "--limit"):
+                 "--augment", "--threads", "--seed", "--data", "--out", "--device", "--limit"):
         assert flag in done.stdout
 
 

@@ -20,7 +20,7 @@ from ._core import *  # noqa: F401,F403  (the functional API is the core's)
 from ._core import Tensor, config_string, get_num_threads, load, load_metadata, set_num_threads
 
 # The core's submodules are re-exported by the Python modules of the same names.
-del nn, optim, kernels  # noqa: F821
+del nn, optim, kernels, data  # noqa: F821
 
 __version__ = _core.version()
 

@@ -31,6 +31,7 @@ import numpy as np
 from .data import (
     CLASS_NAMES,
     DEFAULT_DIR,
+    augmented_batches,
     batches,
     check_labels,
     load_mnist_like,
@@ -49,6 +50,7 @@ class TrainDefaults(NamedTuple):
     momentum: float
     weight_decay: float
     schedule: str
+    augment: str  # "none", or what augment_spec gives: "crop", "flip", "crop,flip"
 
 
 # One command reaches the targets on Fashion-MNIST (convnet >= 91%, lenet5 >= 89% test
@@ -57,11 +59,16 @@ class TrainDefaults(NamedTuple):
 # Cosine decay ends each run at a small learning rate, which lifts the last epochs' accuracy.
 TRAIN_DEFAULTS: dict[str, TrainDefaults] = {
     "convnet": TrainDefaults(epochs=8, batch_size=64, lr=0.05, momentum=0.9, weight_decay=0.0,
-                             schedule="cosine"),
+                             schedule="cosine", augment="none"),
     "lenet5": TrainDefaults(epochs=15, batch_size=32, lr=0.02, momentum=0.9, weight_decay=5e-4,
-                            schedule="cosine"),
+                            schedule="cosine", augment="none"),
 }
 STEP_SCHEDULE_EPOCHS = 2  # StepLR halves the learning rate every this many epochs
+AUGMENTATIONS = ("crop", "flip")  # what --augment may list, in the order it is printed
+# --augment crop pads by this many pixels and crops back to the image size at a random offset:
+# shifts of up to 4 of Fashion-MNIST's 28 pixels, about the 1/8 of the image that
+# RandomCrop(32, padding=4) gives CIFAR-10.
+CROP_PADDING = 4
 EVAL_BATCH_SIZE = 256
 FEATURE_MAP_LAYERS = ("Conv2d", "MaxPool2d", "AvgPool2d")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
@@ -147,6 +154,21 @@ def _make_scheduler(optimizer, args: argparse.Namespace):
     return None
 
 
+def _epoch_batches(args: argparse.Namespace, dataset, shuffle_rng: np.random.Generator):
+    """A function of the epoch number giving that epoch's training batches: NumPy's shuffle from
+    shuffle_rng without augmentation (the batches of earlier versions, bit for bit), else the
+    C++ loader's, seeded with --seed and the epoch, padding with the normalised value of black."""
+    augment = [] if args.augment == "none" else args.augment.split(",")
+    if not augment:
+        return lambda epoch: batches(dataset.x_train, dataset.y_train, args.batch_size,
+                                     shuffle=True, rng=shuffle_rng)
+    black = float(normalize(np.zeros(1, np.float32), dataset.mean, dataset.std)[0])
+    return lambda epoch: augmented_batches(
+        dataset.x_train, dataset.y_train, args.batch_size, seed=args.seed, epoch=epoch,
+        crop_padding=CROP_PADDING if "crop" in augment else 0, flip="flip" in augment,
+        fill=black)
+
+
 def _first_conv_weights(model) -> np.ndarray | None:
     for layer in model.layers:
         if layer.type == "Conv2d":
@@ -213,13 +235,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(model.summary(input_shape))
     print(f"training {args.model} for {args.epochs} epochs: batch {args.batch_size}, lr {args.lr}, "
           f"momentum {args.momentum}, weight decay {args.weight_decay}, schedule {args.schedule}, "
-          f"{juanji.get_num_threads()} threads, device {args.device}")
+          f"augment {args.augment}, {juanji.get_num_threads()} threads, device {args.device}")
 
     loss_fn = nn.CrossEntropyLoss()
     optimizer = optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
                           weight_decay=args.weight_decay)
     scheduler = _make_scheduler(optimizer, args)
     steps_per_epoch = math.ceil(len(dataset.x_train) / args.batch_size)
+    epoch_batches = _epoch_batches(args, dataset, shuffle_rng)
     log: dict[str, Any] = {
         "args": {key: value for key, value in vars(args).items() if key != "handler"},
         "mean": dataset.mean, "std": dataset.std,
@@ -233,8 +256,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         loss_sum = 0.0
         seen = 0
         start = time.perf_counter()
-        for x_batch, y_batch in batches(dataset.x_train, dataset.y_train, args.batch_size,
-                                        shuffle=True, rng=shuffle_rng):
+        for x_batch, y_batch in epoch_batches(epoch):
             loss = float(model.train_step(x_batch, y_batch, loss_fn, optimizer))
             if not math.isfinite(loss):
                 raise ValueError(f"training diverged in epoch {epoch} (loss {loss}): "
@@ -554,6 +576,19 @@ def non_negative_float(text: str) -> float:
     return value
 
 
+def augment_spec(text: str) -> str:
+    """--augment: "none", or a comma-separated list of AUGMENTATIONS, each at most once;
+    returned in AUGMENTATIONS' order ("flip,crop" gives "crop,flip")."""
+    if text == "none":
+        return text
+    names = text.split(",")
+    if not set(names) <= set(AUGMENTATIONS) or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(
+            f"expected none or a comma-separated list of {', '.join(AUGMENTATIONS)} "
+            f"(e.g. {','.join(AUGMENTATIONS)}), got {text!r}")
+    return ",".join(name for name in AUGMENTATIONS if name in names)
+
+
 class OneLineErrorParser(argparse.ArgumentParser):
     """Reports a bad command line in one line, like every other user error, instead of a
     usage block followed by the message."""
@@ -569,7 +604,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     per_model = "; ".join(
         f"{name}: {d.epochs} epochs, batch {d.batch_size}, lr {d.lr}, momentum {d.momentum}, "
-        f"weight decay {d.weight_decay}, {d.schedule} schedule"
+        f"weight decay {d.weight_decay}, {d.schedule} schedule, augment {d.augment}"
         for name, d in TRAIN_DEFAULTS.items()
     )
     train = commands.add_parser(
@@ -586,9 +621,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--schedule", choices=["cosine", "step", "none"],
                        help="learning-rate schedule per epoch "
                             f"(step: halve every {STEP_SCHEDULE_EPOCHS} epochs)")
+    train.add_argument("--augment", type=augment_spec, metavar="LIST",
+                       help="none, or random changes to each training image: crop (pad by "
+                            f"{CROP_PADDING} pixels of black, crop back at a random offset), flip "
+                            "(mirror left-right with probability 1/2) or crop,flip; made in C++ "
+                            "on a background thread (default: the model's, see above)")
     train.add_argument("--threads", type=positive_int, help="CPU threads (default: all cores)")
     train.add_argument("--seed", type=non_negative_int, default=0,
-                       help="seed of weight init, dropout and shuffling (default 0)")
+                       help="seed of weight init, dropout, shuffling and augmentation "
+                            "(default 0)")
     train.add_argument("--data", default=DEFAULT_DIR, metavar="DIR",
                        help=f"directory with MNIST-format idx files (default {DEFAULT_DIR})")
     train.add_argument("--out", metavar="DIR", help="output directory (default runs/<model>)")

@@ -1,10 +1,13 @@
-"""Image data sets in the IDX format of MNIST and Fashion-MNIST.
+"""Image data sets in the IDX format of MNIST and Fashion-MNIST, and mini-batches of them.
 
 ``load_mnist_like(directory)`` reads the four standard files (raw or gzipped) and returns
 float32 images normalised with the training set's mean and standard deviation. Those two
 numbers are returned with the data (``MnistLike.mean`` / ``.std``) because a model trained
 on normalised images must see new images normalised the same way: the CLI stores them in the
 checkpoint's metadata and ``juanji predict`` applies them with :func:`normalize`.
+
+``batches`` cuts arrays into mini-batches in NumPy; ``augmented_batches`` (the C++
+``BatchLoader``) also crops and flips them at random, on a background thread.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from collections.abc import Iterator
 from typing import BinaryIO, NamedTuple, Union
 
 import numpy as np
+
+from ._core.data import BatchLoader, epoch_plan
 
 DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
 
@@ -305,3 +310,49 @@ def batches(
                 np.ascontiguousarray(x[start : start + batch_size]),
                 np.ascontiguousarray(y[start : start + batch_size]),
             )
+
+
+class EpochPlan(NamedTuple):
+    """The random choices of one epoch, one entry per position: the image taken there
+    (``order``), the corner of its crop in the padded image and whether it is mirrored."""
+
+    order: np.ndarray  # int64
+    crop_top: np.ndarray  # int64, in [0, 2 * crop_padding]
+    crop_left: np.ndarray  # int64, in [0, 2 * crop_padding]
+    flipped: np.ndarray  # bool
+
+
+def augmented_batches(
+    x: np.ndarray,
+    y: np.ndarray,
+    batch_size: int,
+    *,
+    seed: int,
+    epoch: int,
+    crop_padding: int = 4,
+    flip: bool = True,
+    shuffle: bool = True,
+    fill: float = 0.0,
+    prefetch: int = 2,
+) -> BatchLoader:
+    """One epoch of (x, y) mini-batches, each image randomly cropped and flipped, made in C++ on
+    a background thread up to ``prefetch`` batches ahead of the loop that consumes them.
+
+    ``x`` is (N, C, H, W) float32, ``y`` (N,) integers. Each image is padded by
+    ``crop_padding`` pixels of ``fill`` and an H x W window taken at a random offset
+    (torchvision's ``RandomCrop(padding=crop_padding, fill=fill)``; for normalised images pass
+    the normalised value of black, ``(0 - mean) / std``), then mirrored left-right with
+    probability 1/2 if ``flip``. The batches depend only on (``seed``, ``epoch``) and the
+    arguments, never on timing or the thread count; :func:`augmentation_plan` lists the choices.
+    ``crop_padding=0, flip=False`` gives the plain (shuffled) batches.
+    """
+    return BatchLoader(x, y, batch_size, shuffle=shuffle, crop_padding=crop_padding, flip=flip,
+                       fill=fill, seed=seed, epoch=epoch, prefetch=prefetch)
+
+
+def augmentation_plan(count: int, *, seed: int, epoch: int, crop_padding: int = 4,
+                      flip: bool = True, shuffle: bool = True) -> EpochPlan:
+    """The choices ``augmented_batches`` makes with these arguments for ``count`` images: the
+    batches are ``batch_size`` consecutive positions of the plan."""
+    return EpochPlan(*epoch_plan(count, shuffle=shuffle, crop_padding=crop_padding, flip=flip,
+                                 seed=seed, epoch=epoch))

@@ -17,6 +17,7 @@ void register_dense(py::module_& m);
 void register_optim(py::module_& m);
 void register_nn(py::module_& m);
 void register_io(py::module_& m);
+void register_data(py::module_& m);
 }  // namespace juanji::bind
 
 PYBIND11_MODULE(_core, m) {
@@ -47,4 +48,5 @@ PYBIND11_MODULE(_core, m) {
   juanji::bind::register_optim(m);
   juanji::bind::register_nn(m);
   juanji::bind::register_io(m);
+  juanji::bind::register_data(m);
 }

@@ -1,10 +1,12 @@
 // C++-side checks of the public API: views, a convolution against a plain-loop oracle at every
 // SIMD level, max pooling's gradient for any argmax, the C++ exception for bad arguments, the
-// fused batch norm + ReLU + max pooling kernels, a training step and a checkpoint round trip.
+// fused batch norm + ReLU + max pooling kernels, a training step and a checkpoint round trip, and
+// the augmenting batch loader.
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -216,6 +218,50 @@ void test_training_and_checkpoint() {
   std::remove(path.c_str());
 }
 
+void test_batch_loader() {
+  // Image i is filled with the value i, so each batch's pixels name the images it holds.
+  const std::int64_t count = 10;
+  Tensor images = Tensor::empty({count, 1, 3, 3});
+  Tensor labels = Tensor::empty({count}, DType::int64);
+  for (std::int64_t i = 0; i < count; ++i) {
+    for (int k = 0; k < 9; ++k) images.data<float>()[i * 9 + k] = static_cast<float>(i);
+    labels.data<std::int64_t>()[i] = 100 + i;
+  }
+  data::LoaderOptions options;
+  options.batch_size = 4;
+  options.seed = 3;
+  options.epoch = 1;
+  const data::EpochPlan plan = data::plan_epoch(count, options);
+  data::BatchLoader loader(images, labels, options);
+  expect(loader.num_batches() == 3, "10 images in batches of 4 make 3 batches");
+  std::int64_t position = 0;
+  bool in_plan_order = true;
+  while (std::optional<data::Batch> batch = loader.next()) {
+    for (std::int64_t b = 0; b < batch->labels.numel(); ++b, ++position) {
+      const std::int64_t index = plan.order[position];
+      in_plan_order &= batch->labels.data<std::int64_t>()[b] == 100 + index &&
+                       batch->images.data<float>()[b * 9 + 4] == static_cast<float>(index);
+    }
+  }
+  expect(in_plan_order && position == count, "the batches follow the plan, with their labels");
+  expect(!loader.next(), "next() after the last batch gives nothing");
+
+  {
+    // Dropped mid-epoch while its worker waits for room: the destructor must stop it, not hang.
+    data::BatchLoader abandoned(images, labels, options);
+    abandoned.next();
+  }
+
+  bool thrown = false;
+  try {
+    options.batch_size = 0;
+    data::BatchLoader bad(images, labels, options);
+  } catch (const std::invalid_argument& e) {
+    thrown = std::string(e.what()).find("batch_size") != std::string::npos;
+  }
+  expect(thrown, "batch_size 0 throws std::invalid_argument naming it");
+}
+
 }  // namespace
 
 int main() {
@@ -225,6 +271,7 @@ int main() {
   test_bad_arguments_throw();
   test_batch_norm_relu_max_pool_kernels();
   test_training_and_checkpoint();
+  test_batch_loader();
   std::printf("%s (%d failure%s)\n", failures ? "FAILED" : "ok", failures, failures == 1 ? "" : "s");
   return failures ? EXIT_FAILURE : EXIT_SUCCESS;
 }

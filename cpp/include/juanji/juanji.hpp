@@ -2,6 +2,7 @@
 #pragma once
 
 #include "juanji/build_config.hpp"
+#include "juanji/data/augment.hpp"
 #include "juanji/dlpack.hpp"
 #include "juanji/error.hpp"
 #include "juanji/nn/layers.hpp"

@@ -1,38 +1,13 @@
-// One global xoshiro256** generator seeded through splitmix64. Draws are serial, so a seed gives
+// One global xoshiro256** generator (core/xoshiro256.hpp). Draws are serial, so a seed gives
 // the same numbers whatever the thread count.
 #include <cmath>
 #include <mutex>
 
+#include "core/xoshiro256.hpp"
 #include "juanji/tensor.hpp"
 
 namespace juanji {
 namespace {
-
-struct Xoshiro256 {
-  std::uint64_t s[4];
-  void seed(std::uint64_t seed) {
-    for (auto& word : s) {
-      seed += 0x9e3779b97f4a7c15ULL;
-      std::uint64_t z = seed;
-      z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-      z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-      word = z ^ (z >> 31);
-    }
-  }
-  static std::uint64_t rotl(std::uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
-  std::uint64_t next() {
-    const std::uint64_t result = rotl(s[1] * 5, 7) * 9;
-    const std::uint64_t t = s[1] << 17;
-    s[2] ^= s[0];
-    s[3] ^= s[1];
-    s[1] ^= s[2];
-    s[0] ^= s[3];
-    s[2] ^= t;
-    s[3] = rotl(s[3], 45);
-    return result;
-  }
-  double uniform() { return static_cast<double>(next() >> 11) * 0x1.0p-53; }  // [0, 1)
-};
 
 std::mutex generator_mutex;
 Xoshiro256& generator() {
