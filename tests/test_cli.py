@@ -28,8 +28,7 @@ def parse_train(*argv):
 
 
 def hyperparameters(args):
-    return (args.epochs, args.batch_size, args.lr, args.momentum, args.weight_decay, args.schedule,
-            args.augment)
+    return tuple(getattr(args, field) for field in cli.TrainDefaults._fields)
 
 
 def assert_png(path):
@@ -41,7 +40,7 @@ def assert_png(path):
 # --------------------------------------------------------------------------------------------
 # argument parsing
 # --------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("model", ["convnet", "lenet5"])
+@pytest.mark.parametrize("model", ["convnet", "lenet5", "resnet"])
 def test_train_defaults_per_model(model):
     args = parse_train() if model == "convnet" else parse_train("--model", model)
     assert args.model == model
@@ -55,15 +54,17 @@ def test_train_flags_override_defaults():
     args = parse_train("--model", "lenet5", "--epochs", "3", "--batch-size", "32", "--lr", "0.1",
                        "--momentum", "0.5", "--weight-decay", "1e-4", "--schedule", "step",
                        "--threads", "1", "--seed", "7", "--data", "d", "--out", "o",
-                       "--device", "cuda", "--limit", "600", "--augment", "flip")
-    assert hyperparameters(args) == (3, 32, 0.1, 0.5, 1e-4, "step", "flip")
+                       "--device", "cuda", "--limit", "600", "--augment", "flip", "--optimizer", "adamw",
+                       "--warmup-epochs", "2", "--lr-update", "step", "--label-smoothing", "0.05")
+    assert hyperparameters(args) == (3, 32, 0.1, 0.5, 1e-4, "step", "flip", "adamw", 2, "step", 0.05)
     assert (args.threads, args.seed, args.data, args.out) == (1, 7, "d", "o")
     assert (args.device, args.limit) == ("cuda", 600)
 
 
 @pytest.mark.parametrize("argv", [
-    ["train", "--model", "resnet"], ["train", "--schedule", "linear"], ["train", "--device", "tpu"],
-    ["train", "--epochs", "two"], [], ["predict", "x"],
+    ["train", "--model", "resnet50"], ["train", "--schedule", "linear"], ["train", "--device", "tpu"],
+    ["train", "--epochs", "two"], [], ["predict", "x"], ["train", "--optimizer", "rmsprop"],
+    ["train", "--label-smoothing", "1.5"], ["train", "--warmup-epochs", "-1"], ["train", "--lr-update", "batch"],
 ])
 def test_bad_arguments_exit_with_one_line(argv, capsys):
     with pytest.raises(SystemExit) as info:

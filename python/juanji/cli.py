@@ -51,6 +51,10 @@ class TrainDefaults(NamedTuple):
     weight_decay: float
     schedule: str
     augment: str  # "none", or what augment_spec gives: "crop", "flip", "crop,flip"
+    optimizer: str = "sgd"  # sgd (with momentum), adam or adamw
+    warmup_epochs: int = 0  # linear warm-up of the learning rate in front of the schedule
+    lr_update: str = "epoch"  # how often the schedule moves the learning rate: "epoch" or "step"
+    label_smoothing: float = 0.0
 
 
 # One command reaches the targets on Fashion-MNIST (convnet >= 91%, lenet5 >= 89% test
@@ -62,7 +66,12 @@ TRAIN_DEFAULTS: dict[str, TrainDefaults] = {
                              schedule="cosine", augment="none"),
     "lenet5": TrainDefaults(epochs=15, batch_size=32, lr=0.02, momentum=0.9, weight_decay=5e-4,
                             schedule="cosine", augment="none"),
+    # See README's ResNet section for the measured runs.
+    "resnet": TrainDefaults(epochs=12, batch_size=128, lr=0.1, momentum=0.9, weight_decay=5e-4,
+                            schedule="cosine", augment="crop,flip", optimizer="sgd", warmup_epochs=1,
+                            lr_update="step", label_smoothing=0.1),
 }
+OPTIMIZERS = ("sgd", "adam", "adamw")
 STEP_SCHEDULE_EPOCHS = 2  # StepLR halves the learning rate every this many epochs
 AUGMENTATIONS = ("crop", "flip")  # what --augment may list, in the order it is printed
 # --augment crop pads by this many pixels and crops back to the image size at a random offset:
@@ -144,13 +153,26 @@ def make_output_dir(path: str) -> None:
     os.makedirs(path, exist_ok=True)
 
 
-def _make_scheduler(optimizer, args: argparse.Namespace):
+def _make_optimizer(parameters, args: argparse.Namespace):
     from . import optim
 
+    if args.optimizer == "adam":
+        return optim.Adam(parameters, lr=args.lr, weight_decay=args.weight_decay)
+    if args.optimizer == "adamw":
+        return optim.AdamW(parameters, lr=args.lr, weight_decay=args.weight_decay)
+    return optim.SGD(parameters, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+
+
+def _make_scheduler(optimizer, args: argparse.Namespace, steps_per_epoch: int):
+    """The schedule, stepped once per epoch or (lr_update "step") once per optimizer step."""
+    from . import optim
+
+    timing = {"warmup_epochs": args.warmup_epochs,
+              "steps_per_epoch": steps_per_epoch if args.lr_update == "step" else 1}
     if args.schedule == "cosine":
-        return optim.CosineLR(optimizer, t_max=args.epochs, eta_min=0.0)
+        return optim.CosineLR(optimizer, t_max=args.epochs, eta_min=0.0, **timing)
     if args.schedule == "step":
-        return optim.StepLR(optimizer, step_size=STEP_SCHEDULE_EPOCHS, gamma=0.5)
+        return optim.StepLR(optimizer, step_size=STEP_SCHEDULE_EPOCHS, gamma=0.5, **timing)
     return None
 
 
@@ -233,15 +255,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     model = MODELS[args.model]()
     model.to(args.device)  # batches go over once per step; the whole step runs there
     print(model.summary(input_shape))
-    print(f"training {args.model} for {args.epochs} epochs: batch {args.batch_size}, lr {args.lr}, "
-          f"momentum {args.momentum}, weight decay {args.weight_decay}, schedule {args.schedule}, "
-          f"augment {args.augment}, {juanji.get_num_threads()} threads, device {args.device}")
+    momentum = f", momentum {args.momentum}" if args.optimizer == "sgd" else ""
+    print(f"training {args.model} for {args.epochs} epoch{'s' if args.epochs != 1 else ''}: "
+          f"batch {args.batch_size}, {args.optimizer} lr {args.lr}{momentum}, weight decay {args.weight_decay}, "
+          f"schedule {args.schedule} (warm-up {args.warmup_epochs} epochs, per {args.lr_update}), "
+          f"label smoothing {args.label_smoothing}, augment {args.augment}, "
+          f"{juanji.get_num_threads()} threads, device {args.device}")
 
-    loss_fn = nn.CrossEntropyLoss()
-    optimizer = optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
-                          weight_decay=args.weight_decay)
-    scheduler = _make_scheduler(optimizer, args)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
+    optimizer = _make_optimizer(model.parameters(), args)
     steps_per_epoch = math.ceil(len(dataset.x_train) / args.batch_size)
+    scheduler = _make_scheduler(optimizer, args, steps_per_epoch)
     epoch_batches = _epoch_batches(args, dataset, shuffle_rng)
     log: dict[str, Any] = {
         "args": {key: value for key, value in vars(args).items() if key != "handler"},
@@ -249,6 +273,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "steps_per_epoch": steps_per_epoch, "epochs": [], "step_losses": [],
     }
 
+    training_start = time.perf_counter()
     for epoch in range(1, args.epochs + 1):
         model.train()
         lr = optimizer.lr
@@ -262,6 +287,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                 raise ValueError(f"training diverged in epoch {epoch} (loss {loss}): "
                                  f"lower --lr (now {lr})")
             log["step_losses"].append(loss)
+            if scheduler is not None and args.lr_update == "step":
+                scheduler.step()
             loss_sum += loss * len(x_batch)
             seen += len(x_batch)
             progress.update(len(x_batch), loss_sum / seen)
@@ -278,8 +305,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"epoch {epoch}/{args.epochs}: train loss {record['train_loss']:.4f}, "
               f"test loss {test_loss:.4f}, test accuracy {100 * test_accuracy:.2f}%, "
               f"{seconds:.1f} s ({record['images_per_second']:.0f} img/s)", flush=True)
-        if scheduler is not None:
+        if scheduler is not None and args.lr_update == "epoch":
             scheduler.step()
+    log["training_seconds"] = time.perf_counter() - training_start
+    print(f"trained in {log['training_seconds']:.0f} s (with the evaluations after each epoch)")
 
     model.to("cpu")  # the checkpoint, pictures and NumPy views want host memory
     checkpoint = os.path.join(args.out, "model.safetensors")
@@ -562,6 +591,13 @@ def finite_float(text: str) -> float:
     return value
 
 
+def unit_interval_float(text: str) -> float:
+    value = finite_float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
+    return value
+
+
 def positive_float(text: str) -> float:
     value = finite_float(text)
     if value <= 0:
@@ -604,7 +640,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     per_model = "; ".join(
         f"{name}: {d.epochs} epochs, batch {d.batch_size}, lr {d.lr}, momentum {d.momentum}, "
-        f"weight decay {d.weight_decay}, {d.schedule} schedule, augment {d.augment}"
+        f"weight decay {d.weight_decay}, {d.schedule} schedule, augment {d.augment}, optimizer {d.optimizer}, "
+        f"warm-up {d.warmup_epochs} epochs, lr update per {d.lr_update}, label smoothing {d.label_smoothing}"
         for name, d in TRAIN_DEFAULTS.items()
     )
     train = commands.add_parser(
@@ -621,6 +658,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--schedule", choices=["cosine", "step", "none"],
                        help="learning-rate schedule per epoch "
                             f"(step: halve every {STEP_SCHEDULE_EPOCHS} epochs)")
+    train.add_argument("--optimizer", choices=OPTIMIZERS,
+                       help="sgd (with --momentum), adam or adamw (decoupled weight decay)")
+    train.add_argument("--warmup-epochs", type=non_negative_int, metavar="E",
+                       help="linear learning-rate warm-up over the first E epochs")
+    train.add_argument("--lr-update", choices=["epoch", "step"],
+                       help="move the learning rate along the schedule after every epoch or every step")
+    train.add_argument("--label-smoothing", type=unit_interval_float, metavar="EPS",
+                       help="cross-entropy against (1 - EPS) * one-hot + EPS / classes")
     train.add_argument("--augment", type=augment_spec, metavar="LIST",
                        help="none, or random changes to each training image: crop (pad by "
                             f"{CROP_PADDING} pixels of black, crop back at a random offset), flip "
