@@ -2,7 +2,7 @@
 count, or with --device cuda on the GPU against torch's CUDA path (cuDNN).
 
     python bench/compare_torch.py [--device cpu|cuda] [--threads 2] [--repeat 15] [--rounds 3]
-                                  [--markdown out.md] [--only conv,pool,train] [--tf32]
+                                  [--markdown out.md] [--only conv,pool,residual,train] [--tf32]
 
 PyTorch is a benchmark peer only: install it with `pip install torch==2.13.0` (a CUDA build of it
 for --device cuda). On the GPU both sides keep their data on the device, each timed sample runs
@@ -169,6 +169,58 @@ def convnet_torch(torch):
     )
 
 
+def resnet_torch(torch):
+    """The same network as juanji.models.resnet(): basic blocks with projection shortcuts where the
+    shape changes, the ReLU after each sum."""
+    t = torch.nn
+
+    class Residual(t.Module):
+        def __init__(self, body, shortcut):
+            super().__init__()
+            self.body, self.shortcut = body, shortcut
+
+        def forward(self, x):
+            return self.body(x) + (x if self.shortcut is None else self.shortcut(x))
+
+    def block(c_in, c_out, stride=1):
+        body = t.Sequential(t.Conv2d(c_in, c_out, 3, stride, 1, bias=False), t.BatchNorm2d(c_out), t.ReLU(),
+                            t.Conv2d(c_out, c_out, 3, 1, 1, bias=False), t.BatchNorm2d(c_out))
+        shortcut = None
+        if stride != 1 or c_in != c_out:
+            shortcut = t.Sequential(t.Conv2d(c_in, c_out, 1, stride, bias=False), t.BatchNorm2d(c_out))
+        return Residual(body, shortcut)
+
+    return t.Sequential(
+        t.Conv2d(1, 32, 3, padding=1, bias=False), t.BatchNorm2d(32), t.ReLU(), t.MaxPool2d(2),
+        block(32, 32), t.ReLU(), block(32, 64, 2), t.ReLU(), block(64, 128, 2), t.ReLU(),
+        t.AdaptiveAvgPool2d(1), t.Flatten(), t.Linear(128, 10),
+    )
+
+
+def residual_rows(dev: Device):
+    """A residual block (the basic block of the ResNet's second stage, 64 channels at 7x7 from 32 at
+    14x14 with a projection) forward and backward in training mode, batch 128."""
+    torch = dev.torch
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((128, 32, 14, 14), dtype=np.float32)
+    model = nn.Sequential(models.basic_block(32, 64, stride=2), nn.ReLU()).to(dev.name)
+    tmodel = resnet_torch(torch)[6:8].to(dev.name)
+    xj, xt = dev.juanji(x), dev.torch_tensor(x).requires_grad_()
+    g = rng.standard_normal((128, 64, 7, 7), dtype=np.float32)
+    gj, gt = dev.juanji(g), dev.torch_tensor(g)
+
+    def juanji_step():
+        model.forward(xj, training=True)
+        model.backward(gj)
+
+    def torch_step():
+        xt.grad = None
+        tmodel(xt).backward(gt)
+
+    jt, tt = dev.time_pair(juanji_step, torch_step, warmup=5)
+    return [("residual block fwd+bwd b128", jt, tt, f"{128 / jt:.0f} img/s", f"{128 / tt:.0f} img/s")]
+
+
 def train_step_row(dev: Device, name, model, tmodel, batch, rng):
     torch = dev.torch
     x = rng.standard_normal((batch, 1, 28, 28), dtype=np.float32)
@@ -198,6 +250,8 @@ def train_rows(dev: Device):
         rows.append(train_step_row(dev, "LeNet", lenet_juanji(), lenet_torch(torch), batch, rng))
     # The CLI's main job trains this at batch 64.
     rows.append(train_step_row(dev, "convnet", models.convnet(), convnet_torch(torch), 64, rng))
+    # `juanji train --model resnet` trains this at batch 128.
+    rows.append(train_step_row(dev, "ResNet", models.resnet(), resnet_torch(torch), 128, rng))
     x = rng.standard_normal((256, 1, 28, 28), dtype=np.float32)
     model, tmodel = lenet_juanji().to(dev.name), lenet_torch(torch).to(dev.name).eval()
     xj, xt = dev.juanji(x), dev.torch_tensor(x)
@@ -227,7 +281,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=15, help="timed samples per case and library")
     parser.add_argument("--rounds", type=int, default=3,
                         help="alternating rounds of juanji and torch samples the repeats are split into")
-    parser.add_argument("--only", default="conv,pool,train", help="comma-separated: conv, pool, train")
+    parser.add_argument("--only", default="conv,pool,residual,train",
+                        help="comma-separated: conv, pool, residual, train")
     parser.add_argument("--markdown", help="also write the table to this file")
     parser.add_argument("--tf32", action="store_true", help="let cuDNN use TF32 tensor cores (cuda only)")
     args = parser.parse_args()
@@ -248,7 +303,7 @@ def main() -> None:
     while time.perf_counter() < deadline:
         juanji.linear(warm_j, warm_j)
         warm_t @ warm_t
-    groups = {"conv": conv_rows, "pool": pool_rows, "train": train_rows}
+    groups = {"conv": conv_rows, "pool": pool_rows, "residual": residual_rows, "train": train_rows}
     rows = []
     for name in args.only.split(","):
         rows += groups[name](dev)

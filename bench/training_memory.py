@@ -21,7 +21,8 @@ sys.path.insert(0, str(Path(__file__).parent))  # compare_torch's networks
 
 # (network, batch): the networks of compare_torch.py's training rows; batch 1 shows what does not
 # grow with the batch (parameters, code and allocator pages).
-CASES = [("LeNet", 1), ("LeNet", 64), ("LeNet", 256), ("convnet", 1), ("convnet", 64)]
+CASES = [("LeNet", 1), ("LeNet", 64), ("LeNet", 256), ("convnet", 1), ("convnet", 64), ("ResNet", 1),
+         ("ResNet", 128)]
 
 
 def resident_kib(field: str) -> int:
@@ -37,7 +38,7 @@ def measure_juanji(network: str, steps: int, x, y) -> int:
     from juanji import models, nn, optim
 
     baseline = resident_kib("VmRSS")
-    model = lenet_juanji() if network == "LeNet" else models.convnet()
+    model = {"LeNet": lenet_juanji, "convnet": models.convnet, "ResNet": models.resnet}[network]()
     opt = optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     loss = nn.CrossEntropyLoss()
     for _ in range(steps):
@@ -48,11 +49,11 @@ def measure_juanji(network: str, steps: int, x, y) -> int:
 def measure_torch(network: str, steps: int, x, y) -> int:
     import torch
 
-    from compare_torch import convnet_torch, lenet_torch
+    from compare_torch import convnet_torch, lenet_torch, resnet_torch
 
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     baseline = resident_kib("VmRSS")
-    model = lenet_torch(torch) if network == "LeNet" else convnet_torch(torch)
+    model = {"LeNet": lenet_torch, "convnet": convnet_torch, "ResNet": resnet_torch}[network](torch)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     for _ in range(steps):
         opt.zero_grad()

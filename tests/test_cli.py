@@ -111,7 +111,7 @@ def test_python_dash_m_runs_the_cli():
 # --------------------------------------------------------------------------------------------
 # train + predict on the real-image subset
 # --------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("model", ["convnet", "lenet5"])
+@pytest.mark.parametrize("model", ["convnet", "lenet5", "resnet"])
 def test_train_writes_artifacts_and_loss_falls(tmp_path, model, capsys):
     import juanji
 
@@ -149,6 +149,22 @@ def test_train_writes_artifacts_and_loss_falls(tmp_path, model, capsys):
     assert status == 0
     assert len(printed) == 101
     assert printed[-1] == f"accuracy {100 * second['test_accuracy']:.2f}% on 100 images"
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw"])
+def test_train_with_adam_warm_up_and_per_step_schedule(tmp_path, optimizer, capsys):
+    out = tmp_path / "run"
+    assert cli.main(["train", "--model", "convnet", "--data", SUBSET_DIR, "--epochs", "3", "--limit", "256",
+                     "--batch-size", "64", "--out", str(out), "--optimizer", optimizer, "--lr", "0.004",
+                     "--warmup-epochs", "1", "--lr-update", "step", "--label-smoothing", "0.1",
+                     "--augment", "crop,flip"]) == 0
+    printed = capsys.readouterr().out
+    assert f"{optimizer} lr 0.004, weight decay" in printed and "label smoothing 0.1" in printed
+    log = json.loads((out / "log.json").read_text())
+    # Per step: a linear warm-up from lr / (4 + 1) over the first epoch's 4 steps, then a cosine over
+    # the other 2 epochs' 8 steps, half way down after 4 of them.
+    assert [e["lr"] for e in log["epochs"]] == pytest.approx([0.004 / 5, 0.004, 0.002])
+    assert log["training_seconds"] > 0
 
 
 def test_train_without_tqdm_and_matplotlib(tmp_path, capsys, monkeypatch):

@@ -170,7 +170,8 @@ def _make_scheduler(optimizer, args: argparse.Namespace, steps_per_epoch: int):
     timing = {"warmup_epochs": args.warmup_epochs,
               "steps_per_epoch": steps_per_epoch if args.lr_update == "step" else 1}
     if args.schedule == "cosine":
-        return optim.CosineLR(optimizer, t_max=args.epochs, eta_min=0.0, **timing)
+        # The cosine follows the warm-up and reaches 0 at the end of the last epoch.
+        return optim.CosineLR(optimizer, t_max=max(1, args.epochs - args.warmup_epochs), eta_min=0.0, **timing)
     if args.schedule == "step":
         return optim.StepLR(optimizer, step_size=STEP_SCHEDULE_EPOCHS, gamma=0.5, **timing)
     return None
