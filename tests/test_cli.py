@@ -55,8 +55,9 @@ def test_train_flags_override_defaults():
                        "--momentum", "0.5", "--weight-decay", "1e-4", "--schedule", "step",
                        "--threads", "1", "--seed", "7", "--data", "d", "--out", "o",
                        "--device", "cuda", "--limit", "600", "--augment", "flip", "--optimizer", "adamw",
-                       "--warmup-epochs", "2", "--lr-update", "step", "--label-smoothing", "0.05")
-    assert hyperparameters(args) == (3, 32, 0.1, 0.5, 1e-4, "step", "flip", "adamw", 2, "step", 0.05)
+                       "--warmup-epochs", "2", "--lr-update", "step", "--label-smoothing", "0.05",
+                       "--crop-padding", "2")
+    assert hyperparameters(args) == (3, 32, 0.1, 0.5, 1e-4, "step", "flip", "adamw", 2, "step", 0.05, 2)
     assert (args.threads, args.seed, args.data, args.out) == (1, 7, "d", "o")
     assert (args.device, args.limit) == ("cuda", 600)
 
@@ -64,7 +65,7 @@ def test_train_flags_override_defaults():
 @pytest.mark.parametrize("argv", [
     ["train", "--model", "resnet50"], ["train", "--schedule", "linear"], ["train", "--device", "tpu"],
     ["train", "--epochs", "two"], [], ["predict", "x"], ["train", "--optimizer", "rmsprop"],
-    ["train", "--label-smoothing", "1.5"], ["train", "--warmup-epochs", "-1"], ["train", "--lr-update", "batch"],
+    ["train", "--label-smoothing", "1.5"], ["train", "--warmup-epochs", "-1"], ["train", "--lr-update", "batch"], ["train", "--crop-padding", "0"],
 ])
 def test_bad_arguments_exit_with_one_line(argv, capsys):
     with pytest.raises(SystemExit) as info:
