@@ -65,7 +65,8 @@ def test_train_flags_override_defaults():
 @pytest.mark.parametrize("argv", [
     ["train", "--model", "resnet50"], ["train", "--schedule", "linear"], ["train", "--device", "tpu"],
     ["train", "--epochs", "two"], [], ["predict", "x"], ["train", "--optimizer", "rmsprop"],
-    ["train", "--label-smoothing", "1.5"], ["train", "--warmup-epochs", "-1"], ["train", "--lr-update", "batch"], ["train", "--crop-padding", "0"],
+    ["train", "--label-smoothing", "1.5"], ["train", "--warmup-epochs", "-1"], ["train", "--lr-update", "batch"],
+    ["train", "--crop-padding", "0"],
 ])
 def test_bad_arguments_exit_with_one_line(argv, capsys):
     with pytest.raises(SystemExit) as info:

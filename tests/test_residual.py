@@ -131,7 +131,8 @@ def fd_model_cases():
                              nn.LeakyReLU(0.2))
 
     def concat_groups():
-        return nn.Sequential(nn.Concat(nn.Conv2d(2, 4, 3, groups=2), nn.Conv2d(2, 1, 3, dilation=2, padding=1)), nn.Tanh())
+        branches = nn.Conv2d(2, 4, 3, groups=2), nn.Conv2d(2, 1, 3, dilation=2, padding=1)
+        return nn.Sequential(nn.Concat(*branches), nn.Tanh())
 
     return {"projection_block": ((3, 2, 5, 7), projection_block), "nested": ((2, 2, 4, 5), nested),
             "concat_groups": ((2, 2, 5, 4), concat_groups)}

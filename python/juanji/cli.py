@@ -233,7 +233,7 @@ def _save_figures(model, log: dict[str, Any], dataset, out: str) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     import juanji
-    from . import nn, optim
+    from . import nn
 
     resolve_train_defaults(args)
     if args.device == "cuda" and juanji.cuda_device_count() == 0:
