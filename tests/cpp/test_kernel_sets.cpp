@@ -553,18 +553,25 @@ void test_depthwise_conv(const Level& level, Data& data) {
   int variant = 0;
   // Rows of one vector or less and of several, with spare columns to squeeze out (1, 2, 4: some
   // vectors keep none) or none; blocks of a few vectors and past one block (12 or 16 sums) into
-  // near-equal ones, with tails; 1, 9 and 25 taps.
+  // near-equal ones, with tails; 1, 9 and 25 taps; one plane or three, with and without bias.
   for (I rows : {1, 2, 5, 23})
     for (I out_w : sizes({1, 3, lanes - 1, lanes + 1, 3 * lanes + 2}))
       for (I spare : {0, 1, 2, 4})
         for (I taps : {1, 9, 25}) {
           ++variant;
           const Values values = variant % 2 ? Values::integers : Values::uniform;
-          const I width = out_w + spare, count = rows * width;
-          const FlatTaps layout(1, taps, width, count, lanes, 6 * variant, data, values);  // unmasked
-          const bool relu = variant % 7 < 3;
-          const auto weights = data.make(taps, values);
-          const float bias = variant % 3 ? data.make(1, values)[0] : 0.0f;
+          const I width = out_w + spare, count = rows * width, planes = variant % 3 == 0 ? 3 : 1;
+          const I out_count = rows * out_w, out_plane = out_count + variant % 2;
+          // Each plane's source; the planes' sources one after another.
+          std::vector<FlatTaps> layouts;
+          for (I p = 0; p < planes; ++p)
+            layouts.emplace_back(1, taps, width, count, lanes, 6 * variant, data, values);  // unmasked
+          const I src_plane = I(layouts[0].src.size());
+          std::vector<float> src;
+          for (const FlatTaps& layout : layouts) src.insert(src.end(), layout.src.begin(), layout.src.end());
+          const bool relu = variant % 7 < 3, with_bias = variant % 4 != 1;
+          const auto weights = data.make(planes * taps, values);
+          const auto bias = data.make(planes, values);
           // The squeezing pattern: each vector's lanes of the rows' first out_w columns.
           const I period = width / std::gcd(width, lanes);
           std::vector<std::int32_t> keep;
@@ -575,25 +582,26 @@ void test_depthwise_conv(const Level& level, Data& data) {
               if ((v * lanes + l) % width < out_w) keep.push_back(std::int32_t(l)), ++kept.back();
             keep.resize((v + 1) * lanes, std::int32_t(lanes - 1));
           }
-          Output out(rows * out_w);
-          for (I p = 0; p < rows; ++p)
-            for (I q = 0; q < out_w; ++q) {
-              const I i = p * width + q;
-              double sum = 0, size = std::fabs(bias);
-              for (I t = 0; t < taps; ++t) {
-                const double product = double(weights[t]) * layout.src[layout.offsets[t] + i];
-                sum += product;
-                size += std::fabs(product);
+          Output out(planes * out_plane);
+          for (I p = 0; p < planes; ++p)
+            for (I row = 0; row < rows; ++row)
+              for (I q = 0; q < out_w; ++q) {
+                const I i = row * width + q;
+                double sum = 0, size = with_bias ? std::fabs(bias[p]) : 0.0;
+                for (I t = 0; t < taps; ++t) {
+                  const double product = double(weights[p * taps + t]) * src[p * src_plane + layouts[p].offsets[t] + i];
+                  sum += product;
+                  size += std::fabs(product);
+                }
+                double value = (with_bias ? bias[p] : 0.0) + sum;
+                if (relu && value < 0) value = 0;
+                out.must_hold(p * out_plane + (spare > 0 ? row * out_w + q : i), value, size);
               }
-              double value = bias + sum;
-              if (relu && value < 0) value = 0;
-              out.must_hold(spare > 0 ? p * out_w + q : i, value, size);
-            }
-          level.set.depthwise_conv_f32({layout.src.data(), layout.offsets.data(), weights.data(), taps, bias, relu,
-                                        out.got.data(), count, spare > 0 ? keep.data() : nullptr, kept.data(), period,
-                                        rows * out_w});
-          expect_close(describe(level, "depthwise_conv %ld rows of %ld + %ld spare, %ld taps, relu=%d", rows, out_w,
-                                spare, taps, relu),
+          level.set.depthwise_conv_f32({src.data(), src_plane, layouts[0].offsets.data(), weights.data(), taps,
+                                        with_bias ? bias.data() : nullptr, relu, out.got.data(), out_plane, planes,
+                                        count, spare > 0 ? keep.data() : nullptr, kept.data(), period, out_count});
+          expect_close(describe(level, "depthwise_conv %ld planes of %ld rows of %ld + %ld spare, %ld taps, relu=%d",
+                                planes, rows, out_w, spare, taps, relu),
                        out.got, out.want, out.magnitude, values, kFloatTolerance);
         }
 }
@@ -649,7 +657,8 @@ void test_depthwise_weight_grad(const Level& level, Data& data) {
 }
 
 // Rows into and out of the depthwise layout: copied, split and spread, rows of less than a vector
-// and of several with tails, copied into rows with spare columns (which may get zeros) or none.
+// and of several with tails, copied into rows with spare columns (which may get zeros) or none;
+// one plane or two.
 void test_depthwise_rows(const Level& level, Data& data) {
   using juanji::cpu::DepthwiseRowMove;
   const I lanes = level.lanes;
@@ -659,26 +668,28 @@ void test_depthwise_rows(const Level& level, Data& data) {
       for (DepthwiseRowMove move : {DepthwiseRowMove::copy, DepthwiseRowMove::split, DepthwiseRowMove::spread}) {
         ++variant;
         const bool copy = move == DepthwiseRowMove::copy, split = move == DepthwiseRowMove::split;
-        const I src_stride = count + variant % 3, spare = copy ? variant % 2 * 2 : variant % 2;
+        const I planes = 1 + variant % 2, src_stride = count + variant % 3, spare = copy ? variant % 2 * 2 : variant % 2;
         const I written = split ? (count + 1) / 2 : move == DepthwiseRowMove::spread ? 2 * count : count;
         const I out_stride = written + spare, odd_offset = split ? rows * out_stride + 5 : 0;
-        const auto src = data.make(rows * src_stride, Values::uniform);
-        Output out(odd_offset + rows * out_stride);
-        for (I r = 0; r < rows; ++r) {
-          for (I j = 0; j < count; ++j) {
-            const I to = split ? (j % 2 ? odd_offset : 0) + r * out_stride + j / 2
-                               : r * out_stride + (copy ? j : 2 * j);
-            out.must_hold(to, src[r * src_stride + j], 0.0);
-            if (!copy && !split) out.must_hold(to + 1, 0.0, 0.0);
+        const I src_plane = rows * src_stride + 1, out_plane = odd_offset + rows * out_stride + 3;
+        const auto src = data.make(planes * src_plane, Values::uniform);
+        Output out(planes * out_plane);
+        for (I p = 0; p < planes; ++p)
+          for (I r = 0; r < rows; ++r) {
+            for (I j = 0; j < count; ++j) {
+              const I to = p * out_plane + (split ? (j % 2 ? odd_offset : 0) + r * out_stride + j / 2
+                                                  : r * out_stride + (copy ? j : 2 * j));
+              out.must_hold(to, src[p * src_plane + r * src_stride + j], 0.0);
+              if (!copy && !split) out.must_hold(to + 1, 0.0, 0.0);
+            }
+            // Spare columns (past count, before the plane's last row's end) may get zeros.
+            for (I j = count; j < out_stride && copy && r + 1 < rows; ++j)
+              out.must_hold(p * out_plane + r * out_stride + j, 0.0, kAnyValue);
           }
-          // Spare columns (past count, before the last row's end) may get zeros.
-          for (I j = count; j < out_stride && copy && r + 1 < rows; ++j)
-            out.must_hold(r * out_stride + j, 0.0, kAnyValue);
-        }
-        level.set.depthwise_rows_f32(
-            {src.data(), src_stride, rows, count, out.got.data(), out_stride, move, odd_offset});
-        expect_close(describe(level, "depthwise_rows count %ld rows %ld move %d spare %ld", count, rows, int(move),
-                              spare),
+        level.set.depthwise_rows_f32({src.data(), src_stride, rows, count, out.got.data(), out_stride, move,
+                                      odd_offset, planes, src_plane, out_plane});
+        expect_close(describe(level, "depthwise_rows count %ld rows %ld move %d spare %ld planes %ld", count, rows,
+                              int(move), spare, planes),
                      out.got, out.want, out.magnitude, Values::uniform, kFloatTolerance);
       }
 }

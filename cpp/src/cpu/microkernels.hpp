@@ -141,25 +141,28 @@ struct FilterBlockWeightGradArgs {
 };
 using FilterBlockWeightGrad = void (*)(const FilterBlockWeightGradArgs& args);
 
-// Depthwise convolution (one filter per channel) of one plane, laid out as one long row: the
-// caller lays the plane out (zero-padded, split into stride phases or spread by the stride as its
-// pass needs) so that output i's tap t reads src[offsets[t] + i],
-//   sum(i) = bias + sum_t weights[t] * src[offsets[t] + i],   summed in t order,
-// for i < count, stored as bias + sum, then ReLU if asked (v < 0 ? 0 : v). Where `kept` is null
-// out[i] = that; else the rows' spare outputs are squeezed out as the vectors are stored: vector
-// v (outputs v * lanes on) keeps kept[v % period] of them, its lane l taking the sum of its lane
-// keep[(v % period) * lanes + l], and they follow the outputs kept before them in out, which
-// receives out_count of them (count without squeezing). Whole vectors are read: src up to
-// round_up(count, lanes) - 1 + offsets[t]; out is written up to out_count only.
+// Depthwise convolution (one filter per channel) of planes, each laid out as one long row: the
+// caller lays a plane out (zero-padded, split into stride phases or spread by the stride as its
+// pass needs) so that output i's tap t reads src[offsets[t] + i]. For each plane p (its layout at
+// src + p * src_plane, its weights at weights + p * taps),
+//   sum(i) = bias[p] + sum_t weights[t] * src[offsets[t] + i],   summed in t order,
+// for i < count, stored as bias + sum (bias 0 where null), then ReLU if asked (v < 0 ? 0 : v), at
+// out + p * out_plane. Where `kept` is null out[i] = that; else the rows' spare outputs are
+// squeezed out as the vectors are stored: vector v (outputs v * lanes on) keeps kept[v % period]
+// of them, its lane l taking the sum of its lane keep[(v % period) * lanes + l], and they follow
+// the outputs kept before them in out, which receives out_count of them (count without
+// squeezing). Whole vectors are read: src up to round_up(count, lanes) - 1 + offsets[t]; out is
+// written up to out_count only.
 struct DepthwiseConvArgs {
   const float* src;
+  std::int64_t src_plane;
   const std::int64_t* offsets;  // (taps)
-  const float* weights;         // (taps)
+  const float* weights;         // (planes, taps)
   std::int64_t taps;
-  float bias;
+  const float* bias;  // (planes) or null
   bool relu;
   float* out;
-  std::int64_t count;
+  std::int64_t out_plane, planes, count;
   const std::int32_t* keep;  // (period, lanes) or null
   const std::int64_t* kept;  // (period)
   std::int64_t period, out_count;
@@ -194,12 +197,13 @@ struct DepthwiseWeightGradArgs {
 };
 using DepthwiseWeightGrad = void (*)(const DepthwiseWeightGradArgs& args);
 
-// Rows into and out of the depthwise kernels' layout: row r's floats in[r * src_stride + j] for
-// j < count go to out[r * out_stride + j] (copy), or column pairs apart (split: the stride-2
-// phases, in[2c] to out[c] and in[2c + 1] to out[odd_offset + c]), or spread by 2 (spread:
-// in[j] to out[2j] and 0 to out[2j + 1], the data gradient's error spread by a stride of 2).
-// Copying, a row's columns from count on may get zeros, up to the last row's end: so do the next
-// rows' first columns before their own values are stored. Nothing else is written.
+// Rows into and out of the depthwise kernels' layout, for `planes` planes (plane p's rows from
+// src + p * src_plane to out + p * out_plane): row r's floats in[r * src_stride + j] for j < count
+// go to out[r * out_stride + j] (copy), or column pairs apart (split: the stride-2 phases, in[2c]
+// to out[c] and in[2c + 1] to out[odd_offset + c]), or spread by 2 (spread: in[j] to out[2j] and
+// 0 to out[2j + 1], the data gradient's error spread by a stride of 2). Copying, a row's columns
+// from count on may get zeros, up to the plane's last row's end: so do the next rows' first
+// columns before their own values are stored. Nothing else is written.
 enum class DepthwiseRowMove { copy, split, spread };
 struct DepthwiseRowsArgs {
   const float* src;
@@ -207,7 +211,7 @@ struct DepthwiseRowsArgs {
   float* out;
   std::int64_t out_stride;
   DepthwiseRowMove move;
-  std::int64_t odd_offset;
+  std::int64_t odd_offset, planes, src_plane, out_plane;
 };
 using DepthwiseRows = void (*)(const DepthwiseRowsArgs& args);
 

@@ -127,20 +127,24 @@ class FlatPlane {
   std::int64_t count() const { return out_h_ * width_; }
   std::int64_t size() const { return size_; }  // floats of a laid-out plane
 
-  cpu::DepthwiseConvArgs conv_args(const float* src, const float* weights, float bias, bool relu, float* out) const {
+  // The correlation of `planes` laid-out planes, `size()` floats apart.
+  cpu::DepthwiseConvArgs conv_args(const float* src, const float* weights, const float* bias, bool relu, float* out,
+                                   std::int64_t planes) const {
     const std::int32_t* keep = keep_.empty() ? nullptr : keep_.data();
-    return {src, offsets_.data(), weights, taps(), bias, relu, out, count(), keep, kept_.data(), period_,
-            out_h_ * out_w_};
+    return {src, size_, offsets_.data(), weights, taps(), bias, relu, out, out_h_ * out_w_, planes, count(),
+            keep, kept_.data(), period_, out_h_ * out_w_};
   }
   cpu::DepthwiseTaps grad_taps() const {
     return {offsets_.data(), classes_, taps() / classes_, masks_.empty() ? nullptr : masks_.data(), period_};
   }
 
-  // A source plane into its layout, whose other floats hold zeros: the same floats for every
-  // plane, so that a thread zeroes its layout once per pass.
-  void lay_out(const float* plane, float* out) const {
+  // `planes` source planes (src_h x src_w each, one after another) into their layouts, size()
+  // floats apart, whose other floats hold zeros: the same floats for every plane, so that a
+  // thread zeroes its layouts once per pass.
+  void lay_out(const float* planes_in, std::int64_t planes, float* out) const {
     using Move = cpu::DepthwiseRowMove;
     const cpu::KernelSet& kernels = cpu::active_kernels();
+    const std::int64_t src_plane = src_h_ * src_w_;
     if (up_h_ == 1 && up_w_ == 1 && stride_w_ <= 2) {
       // Phase a's rows j are the plane's rows a + j * stride_h; a compact stride-1 plane is one run.
       const bool one_run = stride_h_ == 1 && stride_w_ == 1 && width_ == src_w_ && phase_cols_ == src_w_;
@@ -148,11 +152,12 @@ class FlatPlane {
         const std::int64_t rows = std::min(ceil_div(src_h_ - a, stride_h_), image_rows_);
         float* to = out + phase_start(a, 0) - first_row_ * width_;
         if (one_run)
-          kernels.depthwise_rows_f32({plane, 0, 1, rows * src_w_, to, 0, Move::copy, 0});
+          kernels.depthwise_rows_f32({planes_in, 0, 1, rows * src_w_, to, 0, Move::copy, 0, planes, src_plane, size_});
         else
-          kernels.depthwise_rows_f32({plane + a * src_w_, stride_h_ * src_w_, rows,
+          kernels.depthwise_rows_f32({planes_in + a * src_w_, stride_h_ * src_w_, rows,
                                       std::min(src_w_, stride_w_ * phase_cols_), to, width_,
-                                      stride_w_ == 2 ? Move::split : Move::copy, phase_size_});
+                                      stride_w_ == 2 ? Move::split : Move::copy, phase_size_, planes, src_plane,
+                                      size_});
       }
       return;
     }
@@ -160,30 +165,33 @@ class FlatPlane {
       // Row k is image row k * up_h, its pixel l at column 2l (the zeros after each are stored too:
       // the row ends in zeros, or the next rows' values are stored after them).
       const std::int64_t rows = std::min(src_h_, ceil_div(image_rows_, up_h_));
-      kernels.depthwise_rows_f32({plane, src_w_, rows, std::min(src_w_, ceil_div(phase_cols_, 2)),
-                                  out + phase_start(0, 0) - first_row_ * width_, up_h_ * width_, Move::spread, 0});
+      kernels.depthwise_rows_f32({planes_in, src_w_, rows, std::min(src_w_, ceil_div(phase_cols_, 2)),
+                                  out + phase_start(0, 0) - first_row_ * width_, up_h_ * width_, Move::spread, 0,
+                                  planes, src_plane, size_});
       return;
     }
-    for (std::int64_t k = 0; k < src_h_; ++k) {
-      const std::int64_t y = k * up_h_, a = y % stride_h_, j = y / stride_h_;
-      if (j >= image_rows_) break;
-      const float* in = plane + k * src_w_;
-      for (std::int64_t b = 0; b < stride_w_; ++b) {
-        float* row = out + phase_start(a, b) + (j - first_row_) * width_;
-        if (up_w_ > 1) {  // stride 1: pixel l at column l * up_w
-          for (std::int64_t l = 0; l < src_w_ && l * up_w_ < phase_cols_; ++l) row[l * up_w_] = in[l];
-        } else {  // column c of phase b is pixel b + c * stride_w
-          for (std::int64_t c = 0; c < phase_cols_ && b + c * stride_w_ < src_w_; ++c) row[c] = in[b + c * stride_w_];
+    for (std::int64_t plane = 0; plane < planes; ++plane)
+      for (std::int64_t k = 0; k < src_h_; ++k) {
+        const std::int64_t y = k * up_h_, a = y % stride_h_, j = y / stride_h_;
+        if (j >= image_rows_) break;
+        const float* in = planes_in + plane * src_plane + k * src_w_;
+        for (std::int64_t b = 0; b < stride_w_; ++b) {
+          float* row = out + plane * size_ + phase_start(a, b) + (j - first_row_) * width_;
+          if (up_w_ > 1) {  // stride 1: pixel l at column l * up_w
+            for (std::int64_t l = 0; l < src_w_ && l * up_w_ < phase_cols_; ++l) row[l * up_w_] = in[l];
+          } else {  // column c of phase b is pixel b + c * stride_w
+            for (std::int64_t c = 0; c < phase_cols_ && b + c * stride_w_ < src_w_; ++c)
+              row[c] = in[b + c * stride_w_];
+          }
         }
       }
-    }
   }
 
   // A plane of out_h x out_w into rows of width, whose spare columns hold zeros as lay_out's do
   // (padded).
   void spread_rows(const float* plane, float* rows) const {
     cpu::active_kernels().depthwise_rows_f32(
-        {plane, out_w_, out_h_, out_w_, rows, width_, cpu::DepthwiseRowMove::copy, 0});
+        {plane, out_w_, out_h_, out_w_, rows, width_, cpu::DepthwiseRowMove::copy, 0, 1, 0, 0});
   }
 
  private:
@@ -227,23 +235,32 @@ const float* ordered_weights(const ConvGeometry& g, const FlatPlane& layout, con
   return out;
 }
 
+// Planes laid out at once: up to 32 of a few KiB, so that they stay in L1 (a 7x7 plane's kernel
+// calls cost as much as its arithmetic). A chunk holds consecutive channels of one image.
+std::int64_t planes_per_chunk(const FlatPlane& layout, std::int64_t channels) {
+  const std::int64_t fitting = (std::int64_t{16} << 10) / (layout.size() * std::int64_t{sizeof(float)});
+  return std::clamp<std::int64_t>(fitting, 1, std::min<std::int64_t>(32, channels));
+}
+
 // out's plane (n, c) = the correlation of src's plane (n, c) with weights[c] (+ bias[c]).
 void depthwise_correlate(const ConvGeometry& g, const FlatPlane& layout, std::int64_t src_plane, const float* src,
                          const float* weights, const float* bias, float* out, std::int64_t out_plane, bool relu) {
   const cpu::KernelSet& kernels = cpu::active_kernels();
-  const std::int64_t planes = g.N * g.C, taps = layout.taps();
+  const std::int64_t chunk = planes_per_chunk(layout, g.C), chunks = (g.C + chunk - 1) / chunk;
+  const std::int64_t jobs = g.N * chunks, taps = layout.taps();
   cpu::RegionErrors errors;
-#pragma omp parallel num_threads(::juanji::team_size()) if (planes > 1)
+#pragma omp parallel num_threads(::juanji::team_size()) if (jobs > 1)
   {
     float* laid_out = nullptr;
-    errors.guard([&] { laid_out = zeroed(cpu::WorkspaceSlot::columns, layout.size()); });
+    errors.guard([&] { laid_out = zeroed(cpu::WorkspaceSlot::columns, chunk * layout.size()); });
 #pragma omp for schedule(static)
-    for (std::int64_t plane = 0; plane < planes; ++plane) {
+    for (std::int64_t job = 0; job < jobs; ++job) {
       if (!laid_out) continue;
-      const std::int64_t c = plane % g.C;
-      layout.lay_out(src + plane * src_plane, laid_out);
-      kernels.depthwise_conv_f32(
-          layout.conv_args(laid_out, weights + c * taps, bias ? bias[c] : 0.0f, relu, out + plane * out_plane));
+      const std::int64_t n = job / chunks, c = job % chunks * chunk, planes = std::min(chunk, g.C - c);
+      const std::int64_t first = n * g.C + c;
+      layout.lay_out(src + first * src_plane, planes, laid_out);
+      kernels.depthwise_conv_f32(layout.conv_args(laid_out, weights + c * taps, bias ? bias + c : nullptr, relu,
+                                                  out + first * out_plane, planes));
     }
   }
   errors.rethrow();
@@ -285,7 +302,7 @@ void depthwise_backward_weight(const ConvGeometry& g, const float* dy, const flo
 #pragma omp for schedule(static)
     for (std::int64_t plane = 0; plane < planes; ++plane) {
       if (!error_rows) continue;
-      layout.lay_out(x + plane * HW, laid_out);
+      layout.lay_out(x + plane * HW, 1, laid_out);
       const float* grad = dy + plane * PQ;
       if (!layout.compact()) {
         layout.spread_rows(grad, error_rows);
