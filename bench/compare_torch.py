@@ -2,7 +2,8 @@
 count, or with --device cuda on the GPU against torch's CUDA path (cuDNN).
 
     python bench/compare_torch.py [--device cpu|cuda] [--threads 2] [--repeat 15] [--rounds 3]
-                                  [--markdown out.md] [--only conv,pool,residual,train] [--tf32]
+                                  [--markdown out.md] [--only conv,depthwise,pool,residual,train]
+                                  [--tf32]
 
 PyTorch is a benchmark peer only: install it with `pip install torch==2.13.0` (a CUDA build of it
 for --device cuda). On the GPU both sides keep their data on the device, each timed sample runs
@@ -34,6 +35,18 @@ CONV_CASES = [
     ("res_256", 8, 256, 14, 14, 256, 3, 1, 1),
     ("pw", 8, 256, 56, 56, 64, 1, 1, 0),
     ("stem", 4, 3, 224, 224, 64, 7, 2, 3),
+]
+
+# (name, N, C, HxW, stride) — depthwise 3x3, padding 1, one filter per channel: MobileNet-style
+# layers at Fashion-MNIST's scale (28, 14; batch 64) and at ImageNet's (56, 28; batch 8), at
+# stride 1 and 2, from 32 to 256 channels, and 7x7 planes narrower than a vector.
+DEPTHWISE_CASES = [
+    ("dw_32x28", 64, 32, 28, 1),
+    ("dw_64x14", 64, 64, 14, 1),
+    ("dw_64x28_s2", 64, 64, 28, 2),
+    ("dw_128x7", 64, 128, 7, 1),
+    ("dw_128x56", 8, 128, 56, 1),
+    ("dw_256x28_s2", 8, 256, 28, 2),
 ]
 
 
@@ -113,6 +126,32 @@ def conv_rows(dev: Device):
         rows.append((f"conv {name} fwd", jf, tf, f"{flops / jf / 1e9:.0f} GF/s", f"{flops / tf / 1e9:.0f} GF/s"))
         rows.append((f"conv {name} bwd", jb, tb,
                      f"{2 * flops / jb / 1e9:.0f} GF/s", f"{2 * flops / tb / 1e9:.0f} GF/s"))
+    return rows
+
+
+def depthwise_rows(dev: Device):
+    torch = dev.torch
+    F = torch.nn.functional
+    rng = np.random.default_rng(4)
+    rows = []
+    for name, N, C, H, s in DEPTHWISE_CASES:
+        x = rng.standard_normal((N, C, H, H), dtype=np.float32)
+        w = rng.standard_normal((C, 1, 3, 3), dtype=np.float32) * 0.3
+        b = rng.standard_normal(C, dtype=np.float32)
+        P = (H + 2 - 3) // s + 1
+        dy = rng.standard_normal((N, C, P, P), dtype=np.float32)
+        xt, wt, bt, dyt = (dev.torch_tensor(a) for a in (x, w, b, dy))
+        xj, wj, bj, dyj = (dev.juanji(a) for a in (x, w, b, dy))
+        jf, tf = dev.time_pair(lambda: juanji.conv2d(xj, wj, bj, stride=s, padding=1, groups=C),
+                               lambda: F.conv2d(xt, wt, bt, stride=s, padding=1, groups=C))
+        jb, tb = dev.time_pair(
+            lambda: juanji.conv2d_backward(dyj, xj, wj, stride=s, padding=1, groups=C),
+            lambda: torch.ops.aten.convolution_backward(
+                dyt, xt, wt, [C], [s, s], [1, 1], [1, 1], False, [0, 0], C, [True, True, True]
+            ),
+        )
+        rows.append((f"depthwise {name} fwd", jf, tf, f"{N / jf:.0f} img/s", f"{N / tf:.0f} img/s"))
+        rows.append((f"depthwise {name} bwd", jb, tb, f"{N / jb:.0f} img/s", f"{N / tb:.0f} img/s"))
     return rows
 
 
@@ -281,8 +320,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=15, help="timed samples per case and library")
     parser.add_argument("--rounds", type=int, default=3,
                         help="alternating rounds of juanji and torch samples the repeats are split into")
-    parser.add_argument("--only", default="conv,pool,residual,train",
-                        help="comma-separated: conv, pool, residual, train")
+    parser.add_argument("--only", default="conv,depthwise,pool,residual,train",
+                        help="comma-separated: conv, depthwise, pool, residual, train")
     parser.add_argument("--markdown", help="also write the table to this file")
     parser.add_argument("--tf32", action="store_true", help="let cuDNN use TF32 tensor cores (cuda only)")
     args = parser.parse_args()
@@ -303,7 +342,8 @@ def main() -> None:
     while time.perf_counter() < deadline:
         juanji.linear(warm_j, warm_j)
         warm_t @ warm_t
-    groups = {"conv": conv_rows, "pool": pool_rows, "residual": residual_rows, "train": train_rows}
+    groups = {"conv": conv_rows, "depthwise": depthwise_rows, "pool": pool_rows, "residual": residual_rows,
+              "train": train_rows}
     rows = []
     for name in args.only.split(","):
         rows += groups[name](dev)

@@ -327,6 +327,61 @@ def test_conv_data_grad_with_infinite_weight_has_no_products_in_the_padding():
     assert_close(np.where(hit, 0.0, grad_x), np.where(hit, 0.0, expected), np.float32, what="grad_x")
 
 
+# One filter per channel (groups = channels = filters) takes the depthwise kernels in every float32
+# pass: 3x3 with its weights in registers, other sizes read as they go; planes narrower than a
+# vector (blocks of rows), of a few vectors, and wider than a block (overlapping blocks at the end
+# of a row); strides 2 and 3 with odd sizes (the forward's rows split into stride phases, the data
+# gradient's error spread by the stride), padding 0 to 3 (past the kernel: the data gradient's
+# error cropped), dilation, a single pixel, a batch of one, conv1d.
+DEPTHWISE = {
+    "pad1": (2, case(N=2, C=5, K=5, groups=5, spatial=(9, 11), padding=1)),
+    "batch1_odd": (2, case(N=1, C=3, K=3, groups=3, spatial=(7, 13), padding=1)),
+    "no_bias_pad0": (2, case(N=2, C=3, K=3, groups=3, spatial=(10, 9), bias=False)),
+    "pad2": (2, case(N=2, C=3, K=3, groups=3, spatial=(8, 7), padding=2)),
+    "stride2_odd": (2, case(N=2, C=4, K=4, groups=4, spatial=(13, 11), stride=2, padding=1)),
+    "stride2_even_pad0": (2, case(N=3, C=6, K=6, groups=6, spatial=(12, 10), stride=2)),
+    "stride2_pad3": (2, case(N=1, C=3, K=3, groups=3, spatial=(9, 10), stride=2, padding=3)),
+    "narrow_tall": (2, case(N=2, C=3, K=3, groups=3, spatial=(21, 3), padding=1)),
+    "wide_rows": (2, case(N=1, C=2, K=2, groups=2, spatial=(5, 75), padding=1)),
+    "wide_rows_stride2": (2, case(N=1, C=2, K=2, groups=2, spatial=(6, 131), stride=2, padding=1)),
+    "many_channels": (2, case(N=3, C=40, K=40, groups=40, spatial=(10, 10), padding=1)),
+    "single_pixel": (2, case(N=2, C=3, K=3, groups=3, spatial=(1, 1), padding=1)),
+    "kernel_5x5": (2, case(N=2, C=3, K=3, groups=3, spatial=(11, 12), kernel=(5, 5), padding=2)),
+    "kernel_1x7_stride_pair": (2, case(N=2, C=2, K=2, groups=2, spatial=(6, 20), kernel=(1, 7), stride=(1, 2),
+                                       padding=(0, 3))),
+    "stride3_dilation2": (2, case(N=1, C=4, K=4, groups=4, spatial=(17, 16), stride=3, dilation=2, padding=2)),
+    "same_stride2": (2, case(N=2, C=3, K=3, groups=3, spatial=(9, 8), kernel=(4, 3), stride=2, padding="same")),
+    "one_channel": (2, case(N=2, C=1, K=1, groups=1, spatial=(6, 9), padding=1)),
+    "conv1d_stride2": (1, case(N=2, C=6, K=6, groups=6, spatial=(37,), kernel=(3,), stride=2, padding=1)),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("nd,c", table_params(DEPTHWISE))
+def test_conv_depthwise_shapes(nd, c, dtype):
+    run_forward_and_backward(nd, c, dtype, seed=19)
+
+
+@pytest.mark.parametrize("nd,c", table_params(DEPTHWISE))
+def test_conv_depthwise_integer_valued_is_exact(nd, c):
+    check_integer_valued_is_exact(nd, c, seed=20)
+
+
+@pytest.mark.parametrize("kind", LAYOUTS)
+def test_conv_depthwise_noncontiguous_inputs(kind):
+    # float32, so that the depthwise kernels read what the layouts turn into contiguous planes
+    c = case(N=2, C=4, K=4, groups=4, spatial=(9, 10), stride=2, padding=1)
+    rng = np.random.default_rng(21)
+    x, w, b = make_inputs(rng, c, np.float32, gen=randint_data)
+    kw = conv_kwargs(c)
+    y_ref = ref.conv2d(x, w, b, **kw)
+    assert_bitwise(juanji.conv2d(layout(x, kind), layout(w, kind), layout(b, kind), **kw), y_ref, what=f"y ({kind})")
+    gy = randint_data(rng, y_ref.shape)
+    grads = juanji.conv2d_backward(layout(gy, kind), layout(x, kind), layout(w, kind), **kw)
+    for name, g, g_ref in zip(("grad_x", "grad_w", "grad_b"), grads, ref.conv2d_backward(gy, x, w, **kw)):
+        assert_bitwise(g, g_ref, what=f"{name} ({kind})")
+
+
 # Stride-1 3x3 float32 layers with 16+ channels in and out per group take Winograd F(2x2, 3x3)
 # (forward, and the data gradient: its correlation has the filters and channels swapped): odd
 # output sizes (half-used tiles), padding 0..3 (the data gradient's cropping), filter blocks past
@@ -563,6 +618,7 @@ FD_CASES = {
     "2d_same_even_stride2": (2, case(N=1, C=2, K=3, spatial=(5, 6), kernel=(2, 3), stride=2,
                                      padding="same")),
     "2d_depthwise_mult2": (2, case(N=1, C=2, K=4, groups=2, spatial=(4, 4), kernel=(3, 3), padding=1)),
+    "2d_depthwise_stride2": (2, case(N=2, C=3, K=3, groups=3, spatial=(5, 6), kernel=(3, 3), stride=2, padding=1)),
     "1d_basic": (1, case(N=2, C=2, K=3, spatial=(7,), kernel=(3,), padding=1)),
     "1d_stride3_dil2_same": (1, case(N=1, C=3, K=3, groups=3, spatial=(10,), kernel=(2,), stride=3,
                                      dilation=2, padding="same")),

@@ -10,7 +10,18 @@ import pytest
 
 import juanji
 from helpers import assert_bitwise, assert_close, conv_kwargs, randint_data, randn
-from test_conv import DIRECT, FILTER_BLOCKS, GRID_2D, IMAGE_LANES, OPS, STRIDED, WINOGRAD, case, make_inputs
+from test_conv import (
+    DEPTHWISE,
+    DIRECT,
+    FILTER_BLOCKS,
+    GRID_2D,
+    IMAGE_LANES,
+    OPS,
+    STRIDED,
+    WINOGRAD,
+    case,
+    make_inputs,
+)
 
 core = juanji._core
 PASSES = ("forward", "data_grad", "weight_grad")
@@ -22,6 +33,7 @@ SHAPES = {
     **{f"image_lanes_{k}": v for k, v in IMAGE_LANES.items()},
     **{f"strided_{k}": v for k, v in STRIDED.items()},
     **{f"winograd_{k}": v for k, v in WINOGRAD.items()},
+    **{f"depthwise_{k}": v for k, v in DEPTHWISE.items()},
 }
 
 
@@ -77,8 +89,10 @@ def test_every_algorithm_that_takes_a_shape(name, pass_):
                 assert_bitwise(got, want, what=f"{pass_} by {algorithm}, integer-valued")
 
 
-# The algorithm the default choice gives each named layer (stride-1 3x3 16+ channels: Winograd;
-# few input channels: direct; 8+ filters: filter blocks; strided data gradients: stride phases).
+# The algorithm the default choice gives each named layer (one filter per channel: depthwise;
+# stride-1 3x3 16+ channels: Winograd; few input channels: direct; 8+ filters: filter blocks;
+# strided data gradients: stride phases).
+DEPTHWISE_PICKS = {"forward": "depthwise", "data_grad": "depthwise", "weight_grad": "depthwise"}
 DEFAULTS = [
     ("lenet_c1", case(N=8, C=1, K=6, spatial=(28, 28), kernel=(5, 5), padding=2),
      {"forward": "direct", "data_grad": "direct", "weight_grad": "direct"}),
@@ -90,6 +104,16 @@ DEFAULTS = [
      {"forward": "filter_blocks", "data_grad": "strided_phases"}),
     ("huge_padding", case(N=1, C=1, K=1, spatial=(1, 1), kernel=(2, 2), padding=25000, dilation=50000),
      {"forward": "gemm", "data_grad": "gemm", "weight_grad": "gemm"}),
+    ("mobilenet_dw", case(N=2, C=32, K=32, groups=32, spatial=(28, 28), padding=1), DEPTHWISE_PICKS),
+    ("mobilenet_dw_s2", case(N=2, C=64, K=64, groups=64, spatial=(28, 28), stride=2, padding=1), DEPTHWISE_PICKS),
+    ("dw_5x5_dilated", case(N=1, C=8, K=8, groups=8, spatial=(12, 12), kernel=(5, 5), dilation=2, padding=4),
+     DEPTHWISE_PICKS),
+    # Rows past 1024 columns (a long signal) take the direct kernel.
+    ("dw_long_rows", case(N=1, C=2, K=2, groups=2, spatial=(2, 1030), padding=1),
+     {"forward": "direct", "data_grad": "direct", "weight_grad": "direct"}),
+    # A channel multiplier of 2 is no depthwise layer for these kernels.
+    ("dw_multiplier2", case(N=2, C=8, K=16, groups=8, spatial=(10, 10), padding=1),
+     {"forward": "direct", "data_grad": "direct", "weight_grad": "direct"}),
 ]
 
 
@@ -108,6 +132,56 @@ def test_infinite_weights_keep_the_direct_data_gradient_away():
     w[0, 1, 4, 4] = np.inf
     choices = dict(core._conv_algorithms("data_grad", x, w, 1, 2))
     assert "finite weights" in choices["direct"]
+
+
+def test_infinite_weights_keep_the_depthwise_data_gradient_away():
+    c = case(N=2, C=4, K=4, groups=4, spatial=(9, 9), stride=2, padding=1)
+    x, w, _ = make_inputs(np.random.default_rng(2), c, np.float32)
+    assert accepted("data_grad", 2, c, x, w)[0] == "depthwise"
+    w[2, 0, 1, 1] = -np.inf
+    choices = dict(core._conv_algorithms("data_grad", x, w, 2, 1, 1, 4))
+    assert "finite weights" in choices["depthwise"]
+    assert accepted("forward", 2, c, x, w)[0] == "depthwise"
+
+
+@pytest.fixture
+def restore_runtime():
+    threads, level = juanji.get_num_threads(), juanji.simd_level()
+    yield
+    juanji.set_num_threads(threads)
+    juanji.set_simd_level(level)
+
+
+LEVELS = [lvl for lvl in ("portable", "avx2", "avx512")
+          if ("portable", "avx2", "avx512").index(lvl) <= ("portable", "avx2", "avx512").index(juanji.simd_detected())]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("level", LEVELS)
+def test_depthwise_at_every_simd_level_and_thread_count(level, threads, restore_runtime):
+    """Every depthwise shape through the depthwise kernels at each SIMD level this CPU runs, on 1
+    and 2 threads: integer-valued data bit for bit, normal data within the tolerance and with the
+    same bits on both thread counts."""
+    assert juanji.set_simd_level(level) == level
+    for name, (nd, c) in DEPTHWISE.items():
+        rng = np.random.default_rng(22)
+        x, w, b = make_inputs(rng, c, np.float32)
+        gy = randn(rng, pass_outputs("forward", nd, c, x, w, b, None, reference=True)[0].shape, np.float32)
+        xi, wi, bi = make_inputs(rng, c, np.float32, gen=randint_data)
+        gyi = randint_data(rng, gy.shape)
+        for pass_ in PASSES:
+            assert accepted(pass_, nd, c, x, w)[0] == "depthwise", (name, pass_)
+            expected = pass_outputs(pass_, nd, c, x, w, b, gy, reference=True)
+            exact = pass_outputs(pass_, nd, c, xi, wi, bi, gyi, reference=True)
+            juanji.set_num_threads(threads)
+            got = [np.asarray(t).copy() for t in pass_outputs(pass_, nd, c, x, w, b, gy)]
+            for g, want in zip(got, expected):
+                assert_close(g, want, np.float32, what=f"{name} {pass_}")
+            for g, want in zip(pass_outputs(pass_, nd, c, xi, wi, bi, gyi), exact):
+                assert_bitwise(g, want, what=f"{name} {pass_}, integer-valued")
+            juanji.set_num_threads(3 - threads)
+            for g, other in zip(got, pass_outputs(pass_, nd, c, x, w, b, gy)):
+                np.testing.assert_array_equal(g, np.asarray(other), err_msg=f"{name} {pass_}: thread count")
 
 
 def test_forcing_an_algorithm_that_refuses_the_layer_names_why():

@@ -61,6 +61,14 @@ def all_ops(x, w, b, dy):
     # rows of 7+ vectors of 16 lanes.
     st_x, st_w = np.resize(x, (2, 3, 12, 230)), np.resize(w, (16, 3, 7, 7))
     outs += list(juanji.conv2d_backward(np.resize(dy, (2, 16, 6, 115)), st_x, st_w, stride=2, padding=3))
+    # Depthwise 3x3 at strides 1 and 2 (planes split among the threads, the weight gradient's
+    # per-plane sums added image by image) and a 5x5 through the kernels' general sizes.
+    dw_x, dw_w = np.resize(x, (5, 12, 13, 11)), np.resize(w, (12, 1, 3, 3))
+    outs.append(juanji.conv2d(dw_x, dw_w, np.resize(b, 12), padding=1, groups=12))
+    outs += list(juanji.conv2d_backward(np.resize(dy, (5, 12, 13, 11)), dw_x, dw_w, padding=1, groups=12))
+    outs += list(juanji.conv2d_backward(np.resize(dy, (5, 12, 7, 6)), dw_x, dw_w, stride=2, padding=1, groups=12))
+    dw_w5 = np.resize(w, (12, 1, 5, 5))
+    outs += list(juanji.conv2d_backward(np.resize(dy, (5, 12, 13, 11)), dw_x, dw_w5, padding=2, groups=12))
     outs.append(juanji.max_pool2d(x, 3, 2, 1))
     # Dropout's masks: threaded chunks with tails, vector bodies with scalar tails.
     juanji.manual_seed(7)

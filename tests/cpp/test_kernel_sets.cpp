@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <limits>
+#include <numeric>
 #include <string>
 #include <vector>
 
@@ -505,6 +506,194 @@ void test_filter_block_weight_grad(const Level& level, Data& data) {
       }
 }
 
+// ---- Depthwise ----------------------------------------------------------------------------
+
+// Taps of a plane read as one long row of outputs in rows of `width`: offsets spread over a few
+// rows and columns either side of an output (some before it, as the padding's taps read), in
+// classes with windows of columns (all of them, one side cut, both, or none) as masks repeating
+// every width / gcd(width, lanes) vectors, or no masks; a source long enough for every read of
+// whole vectors, NaN where no output in its class's window reads.
+struct FlatTaps {
+  std::vector<I> offsets, lo, hi;
+  I classes, per_class, width, lanes, period;
+  bool masked;
+  std::vector<std::int32_t> masks;
+  std::vector<float> src;
+  FlatTaps(I classes_, I per_class_, I width_, I count, I lanes_, int variant, Data& data, Values values)
+      : classes(classes_), per_class(per_class_), width(width_), lanes(lanes_), masked(variant % 6 != 0) {
+    const I front = 2 * width + 3;
+    I last = 0;
+    for (I t = 0; t < classes * per_class; ++t) {
+      offsets.push_back(front + (t * 7 + variant) % 5 * width / 2 - 2 * width + (t + variant) % 7 - 3);
+      last = std::max(last, offsets.back());
+    }
+    for (I c = 0; c < classes; ++c) {
+      const int kind = (variant + int(c)) % 5;
+      lo.push_back(kind == 1 || kind == 3 ? 1 + c % 2 : kind == 4 ? width : 0);
+      hi.push_back(kind == 2 || kind == 3 ? width - 1 - c % 2 : width);
+    }
+    period = width / std::gcd(width, lanes);
+    for (I v = 0; v < period; ++v)
+      for (I c = 0; c < classes; ++c)
+        for (I l = 0; l < lanes; ++l) masks.push_back(inside(c, v * lanes + l) ? -1 : 0);
+    const auto values_at = data.make(last + round_up(count, lanes), values);
+    src.assign(values_at.size(), kNaN);
+    for (I t = 0; t < classes * per_class; ++t)
+      for (I i = 0; i < count; ++i)
+        if (inside(t / per_class, i)) src[offsets[t] + i] = values_at[offsets[t] + i];
+  }
+  bool inside(I c, I i) const { return !masked || (lo[c] <= i % width && i % width < hi[c]); }
+  juanji::cpu::DepthwiseTaps taps() const {
+    return {offsets.data(), classes, per_class, masked ? masks.data() : nullptr, period};
+  }
+};
+
+void test_depthwise_conv(const Level& level, Data& data) {
+  const I lanes = level.lanes;
+  int variant = 0;
+  // Rows of one vector or less and of several, with spare columns to squeeze out (1, 2, 4: some
+  // vectors keep none) or none; blocks of a few vectors and past one block (12 or 16 sums) into
+  // near-equal ones, with tails; 1, 9 and 25 taps; one plane or three, with and without bias.
+  for (I rows : {1, 2, 5, 23})
+    for (I out_w : sizes({1, 3, lanes - 1, lanes + 1, 3 * lanes + 2}))
+      for (I spare : {0, 1, 2, 4})
+        for (I taps : {1, 9, 25}) {
+          ++variant;
+          const Values values = variant % 2 ? Values::integers : Values::uniform;
+          const I width = out_w + spare, count = rows * width, planes = variant % 3 == 0 ? 3 : 1;
+          const I out_count = rows * out_w, out_plane = out_count + variant % 2;
+          // Each plane's source; the planes' sources one after another.
+          std::vector<FlatTaps> layouts;
+          for (I p = 0; p < planes; ++p)
+            layouts.emplace_back(1, taps, width, count, lanes, 6 * variant, data, values);  // unmasked
+          const I src_plane = I(layouts[0].src.size());
+          std::vector<float> src;
+          for (const FlatTaps& layout : layouts) src.insert(src.end(), layout.src.begin(), layout.src.end());
+          const bool relu = variant % 7 < 3, with_bias = variant % 4 != 1;
+          const auto weights = data.make(planes * taps, values);
+          const auto bias = data.make(planes, values);
+          // The squeezing pattern: each vector's lanes of the rows' first out_w columns.
+          const I period = width / std::gcd(width, lanes);
+          std::vector<std::int32_t> keep;
+          std::vector<I> kept;
+          for (I v = 0; v < period && spare > 0; ++v) {
+            kept.push_back(0);
+            for (I l = 0; l < lanes; ++l)
+              if ((v * lanes + l) % width < out_w) keep.push_back(std::int32_t(l)), ++kept.back();
+            keep.resize((v + 1) * lanes, std::int32_t(lanes - 1));
+          }
+          Output out(planes * out_plane);
+          for (I p = 0; p < planes; ++p)
+            for (I row = 0; row < rows; ++row)
+              for (I q = 0; q < out_w; ++q) {
+                const I i = row * width + q;
+                double sum = 0, size = with_bias ? std::fabs(bias[p]) : 0.0;
+                for (I t = 0; t < taps; ++t) {
+                  const double product = double(weights[p * taps + t]) * src[p * src_plane + layouts[p].offsets[t] + i];
+                  sum += product;
+                  size += std::fabs(product);
+                }
+                double value = (with_bias ? bias[p] : 0.0) + sum;
+                if (relu && value < 0) value = 0;
+                out.must_hold(p * out_plane + (spare > 0 ? row * out_w + q : i), value, size);
+              }
+          level.set.depthwise_conv_f32({src.data(), src_plane, layouts[0].offsets.data(), weights.data(), taps,
+                                        with_bias ? bias.data() : nullptr, relu, out.got.data(), out_plane, planes,
+                                        count, spare > 0 ? keep.data() : nullptr, kept.data(), period, out_count});
+          expect_close(describe(level, "depthwise_conv %ld planes of %ld rows of %ld + %ld spare, %ld taps, relu=%d",
+                                planes, rows, out_w, spare, taps, relu),
+                       out.got, out.want, out.magnitude, values, kFloatTolerance);
+        }
+}
+
+void test_depthwise_weight_grad(const Level& level, Data& data) {
+  const I lanes = level.lanes;
+  struct Shape {
+    I classes, per_class;
+  };
+  std::vector<Shape> shapes;
+  // One class: every tap count to past two blocks of taps (10 or 16 per block); more classes: up
+  // to three taps each.
+  for (I taps = 1; taps <= 33; ++taps) shapes.push_back({1, taps});
+  for (I classes : {2, 3})
+    for (I per_class = 1; per_class <= juanji::cpu::kDepthwiseClassTaps; ++per_class)
+      shapes.push_back({classes, per_class});
+  int variant = 0;
+  for (const Shape& shape : shapes)
+    for (I count : sizes({1, lanes - 1, lanes + 1, 5 * lanes + 3}))
+      for (Values values : kBothValues) {
+        ++variant;
+        const I width = 1 + variant % 13, taps = shape.classes * shape.per_class;
+        const FlatTaps layout(shape.classes, shape.per_class, width, count, lanes, variant, data, values);
+        std::vector<float> grad_out = data.make(count, values);
+        grad_out.resize(count + kTail, kNaN);
+        // The error's sum after the taps, where asked for.
+        const bool with_sum = variant % 3 != 1;
+        Output out(taps + 1);
+        if (with_sum) {
+          double sum = 0, size = 0;
+          for (I i = 0; i < count; ++i) {
+            sum += grad_out[i];
+            size += std::fabs(grad_out[i]);
+          }
+          out.must_hold(taps, sum, size);
+        }
+        for (I t = 0; t < taps; ++t) {
+          double sum = 0, size = 0;
+          for (I i = 0; i < count; ++i) {
+            if (!layout.inside(t / shape.per_class, i)) continue;
+            const double product = double(grad_out[i]) * layout.src[layout.offsets[t] + i];
+            sum += product;
+            size += std::fabs(product);
+          }
+          out.must_hold(t, sum, size);
+        }
+        level.set.depthwise_weight_grad_f32({layout.src.data(), layout.taps(), grad_out.data(), count, out.got.data(),
+                                             with_sum ? out.got.data() + taps : nullptr});
+        expect_close(describe(level, "depthwise_weight_grad taps %ldx%ld count %ld width %ld variant %d sum=%d",
+                              shape.classes, shape.per_class, count, width, variant, with_sum),
+                     out.got, out.want, out.magnitude, values, kFloatTolerance);
+      }
+}
+
+// Rows into and out of the depthwise layout: copied, split and spread, rows of less than a vector
+// and of several with tails, copied into rows with spare columns (which may get zeros) or none;
+// one plane or two.
+void test_depthwise_rows(const Level& level, Data& data) {
+  using juanji::cpu::DepthwiseRowMove;
+  const I lanes = level.lanes;
+  int variant = 0;
+  for (I count : sizes({1, 2, lanes / 2 - 1, lanes / 2 + 1, lanes - 1, lanes, lanes + 1, 2 * lanes + 1, 4 * lanes + 3}))
+    for (I rows : {1, 3})
+      for (DepthwiseRowMove move : {DepthwiseRowMove::copy, DepthwiseRowMove::split, DepthwiseRowMove::spread}) {
+        ++variant;
+        const bool copy = move == DepthwiseRowMove::copy, split = move == DepthwiseRowMove::split;
+        const I planes = 1 + variant % 2, src_stride = count + variant % 3, spare = copy ? variant % 2 * 2 : variant % 2;
+        const I written = split ? (count + 1) / 2 : move == DepthwiseRowMove::spread ? 2 * count : count;
+        const I out_stride = written + spare, odd_offset = split ? rows * out_stride + 5 : 0;
+        const I src_plane = rows * src_stride + 1, out_plane = odd_offset + rows * out_stride + 3;
+        const auto src = data.make(planes * src_plane, Values::uniform);
+        Output out(planes * out_plane);
+        for (I p = 0; p < planes; ++p)
+          for (I r = 0; r < rows; ++r) {
+            for (I j = 0; j < count; ++j) {
+              const I to = p * out_plane + (split ? (j % 2 ? odd_offset : 0) + r * out_stride + j / 2
+                                                  : r * out_stride + (copy ? j : 2 * j));
+              out.must_hold(to, src[p * src_plane + r * src_stride + j], 0.0);
+              if (!copy && !split) out.must_hold(to + 1, 0.0, 0.0);
+            }
+            // Spare columns (past count, before the plane's last row's end) may get zeros.
+            for (I j = count; j < out_stride && copy && r + 1 < rows; ++j)
+              out.must_hold(p * out_plane + r * out_stride + j, 0.0, kAnyValue);
+          }
+        level.set.depthwise_rows_f32({src.data(), src_stride, rows, count, out.got.data(), out_stride, move,
+                                      odd_offset, planes, src_plane, out_plane});
+        expect_close(describe(level, "depthwise_rows count %ld rows %ld move %d spare %ld planes %ld", count, rows,
+                              int(move), spare, planes),
+                     out.got, out.want, out.magnitude, Values::uniform, kFloatTolerance);
+      }
+}
+
 // ---- Winograd F(2x2, 3x3) -----------------------------------------------------------------
 
 constexpr double kBT[4][4] = {{1, 0, -1, 0}, {0, 1, 1, 0}, {0, -1, 1, 0}, {0, 1, 0, -1}};
@@ -964,6 +1153,9 @@ void test_kernel_set(SimdLevel simd) {
   test_image_lane_weight_grad(level, data);
   test_filter_block_conv(level, data);
   test_filter_block_weight_grad(level, data);
+  test_depthwise_conv(level, data);
+  test_depthwise_weight_grad(level, data);
+  test_depthwise_rows(level, data);
   test_winograd_input_row(level, data);
   test_winograd_input_row_pair(level, data);
   test_winograd_products(level, data);

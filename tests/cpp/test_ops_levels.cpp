@@ -112,7 +112,12 @@ std::vector<ConvCase> conv_cases() {
       {"pointwise", {2, 8, 5, 6}, {8, 8, 1, 1}, conv_options({1}, {0}), 2},
       {"pointwise_strided", {2, 8, 5, 6}, {9, 8, 1, 1}, conv_options({2}, {0}), 2},
       {"groups", {2, 6, 7, 7}, {6, 2, 3, 3}, conv_options({1}, {1}, {1}, 3), 2},
+      // One filter per channel: the depthwise kernels, 3x3 at strides 1 and 2 (rows of one vector
+      // and of several), other sizes, dilation and cropping padding.
       {"depthwise", {2, 4, 6, 6}, {4, 1, 3, 3}, conv_options({1}, {1}, {1}, 4), 2},
+      {"depthwise_strided", {3, 5, 11, 37}, {5, 1, 3, 3}, conv_options({2}, {1}, {1}, 5), 2},
+      {"depthwise_5x4_dilated", {2, 3, 13, 12}, {3, 1, 5, 4}, conv_options({1, 2}, {4, 3}, {2, 1}, 3), 2},
+      {"depthwise_conv1d", {2, 6, 1, 29}, {6, 1, 1, 3}, conv_options({2}, {1}, {1}, 6), 1},
       {"same_even_kernel", {2, 3, 8, 8}, {4, 3, 4, 4}, same_padding(), 2},
       {"huge_dilation", {1, 1, 2, 2}, {1, 1, 2, 2}, conv_options({1}, {50}, {100}), 2},
       {"conv1d_strided", {3, 4, 1, 20}, {6, 4, 1, 5}, conv_options({2}, {2}), 1},

@@ -141,6 +141,80 @@ struct FilterBlockWeightGradArgs {
 };
 using FilterBlockWeightGrad = void (*)(const FilterBlockWeightGradArgs& args);
 
+// Depthwise convolution (one filter per channel) of planes, each laid out as one long row: the
+// caller lays a plane out (zero-padded, split into stride phases or spread by the stride as its
+// pass needs) so that output i's tap t reads src[offsets[t] + i]. For each plane p (its layout at
+// src + p * src_plane, its weights at weights + p * taps),
+//   sum(i) = bias[p] + sum_t weights[t] * src[offsets[t] + i],   summed in t order,
+// for i < count, stored as bias + sum (bias 0 where null), then ReLU if asked (v < 0 ? 0 : v), at
+// out + p * out_plane. Where `kept` is null out[i] = that; else the rows' spare outputs are
+// squeezed out as the vectors are stored: vector v (outputs v * lanes on) keeps kept[v % period]
+// of them, its lane l taking the sum of its lane keep[(v % period) * lanes + l], and they follow
+// the outputs kept before them in out, which receives out_count of them (count without
+// squeezing). Whole vectors are read: src up to round_up(count, lanes) - 1 + offsets[t]; out is
+// written up to out_count only.
+struct DepthwiseConvArgs {
+  const float* src;
+  std::int64_t src_plane;
+  const std::int64_t* offsets;  // (taps)
+  const float* weights;         // (planes, taps)
+  std::int64_t taps;
+  const float* bias;  // (planes) or null
+  bool relu;
+  float* out;
+  std::int64_t out_plane, planes, count;
+  const std::int32_t* keep;  // (period, lanes) or null
+  const std::int64_t* kept;  // (period)
+  std::int64_t period, out_count;
+};
+using DepthwiseConv = void (*)(const DepthwiseConvArgs& args);
+
+// Its weight gradient: the taps come in classes of per_class taps (a kernel's columns); where
+// masks is not null, class c's taps count for the outputs i whose mask(i, c) is set only (the
+// others are spare, or would read another row's values: a plane's rows may follow one another
+// without zeros between them). The masks repeat every `period` vectors:
+// mask(i, c) = masks[((i / lanes) % period * classes + c) * lanes + i % lanes], all bits or none.
+constexpr std::int64_t kDepthwiseMaxClasses = 3;  // with up to kDepthwiseClassTaps taps each
+constexpr std::int64_t kDepthwiseClassTaps = 3;   // (one class: any number)
+struct DepthwiseTaps {
+  const std::int64_t* offsets;  // (classes * per_class), class by class
+  std::int64_t classes, per_class;
+  const std::int32_t* masks;  // (period, classes, lanes) or null
+  std::int64_t period;
+};
+// Each tap's products are summed lane by lane in i order and the lanes then added in order:
+//   grad_weights[t] = sum_{i < count} mask(i, class of t) * grad_out[i] * src[offsets[t] + i]
+// and, where grad_sum is not null, *grad_sum = the sum of grad_out[i < count] in the same order.
+// Masked-out source values are read but left out of the products, so that a NaN there reaches no
+// tap; nothing past count is read.
+struct DepthwiseWeightGradArgs {
+  const float* src;
+  DepthwiseTaps taps;
+  const float* grad_out;  // (count)
+  std::int64_t count;
+  float* grad_weights;  // (taps), written
+  float* grad_sum;      // or null
+};
+using DepthwiseWeightGrad = void (*)(const DepthwiseWeightGradArgs& args);
+
+// Rows into and out of the depthwise kernels' layout, for `planes` planes (plane p's rows from
+// src + p * src_plane to out + p * out_plane): row r's floats in[r * src_stride + j] for j < count
+// go to out[r * out_stride + j] (copy), or column pairs apart (split: the stride-2 phases, in[2c]
+// to out[c] and in[2c + 1] to out[odd_offset + c]), or spread by 2 (spread: in[j] to out[2j] and
+// 0 to out[2j + 1], the data gradient's error spread by a stride of 2). Copying, a row's columns
+// from count on may get zeros, up to the plane's last row's end: so do the next rows' first
+// columns before their own values are stored. Nothing else is written.
+enum class DepthwiseRowMove { copy, split, spread };
+struct DepthwiseRowsArgs {
+  const float* src;
+  std::int64_t src_stride, rows, count;
+  float* out;
+  std::int64_t out_stride;
+  DepthwiseRowMove move;
+  std::int64_t odd_offset, planes, src_plane, out_plane;
+};
+using DepthwiseRows = void (*)(const DepthwiseRowsArgs& args);
+
 // Winograd F(2x2, 3x3) pieces (conv.cpp holds the algorithm), for blocks of 16 filters. Planes of
 // the 16 transformed values e = 4a + b lie `stride` floats apart (a stride that is no multiple of
 // 4 KiB keeps the 16 streams out of one cache set).
@@ -282,6 +356,9 @@ struct KernelSet {
   ImageLaneWeightGrad image_lane_weight_grad_f32;
   FilterBlockConv filter_block_conv_f32;
   FilterBlockWeightGrad filter_block_weight_grad_f32;
+  DepthwiseConv depthwise_conv_f32;
+  DepthwiseWeightGrad depthwise_weight_grad_f32;
+  DepthwiseRows depthwise_rows_f32;
   WinogradInputRow winograd_input_row_f32;
   WinogradInputRowPair winograd_input_row_pair_f32;
   WinogradProducts winograd_products_f32;

@@ -1,7 +1,7 @@
-// The CPU's convolution algorithms, one file each (direct.cpp, winograd.cpp, filter_blocks.cpp,
-// phases.cpp, gemm.cpp), and what they share. Each algorithm says which problems it takes (the
-// use_* conditions, which the tables in table.cpp turn into refusals) and runs on raw contiguous
-// buffers of a checked problem. Private to the library.
+// The CPU's convolution algorithms, one file each (depthwise.cpp, direct.cpp, winograd.cpp,
+// filter_blocks.cpp, phases.cpp, gemm.cpp), and what they share. Each algorithm says which
+// problems it takes (the use_* conditions, which the tables in table.cpp turn into refusals) and
+// runs on raw contiguous buffers of a checked problem. Private to the library.
 #pragma once
 
 #include <cstdint>
@@ -44,6 +44,13 @@ bool padding_is_modest(const ConvGeometry& g);
 bool all_finite(const float* values, std::int64_t count);
 
 constexpr std::int64_t kL2Bytes = std::int64_t{1} << 20;
+
+// ---- Depthwise (depthwise.cpp): one filter per channel, any kernel, stride and dilation ----
+bool use_depthwise(const ConvGeometry& g);
+void depthwise_forward(const ConvGeometry& g, const float* x, const float* w, const float* bias, float* y,
+                       bool relu);
+void depthwise_backward_data(const ConvGeometry& g, const float* dy, const float* w, float* dx);
+void depthwise_backward_weight(const ConvGeometry& g, const float* dy, const float* x, float* dw, float* db);
 
 // ---- Direct (direct.cpp): stride 1, few channels per group ----
 bool use_direct(const ConvGeometry& g, std::int64_t in_channels_per_group);
