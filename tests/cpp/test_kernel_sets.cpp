@@ -656,9 +656,9 @@ void test_depthwise_weight_grad(const Level& level, Data& data) {
       }
 }
 
-// Rows into and out of the depthwise layout: copied, split and spread, rows of less than a vector
-// and of several with tails, copied into rows with spare columns (which may get zeros) or none;
-// one plane or two.
+// Rows into the depthwise layout: copied, split and spread, rows of less than a vector and of
+// several with tails, into rows with spare columns or none; one plane or two. The `lanes` floats
+// after each row's values may get zeros (the layouts keep zeros there).
 void test_depthwise_rows(const Level& level, Data& data) {
   using juanji::cpu::DepthwiseRowMove;
   const I lanes = level.lanes;
@@ -668,24 +668,29 @@ void test_depthwise_rows(const Level& level, Data& data) {
       for (DepthwiseRowMove move : {DepthwiseRowMove::copy, DepthwiseRowMove::split, DepthwiseRowMove::spread}) {
         ++variant;
         const bool copy = move == DepthwiseRowMove::copy, split = move == DepthwiseRowMove::split;
-        const I planes = 1 + variant % 2, src_stride = count + variant % 3, spare = copy ? variant % 2 * 2 : variant % 2;
-        const I written = split ? (count + 1) / 2 : move == DepthwiseRowMove::spread ? 2 * count : count;
-        const I out_stride = written + spare, odd_offset = split ? rows * out_stride + 5 : 0;
-        const I src_plane = rows * src_stride + 1, out_plane = odd_offset + rows * out_stride + 3;
+        const I planes = 1 + variant % 2, src_stride = count + variant % 3, spare = variant % 2 * 2;
+        const I written = split ? (count + 1) / 2 : copy ? count : 2 * count;
+        const I out_stride = written + spare, odd_offset = split ? rows * out_stride + lanes + 1 : 0;
+        const I src_plane = rows * src_stride + 1, out_plane = odd_offset + rows * out_stride + lanes + 1;
         const auto src = data.make(planes * src_plane, Values::uniform);
         Output out(planes * out_plane);
+        // Where each row's values end (split: in each of its two rows), then the values themselves.
         for (I p = 0; p < planes; ++p)
           for (I r = 0; r < rows; ++r) {
+            const I row = p * out_plane + r * out_stride;
+            for (I j = 0; j < lanes; ++j) {
+              out.must_hold(row + written + j, 0.0, kAnyValue);
+              if (split) out.must_hold(odd_offset + row + count / 2 + j, 0.0, kAnyValue);
+            }
+          }
+        for (I p = 0; p < planes; ++p)
+          for (I r = 0; r < rows; ++r)
             for (I j = 0; j < count; ++j) {
-              const I to = p * out_plane + (split ? (j % 2 ? odd_offset : 0) + r * out_stride + j / 2
-                                                  : r * out_stride + (copy ? j : 2 * j));
+              const I row = p * out_plane + r * out_stride;
+              const I to = split ? row + (j % 2 ? odd_offset : 0) + j / 2 : row + (copy ? j : 2 * j);
               out.must_hold(to, src[p * src_plane + r * src_stride + j], 0.0);
               if (!copy && !split) out.must_hold(to + 1, 0.0, 0.0);
             }
-            // Spare columns (past count, before the plane's last row's end) may get zeros.
-            for (I j = count; j < out_stride && copy && r + 1 < rows; ++j)
-              out.must_hold(p * out_plane + r * out_stride + j, 0.0, kAnyValue);
-          }
         level.set.depthwise_rows_f32({src.data(), src_stride, rows, count, out.got.data(), out_stride, move,
                                       odd_offset, planes, src_plane, out_plane});
         expect_close(describe(level, "depthwise_rows count %ld rows %ld move %d spare %ld planes %ld", count, rows,

@@ -197,13 +197,13 @@ struct DepthwiseWeightGradArgs {
 };
 using DepthwiseWeightGrad = void (*)(const DepthwiseWeightGradArgs& args);
 
-// Rows into and out of the depthwise kernels' layout, for `planes` planes (plane p's rows from
+// Rows into the depthwise kernels' layout, for `planes` planes (plane p's rows from
 // src + p * src_plane to out + p * out_plane): row r's floats in[r * src_stride + j] for j < count
 // go to out[r * out_stride + j] (copy), or column pairs apart (split: the stride-2 phases, in[2c]
 // to out[c] and in[2c + 1] to out[odd_offset + c]), or spread by 2 (spread: in[j] to out[2j] and
-// 0 to out[2j + 1], the data gradient's error spread by a stride of 2). Copying, a row's columns
-// from count on may get zeros, up to the plane's last row's end: so do the next rows' first
-// columns before their own values are stored. Nothing else is written.
+// 0 to out[2j + 1], the data gradient's error spread by a stride of 2). They are stored as whole
+// vectors: the `lanes` floats after those a row receives (in each of split's two rows) may get
+// zeros, which the caller's layout holds there, or rows stored after them.
 enum class DepthwiseRowMove { copy, split, spread };
 struct DepthwiseRowsArgs {
   const float* src;

@@ -77,13 +77,14 @@ class FlatPlane {
     phase_cols_ = std::min(ceil_div(image_w, stride_w), out_w + f_max);
     width_ = compact_ ? out_w : std::max(phase_cols_ - f_min, out_w + f_max);
     if (compact_) phase_cols_ = std::min(phase_cols_, out_w);
-    // Rows [first_row_, first_row_ + phase_rows) of each phase, zeros where the image has none.
+    // Rows [first_row_, first_row_ + phase_rows) of each phase, zeros where the image has none,
+    // and rows of zeros after them for a vector's worth of the rows' moves past a row's end.
+    const std::int64_t lanes = cpu::active_kernels().direct_conv_lanes;
     first_row_ = e_min;
     const std::int64_t phase_rows = out_h + e_max - e_min;
     image_rows_ = std::min(ceil_div(image_h, stride_h), out_h + e_max);
-    phase_size_ = phase_rows * width_;
+    phase_size_ = (phase_rows + ceil_div(lanes, width_)) * width_;
     // Zeros before the first phase (reads of f_min < 0) and after the last, for whole vectors.
-    const std::int64_t lanes = cpu::active_kernels().direct_conv_lanes;
     front_ = std::max(width_, -f_min);
     size_ = front_ + stride_h * stride_w * phase_size_ + width_ + f_max + lanes;
     // The taps column by column (the weight gradient's classes), each column's window of output
@@ -126,6 +127,8 @@ class FlatPlane {
   const std::int64_t* tap_order() const { return tap_order_.data(); }
   std::int64_t count() const { return out_h_ * width_; }
   std::int64_t size() const { return size_; }  // floats of a laid-out plane
+  // Floats of a plane of outputs in rows of width, with room for the rows' moves past its end.
+  std::int64_t rows_size() const { return count() + cpu::active_kernels().direct_conv_lanes; }
 
   // The correlation of `planes` laid-out planes, `size()` floats apart.
   cpu::DepthwiseConvArgs conv_args(const float* src, const float* weights, const float* bias, bool relu, float* out,
@@ -162,8 +165,7 @@ class FlatPlane {
       return;
     }
     if (stride_h_ == 1 && stride_w_ == 1 && up_w_ == 2) {
-      // Row k is image row k * up_h, its pixel l at column 2l (the zeros after each are stored too:
-      // the row ends in zeros, or the next rows' values are stored after them).
+      // Row k is image row k * up_h, its pixel l at column 2l.
       const std::int64_t rows = std::min(src_h_, ceil_div(image_rows_, up_h_));
       kernels.depthwise_rows_f32({planes_in, src_w_, rows, std::min(src_w_, ceil_div(phase_cols_, 2)),
                                   out + phase_start(0, 0) - first_row_ * width_, up_h_ * width_, Move::spread, 0,
@@ -187,8 +189,8 @@ class FlatPlane {
       }
   }
 
-  // A plane of out_h x out_w into rows of width, whose spare columns hold zeros as lay_out's do
-  // (padded).
+  // A plane of out_h x out_w into rows of width (rows_size() floats), whose spare columns hold
+  // zeros as lay_out's do (padded).
   void spread_rows(const float* plane, float* rows) const {
     cpu::active_kernels().depthwise_rows_f32(
         {plane, out_w_, out_h_, out_w_, rows, width_, cpu::DepthwiseRowMove::copy, 0, 1, 0, 0});
@@ -297,7 +299,7 @@ void depthwise_backward_weight(const ConvGeometry& g, const float* dy, const flo
     float *laid_out = nullptr, *error_rows = nullptr;
     errors.guard([&] {
       laid_out = zeroed(cpu::WorkspaceSlot::columns, layout.size());
-      error_rows = layout.compact() ? laid_out : zeroed(cpu::WorkspaceSlot::batch_out, layout.count());
+      error_rows = layout.compact() ? laid_out : zeroed(cpu::WorkspaceSlot::batch_out, layout.rows_size());
     });
 #pragma omp for schedule(static)
     for (std::int64_t plane = 0; plane < planes; ++plane) {
