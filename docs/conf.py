@@ -90,7 +90,7 @@ def _public_names(module_name):
         obj = getattr(module, name, None)
         if name.startswith("_") or isinstance(obj, types.ModuleType):
             continue
-        defined_elsewhere = getattr(obj, "__module__", "").split(".")[0] not in ("juanji", "")
+        defined_elsewhere = (getattr(obj, "__module__", None) or "").split(".")[0] not in ("juanji", "")
         if (inspect.isclass(obj) or inspect.isroutine(obj)) and not defined_elsewhere:
             yield name
 
