@@ -411,3 +411,84 @@ def test_backward_after_an_eval_mode_forward_is_a_clear_error(make_model):
     out = model.forward(x, training=False)
     with pytest.raises(ValueError, match="backward needs a training-mode forward"):
         model.backward(np.ones(np.asarray(out).shape, np.float32))
+
+
+# ---- PyTorch weights ----
+
+def torch_resnet(torch):
+    class Residual(torch.nn.Module):
+        def __init__(self, body, shortcut=None):
+            super().__init__()
+            self.body, self.shortcut = body, shortcut
+
+        def forward(self, x):
+            return self.body(x) + (x if self.shortcut is None else self.shortcut(x))
+
+    T = torch.nn
+    return T.Sequential(
+        T.Conv2d(1, 4, 3, padding=1, bias=False), T.BatchNorm2d(4), T.ReLU(), T.MaxPool2d(2),
+        Residual(T.Sequential(T.Conv2d(4, 8, 3, stride=2, padding=1, bias=False), T.BatchNorm2d(8), T.ReLU(),
+                              T.Conv2d(8, 8, 3, padding=1, bias=False), T.BatchNorm2d(8)),
+                 T.Sequential(T.Conv2d(4, 8, 1, stride=2, bias=False), T.BatchNorm2d(8))),
+        T.ReLU(), T.AdaptiveAvgPool2d(1), T.Flatten(), T.Linear(8, 5))
+
+
+def juanji_resnet():
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Residual(nn.Sequential(nn.Conv2d(4, 8, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+                                  nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)),
+                    nn.Sequential(nn.Conv2d(4, 8, 1, stride=2, bias=False), nn.BatchNorm2d(8))),
+        nn.ReLU(), nn.GlobalAvgPool2d(), nn.Flatten(), nn.Linear(8, 5))
+
+
+def test_a_torch_state_dict_loads_and_gives_torchs_outputs_and_gradients():
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    tmodel = torch_resnet(torch).double()
+    for m in tmodel.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+            m.weight.data.uniform_(0.5, 1.5)
+    model = juanji_resnet().to("float64")
+    assert model.load_state_dict({k: v.numpy() for k, v in tmodel.state_dict().items()}) == ([], [])
+    assert model.load_state_dict(tmodel.state_dict()) == ([], [])  # torch tensors as they are
+    x = np.random.default_rng(0).standard_normal((3, 1, 12, 12))
+    tmodel.eval()
+    np.testing.assert_allclose(np.asarray(model(x)), tmodel(torch.from_numpy(x)).detach().numpy(), rtol=1e-10)
+    tmodel.train()
+    tx = torch.from_numpy(x).requires_grad_()
+    tout = tmodel(tx)
+    g = np.random.default_rng(1).standard_normal(tout.shape)
+    tout.backward(torch.from_numpy(g))
+    out = model.forward(x, training=True)
+    np.testing.assert_allclose(np.asarray(out), tout.detach().numpy(), rtol=1e-10, atol=1e-12)
+    grad_x = model.backward(g)
+    np.testing.assert_allclose(np.asarray(grad_x), tx.grad.numpy(), rtol=1e-9, atol=1e-12)
+    tgrads = {name: p.grad.numpy() for name, p in tmodel.named_parameters()}
+    for name, p in model.named_parameters():
+        np.testing.assert_allclose(p.grad, tgrads[name], rtol=1e-9, atol=1e-12, err_msg=name)
+    state = model.state_dict()
+    assert list(state) == [k for k in tmodel.state_dict() if not k.endswith("num_batches_tracked")]
+    np.testing.assert_allclose(state["4.body.1.running_var"], tmodel.state_dict()["4.body.1.running_var"].numpy())
+
+
+def test_load_state_dict_checks_names_and_shapes_before_copying_anything():
+    model = juanji_resnet()
+    before = {k: v.copy() for k, v in model.state_dict().items()}
+    state = {k: np.ones_like(v) for k, v in before.items()}
+    state["8.weight"] = np.zeros((5, 7), np.float32)
+    del state["0.weight"]
+    state["extra.weight"] = np.zeros(3, np.float32)
+    with pytest.raises(ValueError, match=r"mismatched: '8.weight: \(5, 7\) where the model has \(5, 8\)'; "
+                                         r"missing: '0.weight'; unexpected: 'extra.weight'"):
+        model.load_state_dict(state)
+    for k, v in model.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])
+    del state["8.weight"]
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    assert missing == ["0.weight", "8.weight"] and unexpected == ["extra.weight"]
+    assert (model.state_dict()["8.bias"] == 1).all() and (model.state_dict()["0.weight"] == before["0.weight"]).all()
+    with pytest.raises(TypeError, match="dict"):
+        model.load_state_dict([1, 2])

@@ -213,7 +213,8 @@ void register_python_layer_factory() {
     try {
       layer = cls(**arguments);
     } catch (py::error_already_set& e) {
-      throw std::invalid_argument(path + "(**" + config.at("arguments").dump() + ") failed: " + e.what());
+      throw std::invalid_argument(path + "(**" + config.at("arguments").dump() + ") failed: " + e.what() +
+                                  " (a Python layer's get_config() returns its constructor's arguments)");
     }
     return layer_keeping_python_object(layer);
   });

@@ -241,6 +241,32 @@ void register_nn(py::module_& m) {
            "(name, Parameter) pairs of the trainable parameters, as PyTorch's named_parameters().")
       .def("buffers", [](const Layer& l) { return parameter_list(parameters_of(l, false)); },
            "Tensors saved with the model but not trained (batch-norm running statistics).")
+      .def("state_dict",
+           [](const Layer& l) {
+             py::dict state;
+             for (const auto& p : locked(l, [&] { return l.parameters(); }))
+               state[py::str(p->name)] = to_numpy(p->value, py::none());
+             return state;
+           },
+           "Every parameter and buffer by name, as NumPy views: PyTorch's state_dict names and layouts.")
+      .def("load_state_dict",
+           [](Layer& l, py::handle state, bool strict) {
+             // torch's batch-norm counters are int64 tensors that load_state_dict ignores: not converted.
+             py::dict kept;
+             if (py::isinstance<py::dict>(state))
+               for (auto [key, value] : py::reinterpret_borrow<py::dict>(state))
+                 if (!(py::isinstance<py::str>(key) && key.attr("endswith")("num_batches_tracked").cast<bool>()))
+                   kept[key] = value;
+             const std::vector<NamedTensor> tensors =
+                 named_tensors_arg(py::isinstance<py::dict>(state) ? kept : state, "load_state_dict");
+             const nn::StateDictReport report = without_gil([&] { return nn::load_state_dict(l, tensors, strict); });
+             return py::make_tuple(report.missing, report.unexpected);
+           },
+           py::arg("state_dict"), py::arg("strict") = true,
+           "Copies the arrays of a mapping (a state_dict; PyTorch's loads as {k: v.numpy()}) into the "
+           "parameters and buffers of those names, all or none; num_batches_tracked is ignored. Shape "
+           "mismatches, and with strict missing or unexpected names, raise ValueError listing them all. "
+           "Returns (missing names, unexpected names).")
       .def_property_readonly("weight", [](py::object self) { return parameter_view(self, "weight"); })
       .def_property_readonly("bias", [](py::object self) { return parameter_view(self, "bias"); })
       .def("to",

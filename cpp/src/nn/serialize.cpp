@@ -188,22 +188,31 @@ void at_place(const std::string& place, const F& f) {
   }
 }
 
-std::shared_ptr<Layer> make_sequential(const Json& config) {
+// The layers of a list entry ("layers" of a Sequential, "branches" of a Concat), each named by its
+// place ("layer 3") in errors.
+std::vector<std::shared_ptr<Layer>> make_entries(const Json& entries, const std::string& word) {
   std::vector<std::shared_ptr<Layer>> layers;
-  const Json& entries = config.at("layers");
   for (std::size_t i = 0; i < entries.size(); ++i)
-    at_place("layer " + std::to_string(i), [&] { layers.push_back(make_entry(entries.at(i))); });
-  return std::make_shared<Sequential>(std::move(layers));
+    at_place(word + " " + std::to_string(i), [&] { layers.push_back(make_entry(entries.at(i))); });
+  return layers;
+}
+
+// The parameters of a list entry's layers, the i-th's prefixed "i.".
+std::vector<ParameterShape> entries_parameters(const Json& entries, const std::string& word) {
+  std::vector<ParameterShape> shapes;
+  for (std::size_t i = 0; i < entries.size(); ++i) {
+    const std::string key = std::to_string(i);
+    at_place(word + " " + key, [&] { add_entry_parameters(entries.at(i), key + ".", shapes); });
+  }
+  return shapes;
+}
+
+std::shared_ptr<Layer> make_sequential(const Json& config) {
+  return std::make_shared<Sequential>(make_entries(config.at("layers"), "layer"));
 }
 
 std::vector<ParameterShape> sequential_parameters(const Json& config) {
-  std::vector<ParameterShape> shapes;
-  const Json& entries = config.at("layers");
-  for (std::size_t i = 0; i < entries.size(); ++i) {
-    const std::string key = std::to_string(i);
-    at_place("layer " + key, [&] { add_entry_parameters(entries.at(i), key + ".", shapes); });
-  }
-  return shapes;
+  return entries_parameters(config.at("layers"), "layer");
 }
 
 std::shared_ptr<Layer> make_residual(const Json& config) {
@@ -223,21 +232,11 @@ std::vector<ParameterShape> residual_parameters(const Json& config) {
 }
 
 std::shared_ptr<Layer> make_concat(const Json& config) {
-  std::vector<std::shared_ptr<Layer>> branches;
-  const Json& entries = config.at("branches");
-  for (std::size_t i = 0; i < entries.size(); ++i)
-    at_place("branch " + std::to_string(i), [&] { branches.push_back(make_entry(entries.at(i))); });
-  return std::make_shared<Concat>(std::move(branches));
+  return std::make_shared<Concat>(make_entries(config.at("branches"), "branch"));
 }
 
 std::vector<ParameterShape> concat_parameters(const Json& config) {
-  std::vector<ParameterShape> shapes;
-  const Json& entries = config.at("branches");
-  for (std::size_t i = 0; i < entries.size(); ++i) {
-    const std::string key = std::to_string(i);
-    at_place("branch " + key, [&] { add_entry_parameters(entries.at(i), key + ".", shapes); });
-  }
-  return shapes;
+  return entries_parameters(config.at("branches"), "branch");
 }
 
 const LayerFactory kLayerFactories[] = {
@@ -360,6 +359,63 @@ std::shared_ptr<Layer> make_layer(const std::string& type, const Json& config) {
 }
 
 void set_external_layer_factory(ExternalLayerFactory factory) { external_factory() = std::move(factory); }
+
+namespace {
+
+bool is_batch_counter(const std::string& name) {
+  const std::string_view counter = "num_batches_tracked";
+  return name.size() >= counter.size() && std::string_view(name).substr(name.size() - counter.size()) == counter;
+}
+
+// "'a', 'b'" for an error message.
+std::string quoted_list(const std::vector<std::string>& names) {
+  std::string text;
+  for (const auto& name : names) text += (text.empty() ? "'" : ", '") + name + "'";
+  return text;
+}
+
+}  // namespace
+
+StateDictReport load_state_dict(Layer& layer, const std::vector<NamedTensor>& tensors, bool strict) {
+  const Layer::Lock lock(layer);
+  std::map<std::string_view, const Tensor*> given;
+  for (const auto& named : tensors)
+    if (!is_batch_counter(named.name)) given.emplace(named.name, &named.tensor);
+  StateDictReport report;
+  std::vector<std::string> mismatched;
+  std::vector<std::pair<Parameter*, const Tensor*>> matched;
+  for (const auto& p : layer.parameters()) {
+    const auto found = given.find(p->name);
+    if (found == given.end()) {
+      report.missing.push_back(p->name);
+      continue;
+    }
+    const Tensor& value = *found->second;
+    if (value.shape() != p->value.shape())
+      mismatched.push_back(p->name + ": " + shape_str(value.shape()) + " where the model has " +
+                           shape_str(p->value.shape()));
+    else if (value.dtype() == DType::int64)
+      mismatched.push_back(p->name + ": " + dtype_name(value.dtype()) + " where the model has " +
+                           dtype_name(p->value.dtype()));
+    else
+      matched.emplace_back(p.get(), &value);
+    given.erase(found);
+  }
+  for (const auto& named : tensors)
+    if (given.count(named.name)) report.unexpected.push_back(named.name);
+  std::string problems;
+  if (!mismatched.empty()) problems += "; mismatched: " + quoted_list(mismatched);
+  if (strict && !report.missing.empty()) problems += "; missing: " + quoted_list(report.missing);
+  if (strict && !report.unexpected.empty()) problems += "; unexpected: " + quoted_list(report.unexpected);
+  if (!problems.empty())
+    throw std::invalid_argument("load_state_dict:" + problems.substr(1) +
+                                (strict ? " (strict=False loads the names that match)" : ""));
+  // Every value converted before any is copied: a failure leaves the model as it was.
+  std::vector<Tensor> converted;
+  for (const auto& [p, value] : matched) converted.push_back(value->to(p->value.dtype()).to(p->value.device()));
+  for (std::size_t i = 0; i < matched.size(); ++i) matched[i].first->value.copy_(converted[i]);
+  return report;
+}
 
 void Sequential::save(const std::string& path, const Metadata& metadata) const {
   const Lock lock(*this);

@@ -85,6 +85,10 @@ class Layer:
         """
         The output as a new tensor; training None means the layer's mode (train()/eval()). A training-mode forward keeps what backward needs.
         """
+    def load_state_dict(self, state_dict: typing.Any, strict: bool = True) -> tuple[list[str], list[str]]:
+        """
+        Copies the arrays of a mapping (a state_dict; PyTorch's loads as {k: v.numpy()}) into the parameters and buffers of those names, all or none; num_batches_tracked is ignored. Shape mismatches, and with strict missing or unexpected names, raise ValueError listing them all. Returns (missing names, unexpected names).
+        """
     def named_parameters(self) -> list:
         """
         (name, Parameter) pairs of the trainable parameters, as PyTorch's named_parameters().
@@ -94,6 +98,10 @@ class Layer:
     def parameters(self) -> list:
         """
         The trainable parameters, named by their place ('3.body.0.weight').
+        """
+    def state_dict(self) -> dict:
+        """
+        Every parameter and buffer by name, as NumPy views: PyTorch's state_dict names and layouts.
         """
     def to(self, target: typing.Any) -> typing.Any:
         """

@@ -154,6 +154,19 @@ class Sequential : public Container {
 // A layer from its type name and constructor arguments (as Layer::config gives them).
 std::shared_ptr<Layer> make_layer(const std::string& type, const Json& config);
 
+// What load_state_dict did not match: names of the layer's parameters and buffers that the
+// mapping lacks, and names in the mapping that the layer does not have.
+struct StateDictReport {
+  std::vector<std::string> missing, unexpected;
+};
+
+// Copies `tensors` (PyTorch's state_dict names and layouts: "3.body.0.weight", "1.running_var")
+// into the parameters and buffers of `layer` with those names, cast to their dtype and copied to
+// their device, in place: all of them or, on an error, none. Names ending in "num_batches_tracked"
+// (PyTorch's batch-norm counter) are ignored. A shape mismatch or a non-float tensor is a
+// std::invalid_argument listing every one; with `strict`, so are missing and unexpected names.
+StateDictReport load_state_dict(Layer& layer, const std::vector<NamedTensor>& tensors, bool strict);
+
 // Layers defined outside the library (Python subclasses of Layer) write a config of the form
 // {"python_class": "module.Class", "arguments": {...}, "parameters": [{"name", "shape"}...]}: the
 // parameters let load() check a checkpoint's tensors before building the layer, which the
