@@ -136,6 +136,11 @@ def _progress(total: int, desc: str):
 # --------------------------------------------------------------------------------------------
 # train
 # --------------------------------------------------------------------------------------------
+def counted(number: int, noun: str) -> str:
+    """'1 epoch', '2 epochs'."""
+    return f"{number:,} {noun}{'' if number == 1 else 's'}"
+
+
 def resolve_train_defaults(args: argparse.Namespace) -> None:
     """Fills the options left unset with the model's defaults (the parser checked the set ones)."""
     defaults = TRAIN_DEFAULTS[args.model]
@@ -255,11 +260,11 @@ def cmd_train(args: argparse.Namespace) -> int:
           f"of {input_shape}, normalised with mean {dataset.mean:.4f}, std {dataset.std:.4f}")
     model = MODELS[args.model]()
     model.to(args.device)  # batches go over once per step; the whole step runs there
-    print(model.summary(input_shape))
+    model.summary(input_shape)
     momentum = f", momentum {args.momentum}" if args.optimizer == "sgd" else ""
-    print(f"training {args.model} for {args.epochs} epoch{'s' if args.epochs != 1 else ''}: "
+    print(f"training {args.model} for {counted(args.epochs, 'epoch')}: "
           f"batch {args.batch_size}, {args.optimizer} lr {args.lr}{momentum}, weight decay {args.weight_decay}, "
-          f"schedule {args.schedule} (warm-up {args.warmup_epochs} epochs, per {args.lr_update}), "
+          f"schedule {args.schedule} (warm-up {counted(args.warmup_epochs, 'epoch')}, per {args.lr_update}), "
           f"label smoothing {args.label_smoothing}, augment {args.augment}, "
           f"{juanji.get_num_threads()} threads, device {args.device}")
 
@@ -660,9 +665,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     per_model = "; ".join(
-        f"{name}: {d.epochs} epochs, batch {d.batch_size}, lr {d.lr}, momentum {d.momentum}, "
+        f"{name}: {counted(d.epochs, 'epoch')}, batch {d.batch_size}, lr {d.lr}, momentum {d.momentum}, "
         f"weight decay {d.weight_decay}, {d.schedule} schedule, augment {d.augment}, optimizer {d.optimizer}, "
-        f"warm-up {d.warmup_epochs} epochs, lr update per {d.lr_update}, label smoothing {d.label_smoothing}"
+        f"warm-up {counted(d.warmup_epochs, 'epoch')}, lr update per {d.lr_update}, label smoothing {d.label_smoothing}"
         for name, d in TRAIN_DEFAULTS.items()
     )
     train = commands.add_parser(

@@ -5,6 +5,7 @@
 
 #include "bind_util.hpp"
 #include "juanji/nn/sequential.hpp"
+#include "python_layer.hpp"
 #include "juanji/runtime.hpp"
 
 namespace juanji::bind {
@@ -51,10 +52,27 @@ struct LockedLayer {
 std::string config_json(const Layer& layer) { return layer.config().dump(nn::kArchitectureFormat); }
 
 // Python callers get their own copy, taken under the lock: the layer reuses its output buffer on
-// the next call.
-Tensor layer_forward(Layer& layer, py::handle x, bool training) {
+// the next call. training None: the layer's mode (train()/eval()).
+Tensor layer_forward(Layer& layer, py::handle x, py::handle training) {
   const Tensor input = tensor_arg(x, "x");
-  return locked(layer, [&] { return layer.forward(input, training).clone(); });
+  const bool mode = training.is_none() ? layer.training() : training.cast<bool>();
+  return locked(layer, [&] { return layer.forward(input, mode).clone(); });
+}
+
+// The trainable parameters (trainable true) or the buffers (false) of a layer, under its lock.
+std::vector<std::shared_ptr<Parameter>> parameters_of(const Layer& layer, bool trainable) {
+  std::vector<std::shared_ptr<Parameter>> selected;
+  for (const auto& p : locked(layer, [&] { return layer.parameters(); }))
+    if (p->trainable() == trainable) selected.push_back(p);
+  return selected;
+}
+
+// Copies `value` into `into` (a parameter's value or gradient), whose shape it must have.
+void assign(Tensor& into, py::handle value, const Parameter& p, const char* what) {
+  const Tensor source = tensor_arg(value, what);
+  check(source.shape() == into.shape(), "Parameter ", p.name, ": ", what, " must keep the shape ",
+        shape_text(into.shape()), ", got ", shape_text(source.shape()));
+  without_gil([&] { into.copy_(source.to(into.device()).to(into.dtype())); });
 }
 
 py::list parameter_list(const std::vector<std::shared_ptr<Parameter>>& params) {
@@ -84,7 +102,7 @@ void move_or_cast(Target&& target, py::handle where) {
 
 std::shared_ptr<Layer> layer_arg(py::handle layer, const std::string& what) {
   if (!py::isinstance<Layer>(layer)) throw TypeError(what + ": expected a layer, got " + type_name(layer));
-  return layer.cast<std::shared_ptr<Layer>>();
+  return layer_keeping_python_object(layer);
 }
 
 // Joining a container takes each layer's lock, which a thread running the layer may hold while it
@@ -134,15 +152,27 @@ void def_avg_pool(py::module_& m, const char* name) {
 
 void register_nn(py::module_& m) {
   auto nn_module = m.def_submodule("nn", "Layers, Sequential and losses");
+  register_python_layer_factory();
 
   py::class_<Parameter, std::shared_ptr<Parameter>>(nn_module, "Parameter",
                                                     "A named tensor of a layer; data and grad are NumPy views (no copy).")
       .def_readonly("name", &Parameter::name)
-      .def_property_readonly("data", [](const Parameter& p) { return to_numpy(p.value, py::none()); })
-      .def_property_readonly("grad", [](const Parameter& p) -> py::object {
-        if (!p.grad.defined()) return py::none();
-        return to_numpy(p.grad, py::none());
-      })
+      .def_property(
+          "data", [](const Parameter& p) { return to_numpy(p.value, py::none()); },
+          [](Parameter& p, py::handle value) { assign(p.value, value, p, "data"); },
+          "The value as a NumPy view; assigning an array copies it in (same shape; cast to the dtype).")
+      .def_property(
+          "grad",
+          [](const Parameter& p) -> py::object {
+            if (!p.grad.defined()) return py::none();
+            return to_numpy(p.grad, py::none());
+          },
+          [](Parameter& p, py::handle value) {
+            if (!p.trainable()) throw TypeError("Parameter " + p.name + " is a buffer: it has no gradient");
+            assign(p.grad, value, p, "grad");
+          },
+          "The gradient as a NumPy view (None for buffers); assigning an array copies it in.")
+      .def("numel", [](const Parameter& p) { return p.value.numel(); }, "The number of elements.")
       .def_property_readonly("tensor", [](const Parameter& p) { return p.value; },
                              "The value as a juanji.Tensor (shares storage; on the model's device).")
       .def_property_readonly("device", [](const Parameter& p) { return p.value.device().str(); })
@@ -152,19 +182,65 @@ void register_nn(py::module_& m) {
         return "Parameter(" + p.name + ", shape=" + shape_str(p.value.shape()) + ")";
       });
 
-  py::class_<Layer, std::shared_ptr<Layer>>(nn_module, "Layer")
+  py::class_<Layer, PythonLayer, std::shared_ptr<Layer>>(
+      nn_module, "Layer",
+      "The base of every layer. Subclass it in Python: call super().__init__(), declare parameters with "
+      "self.add_parameter(name, array), define forward(self, x) and backward(self, grad_out) on NumPy arrays "
+      "(backward sets each parameter's p.grad and returns the input's gradient), optionally get_config() "
+      "(constructor arguments, for checkpoints), output_shape(self, shape), flops(self, shape) and "
+      "extra_repr(). self.training tells forward the mode of the call.")
+      .def(py::init<>())
       .def_property_readonly("type", &Layer::type)
       .def("config_json", &config_json, "The constructor arguments as JSON, as a checkpoint stores them.")
-      .def("forward", &layer_forward, py::arg("x"), py::arg("training") = false)
-      .def("__call__", [](Layer& l, py::handle x) { return layer_forward(l, x, false); })
+      .def("forward", &layer_forward, py::arg("x"), py::arg("training") = py::none(),
+           "The output as a new tensor; training None means the layer's mode (train()/eval()). A training-mode "
+           "forward keeps what backward needs.")
+      .def("__call__", [](Layer& l, py::handle x) { return layer_forward(l, x, py::bool_(false)); })
       .def("backward",
            [](Layer& l, py::handle grad_y) {
              const Tensor grad = tensor_arg(grad_y, "grad_out");
-             return locked(l, [&] { return l.backward(grad, true).clone(); });
+             return locked(l, [&] { return l.backward_accumulate(grad).clone(); });
            },
-           py::arg("grad_out"), "Gradient of the last training-mode forward's input.")
-      .def("output_shape", [](const Layer& l, const Shape& s) { return py::tuple(py::cast(l.output_shape(s))); })
-      .def("parameters", [](Layer& l) { return parameter_list(locked(l, [&] { return l.parameters(); })); })
+           py::arg("grad_out"),
+           "After a training-mode forward: returns the input's gradient and adds every parameter's gradient "
+           "to its p.grad (zero_grad() clears them).")
+      .def("zero_grad", [](Layer& l) { without_gil([&] { l.zero_grad(); }); },
+           "Sets every parameter's gradient to zero.")
+      .def("train",
+           [](py::object self, bool mode) {
+             self.cast<Layer&>().train(mode);
+             return self;
+           },
+           py::arg("mode") = true, "Sets the mode of this layer and the layers inside it; returns the layer.")
+      .def("eval",
+           [](py::object self) {
+             self.cast<Layer&>().eval();
+             return self;
+           },
+           "train(False).")
+      .def_property_readonly("training", &Layer::training)
+      .def("add_parameter",
+           [](Layer& self, const std::string& name, py::handle value, bool trainable) {
+             auto* python_layer = dynamic_cast<PythonLayer*>(&self);
+             if (!python_layer) throw TypeError("add_parameter: only layers written in Python declare parameters");
+             return python_layer->declare_parameter(name, tensor_arg(value, "value"), trainable);
+           },
+           py::arg("name"), py::arg("value"), py::arg("trainable") = true,
+           "For layers written in Python: a parameter holding a copy of value (trainable: with a gradient; "
+           "else a buffer saved with the model); returns the Parameter.")
+      .def("output_shape",
+           [](const Layer& l, const Shape& s) { return py::tuple(py::cast(without_gil([&] { return l.output_shape(s); }))); })
+      .def("parameters", [](const Layer& l) { return parameter_list(parameters_of(l, true)); },
+           "The trainable parameters, named by their place ('3.body.0.weight').")
+      .def("named_parameters",
+           [](const Layer& l) {
+             py::list named;
+             for (const auto& p : parameters_of(l, true)) named.append(py::make_tuple(p->name, p));
+             return named;
+           },
+           "(name, Parameter) pairs of the trainable parameters, as PyTorch's named_parameters().")
+      .def("buffers", [](const Layer& l) { return parameter_list(parameters_of(l, false)); },
+           "Tensors saved with the model but not trained (batch-norm running statistics).")
       .def_property_readonly("weight", [](py::object self) { return parameter_view(self, "weight"); })
       .def_property_readonly("bias", [](py::object self) { return parameter_view(self, "bias"); })
       .def("to",
@@ -175,7 +251,7 @@ void register_nn(py::module_& m) {
            py::arg("target"),
            "to('cpu'|'cuda'|'cuda:N') moves the parameters and gradients; to('float64') casts them. "
            "Returns the layer.")
-      .def("__repr__", [](const Layer& l) { return l.type() + "(" + config_json(l) + ")"; });
+      .def("__repr__", [](const Layer& l) { return nn::repr(l); });
 
   py::class_<nn::Conv, Layer, std::shared_ptr<nn::Conv>>(nn_module, "Conv", "Convolution layers' common base.");
   def_conv<nn::Conv2d>(nn_module, "Conv2d");
@@ -221,9 +297,20 @@ void register_nn(py::module_& m) {
              const Tensor out = tensor_arg(output, "output").contiguous();
              const Tensor tgt = loss_target_arg(loss, target);
              Tensor grad = Tensor::empty(out.shape(), out.dtype(), out.device());
-             return loss.forward_backward(out, tgt, grad, nullptr);
+             return without_gil([&] { return loss.forward_backward(out, tgt, grad, nullptr); });
            },
            py::arg("output"), py::arg("target"), "The mean loss as a float.")
+      .def("forward_backward",
+           [](nn::Loss& loss, py::handle output, py::handle target) {
+             const Tensor out = tensor_arg(output, "output").contiguous();
+             const Tensor tgt = loss_target_arg(loss, target);
+             Tensor grad = Tensor::empty(out.shape(), out.dtype(), out.device());
+             const double value = without_gil([&] { return loss.forward_backward(out, tgt, grad, nullptr); });
+             return py::make_tuple(value, grad);
+           },
+           py::arg("output"), py::arg("target"),
+           "(mean loss as a float, d loss / d output as a Tensor of the output's shape): what "
+           "model.backward takes.")
       .def("__repr__", [](const nn::Loss& loss) { return loss.type() + "()"; });
   py::class_<nn::CrossEntropyLoss, nn::Loss, std::shared_ptr<nn::CrossEntropyLoss>>(
       nn_module, "CrossEntropyLoss",
@@ -291,18 +378,6 @@ void register_nn(py::module_& m) {
            "to('cpu'|'cuda'|'cuda:N') moves every parameter and gradient (the optimizer's state "
            "follows on its next step); to('float64') casts them. Returns the model.")
       .def_property_readonly("device", [](const nn::Sequential& s) { return s.device().str(); })
-      .def("train", [](nn::Sequential& s) { s.train(); })
-      .def("eval", [](nn::Sequential& s) { s.eval(); })
-      .def_property_readonly("training", &nn::Sequential::training)
-      .def("parameters",
-           [](const nn::Sequential& s) { return parameter_list(without_gil([&] { return s.trainable_parameters(); })); },
-           "Trainable parameters, named '<layer>.<name>'.")
-      .def("buffers", [](const nn::Sequential& s) {
-        std::vector<std::shared_ptr<Parameter>> buffers;
-        for (auto& p : locked(s, [&] { return s.parameters(); }))
-          if (!p->trainable()) buffers.push_back(p);
-        return parameter_list(buffers);
-      }, "Tensors saved with the model but not trained (batch-norm running statistics).")
       .def("train_step",
            [](nn::Sequential& s, py::handle x, py::handle target, nn::Loss& loss, optim::Optimizer& opt) {
              const Tensor xt = tensor_arg(x, "x");
@@ -329,8 +404,15 @@ void register_nn(py::module_& m) {
              return without_gil([&] { return s.activations(input); });
            },
            py::arg("x"))
-      .def("summary", [](const nn::Sequential& s, const Shape& shape) { return s.summary(shape); },
-           py::arg("input_shape"))
+      .def("summary",
+           [](const nn::Sequential& s, const Shape& shape) {
+             const std::string text = without_gil([&] { return s.summary(shape); });
+             py::print(text, py::arg("end") = "");
+             return text;
+           },
+           py::arg("input_shape"),
+           "Prints (and returns) each layer's output shape, parameters and FLOPs for inputs of input_shape, "
+           "with or without the batch dimension ((1, 28, 28) or (64, 1, 28, 28)).")
       .def("architecture_json", &nn::Sequential::architecture_json)
       .def("_plan", [](nn::Sequential& s) { return without_gil([&] { return s.describe_plan(); }); },
            "For tests: the stages that forward and train_step run on the model's device, each as its "

@@ -47,7 +47,9 @@ void register_optim(py::module_& m) {
                     "The learning rate; set it like the constructor's (finite, >= 0).")
       .def_property_readonly("max_grad_norm", &optim::Optimizer::max_grad_norm)
       .def("step", &optim::Optimizer::step, py::call_guard<py::gil_scoped_release>(),
-           "Clips the gradients when max_grad_norm is set, then updates the parameters.");
+           "Clips the gradients when max_grad_norm is set, then updates the parameters.")
+      .def("zero_grad", &optim::Optimizer::zero_grad, py::call_guard<py::gil_scoped_release>(),
+           "Sets every parameter's gradient to zero (model.backward adds to them).");
   py::class_<optim::SGD, optim::Optimizer, std::shared_ptr<optim::SGD>>(optim_module, "SGD")
       .def(py::init([](py::iterable params, double lr, double momentum, bool nesterov, double weight_decay,
                        std::optional<double> max_grad_norm) {

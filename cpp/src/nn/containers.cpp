@@ -55,6 +55,25 @@ void Container::collect_mutexes(std::vector<std::recursive_mutex*>& out) const {
   for (const auto& child : children_) child.layer->collect_mutexes(out);
 }
 
+void Container::train(bool mode) {
+  Layer::train(mode);
+  for (auto& child : children_) child.layer->train(mode);
+}
+
+std::string repr(const Layer& layer) {
+  std::string text = layer.type() + "(" + layer.extra_repr();
+  const auto* container = dynamic_cast<const Container*>(&layer);
+  if (!container || container->children().empty()) return text + ")";
+  text += "\n";
+  for (const auto& child : container->children()) {
+    std::string inner = repr(*child.layer);
+    for (std::size_t at = inner.find('\n'); at != std::string::npos; at = inner.find('\n', at + 1))
+      inner.insert(at + 1, "  ");
+    text += "  (" + child.key + "): " + inner + "\n";
+  }
+  return text + ")";
+}
+
 // ---- Residual ----
 
 Residual::Residual(std::shared_ptr<Layer> body, std::shared_ptr<Layer> shortcut)

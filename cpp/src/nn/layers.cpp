@@ -43,7 +43,69 @@ void check_input(const Tensor& x, const Parameter& p, const std::string& layer) 
         "; move one of them with .to()");
 }
 
+// A config value as Python writes it: True, None, 'same', 0.1, and a list of sizes as a tuple, or
+// as its one item (a size given as an int).
+std::string python_text(const Json& value) {
+  switch (value.kind()) {
+    case Json::Kind::null: return "None";
+    case Json::Kind::boolean: return value.as_bool() ? "True" : "False";
+    case Json::Kind::string: return "'" + value.as_string() + "'";
+    case Json::Kind::array: {
+      if (value.size() == 1) return python_text(value.at(0));
+      std::string text = "(";
+      for (std::size_t i = 0; i < value.size(); ++i) text += (i ? ", " : "") + python_text(value.at(i));
+      return text + ")";
+    }
+    case Json::Kind::number:
+    case Json::Kind::object: break;
+  }
+  return value.dump();
+}
+
+// Sizes per spatial dimension as PyTorch's convolutions show them: (1, 1), or (3,) in 1-d.
+std::string sizes_text(std::vector<std::int64_t> sizes, int spatial_dims) {
+  if (sizes.size() == 1) sizes.assign(static_cast<std::size_t>(spatial_dims), sizes[0]);
+  std::string text = "(";
+  for (std::size_t i = 0; i < sizes.size(); ++i) text += (i ? ", " : "") + std::to_string(sizes[i]);
+  return text + (sizes.size() == 1 ? ",)" : ")");
+}
+
+bool all_equal_to(const std::vector<std::int64_t>& sizes, std::int64_t value) {
+  for (const auto size : sizes)
+    if (size != value) return false;
+  return true;
+}
+
 }  // namespace
+
+std::string Layer::extra_repr() const {
+  std::string text;
+  const Json config = this->config();
+  for (const auto& [key, value] : config.as_object()) text += (text.empty() ? "" : ", ") + key + "=" + python_text(value);
+  return text;
+}
+
+const Tensor& Layer::backward_accumulate(const Tensor& grad_y) {
+  const Lock lock(*this);
+  std::vector<std::pair<Parameter*, Tensor>> earlier;
+  for (const auto& p : parameters_)
+    if (p->trainable()) earlier.emplace_back(p.get(), p->grad.clone());
+  try {
+    const Tensor& grad_x = backward(grad_y, true);
+    for (auto& [p, grad] : earlier) add_into(p->grad, grad, p->grad);
+    return grad_x;
+  } catch (...) {
+    // A backward that failed part way leaves the gradients as they were.
+    for (auto& [p, grad] : earlier) p->grad.copy_(grad);
+    throw;
+  }
+}
+
+void Layer::zero_grad() {
+  const Lock lock(*this);
+  for (const auto& p : parameters_)
+    if (p->trainable()) p->grad.zero_();
+}
 
 void Layer::to(DType dtype) {
   for (auto& p : parameters_) {
@@ -150,6 +212,21 @@ Json Conv::config() const {
                        {"bias", bias_ != nullptr}});
 }
 
+std::string Conv::extra_repr() const {
+  std::string text = std::to_string(in_channels_) + ", " + std::to_string(out_channels_) +
+                     ", kernel_size=" + sizes_text(kernel_size_, spatial_dims_) +
+                     ", stride=" + sizes_text(options_.stride, spatial_dims_);
+  const PaddingSpec& padding = options_.padding;
+  if (padding.kind != PaddingSpec::Kind::explicit_sizes)
+    text += ", padding=" + python_text(padding_json(padding));
+  else if (!all_equal_to(padding.sizes, 0))
+    text += ", padding=" + sizes_text(padding.sizes, spatial_dims_);
+  if (!all_equal_to(options_.dilation, 1)) text += ", dilation=" + sizes_text(options_.dilation, spatial_dims_);
+  if (options_.groups != 1) text += ", groups=" + std::to_string(options_.groups);
+  if (!bias_) text += ", bias=False";
+  return text;
+}
+
 ConvGeometry Conv::geometry(const Shape& input) const {
   return ConvGeometry::make(input, weight_->value.shape(), options_, spatial_dims_);
 }
@@ -249,6 +326,11 @@ Pool::Pool(Kind kind, int spatial_dims, PoolOptions options)
   PoolGeometry::make(probe, options_, spatial_dims, type().c_str());
 }
 
+void Pool::check_training_forward() const {
+  check(kind_ == Kind::average || argmax_current_, type(),
+        ": backward needs a training-mode forward (the last forward ran in eval mode)");
+}
+
 std::string Pool::type() const {
   return std::string(kind_ == Kind::max ? "MaxPool" : "AvgPool") + (spatial_dims_ == 1 ? "1d" : "2d");
 }
@@ -297,8 +379,7 @@ const Tensor& Pool::backward(const Tensor& grad_y, bool need_grad_x) {
   }
   check(!fused_with_norm_, type(), ": the last forward ran fused with the batch norm before it (in a ",
         "Sequential); its backward is Sequential.train_step's");
-  check(kind_ == Kind::average || argmax_current_, type(),
-        ": backward needs a training-mode forward (the last forward ran in eval mode)");
+  check_training_forward();
   ensure(grad_input_, input_.shape(), input_.dtype(), input_.device());
   if (kind_ == Kind::max)
     max_pool_backward(geometry_, grad_y.contiguous(), argmax_, grad_input_);
@@ -459,6 +540,10 @@ BatchNorm2d::BatchNorm2d(std::int64_t channels, double eps, double momentum)
   beta_ = add_parameter("bias", Tensor::zeros({channels}), true);
   running_mean_ = add_parameter("running_mean", Tensor::zeros({channels}), false);
   running_var_ = add_parameter("running_var", Tensor::full({channels}, 1.0), false);
+}
+
+std::string BatchNorm2d::extra_repr() const {
+  return std::to_string(channels_) + ", eps=" + Json(eps_).dump() + ", momentum=" + Json(momentum_).dump();
 }
 
 Json BatchNorm2d::config() const {

@@ -264,6 +264,7 @@ class StageAccess::NormReluMaxPoolBackward final : public BackwardPass {
         conv_(conv), norm_(norm), pool_(pool) {}
   const Tensor& backward(const Tensor& grad_y, bool need_grad_x) override {
     pool_.check_grad_output(grad_y, pool_.output_);
+    pool_.check_training_forward();
     Tensor& grad_norm_input = norm_.grad_input_;
     if (conv_ || need_grad_x)
       Layer::ensure(grad_norm_input, norm_.input_.shape(), norm_.input_.dtype(), norm_.input_.device());
@@ -291,6 +292,7 @@ class StageAccess::ReluMaxPoolBackward final : public BackwardPass {
   // need_grad_x is always true: the rule places this pass after the model's first layer.
   const Tensor& backward(const Tensor& grad_y, bool) override {
     pool_.check_grad_output(grad_y, pool_.output_);
+    pool_.check_training_forward();
     const Tensor& relu_output = pool_.input_;
     Layer::ensure(pool_.grad_input_, relu_output.shape(), relu_output.dtype(), relu_output.device());
     max_pool_relu_backward(pool_.geometry_, grad_y.contiguous(), pool_.argmax_, pool_.output_,

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <exception>
 #include <iomanip>
 #include <limits>
 #include <sstream>
@@ -252,8 +253,31 @@ void add_summary_rows(const Layer& layer, const std::string& name, int depth, co
 
 }  // namespace
 
-std::string Sequential::summary(const Shape& input_shape) const {
+Shape Sequential::sample_shape(const Shape& input_shape) const {
+  const auto fits = [&](const Shape& sample) {
+    Shape batch{1};
+    batch.insert(batch.end(), sample.begin(), sample.end());
+    output_shape(batch);
+  };
+  try {
+    fits(input_shape);
+    return input_shape;
+  } catch (const std::invalid_argument&) {
+    if (input_shape.size() < 2) throw;
+    const std::exception_ptr without_batch = std::current_exception();
+    const Shape sample(input_shape.begin() + 1, input_shape.end());
+    try {
+      fits(sample);
+    } catch (const std::invalid_argument&) {
+      std::rethrow_exception(without_batch);
+    }
+    return sample;
+  }
+}
+
+std::string Sequential::summary(const Shape& shape_given) const {
   const Lock lock(*this);
+  const Shape input_shape = sample_shape(shape_given);
   Shape shape{1};
   shape.insert(shape.end(), input_shape.begin(), input_shape.end());
   std::vector<SummaryRow> rows;

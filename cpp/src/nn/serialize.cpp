@@ -127,13 +127,44 @@ std::shared_ptr<Layer> make_plain(const Json&) {
   return std::make_shared<Plain>();
 }
 
+ExternalLayerFactory& external_factory() {
+  static ExternalLayerFactory factory;
+  return factory;
+}
+
+std::shared_ptr<Layer> make_external(const Json& config) {
+  const std::string& name = config.at(kExternalClassKey).as_string();
+  check(static_cast<bool>(external_factory()), "layer class '", name,
+        "' is defined in Python: load the model from Python, having imported its module");
+  return external_factory()(config);
+}
+
+std::vector<ParameterShape> external_parameters(const Json& config) {
+  config.at(kExternalClassKey).as_string();
+  config.at("arguments").as_object();
+  std::vector<ParameterShape> shapes;
+  for (const Json& p : config.at("parameters").as_array()) {
+    Shape shape;
+    for (const Json& size : p.at("shape").as_array()) {
+      shape.push_back(size.as_int());
+      check(shape.back() >= 0, "parameter '", p.at("name").as_string(), "': negative size in ", shape_text(shape));
+    }
+    shapes.push_back({p.at("name").as_string(), std::move(shape)});
+  }
+  return shapes;
+}
+
+const LayerFactory kExternalFactory{"Python layer", make_external, external_parameters};
+
 const LayerFactory& factory_of(const std::string& type);
 
 // A {"type", "config"} object: the factory and the config it builds from.
 std::pair<const LayerFactory*, const Json*> parse_entry(const Json& entry) {
   check(entry.is_object() && entry.size() == 2 && entry.find("type") && entry.find("config"),
         "expected {\"type\", \"config\"}");
-  return {&factory_of(entry.at("type").as_string()), &entry.at("config")};
+  const Json& config = entry.at("config");
+  if (config.is_object() && config.find(kExternalClassKey)) return {&kExternalFactory, &config};
+  return {&factory_of(entry.at("type").as_string()), &config};
 }
 
 std::shared_ptr<Layer> make_entry(const Json& entry) {
@@ -324,8 +355,11 @@ Metadata user_metadata(const Metadata& metadata) {
 }  // namespace
 
 std::shared_ptr<Layer> make_layer(const std::string& type, const Json& config) {
+  if (config.is_object() && config.find(kExternalClassKey)) return make_external(config);
   return factory_of(type).make(config);
 }
+
+void set_external_layer_factory(ExternalLayerFactory factory) { external_factory() = std::move(factory); }
 
 void Sequential::save(const std::string& path, const Metadata& metadata) const {
   const Lock lock(*this);
@@ -368,9 +402,11 @@ std::shared_ptr<Sequential> Sequential::load(const std::string& path, Metadata* 
                                        [](const auto& p, const ParameterShape& q) {
                                          return p->name == q.name && p->value.shape() == q.shape;
                                        });
+    // A Python layer whose constructor arguments do not rebuild the parameters it was saved with
+    // (a built-in layer that did so would be a juanji bug).
     if (!as_planned)
-      throw std::logic_error(detail::concat("Sequential::load: layer ", i, " (", model->layers_.back()->type(),
-                                            ") built other parameters than its factory lists (a juanji bug)"));
+      throw std::invalid_argument(detail::concat(where, "layer ", i, " (", model->layers_.back()->type(),
+                                                 ") was built with other parameters than the checkpoint lists"));
     for (const auto& p : built) {
       Tensor& value = by_name.at(p->name);
       if (p->grad.defined()) p->grad = Tensor::zeros(value.shape(), value.dtype());

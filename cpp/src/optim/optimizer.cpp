@@ -34,6 +34,11 @@ void Optimizer::step() {
   update();
 }
 
+void Optimizer::zero_grad() {
+  const std::lock_guard<std::mutex> lock(mutex_);
+  for (const auto& p : parameters_) p->grad.zero_();
+}
+
 bool Optimizer::follow_parameter(Tensor& state, const nn::Parameter& p) {
   if (state.dtype() != p.value.dtype()) {
     state = Tensor::zeros(p.value.shape(), p.value.dtype(), p.value.device());

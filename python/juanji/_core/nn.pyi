@@ -14,14 +14,28 @@ class Parameter:
     """
     def __repr__(self) -> str:
         ...
+    def numel(self) -> int:
+        """
+        The number of elements.
+        """
     @property
     def data(self) -> numpy.ndarray:
+        """
+        The value as a NumPy view; assigning an array copies it in (same shape; cast to the dtype).
+        """
+    @data.setter
+    def data(self, arg1: typing.Any) -> None:
         ...
     @property
     def device(self) -> str:
         ...
     @property
     def grad(self) -> typing.Any:
+        """
+        The gradient as a NumPy view (None for buffers); assigning an array copies it in.
+        """
+    @grad.setter
+    def grad(self, arg1: typing.Any) -> None:
         ...
     @property
     def name(self) -> str:
@@ -38,30 +52,66 @@ class Parameter:
     def trainable(self) -> bool:
         ...
 class Layer:
+    """
+    The base of every layer. Subclass it in Python: call super().__init__(), declare parameters with self.add_parameter(name, array), define forward(self, x) and backward(self, grad_out) on NumPy arrays (backward sets each parameter's p.grad and returns the input's gradient), optionally get_config() (constructor arguments, for checkpoints), output_shape(self, shape), flops(self, shape) and extra_repr(). self.training tells forward the mode of the call.
+    """
     def __call__(self, arg0: typing.Any) -> juanji._core.Tensor:
+        ...
+    def __init__(self) -> None:
         ...
     def __repr__(self) -> str:
         ...
+    def add_parameter(self, name: str, value: typing.Any, trainable: bool = True) -> Parameter:
+        """
+        For layers written in Python: a parameter holding a copy of value (trainable: with a gradient; else a buffer saved with the model); returns the Parameter.
+        """
     def backward(self, grad_out: typing.Any) -> juanji._core.Tensor:
         """
-        Gradient of the last training-mode forward's input.
+        After a training-mode forward: returns the input's gradient and adds every parameter's gradient to its p.grad (zero_grad() clears them).
+        """
+    def buffers(self) -> list:
+        """
+        Tensors saved with the model but not trained (batch-norm running statistics).
         """
     def config_json(self) -> str:
         """
         The constructor arguments as JSON, as a checkpoint stores them.
         """
-    def forward(self, x: typing.Any, training: bool = False) -> juanji._core.Tensor:
-        ...
+    def eval(self) -> typing.Any:
+        """
+        train(False).
+        """
+    def forward(self, x: typing.Any, training: typing.Any = None) -> juanji._core.Tensor:
+        """
+        The output as a new tensor; training None means the layer's mode (train()/eval()). A training-mode forward keeps what backward needs.
+        """
+    def named_parameters(self) -> list:
+        """
+        (name, Parameter) pairs of the trainable parameters, as PyTorch's named_parameters().
+        """
     def output_shape(self, arg0: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex]) -> tuple:
         ...
     def parameters(self) -> list:
-        ...
+        """
+        The trainable parameters, named by their place ('3.body.0.weight').
+        """
     def to(self, target: typing.Any) -> typing.Any:
         """
         to('cpu'|'cuda'|'cuda:N') moves the parameters and gradients; to('float64') casts them. Returns the layer.
         """
+    def train(self, mode: bool = True) -> typing.Any:
+        """
+        Sets the mode of this layer and the layers inside it; returns the layer.
+        """
+    def zero_grad(self) -> None:
+        """
+        Sets every parameter's gradient to zero.
+        """
     @property
     def bias(self) -> typing.Any:
+        ...
+    @property
+    def training(self) -> bool:
         ...
     @property
     def type(self) -> str:
@@ -136,6 +186,10 @@ class Loss:
         """
     def __repr__(self) -> str:
         ...
+    def forward_backward(self, output: typing.Any, target: typing.Any) -> tuple[float, juanji._core.Tensor]:
+        """
+        (mean loss as a float, d loss / d output as a Tensor of the output's shape): what model.backward takes.
+        """
     @property
     def type(self) -> str:
         ...
@@ -204,34 +258,24 @@ class Sequential(Container):
         """
     def architecture_json(self) -> str:
         ...
-    def buffers(self) -> list:
-        """
-        Tensors saved with the model but not trained (batch-norm running statistics).
-        """
-    def eval(self) -> None:
-        ...
     def evaluate(self, x: typing.Any, target: typing.Any, loss: Loss = None, batch_size: typing.Any = 256) -> tuple[float, float]:
         """
         (mean loss, accuracy) in eval mode.
         """
     def forward(self, x: typing.Any, training: typing.Any = None) -> juanji._core.Tensor:
         ...
-    def parameters(self) -> list:
-        """
-        Trainable parameters, named '<layer>.<name>'.
-        """
     def save(self, path: typing.Any, metadata: typing.Any = None) -> None:
         """
         Writes a safetensors checkpoint; metadata (str -> str) goes into __metadata__.
         """
     def summary(self, input_shape: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex]) -> str:
-        ...
+        """
+        Prints (and returns) each layer's output shape, parameters and FLOPs for inputs of input_shape, with or without the batch dimension ((1, 28, 28) or (64, 1, 28, 28)).
+        """
     def to(self, target: typing.Any) -> typing.Any:
         """
         to('cpu'|'cuda'|'cuda:N') moves every parameter and gradient (the optimizer's state follows on its next step); to('float64') casts them. Returns the model.
         """
-    def train(self) -> None:
-        ...
     def train_step(self, x: typing.Any, target: typing.Any, loss: Loss, optimizer: juanji._core.optim.Optimizer) -> float:
         """
         Forward, loss, backward and the optimizer's update in C++; returns the batch's mean loss.
@@ -241,7 +285,4 @@ class Sequential(Container):
         ...
     @property
     def layers(self) -> list[Layer]:
-        ...
-    @property
-    def training(self) -> bool:
         ...

@@ -13,6 +13,10 @@ class Optimizer:
         """
         Clips the gradients when max_grad_norm is set, then updates the parameters.
         """
+    def zero_grad(self) -> None:
+        """
+        Sets every parameter's gradient to zero (model.backward adds to them).
+        """
     @property
     def lr(self) -> float:
         """

@@ -24,6 +24,10 @@ class Container : public Layer {
   const std::vector<Child>& children() const { return children_; }
   // The input shape of each layer in children() for this container's input shape.
   virtual std::vector<Shape> child_input_shapes(const Shape& input) const = 0;
+  // Sets the mode of this container and of every layer inside it.
+  void train(bool mode = true) override;
+  // Nothing: repr() shows the layers inside, one a line.
+  std::string extra_repr() const override { return {}; }
 
  protected:
   // Takes `layer` as the child `key`. A layer that is in a container already (this one or

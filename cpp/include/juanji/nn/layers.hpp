@@ -58,6 +58,20 @@ class Layer {
   virtual const Tensor& backward(const Tensor& grad_y, bool need_grad_x) = 0;
   std::vector<std::shared_ptr<Parameter>>& parameters() { return parameters_; }
   const std::vector<std::shared_ptr<Parameter>>& parameters() const { return parameters_; }
+  // backward for a training loop of one's own: the parameter gradients are added to those in
+  // p.grad (zero_grad() clears them), as PyTorch's backward() accumulates; returns grad_x
+  // (layer-owned). Takes the Lock.
+  const Tensor& backward_accumulate(const Tensor& grad_y);
+  // Sets every trainable parameter's gradient to zero. Takes the Lock.
+  void zero_grad();
+  // The mode a caller's forward uses when it does not say (a fresh layer trains); a container
+  // sets it for the layers inside it too. Layer::forward itself always takes the mode it is given.
+  bool training() const { return training_.load(); }
+  virtual void train(bool mode = true) { training_.store(mode); }
+  void eval() { train(false); }
+  // The arguments inside the parentheses of this layer's line in repr() ("1, 6, kernel_size=(5,
+  // 5)..."), in PyTorch's wording where PyTorch has the layer; by default the config's entries.
+  virtual std::string extra_repr() const;
   // Casts parameters to dtype (float32/float64); buffers follow on the next forward.
   void to(DType dtype);
   // Moves parameters and their gradients to device; buffers follow on the next forward.
@@ -98,7 +112,11 @@ class Layer {
   virtual void collect_mutexes(std::vector<std::recursive_mutex*>& out) const;
   std::unique_ptr<std::recursive_mutex> mutex_ = std::make_unique<std::recursive_mutex>();
   std::atomic<const Layer*> owner_{nullptr};
+  std::atomic<bool> training_{true};
 };
+
+// The layer in PyTorch's nested style: "Sequential(\n  (0): Conv2d(1, 6, kernel_size=(5, 5), ...)\n...)".
+std::string repr(const Layer& layer);
 
 class Conv : public Layer {
  public:
@@ -107,6 +125,7 @@ class Conv : public Layer {
        std::vector<std::int64_t> kernel_size, ConvOptions options, bool bias, Init init = Init::he);
   std::string type() const override { return spatial_dims_ == 1 ? "Conv1d" : "Conv2d"; }
   Json config() const override;
+  std::string extra_repr() const override;
   Shape output_shape(const Shape& input) const override;
   double flops(const Shape& input) const override;
   const Tensor& forward(const Tensor& x, bool training) override;
@@ -162,6 +181,8 @@ class Pool : public Layer {
 
  private:
   friend struct execution::StageAccess;
+  // Max pooling's backward reads the argmax that only a training-mode forward keeps.
+  void check_training_forward() const;
   Kind kind_;
   int spatial_dims_;
   PoolOptions options_;
@@ -253,6 +274,7 @@ class BatchNorm2d : public Layer {
   BatchNorm2d(std::int64_t channels, double eps = 1e-5, double momentum = 0.1);
   std::string type() const override { return "BatchNorm2d"; }
   Json config() const override;
+  std::string extra_repr() const override;
   Shape output_shape(const Shape& input) const override;
   double flops(const Shape& input) const override;
   const Tensor& forward(const Tensor& x, bool training) override;

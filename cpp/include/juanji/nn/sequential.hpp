@@ -5,6 +5,7 @@
 // reads back only the loss.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -98,10 +99,6 @@ class Sequential : public Container {
   void to(DType dtype);
   Device device() const { return device_; }
 
-  void train() { training_ = true; }
-  void eval() { training_ = false; }
-  bool training() const { return training_; }
-
   // Output of the last layer, owned by it: valid until the next forward. A model copies an input
   // on another device to its own; a Sequential inside a container takes its input as it comes.
   const Tensor& forward(const Tensor& x, bool training) override;
@@ -117,8 +114,8 @@ class Sequential : public Container {
 
   // Parameters (named by their place, see Parameter::name) that are trained.
   std::vector<std::shared_ptr<Parameter>> trainable_parameters() const;
-  // Table of each layer's output shape, parameter count and FLOPs for one input of this shape
-  // (without the batch dimension), the layers inside containers indented under them.
+  // Table of each layer's output shape, parameter count and FLOPs for one input of this shape,
+  // given with or without the batch dimension, the layers inside containers indented under them.
   std::string summary(const Shape& input_shape) const;
   // JSON array of {"type": ..., "config": {...}}: what a checkpoint stores to rebuild the model,
   // laid out by kArchitectureFormat.
@@ -139,13 +136,15 @@ class Sequential : public Container {
 
  private:
   void check_input(const Tensor& x) const;
+  // One sample's shape: input_shape itself when the layers take a batch of it, else input_shape
+  // without its first (batch) dimension when they take that; else the first attempt's error.
+  Shape sample_shape(const Shape& input_shape) const;
   // t itself when it is on the model's device, else a copy of it in `staging` there.
   const Tensor& on_model_device(const Tensor& t, Tensor& staging) const;
   // The execution plan for the layers on `device`, built at the first use there after add
   // dropped it (a dtype does not change it).
   execution::Plan& plan(Device device);
   std::vector<std::shared_ptr<Layer>> layers_;
-  bool training_ = true;
   Device device_;
   Tensor grad_output_, input_staging_, target_staging_;
   std::unique_ptr<execution::Plan> plan_;
@@ -154,6 +153,15 @@ class Sequential : public Container {
 
 // A layer from its type name and constructor arguments (as Layer::config gives them).
 std::shared_ptr<Layer> make_layer(const std::string& type, const Json& config);
+
+// Layers defined outside the library (Python subclasses of Layer) write a config of the form
+// {"python_class": "module.Class", "arguments": {...}, "parameters": [{"name", "shape"}...]}: the
+// parameters let load() check a checkpoint's tensors before building the layer, which the
+// bindings do with the factory they register here (the Python module being loaded). Without one,
+// such a layer cannot be loaded.
+inline constexpr const char* kExternalClassKey = "python_class";
+using ExternalLayerFactory = std::function<std::shared_ptr<Layer>(const Json& config)>;
+void set_external_layer_factory(ExternalLayerFactory factory);
 
 // The text layout of architectures and layer configs: the one checkpoints have always had
 // (Python's json.dumps separators, doubles to 17 digits), kept so that a model saves to the same

@@ -25,6 +25,9 @@ class Optimizer {
   // Clips the gradients (with max_grad_norm) and updates the parameters with update().
   // Steps from several threads run one at a time.
   void step();
+  // Sets every parameter's gradient to zero: what a training loop of one's own calls between
+  // steps, since Layer::backward_accumulate adds to the gradients.
+  void zero_grad();
   virtual double lr() const { return lr_; }
   // Checked as the constructors check it: finite and non-negative.
   virtual void set_lr(double lr);
