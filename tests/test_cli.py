@@ -110,6 +110,18 @@ def test_python_dash_m_runs_the_cli():
         assert flag in done.stdout
 
 
+def test_version_and_cmake_dir_options(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out == f"juanji {juanji.__version__}\n"
+    # The folder of juanjiConfig.cmake that pip installs; test_cmake_package.py builds against it.
+    done = subprocess.run([sys.executable, "-m", "juanji", "--cmake-dir"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == juanji.cmake_dir() + "\n"
+    assert os.path.isfile(os.path.join(juanji.cmake_dir(), "juanjiConfig.cmake"))
+
+
 # --------------------------------------------------------------------------------------------
 # train + predict on the real-image subset
 # --------------------------------------------------------------------------------------------

@@ -281,6 +281,15 @@ def test_unusable_checkpoint_statistics(tmp_path, images, capsys):
     assert_user_error(juanji_main(capsys, "predict", path, images), path, "std", "--std")
 
 
+def test_cmake_dir_of_a_copy_built_without_it(monkeypatch, tmp_path, capsys):
+    # As if the wheel had been built with install.components = ["python"].
+    monkeypatch.setattr(juanji._core, "__file__", str(tmp_path / "_core.so"))
+    with pytest.raises(FileNotFoundError, match="CMake package is not installed"):
+        juanji.cmake_dir()
+    line = assert_user_error(juanji_main(capsys, "--cmake-dir"), tmp_path, "juanjiConfig.cmake")
+    assert line.startswith("juanji: error: ")
+
+
 # --------------------------------------------------------------------------------------------
 # what is not a user error
 # --------------------------------------------------------------------------------------------

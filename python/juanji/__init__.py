@@ -30,6 +30,25 @@ def show_config() -> None:
     print(config_string(), end="")
 
 
+def cmake_dir() -> str:
+    """The folder of juanji's CMake package (``juanjiConfig.cmake``) that ``pip install`` puts
+    beside the extension, with the headers and the C++ library, for C++ programs to build with:
+    ``cmake -Djuanji_DIR=$(python -m juanji --cmake-dir) ...``, then ``find_package(juanji)``.
+
+    Raises FileNotFoundError when this copy of juanji was built without it (for instance with
+    scikit-build-core's ``install.components = ["python"]``).
+    """
+    # Beside _core rather than __file__: an editable install keeps the Python files in the source
+    # tree and what CMake installed in site-packages.
+    path = os.path.join(os.path.dirname(os.path.abspath(_core.__file__)), "lib", "cmake", "juanji")
+    if not os.path.isfile(os.path.join(path, "juanjiConfig.cmake")):
+        raise FileNotFoundError(
+            f"juanji's CMake package is not installed (no juanjiConfig.cmake in {path}): this copy "
+            "was built without the C++ library; reinstall with `pip install .`, or build and install "
+            "it with CMake (README, C++)")
+    return path
+
+
 def __getattr__(name):
     # Submodules that pull in more (layers, optimisers, data) load on first use.
     import importlib
@@ -39,4 +58,5 @@ def __getattr__(name):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["Tensor", "show_config", "get_num_threads", "set_num_threads", "load", "load_metadata", "__version__"]
+__all__ = ["Tensor", "show_config", "cmake_dir", "get_num_threads", "set_num_threads", "load", "load_metadata",
+           "__version__"]

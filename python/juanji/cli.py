@@ -3,6 +3,8 @@
     juanji train [--model convnet|lenet5] [--epochs N] ... [--out runs/<model>]
     juanji predict runs/convnet/model.safetensors image.png
     juanji filters [IMAGE] [--out runs/filters]
+    juanji --cmake-dir          (where C++ programs find juanji's CMake package)
+    juanji --version
 
 tqdm (progress bars) and matplotlib (PNGs) are optional: without them training prints plain
 progress lines and skips the figures. Pictures are read with Pillow.
@@ -28,6 +30,7 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
+from . import __version__, cmake_dir
 from .data import (
     CLASS_NAMES,
     DEFAULT_DIR,
@@ -636,9 +639,29 @@ class OneLineErrorParser(argparse.ArgumentParser):
         self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+class PrintCMakeDir(argparse.Action):
+    """--cmake-dir: prints juanji.cmake_dir() and exits, as --version does; a copy of juanji
+    without the CMake package is a user error (one line, exit status 2)."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        try:
+            path = cmake_dir()
+        except OSError as e:
+            parser.exit(EXIT_USER_ERROR, f"{parser.prog}: error: {error_message(e)}\n")
+        print(path)
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``juanji`` command."""
     parser = OneLineErrorParser(prog="juanji", description="juanji (卷积): train and use CNNs.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--cmake-dir", action=PrintCMakeDir,
+                        help="print the folder of the CMake package for C++ programs "
+                             "(cmake -Djuanji_DIR=...) and exit")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     per_model = "; ".join(
