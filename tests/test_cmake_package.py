@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import juanji
@@ -63,3 +64,30 @@ def test_outside_program_builds_against_the_pip_installed_package(tmp_path):
     result = subprocess.run([str(app / "edge_detect")], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"juanji {juanji.__version__}" in result.stdout and "ok" in result.stdout
+    check_classify(app / "classify", tmp_path)
+
+
+def check_classify(classify, tmp_path):
+    """examples/cpp/classify.cpp gives the accuracy Python's evaluate gives for a model `juanji
+    train` wrote, on IDX files raw and gzipped."""
+    from juanji import data
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (300, 28, 28), dtype=np.uint8)
+    labels = rng.integers(0, 10, 300, dtype=np.uint8)
+    juanji.manual_seed(0)
+    model = juanji.models.lenet5()
+    mean, std = 0.25, 0.5
+    model.save(tmp_path / "model.safetensors", metadata={"mean": repr(mean), "std": repr(std)})
+    x = data.normalize(data.to_float_images(images), mean, std)
+    _, accuracy = model.evaluate(x, labels.astype(np.int64))
+    data.write_idx(tmp_path / "images-idx3-ubyte", images)
+    data.write_idx(tmp_path / "labels-idx1-ubyte.gz", labels)
+    result = subprocess.run([str(classify), str(tmp_path / "model.safetensors"), str(tmp_path / "images-idx3-ubyte"),
+                             str(tmp_path / "labels-idx1-ubyte.gz"), "--batch", "64"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"accuracy {100 * accuracy:.2f}% ({round(accuracy * 300)} of 300)" in result.stdout
+    assert "300 images in" in result.stdout and "images/s" in result.stdout
+    bad = subprocess.run([str(classify), str(tmp_path / "model.safetensors"), str(tmp_path / "labels-idx1-ubyte.gz")],
+                         capture_output=True, text=True)
+    assert bad.returncode == 1 and "not an IDX file of bytes with 3 dimensions" in bad.stderr
