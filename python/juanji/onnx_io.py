@@ -32,9 +32,10 @@ MAX_IMPORT_OPSET = 22  # the newest default-domain opset whose ops import checks
 # A file larger than this is refused unread: protobuf cannot parse more than 2 GiB in one message.
 MAX_FILE_BYTES = 2**31 - 1
 
+SHAPE_OPS = ("Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Cast", "Identity")
 IMPORTED_OPS = ("Conv", "Gemm", "MatMul (+ Add)", "MaxPool", "AveragePool", "GlobalAveragePool",
                 "BatchNormalization", "Relu", "LeakyRelu", "Sigmoid", "Tanh", "Clip (as a ReLU)",
-                "Softmax", "Flatten", "Reshape (to (N, -1))", "Add (of two branches)",
+                "Softmax", "Flatten", "Reshape (to (N, -1), also from Shape)", "Add (of two branches)",
                 "Concat (on the channels)", "Identity", "Dropout")
 
 
@@ -303,12 +304,79 @@ class _Importer:
                 self.constants[node.outputs[0]] = node
             else:
                 self.nodes.append(node)
+        self.producers = {name: node for node in self.nodes for name in node.outputs if name}
+        self.side: dict[str, bool] = {}
+        self.shape_values: dict[str, list | None] = {}
+        self.shapes: dict[str, tuple | None] = {}  # the shape of each tensor the walk has passed
         self.consumers: dict[str, list[_Node]] = {}
         for node in self.nodes:
+            if self.is_side_node(node):
+                continue
             for name in node.inputs:
                 if name and name not in self.constants:
                     self.consumers.setdefault(name, []).append(node)
         self.visited: set[int] = set()
+
+    # -- shape arithmetic: x.view(x.size(0), -1) as torch writes it ---------------------------
+    def is_side_node(self, node: _Node) -> bool:
+        """Whether node computes a shape (Shape, and the ops on its result), not data."""
+        if node.op == "Shape":
+            return True
+        variable = self.variable_inputs(node, with_side=True)
+        return node.op in SHAPE_OPS and bool(variable) and all(self.is_side(name) for name in variable)
+
+    def is_side(self, name: str) -> bool:
+        if name not in self.side:
+            self.side[name] = False  # a cycle of shape ops is no shape
+            producer = self.producers.get(name)
+            self.side[name] = producer is not None and self.is_side_node(producer)
+        return self.side[name]
+
+    def variable_inputs(self, node: _Node, with_side: bool = False) -> list[str]:
+        """Node's inputs that are neither constants nor (unless with_side) computed shapes."""
+        return [name for name in node.inputs
+                if name and name not in self.constants and (with_side or not self.is_side(name))]
+
+    def shape_value(self, user: _Node, name: str) -> list:
+        """The integers a shape computation gives, "N" standing for the batch size."""
+        if name in self.constants:
+            value = self.constant(user, name, "shape")
+            if value.dtype.kind not in "iu" or value.ndim > 1:
+                raise self.unsupported(user, f"its shape input {name!r} is not integers")
+            return [int(n) for n in value.reshape(-1)]
+        node = self.producers.get(name)
+        if node is None or not self.is_side(name):
+            raise self.unsupported(user, f"its shape input {name!r} is computed in the graph")
+        if name in self.shape_values:
+            if self.shape_values[name] is None:
+                raise self.error(node, "the graph has a cycle")
+            return list(self.shape_values[name])
+        self.shape_values[name] = None
+        self.shape_values[name] = self.compute_shape_value(node)
+        return list(self.shape_values[name])
+
+    def compute_shape_value(self, node: _Node) -> list:
+        try:
+            if node.op == "Shape":
+                attrs = self.attributes(node, {"start": 0, "end": 2**62})
+                shape = self.shapes.get(node.inputs[0])
+                if shape is None:
+                    raise self.unsupported(node, f"the shape of {node.inputs[0]!r}, whose size is unknown")
+                return ["N", *shape[1:]][attrs["start"]:attrs["end"]]
+            if node.op == "Gather":
+                (axis,) = self.attributes(node, {"axis": 0}).values()
+                data = self.shape_value(node, node.inputs[0])
+                index = self.constant(node, node.inputs[1], "indices")
+                if axis != 0 or index.dtype.kind not in "iu" or index.ndim > 1:
+                    raise self.unsupported(node, "a Gather other than of positions in a shape")
+                return [data[int(i)] for i in index.reshape(-1)]
+            if node.op == "Concat":
+                self.attributes(node, {"axis": 0})
+                return [n for name in node.inputs if name for n in self.shape_value(node, name)]
+            self.attributes(node, {"axes": [], "to": 0})  # Unsqueeze, Squeeze, Cast, Identity
+            return self.shape_value(node, node.inputs[0])
+        except IndexError:
+            raise self.unsupported(node, "an index past the shape's end") from None
 
     # -- messages and attributes -------------------------------------------------------------
     def error(self, node: _Node | None, message: str) -> ValueError:
@@ -390,7 +458,7 @@ class _Importer:
 
     # -- walking the graph --------------------------------------------------------------------
     def is_merge(self, node: _Node) -> bool:
-        variable = [name for name in node.inputs if name and name not in self.constants]
+        variable = self.variable_inputs(node)
         return node.op in ("Add", "Concat") and len(variable) >= 2
 
     def walk(self, tensor: str, shape: tuple | None, first: _Node | None = None, top: bool = False):
@@ -399,12 +467,16 @@ class _Importer:
         Returns (layers, last tensor, its shape, merging node or None)."""
         layers = []
         node = first
+        self.shapes[tensor] = shape
         while True:
             if node is None:
+                self.shapes[tensor] = shape
                 edges = self.consumers.get(tensor, [])
                 if top and tensor == self.output:
                     if edges:
                         raise self.unsupported(edges[0], f"it reads the graph's output {tensor!r}")
+                    return layers, tensor, shape, None
+                if not edges and not top:  # a branch that ends without meeting the others
                     return layers, tensor, shape, None
                 if not edges:
                     raise self.error(None, f"tensor {tensor!r} is used by no node and is not the graph's output")
@@ -415,8 +487,7 @@ class _Importer:
                 node = edges[0]
             if self.is_merge(node):
                 return layers, tensor, shape, node
-            variable = [name for name in node.inputs if name and name not in self.constants]
-            if variable != [tensor] or node.inputs[0] != tensor:
+            if self.variable_inputs(node) != [tensor] or node.inputs[0] != tensor:
                 raise self.unsupported(node, f"its inputs {list(node.inputs)} are not {tensor!r} and constants")
             if node.index in self.visited:
                 raise self.error(node, "the graph has a cycle")
@@ -439,14 +510,14 @@ class _Importer:
         """Tensor feeds several nodes: their paths must meet at one Add (a Residual) or Concat."""
         branches = [self.walk(tensor, shape, first=edge) for edge in edges]
         merge = branches[0][3]
-        if any(b[3] is not merge for b in branches):
+        if merge is None or any(b[3] is not merge for b in branches):
             raise self.error(edges[0], f"tensor {tensor!r} feeds {len(edges)} nodes whose paths do not meet "
                              "at one Add or Concat: juanji's import takes chains, residual blocks and "
                              "concatenations of branches only")
         if merge.index in self.visited:
             raise self.error(merge, "the graph has a cycle")
         self.visited.add(merge.index)
-        variable = [name for name in merge.inputs if name and name not in self.constants]
+        variable = self.variable_inputs(merge)
         if len(variable) != len(branches):
             raise self.unsupported(merge, f"it adds or concatenates {len(variable)} tensors of which "
                                    f"{len(branches)} come from {tensor!r}")
@@ -641,16 +712,15 @@ class _Importer:
             return [nn.Flatten()], self.only_output(node)
         if op == "Reshape":
             attrs = self.attributes(node, {"allowzero": 0})
-            target = self.constant(node, node.inputs[1], "shape") if len(node.inputs) > 1 else None
-            if target is None or target.dtype.kind not in "iu" or target.ndim != 1:
-                raise self.unsupported(node, "a Reshape without a constant integer shape")
-            target = [int(n) for n in target]
+            if len(node.inputs) < 2 or not node.inputs[1]:
+                raise self.error(node, "no shape input")
+            target = self.shape_value(node, node.inputs[1])
             features = math.prod(shape[1:]) if shape is not None else None
-            batch = self.input_batch
+            batch = {"N", self.input_batch} - {None}
             flatten = len(target) == 2 and (
                 (target[0] == 0 and not attrs["allowzero"] and target[1] in (-1, features))
                 or (target[0] == -1 and features is not None and target[1] == features)
-                or (batch is not None and target[0] == batch and target[1] in (-1, features)))
+                or (target[0] in batch and target[1] in (-1, features)))
             if not flatten:
                 raise self.unsupported(node, f"a Reshape to {target} (juanji's Flatten keeps the batch, "
                                        "(N, -1))")
@@ -780,9 +850,9 @@ def import_onnx(path: str | os.PathLike) -> Any:
     if not MIN_IMPORT_OPSET <= opset <= MAX_IMPORT_OPSET:
         raise ValueError(f"{name}: opset {opset} is not supported (juanji imports opsets "
                          f"{MIN_IMPORT_OPSET} to {MAX_IMPORT_OPSET})")
-    importer = _Importer(onnx, proto, name)
-    importer.opset = opset
     try:
+        importer = _Importer(onnx, proto, name)
+        importer.opset = opset
         return importer.run(proto)
     except RecursionError:
         raise ValueError(f"{name}: the graph nests branches too deeply") from None
