@@ -98,6 +98,14 @@ def test_input_shape_with_or_without_batch_and_a_dynamic_batch(tmp_path):
         model.export_onnx(tmp_path / "bad.onnx", (3, 28, 28))
 
 
+def test_a_float64_model_is_written_in_float32(tmp_path):
+    model = randomize(models.lenet5()).to("float64")
+    path = export(model, tmp_path, (1, 28, 28))
+    assert {t.data_type for t in onnx.load(str(path)).graph.initializer} == {TensorProto.FLOAT}
+    x = inputs((1, 28, 28), batches=(2,))[0]
+    np.testing.assert_allclose(run_ort(path, x), np.asarray(model(x.astype(np.float64))), rtol=1e-4, atol=1e-5)
+
+
 LAYER_MODELS = {
     # "same" with an even kernel pads one pixel more after than before
     "same-even-kernel": (lambda: nn.Sequential(nn.Conv2d(3, 4, 4, padding="same"), nn.ReLU(),

@@ -56,6 +56,11 @@ def _per_dim(values: Any, dims: int) -> list[int]:
     return values * dims if len(values) == 1 else values
 
 
+def _join(path: str, part: Any) -> str:
+    """A layer's place as its parameters' names give it: "3.body.0"."""
+    return f"{path}.{part}" if path else str(part)
+
+
 def _compact(values: list[int]) -> int | tuple[int, ...]:
     """One number where every dimension has it (as a model written by hand says it)."""
     return values[0] if len(set(values)) == 1 else tuple(values)
@@ -128,14 +133,13 @@ def _sample_shape(model, input_shape: Sequence[int]) -> tuple[int, ...]:
 
 
 class _Exporter:
-    def __init__(self, onnx, dtype: np.dtype) -> None:
+    def __init__(self, onnx) -> None:
         self.onnx = onnx
-        self.dtype = dtype
         self.nodes: list = []
         self.initializers: list = []
 
     def tensor(self, name: str, array: np.ndarray) -> str:
-        self.initializers.append(self.onnx.numpy_helper.from_array(np.ascontiguousarray(array, self.dtype), name))
+        self.initializers.append(self.onnx.numpy_helper.from_array(np.ascontiguousarray(array, np.float32), name))
         return name
 
     def node(self, op: str, inputs: list[str], name: str, **attributes) -> str:
@@ -143,14 +147,9 @@ class _Exporter:
         self.nodes.append(self.onnx.helper.make_node(op, inputs, [output], name=name or op, **attributes))
         return output
 
-    def arrays(self, layer) -> dict[str, np.ndarray]:
-        arrays = {}
-        for p in [*layer.parameters(), *layer.buffers()]:
-            if p.device != "cpu":
-                raise ValueError(f"export_onnx: parameter {p.name} is on {p.device}: move the model to the CPU "
-                                 "first (model.to('cpu'))")
-            arrays[p.name.rsplit(".", 1)[-1]] = (p.name, np.array(p.data))
-        return arrays
+    def arrays(self, layer) -> dict[str, tuple[str, np.ndarray]]:
+        """The layer's parameters and buffers by their last name: (full name, values)."""
+        return {p.name.rsplit(".", 1)[-1]: (p.name, np.array(p.data)) for p in [*layer.parameters(), *layer.buffers()]}
 
     def layer(self, layer, x: str, shape: tuple[int, ...], path: str) -> str:
         """Adds the nodes of `layer` (named `path`, input tensor x of shape `shape` at batch 1)
@@ -159,16 +158,16 @@ class _Exporter:
         config = json.loads(layer.config_json())
         if kind is nn.Sequential:
             for i, inner in enumerate(layer.layers):
-                x_next = self.layer(inner, x, shape, f"{path}.{i}" if path else str(i))
+                x_next = self.layer(inner, x, shape, _join(path, i))
                 shape = tuple(inner.output_shape(shape))
                 x = x_next
             return x
         if kind is nn.Residual:
-            body = self.layer(layer.body, x, shape, f"{path}.body")
-            shortcut = x if layer.shortcut is None else self.layer(layer.shortcut, x, shape, f"{path}.shortcut")
+            body = self.layer(layer.body, x, shape, _join(path, "body"))
+            shortcut = x if layer.shortcut is None else self.layer(layer.shortcut, x, shape, _join(path, "shortcut"))
             return self.node("Add", [body, shortcut], path)
         if kind is nn.Concat:
-            outputs = [self.layer(b, x, shape, f"{path}.branches.{i}") for i, b in enumerate(layer.branches)]
+            outputs = [self.layer(b, x, shape, _join(path, i)) for i, b in enumerate(layer.branches)]
             return self.node("Concat", outputs, path, axis=1)
         if kind in (nn.Conv1d, nn.Conv2d):
             dims = 1 if kind is nn.Conv1d else 2
@@ -239,16 +238,17 @@ def export_onnx(model, path: str | os.PathLike, input_shape: Sequence[int]) -> N
     or without the batch dimension (the file's batch dimension is dynamic, named "N"). Spatial
     sizes are fixed by input_shape ("same" padding is written as the explicit pads it gives
     there). Batch norm is written in inference form (running statistics) and dropout is left out.
-    Layers written in Python raise ValueError, as does an input_shape the model cannot take."""
+    The file is float32 whatever the model's dtype (ONNX runtimes compute CNNs in float32). Layers
+    written in Python raise ValueError, as does an input_shape the model cannot take."""
     onnx = _onnx()
     if not isinstance(model, nn.Layer):
         raise TypeError(f"export_onnx: expected a juanji layer or Sequential, got {type(model).__name__}")
+    for p in [*model.parameters(), *model.buffers()]:
+        if p.device != "cpu":
+            raise ValueError(f"export_onnx: parameter {p.name} is on {p.device}: move the model to the CPU first "
+                             "(model.to('cpu'))")
     sample = _sample_shape(model, input_shape)
-    dtypes = {p.data.dtype for p in [*model.parameters(), *model.buffers()]}
-    if len(dtypes) > 1:
-        raise ValueError(f"export_onnx: the model's parameters mix {sorted(str(d) for d in dtypes)}")
-    dtype = np.dtype(dtypes.pop() if dtypes else np.float32)
-    exporter = _Exporter(onnx, dtype)
+    exporter = _Exporter(onnx)
     output = exporter.layer(model, "input", (1, *sample), "")
     if output == "input":  # a model of only identities and dropouts
         output = exporter.node("Identity", ["input"], "output")
@@ -256,7 +256,7 @@ def export_onnx(model, path: str | os.PathLike, input_shape: Sequence[int]) -> N
         node.output[:] = ["output" if name == output else name for name in node.output]
         node.input[:] = ["output" if name == output else name for name in node.input]
     out_shape = tuple(model.output_shape((1, *sample)))
-    elem = onnx.helper.np_dtype_to_tensor_dtype(dtype)
+    elem = onnx.TensorProto.FLOAT
     graph = onnx.helper.make_graph(
         exporter.nodes, "juanji",
         [onnx.helper.make_tensor_value_info("input", elem, ["N", *sample])],
