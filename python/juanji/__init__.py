@@ -18,6 +18,7 @@ if "OMP_WAIT_POLICY" not in os.environ:
 from . import _core  # noqa: E402
 from ._core import *  # noqa: F401,F403  (the functional API is the core's)
 from ._core import Tensor, config_string, get_num_threads, load, load_metadata, set_num_threads
+from .onnx_io import import_onnx  # noqa: E402  (the onnx package itself loads on first use)
 
 # The core's submodules are re-exported by the Python modules of the same names.
 del nn, optim, kernels, data  # noqa: F821
@@ -59,4 +60,4 @@ def __getattr__(name):
 
 
 __all__ = ["Tensor", "show_config", "cmake_dir", "get_num_threads", "set_num_threads", "load", "load_metadata",
-           "__version__"]
+           "import_onnx", "__version__"]

@@ -2,6 +2,7 @@
 
     juanji train [--model convnet|lenet5] [--epochs N] ... [--out runs/<model>]
     juanji predict runs/convnet/model.safetensors image.png
+    juanji export-onnx runs/convnet/model.safetensors model.onnx [--input-shape C,H,W]
     juanji filters [IMAGE] [--out runs/filters]
     juanji --cmake-dir          (where C++ programs find juanji's CMake package)
     juanji --version
@@ -511,6 +512,44 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------
+# export-onnx
+# --------------------------------------------------------------------------------------------
+def input_shape_spec(text: str) -> tuple[int, ...]:
+    """--input-shape: positive integers separated by commas, e.g. 1,28,28."""
+    try:
+        shape = tuple(int(n) for n in text.split(","))
+    except ValueError:
+        shape = ()
+    if not shape or min(shape) <= 0:
+        raise argparse.ArgumentTypeError(f"expected C,H,W (or C,L): positive integers separated by "
+                                         f"commas, got {text!r}")
+    return shape
+
+
+def cmd_export_onnx(args: argparse.Namespace) -> int:
+    from ._core import load_with_metadata
+
+    regular_file_size(args.checkpoint, "a checkpoint (model.safetensors)")
+    model, metadata = load_with_metadata(args.checkpoint)
+    shape = args.input_shape
+    if shape is None:
+        shape = _metadata_json(args.checkpoint, metadata, "input_shape", None)
+        if shape is None:
+            raise ValueError(f"{args.checkpoint} does not say what input the model takes: pass "
+                             "--input-shape C,H,W")
+        if not (isinstance(shape, list) and shape
+                and all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape)):
+            raise ValueError(f"{args.checkpoint}: metadata input_shape {shape} is not a list of "
+                             "positive integers: pass --input-shape C,H,W")
+    try:
+        model.export_onnx(args.out, shape)
+    except ImportError as e:  # onnx is an optional extra: say how to install it, in one line
+        raise ValueError(str(e)) from None
+    print(f"wrote {args.out}: ONNX opset 17 for inputs of shape {tuple(shape)}, any batch size")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
 # filters
 # --------------------------------------------------------------------------------------------
 def default_photo() -> str:
@@ -732,6 +771,18 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--std", type=positive_float,
                          help="normalisation std (default: from the checkpoint)")
     predict.set_defaults(handler=cmd_predict)
+
+    export = commands.add_parser(
+        "export-onnx", help="write a saved model as an ONNX file",
+        description="Write a checkpoint's model as ONNX (opset 17, a dynamic batch dimension), for "
+                    "onnxruntime and other ONNX tools; needs the onnx package (pip install "
+                    "'juanji[onnx]').")
+    export.add_argument("checkpoint", help="model.safetensors written by `juanji train` or Sequential.save")
+    export.add_argument("out", help="the .onnx file to write")
+    export.add_argument("--input-shape", type=input_shape_spec, metavar="C,H,W",
+                        help="the shape of one input, without the batch (default: the checkpoint's "
+                             "input_shape metadata, which `juanji train` writes)")
+    export.set_defaults(handler=cmd_export_onnx)
 
     filters = commands.add_parser(
         "filters", help="edge-detection demo: classic kernels through juanji.convolve2d",

@@ -451,6 +451,16 @@ void register_nn(py::module_& m) {
            },
            py::arg("path"), py::arg("metadata") = py::none(),
            "Writes a safetensors checkpoint; metadata (str -> str) goes into __metadata__.")
+      // Written in Python (juanji/onnx_io.py, with the onnx package); bound here so that every
+      // Sequential has it, also one that juanji.load returns before juanji.nn is imported.
+      .def("export_onnx",
+           [](py::object self, py::object path, py::object input_shape) {
+             py::module_::import("juanji.onnx_io").attr("export_onnx")(self, path, input_shape);
+           },
+           py::arg("path"), py::arg("input_shape"),
+           "Writes the model as an ONNX file (opset 17, IR version 8, a dynamic batch dimension N) for "
+           "inputs of input_shape, with or without the batch dimension; needs the onnx package "
+           "(pip install 'juanji[onnx]'). See juanji.onnx_io.export_onnx.")
       .def("append",
            [](py::object self, py::handle layer) {
              auto added = layer_arg(layer, "Sequential.append: layer");

@@ -270,6 +270,10 @@ class Sequential(Container):
         """
         (mean loss, accuracy) in eval mode.
         """
+    def export_onnx(self, path: typing.Any, input_shape: typing.Any) -> None:
+        """
+        Writes the model as an ONNX file (opset 17, IR version 8, a dynamic batch dimension N) for inputs of input_shape, with or without the batch dimension; needs the onnx package (pip install 'juanji[onnx]'). See juanji.onnx_io.export_onnx.
+        """
     def forward(self, x: typing.Any, training: typing.Any = None) -> juanji._core.Tensor:
         ...
     def save(self, path: typing.Any, metadata: typing.Any = None) -> None:
