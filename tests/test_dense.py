@@ -89,6 +89,19 @@ def test_linear_integer_valued_float32_is_exact():
         assert_bitwise(g, g_ref, what=name)
 
 
+@pytest.mark.parametrize("N", [1, 2, 5, 8, 9])
+@pytest.mark.parametrize("fin", [1, 31, 32, 131, 3136])
+def test_linear_on_a_few_rows(N, fin):
+    # Up to 8 rows take dot products straight from w's rows (9 the GEMM): against NumPy, and
+    # bit for bit on integer-valued data.
+    rng = np.random.default_rng(N * 1000 + fin)
+    x, w, b = randn(rng, (N, fin), np.float32), randn(rng, (130, fin), np.float32), randn(rng, (130,), np.float32)
+    assert_close(juanji.linear(x, w, b), ref.linear(x, w, b), np.float32, what="y")
+    x, w, b = randint_data(rng, (N, fin)), randint_data(rng, (130, fin)), randint_data(rng, (130,))
+    assert_bitwise(juanji.linear(x, w, None), ref.linear(x, w, None), what="y without bias")
+    assert_bitwise(juanji.linear(x, w, b), ref.linear(x, w, b), what="y")
+
+
 @pytest.mark.parametrize("shape", [(3, 4, 2), (1, 3, 5), (4, 1, 1)], ids=lambda s: "N{}in{}out{}".format(*s))
 def test_linear_backward_matches_finite_differences(shape):
     N, fin, fout = shape

@@ -36,6 +36,8 @@ def all_ops(x, w, b, dy):
     lw = np.resize(w, (10, flat.shape[1]))
     outs.append(juanji.linear(flat, lw, b))
     outs += list(juanji.linear_backward(np.resize(dy, (5, 10)), flat, lw))
+    # A few rows (inference on a few images): dot products from w's rows, the rows split by thread.
+    outs.append(juanji.linear(np.resize(x, (3, 131)), np.resize(w, (300, 131)), np.resize(b, 300)))
     # 8+ filters per group: the filter-vectorised direct kernels (data gradient at stride 1).
     fb_x, fb_w = np.resize(x, (5, 9, 13, 11)), np.resize(w, (20, 9, 3, 3))
     outs.append(juanji.conv2d(fb_x, fb_w, np.resize(b, 20), padding=1))

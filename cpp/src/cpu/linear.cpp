@@ -3,17 +3,41 @@
 #include "cpu/linear.hpp"
 
 #include <algorithm>
+#include <type_traits>
 
 #include "cpu/gemm.hpp"
+#include "cpu/microkernels.hpp"
 #include "cpu/op_support.hpp"
 
 namespace juanji::cpu {
 namespace {
 
+// Up to this many rows of x (a few images at inference), float32 outputs come from dot products
+// straight from w's rows, which reads w once; the GEMM would pack all of w for a few rows.
+constexpr std::int64_t kFewRows = 8;
+
+void forward_few_rows(std::int64_t N, std::int64_t in, std::int64_t out, const float* x, const float* w,
+                      const float* b, float* y) {
+  const DotRows dot_rows = active_kernels().dot_rows_f32;
+  // Each part is a run of w's rows; an output's sum does not depend on how they are split.
+  const std::int64_t parts = ::juanji::team_size();
+#pragma omp parallel for num_threads(::juanji::team_size()) schedule(static) if (N * in * out > 65536)
+  for (std::int64_t part = 0; part < parts; ++part) {
+    const std::int64_t begin = out * part / parts, end = out * (part + 1) / parts;
+    dot_rows(x, N, w + begin * in, end - begin, in, y + begin, out);
+    if (b)
+      for (std::int64_t n = 0; n < N; ++n)
+        for (std::int64_t o = begin; o < end; ++o) y[n * out + o] = b[o] + y[n * out + o];
+  }
+}
+
 template <class T>
 void forward_impl(std::int64_t N, std::int64_t in, std::int64_t out, const T* x, const T* w,
                   const T* b, T* y) {
   // x (N, in), w (out, in), b (out) or null, y (N, out)
+  if constexpr (std::is_same_v<T, float>) {
+    if (N <= kFewRows) return forward_few_rows(N, in, out, x, w, b, y);
+  }
   if (b)
     for (std::int64_t n = 0; n < N; ++n) std::copy(b, b + out, y + n * out);
   gemm<T>(N, out, in, {x, in, 1}, {w, 1, in}, y, out, b != nullptr, true);

@@ -345,6 +345,15 @@ using SumSquaredDeviation = double (*)(const float* v, std::int64_t n, double ce
 // g * (v - center), each in sum_lanes's order.
 using SumGradAndProduct = void (*)(const float* g, const float* v, std::int64_t n, double center, double* sums);
 
+// Dot products of `count` rows of x (row i at x + i * length) with `rows` rows of w (row r at
+// w + r * length): out[i * out_stride + r] = the sum over k < length of x_i[k] * w_r[k], term k
+// added to partial sum k % kDotTerms, the partial sums then added in order 0, 1, ... (the same
+// order at every level; FMAs at the AVX levels, so the last bits may differ from the portable
+// level's, and integer-valued data stays exact). Each row of w is read from memory once.
+constexpr std::int64_t kDotTerms = 32;
+using DotRows = void (*)(const float* x, std::int64_t count, const float* w, std::int64_t rows,
+                         std::int64_t length, float* out, std::int64_t out_stride);
+
 struct KernelSet {
   MicroKernelInfo<float> gemm_f32;
   MicroKernelInfo<double> gemm_f64;
@@ -375,6 +384,7 @@ struct KernelSet {
   SumAsDouble sum_f32;
   SumSquaredDeviation sum_squared_deviation_f32;
   SumGradAndProduct sum_grad_and_product_f32;
+  DotRows dot_rows_f32;
   int direct_conv_lanes;  // columns per vector
 };
 
