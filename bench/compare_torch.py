@@ -86,10 +86,11 @@ class Device:
         t = self.torch.from_numpy(a)
         return t.cuda() if self.cuda else t
 
-    def time_pair(self, juanji_fn, torch_fn, warmup: int = 2):
+    def time_pair(self, juanji_fn, torch_fn, warmup: int = 2, calls: int = 0):
         """Median seconds per call of juanji_fn and of torch_fn, sampled in alternating rounds so
-        that a busy spell on a shared machine falls on both sides rather than on one."""
-        calls = 10 if self.cuda else 1
+        that a busy spell on a shared machine falls on both sides rather than on one; each sample
+        times `calls` calls (default 10 on a GPU, 1 on the CPU)."""
+        calls = calls or (10 if self.cuda else 1)
         per_round = max(1, self.repeat // self.rounds)
         juanji_times, torch_times = [], []
         for _ in range(self.rounds):
@@ -304,6 +305,26 @@ def train_rows(dev: Device):
     return rows
 
 
+def latency_rows(dev: Device):
+    """One image at a time, the embedding case: the convnet and LeNet in eval mode at batch 1."""
+    torch = dev.torch
+    x = np.random.default_rng(4).standard_normal((1, 1, 28, 28), dtype=np.float32)
+    rows = []
+    for name, model, tmodel in (("convnet", models.convnet(), convnet_torch(torch)),
+                                ("LeNet", lenet_juanji(), lenet_torch(torch))):
+        model, tmodel = model.to(dev.name), tmodel.to(dev.name).eval()
+        model.eval()
+        xj, xt = dev.juanji(x), dev.torch_tensor(x)
+
+        def torch_inference():
+            with torch.no_grad():
+                return tmodel(xt)
+
+        jt, tt = dev.time_pair(lambda: model(xj), torch_inference, warmup=20, calls=20)
+        rows.append((f"{name} inference b1", jt, tt, f"{jt * 1e6:.0f} us", f"{tt * 1e6:.0f} us"))
+    return rows
+
+
 def publish(lines, markdown=None) -> None:
     """Prints a table's lines, and writes them to the file `markdown` when one is named."""
     text = "\n".join(lines)
@@ -320,8 +341,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=15, help="timed samples per case and library")
     parser.add_argument("--rounds", type=int, default=3,
                         help="alternating rounds of juanji and torch samples the repeats are split into")
-    parser.add_argument("--only", default="conv,depthwise,pool,residual,train",
-                        help="comma-separated: conv, depthwise, pool, residual, train")
+    parser.add_argument("--only", default="conv,depthwise,pool,residual,train,latency",
+                        help="comma-separated: conv, depthwise, pool, residual, train, latency")
     parser.add_argument("--markdown", help="also write the table to this file")
     parser.add_argument("--tf32", action="store_true", help="let cuDNN use TF32 tensor cores (cuda only)")
     args = parser.parse_args()
@@ -343,7 +364,7 @@ def main() -> None:
         juanji.linear(warm_j, warm_j)
         warm_t @ warm_t
     groups = {"conv": conv_rows, "depthwise": depthwise_rows, "pool": pool_rows, "residual": residual_rows,
-              "train": train_rows}
+              "train": train_rows, "latency": latency_rows}
     rows = []
     for name in args.only.split(","):
         rows += groups[name](dev)
