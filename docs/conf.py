@@ -81,7 +81,7 @@ def _drop_handwritten_signature(app, what, name, obj, options, lines):
 # Every public function and class of these modules must be in the API reference: one added to
 # the bindings without a line in docs/api/*.rst fails the build (warnings are errors).
 DOCUMENTED_MODULES = ("juanji", "juanji._core", "juanji.nn", "juanji.optim", "juanji.kernels",
-                      "juanji.data", "juanji.models")
+                      "juanji.data", "juanji.models", "juanji.distributed")
 
 
 def _public_names(module_name):

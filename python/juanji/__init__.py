@@ -21,13 +21,13 @@ from ._core import Tensor, config_string, get_num_threads, load, load_metadata, 
 from .onnx_io import import_onnx  # noqa: E402  (the onnx package itself loads on first use)
 
 # The core's submodules are re-exported by the Python modules of the same names.
-del nn, optim, kernels, data  # noqa: F821
+del nn, optim, kernels, data, distributed  # noqa: F821
 
 __version__ = _core.version()
 
 
 def show_config() -> None:
-    """Prints the version, compiler, OpenMP threads, SIMD level (detected and in use) and CUDA."""
+    """Prints the version, compiler, OpenMP threads, SIMD level (detected and in use), CUDA and MPI."""
     print(config_string(), end="")
 
 
@@ -54,7 +54,7 @@ def __getattr__(name):
     # Submodules that pull in more (layers, optimisers, data) load on first use.
     import importlib
 
-    if name in {"nn", "optim", "data", "kernels", "models"}:
+    if name in {"nn", "optim", "data", "kernels", "models", "distributed"}:
         return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 

@@ -18,6 +18,7 @@ void register_optim(py::module_& m);
 void register_nn(py::module_& m);
 void register_io(py::module_& m);
 void register_data(py::module_& m);
+void register_distributed(py::module_& m);
 }  // namespace juanji::bind
 
 PYBIND11_MODULE(_core, m) {
@@ -49,4 +50,5 @@ PYBIND11_MODULE(_core, m) {
   juanji::bind::register_nn(m);
   juanji::bind::register_io(m);
   juanji::bind::register_data(m);
+  juanji::bind::register_distributed(m);
 }

@@ -1,6 +1,7 @@
 // juanji._core.nn: layers, Sequential and losses.
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <variant>
 
 #include "bind_util.hpp"
@@ -412,6 +413,19 @@ void register_nn(py::module_& m) {
            },
            py::arg("x"), py::arg("target"), py::arg("loss"), py::arg("optimizer"),
            "Forward, loss, backward and the optimizer's update in C++; returns the batch's mean loss.")
+      .def("distribute",
+           [](nn::Sequential& s, double bucket_mib) {
+             check(bucket_mib > 0, "bucket_mib: must be positive, got ", bucket_mib);
+             const auto bytes = static_cast<std::int64_t>(bucket_mib * 1024 * 1024);
+             without_gil([&] { s.distribute(std::max<std::int64_t>(bytes, 1)); return 0; });
+             return &s;
+           },
+           py::arg("bucket_mib") = 25.0, py::return_value_policy::reference,
+           "Data-parallel training over the MPI ranks (juanji.distributed.init() first; every rank "
+           "calls it): checks that all ranks have the same parameters and buffers, copies rank 0's "
+           "values to all, and from then on train_step averages the gradients over the ranks before "
+           "the update, in buckets of up to bucket_mib MiB. Returns the model.")
+      .def_property_readonly("is_distributed", &nn::Sequential::is_distributed)
       .def("evaluate",
            [](nn::Sequential& s, py::handle x, py::handle target, std::shared_ptr<nn::Loss> loss,
               py::handle batch_size_arg) {

@@ -3,6 +3,7 @@
 
 #include "juanji/build_config.hpp"
 #include "juanji/data/augment.hpp"
+#include "juanji/distributed.hpp"
 #include "juanji/dlpack.hpp"
 #include "juanji/error.hpp"
 #include "juanji/nn/layers.hpp"

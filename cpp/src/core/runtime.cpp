@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "juanji/build_config.hpp"
+#include "juanji/distributed.hpp"
 #include "core/device.hpp"
 #include "juanji/error.hpp"
 #include "ops/backend.hpp"
@@ -174,7 +175,10 @@ std::string config_string() {
       << simd_name(simd_level()) << "\n"
       << "  winograd:     " << (winograd_enabled() ? "on" : "off") << " (stride-1 3x3 float32 convolutions)\n"
       << "  cuda:         compiled " << (cuda_compiled() ? "yes" : "no") << ", devices visible "
-      << cuda_device_count() << "\n";
+      << cuda_device_count() << "\n"
+      << "  mpi:          " << (distributed::compiled() ? "compiled yes, " + distributed::library_version()
+                                                        : std::string("compiled no"))
+      << "\n";
   return out.str();
 }
 

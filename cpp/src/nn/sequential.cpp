@@ -2,11 +2,13 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <exception>
 #include <iomanip>
 #include <limits>
 #include <sstream>
 
+#include "juanji/distributed.hpp"
 #include "juanji/ops/loss.hpp"
 #include "juanji/runtime.hpp"
 #include "nn/plan.hpp"
@@ -54,6 +56,16 @@ Sequential::Sequential() = default;
 Sequential::Sequential(std::vector<std::shared_ptr<Layer>> layers) {
   for (auto& layer : layers) add(std::move(layer));
 }
+
+struct Sequential::GradientBuckets {
+  struct Bucket {
+    std::vector<std::shared_ptr<Parameter>> parameters;
+    DType dtype;
+    std::int64_t count = 0;  // elements
+    Tensor flat;
+  };
+  std::vector<Bucket> buckets;  // last layer's parameters first
+};
 
 Sequential::~Sequential() = default;
 
@@ -184,8 +196,105 @@ double Sequential::train_step(const Tensor& x, const Tensor& target, Loss& loss,
   const Tensor& device_target = on_model_device(target, target_staging_);
   const double value = loss.forward_backward(output, device_target, grad_output_, nullptr);
   plan_->backward(grad_output_, false);
+  if (buckets_) average_gradients();
   optimizer.step();
   return value;
+}
+
+namespace {
+
+std::string describe_parameters(const std::vector<std::shared_ptr<Parameter>>& parameters) {
+  std::string text;
+  for (const auto& p : parameters)
+    text += p->name + " " + dtype_name(p->value.dtype()) + " " + shape_str(p->value.shape()) +
+            (p->trainable() ? "" : " buffer") + "\n";
+  return text;
+}
+
+// The first line where a and b differ, for the error message.
+std::pair<std::string, std::string> first_difference(const std::string& a, const std::string& b) {
+  std::istringstream in_a(a), in_b(b);
+  std::string line_a, line_b;
+  while (true) {
+    const bool more_a = static_cast<bool>(std::getline(in_a, line_a));
+    const bool more_b = static_cast<bool>(std::getline(in_b, line_b));
+    if (!more_a) line_a = "(nothing)";
+    if (!more_b) line_b = "(nothing)";
+    if (!more_a && !more_b) return {"", ""};
+    if (line_a != line_b) return {line_a, line_b};
+  }
+}
+
+}  // namespace
+
+void Sequential::distribute(std::int64_t bucket_bytes) {
+  const Lock lock(*this);
+  check(bucket_bytes > 0, "distribute: bucket_bytes must be positive, got ", bucket_bytes);
+  check(device_.is_cpu(), "distribute: the model must be on the CPU, it is on ", device_.str());
+  const auto& all = parameters();
+  // Every rank learns whether all match rank 0 before any raises, so that none waits for the others.
+  const std::string mine = describe_parameters(all);
+  const std::string reference = distributed::broadcast_string(mine, 0);
+  std::int64_t mismatched = mine != reference ? 1 : 0;
+  distributed::all_reduce(&mismatched, 1, DType::int64, distributed::ReduceOp::sum);
+  if (mismatched > 0) {
+    std::string detail;
+    if (mine != reference) {
+      const auto [here, there] = first_difference(mine, reference);
+      detail = "; this rank (" + std::to_string(distributed::rank()) + ") has '" + here +
+               "' where rank 0 has '" + there + "'";
+    }
+    throw std::invalid_argument(
+        "distribute: the model's parameters differ between ranks (" + std::to_string(mismatched) +
+        " of " + std::to_string(distributed::world_size()) + " ranks differ from rank 0)" + detail);
+  }
+  for (const auto& p : all) {
+    check(p->value.is_contiguous(), "distribute: parameter ", p->name, " is not contiguous");
+    distributed::broadcast(p->value, 0);
+  }
+  auto buckets = std::make_unique<GradientBuckets>();
+  for (auto it = all.rbegin(); it != all.rend(); ++it) {
+    const auto& p = *it;
+    if (!p->trainable()) continue;
+    const std::int64_t n = p->value.numel();
+    const DType dtype = p->value.dtype();
+    auto& list = buckets->buckets;
+    if (list.empty() || list.back().dtype != dtype ||
+        (list.back().count + n) * static_cast<std::int64_t>(dtype_size(dtype)) > bucket_bytes)
+      list.push_back({{}, dtype, 0, {}});
+    list.back().parameters.push_back(p);
+    list.back().count += n;
+  }
+  buckets_ = std::move(buckets);
+}
+
+bool Sequential::is_distributed() const { return buckets_ != nullptr; }
+
+void Sequential::average_gradients() {
+  if (distributed::world_size() == 1) return;
+  check(device_.is_cpu(), "train_step: a distributed model must stay on the CPU, it is on ", device_.str());
+  for (auto& bucket : buckets_->buckets) {
+    const DType dtype = bucket.parameters.front()->grad.dtype();
+    if (!bucket.flat.defined() || bucket.flat.dtype() != dtype)
+      bucket.flat = Tensor::empty({bucket.count}, dtype);
+    const std::size_t element = dtype_size(dtype);
+    char* flat = static_cast<char*>(bucket.flat.data_ptr());
+    std::int64_t offset = 0;
+    for (const auto& p : bucket.parameters) {
+      const std::int64_t n = p->grad.numel();
+      check(p->grad.is_contiguous() && p->grad.dtype() == dtype && p->grad.device().is_cpu(),
+            "train_step: gradient of ", p->name, " changed dtype or device since distribute()");
+      std::memcpy(flat + offset * element, p->grad.data_ptr(), static_cast<std::size_t>(n) * element);
+      offset += n;
+    }
+    distributed::all_reduce(bucket.flat, distributed::ReduceOp::mean);
+    offset = 0;
+    for (const auto& p : bucket.parameters) {
+      const std::int64_t n = p->grad.numel();
+      std::memcpy(p->grad.data_ptr(), flat + offset * element, static_cast<std::size_t>(n) * element);
+      offset += n;
+    }
+  }
 }
 
 Evaluation Sequential::evaluate(const Tensor& x, const Tensor& target, Loss& loss, std::int64_t batch_size) {

@@ -266,6 +266,10 @@ class Sequential(Container):
         """
     def architecture_json(self) -> str:
         ...
+    def distribute(self, bucket_mib: typing.SupportsFloat | typing.SupportsIndex = 25.0) -> Sequential:
+        """
+        Data-parallel training over the MPI ranks (juanji.distributed.init() first; every rank calls it): checks that all ranks have the same parameters and buffers, copies rank 0's values to all, and from then on train_step averages the gradients over the ranks before the update, in buckets of up to bucket_mib MiB. Returns the model.
+        """
     def evaluate(self, x: typing.Any, target: typing.Any, loss: Loss = None, batch_size: typing.Any = 256) -> tuple[float, float]:
         """
         (mean loss, accuracy) in eval mode.
@@ -294,6 +298,9 @@ class Sequential(Container):
         """
     @property
     def device(self) -> str:
+        ...
+    @property
+    def is_distributed(self) -> bool:
         ...
     @property
     def layers(self) -> list[Layer]:

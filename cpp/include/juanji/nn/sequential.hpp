@@ -112,6 +112,17 @@ class Sequential : public Container {
   double train_step(const Tensor& x, const Tensor& target, Loss& loss, optim::Optimizer& optimizer);
   Evaluation evaluate(const Tensor& x, const Tensor& target, Loss& loss, std::int64_t batch_size);
 
+  // Data-parallel training over the ranks of juanji/distributed.hpp (every rank calls it, after
+  // distributed::init()): checks that every rank has the same parameters and buffers (names,
+  // dtypes, shapes; std::invalid_argument on every rank otherwise), copies rank 0's values to
+  // all ranks, and from then on train_step averages the trainable gradients over the ranks
+  // after the backward and before the update, so that a step on each rank's shard equals one on
+  // their concatenation. Gradients travel in buckets of up to bucket_bytes (last layer first;
+  // a bucket holds one dtype), one allreduce each. The model must stay on the CPU. With one
+  // rank it changes nothing.
+  void distribute(std::int64_t bucket_bytes = std::int64_t{25} << 20);
+  bool is_distributed() const;
+
   // Parameters (named by their place, see Parameter::name) that are trained.
   std::vector<std::shared_ptr<Parameter>> trainable_parameters() const;
   // Table of each layer's output shape, parameter count and FLOPs for one input of this shape,
@@ -149,6 +160,10 @@ class Sequential : public Container {
   Tensor grad_output_, input_staging_, target_staging_;
   std::unique_ptr<execution::Plan> plan_;
   Device plan_device_;
+  // Set by distribute(): the gradient buckets averaged over the ranks in train_step.
+  struct GradientBuckets;
+  std::unique_ptr<GradientBuckets> buckets_;
+  void average_gradients();
 };
 
 // A layer from its type name and constructor arguments (as Layer::config gives them).

@@ -1,0 +1,183 @@
+"""Data-parallel training over MPI (juanji.distributed, Sequential.distribute): each test launches
+``mpirun -np 2`` on this machine and checks what the ranks print. Skipped where mpirun is absent
+or juanji was built without MPI; the checks of a world of one process run everywhere."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+import juanji
+from juanji import distributed
+
+MPIRUN = shutil.which("mpirun")
+needs_mpi = pytest.mark.skipif(MPIRUN is None or not distributed.compiled(),
+                               reason="needs mpirun and juanji built with MPI")
+
+# Open MPI refuses to run as root (CI does) without these, and with -np above the cores it
+# counts (a 1-core runner) without oversubscription allowed.
+MPI_ENV = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+           "OMPI_MCA_rmaps_base_oversubscribe": "1", "OMP_NUM_THREADS": "1"}
+
+COMMON = """
+import json, os, sys
+import numpy as np
+import juanji
+from juanji import distributed, nn, optim
+
+def model():
+    juanji.manual_seed(3)
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                         nn.Linear(4 * 4 * 4, 8), nn.ReLU(), nn.Linear(8, 3))
+
+def data(steps, batch):
+    rng = np.random.default_rng(0)
+    return [(rng.standard_normal((batch, 1, 8, 8)).astype(np.float32), rng.integers(0, 3, batch))
+            for _ in range(steps)]
+
+def state(m):
+    return {p.name: p.data.ravel().tolist() for p in m.parameters()}
+
+def report(**record):
+    with open(os.path.join(os.environ["JUANJI_TEST_OUT"], f"rank{record['rank']}.json"), "w") as f:
+        json.dump(record, f)
+"""
+
+
+def run_script(tmp_path, script, np_ranks=2, timeout=60):
+    """Runs the script on np_ranks ranks (0: one process without mpirun); each rank's report()
+    lands in tmp_path/rank<r>.json."""
+    code = COMMON + textwrap.dedent(script)
+    env = dict(os.environ, **MPI_ENV, JUANJI_TEST_OUT=str(tmp_path))
+    command = [sys.executable, "-c", code]
+    if np_ranks:
+        command = [MPIRUN, "-np", str(np_ranks), *command]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def reports(result, tmp_path):
+    """What each rank reported, by rank."""
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = {}
+    for path in tmp_path.glob("rank*.json"):
+        record = json.loads(path.read_text())
+        out[record["rank"]] = record
+        path.unlink()
+    return out
+
+
+def test_a_world_of_one_without_a_launcher(tmp_path):
+    result = run_script(tmp_path, """
+        distributed.init()
+        a = np.arange(4, dtype=np.float32)
+        distributed.all_reduce(a, op="mean")
+        distributed.broadcast(a)
+        m = model().distribute(bucket_mib=0.001)
+        opt = optim.SGD(m.parameters(), lr=0.1)
+        for x, y in data(2, 4):
+            m.train_step(x, y, nn.CrossEntropyLoss(), opt)
+        report(**{"rank": distributed.rank(), "size": distributed.world_size(),
+                  "a": a.tolist(), "distributed": m.is_distributed})
+    """, np_ranks=0)
+    assert reports(result, tmp_path)[0] == {"rank": 0, "size": 1, "a": [0, 1, 2, 3], "distributed": True}
+
+
+def test_show_config_names_mpi():
+    text = juanji.config_string()
+    assert "mpi:" in text
+    assert ("compiled yes" in text) == distributed.compiled()
+
+
+@needs_mpi
+def test_all_reduce_and_broadcast_on_arrays_and_tensors(tmp_path):
+    result = run_script(tmp_path, """
+        distributed.init()
+        r = distributed.rank()
+        a = np.full(5, r + 1, dtype=np.float64)
+        distributed.all_reduce(a)
+        b = np.full((2, 3), float(r), dtype=np.float32)
+        distributed.all_reduce(b, op="mean")
+        t = juanji.tensor(np.full(3, 10.0 * r, dtype=np.float32))
+        distributed.broadcast(t, root=1)
+        u = juanji.tensor(np.full(2, r + 1.0, dtype=np.float32))
+        distributed.all_reduce(u)
+        distributed.barrier()
+        report(**{"rank": r, "size": distributed.world_size(), "a": a.tolist(),
+                  "b": b.ravel().tolist(), "t": t.numpy().tolist(), "u": u.numpy().tolist()})
+    """)
+    ranks = reports(result, tmp_path)
+    assert sorted(ranks) == [0, 1]
+    for r in (0, 1):
+        assert ranks[r]["size"] == 2
+        assert ranks[r]["a"] == [3.0] * 5
+        assert ranks[r]["b"] == [0.5] * 6
+        assert ranks[r]["t"] == [10.0] * 3
+        assert ranks[r]["u"] == [3.0] * 2
+
+
+@needs_mpi
+def test_two_ranks_with_half_batches_match_one_rank_and_stay_identical(tmp_path):
+    steps, batch = 4, 8
+    single = run_script(tmp_path, f"""
+        m = model()
+        opt = optim.SGD(m.parameters(), lr=0.1, momentum=0.9)
+        for x, y in data({steps}, {batch}):
+            m.train_step(x, y, nn.CrossEntropyLoss(), opt)
+        report(**{{"rank": 0, "state": state(m)}})
+    """, np_ranks=0)
+    one = reports(single, tmp_path)[0]["state"]
+    double = run_script(tmp_path, f"""
+        distributed.init()
+        r = distributed.rank()
+        m = model()
+        if r == 1:  # different initial values: distribute() copies rank 0's
+            for p in m.parameters():
+                p.data = p.data + 1
+        m.distribute(bucket_mib=0.0005)  # several buckets
+        opt = optim.SGD(m.parameters(), lr=0.1, momentum=0.9)
+        half = {batch} // 2
+        for x, y in data({steps}, {batch}):
+            m.train_step(x[r * half:(r + 1) * half], y[r * half:(r + 1) * half], nn.CrossEntropyLoss(), opt)
+        report(**{{"rank": r, "state": state(m)}})
+    """)
+    ranks = reports(double, tmp_path)
+    assert ranks[0]["state"] == ranks[1]["state"]  # bit-identical on both ranks
+    for name, values in one.items():
+        np.testing.assert_allclose(ranks[0]["state"][name], values, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+@needs_mpi
+def test_distribute_refuses_models_that_differ_between_ranks(tmp_path):
+    result = run_script(tmp_path, """
+        distributed.init()
+        r = distributed.rank()
+        m = model() if r == 0 else nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
+        try:
+            m.distribute()
+        except ValueError as e:
+            report(**{"rank": r, "error": str(e)})
+    """)
+    ranks = reports(result, tmp_path)
+    assert "differ between ranks" in ranks[0]["error"]
+    assert "this rank (1) has" in ranks[1]["error"]
+
+
+@needs_mpi
+def test_an_exception_on_one_rank_ends_the_job_promptly(tmp_path):
+    start = time.monotonic()
+    result = run_script(tmp_path, """
+        distributed.init()
+        if distributed.rank() == 1:
+            raise RuntimeError("bad data on rank 1")
+        distributed.barrier()  # rank 0 would wait here for ever
+        print("rank 0 passed the barrier")
+    """, timeout=30)
+    assert result.returncode != 0
+    assert "bad data on rank 1" in result.stderr
+    assert time.monotonic() - start < 20
