@@ -122,7 +122,7 @@ def test_all_reduce_and_broadcast_on_arrays_and_tensors(tmp_path):
 
 
 @needs_mpi
-def test_two_ranks_with_half_batches_match_one_rank_and_stay_identical(tmp_path):
+def test_two_ranks_with_half_batches_match_one_rank_identically_on_both_and_run_to_run(tmp_path):
     steps, batch = 4, 8
     single = run_script(tmp_path, f"""
         m = model()
@@ -132,7 +132,7 @@ def test_two_ranks_with_half_batches_match_one_rank_and_stay_identical(tmp_path)
         report(**{{"rank": 0, "state": state(m)}})
     """, np_ranks=0)
     one = reports(single, tmp_path)[0]["state"]
-    double = run_script(tmp_path, f"""
+    double_script = f"""
         distributed.init()
         r = distributed.rank()
         m = model()
@@ -145,9 +145,12 @@ def test_two_ranks_with_half_batches_match_one_rank_and_stay_identical(tmp_path)
         for x, y in data({steps}, {batch}):
             m.train_step(x[r * half:(r + 1) * half], y[r * half:(r + 1) * half], nn.CrossEntropyLoss(), opt)
         report(**{{"rank": r, "state": state(m)}})
-    """)
+    """
+    double = run_script(tmp_path, double_script)
     ranks = reports(double, tmp_path)
     assert ranks[0]["state"] == ranks[1]["state"]  # bit-identical on both ranks
+    again = reports(run_script(tmp_path, double_script), tmp_path)
+    assert again[0]["state"] == ranks[0]["state"]  # and run to run
     for name, values in one.items():
         np.testing.assert_allclose(ranks[0]["state"][name], values, rtol=1e-5, atol=1e-6, err_msg=name)
 

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 
 #include "juanji/tensor.hpp"
@@ -43,6 +44,26 @@ void broadcast(Tensor& t, int root = 0);
 // The same on raw memory (count elements of dtype, which may also be int64).
 void all_reduce(void* data, std::int64_t count, DType dtype, ReduceOp op);
 void broadcast(void* data, std::int64_t count, DType dtype, int root);
+// Sums in flight, for gradient buckets: start() begins a non-blocking allreduce (sum, in place)
+// of memory that must stay untouched until wait(); progress() gives MPI the chance to move the
+// started ones along (without a progress thread it moves them only inside MPI calls); wait()
+// completes them all. Every rank must start the same sums in the same order. With one rank (or
+// without MPI) start() does nothing.
+class PendingSums {
+ public:
+  PendingSums();
+  ~PendingSums();
+  PendingSums(const PendingSums&) = delete;
+  PendingSums& operator=(const PendingSums&) = delete;
+  void start(void* data, std::int64_t count, DType dtype);
+  void progress();
+  void wait();
+
+ private:
+  struct Requests;
+  std::unique_ptr<Requests> requests_;
+};
+
 // Root's text on every rank (for comparing model descriptions across ranks).
 std::string broadcast_string(const std::string& text, int root = 0);
 

@@ -230,6 +230,61 @@ void broadcast(Tensor& t, int root) {
   broadcast(t.data_ptr(), t.numel(), t.dtype(), root);
 }
 
+#if JUANJI_WITH_MPI
+struct PendingSums::Requests {
+  std::vector<MPI_Request> list;
+};
+#else
+struct PendingSums::Requests {};
+#endif
+
+PendingSums::PendingSums() : requests_(std::make_unique<Requests>()) {}
+PendingSums::~PendingSums() {
+  try {
+    wait();
+  } catch (...) {  // a destructor must not throw; the job is failing anyway
+  }
+}
+
+void PendingSums::start(void* data, std::int64_t count, DType dtype) {
+#if JUANJI_WITH_MPI
+  if (!mpi_running() || world_size() == 1) return;
+  char* bytes = static_cast<char*>(data);
+  const std::int64_t element = static_cast<std::int64_t>(dtype_size(dtype));
+  for (std::int64_t done = 0; done < count;) {
+    const int n = static_cast<int>(std::min<std::int64_t>(count - done, INT_MAX));
+    MPI_Request request;
+    check_mpi(MPI_Iallreduce(MPI_IN_PLACE, bytes + done * element, n, mpi_type(dtype), MPI_SUM,
+                             MPI_COMM_WORLD, &request),
+              "MPI_Iallreduce");
+    requests_->list.push_back(request);
+    done += n;
+  }
+#else
+  (void)data, (void)count, (void)dtype;
+#endif
+}
+
+void PendingSums::progress() {
+#if JUANJI_WITH_MPI
+  if (requests_->list.empty()) return;
+  int all_done = 0;
+  check_mpi(MPI_Testall(static_cast<int>(requests_->list.size()), requests_->list.data(), &all_done,
+                        MPI_STATUSES_IGNORE),
+            "MPI_Testall");
+  if (all_done) requests_->list.clear();
+#endif
+}
+
+void PendingSums::wait() {
+#if JUANJI_WITH_MPI
+  if (requests_->list.empty()) return;
+  std::vector<MPI_Request> list;
+  list.swap(requests_->list);
+  check_mpi(MPI_Waitall(static_cast<int>(list.size()), list.data(), MPI_STATUSES_IGNORE), "MPI_Waitall");
+#endif
+}
+
 std::string broadcast_string(const std::string& text, int root) {
   std::int64_t length = static_cast<std::int64_t>(text.size());
   broadcast(&length, 1, DType::int64, root);

@@ -158,7 +158,9 @@ struct StageAccess {
   static std::unique_ptr<BackwardPass> conv_norm_backward(const Layers& layers, std::size_t last, Device device);
   static std::unique_ptr<BackwardPass> layer_backward(const Layers& layers, std::size_t last, Device device);
 
-  static std::vector<std::unique_ptr<Stage>> stages(const Layers& layers, Device device);
+  // The stages, and the index of each one's first layer in first_layers.
+  static std::vector<std::unique_ptr<Stage>> stages(const Layers& layers, Device device,
+                                                    std::vector<std::size_t>& first_layers);
 
   // Whether layers[first...] are batch norm, ReLU and 2-d max pooling, which the CPU computes in
   // one pass over the norm's input that never stores the normalized tensor.
@@ -385,7 +387,8 @@ std::unique_ptr<BackwardPass> StageAccess::layer_backward(const Layers& layers, 
   return std::make_unique<LayerBackward>(*layers[last]);
 }
 
-std::vector<std::unique_ptr<Stage>> StageAccess::stages(const Layers& layers, Device device) {
+std::vector<std::unique_ptr<Stage>> StageAccess::stages(const Layers& layers, Device device,
+                                                        std::vector<std::size_t>& first_layers) {
   // The fusion rules, preferred first.
   using ForwardRule = std::unique_ptr<ForwardPass> (*)(const Layers&, std::size_t, Device);
   using BackwardRule = std::unique_ptr<BackwardPass> (*)(const Layers&, std::size_t, Device);
@@ -410,6 +413,7 @@ std::vector<std::unique_ptr<Stage>> StageAccess::stages(const Layers& layers, De
   auto next_forward = forward.begin();
   auto next_backward = backward.begin();
   while (next_forward != forward.end()) {
+    first_layers.push_back(forward_end);
     auto run = std::make_unique<Run>();
     do {
       if (forward_end <= backward_end) {
@@ -425,12 +429,23 @@ std::vector<std::unique_ptr<Stage>> StageAccess::stages(const Layers& layers, De
   return stages;
 }
 
-Plan::Plan(const Layers& layers, Device device) : stages_(StageAccess::stages(layers, device)) {}
+Plan::Plan(const Layers& layers, Device device)
+    : first_layers_(), stages_(StageAccess::stages(layers, device, first_layers_)) {}
 
 const Tensor& Plan::forward(const Tensor& x, bool training) { return forward_through(stages_, x, training); }
 
 const Tensor& Plan::backward(const Tensor& grad_y, bool need_grad_x) {
   return backward_through(stages_, grad_y, need_grad_x);
+}
+
+const Tensor& Plan::backward(const Tensor& grad_y, bool need_grad_x,
+                             const std::function<void(std::size_t first)>& after_stage) {
+  const Tensor* grad = &grad_y;
+  for (std::size_t k = stages_.size(); k-- > 0;) {
+    grad = &stages_[k]->backward(*grad, k > 0 || need_grad_x);
+    after_stage(first_layers_[k]);
+  }
+  return *grad;
 }
 
 std::vector<std::string> Plan::describe() const {

@@ -5,6 +5,8 @@
 // refuse at run time, and their stage then runs the layers one by one.
 #pragma once
 
+#include <cstddef>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -36,10 +38,16 @@ class Plan {
   // The same contracts as Stage's, for the whole run of layers.
   const Tensor& forward(const Tensor& x, bool training);
   const Tensor& backward(const Tensor& grad_y, bool need_grad_x);
+  // The same, calling after_stage(first) as each stage's backward ends, where `first` is the
+  // index of the stage's first layer: from then on the gradients of the parameters of layers
+  // first... are final (a distributed step starts sending them).
+  const Tensor& backward(const Tensor& grad_y, bool need_grad_x,
+                         const std::function<void(std::size_t first)>& after_stage);
   // Each stage's description, in order.
   std::vector<std::string> describe() const;
 
  private:
+  std::vector<std::size_t> first_layers_;  // of each stage; filled while stages_ is built
   std::vector<std::unique_ptr<Stage>> stages_;
 };
 

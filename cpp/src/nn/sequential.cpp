@@ -61,10 +61,12 @@ struct Sequential::GradientBuckets {
   struct Bucket {
     std::vector<std::shared_ptr<Parameter>> parameters;
     DType dtype;
-    std::int64_t count = 0;  // elements
-    Tensor flat;
+    std::int64_t count = 0;      // elements
+    std::size_t first_layer = 0;  // the lowest index in layers_ of a layer with parameters here
+    Tensor flat;                  // the gradients side by side, sent as one sum
   };
   std::vector<Bucket> buckets;  // last layer's parameters first
+  distributed::PendingSums sums;
 };
 
 Sequential::~Sequential() = default;
@@ -195,8 +197,21 @@ double Sequential::train_step(const Tensor& x, const Tensor& target, Loss& loss,
     grad_output_ = Tensor::empty(output.shape(), output.dtype(), output.device());
   const Tensor& device_target = on_model_device(target, target_staging_);
   const double value = loss.forward_backward(output, device_target, grad_output_, nullptr);
-  plan_->backward(grad_output_, false);
-  if (buckets_) average_gradients();
+  if (buckets_ && distributed::world_size() > 1) {
+    // Each bucket goes out as soon as the last stage holding its parameters has finished its
+    // backward, so the sums travel while the earlier layers' backward runs.
+    check(device_.is_cpu(), "train_step: a distributed model must stay on the CPU, it is on ", device_.str());
+    std::size_t next = 0;
+    auto& buckets = buckets_->buckets;
+    plan_->backward(grad_output_, false, [&](std::size_t first) {
+      for (; next < buckets.size() && buckets[next].first_layer >= first; ++next) start_sum(next);
+      buckets_->sums.progress();
+    });
+    for (; next < buckets.size(); ++next) start_sum(next);
+    finish_sums();
+  } else {
+    plan_->backward(grad_output_, false);
+  }
   optimizer.step();
   return value;
 }
@@ -252,46 +267,65 @@ void Sequential::distribute(std::int64_t bucket_bytes) {
     check(p->value.is_contiguous(), "distribute: parameter ", p->name, " is not contiguous");
     distributed::broadcast(p->value, 0);
   }
+  // Buckets in the order the backward finishes the gradients: last layer first.
   auto buckets = std::make_unique<GradientBuckets>();
-  for (auto it = all.rbegin(); it != all.rend(); ++it) {
-    const auto& p = *it;
-    if (!p->trainable()) continue;
-    const std::int64_t n = p->value.numel();
-    const DType dtype = p->value.dtype();
-    auto& list = buckets->buckets;
-    if (list.empty() || list.back().dtype != dtype ||
-        (list.back().count + n) * static_cast<std::int64_t>(dtype_size(dtype)) > bucket_bytes)
-      list.push_back({{}, dtype, 0, {}});
-    list.back().parameters.push_back(p);
-    list.back().count += n;
+  auto& list = buckets->buckets;
+  for (std::size_t i = layers_.size(); i-- > 0;) {
+    const auto& own = layers_[i]->parameters();
+    for (auto it = own.rbegin(); it != own.rend(); ++it) {
+      const auto& p = *it;
+      if (!p->trainable()) continue;
+      const std::int64_t n = p->value.numel();
+      const DType dtype = p->value.dtype();
+      if (list.empty() || list.back().dtype != dtype ||
+          (list.back().count + n) * static_cast<std::int64_t>(dtype_size(dtype)) > bucket_bytes)
+        list.push_back({{}, dtype, 0, i, {}});
+      list.back().parameters.push_back(p);
+      list.back().count += n;
+      list.back().first_layer = i;
+    }
   }
   buckets_ = std::move(buckets);
 }
 
 bool Sequential::is_distributed() const { return buckets_ != nullptr; }
 
-void Sequential::average_gradients() {
-  if (distributed::world_size() == 1) return;
-  check(device_.is_cpu(), "train_step: a distributed model must stay on the CPU, it is on ", device_.str());
+void Sequential::start_sum(std::size_t index) {
+  auto& bucket = buckets_->buckets[index];
+  const DType dtype = bucket.parameters.front()->grad.dtype();
+  if (!bucket.flat.defined() || bucket.flat.dtype() != dtype) bucket.flat = Tensor::empty({bucket.count}, dtype);
+  const std::size_t element = dtype_size(dtype);
+  char* flat = static_cast<char*>(bucket.flat.data_ptr());
+  std::int64_t offset = 0;
+  for (const auto& p : bucket.parameters) {
+    const std::int64_t n = p->grad.numel();
+    check(p->grad.is_contiguous() && p->grad.dtype() == dtype && p->grad.device().is_cpu(),
+          "train_step: the gradient of ", p->name, " changed dtype or device since distribute()");
+    std::memcpy(flat + offset * element, p->grad.data_ptr(), static_cast<std::size_t>(n) * element);
+    offset += n;
+  }
+  buckets_->sums.start(flat, bucket.count, dtype);
+}
+
+namespace {
+template <class T>
+void copy_scaled(T* into, const T* from, std::int64_t n, double factor) {
+  const T f = static_cast<T>(factor);
+  for (std::int64_t i = 0; i < n; ++i) into[i] = from[i] * f;
+}
+}  // namespace
+
+void Sequential::finish_sums() {
+  buckets_->sums.wait();
+  const double factor = 1.0 / distributed::world_size();
   for (auto& bucket : buckets_->buckets) {
-    const DType dtype = bucket.parameters.front()->grad.dtype();
-    if (!bucket.flat.defined() || bucket.flat.dtype() != dtype)
-      bucket.flat = Tensor::empty({bucket.count}, dtype);
-    const std::size_t element = dtype_size(dtype);
-    char* flat = static_cast<char*>(bucket.flat.data_ptr());
     std::int64_t offset = 0;
     for (const auto& p : bucket.parameters) {
       const std::int64_t n = p->grad.numel();
-      check(p->grad.is_contiguous() && p->grad.dtype() == dtype && p->grad.device().is_cpu(),
-            "train_step: gradient of ", p->name, " changed dtype or device since distribute()");
-      std::memcpy(flat + offset * element, p->grad.data_ptr(), static_cast<std::size_t>(n) * element);
-      offset += n;
-    }
-    distributed::all_reduce(bucket.flat, distributed::ReduceOp::mean);
-    offset = 0;
-    for (const auto& p : bucket.parameters) {
-      const std::int64_t n = p->grad.numel();
-      std::memcpy(p->grad.data_ptr(), flat + offset * element, static_cast<std::size_t>(n) * element);
+      if (bucket.flat.dtype() == DType::float32)
+        copy_scaled(p->grad.data<float>(), bucket.flat.data<float>() + offset, n, factor);
+      else
+        copy_scaled(p->grad.data<double>(), bucket.flat.data<double>() + offset, n, factor);
       offset += n;
     }
   }

@@ -116,10 +116,11 @@ class Sequential : public Container {
   // distributed::init()): checks that every rank has the same parameters and buffers (names,
   // dtypes, shapes; std::invalid_argument on every rank otherwise), copies rank 0's values to
   // all ranks, and from then on train_step averages the trainable gradients over the ranks
-  // after the backward and before the update, so that a step on each rank's shard equals one on
-  // their concatenation. Gradients travel in buckets of up to bucket_bytes (last layer first;
-  // a bucket holds one dtype), one allreduce each. The model must stay on the CPU. With one
-  // rank it changes nothing.
+  // before the update, so that a step on each rank's shard equals one on their concatenation.
+  // Gradients travel in buckets of up to bucket_bytes (last layer first; a bucket holds one
+  // dtype), each a non-blocking allreduce started as soon as the backward has finished the
+  // layers in it, so the sums overlap the rest of the backward. The model must stay on the CPU.
+  // With one rank it changes nothing.
   void distribute(std::int64_t bucket_bytes = std::int64_t{25} << 20);
   bool is_distributed() const;
 
@@ -163,7 +164,10 @@ class Sequential : public Container {
   // Set by distribute(): the gradient buckets averaged over the ranks in train_step.
   struct GradientBuckets;
   std::unique_ptr<GradientBuckets> buckets_;
-  void average_gradients();
+  // A distributed train_step's: pack bucket `index`'s gradients and start their sum; wait for
+  // all the sums and write the means back into the gradients.
+  void start_sum(std::size_t index);
+  void finish_sums();
 };
 
 // A layer from its type name and constructor arguments (as Layer::config gives them).
