@@ -184,3 +184,38 @@ def test_an_exception_on_one_rank_ends_the_job_promptly(tmp_path):
     assert result.returncode != 0
     assert "bad data on rank 1" in result.stderr
     assert time.monotonic() - start < 20
+
+
+SUBSET_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "fashion-mnist-subset")
+
+
+def run_cli(*argv, timeout=120):
+    env = dict(os.environ, **MPI_ENV)
+    return subprocess.run([MPIRUN, "-np", "2", sys.executable, "-m", "juanji", *argv],
+                          capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@needs_mpi
+def test_cli_trains_on_two_ranks_and_only_rank_0_prints_and_writes(tmp_path):
+    out = tmp_path / "run"
+    result = run_cli("train", "--model", "lenet5", "--data", SUBSET_DIR, "--epochs", "1", "--limit", "100",
+                     "--batch-size", "16", "--out", str(out))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("epoch 1/1: train loss") == 1
+    assert "data-parallel on 2 MPI ranks: batch 16 per rank, global batch 32" in result.stdout
+    log = json.loads((out / "log.json").read_text())
+    assert (log["world_size"], log["global_batch_size"]) == (2, 32)
+    assert log["steps_per_epoch"] == 4  # 100 images in global batches of 32
+    assert len(log["step_losses"]) == 4
+    assert (out / "model.safetensors").is_file()
+
+
+@needs_mpi
+def test_cli_error_on_rank_0_ends_the_job(tmp_path):
+    (tmp_path / "file").write_text("")
+    start = time.monotonic()
+    result = run_cli("train", "--model", "lenet5", "--data", SUBSET_DIR, "--epochs", "1", "--limit", "64",
+                     "--out", str(tmp_path / "file" / "run"), timeout=30)
+    assert result.returncode != 0
+    assert "juanji train: error:" in result.stderr
+    assert time.monotonic() - start < 20

@@ -240,11 +240,83 @@ def _save_figures(model, log: dict[str, Any], dataset, out: str) -> None:
     print(f"wrote {out}/curves.png, filters.png, feature_maps.png")
 
 
+class _NoProgress:
+    """The progress of ranks other than 0 under mpirun: nothing shown."""
+
+    def update(self, images: int, loss: float) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+# Environment variables by which MPI launchers (Open MPI, MPICH's Hydra, PMIx) tell a process it
+# is one of several.
+_LAUNCHER_SIZE_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE")
+
+
+def launched_by_mpi() -> bool:
+    """Whether an MPI launcher (``mpirun -np N`` with N > 1) started this process."""
+    for name in _LAUNCHER_SIZE_VARIABLES:
+        try:
+            if int(os.environ.get(name, "1")) > 1:
+                return True
+        except ValueError:
+            pass
+    return False
+
+
+def _shards(global_batches, rank: int, world: int):
+    """This rank's rows of each global batch: world nearly equal contiguous slices. A last batch
+    with fewer rows than ranks is skipped on every rank (each must take part in every step)."""
+    for x, y in global_batches:
+        if world == 1:
+            yield x, y
+        elif len(x) >= world:
+            bounds = np.linspace(0, len(x), world + 1).astype(np.int64)
+            yield x[bounds[rank]:bounds[rank + 1]], y[bounds[rank]:bounds[rank + 1]]
+
+
+def _evaluate_sharded(model, x, y, rank: int, world: int) -> tuple[float, float]:
+    """Test loss and accuracy over all of x, each rank evaluating its slice; the sums of losses
+    and of correct predictions are added up over the ranks."""
+    if world == 1:
+        loss, accuracy = model.evaluate(x, y, batch_size=EVAL_BATCH_SIZE)
+        return float(loss), float(accuracy)
+    from . import distributed
+
+    bounds = np.linspace(0, len(x), world + 1).astype(np.int64)
+    lo, hi = bounds[rank], bounds[rank + 1]
+    sums = np.zeros(2)
+    if hi > lo:
+        loss, accuracy = model.evaluate(x[lo:hi], y[lo:hi], batch_size=EVAL_BATCH_SIZE)
+        sums[:] = float(loss) * (hi - lo), round(float(accuracy) * (hi - lo))
+    distributed.all_reduce(sums)
+    return sums[0] / len(x), sums[1] / len(x)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     import juanji
-    from . import nn
+    from . import distributed, nn
 
     resolve_train_defaults(args)
+    if launched_by_mpi():
+        distributed.init()  # raises where juanji was built without MPI
+    rank, world = distributed.rank(), distributed.world_size()
+    if world > 1 and args.device != "cpu":
+        raise ValueError(f"--device {args.device}: training on several MPI ranks runs on the CPU only")
+    if rank != 0:
+        # Only rank 0 prints and writes files; errors still reach stderr.
+        with open(os.devnull, "w") as quiet:
+            saved, sys.stdout = sys.stdout, quiet
+            try:
+                return _train(args, juanji, nn, distributed, rank, world)
+            finally:
+                sys.stdout = saved
+    return _train(args, juanji, nn, distributed, rank, world)
+
+
+def _train(args: argparse.Namespace, juanji, nn, distributed, rank: int, world: int) -> int:
     if args.device == "cuda" and juanji.cuda_device_count() == 0:
         raise ValueError("--device cuda: no CUDA GPU to train on "
                          f"(juanji built with CUDA: {juanji.cuda_compiled()}, "
@@ -255,12 +327,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     shuffle_rng = np.random.default_rng(args.seed)
 
     dataset = load_mnist_like(args.data, limit=args.limit)
-    make_output_dir(args.out)  # fail before training, not after, if it cannot be made
+    if rank == 0:
+        make_output_dir(args.out)  # fail before training, not after, if it cannot be made
     input_shape = dataset.x_train.shape[1:]
     print(f"data: {args.data}: {len(dataset.x_train)} training, {len(dataset.x_test)} test images "
           f"of {input_shape}, normalised with mean {dataset.mean:.4f}, std {dataset.std:.4f}")
     model = MODELS[args.model]()
     model.to(args.device)  # batches go over once per step; the whole step runs there
+    if world > 1:
+        model.distribute()  # rank 0's initial values everywhere
+        # Dropout masks of their own on each rank, the same from run to run.
+        juanji.manual_seed(int(np.random.SeedSequence([args.seed, rank]).generate_state(1)[0]))
     model.summary(input_shape)
     momentum = f", momentum {args.momentum}" if args.optimizer == "sgd" else ""
     print(f"training {args.model} for {counted(args.epochs, 'epoch')}: "
@@ -268,14 +345,23 @@ def cmd_train(args: argparse.Namespace) -> int:
           f"schedule {args.schedule} (warm-up {counted(args.warmup_epochs, 'epoch')}, per {args.lr_update}), "
           f"label smoothing {args.label_smoothing}, augment {args.augment}, "
           f"{juanji.get_num_threads()} threads, device {args.device}")
+    if world > 1:
+        print(f"data-parallel on {world} MPI ranks: batch {args.batch_size} per rank, "
+              f"global batch {args.batch_size * world}")
 
     loss_fn = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
     optimizer = _make_optimizer(model.parameters(), args)
-    steps_per_epoch = math.ceil(len(dataset.x_train) / args.batch_size)
+    # Every rank makes the same global batches (one seeded shuffle) and trains on its slice.
+    global_batch = args.batch_size * world
+    steps_per_epoch = math.ceil(len(dataset.x_train) / global_batch)
+    if world > 1 and len(dataset.x_train) % global_batch and len(dataset.x_train) % global_batch < world:
+        steps_per_epoch -= 1  # _shards skips that last batch
     scheduler = _make_scheduler(optimizer, args, steps_per_epoch)
-    epoch_batches = _epoch_batches(args, dataset, shuffle_rng)
+    global_args = argparse.Namespace(**{**vars(args), "batch_size": global_batch})
+    epoch_batches = _epoch_batches(global_args, dataset, shuffle_rng)
     log: dict[str, Any] = {
         "args": {key: value for key, value in vars(args).items() if key != "handler"},
+        "world_size": world, "global_batch_size": global_batch,
         "mean": dataset.mean, "std": dataset.std,
         "steps_per_epoch": steps_per_epoch, "epochs": [], "step_losses": [],
     }
@@ -284,11 +370,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     for epoch in range(1, args.epochs + 1):
         model.train()
         lr = optimizer.lr
-        progress = _progress(len(dataset.x_train), f"epoch {epoch}/{args.epochs}")
+        progress = (_progress(len(dataset.x_train), f"epoch {epoch}/{args.epochs}") if rank == 0
+                    else _NoProgress())
         loss_sum = 0.0
         seen = 0
         start = time.perf_counter()
-        for x_batch, y_batch in epoch_batches(epoch):
+        for x_batch, y_batch in _shards(epoch_batches(epoch), rank, world):
             loss = float(model.train_step(x_batch, y_batch, loss_fn, optimizer))
             if not math.isfinite(loss):
                 raise ValueError(f"training diverged in epoch {epoch} (loss {loss}): "
@@ -298,13 +385,15 @@ def cmd_train(args: argparse.Namespace) -> int:
                 scheduler.step()
             loss_sum += loss * len(x_batch)
             seen += len(x_batch)
-            progress.update(len(x_batch), loss_sum / seen)
+            progress.update(len(x_batch) * world, loss_sum / seen)
         seconds = time.perf_counter() - start
         progress.close()
+        if world > 1:  # the epoch's loss and images over all ranks (step_losses are rank 0's)
+            totals = distributed.all_reduce(np.array([loss_sum, seen], dtype=np.float64))
+            loss_sum, seen = float(totals[0]), int(totals[1])
 
         model.eval()
-        test_loss, test_accuracy = model.evaluate(dataset.x_test, dataset.y_test,
-                                                  batch_size=EVAL_BATCH_SIZE)
+        test_loss, test_accuracy = _evaluate_sharded(model, dataset.x_test, dataset.y_test, rank, world)
         record = {"epoch": epoch, "lr": lr, "train_loss": loss_sum / seen,
                   "test_loss": float(test_loss), "test_accuracy": float(test_accuracy),
                   "seconds": seconds, "images_per_second": seen / seconds}
@@ -318,6 +407,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"trained in {log['training_seconds']:.0f} s (with the evaluations after each epoch)")
 
     model.to("cpu")  # the checkpoint, pictures and NumPy views want host memory
+    if rank != 0:
+        return 0
     checkpoint = os.path.join(args.out, "model.safetensors")
     model.save(checkpoint, metadata={
         "model": args.model,
@@ -828,4 +919,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except USER_ERRORS as e:
         print(f"juanji {args.command}: error: {error_message(e)}", file=sys.stderr)
+        _abort_other_ranks(EXIT_USER_ERROR)
         return EXIT_USER_ERROR
+
+
+def _abort_other_ranks(code: int) -> None:
+    """Under mpirun with several ranks, ends the whole job (the other ranks would otherwise wait
+    for this one for ever); elsewhere returns."""
+    if "juanji.distributed" not in sys.modules:
+        return
+    from . import distributed
+
+    if distributed.is_initialized() and distributed.world_size() > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        distributed.abort(code)
