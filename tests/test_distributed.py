@@ -1,6 +1,7 @@
 """Data-parallel training over MPI (juanji.distributed, Sequential.distribute): each test launches
-``mpirun -np 2`` on this machine and checks what the ranks print. Skipped where mpirun is absent
-or juanji was built without MPI; the checks of a world of one process run everywhere."""
+``mpirun -np 2`` on this machine and checks what each rank reports (a JSON file per rank). Skipped
+where mpirun is absent or juanji was built without MPI; the checks of a world of one process run
+everywhere."""
 
 import json
 import os
@@ -88,6 +89,15 @@ def test_a_world_of_one_without_a_launcher(tmp_path):
     assert reports(result, tmp_path)[0] == {"rank": 0, "size": 1, "a": [0, 1, 2, 3], "distributed": True}
 
 
+@pytest.mark.skipif(distributed.compiled(), reason="for a juanji built without MPI")
+def test_without_mpi_init_refuses_a_launch_of_several_ranks(tmp_path):
+    env = dict(os.environ, OMPI_COMM_WORLD_SIZE="2")
+    result = subprocess.run([sys.executable, "-c", "from juanji import distributed; distributed.init()"],
+                            capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode != 0
+    assert "built without MPI" in result.stderr
+
+
 def test_show_config_names_mpi():
     text = juanji.config_string()
     assert "mpi:" in text
@@ -153,6 +163,21 @@ def test_two_ranks_with_half_batches_match_one_rank_identically_on_both_and_run_
     assert again[0]["state"] == ranks[0]["state"]  # and run to run
     for name, values in one.items():
         np.testing.assert_allclose(ranks[0]["state"][name], values, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+@needs_mpi
+def test_init_adopts_the_mpi_that_mpi4py_started(tmp_path):
+    pytest.importorskip("mpi4py")
+    result = run_script(tmp_path, """
+        from mpi4py import MPI  # starts MPI (thread level 'multiple' by default)
+        distributed.init()
+        a = np.array([float(MPI.COMM_WORLD.Get_rank())])
+        distributed.all_reduce(a)
+        report(**{"rank": distributed.rank(), "mpi4py_rank": MPI.COMM_WORLD.Get_rank(), "a": a.tolist()})
+    """)
+    ranks = reports(result, tmp_path)
+    assert [ranks[r]["mpi4py_rank"] for r in (0, 1)] == [0, 1]
+    assert ranks[0]["a"] == ranks[1]["a"] == [1.0]
 
 
 @needs_mpi

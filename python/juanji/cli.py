@@ -301,7 +301,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     resolve_train_defaults(args)
     if launched_by_mpi():
-        distributed.init()  # raises where juanji was built without MPI
+        try:
+            distributed.init()
+        except RuntimeError as e:  # built without MPI: a setup error, not a bug
+            raise ValueError(str(e)) from e
     rank, world = distributed.rank(), distributed.world_size()
     if world > 1 and args.device != "cpu":
         raise ValueError(f"--device {args.device}: training on several MPI ranks runs on the CPU only")
