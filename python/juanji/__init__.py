@@ -18,6 +18,7 @@ if "OMP_WAIT_POLICY" not in os.environ:
 from . import _core  # noqa: E402
 from ._core import *  # noqa: F401,F403  (the functional API is the core's)
 from ._core import Tensor, config_string, get_num_threads, load, load_metadata, set_num_threads
+from ._selftest import selftest
 
 # The core's submodules are re-exported by the Python modules of the same names.
 del nn, optim, kernels, data  # noqa: F821
@@ -58,5 +59,5 @@ def __getattr__(name):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["Tensor", "show_config", "cmake_dir", "get_num_threads", "set_num_threads", "load", "load_metadata",
-           "__version__"]
+__all__ = ["Tensor", "show_config", "cmake_dir", "selftest", "get_num_threads", "set_num_threads", "load",
+           "load_metadata", "__version__"]
