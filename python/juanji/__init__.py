@@ -18,6 +18,7 @@ if "OMP_WAIT_POLICY" not in os.environ:
 from . import _core  # noqa: E402
 from ._core import *  # noqa: F401,F403  (the functional API is the core's)
 from ._core import Tensor, config_string, get_num_threads, load, load_metadata, set_num_threads
+from ._selftest import selftest  # noqa: E402
 from .onnx_io import import_onnx  # noqa: E402  (the onnx package itself loads on first use)
 
 # The core's submodules are re-exported by the Python modules of the same names.
@@ -59,5 +60,5 @@ def __getattr__(name):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["Tensor", "show_config", "cmake_dir", "get_num_threads", "set_num_threads", "load", "load_metadata",
-           "import_onnx", "__version__"]
+__all__ = ["Tensor", "show_config", "cmake_dir", "selftest", "get_num_threads", "set_num_threads", "load",
+           "load_metadata", "import_onnx", "__version__"]

@@ -1,9 +1,11 @@
-"""The ``juanji`` command: train a CNN on Fashion-MNIST, predict with it, demo image filters.
+"""The ``juanji`` command: train a CNN on Fashion-MNIST, predict with it, demo image filters,
+check the build.
 
     juanji train [--model convnet|lenet5] [--epochs N] ... [--out runs/<model>]
     juanji predict runs/convnet/model.safetensors image.png
     juanji export-onnx runs/convnet/model.safetensors model.onnx [--input-shape C,H,W]
     juanji filters [IMAGE] [--out runs/filters]
+    juanji selftest             (every op against the reference loops: exit status 0 if all pass, else 1)
     juanji --cmake-dir          (where C++ programs find juanji's CMake package)
     juanji --version
 
@@ -31,7 +33,7 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
-from . import __version__, cmake_dir
+from . import __version__, cmake_dir, selftest
 from .data import (
     CLASS_NAMES,
     DEFAULT_DIR,
@@ -86,6 +88,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
 # bigger file is more likely a mistake (or a decompression bomb) than an input.
 MAX_PICTURE_BYTES = 64 * 2**20
 
+EXIT_SELFTEST_FAILED = 1
 EXIT_USER_ERROR = 2  # what argparse uses for a bad command line
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
 
@@ -699,6 +702,13 @@ def cmd_filters(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------
+# selftest
+# --------------------------------------------------------------------------------------------
+def cmd_selftest(args: argparse.Namespace) -> int:
+    return 0 if selftest(verbose=True) else EXIT_SELFTEST_FAILED
+
+
+# --------------------------------------------------------------------------------------------
 # argument parsing
 # --------------------------------------------------------------------------------------------
 # Option types: argparse turns their ArgumentTypeError into "argument --x: <message>", exit 2.
@@ -887,6 +897,13 @@ def build_parser() -> argparse.ArgumentParser:
     filters.add_argument("--out", default=os.path.join("runs", "filters"), metavar="DIR",
                          help="output directory (default runs/filters)")
     filters.set_defaults(handler=cmd_filters)
+
+    check = commands.add_parser(
+        "selftest", help="check this build on this CPU: every op against the reference loops",
+        description="Run every op forward and backward on small awkward shapes against the library's "
+                    "plain-loop references at every SIMD level this CPU has, print a table (op, level, "
+                    "max error, tolerance, ok) and exit with status 0 if every row passed, 1 if not.")
+    check.set_defaults(handler=cmd_selftest)
     return parser
 
 

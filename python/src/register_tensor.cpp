@@ -7,6 +7,7 @@
 #include "bind_util.hpp"
 #include "juanji/dlpack.hpp"
 #include "juanji/runtime.hpp"
+#include "juanji/selftest.hpp"
 
 namespace juanji::bind {
 namespace {
@@ -326,6 +327,33 @@ with PyTorch, JAX or CuPy without copies.)doc")
         "Turns Winograd F(2x2, 3x3) for stride-1 3x3 float32 CPU convolutions on or off; returns the previous setting.");
   m.def("storage_allocations", &storage_allocations,
         "Tensor storages allocated so far; a training step after the first adds none.");
+  py::class_<SelftestRow>(m, "SelftestRow",
+                          "One op at one SIMD level in selftest_rows(): its worst error (the difference from the "
+                          "reference over the size of the terms behind the reference's value), the tolerance "
+                          "it was held to (0: bit for bit), whether it passed, and the first failed check "
+                          "(failure, empty if ok).")
+      .def_readonly("op", &SelftestRow::op)
+      .def_readonly("level", &SelftestRow::level)
+      .def_readonly("max_error", &SelftestRow::max_error)
+      .def_readonly("tolerance", &SelftestRow::tolerance)
+      .def_readonly("ok", &SelftestRow::ok)
+      .def_readonly("failure", &SelftestRow::failure)
+      .def("__repr__", [](const SelftestRow& r) {
+        return "SelftestRow(op=" + py::repr(py::str(r.op)).cast<std::string>() + ", level='" + r.level +
+               "', max_error=" + py::repr(py::float_(r.max_error)).cast<std::string>() +
+               ", tolerance=" + py::repr(py::float_(r.tolerance)).cast<std::string>() +
+               ", ok=" + (r.ok ? "True" : "False") + ")";
+      });
+  m.def(
+      "selftest_rows",
+      [] {
+        py::gil_scoped_release release;
+        return run_selftest();
+      },
+      "Runs every op forward and backward against the plain-loop references at every SIMD level this CPU has "
+      "(see juanji.selftest, which prints them) and returns a row per op and level. Changes the SIMD level, "
+      "the thread count, the forced convolution algorithms and the Winograd setting while it runs, and "
+      "restores them.");
   m.def("cuda_compiled", &cuda_compiled);
   m.def("cuda_device_count", &cuda_device_count);
   m.def("cuda_synchronize",

@@ -16,4 +16,5 @@
 #include "juanji/optim/adam.hpp"
 #include "juanji/optim/sgd.hpp"
 #include "juanji/runtime.hpp"
+#include "juanji/selftest.hpp"
 #include "juanji/tensor.hpp"

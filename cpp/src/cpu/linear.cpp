@@ -1,4 +1,5 @@
-// Fully connected layer (the seeds' BP network) through the packed GEMM:
+// Fully connected layer (the seeds' BP network) through the packed GEMM, and for a forward on a
+// few rows through dot products with w's rows:
 //   y = x w^T + b,  dx = dy w,  dw = dy^T x,  db = column sums of dy.
 #include "cpu/linear.hpp"
 

@@ -10,7 +10,7 @@ from . import optim
 from . import nn
 from . import data
 from . import distributed
-__all__: list[str] = ['Tensor', 'arange', 'avg_pool1d', 'avg_pool1d_backward', 'avg_pool2d', 'avg_pool2d_backward', 'config_string', 'conv1d', 'conv1d_backward', 'conv2d', 'conv2d_backward', 'convolve', 'convolve2d', 'correlate', 'correlate2d', 'cross_entropy', 'cross_entropy_backward', 'cuda_compiled', 'cuda_device_count', 'cuda_synchronize', 'data', 'distributed', 'dropout', 'empty', 'from_dlpack', 'from_numpy', 'full', 'get_num_threads', 'global_avg_pool2d', 'global_avg_pool2d_backward', 'kernels', 'leaky_relu', 'leaky_relu_backward', 'linear', 'linear_backward', 'load', 'load_metadata', 'load_safetensors', 'load_with_metadata', 'log_softmax', 'log_softmax_backward', 'manual_seed', 'max_pool1d', 'max_pool1d_backward', 'max_pool2d', 'max_pool2d_backward', 'mse_loss', 'mse_loss_backward', 'nn', 'ones', 'optim', 'rand', 'randn', 'relu', 'relu_backward', 'save_safetensors', 'set_num_threads', 'set_simd_level', 'set_winograd', 'sigmoid', 'sigmoid_backward', 'simd_detected', 'simd_level', 'softmax', 'softmax_backward', 'storage_allocations', 'tanh', 'tanh_backward', 'tensor', 'version', 'winograd_enabled', 'zeros']
+__all__: list[str] = ['SelftestRow', 'Tensor', 'arange', 'avg_pool1d', 'avg_pool1d_backward', 'avg_pool2d', 'avg_pool2d_backward', 'config_string', 'conv1d', 'conv1d_backward', 'conv2d', 'conv2d_backward', 'convolve', 'convolve2d', 'correlate', 'correlate2d', 'cross_entropy', 'cross_entropy_backward', 'cuda_compiled', 'cuda_device_count', 'cuda_synchronize', 'data', 'distributed', 'dropout', 'empty', 'from_dlpack', 'from_numpy', 'full', 'get_num_threads', 'global_avg_pool2d', 'global_avg_pool2d_backward', 'kernels', 'leaky_relu', 'leaky_relu_backward', 'linear', 'linear_backward', 'load', 'load_metadata', 'load_safetensors', 'load_with_metadata', 'log_softmax', 'log_softmax_backward', 'manual_seed', 'max_pool1d', 'max_pool1d_backward', 'max_pool2d', 'max_pool2d_backward', 'mse_loss', 'mse_loss_backward', 'nn', 'ones', 'optim', 'rand', 'randn', 'relu', 'relu_backward', 'save_safetensors', 'selftest_rows', 'set_num_threads', 'set_simd_level', 'set_winograd', 'sigmoid', 'sigmoid_backward', 'simd_detected', 'simd_level', 'softmax', 'softmax_backward', 'storage_allocations', 'tanh', 'tanh_backward', 'tensor', 'version', 'winograd_enabled', 'zeros']
 class Tensor:
     """
     An n-d float32/float64/int64 array on the CPU or a CUDA device, backed by shared 64-byte aligned
@@ -78,6 +78,30 @@ class Tensor:
         """
         Strides in elements (NumPy's are in bytes).
         """
+class SelftestRow:
+    """
+    One op at one SIMD level in selftest_rows(): its worst error (the difference from the reference over the size of the terms behind the reference's value), the tolerance it was held to (0: bit for bit), whether it passed, and the first failed check (failure, empty if ok).
+    """
+    def __repr__(self) -> str:
+        ...
+    @property
+    def failure(self) -> str:
+        ...
+    @property
+    def level(self) -> str:
+        ...
+    @property
+    def max_error(self) -> float:
+        ...
+    @property
+    def ok(self) -> bool:
+        ...
+    @property
+    def op(self) -> str:
+        ...
+    @property
+    def tolerance(self) -> float:
+        ...
 def _conv_algorithms(pass_: str, x: typing.Any, weight: typing.Any, stride: typing.Any = 1, padding: typing.Any = 0, dilation: typing.Any = 1, groups: typing.Any = 1) -> list:
     """
     [(name, why it refuses or None)] for the pass, in the order the CPU tries them.
@@ -282,6 +306,10 @@ def save_safetensors(path: typing.Any, tensors: typing.Any, metadata: typing.Any
     tensors: dict name -> juanji.Tensor or NumPy array, saved in dict order. float32, float64
     and int64 tensors keep their dtype; other integer arrays are saved as int64.
     metadata: optional dict str -> str, stored as the header's "__metadata__".
+    """
+def selftest_rows() -> list[SelftestRow]:
+    """
+    Runs every op forward and backward against the plain-loop references at every SIMD level this CPU has (see juanji.selftest, which prints them) and returns a row per op and level. Changes the SIMD level, the thread count, the forced convolution algorithms and the Winograd setting while it runs, and restores them.
     """
 def set_num_threads(n: typing.Any) -> None:
     """

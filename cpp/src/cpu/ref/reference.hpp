@@ -7,6 +7,8 @@
 #include <cstdint>
 
 #include "juanji/ops/conv.hpp"
+#include "juanji/ops/dense.hpp"
+#include "juanji/ops/optim.hpp"
 #include "juanji/ops/pool.hpp"
 
 namespace juanji::cpu::ref {
@@ -66,5 +68,33 @@ template <class T>
 void gemm(std::int64_t M, std::int64_t N, std::int64_t K, const T* a, std::int64_t a_row_stride,
           std::int64_t a_col_stride, const T* b, std::int64_t b_row_stride, std::int64_t b_col_stride, T* c,
           std::int64_t ldc, bool accumulate);
+
+// ---- In double only: the self-test's oracles for the element-wise ops, losses and optimizers ----
+
+// y = f(x) element-wise: ReLU x < 0 ? 0 : x, leaky ReLU x > 0 ? x : slope * x, sigmoid
+// 1 / (1 + e^-x), tanh. Its gradient: ReLU x > 0 ? grad_y : 0, leaky ReLU x > 0 ? grad_y :
+// slope * grad_y, sigmoid s (1 - s) grad_y, tanh (1 - tanh(x)^2) grad_y.
+void activation_forward(Activation kind, double slope, const double* x, double* y, std::int64_t n);
+void activation_backward(Activation kind, double slope, const double* grad_y, const double* x, double* grad_x,
+                         std::int64_t n);
+
+// Softmax (log: log-softmax) along the middle dim of x (outer, D, inner): p = e^x / sum e^x,
+// log p = x - log sum e^x, each line's maximum subtracted first. Its gradient: softmax
+// grad_x = p * (grad_y - sum grad_y * p), log-softmax grad_x = grad_y - p * sum grad_y.
+void softmax_forward(bool log, std::int64_t outer, std::int64_t D, std::int64_t inner, const double* x, double* y);
+void softmax_backward(bool log, std::int64_t outer, std::int64_t D, std::int64_t inner, const double* grad_y,
+                      const double* x, double* grad_x);
+
+// Cross-entropy of each row of logits (N, C) against q = (1 - eps) * onehot(label) + eps / C:
+// loss[n] = -sum_c q[c] * log_softmax(row)[c], and grad (N, C) the gradient of each row's loss,
+// softmax(row) - q.
+void cross_entropy(std::int64_t N, std::int64_t C, const double* logits, const std::int64_t* labels,
+                   double label_smoothing, double* loss, double* grad);
+
+// One optimizer step on n elements, as optim.hpp defines it (Adam with its bias corrections at
+// step `step`, AdamW's weight decay applied to w first).
+void sgd_update(std::int64_t n, double* w, const double* g, double* velocity_or_null, const SgdSettings& settings);
+void adam_update(std::int64_t n, double* w, const double* g, double* m, double* v, const AdamSettings& settings,
+                 std::int64_t step);
 
 }  // namespace juanji::cpu::ref
