@@ -15,16 +15,6 @@ namespace {
 using ops::check_float_operand;
 using ops::check_kernel_tensor;
 
-const char* activation_name(Activation kind) {
-  switch (kind) {
-    case Activation::relu: return "relu";
-    case Activation::leaky_relu: return "leaky_relu";
-    case Activation::sigmoid: return "sigmoid";
-    case Activation::tanh: return "tanh";
-  }
-  return "activation";
-}
-
 cpu::SoftmaxLines lines_of(const Shape& shape, std::int64_t dim) {
   cpu::SoftmaxLines l{1, 1, 1};
   for (std::int64_t i = 0; i < static_cast<std::int64_t>(shape.size()); ++i) {
@@ -122,6 +112,16 @@ void check_pool_after_norm(const char* op, const PoolGeometry& g, const Tensor& 
 }
 
 }  // namespace
+
+const char* activation_name(Activation kind) {
+  switch (kind) {
+    case Activation::relu: return "relu";
+    case Activation::leaky_relu: return "leaky_relu";
+    case Activation::sigmoid: return "sigmoid";
+    case Activation::tanh: return "tanh";
+  }
+  return "activation";
+}
 
 Tensor activation(Activation kind, const Tensor& x_in, double negative_slope) {
   const char* op = activation_name(kind);

@@ -211,16 +211,6 @@ void check_global_avg_pool(Checker& checker, Data& data) {
 
 // ---- Activations and the residual sum -----------------------------------------------------
 
-const char* activation_name(Activation kind) {
-  switch (kind) {
-    case Activation::relu: return "relu";
-    case Activation::leaky_relu: return "leaky_relu";
-    case Activation::sigmoid: return "sigmoid";
-    case Activation::tanh: return "tanh";
-  }
-  return "?";
-}
-
 // ReLU and leaky ReLU (a slope of a power of 2) exactly on any data; sigmoid and tanh, whose
 // float32 forms are vectorised polynomials, within a tolerance of |want| on uniform data.
 template <class T>

@@ -10,6 +10,8 @@
 namespace juanji {
 
 enum class Activation { relu, leaky_relu, sigmoid, tanh };
+// The functional op's name: "relu", "leaky_relu", "sigmoid", "tanh".
+const char* activation_name(Activation kind);
 
 // x (N, in), w (out, in), b (out) or undefined: y = x w^T + b.
 Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b);
