@@ -51,10 +51,10 @@ def report(**record):
 """
 
 
-def run_script(tmp_path, script, np_ranks=2, timeout=60):
-    """Runs the script on np_ranks ranks (0: one process without mpirun); each rank's report()
-    lands in tmp_path/rank<r>.json."""
-    code = COMMON + textwrap.dedent(script)
+def run_script(tmp_path, script, np_ranks=2, timeout=60, definitions=""):
+    """Runs the script, after COMMON and definitions, on np_ranks ranks (0: one process without
+    mpirun); each rank's report() lands in tmp_path/rank<r>.json."""
+    code = COMMON + definitions + textwrap.dedent(script)
     env = dict(os.environ, **MPI_ENV, JUANJI_TEST_OUT=str(tmp_path))
     command = [sys.executable, "-c", code]
     if np_ranks:
@@ -87,6 +87,33 @@ def test_a_world_of_one_without_a_launcher(tmp_path):
                   "a": a.tolist(), "distributed": m.is_distributed})
     """, np_ranks=0)
     assert reports(result, tmp_path)[0] == {"rank": 0, "size": 1, "a": [0, 1, 2, 3], "distributed": True}
+
+
+def test_synchronized_batch_norm_in_a_world_of_one_is_the_plain_one_and_survives_a_checkpoint(tmp_path):
+    from juanji import nn, optim
+
+    def trained(sync):
+        juanji.manual_seed(1)
+        m = nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3, sync=sync), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Flatten(), nn.Linear(27, 2))
+        rng = np.random.default_rng(0)
+        opt = optim.SGD(m.parameters(), lr=0.1)
+        for _ in range(3):
+            m.train_step(rng.standard_normal((5, 1, 8, 8)).astype(np.float32), rng.integers(0, 2, 5),
+                         nn.CrossEntropyLoss(), opt)
+        return m
+
+    synced, plain = trained(True), trained(False)
+    for name, value in plain.state_dict().items():
+        np.testing.assert_array_equal(synced.state_dict()[name], value, err_msg=name)
+    norm = synced[1]
+    assert norm.sync and not plain[1].sync
+    assert repr(norm) == "BatchNorm2d(3, eps=1e-05, momentum=0.1, sync=True)"
+    assert repr(plain[1]) == "BatchNorm2d(3, eps=1e-05, momentum=0.1)"
+    synced.save(tmp_path / "m.safetensors")
+    assert juanji.load(tmp_path / "m.safetensors")[1].sync
+    norm.sync = False
+    assert "sync" not in repr(norm)
 
 
 @pytest.mark.skipif(distributed.compiled(), reason="for a juanji built without MPI")
@@ -165,6 +192,59 @@ def test_two_ranks_with_half_batches_match_one_rank_identically_on_both_and_run_
         np.testing.assert_allclose(ranks[0]["state"][name], values, rtol=1e-5, atol=1e-6, err_msg=name)
 
 
+BATCH_NORM_MODEL = """
+def norm_model(sync):
+    juanji.manual_seed(5)
+    block = nn.Residual(nn.Sequential(nn.Conv2d(4, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4, sync=sync)))
+    # conv + norm + ReLU + max pooling (one fused pass each way), a residual block, and a biased
+    # conv + norm (the norm's backward gives the conv its bias gradient)
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4, sync=sync), nn.ReLU(),
+                         nn.MaxPool2d(2), block, nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1),
+                         nn.BatchNorm2d(4, sync=sync), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 3))
+
+def norm_state(m):
+    return {name: t.ravel().tolist() for name, t in m.state_dict().items()}
+"""
+
+
+@needs_mpi
+@pytest.mark.parametrize("sync", [True, False])
+def test_synchronized_batch_norm_makes_two_half_batches_one_batch(tmp_path, sync):
+    steps, batch = 4, 8
+    single = run_script(tmp_path, f"""
+        m = norm_model(False)
+        opt = optim.SGD(m.parameters(), lr=0.05, momentum=0.9)
+        for x, y in data({steps}, {batch}):
+            m.train_step(x, y, nn.CrossEntropyLoss(), opt)
+        report(**{{"rank": 0, "state": norm_state(m)}})
+    """, np_ranks=0, definitions=BATCH_NORM_MODEL)
+    one = reports(single, tmp_path)[0]["state"]
+    double = run_script(tmp_path, f"""
+        distributed.init()
+        r = distributed.rank()
+        m = norm_model({sync})
+        m.distribute(bucket_mib=0.001)
+        opt = optim.SGD(m.parameters(), lr=0.05, momentum=0.9)
+        half = {batch} // 2
+        for x, y in data({steps}, {batch}):
+            m.train_step(x[r * half:(r + 1) * half], y[r * half:(r + 1) * half], nn.CrossEntropyLoss(), opt)
+        report(**{{"rank": r, "state": norm_state(m)}})
+    """, definitions=BATCH_NORM_MODEL)
+    ranks = reports(double, tmp_path)
+    if sync:
+        # every parameter and running statistic is the one-batch run's, on both ranks
+        assert ranks[0]["state"].keys() == one.keys()
+        for r in (0, 1):
+            for name, values in one.items():
+                np.testing.assert_allclose(ranks[r]["state"][name], values, rtol=2e-5, atol=2e-6,
+                                           err_msg=f"rank {r}: {name}")
+    else:
+        # per-rank statistics: the same model trains to other values (what sync=True is for)
+        differs = [name for name, values in one.items()
+                   if not np.allclose(ranks[0]["state"][name], values, rtol=2e-5, atol=2e-6)]
+        assert differs
+
+
 @needs_mpi
 def test_init_adopts_the_mpi_that_mpi4py_started(tmp_path):
     pytest.importorskip("mpi4py")
@@ -211,6 +291,25 @@ def test_an_exception_on_one_rank_ends_the_job_promptly(tmp_path):
     assert time.monotonic() - start < 20
 
 
+@needs_mpi
+def test_a_killed_rank_ends_the_job_promptly(tmp_path):
+    start = time.monotonic()
+    result = run_script(tmp_path, """
+        import signal
+        distributed.init()
+        m = model().distribute()
+        opt = optim.SGD(m.parameters(), lr=0.1)
+        for step, (x, y) in enumerate(data(1000, 4)):
+            if step == 3 and distributed.rank() == 1:
+                os.kill(os.getpid(), signal.SIGKILL)  # rank 0 is left waiting in the gradients' sum
+            m.train_step(x, y, nn.CrossEntropyLoss(), opt)
+        print("rank", distributed.rank(), "finished")
+    """, timeout=60)
+    assert result.returncode != 0
+    assert "finished" not in result.stdout
+    assert time.monotonic() - start < 20
+
+
 SUBSET_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "fashion-mnist-subset")
 
 
@@ -227,12 +326,24 @@ def test_cli_trains_on_two_ranks_and_only_rank_0_prints_and_writes(tmp_path):
                      "--batch-size", "16", "--out", str(out))
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("epoch 1/1: train loss") == 1
-    assert "data-parallel on 2 MPI ranks: batch 16 per rank, global batch 32" in result.stdout
+    assert ("data-parallel on 2 MPI ranks: batch 16 per rank, global batch 32, batch-norm statistics per rank"
+            in result.stdout)
     log = json.loads((out / "log.json").read_text())
     assert (log["world_size"], log["global_batch_size"]) == (2, 32)
     assert log["steps_per_epoch"] == 4  # 100 images in global batches of 32
     assert len(log["step_losses"]) == 4
     assert (out / "model.safetensors").is_file()
+
+
+@needs_mpi
+def test_cli_synchronizes_batch_norm_on_request(tmp_path):
+    out = tmp_path / "run"
+    result = run_cli("train", "--model", "convnet", "--data", SUBSET_DIR, "--epochs", "1", "--limit", "64",
+                     "--batch-size", "16", "--sync-batch-norm", "--out", str(out))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "batch-norm statistics synchronized" in result.stdout
+    norms = [m for m in juanji.load(out / "model.safetensors").modules() if isinstance(m, juanji.nn.BatchNorm2d)]
+    assert norms and all(m.sync for m in norms)
 
 
 @needs_mpi

@@ -402,6 +402,11 @@ def test_modes_names_and_parameter_access():
     with pytest.raises(TypeError, match="buffer"):
         model.buffers()[0].grad = np.zeros(4)
     assert len(model) == 8 and isinstance(model[-1], nn.Linear)
+    modules = model.modules()  # depth first, the model itself first, as PyTorch's
+    assert modules[0] is model and modules[4] is model[3] and modules[5] is model[3].body
+    assert [type(m).__name__ for m in modules[6:10]] == ["Conv2d", "BatchNorm2d", "ReLU", "Conv2d"]
+    assert len(modules) == 1 + 8 + 1 + 5 and model[1].modules() == [model[1]]
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in modules) == 3
 
 
 @pytest.mark.parametrize("make_model", [juanji.models.convnet, juanji.models.lenet5, small_resnet])

@@ -339,6 +339,10 @@ def _train(args: argparse.Namespace, juanji, nn, distributed, rank: int, world: 
     print(f"data: {args.data}: {len(dataset.x_train)} training, {len(dataset.x_test)} test images "
           f"of {input_shape}, normalised with mean {dataset.mean:.4f}, std {dataset.std:.4f}")
     model = MODELS[args.model]()
+    if args.sync_batch_norm:
+        for layer in model.modules():
+            if isinstance(layer, nn.BatchNorm2d):
+                layer.sync = True
     model.to(args.device)  # batches go over once per step; the whole step runs there
     if world > 1:
         model.distribute()  # rank 0's initial values everywhere
@@ -352,8 +356,9 @@ def _train(args: argparse.Namespace, juanji, nn, distributed, rank: int, world: 
           f"label smoothing {args.label_smoothing}, augment {args.augment}, "
           f"{juanji.get_num_threads()} threads, device {args.device}")
     if world > 1:
+        norms = "synchronized" if args.sync_batch_norm else "per rank"
         print(f"data-parallel on {world} MPI ranks: batch {args.batch_size} per rank, "
-              f"global batch {args.batch_size * world}")
+              f"global batch {args.batch_size * world}, batch-norm statistics {norms}")
 
     loss_fn = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
     optimizer = _make_optimizer(model.parameters(), args)
@@ -842,6 +847,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "on a background thread (default: the model's, see above)")
     train.add_argument("--crop-padding", type=positive_int, metavar="P",
                        help="--augment crop shifts each image by up to P pixels each way")
+    train.add_argument("--sync-batch-norm", action="store_true",
+                       help="under mpirun, batch norm uses the statistics of the global batch "
+                            "instead of each rank's own (nn.BatchNorm2d(sync=True))")
     train.add_argument("--threads", type=positive_int, help="CPU threads (default: all cores)")
     train.add_argument("--seed", type=non_negative_int, default=0,
                        help="seed of weight init, dropout, shuffling and augmentation "

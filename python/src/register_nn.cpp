@@ -240,6 +240,9 @@ void register_nn(py::module_& m) {
              return named;
            },
            "(name, Parameter) pairs of the trainable parameters, as PyTorch's named_parameters().")
+      .def("modules", &nn::layers_within,
+           "This layer and every layer inside it, depth first (PyTorch's modules()): for instance "
+           "[m for m in model.modules() if isinstance(m, nn.BatchNorm2d)].")
       .def("buffers", [](const Layer& l) { return parameter_list(parameters_of(l, false)); },
            "Tensors saved with the model but not trained (batch-norm running statistics).")
       .def("state_dict",
@@ -311,11 +314,16 @@ void register_nn(py::module_& m) {
       .def(py::init<double>(), py::arg("p") = 0.5);
   py::class_<nn::Flatten, Layer, std::shared_ptr<nn::Flatten>>(nn_module, "Flatten").def(py::init<>());
   py::class_<nn::BatchNorm2d, Layer, std::shared_ptr<nn::BatchNorm2d>>(nn_module, "BatchNorm2d")
-      .def(py::init([](py::handle features, double eps, double momentum) {
-             return std::make_shared<nn::BatchNorm2d>(int_arg(features, "num_features"), eps, momentum);
+      .def(py::init([](py::handle features, double eps, double momentum, bool sync) {
+             return std::make_shared<nn::BatchNorm2d>(int_arg(features, "num_features"), eps, momentum, sync);
            }),
-           py::arg("num_features"), py::arg("eps") = 1e-5,
-           py::arg("momentum") = 0.1);
+           py::arg("num_features"), py::arg("eps") = 1e-5, py::arg("momentum") = 0.1, py::kw_only(),
+           py::arg("sync") = false,
+           "Batch normalization per channel of (N, C, H, W). sync=True: in data-parallel training "
+           "(juanji.distributed with several ranks) training-mode statistics are those of the global "
+           "batch, summed over the ranks' shards; otherwise each rank's own.")
+      .def_property("sync", &nn::BatchNorm2d::sync, &nn::BatchNorm2d::set_sync,
+                    "Whether training-mode statistics are synchronized across data-parallel ranks.");
 
   py::class_<nn::Loss, std::shared_ptr<nn::Loss>>(nn_module, "Loss")
       .def_property_readonly("type", &nn::Loss::type)

@@ -9,6 +9,7 @@
 #include <cmath>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #include "cpu/microkernels.hpp"
 #include "cpu/op_support.hpp"
@@ -241,6 +242,8 @@ struct NormForward {
   std::int64_t N, C, area;
   bool training;
   double momentum, eps;
+  std::vector<double> shared_mean, shared_var;  // over the whole batch (share_statistics)
+  double shared_count = 0;
 
   NormForward(const Tensor& x_, const Tensor& gamma_, const Tensor& beta_, Tensor& running_mean_,
               Tensor& running_var_, bool training_, double momentum_, double eps_,
@@ -261,22 +264,59 @@ struct NormForward {
 
   const T* plane(std::int64_t n, std::int64_t c) const { return x + (n * C + c) * area; }
 
+  // With the batch split over processes (shard_sum set, training): every channel's mean and
+  // variance over the whole batch, in two passes as channel() makes them, summed across the
+  // shards between the passes.
+  void share_statistics(const ShardSum& shard_sum) {
+    if (!training || !shard_sum) return;
+    std::vector<double> sums(C + 1);
+#pragma omp parallel for num_threads(::juanji::team_size()) schedule(static) if (N * C * area >= kParallelGrain)
+    for (std::int64_t c = 0; c < C; ++c) {
+      double sum = 0;
+      for (std::int64_t n = 0; n < N; ++n) sum += sum_elements(plane(n, c), area);
+      sums[c] = sum;
+    }
+    sums[C] = static_cast<double>(N * area);
+    shard_sum(sums.data(), C + 1);
+    shared_count = sums[C];
+    check(shared_count > 1, "batch_norm2d: training needs more than one value per channel over the "
+          "whole batch, got ", shared_count, " across the shards");
+    shared_mean.resize(C);
+    for (std::int64_t c = 0; c < C; ++c) shared_mean[c] = sums[c] / shared_count;
+    shared_var.resize(C);
+#pragma omp parallel for num_threads(::juanji::team_size()) schedule(static) if (N * C * area >= kParallelGrain)
+    for (std::int64_t c = 0; c < C; ++c) {
+      double sq = 0;
+      for (std::int64_t n = 0; n < N; ++n) sq += sum_squared_deviation(plane(n, c), area, shared_mean[c]);
+      shared_var[c] = sq;
+    }
+    shard_sum(shared_var.data(), C);
+    for (double& v : shared_var) v /= shared_count;
+  }
+
   // Channel c's mean and inverse deviation (the batch's in training, which also updates the
   // running statistics; the running ones otherwise), saved for backward; returns the scale and
   // shift of y = x * scale + shift.
   std::pair<T, T> channel(std::int64_t c) const {
     double mean, invstd;
     if (training) {
-      const double count = static_cast<double>(N * area);
-      double sum = 0;
-      for (std::int64_t n = 0; n < N; ++n) {
-        if (n + 1 < N) prefetch(plane(n + 1, c), area);
-        sum += sum_elements(plane(n, c), area);
+      double count, var;
+      if (shared_mean.empty()) {
+        count = static_cast<double>(N * area);
+        double sum = 0;
+        for (std::int64_t n = 0; n < N; ++n) {
+          if (n + 1 < N) prefetch(plane(n + 1, c), area);
+          sum += sum_elements(plane(n, c), area);
+        }
+        mean = sum / count;
+        double sq = 0;  // second pass about the mean: no cancellation
+        for (std::int64_t n = 0; n < N; ++n) sq += sum_squared_deviation(plane(n, c), area, mean);
+        var = sq / count;
+      } else {
+        count = shared_count;
+        mean = shared_mean[c];
+        var = shared_var[c];
       }
-      mean = sum / count;
-      double sq = 0;  // second pass about the mean: no cancellation
-      for (std::int64_t n = 0; n < N; ++n) sq += sum_squared_deviation(plane(n, c), area, mean);
-      const double var = sq / count;
       invstd = 1.0 / std::sqrt(var + eps);
       if (running_mean)
         running_mean[c] = static_cast<T>((1 - momentum) * running_mean[c] + momentum * mean);
@@ -313,6 +353,10 @@ struct NormBackward {
   const T *gamma, *save_mean, *save_invstd;
   T *grad_x, *grad_gamma, *grad_beta, *grad_x_sums;
   std::int64_t N, C, area;
+  // With the batch split over processes (share_sums): each channel's sums of g and of
+  // g * (x - mean), this shard's ([2c], [2c + 1]) and the whole batch's, and the batch's size.
+  std::vector<double> shard_sums, batch_sums;
+  double batch_count = 0;
 
   NormBackward(const Tensor& x_, const Tensor& gamma_, const Tensor& save_mean_,
                const Tensor& save_invstd_, Tensor& grad_x_, Tensor& grad_gamma_,
@@ -329,19 +373,37 @@ struct NormBackward {
         C(x_.size(1)),
         area(x_.size(2) * x_.size(3)) {}
 
-  // Channel c's gradients, from the planes grad_plane(n) of grad_y (each asked for twice).
+  // Channel c's sums of g and of g * (x - mean) into sums[0, 2), from the planes grad_plane(n).
+  template <class GradPlane>
+  void channel_sums(std::int64_t c, const GradPlane& grad_plane, double* sums) const {
+    sums[0] = sums[1] = 0;
+    for (std::int64_t n = 0; n < N; ++n)
+      sum_grad_and_product(grad_plane(n), x + (n * C + c) * area, area, save_mean[c], sums);
+  }
+
+  // After channel_sums has filled shard_sums (2C) for every channel: the whole batch's.
+  void share_sums(const ShardSum& shard_sum) {
+    batch_sums = shard_sums;
+    batch_sums.push_back(static_cast<double>(N * area));
+    shard_sum(batch_sums.data(), 2 * C + 1);
+    batch_count = batch_sums[2 * C];
+  }
+
+  // Channel c's gradients, from the planes grad_plane(n) of grad_y (each asked for twice). gamma's
+  // and beta's are this shard's, grad_x the whole batch's (share_sums, where it was called).
   template <class GradPlane>
   void channel(std::int64_t c, const GradPlane& grad_plane) const {
-    const double count = static_cast<double>(N * area);
-    const double mean = save_mean[c];
     const double invstd = save_invstd[c];
-    double sums[2] = {0, 0};  // of g, of g * (x - mean)
-    for (std::int64_t n = 0; n < N; ++n)
-      sum_grad_and_product(grad_plane(n), x + (n * C + c) * area, area, mean, sums);
-    const double sum_g = sums[0], sum_g_xhat = sums[1] * invstd;
-    if (grad_beta) grad_beta[c] = static_cast<T>(sum_g);
-    if (grad_gamma) grad_gamma[c] = static_cast<T>(sum_g_xhat);
+    double local[2];
+    if (shard_sums.empty()) channel_sums(c, grad_plane, local);
+    const double* sums = shard_sums.empty() ? local : &shard_sums[2 * c];
+    if (grad_beta) grad_beta[c] = static_cast<T>(sums[0]);
+    if (grad_gamma) grad_gamma[c] = static_cast<T>(sums[1] * invstd);
     if (!grad_x) return;
+    const double mean = save_mean[c];
+    const double count = batch_sums.empty() ? static_cast<double>(N * area) : batch_count;
+    if (!batch_sums.empty()) sums = &batch_sums[2 * c];
+    const double sum_g = sums[0], sum_g_xhat = sums[1] * invstd;
     // grad_x = gamma * invstd * (g - mean(g) - xhat * mean(g * xhat)), with xhat = (x - mean) *
     // invstd folded per channel into grad_x = a * g + b * x + c (in T: a vector loop).
     const double k = (gamma ? gamma[c] : 1.0) * invstd;
@@ -461,11 +523,12 @@ void dropout_backward(const Tensor& grad_y, const Tensor& mask, Tensor& grad_x) 
 void batch_norm2d_forward(const Tensor& x, const Tensor& gamma, const Tensor& beta,
                           Tensor& running_mean, Tensor& running_var, bool training,
                           double momentum, double eps, Tensor& y, Tensor& save_mean,
-                          Tensor& save_invstd, bool relu) {
+                          Tensor& save_invstd, bool relu, const ShardSum& shard_sum) {
   dispatch_float(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
-    const NormForward<T> norm(x, gamma, beta, running_mean, running_var, training, momentum, eps,
-                              save_mean, save_invstd);
+    NormForward<T> norm(x, gamma, beta, running_mean, running_var, training, momentum, eps,
+                        save_mean, save_invstd);
+    norm.share_statistics(shard_sum);
     T* yd = y.data<T>();
 #pragma omp parallel for num_threads(::juanji::team_size()) schedule(static) if (x.numel() >= kParallelGrain)
     for (std::int64_t c = 0; c < norm.C; ++c) {
@@ -484,11 +547,12 @@ void batch_norm2d_relu_max_pool_forward(const Tensor& x, const Tensor& gamma, co
                                         Tensor& running_mean, Tensor& running_var, bool training,
                                         double momentum, double eps, const PoolGeometry& pool,
                                         Tensor& y, Tensor& argmax, Tensor& save_mean,
-                                        Tensor& save_invstd) {
+                                        Tensor& save_invstd, const ShardSum& shard_sum) {
   dispatch_float(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
-    const NormForward<T> norm(x, gamma, beta, running_mean, running_var, training, momentum, eps,
-                              save_mean, save_invstd);
+    NormForward<T> norm(x, gamma, beta, running_mean, running_var, training, momentum, eps,
+                        save_mean, save_invstd);
+    norm.share_statistics(shard_sum);
     T* yd = y.data<T>();
     std::int64_t* ad = data_or_null<std::int64_t>(argmax);
     const std::int64_t pooled_area = pool.P * pool.Q;
@@ -526,12 +590,21 @@ void batch_norm2d_relu_max_pool_forward(const Tensor& x, const Tensor& gamma, co
 
 void batch_norm2d_backward(const Tensor& grad_y, const Tensor& x, const Tensor& gamma,
                            const Tensor& save_mean, const Tensor& save_invstd, Tensor& grad_x,
-                           Tensor& grad_gamma, Tensor& grad_beta, Tensor& grad_x_sums) {
+                           Tensor& grad_gamma, Tensor& grad_beta, Tensor& grad_x_sums,
+                           const ShardSum& shard_sum) {
   dispatch_float(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
-    const NormBackward<T> norm(x, gamma, save_mean, save_invstd, grad_x, grad_gamma, grad_beta,
-                               grad_x_sums);
+    NormBackward<T> norm(x, gamma, save_mean, save_invstd, grad_x, grad_gamma, grad_beta,
+                         grad_x_sums);
     const T* gy = grad_y.data<T>();
+    if (shard_sum) {
+      norm.shard_sums.resize(2 * norm.C);
+#pragma omp parallel for num_threads(::juanji::team_size()) schedule(static) if (x.numel() >= kParallelGrain)
+      for (std::int64_t c = 0; c < norm.C; ++c)
+        norm.channel_sums(c, [&](std::int64_t n) { return gy + (n * norm.C + c) * norm.area; },
+                          &norm.shard_sums[2 * c]);
+      norm.share_sums(shard_sum);
+    }
 #pragma omp parallel for num_threads(::juanji::team_size()) schedule(static) if (x.numel() >= kParallelGrain)
     for (std::int64_t c = 0; c < norm.C; ++c)
       norm.channel(c, [&](std::int64_t n) { return gy + (n * norm.C + c) * norm.area; });
@@ -545,32 +618,44 @@ void batch_norm2d_relu_max_pool_backward(const PoolGeometry& pool, const Tensor&
                                          const Tensor& gamma, const Tensor& save_mean,
                                          const Tensor& save_invstd, Tensor& grad_x,
                                          Tensor& grad_gamma, Tensor& grad_beta,
-                                         Tensor& grad_x_sums) {
+                                         Tensor& grad_x_sums, const ShardSum& shard_sum) {
   dispatch_float(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
-    const NormBackward<T> norm(x, gamma, save_mean, save_invstd, grad_x, grad_gamma, grad_beta,
-                               grad_x_sums);
+    NormBackward<T> norm(x, gamma, save_mean, save_invstd, grad_x, grad_gamma, grad_beta,
+                         grad_x_sums);
     const T* gy = grad_y.data<T>();
     const T* yd = y.data<T>();
     const std::int64_t* ad = argmax.data<std::int64_t>();
     const std::int64_t pooled_area = pool.P * pool.Q;
-    RegionErrors errors;
+    // Runs channel_work(c, grad_plane) for every channel with its planes of grad_y scattered.
+    const auto for_each_channel = [&](const auto& channel_work) {
+      RegionErrors errors;
 #pragma omp parallel num_threads(::juanji::team_size()) if (x.numel() >= kParallelGrain)
-    {
-      T* scattered = nullptr;
-      errors.guard([&] { scattered = workspace<T>(WorkspaceSlot::norm_planes, norm.N * norm.area); });
-      // After the barrier every thread sees the same verdict and skips the loop together.
+      {
+        T* scattered = nullptr;
+        errors.guard([&] { scattered = workspace<T>(WorkspaceSlot::norm_planes, norm.N * norm.area); });
+        // After the barrier every thread sees the same verdict and skips the loop together.
 #pragma omp barrier
 #pragma omp for schedule(static)
-      for (std::int64_t c = 0; c < (errors.failed() ? 0 : norm.C); ++c) {
-        for (std::int64_t n = 0; n < norm.N; ++n) {
-          const std::int64_t at = (n * norm.C + c) * pooled_area;
-          scatter_max_pool_plane(pool, gy + at, ad + at, yd + at, scattered + n * norm.area);
+        for (std::int64_t c = 0; c < (errors.failed() ? 0 : norm.C); ++c) {
+          for (std::int64_t n = 0; n < norm.N; ++n) {
+            const std::int64_t at = (n * norm.C + c) * pooled_area;
+            scatter_max_pool_plane(pool, gy + at, ad + at, yd + at, scattered + n * norm.area);
+          }
+          channel_work(c, [&](std::int64_t n) { return scattered + n * norm.area; });
         }
-        norm.channel(c, [&](std::int64_t n) { return scattered + n * norm.area; });
       }
+      errors.rethrow();
+    };
+    if (shard_sum) {
+      // The whole batch's sums first: each channel's planes are scattered twice.
+      norm.shard_sums.resize(2 * norm.C);
+      for_each_channel([&](std::int64_t c, const auto& grad_plane) {
+        norm.channel_sums(c, grad_plane, &norm.shard_sums[2 * c]);
+      });
+      norm.share_sums(shard_sum);
     }
-    errors.rethrow();
+    for_each_channel([&](std::int64_t c, const auto& grad_plane) { norm.channel(c, grad_plane); });
   });
 }
 

@@ -20,6 +20,16 @@ std::string batched_text(const Shape& shape) {
 
 // Nothing else can be using the container (no reference is left), though a layer in it may be in
 // use on its own: only its owner changes.
+std::vector<std::shared_ptr<Layer>> layers_within(const std::shared_ptr<Layer>& root) {
+  std::vector<std::shared_ptr<Layer>> found{root};
+  if (const auto* container = dynamic_cast<const Container*>(root.get()))
+    for (const auto& child : container->children()) {
+      auto inside = layers_within(child.layer);
+      found.insert(found.end(), inside.begin(), inside.end());
+    }
+  return found;
+}
+
 Container::~Container() {
   for (auto& child : children_) child.layer->owner_.store(nullptr);
 }

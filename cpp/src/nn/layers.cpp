@@ -5,6 +5,7 @@
 
 #include "core/checked_math.hpp"
 #include "juanji/build_config.hpp"
+#include "juanji/distributed.hpp"
 
 namespace juanji::nn {
 namespace {
@@ -531,8 +532,8 @@ const Tensor& Flatten::backward(const Tensor& grad_y, bool need_grad_x) {
 
 // ---- BatchNorm2d ----
 
-BatchNorm2d::BatchNorm2d(std::int64_t channels, double eps, double momentum)
-    : channels_(channels), eps_(eps), momentum_(momentum) {
+BatchNorm2d::BatchNorm2d(std::int64_t channels, double eps, double momentum, bool sync)
+    : channels_(channels), eps_(eps), momentum_(momentum), sync_(sync) {
   check(channels > 0, "BatchNorm2d: channels must be positive, got ", channels);
   check(eps > 0, "BatchNorm2d: eps must be positive, got ", eps);
   check(momentum >= 0 && momentum <= 1, "BatchNorm2d: momentum must be in [0, 1], got ", momentum);
@@ -543,11 +544,21 @@ BatchNorm2d::BatchNorm2d(std::int64_t channels, double eps, double momentum)
 }
 
 std::string BatchNorm2d::extra_repr() const {
-  return std::to_string(channels_) + ", eps=" + Json(eps_).dump() + ", momentum=" + Json(momentum_).dump();
+  return std::to_string(channels_) + ", eps=" + Json(eps_).dump() + ", momentum=" + Json(momentum_).dump() +
+         (sync_ ? ", sync=True" : "");
 }
 
 Json BatchNorm2d::config() const {
-  return Json::object({{"channels", channels_}, {"eps", eps_}, {"momentum", momentum_}});
+  Json config = Json::object({{"channels", channels_}, {"eps", eps_}, {"momentum", momentum_}});
+  if (sync_) config.set("sync", true);  // absent when false: configs from before sync read the same
+  return config;
+}
+
+ShardSum BatchNorm2d::shard_sum() const {
+  if (!sync_ || distributed::world_size() == 1) return {};
+  return [](double* values, std::int64_t count) {
+    distributed::all_reduce(values, count, DType::float64, distributed::ReduceOp::sum);
+  };
 }
 
 Shape BatchNorm2d::output_shape(const Shape& input) const {
@@ -571,7 +582,7 @@ const Tensor& BatchNorm2d::normalize(const Tensor& x, bool training, bool relu) 
   prepare_forward(x, training);
   ensure(output_, x.shape(), x.dtype(), x.device());
   batch_norm2d_forward(input_, gamma_->value, beta_->value, running_mean_->value, running_var_->value,
-                       training, momentum_, eps_, output_, save_mean_, save_invstd_, relu);
+                       training, momentum_, eps_, output_, save_mean_, save_invstd_, relu, shard_sum());
   return output_;
 }
 
@@ -582,7 +593,7 @@ const Tensor& BatchNorm2d::run_backward(const Tensor& grad_y, Tensor* grad_input
   check(last_training_, type(), ".backward: needs a training-mode forward (the last forward ran in eval mode)");
   ensure(grad_input_, input_.shape(), input_.dtype(), input_.device());
   batch_norm2d_backward(grad_y.contiguous(), input_, gamma_->value, save_mean_, save_invstd_,
-                        grad_input_, gamma_->grad, beta_->grad, grad_input_sums);
+                        grad_input_, gamma_->grad, beta_->grad, grad_input_sums, shard_sum());
   return grad_input_;
 }
 

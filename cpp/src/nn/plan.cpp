@@ -244,7 +244,7 @@ class StageAccess::NormReluMaxPoolForward final : public ForwardPass {
         norm_.input_, norm_.gamma_->value, norm_.beta_->value, norm_.running_mean_->value,
         norm_.running_var_->value, training, norm_.momentum_, norm_.eps_, pool_.geometry_, pool_.output_,
         training ? Layer::ensure(pool_.argmax_, pooled, DType::int64, x.device()) : none, norm_.save_mean_,
-        norm_.save_invstd_);
+        norm_.save_invstd_, norm_.shard_sum());
     pool_.argmax_current_ = training;
     pool_.input_ = Tensor();
     pool_.fused_with_norm_ = true;
@@ -275,7 +275,7 @@ class StageAccess::NormReluMaxPoolBackward final : public BackwardPass {
     batch_norm2d_relu_max_pool_backward(pool_.geometry_, grad_y.contiguous(), pool_.argmax_, pool_.output_,
                                         norm_.input_, norm_.gamma_->value, norm_.save_mean_, norm_.save_invstd_,
                                         grad_norm_input, norm_.gamma_->grad, norm_.beta_->grad,
-                                        conv_ ? &conv_->bias_->grad : nullptr);
+                                        conv_ ? &conv_->bias_->grad : nullptr, norm_.shard_sum());
     return conv_ ? conv_->backward_impl(grad_norm_input, need_grad_x, false) : grad_norm_input;
   }
 

@@ -108,8 +108,9 @@ std::vector<ParameterShape> linear_parameters(const Json& config) {
 }
 
 std::shared_ptr<Layer> make_batch_norm(const Json& config) {
+  const Json* sync = config.find("sync");
   return std::make_shared<BatchNorm2d>(config.at("channels").as_int(), config.at("eps").as_double(),
-                                       config.at("momentum").as_double());
+                                       config.at("momentum").as_double(), sync && sync->as_bool());
 }
 
 std::vector<ParameterShape> batch_norm_parameters(const Json& config) {

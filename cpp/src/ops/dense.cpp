@@ -61,7 +61,8 @@ void check_channel_param(const Tensor& t, const char* name, std::int64_t C, DTyp
 // The checks of a batch-norm forward's x and per-channel tensors.
 void check_norm_forward(const char* op, const Tensor& x, const Tensor& gamma, const Tensor& beta,
                         const Tensor& running_mean, const Tensor& running_var, bool training,
-                        double eps, const Tensor& save_mean, const Tensor& save_invstd) {
+                        double eps, const Tensor& save_mean, const Tensor& save_invstd,
+                        bool sharded) {
   check_float(x, "x");
   check_dim(x, "x", 4, "(N, C, H, W)");
   const DType dtype = x.dtype();
@@ -74,7 +75,7 @@ void check_norm_forward(const char* op, const Tensor& x, const Tensor& gamma, co
   check_channel_param(save_mean, "save_mean", C, dtype, op);
   check_channel_param(save_invstd, "save_invstd", C, dtype, op);
   check(eps > 0, op, ": eps must be positive, got ", eps);
-  if (training)
+  if (training && !sharded)  // else checked over the whole batch, which every shard sees
     check(x.size(0) * x.size(2) * x.size(3) > 1, op,
           ": training needs more than one value per channel, got x of shape ", shape_text(x.shape()));
   else
@@ -257,45 +258,51 @@ void dropout_backward(const Tensor& grad_y, const Tensor& mask, Tensor& grad_x) 
 void batch_norm2d_forward(const Tensor& x, const Tensor& gamma, const Tensor& beta,
                           Tensor& running_mean, Tensor& running_var, bool training,
                           double momentum, double eps, Tensor& y, Tensor& save_mean,
-                          Tensor& save_invstd, bool relu) {
+                          Tensor& save_invstd, bool relu, const ShardSum& shard_sum) {
 #if JUANJI_WITH_CUDA
   if (x.device().is_cuda()) {
     check(!relu, "batch_norm2d_forward: the fused ReLU is CPU-only; x is on ", x.device().str());
+    check(!shard_sum, "batch_norm2d_forward: synchronized statistics are CPU-only; x is on ",
+          x.device().str());
     return cuda::batch_norm2d_forward(x, gamma, beta, running_mean, running_var, training, momentum,
                                       eps, y, save_mean, save_invstd);
   }
 #endif
   const char* op = "batch_norm2d";
   check_norm_forward(op, x, gamma, beta, running_mean, running_var, training, eps, save_mean,
-                     save_invstd);
+                     save_invstd, static_cast<bool>(shard_sum));
   check_kernel_tensor(y, op, "y", x.dtype(), x.numel());
   cpu::batch_norm2d_forward(x, gamma, beta, running_mean, running_var, training, momentum, eps, y,
-                            save_mean, save_invstd, relu);
+                            save_mean, save_invstd, relu, shard_sum);
 }
 
 void batch_norm2d_relu_max_pool_forward(const Tensor& x, const Tensor& gamma, const Tensor& beta,
                                         Tensor& running_mean, Tensor& running_var, bool training,
                                         double momentum, double eps, const PoolGeometry& pool,
                                         Tensor& y, Tensor& argmax, Tensor& save_mean,
-                                        Tensor& save_invstd) {
+                                        Tensor& save_invstd, const ShardSum& shard_sum) {
   const char* op = "batch_norm2d_relu_max_pool";
   check(x.device().is_cpu(), op, ": CPU only, x is on ", x.device().str());
   check_norm_forward(op, x, gamma, beta, running_mean, running_var, training, eps, save_mean,
-                     save_invstd);
+                     save_invstd, static_cast<bool>(shard_sum));
   check_pool_after_norm(op, pool, x, y, "y");
   if (argmax.defined())
     check_kernel_tensor(argmax, op, "argmax", DType::int64, pool.N * pool.C * pool.P * pool.Q);
   cpu::batch_norm2d_relu_max_pool_forward(x, gamma, beta, running_mean, running_var, training,
-                                          momentum, eps, pool, y, argmax, save_mean, save_invstd);
+                                          momentum, eps, pool, y, argmax, save_mean, save_invstd,
+                                          shard_sum);
 }
 
 // grad_y, x, grad_x (N,C,H,W); gamma, save_mean, save_invstd, grad_gamma, grad_beta (C). Uses the
 // batch statistics saved by a training-mode forward; undefined outputs are skipped.
 void batch_norm2d_backward(const Tensor& grad_y, const Tensor& x, const Tensor& gamma,
                            const Tensor& save_mean, const Tensor& save_invstd, Tensor& grad_x,
-                           Tensor& grad_gamma, Tensor& grad_beta, Tensor* grad_x_sums) {
+                           Tensor& grad_gamma, Tensor& grad_beta, Tensor* grad_x_sums,
+                           const ShardSum& shard_sum) {
   const char* op = "batch_norm2d_backward";
   check(!grad_x_sums || x.device().is_cpu(), op, ": grad_x_sums is CPU-only; x is on ",
+        x.device().str());
+  check(!shard_sum || x.device().is_cpu(), op, ": synchronized statistics are CPU-only; x is on ",
         x.device().str());
 #if JUANJI_WITH_CUDA
   if (x.device().is_cuda())
@@ -307,7 +314,7 @@ void batch_norm2d_backward(const Tensor& grad_y, const Tensor& x, const Tensor& 
   check_kernel_tensor(grad_y, op, "grad_y", x.dtype(), x.numel());
   Tensor no_sums;
   cpu::batch_norm2d_backward(grad_y, x, gamma, save_mean, save_invstd, grad_x, grad_gamma,
-                             grad_beta, grad_x_sums ? *grad_x_sums : no_sums);
+                             grad_beta, grad_x_sums ? *grad_x_sums : no_sums, shard_sum);
 }
 
 void batch_norm2d_relu_max_pool_backward(const PoolGeometry& pool, const Tensor& grad_y,
@@ -315,7 +322,7 @@ void batch_norm2d_relu_max_pool_backward(const PoolGeometry& pool, const Tensor&
                                          const Tensor& gamma, const Tensor& save_mean,
                                          const Tensor& save_invstd, Tensor& grad_x,
                                          Tensor& grad_gamma, Tensor& grad_beta,
-                                         Tensor* grad_x_sums) {
+                                         Tensor* grad_x_sums, const ShardSum& shard_sum) {
   const char* op = "batch_norm2d_relu_max_pool_backward";
   check(x.device().is_cpu(), op, ": CPU only, x is on ", x.device().str());
   check_norm_backward(op, x, gamma, save_mean, save_invstd, grad_x, grad_gamma, grad_beta,
@@ -326,7 +333,7 @@ void batch_norm2d_relu_max_pool_backward(const PoolGeometry& pool, const Tensor&
   Tensor no_sums;
   cpu::batch_norm2d_relu_max_pool_backward(pool, grad_y, argmax, y, x, gamma, save_mean,
                                            save_invstd, grad_x, grad_gamma, grad_beta,
-                                           grad_x_sums ? *grad_x_sums : no_sums);
+                                           grad_x_sums ? *grad_x_sums : no_sums, shard_sum);
 }
 
 }  // namespace juanji

@@ -89,6 +89,10 @@ class Layer:
         """
         Copies the arrays of a mapping (a state_dict; PyTorch's loads as {k: v.numpy()}) into the parameters and buffers of those names, all or none; num_batches_tracked is ignored. Shape mismatches, and with strict missing or unexpected names, raise ValueError listing them all. Returns (missing names, unexpected names).
         """
+    def modules(self) -> list[Layer]:
+        """
+        This layer and every layer inside it, depth first (PyTorch's modules()): for instance [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)].
+        """
     def named_parameters(self) -> list:
         """
         (name, Parameter) pairs of the trainable parameters, as PyTorch's named_parameters().
@@ -185,7 +189,17 @@ class Flatten(Layer):
     def __init__(self) -> None:
         ...
 class BatchNorm2d(Layer):
-    def __init__(self, num_features: typing.Any, eps: typing.SupportsFloat | typing.SupportsIndex = 1e-05, momentum: typing.SupportsFloat | typing.SupportsIndex = 0.1) -> None:
+    def __init__(self, num_features: typing.Any, eps: typing.SupportsFloat | typing.SupportsIndex = 1e-05, momentum: typing.SupportsFloat | typing.SupportsIndex = 0.1, *, sync: bool = False) -> None:
+        """
+        Batch normalization per channel of (N, C, H, W). sync=True: in data-parallel training (juanji.distributed with several ranks) training-mode statistics are those of the global batch, summed over the ranks' shards; otherwise each rank's own.
+        """
+    @property
+    def sync(self) -> bool:
+        """
+        Whether training-mode statistics are synchronized across data-parallel ranks.
+        """
+    @sync.setter
+    def sync(self, arg1: bool) -> None:
         ...
 class Loss:
     def __call__(self, output: typing.Any, target: typing.Any) -> float:

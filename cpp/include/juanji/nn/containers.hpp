@@ -44,6 +44,9 @@ class Container : public Layer {
   std::vector<Child> children_;
 };
 
+// root and every layer inside it, depth first in children() order (PyTorch's modules()).
+std::vector<std::shared_ptr<Layer>> layers_within(const std::shared_ptr<Layer>& root);
+
 // y = body(x) + shortcut(x), the shortcut being the identity when null (a projection shortcut is
 // any layer: typically a 1x1 convolution with a stride and a batch norm). Backward: the output's
 // gradient goes into both branches and their input gradients add.

@@ -269,10 +269,15 @@ class Flatten : public Layer {
   Tensor output_, grad_input_;
 };
 
+// sync: in data-parallel training (distributed::world_size() > 1) a training-mode forward
+// normalizes with the statistics of the global batch, summed over the ranks' shards, and its
+// backward follows them; otherwise each rank uses its own shard's (the default, as in PyTorch).
 class BatchNorm2d : public Layer {
  public:
-  BatchNorm2d(std::int64_t channels, double eps = 1e-5, double momentum = 0.1);
+  BatchNorm2d(std::int64_t channels, double eps = 1e-5, double momentum = 0.1, bool sync = false);
   std::string type() const override { return "BatchNorm2d"; }
+  bool sync() const { return sync_; }
+  void set_sync(bool sync) { sync_ = sync; }
   Json config() const override;
   std::string extra_repr() const override;
   Shape output_shape(const Shape& input) const override;
@@ -289,8 +294,11 @@ class BatchNorm2d : public Layer {
   // Checks grad_y against the last forward (a training-mode one); grad_input_, and its channel
   // sums into *grad_input_sums when given.
   const Tensor& run_backward(const Tensor& grad_y, Tensor* grad_input_sums);
+  // The sum over the ranks' shards where statistics are synchronized now, else empty.
+  ShardSum shard_sum() const;
   std::int64_t channels_;
   double eps_, momentum_;
+  bool sync_;
   std::shared_ptr<Parameter> gamma_, beta_, running_mean_, running_var_;
   Tensor input_, output_, save_mean_, save_invstd_, grad_input_;
   bool last_training_ = false;  // backward needs the batch statistics of a training-mode forward

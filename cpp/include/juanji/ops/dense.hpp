@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 
 #include "juanji/ops/pool.hpp"
 #include "juanji/tensor.hpp"
@@ -51,20 +52,29 @@ Tensor log_softmax_backward(const Tensor& grad_out, const Tensor& x, std::int64_
 void dropout_forward(const Tensor& x, double p, Tensor& mask, Tensor& y);
 void dropout_backward(const Tensor& grad_y, const Tensor& mask, Tensor& grad_x);
 
+// Sums values[0, count) element-wise, in place, over the processes that each hold a shard of one
+// batch: what makes a batch norm synchronized (the statistics of the whole batch). Every process
+// calls it the same number of times with the same count. Empty: this process has the whole batch.
+using ShardSum = std::function<void(double* values, std::int64_t count)>;
+
 // Batch normalization over (N, H, W) per channel of (N, C, H, W). Training uses batch statistics
 // and updates running_mean/running_var (unbiased variance) with `momentum`; eval uses the
 // running ones. save_mean/save_invstd (C) keep what backward needs. relu (CPU only) stores
-// ReLU(y) in the same pass, as the ReLU op computes it (v < 0 ? 0 : v).
+// ReLU(y) in the same pass, as the ReLU op computes it (v < 0 ? 0 : v). With shard_sum (CPU only)
+// training uses the whole batch's statistics.
 void batch_norm2d_forward(const Tensor& x, const Tensor& gamma, const Tensor& beta,
                           Tensor& running_mean, Tensor& running_var, bool training,
                           double momentum, double eps, Tensor& y, Tensor& save_mean,
-                          Tensor& save_invstd, bool relu = false);
+                          Tensor& save_invstd, bool relu = false, const ShardSum& shard_sum = {});
 // grad_x_sums (C, CPU only, optional) gets each channel's sum of grad_x, summed as a
 // convolution's bias gradient is: exactly conv_backward_weight's bias gradient for grad_x, from
-// planes still in cache.
+// planes still in cache. With shard_sum (CPU only), grad_x is the gradient, through the whole
+// batch's statistics, of the sum of the losses whose gradient each shard's grad_y is; grad_gamma
+// and grad_beta stay this shard's (data parallelism averages them).
 void batch_norm2d_backward(const Tensor& grad_y, const Tensor& x, const Tensor& gamma,
                            const Tensor& save_mean, const Tensor& save_invstd, Tensor& grad_x,
-                           Tensor& grad_gamma, Tensor& grad_beta, Tensor* grad_x_sums = nullptr);
+                           Tensor& grad_gamma, Tensor& grad_beta, Tensor* grad_x_sums = nullptr,
+                           const ShardSum& shard_sum = {});
 
 // batch_norm2d_forward with relu, then max pooling `pool` of its output, without storing the
 // normalized tensor (CPU only): y and argmax (N, C, P, Q; argmax may be undefined) are
@@ -73,7 +83,7 @@ void batch_norm2d_relu_max_pool_forward(const Tensor& x, const Tensor& gamma, co
                                         Tensor& running_mean, Tensor& running_var, bool training,
                                         double momentum, double eps, const PoolGeometry& pool,
                                         Tensor& y, Tensor& argmax, Tensor& save_mean,
-                                        Tensor& save_invstd);
+                                        Tensor& save_invstd, const ShardSum& shard_sum = {});
 // Its backward (CPU only): batch_norm2d_backward of max_pool_relu_backward(pool, grad_y, argmax,
 // y) bit for bit, with grad_y, argmax and y (N, C, P, Q) the pooled ones.
 void batch_norm2d_relu_max_pool_backward(const PoolGeometry& pool, const Tensor& grad_y,
@@ -81,6 +91,7 @@ void batch_norm2d_relu_max_pool_backward(const PoolGeometry& pool, const Tensor&
                                          const Tensor& gamma, const Tensor& save_mean,
                                          const Tensor& save_invstd, Tensor& grad_x,
                                          Tensor& grad_gamma, Tensor& grad_beta,
-                                         Tensor* grad_x_sums = nullptr);
+                                         Tensor* grad_x_sums = nullptr,
+                                         const ShardSum& shard_sum = {});
 
 }  // namespace juanji
