@@ -4,10 +4,11 @@
     python bench/distributed.py --threads 2             # 1 rank x 2 threads, for comparison
 
 Prints, on rank 0: allreduce time and bandwidth by message size (N > 1 only), then for each model
-the time per training step of a global batch (per-rank batch = global / ranks) with
-``distribute()``, without it (each rank alone: the compute), the time of the gradients'
-allreduce alone, and the fraction of that allreduce hidden behind the backward:
-1 - (distributed - alone) / allreduce.
+the time per training step of a global batch (per-rank batch = global / ranks) without
+``distribute()`` (each rank alone: the compute), distributed with one bucket (sent after the whole
+backward: no overlap) and with buckets of ``--bucket-mib``, the time of the gradients' allreduce
+alone and in the step (one bucket - alone), and the fraction of the latter that the buckets hide
+behind the backward: (one bucket - buckets) / (one bucket - alone).
 
 Past one machine, by model (``--project``, one rank): the measured forward and backward times of
 each model at the per-rank batch, its gradient buckets, and an alpha-beta model of ring allreduce
@@ -168,15 +169,24 @@ def main() -> None:
         alone = timed(3, train_steps, model, x, y, loss, opt, args.steps) / args.steps
         line = f"{name}: global batch {per_rank * world}: step alone {alone * 1e3:.2f} ms"
         if world > 1:
+            # One bucket, sent once the whole backward is done: nothing overlaps. The ranks now
+            # wait for each other every step, which costs more than the sum on small models.
+            model.distribute(bucket_mib=1e6)
+            model.train_step(x, y, loss, opt)
+            serial = timed(3, train_steps, model, x, y, loss, opt, args.steps) / args.steps
             model.distribute(bucket_mib=args.bucket_mib)
             model.train_step(x, y, loss, opt)
             together = timed(3, train_steps, model, x, y, loss, opt, args.steps) / args.steps
             grads = [np.ones(p.data.size, np.float32) for p in model.parameters() if p.grad is not None]
             flat = np.concatenate(grads)
             reduce = timed(10, distributed.all_reduce, flat)
-            hidden = 1 - (together - alone) / reduce if reduce > 0 else 0.0
-            line += (f", distributed {together * 1e3:.2f} ms, allreduce of {flat.nbytes / 1e6:.2f} MB "
-                     f"{reduce * 1e3:.2f} ms, hidden {100 * hidden:.0f}%")
+            # In a step the sum costs more than alone in a loop (its buffers are cold, the caches
+            # full of the step's tensors): its cost is what one bucket adds to the step.
+            cost = serial - alone
+            hidden = (serial - together) / cost if cost > 0 else 0.0
+            line += (f", one bucket {serial * 1e3:.2f} ms, buckets of {args.bucket_mib:g} MiB "
+                     f"{together * 1e3:.2f} ms; allreduce of {flat.nbytes / 1e6:.2f} MB alone "
+                     f"{reduce * 1e3:.2f} ms, in the step {cost * 1e3:.2f} ms, hidden {100 * hidden:.0f}%")
             alone = together
         say(line + f"; {per_rank * world / alone:.0f} img/s")
 

@@ -164,6 +164,27 @@ def test_without_crop_and_flip_the_batches_are_the_plain_shuffled_ones():
     np.testing.assert_array_equal(np.concatenate([b for _, b in augmented]), order)
 
 
+@pytest.mark.parametrize("n, batch_size, shards", [(23, 8, 3), (22, 8, 3), (16, 8, 2), (5, 7, 5), (9, 4, 1)],
+                         ids=["uneven_slices", "last_batch_too_small", "even", "one_row_each", "one_shard"])
+def test_shards_are_the_slices_of_the_whole_batches(n, batch_size, shards):
+    """Each shard makes exactly its rows of every batch (rank * rows // shards on), so the ranks of
+    a data-parallel run together see the single-process batches; a last batch with fewer rows
+    than shards is left out by every shard."""
+    x, y = distinct_images(n)
+    kw = {"seed": 3, "epoch": 1, "crop_padding": 2, "flip": True}
+    whole = list(data.augmented_batches(x, y, batch_size, **kw))
+    if shards > 1 and n % batch_size and n % batch_size < shards:
+        whole = whole[:-1]
+    parts = [list(data.augmented_batches(x, y, batch_size, shard=r, shards=shards, **kw)) for r in range(shards)]
+    for k, (wx, wy) in enumerate(whole):
+        rows = len(wy)
+        for r in range(shards):
+            first, last = r * rows // shards, (r + 1) * rows // shards
+            np.testing.assert_array_equal(parts[r][k][0], wx[first:last])
+            np.testing.assert_array_equal(parts[r][k][1], wy[first:last])
+    assert all(len(p) == len(whole) for p in parts)
+
+
 def test_shuffle_false_keeps_the_data_set_order():
     x, y = distinct_images(20)
     batches = epoch(x, y, batch_size=6, shuffle=False, crop_padding=0, flip=False)
@@ -302,9 +323,12 @@ X, Y = distinct_images(4)
     ((X, Y.astype(np.float32), 2), {}, TypeError, "labels: expected integer labels"),
     ((X, Y, True), {}, TypeError, "batch_size"),
     ((X, Y, 2.0), {}, TypeError, "batch_size"),
+    ((X, Y, 2), {"shards": 0}, ValueError, "shards: must be positive, got 0"),
+    ((X, Y, 2), {"shard": 2, "shards": 2}, ValueError, r"shard: must be in \[0, 2\), got 2"),
+    ((X, Y, 2), {"shard": -1, "shards": 2}, ValueError, r"shard: must be in \[0, 2\), got -1"),
 ], ids=["batch_zero", "batch_negative", "padding_negative", "padding_huge", "prefetch", "fill_nan",
         "fill_huge", "seed", "lengths", "three_d", "labels_2d", "float64", "float_labels",
-        "bool_batch", "float_batch"])
+        "bool_batch", "float_batch", "no_shards", "shard_past", "shard_negative"])
 def test_bad_arguments_name_themselves(args, kw, error, match):
     with pytest.raises(error, match=match):
         data.augmented_batches(*args, **{"seed": 0, "epoch": 0, **kw})

@@ -336,12 +336,14 @@ def test_cli_trains_on_two_ranks_and_only_rank_0_prints_and_writes(tmp_path):
 
 
 @needs_mpi
-def test_cli_synchronizes_batch_norm_on_request(tmp_path):
+def test_cli_synchronizes_batch_norm_and_augments_per_rank_on_request(tmp_path):
     out = tmp_path / "run"
     result = run_cli("train", "--model", "convnet", "--data", SUBSET_DIR, "--epochs", "1", "--limit", "64",
-                     "--batch-size", "16", "--sync-batch-norm", "--out", str(out))
+                     "--batch-size", "16", "--sync-batch-norm", "--augment", "crop,flip", "--out", str(out))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "batch-norm statistics synchronized" in result.stdout
+    log = json.loads((out / "log.json").read_text())
+    assert len(log["step_losses"]) == log["steps_per_epoch"] == 2  # each rank's loader made its slices
     norms = [m for m in juanji.load(out / "model.safetensors").modules() if isinstance(m, juanji.nn.BatchNorm2d)]
     assert norms and all(m.sync for m in norms)
 

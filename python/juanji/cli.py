@@ -186,19 +186,21 @@ def _make_scheduler(optimizer, args: argparse.Namespace, steps_per_epoch: int):
     return None
 
 
-def _epoch_batches(args: argparse.Namespace, dataset, shuffle_rng: np.random.Generator):
-    """A function of the epoch number giving that epoch's training batches: NumPy's shuffle from
-    shuffle_rng without augmentation (the batches of earlier versions, bit for bit), else the
-    C++ loader's, seeded with --seed and the epoch, padding with the normalised value of black."""
+def _epoch_batches(args: argparse.Namespace, dataset, shuffle_rng: np.random.Generator, rank: int = 0,
+                   world: int = 1):
+    """A function of the epoch number giving this rank's slices of that epoch's training batches
+    (of args.batch_size, the global batch): NumPy's shuffle from shuffle_rng without augmentation
+    (the batches of earlier versions, bit for bit), else the C++ loader's, seeded with --seed and
+    the epoch, padding with the normalised value of black, making only this rank's slice."""
     augment = [] if args.augment == "none" else args.augment.split(",")
     if not augment:
-        return lambda epoch: batches(dataset.x_train, dataset.y_train, args.batch_size,
-                                     shuffle=True, rng=shuffle_rng)
+        return lambda epoch: _shards(batches(dataset.x_train, dataset.y_train, args.batch_size,
+                                             shuffle=True, rng=shuffle_rng), rank, world)
     black = float(normalize(np.zeros(1, np.float32), dataset.mean, dataset.std)[0])
     return lambda epoch: augmented_batches(
         dataset.x_train, dataset.y_train, args.batch_size, seed=args.seed, epoch=epoch,
         crop_padding=args.crop_padding if "crop" in augment else 0, flip="flip" in augment,
-        fill=black)
+        fill=black, shard=rank, shards=world)
 
 
 def _first_conv_weights(model) -> np.ndarray | None:
@@ -270,14 +272,15 @@ def launched_by_mpi() -> bool:
 
 
 def _shards(global_batches, rank: int, world: int):
-    """This rank's rows of each global batch: world nearly equal contiguous slices. A last batch
-    with fewer rows than ranks is skipped on every rank (each must take part in every step)."""
+    """This rank's rows of each global batch: world nearly equal contiguous slices, as the C++
+    loader's shards (rows rank * n // world to (rank + 1) * n // world). A last batch with fewer
+    rows than ranks is skipped on every rank (each must take part in every step)."""
     for x, y in global_batches:
         if world == 1:
             yield x, y
         elif len(x) >= world:
-            bounds = np.linspace(0, len(x), world + 1).astype(np.int64)
-            yield x[bounds[rank]:bounds[rank + 1]], y[bounds[rank]:bounds[rank + 1]]
+            first, last = rank * len(x) // world, (rank + 1) * len(x) // world
+            yield x[first:last], y[first:last]
 
 
 def _evaluate_sharded(model, x, y, rank: int, world: int) -> tuple[float, float]:
@@ -369,7 +372,7 @@ def _train(args: argparse.Namespace, juanji, nn, distributed, rank: int, world: 
         steps_per_epoch -= 1  # _shards skips that last batch
     scheduler = _make_scheduler(optimizer, args, steps_per_epoch)
     global_args = argparse.Namespace(**{**vars(args), "batch_size": global_batch})
-    epoch_batches = _epoch_batches(global_args, dataset, shuffle_rng)
+    epoch_batches = _epoch_batches(global_args, dataset, shuffle_rng, rank, world)
     log: dict[str, Any] = {
         "args": {key: value for key, value in vars(args).items() if key != "handler"},
         "world_size": world, "global_batch_size": global_batch,
@@ -386,7 +389,7 @@ def _train(args: argparse.Namespace, juanji, nn, distributed, rank: int, world: 
         loss_sum = 0.0
         seen = 0
         start = time.perf_counter()
-        for x_batch, y_batch in _shards(epoch_batches(epoch), rank, world):
+        for x_batch, y_batch in epoch_batches(epoch):
             loss = float(model.train_step(x_batch, y_batch, loss_fn, optimizer))
             if not math.isfinite(loss):
                 raise ValueError(f"training diverged in epoch {epoch} (loss {loss}): "

@@ -334,6 +334,8 @@ def augmented_batches(
     shuffle: bool = True,
     fill: float = 0.0,
     prefetch: int = 2,
+    shard: int = 0,
+    shards: int = 1,
 ) -> BatchLoader:
     """One epoch of (x, y) mini-batches, each image randomly cropped and flipped, made in C++ on
     a background thread up to ``prefetch`` batches ahead of the loop that consumes them.
@@ -344,10 +346,13 @@ def augmented_batches(
     the normalised value of black, ``(0 - mean) / std``), then mirrored left-right with
     probability 1/2 if ``flip``. The batches depend only on (``seed``, ``epoch``) and the
     arguments, never on timing or the thread count; :func:`augmentation_plan` lists the choices.
-    ``crop_padding=0, flip=False`` gives the plain (shuffled) batches.
+    ``crop_padding=0, flip=False`` gives the plain (shuffled) batches. For data parallelism,
+    ``shard=rank, shards=world`` makes only that rank's slice of each batch (rows
+    ``rank * n // world`` to ``(rank + 1) * n // world`` of its ``n``), the same rows as the
+    whole batch would hold there.
     """
     return BatchLoader(x, y, batch_size, shuffle=shuffle, crop_padding=crop_padding, flip=flip,
-                       fill=fill, seed=seed, epoch=epoch, prefetch=prefetch)
+                       fill=fill, seed=seed, epoch=epoch, prefetch=prefetch, shard=shard, shards=shards)
 
 
 def augmentation_plan(count: int, *, seed: int, epoch: int, crop_padding: int = 4,

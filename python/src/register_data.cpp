@@ -52,20 +52,24 @@ offset (torchvision's RandomCrop); with flip it is mirrored left-right with prob
 The batches depend only on (seed, epoch) and the arguments. A worker thread makes up to
 `prefetch` batches ahead, so making the next batch overlaps the training step; waiting for one
 releases the GIL. Dropping the iterator or close() stops the worker; an error in it is raised
-by the next() that would have returned the batch.)doc")
+by the next() that would have returned the batch. Data parallelism: shard=r, shards=w make only
+slice r of w of each batch (rows r*n//w to (r+1)*n//w of its n), leaving out a last batch of
+fewer than w rows.)doc")
       .def(py::init([](py::handle images, py::handle labels, py::handle batch_size, bool shuffle,
                        py::handle crop_padding, bool flip, double fill, py::handle seed,
-                       py::handle epoch, py::handle prefetch) {
+                       py::handle epoch, py::handle prefetch, py::handle shard, py::handle shards) {
              data::LoaderOptions options = plan_options(shuffle, crop_padding, flip, fill, seed, epoch);
              options.batch_size = int_arg(batch_size, "batch_size");
              options.prefetch = int_arg(prefetch, "prefetch");
+             options.shard = int_arg(shard, "shard");
+             options.shards = int_arg(shards, "shards");
              return std::make_unique<data::BatchLoader>(tensor_arg(images, "images"),
                                                         labels_arg(labels, "labels"), options);
            }),
            py::arg("images"), py::arg("labels"), py::arg("batch_size"), py::kw_only(),
            py::arg("shuffle") = true, py::arg("crop_padding") = 0, py::arg("flip") = false,
            py::arg("fill") = 0.0, py::arg("seed") = 0, py::arg("epoch") = 0,
-           py::arg("prefetch") = 2)
+           py::arg("prefetch") = 2, py::arg("shard") = 0, py::arg("shards") = 1)
       .def("__iter__", [](data::BatchLoader& self) -> data::BatchLoader& { return self; },
            py::return_value_policy::reference)
       .def("__next__",

@@ -137,11 +137,21 @@ Tensor augment_images(const Tensor& images, const EpochPlan& plan, std::int64_t 
   return out;
 }
 
+std::pair<std::int64_t, std::int64_t> batch_rows(std::int64_t count, const LoaderOptions& options,
+                                                 std::int64_t k) {
+  const std::int64_t begin = k * options.batch_size;
+  const std::int64_t rows = std::min(count, begin + options.batch_size) - begin;
+  return {begin + options.shard * rows / options.shards, begin + (options.shard + 1) * rows / options.shards};
+}
+
 BatchLoader::BatchLoader(const Tensor& images, const Tensor& labels,
                          const LoaderOptions& options)
     : options_(options) {
   check(options.batch_size > 0, "batch_size: must be positive, got ", options.batch_size);
   check(options.prefetch > 0, "prefetch: must be positive, got ", options.prefetch);
+  check(options.shards > 0, "shards: must be positive, got ", options.shards);
+  check(options.shard >= 0 && options.shard < options.shards, "shard: must be in [0, ", options.shards,
+        "), got ", options.shard);
   check_images(images, "images");
   check_defined(labels, "labels");
   check(labels.dim() == 1, "labels: expected shape (N,), got ", shape_text(labels.shape()));
@@ -157,6 +167,8 @@ BatchLoader::BatchLoader(const Tensor& images, const Tensor& labels,
   const std::int64_t count = images_.size(0);
   plan_ = plan_epoch(count, options_);
   num_batches_ = count / options_.batch_size + (count % options_.batch_size != 0);
+  if (options_.shards > 1 && count % options_.batch_size != 0 && count % options_.batch_size < options_.shards)
+    --num_batches_;  // a last batch too small to give every shard a row
   if (num_batches_ == 0)
     worker_done_ = true;
   else
@@ -166,7 +178,7 @@ BatchLoader::BatchLoader(const Tensor& images, const Tensor& labels,
 BatchLoader::~BatchLoader() { close(); }
 
 void BatchLoader::produce() {
-  const std::int64_t count = images_.size(0), batch_size = options_.batch_size;
+  const std::int64_t count = images_.size(0);
   const std::int64_t* labels = labels_.data<std::int64_t>();
   try {
     for (std::int64_t k = 0; k < num_batches_; ++k) {
@@ -177,7 +189,7 @@ void BatchLoader::produce() {
         });
         if (stopping_) break;
       }
-      const std::int64_t begin = k * batch_size, end = std::min(count, begin + batch_size);
+      const auto [begin, end] = batch_rows(count, options_, k);
       Batch batch;
       batch.images = augment_images(images_, plan_, begin, end, options_.augment);
       batch.labels = Tensor::empty({end - begin}, DType::int64);

@@ -204,10 +204,11 @@ double Sequential::train_step(const Tensor& x, const Tensor& target, Loss& loss,
     std::size_t next = 0;
     auto& buckets = buckets_->buckets;
     plan_->backward(grad_output_, false, [&](std::size_t first) {
-      for (; next < buckets.size() && buckets[next].first_layer >= first; ++next) start_sum(next);
+      for (; next < buckets.size() && buckets[next].first_layer >= first; ++next) sum_bucket(next, false);
       buckets_->sums.progress();
     });
-    for (; next < buckets.size(); ++next) start_sum(next);
+    // Nothing is left to overlap with the buckets that the first layers fill.
+    for (; next < buckets.size(); ++next) sum_bucket(next, true);
     finish_sums();
   } else {
     plan_->backward(grad_output_, false);
@@ -290,7 +291,7 @@ void Sequential::distribute(std::int64_t bucket_bytes) {
 
 bool Sequential::is_distributed() const { return buckets_ != nullptr; }
 
-void Sequential::start_sum(std::size_t index) {
+void Sequential::sum_bucket(std::size_t index, bool blocking) {
   auto& bucket = buckets_->buckets[index];
   const DType dtype = bucket.parameters.front()->grad.dtype();
   if (!bucket.flat.defined() || bucket.flat.dtype() != dtype) bucket.flat = Tensor::empty({bucket.count}, dtype);
@@ -304,7 +305,8 @@ void Sequential::start_sum(std::size_t index) {
     std::memcpy(flat + offset * element, p->grad.data_ptr(), static_cast<std::size_t>(n) * element);
     offset += n;
   }
-  buckets_->sums.start(flat, bucket.count, dtype);
+  if (blocking) distributed::all_reduce(flat, bucket.count, dtype, distributed::ReduceOp::sum);
+  else buckets_->sums.start(flat, bucket.count, dtype);
 }
 
 namespace {

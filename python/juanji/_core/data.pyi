@@ -17,9 +17,11 @@ class BatchLoader:
     The batches depend only on (seed, epoch) and the arguments. A worker thread makes up to
     `prefetch` batches ahead, so making the next batch overlaps the training step; waiting for one
     releases the GIL. Dropping the iterator or close() stops the worker; an error in it is raised
-    by the next() that would have returned the batch.
+    by the next() that would have returned the batch. Data parallelism: shard=r, shards=w make only
+    slice r of w of each batch (rows r*n//w to (r+1)*n//w of its n), leaving out a last batch of
+    fewer than w rows.
     """
-    def __init__(self, images: typing.Any, labels: typing.Any, batch_size: typing.Any, *, shuffle: bool = True, crop_padding: typing.Any = 0, flip: bool = False, fill: typing.SupportsFloat | typing.SupportsIndex = 0.0, seed: typing.Any = 0, epoch: typing.Any = 0, prefetch: typing.Any = 2) -> None:
+    def __init__(self, images: typing.Any, labels: typing.Any, batch_size: typing.Any, *, shuffle: bool = True, crop_padding: typing.Any = 0, flip: bool = False, fill: typing.SupportsFloat | typing.SupportsIndex = 0.0, seed: typing.Any = 0, epoch: typing.Any = 0, prefetch: typing.Any = 2, shard: typing.Any = 0, shards: typing.Any = 1) -> None:
         ...
     def __iter__(self) -> BatchLoader:
         ...

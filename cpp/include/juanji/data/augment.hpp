@@ -15,6 +15,7 @@
 #include <mutex>
 #include <optional>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "juanji/tensor.hpp"
@@ -36,6 +37,11 @@ struct LoaderOptions {
   std::uint64_t seed = 0;
   std::uint64_t epoch = 0;
   std::int64_t prefetch = 2;  // batches made ahead of the consumer
+  // Data parallelism: of each batch, only shard `shard` of `shards` nearly equal contiguous
+  // slices (rows [shard * n / shards, (shard + 1) * n / shards) of its n) is made. With several
+  // shards a last batch of fewer rows than shards is left out, as every shard must get rows.
+  std::int64_t shard = 0;
+  std::int64_t shards = 1;
 };
 
 // The random choices of one epoch, one entry per position in it.
@@ -63,6 +69,10 @@ struct Batch {
   Tensor images;  // (B, C, H, W) float32
   Tensor labels;  // (B,) int64
 };
+
+// Rows [first, last) of the epoch's positions that make shard options.shard of batch k.
+std::pair<std::int64_t, std::int64_t> batch_rows(std::int64_t count, const LoaderOptions& options,
+                                                 std::int64_t k);
 
 // One epoch of batches of images (N, C, H, W) float32 and labels (N,) int64, both on the CPU
 // (copied once if not contiguous), made on a worker thread that starts with the constructor.

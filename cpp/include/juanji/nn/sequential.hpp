@@ -164,9 +164,10 @@ class Sequential : public Container {
   // Set by distribute(): the gradient buckets averaged over the ranks in train_step.
   struct GradientBuckets;
   std::unique_ptr<GradientBuckets> buckets_;
-  // A distributed train_step's: pack bucket `index`'s gradients and start their sum; wait for
-  // all the sums and write the means back into the gradients.
-  void start_sum(std::size_t index);
+  // A distributed train_step's: pack bucket `index`'s gradients and sum them over the ranks,
+  // started (non-blocking) while the backward runs, at once (blocking: MPI's tuned algorithms)
+  // after it; wait for all the sums and write the means back into the gradients.
+  void sum_bucket(std::size_t index, bool blocking);
   void finish_sums();
 };
 
