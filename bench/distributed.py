@@ -134,6 +134,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--threads", type=int)
     parser.add_argument("--bucket-mib", type=float, default=25.0)
+    parser.add_argument("--sync-batch-norm", action="store_true",
+                        help="batch norm with the global batch's statistics (BatchNorm2d(sync=True))")
     parser.add_argument("--project", action="store_true",
                         help="one rank: the alpha-beta projection to 8, 64 and 512 machines")
     args = parser.parse_args()
@@ -158,6 +160,9 @@ def main() -> None:
     for name in args.models.split(","):
         juanji.manual_seed(0)
         model = MODELS[name]()
+        for layer in model.modules():
+            if isinstance(layer, nn.BatchNorm2d):
+                layer.sync = args.sync_batch_norm
         x = rng.standard_normal((per_rank, 1, 28, 28)).astype(np.float32)
         y = rng.integers(0, 10, per_rank)
         loss = nn.CrossEntropyLoss()
