@@ -14,7 +14,8 @@
 
 namespace juanji {
 
-enum class DType : std::uint8_t { float32, float64, int64 };
+// bfloat16: see juanji/bfloat16.hpp; kernels take it where they say so, the others refuse it.
+enum class DType : std::uint8_t { float32, float64, int64, bfloat16 };
 std::size_t dtype_size(DType dtype);
 const char* dtype_name(DType dtype);
 

@@ -8,6 +8,7 @@
 #include <new>
 #include <unordered_map>
 
+#include "juanji/bfloat16.hpp"
 #include "ops/backend.hpp"
 
 namespace juanji::device {
@@ -157,6 +158,7 @@ void strided_copy_from(const Tensor& dst, const Tensor& src) {
     case DType::float32: return strided_copy_cpu<Dst, float>(dst, src);
     case DType::float64: return strided_copy_cpu<Dst, double>(dst, src);
     case DType::int64: return strided_copy_cpu<Dst, std::int64_t>(dst, src);
+    case DType::bfloat16: return strided_copy_cpu<Dst, bfloat16>(dst, src);
   }
 }
 
@@ -180,6 +182,7 @@ void strided_copy(const Tensor& dst, const Tensor& src) {
     case DType::float32: return strided_copy_from<float>(dst, src);
     case DType::float64: return strided_copy_from<double>(dst, src);
     case DType::int64: return strided_copy_from<std::int64_t>(dst, src);
+    case DType::bfloat16: return strided_copy_from<bfloat16>(dst, src);
   }
 }
 
@@ -189,6 +192,7 @@ void fill(const Tensor& dst, double value) {
     case DType::float32: return fill_cpu<float>(dst, value);
     case DType::float64: return fill_cpu<double>(dst, value);
     case DType::int64: return fill_cpu<std::int64_t>(dst, value);
+    case DType::bfloat16: return fill_cpu<bfloat16>(dst, value);
   }
 }
 

@@ -15,6 +15,7 @@ std::size_t dtype_size(DType dtype) {
     case DType::float32: return 4;
     case DType::float64: return 8;
     case DType::int64: return 8;
+    case DType::bfloat16: return 2;
   }
   return 0;
 }
@@ -24,6 +25,7 @@ const char* dtype_name(DType dtype) {
     case DType::float32: return "float32";
     case DType::float64: return "float64";
     case DType::int64: return "int64";
+    case DType::bfloat16: return "bfloat16";
   }
   return "?";
 }
