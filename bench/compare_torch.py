@@ -3,7 +3,7 @@ count, or with --device cuda on the GPU against torch's CUDA path (cuDNN).
 
     python bench/compare_torch.py [--device cpu|cuda] [--threads 2] [--repeat 15] [--rounds 3]
                                   [--markdown out.md] [--only conv,depthwise,pool,residual,train]
-                                  [--tf32]
+                                  [--tf32] [--precision bf16]
 
 PyTorch is a benchmark peer only: install it with `pip install torch==2.13.0` (a CUDA build of it
 for --device cuda). On the GPU both sides keep their data on the device, each timed sample runs
@@ -282,6 +282,75 @@ def train_step_row(dev: Device, name, model, tmodel, batch, rng):
     return (f"{name} train step b{batch}", jt, tt, f"{batch / jt:.0f} img/s", f"{batch / tt:.0f} img/s")
 
 
+# The convolutions of the mixed-precision issue: the large 3x3 and 1x1 cases.
+BF16_CONV_CASES = ["cifar_c2", "res_64", "res_128", "res_256", "pw"]
+
+
+def precision_rows(dev: Device):
+    """Each case in float32 and in bf16 on both sides: juanji's Layer.set_precision("bf16")
+    against torch.autocast("cpu", dtype=torch.bfloat16). Conv rows time a layer's forward and
+    backward (input and weight gradients), train rows a whole SGD step."""
+    torch = dev.torch
+    rng = np.random.default_rng(4)
+    rows = []
+    autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16)  # noqa: E731
+    for name, N, C, H, W, K, R, s, p in CONV_CASES:
+        if name not in BF16_CONV_CASES:
+            continue
+        x = rng.standard_normal((N, C, H, W), dtype=np.float32)
+        P, Q = (H + 2 * p - R) // s + 1, (W + 2 * p - R) // s + 1
+        dy = rng.standard_normal((N, K, P, Q), dtype=np.float32)
+        layer = nn.Conv2d(C, K, R, stride=s, padding=p)
+        tlayer = torch.nn.Conv2d(C, K, R, stride=s, padding=p)
+        xt, dyt = torch.from_numpy(x).requires_grad_(), torch.from_numpy(dy)
+        flops = 3 * 2.0 * N * K * P * Q * C * R * R
+        for precision in ("fp32", "bf16"):
+            layer.set_precision(precision)
+
+            def juanji_step():
+                layer.forward(x)
+                layer.backward(dy)
+
+            def torch_step():
+                if precision == "bf16":
+                    with autocast():
+                        y = tlayer(xt)
+                    y.backward(dyt.to(y.dtype))
+                else:
+                    tlayer(xt).backward(dyt)
+
+            jt, tt = dev.time_pair(juanji_step, torch_step)
+            rows.append((f"conv {name} fwd+bwd {precision}", jt, tt, f"{flops / jt / 1e9:.0f} GF/s",
+                         f"{flops / tt / 1e9:.0f} GF/s"))
+    for name, make, make_torch, batch in (("LeNet", lenet_juanji, lenet_torch, 64),
+                                          ("convnet", models.convnet, convnet_torch, 64),
+                                          ("ResNet", models.resnet, resnet_torch, 128)):
+        model, tmodel = make(), make_torch(torch)
+        x = rng.standard_normal((batch, 1, 28, 28), dtype=np.float32)
+        y = rng.integers(0, 10, batch)
+        xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+        opt, topt = optim.SGD(model.parameters(), lr=0.01, momentum=0.9), torch.optim.SGD(
+            tmodel.parameters(), lr=0.01, momentum=0.9)
+        loss = nn.CrossEntropyLoss()
+        for precision in ("fp32", "bf16"):
+            model.set_precision(precision)
+
+            def torch_step():
+                topt.zero_grad()
+                if precision == "bf16":
+                    with autocast():
+                        out = tmodel(xt)
+                    torch.nn.functional.cross_entropy(out.float(), yt).backward()
+                else:
+                    torch.nn.functional.cross_entropy(tmodel(xt), yt).backward()
+                topt.step()
+
+            jt, tt = dev.time_pair(lambda: model.train_step(x, y, loss, opt), torch_step, warmup=5)
+            rows.append((f"{name} train step b{batch} {precision}", jt, tt, f"{batch / jt:.0f} img/s",
+                         f"{batch / tt:.0f} img/s"))
+    return rows
+
+
 def train_rows(dev: Device):
     torch = dev.torch
     rows = []
@@ -345,6 +414,9 @@ def main() -> None:
                         help="comma-separated: conv, depthwise, pool, residual, train, latency")
     parser.add_argument("--markdown", help="also write the table to this file")
     parser.add_argument("--tf32", action="store_true", help="let cuDNN use TF32 tensor cores (cuda only)")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                        help="bf16: instead of the groups, the large 3x3 and 1x1 convolutions' layer steps and "
+                             "the training steps in float32 and in bf16 (juanji's set_precision, torch's autocast)")
     args = parser.parse_args()
 
     import torch
@@ -366,8 +438,13 @@ def main() -> None:
     groups = {"conv": conv_rows, "depthwise": depthwise_rows, "pool": pool_rows, "residual": residual_rows,
               "train": train_rows, "latency": latency_rows}
     rows = []
-    for name in args.only.split(","):
-        rows += groups[name](dev)
+    if args.precision == "bf16":
+        if dev.cuda:
+            parser.error("--precision bf16 compares on the CPU")
+        rows = precision_rows(dev)
+    else:
+        for name in args.only.split(","):
+            rows += groups[name](dev)
 
     per_round = max(1, args.repeat // args.rounds)
     samples = f"median of {per_round * args.rounds} samples each, in {args.rounds} alternating rounds"
@@ -385,6 +462,14 @@ def main() -> None:
              "|---|---:|---:|---:|---:|---:|"]
     for case, jt, tt, jr, tr in rows:
         lines.append(f"| {case} | {jt * 1e3:.3f} | {tt * 1e3:.3f} | {tt / jt:.2f}x | {jr} | {tr} |")
+    if args.precision == "bf16":
+        times = {case: (jt, tt) for case, jt, tt, _, _ in rows}
+        lines += ["", "| case | juanji bf16 vs fp32 | torch bf16 vs fp32 |", "|---|---:|---:|"]
+        for case in times:
+            if case.endswith(" bf16"):
+                base = case[:-len(" bf16")]
+                (jb, tb), (jf, tf) = times[case], times[base + " fp32"]
+                lines.append(f"| {base} | {jf / jb:.2f}x | {tf / tb:.2f}x |")
     publish(lines, args.markdown)
 
 

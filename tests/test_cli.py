@@ -168,12 +168,14 @@ def test_train_writes_artifacts_and_loss_falls(tmp_path, model, capsys):
 @pytest.mark.parametrize("optimizer", ["adam", "adamw"])
 def test_train_with_adam_warm_up_and_per_step_schedule(tmp_path, optimizer, capsys):
     out = tmp_path / "run"
+    precision = "bf16" if optimizer == "adamw" else "fp32"  # mixed precision trains with either
     assert cli.main(["train", "--model", "convnet", "--data", SUBSET_DIR, "--epochs", "3", "--limit", "256",
                      "--batch-size", "64", "--out", str(out), "--optimizer", optimizer, "--lr", "0.004",
                      "--warmup-epochs", "1", "--lr-update", "step", "--label-smoothing", "0.1",
-                     "--augment", "crop,flip"]) == 0
+                     "--augment", "crop,flip", "--precision", precision]) == 0
     printed = capsys.readouterr().out
     assert f"{optimizer} lr 0.004, weight decay" in printed and "label smoothing 0.1" in printed
+    assert f"precision {precision}," in printed
     log = json.loads((out / "log.json").read_text())
     # Per step: a linear warm-up from lr / (4 + 1) over the first epoch's 4 steps, then a cosine over
     # the other 2 epochs' 8 steps, half way down after 4 of them.

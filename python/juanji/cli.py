@@ -342,6 +342,7 @@ def _train(args: argparse.Namespace, juanji, nn, distributed, rank: int, world: 
     print(f"data: {args.data}: {len(dataset.x_train)} training, {len(dataset.x_test)} test images "
           f"of {input_shape}, normalised with mean {dataset.mean:.4f}, std {dataset.std:.4f}")
     model = MODELS[args.model]()
+    model.set_precision(args.precision)
     if args.sync_batch_norm:
         for layer in model.modules():
             if isinstance(layer, nn.BatchNorm2d):
@@ -356,7 +357,7 @@ def _train(args: argparse.Namespace, juanji, nn, distributed, rank: int, world: 
     print(f"training {args.model} for {counted(args.epochs, 'epoch')}: "
           f"batch {args.batch_size}, {args.optimizer} lr {args.lr}{momentum}, weight decay {args.weight_decay}, "
           f"schedule {args.schedule} (warm-up {counted(args.warmup_epochs, 'epoch')}, per {args.lr_update}), "
-          f"label smoothing {args.label_smoothing}, augment {args.augment}, "
+          f"label smoothing {args.label_smoothing}, augment {args.augment}, precision {args.precision}, "
           f"{juanji.get_num_threads()} threads, device {args.device}")
     if world > 1:
         norms = "synchronized" if args.sync_batch_norm else "per rank"
@@ -850,6 +851,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "on a background thread (default: the model's, see above)")
     train.add_argument("--crop-padding", type=positive_int, metavar="P",
                        help="--augment crop shifts each image by up to P pixels each way")
+    train.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                       help="bf16: convolutions and linear layers compute in bfloat16 with float32 "
+                            "sums, weights and optimizer in float32 (default fp32)")
     train.add_argument("--sync-batch-norm", action="store_true",
                        help="under mpirun, batch norm uses the statistics of the global batch "
                             "instead of each rank's own (nn.BatchNorm2d(sync=True))")

@@ -220,6 +220,19 @@ void register_nn(py::module_& m) {
            },
            "train(False).")
       .def_property_readonly("training", &Layer::training)
+      .def("set_precision",
+           [](py::object self, const std::string& precision) {
+             self.cast<Layer&>().set_precision(nn::precision_from_name(precision));
+             return self;
+           },
+           py::arg("precision"),
+           "Mixed precision for this layer and the layers inside it; returns the layer. 'bf16': convolutions "
+           "and linear layers compute from their input, weights and output gradient rounded to bfloat16 with "
+           "float32 sums, their outputs and input gradients rounded to bfloat16; weights, their gradients, "
+           "optimizer state, the other layers and the loss stay float32. 'fp32' (the default): every layer "
+           "computes in its parameters' dtype.")
+      .def_property_readonly("precision", [](const Layer& l) { return nn::precision_name(l.precision()); },
+                             "'fp32' or 'bf16' (see set_precision).")
       .def("add_parameter",
            [](Layer& self, const std::string& name, py::handle value, bool trainable) {
              auto* python_layer = dynamic_cast<PythonLayer*>(&self);

@@ -16,6 +16,7 @@
 #include "cpu/pool.hpp"
 #include "cpu/vec_math.hpp"
 #include "cpu/workspace.hpp"
+#include "juanji/bfloat16.hpp"
 
 namespace juanji::cpu {
 namespace {
@@ -448,6 +449,13 @@ void add(const Tensor& a, const Tensor& b, Tensor& y, bool relu) {
     } else {
       for_each_index(a.numel(), y.data<T>(), [ad, bd](std::int64_t i) { return ad[i] + bd[i]; });
     }
+  });
+}
+
+void round_to_bfloat16(const Tensor& x, Tensor& y) {
+  const float* xd = x.data<float>();
+  for_each_index(x.numel(), y.data<float>(), [xd](std::int64_t i) {
+    return float_from_bfloat16_bits(bfloat16_bits_from_float(xd[i]));
   });
 }
 

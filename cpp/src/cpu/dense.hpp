@@ -16,6 +16,8 @@ namespace juanji::cpu {
 // output y, or recompute it from x when y is null. grad_x may alias grad_y.
 void activation_forward(Activation kind, double negative_slope, const Tensor& x, Tensor& y);
 void add(const Tensor& a, const Tensor& b, Tensor& y, bool relu);
+// x, y float32, contiguous, same size; y may alias x.
+void round_to_bfloat16(const Tensor& x, Tensor& y);
 void activation_backward(Activation kind, double negative_slope, const Tensor& grad_y,
                          const Tensor& x, const Tensor* y, Tensor& grad_x);
 

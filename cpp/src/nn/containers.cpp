@@ -70,6 +70,11 @@ void Container::train(bool mode) {
   for (auto& child : children_) child.layer->train(mode);
 }
 
+void Container::set_precision(Precision precision) {
+  Layer::set_precision(precision);
+  for (auto& child : children_) child.layer->set_precision(precision);
+}
+
 std::string repr(const Layer& layer) {
   std::string text = layer.type() + "(" + layer.extra_repr();
   const auto* container = dynamic_cast<const Container*>(&layer);

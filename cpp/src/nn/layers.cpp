@@ -238,13 +238,14 @@ double Conv::flops(const Shape& input) const { return geometry(input).flops(); }
 void Conv::prepare_forward(const Tensor& x) {
   check_input(x, *weight_, type());
   geometry_ = geometry(x.shape());
-  input_ = x.contiguous();
+  input_ = rounded_.prepare(precision(), x, *weight_, type());
   ensure(output_, geometry_.output_shape(), x.dtype(), x.device());
 }
 
 const Tensor& Conv::forward(const Tensor& x, bool) {
   prepare_forward(x);
-  conv_forward(geometry_, input_, weight_->value, bias_ ? bias_->value : Tensor(), output_);
+  conv_forward(geometry_, input_, rounded_.weight(*weight_), bias_ ? bias_->value : Tensor(), output_);
+  rounded_.round(output_);
   return output_;
 }
 
@@ -254,7 +255,7 @@ const Tensor& Conv::backward(const Tensor& grad_y, bool need_grad_x) {
 
 const Tensor& Conv::backward_impl(const Tensor& grad_y, bool need_grad_x, bool bias_grad) {
   check_grad_output(grad_y, output_);
-  const Tensor dy = grad_y.contiguous();
+  const Tensor dy = rounded_.grad_output(grad_y);
   Tensor no_bias;
   conv_backward_weight(geometry_, dy, input_, weight_->grad, bias_ && bias_grad ? bias_->grad : no_bias);
   if (!need_grad_x) {
@@ -262,8 +263,45 @@ const Tensor& Conv::backward_impl(const Tensor& grad_y, bool need_grad_x, bool b
     return grad_input_;
   }
   ensure(grad_input_, input_.shape(), input_.dtype(), input_.device());
-  conv_backward_data(geometry_, dy, weight_->value, grad_input_);
+  conv_backward_data(geometry_, dy, rounded_.weight(*weight_), grad_input_);
+  rounded_.round(grad_input_);
   return grad_input_;
+}
+
+// ---- Mixed precision ----
+
+Precision precision_from_name(const std::string& name) {
+  if (name == "fp32") return Precision::full;
+  if (name == "bf16") return Precision::bf16;
+  throw std::invalid_argument("precision: expected 'fp32' or 'bf16', got '" + name + "'");
+}
+
+const char* precision_name(Precision precision) { return precision == Precision::bf16 ? "bf16" : "fp32"; }
+
+Tensor RoundedOperands::prepare(Precision precision, const Tensor& x, const Parameter& weight,
+                                const std::string& layer) {
+  active_ = precision == Precision::bf16;
+  if (!active_) return x.contiguous();
+  check_type(weight.value.dtype() == DType::float32, layer, ": bf16 precision computes from float32 ",
+             "parameters, this layer's are ", dtype_name(weight.value.dtype()));
+  check(weight.value.device().is_cpu(), layer, ": bf16 precision runs on the CPU, this layer is on ",
+        weight.value.device().str());
+  Layer::ensure(input_, x.shape(), DType::float32, x.device());
+  round_to_bfloat16_into(x.contiguous(), input_);
+  Layer::ensure(weight_, weight.value.shape(), DType::float32, weight.value.device());
+  round_to_bfloat16_into(weight.value, weight_);
+  return input_;
+}
+
+Tensor RoundedOperands::grad_output(const Tensor& grad_y) {
+  if (!active_) return grad_y.contiguous();
+  Layer::ensure(grad_output_, grad_y.shape(), DType::float32, grad_y.device());
+  round_to_bfloat16_into(grad_y.contiguous(), grad_output_);
+  return grad_output_;
+}
+
+void RoundedOperands::round(Tensor& t) const {
+  if (active_) round_to_bfloat16_into(t, t);
 }
 
 // ---- Linear ----
@@ -298,13 +336,14 @@ double Linear::flops(const Shape& input) const {
 void Linear::prepare_forward(const Tensor& x) {
   check_input(x, *weight_, type());
   const Shape out = output_shape(x.shape());
-  input_ = x.contiguous();
+  input_ = rounded_.prepare(precision(), x, *weight_, type());
   ensure(output_, out, x.dtype(), x.device());
 }
 
 const Tensor& Linear::forward(const Tensor& x, bool) {
   prepare_forward(x);
-  linear_forward(input_, weight_->value, bias_ ? bias_->value : Tensor(), output_);
+  linear_forward(input_, rounded_.weight(*weight_), bias_ ? bias_->value : Tensor(), output_);
+  rounded_.round(output_);
   return output_;
 }
 
@@ -313,8 +352,9 @@ const Tensor& Linear::backward(const Tensor& grad_y, bool need_grad_x) {
   if (need_grad_x) ensure(grad_input_, input_.shape(), input_.dtype(), input_.device());
   else grad_input_ = Tensor();
   Tensor no_bias;
-  linear_backward_into(grad_y.contiguous(), input_, weight_->value, grad_input_, weight_->grad,
-                       bias_ ? bias_->grad : no_bias);
+  linear_backward_into(rounded_.grad_output(grad_y), input_, rounded_.weight(*weight_), grad_input_,
+                       weight_->grad, bias_ ? bias_->grad : no_bias);
+  if (grad_input_.defined()) rounded_.round(grad_input_);
   return grad_input_;
 }
 

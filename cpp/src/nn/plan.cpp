@@ -182,16 +182,22 @@ struct StageAccess {
   static bool forward_with_activation(Conv& conv, const Tensor& x, bool,
                                       const ActivationLayer& activation) {
     conv.prepare_forward(x);
-    return conv_forward_activation(conv.geometry_, conv.input_, conv.weight_->value,
-                                   conv.bias_ ? conv.bias_->value : Tensor(), conv.output_, activation.kind(),
-                                   activation.negative_slope());
+    if (!conv_forward_activation(conv.geometry_, conv.input_, conv.rounded_.weight(*conv.weight_),
+                                 conv.bias_ ? conv.bias_->value : Tensor(), conv.output_, activation.kind(),
+                                 activation.negative_slope()))
+      return false;
+    conv.rounded_.round(conv.output_);  // rounding keeps signs: ReLU(round(y)) = round(ReLU(y))
+    return true;
   }
   static bool forward_with_activation(Linear& linear, const Tensor& x, bool,
                                       const ActivationLayer& activation) {
     linear.prepare_forward(x);
-    return linear_forward_activation(linear.input_, linear.weight_->value,
-                                     linear.bias_ ? linear.bias_->value : Tensor(), linear.output_,
-                                     activation.kind(), activation.negative_slope());
+    if (!linear_forward_activation(linear.input_, linear.rounded_.weight(*linear.weight_),
+                                   linear.bias_ ? linear.bias_->value : Tensor(), linear.output_,
+                                   activation.kind(), activation.negative_slope()))
+      return false;
+    linear.rounded_.round(linear.output_);
+    return true;
   }
   // Always fuses: the rule places it where it can (a ReLU, on the CPU).
   static bool forward_with_activation(BatchNorm2d& norm, const Tensor& x, bool training,
@@ -272,11 +278,12 @@ class StageAccess::NormReluMaxPoolBackward final : public BackwardPass {
       Layer::ensure(grad_norm_input, norm_.input_.shape(), norm_.input_.dtype(), norm_.input_.device());
     else
       grad_norm_input = Tensor();
+    const bool bias_from_norm = conv_ && conv_->bias_grad_from_norm();
     batch_norm2d_relu_max_pool_backward(pool_.geometry_, grad_y.contiguous(), pool_.argmax_, pool_.output_,
                                         norm_.input_, norm_.gamma_->value, norm_.save_mean_, norm_.save_invstd_,
                                         grad_norm_input, norm_.gamma_->grad, norm_.beta_->grad,
-                                        conv_ ? &conv_->bias_->grad : nullptr, norm_.shard_sum());
-    return conv_ ? conv_->backward_impl(grad_norm_input, need_grad_x, false) : grad_norm_input;
+                                        bias_from_norm ? &conv_->bias_->grad : nullptr, norm_.shard_sum());
+    return conv_ ? conv_->backward_impl(grad_norm_input, need_grad_x, !bias_from_norm) : grad_norm_input;
   }
 
  private:
@@ -313,8 +320,9 @@ class StageAccess::ConvNormBackward final : public BackwardPass {
  public:
   ConvNormBackward(Conv& conv, BatchNorm2d& norm) : BackwardPass({&conv, &norm}), conv_(conv), norm_(norm) {}
   const Tensor& backward(const Tensor& grad_y, bool need_grad_x) override {
-    const Tensor& grad_conv_output = norm_.run_backward(grad_y, &conv_.bias_->grad);
-    return conv_.backward_impl(grad_conv_output, need_grad_x, false);
+    const bool bias_from_norm = conv_.bias_grad_from_norm();
+    const Tensor& grad_conv_output = norm_.run_backward(grad_y, bias_from_norm ? &conv_.bias_->grad : nullptr);
+    return conv_.backward_impl(grad_conv_output, need_grad_x, !bias_from_norm);
   }
 
  private:

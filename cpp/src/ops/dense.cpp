@@ -175,6 +175,16 @@ void activation_forward_into(Activation kind, double negative_slope, const Tenso
   cpu::activation_forward(kind, negative_slope, x, y);
 }
 
+void round_to_bfloat16_into(const Tensor& x, Tensor& y) {
+  const char* op = "round_to_bfloat16_into";
+  check(x.device().is_cpu(), op, ": CPU only, x is on ", x.device().str());
+  check_kernel_tensor(x, op, "x", DType::float32, x.numel());
+  check_kernel_tensor(y, op, "y", DType::float32, x.numel());
+  check(y.shape() == x.shape(), op, ": x ", shape_text(x.shape()), " and y ", shape_text(y.shape()),
+        " must have one shape");
+  cpu::round_to_bfloat16(x, y);
+}
+
 void add_into(const Tensor& a, const Tensor& b, Tensor& y, bool relu) {
 #if JUANJI_WITH_CUDA
   if (a.device().is_cuda()) return cuda::add(a, b, y, relu);

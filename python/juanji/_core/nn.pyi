@@ -103,6 +103,10 @@ class Layer:
         """
         The trainable parameters, named by their place ('3.body.0.weight').
         """
+    def set_precision(self, precision: str) -> typing.Any:
+        """
+        Mixed precision for this layer and the layers inside it; returns the layer. 'bf16': convolutions and linear layers compute from their input, weights and output gradient rounded to bfloat16 with float32 sums, their outputs and input gradients rounded to bfloat16; weights, their gradients, optimizer state, the other layers and the loss stay float32. 'fp32' (the default): every layer computes in its parameters' dtype.
+        """
     def state_dict(self) -> dict:
         """
         Every parameter and buffer by name, as NumPy views: PyTorch's state_dict names and layouts.
@@ -122,6 +126,11 @@ class Layer:
     @property
     def bias(self) -> typing.Any:
         ...
+    @property
+    def precision(self) -> str:
+        """
+        'fp32' or 'bf16' (see set_precision).
+        """
     @property
     def training(self) -> bool:
         ...

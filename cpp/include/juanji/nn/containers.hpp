@@ -26,6 +26,8 @@ class Container : public Layer {
   virtual std::vector<Shape> child_input_shapes(const Shape& input) const = 0;
   // Sets the mode of this container and of every layer inside it.
   void train(bool mode = true) override;
+  // Sets the precision of this container and of every layer inside it.
+  void set_precision(Precision precision) override;
   // Nothing: repr() shows the layers inside, one a line.
   std::string extra_repr() const override { return {}; }
 

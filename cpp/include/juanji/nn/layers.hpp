@@ -41,6 +41,17 @@ struct StageAccess;
 // Moves parameters and their gradients to device, all or (on an error) none of them.
 void move_parameters(const std::vector<std::shared_ptr<Parameter>>& parameters, Device device);
 
+// Mixed precision (set_precision): full computes in the parameters' dtype; bf16 makes the
+// convolutions and linear layers compute as bfloat16 hardware does, from their input, weights
+// and output gradient rounded to bfloat16, accumulating in float32, their output and input
+// gradient rounded to bfloat16 (kept in float32 tensors); the weights stay float32 masters,
+// their gradients float32 sums; every other layer, the loss and the optimizer compute in float32.
+enum class Precision : std::uint8_t { full, bf16 };
+// "fp32" (full: float64 parameters compute in float64) and "bf16"; other names throw
+// std::invalid_argument listing these.
+Precision precision_from_name(const std::string& name);
+const char* precision_name(Precision precision);
+
 class Layer {
  public:
   virtual ~Layer() = default;
@@ -69,6 +80,10 @@ class Layer {
   bool training() const { return training_.load(); }
   virtual void train(bool mode = true) { training_.store(mode); }
   void eval() { train(false); }
+  // The precision of this layer's next forward and its backward; a container sets it for the
+  // layers inside it too.
+  Precision precision() const { return precision_.load(); }
+  virtual void set_precision(Precision precision) { precision_.store(precision); }
   // The arguments inside the parentheses of this layer's line in repr() ("1, 6, kernel_size=(5,
   // 5)..."), in PyTorch's wording where PyTorch has the layer; by default the config's entries.
   virtual std::string extra_repr() const;
@@ -105,6 +120,7 @@ class Layer {
 
  private:
   friend class Container;
+  friend class RoundedOperands;
   friend struct execution::StageAccess;
   // Names every parameter prefix + its local name; containers pass each layer inside its place.
   virtual void name_parameters(const std::string& prefix);
@@ -113,6 +129,27 @@ class Layer {
   std::unique_ptr<std::recursive_mutex> mutex_ = std::make_unique<std::recursive_mutex>();
   std::atomic<const Layer*> owner_{nullptr};
   std::atomic<bool> training_{true};
+  std::atomic<Precision> precision_{Precision::full};
+};
+
+// A convolution's or linear layer's operands under Precision::bf16: its input, weight and output
+// gradient rounded to bfloat16, in float32 buffers of its own.
+class RoundedOperands {
+ public:
+  // The input the forward computes with (x itself, contiguous, unless bf16), after checking that
+  // bf16 has float32 CPU parameters; readies the weight the same way.
+  Tensor prepare(Precision precision, const Tensor& x, const Parameter& weight, const std::string& layer);
+  // Whether the last prepare() rounded (the backward follows its forward's precision).
+  bool active() const { return active_; }
+  const Tensor& weight(const Parameter& parameter) const { return active_ ? weight_ : parameter.value; }
+  // grad_y as the backward uses it (contiguous; rounded where active).
+  Tensor grad_output(const Tensor& grad_y);
+  // Rounds an output or input gradient in place where active.
+  void round(Tensor& t) const;
+
+ private:
+  bool active_ = false;
+  Tensor input_, weight_, grad_output_;
 };
 
 // The layer in PyTorch's nested style: "Sequential(\n  (0): Conv2d(1, 6, kernel_size=(5, 5), ...)\n...)".
@@ -140,6 +177,9 @@ class Conv : public Layer {
   // backward, leaving the bias gradient alone unless bias_grad (a batch norm after this layer
   // may have written it).
   const Tensor& backward_impl(const Tensor& grad_y, bool need_grad_x, bool bias_grad);
+  // Whether a batch norm after this layer may write its bias gradient: the sum of its own input
+  // gradient, which bf16 would have rounded first.
+  bool bias_grad_from_norm() const { return bias_ && !rounded_.active(); }
   int spatial_dims_;
   std::int64_t in_channels_, out_channels_;
   std::vector<std::int64_t> kernel_size_;
@@ -147,6 +187,7 @@ class Conv : public Layer {
   std::shared_ptr<Parameter> weight_, bias_;
   ConvGeometry geometry_{};
   Tensor input_, output_, grad_input_;
+  RoundedOperands rounded_;
 };
 
 class Linear : public Layer {
@@ -166,6 +207,7 @@ class Linear : public Layer {
   std::int64_t in_features_, out_features_;
   std::shared_ptr<Parameter> weight_, bias_;
   Tensor input_, output_, grad_input_;
+  RoundedOperands rounded_;
 };
 
 class Pool : public Layer {

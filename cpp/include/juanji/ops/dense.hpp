@@ -42,6 +42,10 @@ void activation_backward_into(Activation kind, double negative_slope, const Tens
 // activation after it, in one pass). Contiguous, same shape, dtype and device; y may alias a or b.
 void add_into(const Tensor& a, const Tensor& b, Tensor& y, bool relu = false);
 
+// Kernel API (CPU): y = the bfloat16 nearest each element of x (round to nearest even), as the
+// float32 it is exactly. x and y float32, contiguous, same shape; y may alias x.
+void round_to_bfloat16_into(const Tensor& x, Tensor& y);
+
 Tensor softmax(const Tensor& x, std::int64_t dim);
 Tensor log_softmax(const Tensor& x, std::int64_t dim);
 Tensor softmax_backward(const Tensor& grad_out, const Tensor& x, std::int64_t dim);
