@@ -16,7 +16,6 @@
 #include "cpu/pool.hpp"
 #include "cpu/vec_math.hpp"
 #include "cpu/workspace.hpp"
-#include "juanji/bfloat16.hpp"
 
 namespace juanji::cpu {
 namespace {
@@ -453,10 +452,13 @@ void add(const Tensor& a, const Tensor& b, Tensor& y, bool relu) {
 }
 
 void round_to_bfloat16(const Tensor& x, Tensor& y) {
+  const std::int64_t n = x.numel();
+  const RoundToBfloat16 kernel = active_kernels().round_to_bfloat16_f32;
   const float* xd = x.data<float>();
-  for_each_index(x.numel(), y.data<float>(), [xd](std::int64_t i) {
-    return float_from_bfloat16_bits(bfloat16_bits_from_float(xd[i]));
-  });
+  float* yd = y.data<float>();
+  constexpr std::int64_t kChunk = 8192;
+#pragma omp parallel for num_threads(::juanji::team_size()) schedule(static) if (n >= kParallelGrain)
+  for (std::int64_t first = 0; first < n; first += kChunk) kernel(xd + first, yd + first, std::min(kChunk, n - first));
 }
 
 // grad_y, x, y (or null), grad_x: same shape, contiguous.

@@ -354,6 +354,9 @@ constexpr std::int64_t kDotTerms = 32;
 using DotRows = void (*)(const float* x, std::int64_t count, const float* w, std::int64_t rows,
                          std::int64_t length, float* out, std::int64_t out_stride);
 
+// y[0, n) = x[0, n) rounded to bfloat16 (juanji/bfloat16.hpp), as float32; y may be x.
+using RoundToBfloat16 = void (*)(const float* x, float* y, std::int64_t n);
+
 struct KernelSet {
   MicroKernelInfo<float> gemm_f32;
   MicroKernelInfo<double> gemm_f64;
@@ -385,6 +388,7 @@ struct KernelSet {
   SumSquaredDeviation sum_squared_deviation_f32;
   SumGradAndProduct sum_grad_and_product_f32;
   DotRows dot_rows_f32;
+  RoundToBfloat16 round_to_bfloat16_f32;
   int direct_conv_lanes;  // columns per vector
 };
 
