@@ -19,7 +19,7 @@ SOME_OPS = (
     "linear backward", "max pool backward", "avg pool forward", "global avg pool", "batch norm backward",
     "batch norm + ReLU + max pool backward", "activation forward", "softmax backward", "log_softmax forward",
     "cross-entropy backward", "mse loss", "dropout", "sgd update", "adam update", "clip grad norm",
-    "gradients (finite differences)",
+    "gradients (finite differences)", "bf16 rounding",
 )
 
 

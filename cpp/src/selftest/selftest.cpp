@@ -10,12 +10,15 @@
 #include <cstdint>
 #include <exception>
 #include <functional>
+#include <cstring>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
 #include "cpu/dense.hpp"
 #include "cpu/ref/reference.hpp"
+#include "juanji/bfloat16.hpp"
 #include "juanji/ops/conv.hpp"
 #include "juanji/ops/dense.hpp"
 #include "juanji/ops/loss.hpp"
@@ -471,6 +474,34 @@ void check_dropout(Checker& checker, Data& data, std::vector<std::vector<T>>& fi
   }
 }
 
+// ---- bfloat16 rounding --------------------------------------------------------------------
+
+// Mixed precision's rounding at this level against the scalar conversion of juanji/bfloat16.hpp,
+// bit for bit, on data around every special case: ties of both parities and their neighbours,
+// signed zeros, subnormals, the largest bfloat16 and past it, infinities and NaNs (made quiet).
+void check_bfloat16_rounding(Checker& checker, Data& data) {
+  std::vector<std::uint32_t> patterns = {0x00000000u, 0x80000000u, 0x00000001u, 0x807fffffu, 0x00008000u,
+                                         0x00018000u, 0x3f808000u, 0x3f818000u, 0x3f807fffu, 0x3f808001u,
+                                         0x7f7f7fffu, 0x7f7f8000u, 0x7f7fffffu, 0x7f800000u, 0xff800000u,
+                                         0x7fc00000u, 0xffa00001u, 0x7f800001u};
+  for (const float v : data.make<float>(1000, Values::uniform)) {
+    std::uint32_t bits;
+    std::memcpy(&bits, &v, sizeof bits);
+    patterns.push_back(bits);
+  }
+  const I n = static_cast<I>(patterns.size());
+  Tensor x = Tensor::empty({n}, DType::float32), y = Tensor::full({n}, -5.0, DType::float32);
+  std::memcpy(x.data_ptr(), patterns.data(), patterns.size() * sizeof(float));
+  round_to_bfloat16_into(x, y);
+  bool same = true;
+  for (I i = 0; i < n; ++i) {
+    const float want = float_from_bfloat16_bits(bfloat16_bits_from_float(x.data<float>()[i]));
+    same = same && std::memcmp(&want, y.data<float>() + i, sizeof want) == 0;
+  }
+  checker.expect("bf16 rounding", same, "float32 -> bfloat16 (as float32) of " + std::to_string(n) +
+                                            " values with every special case, bit for bit against the scalar one");
+}
+
 // ---- Optimizers ---------------------------------------------------------------------------
 
 template <class T>
@@ -748,6 +779,8 @@ void check_per_level(Checker& checker, Data& data, std::vector<std::vector<T>>& 
   guarded(checker, "mse loss", [&] { check_mse<T>(checker, data); });
   guarded(checker, "dropout", [&] { check_dropout<T>(checker, data, dropout_masks); });
   guarded(checker, "sgd update", [&] { check_optimizers<T>(checker, data); });
+  if constexpr (std::is_same_v<T, float>)
+    guarded(checker, "bf16 rounding", [&] { check_bfloat16_rounding(checker, data); });
 }
 
 }  // namespace
