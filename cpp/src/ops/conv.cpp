@@ -10,6 +10,7 @@
 #include "cpu/op_support.hpp"
 #include "juanji/ops/conv.hpp"
 #include "ops/backend.hpp"
+#include "ops/bfloat16_operands.hpp"
 #include "ops/checks.hpp"
 
 namespace juanji {
@@ -260,16 +261,33 @@ ConvGrads conv_nd_backward(const Tensor& grad_out, const Tensor& x, const Tensor
 }  // namespace
 
 Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, const ConvOptions& options) {
+  if (ops::in_bfloat16("conv2d", {{"x", x}, {"weight", w}, {"bias", bias}}))
+    return ops::narrowed(conv_nd(ops::widened(x), ops::widened(w), ops::widened(bias), options, 2));
   return conv_nd(x, w, bias, options, 2);
 }
 Tensor conv1d(const Tensor& x, const Tensor& w, const Tensor& bias, const ConvOptions& options) {
+  if (ops::in_bfloat16("conv1d", {{"x", x}, {"weight", w}, {"bias", bias}}))
+    return ops::narrowed(conv_nd(ops::widened(x), ops::widened(w), ops::widened(bias), options, 1));
   return conv_nd(x, w, bias, options, 1);
 }
+
+namespace {
+ConvGrads conv_backward_any(const Tensor& grad_out, const Tensor& x, const Tensor& w, const ConvOptions& options,
+                            int dims) {
+  if (!ops::in_bfloat16(dims == 1 ? "conv1d_backward" : "conv2d_backward",
+                        {{"grad_out", grad_out}, {"x", x}, {"weight", w}}))
+    return conv_nd_backward(grad_out, x, w, options, dims);
+  const ConvGrads grads =
+      conv_nd_backward(ops::widened(grad_out), ops::widened(x), ops::widened(w), options, dims);
+  return {ops::narrowed(grads.grad_x), ops::narrowed(grads.grad_w), ops::narrowed(grads.grad_b)};
+}
+}  // namespace
+
 ConvGrads conv2d_backward(const Tensor& grad_out, const Tensor& x, const Tensor& w, const ConvOptions& options) {
-  return conv_nd_backward(grad_out, x, w, options, 2);
+  return conv_backward_any(grad_out, x, w, options, 2);
 }
 ConvGrads conv1d_backward(const Tensor& grad_out, const Tensor& x, const Tensor& w, const ConvOptions& options) {
-  return conv_nd_backward(grad_out, x, w, options, 1);
+  return conv_backward_any(grad_out, x, w, options, 1);
 }
 
 std::vector<ConvAlgorithmChoice> conv_algorithms(ConvPass pass, const ConvGeometry& g, DType dtype,

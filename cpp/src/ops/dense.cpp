@@ -7,6 +7,7 @@
 
 #include "cpu/dense.hpp"
 #include "ops/backend.hpp"
+#include "ops/bfloat16_operands.hpp"
 #include "ops/checks.hpp"
 
 namespace juanji {
@@ -126,6 +127,8 @@ const char* activation_name(Activation kind) {
 
 Tensor activation(Activation kind, const Tensor& x_in, double negative_slope) {
   const char* op = activation_name(kind);
+  if (ops::in_bfloat16(op, {{"x", x_in}}))
+    return ops::narrowed(activation(kind, ops::widened(x_in), negative_slope));
   check(std::isfinite(negative_slope), op, ": negative_slope must be finite, got ", negative_slope);
   check_float_operand(x_in, op, "x");
   const Tensor x = x_in.contiguous();
@@ -143,6 +146,8 @@ Tensor activation(Activation kind, const Tensor& x_in, double negative_slope) {
 Tensor activation_backward(Activation kind, const Tensor& grad_out_in, const Tensor& x_in,
                            double negative_slope) {
   const char* op = activation_name(kind);
+  if (ops::in_bfloat16(op, {{"grad_out", grad_out_in}, {"x", x_in}}))
+    return ops::narrowed(activation_backward(kind, ops::widened(grad_out_in), ops::widened(x_in), negative_slope));
   check(std::isfinite(negative_slope), op, ": negative_slope must be finite, got ", negative_slope);
   check_float_operand(x_in, op, "x");
   check_float_operand(grad_out_in, op, "grad_out");

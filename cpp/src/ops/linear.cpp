@@ -3,6 +3,7 @@
 #include "cpu/linear.hpp"
 #include "juanji/ops/dense.hpp"
 #include "ops/backend.hpp"
+#include "ops/bfloat16_operands.hpp"
 #include "ops/checks.hpp"
 
 namespace juanji {
@@ -53,6 +54,8 @@ void linear_backward_into(const Tensor& grad_y, const Tensor& x, const Tensor& w
 }
 
 Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) {
+  if (ops::in_bfloat16("linear", {{"x", x}, {"weight", w}, {"bias", b}}))
+    return ops::narrowed(linear(ops::widened(x), ops::widened(w), ops::widened(b)));
   check_linear(x, w);
   if (b.defined()) {
     check_float(b, "bias");
@@ -67,6 +70,10 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) {
 }
 
 LinearGrads linear_backward(const Tensor& grad_out, const Tensor& x, const Tensor& w) {
+  if (ops::in_bfloat16("linear_backward", {{"grad_out", grad_out}, {"x", x}, {"weight", w}})) {
+    const LinearGrads grads = linear_backward(ops::widened(grad_out), ops::widened(x), ops::widened(w));
+    return {ops::narrowed(grads.grad_x), ops::narrowed(grads.grad_w), ops::narrowed(grads.grad_b)};
+  }
   check_linear(x, w);
   check_float(grad_out, "grad_out");
   check_same_dtype(grad_out, "grad_out", x, "x");

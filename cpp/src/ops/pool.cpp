@@ -8,6 +8,7 @@
 #include "core/checked_math.hpp"
 #include "cpu/pool.hpp"
 #include "ops/backend.hpp"
+#include "ops/bfloat16_operands.hpp"
 #include "ops/checks.hpp"
 
 namespace juanji {
@@ -220,29 +221,52 @@ void avg_pool_backward(const PoolGeometry& g, const Tensor& grad_y, Tensor& grad
   cpu::avg_pool_backward(g, grad_y, grad_x);
 }
 
+namespace {
+
+// A pooling op on x (and grad_out for a backward), through float32 where they are bfloat16.
+template <class Op>
+Tensor pool_any(const char* op, const Tensor& grad_out, const Tensor& x, const Op& pool) {
+  if (!ops::in_bfloat16(op, {{"grad_out", grad_out}, {"x", x}})) return pool(grad_out, x);
+  return ops::narrowed(pool(ops::widened(grad_out), ops::widened(x)));
+}
+
+}  // namespace
+
 Tensor max_pool2d(const Tensor& x, const PoolOptions& options) {
-  return max_pool_nd(x, options, 2, "max_pool2d");
+  return pool_any("max_pool2d", Tensor(), x,
+                  [&](const Tensor&, const Tensor& in) { return max_pool_nd(in, options, 2, "max_pool2d"); });
 }
 Tensor max_pool1d(const Tensor& x, const PoolOptions& options) {
-  return max_pool_nd(x, options, 1, "max_pool1d");
+  return pool_any("max_pool1d", Tensor(), x,
+                  [&](const Tensor&, const Tensor& in) { return max_pool_nd(in, options, 1, "max_pool1d"); });
 }
 Tensor avg_pool2d(const Tensor& x, const PoolOptions& options) {
-  return avg_pool_nd(x, options, 2, "avg_pool2d");
+  return pool_any("avg_pool2d", Tensor(), x,
+                  [&](const Tensor&, const Tensor& in) { return avg_pool_nd(in, options, 2, "avg_pool2d"); });
 }
 Tensor avg_pool1d(const Tensor& x, const PoolOptions& options) {
-  return avg_pool_nd(x, options, 1, "avg_pool1d");
+  return pool_any("avg_pool1d", Tensor(), x,
+                  [&](const Tensor&, const Tensor& in) { return avg_pool_nd(in, options, 1, "avg_pool1d"); });
 }
 Tensor max_pool2d_backward(const Tensor& grad_out, const Tensor& x, const PoolOptions& options) {
-  return max_pool_backward_nd(grad_out, x, options, 2, "max_pool2d_backward");
+  return pool_any("max_pool2d_backward", grad_out, x, [&](const Tensor& g, const Tensor& in) {
+    return max_pool_backward_nd(g, in, options, 2, "max_pool2d_backward");
+  });
 }
 Tensor max_pool1d_backward(const Tensor& grad_out, const Tensor& x, const PoolOptions& options) {
-  return max_pool_backward_nd(grad_out, x, options, 1, "max_pool1d_backward");
+  return pool_any("max_pool1d_backward", grad_out, x, [&](const Tensor& g, const Tensor& in) {
+    return max_pool_backward_nd(g, in, options, 1, "max_pool1d_backward");
+  });
 }
 Tensor avg_pool2d_backward(const Tensor& grad_out, const Tensor& x, const PoolOptions& options) {
-  return avg_pool_backward_nd(grad_out, x, options, 2, "avg_pool2d_backward");
+  return pool_any("avg_pool2d_backward", grad_out, x, [&](const Tensor& g, const Tensor& in) {
+    return avg_pool_backward_nd(g, in, options, 2, "avg_pool2d_backward");
+  });
 }
 Tensor avg_pool1d_backward(const Tensor& grad_out, const Tensor& x, const PoolOptions& options) {
-  return avg_pool_backward_nd(grad_out, x, options, 1, "avg_pool1d_backward");
+  return pool_any("avg_pool1d_backward", grad_out, x, [&](const Tensor& g, const Tensor& in) {
+    return avg_pool_backward_nd(g, in, options, 1, "avg_pool1d_backward");
+  });
 }
 
 // x (N,C,H,W) -> (N,C,1,1); each plane is summed in double by one thread, in a fixed order.
