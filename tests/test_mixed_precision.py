@@ -193,3 +193,8 @@ def test_bf16_precision_mistakes_are_clear_errors():
     with pytest.raises(TypeError, match=r"Conv2d: bf16 precision computes from float32 parameters, this layer's "
                                         r"are float64"):
         model(np.zeros((1, 1, 6, 6)))
+
+
+def test_show_config_says_how_bf16_computes():
+    line = next(line for line in juanji.config_string().splitlines() if line.strip().startswith("bfloat16:"))
+    assert "AVX512-BF16: yes" in line or "AVX512-BF16: no" in line

@@ -174,6 +174,8 @@ std::string config_string() {
       << "  simd:         detected " << simd_name(simd_detected()) << ", in use "
       << simd_name(simd_level()) << "\n"
       << "  winograd:     " << (winograd_enabled() ? "on" : "off") << " (stride-1 3x3 float32 convolutions)\n"
+      << "  bfloat16:     the CPU has AVX512-BF16: " << (__builtin_cpu_supports("avx512bf16") ? "yes" : "no")
+      << "; bf16 computes on the float32 kernels of the SIMD level in use (operands rounded, float32 sums)\n"
       << "  cuda:         compiled " << (cuda_compiled() ? "yes" : "no") << ", devices visible "
       << cuda_device_count() << "\n"
       << "  mpi:          " << (distributed::compiled() ? "compiled yes, " + distributed::library_version()
