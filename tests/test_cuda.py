@@ -79,6 +79,35 @@ def test_strided_copy_on_device():
 
 
 @gpu
+def test_bfloat16_conversions_on_device_match_the_cpu():
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    rng = np.random.default_rng(16)
+    f32 = rng.integers(0, 2**32, size=100000, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    f64 = np.concatenate([rng.integers(0, 2**64, size=50000, dtype=np.uint64).view(np.float64),
+                          rng.standard_normal(50000) * np.exp2(rng.integers(-140, 130, size=50000)),
+                          [1 + 2.0**-8 + 2.0**-40, float(2**128 - 2**119), 3.5e38, 5e-324, -0.0, np.inf]])
+    ints = rng.integers(-2**62, 2**62, size=1000)
+    for src in (f32, f64, ints):
+        cpu = np.asarray(juanji.tensor(src, dtype=src.dtype.name).to("bfloat16")).view(np.uint16)
+        gpu = host(on_gpu(src, src.dtype.name).to("bfloat16")).view(np.uint16)
+        np.testing.assert_array_equal(gpu, cpu, err_msg=f"from {src.dtype}")
+    every = juanji.from_numpy(np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(ml_dtypes.bfloat16))
+    on_device = every.to("cuda")
+    for wide in ("float32", "float64"):
+        cpu, gpu = np.asarray(every.to(wide)), host(on_device.to(wide))
+        np.testing.assert_array_equal(np.isnan(gpu), np.isnan(cpu))
+        np.testing.assert_array_equal(gpu[~np.isnan(cpu)], cpu[~np.isnan(cpu)], err_msg=f"to {wide}")
+    in_range = np.abs(np.asarray(every.to("float32"))) < 2.0**62  # int64 of the others is undefined
+    integral = juanji.from_numpy(np.asarray(every)[in_range])
+    np.testing.assert_array_equal(host(integral.to("cuda").to("int64")), np.asarray(integral.to("int64")))
+    filled = juanji.full((5,), 1 + 2.0**-8 + 2.0**-40, dtype="bfloat16", device="cuda")
+    assert host(filled).astype(np.float64).tolist() == [1 + 2.0**-7] * 5
+    strided = np.asarray(every)[:4096].reshape(64, 64)
+    np.testing.assert_array_equal(host(juanji.from_numpy(strided).to("cuda").T.contiguous()).view(np.uint16),
+                                  strided.T.view(np.uint16))
+
+
+@gpu
 def test_numpy_of_cuda_tensor_is_refused():
     with pytest.raises(ValueError, match="cpu"):
         np.asarray(juanji.zeros(2, device="cuda"))

@@ -499,7 +499,7 @@ def test_int_arguments_name_themselves():
 
 def test_dlpack_dtypes_and_devices_are_named():
     torch = pytest.importorskip("torch")
-    for dtype, name in [(torch.bfloat16, "bfloat16"), (torch.float16, "float16"), (torch.uint8, "uint8"),
+    for dtype, name in [(torch.float16, "float16"), (torch.uint8, "uint8"),
                         (torch.int32, "int32"), (torch.complex64, "complex64"), (torch.bool, "bool")]:
         with pytest.raises(TypeError, match=f"x has dtype {name};"):
             juanji.from_dlpack(torch.zeros(3, dtype=dtype))

@@ -6,9 +6,41 @@
 
 namespace juanji::bind {
 
-py::dtype numpy_dtype(DType dtype) { return py::dtype(dtype_name(dtype)); }
+namespace {
+
+// ml_dtypes.bfloat16's NumPy dtype. ml_dtypes is optional: imported on the first conversion of
+// a bfloat16 tensor to NumPy, never with juanji.
+py::dtype bfloat16_numpy_dtype() {
+  py::module_ ml_dtypes;
+  try {
+    ml_dtypes = py::module_::import("ml_dtypes");
+  } catch (const py::error_already_set& e) {
+    if (!e.matches(PyExc_ImportError)) throw;
+    throw py::import_error("bfloat16 tensors need ml_dtypes (pip install ml_dtypes)");
+  }
+  return py::dtype::from_args(ml_dtypes.attr("bfloat16"));
+}
+
+}  // namespace
+
+py::dtype numpy_dtype(DType dtype) {
+  if (dtype == DType::bfloat16) return bfloat16_numpy_dtype();
+  return py::dtype(dtype_name(dtype));
+}
+
+bool is_bfloat16(const py::dtype& dt) {
+  // ml_dtypes' types are of NumPy's kind 'V'; the test on it keeps float arrays' path short.
+  if (dt.kind() != 'V') return false;
+  // Whoever holds an ml_dtypes dtype has imported ml_dtypes: without it loaded, dt is not one.
+  const py::dict modules = py::module_::import("sys").attr("modules");
+  if (!modules.contains("ml_dtypes")) return false;
+  const py::object ml_dtypes = modules["ml_dtypes"];
+  return !ml_dtypes.is_none() && dt.attr("type").is(ml_dtypes.attr("bfloat16"));
+}
 
 DType dtype_arg(py::handle obj, const char* name) {
+  // Spelt as a string, bfloat16 needs no ml_dtypes.
+  if (py::isinstance<py::str>(obj) && obj.cast<std::string>() == "bfloat16") return DType::bfloat16;
   py::dtype dt;
   try {
     dt = py::dtype::from_args(py::reinterpret_borrow<py::object>(obj));
@@ -18,8 +50,9 @@ DType dtype_arg(py::handle obj, const char* name) {
   if (dt.is(py::dtype::of<float>()) || dt.equal(py::dtype::of<float>())) return DType::float32;
   if (dt.equal(py::dtype::of<double>())) return DType::float64;
   if (dt.equal(py::dtype::of<std::int64_t>())) return DType::int64;
+  if (is_bfloat16(dt)) return DType::bfloat16;
   throw TypeError(std::string(name) + ": unsupported dtype " + py::str(dt).cast<std::string>() +
-                  "; juanji holds float32, float64 and int64");
+                  "; juanji holds float32, float64, bfloat16 and int64");
 }
 
 std::string path_arg(py::handle obj, const char* name) {
@@ -74,11 +107,14 @@ bool is_native_float(const py::array& a) {
 
 Tensor from_numpy(py::array array, const char* name) {
   const char kind = array.dtype().kind();
-  if (kind != 'f' && kind != 'i' && kind != 'u')
+  const bool bfloat16 = is_bfloat16(array.dtype());
+  if (kind != 'f' && kind != 'i' && kind != 'u' && !bfloat16)
     throw TypeError(std::string(name) + ": expected a float32 or float64 array, got " +
                     array_desc(array));
   DType dtype;
-  if (kind == 'f') {
+  if (bfloat16) {
+    dtype = DType::bfloat16;
+  } else if (kind == 'f') {
     if (array.dtype().itemsize() == 8)
       dtype = DType::float64;
     else if (array.dtype().itemsize() == 4)
@@ -92,7 +128,9 @@ Tensor from_numpy(py::array array, const char* name) {
   const Shape shape(array.shape(), array.shape() + array.ndim());
   checked_numel(shape, name);
   const int flags = py::array::c_style;
-  const bool native = kind == 'f' ? is_native_float(array) : array.dtype().equal(py::dtype::of<std::int64_t>());
+  const bool native = bfloat16    ? array.dtype().equal(bfloat16_numpy_dtype())
+                      : kind == 'f' ? is_native_float(array)
+                                    : array.dtype().equal(py::dtype::of<std::int64_t>());
   const bool zero_copy = native && (array.flags() & flags) &&
                          reinterpret_cast<std::uintptr_t>(array.data()) % dtype_size(dtype) == 0;
   if (zero_copy) {
@@ -305,8 +343,9 @@ std::vector<std::pair<py::object, py::object>> mapping_items(py::handle mapping)
   return items;
 }
 
-// Float data as for any op; integer arrays become int64 (I64), except uint64 whose values
-// may not fit. NumPy scalars (what arithmetic on 0-d arrays returns) count as 0-d arrays.
+// Float data as for any op, and bfloat16 (ml_dtypes) arrays; integer arrays become int64 (I64),
+// except uint64 whose values may not fit. NumPy scalars (what arithmetic on 0-d arrays returns)
+// count as 0-d arrays.
 Tensor checkpoint_tensor_arg(py::handle value, const std::string& name) {
   if (py::isinstance<Tensor>(value)) return value.cast<Tensor>();
   const py::module_ numpy = py::module_::import("numpy");
@@ -318,6 +357,7 @@ Tensor checkpoint_tensor_arg(py::handle value, const std::string& name) {
     if (kind == 'u' && array.dtype().itemsize() == 8)
       throw TypeError(name + ": uint64 arrays may not fit int64; convert with .astype(np.int64)");
     if (kind == 'i' || kind == 'u') return labels_arg(value, name.c_str());
+    if (is_bfloat16(array.dtype())) return from_numpy(array, name.c_str());
   }
   return tensor_arg(value, name.c_str());
 }

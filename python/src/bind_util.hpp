@@ -74,12 +74,17 @@ std::string type_name(py::handle obj);
 // show as \xNN escapes, where decoding strictly would raise UnicodeDecodeError instead.
 py::str error_text(const char* what);
 
-DType dtype_arg(py::handle obj, const char* name);  // None not accepted; "float32", np.float64, ...
+// None not accepted; "float32", np.float64, "bfloat16", ml_dtypes.bfloat16, ...
+DType dtype_arg(py::handle obj, const char* name);
+// The NumPy dtype of a juanji dtype; bfloat16's is ml_dtypes.bfloat16, whose absence raises
+// ImportError saying so.
 py::dtype numpy_dtype(DType dtype);
+// Whether dt is ml_dtypes.bfloat16 (without importing ml_dtypes).
+bool is_bfloat16(const py::dtype& dt);
 // NumPy view of a CPU tensor that keeps `owner` (the Python Tensor) alive: no copy.
 py::array to_numpy(const Tensor& t, py::handle owner);
-// Wraps a NumPy array: zero-copy when C-contiguous, aligned and native (a read-only array gives a
-// read-only tensor), else a copy.
+// Wraps a NumPy array (float32, float64, ml_dtypes.bfloat16, or integers as int64): zero-copy
+// when C-contiguous, aligned and native (a read-only array gives a read-only tensor), else a copy.
 Tensor from_numpy(py::array array, const char* name);
 
 }  // namespace juanji::bind

@@ -48,8 +48,9 @@ void register_io(py::module_& m) {
 
 path: str, bytes or os.PathLike; written under a temporary name beside it and renamed, so an
 existing checkpoint is replaced whole or not at all.
-tensors: dict name -> juanji.Tensor or NumPy array, saved in dict order. float32, float64
-and int64 tensors keep their dtype; other integer arrays are saved as int64.
+tensors: dict name -> juanji.Tensor or NumPy array, saved in dict order. float32, float64,
+bfloat16 (BF16; ml_dtypes.bfloat16 arrays too) and int64 tensors keep their dtype; other
+integer arrays are saved as int64.
 metadata: optional dict str -> str, stored as the header's "__metadata__".)doc");
 
   m.def(
@@ -67,7 +68,7 @@ metadata: optional dict str -> str, stored as the header's "__metadata__".)doc")
         return py::make_tuple(tensors, metadata_dict(contents.metadata));
       },
       py::arg("path"),
-      R"doc(Read a safetensors checkpoint (F32, F64 and I64 tensors) into CPU tensors.
+      R"doc(Read a safetensors checkpoint (F32, F64, BF16 and I64 tensors) into CPU tensors.
 
 Returns (tensors, metadata): dict name -> juanji.Tensor in file order, and the header's
 "__metadata__" as dict str -> str. Every size in the header is checked against the file

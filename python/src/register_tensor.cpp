@@ -139,12 +139,16 @@ Tensor index_tensor(const Tensor& t, py::handle key) {
 
 void register_tensor(py::module_& m) {
   py::class_<Tensor>(m, "Tensor", py::buffer_protocol(), R"doc(
-An n-d float32/float64/int64 array on the CPU or a CUDA device, backed by shared 64-byte aligned
-storage. Views (reshape, slicing, transpose) share storage. On the CPU it exports the buffer
-protocol and __array__, so np.asarray(t) and t.numpy() are zero-copy; __dlpack__ trades it
-with PyTorch, JAX or CuPy without copies.)doc")
+An n-d float32/float64/bfloat16/int64 array on the CPU or a CUDA device, backed by shared 64-byte
+aligned storage. Views (reshape, slicing, transpose) share storage. On the CPU it exports the
+buffer protocol and __array__, so np.asarray(t) and t.numpy() are zero-copy (bfloat16 tensors
+through __array__ alone, as ml_dtypes.bfloat16 arrays); __dlpack__ trades it with PyTorch, JAX
+or CuPy without copies.)doc")
       .def_buffer([](Tensor& t) -> py::buffer_info {
         check(t.device().is_cpu(), "buffer: tensor is on ", t.device().str(), "; use .to('cpu')");
+        // The buffer protocol has no bfloat16 format; NumPy then asks __array__.
+        if (t.dtype() == DType::bfloat16)
+          throw py::buffer_error("buffer: bfloat16 has no buffer-protocol format; use np.asarray(t) or t.numpy()");
         std::vector<py::ssize_t> strides;
         for (auto s : t.strides()) strides.push_back(static_cast<py::ssize_t>(s * dtype_size(t.dtype())));
         const std::string format = t.dtype() == DType::float32   ? py::format_descriptor<float>::format()
@@ -167,7 +171,8 @@ with PyTorch, JAX or CuPy without copies.)doc")
       })
       .def("is_contiguous", &Tensor::is_contiguous)
       .def("numpy", [](py::object self) { return to_numpy(self.cast<const Tensor&>(), self); },
-           "A NumPy array sharing this tensor's memory (no copy); CPU tensors only.")
+           "A NumPy array sharing this tensor's memory (no copy); CPU tensors only. bfloat16 gives "
+           "an ml_dtypes.bfloat16 array (ImportError without ml_dtypes).")
       .def("__array__",
            [](py::object self, py::object dtype, py::object copy) {
              py::array a = to_numpy(self.cast<const Tensor&>(), self);
@@ -216,7 +221,8 @@ with PyTorch, JAX or CuPy without copies.)doc")
       .def("to", [](const Tensor& t, py::object target) {
              return std::visit([&](auto device_or_dtype) { return t.to(device_or_dtype); },
                                device_or_dtype_arg(target));
-           }, py::arg("target"), "to('cpu'|'cuda'|'cuda:N') moves; to('float64') converts.")
+           }, py::arg("target"),
+           "to('cpu'|'cuda'|'cuda:N') moves; to('float64') converts (to 'bfloat16': rounded to nearest even).")
       .def("astype", [](const Tensor& t, py::object dtype) { return t.to(dtype_arg(dtype, "dtype")); })
       .def("fill_", [](Tensor& t, double v) { t.fill_(v); return t; })
       .def("item", &Tensor::item)
@@ -224,7 +230,11 @@ with PyTorch, JAX or CuPy without copies.)doc")
         const Tensor& t = self.cast<const Tensor&>();
         std::string head = t.repr();
         if (!t.device().is_cpu() || t.numel() > 1000) return head;
-        return head + "\n" + py::repr(to_numpy(t, self)).cast<std::string>();
+        try {
+          return head + "\n" + py::repr(to_numpy(t, self)).cast<std::string>();
+        } catch (const py::import_error&) {
+          return head;  // a bfloat16 tensor without ml_dtypes to show its values
+        }
       });
 
   m.def("tensor",
@@ -235,12 +245,18 @@ with PyTorch, JAX or CuPy without copies.)doc")
           } else {
             py::array a = py::module_::import("numpy").attr("asarray")(data);
             const char kind = a.dtype().kind();
-            if (dtype.is_none() && !py::isinstance<py::array>(data) &&
-                (kind == 'i' || kind == 'u' || kind == 'b' || kind == 'f'))
+            const bool numbers = kind == 'i' || kind == 'u' || kind == 'b' || kind == 'f';
+            if (dtype.is_none() && !py::isinstance<py::array>(data) && numbers)
               a = py::module_::import("numpy").attr("asarray")(data, py::dtype::of<float>());
-            else if (!dtype.is_none() && (kind == 'i' || kind == 'u' || kind == 'b' || kind == 'f'))
+            else if (!dtype.is_none() && numbers && dtype_arg(dtype, "dtype") == DType::bfloat16)
+              // Rounded by the clone's to() below, so ml_dtypes is not needed; float64 holds
+              // every float16, float32 and bool exactly.
+              a = a.attr("astype")(py::dtype::of<double>());
+            else if (!dtype.is_none() && numbers)
               a = a.attr("astype")(numpy_dtype(dtype_arg(dtype, "dtype")));
-            if (a.dtype().kind() != 'f' && !(a.dtype().kind() == 'i' && !dtype.is_none()))
+            const bool taken = a.dtype().kind() == 'f' || (a.dtype().kind() == 'i' && !dtype.is_none()) ||
+                               is_bfloat16(a.dtype());
+            if (!taken)
               throw TypeError("data: expected real numbers, got an array of dtype " +
                               py::str(a.dtype()).cast<std::string>() +
                               (a.dtype().kind() == 'i' ? " (pass dtype= to convert integers)" : ""));
@@ -253,9 +269,9 @@ with PyTorch, JAX or CuPy without copies.)doc")
         "A new tensor holding a copy of data (a sequence, NumPy array or Tensor). Python ints "
         "and floats give float32 unless dtype says otherwise; integer NumPy arrays need dtype=.");
   m.def("from_numpy", [](py::array a) { return from_numpy(a, "a"); }, py::arg("a"),
-        "Wraps a NumPy array. C-contiguous, aligned float32/float64 arrays are shared without "
-        "copying (writes show on both sides; a read-only array gives a read-only tensor); other "
-        "layouts (Fortran order, slices, byte-swapped arrays) are copied.");
+        "Wraps a NumPy array. C-contiguous, aligned float32/float64/ml_dtypes.bfloat16 arrays are "
+        "shared without copying (writes show on both sides; a read-only array gives a read-only "
+        "tensor); other layouts (Fortran order, slices, byte-swapped arrays) are copied.");
   m.def("from_dlpack", &from_dlpack_object, py::arg("x"),
         "Imports any object with __dlpack__ (PyTorch, NumPy, JAX, CuPy) or a DLPack capsule "
         "without copying.");
@@ -294,12 +310,12 @@ with PyTorch, JAX or CuPy without copies.)doc")
         [](py::args shape, py::object dtype) {
           return rand(shape_from_args(shape), optional_dtype(dtype, DType::float32));
         },
-        py::kw_only(), py::arg("dtype") = py::none(), "Uniform [0, 1) from the seeded generator.");
+        py::kw_only(), py::arg("dtype") = py::none(), "Uniform [0, 1) from the seeded generator; in bfloat16 the float32 draws truncated (rounding could give 1).");
   m.def("randn",
         [](py::args shape, py::object dtype) {
           return randn(shape_from_args(shape), optional_dtype(dtype, DType::float32));
         },
-        py::kw_only(), py::arg("dtype") = py::none(), "Standard normal from the seeded generator.");
+        py::kw_only(), py::arg("dtype") = py::none(), "Standard normal from the seeded generator; in bfloat16 the float64 draws rounded to nearest.");
   m.def("manual_seed",
         [](py::handle seed) { manual_seed(uint64_arg(seed, "seed")); },
         py::arg("seed"),

@@ -1,7 +1,7 @@
 // C++-side checks of the public API: views, a convolution against a plain-loop oracle at every
 // SIMD level, max pooling's gradient for any argmax, the C++ exception for bad arguments, the
-// fused batch norm + ReLU + max pooling kernels, a training step and a checkpoint round trip, and
-// the augmenting batch loader.
+// fused batch norm + ReLU + max pooling kernels, a training step and a checkpoint round trip, the
+// augmenting batch loader, and bfloat16 tensors.
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -262,6 +262,55 @@ void test_batch_loader() {
   expect(thrown, "batch_size 0 throws std::invalid_argument naming it");
 }
 
+// bfloat16 tensors from C++: conversions rounding once to nearest even, random numbers, DLPack,
+// a BF16 checkpoint, and MPI sums refusing them (broadcast takes them as bits).
+void test_bfloat16_tensors() {
+  // float32 would round 1 + 2^-8 + 2^-40 to the tie 1 + 2^-8, and that to 1.
+  const double above_tie = 1 + std::ldexp(1.0, -8) + std::ldexp(1.0, -40);
+  expect(Tensor::full({1}, above_tie, DType::float64).to(DType::bfloat16).item() == 1 + std::ldexp(1.0, -7),
+         "float64 -> bfloat16 rounds once");
+  expect(Tensor::full({1}, 1 + std::ldexp(1.0, -8), DType::float32).to(DType::bfloat16).item() == 1.0,
+         "a float32 tie rounds to the even bfloat16");
+  const Tensor steps = Tensor::arange(0, 4, 0.5, DType::bfloat16);
+  expect(steps.numel() == 8 && steps.data<bfloat16>()[7].bits == 0x4060, "arange in bfloat16 ends at 3.5");
+
+  manual_seed(4);
+  const Tensor wide = randn({64}, DType::float64);
+  manual_seed(4);
+  const Tensor narrow = randn({64}, DType::bfloat16);
+  bool rounded = true;
+  for (std::int64_t i = 0; i < 64; ++i)
+    rounded &= narrow.data<bfloat16>()[i].bits == bfloat16(wide.data<double>()[i]).bits;
+  expect(rounded, "randn in bfloat16 is the float64 draws rounded");
+
+  DLManagedTensor* exported = to_dlpack(narrow);
+  expect(exported->dl_tensor.dtype.code == kDLBfloat && exported->dl_tensor.dtype.bits == 16,
+         "DLPack describes bfloat16 as kDLBfloat, 16 bits");
+  const Tensor imported = from_dlpack(exported);
+  expect(imported.dtype() == DType::bfloat16 && imported.data_ptr() == narrow.data_ptr(),
+         "DLPack brings bfloat16 back without a copy");
+
+  const std::string path = "juanji_core_bf16.safetensors";
+  save_safetensors(path, {{"x", narrow}});
+  const SafetensorsContents contents = load_safetensors(path);
+  std::remove(path.c_str());
+  const Tensor& loaded = contents.tensors.at(0).tensor;
+  expect(loaded.dtype() == DType::bfloat16 &&
+             std::memcmp(loaded.data_ptr(), narrow.data_ptr(), 64 * sizeof(bfloat16)) == 0,
+         "a BF16 checkpoint round trip keeps every bit");
+
+  Tensor sums = Tensor::full({3}, 1.0, DType::bfloat16);
+  bool refused = false;
+  try {
+    distributed::all_reduce(sums);
+  } catch (const TypeError& e) {
+    refused = std::string(e.what()).find("bfloat16") != std::string::npos;
+  }
+  expect(refused, "all_reduce refuses bfloat16 with a TypeError naming it");
+  distributed::broadcast(sums, 0);
+  expect(static_cast<float>(sums.data<bfloat16>()[0]) == 1.0f, "broadcast takes bfloat16");
+}
+
 }  // namespace
 
 int main() {
@@ -272,6 +321,7 @@ int main() {
   test_batch_norm_relu_max_pool_kernels();
   test_training_and_checkpoint();
   test_batch_loader();
+  test_bfloat16_tensors();
   std::printf("%s (%d failure%s)\n", failures ? "FAILED" : "ok", failures, failures == 1 ? "" : "s");
   return failures ? EXIT_FAILURE : EXIT_SUCCESS;
 }

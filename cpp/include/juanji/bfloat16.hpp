@@ -8,9 +8,16 @@
 #include <cstdint>
 #include <cstring>
 
+// The bit conversions are also the CUDA backend's (cuda/fill.cu), so both round alike.
+#if defined(__CUDACC__)
+#define JUANJI_HOST_DEVICE __host__ __device__
+#else
+#define JUANJI_HOST_DEVICE
+#endif
+
 namespace juanji {
 
-inline std::uint16_t bfloat16_bits_from_float(float value) {
+JUANJI_HOST_DEVICE inline std::uint16_t bfloat16_bits_from_float(float value) {
   std::uint32_t bits;
   std::memcpy(&bits, &value, sizeof bits);
   if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<std::uint16_t>((bits >> 16) | 0x0040u);
@@ -20,7 +27,7 @@ inline std::uint16_t bfloat16_bits_from_float(float value) {
   return static_cast<std::uint16_t>(bits >> 16);
 }
 
-inline float float_from_bfloat16_bits(std::uint16_t half) {
+JUANJI_HOST_DEVICE inline float float_from_bfloat16_bits(std::uint16_t half) {
   const std::uint32_t bits = static_cast<std::uint32_t>(half) << 16;
   float value;
   std::memcpy(&value, &bits, sizeof value);

@@ -1,6 +1,7 @@
 // Umbrella header: everything a program embedding juanji needs.
 #pragma once
 
+#include "juanji/bfloat16.hpp"
 #include "juanji/build_config.hpp"
 #include "juanji/data/augment.hpp"
 #include "juanji/distributed.hpp"

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "juanji/bfloat16.hpp"
 #include "juanji/error.hpp"
 
 namespace juanji {
@@ -128,6 +129,10 @@ template <>
 struct dtype_of<std::int64_t> {
   static constexpr DType value = DType::int64;
 };
+template <>
+struct dtype_of<bfloat16> {
+  static constexpr DType value = DType::bfloat16;
+};
 
 template <class T>
 T* Tensor::data() const {
@@ -144,6 +149,8 @@ void check_same_device(const Tensor& a, const char* name_a, const Tensor& b, con
 void check_dim(const Tensor& t, const char* name, std::int64_t dim, const char* layout);
 
 // Seeded random numbers: one global generator, so manual_seed(n) makes every result repeatable.
+// In bfloat16: rand truncates the float32 draws (staying below 1), the others round the float64
+// draws to nearest even.
 void manual_seed(std::uint64_t seed);
 Tensor rand(const Shape& shape, DType dtype = DType::float32);   // uniform [0, 1)
 Tensor randn(const Shape& shape, DType dtype = DType::float32);  // standard normal

@@ -34,11 +34,11 @@ struct DTypeCode {
   std::string_view code;
 };
 constexpr DTypeCode kDTypeCodes[] = {
-    {DType::float32, "F32"}, {DType::float64, "F64"}, {DType::int64, "I64"}};
+    {DType::float32, "F32"}, {DType::float64, "F64"}, {DType::int64, "I64"}, {DType::bfloat16, "BF16"}};
 
 // Valid safetensors dtypes that juanji has no tensor type for: named as such in the error.
 constexpr std::string_view kUnsupportedCodes[] = {
-    "BOOL", "U8",  "I8",  "U16", "I16",     "F16",     "BF16",    "U32", "I32",
+    "BOOL", "U8",  "I8",      "U16",     "I16",     "F16",     "U32",    "I32",
     "U64",  "C64", "F4",  "F6_E2M3", "F6_E3M2", "F8_E4M3", "F8_E5M2", "F8_E8M0"};
 
 std::string_view dtype_code(DType dtype) {
@@ -251,7 +251,7 @@ class HeaderValidator {
                                  code) != std::end(kUnsupportedCodes);
     throw std::invalid_argument(detail::concat(what, ": ", known ? "unsupported" : "unknown",
                                                " dtype '", code,
-                                               "' (juanji reads F32, F64 and I64)"));
+                                               "' (juanji reads F32, F64, BF16 and I64)"));
   }
 
   static Shape parse_shape(const std::string& what, const Json& value) {

@@ -14,6 +14,16 @@ struct ExportContext {
   std::vector<std::int64_t> strides;
 };
 
+std::uint8_t dlpack_type_code(DType dtype) {
+  switch (dtype) {
+    case DType::float32:
+    case DType::float64: return kDLFloat;
+    case DType::int64: return kDLInt;
+    case DType::bfloat16: return kDLBfloat;
+  }
+  throw std::logic_error("to_dlpack: no DLPack type code for this dtype");
+}
+
 DLTensor describe(ExportContext& ctx) {
   const Tensor& t = ctx.tensor;
   DLTensor dl{};
@@ -21,8 +31,7 @@ DLTensor describe(ExportContext& ctx) {
   dl.byte_offset = static_cast<std::uint64_t>(t.offset()) * dtype_size(t.dtype());
   dl.device = {t.device().is_cpu() ? kDLCPU : kDLCUDA, t.device().is_cpu() ? 0 : t.device().index};
   dl.ndim = static_cast<std::int32_t>(t.dim());
-  dl.dtype = {t.dtype() == DType::int64 ? std::uint8_t{kDLInt} : std::uint8_t{kDLFloat},
-              static_cast<std::uint8_t>(8 * dtype_size(t.dtype())), 1};
+  dl.dtype = {dlpack_type_code(t.dtype()), static_cast<std::uint8_t>(8 * dtype_size(t.dtype())), 1};
   dl.shape = ctx.shape.data();
   dl.strides = ctx.strides.data();
   return dl;
@@ -49,8 +58,9 @@ DType dtype_from(const DLDataType& dt) {
   if (dt.code == kDLFloat && dt.bits == 32) return DType::float32;
   if (dt.code == kDLFloat && dt.bits == 64) return DType::float64;
   if (dt.code == kDLInt && dt.bits == 64) return DType::int64;
+  if (dt.code == kDLBfloat && dt.bits == 16) return DType::bfloat16;
   throw TypeError(detail::concat("from_dlpack: x has dtype ", dtype_text(dt),
-                                 "; juanji holds float32, float64 and int64 (convert it first)"));
+                                 "; juanji holds float32, float64, bfloat16 and int64 (convert it first)"));
 }
 
 const char* device_text(std::int32_t type) {

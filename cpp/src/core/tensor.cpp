@@ -127,6 +127,7 @@ Tensor Tensor::arange(double start, double stop, double step, DType dtype) {
       case DType::float32: t.data<float>()[i] = static_cast<float>(v); break;
       case DType::float64: t.data<double>()[i] = v; break;
       case DType::int64: t.data<std::int64_t>()[i] = static_cast<std::int64_t>(v); break;
+      case DType::bfloat16: t.data<bfloat16>()[i] = bfloat16(v); break;
     }
   }
   return t;
@@ -348,6 +349,7 @@ double Tensor::item() const {
     case DType::float32: return *host.data<float>();
     case DType::float64: return *host.data<double>();
     case DType::int64: return static_cast<double>(*host.data<std::int64_t>());
+    case DType::bfloat16: return static_cast<float>(*host.data<bfloat16>());
   }
   return 0;
 }

@@ -25,9 +25,16 @@ bool finalized = false;
 void check_tensor(const Tensor& t, const char* what) {
   check(t.defined(), what, ": the tensor is undefined");
   check_type(t.device().is_cpu(), what, ": expected a CPU tensor, got one on ", t.device().str());
-  check_type(t.dtype() == DType::float32 || t.dtype() == DType::float64, what,
-             ": expected float32 or float64, got ", dtype_name(t.dtype()));
+  check_type(t.dtype() == DType::float32 || t.dtype() == DType::float64 || t.dtype() == DType::bfloat16, what,
+             ": expected float32, float64 or bfloat16, got ", dtype_name(t.dtype()));
   check(t.is_contiguous(), what, ": expected a contiguous tensor");
+}
+
+// Sums go through MPI's own arithmetic, which has no bfloat16; a bfloat16 sum would also round
+// at every rank's addition. Refused with one rank too, so a job fails the same at every scale.
+void check_summable(DType dtype, const char* what) {
+  check_type(dtype != DType::bfloat16, what,
+             ": bfloat16 data cannot be summed over MPI; sum a float32 copy (to(float32)) instead");
 }
 
 #if !JUANJI_WITH_MPI
@@ -57,6 +64,7 @@ MPI_Datatype mpi_type(DType dtype) {
     case DType::float32: return MPI_FLOAT;
     case DType::float64: return MPI_DOUBLE;
     case DType::int64: return MPI_INT64_T;
+    case DType::bfloat16: return MPI_UINT16_T;  // moved as bits: broadcast only (check_summable)
   }
   return MPI_DATATYPE_NULL;
 }
@@ -183,6 +191,7 @@ void abort(int code) {
 
 void all_reduce(void* data, std::int64_t count, DType dtype, ReduceOp op) {
   check(count >= 0, "all_reduce: count must be non-negative, got ", count);
+  check_summable(dtype, "all_reduce");
 #if JUANJI_WITH_MPI
   if (mpi_running() && world_size() > 1) {
     char* bytes = static_cast<char*>(data);
@@ -247,6 +256,7 @@ PendingSums::~PendingSums() {
 }
 
 void PendingSums::start(void* data, std::int64_t count, DType dtype) {
+  check_summable(dtype, "PendingSums.start");
 #if JUANJI_WITH_MPI
   if (!mpi_running() || world_size() == 1) return;
   char* bytes = static_cast<char*>(data);

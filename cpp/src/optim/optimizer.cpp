@@ -26,6 +26,9 @@ void Optimizer::set_lr(double lr) {
 
 void Optimizer::step() {
   const std::lock_guard<std::mutex> lock(mutex_);
+  // Checked before any update: the update kernels' parallel regions take float32 and float64 only
+  // (a model cast to bfloat16 must be refused here, not inside them).
+  for (const auto& p : parameters_) check_float(p->value, ("params: '" + p->name + "'").c_str());
   if (max_grad_norm_) {
     for (const auto& p : parameters_) grads_.push_back(p->grad);
     clip_grad_norm(grads_, *max_grad_norm_);

@@ -13,10 +13,11 @@ from . import distributed
 __all__: list[str] = ['SelftestRow', 'Tensor', 'arange', 'avg_pool1d', 'avg_pool1d_backward', 'avg_pool2d', 'avg_pool2d_backward', 'config_string', 'conv1d', 'conv1d_backward', 'conv2d', 'conv2d_backward', 'convolve', 'convolve2d', 'correlate', 'correlate2d', 'cross_entropy', 'cross_entropy_backward', 'cuda_compiled', 'cuda_device_count', 'cuda_synchronize', 'data', 'distributed', 'dropout', 'empty', 'from_dlpack', 'from_numpy', 'full', 'get_num_threads', 'global_avg_pool2d', 'global_avg_pool2d_backward', 'kernels', 'leaky_relu', 'leaky_relu_backward', 'linear', 'linear_backward', 'load', 'load_metadata', 'load_safetensors', 'load_with_metadata', 'log_softmax', 'log_softmax_backward', 'manual_seed', 'max_pool1d', 'max_pool1d_backward', 'max_pool2d', 'max_pool2d_backward', 'mse_loss', 'mse_loss_backward', 'nn', 'ones', 'optim', 'rand', 'randn', 'relu', 'relu_backward', 'save_safetensors', 'selftest_rows', 'set_num_threads', 'set_simd_level', 'set_winograd', 'sigmoid', 'sigmoid_backward', 'simd_detected', 'simd_level', 'softmax', 'softmax_backward', 'storage_allocations', 'tanh', 'tanh_backward', 'tensor', 'version', 'winograd_enabled', 'zeros']
 class Tensor:
     """
-    An n-d float32/float64/int64 array on the CPU or a CUDA device, backed by shared 64-byte aligned
-    storage. Views (reshape, slicing, transpose) share storage. On the CPU it exports the buffer
-    protocol and __array__, so np.asarray(t) and t.numpy() are zero-copy; __dlpack__ trades it
-    with PyTorch, JAX or CuPy without copies.
+    An n-d float32/float64/bfloat16/int64 array on the CPU or a CUDA device, backed by shared 64-byte
+    aligned storage. Views (reshape, slicing, transpose) share storage. On the CPU it exports the
+    buffer protocol and __array__, so np.asarray(t) and t.numpy() are zero-copy (bfloat16 tensors
+    through __array__ alone, as ml_dtypes.bfloat16 arrays); __dlpack__ trades it with PyTorch, JAX
+    or CuPy without copies.
     """
     def __array__(self, dtype: typing.Any = None, copy: typing.Any = None) -> numpy.ndarray:
         ...
@@ -46,7 +47,7 @@ class Tensor:
         ...
     def numpy(self) -> numpy.ndarray:
         """
-        A NumPy array sharing this tensor's memory (no copy); CPU tensors only.
+        A NumPy array sharing this tensor's memory (no copy); CPU tensors only. bfloat16 gives an ml_dtypes.bfloat16 array (ImportError without ml_dtypes).
         """
     def permute(self, *args) -> Tensor:
         ...
@@ -54,7 +55,7 @@ class Tensor:
         ...
     def to(self, target: typing.Any) -> Tensor:
         """
-        to('cpu'|'cuda'|'cuda:N') moves; to('float64') converts.
+        to('cpu'|'cuda'|'cuda:N') moves; to('float64') converts (to 'bfloat16': rounded to nearest even).
         """
     def transpose(self, dim0: typing.Any, dim1: typing.Any) -> Tensor:
         ...
@@ -190,7 +191,7 @@ def from_dlpack(x: typing.Any) -> Tensor:
     """
 def from_numpy(a: numpy.ndarray) -> Tensor:
     """
-    Wraps a NumPy array. C-contiguous, aligned float32/float64 arrays are shared without copying (writes show on both sides; a read-only array gives a read-only tensor); other layouts (Fortran order, slices, byte-swapped arrays) are copied.
+    Wraps a NumPy array. C-contiguous, aligned float32/float64/ml_dtypes.bfloat16 arrays are shared without copying (writes show on both sides; a read-only array gives a read-only tensor); other layouts (Fortran order, slices, byte-swapped arrays) are copied.
     """
 def full(shape: typing.Any, fill_value: typing.SupportsFloat | typing.SupportsIndex, dtype: typing.Any = None, device: typing.Any = None) -> Tensor:
     ...
@@ -230,7 +231,7 @@ def load_metadata(path: typing.Any) -> dict:
     """
 def load_safetensors(path: typing.Any) -> tuple[dict, dict]:
     """
-    Read a safetensors checkpoint (F32, F64 and I64 tensors) into CPU tensors.
+    Read a safetensors checkpoint (F32, F64, BF16 and I64 tensors) into CPU tensors.
 
     Returns (tensors, metadata): dict name -> juanji.Tensor in file order, and the header's
     "__metadata__" as dict str -> str. Every size in the header is checked against the file
@@ -283,11 +284,11 @@ def ones(*args, dtype: typing.Any = None, device: typing.Any = None) -> Tensor:
     """
 def rand(*args, dtype: typing.Any = None) -> Tensor:
     """
-    Uniform [0, 1) from the seeded generator.
+    Uniform [0, 1) from the seeded generator; in bfloat16 the float32 draws truncated (rounding could give 1).
     """
 def randn(*args, dtype: typing.Any = None) -> Tensor:
     """
-    Standard normal from the seeded generator.
+    Standard normal from the seeded generator; in bfloat16 the float64 draws rounded to nearest.
     """
 def relu(x: typing.Any) -> Tensor:
     """
@@ -303,8 +304,9 @@ def save_safetensors(path: typing.Any, tensors: typing.Any, metadata: typing.Any
 
     path: str, bytes or os.PathLike; written under a temporary name beside it and renamed, so an
     existing checkpoint is replaced whole or not at all.
-    tensors: dict name -> juanji.Tensor or NumPy array, saved in dict order. float32, float64
-    and int64 tensors keep their dtype; other integer arrays are saved as int64.
+    tensors: dict name -> juanji.Tensor or NumPy array, saved in dict order. float32, float64,
+    bfloat16 (BF16; ml_dtypes.bfloat16 arrays too) and int64 tensors keep their dtype; other
+    integer arrays are saved as int64.
     metadata: optional dict str -> str, stored as the header's "__metadata__".
     """
 def selftest_rows() -> list[SelftestRow]:
