@@ -462,8 +462,6 @@ def labels():
 
 # Ops whose bfloat16 kernels arrive leave this list for tests of their results.
 REFUSING = {
-    "relu": lambda: juanji.relu(b(2, 3)),
-    "max_pool2d": lambda: juanji.max_pool2d(b(1, 1, 4, 4), 2),
     "softmax": lambda: juanji.softmax(b(2, 3)),
     "log_softmax": lambda: juanji.log_softmax(b(2, 3)),
     "cross_entropy": lambda: juanji.cross_entropy(b(2, 3), labels()),
@@ -471,7 +469,8 @@ REFUSING = {
     "batch_norm_layer": lambda: nn.BatchNorm2d(1).forward(b(2, 1, 3, 3)),
     "linear_layer": lambda: nn.Linear(3, 2).forward(b(2, 3)),
     "convolve": lambda: juanji.convolve(b(5), b(2)),
-    "ml_dtypes_array": lambda: juanji.relu(np.ones((2, 3), bf16)),
+    "ml_dtypes_array": lambda: juanji.softmax(np.ones((2, 3), bf16)),
+    "global_avg_pool2d": lambda: juanji.global_avg_pool2d(b(1, 1, 4, 4)),
 }
 
 
@@ -503,14 +502,46 @@ def test_float64_with_bfloat16_is_refused(op):
         op()
 
 
+class HalfParameters(nn.Layer):
+    """A layer written in Python whose parameter is bfloat16: the one way a parameter can be."""
+
+    def __init__(self):
+        super().__init__()
+        self.add_parameter("weight", np.ones((2, 4), bf16))
+
+    def forward(self, x):
+        return x
+
+    def backward(self, grad_out):
+        return grad_out
+
+
 @pytest.mark.parametrize("make", [lambda p: optim.SGD(p, lr=0.1, momentum=0.9), lambda p: optim.Adam(p, lr=0.1),
                                   lambda p: optim.SGD(p, lr=0.1, max_grad_norm=1.0)], ids=["sgd", "adam", "clip"])
 def test_optimizer_refuses_bfloat16_parameters(make):
-    model = nn.Sequential(nn.Linear(4, 2))
-    model.to("bfloat16")
+    model = nn.Sequential(HalfParameters())
     opt = make(model.parameters())
     with pytest.raises(TypeError, match=r"params: '0\.weight'.*bfloat16"):
         opt.step()
+
+
+def test_models_are_not_cast_to_bfloat16_but_compute_in_it_by_precision():
+    model = nn.Sequential(nn.Linear(4, 2))
+    with pytest.raises(TypeError, match=r"Sequential\.to: parameters are float32 or float64, got bfloat16; "
+                                        r"for bfloat16 compute, set_precision\('bf16'\)"):
+        model.to("bfloat16")
+    assert model.parameters()[0].data.dtype == np.float32
+
+
+def test_a_model_checkpoint_with_bfloat16_weights_loads_as_float32(tmp_path):
+    small_model().save(tmp_path / "m.safetensors")
+    tensors, metadata = juanji.load_safetensors(tmp_path / "m.safetensors")
+    halved = {name: np.asarray(t).astype(bf16) for name, t in tensors.items()}
+    juanji.save_safetensors(tmp_path / "b.safetensors", halved, metadata)
+    loaded = juanji.load(tmp_path / "b.safetensors")
+    for name, value in loaded.state_dict().items():
+        assert value.dtype == np.float32
+        np.testing.assert_array_equal(value, halved[name].astype(np.float32), err_msg=name)
 
 
 def test_distributed_sums_refuse_bfloat16():

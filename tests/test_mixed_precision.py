@@ -198,3 +198,38 @@ def test_bf16_precision_mistakes_are_clear_errors():
 def test_show_config_says_how_bf16_computes():
     line = next(line for line in juanji.config_string().splitlines() if line.strip().startswith("bfloat16:"))
     assert "AVX512-BF16: yes" in line or "AVX512-BF16: no" in line
+
+
+def test_functional_ops_take_bfloat16_and_compute_with_float32_sums():
+    """conv, linear, activations and pooling on bfloat16 operands (ml_dtypes arrays or juanji
+    tensors): the float32 op on the widened operands, rounded back to bfloat16."""
+    rng = np.random.default_rng(3)
+    b16 = ml_dtypes.bfloat16
+
+    def as_b16(*shape):
+        return rng.standard_normal(shape).astype(np.float32).astype(b16)
+
+    def f32(a):
+        return np.asarray(a, np.float32) if a.dtype != b16 else a.astype(np.float32)
+
+    def same(got, want_f32):
+        got = np.asarray(got)
+        assert got.dtype == b16
+        np.testing.assert_array_equal(got.astype(np.float32), bf16(want_f32))
+
+    x, w, bias = as_b16(2, 3, 9, 8), as_b16(4, 3, 3, 3), as_b16(4)
+    same(juanji.conv2d(x, w, bias, padding=1, stride=2),
+         juanji.conv2d(f32(x), f32(w), f32(bias), padding=1, stride=2))
+    dy = as_b16(2, 4, 5, 4)
+    for got, want in zip(juanji.conv2d_backward(dy, x, w, padding=1, stride=2),
+                         juanji.conv2d_backward(f32(dy), f32(x), f32(w), padding=1, stride=2)):
+        same(got, want)
+    xl, wl = as_b16(5, 7), as_b16(3, 7)
+    same(juanji.linear(xl, wl), juanji.linear(f32(xl), f32(wl)))
+    same(juanji.relu(juanji.from_numpy(x)), juanji.relu(f32(x)))
+    same(juanji.max_pool2d(x, 2), juanji.max_pool2d(f32(x), 2))
+    same(juanji.avg_pool2d(x, 2), juanji.avg_pool2d(f32(x), 2))
+    same(juanji.max_pool2d_backward(as_b16(2, 3, 4, 4) * 0 + b16(1), x, 2),
+         juanji.max_pool2d_backward(np.ones((2, 3, 4, 4), np.float32), f32(x), 2))
+    with pytest.raises(TypeError, match="conv2d: x is bfloat16 but weight is float32"):
+        juanji.conv2d(x, f32(w))

@@ -170,23 +170,33 @@ py::array to_numpy(const Tensor& t, py::handle owner) {
   return view;
 }
 
+namespace {
+
+// bfloat16 passes: the ops that take it say so, the others refuse it by name.
+void check_float_or_bfloat16(const Tensor& t, const char* name) {
+  if (t.defined() && t.dtype() == DType::bfloat16) return;
+  check_float(t, name);
+}
+
+}  // namespace
+
 Tensor tensor_arg(py::handle obj, const char* name) {
   if (py::isinstance<Tensor>(obj)) {
     Tensor t = obj.cast<Tensor>();
-    check_float(t, name);
+    check_float_or_bfloat16(t, name);
     return t;
   }
   if (obj.is_none()) throw TypeError(std::string(name) + ": expected a tensor or array, got None");
   if (py::isinstance<py::array>(obj)) {
     py::array a = py::reinterpret_borrow<py::array>(obj);
-    if (a.dtype().kind() != 'f')
-      throw TypeError(std::string(name) + ": expected a float32 or float64 array, got " +
+    if (a.dtype().kind() != 'f' && !is_bfloat16(a.dtype()))
+      throw TypeError(std::string(name) + ": expected a float32, float64 or bfloat16 array, got " +
                       array_desc(a));
     return from_numpy(a, name);
   }
   if (py::hasattr(obj, "__dlpack__") && !py::isinstance<py::sequence>(obj)) {
     Tensor t = py::module_::import("juanji._core").attr("from_dlpack")(obj).cast<Tensor>();
-    check_float(t, name);
+    check_float_or_bfloat16(t, name);
     return t;
   }
   if (py::isinstance<py::sequence>(obj) && !py::isinstance<py::str>(obj) &&

@@ -109,6 +109,8 @@ void Layer::zero_grad() {
 }
 
 void Layer::to(DType dtype) {
+  check_type(dtype == DType::float32 || dtype == DType::float64, type(), ".to: parameters are float32 or float64, got ",
+             dtype_name(dtype), dtype == DType::bfloat16 ? "; for bfloat16 compute, set_precision('bf16')" : "");
   for (auto& p : parameters_) {
     p->value = p->value.to(dtype);
     if (p->grad.defined()) p->grad = Tensor::zeros(p->value.shape(), dtype, p->value.device());

@@ -314,8 +314,9 @@ void check_tensor_table(const std::vector<SafetensorsEntry>& entries, const std:
       const SafetensorsEntry& entry = *found->second;
       check(entry.shape == p.shape, where, "tensor '", p.name, "' has shape ", shape_text(entry.shape),
             " but the architecture needs ", shape_text(p.shape));
-      check(entry.dtype == DType::float32 || entry.dtype == DType::float64, where, "tensor '", p.name,
-            "' has dtype ", dtype_name(entry.dtype), "; parameters are float32 or float64");
+      check(entry.dtype == DType::float32 || entry.dtype == DType::float64 || entry.dtype == DType::bfloat16, where,
+            "tensor '", p.name, "' has dtype ", dtype_name(entry.dtype),
+            "; parameters are float32 or float64 (bfloat16 ones load as float32)");
       if (!first) first = &entry;
       check(entry.dtype == first->dtype, where, "tensor '", p.name, "' is ", dtype_name(entry.dtype), " but '",
             first->name, "' is ", dtype_name(first->dtype), "; a model's parameters share one dtype");
@@ -466,6 +467,7 @@ std::shared_ptr<Sequential> Sequential::load(const std::string& path, Metadata* 
                                                  ") was built with other parameters than the checkpoint lists"));
     for (const auto& p : built) {
       Tensor& value = by_name.at(p->name);
+      if (value.dtype() == DType::bfloat16) value = value.to(DType::float32);  // exact
       if (p->grad.defined()) p->grad = Tensor::zeros(value.shape(), value.dtype());
       p->value = std::move(value);
     }
