@@ -326,9 +326,11 @@ X, Y = distinct_images(4)
     ((X, Y, 2), {"shards": 0}, ValueError, "shards: must be positive, got 0"),
     ((X, Y, 2), {"shard": 2, "shards": 2}, ValueError, r"shard: must be in \[0, 2\), got 2"),
     ((X, Y, 2), {"shard": -1, "shards": 2}, ValueError, r"shard: must be in \[0, 2\), got -1"),
+    ((X, Y, 2), {"shard": 1 << 62, "shards": (1 << 62) + 1}, ValueError, "shards: 4611686018427387905 shards of "
+                                                                         "batches of 2 would leave some shards"),
 ], ids=["batch_zero", "batch_negative", "padding_negative", "padding_huge", "prefetch", "fill_nan",
         "fill_huge", "seed", "lengths", "three_d", "labels_2d", "float64", "float_labels",
-        "bool_batch", "float_batch", "no_shards", "shard_past", "shard_negative"])
+        "bool_batch", "float_batch", "no_shards", "shard_past", "shard_negative", "shards_past_batch"])
 def test_bad_arguments_name_themselves(args, kw, error, match):
     with pytest.raises(error, match=match):
         data.augmented_batches(*args, **{"seed": 0, "epoch": 0, **kw})

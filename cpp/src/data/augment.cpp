@@ -141,7 +141,11 @@ std::pair<std::int64_t, std::int64_t> batch_rows(std::int64_t count, const Loade
                                                  std::int64_t k) {
   const std::int64_t begin = k * options.batch_size;
   const std::int64_t rows = std::min(count, begin + options.batch_size) - begin;
-  return {begin + options.shard * rows / options.shards, begin + (options.shard + 1) * rows / options.shards};
+  // In 128 bits: shard * rows may pass 2^63 for a huge shard count.
+  const auto bound = [&](std::int64_t shard) {
+    return begin + static_cast<std::int64_t>(static_cast<__int128>(shard) * rows / options.shards);
+  };
+  return {bound(options.shard), bound(options.shard + 1)};
 }
 
 BatchLoader::BatchLoader(const Tensor& images, const Tensor& labels,
@@ -152,6 +156,8 @@ BatchLoader::BatchLoader(const Tensor& images, const Tensor& labels,
   check(options.shards > 0, "shards: must be positive, got ", options.shards);
   check(options.shard >= 0 && options.shard < options.shards, "shard: must be in [0, ", options.shards,
         "), got ", options.shard);
+  check(options.shards <= options.batch_size, "shards: ", options.shards, " shards of batches of ",
+        options.batch_size, " would leave some shards without rows");
   check_images(images, "images");
   check_defined(labels, "labels");
   check(labels.dim() == 1, "labels: expected shape (N,), got ", shape_text(labels.shape()));
