@@ -13,6 +13,18 @@ import pytest
 import reference as ref
 
 # ---------------------------------------------------------------------------------
+# SIMD levels
+# ---------------------------------------------------------------------------------
+
+def cpu_simd_levels() -> list[str]:
+    """The SIMD levels this CPU runs, lowest first: those at or below the detected one."""
+    import juanji
+
+    order = ["portable", "avx2", "avx512"]
+    return order[: order.index(juanji.simd_detected()) + 1]
+
+
+# ---------------------------------------------------------------------------------
 # Tolerances
 # ---------------------------------------------------------------------------------
 # Results are compared with the float64 NumPy reference computed from the *same*

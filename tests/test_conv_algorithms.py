@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import juanji
-from helpers import assert_bitwise, assert_close, conv_kwargs, randint_data, randn
+from helpers import assert_bitwise, assert_close, conv_kwargs, cpu_simd_levels, randint_data, randn
 from test_conv import (
     DEPTHWISE,
     DIRECT,
@@ -144,16 +144,7 @@ def test_infinite_weights_keep_the_depthwise_data_gradient_away():
     assert accepted("forward", 2, c, x, w)[0] == "depthwise"
 
 
-@pytest.fixture
-def restore_runtime():
-    threads, level = juanji.get_num_threads(), juanji.simd_level()
-    yield
-    juanji.set_num_threads(threads)
-    juanji.set_simd_level(level)
-
-
-LEVELS = [lvl for lvl in ("portable", "avx2", "avx512")
-          if ("portable", "avx2", "avx512").index(lvl) <= ("portable", "avx2", "avx512").index(juanji.simd_detected())]
+LEVELS = cpu_simd_levels()
 
 
 @pytest.mark.parametrize("threads", [1, 2])

@@ -9,20 +9,13 @@ import numpy as np
 import pytest
 
 import juanji
+from helpers import cpu_simd_levels
 from juanji import nn, optim
 
 ml_dtypes = pytest.importorskip("ml_dtypes")
 
-LEVELS = [lvl for lvl in ("portable", "avx2", "avx512")
-          if ["portable", "avx2", "avx512"].index(lvl) <= ["portable", "avx2", "avx512"].index(juanji.simd_detected())]
-
-
-@pytest.fixture(autouse=True)
-def restore_runtime():
-    threads, level = juanji.get_num_threads(), juanji.simd_level()
-    yield
-    juanji.set_num_threads(threads)
-    juanji.set_simd_level(level)
+LEVELS = cpu_simd_levels()
+pytestmark = pytest.mark.usefixtures("restore_runtime")
 
 
 def bf16(a):

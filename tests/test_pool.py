@@ -13,6 +13,7 @@ from helpers import (
     assert_bitwise,
     assert_close,
     check_fd,
+    cpu_simd_levels,
     distinct_values,
     layout,
     pool_out_spatial,
@@ -236,19 +237,11 @@ def test_max_pool_ties_overlapping_windows():
                    ref.max_pool1d_backward(gy1, x1, 3, stride=2, padding=1), np.float64)
 
 
-LEVELS = [lvl for lvl in ("portable", "avx2", "avx512")
-          if ("portable", "avx2", "avx512").index(lvl) <= ("portable", "avx2", "avx512").index(juanji.simd_detected())]
-
-
-@pytest.fixture
-def restore_simd_level():
-    level = juanji.simd_level()
-    yield
-    juanji.set_simd_level(level)
+LEVELS = cpu_simd_levels()
 
 
 @pytest.mark.parametrize("level", LEVELS)
-def test_max_pool2d_2x2_vector_path_ties_and_nans(level, restore_simd_level):
+def test_max_pool2d_2x2_vector_path_ties_and_nans(level, restore_runtime):
     # Rows long enough for whole vectors of outputs plus a scalar tail, integer data full of ties,
     # and NaNs at every position of a window: the first maximum (or first NaN) in row-major order
     # wins, in values and in where the gradient goes.
@@ -275,7 +268,7 @@ def test_max_pool2d_2x2_vector_path_ties_and_nans(level, restore_simd_level):
 
 
 @pytest.mark.parametrize("level", LEVELS)
-def test_max_pool2d_2x2_gradient_signed_zeros_and_leftover_edges(level, restore_simd_level):
+def test_max_pool2d_2x2_gradient_signed_zeros_and_leftover_edges(level, restore_runtime):
     # A -0 gradient lands as 0 + -0 = +0, as the reference's sum gives, and the last row and
     # column of odd planes (in no window) are 0, whatever the output buffer held before.
     juanji.set_simd_level(level)
@@ -292,7 +285,7 @@ def test_max_pool2d_2x2_gradient_signed_zeros_and_leftover_edges(level, restore_
 
 @pytest.mark.parametrize("level", LEVELS)
 @pytest.mark.parametrize("shape", [(2, 3, 6, 70), (1, 2, 7, 71), (3, 1, 4, 10)])
-def test_avg_pool2d_2x2_vector_path_is_exact(level, shape, restore_simd_level):
+def test_avg_pool2d_2x2_vector_path_is_exact(level, shape, restore_runtime):
     # Integer data: every window mean is exact, so the vector path must match the reference
     # bit for bit, odd trailing rows and columns included (they get no gradient).
     juanji.set_simd_level(level)
@@ -305,7 +298,7 @@ def test_avg_pool2d_2x2_vector_path_is_exact(level, shape, restore_simd_level):
 
 
 @pytest.mark.parametrize("level", LEVELS)
-def test_avg_pool2d_2x2_signed_zeros_match_the_general_loop(level, restore_simd_level):
+def test_avg_pool2d_2x2_signed_zeros_match_the_general_loop(level, restore_runtime):
     # The general loop starts its sums at +0, so a window of -0s averages to +0, and so does a
     # -0 gradient share; the vector path must agree.
     juanji.set_simd_level(level)
