@@ -1,10 +1,12 @@
 """Throughput of inference when several Python threads call at once, juanji against PyTorch on the
-CPU: each thread runs its own LeNet-5 on batches of 64 as fast as it can for a few seconds. Every
+CPU: each thread runs its own LeNet-5 (or, with --one-model, all threads call the same one) on
+batches of 64 as fast as it can for a few seconds. Every
 (library, callers) case runs in a fresh process, so that no OpenMP pool of an earlier case is
 still around; rounds alternate the cases and the figures are medians of images/s summed over the
 callers. Target: two callers together at least as fast as one caller alone.
 
-    python bench/concurrent_inference.py [--threads 2] [--seconds 3] [--rounds 3] [--markdown out.md]
+    python bench/concurrent_inference.py [--threads 2] [--seconds 3] [--rounds 3] [--one-model]
+                                         [--markdown out.md]
 
 PyTorch is a benchmark peer only (`pip install torch==2.13.0`).
 """
@@ -24,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).parent))  # compare_torch's networks
 BATCH = 64
 
 
-def run_case(library: str, callers: int, threads: int, seconds: float) -> float:
+def run_case(library: str, callers: int, threads: int, seconds: float, one_model: bool) -> float:
     """Images per second of `callers` threads together, measured in this process."""
     import threading
     import time
@@ -37,7 +39,8 @@ def run_case(library: str, callers: int, threads: int, seconds: float) -> float:
         from juanji import models
 
         juanji.set_num_threads(threads)
-        nets = [models.lenet5() for _ in range(callers)]
+        nets = [models.lenet5() for _ in range(1 if one_model else callers)]
+        nets *= callers // len(nets)
         calls = [lambda net=net: net(x) for net in nets]
     else:
         import torch
@@ -45,7 +48,8 @@ def run_case(library: str, callers: int, threads: int, seconds: float) -> float:
         from compare_torch import lenet_torch
 
         torch.set_num_threads(threads)
-        nets = [lenet_torch(torch).eval() for _ in range(callers)]
+        nets = [lenet_torch(torch).eval() for _ in range(1 if one_model else callers)]
+        nets *= callers // len(nets)
         xt = torch.from_numpy(x)
 
         def infer(net):
@@ -83,12 +87,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--one-model", action="store_true", help="all callers call one model")
     parser.add_argument("--markdown", help="also write the table to this file")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # library:callers, run in a child process
     args = parser.parse_args()
     if args.case:
         library, callers = args.case.split(":")
-        print(json.dumps(run_case(library, int(callers), args.threads, args.seconds)))
+        print(json.dumps(run_case(library, int(callers), args.threads, args.seconds, args.one_model)))
         return
 
     cases = [(library, callers) for callers in (1, 2) for library in ("juanji", "torch")]
@@ -97,14 +102,15 @@ def main() -> None:
         for library, callers in cases:
             out = subprocess.run(
                 [sys.executable, __file__, "--case", f"{library}:{callers}", "--threads", str(args.threads),
-                 "--seconds", str(args.seconds)],
+                 "--seconds", str(args.seconds)] + (["--one-model"] if args.one_model else []),
                 check=True, capture_output=True, text=True,
             ).stdout
             results[(library, callers)].append(json.loads(out))
     import juanji
 
     lines = [
-        f"LeNet-5 inference, batch {BATCH}, {args.threads} OpenMP threads per library, {args.rounds} rounds of "
+        f"LeNet-5 inference, batch {BATCH}, {'one model for all callers' if args.one_model else 'a model per caller'}, "
+        f"{args.threads} OpenMP threads per library, {args.rounds} rounds of "
         f"{args.seconds:g} s; {platform.processor() or platform.machine()}, juanji {juanji.__version__}",
         "",
         "| library | callers | images/s (median) | runs | two callers / one |",

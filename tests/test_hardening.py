@@ -349,6 +349,122 @@ def test_concurrent_calls_give_the_serial_results():
         np.testing.assert_array_equal(got, want)
 
 
+def concat_model():
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                         nn.Concat(nn.Conv2d(4, 3, 1), nn.Sequential(nn.Conv2d(4, 2, 3, padding=1), nn.ReLU())),
+                         nn.AvgPool2d(2), nn.Flatten(), nn.Linear(5 * 14 * 14, 10))
+
+
+class Doubler(nn.Layer):
+    """A Python layer: a model with one runs its eval calls one at a time on itself."""
+
+    def forward(self, x):
+        self.last_input = x
+        return x * 2
+
+    def backward(self, grad_out):
+        return grad_out * 2
+
+
+def calls_from_threads(model, inputs, threads=4, rounds=5):
+    """Every thread calls model(x) on every input, rounds times; returns each thread's last
+    outputs and the errors raised."""
+    results, errors = [None] * threads, []
+
+    def call(t):
+        try:
+            for _ in range(rounds):
+                results[t] = [np.asarray(model(x)).copy() for x in inputs[t:] + inputs[:t]]
+        except Exception as e:  # noqa: BLE001 (reported by the caller)
+            errors.append(e)
+
+    workers = [threading.Thread(target=call, args=(t,)) for t in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return [r[-t:] + r[:-t] if t else r for t, r in enumerate(results)], errors
+
+
+@pytest.mark.parametrize("make_model", [models.lenet5, models.convnet, models.resnet, concat_model])
+@pytest.mark.parametrize("setting", ["float32", "float64", "bf16"])
+def test_eval_calls_on_one_model_from_four_threads_give_the_serial_results(make_model, setting):
+    juanji.manual_seed(2)
+    model = make_model()
+    rng = np.random.default_rng(0)
+    batch = rng.random((8, 1, 28, 28), dtype=f32)
+    # Trained a step, so that the batch norms' running statistics are not the initial ones.
+    model.train_step(batch, np.arange(8) % 10, nn.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.05))
+    dtype = np.float64 if setting == "float64" else f32
+    model.to(dtype)
+    if setting == "bf16":
+        model.set_precision("bf16")
+    model.eval()
+    inputs = [rng.random((n, 1, 28, 28)).astype(dtype) for n in (1, 3, 1, 8)]
+    # The model's own layers one after the other: no replica, no fused pass.
+    serial = [np.asarray(model.activations(x)[-1]) for x in inputs]
+    results, errors = calls_from_threads(model, inputs)
+    assert not errors, errors
+    for outputs in results:
+        for got, want in zip(outputs, serial):
+            assert got.dtype == dtype
+            np.testing.assert_array_equal(got, want)
+
+
+def test_eval_calls_on_a_model_with_a_python_layer_run_one_at_a_time_and_agree():
+    model = nn.Sequential(nn.Linear(6, 8), Doubler(), nn.ReLU(), nn.Linear(8, 3)).eval()
+    inputs = [np.random.default_rng(i).random((i + 1, 6), dtype=f32) for i in range(4)]
+    serial = [np.asarray(model.activations(x)[-1]) for x in inputs]
+    results, errors = calls_from_threads(model, inputs)
+    assert not errors, errors
+    for outputs in results:
+        for got, want in zip(outputs, serial):
+            np.testing.assert_array_equal(got, want)
+
+
+def test_eval_calls_see_every_change_to_the_model():
+    """Calls run on replicas of the layers that keep their buffers from call to call: each must
+    compute with the model as it is at that moment."""
+    juanji.manual_seed(3)
+    model = concat_model().eval()
+    x = np.random.default_rng(1).random((2, 1, 28, 28), dtype=f32)
+
+    def check():
+        np.testing.assert_array_equal(np.asarray(model(x)), np.asarray(model.activations(x)[-1]))
+        return np.asarray(model(x)).copy()
+
+    first = check()
+    model.train_step(x, np.array([1, 2]), nn.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.5))
+    assert not np.array_equal(check(), first)  # new weights and running statistics
+    model.parameters()[0].data = np.zeros((4, 1, 3, 3), f32)
+    zeroed = check()
+    model[0].bias[...] = 1  # in place, through the NumPy view
+    assert not np.array_equal(check(), zeroed)
+    model.load_state_dict({k: v * 2 for k, v in model.state_dict().items()})
+    assert not np.array_equal(check(), zeroed)
+    model.set_precision("bf16")
+    check()
+    model.set_precision("fp32")
+    model.to(np.float64)
+    assert model(x.astype(np.float64)).dtype == "float64"
+    model.to(np.float32)
+    model.append(nn.Softmax())
+    assert check().sum(axis=1) == pytest.approx([1, 1])
+    with pytest.raises(TypeError, match="Conv2d: input is float64 but the layer's parameters are float32"):
+        model(x.astype(np.float64))
+
+
+def test_backward_after_an_eval_call_is_refused():
+    model = models.lenet5()
+    x = np.zeros((2, 1, 28, 28), f32)
+    y = model.forward(x, training=True)
+    model(x)  # eval mode: the model's training-mode forward is no longer the last
+    with pytest.raises(ValueError, match="backward needs a training-mode forward"):
+        model.backward(np.ones(np.asarray(y).shape, f32))
+    model.forward(x, training=True)
+    assert model.backward(np.ones(np.asarray(y).shape, f32)) is not None
+
+
 def test_a_layer_called_from_threads_while_its_model_trains():
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
     opt = optim.SGD(model.parameters(), lr=0.01)

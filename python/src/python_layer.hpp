@@ -26,6 +26,9 @@ class PythonLayer : public nn::Layer {
   const Tensor& backward(const Tensor& grad_y, bool need_grad_x) override;
   std::string extra_repr() const override;  // the Python method extra_repr() when the class has one
   void to(Device device) override;           // the CPU only
+  // None: the Python object may keep state of its own, so a model with this layer runs its
+  // eval-mode calls one at a time.
+  std::shared_ptr<nn::Layer> replicate() const override { return nullptr; }
   // A parameter (trainable: with a gradient) or buffer named `name`, a copy of `value`.
   std::shared_ptr<nn::Parameter> declare_parameter(const std::string& name, const Tensor& value, bool trainable);
 

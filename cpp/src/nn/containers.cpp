@@ -60,7 +60,7 @@ void Container::name_parameters(const std::string& prefix) {
   for (auto& child : children_) child.layer->name_parameters(prefix + child.key + ".");
 }
 
-void Container::collect_mutexes(std::vector<std::recursive_mutex*>& out) const {
+void Container::collect_mutexes(std::vector<LayerMutex*>& out) const {
   Layer::collect_mutexes(out);
   for (const auto& child : children_) child.layer->collect_mutexes(out);
 }
@@ -95,6 +95,13 @@ Residual::Residual(std::shared_ptr<Layer> body, std::shared_ptr<Layer> shortcut)
     : body_(body), shortcut_(shortcut) {
   adopt("body", std::move(body), "Residual: body");
   if (shortcut) adopt("shortcut", std::move(shortcut), "Residual: shortcut");
+}
+
+std::shared_ptr<Layer> Residual::replicate() const {
+  std::shared_ptr<Layer> body = body_->replicate();
+  std::shared_ptr<Layer> shortcut = shortcut_ ? shortcut_->replicate() : nullptr;
+  if (!body || (shortcut_ && !shortcut)) return nullptr;
+  return std::make_shared<Residual>(std::move(body), std::move(shortcut));
 }
 
 Json Residual::config() const {
@@ -161,6 +168,15 @@ Concat::Concat(std::vector<std::shared_ptr<Layer>> branches) {
     branches_.push_back(branches[i]);
     adopt(std::to_string(i), std::move(branches[i]), "Concat: branch " + std::to_string(i));
   }
+}
+
+std::shared_ptr<Layer> Concat::replicate() const {
+  std::vector<std::shared_ptr<Layer>> branches;
+  for (const auto& branch : branches_) {
+    branches.push_back(branch->replicate());
+    if (!branches.back()) return nullptr;
+  }
+  return std::make_shared<Concat>(std::move(branches));
 }
 
 Json Concat::config() const {

@@ -6,6 +6,7 @@
 #include "core/checked_math.hpp"
 #include "juanji/build_config.hpp"
 #include "juanji/distributed.hpp"
+#include "juanji/nn/sequential.hpp"
 
 namespace juanji::nn {
 namespace {
@@ -123,13 +124,77 @@ void Layer::name_parameters(const std::string& prefix) {
   for (auto& p : parameters_) p->name = prefix + p->local_name;
 }
 
-void Layer::collect_mutexes(std::vector<std::recursive_mutex*>& out) const { out.push_back(mutex_.get()); }
+void Layer::collect_mutexes(std::vector<LayerMutex*>& out) const { out.push_back(mutex_.get()); }
 
 Layer::Lock::Lock(const Layer& layer) {
-  std::vector<std::recursive_mutex*> mutexes;
+  std::vector<LayerMutex*> mutexes;
   layer.collect_mutexes(mutexes);
   locks_.reserve(mutexes.size());
   for (auto* mutex : mutexes) locks_.emplace_back(*mutex);
+}
+
+Layer::SharedLock::SharedLock(const Layer& layer) {
+  std::vector<LayerMutex*> mutexes;
+  layer.collect_mutexes(mutexes);
+  locks_.reserve(mutexes.size());
+  for (auto* mutex : mutexes) locks_.emplace_back(*mutex);
+}
+
+std::shared_ptr<Layer> Layer::replicate() const {
+  try {
+    return make_layer(type(), config());
+  } catch (const std::invalid_argument&) {
+    return nullptr;  // a type make_layer does not know
+  }
+}
+
+void LayerMutex::lock() {
+  std::unique_lock<std::mutex> guard(mutex_);
+  const std::thread::id me = std::this_thread::get_id();
+  if (depth_ > 0 && owner_ == me) {
+    ++depth_;
+    return;
+  }
+  ++writers_waiting_;
+  released_.wait(guard, [&] { return depth_ == 0 && readers_ == 0; });
+  --writers_waiting_;
+  owner_ = me;
+  depth_ = 1;
+}
+
+void LayerMutex::unlock() {
+  std::unique_lock<std::mutex> guard(mutex_);
+  release_owned(guard);
+}
+
+void LayerMutex::release_owned(std::unique_lock<std::mutex>& guard) {
+  if (--depth_ == 0) {
+    owner_ = std::thread::id();
+    guard.unlock();
+    released_.notify_all();
+  }
+}
+
+void LayerMutex::lock_shared() {
+  std::unique_lock<std::mutex> guard(mutex_);
+  if (depth_ > 0 && owner_ == std::this_thread::get_id()) {
+    ++depth_;
+    return;
+  }
+  released_.wait(guard, [&] { return depth_ == 0 && writers_waiting_ == 0; });
+  ++readers_;
+}
+
+void LayerMutex::unlock_shared() {
+  std::unique_lock<std::mutex> guard(mutex_);
+  if (depth_ > 0 && owner_ == std::this_thread::get_id()) {
+    release_owned(guard);
+    return;
+  }
+  if (--readers_ == 0) {
+    guard.unlock();
+    released_.notify_all();
+  }
 }
 
 void move_parameters(const std::vector<std::shared_ptr<Parameter>>& parameters, Device device) {

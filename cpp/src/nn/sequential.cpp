@@ -50,10 +50,16 @@ double MSELoss::forward_backward(const Tensor& output, const Tensor& target, Ten
   return mse_loss(output, target, Reduction::mean).item();
 }
 
-Sequential::Sequential() = default;
+struct Sequential::Replicas {
+  std::mutex mutex;
+  std::vector<std::shared_ptr<Sequential>> idle;
+  bool unavailable = false;
+};
+
+Sequential::Sequential() : replicas_(std::make_unique<Replicas>()) {}
 
 // A throw leaves the layers taken so far to ~Container, which frees them.
-Sequential::Sequential(std::vector<std::shared_ptr<Layer>> layers) {
+Sequential::Sequential(std::vector<std::shared_ptr<Layer>> layers) : replicas_(std::make_unique<Replicas>()) {
   for (auto& layer : layers) add(std::move(layer));
 }
 
@@ -78,6 +84,9 @@ void Sequential::add(std::shared_ptr<Layer> layer) {
   adopt(index, std::move(layer), "Sequential: layer " + index);
   layers_.push_back(added);
   plan_.reset();
+  const std::lock_guard<std::mutex> guard(replicas_->mutex);
+  replicas_->idle.clear();
+  replicas_->unavailable = false;
 }
 
 Json Sequential::config() const {
@@ -155,6 +164,7 @@ const Tensor& Sequential::forward(const Tensor& x, bool training) {
   const Lock lock(*this);
   const ConcurrentCaller caller;
   check_input(x);
+  last_forward_inferred_ = false;
   const Tensor& input = owner() ? x : on_model_device(x, input_staging_);
   return plan(input.device()).forward(input, training);
 }
@@ -162,14 +172,92 @@ const Tensor& Sequential::forward(const Tensor& x, bool training) {
 const Tensor& Sequential::backward(const Tensor& grad_y, bool need_grad_x) {
   const Lock lock(*this);
   const ConcurrentCaller caller;
+  check(!last_forward_inferred_, "Sequential.backward: backward needs a training-mode forward (the last forward "
+        "ran in eval mode)");
   check(plan_ != nullptr, "Sequential.backward: no forward to go back through (call forward first)");
   check_defined(grad_y, "grad_out");
   return plan_->backward(grad_y, need_grad_x);
 }
 
 Tensor Sequential::forward_copy(const Tensor& x, bool training) {
+  if (!training) return infer(x);
   const Lock lock(*this);
   return forward(x, training).clone();
+}
+
+std::shared_ptr<Layer> Sequential::replicate() const {
+  auto copy = std::make_shared<Sequential>();
+  for (const auto& layer : layers_) {
+    std::shared_ptr<Layer> replica = layer->replicate();
+    if (!replica) return nullptr;
+    copy->add(std::move(replica));
+  }
+  return copy;
+}
+
+std::shared_ptr<Sequential> Sequential::idle_replica() {
+  {
+    const std::lock_guard<std::mutex> guard(replicas_->mutex);
+    if (replicas_->unavailable) return nullptr;
+    if (!replicas_->idle.empty()) {
+      std::shared_ptr<Sequential> replica = std::move(replicas_->idle.back());
+      replicas_->idle.pop_back();
+      return replica;
+    }
+  }
+  auto replica = std::static_pointer_cast<Sequential>(replicate());
+  if (!replica) {
+    const std::lock_guard<std::mutex> guard(replicas_->mutex);
+    replicas_->unavailable = true;
+  }
+  return replica;
+}
+
+namespace {
+
+// Gives each layer inside `replica` the precision of its counterpart inside `source`.
+void copy_precisions(const Layer& source, Layer& replica) {
+  if (replica.precision() != source.precision()) replica.Layer::set_precision(source.precision());
+  const auto* source_container = dynamic_cast<const Container*>(&source);
+  if (!source_container) return;
+  const auto& replica_children = dynamic_cast<const Container&>(replica).children();
+  for (std::size_t i = 0; i < replica_children.size(); ++i)
+    copy_precisions(*source_container->children()[i].layer, *replica_children[i].layer);
+}
+
+}  // namespace
+
+void Sequential::share_state_with(Sequential& replica) const {
+  const auto& source = parameters();
+  const auto& copies = replica.parameters();
+  for (std::size_t i = 0; i < copies.size(); ++i) copies[i]->value = source[i]->value;
+  replica.device_ = device_;
+  copy_precisions(*this, replica);
+}
+
+Tensor Sequential::infer(const Tensor& x) {
+  {
+    const SharedLock lock(*this);
+    const ConcurrentCaller caller;
+    last_forward_inferred_ = true;
+    std::shared_ptr<Sequential> replica = device_.is_cpu() ? idle_replica() : nullptr;
+    if (replica) {
+      // Back to the idle ones however the call ends, holding no parameter of the model's.
+      struct Lease {
+        Sequential& model;
+        std::shared_ptr<Sequential> replica;
+        ~Lease() {
+          for (const auto& p : replica->parameters()) p->value = Tensor();
+          const std::lock_guard<std::mutex> guard(model.replicas_->mutex);
+          model.replicas_->idle.push_back(std::move(replica));
+        }
+      } lease{*this, replica};
+      share_state_with(*replica);
+      return replica->forward(x, false).clone();
+    }
+  }
+  const Lock lock(*this);
+  return forward(x, false).clone();
 }
 
 std::vector<Tensor> Sequential::activations(const Tensor& x) {

@@ -42,7 +42,7 @@ class Container : public Layer {
 
  private:
   void name_parameters(const std::string& prefix) override;
-  void collect_mutexes(std::vector<std::recursive_mutex*>& out) const override;
+  void collect_mutexes(std::vector<LayerMutex*>& out) const override;
   std::vector<Child> children_;
 };
 
@@ -62,6 +62,7 @@ class Residual : public Container {
   std::vector<Shape> child_input_shapes(const Shape& input) const override;
   const Tensor& forward(const Tensor& x, bool training) override;
   const Tensor& backward(const Tensor& grad_y, bool need_grad_x) override;
+  std::shared_ptr<Layer> replicate() const override;  // of the body and the shortcut
   const std::shared_ptr<Layer>& body() const { return body_; }
   const std::shared_ptr<Layer>& shortcut() const { return shortcut_; }  // null: the identity
 
@@ -86,6 +87,7 @@ class Concat : public Container {
   std::vector<Shape> child_input_shapes(const Shape& input) const override;
   const Tensor& forward(const Tensor& x, bool training) override;
   const Tensor& backward(const Tensor& grad_y, bool need_grad_x) override;
+  std::shared_ptr<Layer> replicate() const override;  // of each branch
 
  private:
   // The output shape for the branches' output shapes; std::invalid_argument naming two that

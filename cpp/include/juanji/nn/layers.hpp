@@ -7,9 +7,12 @@
 #pragma once
 
 #include <atomic>
+#include <condition_variable>
 #include <memory>
 #include <mutex>
+#include <shared_mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "juanji/json.hpp"
@@ -52,6 +55,29 @@ enum class Precision : std::uint8_t { full, bf16 };
 Precision precision_from_name(const std::string& name);
 const char* precision_name(Precision precision);
 
+// A layer's lock. Exclusive (and recursive: its holder may take it again) for the calls that use
+// the layer's buffers or change it; shared for eval-mode inference on replicas (Sequential::infer),
+// which only reads the parameters, so that such calls run side by side. A waiting exclusive caller
+// holds off new shared ones. A shared holder must not ask for it exclusively.
+class LayerMutex {
+ public:
+  void lock();
+  void unlock();
+  // The exclusive holder's shared takes count as exclusive ones.
+  void lock_shared();
+  void unlock_shared();
+
+ private:
+  // One of the owner's takes given back; the last wakes the waiting callers.
+  void release_owned(std::unique_lock<std::mutex>& guard);
+  std::mutex mutex_;
+  std::condition_variable released_;
+  std::thread::id owner_;
+  int depth_ = 0;  // the owner's takes
+  int readers_ = 0;
+  int writers_waiting_ = 0;
+};
+
 class Layer {
  public:
   virtual ~Layer() = default;
@@ -91,9 +117,15 @@ class Layer {
   void to(DType dtype);
   // Moves parameters and their gradients to device; buffers follow on the next forward.
   virtual void to(Device device);
+  // A layer of this type and config with buffers of its own, for eval-mode calls that run side by
+  // side with this layer's (Sequential::infer), which gives it this layer's parameter values
+  // before each use; a container's holds replicas of its layers. Null where such a copy would
+  // not compute what this layer does: a layer type that make_layer does not know, unless it
+  // overrides this (as one that keeps state outside its parameters must, returning null).
+  virtual std::shared_ptr<Layer> replicate() const;
   // Serializes the calls that use this layer's buffers; a container's calls also use its
-  // layers'. Take it with a Layer::Lock, which takes the layers' inside too.
-  std::recursive_mutex& mutex() const { return *mutex_; }
+  // layers'. Take it with a Layer::Lock (or SharedLock), which takes the layers' inside too.
+  LayerMutex& mutex() const { return *mutex_; }
   // The container (Sequential, Residual, Concat) this layer is in, or null: a layer is in one
   // container at most.
   const Layer* owner() const { return owner_.load(); }
@@ -106,7 +138,15 @@ class Layer {
     explicit Lock(const Layer& layer);
 
    private:
-    std::vector<std::unique_lock<std::recursive_mutex>> locks_;
+    std::vector<std::unique_lock<LayerMutex>> locks_;
+  };
+  // The same mutexes in the same order, shared: what eval-mode inference on replicas holds.
+  class SharedLock {
+   public:
+    explicit SharedLock(const Layer& layer);
+
+   private:
+    std::vector<std::shared_lock<LayerMutex>> locks_;
   };
 
  protected:
@@ -125,8 +165,8 @@ class Layer {
   // Names every parameter prefix + its local name; containers pass each layer inside its place.
   virtual void name_parameters(const std::string& prefix);
   // This layer's mutex and those of the layers inside it, outermost first (see Lock).
-  virtual void collect_mutexes(std::vector<std::recursive_mutex*>& out) const;
-  std::unique_ptr<std::recursive_mutex> mutex_ = std::make_unique<std::recursive_mutex>();
+  virtual void collect_mutexes(std::vector<LayerMutex*>& out) const;
+  std::unique_ptr<LayerMutex> mutex_ = std::make_unique<LayerMutex>();
   std::atomic<const Layer*> owner_{nullptr};
   std::atomic<bool> training_{true};
   std::atomic<Precision> precision_{Precision::full};

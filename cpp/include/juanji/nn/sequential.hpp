@@ -5,6 +5,7 @@
 // reads back only the loss.
 #pragma once
 
+#include <atomic>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -105,8 +106,18 @@ class Sequential : public Container {
   // After a training-mode forward: the input's gradient (undefined unless need_grad_x), every
   // parameter's gradient overwritten.
   const Tensor& backward(const Tensor& grad_y, bool need_grad_x) override;
-  // forward's output copied under the model's lock: what concurrent callers use.
+  // forward's output as a tensor of the caller's own: in eval mode (training false) infer's,
+  // else copied under the model's lock.
   Tensor forward_copy(const Tensor& x, bool training);
+  // The eval-mode forward(x, false), bit for bit, into a tensor of the caller's own; calls from
+  // many threads run side by side. Each runs on a replica of the layers (Layer::replicate, kept
+  // for the next call) that computes with the model's parameter values, holding a SharedLock of
+  // the model: training steps and other changes wait for the calls in flight, and new calls for
+  // them. Where a layer has no replica (a Python layer) or the model is on a GPU, the calls run
+  // one at a time on the model itself.
+  Tensor infer(const Tensor& x);
+  // A Sequential of the layers' replicas; null where one has none.
+  std::shared_ptr<Layer> replicate() const override;
   // Every layer's output for x in eval mode (copies), for feature-map pictures.
   std::vector<Tensor> activations(const Tensor& x);
   double train_step(const Tensor& x, const Tensor& target, Loss& loss, optim::Optimizer& optimizer);
@@ -161,6 +172,16 @@ class Sequential : public Container {
   Tensor grad_output_, input_staging_, target_staging_;
   std::unique_ptr<execution::Plan> plan_;
   Device plan_device_;
+  // Whether infer ran after the last forward: backward then has nothing to go back through.
+  std::atomic<bool> last_forward_inferred_{false};
+  // infer's replicas not in use, and whether the layers have them (a Python layer has not).
+  struct Replicas;
+  std::unique_ptr<Replicas> replicas_;
+  // An idle replica, or a new one; null where a layer has none.
+  std::shared_ptr<Sequential> idle_replica();
+  // Readies a replica to compute what this model does: its parameters take this model's values
+  // (sharing their storage), its device and each layer's precision this model's.
+  void share_state_with(Sequential& replica) const;
   // Set by distribute(): the gradient buckets averaged over the ranks in train_step.
   struct GradientBuckets;
   std::unique_ptr<GradientBuckets> buckets_;
