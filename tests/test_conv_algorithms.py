@@ -37,11 +37,20 @@ SHAPES = {
 }
 
 
-def accepted(pass_, nd, c, x, w):
+def choices(pass_, c, x, w):
+    """[(name, why it refuses or None, why the default choice passes it over or None)]."""
     kw = conv_kwargs(c)
-    choices = core._conv_algorithms(pass_, x, w, kw.get("stride", 1), kw.get("padding", 0), kw.get("dilation", 1),
-                                    kw.get("groups", 1))
-    return [name for name, why in choices if why is None]
+    return core._conv_algorithms(pass_, x, w, kw.get("stride", 1), kw.get("padding", 0), kw.get("dilation", 1),
+                                 kw.get("groups", 1))
+
+
+def accepted(pass_, nd, c, x, w):
+    """The algorithms that take the problem (each can be forced), in the order of preference."""
+    return [name for name, why, _ in choices(pass_, c, x, w) if why is None]
+
+
+def default_pick(pass_, c, x, w):
+    return next(name for name, why, passed_over in choices(pass_, c, x, w) if why is None and passed_over is None)
 
 
 class forced:
@@ -98,6 +107,12 @@ DEFAULTS = [
      {"forward": "direct", "data_grad": "direct", "weight_grad": "direct"}),
     ("cifar_c2", case(N=4, C=32, K=64, spatial=(16, 16), padding=1),
      {"forward": "winograd", "data_grad": "winograd", "weight_grad": "winograd"}),
+    # Few tiles (batch 1): filter blocks, unless the channels are many; the gradients keep Winograd.
+    ("convnet_c2_b1", case(N=1, C=32, K=64, spatial=(14, 14), padding=1),
+     {"forward": "filter_blocks", "data_grad": "winograd", "weight_grad": "winograd"}),
+    ("res_512_b1", case(N=1, C=512, K=16, spatial=(7, 7), padding=1), {"forward": "filter_blocks"}),
+    ("res_256_b1", case(N=1, C=256, K=16, spatial=(14, 14), padding=1), {"forward": "winograd"}),
+    ("res_64_b2", case(N=2, C=64, K=64, spatial=(14, 14), padding=1), {"forward": "winograd"}),
     ("convnet_c1", case(N=4, C=1, K=32, spatial=(28, 28), padding=1),
      {"forward": "direct", "weight_grad": "filter_blocks"}),
     ("stem", case(N=1, C=3, K=64, spatial=(32, 32), kernel=(7, 7), stride=2, padding=3),
@@ -121,27 +136,27 @@ DEFAULTS = [
 def test_default_choices(name, c, picks):
     x, w, _ = make_inputs(np.random.default_rng(0), c, np.float32)
     for pass_, expected in picks.items():
-        assert accepted(pass_, 2, c, x, w)[0] == expected, pass_
+        assert default_pick(pass_, c, x, w) == expected, pass_
     assert all(accepted(p, 2, c, x.astype(np.float64), w.astype(np.float64)) == ["gemm", "reference"] for p in PASSES)
 
 
 def test_infinite_weights_keep_the_direct_data_gradient_away():
     c = case(N=2, C=3, K=2, spatial=(9, 9), kernel=(5, 5), padding=2)
     x, w, _ = make_inputs(np.random.default_rng(1), c, np.float32)
-    assert accepted("data_grad", 2, c, x, w)[0] == "direct"
+    assert default_pick("data_grad", c, x, w) == "direct"
     w[0, 1, 4, 4] = np.inf
-    choices = dict(core._conv_algorithms("data_grad", x, w, 1, 2))
-    assert "finite weights" in choices["direct"]
+    refusals = {name: why for name, why, _ in core._conv_algorithms("data_grad", x, w, 1, 2)}
+    assert "finite weights" in refusals["direct"]
 
 
 def test_infinite_weights_keep_the_depthwise_data_gradient_away():
     c = case(N=2, C=4, K=4, groups=4, spatial=(9, 9), stride=2, padding=1)
     x, w, _ = make_inputs(np.random.default_rng(2), c, np.float32)
-    assert accepted("data_grad", 2, c, x, w)[0] == "depthwise"
+    assert default_pick("data_grad", c, x, w) == "depthwise"
     w[2, 0, 1, 1] = -np.inf
-    choices = dict(core._conv_algorithms("data_grad", x, w, 2, 1, 1, 4))
-    assert "finite weights" in choices["depthwise"]
-    assert accepted("forward", 2, c, x, w)[0] == "depthwise"
+    refusals = {name: why for name, why, _ in core._conv_algorithms("data_grad", x, w, 2, 1, 1, 4)}
+    assert "finite weights" in refusals["depthwise"]
+    assert default_pick("forward", c, x, w) == "depthwise"
 
 
 LEVELS = cpu_simd_levels()
@@ -161,7 +176,7 @@ def test_depthwise_at_every_simd_level_and_thread_count(level, threads, restore_
         xi, wi, bi = make_inputs(rng, c, np.float32, gen=randint_data)
         gyi = randint_data(rng, gy.shape)
         for pass_ in PASSES:
-            assert accepted(pass_, nd, c, x, w)[0] == "depthwise", (name, pass_)
+            assert default_pick(pass_, c, x, w) == "depthwise", (name, pass_)
             expected = pass_outputs(pass_, nd, c, x, w, b, gy, reference=True)
             exact = pass_outputs(pass_, nd, c, xi, wi, bi, gyi, reference=True)
             juanji.set_num_threads(threads)

@@ -64,6 +64,13 @@ def all_ops(x, w, b, dy):
     outs += list(juanji.conv2d_backward(np.resize(dy, (5, 12, 7, 6)), dw_x, dw_w, stride=2, padding=1, groups=12))
     dw_w5 = np.resize(w, (12, 1, 5, 5))
     outs += list(juanji.conv2d_backward(np.resize(dy, (5, 12, 13, 11)), dw_x, dw_w5, padding=2, groups=12))
+    # One image (batch-1 inference): the direct kernel's filters split among the threads (1 and 3
+    # input channels), and Winograd passed over for filter blocks (few tiles).
+    for channels in (1, 3):
+        one_x, one_w = np.resize(x, (1, channels, 28, 27)), np.resize(w, (29, channels, 3, 3))
+        outs.append(juanji.conv2d(one_x, one_w, np.resize(b, 29), padding=1))
+    one_x, one_w = np.resize(x, (1, 32, 14, 13)), np.resize(w, (40, 32, 3, 3))
+    outs.append(juanji.conv2d(one_x, one_w, np.resize(b, 40), padding=1))
     outs.append(juanji.max_pool2d(x, 3, 2, 1))
     # Dropout's masks: threaded chunks with tails, vector bodies with scalar tails.
     juanji.manual_seed(7)
@@ -103,6 +110,24 @@ def test_large_conv_is_thread_independent():
             np.asarray(t) for t in juanji.conv2d_backward(dy, x, w, padding=1)]
     for a, b in zip(outs[1], outs[2]):
         np.testing.assert_array_equal(a, b)
+
+
+def test_one_image_through_a_fused_batch_norm_relu_max_pool_is_thread_independent():
+    # Eval mode, one image: the pass's channels are shared out among the threads.
+    rng = np.random.default_rng(2)
+    model = nn.Sequential(nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2)).eval()
+    state = model.state_dict()
+    for name in ("0.weight", "0.bias", "0.running_mean"):
+        state[name][...] = floats(rng, 32)
+    state["0.running_var"][...] = rng.random(32, dtype=np.float32) + 0.5
+    x = floats(rng, (1, 32, 28, 27))
+    assert model._plan() == ["BatchNorm2d+ReLU+MaxPool2d"]
+    outs = {}
+    for threads in (1, 2, 3):
+        juanji.set_num_threads(threads)
+        outs[threads] = np.asarray(model(x)).copy()
+    for threads in (2, 3):
+        np.testing.assert_array_equal(outs[1], outs[threads])
 
 
 @pytest.mark.parametrize("threads", [1, 2])

@@ -70,14 +70,17 @@ void register_conv(py::module_& m) {
                                                     conv_options(stride, padding, dilation, int_arg(groups, "groups")),
                                                     static_cast<int>(xt.dim()) - 2);
           py::list out;
+          const auto text_or_none = [](const std::string& text) {
+            return text.empty() ? py::object(py::none()) : py::object(py::str(text));
+          };
           for (const auto& choice : conv_algorithms(conv_pass_arg(pass), g, xt.dtype(), wt.contiguous()))
-            out.append(py::make_tuple(choice.name, choice.refusal.empty() ? py::object(py::none())
-                                                                           : py::object(py::str(choice.refusal))));
+            out.append(py::make_tuple(choice.name, text_or_none(choice.refusal), text_or_none(choice.passed_over)));
           return out;
         },
         py::arg("pass_"), py::arg("x"), py::arg("weight"), py::arg("stride") = 1, py::arg("padding") = 0,
         py::arg("dilation") = 1, py::arg("groups") = 1,
-        "[(name, why it refuses or None)] for the pass, in the order the CPU tries them.");
+        "[(name, why it refuses or None, why the default choice passes it over or None)] for the pass, in "
+        "the order the CPU tries them: the first with two Nones runs.");
   m.def("_set_conv_algorithm",
         [](const std::string& pass, py::object name) {
           return set_conv_algorithm(conv_pass_arg(pass), name.is_none() ? "" : name.cast<std::string>());

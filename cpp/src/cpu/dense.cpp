@@ -570,7 +570,10 @@ void batch_norm2d_relu_max_pool_forward(const Tensor& x, const Tensor& gamma, co
     const bool in_kernel = std::is_same_v<T, float> && is_plain_2x2(pool);
     const KernelSet& kernels = active_kernels();
     RegionErrors errors;
-#pragma omp parallel num_threads(::juanji::team_size()) if (x.numel() >= kParallelGrain)
+    // A quarter of the usual grain: normalizing, the ReLU and the window's maximum are several
+    // operations an element (in eval mode, a batch of one: 32 planes of 28x28 13.3 -> 10.3 us on
+    // two threads, 64 of 14x14 10.0 -> 8.0).
+#pragma omp parallel num_threads(::juanji::team_size()) if (x.numel() >= kParallelGrain / 4)
     {
       T* normalized = nullptr;
       if (!in_kernel) errors.guard([&] { normalized = workspace<T>(WorkspaceSlot::norm_planes, norm.area); });

@@ -105,7 +105,7 @@ class SelftestRow:
         ...
 def _conv_algorithms(pass_: str, x: typing.Any, weight: typing.Any, stride: typing.Any = 1, padding: typing.Any = 0, dilation: typing.Any = 1, groups: typing.Any = 1) -> list:
     """
-    [(name, why it refuses or None)] for the pass, in the order the CPU tries them.
+    [(name, why it refuses or None, why the default choice passes it over or None)] for the pass, in the order the CPU tries them: the first with two Nones runs.
     """
 def _set_conv_algorithm(pass_: str, name: typing.Any) -> str:
     """

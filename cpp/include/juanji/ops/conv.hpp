@@ -82,7 +82,8 @@ void conv_backward_data(const ConvGeometry& g, const Tensor& grad_y, const Tenso
 enum class ConvPass { forward, data_grad, weight_grad };
 struct ConvAlgorithmChoice {
   std::string name;
-  std::string refusal;
+  std::string refusal;      // why it cannot take the problem; empty where it can
+  std::string passed_over;  // why the default choice goes past it although it can; empty otherwise
 };
 std::vector<ConvAlgorithmChoice> conv_algorithms(ConvPass pass, const ConvGeometry& g, DType dtype,
                                                  const Tensor& weight);

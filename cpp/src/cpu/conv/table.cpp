@@ -4,6 +4,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "cpu/conv.hpp"
@@ -75,32 +76,46 @@ Refusal refuses_filter_blocks(const ConvProblem& p) {
   return use_filter_blocks(forward_correlation(p.g)) ? nullptr : "needs 8+ filters per group";
 }
 
+// Winograd transforms every weight on each call and shares out its tiles by chunks: with few
+// tiles the filter blocks are faster (2 threads, batch 1: 32 -> 64 channels at 14x14, 49 tiles,
+// 111 -> 92 us; 512 at 7x7, 16 tiles, 6.0 -> 3.2 ms), though not with many channels (256 at
+// 14x14: 2.0 ms either way on 2 threads, 2.4 against 3.6 on one). A choice by the shape alone,
+// so that results never depend on the thread count.
+Refusal passes_over_winograd(const ConvProblem& p) {
+  const Correlation c = forward_correlation(p.g);
+  const std::int64_t tiles = c.N * ((c.out_h + 1) / 2) * ((c.out_w + 1) / 2);
+  if (tiles <= 32 || (tiles < 64 && c.in_per_group() <= 128))
+    return "too few output tiles to pay for transforming the weights (filter blocks are faster)";
+  return nullptr;
+}
+
 struct ForwardAlgorithm {
   const char* name;
   Refusal (*refusal)(const ConvProblem&);
+  Refusal (*passed_over)(const ConvProblem&);  // by the default choice, though it takes the problem; null: never
   void (*run_f32)(const ConvGeometry&, const float* x, const float* w, const float* bias, float* y, bool relu);
   void (*run_f64)(const ConvGeometry&, const double* x, const double* w, const double* bias, double* y);
 };
 
 const std::array<ForwardAlgorithm, 6> kForwardAlgorithms{{
     {"depthwise",
-     refuses_depthwise,
+     refuses_depthwise, nullptr,
      depthwise_forward, nullptr},
     {"direct",
-     refuses_direct,
+     refuses_direct, nullptr,
      direct_forward, nullptr},
     {"winograd",
-     refuses_winograd,
+     refuses_winograd, passes_over_winograd,
      winograd_forward, nullptr},
     {"filter_blocks",
-     refuses_filter_blocks,
+     refuses_filter_blocks, nullptr,
      filter_block_forward, nullptr},
-    {"gemm", takes_every_problem,
+    {"gemm", takes_every_problem, nullptr,
      [](const ConvGeometry& g, const float* x, const float* w, const float* bias, float* y, bool) {
        gemm_forward(g, x, w, bias, y);
      },
      gemm_forward<double>},
-    {"reference", takes_every_problem,
+    {"reference", takes_every_problem, nullptr,
      [](const ConvGeometry& g, const float* x, const float* w, const float* bias, float* y, bool) {
        ref::conv_forward(g, x, w, bias, y);
      },
@@ -228,8 +243,18 @@ const char* pass_name(ConvPass pass) {
   return "?";
 }
 
+// Why the default choice goes past an entry that takes the problem (only forward entries have
+// such a rule), or null.
+template <class Algorithm>
+Refusal passed_over(const Algorithm& a, const ConvProblem& p) {
+  if constexpr (std::is_same_v<Algorithm, ForwardAlgorithm>)
+    return a.passed_over ? a.passed_over(p) : nullptr;
+  else
+    return nullptr;
+}
+
 // The entry that runs the problem: the forced one where this pass has it (an error if it refuses
-// the problem), else the first that takes it.
+// the problem), else the first that takes it and is not passed over.
 template <class Algorithm, std::size_t N>
 const Algorithm& choose(const std::array<Algorithm, N>& table, const ConvProblem& p, ConvPass pass,
                         bool allow_forced) {
@@ -244,7 +269,7 @@ const Algorithm& choose(const std::array<Algorithm, N>& table, const ConvProblem
     }
   }
   for (const Algorithm& a : table)
-    if (!a.refusal(p)) return a;
+    if (!a.refusal(p) && !passed_over(a, p)) return a;
   return table.back();
 }
 
@@ -253,7 +278,8 @@ std::vector<ConvAlgorithmChoice> describe(const std::array<Algorithm, N>& table,
   std::vector<ConvAlgorithmChoice> out;
   for (const Algorithm& a : table) {
     const Refusal why = a.refusal(p);
-    out.push_back({a.name, why ? why : ""});
+    const Refusal passed = why ? nullptr : passed_over(a, p);
+    out.push_back({a.name, why ? why : "", passed ? passed : ""});
   }
   return out;
 }
