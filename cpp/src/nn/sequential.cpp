@@ -163,8 +163,12 @@ std::vector<std::string> Sequential::describe_plan() {
 const Tensor& Sequential::forward(const Tensor& x, bool training) {
   const Lock lock(*this);
   const ConcurrentCaller caller;
-  check_input(x);
   last_forward_inferred_ = false;
+  return run_forward(x, training);
+}
+
+const Tensor& Sequential::run_forward(const Tensor& x, bool training) {
+  check_input(x);
   const Tensor& input = owner() ? x : on_model_device(x, input_staging_);
   return plan(input.device()).forward(input, training);
 }
@@ -253,7 +257,7 @@ Tensor Sequential::infer(const Tensor& x) {
         }
       } lease{*this, replica};
       share_state_with(*replica);
-      return replica->forward(x, false).clone();
+      return replica->run_forward(x, false).clone();  // the replica is this call's alone
     }
   }
   const Lock lock(*this);

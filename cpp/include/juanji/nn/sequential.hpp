@@ -159,6 +159,8 @@ class Sequential : public Container {
 
  private:
   void check_input(const Tensor& x) const;
+  // forward without the lock: for the caller that holds it, or that alone has this model.
+  const Tensor& run_forward(const Tensor& x, bool training);
   // One sample's shape: input_shape itself when the layers take a batch of it, else input_shape
   // without its first (batch) dimension when they take that; else the first attempt's error.
   Shape sample_shape(const Shape& input_shape) const;
