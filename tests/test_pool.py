@@ -267,6 +267,40 @@ def test_max_pool2d_2x2_vector_path_ties_and_nans(level, restore_runtime):
     assert np.isnan(y).sum() == 5
 
 
+@pytest.mark.parametrize("kernel, stride, padding, ceil_mode", [
+    (3, 2, 0, True), (3, 2, 1, False), (3, 1, 1, False), ((2, 3), (1, 3), (1, 1), True), (5, 2, 2, True)])
+def test_max_pool2d_general_windows_ties_nans_and_signed_zeros(kernel, stride, padding, ceil_mode):
+    # Rows of more than one block of 64 outputs: windows inside the plane go a block at a time,
+    # the ones that padding or ceil mode clip one by one. Integer data full of ties, signed zeros
+    # and NaNs (two in some windows): the first maximum (or first NaN) in row-major window order
+    # wins, in values (signs of zero included) and in where the gradient goes.
+    rng = np.random.default_rng(8)
+    x = randint_data(rng, (2, 2, 9, 141), np.float32, lo=-1, hi=2)
+    x[x == 0] = rng.choice([0.0, -0.0], size=int((x == 0).sum())).astype(np.float32)
+    x[0, 0, 3, 10:14] = np.nan
+    x[1, 1, 4, 70] = x[1, 1, 5, 71] = np.nan
+    y = as_np(juanji.max_pool2d(x, kernel, stride, padding, ceil_mode=ceil_mode))
+    gy = randint_data(rng, y.shape, np.float32)
+    gx = as_np(juanji.max_pool2d_backward(gy, x, kernel, stride, padding, ceil_mode=ceil_mode))
+    kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
+    sh, sw = (stride, stride) if isinstance(stride, int) else stride
+    ph, pw = (padding, padding) if isinstance(padding, int) else padding
+    expected_y, expected_gx = np.empty_like(y), np.zeros_like(x)
+    for n, c, p, q in np.ndindex(y.shape):
+        rows = range(max(p * sh - ph, 0), min(p * sh - ph + kh, x.shape[2]))
+        cols = range(max(q * sw - pw, 0), min(q * sw - pw + kw, x.shape[3]))
+        at = [(h, w) for h in rows for w in cols]
+        values = np.array([x[n, c, h, w] for h, w in at])
+        nans = np.flatnonzero(np.isnan(values))
+        pick = nans[0] if nans.size else next(i for i, v in enumerate(values) if v == values.max())
+        expected_y[n, c, p, q] = values[pick]
+        expected_gx[n, c, at[pick][0], at[pick][1]] += gy[n, c, p, q]
+    np.testing.assert_array_equal(y, expected_y)
+    np.testing.assert_array_equal(np.signbit(y), np.signbit(expected_y))
+    np.testing.assert_array_equal(gx, expected_gx)
+    assert np.isnan(y).any()
+
+
 @pytest.mark.parametrize("level", LEVELS)
 def test_max_pool2d_2x2_gradient_signed_zeros_and_leftover_edges(level, restore_runtime):
     # A -0 gradient lands as 0 + -0 = +0, as the reference's sum gives, and the last row and
