@@ -116,6 +116,11 @@ def export(torch, module, path: str) -> None:
 
 
 def seconds(fn, count: int) -> list[float]:
+    # The other library's idle threads spin for a while after its last call (onnxruntime's pool,
+    # GNU OpenMP's team): let them go to sleep first, so that neither times the other's spinning
+    # (SqueezeNet at batch 1 ran at 12.8 or 24.5 ms by what the run before it was).
+    time.sleep(0.2)
+    fn()
     times = []
     for _ in range(count):
         start = time.perf_counter()

@@ -88,6 +88,13 @@ def check_classify(classify, tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"accuracy {100 * accuracy:.2f}% ({round(accuracy * 300)} of 300)" in result.stdout
     assert "300 images in" in result.stdout and "images/s" in result.stdout
+    # A server's way: 4 worker threads classify one image at a time on the one model.
+    served = subprocess.run([str(classify), str(tmp_path / "model.safetensors"), str(tmp_path / "images-idx3-ubyte"),
+                             str(tmp_path / "labels-idx1-ubyte.gz"), "--batch", "1", "--workers", "4"],
+                            capture_output=True, text=True)
+    assert served.returncode == 0, served.stdout + served.stderr
+    assert f"accuracy {100 * accuracy:.2f}% ({round(accuracy * 300)} of 300)" in served.stdout
+    assert "(batch 1, 4 workers," in served.stdout
     bad = subprocess.run([str(classify), str(tmp_path / "model.safetensors"), str(tmp_path / "labels-idx1-ubyte.gz")],
                          capture_output=True, text=True)
     assert bad.returncode == 1 and "not an IDX file of bytes with 3 dimensions" in bad.stderr

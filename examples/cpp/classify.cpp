@@ -1,18 +1,22 @@
 // Deploys a model that `juanji train` wrote: loads model.safetensors, classifies the images of an
 // IDX file (raw or gzipped, as Fashion-MNIST ships them) and, given their labels, prints the
-// accuracy; then the images per second of the inference.
+// accuracy; then the images per second of the inference. With --workers W, W threads serve the
+// batches side by side on the one model, as a server's request threads would (Sequential::infer).
 //
-//   classify MODEL.safetensors IMAGES-idx3-ubyte[.gz] [LABELS-idx1-ubyte[.gz]] [--batch N]
+//   classify MODEL.safetensors IMAGES-idx3-ubyte[.gz] [LABELS-idx1-ubyte[.gz]] [--batch N] [--workers W]
 #include <juanji/juanji.hpp>
 #include <zlib.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <exception>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace {
@@ -67,16 +71,20 @@ std::string metadata_value(const juanji::Metadata& metadata, const std::string& 
 
 int main(int argc, char** argv) {
   std::vector<std::string> files;
-  std::int64_t batch = 256;
+  std::int64_t batch = 256, workers = 1;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     if (arg == "--batch" && i + 1 < argc)
       batch = std::atoll(argv[++i]);
+    else if (arg == "--workers" && i + 1 < argc)
+      workers = std::atoll(argv[++i]);
     else
       files.push_back(arg);
   }
-  if (files.size() < 2 || files.size() > 3 || batch < 1) {
-    std::fprintf(stderr, "usage: %s MODEL.safetensors IMAGES-idx3-ubyte[.gz] [LABELS-idx1-ubyte[.gz]] [--batch N]\n",
+  if (files.size() < 2 || files.size() > 3 || batch < 1 || workers < 1 || workers > 256) {
+    std::fprintf(stderr,
+                 "usage: %s MODEL.safetensors IMAGES-idx3-ubyte[.gz] [LABELS-idx1-ubyte[.gz]] [--batch N] "
+                 "[--workers W (1-256)]\n",
                  argv[0]);
     return 2;
   }
@@ -95,19 +103,34 @@ int main(int argc, char** argv) {
       pixels[i] = (static_cast<float>(images.values[i]) / 255.0f - mean) / stddev;
 
     std::vector<std::int64_t> predicted(static_cast<std::size_t>(count));
-    const auto start = std::chrono::steady_clock::now();
-    for (std::int64_t begin = 0; begin < count; begin += batch) {
-      const std::int64_t end = std::min(count, begin + batch);
-      const juanji::Tensor logits = model->forward_copy(x.slice(0, begin, end), false);
-      const std::int64_t classes = logits.size(1);
-      const float* z = logits.data<float>();
-      for (std::int64_t n = 0; n < end - begin; ++n) {
-        std::int64_t best = 0;
-        for (std::int64_t c = 1; c < classes; ++c)
-          if (z[n * classes + c] > z[n * classes + best]) best = c;
-        predicted[static_cast<std::size_t>(begin + n)] = best;
+    // Each worker takes the next batch until none is left; each writes its own batches' entries.
+    std::atomic<std::int64_t> next{0};
+    std::exception_ptr failure;
+    std::atomic<bool> failed{false};
+    const auto serve = [&] {
+      try {
+        for (std::int64_t begin; !failed && (begin = next.fetch_add(batch)) < count;) {
+          const std::int64_t end = std::min(count, begin + batch);
+          const juanji::Tensor logits = model->infer(x.slice(0, begin, end));
+          const std::int64_t classes = logits.size(1);
+          const float* z = logits.data<float>();
+          for (std::int64_t n = 0; n < end - begin; ++n) {
+            std::int64_t best = 0;
+            for (std::int64_t c = 1; c < classes; ++c)
+              if (z[n * classes + c] > z[n * classes + best]) best = c;
+            predicted[static_cast<std::size_t>(begin + n)] = best;
+          }
+        }
+      } catch (...) {
+        if (!failed.exchange(true)) failure = std::current_exception();
       }
-    }
+    };
+    const auto start = std::chrono::steady_clock::now();
+    std::vector<std::thread> threads;
+    for (std::int64_t w = 1; w < workers; ++w) threads.emplace_back(serve);
+    serve();
+    for (auto& thread : threads) thread.join();
+    if (failure) std::rethrow_exception(failure);
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 
     if (files.size() == 3) {
@@ -124,9 +147,10 @@ int main(int argc, char** argv) {
         std::printf("%lld: class %lld\n", static_cast<long long>(n),
                     static_cast<long long>(predicted[static_cast<std::size_t>(n)]));
     }
-    std::printf("%lld images in %.3f s: %.0f images/s (batch %lld, %d threads, SIMD %s)\n",
+    std::printf("%lld images in %.3f s: %.0f images/s (batch %lld, %lld worker%s, %d threads, SIMD %s)\n",
                 static_cast<long long>(count), seconds, static_cast<double>(count) / seconds,
-                static_cast<long long>(batch), juanji::get_num_threads(), juanji::simd_name(juanji::simd_level()));
+                static_cast<long long>(batch), static_cast<long long>(workers), workers == 1 ? "" : "s",
+                juanji::get_num_threads(), juanji::simd_name(juanji::simd_level()));
     return 0;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "classify: error: %s\n", e.what());
