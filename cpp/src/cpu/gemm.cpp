@@ -1,7 +1,22 @@
 #include "cpu/gemm.hpp"
 
+#include <cstring>
+
 namespace juanji::cpu {
 namespace {
+
+// One row of a panel, nr values, by a copy of fixed size that the compiler inlines: a call to
+// memmove per row took a third of a pointwise layer's GEMM on NumPy's 16-byte-aligned rows
+// (8x256x56x56 -> 64, 2 threads: 8.7 -> 7.6 ms; 7.0 on 64-byte-aligned rows either way).
+template <class T>
+inline void copy_panel_row(const T* src, int nr, T* dst) {
+  switch (nr * sizeof(T)) {
+    case 32: std::memcpy(dst, src, 32); return;
+    case 64: std::memcpy(dst, src, 64); return;
+    case 128: std::memcpy(dst, src, 128); return;
+    default: std::copy(src, src + nr, dst);
+  }
+}
 
 template <class T>
 void pack_b(Matrix<T> B, std::int64_t k0, std::int64_t kc, std::int64_t j0, std::int64_t cols,
@@ -24,8 +39,7 @@ void pack_b(Matrix<T> B, std::int64_t k0, std::int64_t kc, std::int64_t j0, std:
   for (std::int64_t k = 0; k < kc; ++k) {
     T* row = out + k * nr;
     if (B.col_stride == 1 && cols == nr) {
-      const T* src = B.data + (k0 + k) * B.row_stride + j0;
-      std::copy(src, src + nr, row);
+      copy_panel_row(B.data + (k0 + k) * B.row_stride + j0, nr, row);
     } else {
       for (int j = 0; j < nr; ++j) row[j] = j < cols ? B.at(k0 + k, j0 + j) : T(0);
     }

@@ -81,6 +81,7 @@ void default_data_grad_f32(const ConvGeometry& g, const float* dy, const float* 
 
 // ---- im2col + GEMM (gemm.cpp): every problem, float32 or float64 ----
 bool pointwise_data_grad_by_gemm(const ConvGeometry& g);
+bool pointwise_forward_by_gemm(const ConvGeometry& g);
 template <class T>
 void gemm_forward(const ConvGeometry& g, const T* x, const T* w, const T* bias, T* y);
 template <class T>

@@ -89,6 +89,10 @@ Refusal passes_over_winograd(const ConvProblem& p) {
   return nullptr;
 }
 
+Refusal passes_over_filter_blocks(const ConvProblem& p) {
+  return pointwise_forward_by_gemm(p.g) ? "a pointwise layer on large planes of 2+ images is faster by GEMM" : nullptr;
+}
+
 struct ForwardAlgorithm {
   const char* name;
   Refusal (*refusal)(const ConvProblem&);
@@ -108,7 +112,7 @@ const std::array<ForwardAlgorithm, 6> kForwardAlgorithms{{
      refuses_winograd, passes_over_winograd,
      winograd_forward, nullptr},
     {"filter_blocks",
-     refuses_filter_blocks, nullptr,
+     refuses_filter_blocks, passes_over_filter_blocks,
      filter_block_forward, nullptr},
     {"gemm", takes_every_problem, nullptr,
      [](const ConvGeometry& g, const float* x, const float* w, const float* bias, float* y, bool) {
