@@ -92,19 +92,18 @@ void gemm_with_packer(std::int64_t M, std::int64_t N, std::int64_t K, Matrix<T> 
       for (std::int64_t ic = 0; ic < M; ic += block_m) {
         const std::int64_t mc = std::min(block_m, M - ic);
         const std::int64_t a_panels = (mc + mr - 1) / mr;
-        // B's panels (with the first block of A) and A's in one loop: one barrier, not two. A
-        // B panel is nr / mr times an A panel's work: threads take the next one as they finish.
-        const std::int64_t b_packs = ic == 0 ? b_panels : 0;
-#pragma omp for schedule(dynamic)
-        for (std::int64_t p = 0; p < b_packs + a_panels; ++p) {
-          if (p < b_packs) {
+        // B's panels (with the first block of A) split as the tiles below are, so that each
+        // thread packs the panels it then multiplies, in its own cache (a single image's
+        // pointwise GEMM, 64 x 3136 x 64, scaled 1.2x on two threads when the panels went to
+        // whichever thread came first); then A's panels, which every thread reads.
+        if (ic == 0) {
+#pragma omp for schedule(static) nowait
+          for (std::int64_t p = 0; p < b_panels; ++p)
             pack_b(pc, kc, jc + p * nr, std::min<std::int64_t>(nr, nc - p * nr), nr, b_pack + p * nr * kc);
-          } else {
-            const std::int64_t a = p - b_packs;
-            detail::pack_a(A, ic + a * mr, std::min<std::int64_t>(mr, mc - a * mr), pc, kc, mr,
-                           a_pack + a * mr * kc);
-          }
         }
+#pragma omp for schedule(static)
+        for (std::int64_t a = 0; a < a_panels; ++a)
+          detail::pack_a(A, ic + a * mr, std::min<std::int64_t>(mr, mc - a * mr), pc, kc, mr, a_pack + a * mr * kc);
 #pragma omp for schedule(static) collapse(2)
         for (std::int64_t jp = 0; jp < b_panels; ++jp)
           for (std::int64_t ip = 0; ip < a_panels; ++ip) {
