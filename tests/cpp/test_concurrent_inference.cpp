@@ -7,8 +7,6 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
-#include <cstdio>
-#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <memory>
@@ -19,16 +17,11 @@
 
 #include <juanji/juanji.hpp>
 
+#include "expect.hpp"
+
 namespace {
 
-int failures = 0;
-
-void expect(bool ok, const std::string& what) {
-  if (!ok) {
-    std::printf("FAIL: %s\n", what.c_str());
-    ++failures;
-  }
-}
+using public_check::expect;
 
 using namespace juanji;
 using Clock = std::chrono::steady_clock;
@@ -206,6 +199,5 @@ int main() {
   test_calls_run_side_by_side();
   test_a_change_waits_for_the_calls_in_flight();
   test_a_server_gets_the_serial_answers();
-  std::printf("%s (%d failure%s)\n", failures ? "FAILED" : "ok", failures, failures == 1 ? "" : "s");
-  return failures ? EXIT_FAILURE : EXIT_SUCCESS;
+  return public_check::summary();
 }

@@ -4,7 +4,6 @@
 // augmenting batch loader, and bfloat16 tensors.
 #include <cmath>
 #include <cstdio>
-#include <cstdlib>
 #include <cstring>
 #include <optional>
 #include <string>
@@ -13,16 +12,11 @@
 #include <juanji/checkpoint.hpp>
 #include <juanji/juanji.hpp>
 
+#include "expect.hpp"
+
 namespace {
 
-int failures = 0;
-
-void expect(bool ok, const std::string& what) {
-  if (!ok) {
-    std::printf("FAIL: %s\n", what.c_str());
-    ++failures;
-  }
-}
+using public_check::expect;
 
 using namespace juanji;
 
@@ -322,6 +316,5 @@ int main() {
   test_training_and_checkpoint();
   test_batch_loader();
   test_bfloat16_tensors();
-  std::printf("%s (%d failure%s)\n", failures ? "FAILED" : "ok", failures, failures == 1 ? "" : "s");
-  return failures ? EXIT_FAILURE : EXIT_SUCCESS;
+  return public_check::summary();
 }

@@ -126,18 +126,18 @@ void Layer::name_parameters(const std::string& prefix) {
 
 void Layer::collect_mutexes(std::vector<LayerMutex*>& out) const { out.push_back(mutex_.get()); }
 
-Layer::Lock::Lock(const Layer& layer) {
+std::vector<LayerMutex*> Layer::mutexes_within(const Layer& layer) {
   std::vector<LayerMutex*> mutexes;
   layer.collect_mutexes(mutexes);
-  locks_.reserve(mutexes.size());
-  for (auto* mutex : mutexes) locks_.emplace_back(*mutex);
+  return mutexes;
+}
+
+Layer::Lock::Lock(const Layer& layer) {
+  for (auto* mutex : mutexes_within(layer)) locks_.emplace_back(*mutex);
 }
 
 Layer::SharedLock::SharedLock(const Layer& layer) {
-  std::vector<LayerMutex*> mutexes;
-  layer.collect_mutexes(mutexes);
-  locks_.reserve(mutexes.size());
-  for (auto* mutex : mutexes) locks_.emplace_back(*mutex);
+  for (auto* mutex : mutexes_within(layer)) locks_.emplace_back(*mutex);
 }
 
 std::shared_ptr<Layer> Layer::replicate() const {

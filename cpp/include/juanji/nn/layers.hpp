@@ -166,6 +166,8 @@ class Layer {
   virtual void name_parameters(const std::string& prefix);
   // This layer's mutex and those of the layers inside it, outermost first (see Lock).
   virtual void collect_mutexes(std::vector<LayerMutex*>& out) const;
+  // collect_mutexes' list for a Lock or SharedLock.
+  static std::vector<LayerMutex*> mutexes_within(const Layer& layer);
   std::unique_ptr<LayerMutex> mutex_ = std::make_unique<LayerMutex>();
   std::atomic<const Layer*> owner_{nullptr};
   std::atomic<bool> training_{true};
