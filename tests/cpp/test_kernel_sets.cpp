@@ -991,6 +991,36 @@ void test_max_pool_2x2(const Level& level, Data& data) {
         }
 }
 
+void test_max_pool_window_row(const Level& level, Data& data) {
+  const I lanes = level.lanes;
+  for (I stride : {1, 2, 3})
+    for (I kernel_h : {1, 2, 3})
+      for (I kernel_w : {1, 2, 3, 5})
+        for (I count : sizes({1, lanes - 1, lanes, lanes + 1, 2 * lanes, 3 * lanes + 2}))
+          for (Values values : kBothValues) {
+            // The windows of `count` outputs fill the row's columns exactly: no slack after them.
+            const I width = (count - 1) * stride + kernel_w;
+            // The last window ends the data: a read past it is out of bounds (AddressSanitizer).
+            const auto x = pooling_values(data, (kernel_h - 1) * width + width, values);
+            std::vector<float> got(count + kTail, kSentinel), want = got;
+            juanji::cpu::MaxPoolWindowRowArgs args{x.data(), width, kernel_h, kernel_w, stride, count, got.data()};
+            const I done = level.set.max_pool_window_row_f32(args);
+            const std::string what = describe(level, "max_pool_window_row stride=%ld kernel=%ldx%ld count=%ld (%s data)",
+                                              stride, kernel_h, kernel_w, count, values_name(values));
+            expect(done == (stride > 2 || count < lanes ? 0 : count), what + ": outputs done");
+            for (I j = 0; j < done; ++j) {
+              float best = x[j * stride];
+              for (I h = 0; h < kernel_h; ++h)
+                for (I w = 0; w < kernel_w; ++w) {
+                  const float v = x[h * width + w + j * stride];
+                  if (best == best && (v != v || v > best)) best = v;
+                }
+              want[j] = best;
+            }
+            expect_same_bits(what, got, want);
+          }
+}
+
 void test_max_pool_2x2_backward(const Level& level, Data& data) {
   const I lanes = level.lanes;
   int variant = 0;
@@ -1169,6 +1199,7 @@ void test_kernel_set(SimdLevel simd) {
   test_pixel_major_row(level, data);
   test_winograd_weight_products(level, data);
   test_max_pool_2x2(level, data);
+  test_max_pool_window_row(level, data);
   test_max_pool_2x2_backward(level, data);
   test_avg_pool_2x2(level, data);
   test_dropout(level, data);

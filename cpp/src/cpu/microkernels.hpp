@@ -314,6 +314,18 @@ struct MaxPool2x2BackwardArgs {
 };
 using MaxPool2x2Backward = bool (*)(const MaxPool2x2BackwardArgs& args);
 
+// Max pooling of one output row's windows that lie inside the plane, for any window and a column
+// stride of 1 or 2: out[j] = the first maximum in row-major window order of top_left[h * width +
+// w + j * stride] (h < kernel_h, w < kernel_w; a NaN wins, the first NaN is kept) for j < count.
+// Returns how many outputs it wrote: all, or 0 for other strides or fewer outputs than a vector
+// (the caller computes those).
+struct MaxPoolWindowRowArgs {
+  const float* top_left;
+  std::int64_t width, kernel_h, kernel_w, stride, count;
+  float* out;
+};
+using MaxPoolWindowRow = std::int64_t (*)(const MaxPoolWindowRowArgs& args);
+
 // 2x2 stride-2 average pooling of one output row, as the general loop computes it: out[q] =
 // ((((0 + row0[2q]) + row0[2q+1]) + row1[2q]) + row1[2q+1]) / 4 for q < count (row1 = row0 + width).
 using AvgPool2x2 = void (*)(const float* row0, std::int64_t width, std::int64_t count, float* out);
@@ -381,6 +393,7 @@ struct KernelSet {
   WinogradWeightProducts winograd_weight_products_f32;
   MaxPool2x2 max_pool_2x2_f32;
   MaxPool2x2Backward max_pool_2x2_backward_f32;
+  MaxPoolWindowRow max_pool_window_row_f32;
   AvgPool2x2 avg_pool_2x2_f32;
   AvgPool2x2Backward avg_pool_2x2_backward_f32;
   Dropout dropout_f32;

@@ -140,21 +140,31 @@ void max_pool_inside(const PoolGeometry& g, const T* x, T* y, std::int64_t* arg,
   }
 }
 
-// Output row p from column `first` on: the windows inside the plane a block at a time, those
-// that the padding or ceil mode clip window by window.
+// Output row p from column `first` on: the windows whose columns lie inside the plane a block at a
+// time (without argmaxes, float32, a vector kernel that also takes rows clipped by the padding or
+// ceil mode), those clipped at the sides window by window.
 template <class T>
 void max_pool_row(const PoolGeometry& g, const T* x, T* y, std::int64_t* arg, std::int64_t p, std::int64_t first) {
   const std::int64_t top = p * g.stride_h - g.pad_h;
-  if (top < 0 || top + g.kernel_h > g.H || g.W < g.kernel_w) return max_pool_columns(g, x, y, arg, p, first, g.Q);
   // Columns q with pad_w <= q * stride and q * stride - pad_w + kernel_w <= W.
   const std::int64_t inside_begin = std::max(first, (g.pad_w + g.stride_w - 1) / g.stride_w);
-  const std::int64_t inside_end = std::min(g.Q, (g.W - g.kernel_w + g.pad_w) / g.stride_w + 1);
+  const std::int64_t inside_end = g.W < g.kernel_w ? 0 : std::min(g.Q, (g.W - g.kernel_w + g.pad_w) / g.stride_w + 1);
   if (inside_begin >= inside_end) return max_pool_columns(g, x, y, arg, p, first, g.Q);
   max_pool_columns(g, x, y, arg, p, first, inside_begin);
-  if (arg)
-    max_pool_inside<T, true>(g, x, y, arg, p, inside_begin, inside_end);
+  const Span rows = span(p, g.H, g.kernel_h, g.stride_h, g.pad_h, true);
+  std::int64_t done = inside_begin;
+  if constexpr (std::is_same_v<T, float>) {
+    if (!arg && rows.hi > rows.lo)
+      done += active_kernels().max_pool_window_row_f32(
+          {x + rows.lo * g.W + inside_begin * g.stride_w - g.pad_w, g.W, rows.hi - rows.lo, g.kernel_w, g.stride_w,
+           inside_end - inside_begin, y + p * g.Q + inside_begin});
+  }
+  if (top < 0 || top + g.kernel_h > g.H)
+    max_pool_columns(g, x, y, arg, p, done, inside_end);
+  else if (arg)
+    max_pool_inside<T, true>(g, x, y, arg, p, done, inside_end);
   else
-    max_pool_inside<T, false>(g, x, y, arg, p, inside_begin, inside_end);
+    max_pool_inside<T, false>(g, x, y, arg, p, done, inside_end);
   max_pool_columns(g, x, y, arg, p, inside_end, g.Q);
 }
 
