@@ -113,10 +113,14 @@ DEFAULTS = [
     ("res_512_b1", case(N=1, C=512, K=16, spatial=(7, 7), padding=1), {"forward": "filter_blocks"}),
     ("res_256_b1", case(N=1, C=256, K=16, spatial=(14, 14), padding=1), {"forward": "winograd"}),
     ("res_64_b2", case(N=2, C=64, K=64, spatial=(14, 14), padding=1), {"forward": "winograd"}),
-    # Pointwise on large planes: GEMM from two images on (one image per GEMM, the GEMMs shared
-    # out), filter blocks for one image, for smaller planes and for many channels.
+    # Pointwise: GEMM for two images or more on large planes (one image per GEMM, the GEMMs shared
+    # out), for one image from 28x28 (and from 13x13 up to 256 channels); filter blocks for smaller
+    # planes and, with more images, for many channels.
     ("pw_b2", case(N=2, C=64, K=64, spatial=(56, 56), kernel=(1, 1)), {"forward": "gemm"}),
-    ("pw_b1", case(N=1, C=64, K=64, spatial=(56, 56), kernel=(1, 1)), {"forward": "filter_blocks"}),
+    ("pw_b1", case(N=1, C=64, K=64, spatial=(56, 56), kernel=(1, 1)), {"forward": "gemm"}),
+    ("pw_b1_13", case(N=1, C=64, K=256, spatial=(13, 13), kernel=(1, 1)), {"forward": "gemm"}),
+    ("pw_b1_13_wide", case(N=1, C=512, K=64, spatial=(13, 13), kernel=(1, 1)), {"forward": "filter_blocks"}),
+    ("pw_b1_7", case(N=1, C=64, K=64, spatial=(7, 7), kernel=(1, 1)), {"forward": "filter_blocks"}),
     ("pw_28", case(N=8, C=64, K=64, spatial=(28, 28), kernel=(1, 1)), {"forward": "filter_blocks"}),
     ("pw_512", case(N=2, C=512, K=16, spatial=(56, 56), kernel=(1, 1)), {"forward": "filter_blocks"}),
     ("convnet_c1", case(N=4, C=1, K=32, spatial=(28, 28), padding=1),

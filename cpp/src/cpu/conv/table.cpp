@@ -90,7 +90,7 @@ Refusal passes_over_winograd(const ConvProblem& p) {
 }
 
 Refusal passes_over_filter_blocks(const ConvProblem& p) {
-  return pointwise_forward_by_gemm(p.g) ? "a pointwise layer on large planes of 2+ images is faster by GEMM" : nullptr;
+  return pointwise_forward_by_gemm(p.g) ? "a pointwise layer on planes this large is faster by GEMM" : nullptr;
 }
 
 struct ForwardAlgorithm {
