@@ -210,3 +210,31 @@ def test_forcing_an_algorithm_that_refuses_the_layer_names_why():
     with pytest.raises(ValueError, match="pass_"):
         core._set_conv_algorithm("sideways", "gemm")
     np.testing.assert_array_equal(np.asarray(juanji.conv2d(x, w)), np.full((1, 4, 6, 6), 27, np.float32))
+
+
+@pytest.mark.parametrize("shape, kernel, stride, padding", [
+    ((1, 16, 28, 28), 1, 1, 0),  # pointwise, one image: GEMM by default
+    ((1, 300, 14, 14), 1, 1, 0),  # GEMM's sums in two blocks of the inner dimension
+    ((2, 32, 9, 9), 3, 1, 1),
+    ((1, 3, 17, 17), 3, 2, 0),
+])
+def test_every_forward_algorithm_applies_a_following_relu_as_the_layers_one_by_one(shape, kernel, stride, padding):
+    # A convolution followed by a ReLU is one pass in eval mode (the algorithm applies the ReLU as
+    # it stores, GEMM as each tile completes): the same bits as the convolution's output with the
+    # ReLU applied after it, a NaN kept, for whichever algorithm takes the layer.
+    rng = np.random.default_rng(11)
+    x = randint_data(rng, shape, np.float32)
+    x[0, 0, 1, 1] = np.nan
+    conv = juanji.nn.Conv2d(shape[1], 24, kernel, stride=stride, padding=padding)
+    conv.load_state_dict({"weight": randint_data(rng, (24, shape[1], kernel, kernel), np.float32, lo=-2, hi=3),
+                          "bias": randint_data(rng, (24,), np.float32)})
+    model = juanji.nn.Sequential(conv, juanji.nn.ReLU()).eval()
+    for name, why, _ in core._conv_algorithms("forward", x, np.asarray(conv.weight), stride, padding):
+        if why is not None:
+            continue
+        with forced("forward", name):
+            y = np.asarray(conv(x))
+            want = np.where(y < 0, np.float32(0), y)
+            got = np.asarray(model(x))
+        assert np.isnan(got).any(), name
+        assert_bitwise(got, want, what=f"{name}: Conv2d+ReLU")

@@ -50,17 +50,17 @@ void pack_b(Matrix<T> B, std::int64_t k0, std::int64_t kc, std::int64_t j0, std:
 
 template <class T>
 void gemm(std::int64_t M, std::int64_t N, std::int64_t K, Matrix<T> A, Matrix<T> B, T* C,
-          std::int64_t ldc, bool accumulate, bool threaded) {
+          std::int64_t ldc, bool accumulate, bool threaded, GemmEpilogue<T> epilogue) {
   gemm_with_packer(M, N, K, A,
                    [B](std::int64_t k0, std::int64_t kc, std::int64_t j0, std::int64_t cols, int nr, T* out) {
                      pack_b(B, k0, kc, j0, cols, nr, out);
                    },
-                   C, ldc, accumulate, threaded);
+                   C, ldc, accumulate, threaded, epilogue);
 }
 
 template void gemm<float>(std::int64_t, std::int64_t, std::int64_t, Matrix<float>, Matrix<float>,
-                          float*, std::int64_t, bool, bool);
+                          float*, std::int64_t, bool, bool, GemmEpilogue<float>);
 template void gemm<double>(std::int64_t, std::int64_t, std::int64_t, Matrix<double>,
-                           Matrix<double>, double*, std::int64_t, bool, bool);
+                           Matrix<double>, double*, std::int64_t, bool, bool, GemmEpilogue<double>);
 
 }  // namespace juanji::cpu

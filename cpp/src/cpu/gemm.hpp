@@ -20,11 +20,30 @@ struct Matrix {
   T at(std::int64_t r, std::int64_t c) const { return data[r * row_stride + c * col_stride]; }
 };
 
+// What becomes of each element v of C once its sum is complete, while its tile is in cache:
+// v + row_bias[row] (where row_bias is set), then v < 0 ? 0 : v (NaN stays) where relu is.
+template <class T>
+struct GemmEpilogue {
+  const T* row_bias = nullptr;
+  bool relu = false;
+  bool active() const { return row_bias != nullptr || relu; }
+  // Rows [row, row + rows) and columns [0, cols) of the tile at c (row stride ldc).
+  void apply(T* c, std::int64_t ldc, std::int64_t row, std::int64_t rows, std::int64_t cols) const {
+    for (std::int64_t r = 0; r < rows; ++r) {
+      const T bias = row_bias ? row_bias[row + r] : T(0);
+      for (T* v = c + r * ldc; v != c + r * ldc + cols; ++v) {
+        const T sum = row_bias ? *v + bias : *v;
+        *v = relu && sum < T(0) ? T(0) : sum;
+      }
+    }
+  }
+};
+
 // threaded: split the tiles of C over the OpenMP team (call it outside parallel regions);
 // otherwise run on the calling thread only.
 template <class T>
 void gemm(std::int64_t M, std::int64_t N, std::int64_t K, Matrix<T> A, Matrix<T> B, T* C,
-          std::int64_t ldc, bool accumulate, bool threaded);
+          std::int64_t ldc, bool accumulate, bool threaded, GemmEpilogue<T> epilogue = {});
 
 namespace detail {
 
@@ -64,11 +83,12 @@ inline const MicroKernelInfo<double>& kernel_for(const KernelSet& set, double*) 
 // kc x nr panel (out[k*nr + j], zero past cols).
 template <class T, class PackB>
 void gemm_with_packer(std::int64_t M, std::int64_t N, std::int64_t K, Matrix<T> A, const PackB& pack_b,
-                      T* C, std::int64_t ldc, bool accumulate, bool threaded) {
+                      T* C, std::int64_t ldc, bool accumulate, bool threaded, GemmEpilogue<T> epilogue = {}) {
   if (M <= 0 || N <= 0) return;
   if (K <= 0) {
     if (!accumulate)
       for (std::int64_t i = 0; i < M; ++i) std::fill(C + i * ldc, C + i * ldc + N, T(0));
+    epilogue.apply(C, ldc, 0, M, N);
     return;
   }
   const auto& kernel = detail::kernel_for(active_kernels(), static_cast<T*>(nullptr));
@@ -108,8 +128,9 @@ void gemm_with_packer(std::int64_t M, std::int64_t N, std::int64_t K, Matrix<T> 
         for (std::int64_t jp = 0; jp < b_panels; ++jp)
           for (std::int64_t ip = 0; ip < a_panels; ++ip) {
             const std::int64_t i = ic + ip * mr, j = jc + jp * nr;
-            kernel.run(kc, a_pack + ip * mr * kc, b_pack + jp * nr * kc, C + i * ldc + j, ldc,
-                       std::min<std::int64_t>(mr, M - i), std::min<std::int64_t>(nr, N - j), add);
+            const std::int64_t rows = std::min<std::int64_t>(mr, M - i), cols = std::min<std::int64_t>(nr, N - j);
+            kernel.run(kc, a_pack + ip * mr * kc, b_pack + jp * nr * kc, C + i * ldc + j, ldc, rows, cols, add);
+            if (epilogue.active() && pc + kc == K) epilogue.apply(C + i * ldc + j, ldc, i, rows, cols);
           }
       }
     }

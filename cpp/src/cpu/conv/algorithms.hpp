@@ -82,8 +82,9 @@ void default_data_grad_f32(const ConvGeometry& g, const float* dy, const float* 
 // ---- im2col + GEMM (gemm.cpp): every problem, float32 or float64 ----
 bool pointwise_data_grad_by_gemm(const ConvGeometry& g);
 bool pointwise_forward_by_gemm(const ConvGeometry& g);
+// The bias and (relu) the ReLU are applied as each output tile completes.
 template <class T>
-void gemm_forward(const ConvGeometry& g, const T* x, const T* w, const T* bias, T* y);
+void gemm_forward(const ConvGeometry& g, const T* x, const T* w, const T* bias, T* y, bool relu = false);
 template <class T>
 void gemm_backward_data(const ConvGeometry& g, const T* dy, const T* w, T* dx);
 // db (or null) gets the bias gradient by bias_grad's own pass over the error.

@@ -211,7 +211,7 @@ struct ImplicitColumnsTransposed {
 
 // im2col (or implicit columns) + GEMM: every problem, float32 or float64.
 template <class T>
-void gemm_forward(const ConvGeometry& g, const T* x, const T* w, const T* bias, T* y) {
+void gemm_forward(const ConvGeometry& g, const T* x, const T* w, const T* bias, T* y, bool relu) {
   const std::int64_t Cg = g.C / g.groups, Kg = g.K / g.groups;
   const std::int64_t PQ = g.P * g.Q, CRSg = Cg * g.R * g.S;
   const bool pointwise = is_pointwise(g);
@@ -227,15 +227,15 @@ void gemm_forward(const ConvGeometry& g, const T* x, const T* w, const T* bias, 
     for (std::int64_t grp = 0; grp < g.groups; ++grp) {
       T* yg = y + (first * g.K + grp * Kg) * PQ;
       T* c = images > 1 ? out : yg;
-      if (bias)
-        for (std::int64_t k = 0; k < Kg; ++k) std::fill(c + k * cols, c + (k + 1) * cols, bias[grp * Kg + k]);
+      // The bias is added to each finished sum, as the other algorithms add it.
+      const cpu::GemmEpilogue<T> epilogue{bias ? bias + grp * Kg : nullptr, relu};
       const cpu::Matrix<T> weights{w + grp * Kg * CRSg, CRSg, 1};
       if (implicit) {
         const ImplicitColumns<T> columns{g, x + (first * g.C + grp * Cg) * g.H * g.W};
-        cpu::gemm_with_packer<T>(Kg, cols, CRSg, weights, columns, c, cols, bias != nullptr, threaded);
+        cpu::gemm_with_packer<T>(Kg, cols, CRSg, weights, columns, c, cols, false, threaded, epilogue);
       } else {
         const T* columns = batch_columns(g, x, first, images, grp, pointwise, col);
-        cpu::gemm<T>(Kg, cols, CRSg, weights, {columns, cols, 1}, c, cols, bias != nullptr, threaded);
+        cpu::gemm<T>(Kg, cols, CRSg, weights, {columns, cols, 1}, c, cols, false, threaded, epilogue);
       }
       if (images > 1) scatter_images(out, images, Kg, PQ, yg, g.K * PQ);
     }
@@ -363,8 +363,8 @@ void gemm_backward_weight(const ConvGeometry& g, const T* dy, const T* x, T* dw,
   }
 }
 
-template void gemm_forward<float>(const ConvGeometry&, const float*, const float*, const float*, float*);
-template void gemm_forward<double>(const ConvGeometry&, const double*, const double*, const double*, double*);
+template void gemm_forward<float>(const ConvGeometry&, const float*, const float*, const float*, float*, bool);
+template void gemm_forward<double>(const ConvGeometry&, const double*, const double*, const double*, double*, bool);
 template void gemm_backward_data<float>(const ConvGeometry&, const float*, const float*, float*);
 template void gemm_backward_data<double>(const ConvGeometry&, const double*, const double*, double*);
 template void gemm_backward_weight<float>(const ConvGeometry&, const float*, const float*, float*, float*);

@@ -99,31 +99,35 @@ struct ForwardAlgorithm {
   Refusal (*passed_over)(const ConvProblem&);  // by the default choice, though it takes the problem; null: never
   void (*run_f32)(const ConvGeometry&, const float* x, const float* w, const float* bias, float* y, bool relu);
   void (*run_f64)(const ConvGeometry&, const double* x, const double* w, const double* bias, double* y);
+  bool applies_relu;  // whether run_f32 applies the ReLU it is asked for as it stores
 };
 
 const std::array<ForwardAlgorithm, 6> kForwardAlgorithms{{
     {"depthwise",
      refuses_depthwise, nullptr,
-     depthwise_forward, nullptr},
+     depthwise_forward, nullptr, true},
     {"direct",
      refuses_direct, nullptr,
-     direct_forward, nullptr},
+     direct_forward, nullptr, true},
     {"winograd",
      refuses_winograd, passes_over_winograd,
-     winograd_forward, nullptr},
+     winograd_forward, nullptr, true},
     {"filter_blocks",
      refuses_filter_blocks, passes_over_filter_blocks,
-     filter_block_forward, nullptr},
+     filter_block_forward, nullptr, true},
     {"gemm", takes_every_problem, nullptr,
-     [](const ConvGeometry& g, const float* x, const float* w, const float* bias, float* y, bool) {
+     [](const ConvGeometry& g, const float* x, const float* w, const float* bias, float* y, bool relu) {
+       gemm_forward(g, x, w, bias, y, relu);
+     },
+     [](const ConvGeometry& g, const double* x, const double* w, const double* bias, double* y) {
        gemm_forward(g, x, w, bias, y);
      },
-     gemm_forward<double>},
+     true},
     {"reference", takes_every_problem, nullptr,
      [](const ConvGeometry& g, const float* x, const float* w, const float* bias, float* y, bool) {
        ref::conv_forward(g, x, w, bias, y);
      },
-     ref::conv_forward<double>},
+     ref::conv_forward<double>, false},
 }};
 
 struct DataGradAlgorithm {
@@ -311,9 +315,9 @@ void conv_forward(const ConvGeometry& g, const Tensor& x, const Tensor& w, const
 
 bool conv_forward_relu(const ConvGeometry& g, const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& y) {
   if (x.dtype() != DType::float32) return false;
-  // The same choice as conv_forward's; every algorithm but GEMM applies the ReLU as it stores.
+  // The same choice as conv_forward's.
   const auto& algorithm = choose(kForwardAlgorithms, {g, x.dtype(), nullptr}, ConvPass::forward, true);
-  if (algorithm.run_f64 != nullptr) return false;
+  if (!algorithm.applies_relu) return false;
   algorithm.run_f32(g, x.data<float>(), w.data<float>(), data_or_null<float>(bias), y.data<float>(), true);
   return true;
 }
