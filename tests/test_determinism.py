@@ -179,12 +179,14 @@ def test_nan_reaches_exactly_the_weight_taps_that_see_it(position):
             assert list(np.isnan(gw[k, 0])) == expected
 
 
-def documented_sum(values):
-    # vec_math's order for sums in double: term i to partial sum i % 32; the partial sums j, j + 8,
-    # j + 16, j + 24 added as (j + (j + 8)) + ((j + 16) + (j + 24)), then those eight in order.
+def documented_sum(*planes):
+    # vec_math's order for sums in double: term i of every plane to partial sum i % 32, the planes
+    # in order; the partial sums j, j + 8, j + 16, j + 24 added as (j + (j + 8)) + ((j + 16) + (j +
+    # 24)), then those eight in order.
     partial = [0.0] * 32
-    for i, v in enumerate(values):
-        partial[i % 32] += float(v)
+    for values in planes:
+        for i, v in enumerate(values):
+            partial[i % 32] += float(v)
     total = 0.0
     for j in range(8):
         total += (partial[j] + partial[j + 8]) + (partial[j + 16] + partial[j + 24])
@@ -206,8 +208,8 @@ def test_batch_norm_mean_is_the_documented_sum_on_every_simd_level(threads):
         large = np.exp2(rng.integers(30, 60, 20)).astype(np.float32)
         plane[at[:20]], plane[at[20:]] = large, -rng.permutation(large)
     N, C = x.shape[:2]
-    expected = np.array([sum_planes / x[:, c].size for c, sum_planes in enumerate(
-        [sum(documented_sum(x[n, c].ravel()) for n in range(N)) for c in range(C)])], np.float32)
+    expected = np.array([documented_sum(*(x[n, c].ravel() for n in range(N))) / x[:, c].size for c in range(C)],
+                        np.float32)
     for level in LEVELS:
         juanji.set_simd_level(level)
         bn = nn.BatchNorm2d(C, momentum=1.0)  # running_mean becomes the batch mean

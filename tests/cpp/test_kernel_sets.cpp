@@ -1122,12 +1122,14 @@ void test_dropout(const Level& level, Data& data) {
       }
 }
 
-// vec_math's order (sum_lanes): term i goes to partial sum i % 32; the partials j, j + 8, j + 16
-// and j + 24 are added as (j + (j + 8)) + ((j + 16) + (j + 24)), then those eight in order.
+// vec_math's order (sum_lanes_over_planes): term i of every plane goes to partial sum i % 32, the
+// planes in order; the partials j, j + 8, j + 16 and j + 24 are added as (j + (j + 8)) + ((j + 16)
+// + (j + 24)), then those eight in order.
 template <class Term>
-double sum_in_lanes(I n, Term term) {
+double sum_in_lanes(I planes, I n, Term term) {
   double partial[juanji::cpu::kSumTerms] = {};
-  for (I i = 0; i < n; ++i) partial[i % juanji::cpu::kSumTerms] += term(i);
+  for (I p = 0; p < planes; ++p)
+    for (I i = 0; i < n; ++i) partial[i % juanji::cpu::kSumTerms] += term(p, i);
   double total = 0;
   for (int j = 0; j < 8; ++j) total += (partial[j] + partial[j + 8]) + (partial[j + 16] + partial[j + 24]);
   return total;
@@ -1142,31 +1144,36 @@ void test_sums(const Level& level, Data& data) {
     return same_bits(got, want) ||
            (fused_products && values == Values::uniform && std::fabs(got - want) <= kDoubleTolerance * magnitude);
   };
-  for (I n : {0, 1, 7, 8, 9, 31, 32, 33, 63, 64, 65, 100, 257})
-    for (Values values : kBothValues) {
-      const auto v = data.make(n, values), g = data.make(n, values);
-      const double center = values == Values::integers ? 1.0 : 0.37;
-      const std::string what = describe(level, "n=%ld (%s data)", n, values_name(values));
-      const double sum = sum_in_lanes(n, [&](I i) { return double(v[i]); });
-      const double squares = sum_in_lanes(n, [&](I i) {
-        const double d = v[i] - center;
-        return d * d;
-      });
-      const double grad_sum = sum_in_lanes(n, [&](I i) { return double(g[i]); });
-      const double products = sum_in_lanes(n, [&](I i) { return double(g[i]) * (v[i] - center); });
-      const double got_sum = level.set.sum_f32(v.data(), n);
-      const double got_squares = level.set.sum_squared_deviation_f32(v.data(), n, center);
-      double got_pair[2] = {0.5, -0.25};
-      level.set.sum_grad_and_product_f32(g.data(), v.data(), n, center, got_pair);
-      expect(same_bits(got_sum, sum), "sum " + what);
-      const double squares_size = squares, products_size = sum_in_lanes(n, [&](I i) {
-        return std::fabs(double(g[i]) * (v[i] - center));
-      });
-      expect(matches(got_squares, squares, squares_size, values), "sum_squared_deviation " + what);
-      expect(same_bits(got_pair[0], 0.5 + grad_sum) &&
-                 matches(got_pair[1], -0.25 + products, products_size + 0.25, values),
-             "sum_grad_and_product " + what);
-    }
+  for (I planes : {1, 3})
+    for (I n : {0, 1, 7, 8, 9, 16, 31, 32, 33, 49, 63, 64, 65, 100, 257})
+      for (Values values : kBothValues) {
+        // Planes with a gap between them (a batch norm channel's), g's planes spaced otherwise.
+        const I stride = n + 5, g_stride = n + 2;
+        const auto v = data.make(planes * stride, values), g = data.make(planes * g_stride, values);
+        const double center = values == Values::integers ? 1.0 : 0.37;
+        const std::string what = describe(level, "planes=%ld n=%ld (%s data)", planes, n, values_name(values));
+        const auto x = [&](I p, I i) { return double(v[p * stride + i]); };
+        const auto gx = [&](I p, I i) { return double(g[p * g_stride + i]); };
+        const double sum = sum_in_lanes(planes, n, x);
+        const double squares = sum_in_lanes(planes, n, [&](I p, I i) {
+          const double d = v[p * stride + i] - center;
+          return d * d;
+        });
+        const double grad_sum = sum_in_lanes(planes, n, gx);
+        const double products = sum_in_lanes(planes, n, [&](I p, I i) { return gx(p, i) * (v[p * stride + i] - center); });
+        const double got_sum = level.set.sum_f32(v.data(), stride, planes, n);
+        const double got_squares = level.set.sum_squared_deviation_f32(v.data(), stride, planes, n, center);
+        double got_pair[2] = {0.5, -0.25};
+        level.set.sum_grad_and_product_f32(g.data(), g_stride, v.data(), stride, planes, n, center, got_pair);
+        expect(same_bits(got_sum, sum), "sum " + what);
+        const double squares_size = squares, products_size = sum_in_lanes(planes, n, [&](I p, I i) {
+          return std::fabs(gx(p, i) * (v[p * stride + i] - center));
+        });
+        expect(matches(got_squares, squares, squares_size, values), "sum_squared_deviation " + what);
+        expect(same_bits(got_pair[0], 0.5 + grad_sum) &&
+                   matches(got_pair[1], -0.25 + products, products_size + 0.25, values),
+               "sum_grad_and_product " + what);
+      }
 }
 
 void test_kernel_set(SimdLevel simd) {

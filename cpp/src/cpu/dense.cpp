@@ -225,14 +225,6 @@ inline double uniform_at(std::uint64_t seed, std::uint64_t i) {
   return static_cast<double>(z >> 11) * 0x1.0p-53;
 }
 
-// Asks for the cache lines of v[0, n): a channel's planes lie a whole image apart, and the
-// hardware prefetcher restarts at each.
-template <class T>
-void prefetch(const T* v, std::int64_t n) {
-  const char* bytes = reinterpret_cast<const char*>(v);
-  for (std::int64_t at = 0; at < n * std::int64_t(sizeof(T)); at += 64) __builtin_prefetch(bytes + at);
-}
-
 // A checked batch-norm forward's operands, as each channel's work needs them.
 template <class T>
 struct NormForward {
@@ -271,11 +263,7 @@ struct NormForward {
     if (!training || !shard_sum) return;
     std::vector<double> sums(C + 1);
 #pragma omp parallel for num_threads(::juanji::team_size()) schedule(static) if (N * C * area >= kParallelGrain)
-    for (std::int64_t c = 0; c < C; ++c) {
-      double sum = 0;
-      for (std::int64_t n = 0; n < N; ++n) sum += sum_elements(plane(n, c), area);
-      sums[c] = sum;
-    }
+    for (std::int64_t c = 0; c < C; ++c) sums[c] = sum_planes(plane(0, c), C * area, N, area);
     sums[C] = static_cast<double>(N * area);
     shard_sum(sums.data(), C + 1);
     shared_count = sums[C];
@@ -285,11 +273,7 @@ struct NormForward {
     for (std::int64_t c = 0; c < C; ++c) shared_mean[c] = sums[c] / shared_count;
     shared_var.resize(C);
 #pragma omp parallel for num_threads(::juanji::team_size()) schedule(static) if (N * C * area >= kParallelGrain)
-    for (std::int64_t c = 0; c < C; ++c) {
-      double sq = 0;
-      for (std::int64_t n = 0; n < N; ++n) sq += sum_squared_deviation(plane(n, c), area, shared_mean[c]);
-      shared_var[c] = sq;
-    }
+    for (std::int64_t c = 0; c < C; ++c) shared_var[c] = sum_squared_deviation(plane(0, c), C * area, N, area, shared_mean[c]);
     shard_sum(shared_var.data(), C);
     for (double& v : shared_var) v /= shared_count;
   }
@@ -303,15 +287,9 @@ struct NormForward {
       double count, var;
       if (shared_mean.empty()) {
         count = static_cast<double>(N * area);
-        double sum = 0;
-        for (std::int64_t n = 0; n < N; ++n) {
-          if (n + 1 < N) prefetch(plane(n + 1, c), area);
-          sum += sum_elements(plane(n, c), area);
-        }
-        mean = sum / count;
-        double sq = 0;  // second pass about the mean: no cancellation
-        for (std::int64_t n = 0; n < N; ++n) sq += sum_squared_deviation(plane(n, c), area, mean);
-        var = sq / count;
+        mean = sum_planes(plane(0, c), C * area, N, area) / count;
+        // A second pass about the mean: no cancellation.
+        var = sum_squared_deviation(plane(0, c), C * area, N, area, mean) / count;
       } else {
         count = shared_count;
         mean = shared_mean[c];
@@ -346,6 +324,14 @@ void normalize_plane(const T* x, T* y, std::int64_t area, T scale, T shift, bool
   }
 }
 
+// A channel's planes of a tensor: plane n at first + n * stride.
+template <class T>
+struct Planes {
+  const T* first;
+  std::int64_t stride;
+  const T* operator()(std::int64_t n) const { return first + n * stride; }
+};
+
 // A checked batch-norm backward's operands, as each channel's work needs them.
 template <class T>
 struct NormBackward {
@@ -374,11 +360,9 @@ struct NormBackward {
         area(x_.size(2) * x_.size(3)) {}
 
   // Channel c's sums of g and of g * (x - mean) into sums[0, 2), from the planes grad_plane(n).
-  template <class GradPlane>
-  void channel_sums(std::int64_t c, const GradPlane& grad_plane, double* sums) const {
+  void channel_sums(std::int64_t c, const Planes<T>& grad_plane, double* sums) const {
     sums[0] = sums[1] = 0;
-    for (std::int64_t n = 0; n < N; ++n)
-      sum_grad_and_product(grad_plane(n), x + (n * C + c) * area, area, save_mean[c], sums);
+    sum_grad_and_product(grad_plane(0), grad_plane.stride, x + c * area, C * area, N, area, save_mean[c], sums);
   }
 
   // After channel_sums has filled shard_sums (2C) for every channel: the whole batch's.
@@ -391,8 +375,7 @@ struct NormBackward {
 
   // Channel c's gradients, from the planes grad_plane(n) of grad_y (each asked for twice). gamma's
   // and beta's are this shard's, grad_x the whole batch's (share_sums, where it was called).
-  template <class GradPlane>
-  void channel(std::int64_t c, const GradPlane& grad_plane) const {
+  void channel(std::int64_t c, const Planes<T>& grad_plane) const {
     const double invstd = save_invstd[c];
     double local[2];
     if (shard_sums.empty()) channel_sums(c, grad_plane, local);
@@ -614,13 +597,12 @@ void batch_norm2d_backward(const Tensor& grad_y, const Tensor& x, const Tensor& 
       norm.shard_sums.resize(2 * norm.C);
 #pragma omp parallel for num_threads(::juanji::team_size()) schedule(static) if (x.numel() >= kParallelGrain)
       for (std::int64_t c = 0; c < norm.C; ++c)
-        norm.channel_sums(c, [&](std::int64_t n) { return gy + (n * norm.C + c) * norm.area; },
-                          &norm.shard_sums[2 * c]);
+        norm.channel_sums(c, Planes<T>{gy + c * norm.area, norm.C * norm.area}, &norm.shard_sums[2 * c]);
       norm.share_sums(shard_sum);
     }
 #pragma omp parallel for num_threads(::juanji::team_size()) schedule(static) if (x.numel() >= kParallelGrain)
     for (std::int64_t c = 0; c < norm.C; ++c)
-      norm.channel(c, [&](std::int64_t n) { return gy + (n * norm.C + c) * norm.area; });
+      norm.channel(c, Planes<T>{gy + c * norm.area, norm.C * norm.area});
   });
 }
 
@@ -655,7 +637,7 @@ void batch_norm2d_relu_max_pool_backward(const PoolGeometry& pool, const Tensor&
             const std::int64_t at = (n * norm.C + c) * pooled_area;
             scatter_max_pool_plane(pool, gy + at, ad + at, yd + at, scattered + n * norm.area);
           }
-          channel_work(c, [&](std::int64_t n) { return scattered + n * norm.area; });
+          channel_work(c, Planes<T>{scattered, norm.area});
         }
       }
       errors.rethrow();

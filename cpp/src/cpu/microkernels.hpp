@@ -347,15 +347,19 @@ struct DropoutArgs {
 using Dropout = void (*)(const DropoutArgs& args);
 
 // Sums in double over kSumTerms interleaved partial sums combined in a fixed order (vec_math's
-// sum_lanes), at vector speed: of v[0, n); of (v[i] - center)^2. The sums of products are
-// contracted into FMAs at the AVX levels (-ffp-contract=fast), so they may differ from the
-// portable level's in the last bits (integer-valued data stays exact); plain sums do not.
+// sum_lanes), at vector speed, over `planes` planes of n terms (plane p at v + p * stride; a
+// batch norm channel's planes), term i of every plane going to partial sum i % kSumTerms in plane
+// order: of v; of (v - center)^2. The sums of products are contracted into FMAs at the AVX levels
+// (-ffp-contract=fast), so they may differ from the portable level's in the last bits
+// (integer-valued data stays exact); plain sums do not.
 constexpr std::int64_t kSumTerms = 32;
-using SumAsDouble = double (*)(const float* v, std::int64_t n);
-using SumSquaredDeviation = double (*)(const float* v, std::int64_t n, double center);
+using SumAsDouble = double (*)(const float* v, std::int64_t stride, std::int64_t planes, std::int64_t n);
+using SumSquaredDeviation = double (*)(const float* v, std::int64_t stride, std::int64_t planes, std::int64_t n,
+                                       double center);
 // Both of batch norm's backward sums in one read: sums[0] += sum of g, sums[1] += sum of
-// g * (v - center), each in sum_lanes's order.
-using SumGradAndProduct = void (*)(const float* g, const float* v, std::int64_t n, double center, double* sums);
+// g * (v - center), each in that order (g's plane p at g + p * g_stride).
+using SumGradAndProduct = void (*)(const float* g, std::int64_t g_stride, const float* v, std::int64_t stride,
+                                   std::int64_t planes, std::int64_t n, double center, double* sums);
 
 // Dot products of `count` rows of x (row i at x + i * length) with `rows` rows of w (row r at
 // w + r * length): out[i * out_stride + r] = the sum over k < length of x_i[k] * w_r[k], term k

@@ -86,47 +86,68 @@ inline double combine_partial_sums(const double (&acc)[kSumTerms]) {
   return total;
 }
 
-// sum of term(i) over i in [0, n), in double; term returns a double.
+// sum of term(p, i) over `planes` planes of i in [0, n), in double (term returns a double): term
+// i of every plane goes to partial sum i % kSumTerms, the planes in order.
 template <class F>
-double sum_lanes(std::int64_t n, F term) {
+double sum_lanes_over_planes(std::int64_t planes, std::int64_t n, F term) {
   double acc[kSumTerms] = {};
-  std::int64_t i = 0;
-  for (; i + kSumTerms <= n; i += kSumTerms)
-    for (std::int64_t j = 0; j < kSumTerms; ++j) acc[j] += term(i + j);
-  for (; i < n; ++i) acc[i % kSumTerms] += term(i);
+  for (std::int64_t p = 0; p < planes; ++p) {
+    std::int64_t i = 0;
+    for (; i + kSumTerms <= n; i += kSumTerms)
+      for (std::int64_t j = 0; j < kSumTerms; ++j) acc[j] += term(p, i + j);
+    for (; i < n; ++i) acc[i % kSumTerms] += term(p, i);
+  }
   return combine_partial_sums(acc);
 }
 
-// sum_lanes of v[0, n) as doubles; float32 through the active SIMD kernel (same bits).
+// sum of term(i) over i in [0, n), in double; term returns a double.
+template <class F>
+double sum_lanes(std::int64_t n, F term) {
+  return sum_lanes_over_planes(1, n, [&term](std::int64_t, std::int64_t i) { return term(i); });
+}
+
+// sum_lanes_over_planes of the planes' values (plane p at v + p * stride) as doubles; float32
+// through the active SIMD kernel (same bits).
 template <class T>
-double sum_elements(const T* v, std::int64_t n) {
+double sum_planes(const T* v, std::int64_t stride, std::int64_t planes, std::int64_t n) {
   if constexpr (std::is_same_v<T, float>) {
-    return active_kernels().sum_f32(v, n);
+    return active_kernels().sum_f32(v, stride, planes, n);
   } else {
-    return sum_lanes(n, [v](std::int64_t i) { return double(v[i]); });
+    return sum_lanes_over_planes(planes, n, [v, stride](std::int64_t p, std::int64_t i) { return double(v[p * stride + i]); });
   }
 }
 
+// sum_lanes of v[0, n) as doubles.
 template <class T>
-double sum_squared_deviation(const T* v, std::int64_t n, double center) {
+double sum_elements(const T* v, std::int64_t n) {
+  return sum_planes(v, 0, 1, n);
+}
+
+// The same of (v - center)^2.
+template <class T>
+double sum_squared_deviation(const T* v, std::int64_t stride, std::int64_t planes, std::int64_t n, double center) {
   if constexpr (std::is_same_v<T, float>) {
-    return active_kernels().sum_squared_deviation_f32(v, n, center);
+    return active_kernels().sum_squared_deviation_f32(v, stride, planes, n, center);
   } else {
-    return sum_lanes(n, [v, center](std::int64_t i) {
-      const double d = v[i] - center;
+    return sum_lanes_over_planes(planes, n, [v, stride, center](std::int64_t p, std::int64_t i) {
+      const double d = v[p * stride + i] - center;
       return d * d;
     });
   }
 }
 
-// sums[0] += sum of g, sums[1] += sum of g * (v - center), in one read of g.
+// sums[0] += sum of g, sums[1] += sum of g * (v - center), in one read of g, over planes as
+// sum_planes (g's plane p at g + p * g_stride).
 template <class T>
-void sum_grad_and_product(const T* g, const T* v, std::int64_t n, double center, double* sums) {
+void sum_grad_and_product(const T* g, std::int64_t g_stride, const T* v, std::int64_t stride, std::int64_t planes,
+                          std::int64_t n, double center, double* sums) {
   if constexpr (std::is_same_v<T, float>) {
-    active_kernels().sum_grad_and_product_f32(g, v, n, center, sums);
+    active_kernels().sum_grad_and_product_f32(g, g_stride, v, stride, planes, n, center, sums);
   } else {
-    sums[0] += sum_lanes(n, [g](std::int64_t i) { return double(g[i]); });
-    sums[1] += sum_lanes(n, [g, v, center](std::int64_t i) { return double(g[i]) * (v[i] - center); });
+    sums[0] += sum_lanes_over_planes(planes, n, [=](std::int64_t p, std::int64_t i) { return double(g[p * g_stride + i]); });
+    sums[1] += sum_lanes_over_planes(planes, n, [=](std::int64_t p, std::int64_t i) {
+      return double(g[p * g_stride + i]) * (v[p * stride + i] - center);
+    });
   }
 }
 

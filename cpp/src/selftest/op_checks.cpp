@@ -59,8 +59,8 @@ void check_conv_algorithms(Checker& checker, const char* name, const ConvProblem
           expect_pass<T>(checker, op, what + " forward", algorithm.name, out, p.y, p.y_size, values);
           Tensor relu_out = Tensor::full(y_shape, -5.0, kDType<T>);
           const bool fused = conv_forward_activation(g, p.x, p.w, p.bias, relu_out, Activation::relu, 0.0);
-          // Every float32 algorithm but GEMM and the reference applies the ReLU as it stores.
-          const bool plain = algorithm.name == "gemm" || algorithm.name == "reference";
+          // Every float32 algorithm but the reference applies the ReLU as it stores.
+          const bool plain = algorithm.name == "reference";
           checker.expect(op, fused == (sizeof(T) == 4 && !plain), what + " fuses the ReLU where it can");
           if (fused)
             expect_pass<T>(checker, op, what + " forward with ReLU", algorithm.name, relu_out, p.relu_y, p.y_size,
