@@ -1005,8 +1005,9 @@ void test_max_pool_window_row(const Level& level, Data& data) {
             std::vector<float> got(count + kTail, kSentinel), want = got;
             juanji::cpu::MaxPoolWindowRowArgs args{x.data(), width, kernel_h, kernel_w, stride, count, got.data()};
             const I done = level.set.max_pool_window_row_f32(args);
-            const std::string what = describe(level, "max_pool_window_row stride=%ld kernel=%ldx%ld count=%ld (%s data)",
-                                              stride, kernel_h, kernel_w, count, values_name(values));
+            const std::string what =
+                describe(level, "max_pool_window_row stride=%ld kernel=%ldx%ld count=%ld (%s data)", stride,
+                         kernel_h, kernel_w, count, values_name(values));
             expect(done == (stride > 2 || count < lanes ? 0 : count), what + ": outputs done");
             for (I j = 0; j < done; ++j) {
               float best = x[j * stride];
@@ -1160,7 +1161,8 @@ void test_sums(const Level& level, Data& data) {
           return d * d;
         });
         const double grad_sum = sum_in_lanes(planes, n, gx);
-        const double products = sum_in_lanes(planes, n, [&](I p, I i) { return gx(p, i) * (v[p * stride + i] - center); });
+        const double products =
+            sum_in_lanes(planes, n, [&](I p, I i) { return gx(p, i) * (v[p * stride + i] - center); });
         const double got_sum = level.set.sum_f32(v.data(), stride, planes, n);
         const double got_squares = level.set.sum_squared_deviation_f32(v.data(), stride, planes, n, center);
         double got_pair[2] = {0.5, -0.25};

@@ -273,7 +273,8 @@ struct NormForward {
     for (std::int64_t c = 0; c < C; ++c) shared_mean[c] = sums[c] / shared_count;
     shared_var.resize(C);
 #pragma omp parallel for num_threads(::juanji::team_size()) schedule(static) if (N * C * area >= kParallelGrain)
-    for (std::int64_t c = 0; c < C; ++c) shared_var[c] = sum_squared_deviation(plane(0, c), C * area, N, area, shared_mean[c]);
+    for (std::int64_t c = 0; c < C; ++c)
+      shared_var[c] = sum_squared_deviation(plane(0, c), C * area, N, area, shared_mean[c]);
     shard_sum(shared_var.data(), C);
     for (double& v : shared_var) v /= shared_count;
   }

@@ -113,7 +113,8 @@ double sum_planes(const T* v, std::int64_t stride, std::int64_t planes, std::int
   if constexpr (std::is_same_v<T, float>) {
     return active_kernels().sum_f32(v, stride, planes, n);
   } else {
-    return sum_lanes_over_planes(planes, n, [v, stride](std::int64_t p, std::int64_t i) { return double(v[p * stride + i]); });
+    return sum_lanes_over_planes(planes, n,
+                                 [v, stride](std::int64_t p, std::int64_t i) { return double(v[p * stride + i]); });
   }
 }
 
@@ -144,7 +145,8 @@ void sum_grad_and_product(const T* g, std::int64_t g_stride, const T* v, std::in
   if constexpr (std::is_same_v<T, float>) {
     active_kernels().sum_grad_and_product_f32(g, g_stride, v, stride, planes, n, center, sums);
   } else {
-    sums[0] += sum_lanes_over_planes(planes, n, [=](std::int64_t p, std::int64_t i) { return double(g[p * g_stride + i]); });
+    sums[0] += sum_lanes_over_planes(planes, n,
+                                     [=](std::int64_t p, std::int64_t i) { return double(g[p * g_stride + i]); });
     sums[1] += sum_lanes_over_planes(planes, n, [=](std::int64_t p, std::int64_t i) {
       return double(g[p * g_stride + i]) * (v[p * stride + i] - center);
     });

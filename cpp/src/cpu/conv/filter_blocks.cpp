@@ -80,8 +80,8 @@ void filter_block_correlate(const Correlation& c, const float* src, const float*
     const std::int64_t n = jobs.outer_of(job) / c.groups, grp = jobs.outer_of(job) % c.groups;
     const float* planes = source.planes(c, src, n, grp);
     const std::int64_t step = interleave ? jobs.end_block(job) - jobs.first_block(job) : 1;
-    float* long_out = long_row ? cpu::workspace<float>(cpu::WorkspaceSlot::batch_out, step * cpu::kFilterBlock * row_length)
-                               : nullptr;
+    float* long_out =
+        long_row ? cpu::workspace<float>(cpu::WorkspaceSlot::batch_out, step * cpu::kFilterBlock * row_length) : nullptr;
     for (std::int64_t kb = jobs.first_block(job); kb < jobs.end_block(job); kb += step) {
       const std::int64_t first = grp * per_group + kb * cpu::kFilterBlock;
       const std::int64_t filters = std::min((kb + step) * cpu::kFilterBlock, per_group) - kb * cpu::kFilterBlock;
