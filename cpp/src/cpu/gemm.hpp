@@ -88,7 +88,7 @@ void gemm_with_packer(std::int64_t M, std::int64_t N, std::int64_t K, Matrix<T> 
   if (K <= 0) {
     if (!accumulate)
       for (std::int64_t i = 0; i < M; ++i) std::fill(C + i * ldc, C + i * ldc + N, T(0));
-    epilogue.apply(C, ldc, 0, M, N);
+    if (epilogue.active()) epilogue.apply(C, ldc, 0, M, N);
     return;
   }
   const auto& kernel = detail::kernel_for(active_kernels(), static_cast<T*>(nullptr));

@@ -145,7 +145,6 @@ void max_pool_inside(const PoolGeometry& g, const T* x, T* y, std::int64_t* arg,
 // ceil mode), those clipped at the sides window by window.
 template <class T>
 void max_pool_row(const PoolGeometry& g, const T* x, T* y, std::int64_t* arg, std::int64_t p, std::int64_t first) {
-  const std::int64_t top = p * g.stride_h - g.pad_h;
   // Columns q with pad_w <= q * stride and q * stride - pad_w + kernel_w <= W.
   const std::int64_t inside_begin = std::max(first, (g.pad_w + g.stride_w - 1) / g.stride_w);
   const std::int64_t inside_end = g.W < g.kernel_w ? 0 : std::min(g.Q, (g.W - g.kernel_w + g.pad_w) / g.stride_w + 1);
@@ -159,7 +158,7 @@ void max_pool_row(const PoolGeometry& g, const T* x, T* y, std::int64_t* arg, st
           {x + rows.lo * g.W + inside_begin * g.stride_w - g.pad_w, g.W, rows.hi - rows.lo, g.kernel_w, g.stride_w,
            inside_end - inside_begin, y + p * g.Q + inside_begin});
   }
-  if (top < 0 || top + g.kernel_h > g.H)
+  if (rows.hi - rows.lo < g.kernel_h)  // rows clipped by the padding or ceil mode
     max_pool_columns(g, x, y, arg, p, done, inside_end);
   else if (arg)
     max_pool_inside<T, true>(g, x, y, arg, p, done, inside_end);
