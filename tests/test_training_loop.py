@@ -72,6 +72,42 @@ def test_backward_adds_to_the_gradients_until_zero_grad():
     assert all(not p.grad.any() for p in model.parameters())
 
 
+def projection_resnet():
+    juanji.manual_seed(8)
+    body = nn.Sequential(nn.Conv2d(4, 6, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(6), nn.ReLU(),
+                         nn.Conv2d(6, 6, 3, padding=1, bias=False), nn.BatchNorm2d(6))
+    shortcut = nn.Sequential(nn.Conv2d(4, 6, 1, stride=2, bias=False), nn.BatchNorm2d(6))
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Residual(body, shortcut), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 3 * 3, 3))
+
+
+@pytest.mark.parametrize("make", [small_resnet, projection_resnet], ids=["identity", "projection"])
+def test_one_forward_can_be_gone_back_through_twice(make):
+    # A training step's backward writes gradients over tensors its forward kept; a backward of
+    # one's own loop must not.
+    model = make()
+    x, y = batches(1, n=6)[0]
+    _, grad = nn.CrossEntropyLoss().forward_backward(model.forward(x), y)
+    model.zero_grad()
+    first = np.asarray(model.backward(grad)).copy()
+    once = [p.grad.copy() for p in model.parameters()]
+    np.testing.assert_array_equal(np.asarray(model.backward(grad)), first)
+    for p, g in zip(model.parameters(), once):
+        np.testing.assert_allclose(p.grad, 2 * g, rtol=1e-6, atol=1e-7, err_msg=p.name)
+
+
+@pytest.mark.parametrize("make", [small_resnet, projection_resnet], ids=["identity", "projection"])
+def test_a_backward_after_a_training_step_needs_a_new_forward(make):
+    model = make()
+    x, y = batches(1, n=6)[0]
+    model.train_step(x, y, nn.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.1))
+    grad = np.ones((6, 3), np.float32)
+    with pytest.raises(ValueError, match="used up what the last forward kept"):
+        model.backward(grad)
+    model.forward(x)
+    assert np.isfinite(np.asarray(model.backward(grad))).all()
+
+
 def test_gradient_accumulation_over_two_half_batches_matches_one_batch():
     # Without batch norm, the mean loss over 2n is the mean of the two halves' means.
     juanji.manual_seed(3)

@@ -342,7 +342,8 @@ or CuPy without copies.)doc")
   m.def("set_winograd", &set_winograd, py::arg("enabled"),
         "Turns Winograd F(2x2, 3x3) for stride-1 3x3 float32 CPU convolutions on or off; returns the previous setting.");
   m.def("storage_allocations", &storage_allocations,
-        "Tensor storages allocated so far; a training step after the first adds none.");
+        "Tensor storages that took fresh memory so far (a CPU block that an earlier tensor gave back does "
+        "not count); a training step after the first adds none.");
   py::class_<SelftestRow>(m, "SelftestRow",
                           "One op at one SIMD level in selftest_rows(): its worst error (the difference from the "
                           "reference over the size of the terms behind the reference's value), the tolerance "

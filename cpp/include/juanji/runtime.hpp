@@ -43,7 +43,8 @@ class ConcurrentCaller {
 };
 int team_size();
 
-// Tensor storages allocated since the library loaded (a training step after the first adds none).
+// Tensor storages that took fresh memory since the library loaded (a CPU block that an earlier
+// tensor gave back does not count): a training step after the first adds none.
 std::uint64_t storage_allocations();
 
 bool cuda_compiled();

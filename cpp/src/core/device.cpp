@@ -36,6 +36,15 @@ class HostBlockCache {
   static constexpr std::size_t kMinBlock = std::size_t{64} << 10;
   static constexpr std::size_t kMaxCached = std::size_t{256} << 20;
 
+  static bool enabled(std::size_t size) {
+#if defined(__SANITIZE_ADDRESS__)
+    (void)size;
+    return false;
+#else
+    return size >= kMinBlock;
+#endif
+  }
+
   void* take(std::size_t size) {
     if (!enabled(size)) return nullptr;
     std::lock_guard<std::mutex> lock(mutex_);
@@ -61,15 +70,6 @@ class HostBlockCache {
   }
 
  private:
-  static bool enabled(std::size_t size) {
-#if defined(__SANITIZE_ADDRESS__)
-    (void)size;
-    return false;
-#else
-    return size >= kMinBlock;
-#endif
-  }
-
   std::mutex mutex_;
   std::unordered_multimap<std::size_t, void*> blocks_;
   std::size_t cached_ = 0;
@@ -84,18 +84,25 @@ HostBlockCache& host_cache() {
 
 std::uint64_t allocation_count() { return allocations.load(); }
 
+bool freed_blocks_are_reused(std::size_t nbytes, Device device) {
+  return device.is_cpu() && HostBlockCache::enabled(nbytes);
+}
+
 std::shared_ptr<void> allocate(std::size_t nbytes, Device device) {
   check_available(device);
-  ++allocations;
   if (nbytes > std::numeric_limits<std::size_t>::max() / 2) throw AllocationError(nbytes, "tensor storage");
   const std::size_t rounded = (nbytes + kAlignment - 1) / kAlignment * kAlignment;
   const std::size_t size = rounded == 0 ? kAlignment : rounded;
   if (device.is_cpu()) {
     void* ptr = host_cache().take(size);
-    if (!ptr) ptr = std::aligned_alloc(kAlignment, size);
+    if (!ptr) {
+      ++allocations;
+      ptr = std::aligned_alloc(kAlignment, size);
+    }
     if (!ptr) throw AllocationError(size, "tensor storage");
     return std::shared_ptr<void>(ptr, [size](void* p) { host_cache().give(p, size); });
   }
+  ++allocations;
   const int index = device.index;
   void* ptr = backend::cuda_allocate(size, index);
   return std::shared_ptr<void>(ptr, [index](void* p) { backend::cuda_release(p, index); });

@@ -127,6 +127,7 @@ std::vector<Shape> Residual::child_input_shapes(const Shape& input) const {
 }
 
 const Tensor& Residual::sum_forward(const Tensor& x, bool training, bool relu) {
+  input_shape_ = x.shape();
   const Tensor& body = body_->forward(x, training);
   const Tensor& shortcut = shortcut_ ? shortcut_->forward(x, training) : x;
   check(body.shape() == shortcut.shape(), "Residual: the body's output ", batched_text(body.shape()),
@@ -135,7 +136,11 @@ const Tensor& Residual::sum_forward(const Tensor& x, bool training, bool relu) {
         "body's stride and channels)");
   check_type(body.dtype() == shortcut.dtype(), "Residual: the body's output is ", dtype_name(body.dtype()),
              " but the shortcut's is ", dtype_name(shortcut.dtype()));
-  ensure(output_, body.shape(), body.dtype(), body.device());
+  // Written over the body's output, the block keeps one tensor of its output's size fewer.
+  if (!body_->backward_reads_output() && body.is_contiguous())
+    output_ = body;
+  else
+    ensure(output_, body.shape(), body.dtype(), body.device());
   add_into(body.contiguous(), shortcut.contiguous(), output_, relu);
   return output_;
 }
@@ -157,6 +162,28 @@ const Tensor& Residual::backward(const Tensor& grad_y, bool need_grad_x) {
   }
   ensure(grad_input_, body.shape(), body.dtype(), body.device());
   add_into(body.contiguous(), shortcut.contiguous(), grad_input_);
+  release_gradient(body, grad);
+  release_gradient(shortcut, grad);
+  return grad_input_;
+}
+
+const Tensor& Residual::relu_sum_backward(const Tensor& grad_y, bool need_grad_x) {
+  check_grad_output(grad_y, output_);
+  // The branches' input gradients are summed over the ReLU's gradient, once both are done with it,
+  // where the two have one shape (a block without a projection).
+  const bool one_shape = input_shape_ == output_.shape();
+  Tensor& relu_grad = one_shape ? grad_input_ : relu_grad_;
+  ensure(relu_grad, output_.shape(), output_.dtype(), output_.device());
+  // The ReLU's output stands in for its input: it is positive exactly where the input is.
+  activation_backward_into(Activation::relu, 0.0, grad_y.contiguous(), output_, output_, relu_grad);
+  const Tensor& body = body_->backward(relu_grad, need_grad_x);
+  const Tensor& shortcut = shortcut_ ? shortcut_->backward(relu_grad, need_grad_x) : relu_grad;
+  release_gradient(relu_grad_, grad_input_);
+  if (!need_grad_x) return grad_input_ = Tensor();
+  ensure(grad_input_, body.shape(), body.dtype(), body.device());
+  add_into(body.contiguous(), shortcut.contiguous(), grad_input_);
+  release_gradient(body, grad_input_);
+  release_gradient(shortcut, grad_input_);
   return grad_input_;
 }
 
@@ -260,6 +287,8 @@ const Tensor& Concat::backward(const Tensor& grad_y, bool need_grad_x) {
     }
     ensure(grad_input_, grad_x.shape(), grad_x.dtype(), grad_x.device());
     add_into(sum->contiguous(), grad_x.contiguous(), grad_input_);
+    if (sum != &grad_input_) release_gradient(*sum, branch_grads_[0]);
+    release_gradient(grad_x, branch_grads_[i]);
     sum = &grad_input_;
   }
   if (!need_grad_x) {

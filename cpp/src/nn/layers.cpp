@@ -4,6 +4,7 @@
 #include <utility>
 
 #include "core/checked_math.hpp"
+#include "core/device.hpp"
 #include "juanji/build_config.hpp"
 #include "juanji/distributed.hpp"
 #include "juanji/nn/sequential.hpp"
@@ -223,6 +224,17 @@ Tensor& Layer::ensure(Tensor& buffer, const Shape& shape, DType dtype, Device de
   if (!buffer.defined() || buffer.shape() != shape || buffer.dtype() != dtype || buffer.device() != device)
     buffer = Tensor::empty(shape, dtype, device);
   return buffer;
+}
+
+void Layer::release_gradient(const Tensor& gradient, const Tensor& passed) {
+  // Smaller blocks, and those of devices without such a cache, stay with their layer: a step
+  // after the first then takes no fresh memory either way.
+  if (&gradient == &passed || !gradient.defined() ||
+      !device::freed_blocks_are_reused(gradient.storage()->nbytes, gradient.device()))
+    return;
+  // Every backward returns a reference to a non-const member (see backward), so resetting it
+  // through the reference is defined; a view of its storage handed on keeps the block alive.
+  const_cast<Tensor&>(gradient) = Tensor();
 }
 
 void Layer::check_grad_output(const Tensor& grad_y, const Tensor& output) const {
@@ -680,6 +692,7 @@ void BatchNorm2d::prepare_forward(const Tensor& x, bool training) {
   check_input(x, *gamma_, type());
   output_shape(x.shape());
   last_training_ = training;
+  input_overwritten_ = false;
   input_ = x.contiguous();
   ensure(save_mean_, {channels_}, x.dtype(), x.device());
   ensure(save_invstd_, {channels_}, x.dtype(), x.device());
@@ -695,12 +708,28 @@ const Tensor& BatchNorm2d::normalize(const Tensor& x, bool training, bool relu) 
 
 const Tensor& BatchNorm2d::forward(const Tensor& x, bool training) { return normalize(x, training, false); }
 
-const Tensor& BatchNorm2d::run_backward(const Tensor& grad_y, Tensor* grad_input_sums) {
-  check_grad_output(grad_y, output_);
+void BatchNorm2d::check_saved_input() const {
   check(last_training_, type(), ".backward: needs a training-mode forward (the last forward ran in eval mode)");
-  ensure(grad_input_, input_.shape(), input_.dtype(), input_.device());
+  check(!input_overwritten_, type(), ".backward: a training step's backward has used up what the last forward "
+        "kept (run a training-mode forward first)");
+}
+
+Tensor& BatchNorm2d::grad_input_buffer(bool over_input) {
+  if (!over_input) {
+    // Left by a training step's backward, which wrote the gradient over the input.
+    if (grad_input_.defined() && grad_input_.storage() == input_.storage()) grad_input_ = Tensor();
+    return ensure(grad_input_, input_.shape(), input_.dtype(), input_.device());
+  }
+  grad_input_ = input_;
+  input_overwritten_ = true;
+  return grad_input_;
+}
+
+const Tensor& BatchNorm2d::run_backward(const Tensor& grad_y, Tensor* grad_input_sums, bool over_input) {
+  check_grad_output(grad_y, output_);
+  check_saved_input();
   batch_norm2d_backward(grad_y.contiguous(), input_, gamma_->value, save_mean_, save_invstd_,
-                        grad_input_, gamma_->grad, beta_->grad, grad_input_sums, shard_sum());
+                        grad_input_buffer(over_input), gamma_->grad, beta_->grad, grad_input_sums, shard_sum());
   return grad_input_;
 }
 

@@ -9,6 +9,9 @@
 #include "juanji/ops/pool.hpp"
 
 namespace juanji::nn::execution {
+
+thread_local int TrainingStepBackward::depth_ = 0;
+
 namespace {
 
 using Layers = std::vector<std::shared_ptr<Layer>>;
@@ -39,7 +42,7 @@ class ForwardPass : public Pass {
 class BackwardPass : public Pass {
  public:
   using Pass::Pass;
-  virtual const Tensor& backward(const Tensor& grad_y, bool need_grad_x) = 0;
+  virtual const Tensor& backward(const Tensor& grad_y, bool need_grad_x, bool grad_y_spare) = 0;
 };
 
 class LayerForward final : public ForwardPass {
@@ -54,7 +57,7 @@ class LayerForward final : public ForwardPass {
 class LayerBackward final : public BackwardPass {
  public:
   explicit LayerBackward(Layer& layer) : BackwardPass({&layer}), layer_(layer) {}
-  const Tensor& backward(const Tensor& grad_y, bool need_grad_x) override {
+  const Tensor& backward(const Tensor& grad_y, bool need_grad_x, bool) override {
     return layer_.backward(grad_y, need_grad_x);
   }
 
@@ -71,11 +74,26 @@ const Tensor& forward_through(Steps& steps, const Tensor& x, bool training) {
   return *y;
 }
 
-template <class Steps>
-const Tensor& backward_through(Steps& steps, const Tensor& grad_y, bool need_grad_x) {
+// Each step's input gradient is released (Layer::release_gradient) once the step before has
+// used it, and is spare for that step (see Stage::backward) where no one else holds its storage;
+// after_step(k) runs as step k's backward ends.
+template <class Steps, class AfterStep>
+const Tensor& backward_through(Steps& steps, const Tensor& grad_y, bool need_grad_x, bool grad_y_spare,
+                               AfterStep after_step) {
   const Tensor* grad = &grad_y;
-  for (std::size_t k = steps.size(); k-- > 0;) grad = &steps[k]->backward(*grad, k > 0 || need_grad_x);
+  for (std::size_t k = steps.size(); k-- > 0;) {
+    const bool spare = grad == &grad_y ? grad_y_spare : grad->storage().use_count() == 1;
+    const Tensor& grad_x = steps[k]->backward(*grad, k > 0 || need_grad_x, spare);
+    if (grad != &grad_x) Layer::release_gradient(*grad, grad_y);
+    grad = &grad_x;
+    after_step(k);
+  }
   return *grad;
+}
+
+template <class Steps>
+const Tensor& backward_through(Steps& steps, const Tensor& grad_y, bool need_grad_x, bool grad_y_spare) {
+  return backward_through(steps, grad_y, need_grad_x, grad_y_spare, [](std::size_t) {});
 }
 
 template <class Passes>
@@ -95,8 +113,8 @@ class Run final : public Stage {
   const Tensor& forward(const Tensor& x, bool training) override {
     return forward_through(forward_, x, training);
   }
-  const Tensor& backward(const Tensor& grad_y, bool need_grad_x) override {
-    return backward_through(backward_, grad_y, need_grad_x);
+  const Tensor& backward(const Tensor& grad_y, bool need_grad_x, bool grad_y_spare) override {
+    return backward_through(backward_, grad_y, need_grad_x, grad_y_spare);
   }
   std::string description() const override {
     const std::string forward_passes = describe(forward_), backward_passes = describe(backward_);
@@ -144,6 +162,8 @@ struct StageAccess {
   class NormReluMaxPoolBackward;
   class ReluMaxPoolBackward;
   class ConvNormBackward;
+  class ResidualReluBackward;
+  class ActivationBackward;
 
   // Forward rules: the pass over the layers from `first` on, or null where they do not fit it.
   static std::unique_ptr<ForwardPass> norm_relu_max_pool_forward(const Layers& layers, std::size_t first,
@@ -156,6 +176,9 @@ struct StageAccess {
   static std::unique_ptr<BackwardPass> relu_max_pool_backward(const Layers& layers, std::size_t last,
                                                               Device device);
   static std::unique_ptr<BackwardPass> conv_norm_backward(const Layers& layers, std::size_t last, Device device);
+  static std::unique_ptr<BackwardPass> residual_relu_backward(const Layers& layers, std::size_t last,
+                                                              Device device);
+  static std::unique_ptr<BackwardPass> activation_backward(const Layers& layers, std::size_t last, Device device);
   static std::unique_ptr<BackwardPass> layer_backward(const Layers& layers, std::size_t last, Device device);
 
   // The stages, and the index of each one's first layer in first_layers.
@@ -266,30 +289,35 @@ class StageAccess::NormReluMaxPoolForward final : public ForwardPass {
 // gets its bias gradient from it (see biased_conv_at) and then runs the rest of its backward.
 class StageAccess::NormReluMaxPoolBackward final : public BackwardPass {
  public:
-  NormReluMaxPoolBackward(Conv* conv, BatchNorm2d& norm, ActivationLayer& relu, Pool& pool)
+  NormReluMaxPoolBackward(Conv* conv, BatchNorm2d& norm, ActivationLayer& relu, Pool& pool, bool after_conv)
       : BackwardPass(conv ? std::vector<const Layer*>{conv, &norm, &relu, &pool}
                           : std::vector<const Layer*>{&norm, &relu, &pool}),
-        conv_(conv), norm_(norm), pool_(pool) {}
-  const Tensor& backward(const Tensor& grad_y, bool need_grad_x) override {
+        conv_(conv), norm_(norm), pool_(pool), after_conv_(after_conv) {}
+  const Tensor& backward(const Tensor& grad_y, bool need_grad_x, bool) override {
     pool_.check_grad_output(grad_y, pool_.output_);
     pool_.check_training_forward();
-    Tensor& grad_norm_input = norm_.grad_input_;
+    norm_.check_saved_input();
     if (conv_ || need_grad_x)
-      Layer::ensure(grad_norm_input, norm_.input_.shape(), norm_.input_.dtype(), norm_.input_.device());
+      norm_.grad_input_buffer(after_conv_ && TrainingStepBackward::active());
     else
-      grad_norm_input = Tensor();
+      norm_.grad_input_ = Tensor();
+    Tensor& grad_norm_input = norm_.grad_input_;
     const bool bias_from_norm = conv_ && conv_->bias_grad_from_norm();
     batch_norm2d_relu_max_pool_backward(pool_.geometry_, grad_y.contiguous(), pool_.argmax_, pool_.output_,
                                         norm_.input_, norm_.gamma_->value, norm_.save_mean_, norm_.save_invstd_,
                                         grad_norm_input, norm_.gamma_->grad, norm_.beta_->grad,
                                         bias_from_norm ? &conv_->bias_->grad : nullptr, norm_.shard_sum());
-    return conv_ ? conv_->backward_impl(grad_norm_input, need_grad_x, !bias_from_norm) : grad_norm_input;
+    if (!conv_) return grad_norm_input;
+    const Tensor& grad_x = conv_->backward_impl(grad_norm_input, need_grad_x, !bias_from_norm);
+    Layer::release_gradient(grad_norm_input, grad_y);
+    return grad_x;
   }
 
  private:
   Conv* conv_;
   BatchNorm2d& norm_;
   Pool& pool_;
+  bool after_conv_;  // the norm's input is a convolution's output
 };
 
 // Max pooling's backward followed by the ReLU's before it, in one pass (CPU): the ReLU's output is
@@ -299,7 +327,7 @@ class StageAccess::ReluMaxPoolBackward final : public BackwardPass {
  public:
   ReluMaxPoolBackward(ActivationLayer& relu, Pool& pool) : BackwardPass({&relu, &pool}), pool_(pool) {}
   // need_grad_x is always true: the rule places this pass after the model's first layer.
-  const Tensor& backward(const Tensor& grad_y, bool) override {
+  const Tensor& backward(const Tensor& grad_y, bool, bool) override {
     pool_.check_grad_output(grad_y, pool_.output_);
     pool_.check_training_forward();
     const Tensor& relu_output = pool_.input_;
@@ -313,21 +341,57 @@ class StageAccess::ReluMaxPoolBackward final : public BackwardPass {
   Pool& pool_;
 };
 
-// A batch norm's backward that also gives the convolution before it its bias gradient (see
-// biased_conv_at), then the rest of the convolution's backward: one pass less over the largest
-// tensors.
+// A batch norm's backward, which also gives the convolution before it its bias gradient (see
+// biased_conv_at) and, in a training step, writes its gradient over the convolution's output
+// (TrainingStepBackward), then the rest of the convolution's backward: one pass less over the
+// largest tensors, and one buffer less.
 class StageAccess::ConvNormBackward final : public BackwardPass {
  public:
   ConvNormBackward(Conv& conv, BatchNorm2d& norm) : BackwardPass({&conv, &norm}), conv_(conv), norm_(norm) {}
-  const Tensor& backward(const Tensor& grad_y, bool need_grad_x) override {
+  const Tensor& backward(const Tensor& grad_y, bool need_grad_x, bool) override {
     const bool bias_from_norm = conv_.bias_grad_from_norm();
-    const Tensor& grad_conv_output = norm_.run_backward(grad_y, bias_from_norm ? &conv_.bias_->grad : nullptr);
-    return conv_.backward_impl(grad_conv_output, need_grad_x, !bias_from_norm);
+    const Tensor& grad_conv_output = norm_.run_backward(grad_y, bias_from_norm ? &conv_.bias_->grad : nullptr,
+                                                        TrainingStepBackward::active());
+    const Tensor& grad_x = conv_.backward_impl(grad_conv_output, need_grad_x, !bias_from_norm);
+    Layer::release_gradient(grad_conv_output, grad_y);
+    return grad_x;
   }
 
  private:
   Conv& conv_;
   BatchNorm2d& norm_;
+};
+
+// A residual block's backward with the ReLU after it (Residual::relu_sum_backward): the ReLU's
+// gradient and the branches' sum share one buffer.
+class StageAccess::ResidualReluBackward final : public BackwardPass {
+ public:
+  ResidualReluBackward(Residual& block, ActivationLayer& relu) : BackwardPass({&block, &relu}), block_(block) {}
+  const Tensor& backward(const Tensor& grad_y, bool need_grad_x, bool) override {
+    return block_.relu_sum_backward(grad_y, need_grad_x);
+  }
+
+ private:
+  Residual& block_;
+};
+
+// An activation's backward, written over its output's gradient where that is spare (see
+// Stage::backward): one buffer fewer.
+class StageAccess::ActivationBackward final : public BackwardPass {
+ public:
+  explicit ActivationBackward(ActivationLayer& activation) : BackwardPass({&activation}), activation_(activation) {}
+  const Tensor& backward(const Tensor& grad_y, bool need_grad_x, bool grad_y_spare) override {
+    if (!grad_y_spare || !need_grad_x || !grad_y.is_contiguous()) return activation_.backward(grad_y, need_grad_x);
+    activation_.check_grad_output(grad_y, activation_.output_);
+    Tensor grad = grad_y;  // the same storage
+    // As ActivationLayer::backward: an adopted output stands in for the input.
+    activation_backward_into(activation_.kind(), activation_.negative_slope(), grad_y,
+                             activation_.adopted_ ? activation_.output_ : activation_.input_, activation_.output_, grad);
+    return grad_y;
+  }
+
+ private:
+  ActivationLayer& activation_;
 };
 
 std::unique_ptr<ForwardPass> StageAccess::norm_relu_max_pool_forward(const Layers& layers, std::size_t first,
@@ -370,7 +434,8 @@ std::unique_ptr<BackwardPass> StageAccess::norm_relu_max_pool_backward(const Lay
   return std::make_unique<NormReluMaxPoolBackward>(last >= 3 ? biased_conv_at(layers, last - 3) : nullptr,
                                                    *layer_at<BatchNorm2d>(layers, last - 2),
                                                    *layer_at<ActivationLayer>(layers, last - 1),
-                                                   *layer_at<Pool>(layers, last));
+                                                   *layer_at<Pool>(layers, last),
+                                                   last >= 3 && layer_at<Conv>(layers, last - 3));
 }
 
 std::unique_ptr<BackwardPass> StageAccess::relu_max_pool_backward(const Layers& layers, std::size_t last,
@@ -386,9 +451,21 @@ std::unique_ptr<BackwardPass> StageAccess::relu_max_pool_backward(const Layers& 
 std::unique_ptr<BackwardPass> StageAccess::conv_norm_backward(const Layers& layers, std::size_t last,
                                                               Device device) {
   BatchNorm2d* norm = layer_at<BatchNorm2d>(layers, last);
-  Conv* conv = norm && last >= 1 && device.is_cpu() ? biased_conv_at(layers, last - 1) : nullptr;
+  Conv* conv = norm && last >= 1 && device.is_cpu() ? layer_at<Conv>(layers, last - 1) : nullptr;
   if (!conv) return nullptr;
   return std::make_unique<ConvNormBackward>(*conv, *norm);
+}
+
+// The layers of activation_forward's residual block and ReLU.
+std::unique_ptr<BackwardPass> StageAccess::residual_relu_backward(const Layers& layers, std::size_t last, Device) {
+  Residual* block = last >= 1 ? layer_at<Residual>(layers, last - 1) : nullptr;
+  if (!block || !is_relu(layer_at<ActivationLayer>(layers, last))) return nullptr;
+  return std::make_unique<ResidualReluBackward>(*block, *layer_at<ActivationLayer>(layers, last));
+}
+
+std::unique_ptr<BackwardPass> StageAccess::activation_backward(const Layers& layers, std::size_t last, Device) {
+  ActivationLayer* activation = layer_at<ActivationLayer>(layers, last);
+  return activation ? std::make_unique<ActivationBackward>(*activation) : nullptr;
 }
 
 std::unique_ptr<BackwardPass> StageAccess::layer_backward(const Layers& layers, std::size_t last, Device) {
@@ -402,7 +479,8 @@ std::vector<std::unique_ptr<Stage>> StageAccess::stages(const Layers& layers, De
   using BackwardRule = std::unique_ptr<BackwardPass> (*)(const Layers&, std::size_t, Device);
   static constexpr ForwardRule forward_rules[] = {norm_relu_max_pool_forward, activation_forward, layer_forward};
   static constexpr BackwardRule backward_rules[] = {norm_relu_max_pool_backward, relu_max_pool_backward,
-                                                    conv_norm_backward, layer_backward};
+                                                    conv_norm_backward, residual_relu_backward,
+                                                    activation_backward, layer_backward};
   // Forward passes placed from the first layer on, backward ones from the last layer back, as
   // each direction runs: a batch norm after a convolution takes it into its backward pass only
   // where a ReLU and max pooling after it have not taken the norm first.
@@ -443,17 +521,13 @@ Plan::Plan(const Layers& layers, Device device)
 const Tensor& Plan::forward(const Tensor& x, bool training) { return forward_through(stages_, x, training); }
 
 const Tensor& Plan::backward(const Tensor& grad_y, bool need_grad_x) {
-  return backward_through(stages_, grad_y, need_grad_x);
+  return backward_through(stages_, grad_y, need_grad_x, false);
 }
 
 const Tensor& Plan::backward(const Tensor& grad_y, bool need_grad_x,
                              const std::function<void(std::size_t first)>& after_stage) {
-  const Tensor* grad = &grad_y;
-  for (std::size_t k = stages_.size(); k-- > 0;) {
-    grad = &stages_[k]->backward(*grad, k > 0 || need_grad_x);
-    after_stage(first_layers_[k]);
-  }
-  return *grad;
+  return backward_through(stages_, grad_y, need_grad_x, false,
+                          [&](std::size_t k) { after_stage(first_layers_[k]); });
 }
 
 std::vector<std::string> Plan::describe() const {

@@ -23,12 +23,30 @@ class Stage {
   // The output, owned by one of the stage's layers: valid until that layer's next forward.
   virtual const Tensor& forward(const Tensor& x, bool training) = 0;
   // After a training-mode forward: the input's gradient (layer-owned), undefined unless
-  // need_grad_x. Parameter gradients are overwritten, as by Layer::backward.
-  virtual const Tensor& backward(const Tensor& grad_y, bool need_grad_x) = 0;
+  // need_grad_x. Parameter gradients are overwritten, as by Layer::backward. With grad_y_spare
+  // (grad_y is a layer's buffer that nothing else holds and the caller is done with) the stage may
+  // write over grad_y and return it.
+  virtual const Tensor& backward(const Tensor& grad_y, bool need_grad_x, bool grad_y_spare) = 0;
   // Its layers' types, "+" joining those computed in one pass: the forward passes, then, where
   // the backward passes group the layers otherwise, those after " | " (LeNet's first stage on the
   // CPU: "Conv2d+ReLU, MaxPool2d | Conv2d, ReLU+MaxPool2d").
   virtual std::string description() const = 0;
+};
+
+// Marks a training step's backward on this thread while it lives (Sequential::train_step): the
+// CPU's fused passes then write a batch norm's input gradient over the convolution output it
+// normalized, which no backward reads after the norm's, instead of into a buffer of its own. A
+// backward of one's own training loop keeps that output, so that it may go back twice.
+class TrainingStepBackward {
+ public:
+  TrainingStepBackward() { ++depth_; }
+  ~TrainingStepBackward() { --depth_; }
+  TrainingStepBackward(const TrainingStepBackward&) = delete;
+  TrainingStepBackward& operator=(const TrainingStepBackward&) = delete;
+  static bool active() { return depth_ > 0; }
+
+ private:
+  static thread_local int depth_;
 };
 
 class Plan {

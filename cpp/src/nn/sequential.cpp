@@ -173,6 +173,8 @@ const Tensor& Sequential::run_forward(const Tensor& x, bool training) {
   return plan(input.device()).forward(input, training);
 }
 
+bool Sequential::backward_reads_output() const { return layers_.empty() || layers_.back()->backward_reads_output(); }
+
 const Tensor& Sequential::backward(const Tensor& grad_y, bool need_grad_x) {
   const Lock lock(*this);
   const ConcurrentCaller caller;
@@ -289,6 +291,7 @@ double Sequential::train_step(const Tensor& x, const Tensor& target, Loss& loss,
     grad_output_ = Tensor::empty(output.shape(), output.dtype(), output.device());
   const Tensor& device_target = on_model_device(target, target_staging_);
   const double value = loss.forward_backward(output, device_target, grad_output_, nullptr);
+  const execution::TrainingStepBackward step_backward;
   if (buckets_ && distributed::world_size() > 1) {
     // Each bucket goes out as soon as the last stage holding its parameters has finished its
     // backward, so the sums travel while the earlier layers' backward runs.

@@ -347,7 +347,7 @@ def softmax_backward(grad_out: typing.Any, x: typing.Any, dim: typing.Any = -1) 
     """
 def storage_allocations() -> int:
     """
-    Tensor storages allocated so far; a training step after the first adds none.
+    Tensor storages that took fresh memory so far (a CPU block that an earlier tensor gave back does not count); a training step after the first adds none.
     """
 def tanh(x: typing.Any) -> Tensor:
     """

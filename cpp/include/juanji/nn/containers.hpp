@@ -68,10 +68,15 @@ class Residual : public Container {
 
  private:
   friend struct execution::StageAccess;
-  // The sum, with a ReLU applied as it is stored where relu (a ReLU after the block: one pass).
+  // The sum, with a ReLU applied as it is stored where relu (a ReLU after the block: one pass),
+  // written over the body's output where the body's backward does not read it.
   const Tensor& sum_forward(const Tensor& x, bool training, bool relu);
+  // The backward of sum_forward with relu: the ReLU's gradient goes into grad_input_, which both
+  // branches go back from and which then takes their input gradients' sum.
+  const Tensor& relu_sum_backward(const Tensor& grad_y, bool need_grad_x);
   std::shared_ptr<Layer> body_, shortcut_;
-  Tensor output_, grad_input_;
+  Shape input_shape_;  // of the last forward
+  Tensor output_, grad_input_, relu_grad_;
 };
 
 // Runs each branch on the input and concatenates their outputs along dimension 1 (the channels),

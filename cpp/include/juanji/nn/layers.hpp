@@ -90,9 +90,18 @@ class Layer {
   virtual double flops(const Shape& input) const { (void)input; return 0.0; }
   // The returned tensor is owned by the layer and valid until its next forward.
   virtual const Tensor& forward(const Tensor& x, bool training) = 0;
-  // grad_y has the shape of the last forward's output. Returns grad_x (layer-owned) unless
-  // need_grad_x is false (first layer), in which case the result is undefined.
+  // grad_y has the shape of the last forward's output. Returns grad_x (layer-owned: a tensor
+  // member of this layer or of one inside it, which the caller may release_gradient once it has
+  // used it) unless need_grad_x is false (first layer), in which case the result is undefined.
   virtual const Tensor& backward(const Tensor& grad_y, bool need_grad_x) = 0;
+  // Drops the gradient a backward returned (a tensor some layer owns) once the caller is done with
+  // it, unless it is `passed` (what the caller was given, which a backward may hand back as its
+  // own result). Its block goes back to the allocator's cache, where the next gradient of its size
+  // takes it: a backward pass then holds a few gradients at a time, not one per layer.
+  static void release_gradient(const Tensor& gradient, const Tensor& passed);
+  // Whether backward reads the tensor the last forward returned, beyond its shape: where it does
+  // not, a container may write over that tensor (Residual adds its shortcut into it).
+  virtual bool backward_reads_output() const { return true; }
   std::vector<std::shared_ptr<Parameter>>& parameters() { return parameters_; }
   const std::vector<std::shared_ptr<Parameter>>& parameters() const { return parameters_; }
   // backward for a training loop of one's own: the parameter gradients are added to those in
@@ -209,6 +218,7 @@ class Conv : public Layer {
   double flops(const Shape& input) const override;
   const Tensor& forward(const Tensor& x, bool training) override;
   const Tensor& backward(const Tensor& grad_y, bool need_grad_x) override;
+  bool backward_reads_output() const override { return false; }
   const Parameter& weight() const { return *weight_; }
 
  private:
@@ -241,6 +251,7 @@ class Linear : public Layer {
   double flops(const Shape& input) const override;
   const Tensor& forward(const Tensor& x, bool training) override;
   const Tensor& backward(const Tensor& grad_y, bool need_grad_x) override;
+  bool backward_reads_output() const override { return false; }
 
  private:
   friend struct execution::StageAccess;
@@ -368,6 +379,7 @@ class BatchNorm2d : public Layer {
   double flops(const Shape& input) const override;
   const Tensor& forward(const Tensor& x, bool training) override;
   const Tensor& backward(const Tensor& grad_y, bool need_grad_x) override;
+  bool backward_reads_output() const override { return false; }
 
  private:
   friend struct execution::StageAccess;
@@ -376,8 +388,13 @@ class BatchNorm2d : public Layer {
   // Checks x, readies the buffers and normalizes (with ReLU applied to the output if relu).
   const Tensor& normalize(const Tensor& x, bool training, bool relu);
   // Checks grad_y against the last forward (a training-mode one); grad_input_, and its channel
-  // sums into *grad_input_sums when given.
-  const Tensor& run_backward(const Tensor& grad_y, Tensor* grad_input_sums);
+  // sums into *grad_input_sums when given. With over_input, grad_input_ is written over input_
+  // (see execution::TrainingStepBackward), which no later backward can then read.
+  const Tensor& run_backward(const Tensor& grad_y, Tensor* grad_input_sums, bool over_input = false);
+  // Checks that the last forward was a training-mode one whose input no backward has overwritten.
+  void check_saved_input() const;
+  // grad_input_ for a backward: written over input_ where over_input.
+  Tensor& grad_input_buffer(bool over_input);
   // The sum over the ranks' shards where statistics are synchronized now, else empty.
   ShardSum shard_sum() const;
   std::int64_t channels_;
@@ -386,6 +403,7 @@ class BatchNorm2d : public Layer {
   std::shared_ptr<Parameter> gamma_, beta_, running_mean_, running_var_;
   Tensor input_, output_, save_mean_, save_invstd_, grad_input_;
   bool last_training_ = false;  // backward needs the batch statistics of a training-mode forward
+  bool input_overwritten_ = false;  // by a backward's gradient, since the last forward
 };
 
 // Named layers: the general classes above with their kind fixed, so that each layer has a type

@@ -106,6 +106,7 @@ class Sequential : public Container {
   // After a training-mode forward: the input's gradient (undefined unless need_grad_x), every
   // parameter's gradient overwritten.
   const Tensor& backward(const Tensor& grad_y, bool need_grad_x) override;
+  bool backward_reads_output() const override;  // its last layer's
   // forward's output as a tensor of the caller's own: in eval mode (training false) infer's,
   // else copied under the model's lock.
   Tensor forward_copy(const Tensor& x, bool training);

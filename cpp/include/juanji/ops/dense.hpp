@@ -74,7 +74,8 @@ void batch_norm2d_forward(const Tensor& x, const Tensor& gamma, const Tensor& be
 // convolution's bias gradient is: exactly conv_backward_weight's bias gradient for grad_x, from
 // planes still in cache. With shard_sum (CPU only), grad_x is the gradient, through the whole
 // batch's statistics, of the sum of the losses whose gradient each shard's grad_y is; grad_gamma
-// and grad_beta stay this shard's (data parallelism averages them).
+// and grad_beta stay this shard's (data parallelism averages them). On the CPU grad_x may be x
+// itself: each channel's sums are complete before its gradient is written.
 void batch_norm2d_backward(const Tensor& grad_y, const Tensor& x, const Tensor& gamma,
                            const Tensor& save_mean, const Tensor& save_invstd, Tensor& grad_x,
                            Tensor& grad_gamma, Tensor& grad_beta, Tensor* grad_x_sums = nullptr,
@@ -89,7 +90,7 @@ void batch_norm2d_relu_max_pool_forward(const Tensor& x, const Tensor& gamma, co
                                         Tensor& y, Tensor& argmax, Tensor& save_mean,
                                         Tensor& save_invstd, const ShardSum& shard_sum = {});
 // Its backward (CPU only): batch_norm2d_backward of max_pool_relu_backward(pool, grad_y, argmax,
-// y) bit for bit, with grad_y, argmax and y (N, C, P, Q) the pooled ones.
+// y) bit for bit, with grad_y, argmax and y (N, C, P, Q) the pooled ones; grad_x may be x itself.
 void batch_norm2d_relu_max_pool_backward(const PoolGeometry& pool, const Tensor& grad_y,
                                          const Tensor& argmax, const Tensor& y, const Tensor& x,
                                          const Tensor& gamma, const Tensor& save_mean,

@@ -395,7 +395,7 @@ void winograd_weight_grad_by_halves(const ConvGeometry& g, const Correlation& c,
 // by (e, block), through chunks that stay in the last-level cache and are long enough to pay for
 // adding their sums into the gradient and for the barrier each takes (L2-sized chunks of 1-2 MiB
 // ran 10-20% slower).
-constexpr std::int64_t kWinogradGradChunkBytes = std::int64_t{8} << 20;
+constexpr std::int64_t kWinogradGradChunkBytes = std::int64_t{2} << 20;
 constexpr std::int64_t kWinogradGradMinChunk = 256;
 
 void winograd_weight_grad_shared(const ConvGeometry& g, const Correlation& c, const float* dy, const float* x,
