@@ -178,12 +178,15 @@ const Tensor& Residual::relu_sum_backward(const Tensor& grad_y, bool need_grad_x
   activation_backward_into(Activation::relu, 0.0, grad_y.contiguous(), output_, output_, relu_grad);
   const Tensor& body = body_->backward(relu_grad, need_grad_x);
   const Tensor& shortcut = shortcut_ ? shortcut_->backward(relu_grad, need_grad_x) : relu_grad;
-  release_gradient(relu_grad_, grad_input_);
-  if (!need_grad_x) return grad_input_ = Tensor();
+  if (!need_grad_x) {
+    release_gradient(relu_grad_, grad_input_);
+    return grad_input_ = Tensor();
+  }
   ensure(grad_input_, body.shape(), body.dtype(), body.device());
   add_into(body.contiguous(), shortcut.contiguous(), grad_input_);
   release_gradient(body, grad_input_);
   release_gradient(shortcut, grad_input_);
+  release_gradient(relu_grad_, grad_input_);
   return grad_input_;
 }
 
