@@ -148,44 +148,34 @@ const Tensor& Residual::sum_forward(const Tensor& x, bool training, bool relu) {
 const Tensor& Residual::forward(const Tensor& x, bool training) { return sum_forward(x, training, false); }
 
 const Tensor& Residual::backward(const Tensor& grad_y, bool need_grad_x) {
-  check_grad_output(grad_y, output_);
-  const Tensor grad = grad_y.contiguous();
-  const Tensor& body = body_->backward(grad, need_grad_x);
-  if (!shortcut_ && !need_grad_x) {
-    grad_input_ = Tensor();
-    return grad_input_;
-  }
-  const Tensor& shortcut = shortcut_ ? shortcut_->backward(grad, need_grad_x) : grad;
-  if (!need_grad_x) {
-    grad_input_ = Tensor();
-    return grad_input_;
-  }
-  ensure(grad_input_, body.shape(), body.dtype(), body.device());
-  add_into(body.contiguous(), shortcut.contiguous(), grad_input_);
-  release_gradient(body, grad);
-  release_gradient(shortcut, grad);
-  return grad_input_;
+  return sum_backward(grad_y, need_grad_x, false);
 }
 
-const Tensor& Residual::relu_sum_backward(const Tensor& grad_y, bool need_grad_x) {
+const Tensor& Residual::sum_backward(const Tensor& grad_y, bool need_grad_x, bool relu) {
   check_grad_output(grad_y, output_);
-  // The branches' input gradients are summed over the ReLU's gradient, once both are done with it,
-  // where the two have one shape (a block without a projection).
-  const bool one_shape = input_shape_ == output_.shape();
-  Tensor& relu_grad = one_shape ? grad_input_ : relu_grad_;
-  ensure(relu_grad, output_.shape(), output_.dtype(), output_.device());
-  // The ReLU's output stands in for its input: it is positive exactly where the input is.
-  activation_backward_into(Activation::relu, 0.0, grad_y.contiguous(), output_, output_, relu_grad);
-  const Tensor& body = body_->backward(relu_grad, need_grad_x);
-  const Tensor& shortcut = shortcut_ ? shortcut_->backward(relu_grad, need_grad_x) : relu_grad;
+  Tensor contiguous;
+  const Tensor* grad = &contiguous;
+  if (relu) {
+    // The branches' input gradients are summed over the ReLU's gradient, once both are done with
+    // it, where the two have one shape (a block without a projection).
+    Tensor& relu_grad = input_shape_ == output_.shape() ? grad_input_ : relu_grad_;
+    ensure(relu_grad, output_.shape(), output_.dtype(), output_.device());
+    // The ReLU's output stands in for its input: it is positive exactly where the input is.
+    activation_backward_into(Activation::relu, 0.0, grad_y.contiguous(), output_, output_, relu_grad);
+    grad = &relu_grad;
+  } else {
+    contiguous = grad_y.contiguous();
+  }
+  const Tensor& body = body_->backward(*grad, need_grad_x);
+  const Tensor& shortcut = shortcut_ ? shortcut_->backward(*grad, need_grad_x) : *grad;
   if (!need_grad_x) {
     release_gradient(relu_grad_, grad_input_);
     return grad_input_ = Tensor();
   }
   ensure(grad_input_, body.shape(), body.dtype(), body.device());
   add_into(body.contiguous(), shortcut.contiguous(), grad_input_);
-  release_gradient(body, grad_input_);
-  release_gradient(shortcut, grad_input_);
+  release_gradient(body, *grad);
+  release_gradient(shortcut, *grad);
   release_gradient(relu_grad_, grad_input_);
   return grad_input_;
 }

@@ -572,12 +572,14 @@ const Tensor& ActivationLayer::backward(const Tensor& grad_y, bool need_grad_x) 
     grad_input_ = Tensor();
     return grad_input_;
   }
-  ensure(grad_input_, output_.shape(), output_.dtype(), output_.device());
+  backward_into(grad_y.contiguous(), ensure(grad_input_, output_.shape(), output_.dtype(), output_.device()));
+  return grad_input_;
+}
+
+void ActivationLayer::backward_into(const Tensor& grad_y, Tensor& grad_x) const {
   // An adopted output stands in for the input: it has the input's sign (the plan lets layers
   // compute only such activations, see backward_works_from_output in plan.cpp).
-  activation_backward_into(kind_, negative_slope_, grad_y.contiguous(), adopted_ ? output_ : input_,
-                           output_, grad_input_);
-  return grad_input_;
+  activation_backward_into(kind_, negative_slope_, grad_y, adopted_ ? output_ : input_, output_, grad_x);
 }
 
 // ---- Softmax ----

@@ -362,13 +362,13 @@ class StageAccess::ConvNormBackward final : public BackwardPass {
   BatchNorm2d& norm_;
 };
 
-// A residual block's backward with the ReLU after it (Residual::relu_sum_backward): the ReLU's
+// A residual block's backward with the ReLU after it (Residual::sum_backward): the ReLU's
 // gradient and the branches' sum share one buffer.
 class StageAccess::ResidualReluBackward final : public BackwardPass {
  public:
   ResidualReluBackward(Residual& block, ActivationLayer& relu) : BackwardPass({&block, &relu}), block_(block) {}
   const Tensor& backward(const Tensor& grad_y, bool need_grad_x, bool) override {
-    return block_.relu_sum_backward(grad_y, need_grad_x);
+    return block_.sum_backward(grad_y, need_grad_x, true);
   }
 
  private:
@@ -384,9 +384,7 @@ class StageAccess::ActivationBackward final : public BackwardPass {
     if (!grad_y_spare || !need_grad_x || !grad_y.is_contiguous()) return activation_.backward(grad_y, need_grad_x);
     activation_.check_grad_output(grad_y, activation_.output_);
     Tensor grad = grad_y;  // the same storage
-    // As ActivationLayer::backward: an adopted output stands in for the input.
-    activation_backward_into(activation_.kind(), activation_.negative_slope(), grad_y,
-                             activation_.adopted_ ? activation_.output_ : activation_.input_, activation_.output_, grad);
+    activation_.backward_into(grad_y, grad);
     return grad_y;
   }
 

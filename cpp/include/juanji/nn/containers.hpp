@@ -71,9 +71,9 @@ class Residual : public Container {
   // The sum, with a ReLU applied as it is stored where relu (a ReLU after the block: one pass),
   // written over the body's output where the body's backward does not read it.
   const Tensor& sum_forward(const Tensor& x, bool training, bool relu);
-  // The backward of sum_forward with relu: the ReLU's gradient goes into grad_input_, which both
-  // branches go back from and which then takes their input gradients' sum.
-  const Tensor& relu_sum_backward(const Tensor& grad_y, bool need_grad_x);
+  // The backward of sum_forward. With relu the branches go back from the ReLU's gradient, in a
+  // buffer of the block's own, which then takes their input gradients' sum where it can.
+  const Tensor& sum_backward(const Tensor& grad_y, bool need_grad_x, bool relu);
   std::shared_ptr<Layer> body_, shortcut_;
   Shape input_shape_;  // of the last forward
   Tensor output_, grad_input_, relu_grad_;

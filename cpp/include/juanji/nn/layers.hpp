@@ -316,6 +316,8 @@ class ActivationLayer : public Layer {
 
  private:
   friend struct execution::StageAccess;
+  // grad_x (may be grad_y itself) from grad_y and what the last forward kept.
+  void backward_into(const Tensor& grad_y, Tensor& grad_x) const;
   Activation kind_;
   double negative_slope_;
   // output_ is y = f(x) computed by the previous layer's forward (a stage of a model's plan), its
