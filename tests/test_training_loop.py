@@ -96,16 +96,30 @@ def test_one_forward_can_be_gone_back_through_twice(make):
         np.testing.assert_allclose(p.grad, 2 * g, rtol=1e-6, atol=1e-7, err_msg=p.name)
 
 
-@pytest.mark.parametrize("make", [small_resnet, projection_resnet], ids=["identity", "projection"])
-def test_a_backward_after_a_training_step_needs_a_new_forward(make):
+def every_layer_kind():
+    juanji.manual_seed(9)
+    branches = nn.Concat(nn.Sequential(nn.Conv2d(4, 2, 1), nn.Sigmoid()),
+                         nn.Sequential(nn.AvgPool2d(3, 1, 1), nn.Tanh()), nn.Identity())
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2), branches, nn.LeakyReLU(0.1),
+        nn.Residual(nn.Sequential(nn.Conv2d(10, 10, 3, padding=1), nn.Dropout(0.2)), nn.Conv2d(10, 10, 1)),
+        nn.MaxPool2d(2, ceil_mode=True), nn.GlobalAvgPool2d(), nn.Flatten(), nn.Linear(10, 3), nn.Softmax(),
+    )
+
+
+@pytest.mark.parametrize("make", [small_resnet, projection_resnet, every_layer_kind],
+                         ids=["identity", "projection", "every_kind"])
+def test_every_layer_refuses_a_backward_after_a_training_step(make):
+    # A training step drops what each layer's forward kept once it is done with it: no layer may
+    # then read the dropped tensors, whichever one is asked to go back.
     model = make()
     x, y = batches(1, n=6)[0]
     model.train_step(x, y, nn.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.1))
-    grad = np.ones((6, 3), np.float32)
-    with pytest.raises(ValueError, match="used up what the last forward kept"):
-        model.backward(grad)
+    for layer in model.modules():
+        with pytest.raises(ValueError, match="used up what"):
+            layer.backward(np.ones((6, 3), np.float32))
     model.forward(x)
-    assert np.isfinite(np.asarray(model.backward(grad))).all()
+    assert np.isfinite(np.asarray(model.backward(np.ones((6, 3), np.float32)))).all()
 
 
 def test_gradient_accumulation_over_two_half_batches_matches_one_batch():

@@ -1,15 +1,27 @@
 #include "core/device.hpp"
 
+#include <sys/mman.h>
+
+#include <algorithm>
 #include <atomic>
-#include <cstdlib>
 #include <cstring>
+#include <iterator>
 #include <limits>
+#include <map>
 #include <mutex>
 #include <new>
-#include <unordered_map>
+#include <set>
+#include <utility>
 
 #include "juanji/bfloat16.hpp"
 #include "ops/backend.hpp"
+
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#else
+#define ASAN_POISON_MEMORY_REGION(address, size) ((void)(address), (void)(size))
+#define ASAN_UNPOISON_MEMORY_REGION(address, size) ((void)(address), (void)(size))
+#endif
 
 namespace juanji::device {
 
@@ -26,66 +38,124 @@ void check_available(Device device) {
 namespace {
 std::atomic<std::uint64_t> allocations{0};
 
-// Freed host blocks of 64 KiB and more wait here for a request of the same size: glibc hands such
-// sizes back to the kernel on free, and the next call paid a page fault per 4 KiB touched
-// (measured: max_pool2d_backward on 8x64x56x56 took 1.3 ms, 0.45 ms of it in its kernels). Bounded,
-// so that memory a program stops using goes back. Off under AddressSanitizer, which must see
-// every free.
-class HostBlockCache {
+// Host blocks come from segments mapped once and kept: a freed block joins its free neighbours
+// and serves the next request of any size that fits (best fit: the smallest free range that holds
+// it). glibc hands large blocks back to the kernel on free, and the next call paid a page fault
+// per 4 KiB touched (measured: max_pool2d_backward on 8x64x56x56 took 1.3 ms, 0.45 ms of it in its
+// kernels); an exact-size cache avoided that but left a training step's freed activations idle
+// while its backward asked for gradients of other sizes. Wholly free segments go back to the
+// kernel once more than kMaxIdle bytes are free, so that memory a program stops using returns.
+// Under AddressSanitizer free ranges are poisoned, so that a read of a freed block is still caught.
+class HostArena {
  public:
-  static constexpr std::size_t kMinBlock = std::size_t{64} << 10;
-  static constexpr std::size_t kMaxCached = std::size_t{256} << 20;
+  static constexpr std::size_t kSegment = std::size_t{64} << 20;
+  static constexpr std::size_t kSegmentGranule = std::size_t{2} << 20;
+  static constexpr std::size_t kMaxIdle = std::size_t{256} << 20;
 
-  static bool enabled(std::size_t size) {
-#if defined(__SANITIZE_ADDRESS__)
-    (void)size;
-    return false;
-#else
-    return size >= kMinBlock;
-#endif
-  }
-
-  void* take(std::size_t size) {
-    if (!enabled(size)) return nullptr;
+  // A block of `size` bytes (a multiple of kAlignment), or null where the kernel has no memory;
+  // `fresh` tells whether it reaches into memory no block has used before.
+  void* take(std::size_t size, bool& fresh) {
     std::lock_guard<std::mutex> lock(mutex_);
-    const auto it = blocks_.find(size);
-    if (it == blocks_.end()) return nullptr;
-    void* ptr = it->second;
-    blocks_.erase(it);
-    cached_ -= size;
-    return ptr;
+    auto fit = free_by_size_.lower_bound({size, nullptr});
+    if (fit == free_by_size_.end()) {
+      if (!map_segment(size)) return nullptr;
+      fit = free_by_size_.lower_bound({size, nullptr});
+    }
+    const auto [range_size, start] = *fit;
+    remove_free(start, range_size);
+    if (range_size > size) add_free(start + size, range_size - size);
+    Segment& segment = segment_of(start)->second;
+    const std::size_t end = static_cast<std::size_t>(start - segment.start) + size;
+    fresh = end > segment.touched;
+    if (fresh) segment.touched = end;
+    ASAN_UNPOISON_MEMORY_REGION(start, size);
+    return start;
   }
 
-  // Keeps ptr for reuse, or frees it when the cache is full.
   void give(void* ptr, std::size_t size) {
-    if (enabled(size)) {
-      std::lock_guard<std::mutex> lock(mutex_);
-      if (cached_ + size <= kMaxCached) {
-        blocks_.emplace(size, ptr);
-        cached_ += size;
-        return;
+    std::lock_guard<std::mutex> lock(mutex_);
+    char* start = static_cast<char*>(ptr);
+    ASAN_POISON_MEMORY_REGION(start, size);
+    const auto segment = segment_of(start);
+    // Join the free neighbours within the segment (segments may lie side by side in memory).
+    const Segment& home = segment->second;
+    const auto next = free_by_address_.find(start + size);
+    if (next != free_by_address_.end() && start + size < home.start + home.size) {
+      const std::size_t next_size = next->second;
+      remove_free(start + size, next_size);
+      size += next_size;
+    }
+    const auto after = free_by_address_.lower_bound(start);
+    if (after != free_by_address_.begin()) {
+      const auto before = std::prev(after);
+      if (before->first >= home.start && before->first + before->second == start) {
+        const std::size_t before_size = before->second;
+        start = before->first;
+        remove_free(start, before_size);
+        size += before_size;
       }
     }
-    std::free(ptr);
+    if (size == home.size && free_bytes_ + size > kMaxIdle) {
+      ASAN_UNPOISON_MEMORY_REGION(start, size);  // whatever maps these pages next owns them
+      munmap(start, size);
+      segments_.erase(segment);
+      return;
+    }
+    add_free(start, size);
   }
 
  private:
+  struct Segment {
+    char* start;
+    std::size_t size;
+    std::size_t touched;  // bytes from the start that some block has used
+  };
+
+  bool map_segment(std::size_t size) {
+    const std::size_t mapped =
+        std::max(kSegment, (size + kSegmentGranule - 1) / kSegmentGranule * kSegmentGranule);
+    void* start = mmap(nullptr, mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (start == MAP_FAILED) return false;
+    char* bytes = static_cast<char*>(start);
+    ASAN_POISON_MEMORY_REGION(bytes, mapped);
+    segments_.emplace(bytes, Segment{bytes, mapped, 0});
+    add_free(bytes, mapped);
+    return true;
+  }
+
+  std::map<char*, Segment>::iterator segment_of(char* address) {
+    return std::prev(segments_.upper_bound(address));
+  }
+
+  void add_free(char* start, std::size_t size) {
+    free_by_address_.emplace(start, size);
+    free_by_size_.emplace(size, start);
+    free_bytes_ += size;
+  }
+
+  void remove_free(char* start, std::size_t size) {
+    free_by_address_.erase(start);
+    free_by_size_.erase({size, start});
+    free_bytes_ -= size;
+  }
+
   std::mutex mutex_;
-  std::unordered_multimap<std::size_t, void*> blocks_;
-  std::size_t cached_ = 0;
+  std::map<char*, Segment> segments_;                  // by start address
+  std::map<char*, std::size_t> free_by_address_;       // free ranges: start -> size
+  std::set<std::pair<std::size_t, char*>> free_by_size_;  // the same ranges, smallest first
+  std::size_t free_bytes_ = 0;
 };
 
-HostBlockCache& host_cache() {
-  static auto* cache = new HostBlockCache();  // never destroyed: tensors may outlive static teardown
-  return *cache;
+HostArena& host_arena() {
+  static auto* arena = new HostArena();  // never destroyed: tensors may outlive static teardown
+  return *arena;
 }
 
 }  // namespace
 
 std::uint64_t allocation_count() { return allocations.load(); }
 
-bool freed_blocks_are_reused(std::size_t nbytes, Device device) {
-  return device.is_cpu() && HostBlockCache::enabled(nbytes);
+bool freed_blocks_are_reused(Device device) { return device.is_cpu();
 }
 
 std::shared_ptr<void> allocate(std::size_t nbytes, Device device) {
@@ -94,13 +164,11 @@ std::shared_ptr<void> allocate(std::size_t nbytes, Device device) {
   const std::size_t rounded = (nbytes + kAlignment - 1) / kAlignment * kAlignment;
   const std::size_t size = rounded == 0 ? kAlignment : rounded;
   if (device.is_cpu()) {
-    void* ptr = host_cache().take(size);
-    if (!ptr) {
-      ++allocations;
-      ptr = std::aligned_alloc(kAlignment, size);
-    }
+    bool fresh = false;
+    void* ptr = host_arena().take(size, fresh);
     if (!ptr) throw AllocationError(size, "tensor storage");
-    return std::shared_ptr<void>(ptr, [size](void* p) { host_cache().give(p, size); });
+    if (fresh) ++allocations;
+    return std::shared_ptr<void>(ptr, [size](void* p) { host_arena().give(p, size); });
   }
   ++allocations;
   const int index = device.index;

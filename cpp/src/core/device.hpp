@@ -15,10 +15,10 @@ std::shared_ptr<void> allocate(std::size_t nbytes, Device device);
 // earlier tensor gave back does not count): lets tests prove that a training step reuses its
 // buffers.
 std::uint64_t allocation_count();
-// Whether a block of nbytes that a tensor on `device` gives back waits for the next request of
-// its size (the CPU's blocks of 64 KiB and more), so that dropping a buffer and asking for one
-// of its size again takes no fresh memory.
-bool freed_blocks_are_reused(std::size_t nbytes, Device device);
+// Whether the blocks that tensors on `device` give back serve later requests of any size they
+// hold (the CPU's), so that dropping a buffer and asking for one of its size or less again takes
+// no fresh memory.
+bool freed_blocks_are_reused(Device device);
 void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device, std::size_t n);
 void check_available(Device device);
 

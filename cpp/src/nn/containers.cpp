@@ -75,6 +75,10 @@ void Container::set_precision(Precision precision) {
   for (auto& child : children_) child.layer->set_precision(precision);
 }
 
+void Container::release_forward_tensors() {
+  for (auto& child : children_) child.layer->release_forward_tensors();
+}
+
 std::string repr(const Layer& layer) {
   std::string text = layer.type() + "(" + layer.extra_repr();
   const auto* container = dynamic_cast<const Container*>(&layer);
@@ -149,6 +153,11 @@ const Tensor& Residual::forward(const Tensor& x, bool training) { return sum_for
 
 const Tensor& Residual::backward(const Tensor& grad_y, bool need_grad_x) {
   return sum_backward(grad_y, need_grad_x, false);
+}
+
+void Residual::release_forward_tensors() {
+  output_ = Tensor();
+  Container::release_forward_tensors();
 }
 
 const Tensor& Residual::sum_backward(const Tensor& grad_y, bool need_grad_x, bool relu) {
@@ -291,6 +300,11 @@ const Tensor& Concat::backward(const Tensor& grad_y, bool need_grad_x) {
   return *sum;
 }
 
+void Concat::release_forward_tensors() {
+  output_ = Tensor();
+  Container::release_forward_tensors();
+}
+
 // ---- Identity ----
 
 const Tensor& Identity::forward(const Tensor& x, bool) {
@@ -303,5 +317,7 @@ const Tensor& Identity::backward(const Tensor& grad_y, bool need_grad_x) {
   grad_input_ = need_grad_x ? grad_y : Tensor();
   return grad_input_;
 }
+
+void Identity::release_forward_tensors() { output_ = Tensor(); }
 
 }  // namespace juanji::nn

@@ -227,10 +227,9 @@ Tensor& Layer::ensure(Tensor& buffer, const Shape& shape, DType dtype, Device de
 }
 
 void Layer::release_gradient(const Tensor& gradient, const Tensor& passed) {
-  // Smaller blocks, and those of devices without such a cache, stay with their layer: a step
-  // after the first then takes no fresh memory either way.
-  if (&gradient == &passed || !gradient.defined() ||
-      !device::freed_blocks_are_reused(gradient.storage()->nbytes, gradient.device()))
+  // Those of devices whose freed blocks wait for no one stay with their layer: a step after the
+  // first then takes no fresh memory either way.
+  if (&gradient == &passed || !gradient.defined() || !device::freed_blocks_are_reused(gradient.device()))
     return;
   // Every backward returns a reference to a non-const member (see backward), so resetting it
   // through the reference is defined; a view of its storage handed on keeps the block alive.
@@ -238,7 +237,8 @@ void Layer::release_gradient(const Tensor& gradient, const Tensor& passed) {
 }
 
 void Layer::check_grad_output(const Tensor& grad_y, const Tensor& output) const {
-  check(output.defined(), type(), ".backward: there is no forward to go back through (call forward first)");
+  check(output.defined(), type(), ".backward: there is no forward to go back through (call forward first; a "
+        "training step's backward has used up what its forward kept)");
   check_defined(grad_y, "grad_out");
   check_type(grad_y.dtype() == output.dtype(), type(), ".backward: grad_out ", shape_text(grad_y.shape()), " is ",
              dtype_name(grad_y.dtype()), " but the last forward's output is ", dtype_name(output.dtype()));
@@ -332,6 +332,12 @@ const Tensor& Conv::backward(const Tensor& grad_y, bool need_grad_x) {
   return backward_impl(grad_y, need_grad_x, true);
 }
 
+void Conv::release_forward_tensors() {
+  input_ = Tensor();
+  output_ = Tensor();
+  rounded_.release();
+}
+
 const Tensor& Conv::backward_impl(const Tensor& grad_y, bool need_grad_x, bool bias_grad) {
   check_grad_output(grad_y, output_);
   const Tensor dy = rounded_.grad_output(grad_y);
@@ -381,6 +387,12 @@ Tensor RoundedOperands::grad_output(const Tensor& grad_y) {
 
 void RoundedOperands::round(Tensor& t) const {
   if (active_) round_to_bfloat16_into(t, t);
+}
+
+void RoundedOperands::release() {
+  active_ = false;
+  input_ = Tensor();
+  grad_output_ = Tensor();
 }
 
 // ---- Linear ----
@@ -435,6 +447,12 @@ const Tensor& Linear::backward(const Tensor& grad_y, bool need_grad_x) {
                        weight_->grad, bias_ ? bias_->grad : no_bias);
   if (grad_input_.defined()) rounded_.round(grad_input_);
   return grad_input_;
+}
+
+void Linear::release_forward_tensors() {
+  input_ = Tensor();
+  output_ = Tensor();
+  rounded_.release();
 }
 
 // ---- Pooling ----
@@ -508,6 +526,14 @@ const Tensor& Pool::backward(const Tensor& grad_y, bool need_grad_x) {
   return grad_input_;
 }
 
+void Pool::release_forward_tensors() {
+  input_ = Tensor();
+  output_ = Tensor();
+  argmax_ = Tensor();
+  argmax_current_ = false;
+  fused_with_norm_ = false;
+}
+
 // ---- GlobalAvgPool2d ----
 
 Shape GlobalAvgPool2d::output_shape(const Shape& input) const {
@@ -530,6 +556,11 @@ const Tensor& GlobalAvgPool2d::backward(const Tensor& grad_y, bool need_grad_x) 
   check_grad_output(grad_y, output_);
   grad_input_ = need_grad_x ? global_avg_pool2d_backward(grad_y, input_) : Tensor();
   return grad_input_;
+}
+
+void GlobalAvgPool2d::release_forward_tensors() {
+  input_ = Tensor();
+  output_ = Tensor();
 }
 
 // ---- Activations ----
@@ -576,6 +607,12 @@ const Tensor& ActivationLayer::backward(const Tensor& grad_y, bool need_grad_x) 
   return grad_input_;
 }
 
+void ActivationLayer::release_forward_tensors() {
+  input_ = Tensor();
+  output_ = Tensor();
+  adopted_ = false;
+}
+
 void ActivationLayer::backward_into(const Tensor& grad_y, Tensor& grad_x) const {
   // An adopted output stands in for the input: it has the input's sign (the plan lets layers
   // compute only such activations, see backward_works_from_output in plan.cpp).
@@ -594,6 +631,11 @@ const Tensor& Softmax::backward(const Tensor& grad_y, bool need_grad_x) {
   check_grad_output(grad_y, output_);
   grad_input_ = need_grad_x ? softmax_backward(grad_y, input_, -1) : Tensor();
   return grad_input_;
+}
+
+void Softmax::release_forward_tensors() {
+  input_ = Tensor();
+  output_ = Tensor();
 }
 
 // ---- Dropout ----
@@ -630,6 +672,12 @@ const Tensor& Dropout::backward(const Tensor& grad_y, bool need_grad_x) {
   return grad_input_;
 }
 
+void Dropout::release_forward_tensors() {
+  output_ = Tensor();
+  mask_ = Tensor();
+  last_training_ = false;
+}
+
 // ---- Flatten ----
 
 Shape Flatten::output_shape(const Shape& input) const {
@@ -649,6 +697,17 @@ const Tensor& Flatten::backward(const Tensor& grad_y, bool need_grad_x) {
   check_grad_output(grad_y, output_);
   grad_input_ = need_grad_x ? grad_y.reshape(input_shape_) : Tensor();
   return grad_input_;
+}
+
+void Flatten::release_forward_tensors() { output_ = Tensor(); }
+
+void BatchNorm2d::release_forward_tensors() {
+  input_ = Tensor();
+  output_ = Tensor();
+  save_mean_ = Tensor();
+  save_invstd_ = Tensor();
+  last_training_ = false;
+  input_overwritten_ = false;
 }
 
 // ---- BatchNorm2d ----

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <utility>
 
+#include "core/device.hpp"
 #include "juanji/nn/containers.hpp"
 #include "juanji/ops/conv.hpp"
 #include "juanji/ops/dense.hpp"
@@ -514,18 +515,26 @@ std::vector<std::unique_ptr<Stage>> StageAccess::stages(const Layers& layers, De
 }
 
 Plan::Plan(const Layers& layers, Device device)
-    : first_layers_(), stages_(StageAccess::stages(layers, device, first_layers_)) {}
+    : layers_(layers), device_(device), first_layers_(), stages_(StageAccess::stages(layers, device, first_layers_)) {}
 
 const Tensor& Plan::forward(const Tensor& x, bool training) { return forward_through(stages_, x, training); }
 
 const Tensor& Plan::backward(const Tensor& grad_y, bool need_grad_x) {
-  return backward_through(stages_, grad_y, need_grad_x, false);
+  return backward_through(stages_, grad_y, need_grad_x, false, [&](std::size_t k) { release_forward_tensors(k); });
 }
 
 const Tensor& Plan::backward(const Tensor& grad_y, bool need_grad_x,
                              const std::function<void(std::size_t first)>& after_stage) {
-  return backward_through(stages_, grad_y, need_grad_x, false,
-                          [&](std::size_t k) { after_stage(first_layers_[k]); });
+  return backward_through(stages_, grad_y, need_grad_x, false, [&](std::size_t k) {
+    release_forward_tensors(k);
+    after_stage(first_layers_[k]);
+  });
+}
+
+void Plan::release_forward_tensors(std::size_t k) {
+  if (!TrainingStepBackward::active() || !device::freed_blocks_are_reused(device_)) return;
+  const std::size_t end = k + 1 < first_layers_.size() ? first_layers_[k + 1] : layers_.size();
+  for (std::size_t i = first_layers_[k]; i < end; ++i) layers_[i]->release_forward_tensors();
 }
 
 std::vector<std::string> Plan::describe() const {

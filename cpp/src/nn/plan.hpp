@@ -35,8 +35,10 @@ class Stage {
 
 // Marks a training step's backward on this thread while it lives (Sequential::train_step): the
 // CPU's fused passes then write a batch norm's input gradient over the convolution output it
-// normalized, which no backward reads after the norm's, instead of into a buffer of its own. A
-// backward of one's own training loop keeps that output, so that it may go back twice.
+// normalized, which no backward reads after the norm's, instead of into a buffer of its own, and
+// each stage's layers drop what their forward kept once the stage's backward is done (see
+// Plan::release_forward_tensors). A backward of one's own training loop keeps all that, so that it
+// may go back twice.
 class TrainingStepBackward {
  public:
   TrainingStepBackward() { ++depth_; }
@@ -65,6 +67,12 @@ class Plan {
   std::vector<std::string> describe() const;
 
  private:
+  // In a training step's backward, where freed blocks serve later requests, drops what the
+  // forward kept for the layers of stage k once its backward is done: the memory of the later
+  // stages' activations then holds the earlier stages' gradients.
+  void release_forward_tensors(std::size_t k);
+  const std::vector<std::shared_ptr<Layer>>& layers_;
+  Device device_;
   std::vector<std::size_t> first_layers_;  // of each stage; filled while stages_ is built
   std::vector<std::unique_ptr<Stage>> stages_;
 };

@@ -28,6 +28,8 @@ class Container : public Layer {
   void train(bool mode = true) override;
   // Sets the precision of this container and of every layer inside it.
   void set_precision(Precision precision) override;
+  // Those of every layer inside it.
+  void release_forward_tensors() override;
   // Nothing: repr() shows the layers inside, one a line.
   std::string extra_repr() const override { return {}; }
 
@@ -62,6 +64,7 @@ class Residual : public Container {
   std::vector<Shape> child_input_shapes(const Shape& input) const override;
   const Tensor& forward(const Tensor& x, bool training) override;
   const Tensor& backward(const Tensor& grad_y, bool need_grad_x) override;
+  void release_forward_tensors() override;
   std::shared_ptr<Layer> replicate() const override;  // of the body and the shortcut
   const std::shared_ptr<Layer>& body() const { return body_; }
   const std::shared_ptr<Layer>& shortcut() const { return shortcut_; }  // null: the identity
@@ -92,6 +95,7 @@ class Concat : public Container {
   std::vector<Shape> child_input_shapes(const Shape& input) const override;
   const Tensor& forward(const Tensor& x, bool training) override;
   const Tensor& backward(const Tensor& grad_y, bool need_grad_x) override;
+  void release_forward_tensors() override;
   std::shared_ptr<Layer> replicate() const override;  // of each branch
 
  private:
@@ -112,6 +116,7 @@ class Identity : public Layer {
   Shape output_shape(const Shape& input) const override { return input; }
   const Tensor& forward(const Tensor& x, bool training) override;
   const Tensor& backward(const Tensor& grad_y, bool need_grad_x) override;
+  void release_forward_tensors() override;
 
  private:
   Tensor output_, grad_input_;

@@ -99,6 +99,11 @@ class Layer {
   // own result). Its block goes back to the allocator's cache, where the next gradient of its size
   // takes it: a backward pass then holds a few gradients at a time, not one per layer.
   static void release_gradient(const Tensor& gradient, const Tensor& passed);
+  // Drops what the last forward kept for the backward, leaving the layer as before its first
+  // forward (a backward then needs a new forward). A training step's backward calls it once it is
+  // done with the layer, where freed blocks serve later requests (execution::Plan), so that this
+  // memory serves the rest of that backward. A layer of one's own may keep its tensors.
+  virtual void release_forward_tensors() {}
   // Whether backward reads the tensor the last forward returned, beyond its shape: where it does
   // not, a container may write over that tensor (Residual adds its shortcut into it).
   virtual bool backward_reads_output() const { return true; }
@@ -197,6 +202,8 @@ class RoundedOperands {
   Tensor grad_output(const Tensor& grad_y);
   // Rounds an output or input gradient in place where active.
   void round(Tensor& t) const;
+  // Drops the rounded input and output gradient (Layer::release_forward_tensors).
+  void release();
 
  private:
   bool active_ = false;
@@ -218,6 +225,7 @@ class Conv : public Layer {
   double flops(const Shape& input) const override;
   const Tensor& forward(const Tensor& x, bool training) override;
   const Tensor& backward(const Tensor& grad_y, bool need_grad_x) override;
+  void release_forward_tensors() override;
   bool backward_reads_output() const override { return false; }
   const Parameter& weight() const { return *weight_; }
 
@@ -251,6 +259,7 @@ class Linear : public Layer {
   double flops(const Shape& input) const override;
   const Tensor& forward(const Tensor& x, bool training) override;
   const Tensor& backward(const Tensor& grad_y, bool need_grad_x) override;
+  void release_forward_tensors() override;
   bool backward_reads_output() const override { return false; }
 
  private:
@@ -273,6 +282,7 @@ class Pool : public Layer {
   double flops(const Shape& input) const override;
   const Tensor& forward(const Tensor& x, bool training) override;
   const Tensor& backward(const Tensor& grad_y, bool need_grad_x) override;
+  void release_forward_tensors() override;
 
  private:
   friend struct execution::StageAccess;
@@ -297,6 +307,7 @@ class GlobalAvgPool2d : public Layer {
   double flops(const Shape& input) const override;
   const Tensor& forward(const Tensor& x, bool training) override;
   const Tensor& backward(const Tensor& grad_y, bool need_grad_x) override;
+  void release_forward_tensors() override;
 
  private:
   Tensor input_, output_, grad_input_;
@@ -311,6 +322,7 @@ class ActivationLayer : public Layer {
   double flops(const Shape& input) const override;
   const Tensor& forward(const Tensor& x, bool training) override;
   const Tensor& backward(const Tensor& grad_y, bool need_grad_x) override;
+  void release_forward_tensors() override;
   Activation kind() const { return kind_; }
   double negative_slope() const { return negative_slope_; }
 
@@ -333,6 +345,7 @@ class Softmax : public Layer {
   Shape output_shape(const Shape& input) const override { return input; }
   const Tensor& forward(const Tensor& x, bool training) override;
   const Tensor& backward(const Tensor& grad_y, bool need_grad_x) override;
+  void release_forward_tensors() override;
 
  private:
   Tensor input_, output_, grad_input_;
@@ -346,6 +359,7 @@ class Dropout : public Layer {
   Shape output_shape(const Shape& input) const override { return input; }
   const Tensor& forward(const Tensor& x, bool training) override;
   const Tensor& backward(const Tensor& grad_y, bool need_grad_x) override;
+  void release_forward_tensors() override;
 
  private:
   double p_;
@@ -360,6 +374,7 @@ class Flatten : public Layer {
   Shape output_shape(const Shape& input) const override;
   const Tensor& forward(const Tensor& x, bool training) override;
   const Tensor& backward(const Tensor& grad_y, bool need_grad_x) override;
+  void release_forward_tensors() override;
 
  private:
   Shape input_shape_;
@@ -381,6 +396,7 @@ class BatchNorm2d : public Layer {
   double flops(const Shape& input) const override;
   const Tensor& forward(const Tensor& x, bool training) override;
   const Tensor& backward(const Tensor& grad_y, bool need_grad_x) override;
+  void release_forward_tensors() override;
   bool backward_reads_output() const override { return false; }
 
  private:
