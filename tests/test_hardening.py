@@ -478,13 +478,14 @@ def test_a_layer_called_from_threads_while_its_model_trains():
 
     def poke():
         # Each call is atomic, the pair is not: the model's step may run in between, and then
-        # backward refuses the gradient of a forward that is no longer the last one.
+        # backward refuses the gradient of a forward that is no longer the last one, or finds that
+        # the step's backward has used up what its forward kept.
         for _ in range(200):
             y = first.forward(np.ones((5, 8), f32), training=True)
             try:
                 assert first.backward(np.ones(y.shape, f32)).shape == (5, 8)
             except ValueError as e:
-                if "last forward's output has shape (32, 16)" not in str(e):
+                if "last forward's output has shape (32, 16)" not in str(e) and "used up what" not in str(e):
                     errors.append(e)
             except Exception as e:  # noqa: BLE001
                 errors.append(e)

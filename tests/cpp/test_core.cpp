@@ -122,30 +122,29 @@ void test_batch_norm_relu_max_pool_kernels() {
   for (SimdLevel level : {SimdLevel::portable, SimdLevel::avx2, SimdLevel::avx512}) {
     if (level > simd_detected()) continue;
     set_simd_level(level);
-    Tensor mean[2], invstd[2], running_mean[2], running_var[2], y[2], argmax[2];
+    Tensor mean[2], invstd[2], running_mean[2], running_var[2], y[2], argmax = Tensor::empty(g.output_shape(), DType::int64);
+    Tensor affine = Tensor::empty({4, 2});
     Tensor grad_x[2], grad_gamma[2], grad_beta[2], sums[2];
     for (int fused = 0; fused < 2; ++fused) {
       mean[fused] = Tensor::empty({4}), invstd[fused] = Tensor::empty({4});
       running_mean[fused] = Tensor::zeros({4}), running_var[fused] = Tensor::full({4}, 1.0);
       y[fused] = Tensor::empty(g.output_shape());
-      argmax[fused] = Tensor::empty(g.output_shape(), DType::int64);
       grad_x[fused] = Tensor::empty(x.shape());
       grad_gamma[fused] = Tensor::empty({4}), grad_beta[fused] = Tensor::empty({4}), sums[fused] = Tensor::empty({4});
     }
     Tensor normalized = Tensor::empty(x.shape()), grad_normalized = Tensor::empty(x.shape());
     batch_norm2d_forward(x, gamma, beta, running_mean[0], running_var[0], true, 0.1, 1e-5, normalized,
                          mean[0], invstd[0], true);
-    max_pool_forward(g, normalized, y[0], argmax[0]);
-    max_pool_relu_backward(g, grad_y, argmax[0], y[0], grad_normalized);
+    max_pool_forward(g, normalized, y[0], argmax);
+    max_pool_relu_backward(g, grad_y, argmax, y[0], grad_normalized);
     batch_norm2d_backward(grad_normalized, x, gamma, mean[0], invstd[0], grad_x[0], grad_gamma[0],
                           grad_beta[0], &sums[0]);
     batch_norm2d_relu_max_pool_forward(x, gamma, beta, running_mean[1], running_var[1], true, 0.1, 1e-5,
-                                       g, y[1], argmax[1], mean[1], invstd[1]);
-    batch_norm2d_relu_max_pool_backward(g, grad_y, argmax[1], y[1], x, gamma, mean[1], invstd[1],
-                                        grad_x[1], grad_gamma[1], grad_beta[1], &sums[1]);
+                                       g, y[1], affine, mean[1], invstd[1]);
+    batch_norm2d_relu_max_pool_backward(g, grad_y, affine, x, gamma, mean[1], invstd[1], grad_x[1],
+                                        grad_gamma[1], grad_beta[1], &sums[1]);
     bool same = true;
-    for (const Tensor* pair : {y, argmax, running_mean, running_var, mean, invstd, grad_x, grad_gamma,
-                               grad_beta, sums})
+    for (const Tensor* pair : {y, running_mean, running_var, mean, invstd, grad_x, grad_gamma, grad_beta, sums})
       same &= same_values(pair[0], pair[1]);
     expect(same, std::string("batch norm + ReLU + max pooling fused = apart at ") + simd_name(level));
   }

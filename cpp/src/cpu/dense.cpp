@@ -534,13 +534,34 @@ void batch_norm2d_forward(const Tensor& x, const Tensor& gamma, const Tensor& be
   });
 }
 
-// Each plane is normalized in the pooling kernel (plain 2x2 windows, float32) or into a per-thread
-// scratch and pooled from there: the normalized tensor, the largest of the three layers'
-// outputs, is neither written nor read back.
+// Plane x normalized (x * scale + shift), the ReLU applied, then max-pooled into `pooled` and
+// `argmax` (may be null): in the pooling kernel's registers where in_kernel (plain 2x2 windows,
+// float32), else through `normalized` (scratch for the plane's area). The forward and the
+// backward (which finds each window's maximum again) run the same code, so they agree bit for bit.
+template <class T>
+void norm_relu_max_pool_plane(const PoolGeometry& pool, const T* x, T scale, T shift, bool in_kernel,
+                              T* normalized, T* pooled, std::int64_t* argmax) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (in_kernel) {
+      active_kernels().max_pool_2x2_f32({x, pool.W, pool.Q, pooled, argmax, 0, pool.P, pool.Q, true, scale, shift});
+      return;
+    }
+  }
+  normalize_plane(x, normalized, pool.H * pool.W, scale, shift, true);
+  max_pool_plane(pool, normalized, pooled, argmax);
+}
+
+template <class T>
+bool norm_pool_in_kernel(const PoolGeometry& pool) {
+  return std::is_same_v<T, float> && is_plain_2x2(pool);
+}
+
+// The normalized tensor, the largest of the three layers' outputs, is neither written nor read
+// back, and no argmax is kept: the backward finds the windows' maxima again from x and `affine`.
 void batch_norm2d_relu_max_pool_forward(const Tensor& x, const Tensor& gamma, const Tensor& beta,
                                         Tensor& running_mean, Tensor& running_var, bool training,
                                         double momentum, double eps, const PoolGeometry& pool,
-                                        Tensor& y, Tensor& argmax, Tensor& save_mean,
+                                        Tensor& y, Tensor& affine, Tensor& save_mean,
                                         Tensor& save_invstd, const ShardSum& shard_sum) {
   dispatch_float(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
@@ -548,11 +569,9 @@ void batch_norm2d_relu_max_pool_forward(const Tensor& x, const Tensor& gamma, co
                         save_mean, save_invstd);
     norm.share_statistics(shard_sum);
     T* yd = y.data<T>();
-    std::int64_t* ad = data_or_null<std::int64_t>(argmax);
+    T* affine_data = data_or_null<T>(affine);
     const std::int64_t pooled_area = pool.P * pool.Q;
-    // Plain 2x2 windows normalize in the pooling kernel's registers (float32).
-    const bool in_kernel = std::is_same_v<T, float> && is_plain_2x2(pool);
-    const KernelSet& kernels = active_kernels();
+    const bool in_kernel = norm_pool_in_kernel<T>(pool);
     RegionErrors errors;
     // A quarter of the usual grain: normalizing, the ReLU and the window's maximum are several
     // operations an element (in eval mode, a batch of one: 32 planes of 28x28 13.3 -> 10.3 us on
@@ -566,19 +585,13 @@ void batch_norm2d_relu_max_pool_forward(const Tensor& x, const Tensor& gamma, co
 #pragma omp for schedule(static)
       for (std::int64_t c = 0; c < (errors.failed() ? 0 : norm.C); ++c) {
         const auto [scale, shift] = norm.channel(c);
-        for (std::int64_t n = 0; n < norm.N; ++n) {
-          const std::int64_t at = (n * norm.C + c) * pooled_area;
-          std::int64_t* plane_argmax = ad ? ad + at : nullptr;
-          if constexpr (std::is_same_v<T, float>) {
-            if (in_kernel) {
-              kernels.max_pool_2x2_f32({norm.plane(n, c), pool.W, pool.Q, yd + at, plane_argmax, 0, pool.P, pool.Q,
-                                        true, scale, shift});
-              continue;
-            }
-          }
-          normalize_plane(norm.plane(n, c), normalized, norm.area, scale, shift, true);
-          max_pool_plane(pool, normalized, yd + at, plane_argmax);
+        if (affine_data) {
+          affine_data[2 * c] = scale;
+          affine_data[2 * c + 1] = shift;
         }
+        for (std::int64_t n = 0; n < norm.N; ++n)
+          norm_relu_max_pool_plane(pool, norm.plane(n, c), scale, shift, in_kernel, normalized,
+                                   yd + (n * norm.C + c) * pooled_area, static_cast<std::int64_t*>(nullptr));
       }
     }
     errors.rethrow();
@@ -608,35 +621,48 @@ void batch_norm2d_backward(const Tensor& grad_y, const Tensor& x, const Tensor& 
 }
 
 // Each channel's planes of grad_y are scattered from the pooled gradient into a per-thread
-// scratch (N planes: the sums and grad_x each read them) instead of a tensor of x's size.
+// scratch (N planes: the sums and grad_x each read them) instead of a tensor of x's size, each
+// plane's window maxima found again as the forward found them.
 void batch_norm2d_relu_max_pool_backward(const PoolGeometry& pool, const Tensor& grad_y,
-                                         const Tensor& argmax, const Tensor& y, const Tensor& x,
-                                         const Tensor& gamma, const Tensor& save_mean,
-                                         const Tensor& save_invstd, Tensor& grad_x,
-                                         Tensor& grad_gamma, Tensor& grad_beta,
+                                         const Tensor& affine, const Tensor& x, const Tensor& gamma,
+                                         const Tensor& save_mean, const Tensor& save_invstd,
+                                         Tensor& grad_x, Tensor& grad_gamma, Tensor& grad_beta,
                                          Tensor& grad_x_sums, const ShardSum& shard_sum) {
   dispatch_float(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
     NormBackward<T> norm(x, gamma, save_mean, save_invstd, grad_x, grad_gamma, grad_beta,
                          grad_x_sums);
     const T* gy = grad_y.data<T>();
-    const T* yd = y.data<T>();
-    const std::int64_t* ad = argmax.data<std::int64_t>();
+    const T* affine_data = affine.data<T>();
     const std::int64_t pooled_area = pool.P * pool.Q;
+    const bool in_kernel = norm_pool_in_kernel<T>(pool);
+    // Scratch pieces in one workspace, each a multiple of 64 bytes.
+    const auto padded = [](std::int64_t bytes) { return (bytes + 63) / 64 * 64; };
+    const std::int64_t scattered_bytes = padded(norm.N * norm.area * std::int64_t{sizeof(T)});
+    const std::int64_t normalized_bytes = in_kernel ? 0 : padded(norm.area * std::int64_t{sizeof(T)});
+    const std::int64_t pooled_bytes = padded(pooled_area * std::int64_t{sizeof(T)});
+    const std::int64_t scratch_bytes =
+        scattered_bytes + normalized_bytes + pooled_bytes + pooled_area * std::int64_t{sizeof(std::int64_t)};
     // Runs channel_work(c, grad_plane) for every channel with its planes of grad_y scattered.
     const auto for_each_channel = [&](const auto& channel_work) {
       RegionErrors errors;
 #pragma omp parallel num_threads(::juanji::team_size()) if (x.numel() >= kParallelGrain)
       {
-        T* scattered = nullptr;
-        errors.guard([&] { scattered = workspace<T>(WorkspaceSlot::norm_planes, norm.N * norm.area); });
+        char* scratch = nullptr;
+        errors.guard([&] { scratch = workspace<char>(WorkspaceSlot::norm_planes, scratch_bytes); });
         // After the barrier every thread sees the same verdict and skips the loop together.
 #pragma omp barrier
+        T* scattered = reinterpret_cast<T*>(scratch);
+        T* normalized = in_kernel ? nullptr : reinterpret_cast<T*>(scratch + scattered_bytes);
+        T* pooled = reinterpret_cast<T*>(scratch + scattered_bytes + normalized_bytes);
+        auto* argmax = reinterpret_cast<std::int64_t*>(scratch + scattered_bytes + normalized_bytes + pooled_bytes);
 #pragma omp for schedule(static)
         for (std::int64_t c = 0; c < (errors.failed() ? 0 : norm.C); ++c) {
           for (std::int64_t n = 0; n < norm.N; ++n) {
-            const std::int64_t at = (n * norm.C + c) * pooled_area;
-            scatter_max_pool_plane(pool, gy + at, ad + at, yd + at, scattered + n * norm.area);
+            const std::int64_t plane = n * norm.C + c;
+            norm_relu_max_pool_plane(pool, norm.x + plane * norm.area, affine_data[2 * c], affine_data[2 * c + 1],
+                                     in_kernel, normalized, pooled, argmax);
+            scatter_max_pool_plane(pool, gy + plane * pooled_area, argmax, pooled, scattered + n * norm.area);
           }
           channel_work(c, Planes<T>{scattered, norm.area});
         }

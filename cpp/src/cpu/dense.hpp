@@ -44,17 +44,16 @@ void batch_norm2d_forward(const Tensor& x, const Tensor& gamma, const Tensor& be
 void batch_norm2d_relu_max_pool_forward(const Tensor& x, const Tensor& gamma, const Tensor& beta,
                                         Tensor& running_mean, Tensor& running_var, bool training,
                                         double momentum, double eps, const PoolGeometry& pool,
-                                        Tensor& y, Tensor& argmax, Tensor& save_mean,
+                                        Tensor& y, Tensor& affine, Tensor& save_mean,
                                         Tensor& save_invstd, const ShardSum& shard_sum);
 void batch_norm2d_backward(const Tensor& grad_y, const Tensor& x, const Tensor& gamma,
                            const Tensor& save_mean, const Tensor& save_invstd, Tensor& grad_x,
                            Tensor& grad_gamma, Tensor& grad_beta, Tensor& grad_x_sums,
                            const ShardSum& shard_sum);
 void batch_norm2d_relu_max_pool_backward(const PoolGeometry& pool, const Tensor& grad_y,
-                                         const Tensor& argmax, const Tensor& y, const Tensor& x,
-                                         const Tensor& gamma, const Tensor& save_mean,
-                                         const Tensor& save_invstd, Tensor& grad_x,
-                                         Tensor& grad_gamma, Tensor& grad_beta,
+                                         const Tensor& affine, const Tensor& x, const Tensor& gamma,
+                                         const Tensor& save_mean, const Tensor& save_invstd,
+                                         Tensor& grad_x, Tensor& grad_gamma, Tensor& grad_beta,
                                          Tensor& grad_x_sums, const ShardSum& shard_sum);
 
 }  // namespace juanji::cpu

@@ -706,6 +706,7 @@ void BatchNorm2d::release_forward_tensors() {
   output_ = Tensor();
   save_mean_ = Tensor();
   save_invstd_ = Tensor();
+  pool_affine_ = Tensor();
   last_training_ = false;
   input_overwritten_ = false;
 }

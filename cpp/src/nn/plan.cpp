@@ -273,9 +273,10 @@ class StageAccess::NormReluMaxPoolForward final : public ForwardPass {
     batch_norm2d_relu_max_pool_forward(
         norm_.input_, norm_.gamma_->value, norm_.beta_->value, norm_.running_mean_->value,
         norm_.running_var_->value, training, norm_.momentum_, norm_.eps_, pool_.geometry_, pool_.output_,
-        training ? Layer::ensure(pool_.argmax_, pooled, DType::int64, x.device()) : none, norm_.save_mean_,
-        norm_.save_invstd_, norm_.shard_sum());
+        training ? Layer::ensure(norm_.pool_affine_, {x.size(1), 2}, x.dtype(), x.device()) : none,
+        norm_.save_mean_, norm_.save_invstd_, norm_.shard_sum());
     pool_.argmax_current_ = training;
+    pool_.argmax_ = Tensor();
     pool_.input_ = Tensor();
     pool_.fused_with_norm_ = true;
     return pool_.output_;
@@ -304,9 +305,9 @@ class StageAccess::NormReluMaxPoolBackward final : public BackwardPass {
       norm_.grad_input_ = Tensor();
     Tensor& grad_norm_input = norm_.grad_input_;
     const bool bias_from_norm = conv_ && conv_->bias_grad_from_norm();
-    batch_norm2d_relu_max_pool_backward(pool_.geometry_, grad_y.contiguous(), pool_.argmax_, pool_.output_,
-                                        norm_.input_, norm_.gamma_->value, norm_.save_mean_, norm_.save_invstd_,
-                                        grad_norm_input, norm_.gamma_->grad, norm_.beta_->grad,
+    batch_norm2d_relu_max_pool_backward(pool_.geometry_, grad_y.contiguous(), norm_.pool_affine_, norm_.input_,
+                                        norm_.gamma_->value, norm_.save_mean_, norm_.save_invstd_, grad_norm_input,
+                                        norm_.gamma_->grad, norm_.beta_->grad,
                                         bias_from_norm ? &conv_->bias_->grad : nullptr, norm_.shard_sum());
     if (!conv_) return grad_norm_input;
     const Tensor& grad_x = conv_->backward_impl(grad_norm_input, need_grad_x, !bias_from_norm);

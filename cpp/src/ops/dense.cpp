@@ -294,17 +294,16 @@ void batch_norm2d_forward(const Tensor& x, const Tensor& gamma, const Tensor& be
 void batch_norm2d_relu_max_pool_forward(const Tensor& x, const Tensor& gamma, const Tensor& beta,
                                         Tensor& running_mean, Tensor& running_var, bool training,
                                         double momentum, double eps, const PoolGeometry& pool,
-                                        Tensor& y, Tensor& argmax, Tensor& save_mean,
+                                        Tensor& y, Tensor& affine, Tensor& save_mean,
                                         Tensor& save_invstd, const ShardSum& shard_sum) {
   const char* op = "batch_norm2d_relu_max_pool";
   check(x.device().is_cpu(), op, ": CPU only, x is on ", x.device().str());
   check_norm_forward(op, x, gamma, beta, running_mean, running_var, training, eps, save_mean,
                      save_invstd, static_cast<bool>(shard_sum));
   check_pool_after_norm(op, pool, x, y, "y");
-  if (argmax.defined())
-    check_kernel_tensor(argmax, op, "argmax", DType::int64, pool.N * pool.C * pool.P * pool.Q);
+  if (affine.defined()) check_kernel_tensor(affine, op, "affine", x.dtype(), 2 * x.size(1));
   cpu::batch_norm2d_relu_max_pool_forward(x, gamma, beta, running_mean, running_var, training,
-                                          momentum, eps, pool, y, argmax, save_mean, save_invstd,
+                                          momentum, eps, pool, y, affine, save_mean, save_invstd,
                                           shard_sum);
 }
 
@@ -333,21 +332,19 @@ void batch_norm2d_backward(const Tensor& grad_y, const Tensor& x, const Tensor& 
 }
 
 void batch_norm2d_relu_max_pool_backward(const PoolGeometry& pool, const Tensor& grad_y,
-                                         const Tensor& argmax, const Tensor& y, const Tensor& x,
-                                         const Tensor& gamma, const Tensor& save_mean,
-                                         const Tensor& save_invstd, Tensor& grad_x,
-                                         Tensor& grad_gamma, Tensor& grad_beta,
+                                         const Tensor& affine, const Tensor& x, const Tensor& gamma,
+                                         const Tensor& save_mean, const Tensor& save_invstd,
+                                         Tensor& grad_x, Tensor& grad_gamma, Tensor& grad_beta,
                                          Tensor* grad_x_sums, const ShardSum& shard_sum) {
   const char* op = "batch_norm2d_relu_max_pool_backward";
   check(x.device().is_cpu(), op, ": CPU only, x is on ", x.device().str());
   check_norm_backward(op, x, gamma, save_mean, save_invstd, grad_x, grad_gamma, grad_beta,
                       grad_x_sums);
   check_pool_after_norm(op, pool, x, grad_y, "grad_y");
-  check_pool_after_norm(op, pool, x, y, "y");
-  check_kernel_tensor(argmax, op, "argmax", DType::int64, pool.N * pool.C * pool.P * pool.Q);
+  check_kernel_tensor(affine, op, "affine", x.dtype(), 2 * x.size(1));
   Tensor no_sums;
-  cpu::batch_norm2d_relu_max_pool_backward(pool, grad_y, argmax, y, x, gamma, save_mean,
-                                           save_invstd, grad_x, grad_gamma, grad_beta,
+  cpu::batch_norm2d_relu_max_pool_backward(pool, grad_y, affine, x, gamma, save_mean, save_invstd,
+                                           grad_x, grad_gamma, grad_beta,
                                            grad_x_sums ? *grad_x_sums : no_sums, shard_sum);
 }
 

@@ -420,6 +420,9 @@ class BatchNorm2d : public Layer {
   bool sync_;
   std::shared_ptr<Parameter> gamma_, beta_, running_mean_, running_var_;
   Tensor input_, output_, save_mean_, save_invstd_, grad_input_;
+  // Each channel's scale and shift (C, 2) where the last forward ran fused with a ReLU and max
+  // pooling (a stage of a model's plan): that stage's backward finds the windows' maxima again.
+  Tensor pool_affine_;
   bool last_training_ = false;  // backward needs the batch statistics of a training-mode forward
   bool input_overwritten_ = false;  // by a backward's gradient, since the last forward
 };

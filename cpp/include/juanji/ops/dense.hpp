@@ -82,20 +82,22 @@ void batch_norm2d_backward(const Tensor& grad_y, const Tensor& x, const Tensor& 
                            const ShardSum& shard_sum = {});
 
 // batch_norm2d_forward with relu, then max pooling `pool` of its output, without storing the
-// normalized tensor (CPU only): y and argmax (N, C, P, Q; argmax may be undefined) are
-// max_pool_forward's of batch_norm2d_forward's output, bit for bit.
+// normalized tensor (CPU only): y (N, C, P, Q) is max_pool_forward's of batch_norm2d_forward's
+// output, bit for bit. affine (C, 2; may be undefined) takes each channel's scale and shift,
+// relu(x * scale + shift) being the normalized output: what the backward needs to find each
+// window's maximum again, in place of an argmax.
 void batch_norm2d_relu_max_pool_forward(const Tensor& x, const Tensor& gamma, const Tensor& beta,
                                         Tensor& running_mean, Tensor& running_var, bool training,
                                         double momentum, double eps, const PoolGeometry& pool,
-                                        Tensor& y, Tensor& argmax, Tensor& save_mean,
+                                        Tensor& y, Tensor& affine, Tensor& save_mean,
                                         Tensor& save_invstd, const ShardSum& shard_sum = {});
-// Its backward (CPU only): batch_norm2d_backward of max_pool_relu_backward(pool, grad_y, argmax,
-// y) bit for bit, with grad_y, argmax and y (N, C, P, Q) the pooled ones; grad_x may be x itself.
+// Its backward (CPU only), from the affine of that forward: batch_norm2d_backward of
+// max_pool_relu_backward(pool, grad_y, argmax, y) bit for bit, with grad_y, and the argmax and y
+// of max_pool_forward, (N, C, P, Q) the pooled ones; grad_x may be x itself.
 void batch_norm2d_relu_max_pool_backward(const PoolGeometry& pool, const Tensor& grad_y,
-                                         const Tensor& argmax, const Tensor& y, const Tensor& x,
-                                         const Tensor& gamma, const Tensor& save_mean,
-                                         const Tensor& save_invstd, Tensor& grad_x,
-                                         Tensor& grad_gamma, Tensor& grad_beta,
+                                         const Tensor& affine, const Tensor& x, const Tensor& gamma,
+                                         const Tensor& save_mean, const Tensor& save_invstd,
+                                         Tensor& grad_x, Tensor& grad_gamma, Tensor& grad_beta,
                                          Tensor* grad_x_sums = nullptr,
                                          const ShardSum& shard_sum = {});
 
