@@ -56,8 +56,8 @@ def test_train_flags_override_defaults():
                        "--threads", "1", "--seed", "7", "--data", "d", "--out", "o",
                        "--device", "cuda", "--limit", "600", "--augment", "flip", "--optimizer", "adamw",
                        "--warmup-epochs", "2", "--lr-update", "step", "--label-smoothing", "0.05",
-                       "--crop-padding", "2")
-    assert hyperparameters(args) == (3, 32, 0.1, 0.5, 1e-4, "step", "flip", "adamw", 2, "step", 0.05, 2)
+                       "--crop-padding", "2", "--tta", "flip")
+    assert hyperparameters(args) == (3, 32, 0.1, 0.5, 1e-4, "step", "flip", "adamw", 2, "step", 0.05, 2, "flip")
     assert (args.threads, args.seed, args.data, args.out) == (1, 7, "d", "o")
     assert (args.device, args.limit) == ("cuda", 600)
 
@@ -156,13 +156,20 @@ def test_train_writes_artifacts_and_loss_falls(tmp_path, model, capsys):
         for name in ("curves.png", "filters.png", "feature_maps.png"):
             assert_png(str(out / name))
 
-    # The saved model scores the test images exactly as the last evaluation did.
+    # The ResNet's evaluations average each image's outputs with its mirror image's (--tta flip),
+    # and the images alone are scored once more at the end.
+    mirrored = cli.TRAIN_DEFAULTS[model].tta == "flip"
+    assert ("with mirror images averaged (--tta flip)" in printed) == mirrored
+    assert ("single_view_test_accuracy" in log) == mirrored
+    single_view = log["single_view_test_accuracy"] if mirrored else second["test_accuracy"]
+
+    # The saved model scores the test images (one view each) exactly as the last evaluation did.
     status = cli.main(["predict", str(out / "model.safetensors"), SUBSET_TEST_IMAGES,
                        "--labels", SUBSET_TEST_LABELS, "--limit", "100"])
     printed = capsys.readouterr().out.splitlines()
     assert status == 0
     assert len(printed) == 101
-    assert printed[-1] == f"accuracy {100 * second['test_accuracy']:.2f}% on 100 images"
+    assert printed[-1] == f"accuracy {100 * single_view:.2f}% on 100 images"
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "adamw"])

@@ -122,6 +122,26 @@ def test_every_layer_refuses_a_backward_after_a_training_step(make):
     assert np.isfinite(np.asarray(model.backward(np.ones((6, 3), np.float32)))).all()
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("smoothing", [0.0, 0.2])
+def test_evaluate_with_mirror_averages_each_image_with_its_mirror_image(dtype, smoothing):
+    model = every_layer_kind().to("float64" if dtype == np.float64 else "float32").eval()
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((11, 1, 10, 13)).astype(dtype)[:, :, :, ::-1]  # not contiguous
+    labels = rng.integers(0, 3, 11)
+    logits = (np.asarray(model.forward(x, training=False)).astype(np.float64) +
+              np.asarray(model.forward(np.ascontiguousarray(x[..., ::-1]), training=False))) / 2
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    want_loss = -((1 - smoothing) * log_p[np.arange(11), labels] + smoothing * log_p.mean(axis=1)).mean()
+    want_accuracy = np.mean(logits.argmax(axis=1) == labels)
+    loss, accuracy = model.evaluate(x, labels, nn.CrossEntropyLoss(label_smoothing=smoothing), batch_size=4,
+                                    mirror=True)
+    assert accuracy == want_accuracy
+    assert loss == pytest.approx(want_loss, rel=1e-5 if dtype == np.float32 else 1e-12)
+    assert model.evaluate(x, labels, batch_size=4) == model.evaluate(x, labels, batch_size=4, mirror=False)
+
+
 def test_gradient_accumulation_over_two_half_batches_matches_one_batch():
     # Without batch norm, the mean loss over 2n is the mean of the two halves' means.
     juanji.manual_seed(3)

@@ -62,6 +62,7 @@ class TrainDefaults(NamedTuple):
     lr_update: str = "epoch"  # how often the schedule moves the learning rate: "epoch" or "step"
     label_smoothing: float = 0.0
     crop_padding: int = 4  # --augment crop's shift range, in pixels each way
+    tta: str = "none"  # test-time augmentation of the evaluations: "none" or "flip"
 
 
 # One command reaches the targets on Fashion-MNIST (convnet >= 91%, lenet5 >= 89% test
@@ -76,7 +77,7 @@ TRAIN_DEFAULTS: dict[str, TrainDefaults] = {
     # See README's ResNet section for the measured runs.
     "resnet": TrainDefaults(epochs=15, batch_size=128, lr=0.1, momentum=0.9, weight_decay=5e-4,
                             schedule="cosine", augment="flip", optimizer="sgd", warmup_epochs=1,
-                            lr_update="step", label_smoothing=0.1),
+                            lr_update="step", label_smoothing=0.1, tta="flip"),
 }
 OPTIMIZERS = ("sgd", "adam", "adamw")
 STEP_SCHEDULE_EPOCHS = 2  # StepLR halves the learning rate every this many epochs
@@ -283,11 +284,12 @@ def _shards(global_batches, rank: int, world: int):
             yield x[first:last], y[first:last]
 
 
-def _evaluate_sharded(model, x, y, rank: int, world: int) -> tuple[float, float]:
-    """Test loss and accuracy over all of x, each rank evaluating its slice; the sums of losses
-    and of correct predictions are added up over the ranks."""
+def _evaluate_sharded(model, x, y, rank: int, world: int, mirror: bool) -> tuple[float, float]:
+    """Test loss and accuracy over all of x (with mirror, of each image's and its mirror image's
+    mean output), each rank evaluating its slice; the sums of losses and of correct predictions
+    are added up over the ranks."""
     if world == 1:
-        loss, accuracy = model.evaluate(x, y, batch_size=EVAL_BATCH_SIZE)
+        loss, accuracy = model.evaluate(x, y, batch_size=EVAL_BATCH_SIZE, mirror=mirror)
         return float(loss), float(accuracy)
     from . import distributed
 
@@ -295,7 +297,7 @@ def _evaluate_sharded(model, x, y, rank: int, world: int) -> tuple[float, float]
     lo, hi = bounds[rank], bounds[rank + 1]
     sums = np.zeros(2)
     if hi > lo:
-        loss, accuracy = model.evaluate(x[lo:hi], y[lo:hi], batch_size=EVAL_BATCH_SIZE)
+        loss, accuracy = model.evaluate(x[lo:hi], y[lo:hi], batch_size=EVAL_BATCH_SIZE, mirror=mirror)
         sums[:] = float(loss) * (hi - lo), round(float(accuracy) * (hi - lo))
     distributed.all_reduce(sums)
     return sums[0] / len(x), sums[1] / len(x)
@@ -357,7 +359,8 @@ def _train(args: argparse.Namespace, juanji, nn, distributed, rank: int, world: 
     print(f"training {args.model} for {counted(args.epochs, 'epoch')}: "
           f"batch {args.batch_size}, {args.optimizer} lr {args.lr}{momentum}, weight decay {args.weight_decay}, "
           f"schedule {args.schedule} (warm-up {counted(args.warmup_epochs, 'epoch')}, per {args.lr_update}), "
-          f"label smoothing {args.label_smoothing}, augment {args.augment}, precision {args.precision}, "
+          f"label smoothing {args.label_smoothing}, augment {args.augment}, test-time augmentation {args.tta}, "
+          f"precision {args.precision}, "
           f"{juanji.get_num_threads()} threads, device {args.device}")
     if world > 1:
         norms = "synchronized" if args.sync_batch_norm else "per rank"
@@ -408,7 +411,8 @@ def _train(args: argparse.Namespace, juanji, nn, distributed, rank: int, world: 
             loss_sum, seen = float(totals[0]), int(totals[1])
 
         model.eval()
-        test_loss, test_accuracy = _evaluate_sharded(model, dataset.x_test, dataset.y_test, rank, world)
+        test_loss, test_accuracy = _evaluate_sharded(model, dataset.x_test, dataset.y_test, rank, world,
+                                                     mirror=args.tta == "flip")
         record = {"epoch": epoch, "lr": lr, "train_loss": loss_sum / seen,
                   "test_loss": float(test_loss), "test_accuracy": float(test_accuracy),
                   "seconds": seconds, "images_per_second": seen / seconds}
@@ -420,6 +424,11 @@ def _train(args: argparse.Namespace, juanji, nn, distributed, rank: int, world: 
             scheduler.step()
     log["training_seconds"] = time.perf_counter() - training_start
     print(f"trained in {log['training_seconds']:.0f} s (with the evaluations after each epoch)")
+    if args.tta == "flip":
+        _, single_view = _evaluate_sharded(model, dataset.x_test, dataset.y_test, rank, world, mirror=False)
+        log["single_view_test_accuracy"] = float(single_view)
+        print(f"test accuracy {100 * test_accuracy:.2f}% with mirror images averaged (--tta flip), "
+              f"{100 * single_view:.2f}% from the images alone")
 
     model.to("cpu")  # the checkpoint, pictures and NumPy views want host memory
     if rank != 0:
@@ -819,7 +828,8 @@ def build_parser() -> argparse.ArgumentParser:
     per_model = "; ".join(
         f"{name}: {counted(d.epochs, 'epoch')}, batch {d.batch_size}, lr {d.lr}, momentum {d.momentum}, "
         f"weight decay {d.weight_decay}, {d.schedule} schedule, augment {d.augment}, optimizer {d.optimizer}, "
-        f"warm-up {counted(d.warmup_epochs, 'epoch')}, lr update per {d.lr_update}, label smoothing {d.label_smoothing}"
+        f"warm-up {counted(d.warmup_epochs, 'epoch')}, lr update per {d.lr_update}, "
+        f"label smoothing {d.label_smoothing}, test-time augmentation {d.tta}"
         for name, d in TRAIN_DEFAULTS.items()
     )
     train = commands.add_parser(
@@ -851,6 +861,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "on a background thread (default: the model's, see above)")
     train.add_argument("--crop-padding", type=positive_int, metavar="P",
                        help="--augment crop shifts each image by up to P pixels each way")
+    train.add_argument("--tta", choices=["none", "flip"],
+                       help="test-time augmentation of the test-set evaluations: flip averages each "
+                            "image's outputs with its mirror image's (default: the model's, see above)")
     train.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                        help="bf16: convolutions and linear layers compute in bfloat16 with float32 "
                             "sums, weights and optimizer in float32 (default fp32)")

@@ -449,16 +449,19 @@ void register_nn(py::module_& m) {
       .def_property_readonly("is_distributed", &nn::Sequential::is_distributed)
       .def("evaluate",
            [](nn::Sequential& s, py::handle x, py::handle target, std::shared_ptr<nn::Loss> loss,
-              py::handle batch_size_arg) {
+              py::handle batch_size_arg, bool mirror) {
              const std::int64_t batch_size = int_arg(batch_size_arg, "batch_size");
              if (!loss) loss = std::make_shared<nn::CrossEntropyLoss>();
              const Tensor xt = tensor_arg(x, "x");
              const Tensor tt = loss_target_arg(*loss, target);
-             const nn::Evaluation e = without_gil([&] { return s.evaluate(xt, tt, *loss, batch_size); });
+             const nn::Evaluation e = without_gil([&] { return s.evaluate(xt, tt, *loss, batch_size, mirror); });
              return py::make_tuple(e.loss, e.accuracy);
            },
            py::arg("x"), py::arg("target"), py::arg("loss") = nullptr, py::arg("batch_size") = 256,
-           "(mean loss, accuracy) in eval mode.")
+           py::kw_only(), py::arg("mirror") = false,
+           "(mean loss, accuracy) in eval mode. With mirror=True, of the mean of the outputs for each "
+           "image and for its mirror image (the last axis reversed): test-time augmentation for a "
+           "model trained with flips.")
       .def("activations",
            [](nn::Sequential& s, py::handle x) {
              const Tensor input = tensor_arg(x, "x");

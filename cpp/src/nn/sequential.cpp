@@ -428,7 +428,39 @@ void Sequential::finish_sums() {
   }
 }
 
-Evaluation Sequential::evaluate(const Tensor& x, const Tensor& target, Loss& loss, std::int64_t batch_size) {
+namespace {
+
+// x with its last axis reversed, contiguous, on the CPU.
+Tensor mirrored(const Tensor& x) {
+  const Tensor host = x.to(Device{}).contiguous();
+  Tensor out = Tensor::empty(host.shape(), host.dtype());
+  const std::int64_t width = host.size(-1), rows = width == 0 ? 0 : host.numel() / width;
+  const std::size_t element = dtype_size(host.dtype());
+  const char* in = static_cast<const char*>(host.data_ptr());
+  char* into = static_cast<char*>(out.data_ptr());
+  for (std::int64_t r = 0; r < rows; ++r)
+    for (std::int64_t w = 0; w < width; ++w)
+      std::memcpy(into + static_cast<std::size_t>(r * width + w) * element,
+                  in + static_cast<std::size_t>(r * width + width - 1 - w) * element, element);
+  return out;
+}
+
+// (a + b) / 2, on the CPU in a's dtype.
+Tensor mean_of(const Tensor& a, const Tensor& b) {
+  const Tensor a64 = a.to(Device{}).to(DType::float64).contiguous();
+  const Tensor b64 = b.to(Device{}).to(DType::float64).contiguous();
+  Tensor mean = Tensor::empty(a64.shape(), DType::float64);
+  const double* pa = a64.data<double>();
+  const double* pb = b64.data<double>();
+  double* pm = mean.data<double>();
+  for (std::int64_t i = 0; i < mean.numel(); ++i) pm[i] = (pa[i] + pb[i]) / 2;
+  return mean.to(a.dtype());
+}
+
+}  // namespace
+
+Evaluation Sequential::evaluate(const Tensor& x, const Tensor& target, Loss& loss, std::int64_t batch_size,
+                                bool mirror) {
   const Lock lock(*this);
   const ConcurrentCaller caller;
   check_input(x);
@@ -442,12 +474,18 @@ Evaluation Sequential::evaluate(const Tensor& x, const Tensor& target, Loss& los
   Tensor grad;
   for (std::int64_t begin = 0; begin < N; begin += batch_size) {
     const std::int64_t end = std::min(N, begin + batch_size);
-    const Tensor& output = forward(x.slice(0, begin, end), false);
-    if (!grad.defined() || grad.shape() != output.shape())
+    const Tensor rows = x.slice(0, begin, end);
+    const Tensor target_rows = target.slice(0, begin, end);
+    Tensor averaged;
+    if (mirror) {
+      const Tensor plain = forward(rows, false).clone();  // the next forward overwrites the output
+      averaged = mean_of(plain, forward(mirrored(rows), false));
+    }
+    const Tensor& output = mirror ? averaged : forward(rows, false);
+    if (!grad.defined() || grad.shape() != output.shape() || grad.device() != output.device())
       grad = Tensor::empty(output.shape(), output.dtype(), output.device());
     std::int64_t batch_correct = 0;
-    const Tensor target_rows = target.slice(0, begin, end);
-    const Tensor& batch_target = on_model_device(target_rows, target_staging_);
+    const Tensor batch_target = mirror ? target_rows.to(Device{}) : on_model_device(target_rows, target_staging_);
     loss_sum += loss.forward_backward(output, batch_target, grad, &batch_correct) *
                 static_cast<double>(end - begin);
     correct += batch_correct;

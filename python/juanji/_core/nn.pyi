@@ -293,9 +293,9 @@ class Sequential(Container):
         """
         Data-parallel training over the MPI ranks (juanji.distributed.init() first; every rank calls it): checks that all ranks have the same parameters and buffers, copies rank 0's values to all, and from then on train_step averages the gradients over the ranks before the update, in buckets of up to bucket_mib MiB. Returns the model.
         """
-    def evaluate(self, x: typing.Any, target: typing.Any, loss: Loss = None, batch_size: typing.Any = 256) -> tuple[float, float]:
+    def evaluate(self, x: typing.Any, target: typing.Any, loss: Loss = None, batch_size: typing.Any = 256, *, mirror: bool = False) -> tuple[float, float]:
         """
-        (mean loss, accuracy) in eval mode.
+        (mean loss, accuracy) in eval mode. With mirror=True, of the mean of the outputs for each image and for its mirror image (the last axis reversed): test-time augmentation for a model trained with flips.
         """
     def export_onnx(self, path: typing.Any, input_shape: typing.Any) -> None:
         """

@@ -122,7 +122,11 @@ class Sequential : public Container {
   // Every layer's output for x in eval mode (copies), for feature-map pictures.
   std::vector<Tensor> activations(const Tensor& x);
   double train_step(const Tensor& x, const Tensor& target, Loss& loss, optim::Optimizer& optimizer);
-  Evaluation evaluate(const Tensor& x, const Tensor& target, Loss& loss, std::int64_t batch_size);
+  // The mean loss and the accuracy over x in eval mode, batch_size images a forward. With mirror,
+  // of the mean of the outputs for each image and for its mirror image (the last axis reversed):
+  // test-time augmentation for a model trained on flipped images.
+  Evaluation evaluate(const Tensor& x, const Tensor& target, Loss& loss, std::int64_t batch_size,
+                      bool mirror = false);
 
   // Data-parallel training over the ranks of juanji/distributed.hpp (every rank calls it, after
   // distributed::init()): checks that every rank has the same parameters and buffers (names,
