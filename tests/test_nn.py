@@ -411,10 +411,21 @@ def test_max_pool_backward_after_the_fused_batchnorm_forward_is_refused():
         model.layers[2].backward(np.ones_like(out))
 
 
+def small_projection_resnet():
+    body = nn.Sequential(nn.Conv2d(8, 16, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+                         nn.Conv2d(16, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16))
+    shortcut = nn.Sequential(nn.Conv2d(8, 16, 1, stride=2, bias=False), nn.BatchNorm2d(16))
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Residual(body, shortcut), nn.ReLU(), nn.GlobalAvgPool2d(), nn.Flatten(), nn.Linear(16, 4))
+
+
 @pytest.mark.parametrize("make", [small_cnn, lambda: nn.Sequential(
     nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 16, 5), nn.ReLU(),
-    nn.MaxPool2d(2), nn.Flatten(), nn.Linear(16, 10))], ids=["small_cnn", "lenet_like"])
+    nn.MaxPool2d(2), nn.Flatten(), nn.Linear(16, 10)), small_projection_resnet],
+    ids=["small_cnn", "lenet_like", "resnet_like"])
 def test_training_step_allocates_nothing_after_the_first(make):
+    # A training step drops each layer's activations as its backward ends and takes them again in
+    # the next forward: from memory already touched, which the arena hands out first.
     model = make()
     opt = optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     loss = nn.CrossEntropyLoss()
