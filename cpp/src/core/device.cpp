@@ -10,7 +10,6 @@
 #include <map>
 #include <mutex>
 #include <new>
-#include <utility>
 
 #include "juanji/bfloat16.hpp"
 #include "ops/backend.hpp"

@@ -96,8 +96,8 @@ class Layer {
   virtual const Tensor& backward(const Tensor& grad_y, bool need_grad_x) = 0;
   // Drops the gradient a backward returned (a tensor some layer owns) once the caller is done with
   // it, unless it is `passed` (what the caller was given, which a backward may hand back as its
-  // own result). Its block goes back to the allocator's cache, where the next gradient of its size
-  // takes it: a backward pass then holds a few gradients at a time, not one per layer.
+  // own result). Its block goes back to the allocator (the host arena), where the next request
+  // that fits takes it: a backward pass then holds a few gradients at a time, not one per layer.
   static void release_gradient(const Tensor& gradient, const Tensor& passed);
   // Drops what the last forward kept for the backward, leaving the layer as before its first
   // forward (a backward then needs a new forward). A training step's backward calls it once it is
@@ -293,7 +293,9 @@ class Pool : public Layer {
   PoolOptions options_;
   PoolGeometry geometry_{};
   Tensor input_, output_, argmax_, grad_input_;
-  bool argmax_current_ = false;  // argmax_ is the last forward's (a training-mode one)
+  // The last forward was a training-mode one, whose argmax_ is kept (or, fused with the batch norm
+  // before, whose windows' maxima that stage's backward finds again).
+  bool argmax_current_ = false;
   // The last forward ran in one pass with the batch norm and ReLU before this layer (a stage of
   // a model's plan), which did not keep input_: only that stage can go back through it.
   bool fused_with_norm_ = false;
