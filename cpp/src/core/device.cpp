@@ -4,12 +4,14 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
 #include <cstring>
 #include <iterator>
 #include <limits>
 #include <map>
 #include <mutex>
 #include <new>
+#include <unordered_map>
 
 #include "juanji/bfloat16.hpp"
 #include "ops/backend.hpp"
@@ -36,16 +38,19 @@ void check_available(Device device) {
 namespace {
 std::atomic<std::uint64_t> allocations{0};
 
-// Host blocks come from segments mapped once and kept: a freed block joins its free neighbours
-// and serves the next request of any size that fits (first fit: the free range lowest in memory
-// that holds it). glibc hands large blocks back to the kernel on free, and the next call paid a page fault
-// per 4 KiB touched (measured: max_pool2d_backward on 8x64x56x56 took 1.3 ms, 0.45 ms of it in its
-// kernels); an exact-size cache avoided that but left a training step's freed activations idle
-// while its backward asked for gradients of other sizes. Wholly free segments go back to the
-// kernel once more than kMaxIdle bytes are free, so that memory a program stops using returns.
-// Under AddressSanitizer free ranges are poisoned, so that a read of a freed block is still caught.
+// Host blocks of 64 KiB and more come from segments mapped once and kept: a freed block joins
+// its free neighbours and serves the next request of any size that fits (first fit: the free
+// range lowest in memory that holds it). glibc hands such sizes back to the kernel on free, and
+// the next call paid a page fault per 4 KiB touched (measured: max_pool2d_backward on 8x64x56x56
+// took 1.3 ms, 0.45 ms of it in its kernels); an exact-size cache avoided that but left a training
+// step's freed activations idle while its backward asked for gradients of other sizes. A segment
+// holds at most a thousand free ranges of such blocks, so that the search stays short. Wholly
+// free segments go back to the kernel once more than kMaxIdle bytes are free, so that memory a
+// program stops using returns. Under AddressSanitizer free ranges are poisoned, so that a read of
+// a freed block is still caught.
 class HostArena {
  public:
+  static constexpr std::size_t kMinBlock = std::size_t{64} << 10;
   static constexpr std::size_t kSegment = std::size_t{64} << 20;
   static constexpr std::size_t kSegmentGranule = std::size_t{2} << 20;
   static constexpr std::size_t kMaxIdle = std::size_t{256} << 20;
@@ -154,24 +159,76 @@ HostArena& host_arena() {
   return *arena;
 }
 
+// Smaller blocks, from glibc, wait for the next request of their size (which a training step
+// makes again, as it takes each layer's activations anew): found at once however many there are.
+// Bounded, so that memory a program stops using goes back; poisoned under AddressSanitizer while
+// they wait.
+class SmallBlockCache {
+ public:
+  static constexpr std::size_t kMaxCached = std::size_t{64} << 20;
+
+  void* take(std::size_t size) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    const auto it = blocks_.find(size);
+    if (it == blocks_.end()) return nullptr;
+    void* ptr = it->second;
+    blocks_.erase(it);
+    cached_ -= size;
+    ASAN_UNPOISON_MEMORY_REGION(ptr, size);
+    return ptr;
+  }
+
+  // Keeps ptr for reuse, or frees it when the cache is full.
+  void give(void* ptr, std::size_t size) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (cached_ + size <= kMaxCached) {
+        ASAN_POISON_MEMORY_REGION(ptr, size);
+        blocks_.emplace(size, ptr);
+        cached_ += size;
+        return;
+      }
+    }
+    std::free(ptr);
+  }
+
+ private:
+  std::mutex mutex_;
+  std::unordered_multimap<std::size_t, void*> blocks_;
+  std::size_t cached_ = 0;
+};
+
+SmallBlockCache& small_blocks() {
+  static auto* cache = new SmallBlockCache();  // never destroyed, as host_arena()
+  return *cache;
+}
+
 }  // namespace
 
 std::uint64_t allocation_count() { return allocations.load(); }
 
-bool freed_blocks_are_reused(Device device) { return device.is_cpu();
-}
+bool freed_blocks_are_reused(Device device) { return device.is_cpu(); }
 
 std::shared_ptr<void> allocate(std::size_t nbytes, Device device) {
   check_available(device);
   if (nbytes > std::numeric_limits<std::size_t>::max() / 2) throw AllocationError(nbytes, "tensor storage");
   const std::size_t rounded = (nbytes + kAlignment - 1) / kAlignment * kAlignment;
   const std::size_t size = rounded == 0 ? kAlignment : rounded;
-  if (device.is_cpu()) {
+  if (device.is_cpu() && size >= HostArena::kMinBlock) {
     bool fresh = false;
     void* ptr = host_arena().take(size, fresh);
     if (!ptr) throw AllocationError(size, "tensor storage");
     if (fresh) ++allocations;
     return std::shared_ptr<void>(ptr, [size](void* p) { host_arena().give(p, size); });
+  }
+  if (device.is_cpu()) {
+    void* ptr = small_blocks().take(size);
+    if (!ptr) {
+      ++allocations;
+      ptr = std::aligned_alloc(kAlignment, size);
+    }
+    if (!ptr) throw AllocationError(size, "tensor storage");
+    return std::shared_ptr<void>(ptr, [size](void* p) { small_blocks().give(p, size); });
   }
   ++allocations;
   const int index = device.index;

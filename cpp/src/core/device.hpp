@@ -15,9 +15,9 @@ std::shared_ptr<void> allocate(std::size_t nbytes, Device device);
 // earlier tensor gave back does not count): lets tests prove that a training step reuses its
 // buffers.
 std::uint64_t allocation_count();
-// Whether the blocks that tensors on `device` give back serve later requests of any size they
-// hold (the CPU's), so that dropping a buffer and asking for one of its size or less again takes
-// no fresh memory.
+// Whether the blocks that tensors on `device` give back serve later requests (the CPU's: one of
+// 64 KiB or more any request it holds, a smaller one the next of its size), so that dropping a
+// buffer and asking for one of its size again takes no fresh memory.
 bool freed_blocks_are_reused(Device device);
 void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device, std::size_t n);
 void check_available(Device device);
