@@ -67,10 +67,10 @@ class HostArena {
     const auto [start, range_size] = *fit;
     remove_free(start, range_size);
     if (range_size > size) add_free(start + size, range_size - size);
-    Segment& segment = segment_of(start)->second;
-    const std::size_t end = static_cast<std::size_t>(start - segment.start) + size;
-    fresh = end > segment.touched;
-    if (fresh) segment.touched = end;
+    const auto segment = segment_of(start);
+    const std::size_t end = static_cast<std::size_t>(start - segment->first) + size;
+    fresh = end > segment->second.touched;
+    if (fresh) segment->second.touched = end;
     ASAN_UNPOISON_MEMORY_REGION(start, size);
     return start;
   }
@@ -80,10 +80,11 @@ class HostArena {
     char* start = static_cast<char*>(ptr);
     ASAN_POISON_MEMORY_REGION(start, size);
     const auto segment = segment_of(start);
+    char* const home = segment->first;
+    const std::size_t home_size = segment->second.size;
     // Join the free neighbours within the segment (segments may lie side by side in memory).
-    const Segment& home = segment->second;
     const auto next = free_by_address_.find(start + size);
-    if (next != free_by_address_.end() && start + size < home.start + home.size) {
+    if (next != free_by_address_.end() && start + size < home + home_size) {
       const std::size_t next_size = next->second;
       remove_free(start + size, next_size);
       size += next_size;
@@ -91,14 +92,14 @@ class HostArena {
     const auto after = free_by_address_.lower_bound(start);
     if (after != free_by_address_.begin()) {
       const auto before = std::prev(after);
-      if (before->first >= home.start && before->first + before->second == start) {
+      if (before->first >= home && before->first + before->second == start) {
         const std::size_t before_size = before->second;
         start = before->first;
         remove_free(start, before_size);
         size += before_size;
       }
     }
-    if (size == home.size && free_bytes_ + size > kMaxIdle) {
+    if (size == home_size && free_bytes_ + size > kMaxIdle) {
       ASAN_UNPOISON_MEMORY_REGION(start, size);  // whatever maps these pages next owns them
       munmap(start, size);
       segments_.erase(segment);
@@ -108,8 +109,7 @@ class HostArena {
   }
 
  private:
-  struct Segment {
-    char* start;
+  struct Segment {  // keyed by its start address
     std::size_t size;
     std::size_t touched;  // bytes from the start that some block has used
   };
@@ -121,7 +121,7 @@ class HostArena {
     if (start == MAP_FAILED) return false;
     char* bytes = static_cast<char*>(start);
     ASAN_POISON_MEMORY_REGION(bytes, mapped);
-    segments_.emplace(bytes, Segment{bytes, mapped, 0});
+    segments_.emplace(bytes, Segment{mapped, 0});
     add_free(bytes, mapped);
     return true;
   }
