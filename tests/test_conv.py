@@ -332,7 +332,7 @@ def test_conv_data_grad_with_infinite_weight_has_no_products_in_the_padding():
 # vector (blocks of rows), of a few vectors, and wider than a block (overlapping blocks at the end
 # of a row); strides 2 and 3 with odd sizes (the forward's rows split into stride phases, the data
 # gradient's error spread by the stride), padding 0 to 3 (past the kernel: the data gradient's
-# error cropped), dilation, a single pixel, a batch of one, conv1d.
+# error cropped), dilation, a single pixel, a batch of one, many images, conv1d.
 DEPTHWISE = {
     "pad1": (2, case(N=2, C=5, K=5, groups=5, spatial=(9, 11), padding=1)),
     "batch1_odd": (2, case(N=1, C=3, K=3, groups=3, spatial=(7, 13), padding=1)),
@@ -345,6 +345,11 @@ DEPTHWISE = {
     "wide_rows": (2, case(N=1, C=2, K=2, groups=2, spatial=(5, 75), padding=1)),
     "wide_rows_stride2": (2, case(N=1, C=2, K=2, groups=2, spatial=(6, 131), stride=2, padding=1)),
     "many_channels": (2, case(N=3, C=40, K=40, groups=40, spatial=(10, 10), padding=1)),
+    # The weight gradient sums a channel's images in chunks of as many as lay out in 32 KiB: two
+    # chunks of small planes, the last one short; chunks of a few and of one large plane each.
+    "chunked_small_planes": (2, case(N=100, C=2, K=2, groups=2, spatial=(7, 7), padding=1)),
+    "chunked_large_planes": (2, case(N=5, C=2, K=2, groups=2, spatial=(40, 44), padding=1)),
+    "chunked_stride2": (2, case(N=3, C=2, K=2, groups=2, spatial=(70, 66), stride=2, padding=1)),
     "single_pixel": (2, case(N=2, C=3, K=3, groups=3, spatial=(1, 1), padding=1)),
     "kernel_5x5": (2, case(N=2, C=3, K=3, groups=3, spatial=(11, 12), kernel=(5, 5), padding=2)),
     "kernel_1x7_stride_pair": (2, case(N=2, C=2, K=2, groups=2, spatial=(6, 20), kernel=(1, 7), stride=(1, 2),

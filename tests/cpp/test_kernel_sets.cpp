@@ -624,35 +624,50 @@ void test_depthwise_weight_grad(const Level& level, Data& data) {
       for (Values values : kBothValues) {
         ++variant;
         const I width = 1 + variant % 13, taps = shape.classes * shape.per_class;
-        const FlatTaps layout(shape.classes, shape.per_class, width, count, lanes, variant, data, values);
-        std::vector<float> grad_out = data.make(count, values);
-        grad_out.resize(count + kTail, kNaN);
+        const I planes = variant % 3 == 0 ? 3 : 1, grad_plane = count + variant % 2;
+        // Each plane's source, the sources one after another, the same taps and masks for all.
+        std::vector<FlatTaps> layouts;
+        for (I p = 0; p < planes; ++p)
+          layouts.emplace_back(shape.classes, shape.per_class, width, count, lanes, variant, data, values);
+        const I src_plane = I(layouts[0].src.size());
+        std::vector<float> src;
+        for (const FlatTaps& layout : layouts) src.insert(src.end(), layout.src.begin(), layout.src.end());
+        // The errors, grad_plane floats apart: NaN between them and after the last.
+        std::vector<float> grad_out(planes * grad_plane + kTail, kNaN);
+        for (I p = 0; p < planes; ++p) {
+          const std::vector<float> plane = data.make(count, values);
+          std::copy(plane.begin(), plane.end(), grad_out.begin() + p * grad_plane);
+        }
         // The error's sum after the taps, where asked for.
         const bool with_sum = variant % 3 != 1;
         Output out(taps + 1);
         if (with_sum) {
           double sum = 0, size = 0;
-          for (I i = 0; i < count; ++i) {
-            sum += grad_out[i];
-            size += std::fabs(grad_out[i]);
-          }
+          for (I p = 0; p < planes; ++p)
+            for (I i = 0; i < count; ++i) {
+              sum += grad_out[p * grad_plane + i];
+              size += std::fabs(grad_out[p * grad_plane + i]);
+            }
           out.must_hold(taps, sum, size);
         }
+        const FlatTaps& layout = layouts[0];
         for (I t = 0; t < taps; ++t) {
           double sum = 0, size = 0;
-          for (I i = 0; i < count; ++i) {
-            if (!layout.inside(t / shape.per_class, i)) continue;
-            const double product = double(grad_out[i]) * layout.src[layout.offsets[t] + i];
-            sum += product;
-            size += std::fabs(product);
-          }
+          for (I p = 0; p < planes; ++p)
+            for (I i = 0; i < count; ++i) {
+              if (!layout.inside(t / shape.per_class, i)) continue;
+              const double product = double(grad_out[p * grad_plane + i]) * src[p * src_plane + layout.offsets[t] + i];
+              sum += product;
+              size += std::fabs(product);
+            }
           out.must_hold(t, sum, size);
         }
-        level.set.depthwise_weight_grad_f32({layout.src.data(), layout.taps(), grad_out.data(), count, out.got.data(),
-                                             with_sum ? out.got.data() + taps : nullptr});
-        expect_close(describe(level, "depthwise_weight_grad taps %ldx%ld count %ld width %ld variant %d sum=%d",
-                              shape.classes, shape.per_class, count, width, variant, with_sum),
-                     out.got, out.want, out.magnitude, values, kFloatTolerance);
+        level.set.depthwise_weight_grad_f32({src.data(), src_plane, layout.taps(), grad_out.data(), grad_plane, count,
+                                             planes, out.got.data(), with_sum ? out.got.data() + taps : nullptr});
+        expect_close(
+            describe(level, "depthwise_weight_grad %ld planes, taps %ldx%ld count %ld width %ld variant %d sum=%d",
+                     planes, shape.classes, shape.per_class, count, width, variant, with_sum),
+            out.got, out.want, out.magnitude, values, kFloatTolerance);
       }
 }
 

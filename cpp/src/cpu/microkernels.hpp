@@ -182,16 +182,20 @@ struct DepthwiseTaps {
   const std::int32_t* masks;  // (period, classes, lanes) or null
   std::int64_t period;
 };
-// Each tap's products are summed lane by lane in i order and the lanes then added in order:
-//   grad_weights[t] = sum_{i < count} mask(i, class of t) * grad_out[i] * src[offsets[t] + i]
-// and, where grad_sum is not null, *grad_sum = the sum of grad_out[i < count] in the same order.
+// The sums run over `planes` planes (plane p's layout at src + p * src_plane, its error at
+// grad_out + p * grad_plane), each tap's products summed lane by lane, plane after plane in i
+// order, and the lanes then added in order:
+//   grad_weights[t] = sum_p sum_{i < count} mask(i, class of t) * grad_out_p[i] * src_p[offsets[t] + i]
+// and, where grad_sum is not null, *grad_sum = the sum of every plane's grad_out[i < count] in the
+// same order. One call sums a channel's planes of many images: the lanes are added once per call.
 // Masked-out source values are read but left out of the products, so that a NaN there reaches no
-// tap; nothing past count is read.
+// tap; nothing past a plane's count is read.
 struct DepthwiseWeightGradArgs {
   const float* src;
+  std::int64_t src_plane;
   DepthwiseTaps taps;
-  const float* grad_out;  // (count)
-  std::int64_t count;
+  const float* grad_out;  // (planes, grad_plane), count used of each
+  std::int64_t grad_plane, count, planes;
   float* grad_weights;  // (taps), written
   float* grad_sum;      // or null
 };

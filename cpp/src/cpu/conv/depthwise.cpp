@@ -141,13 +141,12 @@ class FlatPlane {
     return {offsets_.data(), classes_, taps() / classes_, masks_.empty() ? nullptr : masks_.data(), period_};
   }
 
-  // `planes` source planes (src_h x src_w each, one after another) into their layouts, size()
+  // `planes` source planes (src_h x src_w each, src_plane floats apart) into their layouts, size()
   // floats apart, whose other floats hold zeros: the same floats for every plane, so that a
   // thread zeroes its layouts once per pass.
-  void lay_out(const float* planes_in, std::int64_t planes, float* out) const {
+  void lay_out(const float* planes_in, std::int64_t src_plane, std::int64_t planes, float* out) const {
     using Move = cpu::DepthwiseRowMove;
     const cpu::KernelSet& kernels = cpu::active_kernels();
-    const std::int64_t src_plane = src_h_ * src_w_;
     if (up_h_ == 1 && up_w_ == 1 && stride_w_ <= 2) {
       // Phase a's rows j are the plane's rows a + j * stride_h; a compact stride-1 plane is one run.
       const bool one_run = stride_h_ == 1 && stride_w_ == 1 && width_ == src_w_ && phase_cols_ == src_w_;
@@ -189,11 +188,12 @@ class FlatPlane {
       }
   }
 
-  // A plane of out_h x out_w into rows of width (rows_size() floats), whose spare columns hold
-  // zeros as lay_out's do (padded).
-  void spread_rows(const float* plane, float* rows) const {
+  // `planes` planes of out_h x out_w (src_plane floats apart) into rows of width, rows_size()
+  // floats apart, whose spare columns hold zeros as lay_out's do (padded).
+  void spread_rows(const float* planes_in, std::int64_t src_plane, std::int64_t planes, float* rows) const {
     cpu::active_kernels().depthwise_rows_f32(
-        {plane, out_w_, out_h_, out_w_, rows, width_, cpu::DepthwiseRowMove::copy, 0, 1, 0, 0});
+        {planes_in, out_w_, out_h_, out_w_, rows, width_, cpu::DepthwiseRowMove::copy, 0, planes, src_plane,
+         rows_size()});
   }
 
  private:
@@ -260,12 +260,20 @@ void depthwise_correlate(const ConvGeometry& g, const FlatPlane& layout, std::in
       if (!laid_out) continue;
       const std::int64_t n = job / chunks, c = job % chunks * chunk, planes = std::min(chunk, g.C - c);
       const std::int64_t first = n * g.C + c;
-      layout.lay_out(src + first * src_plane, planes, laid_out);
+      layout.lay_out(src + first * src_plane, src_plane, planes, laid_out);
       kernels.depthwise_conv_f32(layout.conv_args(laid_out, weights + c * taps, bias ? bias + c : nullptr, relu,
                                                   out + first * out_plane, planes));
     }
   }
   errors.rethrow();
+}
+
+// Images per chunk of the weight gradient: as many as lay out in 32 KiB (a chunk's layouts are
+// written and read back at once), so that a 7x7 plane's few vectors do not each pay for adding
+// the lanes. Fixed by the problem, not by the thread count, as the sums' order must be.
+std::int64_t images_per_chunk(const FlatPlane& layout, std::int64_t images) {
+  const std::int64_t floats = layout.size() + (layout.compact() ? 0 : layout.rows_size());
+  return std::clamp<std::int64_t>((std::int64_t{32} << 10) / (floats * std::int64_t{sizeof(float)}), 1, images);
 }
 
 }  // namespace
@@ -281,50 +289,57 @@ void depthwise_backward_data(const ConvGeometry& g, const float* dy, const float
   depthwise_correlate(g, layout, g.P * g.Q, dy, ordered_weights(g, layout, w, true), nullptr, dx, g.H * g.W, false);
 }
 
-// Every plane's tap sums into partials, then each channel's planes added image by image: the
-// same sums in the same order for any thread count. db (or null) gets the bias gradient: each
-// error plane summed by the kernel as it reads it (in float, as the taps), the planes' sums added
-// image by image in double (bias_grad's own pass, in double throughout, cost as much as the
-// weight gradient on 7x7 planes).
+// Each channel's tap sums over a chunk of images into partials, then the chunks added in order:
+// the same sums in the same order for any thread count. db (or null) gets the bias gradient: each
+// chunk's errors summed by the kernel as it reads them (in float, as the taps), the chunks' sums
+// added in double (bias_grad's own pass, in double throughout, cost as much as the weight
+// gradient on 7x7 planes).
 void depthwise_backward_weight(const ConvGeometry& g, const float* dy, const float* x, float* dw, float* db) {
   const cpu::KernelSet& kernels = cpu::active_kernels();
   const FlatPlane layout = forward_plane(g, Layout::compact_if_possible);
   const cpu::DepthwiseTaps taps = layout.grad_taps();
-  const std::int64_t planes = g.N * g.C, tap_count = layout.taps(), HW = g.H * g.W, PQ = g.P * g.Q;
-  float* partials = cpu::workspace<float>(cpu::WorkspaceSlot::partials, planes * tap_count);
-  float* plane_sums = db ? cpu::workspace<float>(cpu::WorkspaceSlot::plane_sums, planes) : nullptr;
+  const std::int64_t tap_count = layout.taps(), HW = g.H * g.W, PQ = g.P * g.Q;
+  const std::int64_t chunk = images_per_chunk(layout, g.N), chunks = (g.N + chunk - 1) / chunk;
+  const std::int64_t jobs = g.C * chunks;
+  float* partials = cpu::workspace<float>(cpu::WorkspaceSlot::partials, jobs * tap_count);
+  float* chunk_sums = db ? cpu::workspace<float>(cpu::WorkspaceSlot::plane_sums, jobs) : nullptr;
   cpu::RegionErrors errors;
 #pragma omp parallel num_threads(::juanji::team_size())
   {
     float *laid_out = nullptr, *error_rows = nullptr;
     errors.guard([&] {
-      laid_out = zeroed(cpu::WorkspaceSlot::columns, layout.size());
-      error_rows = layout.compact() ? laid_out : zeroed(cpu::WorkspaceSlot::batch_out, layout.rows_size());
+      laid_out = zeroed(cpu::WorkspaceSlot::columns, chunk * layout.size());
+      error_rows = layout.compact() ? laid_out : zeroed(cpu::WorkspaceSlot::batch_out, chunk * layout.rows_size());
     });
+    // Job c * chunks + k: channel c's images of chunk k.
 #pragma omp for schedule(static)
-    for (std::int64_t plane = 0; plane < planes; ++plane) {
+    for (std::int64_t job = 0; job < jobs; ++job) {
       if (!error_rows) continue;
-      layout.lay_out(x + plane * HW, 1, laid_out);
-      const float* grad = dy + plane * PQ;
+      const std::int64_t c = job / chunks, n = job % chunks * chunk, images = std::min(chunk, g.N - n);
+      layout.lay_out(x + (n * g.C + c) * HW, g.C * HW, images, laid_out);
+      const float* grad = dy + (n * g.C + c) * PQ;
+      std::int64_t grad_plane = g.C * PQ;
       if (!layout.compact()) {
-        layout.spread_rows(grad, error_rows);
+        layout.spread_rows(grad, grad_plane, images, error_rows);
         grad = error_rows;
+        grad_plane = layout.rows_size();
       }
-      kernels.depthwise_weight_grad_f32({laid_out, taps, grad, layout.count(), partials + plane * tap_count,
-                                         plane_sums ? plane_sums + plane : nullptr});
+      kernels.depthwise_weight_grad_f32({laid_out, layout.size(), taps, grad, grad_plane, layout.count(), images,
+                                         partials + job * tap_count, chunk_sums ? chunk_sums + job : nullptr});
     }
     // After a failed allocation (and the barrier above) every thread skips the sums, which would
     // read partials no thread wrote.
 #pragma omp for schedule(static)
     for (std::int64_t c = 0; c < (errors.failed() ? 0 : g.C); ++c) {
+      const float* channel = partials + c * chunks * tap_count;
       for (std::int64_t t = 0; t < tap_count; ++t) {
-        float sum = partials[c * tap_count + t];
-        for (std::int64_t n = 1; n < g.N; ++n) sum += partials[(n * g.C + c) * tap_count + t];
+        float sum = channel[t];
+        for (std::int64_t k = 1; k < chunks; ++k) sum += channel[k * tap_count + t];
         dw[c * tap_count + layout.tap_order()[t]] = sum;
       }
       if (db) {
         double bias = 0;
-        for (std::int64_t n = 0; n < g.N; ++n) bias += plane_sums[n * g.C + c];
+        for (std::int64_t k = 0; k < chunks; ++k) bias += chunk_sums[c * chunks + k];
         db[c] = static_cast<float>(bias);
       }
     }
