@@ -553,14 +553,15 @@ void test_depthwise_conv(const Level& level, Data& data) {
   int variant = 0;
   // Rows of one vector or less and of several, with spare columns to squeeze out (1, 2, 4: some
   // vectors keep none) or none; blocks of a few vectors and past one block (12 or 16 sums) into
-  // near-equal ones, with tails; 1, 9 and 25 taps; one plane or three, with and without bias.
+  // near-equal ones, with tails; 1, 9 and 25 taps; one plane or seven (planes of up to half a
+  // block come up to 4 to a block: whole groups, then the planes left over), with and without bias.
   for (I rows : {1, 2, 5, 23})
     for (I out_w : sizes({1, 3, lanes - 1, lanes + 1, 3 * lanes + 2}))
       for (I spare : {0, 1, 2, 4})
         for (I taps : {1, 9, 25}) {
           ++variant;
           const Values values = variant % 2 ? Values::integers : Values::uniform;
-          const I width = out_w + spare, count = rows * width, planes = variant % 3 == 0 ? 3 : 1;
+          const I width = out_w + spare, count = rows * width, planes = variant % 3 == 0 ? 7 : 1;
           const I out_count = rows * out_w, out_plane = out_count + variant % 2;
           // Each plane's source; the planes' sources one after another.
           std::vector<FlatTaps> layouts;
