@@ -10,16 +10,17 @@
 namespace juanji::cpu::conv {
 
 // Weights as (group, block, block_size floats), zero past a group's last filter. fill(grp, kb, out)
-// writes one block, e.g. out[t * 16 + k] for tap t of filter kb * 16 + k of the group (the zeros
-// are done).
+// writes one block, every float of it for the filters the block has, e.g. out[t * 16 + k] for tap
+// t of filter kb * 16 + k of the group (a block short of filters is zeroed first; a full one is
+// not, since zeroing 512x512x3x3 weights took a tenth of the layer's time at batch 1).
 template <class Fill>
 const float* pack_filter_blocks(const Correlation& c, std::int64_t block_size, Fill fill) {
-  const std::int64_t blocks = c.blocks(), jobs = c.groups * blocks;
+  const std::int64_t blocks = c.blocks(), jobs = c.groups * blocks, per_group = c.out_per_group();
   float* packed = cpu::workspace<float>(cpu::WorkspaceSlot::gemm_a, jobs * block_size);
 #pragma omp parallel for num_threads(::juanji::team_size()) schedule(static) if (jobs > 1 && jobs * block_size >= cpu::kParallelGrain)
   for (std::int64_t job = 0; job < jobs; ++job) {
     float* out = packed + job * block_size;
-    std::fill(out, out + block_size, 0.0f);
+    if ((job % blocks + 1) * cpu::kFilterBlock > per_group) std::fill(out, out + block_size, 0.0f);
     fill(job / blocks, job % blocks, out);
   }
   return packed;
