@@ -15,6 +15,10 @@ bool use_filter_blocks(const Correlation& c) { return c.out_per_group() >= cpu::
 
 namespace {
 
+// Blocks of filters a job hands the kernel at once where the source fits L2: two, which the
+// AVX-512 kernel sums together, a broadcast source value per two multiply-adds.
+constexpr std::int64_t kBlocksAtOnce = 2;
+
 // Short rows fill the kernel's blocks of pixels badly (7 -> 4 + 3, each block a weight load and a
 // tap loop for few multiply-adds). At stride 1 a plane can be computed as one long row over the
 // source's rows, the source_width - out_w columns past each output row's end computed and dropped:
@@ -79,12 +83,13 @@ void filter_block_correlate(const Correlation& c, const float* src, const float*
   for (std::int64_t job = 0; job < jobs.count(); ++job) errors.guard([&] {
     const std::int64_t n = jobs.outer_of(job) / c.groups, grp = jobs.outer_of(job) % c.groups;
     const float* planes = source.planes(c, src, n, grp);
-    const std::int64_t step = interleave ? jobs.end_block(job) - jobs.first_block(job) : 1;
+    const std::int64_t step = interleave ? jobs.end_block(job) - jobs.first_block(job) : kBlocksAtOnce;
     float* long_out =
         long_row ? cpu::workspace<float>(cpu::WorkspaceSlot::batch_out, step * cpu::kFilterBlock * row_length) : nullptr;
     for (std::int64_t kb = jobs.first_block(job); kb < jobs.end_block(job); kb += step) {
       const std::int64_t first = grp * per_group + kb * cpu::kFilterBlock;
-      const std::int64_t filters = std::min((kb + step) * cpu::kFilterBlock, per_group) - kb * cpu::kFilterBlock;
+      const std::int64_t blocks_now = std::min(step, jobs.end_block(job) - kb);
+      const std::int64_t filters = std::min((kb + blocks_now) * cpu::kFilterBlock, per_group) - kb * cpu::kFilterBlock;
       float* block_out = out + (n * c.out_channels + first) * out_plane;
       const cpu::FilterBlockConvArgs args{planes,
                                           source.tap_offsets,
@@ -92,7 +97,7 @@ void filter_block_correlate(const Correlation& c, const float* src, const float*
                                           c.stride_h * source.width,
                                           c.stride_w,
                                           packed + (grp * blocks + kb) * taps * cpu::kFilterBlock,
-                                          step,
+                                          blocks_now,
                                           bias ? bias + first : nullptr,
                                           long_row ? long_out : block_out,
                                           filters,
