@@ -793,28 +793,36 @@ void test_winograd_input_row_pair(const Level& level, Data& data) {
         }
 }
 
+// One block of filters, or two (the AVX-512 kernel sums a pair together) or three (a pair, then
+// one alone), their u and m apart.
 void test_winograd_products(const Level& level, Data& data) {
+  int variant = 0;
   for (I channels : {1, 2, 5, 17})
     for (I tiles = 1; tiles <= 33; ++tiles)
       for (Values values : kBothValues) {
-        const I v_stride = channels * tiles + 3, m_stride = tiles * 16 + 5;
-        const auto u = data.make(16 * channels * 16, values);
+        ++variant;
+        const I blocks = 1 + variant % 3, v_stride = channels * tiles + 3, m_stride = tiles * 16 + 5;
+        const I u_block = 16 * channels * 16 + variant % 2, m_block = 16 * m_stride + 7;
+        const auto u = data.make(blocks * u_block, values);
         const auto v = data.make(16 * v_stride, values);
-        Output m(16 * m_stride);
-        for (I e = 0; e < 16; ++e)
-          for (I t = 0; t < tiles; ++t)
-            for (I k = 0; k < 16; ++k) {
-              double sum = 0, size = 0;
-              for (I c = 0; c < channels; ++c) {
-                const double product = double(u[(e * channels + c) * 16 + k]) * v[e * v_stride + c * tiles + t];
-                sum += product;
-                size += std::fabs(product);
+        Output m(blocks * m_block);
+        for (I b = 0; b < blocks; ++b)
+          for (I e = 0; e < 16; ++e)
+            for (I t = 0; t < tiles; ++t)
+              for (I k = 0; k < 16; ++k) {
+                double sum = 0, size = 0;
+                for (I c = 0; c < channels; ++c) {
+                  const double product =
+                      double(u[b * u_block + (e * channels + c) * 16 + k]) * v[e * v_stride + c * tiles + t];
+                  sum += product;
+                  size += std::fabs(product);
+                }
+                m.must_hold(b * m_block + e * m_stride + t * 16 + k, sum, size);
               }
-              m.must_hold(e * m_stride + t * 16 + k, sum, size);
-            }
-        level.set.winograd_products_f32({u.data(), v.data(), channels, tiles, v_stride, m.got.data(), m_stride});
-        expect_close(describe(level, "winograd_products channels=%ld tiles=%ld", channels, tiles), m.got, m.want,
-                     m.magnitude, values, kFloatTolerance);
+        level.set.winograd_products_f32(
+            {u.data(), v.data(), channels, tiles, v_stride, m.got.data(), m_stride, blocks, u_block, m_block});
+        expect_close(describe(level, "winograd_products channels=%ld tiles=%ld blocks=%ld", channels, tiles, blocks),
+                     m.got, m.want, m.magnitude, values, kFloatTolerance);
       }
 }
 

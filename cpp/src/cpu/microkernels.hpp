@@ -233,14 +233,15 @@ using WinogradInputRow = void (*)(const float* rows, std::int64_t width, std::in
 // The same for two consecutive full rows of at most lanes / 2 tiles each (small images: one
 // vector holds both): the second row's tiles read rows + 2 * width and go to v after the first's.
 using WinogradInputRowPair = WinogradInputRow;
-// The 16 elementwise products summed over channels in order, for one block of 16 filters:
+// The 16 elementwise products summed over channels in order, for `blocks` blocks of 16 filters
+// (block b's u at u + b * u_block, its m at m + b * m_block):
 //   m[e * m_stride + t * 16 + k] = sum_c u[(e * channels + c) * 16 + k] * v[e * v_stride + c * tiles + t]
 struct WinogradProductArgs {
   const float* u;
   const float* v;
   std::int64_t channels, tiles, v_stride;
   float* m;
-  std::int64_t m_stride;
+  std::int64_t m_stride, blocks, u_block, m_block;
 };
 using WinogradProducts = void (*)(const WinogradProductArgs& args);
 // Output transforms of one run of tiles, plus bias (16 values) and ReLU (v < 0 ? 0 : v) if asked,

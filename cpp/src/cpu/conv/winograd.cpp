@@ -203,21 +203,28 @@ void winograd_correlate(const Correlation& c, const float* src, const float* pac
     float* rows = v + 16 * v_stride;
     std::fill(rows, rows + max_rows * all.width, 0.0f);
     for (std::int64_t ch = 0; ch < in; ++ch) winograd_input_chunk(c, all, src, grp, ch, begin, end, rows, v, tiles, v_stride);
-    float* m = cpu::workspace<float>(cpu::WorkspaceSlot::batch_out, 16 * m_stride);
-    for (std::int64_t kb = jobs.first_block(job); kb < jobs.end_block(job); ++kb) {
-      const std::int64_t first = grp * per_group + kb * cpu::kFilterBlock;
-      const std::int64_t filters = std::min<std::int64_t>(cpu::kFilterBlock, per_group - kb * cpu::kFilterBlock);
-      float block_bias[cpu::kFilterBlock] = {};
-      if (bias) std::copy(bias + first, bias + first + filters, block_bias);
-      kernels.winograd_products_f32({packed + (grp * blocks + kb) * 16 * in * cpu::kFilterBlock, v, in, tiles,
-                                     v_stride, m, m_stride});
-      for_each_tile_run(all, begin, end, [&](std::int64_t n, std::int64_t ty, std::int64_t tx0, std::int64_t tx1,
-                                             std::int64_t offset) {
-        float* origin = out + (n * c.out_channels + first) * out_plane + 2 * ty * c.out_w + 2 * tx0;
-        kernels.winograd_output_f32({m + offset * cpu::kFilterBlock, m_stride, tx1 - tx0, block_bias, relu, origin,
-                                     filters, out_plane, c.out_w, std::min<std::int64_t>(2, c.out_h - 2 * ty),
-                                     std::min(2 * tx1, c.out_w) - 2 * tx0});
-      });
+    // Two blocks of filters' products at a time (the AVX-512 kernel sums them together).
+    constexpr std::int64_t kBlocksAtOnce = 2;
+    const std::int64_t m_block = 16 * m_stride, u_block = 16 * in * cpu::kFilterBlock;
+    float* m = cpu::workspace<float>(cpu::WorkspaceSlot::batch_out, kBlocksAtOnce * m_block);
+    for (std::int64_t kb0 = jobs.first_block(job); kb0 < jobs.end_block(job); kb0 += kBlocksAtOnce) {
+      const std::int64_t now = std::min(kBlocksAtOnce, jobs.end_block(job) - kb0);
+      kernels.winograd_products_f32({packed + (grp * blocks + kb0) * u_block, v, in, tiles, v_stride, m, m_stride, now,
+                                     u_block, m_block});
+      for (std::int64_t kb = kb0; kb < kb0 + now; ++kb) {
+        const std::int64_t first = grp * per_group + kb * cpu::kFilterBlock;
+        const std::int64_t filters = std::min<std::int64_t>(cpu::kFilterBlock, per_group - kb * cpu::kFilterBlock);
+        const float* block_m = m + (kb - kb0) * m_block;
+        float block_bias[cpu::kFilterBlock] = {};
+        if (bias) std::copy(bias + first, bias + first + filters, block_bias);
+        for_each_tile_run(all, begin, end, [&](std::int64_t n, std::int64_t ty, std::int64_t tx0, std::int64_t tx1,
+                                               std::int64_t offset) {
+          float* origin = out + (n * c.out_channels + first) * out_plane + 2 * ty * c.out_w + 2 * tx0;
+          kernels.winograd_output_f32({block_m + offset * cpu::kFilterBlock, m_stride, tx1 - tx0, block_bias, relu,
+                                       origin, filters, out_plane, c.out_w, std::min<std::int64_t>(2, c.out_h - 2 * ty),
+                                       std::min(2 * tx1, c.out_w) - 2 * tx0});
+        });
+      }
     }
   });
   errors.rethrow();
