@@ -128,7 +128,8 @@ struct FilterBlockConvArgs {
 };
 using FilterBlockConv = void (*)(const FilterBlockConvArgs& args);
 
-// Its weight gradient for one image, accumulated tap by tap in pixel order:
+// Its weight gradient for one image, accumulated tap by tap in pixel order, for `blocks` blocks of
+// 16 filters (block b's grad_out and grad_weights grad_out_block and grad_weights_block floats on):
 //   grad_weights[t][k] += sum_{p,q} grad_out[p*out_w + q][k] * src[tap_offsets[t] + p*row_step + q*col_step]
 struct FilterBlockWeightGradArgs {
   const float* src;
@@ -138,6 +139,7 @@ struct FilterBlockWeightGradArgs {
   const float* grad_out;  // (out_h * out_w, 16): the block's output gradient, pixel-major
   std::int64_t out_h, out_w;
   float* grad_weights;    // (taps, 16), accumulated
+  std::int64_t blocks, grad_out_block, grad_weights_block;
 };
 using FilterBlockWeightGrad = void (*)(const FilterBlockWeightGradArgs& args);
 

@@ -181,19 +181,25 @@ void filter_block_backward_weight(const ConvGeometry& g, const float* dy, const 
     const std::int64_t kb_begin = jobs.first_block(job), kb_end = jobs.end_block(job);
     float* partial = partials + chunk * chunk_size + grp * blocks * block_size;
     std::fill(partial + kb_begin * block_size, partial + kb_end * block_size, 0.0f);
-    float* errors = cpu::workspace<float>(cpu::WorkspaceSlot::batch_out, PQ * cpu::kFilterBlock);
+    const std::int64_t errors_block = PQ * cpu::kFilterBlock;
+    float* errors = cpu::workspace<float>(cpu::WorkspaceSlot::batch_out, kBlocksAtOnce * errors_block);
     for (std::int64_t n = g.N * chunk / chunks; n < g.N * (chunk + 1) / chunks; ++n) {
       const float* planes = source.planes(c, x, n, grp);
-      for (std::int64_t kb = kb_begin; kb < kb_end; ++kb) {
-        // The block's errors, pixel-major, zero past the group's last filter.
-        const std::int64_t first_filter = n * g.K + grp * Kg + kb * cpu::kFilterBlock;
-        const std::int64_t filters = std::min<std::int64_t>(cpu::kFilterBlock, Kg - kb * cpu::kFilterBlock);
-        kernels.pixel_major_row_f32(dy + first_filter * PQ, PQ, filters, PQ, PQ, errors);
-        if (plane_sums)
-          for (std::int64_t f = 0; f < filters; ++f)
-            plane_sums[first_filter + f] = cpu::sum_elements(dy + (first_filter + f) * PQ, PQ);
-        const cpu::FilterBlockWeightGradArgs args{planes, source.tap_offsets, taps, g.stride_h * source.width,
-                                                  g.stride_w, errors, g.P, g.Q, partial + kb * block_size};
+      for (std::int64_t kb0 = kb_begin; kb0 < kb_end; kb0 += kBlocksAtOnce) {
+        const std::int64_t blocks_now = std::min(kBlocksAtOnce, kb_end - kb0);
+        for (std::int64_t kb = kb0; kb < kb0 + blocks_now; ++kb) {
+          // The block's errors, pixel-major, zero past the group's last filter.
+          const std::int64_t first_filter = n * g.K + grp * Kg + kb * cpu::kFilterBlock;
+          const std::int64_t filters = std::min<std::int64_t>(cpu::kFilterBlock, Kg - kb * cpu::kFilterBlock);
+          kernels.pixel_major_row_f32(dy + first_filter * PQ, PQ, filters, PQ, PQ, errors + (kb - kb0) * errors_block);
+          if (plane_sums)
+            for (std::int64_t f = 0; f < filters; ++f)
+              plane_sums[first_filter + f] = cpu::sum_elements(dy + (first_filter + f) * PQ, PQ);
+        }
+        const cpu::FilterBlockWeightGradArgs args{planes,     source.tap_offsets, taps,       g.stride_h * source.width,
+                                                  g.stride_w, errors,             g.P,        g.Q,
+                                                  partial + kb0 * block_size,     blocks_now, errors_block,
+                                                  block_size};
         kernels.filter_block_weight_grad_f32(args);
       }
     }
