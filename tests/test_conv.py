@@ -345,7 +345,7 @@ DEPTHWISE = {
     "wide_rows": (2, case(N=1, C=2, K=2, groups=2, spatial=(5, 75), padding=1)),
     "wide_rows_stride2": (2, case(N=1, C=2, K=2, groups=2, spatial=(6, 131), stride=2, padding=1)),
     "many_channels": (2, case(N=3, C=40, K=40, groups=40, spatial=(10, 10), padding=1)),
-    # The weight gradient sums a channel's images in chunks of as many as lay out in 32 KiB: two
+    # The weight gradient sums a channel's images in chunks of as many as lay out in 16 KiB:
     # chunks of small planes, the last one short; chunks of a few and of one large plane each.
     "chunked_small_planes": (2, case(N=100, C=2, K=2, groups=2, spatial=(7, 7), padding=1)),
     "chunked_large_planes": (2, case(N=5, C=2, K=2, groups=2, spatial=(40, 44), padding=1)),

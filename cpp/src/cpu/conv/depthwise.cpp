@@ -268,12 +268,13 @@ void depthwise_correlate(const ConvGeometry& g, const FlatPlane& layout, std::in
   errors.rethrow();
 }
 
-// Images per chunk of the weight gradient: as many as lay out in 32 KiB (a chunk's layouts are
+// Images per chunk of the weight gradient: as many as lay out in 16 KiB (a chunk's layouts are
 // written and read back at once), so that a 7x7 plane's few vectors do not each pay for adding
-// the lanes. Fixed by the problem, not by the thread count, as the sums' order must be.
+// the lanes; planes of 16 KiB and more one at a time, in memory order (56x56 planes two at a time
+// ran 4% slower). Fixed by the problem, not by the thread count, as the sums' order must be.
 std::int64_t images_per_chunk(const FlatPlane& layout, std::int64_t images) {
   const std::int64_t floats = layout.size() + (layout.compact() ? 0 : layout.rows_size());
-  return std::clamp<std::int64_t>((std::int64_t{32} << 10) / (floats * std::int64_t{sizeof(float)}), 1, images);
+  return std::clamp<std::int64_t>((std::int64_t{16} << 10) / (floats * std::int64_t{sizeof(float)}), 1, images);
 }
 
 }  // namespace
@@ -311,11 +312,12 @@ void depthwise_backward_weight(const ConvGeometry& g, const float* dy, const flo
       laid_out = zeroed(cpu::WorkspaceSlot::columns, chunk * layout.size());
       error_rows = layout.compact() ? laid_out : zeroed(cpu::WorkspaceSlot::batch_out, chunk * layout.rows_size());
     });
-    // Job c * chunks + k: channel c's images of chunk k.
+    // Job k * C + c: channel c's images of chunk k (chunk by chunk, the planes in memory order).
+    // Its sums go to partials[c * chunks + k].
 #pragma omp for schedule(static)
     for (std::int64_t job = 0; job < jobs; ++job) {
       if (!error_rows) continue;
-      const std::int64_t c = job / chunks, n = job % chunks * chunk, images = std::min(chunk, g.N - n);
+      const std::int64_t c = job % g.C, k = job / g.C, n = k * chunk, images = std::min(chunk, g.N - n);
       layout.lay_out(x + (n * g.C + c) * HW, g.C * HW, images, laid_out);
       const float* grad = dy + (n * g.C + c) * PQ;
       std::int64_t grad_plane = g.C * PQ;
@@ -325,7 +327,8 @@ void depthwise_backward_weight(const ConvGeometry& g, const float* dy, const flo
         grad_plane = layout.rows_size();
       }
       kernels.depthwise_weight_grad_f32({laid_out, layout.size(), taps, grad, grad_plane, layout.count(), images,
-                                         partials + job * tap_count, chunk_sums ? chunk_sums + job : nullptr});
+                                         partials + (c * chunks + k) * tap_count,
+                                         chunk_sums ? chunk_sums + c * chunks + k : nullptr});
     }
     // After a failed allocation (and the barrier above) every thread skips the sums, which would
     // read partials no thread wrote.
