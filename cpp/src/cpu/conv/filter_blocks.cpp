@@ -15,10 +15,6 @@ bool use_filter_blocks(const Correlation& c) { return c.out_per_group() >= cpu::
 
 namespace {
 
-// Blocks of filters a job hands the kernel at once where the source fits L2: two, which the
-// AVX-512 kernel sums together, a broadcast source value per two multiply-adds.
-constexpr std::int64_t kBlocksAtOnce = 2;
-
 // Short rows fill the kernel's blocks of pixels badly (7 -> 4 + 3, each block a weight load and a
 // tap loop for few multiply-adds). At stride 1 a plane can be computed as one long row over the
 // source's rows, the source_width - out_w columns past each output row's end computed and dropped:

@@ -9,6 +9,11 @@
 
 namespace juanji::cpu::conv {
 
+// Blocks of filters a job hands the filter-block and Winograd-product kernels at once (where the
+// filter-block source fits L2): two, which the AVX-512 kernels sum together, a broadcast source
+// value per two multiply-adds.
+constexpr std::int64_t kBlocksAtOnce = 2;
+
 // Weights as (group, block, block_size floats), zero past a group's last filter. fill(grp, kb, out)
 // writes one block, every float of it for the filters the block has, e.g. out[t * 16 + k] for tap
 // t of filter kb * 16 + k of the group (a block short of filters is zeroed first; a full one is

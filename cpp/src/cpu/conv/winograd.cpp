@@ -203,8 +203,7 @@ void winograd_correlate(const Correlation& c, const float* src, const float* pac
     float* rows = v + 16 * v_stride;
     std::fill(rows, rows + max_rows * all.width, 0.0f);
     for (std::int64_t ch = 0; ch < in; ++ch) winograd_input_chunk(c, all, src, grp, ch, begin, end, rows, v, tiles, v_stride);
-    // Two blocks of filters' products at a time (the AVX-512 kernel sums them together).
-    constexpr std::int64_t kBlocksAtOnce = 2;
+    // kBlocksAtOnce blocks of filters' products at a time.
     const std::int64_t m_block = 16 * m_stride, u_block = 16 * in * cpu::kFilterBlock;
     float* m = cpu::workspace<float>(cpu::WorkspaceSlot::batch_out, kBlocksAtOnce * m_block);
     for (std::int64_t kb0 = jobs.first_block(job); kb0 < jobs.end_block(job); kb0 += kBlocksAtOnce) {
