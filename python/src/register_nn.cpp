@@ -220,6 +220,8 @@ void register_nn(py::module_& m) {
            },
            "train(False).")
       .def_property_readonly("training", &Layer::training)
+      .def_property_readonly("frozen", &Layer::frozen,
+                             "Whether the layer belongs to a frozen model (Sequential.freeze()): inference only.")
       .def("set_precision",
            [](py::object self, const std::string& precision) {
              self.cast<Layer&>().set_precision(nn::precision_from_name(precision));
@@ -426,6 +428,13 @@ void register_nn(py::module_& m) {
            "to('cpu'|'cuda'|'cuda:N') moves every parameter and gradient (the optimizer's state "
            "follows on its next step); to('float64') casts them. Returns the model.")
       .def_property_readonly("device", [](const nn::Sequential& s) { return s.device().str(); })
+      .def("freeze", [](const nn::Sequential& s) { return without_gil([&] { return s.freeze(); }); },
+           "A copy of the model for inference, as torch.jit.freeze or an onnxruntime session makes: its own "
+           "read-only copies of the parameters (no gradients), in eval mode, refusing training, backward, to() "
+           "and load_state_dict with ValueError. The model itself is unchanged, and later changes to it do not "
+           "reach the copy. Its convolutions lay their weights out for their kernels once, at the first call, "
+           "instead of on every call (a fifth of a ResNet-50's time at batch 1); its outputs are the model's "
+           "eval-mode outputs, bit for bit.")
       .def("train_step",
            [](nn::Sequential& s, py::handle x, py::handle target, nn::Loss& loss, optim::Optimizer& opt) {
              const Tensor xt = tensor_arg(x, "x");

@@ -11,10 +11,13 @@
 
 namespace juanji::cpu {
 
-void conv_forward(const ConvGeometry& g, const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& y);
+// packs (or null) serves w: the algorithms that lay the weights out keep their layouts in it.
+void conv_forward(const ConvGeometry& g, const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& y,
+                  PackedWeights* packs);
 // conv_forward with ReLU applied as each output is stored; false, having computed nothing, where
 // the algorithm chosen cannot (GEMM, float64).
-bool conv_forward_relu(const ConvGeometry& g, const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& y);
+bool conv_forward_relu(const ConvGeometry& g, const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& y,
+                       PackedWeights* packs);
 void conv_backward_data(const ConvGeometry& g, const Tensor& grad_y, const Tensor& w, Tensor& grad_x);
 // grad_b may be undefined (not wanted).
 void conv_backward_weight(const ConvGeometry& g, const Tensor& grad_y, const Tensor& x, Tensor& grad_w,

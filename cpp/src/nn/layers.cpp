@@ -110,7 +110,19 @@ void Layer::zero_grad() {
     if (p->trainable()) p->grad.zero_();
 }
 
+void Layer::train(bool mode) {
+  check(!mode || !frozen(), type(), ".train: a frozen model is for inference only (freeze() made it from a model "
+        "that trains)");
+  training_.store(mode);
+}
+
+void Layer::check_not_frozen(const char* call) const {
+  check(!frozen(), call, ": the model is frozen (for inference only, its parameters read-only); change the model "
+        "freeze() was called on and freeze it again");
+}
+
 void Layer::to(DType dtype) {
+  check_not_frozen("to");
   check_type(dtype == DType::float32 || dtype == DType::float64, type(), ".to: parameters are float32 or float64, got ",
              dtype_name(dtype), dtype == DType::bfloat16 ? "; for bfloat16 compute, set_precision('bf16')" : "");
   for (auto& p : parameters_) {
@@ -119,7 +131,10 @@ void Layer::to(DType dtype) {
   }
 }
 
-void Layer::to(Device device) { move_parameters(parameters_, device); }
+void Layer::to(Device device) {
+  check_not_frozen("to");
+  move_parameters(parameters_, device);
+}
 
 void Layer::name_parameters(const std::string& prefix) {
   for (auto& p : parameters_) p->name = prefix + p->local_name;
@@ -237,6 +252,7 @@ void Layer::release_gradient(const Tensor& gradient, const Tensor& passed) {
 }
 
 void Layer::check_grad_output(const Tensor& grad_y, const Tensor& output) const {
+  check(!frozen(), type(), ".backward: a frozen model is for inference only (it has no gradients)");
   check(output.defined(), type(), ".backward: there is no forward to go back through (call forward first; a "
         "training step's backward has used up what its forward kept)");
   check_defined(grad_y, "grad_out");
@@ -323,7 +339,8 @@ void Conv::prepare_forward(const Tensor& x) {
 
 const Tensor& Conv::forward(const Tensor& x, bool) {
   prepare_forward(x);
-  conv_forward(geometry_, input_, rounded_.weight(*weight_), bias_ ? bias_->value : Tensor(), output_);
+  conv_forward(geometry_, input_, rounded_.weight(*weight_), bias_ ? bias_->value : Tensor(), output_,
+               weight_->packs.get());
   rounded_.round(output_);
   return output_;
 }
@@ -751,6 +768,8 @@ Shape BatchNorm2d::output_shape(const Shape& input) const {
 double BatchNorm2d::flops(const Shape& input) const { return 2.0 * static_cast<double>(checked_numel(input)); }
 
 void BatchNorm2d::prepare_forward(const Tensor& x, bool training) {
+  check(!training || !frozen(), type(), ".forward: a frozen model is for inference only (a training-mode forward "
+        "would update its running statistics)");
   check_input(x, *gamma_, type());
   output_shape(x.shape());
   last_training_ = training;

@@ -208,7 +208,7 @@ struct StageAccess {
     conv.prepare_forward(x);
     if (!conv_forward_activation(conv.geometry_, conv.input_, conv.rounded_.weight(*conv.weight_),
                                  conv.bias_ ? conv.bias_->value : Tensor(), conv.output_, activation.kind(),
-                                 activation.negative_slope()))
+                                 activation.negative_slope(), conv.weight_->packs.get()))
       return false;
     conv.rounded_.round(conv.output_);  // rounding keeps signs: ReLU(round(y)) = round(ReLU(y))
     return true;

@@ -123,6 +123,7 @@ std::vector<Shape> Sequential::child_input_shapes(const Shape& input) const {
 
 void Sequential::to(Device device) {
   const Lock lock(*this);
+  check_not_frozen("to");
   move_parameters(parameters(), device);
   device_ = device;
 }
@@ -168,6 +169,8 @@ const Tensor& Sequential::forward(const Tensor& x, bool training) {
 }
 
 const Tensor& Sequential::run_forward(const Tensor& x, bool training) {
+  check(!training || !frozen(), "Sequential.forward: a frozen model is for inference only (training must be "
+        "false)");
   check_input(x);
   const Tensor& input = owner() ? x : on_model_device(x, input_staging_);
   return plan(input.device()).forward(input, training);
@@ -236,9 +239,32 @@ void copy_precisions(const Layer& source, Layer& replica) {
 void Sequential::share_state_with(Sequential& replica) const {
   const auto& source = parameters();
   const auto& copies = replica.parameters();
-  for (std::size_t i = 0; i < copies.size(); ++i) copies[i]->value = source[i]->value;
+  for (std::size_t i = 0; i < copies.size(); ++i) {
+    copies[i]->value = source[i]->value;
+    copies[i]->packs = source[i]->packs;
+  }
   replica.device_ = device_;
   copy_precisions(*this, replica);
+}
+
+std::shared_ptr<Sequential> Sequential::freeze() const {
+  const Lock lock(*this);
+  auto copy = std::static_pointer_cast<Sequential>(replicate());
+  check(copy != nullptr, "freeze: a layer of the model has no copy for inference (a layer written in Python)");
+  const auto& source = parameters();
+  const auto& copies = copy->parameters();
+  for (std::size_t i = 0; i < copies.size(); ++i) {
+    Tensor value = source[i]->value.clone();
+    value.storage()->read_only = true;
+    copies[i]->value = value;
+    copies[i]->grad = Tensor();
+    copies[i]->packs = std::make_shared<PackedWeights>(value);
+  }
+  copy->device_ = device_;
+  copy_precisions(*this, *copy);
+  copy->eval();
+  for (const auto& layer : layers_within(copy)) layer->frozen_ = true;
+  return copy;
 }
 
 Tensor Sequential::infer(const Tensor& x) {
@@ -253,7 +279,10 @@ Tensor Sequential::infer(const Tensor& x) {
         Sequential& model;
         std::shared_ptr<Sequential> replica;
         ~Lease() {
-          for (const auto& p : replica->parameters()) p->value = Tensor();
+          for (const auto& p : replica->parameters()) {
+            p->value = Tensor();
+            p->packs = nullptr;
+          }
           const std::lock_guard<std::mutex> guard(model.replicas_->mutex);
           model.replicas_->idle.push_back(std::move(replica));
         }
@@ -340,6 +369,7 @@ std::pair<std::string, std::string> first_difference(const std::string& a, const
 
 void Sequential::distribute(std::int64_t bucket_bytes) {
   const Lock lock(*this);
+  check_not_frozen("distribute");
   check(bucket_bytes > 0, "distribute: bucket_bytes must be positive, got ", bucket_bytes);
   check(device_.is_cpu(), "distribute: the model must be on the CPU, it is on ", device_.str());
   const auto& all = parameters();

@@ -380,6 +380,7 @@ std::string quoted_list(const std::vector<std::string>& names) {
 
 StateDictReport load_state_dict(Layer& layer, const std::vector<NamedTensor>& tensors, bool strict) {
   const Layer::Lock lock(layer);
+  layer.check_not_frozen("load_state_dict");
   std::map<std::string_view, const Tensor*> given;
   for (const auto& named : tensors)
     if (!is_batch_counter(named.name)) given.emplace(named.name, &named.tensor);

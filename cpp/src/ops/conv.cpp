@@ -181,16 +181,27 @@ void fill_with_bias(const ConvGeometry& g, const Tensor& bias, Tensor& y) {
 
 }  // namespace
 
-void conv_forward(const ConvGeometry& g, const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& y) {
+namespace {
+
+// packs where it serves w, else null: the kernels then pack w anew.
+PackedWeights* packs_for(PackedWeights* packs, const Tensor& w) {
+  return packs && packs->serves(w) ? packs : nullptr;
+}
+
+}  // namespace
+
+void conv_forward(const ConvGeometry& g, const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& y,
+                  PackedWeights* packs) {
   if (has_no_terms(g)) return fill_with_bias(g, bias, y);
 #if JUANJI_WITH_CUDA
   if (x.device().is_cuda()) return cuda::conv_forward(g, x, w, bias, y);
 #endif
-  cpu::conv_forward(g, x, w, bias, y);
+  cpu::conv_forward(g, x, w, bias, y, packs_for(packs, w));
 }
 
 bool conv_forward_activation(const ConvGeometry& g, const Tensor& x, const Tensor& w,
-                             const Tensor& bias, Tensor& y, Activation kind, double negative_slope) {
+                             const Tensor& bias, Tensor& y, Activation kind, double negative_slope,
+                             PackedWeights* packs) {
 #if JUANJI_WITH_CUDA
   if (x.device().is_cuda()) {
     cuda::conv_forward(g, x, w, bias, y, {true, kind, negative_slope});
@@ -199,7 +210,7 @@ bool conv_forward_activation(const ConvGeometry& g, const Tensor& x, const Tenso
 #endif
   (void)negative_slope;
   if (kind != Activation::relu || has_no_terms(g)) return false;
-  return cpu::conv_forward_relu(g, x, w, bias, y);
+  return cpu::conv_forward_relu(g, x, w, bias, y, packs_for(packs, w));
 }
 
 void conv_backward_data(const ConvGeometry& g, const Tensor& grad_y, const Tensor& w, Tensor& grad_x) {

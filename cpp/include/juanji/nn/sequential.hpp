@@ -119,6 +119,14 @@ class Sequential : public Container {
   Tensor infer(const Tensor& x);
   // A Sequential of the layers' replicas; null where one has none.
   std::shared_ptr<Layer> replicate() const override;
+  // A copy of the model for inference, as torch.jit.freeze and an onnxruntime session make: its
+  // own copies of the parameters' values (read-only, no gradients), in eval mode, frozen (see
+  // Layer::frozen); the model itself stays as it was, and later changes to it do not reach the
+  // copy. Its convolutions keep the layouts their kernels make of the weights (PackedWeights)
+  // from the first call on, instead of making them on every call. Its output is the model's
+  // eval-mode output, bit for bit. std::invalid_argument where a layer has no copy (a Python
+  // layer).
+  std::shared_ptr<Sequential> freeze() const;
   // Every layer's output for x in eval mode (copies), for feature-map pictures.
   std::vector<Tensor> activations(const Tensor& x);
   double train_step(const Tensor& x, const Tensor& target, Loss& loss, optim::Optimizer& optimizer);

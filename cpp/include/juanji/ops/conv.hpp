@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "juanji/ops/dense.hpp"
+#include "juanji/ops/packed_weights.hpp"
 #include "juanji/tensor.hpp"
 
 namespace juanji {
@@ -61,15 +62,17 @@ ConvGrads conv1d_backward(const Tensor& grad_out, const Tensor& x, const Tensor&
                           const ConvOptions& options);
 
 // Kernel API for layers: contiguous tensors of one dtype, outputs preallocated and overwritten.
-// bias may be undefined (no bias); grad_b may be undefined (not wanted).
+// bias may be undefined (no bias); grad_b may be undefined (not wanted). packs (or null) keeps the
+// CPU's layouts of w from call to call where it serves w (see PackedWeights).
 void conv_forward(const ConvGeometry& g, const Tensor& x, const Tensor& w, const Tensor& bias,
-                  Tensor& y);
+                  Tensor& y, PackedWeights* packs = nullptr);
 // conv_forward with the activation applied as each output is stored, where a kernel for this
 // problem can (CUDA: every activation; the CPU: ReLU, v < 0 ? 0 : v as the activation op, in
 // float32 on every algorithm but GEMM); returns false, having computed nothing, where none can.
 // The caller keeps only activations whose backward works from the output (see ActivationLayer).
 bool conv_forward_activation(const ConvGeometry& g, const Tensor& x, const Tensor& w,
-                             const Tensor& bias, Tensor& y, Activation kind, double negative_slope);
+                             const Tensor& bias, Tensor& y, Activation kind, double negative_slope,
+                             PackedWeights* packs = nullptr);
 void conv_backward_data(const ConvGeometry& g, const Tensor& grad_y, const Tensor& w, Tensor& grad_x);
 
 // The CPU's algorithms for each pass, in order of preference (direct, Winograd, filter blocks,

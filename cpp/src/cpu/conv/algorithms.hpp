@@ -62,15 +62,18 @@ void direct_backward_weight(const ConvGeometry& g, const float* dy, const float*
 
 // ---- Filter blocks (filter_blocks.cpp): 8+ filters per group ----
 bool use_filter_blocks(const Correlation& c);
+// packs (or null) keeps the weights' layout from call to call.
 void filter_block_forward(const ConvGeometry& g, const float* x, const float* w, const float* bias, float* y,
-                          bool relu);
+                          bool relu, PackedWeights* packs);
 void filter_block_backward_data(const ConvGeometry& g, const float* dy, const float* w, float* dx);
 void filter_block_backward_weight(const ConvGeometry& g, const float* dy, const float* x, float* dw,
                                   float* db);
 
 // ---- Winograd F(2x2, 3x3) (winograd.cpp): stride-1 undilated 3x3, 16+ channels ----
 bool use_winograd(const Correlation& c);
-void winograd_forward(const ConvGeometry& g, const float* x, const float* w, const float* bias, float* y, bool relu);
+// packs (or null) keeps the transformed filters from call to call.
+void winograd_forward(const ConvGeometry& g, const float* x, const float* w, const float* bias, float* y, bool relu,
+                      PackedWeights* packs);
 void winograd_backward_data(const ConvGeometry& g, const float* dy, const float* w, float* dx);
 void winograd_backward_weight(const ConvGeometry& g, const float* dy, const float* x, float* dw, float* db);
 

@@ -113,7 +113,7 @@ void filter_block_correlate(const Correlation& c, const float* src, const float*
 }  // namespace
 
 void filter_block_forward(const ConvGeometry& g, const float* x, const float* w, const float* bias, float* y,
-                          bool relu) {
+                          bool relu, PackedWeights* packs) {
   const Correlation c = forward_correlation(g);
   const std::int64_t taps = c.taps(), Kg = c.out_per_group();
   // Written tap by tap, each tap's 16 floats one after another: filter by filter, each write fell
@@ -123,7 +123,7 @@ void filter_block_forward(const ConvGeometry& g, const float* x, const float* w,
     const float* first = w + (grp * Kg + kb * cpu::kFilterBlock) * taps;
     for (std::int64_t t = 0; t < taps; ++t)
       for (std::int64_t k = 0; k < filters; ++k) out[t * cpu::kFilterBlock + k] = first[k * taps + t];
-  });
+  }, packs, "filter_blocks");
   filter_block_correlate(c, x, packed, bias, y, relu);
 }
 

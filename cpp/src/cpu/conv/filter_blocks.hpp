@@ -17,17 +17,24 @@ constexpr std::int64_t kBlocksAtOnce = 2;
 // Weights as (group, block, block_size floats), zero past a group's last filter. fill(grp, kb, out)
 // writes one block, every float of it for the filters the block has, e.g. out[t * 16 + k] for tap
 // t of filter kb * 16 + k of the group (a block short of filters is zeroed first; a full one is
-// not, since zeroing 512x512x3x3 weights took a tenth of the layer's time at batch 1).
+// not, since zeroing 512x512x3x3 weights took a tenth of the layer's time at batch 1). Into the
+// calling thread's workspace, or with packs into its layout `layout`, written at the first call
+// only.
 template <class Fill>
-const float* pack_filter_blocks(const Correlation& c, std::int64_t block_size, Fill fill) {
+const float* pack_filter_blocks(const Correlation& c, std::int64_t block_size, Fill fill, PackedWeights* packs = nullptr,
+                                const char* layout = nullptr) {
   const std::int64_t blocks = c.blocks(), jobs = c.groups * blocks, per_group = c.out_per_group();
-  float* packed = cpu::workspace<float>(cpu::WorkspaceSlot::gemm_a, jobs * block_size);
+  const auto pack_into = [&](float* packed) {
 #pragma omp parallel for num_threads(::juanji::team_size()) schedule(static) if (jobs > 1 && jobs * block_size >= cpu::kParallelGrain)
-  for (std::int64_t job = 0; job < jobs; ++job) {
-    float* out = packed + job * block_size;
-    if ((job % blocks + 1) * cpu::kFilterBlock > per_group) std::fill(out, out + block_size, 0.0f);
-    fill(job / blocks, job % blocks, out);
-  }
+    for (std::int64_t job = 0; job < jobs; ++job) {
+      float* out = packed + job * block_size;
+      if ((job % blocks + 1) * cpu::kFilterBlock > per_group) std::fill(out, out + block_size, 0.0f);
+      fill(job / blocks, job % blocks, out);
+    }
+  };
+  if (packs) return packs->get(layout, jobs * block_size, pack_into);
+  float* packed = cpu::workspace<float>(cpu::WorkspaceSlot::gemm_a, jobs * block_size);
+  pack_into(packed);
   return packed;
 }
 

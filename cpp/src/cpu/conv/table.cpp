@@ -97,7 +97,9 @@ struct ForwardAlgorithm {
   const char* name;
   Refusal (*refusal)(const ConvProblem&);
   Refusal (*passed_over)(const ConvProblem&);  // by the default choice, though it takes the problem; null: never
-  void (*run_f32)(const ConvGeometry&, const float* x, const float* w, const float* bias, float* y, bool relu);
+  // packs (or null): where the algorithms that lay the weights out keep their layouts
+  void (*run_f32)(const ConvGeometry&, const float* x, const float* w, const float* bias, float* y, bool relu,
+                  PackedWeights* packs);
   void (*run_f64)(const ConvGeometry&, const double* x, const double* w, const double* bias, double* y);
   bool applies_relu;  // whether run_f32 applies the ReLU it is asked for as it stores
 };
@@ -105,10 +107,14 @@ struct ForwardAlgorithm {
 const std::array<ForwardAlgorithm, 6> kForwardAlgorithms{{
     {"depthwise",
      refuses_depthwise, nullptr,
-     depthwise_forward, nullptr, true},
+     [](const ConvGeometry& g, const float* x, const float* w, const float* bias, float* y, bool relu,
+        PackedWeights*) { depthwise_forward(g, x, w, bias, y, relu); },
+     nullptr, true},
     {"direct",
      refuses_direct, nullptr,
-     direct_forward, nullptr, true},
+     [](const ConvGeometry& g, const float* x, const float* w, const float* bias, float* y, bool relu,
+        PackedWeights*) { direct_forward(g, x, w, bias, y, relu); },
+     nullptr, true},
     {"winograd",
      refuses_winograd, passes_over_winograd,
      winograd_forward, nullptr, true},
@@ -116,17 +122,15 @@ const std::array<ForwardAlgorithm, 6> kForwardAlgorithms{{
      refuses_filter_blocks, passes_over_filter_blocks,
      filter_block_forward, nullptr, true},
     {"gemm", takes_every_problem, nullptr,
-     [](const ConvGeometry& g, const float* x, const float* w, const float* bias, float* y, bool relu) {
-       gemm_forward(g, x, w, bias, y, relu);
-     },
+     [](const ConvGeometry& g, const float* x, const float* w, const float* bias, float* y, bool relu,
+        PackedWeights*) { gemm_forward(g, x, w, bias, y, relu); },
      [](const ConvGeometry& g, const double* x, const double* w, const double* bias, double* y) {
        gemm_forward(g, x, w, bias, y);
      },
      true},
     {"reference", takes_every_problem, nullptr,
-     [](const ConvGeometry& g, const float* x, const float* w, const float* bias, float* y, bool) {
-       ref::conv_forward(g, x, w, bias, y);
-     },
+     [](const ConvGeometry& g, const float* x, const float* w, const float* bias, float* y, bool,
+        PackedWeights*) { ref::conv_forward(g, x, w, bias, y); },
      ref::conv_forward<double>, false},
 }};
 
@@ -305,20 +309,22 @@ using conv::kDataGradAlgorithms;
 using conv::kForwardAlgorithms;
 using conv::kWeightGradAlgorithms;
 
-void conv_forward(const ConvGeometry& g, const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& y) {
+void conv_forward(const ConvGeometry& g, const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& y,
+                  PackedWeights* packs) {
   const auto& algorithm = choose(kForwardAlgorithms, {g, x.dtype(), nullptr}, ConvPass::forward, true);
   if (x.dtype() == DType::float32)
-    algorithm.run_f32(g, x.data<float>(), w.data<float>(), data_or_null<float>(bias), y.data<float>(), false);
+    algorithm.run_f32(g, x.data<float>(), w.data<float>(), data_or_null<float>(bias), y.data<float>(), false, packs);
   else
     algorithm.run_f64(g, x.data<double>(), w.data<double>(), data_or_null<double>(bias), y.data<double>());
 }
 
-bool conv_forward_relu(const ConvGeometry& g, const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& y) {
+bool conv_forward_relu(const ConvGeometry& g, const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& y,
+                       PackedWeights* packs) {
   if (x.dtype() != DType::float32) return false;
   // The same choice as conv_forward's.
   const auto& algorithm = choose(kForwardAlgorithms, {g, x.dtype(), nullptr}, ConvPass::forward, true);
   if (!algorithm.applies_relu) return false;
-  algorithm.run_f32(g, x.data<float>(), w.data<float>(), data_or_null<float>(bias), y.data<float>(), true);
+  algorithm.run_f32(g, x.data<float>(), w.data<float>(), data_or_null<float>(bias), y.data<float>(), true, packs);
   return true;
 }
 

@@ -31,9 +31,10 @@ bool use_winograd(const Correlation& c) {
 namespace {
 
 // Transformed filters as (group, block, e, channel, 16 filters): u[e][c][k] = (G g G^T)[e / 4][e % 4]
-// for the 3x3 kernel g = kernel(grp, filter, channel), rotated by 180 degrees if asked.
+// for the 3x3 kernel g = kernel(grp, filter, channel), rotated by 180 degrees if asked; kept in
+// packs where given.
 template <class Kernel>
-const float* pack_winograd_filters(const Correlation& c, bool rotate, Kernel kernel) {
+const float* pack_winograd_filters(const Correlation& c, bool rotate, Kernel kernel, PackedWeights* packs = nullptr) {
   const std::int64_t in = c.in_per_group(), per_group = c.out_per_group();
   return pack_filter_blocks(c, 16 * in * cpu::kFilterBlock, [&](std::int64_t grp, std::int64_t kb, float* out) {
     const std::int64_t filters = std::min<std::int64_t>(cpu::kFilterBlock, per_group - kb * cpu::kFilterBlock);
@@ -58,7 +59,7 @@ const float* pack_winograd_filters(const Correlation& c, bool rotate, Kernel ker
       }
       for (int e = 0; e < 16; ++e) std::copy(u[e], u[e] + cpu::kFilterBlock, out + (e * in + ch) * cpu::kFilterBlock);
     }
-  });
+  }, packs, "winograd");
 }
 
 // The tiles of a correlation's output, numbered image by image, row by row.
@@ -231,12 +232,13 @@ void winograd_correlate(const Correlation& c, const float* src, const float* pac
 
 }  // namespace
 
-void winograd_forward(const ConvGeometry& g, const float* x, const float* w, const float* bias, float* y, bool relu) {
+void winograd_forward(const ConvGeometry& g, const float* x, const float* w, const float* bias, float* y, bool relu,
+                      PackedWeights* packs) {
   const Correlation c = forward_correlation(g);
   const std::int64_t Cg = c.in_per_group(), Kg = c.out_per_group();
   const float* packed = pack_winograd_filters(c, false, [&](std::int64_t grp, std::int64_t k, std::int64_t ch) {
     return w + ((grp * Kg + k) * Cg + ch) * 9;
-  });
+  }, packs);
   winograd_correlate(c, x, packed, bias, y, relu);
 }
 
