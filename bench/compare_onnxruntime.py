@@ -1,13 +1,16 @@
 """ImageNet-size networks exported from torch (random weights), imported with juanji.import_onnx and
 timed side by side with onnxruntime's CPU provider in one run, both with the same thread count,
-at batch 1 and 8 (medians of alternating rounds).
+at batch 1 and 8 (medians of alternating rounds). juanji runs twice: the imported model as it comes,
+and its frozen copy (model.freeze(), which, as onnxruntime does when it makes a session, lays the
+weights out for its kernels once instead of on every call).
 
     python bench/compare_onnxruntime.py [--threads 2] [--repeat 6] [--rounds 2] [--batches 1,8]
                                         [--only resnet18,resnet50,vgg11,squeezenet] [--markdown out.md]
 
 Needs torch (to write the ONNX files; a benchmark peer only: pip install torch==2.13.0), onnx and
 onnxruntime (pip install '.[onnx]' onnxruntime). Each network is checked first: juanji's outputs
-must match onnxruntime's (the largest difference is printed).
+must match onnxruntime's (the largest difference is printed), and the frozen copy's the model's,
+bit for bit.
 """
 
 from __future__ import annotations
@@ -157,30 +160,36 @@ def main() -> None:
             path = os.path.join(tmp, f"{name}.onnx")
             export(torch, networks(torch)[name](), path)
             model = juanji.import_onnx(path)
+            frozen = model.freeze()
             session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
             for batch in batches:
                 x = rng.standard_normal((batch, 3, 224, 224)).astype(np.float32)
                 ours, theirs = np.asarray(model(x)), session.run(None, {"input": x})[0]
+                if not np.array_equal(np.asarray(frozen(x)), ours):
+                    raise SystemExit(f"{name}: the frozen copy's outputs differ from the model's")
                 difference = float(np.max(np.abs(ours - theirs)))
                 scale = float(np.max(np.abs(theirs)))
-                model(x), session.run(None, {"input": x})  # warm-up
-                times_j, times_o = [], []
+                model(x), frozen(x), session.run(None, {"input": x})  # warm-up
+                times_j, times_f, times_o = [], [], []
                 for _ in range(args.rounds):
                     times_j += seconds(lambda m=model, x=x: m(x), per_round)
+                    times_f += seconds(lambda m=frozen, x=x: m(x), per_round)
                     times_o += seconds(lambda s=session, x=x: s.run(None, {"input": x}), per_round)
-                j, o = statistics.median(times_j), statistics.median(times_o)
-                rows.append((name, batch, 1e3 * j, 1e3 * o, o / j, difference, scale))
-                print(f"{name:<11} batch {batch}: juanji {1e3 * j:8.1f} ms, onnxruntime {1e3 * o:8.1f} ms, "
-                      f"speed {o / j:.2f}x, max |difference| {difference:.1e} (outputs up to {scale:.1f})",
-                      flush=True)
+                j, f, o = (statistics.median(t) for t in (times_j, times_f, times_o))
+                rows.append((name, batch, 1e3 * j, 1e3 * f, 1e3 * o, difference))
+                print(f"{name:<11} batch {batch}: juanji {1e3 * j:8.1f} ms, frozen {1e3 * f:8.1f} ms, onnxruntime "
+                      f"{1e3 * o:8.1f} ms, speed {o / j:.2f}x, frozen {o / f:.2f}x, max |difference| "
+                      f"{difference:.1e} (outputs up to {scale:.1f})", flush=True)
 
     header = (f"{platform.processor() or platform.machine()}, {args.threads} threads each: juanji "
               f"{juanji.__version__} ({juanji.simd_level()}), onnxruntime {ort.__version__}, torch "
               f"{torch.__version__} (export only); median of {per_round * args.rounds} calls each, in "
               f"{args.rounds} alternating rounds")
-    lines = [header, "", "| network | batch | juanji ms | onnxruntime ms | juanji speed | max abs diff |",
-             "|---|---:|---:|---:|---:|---:|"]
-    lines += [f"| {n} | {b} | {j:.1f} | {o:.1f} | {s:.2f}x | {d:.1e} |" for n, b, j, o, s, d, _ in rows]
+    lines = [header, "",
+             "| network | batch | juanji ms | frozen ms | onnxruntime ms | speed | frozen speed | max abs diff |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {n} | {b} | {j:.1f} | {f:.1f} | {o:.1f} | {o / j:.2f}x | {o / f:.2f}x | {d:.1e} |"
+              for n, b, j, f, o, d in rows]
     print("\n".join(lines))
     if args.markdown:
         with open(args.markdown, "w", encoding="utf-8") as f:
