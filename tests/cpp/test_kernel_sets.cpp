@@ -458,7 +458,7 @@ void test_filter_block_conv(const Level& level, Data& data) {
           level.set.filter_block_conv_f32({src.data(), layout.tap_offsets.data(), taps, layout.row_step,
                                            layout.col_step, weights.data(), blocks,
                                            with_bias ? bias.data() : nullptr, out.got.data(), out_channels, out_h,
-                                           out_w, relu});
+                                           out_w, relu, weights.data(), blocks});
           expect_close(describe(level,
                                 "filter_block_conv K=%ld C=%ld %ldx%ld stride %ld dil %ld out %ldx%ld bias=%d relu=%d",
                                 out_channels, f.C, f.R, f.S, stride, dil, out_h, out_w, with_bias, relu),
@@ -928,35 +928,44 @@ void test_pixel_major_row(const Level& level, Data& data) {
       }
 }
 
+// One to three blocks (a pair, then one alone) with their z and du apart by a gap.
 void test_winograd_weight_products(const Level& level, Data& data) {
   int variant = 0;
-  for (I channels = 1; channels <= 25; ++channels)
-    for (I tiles : {1, 3, 17})
-      for (Values values : kBothValues) {
-        ++variant;
-        const bool accumulate = variant % 2 == 0;
-        const I v_row = tiles + 2 * (variant % 3 == 0);
-        const auto z = data.make(tiles * 16, values);
-        std::vector<float> v = data.make(channels * v_row, values);
-        for (I c = 0; c < channels; ++c) std::fill(v.begin() + c * v_row + tiles, v.begin() + (c + 1) * v_row, kNaN);
-        const auto start = data.make(channels * 16, values);
-        Output du(channels * 16);
-        std::copy(start.begin(), start.end(), du.got.begin());
-        for (I c = 0; c < channels; ++c)
-          for (I k = 0; k < 16; ++k) {
-            double sum = 0, size = accumulate ? std::fabs(start[c * 16 + k]) : 0.0;
-            for (I t = 0; t < tiles; ++t) {
-              const double product = double(z[t * 16 + k]) * v[c * v_row + t];
-              sum += product;
-              size += std::fabs(product);
-            }
-            du.must_hold(c * 16 + k, (accumulate ? start[c * 16 + k] : 0.0) + sum, size);
+  for (I blocks = 1; blocks <= 3; ++blocks)
+    for (I channels = 1; channels <= 25; ++channels)
+      for (I tiles : {1, 3, 17})
+        for (Values values : kBothValues) {
+          ++variant;
+          const bool accumulate = variant % 2 == 0;
+          const I v_row = tiles + 2 * (variant % 3 == 0);
+          const I z_block = tiles * 16 + 5, du_block = channels * 16 + 7;
+          const auto z = data.make(blocks * z_block, values);
+          std::vector<float> v = data.make(channels * v_row, values);
+          for (I c = 0; c < channels; ++c) std::fill(v.begin() + c * v_row + tiles, v.begin() + (c + 1) * v_row, kNaN);
+          const auto start = data.make(blocks * du_block, values);
+          Output du(blocks * du_block);
+          std::copy(start.begin(), start.end(), du.got.begin());
+          for (I b = 0; b < blocks; ++b) {
+            // The gaps between the blocks' gradients keep their values.
+            for (I i = channels * 16; i < du_block; ++i) du.must_hold(b * du_block + i, start[b * du_block + i], 0.0);
+            for (I c = 0; c < channels; ++c)
+              for (I k = 0; k < 16; ++k) {
+                const I at = b * du_block + c * 16 + k;
+                double sum = 0, size = accumulate ? std::fabs(start[at]) : 0.0;
+                for (I t = 0; t < tiles; ++t) {
+                  const double product = double(z[b * z_block + t * 16 + k]) * v[c * v_row + t];
+                  sum += product;
+                  size += std::fabs(product);
+                }
+                du.must_hold(at, (accumulate ? start[at] : 0.0) + sum, size);
+              }
           }
-        level.set.winograd_weight_products_f32({z.data(), v.data(), tiles, v_row, channels, du.got.data(), accumulate});
-        expect_close(describe(level, "winograd_weight_products channels=%ld tiles=%ld v_row=%ld accumulate=%d",
-                              channels, tiles, v_row, accumulate),
-                     du.got, du.want, du.magnitude, values, kFloatTolerance);
-      }
+          level.set.winograd_weight_products_f32({z.data(), v.data(), tiles, v_row, channels, du.got.data(), accumulate,
+                                                  blocks, z_block, du_block});
+          expect_close(describe(level, "winograd_weight_products blocks=%ld channels=%ld tiles=%ld v_row=%ld accumulate=%d",
+                                blocks, channels, tiles, v_row, accumulate),
+                       du.got, du.want, du.magnitude, values, kFloatTolerance);
+        }
 }
 
 // ---- Pooling ------------------------------------------------------------------------------

@@ -125,6 +125,8 @@ struct FilterBlockConvArgs {
   float* out;                       // (out_channels, out_h, out_w): the first block's first filter
   std::int64_t out_channels, out_h, out_w;  // out_channels <= 16 * blocks: the filters of these blocks
   bool relu;                                // as in DirectConvArgs
+  const float* next_weights;                // the next call's (next_blocks blocks), fetched into L2; or null
+  std::int64_t next_blocks;
 };
 using FilterBlockConv = void (*)(const FilterBlockConvArgs& args);
 
@@ -274,14 +276,16 @@ using PixelMajorRow = void (*)(const float* src, std::int64_t plane_stride, std:
 // cols <= j < nr.
 using PackTransposedPanel = void (*)(const float* src, std::int64_t row_stride, std::int64_t cols, std::int64_t kc,
                                      float* out);
-// For one e and one block of 16 filters, the products summed over tiles in order, every channel:
-//   du[c * 16 + k] = (accumulate ? du[c * 16 + k] : 0) + sum_t z[t * 16 + k] * v[c * v_row + t]
+// For one e and `blocks` blocks of 16 filters (block b's z and du z_block and du_block floats after
+// block b - 1's), the products summed over tiles in order, every channel:
+//   du[b][c * 16 + k] = (accumulate ? du[b][c * 16 + k] : 0) + sum_t z[b][t * 16 + k] * v[c * v_row + t]
 struct WinogradWeightProductArgs {
   const float* z;
   const float* v;
   std::int64_t tiles, v_row, channels;
   float* du;
   bool accumulate;
+  std::int64_t blocks, z_block, du_block;
 };
 using WinogradWeightProducts = void (*)(const WinogradWeightProductArgs& args);
 

@@ -87,6 +87,10 @@ void filter_block_correlate(const Correlation& c, const float* src, const float*
       const std::int64_t blocks_now = std::min(step, jobs.end_block(job) - kb);
       const std::int64_t filters = std::min((kb + blocks_now) * cpu::kFilterBlock, per_group) - kb * cpu::kFilterBlock;
       float* block_out = out + (n * c.out_channels + first) * out_plane;
+      // The blocks after these in the group, or its first ones (the next image's).
+      const std::int64_t next_kb = kb + blocks_now < blocks ? kb + blocks_now : 0;
+      const float* next_weights = packed + (grp * blocks + next_kb) * taps * cpu::kFilterBlock;
+      const std::int64_t next_blocks = std::min(step, blocks - next_kb);
       const cpu::FilterBlockConvArgs args{planes,
                                           source.tap_offsets,
                                           taps,
@@ -99,7 +103,9 @@ void filter_block_correlate(const Correlation& c, const float* src, const float*
                                           filters,
                                           long_row ? 1 : c.out_h,
                                           row_length,
-                                          relu};
+                                          relu,
+                                          next_weights,
+                                          next_blocks};
       kernels.filter_block_conv_f32(args);
       if (long_row)
         for (std::int64_t k = 0; k < filters; ++k)

@@ -382,15 +382,27 @@ void winograd_weight_grad_by_halves(const ConvGeometry& g, const Correlation& c,
         const std::int64_t begin = l.chunk_begin(all, chunk), end = l.chunk_begin(all, chunk + 1);
         for (std::int64_t ch = 0; ch < l.in; ++ch)
           winograd_input_chunk(c, all, x, grp, ch, begin, end, rows, v, l.v_row, l.v_stride, first_row, end_row);
-        for (std::int64_t kb = 0; kb < l.blocks; ++kb) {
+        // Block kb's rows of e (0-2 the top half's, 2-4 the bottom's) in this part; none: {0, 0}.
+        const auto rows_of = [&](std::int64_t kb) {
           const bool top = first_job <= kb && kb < end_job, bottom = first_job <= l.blocks + kb && l.blocks + kb < end_job;
-          if (!top && !bottom) continue;
-          const int block_first_row = top ? 0 : 2, block_end_row = bottom ? 4 : 2;
-          winograd_grad_block(g, all, l, dy, grp, kb, begin, end, block_first_row, block_end_row, errors, z,
-                              top ? plane_sums : nullptr);
+          return top || bottom ? std::pair<int, int>{top ? 0 : 2, bottom ? 4 : 2} : std::pair<int, int>{0, 0};
+        };
+        for (std::int64_t kb = 0; kb < l.blocks;) {
+          const auto [block_first_row, block_end_row] = rows_of(kb);
+          if (block_first_row == block_end_row) {
+            ++kb;
+            continue;
+          }
+          // With the next block where it has the same rows here: their products go together.
+          const std::int64_t together = kb + 1 < l.blocks && kBlocksAtOnce > 1 && rows_of(kb + 1) == rows_of(kb) ? 2 : 1;
+          for (std::int64_t b = kb; b < kb + together; ++b)
+            winograd_grad_block(g, all, l, dy, grp, b, begin, end, block_first_row, block_end_row, errors, z,
+                                block_first_row == 0 ? plane_sums : nullptr);
           for (std::int64_t e = 4 * block_first_row; e < 4 * block_end_row; ++e)
             kernels.winograd_weight_products_f32({z + e * l.z_stride + kb * l.z_block, v + e * l.v_stride, end - begin,
-                                                  l.v_row, l.in, du + e * l.du_stride + kb * l.du_block, chunk > 0});
+                                                  l.v_row, l.in, du + e * l.du_stride + kb * l.du_block, chunk > 0,
+                                                  together, l.z_block, l.du_block});
+          kb += together;
         }
       }
     });
@@ -420,6 +432,7 @@ void winograd_weight_grad_shared(const ConvGeometry& g, const Correlation& c, co
   float* z_buffers = cpu::workspace<float>(cpu::WorkspaceSlot::gemm_b, 2 * 16 * l.z_stride);
   float* du = cpu::workspace<float>(cpu::WorkspaceSlot::partials, 16 * l.du_stride);
   double* plane_sums = db ? cpu::workspace<double>(cpu::WorkspaceSlot::plane_sums, g.N * g.K) : nullptr;
+  const std::int64_t block_groups = (l.blocks + kBlocksAtOnce - 1) / kBlocksAtOnce;
   for (std::int64_t grp = 0; grp < g.groups; ++grp) {
     cpu::RegionErrors region_errors;
 #pragma omp parallel num_threads(::juanji::team_size())
@@ -443,13 +456,15 @@ void winograd_weight_grad_shared(const ConvGeometry& g, const Correlation& c, co
 #pragma omp for schedule(static)
         for (std::int64_t kb = 0; kb < l.blocks; ++kb)
           winograd_grad_block(g, all, l, dy, grp, kb, begin, end, 0, 4, errors, z, plane_sums);
-        // The same (e, block) jobs go to the same thread every chunk (a static schedule of the same
-        // loop): each gradient element is added to in chunk order by one thread.
+        // The same (e, blocks) jobs go to the same thread every chunk (a static schedule of the same
+        // loop): each gradient element is added to in chunk order by one thread. A job takes
+        // kBlocksAtOnce blocks, which the AVX-512 kernel sums together.
 #pragma omp for schedule(static) nowait
-        for (std::int64_t job = 0; job < 16 * l.blocks; ++job) {
-          const std::int64_t e = job / l.blocks, kb = job % l.blocks;
+        for (std::int64_t job = 0; job < 16 * block_groups; ++job) {
+          const std::int64_t e = job / block_groups, kb = job % block_groups * kBlocksAtOnce;
           kernels.winograd_weight_products_f32({z + e * l.z_stride + kb * l.z_block, v + e * l.v_stride, end - begin,
-                                                l.v_row, l.in, du + e * l.du_stride + kb * l.du_block, chunk > 0});
+                                                l.v_row, l.in, du + e * l.du_stride + kb * l.du_block, chunk > 0,
+                                                std::min(kBlocksAtOnce, l.blocks - kb), l.z_block, l.du_block});
         }
       }
     }
