@@ -430,7 +430,8 @@ void test_filter_block_conv(const Level& level, Data& data) {
         for (Values values : kBothValues) {
           ++variant;
           const Shape f = shapes[variant % 4];
-          const I dil = 1 + variant % 5 / 4, out_h = 1 + variant % 3;
+          // Rows of 3 to 7 pixels go several to a pass: up to 7 of them, in groups of unequal sizes.
+          const I dil = 1 + variant % 5 / 4, out_h = out_w <= 7 ? 1 + variant % 7 : 1 + variant % 3;
           const bool with_bias = variant % 2 == 1, relu = variant % 7 < 3;
           const TapLayout layout(f.C, f.R, f.S, dil, stride, out_h, out_w);
           const I taps = layout.taps(), blocks = (out_channels + 15) / 16;

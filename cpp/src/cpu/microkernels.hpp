@@ -129,6 +129,14 @@ struct FilterBlockConvArgs {
   std::int64_t next_blocks;
 };
 using FilterBlockConv = void (*)(const FilterBlockConvArgs& args);
+// Rows of kFewestRowPixels to kMostRowPixels pixels (7x7 planes at batch 1) go several whole rows
+// to a block of the forward kernel's pixels: as rows of 7 they took blocks of 7, and as one long row
+// over the padded source the padding's columns too (61 pixels computed for 49). The rows a block
+// takes for blocks of up to max_pixels pixels:
+constexpr std::int64_t kFewestRowPixels = 3, kMostRowPixels = 7;
+constexpr std::int64_t filter_block_rows_at_once(std::int64_t out_w, std::int64_t max_pixels) {
+  return out_w >= kFewestRowPixels && out_w <= kMostRowPixels && max_pixels >= 2 * out_w ? max_pixels / out_w : 1;
+}
 
 // Its weight gradient for one image, accumulated tap by tap in pixel order, for `blocks` blocks of
 // 16 filters (block b's grad_out and grad_weights grad_out_block and grad_weights_block floats on):
@@ -418,6 +426,7 @@ struct KernelSet {
   DotRows dot_rows_f32;
   RoundToBfloat16 round_to_bfloat16_f32;
   int direct_conv_lanes;  // columns per vector
+  int filter_block_pixels;  // the most pixels filter_block_conv_f32 takes a pass, with two blocks or more
 };
 
 const KernelSet& kernels_portable();

@@ -15,17 +15,22 @@ bool use_filter_blocks(const Correlation& c) { return c.out_per_group() >= cpu::
 
 namespace {
 
-// Short rows fill the kernel's blocks of pixels badly (7 -> 4 + 3, each block a weight load and a
-// tap loop for few multiply-adds). At stride 1 a plane can be computed as one long row over the
-// source's rows, the source_width - out_w columns past each output row's end computed and dropped:
-// taken where that makes fewer blocks (of the AVX2 kernel's 6 pixels), on planes of rows up to 16
-// (1x512x7x7 -> 2048, 1x1: 1158 -> 972 us; 3x3: 3040 -> 2870; 1x1024x14x14 -> 256: 827 -> 750).
+// Short rows fill the kernel's blocks of pixels badly (7 -> 4 + 3 on AVX2's blocks of 6, each
+// block a weight load and a tap loop for few multiply-adds). At stride 1 a plane can be computed as
+// one long row over the source's rows, the source_width - out_w columns past each output row's end
+// computed and dropped: taken where that makes fewer passes of the kernel, which takes up to
+// `pass_pixels` pixels a pass and rows of 3 to 7 several at a time (on AVX2, 1x512x7x7 -> 2048,
+// 1x1: 1158 -> 972 us; 3x3: 3040 -> 2870; 1x1024x14x14 -> 256: 827 -> 750; on AVX-512, where two
+// rows of 7 make a pass of 14, the 3x3 layer's 61 pixels a plane went back to 49: ??? us).
 // Each output is still summed alone in tap order: the same bits either way.
-bool takes_plane_as_long_row(const Correlation& c, std::int64_t source_width) {
-  constexpr std::int64_t kBlockPixels = 6, kWidest = 16;
+bool takes_plane_as_long_row(const Correlation& c, std::int64_t source_width, std::int64_t pass_pixels) {
+  constexpr std::int64_t kWidest = 16;
   if (c.stride_h != 1 || c.stride_w != 1 || c.out_h < 2 || c.out_w > kWidest) return false;
-  const auto blocks = [](std::int64_t pixels) { return (pixels + kBlockPixels - 1) / kBlockPixels; };
-  return blocks((c.out_h - 1) * source_width + c.out_w) < c.out_h * blocks(c.out_w);
+  const auto passes = [&](std::int64_t pixels) { return (pixels + pass_pixels - 1) / pass_pixels; };
+  const std::int64_t rows_at_once = cpu::filter_block_rows_at_once(c.out_w, pass_pixels);
+  const std::int64_t row_passes =
+      rows_at_once > 1 ? (c.out_h + rows_at_once - 1) / rows_at_once : c.out_h * passes(c.out_w);
+  return passes((c.out_h - 1) * source_width + c.out_w) <= row_passes;
 }
 
 // Where the taps read: the image itself when it needs no padding, else a zero-padded (or cropped)
@@ -72,7 +77,7 @@ void filter_block_correlate(const Correlation& c, const float* src, const float*
   // block-by-block sweeps, which keep a block's weights in L1 and write 16 planes at a time (the
   // stem and pw's data gradient ran 8% and 15% slower interleaved).
   const bool interleave = c.in_per_group() * source.height * source.width * std::int64_t{sizeof(float)} > kL2Bytes;
-  const bool long_row = takes_plane_as_long_row(c, source.width);
+  const bool long_row = takes_plane_as_long_row(c, source.width, kernels.filter_block_pixels);
   const std::int64_t row_length = long_row ? (c.out_h - 1) * source.width + c.out_w : c.out_w;
   cpu::RegionErrors errors;
 #pragma omp parallel for num_threads(::juanji::team_size()) schedule(static) if (jobs.count() > 1)
