@@ -143,6 +143,8 @@ def test_a_frozen_model_refuses_every_change():
             view[...] = 0
     with pytest.raises(ValueError, match="read-only"):
         frozen.buffers()[0].data = np.zeros(frozen.buffers()[0].shape, f32)
+    # The summary still counts the weights, which are read-only now, not gone.
+    assert frozen.summary((1, 28, 28)).splitlines()[-1] == model.summary((1, 28, 28)).splitlines()[-1]
     # Still the model's outputs after all that.
     np.testing.assert_array_equal(np.asarray(frozen(x)), np.asarray(model(x)))
 

@@ -230,6 +230,7 @@ std::shared_ptr<Parameter> Layer::add_parameter(const std::string& name, Tensor 
   p->name = name;
   p->local_name = name;
   p->grad = trainable ? Tensor::zeros(value.shape(), value.dtype()) : Tensor();
+  p->learned = trainable;
   p->value = std::move(value);
   parameters_.push_back(p);
   return p;

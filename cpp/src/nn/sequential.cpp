@@ -79,6 +79,7 @@ Sequential::~Sequential() = default;
 
 void Sequential::add(std::shared_ptr<Layer> layer) {
   const Lock lock(*this);
+  check_not_frozen("add");
   const std::string index = std::to_string(layers_.size());
   const std::shared_ptr<Layer> added = layer;
   adopt(index, std::move(layer), "Sequential: layer " + index);
@@ -547,7 +548,7 @@ void add_summary_rows(const Layer& layer, const std::string& name, int depth, co
   const Shape output = layer.output_shape(input);
   std::int64_t parameters = 0;
   for (const auto& p : layer.parameters())
-    if (p->trainable()) parameters += p->value.numel();
+    if (p->learned) parameters += p->value.numel();
   rows.push_back({name, std::string(2 * static_cast<std::size_t>(depth), ' ') + layer.type(),
                   Shape(output.begin() + 1, output.end()), parameters, layer.flops(input)});
   const auto* container = dynamic_cast<const Container*>(&layer);

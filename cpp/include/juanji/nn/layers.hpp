@@ -30,6 +30,8 @@ struct Parameter {
   std::string local_name;  // "weight", "bias", "running_mean"...
   Tensor value;
   Tensor grad;       // undefined for buffers that are not trained (running statistics)
+  // A weight or bias, which the model learns (trainable() until it is frozen), not a buffer.
+  bool learned = false;
   // A frozen model's (Sequential::freeze): the layouts its layer's kernels made of value, kept.
   std::shared_ptr<PackedWeights> packs;
   bool trainable() const { return grad.defined(); }
