@@ -24,11 +24,4 @@ const float* PackedWeights::get(const std::string& name, std::int64_t floats,
   return layout.data<float>();
 }
 
-std::int64_t PackedWeights::bytes() const {
-  const std::lock_guard<std::mutex> guard(mutex_);
-  std::int64_t total = 0;
-  for (const auto& entry : layouts_) total += entry.second.numel() * std::int64_t{sizeof(float)};
-  return total;
-}
-
 }  // namespace juanji

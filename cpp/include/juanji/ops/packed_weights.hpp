@@ -27,12 +27,10 @@ class PackedWeights {
   // The layout named `name`, `floats` long, written by pack(out) at the first call; later calls,
   // from any thread, read the same memory (float32, 64-byte aligned).
   const float* get(const std::string& name, std::int64_t floats, const std::function<void(float*)>& pack);
-  // The bytes the layouts made so far hold.
-  std::int64_t bytes() const;
 
  private:
   Tensor weight_;
-  mutable std::mutex mutex_;
+  std::mutex mutex_;
   std::vector<std::pair<std::string, Tensor>> layouts_;
 };
 

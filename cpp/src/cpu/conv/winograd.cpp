@@ -393,8 +393,10 @@ void winograd_weight_grad_by_halves(const ConvGeometry& g, const Correlation& c,
             ++kb;
             continue;
           }
-          // With the next block where it has the same rows here: their products go together.
-          const std::int64_t together = kb + 1 < l.blocks && kBlocksAtOnce > 1 && rows_of(kb + 1) == rows_of(kb) ? 2 : 1;
+          // With the next blocks that have the same rows here: their products go together.
+          std::int64_t together = 1;
+          while (together < kBlocksAtOnce && kb + together < l.blocks && rows_of(kb + together) == rows_of(kb))
+            ++together;
           for (std::int64_t b = kb; b < kb + together; ++b)
             winograd_grad_block(g, all, l, dy, grp, b, begin, end, block_first_row, block_end_row, errors, z,
                                 block_first_row == 0 ? plane_sums : nullptr);
