@@ -71,6 +71,11 @@ def all_ops(x, w, b, dy):
         outs.append(juanji.conv2d(one_x, one_w, np.resize(b, 29), padding=1))
     one_x, one_w = np.resize(x, (1, 32, 14, 13)), np.resize(w, (40, 32, 3, 3))
     outs.append(juanji.conv2d(one_x, one_w, np.resize(b, 40), padding=1))
+    # One image's pointwise layers, at strides 1 and 2: the image outweighs the weights, so its rows
+    # are shared out among the threads.
+    pw_x, pw_w = np.resize(x, (1, 40, 13, 11)), np.resize(w, (20, 40, 1, 1))
+    outs.append(juanji.conv2d(pw_x, pw_w, np.resize(b, 20)))
+    outs.append(juanji.conv2d(pw_x, pw_w, np.resize(b, 20), stride=2))
     outs.append(juanji.max_pool2d(x, 3, 2, 1))
     # Dropout's masks: threaded chunks with tails, vector bodies with scalar tails.
     juanji.manual_seed(7)

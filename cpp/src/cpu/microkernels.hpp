@@ -124,6 +124,7 @@ struct FilterBlockConvArgs {
   const float* bias;                // (out_channels) or null
   float* out;                       // (out_channels, out_h, out_w): the first block's first filter
   std::int64_t out_channels, out_h, out_w;  // out_channels <= 16 * blocks: the filters of these blocks
+  std::int64_t out_plane;                   // floats from one filter's output plane to the next's
   bool relu;                                // as in DirectConvArgs
   const float* next_weights;                // the next call's (next_blocks blocks), fetched into L2; or null
   std::int64_t next_blocks;

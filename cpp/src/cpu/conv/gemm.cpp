@@ -252,19 +252,17 @@ bool pointwise_data_grad_by_gemm(const ConvGeometry& g) {
 }
 
 // A pointwise layer's forward is a GEMM straight from x, one image per GEMM where an image has
-// 2048+ pixels, and the images' GEMMs share out among the threads. With two images or more it
-// beats the filter blocks, which spend a vector on a pixel's few input channels (2 threads, us:
-// 2x64x56x56 -> 64 680 -> 386, 8x256x56x56 -> 64 7906 -> 5984, 8x16x55x55 -> 64 1309 -> 541; one
-// thread: 1.2-2.3x as well), up to 256 channels; smaller planes keep the filter blocks (8x512x28x28
-// -> 128: 6.2 against 8.0 ms). A single image's GEMM, whose threads each pack the panels they
-// multiply, wins from 28x28 pixels (1x64x56x56 -> 256: 1240 -> 635, 1x512x28x28 -> 128: 787 ->
-// 618), and from 13x13 up to 256 channels (1x64x13x13 -> 256: 90 -> 71; 1x512x13x13 -> 64: 107
-// against 119); on 7x7 planes the filter blocks keep it (1x512x7x7 -> 2048: 1156 against 1464).
+// 2048+ pixels, and the images' GEMMs share out among the threads. Since the filter blocks pair
+// their jobs and fetch ahead, the GEMM wins only where a layer widens few channels into more
+// filters on large planes (2 threads, us, GEMM against filter blocks: 4x96x56x56 -> 384 3531
+// against 4270, 8x64x56x56 -> 256 3003 against 3329, 1x64x56x56 -> 256 368 against 378); the
+// filter blocks take the rest, narrowing layers most of all (8x256x56x56 -> 64: 3045 against
+// 4436, 1x256x56x56 -> 64: 381 against 511, 1x256x14x14 -> 1024: 375 against 492, 1x256x13x13 ->
+// 64: 31 against 48) and layers as wide out as in (8x128x56x56 -> 128: 3598 against 3534).
 bool pointwise_forward_by_gemm(const ConvGeometry& g) {
   if (!is_pointwise(g)) return false;
-  const std::int64_t pixels = g.P * g.Q, channels = g.C / g.groups;
-  if (g.N >= 2) return pixels >= 2048 && channels <= 256;
-  return pixels >= 28 * 28 || (pixels >= 13 * 13 && channels <= 256);
+  const std::int64_t pixels = g.P * g.Q, channels = g.C / g.groups, filters = g.K / g.groups;
+  return pixels >= 2048 && filters > channels && channels <= 256;
 }
 
 // GEMM + col2im: every problem, float32 or float64.
