@@ -207,6 +207,16 @@ FILTER_BLOCKS = {
     "pointwise_source_past_l2": (2, case(N=3, C=70, K=72, spatial=(62, 61), kernel=(1, 1))),
     "pointwise_error_past_l2": (2, case(N=3, C=70, K=40, spatial=(82, 81), kernel=(1, 1))),
     "padded_source_past_l2_s2": (2, case(N=2, C=40, K=72, spatial=(81, 83), stride=2, padding=1)),
+    # Strided with 16+ input channels a group: the forward reads a copy split into the stride's
+    # phases (made once and shared out by the threads for fewer images than threads, whose rows
+    # are then shared out where the image outweighs the weights).
+    "phases_batch1_rows": (2, case(N=1, C=16, K=20, spatial=(29, 27), stride=2, padding=1)),
+    "phases_stride3_dilation2": (2, case(N=2, C=16, K=12, spatial=(17, 19), stride=3, dilation=2, padding=(2, 1))),
+    "phases_stride_gt_kernel": (2, case(N=1, C=17, K=16, spatial=(11, 10), kernel=(2, 2), stride=3)),
+    "phases_pointwise": (2, case(N=1, C=32, K=16, spatial=(15, 14), kernel=(1, 1), stride=2)),
+    "phases_stride_pair": (2, case(N=1, C=16, K=9, spatial=(13, 16), kernel=(3, 4), stride=(2, 3), padding=(0, 2))),
+    "phases_groups": (2, case(N=1, C=32, K=32, groups=2, spatial=(9, 10), stride=2, padding=1)),
+    "phases_conv1d": (1, case(N=1, C=16, K=10, spatial=(41,), kernel=(3,), stride=2, dilation=2)),
 }
 
 LARGE_SOURCES = ("pointwise_source_past_l2", "pointwise_error_past_l2", "padded_source_past_l2_s2")

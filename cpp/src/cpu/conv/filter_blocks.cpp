@@ -1,5 +1,6 @@
 // The filter-block kernels: 16 filters per vector, each input value read straight from the image.
 #include <algorithm>
+#include <vector>
 
 #include "cpu/conv/filter_blocks.hpp"
 #include "cpu/vec_math.hpp"
@@ -35,33 +36,123 @@ bool takes_plane_as_long_row(const Correlation& c, std::int64_t source_width, st
   return passes(long_row) < row_passes || (passes(long_row) == row_passes && long_row <= c.out_h * c.out_w);
 }
 
-// Where the taps read: the image itself when it needs no padding, else a zero-padded (or cropped)
-// copy in the calling thread's workspace; tap t = (c, r, s) reads at tap_offsets[t] from an
-// output pixel's origin.
-struct TapSource {
-  std::int64_t height, width;
-  bool padded;
-  std::int64_t* tap_offsets;
+// A stem's few input channels are read from few lines, strided or not, and cost more to split than
+// the split saves (1x3x224x224 -> 64, 3x3 stride 2: 200 -> 238 us split).
+constexpr std::int64_t kFewestPhasedChannels = 16;
 
-  TapSource(const Correlation& c, std::int64_t* offsets) : tap_offsets(offsets) {
+// Where the taps read: the image itself where it needs no padding (and, split_phases, its stride
+// is 1), else a copy: zero-padded (or cropped), and with split_phases at a stride above 1 split
+// into the stride's phases, a plane for each offset within a stride x stride cell that the taps
+// read. Split, a tap reads consecutive floats for consecutive output pixels, as at stride 1 (the
+// strided kernels' broadcasts each touched another line). Tap t = (c, r, s) reads at
+// tap_offsets[t] from an output pixel's origin; output pixels lie row_step and col_step floats apart.
+struct TapSource {
+  std::int64_t height, width;  // of a copied plane (a phase's, where split)
+  bool padded, phased;
+  std::int64_t row_step, col_step;
+  std::int64_t* tap_offsets;
+  // Split: the phases the kernel's rows and columns read, in order of first use.
+  std::vector<std::int64_t> row_phases, col_phases;
+
+  TapSource(const Correlation& c, std::int64_t* offsets, bool split_phases) : tap_offsets(offsets) {
     const std::int64_t needed_h = (c.out_h - 1) * c.stride_h + (c.R - 1) * c.dil_h + 1;
     const std::int64_t needed_w = (c.out_w - 1) * c.stride_w + (c.S - 1) * c.dil_w + 1;
     padded = c.pad_top != 0 || c.pad_left != 0 || needed_h > c.in_h || needed_w > c.in_w;
-    height = padded ? needed_h : c.in_h;
-    width = padded ? needed_w : c.in_w;
+    phased = split_phases && (c.stride_h > 1 || c.stride_w > 1) && c.in_per_group() >= kFewestPhasedChannels;
+    if (!phased) {
+      height = padded ? needed_h : c.in_h;
+      width = padded ? needed_w : c.in_w;
+      row_step = c.stride_h * width;
+      col_step = c.stride_w;
+      for (std::int64_t ch = 0; ch < c.in_per_group(); ++ch)
+        for (std::int64_t r = 0; r < c.R; ++r)
+          for (std::int64_t s = 0; s < c.S; ++s)
+            offsets[(ch * c.R + r) * c.S + s] = (ch * height + r * c.dil_h) * width + s * c.dil_w;
+      return;
+    }
+    const std::vector<std::int64_t> row_phase = phases_of(c.R, c.dil_h, c.stride_h, row_phases);
+    const std::vector<std::int64_t> col_phase = phases_of(c.S, c.dil_w, c.stride_w, col_phases);
+    height = c.out_h + (c.R - 1) * c.dil_h / c.stride_h;
+    width = c.out_w + (c.S - 1) * c.dil_w / c.stride_w;
+    row_step = width;
+    col_step = 1;
+    const std::int64_t phases = std::int64_t(row_phases.size() * col_phases.size());
     for (std::int64_t ch = 0; ch < c.in_per_group(); ++ch)
       for (std::int64_t r = 0; r < c.R; ++r)
-        for (std::int64_t s = 0; s < c.S; ++s)
-          offsets[(ch * c.R + r) * c.S + s] = (ch * height + r * c.dil_h) * width + s * c.dil_w;
+        for (std::int64_t s = 0; s < c.S; ++s) {
+          const std::int64_t plane = ch * phases + row_phase[r] * std::int64_t(col_phases.size()) + col_phase[s];
+          offsets[(ch * c.R + r) * c.S + s] =
+              (plane * height + r * c.dil_h / c.stride_h) * width + s * c.dil_w / c.stride_w;
+        }
   }
 
+  bool copied() const { return padded || phased; }
+  // Floats of one image's (and group's) planes, as read.
+  std::int64_t image_floats(const Correlation& c) const {
+    return c.in_per_group() * std::int64_t(phased ? row_phases.size() * col_phases.size() : 1) * height * width;
+  }
+
+  // The planes of image n's group grp, copied where they must be into the calling thread's workspace.
   const float* planes(const Correlation& c, const float* src, std::int64_t n, std::int64_t grp) const {
-    const std::int64_t channels = c.in_per_group();
-    const float* image = src + (n * c.in_channels + grp * channels) * c.in_h * c.in_w;
-    if (!padded) return image;
-    float* out = cpu::workspace<float>(cpu::WorkspaceSlot::columns, channels * height * width);
-    pad_planes(image, channels, c.in_h, c.in_w, c.pad_top, c.pad_left, out, height, width);
+    const float* image = src + (n * c.in_channels + grp * c.in_per_group()) * c.in_h * c.in_w;
+    if (!copied()) return image;
+    float* out = cpu::workspace<float>(cpu::WorkspaceSlot::columns, image_floats(c));
+    for (std::int64_t part = 0; part < copy_parts(c); ++part) copy_part(c, image, part, out);
     return out;
+  }
+
+  // A copy is made in parts that threads can share: a channel's planes, or, split, the planes of a
+  // channel's row phase (the stem's 3 channels make 6 parts).
+  std::int64_t copy_parts(const Correlation& c) const {
+    return c.in_per_group() * (phased ? std::int64_t(row_phases.size()) : 1);
+  }
+  // Part `part` of the copy of one image's group (image: its planes) into out (the group's copy).
+  void copy_part(const Correlation& c, const float* image, std::int64_t part, float* out) const {
+    const std::int64_t in_plane = c.in_h * c.in_w;
+    if (!phased) {
+      pad_planes(image + part * in_plane, 1, c.in_h, c.in_w, c.pad_top, c.pad_left, out + part * height * width, height,
+                 width);
+      return;
+    }
+    const std::int64_t ch = part / std::int64_t(row_phases.size()), a = part % std::int64_t(row_phases.size());
+    const std::int64_t col_count = std::int64_t(col_phases.size()), plane_floats = height * width;
+    float* first_plane = out + (part * col_count) * plane_floats;
+    for (std::int64_t y = 0; y < height; ++y) {
+      const std::int64_t iy = y * c.stride_h + row_phases[a] - c.pad_top;
+      for (std::int64_t b = 0; b < col_count; ++b) {
+        float* row = first_plane + b * plane_floats + y * width;
+        if (iy < 0 || iy >= c.in_h) {
+          std::fill(row, row + width, 0.0f);
+          continue;
+        }
+        // Phase column x reads image column x * stride_w + shift: inside the image for [lo, hi).
+        const std::int64_t shift = col_phases[b] - c.pad_left;
+        const std::int64_t lo = std::clamp<std::int64_t>((c.stride_w - 1 - shift) / c.stride_w, 0, width);
+        const std::int64_t hi = std::clamp<std::int64_t>((c.in_w - shift + c.stride_w - 1) / c.stride_w, lo, width);
+        const float* in = image + ch * in_plane + iy * c.in_w + shift;
+        std::fill(row, row + lo, 0.0f);
+        if (c.stride_w == 2)  // a constant stride, which the compiler vectorises
+          for (std::int64_t x = lo; x < hi; ++x) row[x] = in[2 * x];
+        else
+          for (std::int64_t x = lo; x < hi; ++x) row[x] = in[x * c.stride_w];
+        std::fill(row + hi, row + width, 0.0f);
+      }
+    }
+  }
+
+ private:
+  // For one dimension of `taps` taps: the phase (tap * dilation % stride) each reads, as an index
+  // into `phases`, which gets the phases in order of first use.
+  static std::vector<std::int64_t> phases_of(std::int64_t taps, std::int64_t dilation, std::int64_t stride,
+                                             std::vector<std::int64_t>& phases) {
+    std::vector<std::int64_t> index(taps);
+    for (std::int64_t t = 0; t < taps; ++t) {
+      const std::int64_t phase = t * dilation % stride;
+      const auto found = std::find(phases.begin(), phases.end(), phase);
+      index[t] = found - phases.begin();
+      if (found == phases.end()) phases.push_back(phase);
+    }
+    return index;
   }
 };
 
@@ -74,27 +165,42 @@ void filter_block_correlate(const Correlation& c, const float* src, const float*
   const cpu::KernelSet& kernels = cpu::active_kernels();
   const std::int64_t blocks = c.blocks(), taps = c.taps(), per_group = c.out_per_group();
   const std::int64_t out_plane = c.out_h * c.out_w;
-  const TapSource source(c, cpu::workspace<std::int64_t>(cpu::WorkspaceSlot::gemm_b, taps));
+  const TapSource source(c, cpu::workspace<std::int64_t>(cpu::WorkspaceSlot::gemm_b, taps), true);
+  const std::int64_t image_floats = source.image_floats(c);
   // A job's blocks of filters take each block of pixels in turn, while its taps' source values
   // are in L1, when the source planes outgrow L2 (pw's 256 channels of 56x56: swept block by
   // block they were read from L3 four times: 6.4 -> 5.0 ms). Smaller sources stay in L2 across
   // block-by-block sweeps, which keep a block's weights in L1 and write 16 planes at a time (the
   // stem and pw's data gradient ran 8% and 15% slower interleaved).
-  const bool interleave = c.in_per_group() * source.height * source.width * std::int64_t{sizeof(float)} > kL2Bytes;
+  const bool interleave = image_floats * std::int64_t{sizeof(float)} > kL2Bytes;
   const bool long_row = takes_plane_as_long_row(c, source.width, kernels.filter_block_pixels);
   const std::int64_t row_length = long_row ? (c.out_h - 1) * source.width + c.out_w : c.out_w;
+  // Where the images are fewer than the threads, an image's copy is made once, in parts shared out
+  // among the threads, before the jobs that read it: each job had made its own, four copies of the
+  // image for 1x128x56x56 -> 128, 3x3 stride 2 (with the split into phases: 982-1106 -> 851-960 us;
+  // 1x256x56x56 -> 512, 1x1 stride 2: 881-1001 -> 818-915; ResNet-50 frozen at batch 1: 37.0 -> 36.2 ms).
+  const std::int64_t threads = team_size(), images = c.N * c.groups;
+  const bool shared_copy = source.copied() && images < threads;
+  float* copies = shared_copy ? cpu::workspace<float>(cpu::WorkspaceSlot::columns, images * image_floats) : nullptr;
+  if (shared_copy) {
+    const std::int64_t parts = source.copy_parts(c);
+#pragma omp parallel for num_threads(::juanji::team_size()) schedule(static)
+    for (std::int64_t i = 0; i < images * parts; ++i) {
+      const std::int64_t outer = i / parts, n = outer / c.groups, grp = outer % c.groups;
+      source.copy_part(c, src + (n * c.in_channels + grp * c.in_per_group()) * c.in_h * c.in_w, i % parts,
+                       copies + outer * image_floats);
+    }
+  }
   // Jobs take some of the blocks of filters for a whole image, or, where the images are fewer than
   // the threads and the image outweighs the weights, all of the blocks for some of its rows: each
   // thread then reads its share of the image and all of the weights, not all of the image and its
   // share of the weights (a frozen ResNet-50 at batch 1, 1x256x56x56 -> 64: 0.70 -> 0.58 ms,
-  // 1x512x28x28 -> 128: 0.52 -> 0.44). A padded image would be padded once a job: not split.
-  const FilterBlockJobs block_jobs(c.N * c.groups, blocks);
-  const std::int64_t threads = team_size();
-  const std::int64_t image_floats = c.in_per_group() * source.height * source.width;
-  const bool split_rows = !source.padded && !long_row && c.N * c.groups < threads && c.out_h >= threads &&
+  // 1x512x28x28 -> 128: 0.52 -> 0.44).
+  const FilterBlockJobs block_jobs(images, blocks);
+  const bool split_rows = images < threads && !long_row && c.out_h >= threads &&
                           image_floats > blocks * taps * cpu::kFilterBlock;
   const std::int64_t row_parts = split_rows ? threads : 1;
-  const std::int64_t job_count = split_rows ? c.N * c.groups * row_parts : block_jobs.count();
+  const std::int64_t job_count = split_rows ? images * row_parts : block_jobs.count();
   cpu::RegionErrors errors;
 #pragma omp parallel for num_threads(::juanji::team_size()) schedule(static) if (job_count > 1)
   for (std::int64_t job = 0; job < job_count; ++job) errors.guard([&] {
@@ -104,7 +210,8 @@ void filter_block_correlate(const Correlation& c, const float* src, const float*
     const std::int64_t end_block = split_rows ? blocks : block_jobs.end_block(job);
     const std::int64_t part = split_rows ? job % row_parts : 0;
     const std::int64_t first_row = c.out_h * part / row_parts, rows = c.out_h * (part + 1) / row_parts - first_row;
-    const float* planes = source.planes(c, src, n, grp) + first_row * c.stride_h * source.width;
+    const float* planes =
+        (shared_copy ? copies + outer * image_floats : source.planes(c, src, n, grp)) + first_row * source.row_step;
     const std::int64_t step = interleave ? end_block - first_block : kBlocksAtOnce;
     float* long_out =
         long_row ? cpu::workspace<float>(cpu::WorkspaceSlot::batch_out, step * cpu::kFilterBlock * row_length) : nullptr;
@@ -120,8 +227,8 @@ void filter_block_correlate(const Correlation& c, const float* src, const float*
       const cpu::FilterBlockConvArgs args{planes,
                                           source.tap_offsets,
                                           taps,
-                                          c.stride_h * source.width,
-                                          c.stride_w,
+                                          source.row_step,
+                                          source.col_step,
                                           packed + (grp * blocks + kb) * taps * cpu::kFilterBlock,
                                           blocks_now,
                                           bias ? bias + first : nullptr,
@@ -199,7 +306,7 @@ void filter_block_backward_weight(const ConvGeometry& g, const float* dy, const 
   const std::int64_t taps = c.taps(), blocks = c.blocks(), Kg = c.out_per_group(), PQ = g.P * g.Q;
   const std::int64_t block_size = taps * cpu::kFilterBlock, chunk_size = g.groups * blocks * block_size;
   const std::int64_t chunks = weight_grad_chunks(g, blocks);
-  const TapSource source(c, cpu::workspace<std::int64_t>(cpu::WorkspaceSlot::gemm_b, taps));
+  const TapSource source(c, cpu::workspace<std::int64_t>(cpu::WorkspaceSlot::gemm_b, taps), false);
   float* partials = cpu::workspace<float>(cpu::WorkspaceSlot::partials, chunks * chunk_size);
   double* plane_sums = db ? cpu::workspace<double>(cpu::WorkspaceSlot::plane_sums, g.N * g.K) : nullptr;
   const FilterBlockJobs jobs(chunks * g.groups, blocks);
