@@ -461,7 +461,7 @@ void test_filter_block_conv(const Level& level, Data& data) {
           level.set.filter_block_conv_f32({src.data(), layout.tap_offsets.data(), taps, layout.row_step,
                                            layout.col_step, weights.data(), blocks,
                                            with_bias ? bias.data() : nullptr, out.got.data(), out_channels, out_h,
-                                           out_w, out_plane, relu, weights.data(), blocks});
+                                           out_w, out_plane, relu, variant % 3 == 0, weights.data(), blocks});
           expect_close(describe(level,
                                 "filter_block_conv K=%ld C=%ld %ldx%ld stride %ld dil %ld out %ldx%ld bias=%d relu=%d",
                                 out_channels, f.C, f.R, f.S, stride, dil, out_h, out_w, with_bias, relu),

@@ -126,6 +126,7 @@ struct FilterBlockConvArgs {
   std::int64_t out_channels, out_h, out_w;  // out_channels <= 16 * blocks: the filters of these blocks
   std::int64_t out_plane;                   // floats from one filter's output plane to the next's
   bool relu;                                // as in DirectConvArgs
+  bool fetch_next_pixels;                   // fetch each block of pixels' successor's source into L2 as it computes
   const float* next_weights;                // the next call's (next_blocks blocks), fetched into L2; or null
   std::int64_t next_blocks;
 };

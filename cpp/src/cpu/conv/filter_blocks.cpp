@@ -165,7 +165,12 @@ void filter_block_correlate(const Correlation& c, const float* src, const float*
   const cpu::KernelSet& kernels = cpu::active_kernels();
   const std::int64_t blocks = c.blocks(), taps = c.taps(), per_group = c.out_per_group();
   const std::int64_t out_plane = c.out_h * c.out_w;
-  const TapSource source(c, cpu::workspace<std::int64_t>(cpu::WorkspaceSlot::gemm_b, taps), true);
+  const std::int64_t threads = team_size(), images = c.N * c.groups;
+  // Fewer images than threads (inference) or images past L2 come from L3 or the other core: there
+  // the split into phases and fetching the next pixels' source pay. A training batch's small
+  // images do without (the ResNet step: 47.2 -> 45.5 ms, medians of six).
+  const bool far_source = images < threads || c.in_per_group() * c.in_h * c.in_w * std::int64_t{sizeof(float)} > kL2Bytes;
+  const TapSource source(c, cpu::workspace<std::int64_t>(cpu::WorkspaceSlot::gemm_b, taps), far_source);
   const std::int64_t image_floats = source.image_floats(c);
   // A job's blocks of filters take each block of pixels in turn, while its taps' source values
   // are in L1, when the source planes outgrow L2 (pw's 256 channels of 56x56: swept block by
@@ -179,7 +184,6 @@ void filter_block_correlate(const Correlation& c, const float* src, const float*
   // among the threads, before the jobs that read it: each job had made its own, four copies of the
   // image for 1x128x56x56 -> 128, 3x3 stride 2 (with the split into phases: 982-1106 -> 851-960 us;
   // 1x256x56x56 -> 512, 1x1 stride 2: 881-1001 -> 818-915; ResNet-50 frozen at batch 1: 37.0 -> 36.2 ms).
-  const std::int64_t threads = team_size(), images = c.N * c.groups;
   const bool shared_copy = source.copied() && images < threads;
   float* copies = shared_copy ? cpu::workspace<float>(cpu::WorkspaceSlot::columns, images * image_floats) : nullptr;
   if (shared_copy) {
@@ -238,6 +242,7 @@ void filter_block_correlate(const Correlation& c, const float* src, const float*
                                           row_length,
                                           long_row ? row_length : out_plane,
                                           relu,
+                                          far_source,
                                           next_weights,
                                           next_blocks};
       kernels.filter_block_conv_f32(args);
@@ -332,8 +337,8 @@ void filter_block_backward_weight(const ConvGeometry& g, const float* dy, const 
             for (std::int64_t f = 0; f < filters; ++f)
               plane_sums[first_filter + f] = cpu::sum_elements(dy + (first_filter + f) * PQ, PQ);
         }
-        const cpu::FilterBlockWeightGradArgs args{planes,     source.tap_offsets, taps,       g.stride_h * source.width,
-                                                  g.stride_w, errors,             g.P,        g.Q,
+        const cpu::FilterBlockWeightGradArgs args{planes,          source.tap_offsets, taps,       source.row_step,
+                                                  source.col_step, errors,             g.P,        g.Q,
                                                   partial + kb0 * block_size,     blocks_now, errors_block,
                                                   block_size};
         kernels.filter_block_weight_grad_f32(args);
