@@ -113,9 +113,10 @@ DEFAULTS = [
     ("res_512_b1", case(N=1, C=512, K=16, spatial=(7, 7), padding=1), {"forward": "filter_blocks"}),
     ("res_256_b1", case(N=1, C=256, K=16, spatial=(14, 14), padding=1), {"forward": "winograd"}),
     ("res_64_b2", case(N=2, C=64, K=64, spatial=(14, 14), padding=1), {"forward": "winograd"}),
-    # Pointwise: GEMM for a layer widening up to 256 channels into more filters on planes of 2048+
-    # pixels (one image per GEMM, the GEMMs shared out); filter blocks for the rest.
-    ("pw_expand_b1", case(N=1, C=64, K=256, spatial=(56, 56), kernel=(1, 1)), {"forward": "gemm"}),
+    # Pointwise: GEMM for two images or more where a layer widens up to 256 channels into more
+    # filters on planes of 2048+ pixels (one image per GEMM, the GEMMs shared out); filter blocks
+    # for the rest.
+    ("pw_expand_b1", case(N=1, C=64, K=256, spatial=(56, 56), kernel=(1, 1)), {"forward": "filter_blocks"}),
     ("pw_expand_b2", case(N=2, C=96, K=128, spatial=(48, 48), kernel=(1, 1)), {"forward": "gemm"}),
     ("pw_b2", case(N=2, C=64, K=64, spatial=(56, 56), kernel=(1, 1)), {"forward": "filter_blocks"}),
     ("pw_b1_narrowing", case(N=1, C=256, K=64, spatial=(56, 56), kernel=(1, 1)), {"forward": "filter_blocks"}),
@@ -215,7 +216,7 @@ def test_forcing_an_algorithm_that_refuses_the_layer_names_why():
 
 
 @pytest.mark.parametrize("shape, kernel, stride, padding", [
-    ((1, 16, 48, 48), 1, 1, 0),  # pointwise, widening on a large plane: GEMM by default
+    ((2, 16, 48, 48), 1, 1, 0),  # pointwise, two images widening on a large plane: GEMM by default
     ((1, 300, 14, 14), 1, 1, 0),  # GEMM's sums in two blocks of the inner dimension
     ((2, 32, 9, 9), 3, 1, 1),
     ((1, 3, 17, 17), 3, 2, 0),

@@ -338,8 +338,7 @@ using MaxPool2x2Backward = bool (*)(const MaxPool2x2BackwardArgs& args);
 // Max pooling of one output row's windows that lie inside the plane, for any window and a column
 // stride of 1 or 2: out[j] = the first maximum in row-major window order of top_left[h * width +
 // w + j * stride] (h < kernel_h, w < kernel_w; a NaN wins, the first NaN is kept) for j < count.
-// Returns how many outputs it wrote: all, or 0 for other strides or fewer outputs than a vector
-// (the caller computes those).
+// Returns how many outputs it wrote: all, or 0 for other strides (the caller computes those).
 struct MaxPoolWindowRowArgs {
   const float* top_left;
   std::int64_t width, kernel_h, kernel_w, stride, count;

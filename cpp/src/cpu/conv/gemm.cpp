@@ -254,15 +254,17 @@ bool pointwise_data_grad_by_gemm(const ConvGeometry& g) {
 // A pointwise layer's forward is a GEMM straight from x, one image per GEMM where an image has
 // 2048+ pixels, and the images' GEMMs share out among the threads. Since the filter blocks pair
 // their jobs and fetch ahead, the GEMM wins only where a layer widens few channels into more
-// filters on large planes (2 threads, us, GEMM against filter blocks: 4x96x56x56 -> 384 3531
-// against 4270, 8x64x56x56 -> 256 3003 against 3329, 1x64x56x56 -> 256 368 against 378); the
-// filter blocks take the rest, narrowing layers most of all (8x256x56x56 -> 64: 3045 against
-// 4436, 1x256x56x56 -> 64: 381 against 511, 1x256x14x14 -> 1024: 375 against 492, 1x256x13x13 ->
-// 64: 31 against 48) and layers as wide out as in (8x128x56x56 -> 128: 3598 against 3534).
+// filters on large planes, in batches (2 threads, us, GEMM against filter blocks: 4x96x56x56 ->
+// 384 3531 against 4270, 8x64x56x56 -> 256 3003 against 3329); the filter blocks take the rest,
+// narrowing layers most of all (8x256x56x56 -> 64: 3045 against 4436, 1x256x14x14 -> 1024: 375
+// against 492) and layers as wide out as in (8x128x56x56 -> 128: 3598 against 3534). A single
+// image's widening layers, 3-7% faster by GEMM timed alone, are faster by the filter blocks in a
+// model, their input fresh from the layer before (SqueezeNet's 1x16x55x55 -> 64: 0.12 against
+// 0.075 ms; ResNet-50's 1x64x56x56 -> 256: 0.60-0.68 against 0.56-0.61).
 bool pointwise_forward_by_gemm(const ConvGeometry& g) {
   if (!is_pointwise(g)) return false;
   const std::int64_t pixels = g.P * g.Q, channels = g.C / g.groups, filters = g.K / g.groups;
-  return pixels >= 2048 && filters > channels && channels <= 256;
+  return g.N >= 2 && pixels >= 2048 && filters > channels && channels <= 256;
 }
 
 // GEMM + col2im: every problem, float32 or float64.
