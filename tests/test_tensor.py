@@ -92,6 +92,23 @@ def test_views_share_storage():
     np.testing.assert_array_equal(np.asarray(tr.reshape(-1)), base.transpose(2, 1, 0).ravel())
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_large_copies_shared_out_among_threads_are_exact(threads, restore_runtime):
+    # Past 65536 elements a copy is split into ranges of rows, one a thread, each starting its
+    # odometer part-way through the dimensions (odd sizes: ranges end inside every dimension).
+    juanji.set_num_threads(threads)
+    t = juanji.arange(3 * 41 * 29 * 37, dtype="float64").reshape(3, 41, 29, 37)
+    base = np.asarray(t)
+    views = [(t.permute(2, 0, 3, 1), base.transpose(2, 0, 3, 1)), (t[:, :, 1:, 2:], base[:, :, 1:, 2:]),
+             (t.transpose(1, 3), base.transpose(0, 3, 2, 1))]
+    for view, want in views:
+        assert view.numel() > 65536 and not view.is_contiguous()
+        np.testing.assert_array_equal(np.asarray(view.contiguous()), want)
+        np.testing.assert_array_equal(np.asarray(view.astype("float32")), want.astype(np.float32))
+    np.testing.assert_array_equal(np.asarray(t.clone()), base)
+    np.testing.assert_array_equal(np.asarray(t.astype("float32")), base.astype(np.float32))
+
+
 def test_reused_host_blocks_are_never_shared_by_live_tensors():
     # Freed blocks of 64 KiB and more are kept for reuse: a released block may come back, but
     # never to two live tensors, and factories still initialise what they hand out.

@@ -12,7 +12,9 @@
 #include <mutex>
 #include <new>
 #include <unordered_map>
+#include <vector>
 
+#include "cpu/parallel.hpp"
 #include "juanji/bfloat16.hpp"
 #include "ops/backend.hpp"
 
@@ -262,29 +264,49 @@ void strided_copy_cpu(const Tensor& dst, const Tensor& src) {
   const Src* in = static_cast<const Src*>(src.data_ptr());
   const std::int64_t n = dst.numel();
   if (n == 0) return;
+  // Large copies are shared out among the threads in contiguous ranges (a Concat's branches copied
+  // into its output: SqueezeNet's 64x55x55 ones, 774 KB, took 65 us on one thread).
+  constexpr std::int64_t kParallelElements = std::int64_t{1} << 16;
+  const std::int64_t parts = n >= kParallelElements ? team_size() : 1;
   if (dst.is_contiguous() && src.is_contiguous()) {
-    for (std::int64_t i = 0; i < n; ++i) out[i] = static_cast<Dst>(in[i]);
+#pragma omp parallel for num_threads(::juanji::team_size()) schedule(static) if (parts > 1)
+    for (std::int64_t part = 0; part < parts; ++part)
+      for (std::int64_t i = n * part / parts, end = n * (part + 1) / parts; i < end; ++i)
+        out[i] = static_cast<Dst>(in[i]);
     return;
   }
-  // Odometer over all but the last dimension; the innermost loop runs with plain strides.
+  // Rows of the last dimension, each part an odometer over the others from its first row on; the
+  // innermost loop runs with plain strides.
   const std::size_t nd = dst.shape().size();
   const auto& shape = dst.shape();
-  const std::int64_t inner = shape[nd - 1];
+  const std::int64_t inner = shape[nd - 1], rows = n / inner;
   const std::int64_t dst_inner = dst.strides()[nd - 1], src_inner = src.strides()[nd - 1];
-  std::vector<std::int64_t> index(nd, 0);
-  std::int64_t dst_off = 0, src_off = 0;
-  for (std::int64_t done = 0; done < n; done += inner) {
-    for (std::int64_t i = 0; i < inner; ++i)
-      out[dst_off + i * dst_inner] = static_cast<Dst>(in[src_off + i * src_inner]);
-    for (std::size_t d = nd - 1; d-- > 0;) {
-      dst_off += dst.strides()[d];
-      src_off += src.strides()[d];
-      if (++index[d] < shape[d]) break;
-      dst_off -= dst.strides()[d] * shape[d];
-      src_off -= src.strides()[d] * shape[d];
-      index[d] = 0;
+  cpu::RegionErrors errors;
+#pragma omp parallel for num_threads(::juanji::team_size()) schedule(static) if (parts > 1)
+  for (std::int64_t part = 0; part < parts; ++part) errors.guard([&] {
+    const std::int64_t first = rows * part / parts, end = rows * (part + 1) / parts;
+    std::vector<std::int64_t> index(nd, 0);
+    std::int64_t dst_off = 0, src_off = 0;
+    for (std::size_t d = nd - 1, rest = std::size_t(first); d-- > 0;) {
+      index[d] = std::int64_t(rest) % shape[d];
+      rest /= std::size_t(shape[d]);
+      dst_off += index[d] * dst.strides()[d];
+      src_off += index[d] * src.strides()[d];
     }
-  }
+    for (std::int64_t row = first; row < end; ++row) {
+      for (std::int64_t i = 0; i < inner; ++i)
+        out[dst_off + i * dst_inner] = static_cast<Dst>(in[src_off + i * src_inner]);
+      for (std::size_t d = nd - 1; d-- > 0;) {
+        dst_off += dst.strides()[d];
+        src_off += src.strides()[d];
+        if (++index[d] < shape[d]) break;
+        dst_off -= dst.strides()[d] * shape[d];
+        src_off -= src.strides()[d] * shape[d];
+        index[d] = 0;
+      }
+    }
+  });
+  errors.rethrow();
 }
 
 template <class Dst>
