@@ -271,19 +271,21 @@ def test_max_pool2d_2x2_vector_path_ties_and_nans(level, restore_runtime):
 @pytest.mark.parametrize("kernel, stride, padding, ceil_mode", [
     (3, 2, 0, True), (3, 2, 1, False), (3, 1, 1, False), ((2, 3), (1, 3), (1, 1), True), (5, 2, 2, True),
     ((3, 2), (2, 1), (1, 0), True)])
-def test_max_pool2d_general_windows_ties_nans_and_signed_zeros(kernel, stride, padding, ceil_mode, level,
-                                                               restore_runtime):
-    # Rows of more than one block of 64 outputs: windows inside the plane go a block (or, without
-    # argmaxes, vectors) at a time, also where padding or ceil mode clip their rows; the ones
-    # clipped at the sides one by one. Integer data full of ties, signed zeros and NaNs (two in
-    # some windows): the first maximum (or first NaN) in row-major window order wins, in values
-    # (signs of zero included) and in where the gradient goes.
+@pytest.mark.parametrize("height, width", [(9, 141), (40, 23)])
+def test_max_pool2d_general_windows_ties_nans_and_signed_zeros(kernel, stride, padding, ceil_mode, height, width,
+                                                               level, restore_runtime):
+    # Rows of more than one block of 64 outputs, and rows shorter than a vector on a plane tall
+    # enough for several rows a thread: windows inside the plane go a block (or, without argmaxes,
+    # vectors, a thread's rows inside it top to bottom in one call) at a time, also where padding or
+    # ceil mode clip their rows; the ones clipped at the sides one by one. Integer data full of
+    # ties, signed zeros and NaNs (two in some windows): the first maximum (or first NaN) in
+    # row-major window order wins, in values (signs of zero included) and in where the gradient goes.
     juanji.set_simd_level(level)
     rng = np.random.default_rng(8)
-    x = randint_data(rng, (2, 2, 9, 141), np.float32, lo=-1, hi=2)
+    x = randint_data(rng, (2, 2, height, width), np.float32, lo=-1, hi=2)
     x[x == 0] = rng.choice([0.0, -0.0], size=int((x == 0).sum())).astype(np.float32)
     x[0, 0, 3, 10:14] = np.nan
-    x[1, 1, 4, 70] = x[1, 1, 5, 71] = np.nan
+    x[1, 1, 4, width // 2] = x[1, 1, 5, width // 2 + 1] = np.nan
     y = as_np(juanji.max_pool2d(x, kernel, stride, padding, ceil_mode=ceil_mode))
     gy = randint_data(rng, y.shape, np.float32)
     gx = as_np(juanji.max_pool2d_backward(gy, x, kernel, stride, padding, ceil_mode=ceil_mode))

@@ -1042,29 +1042,33 @@ void test_max_pool_window_row(const Level& level, Data& data) {
     for (I kernel_h : {1, 2, 3})
       for (I kernel_w : {1, 2, 3, 5})
         for (I count : sizes({1, lanes - 1, lanes, lanes + 1, 2 * lanes, 3 * lanes + 2}))
-          for (Values values : kBothValues) {
-            // The windows of `count` outputs fill the row's columns exactly: no slack after them.
-            const I width = (count - 1) * stride + kernel_w;
-            // The last window ends the data: a read past it is out of bounds (AddressSanitizer).
-            const auto x = pooling_values(data, (kernel_h - 1) * width + width, values);
-            std::vector<float> got(count + kTail, kSentinel), want = got;
-            juanji::cpu::MaxPoolWindowRowArgs args{x.data(), width, kernel_h, kernel_w, stride, count, got.data()};
-            const I done = level.set.max_pool_window_row_f32(args);
-            const std::string what =
-                describe(level, "max_pool_window_row stride=%ld kernel=%ldx%ld count=%ld (%s data)", stride,
-                         kernel_h, kernel_w, count, values_name(values));
-            expect(done == (stride > 2 ? 0 : count), what + ": outputs done");
-            for (I j = 0; j < done; ++j) {
-              float best = x[j * stride];
-              for (I h = 0; h < kernel_h; ++h)
-                for (I w = 0; w < kernel_w; ++w) {
-                  const float v = x[h * width + w + j * stride];
-                  if (best == best && (v != v || v > best)) best = v;
+          for (I rows : {1, 3})
+            for (Values values : kBothValues) {
+              // The windows of `count` outputs fill the row's columns exactly: no slack after them.
+              const I width = (count - 1) * stride + kernel_w, in_row_step = 2 * width, out_row_step = count + 3;
+              // The last window ends the data: a read past it is out of bounds (AddressSanitizer).
+              const auto x = pooling_values(data, (rows - 1) * in_row_step + kernel_h * width, values);
+              std::vector<float> got((rows - 1) * out_row_step + count + kTail, kSentinel), want = got;
+              juanji::cpu::MaxPoolWindowRowArgs args{x.data(), width,     kernel_h, kernel_w,    stride,
+                                                     count,    got.data(), rows,     in_row_step, out_row_step};
+              const I done = level.set.max_pool_window_row_f32(args);
+              const std::string what =
+                  describe(level, "max_pool_window_row stride=%ld kernel=%ldx%ld count=%ld rows=%ld (%s data)", stride,
+                           kernel_h, kernel_w, count, rows, values_name(values));
+              expect(done == (stride > 2 ? 0 : count), what + ": outputs done");
+              for (I r = 0; r < rows && done > 0; ++r)
+                for (I j = 0; j < count; ++j) {
+                  const float* top = x.data() + r * in_row_step;
+                  float best = top[j * stride];
+                  for (I h = 0; h < kernel_h; ++h)
+                    for (I w = 0; w < kernel_w; ++w) {
+                      const float v = top[h * width + w + j * stride];
+                      if (best == best && (v != v || v > best)) best = v;
+                    }
+                  want[r * out_row_step + j] = best;
                 }
-              want[j] = best;
+              expect_same_bits(what, got, want);
             }
-            expect_same_bits(what, got, want);
-          }
 }
 
 void test_max_pool_2x2_backward(const Level& level, Data& data) {

@@ -339,10 +339,13 @@ using MaxPool2x2Backward = bool (*)(const MaxPool2x2BackwardArgs& args);
 // stride of 1 or 2: out[j] = the first maximum in row-major window order of top_left[h * width +
 // w + j * stride] (h < kernel_h, w < kernel_w; a NaN wins, the first NaN is kept) for j < count.
 // Returns how many outputs it wrote: all, or 0 for other strides (the caller computes those).
+// It does so for `rows` rows of windows, row r's windows in_row_step floats on from row r - 1's
+// (top_left's) and its outputs out_row_step floats on.
 struct MaxPoolWindowRowArgs {
   const float* top_left;
   std::int64_t width, kernel_h, kernel_w, stride, count;
   float* out;
+  std::int64_t rows, in_row_step, out_row_step;
 };
 using MaxPoolWindowRow = std::int64_t (*)(const MaxPoolWindowRowArgs& args);
 
