@@ -140,14 +140,21 @@ void max_pool_inside(const PoolGeometry& g, const T* x, T* y, std::int64_t* arg,
   }
 }
 
+// The output columns [begin, end) whose windows lie inside the plane: q with pad_w <= q * stride_w
+// and q * stride_w - pad_w + kernel_w <= W.
+Span inside_columns(const PoolGeometry& g) {
+  const std::int64_t begin = (g.pad_w + g.stride_w - 1) / g.stride_w;
+  const std::int64_t end = g.W < g.kernel_w ? 0 : std::min(g.Q, (g.W - g.kernel_w + g.pad_w) / g.stride_w + 1);
+  return {begin, end, end - begin};
+}
+
 // Output row p from column `first` on: the windows whose columns lie inside the plane a block at a
 // time (without argmaxes, float32, a vector kernel that also takes rows clipped by the padding or
 // ceil mode), those clipped at the sides window by window.
 template <class T>
 void max_pool_row(const PoolGeometry& g, const T* x, T* y, std::int64_t* arg, std::int64_t p, std::int64_t first) {
-  // Columns q with pad_w <= q * stride and q * stride - pad_w + kernel_w <= W.
-  const std::int64_t inside_begin = std::max(first, (g.pad_w + g.stride_w - 1) / g.stride_w);
-  const std::int64_t inside_end = g.W < g.kernel_w ? 0 : std::min(g.Q, (g.W - g.kernel_w + g.pad_w) / g.stride_w + 1);
+  const Span inside = inside_columns(g);
+  const std::int64_t inside_begin = std::max(first, inside.lo), inside_end = inside.hi;
   if (inside_begin >= inside_end) return max_pool_columns(g, x, y, arg, p, first, g.Q);
   max_pool_columns(g, x, y, arg, p, first, inside_begin);
   const Span rows = span(p, g.H, g.kernel_h, g.stride_h, g.pad_h, true);
@@ -174,8 +181,8 @@ void max_pool_row(const PoolGeometry& g, const T* x, T* y, std::int64_t* arg, st
 // two threads: 89-95 -> 53-55 us; 256 planes of 27x27: 49-52 -> 38-41).
 std::int64_t max_pool_inner_rows(const PoolGeometry& g, const float* x, float* y, std::int64_t begin,
                                  std::int64_t end) {
-  const std::int64_t inside_begin = (g.pad_w + g.stride_w - 1) / g.stride_w;
-  const std::int64_t inside_end = g.W < g.kernel_w ? 0 : std::min(g.Q, (g.W - g.kernel_w + g.pad_w) / g.stride_w + 1);
+  const Span inside = inside_columns(g);
+  const std::int64_t inside_begin = inside.lo, inside_end = inside.hi;
   if (begin >= end || inside_begin >= inside_end) return 0;
   const std::int64_t done = active_kernels().max_pool_window_row_f32(
       {x + (begin * g.stride_h - g.pad_h) * g.W + inside_begin * g.stride_w - g.pad_w, g.W, g.kernel_h, g.kernel_w,

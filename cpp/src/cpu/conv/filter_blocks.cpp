@@ -92,9 +92,14 @@ struct TapSource {
     return c.in_per_group() * std::int64_t(phased ? row_phases.size() * col_phases.size() : 1) * height * width;
   }
 
+  // Image n's planes of group grp in src.
+  static const float* image(const Correlation& c, const float* src, std::int64_t n, std::int64_t grp) {
+    return src + (n * c.in_channels + grp * c.in_per_group()) * c.in_h * c.in_w;
+  }
+
   // The planes of image n's group grp, copied where they must be into the calling thread's workspace.
   const float* planes(const Correlation& c, const float* src, std::int64_t n, std::int64_t grp) const {
-    const float* image = src + (n * c.in_channels + grp * c.in_per_group()) * c.in_h * c.in_w;
+    const float* image = TapSource::image(c, src, n, grp);
     if (!copied()) return image;
     float* out = cpu::workspace<float>(cpu::WorkspaceSlot::columns, image_floats(c));
     for (std::int64_t part = 0; part < copy_parts(c); ++part) copy_part(c, image, part, out);
@@ -191,8 +196,7 @@ void filter_block_correlate(const Correlation& c, const float* src, const float*
 #pragma omp parallel for num_threads(::juanji::team_size()) schedule(static)
     for (std::int64_t i = 0; i < images * parts; ++i) {
       const std::int64_t outer = i / parts, n = outer / c.groups, grp = outer % c.groups;
-      source.copy_part(c, src + (n * c.in_channels + grp * c.in_per_group()) * c.in_h * c.in_w, i % parts,
-                       copies + outer * image_floats);
+      source.copy_part(c, TapSource::image(c, src, n, grp), i % parts, copies + outer * image_floats);
     }
   }
   // Jobs take some of the blocks of filters for a whole image, or, where the images are fewer than
