@@ -5,6 +5,8 @@ thread and call; nothing may change it, and nothing done to the model may reach 
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -40,7 +42,21 @@ def depthwise_model():
                          nn.Conv2d(16, 32, 1), nn.ReLU(), nn.GlobalAvgPool2d(), nn.Flatten(), nn.Linear(32, 10))
 
 
-@pytest.mark.parametrize("make_model", [models.lenet5, models.convnet, models.resnet, concat_model, depthwise_model])
+def wide_model():
+    """Activations of 64 KiB and more (at 64x64), which inference drops as soon as it is done
+    with them, through residual blocks, a Concat, pooling and an Identity."""
+    block = nn.Residual(nn.Sequential(nn.Conv2d(16, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+                                      nn.Conv2d(16, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16)))
+    down = nn.Residual(nn.Sequential(nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 1)),
+                       nn.Conv2d(16, 32, 1, stride=2))
+    return nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), block, nn.ReLU(),
+                         nn.Concat(nn.Conv2d(16, 8, 1), nn.Sequential(nn.Conv2d(16, 8, 3, padding=1), nn.ReLU())),
+                         down, nn.ReLU(), nn.MaxPool2d(2), nn.Identity(), nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(),
+                         nn.GlobalAvgPool2d(), nn.Flatten(), nn.Linear(32, 10))
+
+
+@pytest.mark.parametrize("make_model", [models.lenet5, models.convnet, models.resnet, concat_model, depthwise_model,
+                                        wide_model])
 def test_frozen_outputs_are_the_models_eval_outputs_bit_for_bit(make_model):
     model = trained(make_model)
     frozen = model.freeze()
@@ -49,6 +65,41 @@ def test_frozen_outputs_are_the_models_eval_outputs_bit_for_bit(make_model):
     for batch in (1, 9, 1, 9):
         x = rng.random((batch, 1, 28, 28), dtype=f32)
         np.testing.assert_array_equal(np.asarray(frozen(x)), np.asarray(model(x)))
+
+
+def test_inference_that_drops_activations_gives_the_outputs_of_a_forward_that_keeps_them():
+    # activations() runs the layers one by one, each keeping what its forward made; frozen(x) and
+    # model(x) drop each activation once the next layer has read it, and their outputs take blocks
+    # that earlier activations held.
+    model = trained(wide_model)
+    frozen = model.freeze()
+    rng = np.random.default_rng(2)
+    for batch in (2, 1, 3, 2):
+        x = rng.random((batch, 1, 64, 64), dtype=f32)
+        kept = np.asarray(model.activations(x)[-1])
+        np.testing.assert_array_equal(np.asarray(frozen(x)), kept)
+        np.testing.assert_array_equal(np.asarray(model(x)), kept)
+
+
+def test_a_frozen_chain_holds_a_few_activations_at_a_time():
+    # 24 layers of 4 MiB activations: kept, they took 96 MiB more at the peak; dropped as the
+    # next layer reads them, a few blocks serve them all. A fresh process, whose peak is its own.
+    code = """
+import resource
+import numpy as np
+from juanji import nn
+def peak_mib():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+model = nn.Sequential(*[layer for _ in range(24) for layer in (nn.Conv2d(16, 16, 1), nn.ReLU())]).eval()
+frozen = model.freeze()
+x = np.ones((1, 16, 256, 256), np.float32)
+before = peak_mib()
+for _ in range(3):
+    frozen(x)
+print(peak_mib() - before)
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert float(result.stdout) < 40, result.stdout
 
 
 def forced_forward(name):

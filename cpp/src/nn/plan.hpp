@@ -55,8 +55,10 @@ class Plan {
  public:
   // The stages for `layers` (which must outlive the plan) on `device`.
   Plan(const std::vector<std::shared_ptr<Layer>>& layers, Device device);
-  // The same contracts as Stage's, for the whole run of layers.
-  const Tensor& forward(const Tensor& x, bool training);
+  // The same contracts as Stage's, for the whole run of layers. An inference_only forward (an
+  // eval-mode one that no backward follows: a frozen model's) keeps only the last stages' tensors
+  // where freed blocks serve later requests.
+  const Tensor& forward(const Tensor& x, bool training, bool inference_only = false);
   const Tensor& backward(const Tensor& grad_y, bool need_grad_x);
   // The same, calling after_stage(first) as each stage's backward ends, where `first` is the
   // index of the stage's first layer: from then on the gradients of the parameters of layers
@@ -71,6 +73,8 @@ class Plan {
   // forward kept for the layers of stage k once its backward is done: the memory of the later
   // stages' activations then holds the earlier stages' gradients.
   void release_forward_tensors(std::size_t k);
+  // Drops what the forward kept in the layers of stage k (Layer::release_forward_tensors).
+  void release_stage_tensors(std::size_t k);
   const std::vector<std::shared_ptr<Layer>>& layers_;
   Device device_;
   std::vector<std::size_t> first_layers_;  // of each stage; filled while stages_ is built

@@ -174,7 +174,7 @@ const Tensor& Sequential::run_forward(const Tensor& x, bool training) {
         "false)");
   check_input(x);
   const Tensor& input = owner() ? x : on_model_device(x, input_staging_);
-  return plan(input.device()).forward(input, training);
+  return plan(input.device()).forward(input, training, frozen());
 }
 
 bool Sequential::backward_reads_output() const { return layers_.empty() || layers_.back()->backward_reads_output(); }
@@ -219,7 +219,10 @@ std::shared_ptr<Sequential> Sequential::idle_replica() {
   if (!replica) {
     const std::lock_guard<std::mutex> guard(replicas_->mutex);
     replicas_->unavailable = true;
+    return nullptr;
   }
+  // For infer() alone, which no backward follows: frozen, its forward keeps no activations it is done with.
+  for (const auto& layer : layers_within(replica)) layer->frozen_ = true;
   return replica;
 }
 

@@ -125,9 +125,10 @@ class Layer {
   // A frozen layer (see frozen()) refuses train(true) with std::invalid_argument.
   virtual void train(bool mode = true);
   void eval() { train(false); }
-  // Whether this layer belongs to a frozen model (Sequential::freeze): one for inference, whose
-  // parameters are read-only. It refuses training-mode forwards, backward, train(true), to() and
-  // loading a state dict, each with std::invalid_argument.
+  // Whether this layer belongs to a frozen model (Sequential::freeze, or the replicas that
+  // Sequential::infer computes with): one for inference, whose parameters are read-only. It refuses
+  // training-mode forwards, backward, train(true), to() and loading a state dict, each with
+  // std::invalid_argument; its forward drops the activations it is done with.
   bool frozen() const { return frozen_.load(); }
   // Throws that std::invalid_argument for a frozen layer: `call` ("to") would change it.
   void check_not_frozen(const char* call) const;
