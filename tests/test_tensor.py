@@ -1,5 +1,8 @@
 """Tensor core: creation, views, NumPy and DLPack zero-copy, seeded randomness, bad input."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -201,3 +204,53 @@ def test_cuda_without_gpu_is_a_clear_error():
         juanji.zeros(3, device="cuda")
     with pytest.raises(ValueError, match="device"):
         juanji.zeros(3, device="tpu")
+
+
+
+def run_in_a_fresh_process(code):
+    """The printed numbers of `code`, run with an arena of its own (ARENA_CODE's helpers in scope)."""
+    result = subprocess.run([sys.executable, "-c", ARENA_CODE + code], capture_output=True, text=True, timeout=120,
+                            check=True)
+    return [float(v) for v in result.stdout.split()]
+
+
+ARENA_CODE = """
+import resource
+import juanji
+MIB = 2**20 // 4  # floats
+def resident_mib():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+def page_faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+"""
+
+
+def test_freed_host_memory_goes_back_to_the_kernel():
+    # Wholly free segments go back, the longest idle first, while more than 256 MiB is free.
+    full, returned = run_in_a_fresh_process("""
+blocks = [juanji.zeros((100 * MIB,)) for _ in range(4)]
+full = resident_mib()
+del blocks[:]
+print(full, full - resident_mib())
+""")
+    assert returned > 150, (full, returned)  # two of the four 100 MiB blocks went back
+
+
+def test_the_block_freed_last_stays_however_much_else_is_free():
+    # 240 MiB free in segments still in use, then a 100 MiB block freed: it stays mapped, ready for
+    # the same request again (an inference frees and takes back its largest activation on every
+    # call; going back to the kernel, it took a page fault per page each time).
+    (faults,) = run_in_a_fresh_process("""
+big, pinned = [], []
+for _ in range(4):
+    big.append(juanji.zeros((60 * MIB,)))
+    pinned.append(juanji.zeros((MIB,)))  # in the rest of the big block's segment, which stays in use
+del big[:]
+block = juanji.zeros((100 * MIB,))
+del block
+before = page_faults()
+block = juanji.zeros((100 * MIB,))
+print(page_faults() - before)
+""")
+    assert faults < 1000, faults
