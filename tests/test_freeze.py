@@ -267,3 +267,31 @@ def test_freezing_leaves_the_model_trainable():
     rng = np.random.default_rng(9)
     model.train_step(rng.random((4, 1, 28, 28), dtype=f32), np.arange(4), nn.CrossEntropyLoss(),
                      optim.SGD(model.parameters(), lr=0.1))
+
+
+@pytest.mark.parametrize("algorithm", ["winograd", "filter_blocks", "gemm", "direct", "depthwise"])
+def test_concat_branches_compute_into_their_share_of_the_output_on_every_forward_algorithm(algorithm):
+    # A frozen Concat lends each branch's last convolution its channels of the output, whose images
+    # lie apart in a batch: Winograd, the filter blocks and GEMM write them in place, the others
+    # through a buffer. The model's layers one by one (activations) copy each branch's output in.
+    def branch(conv, relu):
+        return nn.Sequential(conv, nn.ReLU()) if relu else nn.Sequential(conv)
+
+    if algorithm == "direct":
+        channels, convs = 2, [nn.Conv2d(2, 8, 3, padding=1), nn.Conv2d(2, 5, 3, padding=2, dilation=2)]
+    elif algorithm == "depthwise":
+        channels, convs = 4, [nn.Conv2d(4, 4, 3, padding=1, groups=4), nn.Conv2d(4, 4, 5, padding=2, groups=4)]
+    else:
+        channels, convs = 16, [nn.Conv2d(16, 16, 3, padding=1), nn.Conv2d(16, 32, 3, padding=1, bias=False)]
+    juanji.manual_seed(4)
+    model = nn.Sequential(nn.Concat(branch(convs[0], True), branch(convs[1], False), nn.Identity())).eval()
+    frozen = model.freeze()
+    rng = np.random.default_rng(3)
+    for batch in (1, 3, 2):
+        x = rng.integers(-3, 4, (batch, channels, 13, 11)).astype(f32)
+        with forced_forward(algorithm):
+            want = np.asarray(model.activations(x)[-1])
+            got = np.asarray(frozen(x))
+            again = np.asarray(model(x))
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(again, want)

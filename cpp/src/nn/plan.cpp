@@ -229,6 +229,13 @@ struct StageAccess {
     norm.normalize(x, training, true);
     return true;
   }
+  // Where `layer` is a convolution at full precision, its next forward computes into
+  // `destination` if it has the output's shape, dtype and device (Conv::prepare_forward keeps such
+  // a buffer, whose images may lie apart: see conv_forward): Plan::infer_into.
+  static void lend_output(Layer& layer, const Tensor& destination) {
+    Conv* conv = dynamic_cast<Conv*>(&layer);
+    if (conv && conv->precision() == Precision::full) conv->output_ = destination;
+  }
   // Always fuses: the rule places it after a residual block's sum only where it is a ReLU.
   static bool forward_with_activation(Residual& block, const Tensor& x, bool training,
                                       const ActivationLayer&) {
@@ -524,18 +531,33 @@ constexpr std::size_t kReleasedActivationBytes = std::size_t{64} << 10;
 
 const Tensor& Plan::forward(const Tensor& x, bool training, bool inference_only) {
   if (!inference_only || !device::freed_blocks_are_reused(device_)) return forward_through(stages_, x, training);
-  // Each stage's tensors are dropped once the stage after it has read its output, and the
-  // allocator hands the freed blocks to the next stages' outputs. The outputs then go to memory
-  // that a stage or two before had just used, still in cache, where each layer's own buffers had
-  // sent every output to lines no layer had touched since the last call (frozen, 2 threads:
-  // SqueezeNet at batch 8 28.1 -> 22.6 ms, ResNet-50 at batch 1 30.6 -> 28.8 ms).
+  return infer_stages(x, stages_.size());
+}
+
+// Each stage's tensors are dropped once the stage after it has read its output, and the allocator
+// hands the freed blocks to the next stages' outputs. The outputs then go to memory that a stage or
+// two before had just used, still in cache, where each layer's own buffers had sent every output
+// to lines no layer had touched since the last call (frozen, 2 threads: SqueezeNet at batch 8
+// 28.1 -> 22.6 ms, ResNet-50 at batch 1 30.6 -> 28.8 ms).
+const Tensor& Plan::infer_stages(const Tensor& x, std::size_t end) {
   const Tensor* y = &x;
-  for (std::size_t k = 0; k < stages_.size(); ++k) {
-    const Tensor& out = stages_[k]->forward(*y, training);
-    if (k > 0 && &out != y && y->numel() * dtype_size(y->dtype()) >= kReleasedActivationBytes)
-      release_stage_tensors(k - 1);
-    y = &out;
-  }
+  for (std::size_t k = 0; k < end; ++k) inference_stage_done(k, stages_[k]->forward(*y, false), y);
+  return *y;
+}
+
+void Plan::inference_stage_done(std::size_t k, const Tensor& out, const Tensor*& input) {
+  const bool large = input->numel() * std::int64_t(dtype_size(input->dtype())) >=
+                     std::int64_t(kReleasedActivationBytes);
+  if (k > 0 && &out != input && large && device::freed_blocks_are_reused(device_)) release_stage_tensors(k - 1);
+  input = &out;
+}
+
+const Tensor& Plan::infer_into(const Tensor& x, const Tensor& destination) {
+  if (stages_.empty()) return x;
+  const std::size_t last = stages_.size() - 1;
+  const Tensor* y = &infer_stages(x, last);
+  StageAccess::lend_output(*layers_[first_layers_[last]], destination);
+  inference_stage_done(last, stages_[last]->forward(*y, false), y);
   return *y;
 }
 

@@ -59,6 +59,10 @@ class Plan {
   // eval-mode one that no backward follows: a frozen model's) keeps only the last stages' tensors
   // where freed blocks serve later requests.
   const Tensor& forward(const Tensor& x, bool training, bool inference_only = false);
+  // An inference_only forward whose last stage computes into `destination` (of the output's shape,
+  // each image in one piece) where the stage's first layer is a convolution: the output, which
+  // lies in destination only where it did.
+  const Tensor& infer_into(const Tensor& x, const Tensor& destination);
   const Tensor& backward(const Tensor& grad_y, bool need_grad_x);
   // The same, calling after_stage(first) as each stage's backward ends, where `first` is the
   // index of the stage's first layer: from then on the gradients of the parameters of layers
@@ -73,6 +77,12 @@ class Plan {
   // forward kept for the layers of stage k once its backward is done: the memory of the later
   // stages' activations then holds the earlier stages' gradients.
   void release_forward_tensors(std::size_t k);
+  // Stages [0, end) of an inference_only forward, each stage's tensors dropped once the stage after
+  // it has read its output (where freed blocks serve later requests); returns the last output.
+  const Tensor& infer_stages(const Tensor& x, std::size_t end);
+  // Stage k's output `out` is ready, stage k's input was *input: drops stage k - 1's tensors where
+  // stage k has read them and they are large, and moves input on to out.
+  void inference_stage_done(std::size_t k, const Tensor& out, const Tensor*& input);
   // Drops what the forward kept in the layers of stage k (Layer::release_forward_tensors).
   void release_stage_tensors(std::size_t k);
   const std::vector<std::shared_ptr<Layer>>& layers_;

@@ -177,6 +177,14 @@ const Tensor& Sequential::run_forward(const Tensor& x, bool training) {
   return plan(input.device()).forward(input, training, frozen());
 }
 
+const Tensor& Sequential::infer_into(const Tensor& x, const Tensor& destination) {
+  const Lock lock(*this);
+  const ConcurrentCaller caller;
+  last_forward_inferred_ = false;
+  check_input(x);
+  return plan(x.device()).infer_into(x, destination);
+}
+
 bool Sequential::backward_reads_output() const { return layers_.empty() || layers_.back()->backward_reads_output(); }
 
 const Tensor& Sequential::backward(const Tensor& grad_y, bool need_grad_x) {

@@ -102,6 +102,10 @@ class Concat : public Container {
   // The output shape for the branches' output shapes; std::invalid_argument naming two that
   // cannot be concatenated.
   static Shape concatenated(const std::vector<Shape>& shapes);
+  // A frozen block's forward: each branch's output goes into its channels of output_ as soon as it
+  // is computed (straight from its last convolution where it can), and the branch's tensors are
+  // dropped.
+  const Tensor& infer_into_output(const Tensor& x);
   std::vector<std::shared_ptr<Layer>> branches_;
   std::vector<std::int64_t> channels_;  // of each branch's output, at the last forward
   std::vector<Tensor> branch_grads_;     // each branch's share of the output's gradient

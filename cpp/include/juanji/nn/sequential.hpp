@@ -171,6 +171,11 @@ class Sequential : public Container {
   static Metadata load_metadata(const std::string& path);
 
  private:
+  friend class Concat;
+  // A frozen Concat's branch (Concat::infer_into_output): the eval-mode forward, its last stage
+  // computing into `destination` (of the output's shape, each image in one piece) where its first
+  // layer is a convolution; the output, which lies in destination only where it did.
+  const Tensor& infer_into(const Tensor& x, const Tensor& destination);
   void check_input(const Tensor& x) const;
   // forward without the lock: for the caller that holds it, or that alone has this model.
   const Tensor& run_forward(const Tensor& x, bool training);

@@ -63,7 +63,10 @@ ConvGrads conv1d_backward(const Tensor& grad_out, const Tensor& x, const Tensor&
 
 // Kernel API for layers: contiguous tensors of one dtype, outputs preallocated and overwritten.
 // bias may be undefined (no bias); grad_b may be undefined (not wanted). packs (or null) keeps the
-// CPU's layouts of w from call to call where it serves w (see PackedWeights).
+// CPU's layouts of w from call to call where it serves w (see PackedWeights). On the CPU the y of
+// conv_forward and conv_forward_activation may also be a view whose images each lie in one piece
+// (a Concat's share of its output), which the Winograd, filter-block and GEMM kernels write in
+// place and the others through a buffer.
 void conv_forward(const ConvGeometry& g, const Tensor& x, const Tensor& w, const Tensor& bias,
                   Tensor& y, PackedWeights* packs = nullptr);
 // conv_forward with the activation applied as each output is stored, where a kernel for this

@@ -62,18 +62,19 @@ void direct_backward_weight(const ConvGeometry& g, const float* dy, const float*
 
 // ---- Filter blocks (filter_blocks.cpp): 8+ filters per group ----
 bool use_filter_blocks(const Correlation& c);
-// packs (or null) keeps the weights' layout from call to call.
+// packs (or null) keeps the weights' layout from call to call; y_image: floats from one image's
+// output to the next's (K * P * Q where they lie one after another).
 void filter_block_forward(const ConvGeometry& g, const float* x, const float* w, const float* bias, float* y,
-                          bool relu, PackedWeights* packs);
+                          bool relu, PackedWeights* packs, std::int64_t y_image);
 void filter_block_backward_data(const ConvGeometry& g, const float* dy, const float* w, float* dx);
 void filter_block_backward_weight(const ConvGeometry& g, const float* dy, const float* x, float* dw,
                                   float* db);
 
 // ---- Winograd F(2x2, 3x3) (winograd.cpp): stride-1 undilated 3x3, 16+ channels ----
 bool use_winograd(const Correlation& c);
-// packs (or null) keeps the transformed filters from call to call.
+// packs (or null) keeps the transformed filters from call to call; y_image as filter_block_forward's.
 void winograd_forward(const ConvGeometry& g, const float* x, const float* w, const float* bias, float* y, bool relu,
-                      PackedWeights* packs);
+                      PackedWeights* packs, std::int64_t y_image);
 void winograd_backward_data(const ConvGeometry& g, const float* dy, const float* w, float* dx);
 void winograd_backward_weight(const ConvGeometry& g, const float* dy, const float* x, float* dw, float* db);
 
@@ -85,9 +86,11 @@ void default_data_grad_f32(const ConvGeometry& g, const float* dy, const float* 
 // ---- im2col + GEMM (gemm.cpp): every problem, float32 or float64 ----
 bool pointwise_data_grad_by_gemm(const ConvGeometry& g);
 bool pointwise_forward_by_gemm(const ConvGeometry& g);
-// The bias and (relu) the ReLU are applied as each output tile completes.
+// The bias and (relu) the ReLU are applied as each output tile completes; y_image as
+// filter_block_forward's (0: K * P * Q).
 template <class T>
-void gemm_forward(const ConvGeometry& g, const T* x, const T* w, const T* bias, T* y, bool relu = false);
+void gemm_forward(const ConvGeometry& g, const T* x, const T* w, const T* bias, T* y, bool relu = false,
+                  std::int64_t y_image = 0);
 template <class T>
 void gemm_backward_data(const ConvGeometry& g, const T* dy, const T* w, T* dx);
 // db (or null) gets the bias gradient by bias_grad's own pass over the error.

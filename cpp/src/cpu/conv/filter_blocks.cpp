@@ -166,7 +166,7 @@ struct TapSource {
 // in cache) the kernel fetches the next blocks' weights while it computes (1x512x7x7 -> 512, 3x3,
 // weights and input out of cache: 1466 -> 1225 us; with both in cache fetching cost 3-5%).
 void filter_block_correlate(const Correlation& c, const float* src, const float* packed, const float* bias,
-                            float* out, bool relu, bool kept_weights) {
+                            float* out, std::int64_t out_image, bool relu, bool kept_weights) {
   const cpu::KernelSet& kernels = cpu::active_kernels();
   const std::int64_t blocks = c.blocks(), taps = c.taps(), per_group = c.out_per_group();
   const std::int64_t out_plane = c.out_h * c.out_w;
@@ -227,7 +227,7 @@ void filter_block_correlate(const Correlation& c, const float* src, const float*
       const std::int64_t first = grp * per_group + kb * cpu::kFilterBlock;
       const std::int64_t blocks_now = std::min(step, end_block - kb);
       const std::int64_t filters = std::min((kb + blocks_now) * cpu::kFilterBlock, per_group) - kb * cpu::kFilterBlock;
-      float* block_out = out + (n * c.out_channels + first) * out_plane + first_row * c.out_w;
+      float* block_out = out + n * out_image + first * out_plane + first_row * c.out_w;
       // The blocks after these in the group, or its first ones (the next image's).
       const std::int64_t next_kb = kb + blocks_now < blocks ? kb + blocks_now : 0;
       const float* next_weights = kept_weights ? packed + (grp * blocks + next_kb) * taps * cpu::kFilterBlock : nullptr;
@@ -262,7 +262,7 @@ void filter_block_correlate(const Correlation& c, const float* src, const float*
 }  // namespace
 
 void filter_block_forward(const ConvGeometry& g, const float* x, const float* w, const float* bias, float* y,
-                          bool relu, PackedWeights* packs) {
+                          bool relu, PackedWeights* packs, std::int64_t y_image) {
   const Correlation c = forward_correlation(g);
   const std::int64_t taps = c.taps(), Kg = c.out_per_group();
   // Written tap by tap, each tap's 16 floats one after another: filter by filter, each write fell
@@ -273,7 +273,7 @@ void filter_block_forward(const ConvGeometry& g, const float* x, const float* w,
     for (std::int64_t t = 0; t < taps; ++t)
       for (std::int64_t k = 0; k < filters; ++k) out[t * cpu::kFilterBlock + k] = first[k * taps + t];
   }, packs, "filter_blocks");
-  filter_block_correlate(c, x, packed, bias, y, relu, packs != nullptr);
+  filter_block_correlate(c, x, packed, bias, y, y_image, relu, packs != nullptr);
 }
 
 // Stride 1 only: dx is the correlation of the padded error with the rotated, transposed kernel.
@@ -289,7 +289,7 @@ void filter_block_backward_data(const ConvGeometry& g, const float* dy, const fl
         for (std::int64_t rs = 0; rs < RS; ++rs) out[(k * RS + RS - 1 - rs) * cpu::kFilterBlock + lane] = kernel[rs];
       }
   });
-  filter_block_correlate(c, dy, packed, nullptr, dx, false, false);
+  filter_block_correlate(c, dy, packed, nullptr, dx, c.out_channels * c.out_h * c.out_w, false, false);
 }
 
 namespace {

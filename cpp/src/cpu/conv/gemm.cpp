@@ -211,11 +211,12 @@ struct ImplicitColumnsTransposed {
 
 // im2col (or implicit columns) + GEMM: every problem, float32 or float64.
 template <class T>
-void gemm_forward(const ConvGeometry& g, const T* x, const T* w, const T* bias, T* y, bool relu) {
+void gemm_forward(const ConvGeometry& g, const T* x, const T* w, const T* bias, T* y, bool relu, std::int64_t y_image) {
   const std::int64_t Cg = g.C / g.groups, Kg = g.K / g.groups;
   const std::int64_t PQ = g.P * g.Q, CRSg = Cg * g.R * g.S;
   const bool pointwise = is_pointwise(g);
   const std::int64_t per_batch = images_per_gemm(g);
+  const std::int64_t out_image = y_image ? y_image : g.K * PQ;
   for_each_batch(g.N, per_batch, [&](std::int64_t first, std::int64_t images, bool threaded) {
     const std::int64_t cols = images * PQ;
     // Packing straight from x pays off once the im2col matrix outgrows the caches (measured:
@@ -225,7 +226,7 @@ void gemm_forward(const ConvGeometry& g, const T* x, const T* w, const T* bias, 
     T* col = implicit ? nullptr : cpu::workspace<T>(cpu::WorkspaceSlot::columns, CRSg * cols);
     T* out = images > 1 ? cpu::workspace<T>(cpu::WorkspaceSlot::batch_out, Kg * cols) : nullptr;
     for (std::int64_t grp = 0; grp < g.groups; ++grp) {
-      T* yg = y + (first * g.K + grp * Kg) * PQ;
+      T* yg = y + first * out_image + grp * Kg * PQ;
       T* c = images > 1 ? out : yg;
       // The bias is added to each finished sum, as the other algorithms add it.
       const cpu::GemmEpilogue<T> epilogue{bias ? bias + grp * Kg : nullptr, relu};
@@ -237,7 +238,7 @@ void gemm_forward(const ConvGeometry& g, const T* x, const T* w, const T* bias, 
         const T* columns = batch_columns(g, x, first, images, grp, pointwise, col);
         cpu::gemm<T>(Kg, cols, CRSg, weights, {columns, cols, 1}, c, cols, false, threaded, epilogue);
       }
-      if (images > 1) scatter_images(out, images, Kg, PQ, yg, g.K * PQ);
+      if (images > 1) scatter_images(out, images, Kg, PQ, yg, out_image);
     }
   });
 }
@@ -363,8 +364,10 @@ void gemm_backward_weight(const ConvGeometry& g, const T* dy, const T* x, T* dw,
   }
 }
 
-template void gemm_forward<float>(const ConvGeometry&, const float*, const float*, const float*, float*, bool);
-template void gemm_forward<double>(const ConvGeometry&, const double*, const double*, const double*, double*, bool);
+template void gemm_forward<float>(const ConvGeometry&, const float*, const float*, const float*, float*, bool,
+                                  std::int64_t);
+template void gemm_forward<double>(const ConvGeometry&, const double*, const double*, const double*, double*, bool,
+                                   std::int64_t);
 template void gemm_backward_data<float>(const ConvGeometry&, const float*, const float*, float*);
 template void gemm_backward_data<double>(const ConvGeometry&, const double*, const double*, double*);
 template void gemm_backward_weight<float>(const ConvGeometry&, const float*, const float*, float*, float*);

@@ -98,40 +98,42 @@ struct ForwardAlgorithm {
   Refusal (*refusal)(const ConvProblem&);
   Refusal (*passed_over)(const ConvProblem&);  // by the default choice, though it takes the problem; null: never
   // packs (or null): where the algorithms that lay the weights out keep their layouts
+  // y_image: floats from one image's output to the next's (other than K * P * Q only where images_apart)
   void (*run_f32)(const ConvGeometry&, const float* x, const float* w, const float* bias, float* y, bool relu,
-                  PackedWeights* packs);
+                  PackedWeights* packs, std::int64_t y_image);
   void (*run_f64)(const ConvGeometry&, const double* x, const double* w, const double* bias, double* y);
   bool applies_relu;  // whether run_f32 applies the ReLU it is asked for as it stores
+  bool images_apart;  // whether run_f32 writes images that lie apart (a Concat's share of its output)
 };
 
 const std::array<ForwardAlgorithm, 6> kForwardAlgorithms{{
     {"depthwise",
      refuses_depthwise, nullptr,
      [](const ConvGeometry& g, const float* x, const float* w, const float* bias, float* y, bool relu,
-        PackedWeights*) { depthwise_forward(g, x, w, bias, y, relu); },
-     nullptr, true},
+        PackedWeights*, std::int64_t) { depthwise_forward(g, x, w, bias, y, relu); },
+     nullptr, true, false},
     {"direct",
      refuses_direct, nullptr,
      [](const ConvGeometry& g, const float* x, const float* w, const float* bias, float* y, bool relu,
-        PackedWeights*) { direct_forward(g, x, w, bias, y, relu); },
-     nullptr, true},
+        PackedWeights*, std::int64_t) { direct_forward(g, x, w, bias, y, relu); },
+     nullptr, true, false},
     {"winograd",
      refuses_winograd, passes_over_winograd,
-     winograd_forward, nullptr, true},
+     winograd_forward, nullptr, true, true},
     {"filter_blocks",
      refuses_filter_blocks, passes_over_filter_blocks,
-     filter_block_forward, nullptr, true},
+     filter_block_forward, nullptr, true, true},
     {"gemm", takes_every_problem, nullptr,
      [](const ConvGeometry& g, const float* x, const float* w, const float* bias, float* y, bool relu,
-        PackedWeights*) { gemm_forward(g, x, w, bias, y, relu); },
+        PackedWeights*, std::int64_t y_image) { gemm_forward(g, x, w, bias, y, relu, y_image); },
      [](const ConvGeometry& g, const double* x, const double* w, const double* bias, double* y) {
        gemm_forward(g, x, w, bias, y);
      },
-     true},
+     true, true},
     {"reference", takes_every_problem, nullptr,
      [](const ConvGeometry& g, const float* x, const float* w, const float* bias, float* y, bool,
-        PackedWeights*) { ref::conv_forward(g, x, w, bias, y); },
-     ref::conv_forward<double>, false},
+        PackedWeights*, std::int64_t) { ref::conv_forward(g, x, w, bias, y); },
+     ref::conv_forward<double>, false, false},
 }};
 
 struct DataGradAlgorithm {
@@ -309,13 +311,42 @@ using conv::kDataGradAlgorithms;
 using conv::kForwardAlgorithms;
 using conv::kWeightGradAlgorithms;
 
+namespace {
+
+// Floats from one image of y to the next: y is contiguous, or a view whose images each lie in one
+// piece (a Concat's share of its output).
+std::int64_t image_floats(const Tensor& y) {
+  const Shape natural = contiguous_strides(y.shape());
+  for (std::size_t d = 1; d < natural.size(); ++d)
+    check(y.size(d) == 1 || y.strides()[d] == natural[d], "conv_forward: the output ", shape_text(y.shape()),
+          " must be contiguous or a view whose images each lie in one piece (strides ", shape_text(y.strides()), ")");
+  return y.size(0) > 1 ? y.strides()[0] : natural[0];
+}
+
+// Runs run(out, out_image) for the algorithm straight into y, or, where y's images lie apart and
+// the algorithm cannot write them so, into a buffer then copied into y.
+template <class Run>
+void into_output(const conv::ForwardAlgorithm& algorithm, bool float32, Tensor& y, Run run) {
+  const std::int64_t natural = contiguous_strides(y.shape())[0], apart = image_floats(y);
+  if (apart == natural || (float32 && algorithm.images_apart)) return run(y, apart);
+  Tensor packed = Tensor::empty(y.shape(), y.dtype(), y.device());
+  run(packed, natural);
+  y.copy_(packed);
+}
+
+}  // namespace
+
 void conv_forward(const ConvGeometry& g, const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& y,
                   PackedWeights* packs) {
   const auto& algorithm = choose(kForwardAlgorithms, {g, x.dtype(), nullptr}, ConvPass::forward, true);
-  if (x.dtype() == DType::float32)
-    algorithm.run_f32(g, x.data<float>(), w.data<float>(), data_or_null<float>(bias), y.data<float>(), false, packs);
-  else
-    algorithm.run_f64(g, x.data<double>(), w.data<double>(), data_or_null<double>(bias), y.data<double>());
+  const bool float32 = x.dtype() == DType::float32;
+  into_output(algorithm, float32, y, [&](Tensor& out, std::int64_t out_image) {
+    if (float32)
+      algorithm.run_f32(g, x.data<float>(), w.data<float>(), data_or_null<float>(bias), out.data<float>(), false,
+                        packs, out_image);
+    else
+      algorithm.run_f64(g, x.data<double>(), w.data<double>(), data_or_null<double>(bias), out.data<double>());
+  });
 }
 
 bool conv_forward_relu(const ConvGeometry& g, const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& y,
@@ -324,7 +355,10 @@ bool conv_forward_relu(const ConvGeometry& g, const Tensor& x, const Tensor& w, 
   // The same choice as conv_forward's.
   const auto& algorithm = choose(kForwardAlgorithms, {g, x.dtype(), nullptr}, ConvPass::forward, true);
   if (!algorithm.applies_relu) return false;
-  algorithm.run_f32(g, x.data<float>(), w.data<float>(), data_or_null<float>(bias), y.data<float>(), true, packs);
+  into_output(algorithm, true, y, [&](Tensor& out, std::int64_t out_image) {
+    algorithm.run_f32(g, x.data<float>(), w.data<float>(), data_or_null<float>(bias), out.data<float>(), true, packs,
+                      out_image);
+  });
   return true;
 }
 

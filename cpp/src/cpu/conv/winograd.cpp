@@ -179,7 +179,7 @@ void winograd_input_chunk(const Correlation& c, const WinogradTiles& tiles, cons
 // of 16 filters sums the products and transforms them back. Every output is written by one job,
 // and its value does not depend on the chunking.
 void winograd_correlate(const Correlation& c, const float* src, const float* packed, const float* bias,
-                        float* out, bool relu) {
+                        float* out, std::int64_t out_image, bool relu) {
   const cpu::KernelSet& kernels = cpu::active_kernels();
   const std::int64_t in = c.in_per_group(), per_group = c.out_per_group(), blocks = c.blocks();
   const WinogradTiles all(c);
@@ -219,7 +219,7 @@ void winograd_correlate(const Correlation& c, const float* src, const float* pac
         if (bias) std::copy(bias + first, bias + first + filters, block_bias);
         for_each_tile_run(all, begin, end, [&](std::int64_t n, std::int64_t ty, std::int64_t tx0, std::int64_t tx1,
                                                std::int64_t offset) {
-          float* origin = out + (n * c.out_channels + first) * out_plane + 2 * ty * c.out_w + 2 * tx0;
+          float* origin = out + n * out_image + first * out_plane + 2 * ty * c.out_w + 2 * tx0;
           kernels.winograd_output_f32({block_m + offset * cpu::kFilterBlock, m_stride, tx1 - tx0, block_bias, relu,
                                        origin, filters, out_plane, c.out_w, std::min<std::int64_t>(2, c.out_h - 2 * ty),
                                        std::min(2 * tx1, c.out_w) - 2 * tx0});
@@ -233,13 +233,13 @@ void winograd_correlate(const Correlation& c, const float* src, const float* pac
 }  // namespace
 
 void winograd_forward(const ConvGeometry& g, const float* x, const float* w, const float* bias, float* y, bool relu,
-                      PackedWeights* packs) {
+                      PackedWeights* packs, std::int64_t y_image) {
   const Correlation c = forward_correlation(g);
   const std::int64_t Cg = c.in_per_group(), Kg = c.out_per_group();
   const float* packed = pack_winograd_filters(c, false, [&](std::int64_t grp, std::int64_t k, std::int64_t ch) {
     return w + ((grp * Kg + k) * Cg + ch) * 9;
   }, packs);
-  winograd_correlate(c, x, packed, bias, y, relu);
+  winograd_correlate(c, x, packed, bias, y, y_image, relu);
 }
 
 // dx is the correlation of the padded error with the rotated, transposed kernel.
@@ -249,7 +249,7 @@ void winograd_backward_data(const ConvGeometry& g, const float* dy, const float*
   const float* packed = pack_winograd_filters(c, true, [&](std::int64_t grp, std::int64_t ch, std::int64_t k) {
     return w + ((grp * Kg + k) * Cg + ch) * 9;
   });
-  winograd_correlate(c, dy, packed, nullptr, dx, false);
+  winograd_correlate(c, dy, packed, nullptr, dx, c.out_channels * c.out_h * c.out_w, false);
 }
 
 namespace {
