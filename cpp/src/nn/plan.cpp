@@ -538,7 +538,7 @@ const Tensor& Plan::forward(const Tensor& x, bool training, bool inference_only)
 // hands the freed blocks to the next stages' outputs. The outputs then go to memory that a stage or
 // two before had just used, still in cache, where each layer's own buffers had sent every output
 // to lines no layer had touched since the last call (frozen, 2 threads: SqueezeNet at batch 8
-// 28.1 -> 22.6 ms, ResNet-50 at batch 1 30.6 -> 28.8 ms).
+// 28.0-28.1 -> 22.2-23.0 ms, ResNet-50 at batch 1 29.7-30.4 -> 27.4-28.6 ms).
 const Tensor& Plan::infer_stages(const Tensor& x, std::size_t end) {
   const Tensor* y = &x;
   for (std::size_t k = 0; k < end; ++k) inference_stage_done(k, stages_[k]->forward(*y, false), y);
