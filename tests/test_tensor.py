@@ -234,7 +234,9 @@ full = resident_mib()
 del blocks[:]
 print(full, full - resident_mib())
 """)
-    assert returned > 150, (full, returned)  # two of the four 100 MiB blocks went back
+    # Two of the four 100 MiB blocks went back (under AddressSanitizer less shows: poisoning the
+    # freed blocks' shadow takes pages too).
+    assert returned > 100, (full, returned)
 
 
 def test_the_block_freed_last_stays_however_much_else_is_free():
@@ -253,4 +255,5 @@ before = page_faults()
 block = juanji.zeros((100 * MIB,))
 print(page_faults() - before)
 """)
-    assert faults < 1000, faults
+    # Mapped anew it took a fault a page, 25600; AddressSanitizer's shadow of it takes 3200.
+    assert faults < 6000, faults
