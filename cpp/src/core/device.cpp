@@ -51,8 +51,8 @@ std::atomic<std::uint64_t> allocations{0};
 // free, so that memory a program stops using returns; the segment freed last stays, since the
 // program is likely to ask for such a block again (an inference drops each activation once the
 // next layer has read it: VGG-11 at batch 8 had mapped its 103 MB block anew on every call, page
-// faults and all: 276-283 -> 283-294 ms). Under AddressSanitizer free ranges are poisoned, so that a read
-// of a freed block is still caught.
+// faults and all: 276-283 -> 283-294 ms). Under AddressSanitizer free ranges are poisoned, so that
+// a read of a freed block is still caught.
 class HostArena {
  public:
   static constexpr std::size_t kMinBlock = std::size_t{64} << 10;

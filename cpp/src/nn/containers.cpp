@@ -229,11 +229,13 @@ Shape Concat::concatenated(const std::vector<Shape>& shapes) {
   return out;
 }
 
-Shape Concat::output_shape(const Shape& input) const {
+std::vector<Shape> Concat::branch_output_shapes(const Shape& input) const {
   std::vector<Shape> shapes;
   for (const auto& branch : branches_) shapes.push_back(branch->output_shape(input));
-  return concatenated(shapes);
+  return shapes;
 }
+
+Shape Concat::output_shape(const Shape& input) const { return concatenated(branch_output_shapes(input)); }
 
 double Concat::flops(const Shape& input) const {
   double total = 0;
@@ -272,8 +274,7 @@ const Tensor& Concat::forward(const Tensor& x, bool training) {
 }
 
 const Tensor& Concat::infer_into_output(const Tensor& x) {
-  std::vector<Shape> shapes;
-  for (const auto& branch : branches_) shapes.push_back(branch->output_shape(x.shape()));
+  const std::vector<Shape> shapes = branch_output_shapes(x.shape());
   ensure(output_, concatenated(shapes), x.dtype(), x.device());
   channels_.clear();
   std::int64_t begin = 0;

@@ -530,8 +530,7 @@ Plan::Plan(const Layers& layers, Device device)
 constexpr std::size_t kReleasedActivationBytes = std::size_t{64} << 10;
 
 const Tensor& Plan::forward(const Tensor& x, bool training, bool inference_only) {
-  if (!inference_only || !device::freed_blocks_are_reused(device_)) return forward_through(stages_, x, training);
-  return infer_stages(x, stages_.size());
+  return inference_only ? infer_stages(x, stages_.size()) : forward_through(stages_, x, training);
 }
 
 // Each stage's tensors are dropped once the stage after it has read its output, and the allocator

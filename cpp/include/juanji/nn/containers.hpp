@@ -102,6 +102,8 @@ class Concat : public Container {
   // The output shape for the branches' output shapes; std::invalid_argument naming two that
   // cannot be concatenated.
   static Shape concatenated(const std::vector<Shape>& shapes);
+  // Each branch's output shape for an input shape.
+  std::vector<Shape> branch_output_shapes(const Shape& input) const;
   // A frozen block's forward: each branch's output goes into its channels of output_ as soon as it
   // is computed (straight from its last convolution where it can), and the branch's tensors are
   // dropped.

@@ -313,22 +313,27 @@ using conv::kWeightGradAlgorithms;
 
 namespace {
 
-// Floats from one image of y to the next: y is contiguous, or a view whose images each lie in one
-// piece (a Concat's share of its output).
-std::int64_t image_floats(const Tensor& y) {
-  const Shape natural = contiguous_strides(y.shape());
-  for (std::size_t d = 1; d < natural.size(); ++d)
-    check(y.size(d) == 1 || y.strides()[d] == natural[d], "conv_forward: the output ", shape_text(y.shape()),
+// Floats from one image of a non-contiguous y to the next, after checking that each image lies in
+// one piece (a Concat's share of its output).
+std::int64_t image_floats_apart(const Tensor& y) {
+  std::int64_t expected = 1;
+  for (std::size_t d = y.shape().size(); d-- > 1;) {
+    check(y.size(d) == 1 || y.strides()[d] == expected, "conv_forward: the output ", shape_text(y.shape()),
           " must be contiguous or a view whose images each lie in one piece (strides ", shape_text(y.strides()), ")");
-  return y.size(0) > 1 ? y.strides()[0] : natural[0];
+    expected *= y.size(d);
+  }
+  return y.strides()[0];
 }
 
 // Runs run(out, out_image) for the algorithm straight into y, or, where y's images lie apart and
-// the algorithm cannot write them so, into a buffer then copied into y.
+// the algorithm cannot write them so, into a buffer then copied into y. The sums have terms, so
+// y has images (N > 0).
 template <class Run>
 void into_output(const conv::ForwardAlgorithm& algorithm, bool float32, Tensor& y, Run run) {
-  const std::int64_t natural = contiguous_strides(y.shape())[0], apart = image_floats(y);
-  if (apart == natural || (float32 && algorithm.images_apart)) return run(y, apart);
+  const std::int64_t natural = y.numel() / y.size(0);
+  if (y.is_contiguous()) return run(y, natural);
+  const std::int64_t apart = image_floats_apart(y);
+  if (float32 && algorithm.images_apart) return run(y, apart);
   Tensor packed = Tensor::empty(y.shape(), y.dtype(), y.device());
   run(packed, natural);
   y.copy_(packed);
