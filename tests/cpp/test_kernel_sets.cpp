@@ -1036,39 +1036,54 @@ void test_max_pool_2x2(const Level& level, Data& data) {
         }
 }
 
+// `rows` output rows of `count` windows, kernel_h x kernel_w at `stride`, the rows' tops row_step
+// input rows apart, against the row-major first maximum (the first NaN over any number).
+void check_max_pool_window_rows(const Level& level, Data& data, I stride, I kernel_h, I kernel_w, I count, I rows,
+                                I row_step, Values values) {
+  // The windows of `count` outputs fill the row's columns exactly: no slack after them.
+  const I width = (count - 1) * stride + kernel_w, in_row_step = row_step * width, out_row_step = count + 3;
+  // The last window ends the data: a read past it is out of bounds (AddressSanitizer).
+  const auto x = pooling_values(data, (rows - 1) * in_row_step + kernel_h * width, values);
+  std::vector<float> got((rows - 1) * out_row_step + count + kTail, kSentinel), want = got;
+  juanji::cpu::MaxPoolWindowRowArgs args{x.data(), width,      kernel_h, kernel_w,    stride,
+                                         count,    got.data(), rows,     in_row_step, out_row_step};
+  const I done = level.set.max_pool_window_row_f32(args);
+  const std::string what =
+      describe(level, "max_pool_window_row stride=%ld kernel=%ldx%ld count=%ld rows=%ld row step=%ld (%s data)", stride,
+               kernel_h, kernel_w, count, rows, row_step, values_name(values));
+  expect(done == (stride > 2 ? 0 : count), what + ": outputs done");
+  for (I r = 0; r < rows && done > 0; ++r)
+    for (I j = 0; j < count; ++j) {
+      const float* top = x.data() + r * in_row_step;
+      float best = top[j * stride];
+      for (I h = 0; h < kernel_h; ++h)
+        for (I w = 0; w < kernel_w; ++w) {
+          const float v = top[h * width + w + j * stride];
+          if (best == best && (v != v || v > best)) best = v;
+        }
+      want[r * out_row_step + j] = best;
+    }
+  expect_same_bits(what, got, want);
+}
+
 void test_max_pool_window_row(const Level& level, Data& data) {
   const I lanes = level.lanes;
+  // Rows whose windows overlap (row steps below the kernel's height) go through the ring of
+  // horizontal maxima, of up to 8 rows (taller kernels: row by row), 256 columns a block at a time.
   for (I stride : {1, 2, 3})
-    for (I kernel_h : {1, 2, 3})
+    for (I kernel_h : {1, 2, 3, 4})
       for (I kernel_w : {1, 2, 3, 5})
         for (I count : sizes({1, lanes - 1, lanes, lanes + 1, 2 * lanes, 3 * lanes + 2}))
-          for (I rows : {1, 3})
-            for (Values values : kBothValues) {
-              // The windows of `count` outputs fill the row's columns exactly: no slack after them.
-              const I width = (count - 1) * stride + kernel_w, in_row_step = 2 * width, out_row_step = count + 3;
-              // The last window ends the data: a read past it is out of bounds (AddressSanitizer).
-              const auto x = pooling_values(data, (rows - 1) * in_row_step + kernel_h * width, values);
-              std::vector<float> got((rows - 1) * out_row_step + count + kTail, kSentinel), want = got;
-              juanji::cpu::MaxPoolWindowRowArgs args{x.data(), width,     kernel_h, kernel_w,    stride,
-                                                     count,    got.data(), rows,     in_row_step, out_row_step};
-              const I done = level.set.max_pool_window_row_f32(args);
-              const std::string what =
-                  describe(level, "max_pool_window_row stride=%ld kernel=%ldx%ld count=%ld rows=%ld (%s data)", stride,
-                           kernel_h, kernel_w, count, rows, values_name(values));
-              expect(done == (stride > 2 ? 0 : count), what + ": outputs done");
-              for (I r = 0; r < rows && done > 0; ++r)
-                for (I j = 0; j < count; ++j) {
-                  const float* top = x.data() + r * in_row_step;
-                  float best = top[j * stride];
-                  for (I h = 0; h < kernel_h; ++h)
-                    for (I w = 0; w < kernel_w; ++w) {
-                      const float v = top[h * width + w + j * stride];
-                      if (best == best && (v != v || v > best)) best = v;
-                    }
-                  want[r * out_row_step + j] = best;
-                }
-              expect_same_bits(what, got, want);
-            }
+          for (I rows : {1, 5})
+            for (I row_step : {1, 2, 3})
+              for (Values values : kBothValues)
+                check_max_pool_window_rows(level, data, stride, kernel_h, kernel_w, count, rows, row_step, values);
+  for (I stride : {1, 2})
+    for (Values values : kBothValues) {
+      check_max_pool_window_rows(level, data, stride, 9, 3, 2 * lanes + 1, 4, 2, values);
+      check_max_pool_window_rows(level, data, stride, 3, 3, 300, 4, 2, values);
+      check_max_pool_window_rows(level, data, stride, 3, 2, 257, 3, 1, values);
+    }
 }
 
 void test_max_pool_2x2_backward(const Level& level, Data& data) {

@@ -91,6 +91,7 @@ std::int64_t max_pool_2x2_rows(const PoolGeometry& g, const T* x, T* y, std::int
 template <class T>
 void max_pool_columns(const PoolGeometry& g, const T* x, T* y, std::int64_t* arg, std::int64_t p,
                       std::int64_t first, std::int64_t end) {
+  if (first >= end) return;  // rows whose columns all lie inside: no division for their span
   const Span sh = span(p, g.H, g.kernel_h, g.stride_h, g.pad_h, true);
   for (std::int64_t q = first; q < end; ++q) {
     const Span sw = span(q, g.W, g.kernel_w, g.stride_w, g.pad_w, true);
