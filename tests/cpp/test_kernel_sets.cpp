@@ -618,6 +618,62 @@ void test_depthwise_conv(const Level& level, Data& data) {
         }
 }
 
+// Unpadded planes, one after another with nothing around them: each tap's offset reaches up to
+// a row and a column past either side of an output, its loads masked to the lanes whose reads fall
+// inside the plane (the others, in a neighbouring plane or outside the buffer, must stay unread:
+// AddressSanitizer, and sums that would differ), as well as to lanes left out at random.
+void test_depthwise_conv_unpadded(const Level& level, Data& data) {
+  const I lanes = level.lanes;
+  int variant = 0;
+  for (I rows : {1, 3, 7})
+    for (I width : sizes({1, 2, 7, lanes - 1, lanes + 1, 2 * lanes + 3}))
+      for (I taps : {1, 9, 25}) {
+        ++variant;
+        const Values values = variant % 2 ? Values::integers : Values::uniform;
+        const I count = rows * width, planes = variant % 3 == 0 ? 6 : 1, vectors = (count + lanes - 1) / lanes;
+        const auto src = data.make(planes * count, values);
+        std::vector<I> offsets;
+        for (I t = 0; t < taps; ++t) offsets.push_back(I(data.below(3)) - 1 + (I(data.below(3)) - 1) * width);
+        std::vector<std::uint32_t> masks;
+        for (I v = 0; v < vectors; ++v)
+          for (I t = 0; t < taps; ++t) {
+            std::uint32_t lanes_read = 0;
+            for (I l = 0; l < lanes; ++l) {
+              const I i = v * lanes + l, at = i + offsets[t];
+              if (i < count && at >= 0 && at < count && data.below(5) != 0) lanes_read |= std::uint32_t{1} << l;
+            }
+            masks.push_back(lanes_read);
+          }
+        const bool relu = variant % 7 < 3, with_bias = variant % 4 != 1;
+        const auto weights = data.make(planes * taps, values);
+        const auto bias = data.make(planes, values);
+        const I out_plane = count + variant % 2;
+        Output out(planes * out_plane);
+        for (I p = 0; p < planes; ++p)
+          for (I i = 0; i < count; ++i) {
+            double sum = 0, size = with_bias ? std::fabs(bias[p]) : 0.0;
+            for (I t = 0; t < taps; ++t)
+              if (masks[(i / lanes) * taps + t] >> (i % lanes) & 1) {
+                const double product = double(weights[p * taps + t]) * src[p * count + i + offsets[t]];
+                sum += product;
+                size += std::fabs(product);
+              }
+            double value = (with_bias ? bias[p] : 0.0) + sum;
+            if (relu && value < 0) value = 0;
+            out.must_hold(p * out_plane + i, value, size);
+          }
+        juanji::cpu::DepthwiseConvArgs args{src.data(), count,     offsets.data(), weights.data(),
+                                            taps,       with_bias ? bias.data() : nullptr, relu,
+                                            out.got.data(), out_plane, planes,   count,
+                                            nullptr,    nullptr,   1,              count};
+        args.lane_masks = masks.data();
+        level.set.depthwise_conv_f32(args);
+        expect_close(describe(level, "depthwise_conv unpadded: %ld planes of %ld rows of %ld, %ld taps, relu=%d", planes,
+                              rows, width, taps, relu),
+                     out.got, out.want, out.magnitude, values, kFloatTolerance);
+      }
+}
+
 void test_depthwise_weight_grad(const Level& level, Data& data) {
   const I lanes = level.lanes;
   struct Shape {
@@ -1262,6 +1318,7 @@ void test_kernel_set(SimdLevel simd) {
   test_filter_block_conv(level, data);
   test_filter_block_weight_grad(level, data);
   test_depthwise_conv(level, data);
+  test_depthwise_conv_unpadded(level, data);
   test_depthwise_weight_grad(level, data);
   test_depthwise_rows(level, data);
   test_winograd_input_row(level, data);
