@@ -739,6 +739,69 @@ void test_depthwise_weight_grad(const Level& level, Data& data) {
       }
 }
 
+// The weight gradient of unpadded planes, one after another with nothing around them: each tap's
+// loads masked to the lanes whose reads fall inside the plane and to lanes left out at random
+// (one class of taps, in blocks past one block's 10 or 16).
+void test_depthwise_weight_grad_unpadded(const Level& level, Data& data) {
+  const I lanes = level.lanes;
+  int variant = 0;
+  for (I rows : {1, 4})
+    for (I width : sizes({1, 3, 7, lanes + 1, 2 * lanes + 3}))
+      for (I taps : {1, 9, 25})
+        for (Values values : kBothValues) {
+          ++variant;
+          const I count = rows * width, planes = variant % 3 == 0 ? 5 : 1, vectors = (count + lanes - 1) / lanes;
+          const I grad_plane = count + variant % 2;
+          const auto src = data.make(planes * count, values);
+          std::vector<float> grad_out(planes * grad_plane + kTail, kNaN);
+          for (I p = 0; p < planes; ++p) {
+            const std::vector<float> plane = data.make(count, values);
+            std::copy(plane.begin(), plane.end(), grad_out.begin() + p * grad_plane);
+          }
+          std::vector<I> offsets;
+          for (I t = 0; t < taps; ++t) offsets.push_back(I(data.below(3)) - 1 + (I(data.below(3)) - 1) * width);
+          std::vector<std::uint32_t> masks;
+          for (I v = 0; v < vectors; ++v)
+            for (I t = 0; t < taps; ++t) {
+              std::uint32_t lanes_read = 0;
+              for (I l = 0; l < lanes; ++l) {
+                const I i = v * lanes + l, at = i + offsets[t];
+                if (i < count && at >= 0 && at < count && data.below(5) != 0) lanes_read |= std::uint32_t{1} << l;
+              }
+              masks.push_back(lanes_read);
+            }
+          const bool with_sum = variant % 3 != 1;
+          Output out(taps + 1);
+          if (with_sum) {
+            double sum = 0, size = 0;
+            for (I p = 0; p < planes; ++p)
+              for (I i = 0; i < count; ++i) {
+                sum += grad_out[p * grad_plane + i];
+                size += std::fabs(grad_out[p * grad_plane + i]);
+              }
+            out.must_hold(taps, sum, size);
+          }
+          for (I t = 0; t < taps; ++t) {
+            double sum = 0, size = 0;
+            for (I p = 0; p < planes; ++p)
+              for (I i = 0; i < count; ++i)
+                if (masks[(i / lanes) * taps + t] >> (i % lanes) & 1) {
+                  const double product = double(grad_out[p * grad_plane + i]) * src[p * count + offsets[t] + i];
+                  sum += product;
+                  size += std::fabs(product);
+                }
+            out.must_hold(t, sum, size);
+          }
+          juanji::cpu::DepthwiseTaps unpadded{offsets.data(), 1, taps, nullptr, 1};
+          unpadded.lane_masks = masks.data();
+          level.set.depthwise_weight_grad_f32({src.data(), count, unpadded, grad_out.data(), grad_plane, count, planes,
+                                               out.got.data(), with_sum ? out.got.data() + taps : nullptr});
+          expect_close(describe(level, "depthwise_weight_grad unpadded: %ld planes of %ld rows of %ld, %ld taps, sum=%d",
+                                planes, rows, width, taps, with_sum),
+                       out.got, out.want, out.magnitude, values, kFloatTolerance);
+        }
+}
+
 // Rows into the depthwise layout: copied, split and spread, rows of less than a vector and of
 // several with tails, into rows with spare columns or none; one plane or two. The `lanes` floats
 // after each row's values may get zeros (the layouts keep zeros there).
@@ -1320,6 +1383,7 @@ void test_kernel_set(SimdLevel simd) {
   test_depthwise_conv(level, data);
   test_depthwise_conv_unpadded(level, data);
   test_depthwise_weight_grad(level, data);
+  test_depthwise_weight_grad_unpadded(level, data);
   test_depthwise_rows(level, data);
   test_winograd_input_row(level, data);
   test_winograd_input_row_pair(level, data);

@@ -192,6 +192,9 @@ using DepthwiseConv = void (*)(const DepthwiseConvArgs& args);
 // others are spare, or would read another row's values: a plane's rows may follow one another
 // without zeros between them). The masks repeat every `period` vectors:
 // mask(i, c) = masks[((i / lanes) % period * classes + c) * lanes + i % lanes], all bits or none.
+// Where lane_masks is set instead (one class), the planes are read where they lie, unpadded: tap t
+// counts for output i where bit i % lanes of lane_masks[(i / lanes) * per_class + t] is set, and
+// src[offsets[t] + i] is read there only.
 constexpr std::int64_t kDepthwiseMaxClasses = 3;  // with up to kDepthwiseClassTaps taps each
 constexpr std::int64_t kDepthwiseClassTaps = 3;   // (one class: any number)
 struct DepthwiseTaps {
@@ -199,6 +202,7 @@ struct DepthwiseTaps {
   std::int64_t classes, per_class;
   const std::int32_t* masks;  // (period, classes, lanes) or null
   std::int64_t period;
+  const std::uint32_t* lane_masks = nullptr;  // (vectors, per_class) or null
 };
 // The sums run over `planes` planes (plane p's layout at src + p * src_plane, its error at
 // grad_out + p * grad_plane), each tap's products summed lane by lane, plane after plane in i
