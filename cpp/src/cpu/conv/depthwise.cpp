@@ -48,10 +48,10 @@ constexpr std::int64_t kMaxUnpaddedOutputs = 1024;
 // stay in their row; a stride-1 plane's rows are then one run. It needs up to 3x3 taps, and every
 // column a tap reaches past its output's (f_s > 0) within out_w.
 // Unpadded (chosen over both for correlations of stride 1 whose source rows are as wide as the
-// output's, on planes of up to kMaxUnpaddedOutputs): no layout at all, each tap reading the plane itself at
-// one offset, its loads masked to the lanes whose reads fall inside the plane (64x128 planes of
-// 7x7, two threads: forward 122 -> 87 us, weight gradient 168 -> 120 us; of 28x28, weight gradient
-// 441 -> 328 us).
+// output's, on planes of up to kMaxUnpaddedOutputs): no layout at all, each tap reading the plane
+// itself at one offset, its loads masked to the lanes whose reads fall inside the plane (64x128
+// planes of 7x7, two threads: forward 122 -> 87 us, weight gradient 168 -> 120 us; of 28x28,
+// weight gradient 441 -> 328 us).
 class FlatPlane {
  public:
   FlatPlane(const ConvGeometry& g, Layout layout, std::int64_t src_h, std::int64_t src_w, std::int64_t up_h,
@@ -59,8 +59,8 @@ class FlatPlane {
             std::int64_t stride_h, std::int64_t stride_w)
       : src_h_(src_h), src_w_(src_w), up_h_(up_h), up_w_(up_w), out_h_(out_h), out_w_(out_w),
         stride_h_(stride_h), stride_w_(stride_w) {
-    if (up_h == 1 && up_w == 1 && stride_h == 1 && stride_w == 1 &&
-        src_w == out_w && out_h * out_w <= kMaxUnpaddedOutputs) {
+    if (up_h == 1 && up_w == 1 && stride_h == 1 && stride_w == 1 && src_w == out_w &&
+        out_h * out_w <= kMaxUnpaddedOutputs) {
       unpadded_ = true;
       width_ = out_w;
       size_ = out_h * out_w;
