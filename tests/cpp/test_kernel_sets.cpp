@@ -618,10 +618,32 @@ void test_depthwise_conv(const Level& level, Data& data) {
         }
 }
 
-// Unpadded planes, one after another with nothing around them: each tap's offset reaches up to
-// a row and a column past either side of an output, its loads masked to the lanes whose reads fall
-// inside the plane (the others, in a neighbouring plane or outside the buffer, must stay unread:
-// AddressSanitizer, and sums that would differ), as well as to lanes left out at random.
+// Random taps over an unpadded plane of rows x width (count outputs): each tap's offset reaches up
+// to a row and a column past either side of an output; its masks of lanes (per vector and tap) keep
+// the outputs whose reads fall inside the plane, some of them left out at random.
+struct UnpaddedTaps {
+  std::vector<I> offsets;
+  std::vector<std::uint32_t> masks;
+  I taps, lanes;
+  UnpaddedTaps(I tap_count, I rows, I width, I lane_count, Data& data) : taps(tap_count), lanes(lane_count) {
+    const I count = rows * width, vectors = (count + lanes - 1) / lanes;
+    for (I t = 0; t < taps; ++t) offsets.push_back(I(data.below(3)) - 1 + (I(data.below(3)) - 1) * width);
+    for (I v = 0; v < vectors; ++v)
+      for (I t = 0; t < taps; ++t) {
+        std::uint32_t lanes_read = 0;
+        for (I l = 0; l < lanes; ++l) {
+          const I i = v * lanes + l, at = i + offsets[t];
+          if (i < count && at >= 0 && at < count && data.below(5) != 0) lanes_read |= std::uint32_t{1} << l;
+        }
+        masks.push_back(lanes_read);
+      }
+  }
+  bool reads(I t, I i) const { return masks[(i / lanes) * taps + t] >> (i % lanes) & 1; }
+};
+
+// Unpadded planes, one after another with nothing around them, read through UnpaddedTaps' masks:
+// the lanes left out (in a neighbouring plane or outside the buffer) must stay unread
+// (AddressSanitizer, and sums that would differ).
 void test_depthwise_conv_unpadded(const Level& level, Data& data) {
   const I lanes = level.lanes;
   int variant = 0;
@@ -630,20 +652,9 @@ void test_depthwise_conv_unpadded(const Level& level, Data& data) {
       for (I taps : {1, 9, 25}) {
         ++variant;
         const Values values = variant % 2 ? Values::integers : Values::uniform;
-        const I count = rows * width, planes = variant % 3 == 0 ? 6 : 1, vectors = (count + lanes - 1) / lanes;
+        const I count = rows * width, planes = variant % 3 == 0 ? 6 : 1;
         const auto src = data.make(planes * count, values);
-        std::vector<I> offsets;
-        for (I t = 0; t < taps; ++t) offsets.push_back(I(data.below(3)) - 1 + (I(data.below(3)) - 1) * width);
-        std::vector<std::uint32_t> masks;
-        for (I v = 0; v < vectors; ++v)
-          for (I t = 0; t < taps; ++t) {
-            std::uint32_t lanes_read = 0;
-            for (I l = 0; l < lanes; ++l) {
-              const I i = v * lanes + l, at = i + offsets[t];
-              if (i < count && at >= 0 && at < count && data.below(5) != 0) lanes_read |= std::uint32_t{1} << l;
-            }
-            masks.push_back(lanes_read);
-          }
+        const UnpaddedTaps unpadded(taps, rows, width, lanes, data);
         const bool relu = variant % 7 < 3, with_bias = variant % 4 != 1;
         const auto weights = data.make(planes * taps, values);
         const auto bias = data.make(planes, values);
@@ -653,8 +664,8 @@ void test_depthwise_conv_unpadded(const Level& level, Data& data) {
           for (I i = 0; i < count; ++i) {
             double sum = 0, size = with_bias ? std::fabs(bias[p]) : 0.0;
             for (I t = 0; t < taps; ++t)
-              if (masks[(i / lanes) * taps + t] >> (i % lanes) & 1) {
-                const double product = double(weights[p * taps + t]) * src[p * count + i + offsets[t]];
+              if (unpadded.reads(t, i)) {
+                const double product = double(weights[p * taps + t]) * src[p * count + i + unpadded.offsets[t]];
                 sum += product;
                 size += std::fabs(product);
               }
@@ -662,11 +673,12 @@ void test_depthwise_conv_unpadded(const Level& level, Data& data) {
             if (relu && value < 0) value = 0;
             out.must_hold(p * out_plane + i, value, size);
           }
-        juanji::cpu::DepthwiseConvArgs args{src.data(), count,     offsets.data(), weights.data(),
-                                            taps,       with_bias ? bias.data() : nullptr, relu,
-                                            out.got.data(), out_plane, planes,   count,
-                                            nullptr,    nullptr,   1,              count};
-        args.lane_masks = masks.data();
+        juanji::cpu::DepthwiseConvArgs args{src.data(),     count,     unpadded.offsets.data(),
+                                            weights.data(),  taps,      with_bias ? bias.data() : nullptr,
+                                            relu,            out.got.data(), out_plane,
+                                            planes,          count,     nullptr,
+                                            nullptr,         1,         count};
+        args.lane_masks = unpadded.masks.data();
         level.set.depthwise_conv_f32(args);
         expect_close(describe(level, "depthwise_conv unpadded: %ld planes of %ld rows of %ld, %ld taps, relu=%d", planes,
                               rows, width, taps, relu),
@@ -739,9 +751,8 @@ void test_depthwise_weight_grad(const Level& level, Data& data) {
       }
 }
 
-// The weight gradient of unpadded planes, one after another with nothing around them: each tap's
-// loads masked to the lanes whose reads fall inside the plane and to lanes left out at random
-// (one class of taps, in blocks past one block's 10 or 16).
+// The weight gradient of unpadded planes, likewise (one class of taps, in blocks past one block's
+// 10 or 16).
 void test_depthwise_weight_grad_unpadded(const Level& level, Data& data) {
   const I lanes = level.lanes;
   int variant = 0;
@@ -750,7 +761,7 @@ void test_depthwise_weight_grad_unpadded(const Level& level, Data& data) {
       for (I taps : {1, 9, 25})
         for (Values values : kBothValues) {
           ++variant;
-          const I count = rows * width, planes = variant % 3 == 0 ? 5 : 1, vectors = (count + lanes - 1) / lanes;
+          const I count = rows * width, planes = variant % 3 == 0 ? 5 : 1;
           const I grad_plane = count + variant % 2;
           const auto src = data.make(planes * count, values);
           std::vector<float> grad_out(planes * grad_plane + kTail, kNaN);
@@ -758,18 +769,7 @@ void test_depthwise_weight_grad_unpadded(const Level& level, Data& data) {
             const std::vector<float> plane = data.make(count, values);
             std::copy(plane.begin(), plane.end(), grad_out.begin() + p * grad_plane);
           }
-          std::vector<I> offsets;
-          for (I t = 0; t < taps; ++t) offsets.push_back(I(data.below(3)) - 1 + (I(data.below(3)) - 1) * width);
-          std::vector<std::uint32_t> masks;
-          for (I v = 0; v < vectors; ++v)
-            for (I t = 0; t < taps; ++t) {
-              std::uint32_t lanes_read = 0;
-              for (I l = 0; l < lanes; ++l) {
-                const I i = v * lanes + l, at = i + offsets[t];
-                if (i < count && at >= 0 && at < count && data.below(5) != 0) lanes_read |= std::uint32_t{1} << l;
-              }
-              masks.push_back(lanes_read);
-            }
+          const UnpaddedTaps unpadded(taps, rows, width, lanes, data);
           const bool with_sum = variant % 3 != 1;
           Output out(taps + 1);
           if (with_sum) {
@@ -785,16 +785,17 @@ void test_depthwise_weight_grad_unpadded(const Level& level, Data& data) {
             double sum = 0, size = 0;
             for (I p = 0; p < planes; ++p)
               for (I i = 0; i < count; ++i)
-                if (masks[(i / lanes) * taps + t] >> (i % lanes) & 1) {
-                  const double product = double(grad_out[p * grad_plane + i]) * src[p * count + offsets[t] + i];
+                if (unpadded.reads(t, i)) {
+                  const double product =
+                      double(grad_out[p * grad_plane + i]) * src[p * count + unpadded.offsets[t] + i];
                   sum += product;
                   size += std::fabs(product);
                 }
             out.must_hold(t, sum, size);
           }
-          juanji::cpu::DepthwiseTaps unpadded{offsets.data(), 1, taps, nullptr, 1};
-          unpadded.lane_masks = masks.data();
-          level.set.depthwise_weight_grad_f32({src.data(), count, unpadded, grad_out.data(), grad_plane, count, planes,
+          juanji::cpu::DepthwiseTaps one_class{unpadded.offsets.data(), 1, taps, nullptr, 1};
+          one_class.lane_masks = unpadded.masks.data();
+          level.set.depthwise_weight_grad_f32({src.data(), count, one_class, grad_out.data(), grad_plane, count, planes,
                                                out.got.data(), with_sum ? out.got.data() + taps : nullptr});
           expect_close(describe(level, "depthwise_weight_grad unpadded: %ld planes of %ld rows of %ld, %ld taps, sum=%d",
                                 planes, rows, width, taps, with_sum),
