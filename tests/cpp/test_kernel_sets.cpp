@@ -1307,59 +1307,135 @@ void test_dropout(const Level& level, Data& data) {
       }
 }
 
-// vec_math's order (sum_lanes_over_planes): term i of every plane goes to partial sum i % 32, the
-// planes in order; the partials j, j + 8, j + 16 and j + 24 are added as (j + (j + 8)) + ((j + 16)
-// + (j + 24)), then those eight in order.
+// vec_math's order (add_to_partials): term i of a channel's plane goes to its partial sum i % 32,
+// the images in order, from the partials' values before.
 template <class Term>
-double sum_in_lanes(I planes, I n, Term term) {
-  double partial[juanji::cpu::kSumTerms] = {};
-  for (I p = 0; p < planes; ++p)
-    for (I i = 0; i < n; ++i) partial[i % juanji::cpu::kSumTerms] += term(p, i);
-  double total = 0;
-  for (int j = 0; j < 8; ++j) total += (partial[j] + partial[j + 8]) + (partial[j + 16] + partial[j + 24]);
-  return total;
+std::vector<double> partials_in_order(const std::vector<double>& before, I images, I channels, I n, Term term) {
+  std::vector<double> partials = before;
+  for (I image = 0; image < images; ++image)
+    for (I k = 0; k < channels; ++k)
+      for (I i = 0; i < n; ++i) partials[k * juanji::cpu::kSumTerms + i % juanji::cpu::kSumTerms] += term(image, k, i);
+  return partials;
 }
 
 // The AVX kernel files are compiled with -ffp-contract=fast, which fuses the products of the
 // squared deviations and of g * (v - center) into their adds: the same order, other roundings.
 // Those two sums are held to the order bit for bit at the portable level only.
 void test_sums(const Level& level, Data& data) {
+  using juanji::cpu::ChannelPlanes;
+  using juanji::cpu::kSumTerms;
   const bool fused_products = level.level != SimdLevel::portable;
   const auto matches = [&](double got, double want, double magnitude, Values values) {
     return same_bits(got, want) ||
            (fused_products && values == Values::uniform && std::fabs(got - want) <= kDoubleTolerance * magnitude);
   };
-  for (I planes : {1, 3})
-    for (I n : {0, 1, 7, 8, 9, 16, 31, 32, 33, 49, 63, 64, 65, 100, 257})
-      for (Values values : kBothValues) {
-        // Planes with a gap between them (a batch norm channel's), g's planes spaced otherwise.
-        const I stride = n + 5, g_stride = n + 2;
-        const auto v = data.make(planes * stride, values), g = data.make(planes * g_stride, values);
-        const double center = values == Values::integers ? 1.0 : 0.37;
-        const std::string what = describe(level, "planes=%ld n=%ld (%s data)", planes, n, values_name(values));
-        const auto x = [&](I p, I i) { return double(v[p * stride + i]); };
-        const auto gx = [&](I p, I i) { return double(g[p * g_stride + i]); };
-        const double sum = sum_in_lanes(planes, n, x);
-        const double squares = sum_in_lanes(planes, n, [&](I p, I i) {
-          const double d = v[p * stride + i] - center;
-          return d * d;
-        });
-        const double grad_sum = sum_in_lanes(planes, n, gx);
-        const double products =
-            sum_in_lanes(planes, n, [&](I p, I i) { return gx(p, i) * (v[p * stride + i] - center); });
-        const double got_sum = level.set.sum_f32(v.data(), stride, planes, n);
-        const double got_squares = level.set.sum_squared_deviation_f32(v.data(), stride, planes, n, center);
-        double got_pair[2] = {0.5, -0.25};
-        level.set.sum_grad_and_product_f32(g.data(), g_stride, v.data(), stride, planes, n, center, got_pair);
-        expect(same_bits(got_sum, sum), "sum " + what);
-        const double squares_size = squares, products_size = sum_in_lanes(planes, n, [&](I p, I i) {
-          return std::fabs(gx(p, i) * (v[p * stride + i] - center));
-        });
-        expect(matches(got_squares, squares, squares_size, values), "sum_squared_deviation " + what);
-        expect(same_bits(got_pair[0], 0.5 + grad_sum) &&
-                   matches(got_pair[1], -0.25 + products, products_size + 0.25, values),
-               "sum_grad_and_product " + what);
-      }
+  for (I images : {1, 3})
+    for (I channels : {1, 2, 5})
+      for (I n : {0, 1, 7, 8, 9, 16, 31, 32, 33, 49, 63, 64, 65, 100, 257})
+        for (Values values : kBothValues) {
+          // Planes with gaps between channels and between images, g's spaced otherwise.
+          const I channel_stride = n + 5, image_stride = channels * channel_stride + 3;
+          const I g_channel_stride = n + 2, g_image_stride = channels * g_channel_stride + 1;
+          const auto v = data.make(images * image_stride, values), g = data.make(images * g_image_stride, values);
+          const ChannelPlanes v_planes{v.data(), image_stride, channel_stride, images, channels, n};
+          const ChannelPlanes g_planes{g.data(), g_image_stride, g_channel_stride, images, channels, n};
+          std::vector<double> centers(channels), before(2 * channels * kSumTerms);
+          for (I k = 0; k < channels; ++k) centers[k] = values == Values::integers ? double(k + 1) : 0.37 * double(k + 1);
+          for (std::size_t j = 0; j < before.size(); ++j) before[j] = 0.25 * double(j % 7) - 0.5;
+          const std::vector<double> single(before.begin(), before.begin() + channels * kSumTerms);
+          const std::string what =
+              describe(level, "images=%ld channels=%ld n=%ld (%s data)", images, channels, n, values_name(values));
+          const auto x = [&](I image, I k, I i) { return double(v_planes.plane(image, k)[i]); };
+          const auto gx = [&](I image, I k, I i) { return double(g_planes.plane(image, k)[i]); };
+          const auto deviation = [&](I image, I k, I i) { return x(image, k, i) - centers[k]; };
+          const auto sums = partials_in_order(single, images, channels, n, x);
+          const auto squares = partials_in_order(single, images, channels, n, [&](I image, I k, I i) {
+            return deviation(image, k, i) * deviation(image, k, i);
+          });
+          const auto square_sizes = partials_in_order(single, images, channels, n, [&](I image, I k, I i) {
+            return std::fabs(deviation(image, k, i) * deviation(image, k, i));
+          });
+          // The pair's partials interleaved by channel: g's, then the products'.
+          std::vector<double> pair_before_g, pair_before_products;
+          for (I k = 0; k < channels; ++k) {
+            pair_before_g.insert(pair_before_g.end(), before.begin() + 2 * k * kSumTerms,
+                                 before.begin() + (2 * k + 1) * kSumTerms);
+            pair_before_products.insert(pair_before_products.end(), before.begin() + (2 * k + 1) * kSumTerms,
+                                        before.begin() + (2 * k + 2) * kSumTerms);
+          }
+          const auto grad_sums = partials_in_order(pair_before_g, images, channels, n, gx);
+          const auto products = partials_in_order(pair_before_products, images, channels, n, [&](I image, I k, I i) {
+            return gx(image, k, i) * deviation(image, k, i);
+          });
+          const auto product_sizes = partials_in_order(pair_before_products, images, channels, n, [&](I image, I k, I i) {
+            return std::fabs(gx(image, k, i) * deviation(image, k, i));
+          });
+          std::vector<double> got_sums = single, got_squares = single, got_pair = before;
+          level.set.sum_f32(v_planes, got_sums.data());
+          level.set.sum_squared_deviation_f32(v_planes, centers.data(), got_squares.data());
+          level.set.sum_grad_and_product_f32(g_planes, v_planes, centers.data(), got_pair.data());
+          bool sums_ok = true, squares_ok = true, pair_ok = true;
+          for (I k = 0; k < channels; ++k)
+            for (I j = 0; j < kSumTerms; ++j) {
+              const I at = k * kSumTerms + j;
+              sums_ok = sums_ok && same_bits(got_sums[at], sums[at]);
+              squares_ok = squares_ok && matches(got_squares[at], squares[at], square_sizes[at] + 0.5, values);
+              pair_ok = pair_ok && same_bits(got_pair[2 * k * kSumTerms + j], grad_sums[at]) &&
+                        matches(got_pair[(2 * k + 1) * kSumTerms + j], products[at], product_sizes[at] + 0.5, values);
+            }
+          expect(sums_ok, "sum " + what);
+          expect(squares_ok, "sum_squared_deviation " + what);
+          expect(pair_ok, "sum_grad_and_product " + what);
+        }
+}
+
+// Batch norm's affine passes against the portable code's roundings (each product rounded before
+// its add), bit for bit at every level: planes with gaps, whose bytes must stay untouched, and
+// NaN, infinities and signed zeros among the values.
+void test_norm_planes(const Level& level, Data& data) {
+  using juanji::cpu::ChannelPlanes;
+  const float sentinel = -1234.5f;
+  for (I images : {1, 3})
+    for (I channels : {1, 3})
+      for (I n : {1, 7, 16, 17, 33, 100})
+        for (Values values : kBothValues)
+          for (bool relu : {false, true}) {
+            const I channel_stride = n + 3, image_stride = channels * channel_stride + 2;
+            const I g_channel_stride = n + 1, g_image_stride = channels * g_channel_stride + 5;
+            auto x = data.make(images * image_stride, values);
+            const auto g = data.make(images * g_image_stride, values);
+            const float specials[] = {std::numeric_limits<float>::quiet_NaN(), -0.0f, 0.0f,
+                                      std::numeric_limits<float>::infinity(), -3.0f};
+            for (I j = 0; j < I(std::size(specials)) && j < I(x.size()); ++j) x[(j * 7) % x.size()] = specials[j];
+            std::vector<float> scale(channels), shift(channels), a(channels), b(channels);
+            for (I k = 0; k < channels; ++k) {
+              const bool integers = values == Values::integers;
+              scale[k] = integers ? float(k + 2) : 0.7f + 0.3f * float(k);
+              shift[k] = integers ? float(-3 * k - 1) : -0.4f + 0.1f * float(k);
+              a[k] = integers ? float(k - 1) : 1.3f - 0.2f * float(k);
+              b[k] = integers ? float(2 * k + 1) : -0.6f + 0.25f * float(k);
+            }
+            const ChannelPlanes x_planes{x.data(), image_stride, channel_stride, images, channels, n};
+            const ChannelPlanes g_planes{g.data(), g_image_stride, g_channel_stride, images, channels, n};
+            std::vector<float> want_y(x.size(), sentinel), want_gx(x.size(), sentinel);
+            for (I image = 0; image < images; ++image)
+              for (I k = 0; k < channels; ++k)
+                for (I i = 0; i < n; ++i) {
+                  const I at = image * image_stride + k * channel_stride + i;
+                  const volatile float product = x[at] * scale[k];
+                  const float y = product + shift[k];
+                  want_y[at] = relu && y < 0.0f ? 0.0f : y;
+                  const volatile float pa = a[k] * g_planes.plane(image, k)[i], pb = b[k] * x[at];
+                  want_gx[at] = (pa + pb) + shift[k];
+                }
+            std::vector<float> got_y(x.size(), sentinel), got_gx(x.size(), sentinel);
+            level.set.normalize_planes_f32({x_planes, got_y.data(), scale.data(), shift.data(), relu});
+            level.set.norm_grad_planes_f32({g_planes, x_planes, got_gx.data(), a.data(), b.data(), shift.data()});
+            const std::string what = describe(level, "images=%ld channels=%ld n=%ld relu=%d (%s data)", images,
+                                              channels, n, int(relu), values_name(values));
+            expect_same_bits("normalize_planes " + what, got_y, want_y);
+            expect_same_bits("norm_grad_planes " + what, got_gx, want_gx);
+          }
 }
 
 void test_kernel_set(SimdLevel simd) {
@@ -1399,6 +1475,7 @@ void test_kernel_set(SimdLevel simd) {
   test_avg_pool_2x2(level, data);
   test_dropout(level, data);
   test_sums(level, data);
+  test_norm_planes(level, data);
   std::printf("%s: every kernel checked\n", juanji::simd_name(simd));
 }
 

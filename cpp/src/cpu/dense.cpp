@@ -225,6 +225,24 @@ inline double uniform_at(std::uint64_t seed, std::uint64_t i) {
   return static_cast<double>(z >> 11) * 0x1.0p-53;
 }
 
+// A batch norm's channels a block at a time: each block's planes are read image after image, in
+// memory order (a channel's plane alone is a short run, as short as one cache line, one page from
+// the next), and stay in L2 for the passes after the first. Blocks of about kBlockBytes of the
+// `arrays` tensors a pass reads or writes, as many for each thread.
+struct ChannelBlocks {
+  std::int64_t size, count;
+};
+
+inline ChannelBlocks channel_blocks(std::int64_t C, std::int64_t channel_bytes) {
+  constexpr std::int64_t kBlockBytes = 512 * 1024;
+  const std::int64_t threads = ::juanji::team_size();
+  const std::int64_t rounds = std::max<std::int64_t>(1, (C * channel_bytes + threads * kBlockBytes - 1) /
+                                                            (threads * kBlockBytes));
+  const std::int64_t blocks = std::max<std::int64_t>(1, std::min(C, threads * rounds));
+  const std::int64_t size = (C + blocks - 1) / blocks;
+  return {size, (C + size - 1) / size};
+}
+
 // A checked batch-norm forward's operands, as each channel's work needs them.
 template <class T>
 struct NormForward {
@@ -236,6 +254,9 @@ struct NormForward {
   double momentum, eps;
   std::vector<double> shared_mean, shared_var;  // over the whole batch (share_statistics)
   double shared_count = 0;
+  // Scratch of each channel (made here, outside the parallel regions): kSumTerms partial sums, the
+  // batch's mean and variance.
+  std::vector<double> partials, means, vars;
 
   NormForward(const Tensor& x_, const Tensor& gamma_, const Tensor& beta_, Tensor& running_mean_,
               Tensor& running_var_, bool training_, double momentum_, double eps_,
@@ -252,18 +273,35 @@ struct NormForward {
         area(x_.size(2) * x_.size(3)),
         training(training_),
         momentum(momentum_),
-        eps(eps_) {}
+        eps(eps_),
+        partials(C * kSumTerms),
+        means(C),
+        vars(C) {}
 
   const T* plane(std::int64_t n, std::int64_t c) const { return x + (n * C + c) * area; }
+  ChannelPlanesOf<T> planes(std::int64_t c0, std::int64_t c1) const { return {plane(0, c0), C * area, area, N, c1 - c0, area}; }
+  // x and y.
+  ChannelBlocks blocks() const { return channel_blocks(C, 2 * N * area * std::int64_t{sizeof(T)}); }
+
+  // Channels [c0, c1)'s sums of x into sums[0, c1 - c0), then (centers given) of (x - center)^2.
+  void block_sums(std::int64_t c0, std::int64_t c1, const double* centers, double* sums) {
+    double* own = &partials[c0 * kSumTerms];
+    std::fill(own, own + (c1 - c0) * kSumTerms, 0.0);
+    if (centers) squared_deviation_into_partials(planes(c0, c1), centers, own);
+    else sum_into_partials(planes(c0, c1), own);
+    for (std::int64_t k = 0; k < c1 - c0; ++k) sums[k] = combine_partial_sums(own + k * kSumTerms);
+  }
 
   // With the batch split over processes (shard_sum set, training): every channel's mean and
-  // variance over the whole batch, in two passes as channel() makes them, summed across the
+  // variance over the whole batch, in two passes as block_affine makes them, summed across the
   // shards between the passes.
   void share_statistics(const ShardSum& shard_sum) {
     if (!training || !shard_sum) return;
     std::vector<double> sums(C + 1);
+    const ChannelBlocks b = blocks();
 #pragma omp parallel for num_threads(::juanji::team_size()) schedule(static) if (N * C * area >= kParallelGrain)
-    for (std::int64_t c = 0; c < C; ++c) sums[c] = sum_planes(plane(0, c), C * area, N, area);
+    for (std::int64_t block = 0; block < b.count; ++block)
+      block_sums(block * b.size, std::min(C, (block + 1) * b.size), nullptr, &sums[block * b.size]);
     sums[C] = static_cast<double>(N * area);
     shard_sum(sums.data(), C + 1);
     shared_count = sums[C];
@@ -273,43 +311,56 @@ struct NormForward {
     for (std::int64_t c = 0; c < C; ++c) shared_mean[c] = sums[c] / shared_count;
     shared_var.resize(C);
 #pragma omp parallel for num_threads(::juanji::team_size()) schedule(static) if (N * C * area >= kParallelGrain)
-    for (std::int64_t c = 0; c < C; ++c)
-      shared_var[c] = sum_squared_deviation(plane(0, c), C * area, N, area, shared_mean[c]);
+    for (std::int64_t block = 0; block < b.count; ++block) {
+      const std::int64_t c0 = block * b.size;
+      block_sums(c0, std::min(C, c0 + b.size), &shared_mean[c0], &shared_var[c0]);
+    }
     shard_sum(shared_var.data(), C);
     for (double& v : shared_var) v /= shared_count;
   }
 
-  // Channel c's mean and inverse deviation (the batch's in training, which also updates the
-  // running statistics; the running ones otherwise), saved for backward; returns the scale and
-  // shift of y = x * scale + shift.
-  std::pair<T, T> channel(std::int64_t c) const {
-    double mean, invstd;
-    if (training) {
-      double count, var;
-      if (shared_mean.empty()) {
-        count = static_cast<double>(N * area);
-        mean = sum_planes(plane(0, c), C * area, N, area) / count;
-        // A second pass about the mean: no cancellation.
-        var = sum_squared_deviation(plane(0, c), C * area, N, area, mean) / count;
-      } else {
-        count = shared_count;
-        mean = shared_mean[c];
-        var = shared_var[c];
-      }
-      invstd = 1.0 / std::sqrt(var + eps);
-      if (running_mean)
-        running_mean[c] = static_cast<T>((1 - momentum) * running_mean[c] + momentum * mean);
-      if (running_var)
-        running_var[c] = static_cast<T>((1 - momentum) * running_var[c] +
-                                        momentum * var * count / (count - 1));
-    } else {
-      mean = running_mean[c];
-      invstd = 1.0 / std::sqrt(static_cast<double>(running_var[c]) + eps);
+  // Channels [c0, c1)'s means and inverse deviations (the batch's in training, which also updates
+  // the running statistics; the running ones otherwise), saved for backward; scale[k] and shift[k]
+  // take channel c0 + k's y = x * scale + shift.
+  void block_affine(std::int64_t c0, std::int64_t c1, T* scale, T* shift) {
+    const double values = static_cast<double>(N * area);
+    if (training && shared_mean.empty()) {
+      block_sums(c0, c1, nullptr, &means[c0]);
+      for (std::int64_t c = c0; c < c1; ++c) means[c] /= values;
+      // A second pass about the mean: no cancellation.
+      block_sums(c0, c1, &means[c0], &vars[c0]);
+      for (std::int64_t c = c0; c < c1; ++c) vars[c] /= values;
     }
-    if (save_mean) save_mean[c] = static_cast<T>(mean);
-    if (save_invstd) save_invstd[c] = static_cast<T>(invstd);
-    const double scale = (gamma ? gamma[c] : 1.0) * invstd;
-    return {static_cast<T>(scale), static_cast<T>((beta ? beta[c] : 0.0) - mean * scale)};
+    for (std::int64_t k = 0; k < c1 - c0; ++k) {
+      const std::int64_t c = c0 + k;
+      double mean, invstd;
+      if (training) {
+        const bool shared = !shared_mean.empty();
+        const double n = shared ? shared_count : values;
+        mean = shared ? shared_mean[c] : means[c];
+        const double var = shared ? shared_var[c] : vars[c];
+        invstd = 1.0 / std::sqrt(var + eps);
+        if (running_mean)
+          running_mean[c] = static_cast<T>((1 - momentum) * running_mean[c] + momentum * mean);
+        if (running_var)
+          running_var[c] = static_cast<T>((1 - momentum) * running_var[c] + momentum * var * n / (n - 1));
+      } else {
+        mean = running_mean[c];
+        invstd = 1.0 / std::sqrt(static_cast<double>(running_var[c]) + eps);
+      }
+      if (save_mean) save_mean[c] = static_cast<T>(mean);
+      if (save_invstd) save_invstd[c] = static_cast<T>(invstd);
+      const double channel_scale = (gamma ? gamma[c] : 1.0) * invstd;
+      scale[k] = static_cast<T>(channel_scale);
+      shift[k] = static_cast<T>((beta ? beta[c] : 0.0) - mean * channel_scale);
+    }
+  }
+
+  // Channel c's alone.
+  std::pair<T, T> channel(std::int64_t c) {
+    T scale, shift;
+    block_affine(c, c + 1, &scale, &shift);
+    return {scale, shift};
   }
 };
 
@@ -325,15 +376,37 @@ void normalize_plane(const T* x, T* y, std::int64_t area, T scale, T shift, bool
   }
 }
 
-// A channel's planes of a tensor: plane n at first + n * stride.
+// normalize_plane over a grid of planes (scale[k] and shift[k] channel k's), each output plane
+// at its input plane's offset from out; float32 through the active SIMD kernel (same bits).
 template <class T>
-struct Planes {
-  const T* first;
-  std::int64_t stride;
-  const T* operator()(std::int64_t n) const { return first + n * stride; }
-};
+void normalize_planes(const ChannelPlanesOf<T>& x, T* out, const T* scale, const T* shift, bool relu) {
+  if constexpr (std::is_same_v<T, float>) {
+    active_kernels().normalize_planes_f32({x, out, scale, shift, relu});
+  } else {
+    for (std::int64_t image = 0; image < x.images; ++image)
+      for (std::int64_t k = 0; k < x.channels; ++k)
+        normalize_plane(x.plane(image, k), out + (x.plane(image, k) - x.first), x.n, scale[k], shift[k], relu);
+  }
+}
 
-// A checked batch-norm backward's operands, as each channel's work needs them.
+// grad_x = (a[k] * g + b[k] * x) + shift[k] over a grid of planes, as normalize_planes.
+template <class T>
+void norm_grad_planes(const ChannelPlanesOf<T>& g, const ChannelPlanesOf<T>& x, T* out, const T* a, const T* b,
+                      const T* shift) {
+  if constexpr (std::is_same_v<T, float>) {
+    active_kernels().norm_grad_planes_f32({g, x, out, a, b, shift});
+  } else {
+    for (std::int64_t image = 0; image < x.images; ++image)
+      for (std::int64_t k = 0; k < x.channels; ++k) {
+        const T* gp = g.plane(image, k);
+        const T* xp = x.plane(image, k);
+        T* yp = out + (xp - x.first);
+        for (std::int64_t i = 0; i < x.n; ++i) yp[i] = a[k] * gp[i] + b[k] * xp[i] + shift[k];
+      }
+  }
+}
+
+// A checked batch-norm backward's operands, as each block of channels' work needs them.
 template <class T>
 struct NormBackward {
   const T* x;
@@ -344,6 +417,11 @@ struct NormBackward {
   // g * (x - mean), this shard's ([2c], [2c + 1]) and the whole batch's, and the batch's size.
   std::vector<double> shard_sums, batch_sums;
   double batch_count = 0;
+  // Scratch of each channel (made here, outside the parallel regions): 2 kSumTerms partial sums,
+  // the saved mean, the shard's two sums, grad_x = a * g + b * x + shift's coefficients and the
+  // sum of grad_x.
+  std::vector<double> partials, means, local_sums, grad_x_totals;
+  std::vector<T> a, b, shift;
 
   NormBackward(const Tensor& x_, const Tensor& gamma_, const Tensor& save_mean_,
                const Tensor& save_invstd_, Tensor& grad_x_, Tensor& grad_gamma_,
@@ -358,15 +436,36 @@ struct NormBackward {
         grad_x_sums(data_or_null<T>(grad_x_sums_)),
         N(x_.size(0)),
         C(x_.size(1)),
-        area(x_.size(2) * x_.size(3)) {}
-
-  // Channel c's sums of g and of g * (x - mean) into sums[0, 2), from the planes grad_plane(n).
-  void channel_sums(std::int64_t c, const Planes<T>& grad_plane, double* sums) const {
-    sums[0] = sums[1] = 0;
-    sum_grad_and_product(grad_plane(0), grad_plane.stride, x + c * area, C * area, N, area, save_mean[c], sums);
+        area(x_.size(2) * x_.size(3)),
+        partials(2 * C * kSumTerms),
+        means(C),
+        local_sums(2 * C),
+        grad_x_totals(C),
+        a(C),
+        b(C),
+        shift(C) {
+    for (std::int64_t c = 0; c < C; ++c) means[c] = save_mean[c];
   }
 
-  // After channel_sums has filled shard_sums (2C) for every channel: the whole batch's.
+  // grad_y, x and grad_x.
+  ChannelBlocks blocks() const { return channel_blocks(C, 3 * N * area * std::int64_t{sizeof(T)}); }
+  // grad_y's planes of channels [c0, c1) in a contiguous (N, C, H, W) tensor at gy.
+  ChannelPlanesOf<T> grad_planes(const T* gy, std::int64_t c0, std::int64_t c1) const {
+    return {gy + c0 * area, C * area, area, N, c1 - c0, area};
+  }
+
+  // Channels [c0, c1)'s sums of g and of g * (x - mean) into sums[2k, 2k + 2), from the planes g
+  // of those channels.
+  void block_sums(std::int64_t c0, std::int64_t c1, const ChannelPlanesOf<T>& g, double* sums) {
+    const std::int64_t count = c1 - c0;
+    double* own = &partials[2 * c0 * kSumTerms];
+    std::fill(own, own + 2 * count * kSumTerms, 0.0);
+    grad_and_product_into_partials(g, ChannelPlanesOf<T>{x + c0 * area, C * area, area, N, count, area}, &means[c0],
+                                   own);
+    for (std::int64_t j = 0; j < 2 * count; ++j) sums[j] = combine_partial_sums(own + j * kSumTerms);
+  }
+
+  // After block_sums has filled shard_sums (2C) for every channel: the whole batch's.
   void share_sums(const ShardSum& shard_sum) {
     batch_sums = shard_sums;
     batch_sums.push_back(static_cast<double>(N * area));
@@ -374,36 +473,45 @@ struct NormBackward {
     batch_count = batch_sums[2 * C];
   }
 
-  // Channel c's gradients, from the planes grad_plane(n) of grad_y (each asked for twice). gamma's
-  // and beta's are this shard's, grad_x the whole batch's (share_sums, where it was called).
-  void channel(std::int64_t c, const Planes<T>& grad_plane) const {
-    const double invstd = save_invstd[c];
-    double local[2];
-    if (shard_sums.empty()) channel_sums(c, grad_plane, local);
-    const double* sums = shard_sums.empty() ? local : &shard_sums[2 * c];
-    if (grad_beta) grad_beta[c] = static_cast<T>(sums[0]);
-    if (grad_gamma) grad_gamma[c] = static_cast<T>(sums[1] * invstd);
-    if (!grad_x) return;
-    const double mean = save_mean[c];
-    const double count = batch_sums.empty() ? static_cast<double>(N * area) : batch_count;
-    if (!batch_sums.empty()) sums = &batch_sums[2 * c];
-    const double sum_g = sums[0], sum_g_xhat = sums[1] * invstd;
+  // Channels [c0, c1)'s gradients, from the planes g of grad_y (each read twice). gamma's and
+  // beta's are this shard's, grad_x the whole batch's (share_sums, where it was called).
+  void block(std::int64_t c0, std::int64_t c1, const ChannelPlanesOf<T>& g) {
+    const std::int64_t count = c1 - c0;
+    if (shard_sums.empty()) block_sums(c0, c1, g, &local_sums[2 * c0]);
     // grad_x = gamma * invstd * (g - mean(g) - xhat * mean(g * xhat)), with xhat = (x - mean) *
-    // invstd folded per channel into grad_x = a * g + b * x + c (in T: a vector loop).
-    const double k = (gamma ? gamma[c] : 1.0) * invstd;
-    const double mean_g = sum_g / count;
-    const double mean_gx = sum_g_xhat / count;
-    const T a = static_cast<T>(k), b = static_cast<T>(-k * invstd * mean_gx);
-    const T shift = static_cast<T>(k * (mean * invstd * mean_gx - mean_g));
-    double gx_sum = 0;
-    for (std::int64_t n = 0; n < N; ++n) {
-      const T* xp = x + (n * C + c) * area;
-      const T* gp = grad_plane(n);
-      T* gxp = grad_x + (n * C + c) * area;
-      for (std::int64_t i = 0; i < area; ++i) gxp[i] = a * gp[i] + b * xp[i] + shift;
-      if (grad_x_sums) gx_sum += sum_elements(gxp, area);  // as conv.cpp's bias_grad sums
+    // invstd folded per channel into grad_x = a * g + b * x + shift (in T: a vector loop).
+    for (std::int64_t c = c0; c < c1; ++c) {
+      const double invstd = save_invstd[c];
+      const double* sums = shard_sums.empty() ? &local_sums[2 * c] : &shard_sums[2 * c];
+      if (grad_beta) grad_beta[c] = static_cast<T>(sums[0]);
+      if (grad_gamma) grad_gamma[c] = static_cast<T>(sums[1] * invstd);
+      const double mean = save_mean[c];
+      const double values = batch_sums.empty() ? static_cast<double>(N * area) : batch_count;
+      if (!batch_sums.empty()) sums = &batch_sums[2 * c];
+      const double sum_g = sums[0], sum_g_xhat = sums[1] * invstd;
+      const double scale = (gamma ? gamma[c] : 1.0) * invstd;
+      const double mean_g = sum_g / values;
+      const double mean_gx = sum_g_xhat / values;
+      a[c] = static_cast<T>(scale);
+      b[c] = static_cast<T>(-scale * invstd * mean_gx);
+      shift[c] = static_cast<T>(scale * (mean * invstd * mean_gx - mean_g));
     }
-    if (grad_x_sums) grad_x_sums[c] = static_cast<T>(gx_sum);
+    if (!grad_x) return;
+    const ChannelPlanesOf<T> x_planes{x + c0 * area, C * area, area, N, count, area};
+    if (!grad_x_sums) return norm_grad_planes(g, x_planes, grad_x + c0 * area, &a[c0], &b[c0], &shift[c0]);
+    // Each plane summed as conv.cpp's bias_grad sums, while it is in cache.
+    std::fill(&grad_x_totals[c0], &grad_x_totals[c0] + count, 0.0);
+    for (std::int64_t n = 0; n < N; ++n) {
+      const auto image = [n](ChannelPlanesOf<T> planes) {
+        planes.first = planes.plane(n, 0);
+        planes.images = 1;
+        return planes;
+      };
+      T* out = grad_x + (n * C + c0) * area;
+      norm_grad_planes(image(g), image(x_planes), out, &a[c0], &b[c0], &shift[c0]);
+      for (std::int64_t k = 0; k < count; ++k) grad_x_totals[c0 + k] += sum_elements(out + k * area, area);
+    }
+    for (std::int64_t c = c0; c < c1; ++c) grad_x_sums[c] = static_cast<T>(grad_x_totals[c]);
   }
 };
 
@@ -524,12 +632,13 @@ void batch_norm2d_forward(const Tensor& x, const Tensor& gamma, const Tensor& be
                         save_mean, save_invstd);
     norm.share_statistics(shard_sum);
     T* yd = y.data<T>();
+    std::vector<T> scales(norm.C), shifts(norm.C);
+    const ChannelBlocks blocks = norm.blocks();
 #pragma omp parallel for num_threads(::juanji::team_size()) schedule(static) if (x.numel() >= kParallelGrain)
-    for (std::int64_t c = 0; c < norm.C; ++c) {
-      const auto [scale, shift] = norm.channel(c);
-      for (std::int64_t n = 0; n < norm.N; ++n)
-        normalize_plane(norm.plane(n, c), yd + (n * norm.C + c) * norm.area, norm.area, scale, shift,
-                        relu);
+    for (std::int64_t block = 0; block < blocks.count; ++block) {
+      const std::int64_t c0 = block * blocks.size, c1 = std::min(norm.C, c0 + blocks.size);
+      norm.block_affine(c0, c1, &scales[c0], &shifts[c0]);
+      normalize_planes(norm.planes(c0, c1), yd + c0 * norm.area, &scales[c0], &shifts[c0], relu);
     }
   });
 }
@@ -607,16 +716,21 @@ void batch_norm2d_backward(const Tensor& grad_y, const Tensor& x, const Tensor& 
     NormBackward<T> norm(x, gamma, save_mean, save_invstd, grad_x, grad_gamma, grad_beta,
                          grad_x_sums);
     const T* gy = grad_y.data<T>();
+    const ChannelBlocks blocks = norm.blocks();
     if (shard_sum) {
       norm.shard_sums.resize(2 * norm.C);
 #pragma omp parallel for num_threads(::juanji::team_size()) schedule(static) if (x.numel() >= kParallelGrain)
-      for (std::int64_t c = 0; c < norm.C; ++c)
-        norm.channel_sums(c, Planes<T>{gy + c * norm.area, norm.C * norm.area}, &norm.shard_sums[2 * c]);
+      for (std::int64_t block = 0; block < blocks.count; ++block) {
+        const std::int64_t c0 = block * blocks.size, c1 = std::min(norm.C, c0 + blocks.size);
+        norm.block_sums(c0, c1, norm.grad_planes(gy, c0, c1), &norm.shard_sums[2 * c0]);
+      }
       norm.share_sums(shard_sum);
     }
 #pragma omp parallel for num_threads(::juanji::team_size()) schedule(static) if (x.numel() >= kParallelGrain)
-    for (std::int64_t c = 0; c < norm.C; ++c)
-      norm.channel(c, Planes<T>{gy + c * norm.area, norm.C * norm.area});
+    for (std::int64_t block = 0; block < blocks.count; ++block) {
+      const std::int64_t c0 = block * blocks.size, c1 = std::min(norm.C, c0 + blocks.size);
+      norm.block(c0, c1, norm.grad_planes(gy, c0, c1));
+    }
   });
 }
 
@@ -664,7 +778,7 @@ void batch_norm2d_relu_max_pool_backward(const PoolGeometry& pool, const Tensor&
                                      in_kernel, normalized, pooled, argmax);
             scatter_max_pool_plane(pool, gy + plane * pooled_area, argmax, pooled, scattered + n * norm.area);
           }
-          channel_work(c, Planes<T>{scattered, norm.area});
+          channel_work(c, ChannelPlanesOf<T>{scattered, norm.area, 0, norm.N, 1, norm.area});
         }
       }
       errors.rethrow();
@@ -673,11 +787,11 @@ void batch_norm2d_relu_max_pool_backward(const PoolGeometry& pool, const Tensor&
       // The whole batch's sums first: each channel's planes are scattered twice.
       norm.shard_sums.resize(2 * norm.C);
       for_each_channel([&](std::int64_t c, const auto& grad_plane) {
-        norm.channel_sums(c, grad_plane, &norm.shard_sums[2 * c]);
+        norm.block_sums(c, c + 1, grad_plane, &norm.shard_sums[2 * c]);
       });
       norm.share_sums(shard_sum);
     }
-    for_each_channel([&](std::int64_t c, const auto& grad_plane) { norm.channel(c, grad_plane); });
+    for_each_channel([&](std::int64_t c, const auto& grad_plane) { norm.block(c, c + 1, grad_plane); });
   });
 }
 

@@ -378,19 +378,47 @@ struct DropoutArgs {
 using Dropout = void (*)(const DropoutArgs& args);
 
 // Sums in double over kSumTerms interleaved partial sums combined in a fixed order (vec_math's
-// sum_lanes), at vector speed, over `planes` planes of n terms (plane p at v + p * stride; a
-// batch norm channel's planes), term i of every plane going to partial sum i % kSumTerms in plane
-// order: of v; of (v - center)^2. The sums of products are contracted into FMAs at the AVX levels
-// (-ffp-contract=fast), so they may differ from the portable level's in the last bits
-// (integer-valued data stays exact); plain sums do not.
+// sum_lanes), at vector speed. A batch norm's planes come as a grid: plane (image, k) of channel
+// k < channels at first + image * image_stride + k * channel_stride, n terms each. Channel k's
+// terms go to its own partial sums (partials + k * kSumTerms for one sum), term i of each plane to
+// partial i % kSumTerms, the images in order: so a batch is read in memory order, a few channels
+// at a time, and each channel's sum keeps the order of its planes read one after another.
+// The kernels add into the partials: of v; of (v - centers[k])^2. The sums of products are
+// contracted into FMAs at the AVX levels (-ffp-contract=fast), so they may differ from the
+// portable level's in the last bits (integer-valued data stays exact); plain sums do not.
 constexpr std::int64_t kSumTerms = 32;
-using SumAsDouble = double (*)(const float* v, std::int64_t stride, std::int64_t planes, std::int64_t n);
-using SumSquaredDeviation = double (*)(const float* v, std::int64_t stride, std::int64_t planes, std::int64_t n,
-                                       double center);
-// Both of batch norm's backward sums in one read: sums[0] += sum of g, sums[1] += sum of
-// g * (v - center), each in that order (g's plane p at g + p * g_stride).
-using SumGradAndProduct = void (*)(const float* g, std::int64_t g_stride, const float* v, std::int64_t stride,
-                                   std::int64_t planes, std::int64_t n, double center, double* sums);
+template <class T>
+struct ChannelPlanesOf {
+  const T* first;
+  std::int64_t image_stride, channel_stride;
+  std::int64_t images, channels, n;
+  const T* plane(std::int64_t image, std::int64_t k) const { return first + image * image_stride + k * channel_stride; }
+};
+using ChannelPlanes = ChannelPlanesOf<float>;
+using SumIntoPartials = void (*)(const ChannelPlanes& v, double* partials);
+using SquaredDeviationIntoPartials = void (*)(const ChannelPlanes& v, const double* centers, double* partials);
+// Both of batch norm's backward sums in one read, channel k's at partials + 2k * kSumTerms: of g,
+// then of g * (v - centers[k]); g's grid has v's images, channels and n.
+using GradAndProductIntoPartials = void (*)(const ChannelPlanes& g, const ChannelPlanes& v, const double* centers,
+                                            double* partials);
+
+// Batch norm's passes of each channel's affine over a grid of planes, each output plane at its
+// input plane's offset from `out`: y = x * scale[k] + shift[k], then y < 0 ? 0 : y where relu;
+// grad_x = (a[k] * g + b[k] * x) + shift[k], g's planes at g's own offsets. Each product is
+// rounded before its add (no FMA at any level): every level gives the portable level's bits.
+struct NormalizeArgs {
+  ChannelPlanes x;
+  float* out;
+  const float *scale, *shift;
+  bool relu;
+};
+using NormalizePlanes = void (*)(const NormalizeArgs& args);
+struct NormGradArgs {
+  ChannelPlanes g, x;
+  float* out;
+  const float *a, *b, *shift;
+};
+using NormGradPlanes = void (*)(const NormGradArgs& args);
 
 // Dot products of `count` rows of x (row i at x + i * length) with `rows` rows of w (row r at
 // w + r * length): out[i * out_stride + r] = the sum over k < length of x_i[k] * w_r[k], term k
@@ -432,9 +460,11 @@ struct KernelSet {
   AvgPool2x2 avg_pool_2x2_f32;
   AvgPool2x2Backward avg_pool_2x2_backward_f32;
   Dropout dropout_f32;
-  SumAsDouble sum_f32;
-  SumSquaredDeviation sum_squared_deviation_f32;
-  SumGradAndProduct sum_grad_and_product_f32;
+  SumIntoPartials sum_f32;
+  SquaredDeviationIntoPartials sum_squared_deviation_f32;
+  GradAndProductIntoPartials sum_grad_and_product_f32;
+  NormalizePlanes normalize_planes_f32;
+  NormGradPlanes norm_grad_planes_f32;
   DotRows dot_rows_f32;
   RoundToBfloat16 round_to_bfloat16_f32;
   int direct_conv_lanes;  // columns per vector

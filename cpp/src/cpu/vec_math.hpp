@@ -80,76 +80,85 @@ constexpr std::int64_t kLanes = 8;
 // Term i of a sum goes to partial sum i % kSumTerms; the partial sums j, j + 8, j + 16, j + 24
 // are added as (j + (j + 8)) + ((j + 16) + (j + 24)), then those eight in order. The SIMD
 // kernels (microkernels.inc) keep the same order in four chains of 8-double vectors.
-inline double combine_partial_sums(const double (&acc)[kSumTerms]) {
+inline double combine_partial_sums(const double* acc) {
   double total = 0;
   for (std::int64_t j = 0; j < 8; ++j) total += (acc[j] + acc[j + 8]) + (acc[j + 16] + acc[j + 24]);
   return total;
 }
 
-// sum of term(p, i) over `planes` planes of i in [0, n), in double (term returns a double): term
-// i of every plane goes to partial sum i % kSumTerms, the planes in order.
-template <class F>
-double sum_lanes_over_planes(std::int64_t planes, std::int64_t n, F term) {
-  double acc[kSumTerms] = {};
-  for (std::int64_t p = 0; p < planes; ++p) {
-    std::int64_t i = 0;
-    for (; i + kSumTerms <= n; i += kSumTerms)
-      for (std::int64_t j = 0; j < kSumTerms; ++j) acc[j] += term(p, i + j);
-    for (; i < n; ++i) acc[i % kSumTerms] += term(p, i);
-  }
-  return combine_partial_sums(acc);
-}
-
 // sum of term(i) over i in [0, n), in double; term returns a double.
 template <class F>
 double sum_lanes(std::int64_t n, F term) {
-  return sum_lanes_over_planes(1, n, [&term](std::int64_t, std::int64_t i) { return term(i); });
+  double acc[kSumTerms] = {};
+  for (std::int64_t i = 0; i < n; ++i) acc[i % kSumTerms] += term(i);
+  return combine_partial_sums(acc);
 }
 
-// sum_lanes_over_planes of the planes' values (plane p at v + p * stride) as doubles; float32
-// through the active SIMD kernel (same bits).
+// Adds term(image, k, i) of every plane of a grid (images x channels of n terms, as the
+// kernels' ChannelPlanes) to channel k's partial sums (partials + k * channel_partials), term i
+// to partial i % kSumTerms, the images in order.
+template <class F>
+void add_to_partials(std::int64_t images, std::int64_t channels, std::int64_t n, std::int64_t channel_partials,
+                     F term, double* partials) {
+  for (std::int64_t image = 0; image < images; ++image)
+    for (std::int64_t k = 0; k < channels; ++k) {
+      double* acc = partials + k * channel_partials;
+      for (std::int64_t i = 0; i < n; ++i) acc[i % kSumTerms] += term(image, k, i);
+    }
+}
+
+// Channel k's values as doubles into its partials (partials + k * kSumTerms); float32 through the
+// active SIMD kernel (same bits).
 template <class T>
-double sum_planes(const T* v, std::int64_t stride, std::int64_t planes, std::int64_t n) {
+void sum_into_partials(const ChannelPlanesOf<T>& v, double* partials) {
   if constexpr (std::is_same_v<T, float>) {
-    return active_kernels().sum_f32(v, stride, planes, n);
+    active_kernels().sum_f32(v, partials);
   } else {
-    return sum_lanes_over_planes(planes, n,
-                                 [v, stride](std::int64_t p, std::int64_t i) { return double(v[p * stride + i]); });
+    add_to_partials(v.images, v.channels, v.n, kSumTerms,
+                    [&v](std::int64_t image, std::int64_t k, std::int64_t i) { return double(v.plane(image, k)[i]); },
+                    partials);
   }
 }
 
 // sum_lanes of v[0, n) as doubles.
 template <class T>
 double sum_elements(const T* v, std::int64_t n) {
-  return sum_planes(v, 0, 1, n);
+  double partials[kSumTerms] = {};
+  sum_into_partials(ChannelPlanesOf<T>{v, 0, 0, 1, 1, n}, partials);
+  return combine_partial_sums(partials);
 }
 
-// The same of (v - center)^2.
+// The same of (v - centers[k])^2.
 template <class T>
-double sum_squared_deviation(const T* v, std::int64_t stride, std::int64_t planes, std::int64_t n, double center) {
+void squared_deviation_into_partials(const ChannelPlanesOf<T>& v, const double* centers, double* partials) {
   if constexpr (std::is_same_v<T, float>) {
-    return active_kernels().sum_squared_deviation_f32(v, stride, planes, n, center);
+    active_kernels().sum_squared_deviation_f32(v, centers, partials);
   } else {
-    return sum_lanes_over_planes(planes, n, [v, stride, center](std::int64_t p, std::int64_t i) {
-      const double d = v[p * stride + i] - center;
-      return d * d;
-    });
+    add_to_partials(v.images, v.channels, v.n, kSumTerms,
+                    [&v, centers](std::int64_t image, std::int64_t k, std::int64_t i) {
+                      const double d = v.plane(image, k)[i] - centers[k];
+                      return d * d;
+                    },
+                    partials);
   }
 }
 
-// sums[0] += sum of g, sums[1] += sum of g * (v - center), in one read of g, over planes as
-// sum_planes (g's plane p at g + p * g_stride).
+// Channel k's sums of g and of g * (v - centers[k]) in one read of g, into partials + 2k *
+// kSumTerms and the kSumTerms after them.
 template <class T>
-void sum_grad_and_product(const T* g, std::int64_t g_stride, const T* v, std::int64_t stride, std::int64_t planes,
-                          std::int64_t n, double center, double* sums) {
+void grad_and_product_into_partials(const ChannelPlanesOf<T>& g, const ChannelPlanesOf<T>& v, const double* centers,
+                                    double* partials) {
   if constexpr (std::is_same_v<T, float>) {
-    active_kernels().sum_grad_and_product_f32(g, g_stride, v, stride, planes, n, center, sums);
+    active_kernels().sum_grad_and_product_f32(g, v, centers, partials);
   } else {
-    sums[0] += sum_lanes_over_planes(planes, n,
-                                     [=](std::int64_t p, std::int64_t i) { return double(g[p * g_stride + i]); });
-    sums[1] += sum_lanes_over_planes(planes, n, [=](std::int64_t p, std::int64_t i) {
-      return double(g[p * g_stride + i]) * (v[p * stride + i] - center);
-    });
+    add_to_partials(v.images, v.channels, v.n, 2 * kSumTerms,
+                    [&g](std::int64_t image, std::int64_t k, std::int64_t i) { return double(g.plane(image, k)[i]); },
+                    partials);
+    add_to_partials(v.images, v.channels, v.n, 2 * kSumTerms,
+                    [&](std::int64_t image, std::int64_t k, std::int64_t i) {
+                      return double(g.plane(image, k)[i]) * (v.plane(image, k)[i] - centers[k]);
+                    },
+                    partials + kSumTerms);
   }
 }
 
