@@ -485,9 +485,12 @@ void test_filter_block_weight_grad(const Level& level, Data& data) {
         const I stride = 1 + variant % 2, out_h = 1 + variant % 3;
         const TapLayout layout(f.C, f.R, f.S, 1 + variant % 5 / 4, stride, out_h, out_w);
         const I taps = layout.taps();
-        // One block of filters, two (summed together on AVX-512) or three (a pair, then one).
-        const I blocks = 1 + variant % 3, out_block = out_h * out_w * 16 + variant % 2, grad_block = taps * 16 + 3;
-        const auto src = data.make(layout.size(), values);
+        // One block of filters, two (summed together on AVX-512) or three (a pair, then one); one
+        // image, two or three, with gaps between them.
+        const I blocks = 1 + variant % 3, images = 1 + variant / 3 % 3, grad_block = taps * 16 + 3;
+        const I out_image = out_h * out_w * 16 + variant % 2, out_block = images * out_image + 5;
+        const I src_image = layout.size() + 7;
+        const auto src = data.make(images * src_image, values);
         const auto grad_out = data.make(blocks * out_block, values);
         const auto start = data.make(blocks * grad_block, values);
         Output out(blocks * grad_block);
@@ -497,22 +500,23 @@ void test_filter_block_weight_grad(const Level& level, Data& data) {
             for (I k = 0; k < 16; ++k) {
               const I at = b * grad_block + t * 16 + k;
               double sum = 0, size = std::fabs(start[at]);
-              for (I p = 0; p < out_h; ++p)
-                for (I q = 0; q < out_w; ++q) {
-                  const double product =
-                      double(grad_out[b * out_block + (p * out_w + q) * 16 + k]) * src[layout.at(t, p, q)];
-                  sum += product;
-                  size += std::fabs(product);
-                }
+              for (I m = 0; m < images; ++m)
+                for (I p = 0; p < out_h; ++p)
+                  for (I q = 0; q < out_w; ++q) {
+                    const double product = double(grad_out[b * out_block + m * out_image + (p * out_w + q) * 16 + k]) *
+                                           src[m * src_image + layout.at(t, p, q)];
+                    sum += product;
+                    size += std::fabs(product);
+                  }
               out.must_hold(at, start[at] + sum, size);
             }
           for (I j = taps * 16; j < grad_block; ++j) out.must_hold(b * grad_block + j, start[b * grad_block + j], 0.0);
         }
         level.set.filter_block_weight_grad_f32({src.data(), layout.tap_offsets.data(), taps, layout.row_step,
                                                 layout.col_step, grad_out.data(), out_h, out_w, out.got.data(), blocks,
-                                                out_block, grad_block});
-        expect_close(describe(level, "filter_block_weight_grad taps=%ld blocks=%ld stride %ld out %ldx%ld", taps,
-                              blocks, stride, out_h, out_w),
+                                                out_block, grad_block, images, src_image, out_image});
+        expect_close(describe(level, "filter_block_weight_grad taps=%ld blocks=%ld images=%ld stride %ld out %ldx%ld",
+                              taps, blocks, images, stride, out_h, out_w),
                      out.got, out.want, out.magnitude, values, kFloatTolerance);
       }
 }

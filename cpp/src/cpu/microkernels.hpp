@@ -140,18 +140,21 @@ constexpr std::int64_t filter_block_rows_at_once(std::int64_t out_w, std::int64_
   return out_w >= kFewestRowPixels && out_w <= kMostRowPixels && max_pixels >= 2 * out_w ? max_pixels / out_w : 1;
 }
 
-// Its weight gradient for one image, accumulated tap by tap in pixel order, for `blocks` blocks of
-// 16 filters (block b's grad_out and grad_weights grad_out_block and grad_weights_block floats on):
-//   grad_weights[t][k] += sum_{p,q} grad_out[p*out_w + q][k] * src[tap_offsets[t] + p*row_step + q*col_step]
+// Its weight gradient for `images` images, accumulated tap by tap in image then pixel order, for
+// `blocks` blocks of 16 filters (block b's grad_out and grad_weights grad_out_block and
+// grad_weights_block floats on; image m's src and grad_out src_image and grad_out_image floats on):
+//   grad_weights[t][k] += sum_{m,p,q} grad_out[m][p*out_w + q][k] * src[m][tap_offsets[t] + p*row_step + q*col_step]
+// The accumulators stay in registers from image to image: a 4x4 output is 16 pixels a pass.
 struct FilterBlockWeightGradArgs {
   const float* src;
   const std::int64_t* tap_offsets;
   std::int64_t taps;
   std::int64_t row_step, col_step;
-  const float* grad_out;  // (out_h * out_w, 16): the block's output gradient, pixel-major
+  const float* grad_out;  // (out_h * out_w, 16) an image: the block's output gradient, pixel-major
   std::int64_t out_h, out_w;
   float* grad_weights;    // (taps, 16), accumulated
   std::int64_t blocks, grad_out_block, grad_weights_block;
+  std::int64_t images, src_image, grad_out_image;
 };
 using FilterBlockWeightGrad = void (*)(const FilterBlockWeightGradArgs& args);
 

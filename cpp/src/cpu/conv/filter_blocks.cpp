@@ -106,6 +106,21 @@ struct TapSource {
     return out;
   }
 
+  // Images [n, n + count)'s planes of group grp, image m's image_step() floats after image n's:
+  // src's own, or copies into the calling thread's workspace.
+  const float* planes_of_images(const Correlation& c, const float* src, std::int64_t n, std::int64_t count,
+                                std::int64_t grp) const {
+    if (!copied()) return image(c, src, n, grp);
+    float* out = cpu::workspace<float>(cpu::WorkspaceSlot::columns, count * image_floats(c));
+    for (std::int64_t m = 0; m < count; ++m)
+      for (std::int64_t part = 0; part < copy_parts(c); ++part)
+        copy_part(c, image(c, src, n + m, grp), part, out + m * image_floats(c));
+    return out;
+  }
+  std::int64_t image_step(const Correlation& c) const {
+    return copied() ? image_floats(c) : c.in_channels * c.in_h * c.in_w;
+  }
+
   // A copy is made in parts that threads can share: a channel's planes, or, split, the planes of a
   // channel's row phase (the stem's 3 channels make 6 parts).
   std::int64_t copy_parts(const Correlation& c) const {
@@ -297,14 +312,33 @@ namespace {
 // Image chunks accumulate their images in order into partial gradients, which are then added in
 // chunk order. The chunk count is a function of the shape alone (never of the thread count): as
 // many as it takes to give (chunk, group, block) jobs enough to share, since every chunk's partial
-// is a full copy of the gradient (res_256 with 8 chunks wrote and re-read 19 MB of partials).
-std::int64_t weight_grad_chunks(const ConvGeometry& g, std::int64_t blocks) {
+// is a full copy of the gradient (res_256 with 8 chunks wrote and re-read 19 MB of partials). Where
+// the source is copied (copied_image_floats an image's copy, else 0), every job that splits an
+// image's blocks among others copies the image again (a ResNet's 64 -> 128 stride-2 layer on 7x7
+// images copied each image four times: a third of its weight gradient): more chunks, fewer splits,
+// as far as the partials they add cost less than the copies they save.
+std::int64_t weight_grad_chunks(const ConvGeometry& g, std::int64_t blocks, std::int64_t copied_image_floats) {
   constexpr std::int64_t kWantedJobs = 16;
-  const std::int64_t per_chunk = g.groups * blocks;
-  return std::clamp<std::int64_t>((kWantedJobs + per_chunk - 1) / per_chunk, 1, std::min<std::int64_t>(g.N, 8));
+  const std::int64_t per_chunk = g.groups * blocks, most = std::min<std::int64_t>(g.N, 8);
+  const std::int64_t fewest = std::clamp<std::int64_t>((kWantedJobs + per_chunk - 1) / per_chunk, 1, most);
+  if (copied_image_floats == 0) return fewest;
+  // Each chunk's blocks split as FilterBlockJobs splits them for two threads.
+  const auto floats_moved = [&](std::int64_t chunks) {
+    const std::int64_t outer = chunks * g.groups;
+    const std::int64_t splits = std::clamp<std::int64_t>((kWantedJobs / 2 + outer - 1) / outer, 1, blocks);
+    return g.N * splits * copied_image_floats + 2 * chunks * g.K * (g.C / g.groups) * g.R * g.S;
+  };
+  std::int64_t best = fewest;
+  for (std::int64_t chunks = fewest + 1; chunks <= most; ++chunks)
+    if (floats_moved(chunks) < floats_moved(best)) best = chunks;
+  return best;
 }
 
 }  // namespace
+
+// The floats of the images a weight gradient's pass reads (their copies and errors): about 256 KB,
+// in L2 while every block of filters takes them.
+constexpr std::int64_t kImagesFloats = 64 * 1024;
 
 // db (or null) gets the bias gradient: each error plane summed while the block reads it, the
 // plane sums then added image by image, as bias_grad adds them.
@@ -314,8 +348,8 @@ void filter_block_backward_weight(const ConvGeometry& g, const float* dy, const 
   const Correlation c = forward_correlation(g);
   const std::int64_t taps = c.taps(), blocks = c.blocks(), Kg = c.out_per_group(), PQ = g.P * g.Q;
   const std::int64_t block_size = taps * cpu::kFilterBlock, chunk_size = g.groups * blocks * block_size;
-  const std::int64_t chunks = weight_grad_chunks(g, blocks);
   const TapSource source(c, cpu::workspace<std::int64_t>(cpu::WorkspaceSlot::gemm_b, taps), false);
+  const std::int64_t chunks = weight_grad_chunks(g, blocks, source.copied() ? source.image_floats(c) : 0);
   float* partials = cpu::workspace<float>(cpu::WorkspaceSlot::partials, chunks * chunk_size);
   double* plane_sums = db ? cpu::workspace<double>(cpu::WorkspaceSlot::plane_sums, g.N * g.K) : nullptr;
   const FilterBlockJobs jobs(chunks * g.groups, blocks);
@@ -326,25 +360,36 @@ void filter_block_backward_weight(const ConvGeometry& g, const float* dy, const 
     const std::int64_t kb_begin = jobs.first_block(job), kb_end = jobs.end_block(job);
     float* partial = partials + chunk * chunk_size + grp * blocks * block_size;
     std::fill(partial + kb_begin * block_size, partial + kb_end * block_size, 0.0f);
-    const std::int64_t errors_block = PQ * cpu::kFilterBlock;
+    const std::int64_t n_begin = g.N * chunk / chunks, n_end = g.N * (chunk + 1) / chunks;
+    // Images a pass, their copies and errors within kImagesFloats, each block's accumulators kept
+    // in registers from image to image.
+    const std::int64_t image_errors = PQ * cpu::kFilterBlock;
+    const std::int64_t per_pass = std::clamp<std::int64_t>(
+        kImagesFloats / ((source.copied() ? source.image_floats(c) : 0) + kBlocksAtOnce * image_errors), 1,
+        std::max<std::int64_t>(n_end - n_begin, 1));
+    const std::int64_t errors_block = per_pass * image_errors;
     float* errors = cpu::workspace<float>(cpu::WorkspaceSlot::batch_out, kBlocksAtOnce * errors_block);
-    for (std::int64_t n = g.N * chunk / chunks; n < g.N * (chunk + 1) / chunks; ++n) {
-      const float* planes = source.planes(c, x, n, grp);
+    for (std::int64_t n0 = n_begin; n0 < n_end; n0 += per_pass) {
+      const std::int64_t images = std::min(per_pass, n_end - n0);
+      const float* planes = source.planes_of_images(c, x, n0, images, grp);
       for (std::int64_t kb0 = kb_begin; kb0 < kb_end; kb0 += kBlocksAtOnce) {
         const std::int64_t blocks_now = std::min(kBlocksAtOnce, kb_end - kb0);
-        for (std::int64_t kb = kb0; kb < kb0 + blocks_now; ++kb) {
-          // The block's errors, pixel-major, zero past the group's last filter.
-          const std::int64_t first_filter = n * g.K + grp * Kg + kb * cpu::kFilterBlock;
-          const std::int64_t filters = std::min<std::int64_t>(cpu::kFilterBlock, Kg - kb * cpu::kFilterBlock);
-          kernels.pixel_major_row_f32(dy + first_filter * PQ, PQ, filters, PQ, PQ, errors + (kb - kb0) * errors_block);
-          if (plane_sums)
-            for (std::int64_t f = 0; f < filters; ++f)
-              plane_sums[first_filter + f] = cpu::sum_elements(dy + (first_filter + f) * PQ, PQ);
-        }
+        for (std::int64_t kb = kb0; kb < kb0 + blocks_now; ++kb)
+          for (std::int64_t n = n0; n < n0 + images; ++n) {
+            // The block's errors, pixel-major, zero past the group's last filter.
+            const std::int64_t first_filter = n * g.K + grp * Kg + kb * cpu::kFilterBlock;
+            const std::int64_t filters = std::min<std::int64_t>(cpu::kFilterBlock, Kg - kb * cpu::kFilterBlock);
+            kernels.pixel_major_row_f32(dy + first_filter * PQ, PQ, filters, PQ, PQ,
+                                        errors + (kb - kb0) * errors_block + (n - n0) * image_errors);
+            if (plane_sums)
+              for (std::int64_t f = 0; f < filters; ++f)
+                plane_sums[first_filter + f] = cpu::sum_elements(dy + (first_filter + f) * PQ, PQ);
+          }
         const cpu::FilterBlockWeightGradArgs args{planes,          source.tap_offsets, taps,       source.row_step,
                                                   source.col_step, errors,             g.P,        g.Q,
                                                   partial + kb0 * block_size,     blocks_now, errors_block,
-                                                  block_size};
+                                                  block_size,      images,             source.image_step(c),
+                                                  image_errors};
         kernels.filter_block_weight_grad_f32(args);
       }
     }
