@@ -371,7 +371,8 @@ DEPTHWISE = {
     # lanes (dilated taps, padding that differs left and right, planes past the unpadded limit).
     "dilated_same_width": (2, case(N=2, C=3, K=3, groups=3, spatial=(10, 9), dilation=2, padding=2)),
     "same_even_kernel": (2, case(N=2, C=4, K=4, groups=4, spatial=(7, 10), kernel=(4, 4), padding="same")),
-    "past_unpadded_limit": (2, case(N=1, C=2, K=2, groups=2, spatial=(33, 32), padding=1)),
+    "wide_unpadded": (2, case(N=1, C=2, K=2, groups=2, spatial=(40, 41), padding=1)),
+    "past_unpadded_limit": (2, case(N=1, C=2, K=2, groups=2, spatial=(65, 64), padding=1)),
     "conv1d_stride2": (1, case(N=2, C=6, K=6, groups=6, spatial=(37,), kernel=(3,), stride=2, padding=1)),
 }
 
