@@ -227,21 +227,27 @@ inline double uniform_at(std::uint64_t seed, std::uint64_t i) {
 
 // A batch norm's channels a block at a time: each block's planes are read image after image, in
 // memory order (a channel's plane alone is a short run, as short as one cache line, one page from
-// the next), and stay in L2 for the passes after the first. Blocks of about kBlockBytes of the
-// `arrays` tensors a pass reads or writes, as many for each thread.
-struct ChannelBlocks {
-  std::int64_t size, count;
-};
+// the next), and stay in L2 for the passes after the first. Blocks of about kBlockBytes, given
+// channel_bytes, a channel's bytes in the tensors a pass reads or writes; as many for each thread.
+// The blocks change no sum: each channel's still adds its planes in order.
+class ChannelBlocks {
+ public:
+  ChannelBlocks(std::int64_t channels, std::int64_t channel_bytes) : channels_(channels) {
+    constexpr std::int64_t kBlockBytes = 512 * 1024;
+    const std::int64_t threads = ::juanji::team_size();
+    const std::int64_t rounds =
+        std::max<std::int64_t>(1, (channels * channel_bytes + threads * kBlockBytes - 1) / (threads * kBlockBytes));
+    const std::int64_t blocks = std::max<std::int64_t>(1, std::min(channels, threads * rounds));
+    size_ = (channels + blocks - 1) / blocks;
+    count_ = (channels + size_ - 1) / size_;
+  }
+  std::int64_t count() const { return count_; }
+  std::int64_t begin(std::int64_t block) const { return block * size_; }
+  std::int64_t end(std::int64_t block) const { return std::min(channels_, (block + 1) * size_); }
 
-inline ChannelBlocks channel_blocks(std::int64_t C, std::int64_t channel_bytes) {
-  constexpr std::int64_t kBlockBytes = 512 * 1024;
-  const std::int64_t threads = ::juanji::team_size();
-  const std::int64_t rounds = std::max<std::int64_t>(1, (C * channel_bytes + threads * kBlockBytes - 1) /
-                                                            (threads * kBlockBytes));
-  const std::int64_t blocks = std::max<std::int64_t>(1, std::min(C, threads * rounds));
-  const std::int64_t size = (C + blocks - 1) / blocks;
-  return {size, (C + size - 1) / size};
-}
+ private:
+  std::int64_t channels_, size_ = 1, count_ = 0;
+};
 
 // A checked batch-norm forward's operands, as each channel's work needs them.
 template <class T>
@@ -281,7 +287,7 @@ struct NormForward {
   const T* plane(std::int64_t n, std::int64_t c) const { return x + (n * C + c) * area; }
   ChannelPlanesOf<T> planes(std::int64_t c0, std::int64_t c1) const { return {plane(0, c0), C * area, area, N, c1 - c0, area}; }
   // x and y.
-  ChannelBlocks blocks() const { return channel_blocks(C, 2 * N * area * std::int64_t{sizeof(T)}); }
+  ChannelBlocks blocks() const { return {C, 2 * N * area * std::int64_t{sizeof(T)}}; }
 
   // Channels [c0, c1)'s sums of x into sums[0, c1 - c0), then (centers given) of (x - center)^2.
   void block_sums(std::int64_t c0, std::int64_t c1, const double* centers, double* sums) {
@@ -300,8 +306,8 @@ struct NormForward {
     std::vector<double> sums(C + 1);
     const ChannelBlocks b = blocks();
 #pragma omp parallel for num_threads(::juanji::team_size()) schedule(static) if (N * C * area >= kParallelGrain)
-    for (std::int64_t block = 0; block < b.count; ++block)
-      block_sums(block * b.size, std::min(C, (block + 1) * b.size), nullptr, &sums[block * b.size]);
+    for (std::int64_t block = 0; block < b.count(); ++block)
+      block_sums(b.begin(block), b.end(block), nullptr, &sums[b.begin(block)]);
     sums[C] = static_cast<double>(N * area);
     shard_sum(sums.data(), C + 1);
     shared_count = sums[C];
@@ -311,10 +317,8 @@ struct NormForward {
     for (std::int64_t c = 0; c < C; ++c) shared_mean[c] = sums[c] / shared_count;
     shared_var.resize(C);
 #pragma omp parallel for num_threads(::juanji::team_size()) schedule(static) if (N * C * area >= kParallelGrain)
-    for (std::int64_t block = 0; block < b.count; ++block) {
-      const std::int64_t c0 = block * b.size;
-      block_sums(c0, std::min(C, c0 + b.size), &shared_mean[c0], &shared_var[c0]);
-    }
+    for (std::int64_t block = 0; block < b.count(); ++block)
+      block_sums(b.begin(block), b.end(block), &shared_mean[b.begin(block)], &shared_var[b.begin(block)]);
     shard_sum(shared_var.data(), C);
     for (double& v : shared_var) v /= shared_count;
   }
@@ -448,7 +452,7 @@ struct NormBackward {
   }
 
   // grad_y, x and grad_x.
-  ChannelBlocks blocks() const { return channel_blocks(C, 3 * N * area * std::int64_t{sizeof(T)}); }
+  ChannelBlocks blocks() const { return {C, 3 * N * area * std::int64_t{sizeof(T)}}; }
   // grad_y's planes of channels [c0, c1) in a contiguous (N, C, H, W) tensor at gy.
   ChannelPlanesOf<T> grad_planes(const T* gy, std::int64_t c0, std::int64_t c1) const {
     return {gy + c0 * area, C * area, area, N, c1 - c0, area};
@@ -635,8 +639,8 @@ void batch_norm2d_forward(const Tensor& x, const Tensor& gamma, const Tensor& be
     std::vector<T> scales(norm.C), shifts(norm.C);
     const ChannelBlocks blocks = norm.blocks();
 #pragma omp parallel for num_threads(::juanji::team_size()) schedule(static) if (x.numel() >= kParallelGrain)
-    for (std::int64_t block = 0; block < blocks.count; ++block) {
-      const std::int64_t c0 = block * blocks.size, c1 = std::min(norm.C, c0 + blocks.size);
+    for (std::int64_t block = 0; block < blocks.count(); ++block) {
+      const std::int64_t c0 = blocks.begin(block), c1 = blocks.end(block);
       norm.block_affine(c0, c1, &scales[c0], &shifts[c0]);
       normalize_planes(norm.planes(c0, c1), yd + c0 * norm.area, &scales[c0], &shifts[c0], relu);
     }
@@ -720,15 +724,15 @@ void batch_norm2d_backward(const Tensor& grad_y, const Tensor& x, const Tensor& 
     if (shard_sum) {
       norm.shard_sums.resize(2 * norm.C);
 #pragma omp parallel for num_threads(::juanji::team_size()) schedule(static) if (x.numel() >= kParallelGrain)
-      for (std::int64_t block = 0; block < blocks.count; ++block) {
-        const std::int64_t c0 = block * blocks.size, c1 = std::min(norm.C, c0 + blocks.size);
+      for (std::int64_t block = 0; block < blocks.count(); ++block) {
+        const std::int64_t c0 = blocks.begin(block), c1 = blocks.end(block);
         norm.block_sums(c0, c1, norm.grad_planes(gy, c0, c1), &norm.shard_sums[2 * c0]);
       }
       norm.share_sums(shard_sum);
     }
 #pragma omp parallel for num_threads(::juanji::team_size()) schedule(static) if (x.numel() >= kParallelGrain)
-    for (std::int64_t block = 0; block < blocks.count; ++block) {
-      const std::int64_t c0 = block * blocks.size, c1 = std::min(norm.C, c0 + blocks.size);
+    for (std::int64_t block = 0; block < blocks.count(); ++block) {
+      const std::int64_t c0 = blocks.begin(block), c1 = blocks.end(block);
       norm.block(c0, c1, norm.grad_planes(gy, c0, c1));
     }
   });

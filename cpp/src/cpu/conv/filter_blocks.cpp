@@ -97,19 +97,10 @@ struct TapSource {
     return src + (n * c.in_channels + grp * c.in_per_group()) * c.in_h * c.in_w;
   }
 
-  // The planes of image n's group grp, copied where they must be into the calling thread's workspace.
-  const float* planes(const Correlation& c, const float* src, std::int64_t n, std::int64_t grp) const {
-    const float* image = TapSource::image(c, src, n, grp);
-    if (!copied()) return image;
-    float* out = cpu::workspace<float>(cpu::WorkspaceSlot::columns, image_floats(c));
-    for (std::int64_t part = 0; part < copy_parts(c); ++part) copy_part(c, image, part, out);
-    return out;
-  }
-
-  // Images [n, n + count)'s planes of group grp, image m's image_step() floats after image n's:
-  // src's own, or copies into the calling thread's workspace.
-  const float* planes_of_images(const Correlation& c, const float* src, std::int64_t n, std::int64_t count,
-                                std::int64_t grp) const {
+  // The planes of group grp of images [n, n + count), image m's image_step() floats after image
+  // n's: src's own, or copies where they must be into the calling thread's workspace.
+  const float* planes(const Correlation& c, const float* src, std::int64_t n, std::int64_t grp,
+                      std::int64_t count = 1) const {
     if (!copied()) return image(c, src, n, grp);
     float* out = cpu::workspace<float>(cpu::WorkspaceSlot::columns, count * image_floats(c));
     for (std::int64_t m = 0; m < count; ++m)
@@ -371,7 +362,7 @@ void filter_block_backward_weight(const ConvGeometry& g, const float* dy, const 
     float* errors = cpu::workspace<float>(cpu::WorkspaceSlot::batch_out, kBlocksAtOnce * errors_block);
     for (std::int64_t n0 = n_begin; n0 < n_end; n0 += per_pass) {
       const std::int64_t images = std::min(per_pass, n_end - n0);
-      const float* planes = source.planes_of_images(c, x, n0, images, grp);
+      const float* planes = source.planes(c, x, n0, grp, images);
       for (std::int64_t kb0 = kb_begin; kb0 < kb_end; kb0 += kBlocksAtOnce) {
         const std::int64_t blocks_now = std::min(kBlocksAtOnce, kb_end - kb0);
         for (std::int64_t kb = kb0; kb < kb0 + blocks_now; ++kb)
