@@ -258,11 +258,11 @@ struct NormForward {
   std::int64_t N, C, area;
   bool training;
   double momentum, eps;
-  std::vector<double> shared_mean, shared_var;  // over the whole batch (share_statistics)
-  double shared_count = 0;
-  // Scratch of each channel (made here, outside the parallel regions): kSumTerms partial sums, the
-  // batch's mean and variance.
+  // Each channel's kSumTerms partial sums (scratch made here, outside the parallel regions), and
+  // in training its mean and variance: the whole batch's where share_statistics made them (then
+  // shared_count is the batch's size), else block_affine's of this shard.
   std::vector<double> partials, means, vars;
+  double shared_count = 0;
 
   NormForward(const Tensor& x_, const Tensor& gamma_, const Tensor& beta_, Tensor& running_mean_,
               Tensor& running_var_, bool training_, double momentum_, double eps_,
@@ -313,22 +313,20 @@ struct NormForward {
     shared_count = sums[C];
     check(shared_count > 1, "batch_norm2d: training needs more than one value per channel over the "
           "whole batch, got ", shared_count, " across the shards");
-    shared_mean.resize(C);
-    for (std::int64_t c = 0; c < C; ++c) shared_mean[c] = sums[c] / shared_count;
-    shared_var.resize(C);
+    for (std::int64_t c = 0; c < C; ++c) means[c] = sums[c] / shared_count;
 #pragma omp parallel for num_threads(::juanji::team_size()) schedule(static) if (N * C * area >= kParallelGrain)
     for (std::int64_t block = 0; block < b.count(); ++block)
-      block_sums(b.begin(block), b.end(block), &shared_mean[b.begin(block)], &shared_var[b.begin(block)]);
-    shard_sum(shared_var.data(), C);
-    for (double& v : shared_var) v /= shared_count;
+      block_sums(b.begin(block), b.end(block), &means[b.begin(block)], &vars[b.begin(block)]);
+    shard_sum(vars.data(), C);
+    for (double& v : vars) v /= shared_count;
   }
 
   // Channels [c0, c1)'s means and inverse deviations (the batch's in training, which also updates
   // the running statistics; the running ones otherwise), saved for backward; scale[k] and shift[k]
   // take channel c0 + k's y = x * scale + shift.
   void block_affine(std::int64_t c0, std::int64_t c1, T* scale, T* shift) {
-    const double values = static_cast<double>(N * area);
-    if (training && shared_mean.empty()) {
+    const double values = shared_count > 0 ? shared_count : static_cast<double>(N * area);
+    if (training && shared_count == 0) {
       block_sums(c0, c1, nullptr, &means[c0]);
       for (std::int64_t c = c0; c < c1; ++c) means[c] /= values;
       // A second pass about the mean: no cancellation.
@@ -339,15 +337,14 @@ struct NormForward {
       const std::int64_t c = c0 + k;
       double mean, invstd;
       if (training) {
-        const bool shared = !shared_mean.empty();
-        const double n = shared ? shared_count : values;
-        mean = shared ? shared_mean[c] : means[c];
-        const double var = shared ? shared_var[c] : vars[c];
+        mean = means[c];
+        const double var = vars[c];
         invstd = 1.0 / std::sqrt(var + eps);
         if (running_mean)
           running_mean[c] = static_cast<T>((1 - momentum) * running_mean[c] + momentum * mean);
         if (running_var)
-          running_var[c] = static_cast<T>((1 - momentum) * running_var[c] + momentum * var * n / (n - 1));
+          running_var[c] =
+              static_cast<T>((1 - momentum) * running_var[c] + momentum * var * values / (values - 1));
       } else {
         mean = running_mean[c];
         invstd = 1.0 / std::sqrt(static_cast<double>(running_var[c]) + eps);
