@@ -303,6 +303,15 @@ STRIDED = {
     "pointwise_stride3": (2, case(N=2, C=4, K=6, spatial=(9, 10), kernel=(1, 1), stride=3)),
     "phases_gemm": (2, case(N=2, C=1, K=12, spatial=(20, 40), stride=2, padding=1)),
     "conv1d_stride2": (1, case(N=2, C=3, K=8, spatial=(61,), kernel=(7,), stride=2, padding=3)),
+    # 8+ channels in every phase: the phases in one pass of the filter-block kernel, which writes
+    # each phase's values into dx's rows stride apart.
+    "one_pass_3x3": (2, case(N=3, C=20, K=24, spatial=(13, 14), stride=2, padding=1)),
+    "one_pass_groups": (2, case(N=2, C=16, K=20, groups=2, spatial=(9, 10), stride=2, padding=1)),
+    "one_pass_stride3_dilation2": (2, case(N=1, C=9, K=10, spatial=(17, 16), stride=3, dilation=2, padding=2)),
+    "one_pass_pointwise": (2, case(N=2, C=12, K=16, spatial=(9, 11), kernel=(1, 1), stride=2)),
+    "one_pass_stride_pair": (2, case(N=1, C=8, K=9, spatial=(12, 15), kernel=(3, 5), stride=(2, 3),
+                                     padding=(1, 2))),
+    "one_pass_conv1d": (1, case(N=2, C=10, K=12, spatial=(29,), kernel=(5,), stride=2, padding=2)),
 }
 
 

@@ -442,8 +442,12 @@ void test_filter_block_conv(const Level& level, Data& data) {
               for (I k = 0; k < 16; ++k)
                 if (b * 16 + k >= out_channels) weights[(b * taps + t) * 16 + k] = 0.0f;
           const auto bias = data.make(out_channels, values);
-          // Every other case writes its planes apart, as a job of some of the rows does.
-          const I out_plane = out_h * out_w + (variant % 2) * 5;
+          // Every other case writes its planes apart, as a job of some of the rows does; a third
+          // of them write every out_col_step-th value of rows out_row_step apart, as a phase of a
+          // strided layer's data gradient does (the values between stay as they were).
+          const I out_col_step = 1 + variant % 3 / 2 * (1 + variant % 2);
+          const I out_row_step = out_col_step == 1 ? out_w : out_col_step * out_w + variant % 5;
+          const I out_plane = out_h * out_row_step + (variant % 2) * 5;
           Output out(out_channels * out_plane);
           for (I k = 0; k < out_channels; ++k)
             for (I p = 0; p < out_h; ++p)
@@ -456,15 +460,18 @@ void test_filter_block_conv(const Level& level, Data& data) {
                 }
                 double value = (with_bias ? bias[k] : 0.0) + sum;
                 if (relu && value < 0) value = 0;
-                out.must_hold(k * out_plane + p * out_w + q, value, size);
+                out.must_hold(k * out_plane + p * out_row_step + q * out_col_step, value, size);
               }
           level.set.filter_block_conv_f32({src.data(), layout.tap_offsets.data(), taps, layout.row_step,
                                            layout.col_step, weights.data(), blocks,
                                            with_bias ? bias.data() : nullptr, out.got.data(), out_channels, out_h,
-                                           out_w, out_plane, relu, variant % 3 == 0, weights.data(), blocks});
+                                           out_w, out_plane, out_row_step, out_col_step, relu, variant % 3 == 0,
+                                           weights.data(), blocks});
           expect_close(describe(level,
-                                "filter_block_conv K=%ld C=%ld %ldx%ld stride %ld dil %ld out %ldx%ld bias=%d relu=%d",
-                                out_channels, f.C, f.R, f.S, stride, dil, out_h, out_w, with_bias, relu),
+                                "filter_block_conv K=%ld C=%ld %ldx%ld stride %ld dil %ld out %ldx%ld (every %ld-th, rows "
+                                "%ld apart) bias=%d relu=%d",
+                                out_channels, f.C, f.R, f.S, stride, dil, out_h, out_w, out_col_step, out_row_step,
+                                with_bias, relu),
                        out.got, out.want, out.magnitude, values, kFloatTolerance);
         }
 }

@@ -228,8 +228,9 @@ inline double uniform_at(std::uint64_t seed, std::uint64_t i) {
 // A batch norm's channels a block at a time: each block's planes are read image after image, in
 // memory order (a channel's plane alone is a short run, as short as one cache line, one page from
 // the next), and stay in L2 for the passes after the first. Blocks of about kBlockBytes, given
-// channel_bytes, a channel's bytes in the tensors a pass reads or writes; as many for each thread.
-// The blocks change no sum: each channel's still adds its planes in order.
+// channel_bytes, a channel's bytes in the tensors a pass reads or writes; as many for each thread,
+// their sizes differing by one channel at most (32 channels in 11 blocks of 3 left one thread 18 of
+// them, the other 14). The blocks change no sum: each channel's still adds its planes in order.
 class ChannelBlocks {
  public:
   ChannelBlocks(std::int64_t channels, std::int64_t channel_bytes) : channels_(channels) {
@@ -237,16 +238,14 @@ class ChannelBlocks {
     const std::int64_t threads = ::juanji::team_size();
     const std::int64_t rounds =
         std::max<std::int64_t>(1, (channels * channel_bytes + threads * kBlockBytes - 1) / (threads * kBlockBytes));
-    const std::int64_t blocks = std::max<std::int64_t>(1, std::min(channels, threads * rounds));
-    size_ = (channels + blocks - 1) / blocks;
-    count_ = (channels + size_ - 1) / size_;
+    count_ = std::max<std::int64_t>(1, std::min(channels, threads * rounds));
   }
   std::int64_t count() const { return count_; }
-  std::int64_t begin(std::int64_t block) const { return block * size_; }
-  std::int64_t end(std::int64_t block) const { return std::min(channels_, (block + 1) * size_); }
+  std::int64_t begin(std::int64_t block) const { return channels_ * block / count_; }
+  std::int64_t end(std::int64_t block) const { return begin(block + 1); }
 
  private:
-  std::int64_t channels_, size_ = 1, count_ = 0;
+  std::int64_t channels_, count_;
 };
 
 // A checked batch-norm forward's operands, as each channel's work needs them.

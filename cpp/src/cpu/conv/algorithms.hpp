@@ -69,6 +69,19 @@ void filter_block_forward(const ConvGeometry& g, const float* x, const float* w,
 void filter_block_backward_data(const ConvGeometry& g, const float* dy, const float* w, float* dx);
 void filter_block_backward_weight(const ConvGeometry& g, const float* dy, const float* x, float* dw,
                                   float* db);
+// One phase of a strided layer's data gradient (phases.cpp) for the filter-block kernel: its
+// stride-1 correlation of the error, its weights packed as filter_block_backward_data packs a
+// layer's, and the dx row and column of its first output (the others lie the layer's stride apart).
+struct FilterBlockPhase {
+  Correlation c;
+  const float* packed;
+  std::int64_t first_row, first_col;
+};
+// dx from every phase (dx's pixels that no phase writes are left as they are), a job per image,
+// group and range of blocks of channels: the error padded once for all the phases, and each
+// phase's values stored by the kernel straight into dx's rows, the stride apart.
+void filter_block_phases_backward_data(const ConvGeometry& g, const float* dy, const FilterBlockPhase* phases,
+                                       std::int64_t count, float* dx);
 
 // ---- Winograd F(2x2, 3x3) (winograd.cpp): stride-1 undilated 3x3, 16+ channels ----
 bool use_winograd(const Correlation& c);

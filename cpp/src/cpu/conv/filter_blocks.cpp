@@ -251,6 +251,8 @@ void filter_block_correlate(const Correlation& c, const float* src, const float*
                                           long_row ? 1 : rows,
                                           row_length,
                                           long_row ? row_length : out_plane,
+                                          row_length,
+                                          1,
                                           relu,
                                           far_source,
                                           next_weights,
@@ -296,6 +298,77 @@ void filter_block_backward_data(const ConvGeometry& g, const float* dy, const fl
       }
   });
   filter_block_correlate(c, dy, packed, nullptr, dx, c.out_channels * c.out_h * c.out_w, false, false);
+}
+
+void filter_block_phases_backward_data(const ConvGeometry& g, const float* dy, const FilterBlockPhase* phases,
+                                       std::int64_t count, float* dx) {
+  const cpu::KernelSet& kernels = cpu::active_kernels();
+  const std::int64_t Kg = phases[0].c.in_per_group(), Cg = phases[0].c.out_per_group(), blocks = phases[0].c.blocks();
+  // The copy every phase reads: as far above and left of the error as the most padded phase
+  // needs, as far below and right as the farthest reaching one needs.
+  std::int64_t top = 0, left = 0, height = 1, width = 1, tap_count = 0;
+  for (std::int64_t i = 0; i < count; ++i) {
+    top = std::max(top, phases[i].c.pad_top);
+    left = std::max(left, phases[i].c.pad_left);
+    tap_count += phases[i].c.taps();
+  }
+  for (std::int64_t i = 0; i < count; ++i) {
+    const Correlation& c = phases[i].c;
+    height = std::max(height, top - c.pad_top + c.out_h + (c.R - 1) * c.dil_h);
+    width = std::max(width, left - c.pad_left + c.out_w + (c.S - 1) * c.dil_w);
+  }
+  std::int64_t* offsets = cpu::workspace<std::int64_t>(cpu::WorkspaceSlot::gemm_b, tap_count);
+  std::vector<std::int64_t> first_tap(count);
+  for (std::int64_t i = 0, t = 0; i < count; ++i) {
+    const Correlation& c = phases[i].c;
+    first_tap[i] = t;
+    for (std::int64_t k = 0; k < Kg; ++k)
+      for (std::int64_t r = 0; r < c.R; ++r)
+        for (std::int64_t s = 0; s < c.S; ++s) offsets[t++] = (k * height + r * c.dil_h) * width + s * c.dil_w;
+  }
+  const std::int64_t image_floats = Kg * height * width, images = g.N * g.groups;
+  // As filter_block_correlate decides them.
+  const bool far_source = images < team_size() || image_floats * std::int64_t{sizeof(float)} > kL2Bytes;
+  const bool interleave = image_floats * std::int64_t{sizeof(float)} > kL2Bytes;
+  const FilterBlockJobs jobs(images, blocks);
+  cpu::RegionErrors errors;
+#pragma omp parallel for num_threads(::juanji::team_size()) schedule(static) if (jobs.count() > 1)
+  for (std::int64_t job = 0; job < jobs.count(); ++job) errors.guard([&] {
+    const std::int64_t n = jobs.outer_of(job) / g.groups, grp = jobs.outer_of(job) % g.groups;
+    const std::int64_t first_block = jobs.first_block(job), end_block = jobs.end_block(job);
+    const std::int64_t step = interleave ? end_block - first_block : kBlocksAtOnce;
+    float* copy = cpu::workspace<float>(cpu::WorkspaceSlot::columns, image_floats);
+    pad_planes(dy + (n * g.K + grp * Kg) * g.P * g.Q, Kg, g.P, g.Q, top, left, copy, height, width);
+    for (std::int64_t i = 0; i < count; ++i) {
+      const Correlation& c = phases[i].c;
+      for (std::int64_t kb = first_block; kb < end_block; kb += step) {
+        const std::int64_t blocks_now = std::min(step, end_block - kb);
+        const std::int64_t channels = std::min((kb + blocks_now) * cpu::kFilterBlock, Cg) - kb * cpu::kFilterBlock;
+        float* out = dx + (n * g.C + grp * Cg + kb * cpu::kFilterBlock) * g.H * g.W + phases[i].first_row * g.W +
+                     phases[i].first_col;
+        kernels.filter_block_conv_f32({copy + (top - c.pad_top) * width + left - c.pad_left,
+                                       offsets + first_tap[i],
+                                       c.taps(),
+                                       width,
+                                       1,
+                                       phases[i].packed + (grp * blocks + kb) * c.taps() * cpu::kFilterBlock,
+                                       blocks_now,
+                                       nullptr,
+                                       out,
+                                       channels,
+                                       c.out_h,
+                                       c.out_w,
+                                       g.H * g.W,
+                                       g.stride_h * g.W,
+                                       g.stride_w,
+                                       false,
+                                       far_source,
+                                       nullptr,
+                                       0});
+      }
+    }
+  });
+  errors.rethrow();
 }
 
 namespace {
