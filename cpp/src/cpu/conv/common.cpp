@@ -9,10 +9,28 @@
 
 namespace juanji::cpu::conv {
 
+namespace {
+// The largest padded plane (floats) that pad_planes zeroes whole first.
+constexpr std::int64_t kWholeZeroedPlane = 1024;
+}  // namespace
+
 void pad_planes(const float* src, std::int64_t planes, std::int64_t h, std::int64_t w, std::int64_t top,
                 std::int64_t left, float* dst, std::int64_t dst_h, std::int64_t dst_w) {
   const std::int64_t j_begin = std::clamp<std::int64_t>(left, 0, dst_w);
   const std::int64_t j_end = std::clamp<std::int64_t>(left + w, j_begin, dst_w);
+  // Small planes are zeroed whole, in one run of vector stores, before their rows are copied in:
+  // each row's few columns of padding took a call of memset (128x64 planes of 7x7, 3x3 stride 2:
+  // forward 1.27-1.35 -> 1.09-1.10 ms). Larger ones would write their values twice.
+  if (dst_h * dst_w <= kWholeZeroedPlane) {
+    const std::int64_t i_begin = std::clamp<std::int64_t>(top, 0, dst_h);
+    const std::int64_t i_end = std::clamp<std::int64_t>(top + h, i_begin, dst_h);
+    std::fill(dst, dst + planes * dst_h * dst_w, 0.0f);
+    for (std::int64_t c = 0; c < planes; ++c)
+      for (std::int64_t i = i_begin; i < i_end; ++i)
+        cpu::copy_short(src + (c * h + i - top) * w + j_begin - left, j_end - j_begin,
+                        dst + (c * dst_h + i) * dst_w + j_begin);
+    return;
+  }
   for (std::int64_t c = 0; c < planes; ++c)
     for (std::int64_t i = 0; i < dst_h; ++i) {
       float* out = dst + (c * dst_h + i) * dst_w;
