@@ -774,6 +774,10 @@ void batch_norm2d_relu_max_pool_backward(const PoolGeometry& pool, const Tensor&
         for (std::int64_t c = 0; c < (errors.failed() ? 0 : norm.C); ++c) {
           for (std::int64_t n = 0; n < norm.N; ++n) {
             const std::int64_t plane = n * norm.C + c;
+            // The next image's plane, one page or more away: fetched while this one is pooled.
+            if (n + 1 < norm.N)
+              for (std::int64_t i = 0; i < norm.area; i += 64 / std::int64_t{sizeof(T)})
+                __builtin_prefetch(norm.x + (plane + norm.C) * norm.area + i);
             norm_relu_max_pool_plane(pool, norm.x + plane * norm.area, affine_data[2 * c], affine_data[2 * c + 1],
                                      in_kernel, normalized, pooled, argmax);
             scatter_max_pool_plane(pool, gy + plane * pooled_area, argmax, pooled, scattered + n * norm.area);
