@@ -1262,6 +1262,44 @@ void test_max_pool_2x2_backward(const Level& level, Data& data) {
         }
 }
 
+void test_max_pool_2x2_scatter(const Level& level, Data& data) {
+  const I lanes = level.lanes;
+  int variant = 0;
+  for (I count : sizes({1, lanes / 2, lanes - 1, lanes, lanes + 1, 2 * lanes + 1}))
+    for (I extra : {0, 1})
+      for (Values values : kBothValues) {
+        ++variant;
+        const I width = 2 * count + extra, rows = 1 + variant % 3, pooled_stride = count + 1;
+        const float scale = variant % 2 ? 0.5f : -1.25f, shift = variant % 4 < 2 ? 0.25f : -0.5f;
+        const auto x = pooling_values(data, 2 * rows * width, values);
+        const auto grad_y = pooling_values(data, rows * pooled_stride, values);
+        std::vector<float> got(2 * rows * width + kTail, kSentinel), want = got;
+        for (I r = 0; r < rows; ++r)
+          for (I q = 0; q < count; ++q) {
+            const I window = 2 * r * width + 2 * q, offsets[4] = {0, 1, width, width + 1};
+            I best = -1;
+            float best_value = 0;
+            for (I offset : offsets) {
+              const float product = x[window + offset] * scale;
+              float v = product + shift;
+              v = v < 0.0f ? 0.0f : v;
+              // The first maximum, a NaN over any number, the first NaN.
+              if (best < 0 || (best_value == best_value && (v != v || v > best_value))) {
+                best = offset;
+                best_value = v;
+              }
+              want[window + offset] = 0.0f;
+            }
+            if (best_value > 0.0f) want[window + best] = 0.0f + grad_y[r * pooled_stride + q];
+          }
+        level.set.max_pool_2x2_scatter_f32(
+            {x.data(), width, count, rows, scale, shift, grad_y.data(), pooled_stride, got.data()});
+        expect_same_bits(describe(level, "max_pool_2x2_scatter count=%ld width=%ld rows=%ld (%s data)", count, width,
+                                  rows, values_name(values)),
+                         got, want);
+      }
+}
+
 void test_avg_pool_2x2(const Level& level, Data& data) {
   const I lanes = level.lanes;
   for (I count : sizes({1, lanes - 1, lanes, lanes + 1, 2 * lanes + 3}))
@@ -1483,6 +1521,7 @@ void test_kernel_set(SimdLevel simd) {
   test_max_pool_2x2(level, data);
   test_max_pool_window_row(level, data);
   test_max_pool_2x2_backward(level, data);
+  test_max_pool_2x2_scatter(level, data);
   test_avg_pool_2x2(level, data);
   test_dropout(level, data);
   test_sums(level, data);

@@ -778,9 +778,24 @@ void batch_norm2d_relu_max_pool_backward(const PoolGeometry& pool, const Tensor&
             if (n + 1 < norm.N)
               for (std::int64_t i = 0; i < norm.area; i += 64 / std::int64_t{sizeof(T)})
                 __builtin_prefetch(norm.x + (plane + norm.C) * norm.area + i);
+            T* scattered_plane = scattered + n * norm.area;
+            if constexpr (std::is_same_v<T, float>) {
+              if (in_kernel) {
+                // The windows' maxima found again and the gradient spread in one pass, with no
+                // argmaxes; the rows and columns past the last windows (odd sizes) get none.
+                active_kernels().max_pool_2x2_scatter_f32({norm.x + plane * norm.area, pool.W, pool.Q, pool.P,
+                                                           affine_data[2 * c], affine_data[2 * c + 1],
+                                                           gy + plane * pooled_area, pool.Q, scattered_plane});
+                if (2 * pool.Q < pool.W)
+                  for (std::int64_t h = 0; h < 2 * pool.P; ++h)
+                    std::fill(scattered_plane + h * pool.W + 2 * pool.Q, scattered_plane + (h + 1) * pool.W, T(0));
+                std::fill(scattered_plane + 2 * pool.P * pool.W, scattered_plane + norm.area, T(0));
+                continue;
+              }
+            }
             norm_relu_max_pool_plane(pool, norm.x + plane * norm.area, affine_data[2 * c], affine_data[2 * c + 1],
                                      in_kernel, normalized, pooled, argmax);
-            scatter_max_pool_plane(pool, gy + plane * pooled_area, argmax, pooled, scattered + n * norm.area);
+            scatter_max_pool_plane(pool, gy + plane * pooled_area, argmax, pooled, scattered_plane);
           }
           channel_work(c, ChannelPlanesOf<T>{scattered, norm.area, 0, norm.N, 1, norm.area});
         }

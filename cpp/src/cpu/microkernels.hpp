@@ -347,6 +347,20 @@ struct MaxPool2x2BackwardArgs {
 };
 using MaxPool2x2Backward = bool (*)(const MaxPool2x2BackwardArgs& args);
 
+// The two in one, from the pooling's input and without argmaxes (batch norm, ReLU and 2x2 max
+// pooling's backward on a plane): window q of row r gets 0 + grad_y[r * pooled_stride + q] at the
+// element max_pool_2x2 with normalize picks where the window's maximum is above 0, +0 at its
+// other elements; q < count. row0 and grad_x: the plane's input and gradient, rows of width.
+struct MaxPool2x2ScatterArgs {
+  const float* row0;
+  std::int64_t width, count, rows;
+  float scale, shift;
+  const float* grad_y;
+  std::int64_t pooled_stride;
+  float* grad_x;
+};
+using MaxPool2x2Scatter = void (*)(const MaxPool2x2ScatterArgs& args);
+
 // Max pooling of one output row's windows that lie inside the plane, for any window and a column
 // stride of 1 or 2: out[j] = the first maximum in row-major window order of top_left[h * width +
 // w + j * stride] (h < kernel_h, w < kernel_w; a NaN wins, the first NaN is kept) for j < count.
@@ -460,6 +474,7 @@ struct KernelSet {
   WinogradWeightProducts winograd_weight_products_f32;
   MaxPool2x2 max_pool_2x2_f32;
   MaxPool2x2Backward max_pool_2x2_backward_f32;
+  MaxPool2x2Scatter max_pool_2x2_scatter_f32;
   MaxPoolWindowRow max_pool_window_row_f32;
   AvgPool2x2 avg_pool_2x2_f32;
   AvgPool2x2Backward avg_pool_2x2_backward_f32;
