@@ -122,7 +122,7 @@ struct FilterBlockConvArgs {
   const float* weights;             // (blocks, taps, 16): consecutive blocks of filters, zero past out_channels
   std::int64_t blocks;
   const float* bias;                // (out_channels) or null
-  float* out;                       // output (p, q) of filter k at out[k * out_plane + p * out_row_step + q * out_col_step]
+  float* out;                       // output (p, q) of filter k: out[k * out_plane + p * out_row_step + q * out_col_step]
   std::int64_t out_channels, out_h, out_w;  // out_channels <= 16 * blocks: the filters of these blocks
   std::int64_t out_plane;                   // floats from one filter's output plane to the next's
   std::int64_t out_row_step, out_col_step;  // out_w and 1 for planes of whole rows; a phase of a plane otherwise

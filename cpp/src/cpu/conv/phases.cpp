@@ -140,11 +140,13 @@ void filter_block_phases(const ConvGeometry& g, const float* dy, const float* w,
   // channel ch is the phase's tap (R' - 1 - r, S' - 1 - s) of kernel (k, ch), zero past the group's
   // last channel.
   const std::int64_t blocks = phases.front().c.blocks(), jobs = std::int64_t(phases.size()) * g.groups * blocks;
-#pragma omp parallel for num_threads(::juanji::team_size()) schedule(static) if (jobs > 1 && packed_floats >= cpu::kParallelGrain)
+#pragma omp parallel for num_threads(::juanji::team_size()) schedule(static) \
+    if (jobs > 1 && packed_floats >= cpu::kParallelGrain)
   for (std::int64_t job = 0; job < jobs; ++job) {
     const std::int64_t i = job / (g.groups * blocks), grp = job / blocks % g.groups, cb = job % blocks;
     const auto& [rows, cols] = taps_of[i];
-    const std::int64_t taps = rows.taps * cols.taps, lanes = std::min<std::int64_t>(cpu::kFilterBlock, Cg - cb * cpu::kFilterBlock);
+    const std::int64_t taps = rows.taps * cols.taps;
+    const std::int64_t lanes = std::min<std::int64_t>(cpu::kFilterBlock, Cg - cb * cpu::kFilterBlock);
     float* out = packed_phase[i] + (grp * blocks + cb) * phases[i].c.taps() * cpu::kFilterBlock;
     if (lanes < cpu::kFilterBlock) std::fill(out, out + phases[i].c.taps() * cpu::kFilterBlock, 0.0f);
     for (std::int64_t k = 0; k < Kg; ++k)
@@ -152,7 +154,8 @@ void filter_block_phases(const ConvGeometry& g, const float* dy, const float* w,
         const std::int64_t kc = (grp * Kg + k) * Cg + cb * cpu::kFilterBlock + lane;
         for (std::int64_t r = 0; r < rows.taps; ++r)
           for (std::int64_t s = 0; s < cols.taps; ++s)
-            out[(k * taps + taps - 1 - (r * cols.taps + s)) * cpu::kFilterBlock + lane] = phase_tap(g, w, rows, cols, kc, r, s);
+            out[(k * taps + taps - 1 - (r * cols.taps + s)) * cpu::kFilterBlock + lane] =
+                phase_tap(g, w, rows, cols, kc, r, s);
       }
   }
   filter_block_phases_backward_data(g, dy, phases.data(), std::int64_t(phases.size()), dx);
