@@ -323,6 +323,21 @@ def test_batchnorm_relu_fused_in_sequential_matches_the_layers_one_by_one():
         np.testing.assert_array_equal(a.data, b.data)
 
 
+@pytest.mark.parametrize("channels, spatial", [(8, (10, 10)), (16, (7, 9)), (1, (12, 12))])
+def test_depthwise_conv_with_batchnorm_trains_as_its_layers_one_by_one(channels, spatial):
+    # The batch norm after a convolution gives it its bias gradient from its own input gradient in
+    # the plan's fused backward; the depthwise layer's own bias gradient (the layers one by one)
+    # must have the same bits, as every other algorithm's has.
+    def make():
+        juanji.manual_seed(8)
+        return nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1, groups=channels), nn.BatchNorm2d(channels),
+                             nn.ReLU(), nn.Flatten(), nn.Linear(channels * spatial[0] * spatial[1], 3))
+
+    x = RNG.standard_normal((3, channels) + spatial).astype(np.float32)
+    assert make()._plan()[0] == "Conv2d, BatchNorm2d+ReLU | Conv2d+BatchNorm2d, ReLU"
+    assert_train_step_matches_the_layers_one_by_one(make(), make(), x, np.array([0, 2, 1]))
+
+
 @pytest.mark.parametrize("make, shape", [
     (lambda: nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 16, 3, padding=1),
                            nn.ReLU(), nn.MaxPool2d(3, stride=1), nn.Flatten(), nn.Linear(16 * 2 * 2, 3)), (8, 8)),
@@ -358,6 +373,8 @@ BN_POOLS = {
 
 BN_HEADS = {
     "conv": lambda: [nn.Conv2d(2, 3, 3, padding=1)],
+    # Depthwise (one filter per channel): its weight gradient sums the bias gradient itself.
+    "conv_depthwise": lambda: [nn.Conv2d(2, 2, 3, padding=1, groups=2)],
     "conv_without_bias": lambda: [nn.Conv2d(2, 3, 3, padding=1, bias=False)],
     # 16 filters, stride 2: the filter-block weight gradient, which sums the bias gradient itself.
     "conv_filter_blocks": lambda: [nn.Conv2d(2, 16, 3, stride=2, padding=1)],

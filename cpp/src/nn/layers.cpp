@@ -356,6 +356,10 @@ void Conv::release_forward_tensors() {
   rounded_.release();
 }
 
+bool Conv::bias_grad_from_norm() const {
+  return bias_ && !rounded_.active() && conv_bias_grad_sums_planes(geometry_, input_.dtype(), input_.device());
+}
+
 const Tensor& Conv::backward_impl(const Tensor& grad_y, bool need_grad_x, bool bias_grad) {
   check_grad_output(grad_y, output_);
   const Tensor dy = rounded_.grad_output(grad_y);

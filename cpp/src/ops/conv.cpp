@@ -239,6 +239,10 @@ void conv_backward_weight(const ConvGeometry& g, const Tensor& grad_y, const Ten
   cpu::conv_backward_weight(g, grad_y, x, grad_w, grad_b);
 }
 
+bool conv_bias_grad_sums_planes(const ConvGeometry& g, DType dtype, Device device) {
+  return device.is_cuda() || has_no_terms(g) || cpu::conv_bias_grad_sums_planes(g, dtype);
+}
+
 namespace {
 
 Tensor conv_nd(const Tensor& x, const Tensor& w, const Tensor& bias, const ConvOptions& options, int dims) {

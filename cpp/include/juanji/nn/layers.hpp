@@ -252,8 +252,9 @@ class Conv : public Layer {
   // may have written it).
   const Tensor& backward_impl(const Tensor& grad_y, bool need_grad_x, bool bias_grad);
   // Whether a batch norm after this layer may write its bias gradient: the sum of its own input
-  // gradient, which bf16 would have rounded first.
-  bool bias_grad_from_norm() const { return bias_ && !rounded_.active(); }
+  // gradient, which bf16 would have rounded first, and which must have the bits of the layer's own
+  // (conv_bias_grad_sums_planes). After a forward.
+  bool bias_grad_from_norm() const;
   int spatial_dims_;
   std::int64_t in_channels_, out_channels_;
   std::vector<std::int64_t> kernel_size_;

@@ -4,6 +4,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <string>
+#include <string_view>
 #include <type_traits>
 #include <vector>
 
@@ -373,6 +374,13 @@ void conv_backward_data(const ConvGeometry& g, const Tensor& grad_y, const Tenso
     algorithm.run_f32(g, grad_y.data<float>(), w.data<float>(), grad_x.data<float>());
   else
     algorithm.run_f64(g, grad_y.data<double>(), w.data<double>(), grad_x.data<double>());
+}
+
+// The depthwise kernel sums each chunk's errors in float as it reads them (bias_grad's own pass, in
+// double throughout, cost as much as its weight gradient on 7x7 planes).
+bool conv_bias_grad_sums_planes(const ConvGeometry& g, DType dtype) {
+  return std::string_view(choose(kWeightGradAlgorithms, {g, dtype, nullptr}, ConvPass::weight_grad, true).name) !=
+         "depthwise";
 }
 
 void conv_backward_weight(const ConvGeometry& g, const Tensor& grad_y, const Tensor& x, Tensor& grad_w,
