@@ -323,6 +323,23 @@ def test_batchnorm_relu_fused_in_sequential_matches_the_layers_one_by_one():
         np.testing.assert_array_equal(a.data, b.data)
 
 
+@pytest.mark.parametrize("algorithm", ["filter_blocks", "direct", "gemm", "reference"])
+def test_conv_with_batchnorm_trains_as_its_layers_one_by_one_whatever_its_weight_gradient(algorithm):
+    # Each weight-gradient algorithm sums the bias gradient its own way; the batch norm after the
+    # layer gives it one only where the two have the same bits.
+    def make():
+        juanji.manual_seed(9)
+        return nn.Sequential(nn.Conv2d(2, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(),
+                             nn.Linear(8 * 6 * 6, 3))
+
+    x = RNG.standard_normal((3, 2, 6, 6)).astype(np.float32)
+    previous = juanji._core._set_conv_algorithm("weight_grad", algorithm)
+    try:
+        assert_train_step_matches_the_layers_one_by_one(make(), make(), x, np.array([0, 2, 1]))
+    finally:
+        juanji._core._set_conv_algorithm("weight_grad", previous)
+
+
 @pytest.mark.parametrize("channels, spatial", [(8, (10, 10)), (16, (7, 9)), (1, (12, 12))])
 def test_depthwise_conv_with_batchnorm_trains_as_its_layers_one_by_one(channels, spatial):
     # The batch norm after a convolution gives it its bias gradient from its own input gradient in

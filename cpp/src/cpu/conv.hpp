@@ -25,7 +25,8 @@ void conv_backward_weight(const ConvGeometry& g, const Tensor& grad_y, const Ten
 // grad_b (K) = the sums of the error's planes, for any batch (an empty one gives zeros).
 void conv_bias_grad(const ConvGeometry& g, const Tensor& grad_y, Tensor& grad_b);
 // Whether conv_backward_weight's bias gradient is conv_bias_grad's sums (each error plane summed,
-// the plane sums added image by image in double), as every algorithm's is but the depthwise one's.
+// the plane sums added image by image in double), as every algorithm's is but the depthwise one's
+// and the plain-loop reference's.
 bool conv_bias_grad_sums_planes(const ConvGeometry& g, DType dtype);
 
 // The table of a pass for a problem, each entry with why it refuses it (empty where it takes it);

@@ -750,13 +750,14 @@ void batch_norm2d_relu_max_pool_backward(const PoolGeometry& pool, const Tensor&
     const T* affine_data = affine.data<T>();
     const std::int64_t pooled_area = pool.P * pool.Q;
     const bool in_kernel = norm_pool_in_kernel<T>(pool);
-    // Scratch pieces in one workspace, each a multiple of 64 bytes.
+    // Scratch pieces in one workspace, each a multiple of 64 bytes: the scattered gradient, and
+    // outside the kernel a plane normalized, pooled and its argmaxes.
     const auto padded = [](std::int64_t bytes) { return (bytes + 63) / 64 * 64; };
     const std::int64_t scattered_bytes = padded(norm.N * norm.area * std::int64_t{sizeof(T)});
     const std::int64_t normalized_bytes = in_kernel ? 0 : padded(norm.area * std::int64_t{sizeof(T)});
-    const std::int64_t pooled_bytes = padded(pooled_area * std::int64_t{sizeof(T)});
-    const std::int64_t scratch_bytes =
-        scattered_bytes + normalized_bytes + pooled_bytes + pooled_area * std::int64_t{sizeof(std::int64_t)};
+    const std::int64_t pooled_bytes = in_kernel ? 0 : padded(pooled_area * std::int64_t{sizeof(T)});
+    const std::int64_t argmax_bytes = in_kernel ? 0 : pooled_area * std::int64_t{sizeof(std::int64_t)};
+    const std::int64_t scratch_bytes = scattered_bytes + normalized_bytes + pooled_bytes + argmax_bytes;
     // Runs channel_work(c, grad_plane) for every channel with its planes of grad_y scattered.
     const auto for_each_channel = [&](const auto& channel_work) {
       RegionErrors errors;
@@ -780,21 +781,15 @@ void batch_norm2d_relu_max_pool_backward(const PoolGeometry& pool, const Tensor&
                 __builtin_prefetch(norm.x + (plane + norm.C) * norm.area + i);
             T* scattered_plane = scattered + n * norm.area;
             if constexpr (std::is_same_v<T, float>) {
+              // The windows' maxima found again and the gradient spread in one pass.
               if (in_kernel) {
-                // The windows' maxima found again and the gradient spread in one pass, with no
-                // argmaxes; the rows and columns past the last windows (odd sizes) get none.
-                active_kernels().max_pool_2x2_scatter_f32({norm.x + plane * norm.area, pool.W, pool.Q, pool.P,
-                                                           affine_data[2 * c], affine_data[2 * c + 1],
-                                                           gy + plane * pooled_area, pool.Q, scattered_plane});
-                if (2 * pool.Q < pool.W)
-                  for (std::int64_t h = 0; h < 2 * pool.P; ++h)
-                    std::fill(scattered_plane + h * pool.W + 2 * pool.Q, scattered_plane + (h + 1) * pool.W, T(0));
-                std::fill(scattered_plane + 2 * pool.P * pool.W, scattered_plane + norm.area, T(0));
+                norm_relu_max_pool_scatter_plane(pool, norm.x + plane * norm.area, affine_data[2 * c],
+                                                 affine_data[2 * c + 1], gy + plane * pooled_area, scattered_plane);
                 continue;
               }
             }
             norm_relu_max_pool_plane(pool, norm.x + plane * norm.area, affine_data[2 * c], affine_data[2 * c + 1],
-                                     in_kernel, normalized, pooled, argmax);
+                                     false, normalized, pooled, argmax);
             scatter_max_pool_plane(pool, gy + plane * pooled_area, argmax, pooled, scattered_plane);
           }
           channel_work(c, ChannelPlanesOf<T>{scattered, norm.area, 0, norm.N, 1, norm.area});

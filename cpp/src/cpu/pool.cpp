@@ -258,6 +258,15 @@ void avg_pool_backward_plane(const PoolGeometry& g, const T* gy, T* gx) {
   }
 }
 
+// Zeros in grad_x (H, W) past the first `rows` rows and `columns` columns of 2x2 windows, which a
+// kernel writes whole.
+template <class T>
+void zero_past_windows(const PoolGeometry& g, std::int64_t rows, std::int64_t columns, T* grad_x) {
+  if (2 * columns < g.W)
+    for (std::int64_t h = 0; h < 2 * rows; ++h) std::fill(grad_x + h * g.W + 2 * columns, grad_x + (h + 1) * g.W, T(0));
+  std::fill(grad_x + 2 * rows * g.W, grad_x + g.H * g.W, T(0));
+}
+
 }  // namespace
 
 bool is_plain_2x2(const PoolGeometry& g) {
@@ -289,15 +298,19 @@ void scatter_max_pool_plane(const PoolGeometry& g, const T* grad_y, const std::i
     }
   }
   // Zeros where the kernel wrote nothing, for the general loop to add to.
-  for (std::int64_t h = 0; h < 2 * plain_rows; ++h)
-    std::fill(grad_x + h * g.W + 2 * plain_columns, grad_x + (h + 1) * g.W, T(0));
-  std::fill(grad_x + 2 * plain_rows * g.W, grad_x + in_plane, T(0));
+  zero_past_windows(g, plain_rows, plain_columns, grad_x);
   for (std::int64_t p = 0; p < g.P; ++p)
     for (std::int64_t q = p < plain_rows ? plain_columns : 0; q < g.Q; ++q) {
       const std::int64_t i = p * g.Q + q;
       const std::int64_t at = argmax[i];
       if (at >= 0 && at < in_plane && (!gate || gate[i] > T(0))) grad_x[at] += grad_y[i];
     }
+}
+
+void norm_relu_max_pool_scatter_plane(const PoolGeometry& g, const float* x, float scale, float shift,
+                                      const float* grad_y, float* grad_x) {
+  active_kernels().max_pool_2x2_scatter_f32({x, g.W, g.Q, g.P, scale, shift, grad_y, g.Q, grad_x});
+  zero_past_windows(g, g.P, g.Q, grad_x);
 }
 
 template void max_pool_plane(const PoolGeometry&, const float*, float*, std::int64_t*);

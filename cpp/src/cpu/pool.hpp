@@ -40,4 +40,10 @@ template <class T>
 void scatter_max_pool_plane(const PoolGeometry& g, const T* grad_y, const std::int64_t* argmax,
                             const T* gate, T* grad_x);
 
+// The same, gated by the pooled values, for batch norm + ReLU + plain 2x2 max pooling (is_plain_2x2)
+// from the pooling's input x: each window's first maximum of max(x * scale + shift, 0) found again
+// (max_pool_plane's), with no argmax kept.
+void norm_relu_max_pool_scatter_plane(const PoolGeometry& g, const float* x, float scale, float shift,
+                                      const float* grad_y, float* grad_x);
+
 }  // namespace juanji::cpu

@@ -99,7 +99,8 @@ void conv_backward_weight(const ConvGeometry& g, const Tensor& grad_y, const Ten
 // Whether conv_backward_weight's bias gradient for this problem has the bits of the error planes'
 // sums that a batch norm after the layer makes from its own input gradient (each plane summed, the
 // plane sums added image by image): where it has, the norm may give the layer its bias gradient.
-// Every CPU algorithm's has but the depthwise one's, which sums its errors as its kernel reads them.
+// Every CPU algorithm's has but the depthwise one's, which sums its errors as its kernel reads them,
+// and the plain-loop reference's.
 bool conv_bias_grad_sums_planes(const ConvGeometry& g, DType dtype, Device device);
 
 }  // namespace juanji

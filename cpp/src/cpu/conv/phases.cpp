@@ -178,9 +178,10 @@ void strided_backward_data(const ConvGeometry& g, const float* dy, const float* 
       if (rows.count * cols.count == 0) continue;
       if (rows.taps == 0 || cols.taps == 0) tapless = true;  // no tap reaches these rows and columns
       else {
+        const ConvGeometry sub = phase_geometry(g, rows, cols);
         tapped = true;
-        all_direct = all_direct && use_direct_data_grad(phase_geometry(g, rows, cols));
-        all_filter_blocks = all_filter_blocks && takes_filter_blocks(phase_geometry(g, rows, cols));
+        all_direct = all_direct && use_direct_data_grad(sub);
+        all_filter_blocks = all_filter_blocks && takes_filter_blocks(sub);
       }
     }
   // The phases no tap reaches are zero: dx zeroed whole, in one pass of vector stores, before the

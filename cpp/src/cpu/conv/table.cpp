@@ -4,7 +4,6 @@
 #include <atomic>
 #include <cstdlib>
 #include <string>
-#include <string_view>
 #include <type_traits>
 #include <vector>
 
@@ -193,31 +192,35 @@ struct WeightGradAlgorithm {
   Refusal (*refusal)(const ConvProblem&);
   void (*run_f32)(const ConvGeometry&, const float* dy, const float* x, float* dw, float* db);
   void (*run_f64)(const ConvGeometry&, const double* dy, const double* x, double* dw, double* db);
+  // Whether db is bias_grad's sums, bit for bit (see conv_bias_grad_sums_planes).
+  bool bias_as_plane_sums;
 };
 
 // The depthwise, Winograd and filter-block paths sum the bias gradient from the error planes they
-// read; the others take a pass of their own over them. Filter blocks also take layers with few input
+// read, the last two as bias_grad sums it (the depthwise kernel sums its errors in float as it reads
+// them: bias_grad's own pass, in double throughout, cost as much as its weight gradient on 7x7
+// planes); the others take a pass of their own over them, bias_grad's but for the reference's. Filter blocks also take layers with few input
 // channels: they read the error once, where the direct kernel pads a copy of it first
 // (convnet_c1, 1 -> 32 channels: 577 -> 392 us; cifar_c1: 1.39 -> 0.91 ms).
 const std::array<WeightGradAlgorithm, 6> kWeightGradAlgorithms{{
     {"depthwise",
      refuses_depthwise,
-     depthwise_backward_weight, nullptr},
+     depthwise_backward_weight, nullptr, false},
     {"winograd",
      refuses_winograd,
-     winograd_backward_weight, nullptr},
+     winograd_backward_weight, nullptr, true},
     {"filter_blocks",
      refuses_filter_blocks,
-     filter_block_backward_weight, nullptr},
+     filter_block_backward_weight, nullptr, true},
     {"direct",
      refuses_direct,
      [](const ConvGeometry& g, const float* dy, const float* x, float* dw, float* db) {
        if (db) bias_grad(g, dy, db);
        direct_backward_weight(g, dy, x, dw);
      },
-     nullptr},
-    {"gemm", takes_every_problem, gemm_backward_weight<float>, gemm_backward_weight<double>},
-    {"reference", takes_every_problem, ref::conv_backward_weight<float>, ref::conv_backward_weight<double>},
+     nullptr, true},
+    {"gemm", takes_every_problem, gemm_backward_weight<float>, gemm_backward_weight<double>, true},
+    {"reference", takes_every_problem, ref::conv_backward_weight<float>, ref::conv_backward_weight<double>, false},
 }};
 
 // The pass's entry named `name`, as the table's own name pointer, or null.
@@ -376,11 +379,8 @@ void conv_backward_data(const ConvGeometry& g, const Tensor& grad_y, const Tenso
     algorithm.run_f64(g, grad_y.data<double>(), w.data<double>(), grad_x.data<double>());
 }
 
-// The depthwise kernel sums each chunk's errors in float as it reads them (bias_grad's own pass, in
-// double throughout, cost as much as its weight gradient on 7x7 planes).
 bool conv_bias_grad_sums_planes(const ConvGeometry& g, DType dtype) {
-  return std::string_view(choose(kWeightGradAlgorithms, {g, dtype, nullptr}, ConvPass::weight_grad, true).name) !=
-         "depthwise";
+  return choose(kWeightGradAlgorithms, {g, dtype, nullptr}, ConvPass::weight_grad, true).bias_as_plane_sums;
 }
 
 void conv_backward_weight(const ConvGeometry& g, const Tensor& grad_y, const Tensor& x, Tensor& grad_w,
