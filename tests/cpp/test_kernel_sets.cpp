@@ -650,20 +650,29 @@ struct UnpaddedTaps {
       }
   }
   bool reads(I t, I i) const { return masks[(i / lanes) * taps + t] >> (i % lanes) & 1; }
+  // The masks as (taps, vectors), the correlation's order.
+  std::vector<std::uint32_t> by_tap() const {
+    const I vectors = I(masks.size()) / taps;
+    std::vector<std::uint32_t> out;
+    for (I t = 0; t < taps; ++t)
+      for (I v = 0; v < vectors; ++v) out.push_back(masks[v * taps + t]);
+    return out;
+  }
 };
 
 // Unpadded planes, one after another with nothing around them, read through UnpaddedTaps' masks:
 // the lanes left out (in a neighbouring plane or outside the buffer) must stay unread
-// (AddressSanitizer, and sums that would differ).
+// (AddressSanitizer, and sums that would differ). Seven planes: blocks of several planes (up to
+// 4 of small planes, 2 of up to 14 vectors at the AVX-512 level) and the planes left over.
 void test_depthwise_conv_unpadded(const Level& level, Data& data) {
   const I lanes = level.lanes;
   int variant = 0;
   for (I rows : {1, 3, 7})
-    for (I width : sizes({1, 2, 7, lanes - 1, lanes + 1, 2 * lanes + 3}))
+    for (I width : sizes({1, 2, 7, lanes - 1, lanes + 1, lanes + 11, 2 * lanes + 3}))
       for (I taps : {1, 9, 25}) {
         ++variant;
         const Values values = variant % 2 ? Values::integers : Values::uniform;
-        const I count = rows * width, planes = variant % 3 == 0 ? 6 : 1;
+        const I count = rows * width, planes = variant % 3 == 0 ? 7 : 1;
         const auto src = data.make(planes * count, values);
         const UnpaddedTaps unpadded(taps, rows, width, lanes, data);
         const bool relu = variant % 7 < 3, with_bias = variant % 4 != 1;
@@ -689,7 +698,8 @@ void test_depthwise_conv_unpadded(const Level& level, Data& data) {
                                             relu,            out.got.data(), out_plane,
                                             planes,          count,     nullptr,
                                             nullptr,         1,         count};
-        args.lane_masks = unpadded.masks.data();
+        const std::vector<std::uint32_t> masks_by_tap = unpadded.by_tap();
+        args.lane_masks = masks_by_tap.data();
         level.set.depthwise_conv_f32(args);
         expect_close(describe(level, "depthwise_conv unpadded: %ld planes of %ld rows of %ld, %ld taps, relu=%d", planes,
                               rows, width, taps, relu),

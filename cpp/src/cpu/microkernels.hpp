@@ -172,8 +172,8 @@ using FilterBlockWeightGrad = void (*)(const FilterBlockWeightGradArgs& args);
 // squeezing). Whole vectors are read: src up to round_up(count, lanes) - 1 + offsets[t]; out is
 // written up to out_count only.
 // Where lane_masks is set (kept null), the planes are read where they lie, unpadded: output i's
-// tap t reads src[offsets[t] + i] where bit i % lanes of lane_masks[(i / lanes) * taps + t] is set
-// and 0 where it is not, and nothing else is read.
+// tap t reads src[offsets[t] + i] where bit i % lanes of lane_masks[t * vectors + i / lanes] is set
+// (vectors: count / lanes rounded up) and 0 where it is not, and nothing else is read.
 struct DepthwiseConvArgs {
   const float* src;
   std::int64_t src_plane;
@@ -187,7 +187,7 @@ struct DepthwiseConvArgs {
   const std::int32_t* keep;  // (period, lanes) or null
   const std::int64_t* kept;  // (period)
   std::int64_t period, out_count;
-  const std::uint32_t* lane_masks = nullptr;  // (vectors, taps) or null
+  const std::uint32_t* lane_masks = nullptr;  // (taps, vectors) or null
 };
 using DepthwiseConv = void (*)(const DepthwiseConvArgs& args);
 

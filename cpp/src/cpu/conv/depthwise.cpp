@@ -82,6 +82,10 @@ class FlatPlane {
             }
             lane_masks_.push_back(lanes_read);
           }
+      // The correlation's kernel reads a tap's masks of consecutive vectors together.
+      const std::int64_t taps = this->taps(), vectors = std::int64_t(lane_masks_.size()) / taps;
+      for (std::int64_t t = 0; t < taps; ++t)
+        for (std::int64_t v = 0; v < vectors; ++v) tap_lane_masks_.push_back(lane_masks_[v * taps + t]);
       return;
     }
     // Where each tap row and column falls: phase and shift.
@@ -173,7 +177,7 @@ class FlatPlane {
     const std::int32_t* keep = keep_.empty() ? nullptr : keep_.data();
     return {src,  src_plane, offsets_.data(), weights,      taps(),  bias,
             relu, out,       out_h_ * out_w_, planes,       count(), keep,
-            kept_.data(), period_, out_h_ * out_w_, unpadded_ ? lane_masks_.data() : nullptr};
+            kept_.data(), period_, out_h_ * out_w_, unpadded_ ? tap_lane_masks_.data() : nullptr};
   }
   cpu::DepthwiseTaps grad_taps() const {
     return {offsets_.data(), classes_, taps() / classes_, masks_.empty() ? nullptr : masks_.data(), period_,
@@ -240,7 +244,8 @@ class FlatPlane {
 
   std::int64_t src_h_, src_w_, up_h_, up_w_, out_h_, out_w_, stride_h_, stride_w_;
   bool compact_ = false, unpadded_ = false;
-  std::vector<std::uint32_t> lane_masks_;  // unpadded: (vectors, taps)
+  std::vector<std::uint32_t> lane_masks_;      // unpadded: (vectors, taps), the weight gradient's order
+  std::vector<std::uint32_t> tap_lane_masks_;  // the same as (taps, vectors), the correlation's
   std::vector<std::int64_t> offsets_, tap_order_, kept_;
   std::int64_t classes_ = 1, period_ = 1;
   std::vector<std::int32_t> masks_, keep_;
