@@ -383,6 +383,18 @@ DEPTHWISE = {
     "wide_unpadded": (2, case(N=1, C=2, K=2, groups=2, spatial=(40, 41), padding=1)),
     "past_unpadded_limit": (2, case(N=1, C=2, K=2, groups=2, spatial=(65, 64), padding=1)),
     "conv1d_stride2": (1, case(N=2, C=6, K=6, groups=6, spatial=(37,), kernel=(3,), stride=2, padding=1)),
+    # Stride 2 whose error planes are half the input's (even sizes): the data gradient phase by
+    # phase of dx, each the correlation of the error with the taps that reach it (odd and even
+    # dilations, even kernels, phases no tap reaches, a one-pixel error, many channels).
+    "stride2_phases": (2, case(N=2, C=5, K=5, groups=5, spatial=(14, 16), stride=2, padding=1)),
+    "stride2_phases_dilation2": (2, case(N=2, C=3, K=3, groups=3, spatial=(12, 10), stride=2, dilation=2, padding=2)),
+    "stride2_phases_dilation3": (2, case(N=1, C=3, K=3, groups=3, spatial=(16, 14), stride=2, dilation=3, padding=3)),
+    "stride2_phases_even_kernel": (2, case(N=2, C=4, K=4, groups=4, spatial=(10, 12), kernel=(4, 2), stride=2,
+                                           padding=(1, 0))),
+    "stride2_phases_1x1": (2, case(N=2, C=3, K=3, groups=3, spatial=(8, 6), kernel=(1, 1), stride=2)),
+    "stride2_phases_one_pixel": (2, case(N=1, C=2, K=2, groups=2, spatial=(2, 2), stride=2, padding=1)),
+    "stride2_phases_many_channels": (2, case(N=2, C=45, K=45, groups=45, spatial=(28, 28), kernel=(5, 5), stride=2,
+                                             padding=2)),
 }
 
 

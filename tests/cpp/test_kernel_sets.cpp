@@ -867,6 +867,31 @@ void test_depthwise_rows(const Level& level, Data& data) {
       }
 }
 
+// Merge: two rows of column phases into one row, out[2c] from the even phase's row and out[2c + 1]
+// from the odd one's (odd_offset floats on), nothing written past `count` (the sentinels stay).
+void test_depthwise_rows_merge(const Level& level, Data& data) {
+  const I lanes = level.lanes;
+  int variant = 0;
+  for (I count : sizes({1, 2, 3, lanes - 1, lanes, lanes + 1, 2 * lanes - 1, 2 * lanes, 2 * lanes + 1, 4 * lanes + 3}))
+    for (I rows : {1, 3}) {
+      ++variant;
+      const I planes = 1 + variant % 2, src_stride = (count + 1) / 2 + variant % 3;
+      const I odd_offset = rows * src_stride + 1 + variant % 2, src_plane = 2 * odd_offset + 2;
+      const I out_stride = count + variant % 3, out_plane = rows * out_stride + 1;
+      const auto src = data.make(planes * src_plane, Values::uniform);
+      Output out(planes * out_plane);
+      for (I p = 0; p < planes; ++p)
+        for (I r = 0; r < rows; ++r)
+          for (I j = 0; j < count; ++j)
+            out.must_hold(p * out_plane + r * out_stride + j,
+                          src[p * src_plane + r * src_stride + (j % 2 ? odd_offset : 0) + j / 2], 0.0);
+      level.set.depthwise_rows_f32({src.data(), src_stride, rows, count, out.got.data(), out_stride,
+                                    juanji::cpu::DepthwiseRowMove::merge, odd_offset, planes, src_plane, out_plane});
+      expect_close(describe(level, "depthwise_rows merge count %ld rows %ld planes %ld", count, rows, planes),
+                   out.got, out.want, out.magnitude, Values::uniform, 0.0);
+    }
+}
+
 // ---- Winograd F(2x2, 3x3) -----------------------------------------------------------------
 
 constexpr double kBT[4][4] = {{1, 0, -1, 0}, {0, 1, 1, 0}, {0, -1, 1, 0}, {0, 1, 0, -1}};
@@ -1521,6 +1546,7 @@ void test_kernel_set(SimdLevel simd) {
   test_depthwise_weight_grad(level, data);
   test_depthwise_weight_grad_unpadded(level, data);
   test_depthwise_rows(level, data);
+  test_depthwise_rows_merge(level, data);
   test_winograd_input_row(level, data);
   test_winograd_input_row_pair(level, data);
   test_winograd_products(level, data);

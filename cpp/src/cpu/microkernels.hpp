@@ -233,8 +233,10 @@ using DepthwiseWeightGrad = void (*)(const DepthwiseWeightGradArgs& args);
 // to out[c] and in[2c + 1] to out[odd_offset + c]), or spread by 2 (spread: in[j] to out[2j] and
 // 0 to out[2j + 1], the data gradient's error spread by a stride of 2). They are stored as whole
 // vectors: the `lanes` floats after those a row receives (in each of split's two rows) may get
-// zeros, which the caller's layout holds there, or rows stored after them.
-enum class DepthwiseRowMove { copy, split, spread };
+// zeros, which the caller's layout holds there, or rows stored after them. Merge undoes split: out
+// columns j < count, out[2c] = in[c] and out[2c + 1] = in[odd_offset + c] (the two column phases
+// of a stride-2 data gradient into its rows), and writes nothing past them.
+enum class DepthwiseRowMove { copy, split, spread, merge };
 struct DepthwiseRowsArgs {
   const float* src;
   std::int64_t src_stride, rows, count;

@@ -83,7 +83,7 @@ class FlatPlane {
             lane_masks_.push_back(lanes_read);
           }
       // The correlation's kernel reads a tap's masks of consecutive vectors together.
-      const std::int64_t taps = this->taps(), vectors = std::int64_t(lane_masks_.size()) / taps;
+      const std::int64_t taps = this->taps(), vectors = taps > 0 ? std::int64_t(lane_masks_.size()) / taps : 0;
       for (std::int64_t t = 0; t < taps; ++t)
         for (std::int64_t v = 0; v < vectors; ++v) tap_lane_masks_.push_back(lane_masks_[v * taps + t]);
       return;
@@ -335,7 +335,100 @@ void depthwise_forward(const ConvGeometry& g, const float* x, const float* w, co
   depthwise_correlate(g, layout, g.H * g.W, x, ordered_weights(g, layout, w, false), bias, y, g.P * g.Q, relu);
 }
 
+namespace {
+
+// The data gradient of a stride-2 layer whose error planes are half its input's (even sizes):
+// the spread error's zeros make three quarters of data_grad_plane's products. Phase (a, b) of dx,
+// its pixels (2i + a, 2j + b), is instead the stride-1 correlation of the error itself with the
+// taps of the rotated kernel that reach it: rows r of the full correlation's taps with
+// a + r * dil - top even (top = dil * (R - 1) - pad_top), every 2 / gcd(2, dil)-th r, reading error
+// row i + (a + r * dil - top) / 2; columns likewise. Each phase reads the error planes where they
+// lie (unpadded), its sums go to a scratch plane, and the four phases are merged into dx's rows.
+// The products left out are the spread's and the padding's zeros times finite weights (the
+// algorithm refuses others), which leave a sum's bits as they are: each value is the same sum.
+class DataGradPhases {
+ public:
+  static bool applies(const ConvGeometry& g) {
+    return g.stride_h == 2 && g.stride_w == 2 && g.H % 2 == 0 && g.W % 2 == 0 && g.P == g.H / 2 && g.Q == g.W / 2 &&
+           g.P * g.Q <= kMaxUnpaddedOutputs;
+  }
+
+  DataGradPhases(const ConvGeometry& g, const float* w) {
+    const std::int64_t full_top = g.dil_h * (g.R - 1) - g.pad_top, full_left = g.dil_w * (g.S - 1) - g.pad_left;
+    for (std::int64_t a = 0; a < 2; ++a)
+      for (std::int64_t b = 0; b < 2; ++b) {
+        const Reach rows = reach(a, g.R, g.dil_h, full_top), cols = reach(b, g.S, g.dil_w, full_left);
+        // The phase as a correlation of the error (P x Q) into P x Q outputs: its taps are the rotated
+        // kernel's rows rows.first + k * rows.step, read at dilation rows.dilation, from row -top on.
+        ConvGeometry phase = g;
+        phase.H = g.P, phase.W = g.Q, phase.R = rows.count, phase.S = cols.count;
+        phase.stride_h = phase.stride_w = 1;
+        phase.pad_top = -rows.shift, phase.pad_left = -cols.shift;
+        phase.dil_h = rows.dilation, phase.dil_w = cols.dilation;
+        layouts_.push_back(forward_plane(phase, Layout::padded));
+        const FlatPlane& layout = layouts_.back();
+        std::vector<float>& weights = weights_.emplace_back(g.C * layout.taps());
+        const std::int64_t taps = g.R * g.S;
+        for (std::int64_t c = 0; c < g.C; ++c)
+          for (std::int64_t t = 0; t < layout.taps(); ++t) {
+            const std::int64_t tap = layout.tap_order()[t], r = rows.first + tap / cols.count * rows.step,
+                               s = cols.first + tap % cols.count * cols.step;
+            weights[c * layout.taps() + t] = w[c * taps + taps - 1 - (r * g.S + s)];  // rotated by 180 degrees
+          }
+      }
+  }
+
+  void run(const ConvGeometry& g, const float* dy, float* dx) const {
+    const cpu::KernelSet& kernels = cpu::active_kernels();
+    const std::int64_t half = g.P * g.Q, plane = g.H * g.W;
+    // Planes at once: the four phases' scratch in 32 KiB.
+    const std::int64_t chunk = std::clamp<std::int64_t>((std::int64_t{8} << 10) / plane, 1, std::min<std::int64_t>(32, g.C));
+    const std::int64_t chunks = (g.C + chunk - 1) / chunk, jobs = g.N * chunks;
+    cpu::RegionErrors errors;
+#pragma omp parallel for num_threads(::juanji::team_size()) schedule(static) if (jobs > 1)
+    for (std::int64_t job = 0; job < jobs; ++job) errors.guard([&] {
+      const std::int64_t n = job / chunks, c = job % chunks * chunk, planes = std::min(chunk, g.C - c);
+      const std::int64_t first = n * g.C + c;
+      // Phase (a, b)'s planes at scratch + (2a + b) * chunk * half.
+      float* scratch = cpu::workspace<float>(cpu::WorkspaceSlot::batch_out, 4 * chunk * half);
+      for (std::size_t p = 0; p < layouts_.size(); ++p) {
+        const FlatPlane& layout = layouts_[p];
+        kernels.depthwise_conv_f32(layout.conv_args(dy + first * half, half, weights_[p].data() + c * layout.taps(),
+                                                    nullptr, false, scratch + std::int64_t(p) * chunk * half, planes));
+      }
+      for (std::int64_t a = 0; a < 2; ++a)
+        kernels.depthwise_rows_f32({scratch + 2 * a * chunk * half, g.Q, g.P, g.W, dx + first * plane + a * g.W, 2 * g.W,
+                                    cpu::DepthwiseRowMove::merge, chunk * half, planes, half, plane});
+    });
+    errors.rethrow();
+  }
+
+ private:
+  // Of a kernel's n taps along one dimension (the rotated kernel's, full correlation from -top on
+  // at dilation dil), those that reach output phase a of stride 2: `count` of them, the first at
+  // tap `first`, then every `step`-th, reading the error at `shift` + k * `dilation` for the k-th.
+  struct Reach {
+    std::int64_t count = 0, first = 0, step = 1, shift = 0, dilation = 1;
+  };
+  static Reach reach(std::int64_t a, std::int64_t n, std::int64_t dil, std::int64_t top) {
+    Reach out;
+    out.step = dil % 2 == 0 ? 1 : 2;
+    out.dilation = dil * out.step / 2;
+    while (out.first < n && (a + out.first * dil - top) % 2 != 0) ++out.first;
+    if (out.first >= n) return {0, 0, 1, 0, 1};
+    out.count = (n - 1 - out.first) / out.step + 1;
+    out.shift = floor_div(a + out.first * dil - top, 2);
+    return out;
+  }
+
+  std::vector<FlatPlane> layouts_;
+  std::vector<std::vector<float>> weights_;
+};
+
+}  // namespace
+
 void depthwise_backward_data(const ConvGeometry& g, const float* dy, const float* w, float* dx) {
+  if (DataGradPhases::applies(g)) return DataGradPhases(g, w).run(g, dy, dx);
   const FlatPlane layout = data_grad_plane(g);
   depthwise_correlate(g, layout, g.P * g.Q, dy, ordered_weights(g, layout, w, true), nullptr, dx, g.H * g.W, false);
 }
