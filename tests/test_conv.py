@@ -217,6 +217,11 @@ FILTER_BLOCKS = {
     "phases_stride_pair": (2, case(N=1, C=16, K=9, spatial=(13, 16), kernel=(3, 4), stride=(2, 3), padding=(0, 2))),
     "phases_groups": (2, case(N=1, C=32, K=32, groups=2, spatial=(9, 10), stride=2, padding=1)),
     "phases_conv1d": (1, case(N=1, C=16, K=10, spatial=(41,), kernel=(3,), stride=2, dilation=2)),
+    # Pointwise at stride 1: each plane one long row written in place, whatever its width, shared
+    # out by rows between the threads for a batch of one.
+    "pointwise_wide_batch1": (2, case(N=1, C=12, K=40, spatial=(23, 27), kernel=(1, 1))),
+    "pointwise_narrow_batch1": (2, case(N=1, C=20, K=24, spatial=(13, 13), kernel=(1, 1))),
+    "pointwise_short_rows": (2, case(N=2, C=9, K=17, spatial=(5, 37), kernel=(1, 1))),
 }
 
 LARGE_SOURCES = ("pointwise_source_past_l2", "pointwise_error_past_l2", "padded_source_past_l2_s2")

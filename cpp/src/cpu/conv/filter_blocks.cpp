@@ -23,10 +23,12 @@ namespace {
 // `pass_pixels` pixels a pass and rows of 3 to 7 several at a time (on AVX2, 1x512x7x7 -> 2048,
 // 1x1: 1158 -> 972 us; 3x3: 3040 -> 2870; 1x1024x14x14 -> 256: 827 -> 750; on AVX-512, where two
 // rows of 7 make a pass of 14, the 3x3 layer's 61 pixels a plane went back to 49: 953 -> 862 us).
-// Each output is still summed alone in tap order: the same bits either way.
+// Where the source rows are as wide as the output's (a pointwise layer), the long row is the
+// output plane itself, whatever its width: no columns to drop. Each output is still summed alone
+// in tap order: the same bits either way.
 bool takes_plane_as_long_row(const Correlation& c, std::int64_t source_width, std::int64_t pass_pixels) {
   constexpr std::int64_t kWidest = 16;
-  if (c.stride_h != 1 || c.stride_w != 1 || c.out_h < 2 || c.out_w > kWidest) return false;
+  if (c.stride_h != 1 || c.stride_w != 1 || c.out_h < 2 || (c.out_w > kWidest && source_width != c.out_w)) return false;
   const auto passes = [&](std::int64_t pixels) { return (pixels + pass_pixels - 1) / pass_pixels; };
   const std::int64_t rows_at_once = cpu::filter_block_rows_at_once(c.out_w, pass_pixels);
   const std::int64_t row_passes =
@@ -190,6 +192,8 @@ void filter_block_correlate(const Correlation& c, const float* src, const float*
   // stem and pw's data gradient ran 8% and 15% slower interleaved).
   const bool interleave = image_floats * std::int64_t{sizeof(float)} > kL2Bytes;
   const bool long_row = takes_plane_as_long_row(c, source.width, kernels.filter_block_pixels);
+  // A long row with no columns to drop is written where its outputs go, and can be shared out by rows.
+  const bool long_row_in_place = long_row && source.width == c.out_w;
   const std::int64_t row_length = long_row ? (c.out_h - 1) * source.width + c.out_w : c.out_w;
   // Where the images are fewer than the threads, an image's copy is made once, in parts shared out
   // among the threads, before the jobs that read it: each job had made its own, four copies of the
@@ -211,7 +215,7 @@ void filter_block_correlate(const Correlation& c, const float* src, const float*
   // share of the weights (a frozen ResNet-50 at batch 1, 1x256x56x56 -> 64: 0.70 -> 0.58 ms,
   // 1x512x28x28 -> 128: 0.52 -> 0.44).
   const FilterBlockJobs block_jobs(images, blocks);
-  const bool split_rows = images < threads && !long_row && c.out_h >= threads &&
+  const bool split_rows = images < threads && (!long_row || long_row_in_place) && c.out_h >= threads &&
                           image_floats > blocks * taps * cpu::kFilterBlock;
   const std::int64_t row_parts = split_rows ? threads : 1;
   const std::int64_t job_count = split_rows ? images * row_parts : block_jobs.count();
@@ -227,8 +231,12 @@ void filter_block_correlate(const Correlation& c, const float* src, const float*
     const float* planes =
         (shared_copy ? copies + outer * image_floats : source.planes(c, src, n, grp)) + first_row * source.row_step;
     const std::int64_t step = interleave ? end_block - first_block : kBlocksAtOnce;
-    float* long_out =
-        long_row ? cpu::workspace<float>(cpu::WorkspaceSlot::batch_out, step * cpu::kFilterBlock * row_length) : nullptr;
+    const bool through_buffer = long_row && !long_row_in_place;
+    float* long_out = through_buffer
+                          ? cpu::workspace<float>(cpu::WorkspaceSlot::batch_out, step * cpu::kFilterBlock * row_length)
+                          : nullptr;
+    // The job's part of the plane as one row: its rows' outputs one after another.
+    const std::int64_t pixels = long_row_in_place ? rows * c.out_w : row_length;
     for (std::int64_t kb = first_block; kb < end_block; kb += step) {
       const std::int64_t first = grp * per_group + kb * cpu::kFilterBlock;
       const std::int64_t blocks_now = std::min(step, end_block - kb);
@@ -246,19 +254,19 @@ void filter_block_correlate(const Correlation& c, const float* src, const float*
                                           packed + (grp * blocks + kb) * taps * cpu::kFilterBlock,
                                           blocks_now,
                                           bias ? bias + first : nullptr,
-                                          long_row ? long_out : block_out,
+                                          through_buffer ? long_out : block_out,
                                           filters,
                                           long_row ? 1 : rows,
-                                          row_length,
-                                          long_row ? row_length : out_plane,
-                                          row_length,
+                                          pixels,
+                                          through_buffer ? row_length : out_plane,
+                                          pixels,
                                           1,
                                           relu,
                                           far_source,
                                           next_weights,
                                           next_blocks};
       kernels.filter_block_conv_f32(args);
-      if (long_row)
+      if (through_buffer)
         for (std::int64_t k = 0; k < filters; ++k)
           for (std::int64_t p = 0; p < c.out_h; ++p)
             std::copy_n(long_out + k * row_length + p * source.width, c.out_w, block_out + k * out_plane + p * c.out_w);
