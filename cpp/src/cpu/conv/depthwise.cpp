@@ -3,7 +3,9 @@
 // its rows: small planes (7x7, 14x14) fill whole vectors and blocks of them. Any kernel size,
 // stride, dilation and padding.
 #include <algorithm>
+#include <array>
 #include <numeric>
+#include <optional>
 #include <vector>
 
 #include "cpu/conv/algorithms.hpp"
@@ -270,15 +272,21 @@ float* zeroed(cpu::WorkspaceSlot slot, std::int64_t count) {
   return out;
 }
 
-// The filters in the kernels' tap order (rotated by 180 degrees for the data gradient).
-const float* ordered_weights(const ConvGeometry& g, const FlatPlane& layout, const float* w, bool rotate) {
+// The filters in the kernels' tap order (rotated by 180 degrees for the data gradient), into out
+// (C * taps floats).
+void order_weights(const ConvGeometry& g, const FlatPlane& layout, const float* w, bool rotate, float* out) {
   const std::int64_t taps = g.R * g.S;
-  float* out = cpu::workspace<float>(cpu::WorkspaceSlot::phase_weights, g.C * taps);
   for (std::int64_t c = 0; c < g.C; ++c)
     for (std::int64_t t = 0; t < taps; ++t) {
       const std::int64_t tap = layout.tap_order()[t];
       out[c * taps + t] = w[c * taps + (rotate ? taps - 1 - tap : tap)];
     }
+}
+
+// The same into the calling thread's workspace.
+const float* ordered_weights(const ConvGeometry& g, const FlatPlane& layout, const float* w, bool rotate) {
+  float* out = cpu::workspace<float>(cpu::WorkspaceSlot::phase_weights, g.C * g.R * g.S);
+  order_weights(g, layout, w, rotate, out);
   return out;
 }
 
@@ -338,14 +346,13 @@ void depthwise_forward(const ConvGeometry& g, const float* x, const float* w, co
 namespace {
 
 // The data gradient of a stride-2 layer whose error planes are half its input's (even sizes):
-// the spread error's zeros make three quarters of data_grad_plane's products. Phase (a, b) of dx,
-// its pixels (2i + a, 2j + b), is instead the stride-1 correlation of the error itself with the
-// taps of the rotated kernel that reach it: rows r of the full correlation's taps with
-// a + r * dil - top even (top = dil * (R - 1) - pad_top), every 2 / gcd(2, dil)-th r, reading error
-// row i + (a + r * dil - top) / 2; columns likewise. Each phase reads the error planes where they
-// lie (unpadded), its sums go to a scratch plane, and the four phases are merged into dx's rows.
-// The products left out are the spread's and the padding's zeros times finite weights (the
-// algorithm refuses others), which leave a sum's bits as they are: each value is the same sum.
+// the spread error's zeros make three quarters of data_grad_plane's products. Each stride phase
+// of dx (its pixels (2i + a, 2j + b)) is instead the stride-1 data gradient of a smaller
+// convolution (phase_geometry), whose error is the layer's own, read where it lies (unpadded);
+// its sums go to a scratch plane, and the four phases are merged into dx's rows. The products left
+// out are the spread's and the padding's zeros times finite weights (the algorithm refuses
+// others), which leave a sum's bits as they are: each value is the same sum, its taps in the
+// same order.
 class DataGradPhases {
  public:
   static bool applies(const ConvGeometry& g) {
@@ -354,27 +361,19 @@ class DataGradPhases {
   }
 
   DataGradPhases(const ConvGeometry& g, const float* w) {
-    const std::int64_t full_top = g.dil_h * (g.R - 1) - g.pad_top, full_left = g.dil_w * (g.S - 1) - g.pad_left;
     for (std::int64_t a = 0; a < 2; ++a)
       for (std::int64_t b = 0; b < 2; ++b) {
-        const Reach rows = reach(a, g.R, g.dil_h, full_top), cols = reach(b, g.S, g.dil_w, full_left);
-        // The phase as a correlation of the error (P x Q) into P x Q outputs: its taps are the rotated
-        // kernel's rows rows.first + k * rows.step, read at dilation rows.dilation, from row -top on.
-        ConvGeometry phase = g;
-        phase.H = g.P, phase.W = g.Q, phase.R = rows.count, phase.S = cols.count;
-        phase.stride_h = phase.stride_w = 1;
-        phase.pad_top = -rows.shift, phase.pad_left = -cols.shift;
-        phase.dil_h = rows.dilation, phase.dil_w = cols.dilation;
-        layouts_.push_back(forward_plane(phase, Layout::padded));
-        const FlatPlane& layout = layouts_.back();
-        std::vector<float>& weights = weights_.emplace_back(g.C * layout.taps());
-        const std::int64_t taps = g.R * g.S;
+        const StridePhase rows = stride_phase(g.H, g.R, 2, g.dil_h, g.pad_top, a);
+        const StridePhase cols = stride_phase(g.W, g.S, 2, g.dil_w, g.pad_left, b);
+        const ConvGeometry sub = phase_geometry(g, rows, cols);
+        Phase& phase = phases_[2 * rows.first + cols.first];
+        phase.layout.emplace(data_grad_plane(sub));
+        std::vector<float> kernel(g.C * sub.R * sub.S);
         for (std::int64_t c = 0; c < g.C; ++c)
-          for (std::int64_t t = 0; t < layout.taps(); ++t) {
-            const std::int64_t tap = layout.tap_order()[t], r = rows.first + tap / cols.count * rows.step,
-                               s = cols.first + tap % cols.count * cols.step;
-            weights[c * layout.taps() + t] = w[c * taps + taps - 1 - (r * g.S + s)];  // rotated by 180 degrees
-          }
+          for (std::int64_t r = 0; r < sub.R; ++r)
+            for (std::int64_t s = 0; s < sub.S; ++s) kernel[(c * sub.R + r) * sub.S + s] = phase_tap(g, w, rows, cols, c, r, s);
+        phase.weights.resize(kernel.size());
+        order_weights(sub, *phase.layout, kernel.data(), true, phase.weights.data());
       }
   }
 
@@ -389,12 +388,12 @@ class DataGradPhases {
     for (std::int64_t job = 0; job < jobs; ++job) errors.guard([&] {
       const std::int64_t n = job / chunks, c = job % chunks * chunk, planes = std::min(chunk, g.C - c);
       const std::int64_t first = n * g.C + c;
-      // Phase (a, b)'s planes at scratch + (2a + b) * chunk * half.
+      // The planes of the phase of dx's rows a and columns b at scratch + (2a + b) * chunk * half.
       float* scratch = cpu::workspace<float>(cpu::WorkspaceSlot::batch_out, 4 * chunk * half);
-      for (std::size_t p = 0; p < layouts_.size(); ++p) {
-        const FlatPlane& layout = layouts_[p];
-        kernels.depthwise_conv_f32(layout.conv_args(dy + first * half, half, weights_[p].data() + c * layout.taps(),
-                                                    nullptr, false, scratch + std::int64_t(p) * chunk * half, planes));
+      for (std::int64_t p = 0; p < 4; ++p) {
+        const FlatPlane& layout = *phases_[p].layout;
+        kernels.depthwise_conv_f32(layout.conv_args(dy + first * half, half, phases_[p].weights.data() + c * layout.taps(),
+                                                    nullptr, false, scratch + p * chunk * half, planes));
       }
       for (std::int64_t a = 0; a < 2; ++a)
         kernels.depthwise_rows_f32({scratch + 2 * a * chunk * half, g.Q, g.P, g.W, dx + first * plane + a * g.W, 2 * g.W,
@@ -404,25 +403,11 @@ class DataGradPhases {
   }
 
  private:
-  // Of a kernel's n taps along one dimension (the rotated kernel's, full correlation from -top on
-  // at dilation dil), those that reach output phase a of stride 2: `count` of them, the first at
-  // tap `first`, then every `step`-th, reading the error at `shift` + k * `dilation` for the k-th.
-  struct Reach {
-    std::int64_t count = 0, first = 0, step = 1, shift = 0, dilation = 1;
+  struct Phase {
+    std::optional<FlatPlane> layout;
+    std::vector<float> weights;  // in the layout's tap order
   };
-  static Reach reach(std::int64_t a, std::int64_t n, std::int64_t dil, std::int64_t top) {
-    Reach out;
-    out.step = dil % 2 == 0 ? 1 : 2;
-    out.dilation = dil * out.step / 2;
-    while (out.first < n && (a + out.first * dil - top) % 2 != 0) ++out.first;
-    if (out.first >= n) return {0, 0, 1, 0, 1};
-    out.count = (n - 1 - out.first) / out.step + 1;
-    out.shift = floor_div(a + out.first * dil - top, 2);
-    return out;
-  }
-
-  std::vector<FlatPlane> layouts_;
-  std::vector<std::vector<float>> weights_;
+  std::array<Phase, 4> phases_;
 };
 
 }  // namespace

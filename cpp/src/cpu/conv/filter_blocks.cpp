@@ -192,8 +192,10 @@ void filter_block_correlate(const Correlation& c, const float* src, const float*
   // stem and pw's data gradient ran 8% and 15% slower interleaved).
   const bool interleave = image_floats * std::int64_t{sizeof(float)} > kL2Bytes;
   const bool long_row = takes_plane_as_long_row(c, source.width, kernels.filter_block_pixels);
-  // A long row with no columns to drop is written where its outputs go, and can be shared out by rows.
+  // A long row with no columns to drop is written where its outputs go, and can be shared out by
+  // rows; others go through a buffer, their outputs copied out of it.
   const bool long_row_in_place = long_row && source.width == c.out_w;
+  const bool through_buffer = long_row && !long_row_in_place;
   const std::int64_t row_length = long_row ? (c.out_h - 1) * source.width + c.out_w : c.out_w;
   // Where the images are fewer than the threads, an image's copy is made once, in parts shared out
   // among the threads, before the jobs that read it: each job had made its own, four copies of the
@@ -231,7 +233,6 @@ void filter_block_correlate(const Correlation& c, const float* src, const float*
     const float* planes =
         (shared_copy ? copies + outer * image_floats : source.planes(c, src, n, grp)) + first_row * source.row_step;
     const std::int64_t step = interleave ? end_block - first_block : kBlocksAtOnce;
-    const bool through_buffer = long_row && !long_row_in_place;
     float* long_out = through_buffer
                           ? cpu::workspace<float>(cpu::WorkspaceSlot::batch_out, step * cpu::kFilterBlock * row_length)
                           : nullptr;

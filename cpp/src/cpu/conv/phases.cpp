@@ -11,20 +11,6 @@
 
 namespace juanji::cpu::conv {
 
-namespace {
-
-// The data gradient of a strided convolution by phases. Input row h receives the error only
-// through the taps r for which h + pad_top - r*dil_h is a multiple of stride_h: for the rows of
-// one residue a = (h + pad_top) mod stride_h, the taps with r*dil_h = a (mod stride_h), i.e.
-// every step-th tap (step = stride_h / gcd(stride_h, dil_h)) from the first such one, r0. Row
-// h = first + i*stride_h then gets sum_j dy[i + padding - j*dilation] * w[r0 + j*step], with
-// dilation = dil_h / gcd and padding = (first + pad_top - r0*dil_h) / stride_h: the stride-1
-// data gradient of a smaller convolution, whose kernel is the phase's taps.
-struct StridePhase {
-  std::int64_t first, count;  // the phase's rows: first + i * stride for i < count
-  std::int64_t first_tap, taps, tap_step, dilation, padding;
-};
-
 StridePhase stride_phase(std::int64_t size, std::int64_t kernel, std::int64_t stride, std::int64_t dil,
                          std::int64_t pad, std::int64_t residue) {
   StridePhase phase{};
@@ -42,7 +28,6 @@ StridePhase stride_phase(std::int64_t size, std::int64_t kernel, std::int64_t st
   return phase;
 }
 
-// The stride-1 convolution whose data gradient gives one (row, column) phase.
 ConvGeometry phase_geometry(const ConvGeometry& g, const StridePhase& rows, const StridePhase& cols) {
   ConvGeometry sub = g;
   sub.H = rows.count, sub.W = cols.count, sub.R = rows.taps, sub.S = cols.taps;
@@ -52,11 +37,12 @@ ConvGeometry phase_geometry(const ConvGeometry& g, const StridePhase& rows, cons
   return sub;
 }
 
-// Tap (r, s) of a phase's kernel kc is tap (first_tap + r * tap_step, ...) of kernel kc.
 float phase_tap(const ConvGeometry& g, const float* w, const StridePhase& rows, const StridePhase& cols,
                 std::int64_t kc, std::int64_t r, std::int64_t s) {
   return w[(kc * g.R + rows.first_tap + r * rows.tap_step) * g.S + cols.first_tap + s * cols.tap_step];
 }
+
+namespace {
 
 // Writes `planes` compact phase planes (rows.count x cols.count) into their rows and columns of
 // the dx planes from `to` on.

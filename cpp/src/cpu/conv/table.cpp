@@ -197,11 +197,12 @@ struct WeightGradAlgorithm {
 };
 
 // The depthwise, Winograd and filter-block paths sum the bias gradient from the error planes they
-// read, the last two as bias_grad sums it (the depthwise kernel sums its errors in float as it reads
-// them: bias_grad's own pass, in double throughout, cost as much as its weight gradient on 7x7
-// planes); the others take a pass of their own over them, bias_grad's but for the reference's. Filter blocks also take layers with few input
-// channels: they read the error once, where the direct kernel pads a copy of it first
-// (convnet_c1, 1 -> 32 channels: 577 -> 392 us; cifar_c1: 1.39 -> 0.91 ms).
+// read, the last two as bias_grad sums it (the depthwise kernel sums its errors in float as it
+// reads them: bias_grad's own pass, in double throughout, cost as much as its weight gradient on
+// 7x7 planes); the others take a pass of their own over them, bias_grad's but for the reference's.
+// Filter blocks also take layers with few input channels: they read the error once, where the
+// direct kernel pads a copy of it first (convnet_c1, 1 -> 32 channels: 577 -> 392 us; cifar_c1:
+// 1.39 -> 0.91 ms).
 const std::array<WeightGradAlgorithm, 6> kWeightGradAlgorithms{{
     {"depthwise",
      refuses_depthwise,
