@@ -912,62 +912,108 @@ std::pair<double, double> input_transform(int a, int b, Tile tile) {
   return {value, size};
 }
 
+// Where a run of tiles' inputs lie in a plane: its first row and column there (negative: in the
+// padding), and the plane's rows and columns read, fewer than it holds where cut (the rest must
+// read as zeros).
+struct InputWindow {
+  I top, left, rows_cut, cols_cut;
+};
+constexpr InputWindow kInputWindows[] = {{0, 0, 0, 0}, {-1, -1, 0, 0}, {-1, -1, 1, 1}, {-2, 1, 0, 2}, {1, -3, 2, 0}};
+
+// Planes (the channels of an image) for a run of `tiles` tiles (`tile_rows` rows of them) read
+// through `window`: NaN in every float the kernel must not read (the rows and columns cut, the row
+// ends, the floats between the planes and around them), so that reading one shows in the outputs.
+struct InputPlanes {
+  std::vector<float> floats;
+  juanji::cpu::WinogradInputRows in;
+
+  InputPlanes(Data& data, Values values, I planes, I tiles, I tile_rows, const InputWindow& window) {
+    const I row_stride = 2 * tiles + 2 + 5;
+    const I rows = 2 * tile_rows + 2 + window.top, cols = 2 * tiles + 2 + window.left;
+    const I plane_stride = (rows + 3) * row_stride + 7, margin = 3 * row_stride + 64;
+    floats.assign(2 * margin + planes * plane_stride, kNaN);
+    const I read_rows = rows - window.rows_cut, read_cols = std::max<I>(cols - window.cols_cut, 0);
+    in = {floats.data() + margin, row_stride, read_rows, read_cols, window.top, window.left, planes, plane_stride};
+    for (I p = 0; p < planes; ++p) {
+      const auto values_made = data.make(read_rows * read_cols, values);
+      for (I i = 0; i < read_rows; ++i)
+        for (I j = 0; j < read_cols; ++j) floats[margin + p * plane_stride + i * row_stride + j] = values_made[i * read_cols + j];
+    }
+  }
+
+  // Plane p's zero-padded input at (r, j) from the run's top left.
+  float at(I p, I r, I j) const {
+    const I i = in.top + r, col = in.left + j;
+    return i >= 0 && i < in.rows && col >= 0 && col < in.cols ? in.plane[p * in.plane_stride + i * in.row_stride + col]
+                                                             : 0.0f;
+  }
+};
+
 void test_winograd_input_row(const Level& level, Data& data) {
   const I lanes = level.lanes;
   for (I tiles : sizes({1, 2, 3, lanes - 1, lanes, lanes + 1, 2 * lanes + 1, 33}))
-    for (I extra : {0, 1})
-      for (Values values : kBothValues) {
-        const I width = 2 * tiles + 2 + extra, stride = round_up(tiles, 16) + 16;
-        const auto rows = data.make(3 * width + 2 * round_up(tiles, 16) + 3, values);
-        std::vector<float> full(16 * stride, kSentinel);
-        level.set.winograd_input_row_f32(rows.data(), width, tiles, full.data(), stride, 0, 4);
-        for (const auto& range : kTransformRows) {
-          Output out(16 * stride);
-          for (int e = 4 * range[0]; e < 4 * range[1]; ++e) {
-            // Whole vectors are stored: up to 15 floats past each run may change.
-            for (I t = tiles; t < tiles + 15; ++t) out.must_hold(e * stride + t, 0, kAnyValue);
-            for (I t = 0; t < tiles; ++t) {
-              const auto [value, size] =
-                  input_transform(e / 4, e % 4, [&](int i, int j) { return rows[i * width + 2 * t + j]; });
-              out.must_hold(e * stride + t, value, size);
-            }
+    for (I planes : {1, 3})
+      for (const InputWindow& window : kInputWindows)
+        for (Values values : kBothValues) {
+          const InputPlanes input(data, values, planes, tiles, 1, window);
+          const I stride = round_up(tiles, 16) + 16, v_plane = 16 * stride + 5;
+          std::vector<float> full(planes * v_plane, kSentinel);
+          level.set.winograd_input_row_f32(input.in, tiles, full.data(), v_plane, stride, 0, 4);
+          for (const auto& range : kTransformRows) {
+            Output out(planes * v_plane);
+            for (I p = 0; p < planes; ++p)
+              for (int e = 4 * range[0]; e < 4 * range[1]; ++e) {
+                // Whole vectors are stored: up to 15 floats past each run may change.
+                for (I t = tiles; t < tiles + 15; ++t) out.must_hold(p * v_plane + e * stride + t, 0, kAnyValue);
+                for (I t = 0; t < tiles; ++t) {
+                  const auto [value, size] =
+                      input_transform(e / 4, e % 4, [&](int i, int j) { return input.at(p, i, 2 * t + j); });
+                  out.must_hold(p * v_plane + e * stride + t, value, size);
+                }
+              }
+            level.set.winograd_input_row_f32(input.in, tiles, out.got.data(), v_plane, stride, range[0], range[1]);
+            const std::string what =
+                describe(level, "winograd_input_row tiles=%ld planes=%ld window (%ld, %ld) cut (%ld, %ld) rows [%d, %d)",
+                         tiles, planes, window.top, window.left, window.rows_cut, window.cols_cut, range[0], range[1]);
+            expect_close(what, out.got, out.want, out.magnitude, values, kFloatTolerance);
+            bool same_as_full = true;
+            for (I p = 0; p < planes; ++p)
+              for (int e = 4 * range[0]; e < 4 * range[1]; ++e)
+                for (I t = 0; t < tiles; ++t) {
+                  const I i = p * v_plane + e * stride + t;
+                  same_as_full &= same_bits(out.got[i], full[i]);
+                }
+            expect(same_as_full, what + ": values as the full transform makes them");
           }
-          level.set.winograd_input_row_f32(rows.data(), width, tiles, out.got.data(), stride, range[0], range[1]);
-          const std::string what =
-              describe(level, "winograd_input_row tiles=%ld width=%ld rows [%d, %d)", tiles, width, range[0], range[1]);
-          expect_close(what, out.got, out.want, out.magnitude, values, kFloatTolerance);
-          bool same_as_full = true;
-          for (int e = 4 * range[0]; e < 4 * range[1]; ++e)
-            for (I t = 0; t < tiles; ++t) same_as_full &= same_bits(out.got[e * stride + t], full[e * stride + t]);
-          expect(same_as_full, what + ": values as the full transform makes them");
         }
-      }
 }
 
 void test_winograd_input_row_pair(const Level& level, Data& data) {
-  const I lanes = level.lanes, stride = lanes + 5;
+  const I lanes = level.lanes, stride = lanes + 5, v_plane = 16 * stride + 3;
   for (I tiles = 1; tiles <= lanes / 2; ++tiles)
-    for (I extra : {0, 1})
-      for (Values values : kBothValues)
-        for (const auto& range : kTransformRows) {
-          const I width = 2 * tiles + 2 + extra;
-          const auto rows = data.make(5 * width + lanes + 2, values);
-          Output out(16 * stride);
-          for (int e = 4 * range[0]; e < 4 * range[1]; ++e) {
-            // Lanes past both rows' tiles may be overwritten.
-            for (I t = 2 * tiles; t < lanes; ++t) out.must_hold(e * stride + t, 0, kAnyValue);
-            for (I t = 0; t < 2 * tiles; ++t) {
-              const I first_row = t < tiles ? 0 : 2, column = 2 * (t % tiles);
-              const auto [value, size] = input_transform(
-                  e / 4, e % 4, [&](int i, int j) { return rows[(first_row + i) * width + column + j]; });
-              out.must_hold(e * stride + t, value, size);
-            }
+    for (I planes : {1, 3})
+      for (const InputWindow& window : kInputWindows)
+        for (Values values : kBothValues)
+          for (const auto& range : kTransformRows) {
+            const InputPlanes input(data, values, planes, tiles, 2, window);
+            Output out(planes * v_plane);
+            for (I p = 0; p < planes; ++p)
+              for (int e = 4 * range[0]; e < 4 * range[1]; ++e) {
+                // Lanes past both rows' tiles may be overwritten.
+                for (I t = 2 * tiles; t < lanes; ++t) out.must_hold(p * v_plane + e * stride + t, 0, kAnyValue);
+                for (I t = 0; t < 2 * tiles; ++t) {
+                  const I first_row = t < tiles ? 0 : 2, column = 2 * (t % tiles);
+                  const auto [value, size] = input_transform(
+                      e / 4, e % 4, [&](int i, int j) { return input.at(p, first_row + i, column + j); });
+                  out.must_hold(p * v_plane + e * stride + t, value, size);
+                }
+              }
+            level.set.winograd_input_row_pair_f32(input.in, tiles, out.got.data(), v_plane, stride, range[0], range[1]);
+            expect_close(
+                describe(level, "winograd_input_row_pair tiles=%ld planes=%ld window (%ld, %ld) cut (%ld, %ld) rows [%d, %d)",
+                         tiles, planes, window.top, window.left, window.rows_cut, window.cols_cut, range[0], range[1]),
+                out.got, out.want, out.magnitude, values, kFloatTolerance);
           }
-          level.set.winograd_input_row_pair_f32(rows.data(), width, tiles, out.got.data(), stride, range[0], range[1]);
-          expect_close(describe(level, "winograd_input_row_pair tiles=%ld width=%ld rows [%d, %d)", tiles, width,
-                                range[0], range[1]),
-                       out.got, out.want, out.magnitude, values, kFloatTolerance);
-        }
 }
 
 // One block of filters, or two (the AVX-512 kernel sums a pair together) or three (a pair, then
@@ -978,7 +1024,8 @@ void test_winograd_products(const Level& level, Data& data) {
     for (I tiles = 1; tiles <= 33; ++tiles)
       for (Values values : kBothValues) {
         ++variant;
-        const I blocks = 1 + variant % 3, v_stride = channels * tiles + 3, m_stride = tiles * 16 + 5;
+        const I blocks = 1 + variant % 3, v_row = tiles + variant % 4, v_stride = channels * v_row + 3;
+        const I m_stride = tiles * 16 + 5;
         const I u_block = 16 * channels * 16 + variant % 2, m_block = 16 * m_stride + 7;
         const auto u = data.make(blocks * u_block, values);
         const auto v = data.make(16 * v_stride, values);
@@ -990,14 +1037,14 @@ void test_winograd_products(const Level& level, Data& data) {
                 double sum = 0, size = 0;
                 for (I c = 0; c < channels; ++c) {
                   const double product =
-                      double(u[b * u_block + (e * channels + c) * 16 + k]) * v[e * v_stride + c * tiles + t];
+                      double(u[b * u_block + (e * channels + c) * 16 + k]) * v[e * v_stride + c * v_row + t];
                   sum += product;
                   size += std::fabs(product);
                 }
                 m.must_hold(b * m_block + e * m_stride + t * 16 + k, sum, size);
               }
         level.set.winograd_products_f32(
-            {u.data(), v.data(), channels, tiles, v_stride, m.got.data(), m_stride, blocks, u_block, m_block});
+            {u.data(), v.data(), channels, tiles, v_row, v_stride, m.got.data(), m_stride, blocks, u_block, m_block});
         expect_close(describe(level, "winograd_products channels=%ld tiles=%ld blocks=%ld", channels, tiles, blocks),
                      m.got, m.want, m.magnitude, values, kFloatTolerance);
       }

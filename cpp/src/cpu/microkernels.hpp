@@ -250,24 +250,35 @@ using DepthwiseRows = void (*)(const DepthwiseRowsArgs& args);
 // Winograd F(2x2, 3x3) pieces (conv.cpp holds the algorithm), for blocks of 16 filters. Planes of
 // the 16 transformed values e = 4a + b lie `stride` floats apart (a stride that is no multiple of
 // 4 KiB keeps the 16 streams out of one cache set).
-// Input transforms of one row of tiles: tile t's 4x4 input d[a][b] = rows[a * width + 2t + b],
-// and v[(4a + b) * stride + t] = (B^T d B)[a][b]. rows are readable up to column
-// 2 * round_up(tiles, 16) + 2; whole vectors are written, so up to 15 floats past each of the 16
-// runs of v are overwritten too. Only the rows first_row <= a < end_row of the transforms are made:
-// all four, or the top or bottom two (0 to 4, 0 to 2 or 2 to 4), each value as the full transform
-// makes it.
-using WinogradInputRow = void (*)(const float* rows, std::int64_t width, std::int64_t tiles, float* v,
+// The inputs of a run of tiles read where they lie in `planes` planes (the channels of an image),
+// plane_stride floats apart: the zero-padded input's row r and column j (counted from the run's
+// first tile's top left) are plane[(top + r) * row_stride + left + j] where 0 <= top + r < rows
+// and 0 <= left + j < cols, else 0 (the padding, and what no output reads: a NaN there stays out
+// of the sums). Nothing outside those rows and columns is read.
+struct WinogradInputRows {
+  const float* plane;
+  std::int64_t row_stride, rows, cols;
+  std::int64_t top, left;
+  std::int64_t planes, plane_stride;
+};
+// Input transforms of one row of tiles of each plane p: tile t's 4x4 input d[a][b] = the inputs'
+// (a, 2t + b), and v[p * v_plane + (4a + b) * stride + t] = (B^T d B)[a][b]. Whole vectors are
+// written, so up to 15 floats past each of the 16 runs of v are overwritten too. Only the rows
+// first_row <= a < end_row of the transforms are made: all four, or the top or bottom two (0 to 4,
+// 0 to 2 or 2 to 4), each value as the full transform makes it.
+using WinogradInputRow = void (*)(const WinogradInputRows& in, std::int64_t tiles, float* v, std::int64_t v_plane,
                                   std::int64_t stride, int first_row, int end_row);
 // The same for two consecutive full rows of at most lanes / 2 tiles each (small images: one
-// vector holds both): the second row's tiles read rows + 2 * width and go to v after the first's.
+// vector holds both): the second row's tiles read the inputs' rows from 2 on and go to v after
+// the first's.
 using WinogradInputRowPair = WinogradInputRow;
 // The 16 elementwise products summed over channels in order, for `blocks` blocks of 16 filters
 // (block b's u at u + b * u_block, its m at m + b * m_block):
-//   m[e * m_stride + t * 16 + k] = sum_c u[(e * channels + c) * 16 + k] * v[e * v_stride + c * tiles + t]
+//   m[e * m_stride + t * 16 + k] = sum_c u[(e * channels + c) * 16 + k] * v[e * v_stride + c * v_row + t]
 struct WinogradProductArgs {
   const float* u;
   const float* v;
-  std::int64_t channels, tiles, v_stride;
+  std::int64_t channels, tiles, v_row, v_stride;
   float* m;
   std::int64_t m_stride, blocks, u_block, m_block;
 };

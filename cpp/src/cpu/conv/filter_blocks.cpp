@@ -468,16 +468,32 @@ void filter_block_backward_weight(const ConvGeometry& g, const float* dy, const 
     }
   });
   errors.rethrow();
-#pragma omp parallel for num_threads(::juanji::team_size()) schedule(static)
-  for (std::int64_t filter = 0; filter < g.K; ++filter) {
-    const std::int64_t grp = filter / Kg, kb = filter % Kg / cpu::kFilterBlock, k = filter % Kg % cpu::kFilterBlock;
-    const float* first = partials + (grp * blocks + kb) * block_size + k;
-    for (std::int64_t t = 0; t < taps; ++t) {
-      float sum = first[t * cpu::kFilterBlock];
-      for (std::int64_t chunk = 1; chunk < chunks; ++chunk) sum += first[chunk * chunk_size + t * cpu::kFilterBlock];
-      dw[filter * taps + t] = sum;
+  // Each filter's gradient is its chunks' partial sums added chunk after chunk, a block's 16
+  // filters side by side as its partials lie (filter by filter, loads a chunk apart took a tenth
+  // of a 64 -> 128 stride-2 layer's weight gradient), then written filter by filter.
+  constexpr std::int64_t kStripTaps = 256;
+  const std::int64_t strips = (taps + kStripTaps - 1) / kStripTaps, sum_jobs = g.groups * blocks * strips;
+#pragma omp parallel for num_threads(::juanji::team_size()) schedule(static) \
+    if (sum_jobs > 1 && chunks * chunk_size >= cpu::kParallelGrain)
+  for (std::int64_t job = 0; job < sum_jobs; ++job) {
+    const std::int64_t grp = job / (blocks * strips), kb = job / strips % blocks, strip = job % strips;
+    const std::int64_t t0 = strip * kStripTaps, count = std::min(kStripTaps, taps - t0);
+    const float* block = partials + (grp * blocks + kb) * block_size + t0 * cpu::kFilterBlock;
+    alignas(64) float sums[kStripTaps * cpu::kFilterBlock];
+    std::copy(block, block + count * cpu::kFilterBlock, sums);
+    for (std::int64_t chunk = 1; chunk < chunks; ++chunk) {
+      const float* part = block + chunk * chunk_size;
+      for (std::int64_t i = 0; i < count * cpu::kFilterBlock; ++i) sums[i] += part[i];
     }
-    if (db) {
+    const std::int64_t filters = std::min<std::int64_t>(cpu::kFilterBlock, Kg - kb * cpu::kFilterBlock);
+    for (std::int64_t k = 0; k < filters; ++k) {
+      float* row = dw + (grp * Kg + kb * cpu::kFilterBlock + k) * taps + t0;
+      for (std::int64_t t = 0; t < count; ++t) row[t] = sums[t * cpu::kFilterBlock + k];
+    }
+  }
+  if (db) {
+#pragma omp parallel for num_threads(::juanji::team_size()) schedule(static) if (g.K * g.N >= cpu::kParallelGrain)
+    for (std::int64_t filter = 0; filter < g.K; ++filter) {
       double bias = 0;
       for (std::int64_t n = 0; n < g.N; ++n) bias += plane_sums[n * g.K + filter];
       db[filter] = static_cast<float>(bias);

@@ -2,7 +2,6 @@
 #include <algorithm>
 
 #include "cpu/conv/filter_blocks.hpp"
-#include "cpu/copy_short.hpp"
 #include "cpu/vec_math.hpp"
 #include "cpu/workspace.hpp"
 
@@ -65,12 +64,10 @@ const float* pack_winograd_filters(const Correlation& c, bool rotate, Kernel ker
 // The tiles of a correlation's output, numbered image by image, row by row.
 struct WinogradTiles {
   std::int64_t h, w, total;
-  std::int64_t width;  // an input row, zero-padded, as wide as whole vectors of tiles from any column read
   std::int64_t used_h, used_w;  // input rows and columns some output reads (the rest stays zero)
 
   explicit WinogradTiles(const Correlation& c)
       : h((c.out_h + 1) / 2), w((c.out_w + 1) / 2), total(c.N * h * w),
-        width(2 * ((w + cpu::kFilterBlock - 1) / cpu::kFilterBlock * cpu::kFilterBlock + cpu::kFilterBlock) + 2),
         used_h(std::min(c.in_h, c.out_h + 2 - c.pad_top)), used_w(std::min(c.in_w, c.out_w + 2 - c.pad_left)) {}
 
   // Padded input rows that one image's part of `tiles` consecutive tiles spans at most.
@@ -81,8 +78,8 @@ struct WinogradTiles {
 // [begin, end); offset counts from begin.
 template <class Fn>
 void for_each_tile_run(const WinogradTiles& tiles, std::int64_t begin, std::int64_t end, Fn fn) {
-  // Divisions for the first tile only: the transforms call this per channel, and three divisions
-  // per run cost as much as a short run's transforms.
+  // Divisions for the first tile only: the error transforms call this per block of filters, and
+  // three divisions per run cost as much as a short run's transforms.
   std::int64_t n = begin / (tiles.h * tiles.w), ty = begin / tiles.w % tiles.h, tx = begin % tiles.w;
   for (std::int64_t t = begin; t < end;) {
     const std::int64_t run = std::min(tiles.w - tx, end - t);
@@ -114,62 +111,57 @@ void for_each_tile_run_by_image(const WinogradTiles& tiles, std::int64_t begin, 
   });
 }
 
-// Input transforms of channel ch (of group grp) for the tiles [begin, end), the transforms' rows
-// [first_row, end_row) (WinogradInputRow): v[e * v_stride + ch * v_row + t - begin]. Each image's
-// rows are padded once into `rows` (tiles.rows_for(end - begin) x tiles.width floats), which the
-// caller zeroed before its first call: this writes the data columns only (lanes that are thrown
-// away read past them).
+// Input transforms of the channels [ch_begin, ch_end) (of group grp) for the tiles [begin, end),
+// the transforms' rows [first_row, end_row) (WinogradInputRow): channel ch's at
+// v[e * v_stride + ch * v_row + t - begin]. The kernels read each image's planes where they lie,
+// the padding and the rows and columns no output reads (tiles.used_h, tiles.used_w: a NaN there
+// stays out of the sums) as zeros, a run of tiles of all the channels a call. (Copied into a
+// zero-padded buffer first, channel after channel and a call per row, the planes took 40% of the
+// transforms' time for 128 channels of 4x4, each row's copy waiting on L3.)
 void winograd_input_chunk(const Correlation& c, const WinogradTiles& tiles, const float* src, std::int64_t grp,
-                          std::int64_t ch, std::int64_t begin, std::int64_t end, float* rows, float* v,
+                          std::int64_t ch_begin, std::int64_t ch_end, std::int64_t begin, std::int64_t end, float* v,
                           std::int64_t v_row, std::int64_t v_stride, int first_row = 0, int end_row = 4) {
+  if (ch_begin >= ch_end) return;
   const cpu::KernelSet& kernels = cpu::active_kernels();
-  // Only the rows and columns the outputs read: a NaN elsewhere stays out of the sums. The
-  // columns around them are the zero padding of every row, never written after the caller zeroed
-  // them; a row outside the image gets its data columns zeroed.
-  const std::int64_t j_begin = std::max<std::int64_t>(0, -c.pad_left), j_end = std::max(j_begin, tiles.used_w);
-  auto pad_image = [&](std::int64_t n, std::int64_t first_row, std::int64_t last_row) {
-    const float* plane = src + ((n * c.in_channels + grp * c.in_per_group() + ch) * c.in_h) * c.in_w;
-    for (std::int64_t r = 0; r < 2 * (last_row - first_row) + 4; ++r) {
-      float* out = rows + r * tiles.width + j_begin + c.pad_left;
-      const std::int64_t i = 2 * first_row + r - c.pad_top;
-      if (i < 0 || i >= tiles.used_h) {
-        std::fill(out, out + (j_end - j_begin), 0.0f);
-      } else {
-        cpu::copy_short(plane + i * c.in_w + j_begin, j_end - j_begin, out);
-      }
-    }
+  const std::int64_t plane = c.in_h * c.in_w;
+  float* const channels_v = v + ch_begin * v_row;
+  // The inputs of the run of tile row ty of image n from column tx0 on.
+  auto inputs = [&](std::int64_t n, std::int64_t ty, std::int64_t tx0) {
+    return cpu::WinogradInputRows{src + (n * c.in_channels + grp * c.in_per_group() + ch_begin) * plane,
+                                  c.in_w,
+                                  tiles.used_h,
+                                  tiles.used_w,
+                                  2 * ty - c.pad_top,
+                                  2 * tx0 - c.pad_left,
+                                  ch_end - ch_begin,
+                                  plane};
   };
   // Rows of at most half a vector of tiles go two by two (convnet_c2's 7-tile rows: its forward
   // 5-7% faster on one core): a full row waits for the next.
   const bool pairs = 2 * tiles.w <= kernels.direct_conv_lanes;
-  std::int64_t waiting_row = -1, waiting_offset = 0;
+  std::int64_t waiting_image = -1, waiting_row = 0, waiting_offset = 0;
   auto flush = [&] {
-    if (waiting_row < 0) return;
-    kernels.winograd_input_row_f32(rows + 2 * waiting_row * tiles.width, tiles.width, tiles.w,
-                                   v + ch * v_row + waiting_offset, v_stride, first_row, end_row);
-    waiting_row = -1;
+    if (waiting_image < 0) return;
+    kernels.winograd_input_row_f32(inputs(waiting_image, waiting_row, 0), tiles.w, channels_v + waiting_offset, v_row,
+                                   v_stride, first_row, end_row);
+    waiting_image = -1;
   };
-  auto start_image = [&](std::int64_t n, std::int64_t first_row, std::int64_t last_row) {
-    flush();
-    pad_image(n, first_row, last_row);
-  };
-  for_each_tile_run_by_image(tiles, begin, end, start_image, [&](std::int64_t row, std::int64_t tx0, std::int64_t tx1,
-                                                                 std::int64_t offset) {
+  for_each_tile_run(tiles, begin, end, [&](std::int64_t n, std::int64_t ty, std::int64_t tx0, std::int64_t tx1,
+                                           std::int64_t offset) {
     const bool full = tx0 == 0 && tx1 == tiles.w;
-    if (pairs && full && waiting_row >= 0 && waiting_row + 1 == row) {
-      kernels.winograd_input_row_pair_f32(rows + 2 * waiting_row * tiles.width, tiles.width, tiles.w,
-                                          v + ch * v_row + waiting_offset, v_stride, first_row, end_row);
-      waiting_row = -1;
+    if (pairs && full && waiting_image == n && waiting_row + 1 == ty) {
+      kernels.winograd_input_row_pair_f32(inputs(n, waiting_row, 0), tiles.w, channels_v + waiting_offset, v_row,
+                                          v_stride, first_row, end_row);
+      waiting_image = -1;
       return;
     }
     flush();
     if (pairs && full) {
-      waiting_row = row;
-      waiting_offset = offset;
+      waiting_image = n, waiting_row = ty, waiting_offset = offset;
       return;
     }
-    kernels.winograd_input_row_f32(rows + 2 * row * tiles.width + 2 * tx0, tiles.width, tx1 - tx0,
-                                   v + ch * v_row + offset, v_stride, first_row, end_row);
+    kernels.winograd_input_row_f32(inputs(n, ty, tx0), tx1 - tx0, channels_v + offset, v_row, v_stride, first_row,
+                                   end_row);
   });
   flush();
 }
@@ -190,7 +182,6 @@ void winograd_correlate(const Correlation& c, const float* src, const float* pac
   auto chunk_bound = [&](std::int64_t i) {
     return i == chunks ? all.total : std::min(all.total, (all.total * i / chunks + 8) / 16 * 16);
   };
-  const std::int64_t max_rows = all.rows_for((all.total + chunks - 1) / chunks + 16);
   const std::int64_t out_plane = c.out_h * c.out_w;
   const FilterBlockJobs jobs(c.groups * chunks, blocks);
   cpu::RegionErrors errors;
@@ -199,18 +190,18 @@ void winograd_correlate(const Correlation& c, const float* src, const float* pac
     const std::int64_t grp = jobs.outer_of(job) / chunks, chunk = jobs.outer_of(job) % chunks;
     const std::int64_t begin = chunk_bound(chunk), end = chunk_bound(chunk + 1), tiles = end - begin;
     if (tiles == 0) return;
-    const std::int64_t v_stride = in * tiles + 16, m_stride = tiles * cpu::kFilterBlock + 16;
-    float* v = cpu::workspace<float>(cpu::WorkspaceSlot::columns, 16 * v_stride + max_rows * all.width);
-    float* rows = v + 16 * v_stride;
-    std::fill(rows, rows + max_rows * all.width, 0.0f);
-    for (std::int64_t ch = 0; ch < in; ++ch) winograd_input_chunk(c, all, src, grp, ch, begin, end, rows, v, tiles, v_stride);
+    // A channel's transforms followed by room for the 15 floats a run's last vector may write past
+    // them: the runs of all channels are made together, so the next channel's are already there.
+    const std::int64_t v_row = tiles + 16, v_stride = in * v_row + 16, m_stride = tiles * cpu::kFilterBlock + 16;
+    float* v = cpu::workspace<float>(cpu::WorkspaceSlot::columns, 16 * v_stride);
+    winograd_input_chunk(c, all, src, grp, 0, in, begin, end, v, v_row, v_stride);
     // kBlocksAtOnce blocks of filters' products at a time.
     const std::int64_t m_block = 16 * m_stride, u_block = 16 * in * cpu::kFilterBlock;
     float* m = cpu::workspace<float>(cpu::WorkspaceSlot::batch_out, kBlocksAtOnce * m_block);
     for (std::int64_t kb0 = jobs.first_block(job); kb0 < jobs.end_block(job); kb0 += kBlocksAtOnce) {
       const std::int64_t now = std::min(kBlocksAtOnce, jobs.end_block(job) - kb0);
-      kernels.winograd_products_f32({packed + (grp * blocks + kb0) * u_block, v, in, tiles, v_stride, m, m_stride, now,
-                                     u_block, m_block});
+      kernels.winograd_products_f32({packed + (grp * blocks + kb0) * u_block, v, in, tiles, v_row, v_stride, m, m_stride,
+                                     now, u_block, m_block});
       for (std::int64_t kb = kb0; kb < kb0 + now; ++kb) {
         const std::int64_t first = grp * per_group + kb * cpu::kFilterBlock;
         const std::int64_t filters = std::min<std::int64_t>(cpu::kFilterBlock, per_group - kb * cpu::kFilterBlock);
@@ -374,14 +365,11 @@ void winograd_weight_grad_by_halves(const ConvGeometry& g, const Correlation& c,
       const std::int64_t first_job = jobs * part / parts, end_job = jobs * (part + 1) / parts;
       float* v = cpu::workspace<float>(cpu::WorkspaceSlot::gemm_a, 16 * l.v_stride);
       float* z = cpu::workspace<float>(cpu::WorkspaceSlot::gemm_b, 16 * l.z_stride);
-      float* rows = cpu::workspace<float>(cpu::WorkspaceSlot::columns, l.padded_rows * all.width);
-      std::fill(rows, rows + l.padded_rows * all.width, 0.0f);
       float* errors = cpu::workspace<float>(cpu::WorkspaceSlot::batch_out, l.errors_size());
       const int first_row = first_job < l.blocks ? 0 : 2, end_row = end_job > l.blocks ? 4 : 2;
       for (std::int64_t chunk = 0; chunk < l.chunks; ++chunk) {
         const std::int64_t begin = l.chunk_begin(all, chunk), end = l.chunk_begin(all, chunk + 1);
-        for (std::int64_t ch = 0; ch < l.in; ++ch)
-          winograd_input_chunk(c, all, x, grp, ch, begin, end, rows, v, l.v_row, l.v_stride, first_row, end_row);
+        winograd_input_chunk(c, all, x, grp, 0, l.in, begin, end, v, l.v_row, l.v_stride, first_row, end_row);
         // Block kb's rows of e (0-2 the top half's, 2-4 the bottom's) in this part; none: {0, 0}.
         const auto rows_of = [&](std::int64_t kb) {
           const bool top = first_job <= kb && kb < end_job, bottom = first_job <= l.blocks + kb && l.blocks + kb < end_job;
@@ -435,17 +423,13 @@ void winograd_weight_grad_shared(const ConvGeometry& g, const Correlation& c, co
   float* du = cpu::workspace<float>(cpu::WorkspaceSlot::partials, 16 * l.du_stride);
   double* plane_sums = db ? cpu::workspace<double>(cpu::WorkspaceSlot::plane_sums, g.N * g.K) : nullptr;
   const std::int64_t block_groups = (l.blocks + kBlocksAtOnce - 1) / kBlocksAtOnce;
+  const std::int64_t channel_parts = std::min<std::int64_t>(l.in, team_size());
   for (std::int64_t grp = 0; grp < g.groups; ++grp) {
     cpu::RegionErrors region_errors;
 #pragma omp parallel num_threads(::juanji::team_size())
     {
-      float* rows = nullptr;
       float* errors = nullptr;
-      region_errors.guard([&] {
-        rows = cpu::workspace<float>(cpu::WorkspaceSlot::columns, l.padded_rows * all.width);
-        std::fill(rows, rows + l.padded_rows * all.width, 0.0f);
-        errors = cpu::workspace<float>(cpu::WorkspaceSlot::batch_out, l.errors_size());
-      });
+      region_errors.guard([&] { errors = cpu::workspace<float>(cpu::WorkspaceSlot::batch_out, l.errors_size()); });
       // After the barrier every thread sees the same verdict, so all of them skip the work (and
       // its barriers) together.
 #pragma omp barrier
@@ -453,8 +437,11 @@ void winograd_weight_grad_shared(const ConvGeometry& g, const Correlation& c, co
         const std::int64_t begin = l.chunk_begin(all, chunk), end = l.chunk_begin(all, chunk + 1);
         float* v = v_buffers + chunk % 2 * 16 * l.v_stride;
         float* z = z_buffers + chunk % 2 * 16 * l.z_stride;
+        // A run of channels for each thread, as a static schedule of the channels would share them.
 #pragma omp for schedule(static) nowait
-        for (std::int64_t ch = 0; ch < l.in; ++ch) winograd_input_chunk(c, all, x, grp, ch, begin, end, rows, v, l.v_row, l.v_stride);
+        for (std::int64_t part = 0; part < channel_parts; ++part)
+          winograd_input_chunk(c, all, x, grp, l.in * part / channel_parts, l.in * (part + 1) / channel_parts, begin, end,
+                               v, l.v_row, l.v_stride);
 #pragma omp for schedule(static)
         for (std::int64_t kb = 0; kb < l.blocks; ++kb)
           winograd_grad_block(g, all, l, dy, grp, kb, begin, end, 0, 4, errors, z, plane_sums);
