@@ -405,11 +405,17 @@ void global_avg_pool2d(const Tensor& x, Tensor& y) {
     T* yd = y.data<T>();
     const std::int64_t planes = s[0] * s[1];
     const std::int64_t area = s[2] * s[3];
+    // Blocks of planes summed by one call each, every plane as sum_elements sums it (a call per
+    // 4x4 plane took 0.3 ms for a ResNet's 128x128 planes).
+    constexpr std::int64_t kPlanesAtOnce = 64;
+    const std::int64_t blocks = (planes + kPlanesAtOnce - 1) / kPlanesAtOnce;
 #pragma omp parallel for num_threads(::juanji::team_size()) schedule(static) if (planes * area >= kParallelGrain)
-    for (std::int64_t plane = 0; plane < planes; ++plane) {
-      const T* xp = xd + plane * area;
-      const double sum = sum_elements(xp, area);
-      yd[plane] = static_cast<T>(sum / static_cast<double>(area));
+    for (std::int64_t block = 0; block < blocks; ++block) {
+      const std::int64_t first = block * kPlanesAtOnce, count = std::min(kPlanesAtOnce, planes - first);
+      double partials[kPlanesAtOnce * kSumTerms] = {};
+      sum_into_partials(ChannelPlanesOf<T>{xd + first * area, 0, area, 1, count, area}, partials);
+      for (std::int64_t k = 0; k < count; ++k)
+        yd[first + k] = static_cast<T>(combine_partial_sums(partials + k * kSumTerms) / static_cast<double>(area));
     }
   });
 }
