@@ -107,7 +107,10 @@ StridePhase stride_phase(std::int64_t size, std::int64_t kernel, std::int64_t st
                          std::int64_t pad, std::int64_t residue);
 // The stride-1 convolution whose data gradient gives one (row, column) phase.
 ConvGeometry phase_geometry(const ConvGeometry& g, const StridePhase& rows, const StridePhase& cols);
-// Tap (r, s) of a phase's kernel kc is tap (first_tap + r * tap_step, ...) of kernel kc.
+// Tap (r, s) of a phase's kernel kc is tap (first_tap + r * tap_step, ...) of kernel kc, that
+// tap's index in a kernel's R x S taps.
+std::int64_t phase_tap_index(const ConvGeometry& g, const StridePhase& rows, const StridePhase& cols, std::int64_t r,
+                             std::int64_t s);
 float phase_tap(const ConvGeometry& g, const float* w, const StridePhase& rows, const StridePhase& cols,
                 std::int64_t kc, std::int64_t r, std::int64_t s);
 void strided_backward_data(const ConvGeometry& g, const float* dy, const float* w, float* dx);

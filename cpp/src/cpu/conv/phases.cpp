@@ -37,9 +37,14 @@ ConvGeometry phase_geometry(const ConvGeometry& g, const StridePhase& rows, cons
   return sub;
 }
 
+std::int64_t phase_tap_index(const ConvGeometry& g, const StridePhase& rows, const StridePhase& cols, std::int64_t r,
+                             std::int64_t s) {
+  return (rows.first_tap + r * rows.tap_step) * g.S + cols.first_tap + s * cols.tap_step;
+}
+
 float phase_tap(const ConvGeometry& g, const float* w, const StridePhase& rows, const StridePhase& cols,
                 std::int64_t kc, std::int64_t r, std::int64_t s) {
-  return w[(kc * g.R + rows.first_tap + r * rows.tap_step) * g.S + cols.first_tap + s * cols.tap_step];
+  return w[kc * g.R * g.S + phase_tap_index(g, rows, cols, r, s)];
 }
 
 namespace {
@@ -118,9 +123,18 @@ void filter_block_phases(const ConvGeometry& g, const float* dy, const float* w,
     }
   float* packed = cpu::workspace<float>(cpu::WorkspaceSlot::phase_weights, packed_floats);
   std::vector<float*> packed_phase(phases.size());
+  // Where each of a phase's taps lies in a kernel, in the packed order (rotated): the index
+  // arithmetic made once, not for every weight (a 64 -> 128 layer's packing took 0.24 ms).
+  std::vector<std::vector<std::int64_t>> kernel_taps(phases.size());
   for (std::size_t i = 0; i < phases.size(); ++i) {
     phases[i].packed = packed_phase[i] = packed;
     packed += g.groups * phases[i].c.blocks() * phases[i].c.taps() * cpu::kFilterBlock;
+    const auto& [rows, cols] = taps_of[i];
+    const std::int64_t taps = rows.taps * cols.taps;
+    kernel_taps[i].resize(taps);
+    for (std::int64_t r = 0; r < rows.taps; ++r)
+      for (std::int64_t s = 0; s < cols.taps; ++s)
+        kernel_taps[i][taps - 1 - (r * cols.taps + s)] = phase_tap_index(g, rows, cols, r, s);
   }
   // Block cb of phase i's weights as filter_block_backward_data packs a layer's: tap (k, r, s) of
   // channel ch is the phase's tap (R' - 1 - r, S' - 1 - s) of kernel (k, ch), zero past the group's
@@ -135,14 +149,14 @@ void filter_block_phases(const ConvGeometry& g, const float* dy, const float* w,
     const std::int64_t lanes = std::min<std::int64_t>(cpu::kFilterBlock, Cg - cb * cpu::kFilterBlock);
     float* out = packed_phase[i] + (grp * blocks + cb) * phases[i].c.taps() * cpu::kFilterBlock;
     if (lanes < cpu::kFilterBlock) std::fill(out, out + phases[i].c.taps() * cpu::kFilterBlock, 0.0f);
-    for (std::int64_t k = 0; k < Kg; ++k)
-      for (std::int64_t lane = 0; lane < lanes; ++lane) {
-        const std::int64_t kc = (grp * Kg + k) * Cg + cb * cpu::kFilterBlock + lane;
-        for (std::int64_t r = 0; r < rows.taps; ++r)
-          for (std::int64_t s = 0; s < cols.taps; ++s)
-            out[(k * taps + taps - 1 - (r * cols.taps + s)) * cpu::kFilterBlock + lane] =
-                phase_tap(g, w, rows, cols, kc, r, s);
-      }
+    const std::int64_t* kernel_tap = kernel_taps[i].data();
+    for (std::int64_t k = 0; k < Kg; ++k) {
+      const float* kernels = w + ((grp * Kg + k) * Cg + cb * cpu::kFilterBlock) * g.R * g.S;
+      float* packed_k = out + k * taps * cpu::kFilterBlock;
+      for (std::int64_t lane = 0; lane < lanes; ++lane)
+        for (std::int64_t t = 0; t < taps; ++t)
+          packed_k[t * cpu::kFilterBlock + lane] = kernels[lane * g.R * g.S + kernel_tap[t]];
+    }
   }
   filter_block_phases_backward_data(g, dy, phases.data(), std::int64_t(phases.size()), dx);
 }

@@ -37,26 +37,36 @@ const float* pack_winograd_filters(const Correlation& c, bool rotate, Kernel ker
   const std::int64_t in = c.in_per_group(), per_group = c.out_per_group();
   return pack_filter_blocks(c, 16 * in * cpu::kFilterBlock, [&](std::int64_t grp, std::int64_t kb, float* out) {
     const std::int64_t filters = std::min<std::int64_t>(cpu::kFilterBlock, per_group - kb * cpu::kFilterBlock);
+    // The block's 16 filters side by side (lanes past its last filter zero), each value made as a
+    // filter alone would make it: loops over the lanes the compiler vectorizes (a 128x128 layer's
+    // filters took 0.19 ms filter by filter).
+    constexpr std::int64_t L = cpu::kFilterBlock;
     for (std::int64_t ch = 0; ch < in; ++ch) {
-      float u[16][cpu::kFilterBlock] = {};  // (e, filter): written to out as whole rows
+      float g[9][L] = {};  // (tap, filter): the kernels, rotated if asked
       for (std::int64_t lane = 0; lane < filters; ++lane) {
-        const float* g = kernel(grp, kb * cpu::kFilterBlock + lane, ch);
-        float gg[4][3];  // G g
-        for (int s = 0; s < 3; ++s) {
-          const float g0 = g[rotate ? 8 - s : s], g1 = g[rotate ? 5 - s : 3 + s], g2 = g[rotate ? 2 - s : 6 + s];
-          gg[0][s] = g0;
-          gg[1][s] = (g0 + g1 + g2) * 0.5f;
-          gg[2][s] = (g0 - g1 + g2) * 0.5f;
-          gg[3][s] = g2;
+        const float* taps = kernel(grp, kb * L + lane, ch);
+        for (int t = 0; t < 9; ++t) g[t][lane] = taps[rotate ? 8 - t : t];
+      }
+      float gg[4][3][L];  // G g
+      for (int s = 0; s < 3; ++s)
+        for (std::int64_t lane = 0; lane < L; ++lane) {
+          const float g0 = g[s][lane], g1 = g[3 + s][lane], g2 = g[6 + s][lane];
+          gg[0][s][lane] = g0;
+          gg[1][s][lane] = (g0 + g1 + g2) * 0.5f;
+          gg[2][s][lane] = (g0 - g1 + g2) * 0.5f;
+          gg[3][s][lane] = g2;
         }
-        for (int a = 0; a < 4; ++a) {  // (G g) G^T
-          u[4 * a][lane] = gg[a][0];
-          u[4 * a + 1][lane] = (gg[a][0] + gg[a][1] + gg[a][2]) * 0.5f;
-          u[4 * a + 2][lane] = (gg[a][0] - gg[a][1] + gg[a][2]) * 0.5f;
-          u[4 * a + 3][lane] = gg[a][2];
+      for (int a = 0; a < 4; ++a) {  // (G g) G^T, row e = 4a + b of out
+        float* u = out + (4 * a * in + ch) * L;
+        const std::int64_t e_step = in * L;
+        for (std::int64_t lane = 0; lane < L; ++lane) {
+          const float h0 = gg[a][0][lane], h1 = gg[a][1][lane], h2 = gg[a][2][lane];
+          u[lane] = h0;
+          u[e_step + lane] = (h0 + h1 + h2) * 0.5f;
+          u[2 * e_step + lane] = (h0 - h1 + h2) * 0.5f;
+          u[3 * e_step + lane] = h2;
         }
       }
-      for (int e = 0; e < 16; ++e) std::copy(u[e], u[e] + cpu::kFilterBlock, out + (e * in + ch) * cpu::kFilterBlock);
     }
   }, packs, "winograd");
 }
@@ -307,29 +317,42 @@ void winograd_grad_block(const ConvGeometry& g, const WinogradTiles& all, const 
 // plane sums (or no db).
 void winograd_weight_from_transformed(const ConvGeometry& g, const WinogradGradLayout& l, std::int64_t grp,
                                       const float* du, const double* plane_sums, float* dw, float* db) {
-#pragma omp parallel for num_threads(::juanji::team_size()) schedule(static)
-  for (std::int64_t k = 0; k < l.per_group; ++k) {
-    if (db) {
+  if (db) {
+#pragma omp parallel for num_threads(::juanji::team_size()) schedule(static) if (g.N * l.per_group >= cpu::kParallelGrain)
+    for (std::int64_t k = 0; k < l.per_group; ++k) {
       double bias = 0;
       for (std::int64_t n = 0; n < g.N; ++n) bias += plane_sums[n * g.K + grp * l.per_group + k];
       db[grp * l.per_group + k] = static_cast<float>(bias);
     }
-    for (std::int64_t ch = 0; ch < l.in; ++ch) {
-      const float* m = du + (k / cpu::kFilterBlock) * l.du_block + ch * cpu::kFilterBlock + k % cpu::kFilterBlock;
-      float s[3][4];
-      for (int b = 0; b < 4; ++b) {
-        const float m0 = m[b * l.du_stride], m1 = m[(4 + b) * l.du_stride], m2 = m[(8 + b) * l.du_stride],
-                    m3 = m[(12 + b) * l.du_stride];
-        s[0][b] = m0 + (m1 + m2) * 0.5f;
-        s[1][b] = (m1 - m2) * 0.5f;
-        s[2][b] = (m1 + m2) * 0.5f + m3;
+  }
+  // A block's 16 filters side by side, as du holds them, each value made as a filter alone would
+  // make it: loops over the lanes the compiler vectorizes (a 128x128 layer's took 0.18 ms filter
+  // by filter).
+  constexpr std::int64_t L = cpu::kFilterBlock;
+#pragma omp parallel for num_threads(::juanji::team_size()) schedule(static)
+  for (std::int64_t job = 0; job < l.blocks * l.in; ++job) {
+    const std::int64_t kb = job / l.in, ch = job % l.in;
+    const float* m = du + kb * l.du_block + ch * L;
+    float s[3][4][L];
+    for (int b = 0; b < 4; ++b)
+      for (std::int64_t lane = 0; lane < L; ++lane) {
+        const float m0 = m[b * l.du_stride + lane], m1 = m[(4 + b) * l.du_stride + lane],
+                    m2 = m[(8 + b) * l.du_stride + lane], m3 = m[(12 + b) * l.du_stride + lane];
+        s[0][b][lane] = m0 + (m1 + m2) * 0.5f;
+        s[1][b][lane] = (m1 - m2) * 0.5f;
+        s[2][b][lane] = (m1 + m2) * 0.5f + m3;
       }
-      float* out = dw + ((grp * l.per_group + k) * l.in + ch) * 9;
-      for (int r = 0; r < 3; ++r) {
-        out[3 * r] = s[r][0] + (s[r][1] + s[r][2]) * 0.5f;
-        out[3 * r + 1] = (s[r][1] - s[r][2]) * 0.5f;
-        out[3 * r + 2] = (s[r][1] + s[r][2]) * 0.5f + s[r][3];
+    float taps[9][L];
+    for (int r = 0; r < 3; ++r)
+      for (std::int64_t lane = 0; lane < L; ++lane) {
+        taps[3 * r][lane] = s[r][0][lane] + (s[r][1][lane] + s[r][2][lane]) * 0.5f;
+        taps[3 * r + 1][lane] = (s[r][1][lane] - s[r][2][lane]) * 0.5f;
+        taps[3 * r + 2][lane] = (s[r][1][lane] + s[r][2][lane]) * 0.5f + s[r][3][lane];
       }
+    const std::int64_t filters = std::min(L, l.per_group - kb * L);
+    for (std::int64_t lane = 0; lane < filters; ++lane) {
+      float* out = dw + ((grp * l.per_group + kb * L + lane) * l.in + ch) * 9;
+      for (int t = 0; t < 9; ++t) out[t] = taps[t][lane];
     }
   }
 }
