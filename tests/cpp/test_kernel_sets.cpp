@@ -937,7 +937,8 @@ struct InputPlanes {
     for (I p = 0; p < planes; ++p) {
       const auto values_made = data.make(read_rows * read_cols, values);
       for (I i = 0; i < read_rows; ++i)
-        for (I j = 0; j < read_cols; ++j) floats[margin + p * plane_stride + i * row_stride + j] = values_made[i * read_cols + j];
+        for (I j = 0; j < read_cols; ++j)
+          floats[margin + p * plane_stride + i * row_stride + j] = values_made[i * read_cols + j];
     }
   }
 

@@ -318,7 +318,8 @@ void winograd_grad_block(const ConvGeometry& g, const WinogradTiles& all, const 
 void winograd_weight_from_transformed(const ConvGeometry& g, const WinogradGradLayout& l, std::int64_t grp,
                                       const float* du, const double* plane_sums, float* dw, float* db) {
   if (db) {
-#pragma omp parallel for num_threads(::juanji::team_size()) schedule(static) if (g.N * l.per_group >= cpu::kParallelGrain)
+#pragma omp parallel for num_threads(::juanji::team_size()) schedule(static) \
+    if (g.N * l.per_group >= cpu::kParallelGrain)
     for (std::int64_t k = 0; k < l.per_group; ++k) {
       double bias = 0;
       for (std::int64_t n = 0; n < g.N; ++n) bias += plane_sums[n * g.K + grp * l.per_group + k];
@@ -463,8 +464,8 @@ void winograd_weight_grad_shared(const ConvGeometry& g, const Correlation& c, co
         // A run of channels for each thread, as a static schedule of the channels would share them.
 #pragma omp for schedule(static) nowait
         for (std::int64_t part = 0; part < channel_parts; ++part)
-          winograd_input_chunk(c, all, x, grp, l.in * part / channel_parts, l.in * (part + 1) / channel_parts, begin, end,
-                               v, l.v_row, l.v_stride);
+          winograd_input_chunk(c, all, x, grp, l.in * part / channel_parts, l.in * (part + 1) / channel_parts, begin,
+                               end, v, l.v_row, l.v_stride);
 #pragma omp for schedule(static)
         for (std::int64_t kb = 0; kb < l.blocks; ++kb)
           winograd_grad_block(g, all, l, dy, grp, kb, begin, end, 0, 4, errors, z, plane_sums);
