@@ -29,6 +29,18 @@ bool use_winograd(const Correlation& c) {
 
 namespace {
 
+// G x, G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1], for the 16 lanes of three rows x0, x1, x2:
+// row k at out + k * out_step.
+void times_g(const float* x0, const float* x1, const float* x2, float* out, std::int64_t out_step) {
+  for (std::int64_t lane = 0; lane < cpu::kFilterBlock; ++lane) {
+    const float a = x0[lane], b = x1[lane], c = x2[lane];
+    out[lane] = a;
+    out[out_step + lane] = (a + b + c) * 0.5f;
+    out[2 * out_step + lane] = (a - b + c) * 0.5f;
+    out[3 * out_step + lane] = c;
+  }
+}
+
 // Transformed filters as (group, block, e, channel, 16 filters): u[e][c][k] = (G g G^T)[e / 4][e % 4]
 // for the 3x3 kernel g = kernel(grp, filter, channel), rotated by 180 degrees if asked; kept in
 // packs where given.
@@ -47,26 +59,10 @@ const float* pack_winograd_filters(const Correlation& c, bool rotate, Kernel ker
         const float* taps = kernel(grp, kb * L + lane, ch);
         for (int t = 0; t < 9; ++t) g[t][lane] = taps[rotate ? 8 - t : t];
       }
-      float gg[4][3][L];  // G g
-      for (int s = 0; s < 3; ++s)
-        for (std::int64_t lane = 0; lane < L; ++lane) {
-          const float g0 = g[s][lane], g1 = g[3 + s][lane], g2 = g[6 + s][lane];
-          gg[0][s][lane] = g0;
-          gg[1][s][lane] = (g0 + g1 + g2) * 0.5f;
-          gg[2][s][lane] = (g0 - g1 + g2) * 0.5f;
-          gg[3][s][lane] = g2;
-        }
-      for (int a = 0; a < 4; ++a) {  // (G g) G^T, row e = 4a + b of out
-        float* u = out + (4 * a * in + ch) * L;
-        const std::int64_t e_step = in * L;
-        for (std::int64_t lane = 0; lane < L; ++lane) {
-          const float h0 = gg[a][0][lane], h1 = gg[a][1][lane], h2 = gg[a][2][lane];
-          u[lane] = h0;
-          u[e_step + lane] = (h0 + h1 + h2) * 0.5f;
-          u[2 * e_step + lane] = (h0 - h1 + h2) * 0.5f;
-          u[3 * e_step + lane] = h2;
-        }
-      }
+      float gg[4][3][L];  // G g: column s of g times G, into gg[.][s]
+      for (int s = 0; s < 3; ++s) times_g(g[s], g[3 + s], g[6 + s], gg[0][s], 3 * L);
+      // (G g) G^T: row a of G g times G, into rows e = 4a + b of out.
+      for (int a = 0; a < 4; ++a) times_g(gg[a][0], gg[a][1], gg[a][2], out + (4 * a * in + ch) * L, in * L);
     }
   }, packs, "winograd");
 }
@@ -80,8 +76,8 @@ struct WinogradTiles {
       : h((c.out_h + 1) / 2), w((c.out_w + 1) / 2), total(c.N * h * w),
         used_h(std::min(c.in_h, c.out_h + 2 - c.pad_top)), used_w(std::min(c.in_w, c.out_w + 2 - c.pad_left)) {}
 
-  // Padded input rows that one image's part of `tiles` consecutive tiles spans at most.
-  std::int64_t rows_for(std::int64_t tiles) const { return 2 * std::min(h, (tiles + w - 1) / w + 1) + 2; }
+  // Tile rows that one image's part of `tiles` consecutive tiles spans at most.
+  std::int64_t tile_rows_for(std::int64_t tiles) const { return std::min(h, (tiles + w - 1) / w + 1); }
 };
 
 // Calls fn(n, ty, tx_begin, tx_end, offset) for each run of tiles of one tile row among the tiles
@@ -268,17 +264,18 @@ namespace {
 struct WinogradGradLayout {
   std::int64_t in, per_group, blocks, chunks, max_chunk;
   std::int64_t v_row, v_stride, z_block, z_stride, du_block, du_stride;
-  std::int64_t error_row, padded_rows;  // pixels per row of a block's pixel-major gradient; input rows of one image in a chunk
+  // Pixels per row of a block's pixel-major gradient, and its rows for one image in a chunk.
+  std::int64_t error_row, error_rows;
 
   WinogradGradLayout(const Correlation& c, const WinogradTiles& all, std::int64_t chunk_tiles)
       : in(c.in_per_group()), per_group(c.out_per_group()), blocks(c.blocks()),
         chunks((all.total + chunk_tiles - 1) / chunk_tiles), max_chunk((all.total + chunks - 1) / chunks),
         v_row(max_chunk + 16), v_stride(in * v_row + 16), z_block(max_chunk * cpu::kFilterBlock),
         z_stride(blocks * z_block + 16), du_block(in * cpu::kFilterBlock), du_stride(blocks * du_block),
-        error_row(2 * all.w), padded_rows(all.rows_for(max_chunk)) {}
+        error_row(2 * all.w), error_rows(2 * all.tile_rows_for(max_chunk)) {}
 
   std::int64_t chunk_begin(const WinogradTiles& all, std::int64_t chunk) const { return all.total * chunk / chunks; }
-  std::int64_t errors_size() const { return (padded_rows - 2) * error_row * cpu::kFilterBlock; }
+  std::int64_t errors_size() const { return error_rows * error_row * cpu::kFilterBlock; }
 };
 
 // The error transforms of block kb over the tiles [begin, end), rows [first_row, end_row) of
