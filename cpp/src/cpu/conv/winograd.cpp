@@ -294,14 +294,19 @@ void winograd_grad_block(const ConvGeometry& g, const WinogradTiles& all, const 
     if (plane_sums && n * all.h * all.w >= begin)
       for (std::int64_t f = 0; f < filters; ++f)
         plane_sums[first_filter + f] = cpu::sum_elements(planes + f * g.P * g.Q, g.P * g.Q);
-    for (std::int64_t p = 2 * first_tile_row; p < 2 * last_tile_row + 2; ++p) {
-      float* row = errors + (p - 2 * first_tile_row) * l.error_row * cpu::kFilterBlock;
-      if (p < g.P) {
-        kernels.pixel_major_row_f32(planes + p * g.Q, g.P * g.Q, filters, g.Q, l.error_row, row);
-      } else {
-        std::fill(row, row + l.error_row * cpu::kFilterBlock, 0.0f);
-      }
+    const std::int64_t first_row = 2 * first_tile_row, end_row = 2 * last_tile_row + 2, rows = std::min(end_row, g.P);
+    // Rows as wide as the error's follow each other in both: one long row (a 4x4 error's four
+    // rows in one transpose, not four transposes of a quarter each).
+    if (l.error_row == g.Q) {
+      kernels.pixel_major_row_f32(planes + first_row * g.Q, g.P * g.Q, filters, (rows - first_row) * g.Q,
+                                  (rows - first_row) * g.Q, errors);
+    } else {
+      for (std::int64_t p = first_row; p < rows; ++p)
+        kernels.pixel_major_row_f32(planes + p * g.Q, g.P * g.Q, filters, g.Q, l.error_row,
+                                    errors + (p - first_row) * l.error_row * cpu::kFilterBlock);
     }
+    std::fill(errors + (rows - first_row) * l.error_row * cpu::kFilterBlock,
+              errors + (end_row - first_row) * l.error_row * cpu::kFilterBlock, 0.0f);
   };
   for_each_tile_run_by_image(all, begin, end, fill_errors, [&](std::int64_t row, std::int64_t tx0, std::int64_t tx1,
                                                                std::int64_t offset) {
