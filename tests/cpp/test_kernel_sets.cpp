@@ -1053,39 +1053,60 @@ void test_winograd_products(const Level& level, Data& data) {
 
 void test_winograd_output(const Level& level, Data& data) {
   const I lanes = level.lanes;
+  // Runs of tiles as (tiles, rows, odd): one alone, and runs that share a transpose (short ones
+  // packed together, one that does not fit what is left, one longer than a transpose after them).
+  std::vector<std::vector<std::array<I, 3>>> run_sets;
+  for (I tiles : sizes({1, 2, lanes / 2, lanes / 2 + 1, lanes + 1, 9}))
+    for (I rows : {1, 2})
+      for (I odd : {0, 1}) run_sets.push_back({{tiles, rows, odd}});
+  run_sets.push_back({{2, 2, 0}, {2, 2, 0}, {2, 2, 0}, {2, 2, 0}, {2, 2, 0}});
+  run_sets.push_back({{4, 2, 1}, {4, 1, 1}, {4, 2, 0}});
+  run_sets.push_back({{1, 2, 1}, {3, 2, 0}, {2, 1, 1}, {lanes / 2 + 1, 2, 1}, {2, 2, 0}});
+  run_sets.push_back({{3, 1, 0}, {lanes + 1, 2, 1}, {1, 1, 1}, {9, 2, 0}});
   int variant = 0;
   // Up to 16 filters: the kernel's contract (16 biases, tiles 16 values apart in m).
   for (I filters : sizes({1, lanes - 1, std::min<I>(lanes, 16), std::min<I>(lanes + 1, 16), 15, 16}))
-    for (I tiles : sizes({1, 2, lanes / 2, lanes / 2 + 1, lanes + 1, 9}))
-      for (I rows : {1, 2})
-        for (I odd : {0, 1})
-          for (Values values : kBothValues) {
-            ++variant;
-            const bool relu = variant % 3 == 0;
-            const I columns = 2 * tiles - odd, row = columns + 2, plane = rows * row + 1, m_stride = tiles * 16 + 3;
-            const auto m = data.make(16 * m_stride, values);
-            const auto bias = data.make(16, values);
-            Output out(filters * plane);
-            for (I k = 0; k < filters; ++k)
-              for (I t = 0; t < tiles; ++t)
-                for (I i = 0; i < rows; ++i)
-                  for (I j = 0; j < 2 && 2 * t + j < columns; ++j) {
-                    double value = bias[k], size = std::fabs(bias[k]);
-                    for (int a = 0; a < 4; ++a)
-                      for (int b = 0; b < 4; ++b) {
-                        const double term = kAT[i][a] * m[(4 * a + b) * m_stride + t * 16 + k] * kAT[j][b];
-                        value += term;
-                        size += std::fabs(term);
-                      }
-                    if (relu && value < 0) value = 0;
-                    out.must_hold(k * plane + i * row + 2 * t + j, value, size);
-                  }
-            level.set.winograd_output_f32({m.data(), m_stride, tiles, bias.data(), relu, out.got.data(), filters, plane,
-                                           row, rows, columns});
-            expect_close(describe(level, "winograd_output filters=%ld tiles=%ld rows=%ld columns=%ld relu=%d", filters,
-                                  tiles, rows, columns, relu),
-                         out.got, out.want, out.magnitude, values, kFloatTolerance);
-          }
+    for (const auto& set : run_sets)
+      for (Values values : kBothValues) {
+        ++variant;
+        const bool relu = variant % 3 == 0;
+        I tiles = 0, widest = 0;
+        for (const auto& run : set) tiles += run[0], widest = std::max(widest, 2 * run[0]);
+        // Each run in its own rows of the planes, with a gap after its columns and rows.
+        const I row = widest + 2, run_area = 2 * row + 3, plane = I(set.size()) * run_area + 1;
+        const I m_stride = tiles * 16 + 3;
+        const auto m = data.make(16 * m_stride, values);
+        const auto bias = data.make(16, values);
+        Output out(filters * plane);
+        std::vector<juanji::cpu::WinogradOutputRun> runs;
+        I first_tile = 0;
+        for (std::size_t r = 0; r < set.size(); ++r) {
+          const auto [run_tiles, rows, odd] = set[r];
+          const juanji::cpu::WinogradOutputRun run{I(r) * run_area + 1, run_tiles, rows, 2 * run_tiles - odd};
+          runs.push_back(run);
+          for (I k = 0; k < filters; ++k)
+            for (I u = 0; u < run_tiles; ++u)
+              for (I i = 0; i < rows; ++i)
+                for (I j = 0; j < 2 && 2 * u + j < run.columns; ++j) {
+                  const I t = first_tile + u;
+                  double value = bias[k], size = std::fabs(bias[k]);
+                  for (int a = 0; a < 4; ++a)
+                    for (int b = 0; b < 4; ++b) {
+                      const double term = kAT[i][a] * m[(4 * a + b) * m_stride + t * 16 + k] * kAT[j][b];
+                      value += term;
+                      size += std::fabs(term);
+                    }
+                  if (relu && value < 0) value = 0;
+                  out.must_hold(run.offset + k * plane + i * row + 2 * u + j, value, size);
+                }
+          first_tile += run_tiles;
+        }
+        level.set.winograd_output_f32({m.data(), m_stride, runs.data(), I(runs.size()), bias.data(), relu,
+                                       out.got.data(), filters, plane, row});
+        expect_close(describe(level, "winograd_output filters=%ld runs=%ld first tiles=%ld relu=%d", filters,
+                              I(runs.size()), set[0][0], relu),
+                     out.got, out.want, out.magnitude, values, kFloatTolerance);
+      }
 }
 
 void test_winograd_grad_row(const Level& level, Data& data) {

@@ -283,16 +283,24 @@ struct WinogradProductArgs {
   std::int64_t m_stride, blocks, u_block, m_block;
 };
 using WinogradProducts = void (*)(const WinogradProductArgs& args);
-// Output transforms of one run of tiles, plus bias (16 values) and ReLU (v < 0 ? 0 : v) if asked,
-// stored to the output planes of `filters` filters: with M[a][b] = m[(4a + b) * m_stride + t * 16 + k],
-//   out[k * plane + i * row + 2t + j] = bias[k] + (A^T M A)[i][j]   for i < rows, 2t + j < columns
+// Output transforms of runs of tiles, each run's tiles in one row of tiles, plus bias (16 values)
+// and ReLU (v < 0 ? 0 : v) if asked, stored to the output planes of `filters` filters. The runs'
+// tiles follow each other in m: with tile t the u-th of run r, M[a][b] = m[(4a + b) * m_stride +
+// t * 16 + k],
+//   out[r.offset + k * plane + i * row + 2u + j] = bias[k] + (A^T M A)[i][j]
+// for i < r.rows, 2u + j < r.columns.
+struct WinogradOutputRun {
+  std::int64_t offset, tiles, rows, columns;
+};
 struct WinogradOutputArgs {
   const float* m;
-  std::int64_t m_stride, tiles;
+  std::int64_t m_stride;
+  const WinogradOutputRun* runs;
+  std::int64_t run_count;
   const float* bias;  // (16)
   bool relu;
   float* out;
-  std::int64_t filters, plane, row, rows, columns;
+  std::int64_t filters, plane, row;
 };
 using WinogradOutput = void (*)(const WinogradOutputArgs& args);
 

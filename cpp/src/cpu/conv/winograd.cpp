@@ -1,5 +1,6 @@
 // Winograd F(2x2, 3x3) for stride-1 3x3 layers: forward, data and weight gradients.
 #include <algorithm>
+#include <vector>
 
 #include "cpu/conv/filter_blocks.hpp"
 #include "cpu/vec_math.hpp"
@@ -204,6 +205,13 @@ void winograd_correlate(const Correlation& c, const float* src, const float* pac
     // kBlocksAtOnce blocks of filters' products at a time.
     const std::int64_t m_block = 16 * m_stride, u_block = 16 * in * cpu::kFilterBlock;
     float* m = cpu::workspace<float>(cpu::WorkspaceSlot::batch_out, kBlocksAtOnce * m_block);
+    // Where each run of the chunk's tiles goes in filter 0's plane, the same for every block.
+    std::vector<cpu::WinogradOutputRun> runs;
+    for_each_tile_run(all, begin, end, [&](std::int64_t n, std::int64_t ty, std::int64_t tx0, std::int64_t tx1,
+                                           std::int64_t) {
+      runs.push_back({n * out_image + 2 * ty * c.out_w + 2 * tx0, tx1 - tx0, std::min<std::int64_t>(2, c.out_h - 2 * ty),
+                      std::min(2 * tx1, c.out_w) - 2 * tx0});
+    });
     for (std::int64_t kb0 = jobs.first_block(job); kb0 < jobs.end_block(job); kb0 += kBlocksAtOnce) {
       const std::int64_t now = std::min(kBlocksAtOnce, jobs.end_block(job) - kb0);
       kernels.winograd_products_f32({packed + (grp * blocks + kb0) * u_block, v, in, tiles, v_row, v_stride, m, m_stride,
@@ -214,13 +222,8 @@ void winograd_correlate(const Correlation& c, const float* src, const float* pac
         const float* block_m = m + (kb - kb0) * m_block;
         float block_bias[cpu::kFilterBlock] = {};
         if (bias) std::copy(bias + first, bias + first + filters, block_bias);
-        for_each_tile_run(all, begin, end, [&](std::int64_t n, std::int64_t ty, std::int64_t tx0, std::int64_t tx1,
-                                               std::int64_t offset) {
-          float* origin = out + n * out_image + first * out_plane + 2 * ty * c.out_w + 2 * tx0;
-          kernels.winograd_output_f32({block_m + offset * cpu::kFilterBlock, m_stride, tx1 - tx0, block_bias, relu,
-                                       origin, filters, out_plane, c.out_w, std::min<std::int64_t>(2, c.out_h - 2 * ty),
-                                       std::min(2 * tx1, c.out_w) - 2 * tx0});
-        });
+        kernels.winograd_output_f32({block_m, m_stride, runs.data(), std::int64_t(runs.size()), block_bias, relu,
+                                     out + first * out_plane, filters, out_plane, c.out_w});
       }
     }
   });
